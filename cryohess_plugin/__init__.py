@@ -1,0 +1,16 @@
+"""cryohess: five recent cryo-EM methods as a Scipion plugin.
+
+The Scipion ``Plugin`` class is loaded on first access, so the numerical core
+(``cryohess_plugin.core``) can be imported without pyworkflow or pwem.
+"""
+__version__ = "0.1.0"
+_logo = ""
+_references = ["Rangan2022radial", "Rangan2023hessian", "Kreymer2023micrograph",
+               "Ullrich2019differentiable", "Lederman2020hyper"]
+
+
+def __getattr__(name):
+    if name == "Plugin":
+        from .plugin import Plugin
+        return Plugin
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,205 @@
+"""Fourier conventions: the one owner of transforms, grids, shells and padding.
+
+* Arrays are indexed ``(z, y, x)`` for volumes and ``(y, x)`` for images, as
+  ``mrcfile`` reads them.  The real-space origin is at index ``n // 2`` on
+  every axis (even and odd sizes alike).
+* Transforms are *centred* and *non-unitary*:
+  ``X[k] = sum_x x[x] exp(-2 pi i k.x / n)`` with ``k`` and ``x`` both
+  measured from index ``n // 2``; the inverse carries ``1 / n^d``.  With this
+  normalisation the Fourier-slice theorem has no scale factor: the 2-D
+  transform of a projection equals the central slice of the 3-D transform.
+* Frequencies are integers ``k`` in cycles per box; the physical frequency is
+  ``k / (n * pixel_size)`` in 1/Å and Nyquist is ``|k| = n / 2``.
+* Real images are synthesised from the non-redundant half plane
+  ``H = {kx > 0} ∪ {kx = 0, ky > 0} ∪ {0}`` (see :class:`HalfPlane`).
+
+FFTs are ``scipy.fft`` with all available workers.
+"""
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.fft
+
+_WORKERS = os.cpu_count() or 1
+
+
+def centred_fftn(x, axes=None):
+    """Centred, non-unitary forward FFT over ``axes`` (default: all)."""
+    axes = tuple(range(np.ndim(x))) if axes is None else tuple(axes)
+    shifted = scipy.fft.ifftshift(x, axes=axes)
+    return scipy.fft.fftshift(scipy.fft.fftn(shifted, axes=axes, workers=_WORKERS), axes=axes)
+
+
+def centred_ifftn(spectrum, axes=None):
+    """Inverse of :func:`centred_fftn` (carries the ``1 / n^d`` factor)."""
+    axes = tuple(range(np.ndim(spectrum))) if axes is None else tuple(axes)
+    shifted = scipy.fft.ifftshift(spectrum, axes=axes)
+    return scipy.fft.fftshift(scipy.fft.ifftn(shifted, axes=axes, workers=_WORKERS), axes=axes)
+
+
+def centred_rfft2(images):
+    """Half-spectrum of real images ``(..., n, n)``: shape ``(..., n, n // 2 + 1)``.
+
+    Axis -2 (``ky``) is centred (``ky = 0`` at index ``n // 2``); axis -1 holds
+    ``kx = 0 .. n // 2``.
+    """
+    shifted = scipy.fft.ifftshift(images, axes=(-2, -1))
+    return scipy.fft.fftshift(scipy.fft.rfft2(shifted, workers=_WORKERS), axes=-2)
+
+
+def centred_irfft2(half_spectrum, box):
+    """Real images ``(..., box, box)`` from a :func:`centred_rfft2` half-spectrum."""
+    shifted = scipy.fft.ifftshift(half_spectrum, axes=-2)
+    images = scipy.fft.irfft2(shifted, s=(box, box), workers=_WORKERS)
+    return scipy.fft.fftshift(images, axes=(-2, -1))
+
+
+def frequencies(n):
+    """Integer frequencies (or positions) of a centred axis of length ``n``."""
+    return np.arange(n) - n // 2
+
+
+def radius_grid(shape):
+    """Distance from the centre (index ``n // 2``) of every element of ``shape``."""
+    grids = np.meshgrid(*[frequencies(n) for n in shape], indexing="ij")
+    return np.sqrt(sum(g.astype(np.float64) ** 2 for g in grids))
+
+
+def shell_index(shape):
+    """Integer Fourier shell of every element: ``round(|k|)``."""
+    return np.rint(radius_grid(shape)).astype(np.int64)
+
+
+def shell_average(values, shape=None):
+    """Mean of ``values`` over each integer shell, for shells ``0 .. n // 2``."""
+    values = np.asarray(values)
+    shells = shell_index(values.shape if shape is None else shape)
+    n_shells = min(values.shape) // 2 + 1
+    inside = shells < n_shells
+    sums = np.bincount(shells[inside], weights=values[inside].real, minlength=n_shells)
+    counts = np.bincount(shells[inside], minlength=n_shells)
+    return sums / np.maximum(counts, 1)
+
+
+def fourier_shell_correlation(volume_a, volume_b):
+    """FSC between two real volumes for integer shells ``0 .. n // 2``."""
+    fa, fb = centred_fftn(volume_a), centred_fftn(volume_b)
+    shells = shell_index(fa.shape)
+    n_shells = fa.shape[0] // 2 + 1
+    inside = shells < n_shells
+    cross = np.bincount(shells[inside], (fa * np.conj(fb)).real[inside], n_shells)
+    power_a = np.bincount(shells[inside], (np.abs(fa) ** 2)[inside], n_shells)
+    power_b = np.bincount(shells[inside], (np.abs(fb) ** 2)[inside], n_shells)
+    return cross / np.sqrt(np.maximum(power_a * power_b, np.finfo(float).tiny))
+
+
+def pad_centred(array, size):
+    """Zero-pad every axis of ``array`` to ``size``, keeping the centre at ``size // 2``."""
+    out = np.zeros((size,) * array.ndim, dtype=array.dtype)
+    start = size // 2 - array.shape[0] // 2
+    out[tuple(slice(start, start + n) for n in array.shape)] = array
+    return out
+
+
+def crop_centred(array, size):
+    """Inverse of :func:`pad_centred`: the central ``size`` elements of every axis."""
+    start = array.shape[0] // 2 - size // 2
+    return array[tuple(slice(start, start + size) for _ in array.shape)]
+
+
+def keys_cubic(u, a=-0.5):
+    """Keys cubic convolution kernel (interpolating, C1, support [-2, 2])."""
+    u = np.abs(np.asarray(u, dtype=np.float64))
+    inner = (a + 2) * u ** 3 - (a + 3) * u ** 2 + 1
+    outer = a * u ** 3 - 5 * a * u ** 2 + 8 * a * u - 4 * a
+    return np.where(u < 1, inner, np.where(u < 2, outer, 0.0))
+
+
+def kernel_transfer(position, kernel):
+    """Continuous Fourier transform of an interpolation kernel.
+
+    Interpolating a Fourier grid with kernel ``h`` multiplies the real-space
+    object by ``H(x / n)``, the kernel's transform at ``x`` pixels from the
+    centre of an ``n``-point padded box; dividing the object by it beforehand
+    (deapodisation, "gridding correction") undoes that.
+
+    :param position: ``x / n`` in cycles per grid step, array.
+    :param kernel: ``"linear"`` (``sinc^2``) or ``"cubic"`` (Keys, a = -0.5).
+    """
+    f = np.asarray(position, dtype=np.float64)
+    if kernel == "linear":
+        return np.sinc(f) ** 2
+    if kernel == "cubic":
+        # The kernel is even and piecewise cubic on [0, 1] and [1, 2]; 16-point
+        # Gauss-Legendre is exact for the polynomial part times a smooth cosine
+        # to double precision at |f| <= 1/2.
+        nodes, weights = np.polynomial.legendre.leggauss(16)
+        total = np.zeros_like(f)
+        for lo in (0.0, 1.0):
+            u = lo + 0.5 * (nodes + 1.0)
+            total += np.cos(2 * np.pi * f[..., None] * u) @ (0.5 * weights * keys_cubic(u))
+        return 2.0 * total
+    raise ValueError(f"unknown interpolation kernel {kernel!r}; use 'linear' or 'cubic'")
+
+
+def deapodization(size, kernel):
+    """Separable deapodisation factor ``1 / H(x / size)`` of a centred axis, shape ``(size,)``."""
+    return 1.0 / kernel_transfer(frequencies(size) / size, kernel)
+
+
+@dataclass(frozen=True)
+class HalfPlane:
+    """Non-redundant 2-D frequencies of a real ``box × box`` image inside a disc.
+
+    ``kx``, ``ky`` are the integer frequencies of the points of
+    ``H = {kx > 0} ∪ {kx = 0, ky > 0} ∪ {0}`` with ``kx² + ky² < radius²``.
+    :meth:`synthesize` maps complex values on these points to the real image
+    whose spectrum they are (Hermitian extension), and :meth:`analyze` is its
+    exact adjoint under ``<a, b> = Re sum conj(a) b``.
+    """
+    box: int
+    radius: float
+    kx: np.ndarray
+    ky: np.ndarray
+    row: np.ndarray
+    col: np.ndarray
+    multiplicity: np.ndarray
+
+    @classmethod
+    def disc(cls, box, radius=None):
+        """Points strictly inside ``radius`` (default Nyquist, ``box / 2``)."""
+        radius = box / 2 if radius is None else float(radius)
+        ky, kx = np.meshgrid(frequencies(box), np.arange(box // 2 + 1), indexing="ij")
+        keep = (kx ** 2 + ky ** 2 < radius ** 2) & ((kx > 0) | (ky >= 0))
+        kx, ky = kx[keep], ky[keep]
+        # Points that stand for themselves and their mirror image count twice.
+        multiplicity = np.where((kx == 0) & (ky == 0), 1.0, 2.0)
+        return cls(box, radius, kx.astype(np.float64), ky.astype(np.float64),
+                   (ky + box // 2).astype(np.int64), kx.astype(np.int64), multiplicity)
+
+    @property
+    def size(self):
+        return self.kx.size
+
+    def synthesize(self, values):
+        """Real images ``(..., box, box)`` from half-plane values ``(..., size)``."""
+        values = np.asarray(values)
+        half = np.zeros(values.shape[:-1] + (self.box, self.box // 2 + 1),
+                        dtype=np.result_type(values.dtype, np.complex64))
+        # irfft2 adds the conjugate of every kx > 0 entry itself and takes the
+        # real part of the kx = 0 column, so those entries carry the factor 2.
+        on_axis = self.col == 0
+        scale = np.where(on_axis, self.multiplicity, 1.0).astype(half.real.dtype)
+        half[..., self.row, self.col] = values * scale
+        return centred_irfft2(half, self.box)
+
+    def analyze(self, images):
+        """Adjoint of :meth:`synthesize`: half-plane values ``(..., size)`` of real images."""
+        spectrum = centred_rfft2(images)[..., self.row, self.col]
+        weight = (self.multiplicity / self.box ** 2).astype(spectrum.real.dtype)
+        return spectrum * weight
+
+    def transform(self, images):
+        """Plain spectrum of real images at the half-plane points (no adjoint weights)."""
+        return centred_rfft2(images)[..., self.row, self.col]
