@@ -9,6 +9,7 @@ from setuptools import setup
 PACKAGES = {
     "cryohess_plugin": "cryohess_plugin",
     "cryohess_plugin.core": "cryohess_plugin/core",
+    "cryohess_plugin.core.kernels": "cryohess_plugin/core/kernels",
     "cryohess_plugin.protocols": "protocols",
     "cryohess_plugin.viewers": "viewers",
     "cryohess_plugin.tests": "tests",

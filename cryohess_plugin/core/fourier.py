@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.fft
 
+from .kernels import fourier_cpu
+
 _WORKERS = os.cpu_count() or 1
 
 
@@ -157,14 +159,19 @@ class HalfPlane:
     :meth:`synthesize` maps complex values on these points to the real image
     whose spectrum they are (Hermitian extension), and :meth:`analyze` is its
     exact adjoint under ``<a, b> = Re sum conj(a) b``.
+
+    Internally values go straight into the *unshifted* ``rfft2`` layout
+    (``flat_index``), and the centring of real space is folded into the
+    phase ``centring = exp(-2 pi i (kx + ky) (box // 2) / box)``, so no
+    ``fftshift`` copies are made.
     """
     box: int
     radius: float
     kx: np.ndarray
     ky: np.ndarray
-    row: np.ndarray
-    col: np.ndarray
     multiplicity: np.ndarray
+    flat_index: np.ndarray
+    centring: np.ndarray
 
     @classmethod
     def disc(cls, box, radius=None):
@@ -175,8 +182,10 @@ class HalfPlane:
         kx, ky = kx[keep], ky[keep]
         # Points that stand for themselves and their mirror image count twice.
         multiplicity = np.where((kx == 0) & (ky == 0), 1.0, 2.0)
-        return cls(box, radius, kx.astype(np.float64), ky.astype(np.float64),
-                   (ky + box // 2).astype(np.int64), kx.astype(np.int64), multiplicity)
+        flat_index = (ky % box) * (box // 2 + 1) + kx
+        centring = np.exp(-2j * np.pi * (kx + ky) * (box // 2) / box)
+        return cls(box, radius, kx.astype(np.float64), ky.astype(np.float64), multiplicity,
+                   flat_index.astype(np.int64), centring)
 
     @property
     def size(self):
@@ -185,21 +194,29 @@ class HalfPlane:
     def synthesize(self, values):
         """Real images ``(..., box, box)`` from half-plane values ``(..., size)``."""
         values = np.asarray(values)
-        half = np.zeros(values.shape[:-1] + (self.box, self.box // 2 + 1),
-                        dtype=np.result_type(values.dtype, np.complex64))
+        dtype = np.result_type(values.dtype, np.complex64)
+        flat_values = np.ascontiguousarray(values.reshape(-1, self.size), dtype=dtype)
+        half = np.zeros((flat_values.shape[0], self.box * (self.box // 2 + 1)), dtype=dtype)
         # irfft2 adds the conjugate of every kx > 0 entry itself and takes the
         # real part of the kx = 0 column, so those entries carry the factor 2.
-        on_axis = self.col == 0
-        scale = np.where(on_axis, self.multiplicity, 1.0).astype(half.real.dtype)
-        half[..., self.row, self.col] = values * scale
-        return centred_irfft2(half, self.box)
+        scale = np.where(self.kx == 0, self.multiplicity, 1.0) * self.centring
+        fourier_cpu.scatter_rows(flat_values, scale.astype(dtype), self.flat_index, half)
+        half = half.reshape(-1, self.box, self.box // 2 + 1)
+        images = scipy.fft.irfft2(half, s=(self.box, self.box), workers=_WORKERS)
+        return images.reshape(values.shape[:-1] + (self.box, self.box))
+
+    def _gather(self, images, factor):
+        images = np.asarray(images)
+        spectra = scipy.fft.rfft2(images.reshape(-1, self.box, self.box), workers=_WORKERS)
+        spectra = spectra.reshape(spectra.shape[0], -1)
+        out = np.empty((spectra.shape[0], self.size), dtype=spectra.dtype)
+        fourier_cpu.gather_rows(spectra, factor.astype(spectra.dtype), self.flat_index, out)
+        return out.reshape(images.shape[:-2] + (self.size,))
 
     def analyze(self, images):
         """Adjoint of :meth:`synthesize`: half-plane values ``(..., size)`` of real images."""
-        spectrum = centred_rfft2(images)[..., self.row, self.col]
-        weight = (self.multiplicity / self.box ** 2).astype(spectrum.real.dtype)
-        return spectrum * weight
+        return self._gather(images, np.conj(self.centring) * self.multiplicity / self.box ** 2)
 
     def transform(self, images):
-        """Plain spectrum of real images at the half-plane points (no adjoint weights)."""
-        return centred_rfft2(images)[..., self.row, self.col]
+        """Centred spectrum of real images at the half-plane points (no adjoint weights)."""
+        return self._gather(images, np.conj(self.centring))

@@ -1,0 +1,195 @@
+"""Contrast transfer function: the one owner of the CTF convention.
+
+The formula is the standard CTFFIND4 / RELION one:
+
+* ``s`` is the physical spatial frequency in 1/Å, ``theta`` its direction.
+  Frequencies are given as ``kx, ky`` in cycles per box (see
+  :mod:`.fourier`), so ``s = |k| / (box * pixel_size)``.  ``kx`` runs along
+  image axis -1 (x), ``ky`` along axis -2 (y), and ``theta = atan2(ky, kx)``
+  is measured counter-clockwise from +x in that *index* frame (from +x
+  towards increasing row index).
+* ``defocus(theta) = 0.5 * (dU + dV + (dU - dV) * cos(2 (theta - angle)))``
+  with underfocus positive and ``angle`` the direction of the U axis.
+* ``chi = pi * lambda * defocus * s^2 - pi / 2 * Cs * lambda^3 * s^4 + phase_shift``
+* ``CTF = -(sqrt(1 - A^2) * sin(chi) + A * cos(chi)) * exp(-B s^2 / 4)``
+
+With this sign the CTF is negative at low frequency for underfocus, i.e.
+atoms appear dark, as in RELION and CTFFIND.  Xmipp's ``CTFDescription``
+(``xmippLib.applyCTF``) is exactly the negative of this CTF, with the same
+defocus, angle, amplitude-contrast and wavelength conventions
+(``tests/test_ctf.py`` checks it).
+"""
+import math
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from . import fourier
+from .errors import InvalidDataError, ShapeError
+
+# h / sqrt(2 m e) in Å V^1/2 and e / (2 m c^2) in 1/V, the values RELION
+# (ObservationModel) and Xmipp use.  CODATA 2018 gives 12.264260 and
+# 0.9784756e-6 (wavelength 6e-6 relative shorter at 300 kV); the estimated
+# defocus only enters through lambda * defocus, so matching the estimators'
+# constants is what keeps the phase right at high defocus.
+_WAVELENGTH_NUMERATOR = 12.2643247
+_RELATIVISTIC_FACTOR = 0.978466e-6
+# ctf_stack works on blocks of particles of about this many values, so its
+# float64 temporaries stay near 64 MiB.
+_BLOCK_ELEMENTS = 2 ** 23
+
+
+@dataclass(frozen=True)
+class CTFParams:
+    """CTF parameters of one micrograph or particle.
+
+    :param defocus_u: defocus along the U axis in Å, underfocus positive.
+    :param defocus_v: defocus along the V axis in Å, underfocus positive.
+    :param defocus_angle: angle of the U axis from image +x in degrees,
+        counter-clockwise in the index frame (see the module docstring).
+    :param voltage: acceleration voltage in kV.
+    :param spherical_aberration: Cs in mm.
+    :param amplitude_contrast: fraction ``A`` in ``[0, 1)``.
+    :param phase_shift: additional phase (phase plate) in degrees.
+    :param bfactor: envelope B-factor in Å², ``>= 0``; 0 means no envelope.
+    """
+    defocus_u: float
+    defocus_v: float
+    defocus_angle: float
+    voltage: float
+    spherical_aberration: float
+    amplitude_contrast: float
+    phase_shift: float = 0.0
+    bfactor: float = 0.0
+
+    def __post_init__(self):
+        for field in fields(self):
+            value = getattr(self, field.name)
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise InvalidDataError(
+                    f"CTF parameter {field.name} must be a number, got {value!r}; "
+                    f"check the CTF estimation that provided it") from None
+            if not math.isfinite(value):
+                raise InvalidDataError(
+                    f"CTF parameter {field.name} is {value}; re-estimate the CTF or "
+                    f"drop the particles without a valid CTF")
+            object.__setattr__(self, field.name, value)
+        if self.voltage <= 0:
+            raise InvalidDataError(
+                f"CTF parameter voltage must be positive (kV), got {self.voltage}; "
+                f"set the microscope voltage of the acquisition, e.g. 300")
+        if self.bfactor < 0:
+            raise InvalidDataError(
+                f"CTF parameter bfactor must be >= 0 (Å², a damping envelope), got "
+                f"{self.bfactor}; use 0 for no envelope")
+        if not 0.0 <= self.amplitude_contrast < 1.0:
+            raise InvalidDataError(
+                f"CTF parameter amplitude_contrast must be a fraction in [0, 1), got "
+                f"{self.amplitude_contrast}; use e.g. 0.1 (not a percentage)")
+
+
+def electron_wavelength(voltage_kv):
+    """Relativistic electron wavelength in Å.
+
+    :param voltage_kv: acceleration voltage in kV (scalar or array).
+    :returns: wavelength in Å, same shape.
+    """
+    volts = np.asarray(voltage_kv, dtype=np.float64) * 1e3
+    return _WAVELENGTH_NUMERATOR / np.sqrt(volts * (1 + _RELATIVISTIC_FACTOR * volts))
+
+
+def _polar(kx, ky, box, pixel_size):
+    """Squared physical frequency (1/Å²) and direction (rad) of ``(kx, ky)``."""
+    scale = 1.0 / (box * pixel_size)
+    sx = np.asarray(kx, dtype=np.float64) * scale
+    sy = np.asarray(ky, dtype=np.float64) * scale
+    return sx ** 2 + sy ** 2, np.arctan2(sy, sx)
+
+
+def _parameter_columns(params_list):
+    """Each CTF field as a float64 array ``(n, 1)``, to broadcast against frequencies."""
+    return {field.name: np.array([[getattr(p, field.name)] for p in params_list], dtype=np.float64)
+            for field in fields(CTFParams)}
+
+
+def _ctf_values(p, s2, theta):
+    """The CTF formula of the module docstring; ``p`` maps field names to broadcastable values."""
+    wavelength = electron_wavelength(p["voltage"])
+    cs = p["spherical_aberration"] * 1e7  # mm -> Å
+    defocus = 0.5 * (p["defocus_u"] + p["defocus_v"]
+                     + (p["defocus_u"] - p["defocus_v"])
+                     * np.cos(2 * (theta - np.deg2rad(p["defocus_angle"]))))
+    chi = (np.pi * wavelength * defocus * s2
+           - 0.5 * np.pi * cs * wavelength ** 3 * s2 ** 2
+           + np.deg2rad(p["phase_shift"]))
+    a = p["amplitude_contrast"]
+    # exp(0) = 1 where bfactor is 0, so no envelope is applied there.
+    return -(np.sqrt(1 - a * a) * np.sin(chi) + a * np.cos(chi)) * np.exp(-p["bfactor"] * s2 / 4)
+
+
+def evaluate_ctf(params, kx, ky, box, pixel_size):
+    """CTF values at frequencies ``(kx, ky)``.
+
+    :param params: :class:`CTFParams`.
+    :param kx: frequencies along image x (axis -1) in cycles per box, array.
+    :param ky: frequencies along image y (axis -2) in cycles per box, array
+        broadcastable with ``kx``.
+    :param box: image size in pixels.
+    :param pixel_size: pixel size in Å.
+    :returns: float64 array of the broadcast shape of ``kx`` and ``ky``.
+    """
+    s2, theta = _polar(kx, ky, box, pixel_size)
+    return _ctf_values({field.name: getattr(params, field.name) for field in fields(params)},
+                       s2, theta)
+
+
+def ctf_stack(params_list, kx, ky, box, pixel_size, dtype=np.float64):
+    """CTF of many particles at the same frequencies.
+
+    :param params_list: sequence of ``n`` :class:`CTFParams`.
+    :param kx: 1-D frequencies along x in cycles per box, shape ``(npts,)``
+        (e.g. ``HalfPlane.kx``).
+    :param ky: 1-D frequencies along y, shape ``(npts,)``.
+    :param box: image size in pixels.
+    :param pixel_size: pixel size in Å.
+    :param dtype: output dtype.
+    :returns: array of shape ``(n, npts)``.
+    """
+    kx, ky = np.asarray(kx), np.asarray(ky)
+    if kx.ndim != 1 or kx.shape != ky.shape:
+        raise ShapeError(f"kx and ky must be 1-D of equal length, got {kx.shape} and {ky.shape}")
+    s2, theta = _polar(kx, ky, box, pixel_size)
+    out = np.empty((len(params_list), kx.size), dtype=dtype)
+    block = max(1, _BLOCK_ELEMENTS // max(kx.size, 1))
+    for start in range(0, len(params_list), block):
+        columns = _parameter_columns(params_list[start:start + block])
+        out[start:start + block] = _ctf_values(columns, s2, theta)
+    return out
+
+
+def apply_ctf(images, params, pixel_size):
+    """Multiply the centred spectrum of real-space images by one CTF.
+
+    For even boxes the Nyquist row and column stand for both ``+box/2`` and
+    ``-box/2``, where an astigmatic CTF differs; numpy's real FFT layout used
+    here evaluates the row at ``ky = -box/2`` and the column at
+    ``kx = +box/2`` (Xmipp picks differently).  Images without power on those
+    lines are unaffected.
+
+    :param images: real array ``(..., box, box)``.
+    :param params: :class:`CTFParams`.
+    :param pixel_size: pixel size in Å.
+    :returns: real array of the same shape (float64 or float32 as the input).
+    """
+    images = np.asarray(images)
+    if images.ndim < 2 or images.shape[-1] != images.shape[-2]:
+        raise ShapeError(f"expected square images (..., box, box), got shape {images.shape}")
+    box = images.shape[-1]
+    # rfft half-spectrum: ky centred on axis -2, kx = 0 .. box // 2 on axis -1.
+    ky, kx = np.meshgrid(fourier.frequencies(box), np.arange(box // 2 + 1), indexing="ij")
+    ctf = evaluate_ctf(params, kx, ky, box, pixel_size)
+    dtype = images.dtype if images.dtype == np.float32 else np.float64
+    out = fourier.centred_irfft2(fourier.centred_rfft2(images) * ctf, box)
+    return out.astype(dtype, copy=False)

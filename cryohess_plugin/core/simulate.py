@@ -1,0 +1,426 @@
+"""Synthetic particle stacks and micrographs with known ground truth.
+
+Everything is deterministic given ``rng`` (an integer seed or a
+:class:`numpy.random.Generator`).  Independent quantities (poses, shifts,
+CTFs, conformations, placement, noise) draw from separate child streams, so
+changing, say, the SNR leaves the poses of a given seed unchanged.
+
+**SNR.**  For clean, CTF-modulated particle images ``c_i`` (``box x box``) and
+white Gaussian noise of standard deviation ``sigma``::
+
+    SNR = mean_i( var(c_i) ) / sigma^2
+
+where ``var(c_i)`` is the variance of image ``i`` over all its pixels (the
+whole box, background included).  For micrographs the same formula is applied
+to the ``box x box`` windows of the clean, CTF-modulated micrograph centred on
+the particles.
+
+**Images.**  Volumes are projected with :class:`.projector.FourierSliceProjector`
+(voxel size = ``pixel_size``), CTF included.  Atomic models are projected
+analytically with :func:`.atoms.project_atom_positions` about the model's
+centroid and the CTF is applied with :func:`.ctf.apply_ctf`; with two states
+(heterogeneity) every particle has its own map ``(1 - t) A + t B``, which is
+why that path is analytic.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.fft
+
+from . import rotations as rot
+from .atoms import AtomModel, project_atom_positions
+from .ctf import CTFParams, apply_ctf, ctf_stack, evaluate_ctf
+from .errors import InvalidDataError, ShapeError
+from .projector import FourierSliceProjector, validate_volume
+
+DISTRIBUTIONS = ("uniform", "polar_cap", "equatorial_band", "top_view_preference")
+
+
+def _streams(rng, count):
+    """``count`` independent generators derived from a seed or a generator."""
+    seeds = np.random.default_rng(rng).integers(0, 2 ** 63 - 1, size=count)
+    return [np.random.default_rng(seed) for seed in seeds]
+
+
+def _rotations_with_cos_tilt(cos_tilt, rng):
+    """Rotations whose projection direction has the given ``cos(tilt)``, uniform azimuth and psi."""
+    n = cos_tilt.shape[0]
+    azimuth = rng.uniform(0.0, 360.0, n)
+    psi = rng.uniform(0.0, 360.0, n)
+    return rot.euler_to_matrix(azimuth, np.rad2deg(np.arccos(np.clip(cos_tilt, -1, 1))), psi)
+
+
+def uniform_rotations(n, rng):
+    """``(n, 3, 3)`` rotations from the Haar measure on SO(3)."""
+    return rot.random_rotations(n, np.random.default_rng(rng))
+
+
+def polar_cap_rotations(n, rng, cap_deg=30.0):
+    """``(n, 3, 3)`` rotations whose projection direction ``R[2]`` is uniform on the cap
+    within ``cap_deg`` of +z, with uniform in-plane angle."""
+    rng = np.random.default_rng(rng)
+    cos_tilt = rng.uniform(np.cos(np.deg2rad(cap_deg)), 1.0, n)
+    return _rotations_with_cos_tilt(cos_tilt, rng)
+
+
+def equatorial_band_rotations(n, rng, band_deg=15.0):
+    """``(n, 3, 3)`` rotations with tilt uniform (by area) within ``band_deg`` of 90°."""
+    rng = np.random.default_rng(rng)
+    limit = np.sin(np.deg2rad(band_deg))
+    return _rotations_with_cos_tilt(rng.uniform(-limit, limit, n), rng)
+
+
+def top_view_preference_rotations(n, rng, fraction=0.5, cap_deg=15.0):
+    """``(n, 3, 3)`` rotations: a ``fraction`` from the polar cap of ``cap_deg``
+    around +z (top views), the rest uniform; the order is random."""
+    rng = np.random.default_rng(rng)
+    top = rng.random(n) < fraction
+    out = uniform_rotations(n, rng)
+    out[top] = polar_cap_rotations(int(top.sum()), rng, cap_deg)
+    return out
+
+
+def sample_rotations(kind, n, rng, **options):
+    """Rotations from a named viewing distribution.
+
+    :param kind: ``"uniform"``, ``"polar_cap"`` (option ``cap_deg``),
+        ``"equatorial_band"`` (``band_deg``) or ``"top_view_preference"``
+        (``fraction``, ``cap_deg``).
+    :param n: number of rotations.
+    :param rng: seed or :class:`numpy.random.Generator`.
+    :returns: ``(n, 3, 3)`` float64 rotation matrices (:mod:`.rotations` convention).
+    """
+    samplers = {"uniform": uniform_rotations, "polar_cap": polar_cap_rotations,
+                "equatorial_band": equatorial_band_rotations,
+                "top_view_preference": top_view_preference_rotations}
+    if kind not in samplers:
+        raise ValueError(f"unknown viewing distribution {kind!r}; use one of {DISTRIBUTIONS}")
+    return samplers[kind](int(n), rng, **options)
+
+
+def signal_variance(clean_images):
+    """Mean over images of the per-image variance over all pixels, ``mean_i var(c_i)``.
+
+    :param clean_images: ``(n, box, box)`` (or ``(box, box)``) clean images.
+    """
+    clean = np.asarray(clean_images, dtype=np.float64)
+    return float(np.mean(np.var(clean.reshape((-1,) + clean.shape[-2:]), axis=(-2, -1))))
+
+
+def noise_sigma_for_snr(clean_images, snr):
+    """Standard deviation of white noise giving ``SNR = mean_i var(c_i) / sigma^2``.
+
+    :param clean_images: ``(n, box, box)`` clean (CTF-modulated) images.
+    :param snr: requested SNR, positive.
+    :returns: ``sigma = sqrt(mean_i var(c_i) / snr)``.
+    """
+    if not (np.isfinite(snr) and snr > 0):
+        raise InvalidDataError(f"SNR must be a positive finite number, got {snr}")
+    return float(np.sqrt(signal_variance(clean_images) / snr))
+
+
+def random_ctf_params(count, rng, defocus_range=(10000.0, 25000.0), astigmatism=0.0,
+                      voltage=300.0, cs=2.7, amplitude_contrast=0.1):
+    """CTF parameters of ``count`` micrographs (defocus groups).
+
+    The mean defocus is uniform in ``defocus_range``; ``defocus_u - defocus_v =
+    astigmatism`` with a uniform astigmatism angle in [0, 180).
+
+    :param defocus_range: ``(low, high)`` mean defocus in Å, underfocus positive.
+    :param astigmatism: ``defocus_u - defocus_v`` in Å.
+    :param voltage: kV.  :param cs: spherical aberration in mm.
+    :param amplitude_contrast: fraction in [0, 1).
+    :returns: list of :class:`.ctf.CTFParams`.
+    """
+    rng = np.random.default_rng(rng)
+    low, high = defocus_range
+    if not 0 <= low <= high:
+        raise InvalidDataError(f"defocus_range must be (low, high) with 0 <= low <= high Å, "
+                               f"got {defocus_range}")
+    mean = rng.uniform(low, high, count)
+    angle = rng.uniform(0.0, 180.0, count)
+    return [CTFParams(m + 0.5 * astigmatism, m - 0.5 * astigmatism, a, voltage, cs,
+                      amplitude_contrast) for m, a in zip(mean, angle)]
+
+
+def _as_source(source, box):
+    """Validate a volume or atomic model against the image box."""
+    if isinstance(source, AtomModel):
+        return source
+    volume = validate_volume(source)
+    if volume.shape[0] != box:
+        raise ShapeError(f"volume box {volume.shape[0]} differs from the particle box {box}; "
+                         "pass box equal to the volume size")
+    return volume
+
+
+def _atom_images(state_a, state_b, t, rotations, shifts, box, pixel_size):
+    """Analytic projections of ``(1 - t) A + t B`` (or of ``A``) about A's centroid."""
+    centred = state_a.positions - state_a.centroid()
+    if state_b is None:
+        positions = centred
+    else:
+        positions = centred[None] + t[:, None, None] * (state_b.positions - state_a.positions)[None]
+    return project_atom_positions(positions, state_a.amplitudes(), state_a.sigmas(), rotations,
+                                  box, pixel_size, shifts=shifts)
+
+
+@dataclass
+class ParticleSimulation:
+    """A simulated particle stack and its ground truth.
+
+    :param images: ``(n, box, box)`` float32 noisy images.
+    :param rotations: ``(n, 3, 3)`` true rotations.
+    :param shifts: ``(n, 2)`` true shifts ``(tx, ty)`` in pixels.
+    :param ctf_params: length-``n`` list of :class:`.ctf.CTFParams`, one per particle.
+    :param group_ids: ``(n,)`` int defocus group (micrograph) of each particle.
+    :param noise_sigma: standard deviation of the added white noise.
+    :param pixel_size: Å per pixel.
+    :param snr: requested SNR (``inf`` when noise-free).
+    :param conformation: ``(n,)`` coordinate ``t`` in [0, 1], NaN when homogeneous.
+    :param clean_images: ``(n, box, box)`` float32 CTF-modulated images before
+        noise, or None.
+    """
+    images: np.ndarray
+    rotations: np.ndarray
+    shifts: np.ndarray
+    ctf_params: list
+    group_ids: np.ndarray
+    noise_sigma: float
+    pixel_size: float
+    snr: float
+    conformation: np.ndarray
+    clean_images: np.ndarray = None
+
+
+def simulate_particles(source, n, box, pixel_size, rng=0, distribution="uniform",
+                       distribution_options=None, shift_sigma=0.0,
+                       defocus_range=(10000.0, 25000.0), n_groups=10, astigmatism=0.0,
+                       voltage=300.0, cs=2.7, amplitude_contrast=0.1, snr=0.1,
+                       heterogeneity=None, keep_clean=True, batch_size=256):
+    """Simulate a particle stack: project, modulate by the CTF, add white noise.
+
+    :param source: ``(box, box, box)`` volume (voxel size ``pixel_size``) or an
+        :class:`.atoms.AtomModel` (projected about its centroid).
+    :param n: number of particles.
+    :param box: image size in pixels.
+    :param pixel_size: Å per pixel.
+    :param rng: seed or :class:`numpy.random.Generator`.
+    :param distribution: viewing distribution, see :func:`sample_rotations`.
+    :param distribution_options: keyword options of that distribution, dict.
+    :param shift_sigma: standard deviation of each shift component in pixels.
+    :param defocus_range: ``(low, high)`` mean defocus in Å of the groups.
+    :param n_groups: number of defocus groups (micrographs); particle ``i`` is
+        in group ``i * n_groups // n``.
+    :param astigmatism: ``defocus_u - defocus_v`` in Å.
+    :param voltage: kV.  :param cs: mm.  :param amplitude_contrast: fraction.
+    :param snr: SNR as defined in the module docstring; None for no noise.
+    :param heterogeneity: None, or a second :class:`.atoms.AtomModel` with the
+        same atoms as ``source`` (which must then be an atomic model): particle
+        ``i`` shows ``(1 - t_i) A + t_i B`` with ``t_i`` uniform in [0, 1];
+        amplitudes and widths are those of ``A``.
+    :param keep_clean: also return the noise-free images.
+    :param batch_size: particles projected at once (memory bound).
+    :returns: :class:`ParticleSimulation`.
+    """
+    n, box = int(n), int(box)
+    if n < 1 or n_groups < 1:
+        raise InvalidDataError(f"need n >= 1 particles and n_groups >= 1, got {n}, {n_groups}")
+    source = _as_source(source, box)
+    if heterogeneity is not None:
+        if not isinstance(source, AtomModel) or not isinstance(heterogeneity, AtomModel):
+            raise InvalidDataError("heterogeneity needs two atomic models (source and "
+                                   "heterogeneity), not a volume")
+        if (heterogeneity.n_atoms != source.n_atoms
+                or np.any(heterogeneity.elements != source.elements)):
+            raise InvalidDataError("the two conformations must list the same atoms in the "
+                                   "same order")
+    pose_rng, shift_rng, ctf_rng, state_rng, noise_rng = _streams(rng, 5)
+    rotations = sample_rotations(distribution, n, pose_rng, **(distribution_options or {}))
+    shifts = shift_sigma * shift_rng.standard_normal((n, 2))
+    group_ctf = random_ctf_params(n_groups, ctf_rng, defocus_range, astigmatism, voltage, cs,
+                                  amplitude_contrast)
+    group_ids = np.arange(n) * n_groups // n
+    conformation = state_rng.random(n) if heterogeneity is not None else np.full(n, np.nan)
+
+    images = np.empty((n, box, box), dtype=np.float32)
+    if isinstance(source, AtomModel):
+        for group in np.unique(group_ids):
+            members = np.flatnonzero(group_ids == group)
+            for start in range(0, members.size, batch_size):
+                idx = members[start:start + batch_size]
+                clean = _atom_images(source, heterogeneity, conformation[idx], rotations[idx],
+                                     shifts[idx], box, pixel_size)
+                images[idx] = apply_ctf(clean, group_ctf[group], pixel_size)
+    else:
+        projector = FourierSliceProjector(source, dtype=np.float32)
+        half_plane = projector.half_plane
+        table = ctf_stack(group_ctf, half_plane.kx, half_plane.ky, box, pixel_size)
+        for start in range(0, n, batch_size):
+            idx = np.arange(start, min(start + batch_size, n))
+            images[idx] = projector.project(rotations[idx], shifts[idx], table[group_ids[idx]])
+
+    clean_images = images.copy() if keep_clean else None
+    if snr is None:
+        sigma, snr = 0.0, np.inf
+    else:
+        sigma = noise_sigma_for_snr(images, snr)
+        images += noise_rng.standard_normal(images.shape, dtype=np.float32) * np.float32(sigma)
+    return ParticleSimulation(images, rotations, shifts, [group_ctf[g] for g in group_ids],
+                              group_ids, sigma, float(pixel_size), float(snr), conformation,
+                              clean_images)
+
+
+@dataclass
+class MicrographSimulation:
+    """Simulated micrographs and their ground truth.
+
+    :param micrographs: ``(m, H, W)`` float32 noisy micrographs.
+    :param coordinates: length-``m`` list of ``(k_j, 2)`` int arrays, particle
+        centres ``(x, y)`` in micrograph pixels (column, row index).
+    :param rotations: length-``m`` list of ``(k_j, 3, 3)`` true rotations.
+    :param ctf_params: length-``m`` list of :class:`.ctf.CTFParams`.
+    :param defocus: ``(m,)`` mean defocus ``(dU + dV) / 2`` in Å.
+    :param noise_sigma: standard deviation of the added white noise.
+    :param pixel_size: Å per pixel.
+    :param box: particle box in pixels.
+    :param snr: requested SNR (``inf`` when noise-free).
+    :param clean_micrographs: ``(m, H, W)`` float32 before noise, or None.
+    """
+    micrographs: np.ndarray
+    coordinates: list
+    rotations: list
+    ctf_params: list
+    defocus: np.ndarray
+    noise_sigma: float
+    pixel_size: float
+    box: int
+    snr: float
+    clean_micrographs: np.ndarray = None
+
+
+def place_particles(shape, count, box, min_distance, rng, max_attempts=None):
+    """Non-overlapping particle centres by rejection sampling.
+
+    Centres are integer pixels ``(x, y)`` with the whole ``box x box`` window
+    inside the micrograph; a candidate is accepted when it is at least
+    ``min_distance`` pixels from every accepted centre.
+
+    :param shape: ``(H, W)`` micrograph size in pixels.
+    :param count: number of particles to place.
+    :param box: particle box in pixels.
+    :param min_distance: minimum centre-to-centre distance in pixels.
+    :param rng: seed or :class:`numpy.random.Generator`.
+    :param max_attempts: candidate draws before giving up (default ``1000 * count + 1000``).
+    :returns: ``(count, 2)`` int64 array of ``(x, y)``.
+    :raises InvalidDataError: the particles do not fit.
+    """
+    rng = np.random.default_rng(rng)
+    height, width = shape
+    half = box // 2
+    if height < box or width < box:
+        raise InvalidDataError(f"micrograph {shape} is smaller than the particle box {box}")
+    max_attempts = 1000 * count + 1000 if max_attempts is None else max_attempts
+    placed = np.empty((count, 2), dtype=np.int64)
+    accepted = 0
+    for _ in range(max_attempts):
+        if accepted == count:
+            break
+        candidate = np.array([rng.integers(half, width - box + half + 1),
+                              rng.integers(half, height - box + half + 1)])
+        distance = np.hypot(*(placed[:accepted] - candidate).T)
+        if accepted == 0 or distance.min() >= min_distance:
+            placed[accepted] = candidate
+            accepted += 1
+    if accepted < count:
+        raise InvalidDataError(
+            f"placed only {accepted} of {count} particles {min_distance} px apart in a "
+            f"{height}x{width} micrograph; lower the density or the minimum distance")
+    return placed
+
+
+def _apply_ctf_rectangular(image, params, pixel_size):
+    """CTF-filter an ``(H, W)`` image.  The CTF is a real, even multiplier, so
+    uncentred FFT frequencies give the same result as the centred convention."""
+    height, width = image.shape
+    ky = scipy.fft.fftfreq(height)[:, None]
+    kx = scipy.fft.rfftfreq(width)[None, :]
+    # Frequencies in cycles per pixel are cycles per box for a "box" of 1 pixel.
+    ctf = evaluate_ctf(params, kx, ky, 1, pixel_size)
+    return scipy.fft.irfft2(scipy.fft.rfft2(image) * ctf, s=image.shape)
+
+
+def simulate_micrographs(source, n_micrographs, box, pixel_size, shape=(1024, 1024), rng=0,
+                         particles_per_micrograph=None, area_fraction=0.25, min_distance=None,
+                         distribution="uniform", distribution_options=None,
+                         defocus_range=(10000.0, 25000.0), astigmatism=0.0, voltage=300.0,
+                         cs=2.7, amplitude_contrast=0.1, snr=0.1, keep_clean=True):
+    """Simulate micrographs: projections pasted at non-overlapping positions, CTF, noise.
+
+    Each particle's projection (``box x box``, centred at its integer
+    coordinate, no sub-pixel shift) is added to the micrograph; the
+    micrograph's CTF then filters the whole micrograph (periodic boundary),
+    and white noise at the SNR of the module docstring (measured on the
+    particle windows of the clean micrographs, all micrographs together) is
+    added.
+
+    :param source: ``(box, box, box)`` volume or :class:`.atoms.AtomModel`.
+    :param n_micrographs: number of micrographs ``m``.
+    :param box: particle box in pixels.
+    :param pixel_size: Å per pixel.
+    :param shape: ``(H, W)`` micrograph size in pixels.
+    :param rng: seed or :class:`numpy.random.Generator`.
+    :param particles_per_micrograph: particles per micrograph; when None,
+        ``round(area_fraction * H * W / box^2)``.
+    :param area_fraction: fraction of the micrograph area covered by particle boxes.
+    :param min_distance: minimum centre distance in pixels (default ``box``).
+    :param distribution, distribution_options: viewing distribution, see
+        :func:`sample_rotations`.
+    :param defocus_range, astigmatism, voltage, cs, amplitude_contrast: CTF per
+        micrograph, see :func:`random_ctf_params`.
+    :param snr: SNR, or None for no noise.
+    :param keep_clean: also return the noise-free micrographs.
+    :returns: :class:`MicrographSimulation`.
+    """
+    box = int(box)
+    height, width = (int(s) for s in shape)
+    source = _as_source(source, box)
+    count = (int(particles_per_micrograph) if particles_per_micrograph is not None
+             else int(round(area_fraction * height * width / box ** 2)))
+    if count < 1:
+        raise InvalidDataError(f"the density gives {count} particles per micrograph; raise "
+                               "particles_per_micrograph or area_fraction")
+    min_distance = float(box if min_distance is None else min_distance)
+    pose_rng, ctf_rng, place_rng, noise_rng = _streams(rng, 4)
+    ctf_params = random_ctf_params(n_micrographs, ctf_rng, defocus_range, astigmatism, voltage,
+                                   cs, amplitude_contrast)
+    projector = None if isinstance(source, AtomModel) else FourierSliceProjector(source)
+    half = box // 2
+    micrographs = np.zeros((n_micrographs, height, width), dtype=np.float32)
+    coordinates, all_rotations = [], []
+    for j in range(n_micrographs):
+        centres = place_particles((height, width), count, box, min_distance, place_rng)
+        poses = sample_rotations(distribution, count, pose_rng, **(distribution_options or {}))
+        if projector is None:
+            projections = _atom_images(source, None, None, poses, None, box, pixel_size)
+        else:
+            projections = projector.project(poses)
+        canvas = np.zeros((height, width))
+        for (x, y), projection in zip(centres, projections):
+            canvas[y - half:y - half + box, x - half:x - half + box] += projection
+        micrographs[j] = _apply_ctf_rectangular(canvas, ctf_params[j], pixel_size)
+        coordinates.append(centres)
+        all_rotations.append(poses)
+
+    clean = micrographs.copy() if keep_clean else None
+    if snr is None:
+        sigma, snr = 0.0, np.inf
+    else:
+        windows = np.stack([micrographs[j, y - half:y - half + box, x - half:x - half + box]
+                            for j, centres in enumerate(coordinates) for x, y in centres])
+        sigma = noise_sigma_for_snr(windows, snr)
+        noise = noise_rng.standard_normal(micrographs.shape, dtype=np.float32)
+        micrographs += noise * np.float32(sigma)
+    defocus = np.array([0.5 * (p.defocus_u + p.defocus_v) for p in ctf_params])
+    return MicrographSimulation(micrographs, coordinates, all_rotations, ctf_params, defocus,
+                                sigma, float(pixel_size), box, float(snr), clean)
