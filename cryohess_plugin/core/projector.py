@@ -241,7 +241,7 @@ class FourierSliceProjector:
     def project(self, rotations, shifts=None, ctf=None):
         """Real projections ``(n, D, D)`` (see :meth:`project_fourier` for ``ctf``)."""
         spectra = self.project_fourier(rotations, shifts, ctf)
-        return self.half_plane.synthesize(spectra).astype(self.operator.dtype)
+        return self.half_plane.synthesize(spectra).astype(self.operator.dtype, copy=False)
 
     def project_polar(self, rotations, radii, n_angles, shifts=None, ctf=None):
         """Slices on a polar grid: ``(n, len(radii), n_angles)`` complex.

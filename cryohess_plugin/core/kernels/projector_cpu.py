@@ -54,8 +54,11 @@ def tap_weight_derivatives(t, kernel):
 @njit(inline="always", cache=True)
 def sample_modulation(i, j, kx, ky, shifts, ctf, box):
     """CTF times shift phase of sample ``j`` of image ``i``."""
-    theta = -2.0 * math.pi * (kx[j] * shifts[i, 0] + ky[j] * shifts[i, 1]) / box
-    factor = complex(math.cos(theta), math.sin(theta))
+    factor = 1.0 + 0j
+    # Unshifted images are common (templates, simulations): skip cos/sin there.
+    if shifts[i, 0] != 0.0 or shifts[i, 1] != 0.0:
+        theta = -2.0 * math.pi * (kx[j] * shifts[i, 0] + ky[j] * shifts[i, 1]) / box
+        factor = complex(math.cos(theta), math.sin(theta))
     if ctf.shape[0] > 0:
         factor *= ctf[i, j]
     return factor

@@ -58,9 +58,13 @@ def tap_weight_derivatives(t, kernel):
 @cuda.jit(device=True, inline=True)
 def sample_modulation(i, j, kx, ky, shifts, ctf, box):
     """Real and imaginary parts of CTF times shift phase of sample ``j`` of image ``i``."""
-    theta = -2.0 * math.pi * (kx[j] * shifts[i, 0] + ky[j] * shifts[i, 1]) / box
-    re = math.cos(theta)
-    im = math.sin(theta)
+    re = 1.0
+    im = 0.0
+    # Unshifted images are common (templates, simulations): skip cos/sin there.
+    if shifts[i, 0] != 0.0 or shifts[i, 1] != 0.0:
+        theta = -2.0 * math.pi * (kx[j] * shifts[i, 0] + ky[j] * shifts[i, 1]) / box
+        re = math.cos(theta)
+        im = math.sin(theta)
     if ctf.shape[0] > 0:
         re *= ctf[i, j]
         im *= ctf[i, j]
@@ -255,6 +259,7 @@ def _copy_back(device_view, host):
 
 
 def _common_inputs(rows, shifts, kx, ky, ctf):
+    """Device copies of the geometry, shift and CTF arrays the kernels share."""
     return (cuda.to_device(np.ascontiguousarray(rows, dtype=np.float64)),
             cuda.to_device(np.ascontiguousarray(shifts, dtype=np.float64)),
             cuda.to_device(np.ascontiguousarray(kx, dtype=np.float64)),
