@@ -1,0 +1,26 @@
+"""Names shared by the cryohess Scipion layer: environment variables and the
+extra per-item columns that protocols write on Scipion sets."""
+
+# ---------------------------- Environment variables --------------------------
+CRYOHESS_USE_GPU = "CRYOHESS_USE_GPU"
+CRYOHESS_USE_GPU_DEFAULT = "True"
+
+# ---------------------------- Extra item columns -----------------------------
+# Every item of a set must carry every column (the first appended item fixes
+# the SQLite columns of the whole set).
+CONFORMATION = "_cryohess_conformation"
+DEFOCUS_GROUP = "_cryohess_defocusGroup"
+
+# ---------------------------- Simulation choices -----------------------------
+SOURCE_PHANTOM = 0
+SOURCE_ATOMIC_MODEL = 1
+SOURCE_VOLUME = 2
+
+VIEWS_UNIFORM = 0
+VIEWS_POLAR_CAP = 1
+VIEWS_EQUATORIAL_BAND = 2
+VIEWS_TOP_PREFERENCE = 3
+
+HETEROGENEITY_NONE = 0
+HETEROGENEITY_LINEAR = 1
+HETEROGENEITY_RIGID_REGION = 2

@@ -1,0 +1,115 @@
+"""Demo workflow: a local, headless Scipion project running the cryohess protocols.
+
+Usage::
+
+    python -m cryohess_plugin.demo [--data-dir ./scipion_data] [--project cryohess_demo]
+
+The project is created under ``DATA_DIR/projects/PROJECT`` (runs are added to
+it if it exists), every stage runs as a Scipion protocol, and the plots of
+each stage are written to ``DATA_DIR/projects/PROJECT/plots``.  Open the
+project in the Scipion GUI with::
+
+    SCIPION_USER_DATA=DATA_DIR SCIPION_HOME=DATA_DIR/scipion_home \\
+        python -O -m pyworkflow.apps.pw_project PROJECT
+"""
+import argparse
+import os
+import sys
+
+from cryohess_plugin.headless import configure_environment
+
+
+def parseArgs(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m cryohess_plugin.demo",
+        description="Run the cryohess demo workflow in a headless Scipion project.")
+    parser.add_argument("--data-dir", default="scipion_data",
+                        help="folder for Scipion configuration and projects "
+                             "(default: ./scipion_data)")
+    parser.add_argument("--project", default="cryohess_demo",
+                        help="project name (default: cryohess_demo)")
+    parser.add_argument("--particles", type=int, default=500,
+                        help="number of simulated particles (default: 500)")
+    parser.add_argument("--box", type=int, default=64,
+                        help="particle box in pixels (default: 64)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="CPU threads per protocol (default: 2)")
+    return parser.parse_args(argv)
+
+
+def openProject(name):
+    """Load project ``name`` or create it, and work from its folder (Scipion's
+    paths are relative to it); returns the pyworkflow Project."""
+    from pyworkflow.project import Manager
+    manager = Manager()
+    if manager.hasProject(name):
+        project = manager.loadProject(name)
+    else:
+        project = manager.createProject(name)
+    os.chdir(project.getPath())
+    return project
+
+
+def runProtocol(project, protocol):
+    """Run ``protocol`` to completion; exit with its error if it fails."""
+    print("Running %s ..." % protocol.getObjLabel(), flush=True)
+    project.launchProtocol(protocol, wait=True)
+    if protocol.isFailed():
+        sys.exit("%s failed: %s\nSee %s" % (protocol.getObjLabel(), protocol.getErrorMessage(),
+                                            protocol.getLogPaths()[0]))
+    return protocol
+
+
+def savePlots(viewerClass, project, protocol, plotDir, prefix):
+    """Save every plot of a viewer as PNG files; returns their paths."""
+    viewer = viewerClass(project=project, protocol=protocol)
+    viewer.setProtocol(protocol)
+    paths = []
+    for name, show in viewer._getVisualizeDict().items():
+        plotter = show(name)[0]
+        path = os.path.join(plotDir, "%s_%s.png" % (prefix, name))
+        plotter.savefig(path)
+        plotter.close()
+        paths.append(path)
+    return paths
+
+
+def simulateStage(project, args, plotDir):
+    """Stage 1: a simulated phantom data set with micrographs."""
+    from cryohess_plugin.protocols import CryoHessProtSimulate
+    from cryohess_plugin.viewers import CryoHessSimulateViewer
+    protocol = project.newProtocol(
+        CryoHessProtSimulate, boxSize=args.box, samplingRate=1.5, numberOfParticles=args.particles,
+        numberOfDefocusGroups=10, snr=0.1, doMicrographs=True, numberOfMicrographs=3,
+        particlesPerMicrograph=20, micrographSize=512, numberOfThreads=args.threads)
+    protocol.setObjLabel("cryohess - simulate")
+    runProtocol(project, protocol)
+    particles = protocol.outputParticles
+    print("  %d particles, %d micrographs; ground truth: %s"
+          % (particles.getSize(), protocol.outputMicrographs.getSize(),
+             os.path.abspath(protocol.outputVolume.getFileName())))
+    print("  data: %s" % os.path.abspath(protocol._getExtraPath()))
+    for path in savePlots(CryoHessSimulateViewer, project, protocol, plotDir, "simulate"):
+        print("  plot: %s" % path)
+    return protocol
+
+
+STAGES = [simulateStage]
+
+
+def main(argv=None):
+    args = parseArgs(sys.argv[1:] if argv is None else argv)
+    configure_environment(args.data_dir, override=True)
+    project = openProject(args.project)
+    plotDir = os.path.join(project.getPath(), "plots")
+    os.makedirs(plotDir, exist_ok=True)
+    print("Scipion project: %s" % project.getPath())
+    for stage in STAGES:
+        stage(project, args, plotDir)
+    print("Done. Open the project in the Scipion GUI with:\n"
+          "  SCIPION_USER_DATA=%s SCIPION_HOME=%s python -O -m pyworkflow.apps.pw_project %s"
+          % (os.environ["SCIPION_USER_DATA"], os.environ["SCIPION_HOME"], args.project))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Scipion discovers the plugin, its protocols, viewers, menu and references.
+
+A plugin with an import error is silently dropped by Scipion's Domain, so
+these tests are the guard against a plugin that vanishes from the GUI.
+"""
+import inspect
+
+import pwem
+import pyworkflow as pw
+import pytest
+from pyworkflow.gui.project.viewprotocols_extra import ProtocolTreeConfig
+from pyworkflow.utils import parseBibTex
+
+import cryohess_plugin
+from cryohess_plugin import bibtex
+import cryohess_plugin.protocols as cryoProtocols
+import cryohess_plugin.viewers as cryoViewers
+
+PROTOCOL_NAMES = [name for name, cls in inspect.getmembers(cryoProtocols, inspect.isclass)
+                  if name.startswith('CryoHessProt')]
+VIEWER_NAMES = [name for name, cls in inspect.getmembers(cryoViewers, inspect.isclass)
+                if name.startswith('CryoHess') and name.endswith('Viewer')]
+BIBTEX_KEYS = ['Rangan2022radial', 'Rangan2023hessian', 'Kreymer2023micrograph',
+               'Ullrich2019differentiable', 'Lederman2020hyper']
+
+
+def _menuValues(node):
+    for child in node.childs:
+        yield child.value
+        yield from _menuValues(child)
+
+
+def test_plugin_is_discovered():
+    plugins = pwem.Domain.getPlugins()
+    assert 'cryohess_plugin' in plugins
+    plugin = pwem.Domain.getPluginModule('cryohess_plugin')
+    assert issubclass(plugin.Plugin, pwem.Plugin)
+    assert plugin.Plugin.validateInstallation() == []
+    instance = plugin._pluginInstance
+    assert instance.getName() == 'cryohess_plugin'
+    assert instance.getPath() == cryohess_plugin.__path__[0]
+
+
+def test_package_exports_protocols_and_viewers():
+    assert 'CryoHessProtSimulate' in PROTOCOL_NAMES
+    assert 'CryoHessSimulateViewer' in VIEWER_NAMES
+
+
+@pytest.mark.parametrize('name', PROTOCOL_NAMES)
+def test_protocol_is_registered(name):
+    protocol = pwem.Domain.getProtocols()[name]
+    assert protocol.__module__.startswith('cryohess_plugin.protocols.')
+    assert protocol._label and protocol.__doc__
+
+
+@pytest.mark.parametrize('name', VIEWER_NAMES)
+def test_viewer_is_registered(name):
+    viewer = pwem.Domain.getViewers()[name]
+    assert all(target.__name__ in PROTOCOL_NAMES for target in viewer._targets)
+
+
+def test_every_protocol_is_in_the_menu():
+    tree = ProtocolTreeConfig.load(pwem.Domain, pw.Config.SCIPION_PROTOCOLS)
+    values = set(_menuValues(tree['Protocols SPA']))
+    assert set(PROTOCOL_NAMES) <= values
+
+
+def test_bibtex_keys_parse():
+    entries = parseBibTex(bibtex.__doc__)
+    assert list(entries) == BIBTEX_KEYS
+    for entry in entries.values():
+        assert entry['author'] and entry['title'] and entry['year']
+    assert set(cryohess_plugin._references) <= set(entries)
+    pwem.Domain.getPlugins()
+    assert set(BIBTEX_KEYS) <= set(cryohess_plugin._bibtex)
+
+
+def test_protocol_citations_resolve():
+    entries = parseBibTex(bibtex.__doc__)
+    for name in PROTOCOL_NAMES:
+        protocol = pwem.Domain.getProtocols()[name]()
+        assert set(protocol._citations()) <= set(entries)
