@@ -263,6 +263,7 @@ class CryoHessProtSimulate(EMProtocol):
             shift_sigma=self.shiftSigma.get(),
             defocus_range=(self.defocusMin.get(), self.defocusMax.get()),
             n_groups=self.numberOfDefocusGroups.get(), astigmatism=self.astigmatism.get(),
+            backend=self._backend(),
             heterogeneity=stateB, keep_clean=False, snr=self.snr.get(),
             **self._microscope())
         mrc.write_stack(self._getFileName('particles'), sim.images, pixel, overwrite=True)
@@ -285,7 +286,7 @@ class CryoHessProtSimulate(EMProtocol):
         sim = simulate.simulate_micrographs(
             stateA, self.numberOfMicrographs.get(), self.boxSize.get(),
             self.samplingRate.get(), shape=(size, size), rng=self._seed(2),
-            particles_per_micrograph=self.particlesPerMicrograph.get(),
+            particles_per_micrograph=self.particlesPerMicrograph.get(), backend=self._backend(),
             distribution=VIEW_DISTRIBUTIONS[self.viewDistribution.get()],
             distribution_options=self._distributionOptions(),
             defocus_range=(self.defocusMin.get(), self.defocusMax.get()),
@@ -439,6 +440,10 @@ class CryoHessProtSimulate(EMProtocol):
         """Whether the simulation steps may use a GPU (volume source, GPU allowed)."""
         return (self.source.get() == SOURCE_VOLUME and self.usesGpu()
                 and Plugin.gpuAllowed())
+
+    def _backend(self):
+        """Kernel backend of the core: CUDA when this step may use a GPU, else CPU."""
+        return "auto" if self._projectsOnGpu() else "cpu"
 
     def _setDevices(self):
         """CPU threads from the form; bind this step's thread to its first GPU, if any."""

@@ -233,3 +233,11 @@ def test_micrograph_particles_are_pasted_at_their_coordinates(phantom):
         assert total == pytest.approx(expected.sum(), rel=1e-4)
         assert total == pytest.approx(-amplitude_contrast * 6 * phantom.amplitudes().sum(),
                                       rel=1e-4)
+
+
+def test_cuda_backend_without_a_device_is_refused():
+    from cryohess_plugin.core.kernels import BackendUnavailableError, cuda_available
+    if cuda_available():
+        pytest.skip("a CUDA device is present, so the request is valid here")
+    with pytest.raises(BackendUnavailableError, match="GPU option off"):
+        simulate_particles(np.zeros((16, 16, 16)), 2, 16, 2.0, backend="cuda")

@@ -197,7 +197,8 @@ def simulate_particles(source, n, box, pixel_size, rng=0, distribution="uniform"
                        distribution_options=None, shift_sigma=0.0,
                        defocus_range=(10000.0, 25000.0), n_groups=10, astigmatism=0.0,
                        voltage=300.0, cs=2.7, amplitude_contrast=0.1, snr=0.1,
-                       heterogeneity=None, keep_clean=True, batch_size=256):
+                       heterogeneity=None, keep_clean=True, batch_size=256,
+                       backend="auto"):
     """Simulate a particle stack: project, modulate by the CTF, add white noise.
 
     :param source: ``(box, box, box)`` volume (voxel size ``pixel_size``) or an
@@ -220,6 +221,7 @@ def simulate_particles(source, n, box, pixel_size, rng=0, distribution="uniform"
         ``i`` shows ``(1 - t_i) A + t_i B`` with ``t_i`` uniform in [0, 1];
         amplitudes and widths are those of ``A``.
     :param keep_clean: also return the noise-free images.
+    :param backend: where volumes are projected: ``"auto"``, ``"cpu"`` or ``"cuda"``.
     :param batch_size: particles projected at once (memory bound).
     :returns: :class:`ParticleSimulation`.
     """
@@ -253,7 +255,7 @@ def simulate_particles(source, n, box, pixel_size, rng=0, distribution="uniform"
                                      shifts[idx], box, pixel_size)
                 images[idx] = apply_ctf(clean, group_ctf[group], pixel_size)
     else:
-        projector = FourierSliceProjector(source, dtype=np.float32)
+        projector = FourierSliceProjector(source, dtype=np.float32, backend=backend)
         half_plane = projector.half_plane
         table = ctf_stack(group_ctf, half_plane.kx, half_plane.ky, box, pixel_size)
         for start in range(0, n, batch_size):
@@ -354,7 +356,8 @@ def simulate_micrographs(source, n_micrographs, box, pixel_size, shape=(1024, 10
                          particles_per_micrograph=None, area_fraction=0.25, min_distance=None,
                          distribution="uniform", distribution_options=None,
                          defocus_range=(10000.0, 25000.0), astigmatism=0.0, voltage=300.0,
-                         cs=2.7, amplitude_contrast=0.1, snr=0.1, keep_clean=True):
+                         cs=2.7, amplitude_contrast=0.1, snr=0.1, keep_clean=True,
+                         backend="auto"):
     """Simulate micrographs: projections pasted at non-overlapping positions, CTF, noise.
 
     Each particle's projection (``box x box``, centred at its integer
@@ -380,6 +383,7 @@ def simulate_micrographs(source, n_micrographs, box, pixel_size, shape=(1024, 10
         micrograph, see :func:`random_ctf_params`.
     :param snr: SNR, or None for no noise.
     :param keep_clean: also return the noise-free micrographs.
+    :param backend: where volumes are projected: ``"auto"``, ``"cpu"`` or ``"cuda"``.
     :returns: :class:`MicrographSimulation`.
     """
     box = int(box)
@@ -394,7 +398,8 @@ def simulate_micrographs(source, n_micrographs, box, pixel_size, shape=(1024, 10
     pose_rng, ctf_rng, place_rng, noise_rng = _streams(rng, 4)
     ctf_params = random_ctf_params(n_micrographs, ctf_rng, defocus_range, astigmatism, voltage,
                                    cs, amplitude_contrast)
-    projector = None if isinstance(source, AtomModel) else FourierSliceProjector(source)
+    projector = (None if isinstance(source, AtomModel)
+                 else FourierSliceProjector(source, backend=backend))
     half = box // 2
     micrographs = np.zeros((n_micrographs, height, width), dtype=np.float32)
     coordinates, all_rotations = [], []
