@@ -17,51 +17,10 @@ import math
 import numpy as np
 from numba import njit, prange
 
-LINEAR = 0
-KEYS_A = -0.5
+from .interpolation import (LINEAR, grid_position, sample_modulation, tap_weight_derivatives,
+                            tap_weights)
+
 _BLOCK = 512
-
-
-@njit(inline="always", cache=True)
-def tap_weights(t, kernel):
-    """Weights of taps ``f - 1, f, f + 1, f + 2`` at fractional offset ``t``."""
-    if kernel == LINEAR:
-        return 0.0, 1.0 - t, t, 0.0
-    a = KEYS_A
-    u0, u3 = 1.0 + t, 2.0 - t
-    w0 = a * u0 ** 3 - 5 * a * u0 ** 2 + 8 * a * u0 - 4 * a
-    w1 = (a + 2) * t ** 3 - (a + 3) * t ** 2 + 1
-    s = 1.0 - t
-    w2 = (a + 2) * s ** 3 - (a + 3) * s ** 2 + 1
-    w3 = a * u3 ** 3 - 5 * a * u3 ** 2 + 8 * a * u3 - 4 * a
-    return w0, w1, w2, w3
-
-
-@njit(inline="always", cache=True)
-def tap_weight_derivatives(t, kernel):
-    """Derivatives of :func:`tap_weights` with respect to ``t``."""
-    if kernel == LINEAR:
-        return 0.0, -1.0, 1.0, 0.0
-    a = KEYS_A
-    u0, u3, s = 1.0 + t, 2.0 - t, 1.0 - t
-    d0 = 3 * a * u0 ** 2 - 10 * a * u0 + 8 * a
-    d1 = 3 * (a + 2) * t ** 2 - 2 * (a + 3) * t
-    d2 = -(3 * (a + 2) * s ** 2 - 2 * (a + 3) * s)
-    d3 = -(3 * a * u3 ** 2 - 10 * a * u3 + 8 * a)
-    return d0, d1, d2, d3
-
-
-@njit(inline="always", cache=True)
-def sample_modulation(i, j, kx, ky, shifts, ctf, box):
-    """CTF times shift phase of sample ``j`` of image ``i``."""
-    factor = 1.0 + 0j
-    # Unshifted images are common (templates, simulations): skip cos/sin there.
-    if shifts[i, 0] != 0.0 or shifts[i, 1] != 0.0:
-        theta = -2.0 * math.pi * (kx[j] * shifts[i, 0] + ky[j] * shifts[i, 1]) / box
-        factor = complex(math.cos(theta), math.sin(theta))
-    if ctf.shape[0] > 0:
-        factor *= ctf[i, j]
-    return factor
 
 
 @njit(inline="always", cache=True)
@@ -119,11 +78,10 @@ def slice_forward(grid, rows, shifts, kx, ky, ctf, box, kernel, out):
         start = (task % blocks) * _BLOCK
         weights = np.empty_like(grid[0, 0, :12].real)
         for j in range(start, min(m, start + _BLOCK)):
-            gx = kx[j] * rows[i, 0, 0] + ky[j] * rows[i, 1, 0] + centre
-            gy = kx[j] * rows[i, 0, 1] + ky[j] * rows[i, 1, 1] + centre
-            gz = kx[j] * rows[i, 0, 2] + ky[j] * rows[i, 1, 2] + centre
+            gx, gy, gz = grid_position(i, j, rows, kx, ky, centre)
             value = interpolate(grid, gx, gy, gz, kernel, weights)
-            out[i, j] = value * sample_modulation(i, j, kx, ky, shifts, ctf, box)
+            mod_re, mod_im = sample_modulation(i, j, kx, ky, shifts, ctf, box)
+            out[i, j] = value * complex(mod_re, mod_im)
 
 
 @njit(parallel=True, cache=True)
@@ -142,6 +100,7 @@ def slice_adjoint(values, rows, shifts, kx, ky, ctf, box, kernel, n_slabs, grid)
         z_hi = (slab + 1) * size // n_slabs
         for i in range(n):
             for j in range(m):
+                # z first: most samples miss this slab and need nothing else.
                 gz = kx[j] * rows[i, 0, 2] + ky[j] * rows[i, 1, 2] + centre
                 fz = math.floor(gz)
                 z0 = int(fz) - 1
@@ -155,7 +114,8 @@ def slice_adjoint(values, rows, shifts, kx, ky, ctf, box, kernel, n_slabs, grid)
                 wz = tap_weights(gz - fz, kernel)
                 x0, y0 = int(fx) - 1, int(fy) - 1
                 # Conjugate modulation: the adjoint of multiplying by a complex factor.
-                v = values[i, j] * sample_modulation(i, j, kx, ky, shifts, ctf, box).conjugate()
+                mod_re, mod_im = sample_modulation(i, j, kx, ky, shifts, ctf, box)
+                v = values[i, j] * complex(mod_re, -mod_im)
                 for c in range(lo, hi):
                     z = z0 + c
                     if z < z_lo or z >= z_hi or z < 0 or z >= size:
@@ -184,9 +144,7 @@ def slice_gradient(grid, rows, kx, ky, kernel, values, gradients):
     lo, hi = (1, 3) if kernel == LINEAR else (0, 4)
     for i in prange(n):
         for j in range(m):
-            gx = kx[j] * rows[i, 0, 0] + ky[j] * rows[i, 1, 0] + centre
-            gy = kx[j] * rows[i, 0, 1] + ky[j] * rows[i, 1, 1] + centre
-            gz = kx[j] * rows[i, 0, 2] + ky[j] * rows[i, 1, 2] + centre
+            gx, gy, gz = grid_position(i, j, rows, kx, ky, centre)
             fx, fy, fz = math.floor(gx), math.floor(gy), math.floor(gz)
             wx = tap_weights(gx - fx, kernel)
             wy = tap_weights(gy - fy, kernel)

@@ -1,0 +1,66 @@
+"""Interpolation formulas shared by the CPU and CUDA slice kernels.
+
+``register_jitable`` compiles each function into whichever kernel calls it,
+``njit`` on the CPU or ``cuda.jit`` on the GPU, so both backends use one
+definition of the taps, the grid position and the modulation.
+"""
+import math
+
+from numba.extending import register_jitable
+
+LINEAR = 0
+KEYS_A = -0.5
+
+
+@register_jitable(inline="always")
+def tap_weights(t, kernel):
+    """Weights of taps ``f - 1, f, f + 1, f + 2`` at fractional offset ``t``."""
+    if kernel == LINEAR:
+        return 0.0, 1.0 - t, t, 0.0
+    a = KEYS_A
+    u0, u3 = 1.0 + t, 2.0 - t
+    w0 = a * u0 ** 3 - 5 * a * u0 ** 2 + 8 * a * u0 - 4 * a
+    w1 = (a + 2) * t ** 3 - (a + 3) * t ** 2 + 1
+    s = 1.0 - t
+    w2 = (a + 2) * s ** 3 - (a + 3) * s ** 2 + 1
+    w3 = a * u3 ** 3 - 5 * a * u3 ** 2 + 8 * a * u3 - 4 * a
+    return w0, w1, w2, w3
+
+
+@register_jitable(inline="always")
+def tap_weight_derivatives(t, kernel):
+    """Derivatives of :func:`tap_weights` with respect to ``t``."""
+    if kernel == LINEAR:
+        return 0.0, -1.0, 1.0, 0.0
+    a = KEYS_A
+    u0, u3, s = 1.0 + t, 2.0 - t, 1.0 - t
+    d0 = 3 * a * u0 ** 2 - 10 * a * u0 + 8 * a
+    d1 = 3 * (a + 2) * t ** 2 - 2 * (a + 3) * t
+    d2 = -(3 * (a + 2) * s ** 2 - 2 * (a + 3) * s)
+    d3 = -(3 * a * u3 ** 2 - 10 * a * u3 + 8 * a)
+    return d0, d1, d2, d3
+
+
+@register_jitable(inline="always")
+def grid_position(i, j, rows, kx, ky, centre):
+    """Grid coordinates ``(gx, gy, gz)`` of sample ``j`` of image ``i``."""
+    gx = kx[j] * rows[i, 0, 0] + ky[j] * rows[i, 1, 0] + centre
+    gy = kx[j] * rows[i, 0, 1] + ky[j] * rows[i, 1, 1] + centre
+    gz = kx[j] * rows[i, 0, 2] + ky[j] * rows[i, 1, 2] + centre
+    return gx, gy, gz
+
+
+@register_jitable(inline="always")
+def sample_modulation(i, j, kx, ky, shifts, ctf, box):
+    """Real and imaginary parts of CTF times shift phase of sample ``j`` of image ``i``."""
+    re = 1.0
+    im = 0.0
+    # Unshifted images are common (templates, simulations): skip cos/sin there.
+    if shifts[i, 0] != 0.0 or shifts[i, 1] != 0.0:
+        theta = -2.0 * math.pi * (kx[j] * shifts[i, 0] + ky[j] * shifts[i, 1]) / box
+        re = math.cos(theta)
+        im = math.sin(theta)
+    if ctf.shape[0] > 0:
+        re *= ctf[i, j]
+        im *= ctf[i, j]
+    return re, im
