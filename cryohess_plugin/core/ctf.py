@@ -169,14 +169,25 @@ def ctf_stack(params_list, kx, ky, box, pixel_size, dtype=np.float64):
     return out
 
 
-def apply_ctf(images, params, pixel_size):
-    """Multiply the centred spectrum of real-space images by one CTF.
+def filter_images(images, params, pixel_size):
+    """Multiply the spectrum of real images ``(..., H, W)`` by one CTF.
 
-    For even boxes the Nyquist row and column stand for both ``+box/2`` and
-    ``-box/2``, where an astigmatic CTF differs; numpy's real FFT layout used
-    here evaluates the row at ``ky = -box/2`` and the column at
-    ``kx = +box/2`` (Xmipp picks differently).  Images without power on those
-    lines are unaffected.
+    For even sizes the Nyquist row is evaluated at ``ky = -H/2`` and the
+    Nyquist column at ``kx = +W/2`` (Xmipp picks differently); images without
+    power on those lines are unaffected.
+
+    :returns: real array of the same shape (float32 for float32 input, else float64).
+    """
+    images = np.asarray(images)
+    ky, kx = fourier.real_filter_frequencies(*images.shape[-2:])
+    # Frequencies in cycles per pixel are cycles per box for a "box" of 1 pixel.
+    return fourier.filter_real(images, evaluate_ctf(params, kx, ky, 1, pixel_size))
+
+
+def apply_ctf(images, params, pixel_size):
+    """Multiply the centred spectrum of square real-space images by one CTF.
+
+    See :func:`filter_images` for the Nyquist lines of even boxes.
 
     :param images: real array ``(..., box, box)``.
     :param params: :class:`CTFParams`.
@@ -186,10 +197,4 @@ def apply_ctf(images, params, pixel_size):
     images = np.asarray(images)
     if images.ndim < 2 or images.shape[-1] != images.shape[-2]:
         raise ShapeError(f"expected square images (..., box, box), got shape {images.shape}")
-    box = images.shape[-1]
-    # rfft half-spectrum: ky centred on axis -2, kx = 0 .. box // 2 on axis -1.
-    ky, kx = np.meshgrid(fourier.frequencies(box), np.arange(box // 2 + 1), indexing="ij")
-    ctf = evaluate_ctf(params, kx, ky, box, pixel_size)
-    dtype = images.dtype if images.dtype == np.float32 else np.float64
-    out = fourier.centred_irfft2(fourier.centred_rfft2(images) * ctf, box)
-    return out.astype(dtype, copy=False)
+    return filter_images(images, params, pixel_size)

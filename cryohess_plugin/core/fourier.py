@@ -40,21 +40,30 @@ def centred_ifftn(spectrum, axes=None):
     return scipy.fft.fftshift(scipy.fft.ifftn(shifted, axes=axes, workers=_WORKERS), axes=axes)
 
 
-def centred_rfft2(images):
-    """Half-spectrum of real images ``(..., n, n)``: shape ``(..., n, n // 2 + 1)``.
+def real_filter_frequencies(height, width):
+    """Frequencies ``(ky, kx)`` in cycles per pixel of the :func:`filter_real` layout.
 
-    Axis -2 (``ky``) is centred (``ky = 0`` at index ``n // 2``); axis -1 holds
-    ``kx = 0 .. n // 2``.
+    ``ky`` has shape ``(height, 1)``, ``kx`` ``(1, width // 2 + 1)``.  For even
+    sizes the Nyquist row is ``ky = -1/2`` and the Nyquist column ``kx = +1/2``.
     """
-    shifted = scipy.fft.ifftshift(images, axes=(-2, -1))
-    return scipy.fft.fftshift(scipy.fft.rfft2(shifted, workers=_WORKERS), axes=-2)
+    return scipy.fft.fftfreq(height)[:, None], scipy.fft.rfftfreq(width)[None, :]
 
 
-def centred_irfft2(half_spectrum, box):
-    """Real images ``(..., box, box)`` from a :func:`centred_rfft2` half-spectrum."""
-    shifted = scipy.fft.ifftshift(half_spectrum, axes=-2)
-    images = scipy.fft.irfft2(shifted, s=(box, box), workers=_WORKERS)
-    return scipy.fft.fftshift(images, axes=(-2, -1))
+def filter_real(images, multiplier):
+    """Multiply the spectrum of real images ``(..., H, W)`` by a real, even multiplier.
+
+    A real, even multiplier commutes with the shift that centres real space,
+    so the uncentred FFT layout gives the centred result with no shift copies.
+
+    :param multiplier: values at :func:`real_filter_frequencies` ``(H, W // 2 + 1)``.
+    :returns: real array of the same shape, float32 for float32 input, else float64.
+    """
+    images = np.asarray(images)
+    height, width = images.shape[-2:]
+    dtype = images.dtype if images.dtype == np.float32 else np.float64
+    spectrum = scipy.fft.rfft2(images, workers=_WORKERS) * multiplier
+    out = scipy.fft.irfft2(spectrum, s=(height, width), workers=_WORKERS)
+    return out.astype(dtype, copy=False)
 
 
 def frequencies(n):

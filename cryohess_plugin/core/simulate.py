@@ -25,11 +25,10 @@ why that path is analytic.
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.fft
 
 from . import rotations as rot
 from .atoms import AtomModel, project_atom_positions
-from .ctf import CTFParams, apply_ctf, ctf_stack, evaluate_ctf
+from .ctf import CTFParams, apply_ctf, ctf_stack, filter_images
 from .errors import InvalidDataError, ShapeError
 from .projector import FourierSliceProjector, validate_volume
 
@@ -341,17 +340,6 @@ def place_particles(shape, count, box, min_distance, rng, max_attempts=None):
     return placed
 
 
-def _apply_ctf_rectangular(image, params, pixel_size):
-    """CTF-filter an ``(H, W)`` image.  The CTF is a real, even multiplier, so
-    uncentred FFT frequencies give the same result as the centred convention."""
-    height, width = image.shape
-    ky = scipy.fft.fftfreq(height)[:, None]
-    kx = scipy.fft.rfftfreq(width)[None, :]
-    # Frequencies in cycles per pixel are cycles per box for a "box" of 1 pixel.
-    ctf = evaluate_ctf(params, kx, ky, 1, pixel_size)
-    return scipy.fft.irfft2(scipy.fft.rfft2(image) * ctf, s=image.shape)
-
-
 def simulate_micrographs(source, n_micrographs, box, pixel_size, shape=(1024, 1024), rng=0,
                          particles_per_micrograph=None, area_fraction=0.25, min_distance=None,
                          distribution="uniform", distribution_options=None,
@@ -413,7 +401,7 @@ def simulate_micrographs(source, n_micrographs, box, pixel_size, shape=(1024, 10
         canvas = np.zeros((height, width))
         for (x, y), projection in zip(centres, projections):
             canvas[y - half:y - half + box, x - half:x - half + box] += projection
-        micrographs[j] = _apply_ctf_rectangular(canvas, ctf_params[j], pixel_size)
+        micrographs[j] = filter_images(canvas, ctf_params[j], pixel_size)
         coordinates.append(centres)
         all_rotations.append(poses)
 
