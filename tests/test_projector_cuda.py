@@ -82,7 +82,7 @@ def _kernel_errors(rng):
         # Both start from the same non-zero grid: the adjoint adds into it.
         cpu_grid = grid.copy()
         cuda_grid = grid.copy()
-        projector_cpu.slice_adjoint(values, *common, 4, cpu_grid)
+        projector_cpu.slice_adjoint(values, *common, cpu_grid)
         projector_cuda.slice_adjoint(values, *common, cuda_grid)
         errors[kernel_case_name("adjoint", dtype, kernel, box)] = _relative(
             cuda_grid - grid, cpu_grid - grid)

@@ -154,9 +154,13 @@ def kernel_transfer(position, kernel):
     raise ValueError(f"unknown interpolation kernel {kernel!r}; use 'linear' or 'cubic'")
 
 
-def deapodization(size, kernel):
-    """Separable deapodisation factor ``1 / H(x / size)`` of a centred axis, shape ``(size,)``."""
-    return 1.0 / kernel_transfer(frequencies(size) / size, kernel)
+def deapodization(box, padded_size, kernel):
+    """Separable deapodisation factor ``1 / H(x / padded_size)``, shape ``(box,)``.
+
+    ``x`` runs over the positions of a centred ``box`` axis that is zero-padded
+    to ``padded_size`` before the transform.
+    """
+    return 1.0 / kernel_transfer(frequencies(box) / padded_size, kernel)
 
 
 @dataclass(frozen=True)

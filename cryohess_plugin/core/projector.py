@@ -26,7 +26,6 @@ in the image frame (``w`` in radians) and with respect to ``t`` (pixels).
 """
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
 from . import fourier
@@ -94,9 +93,13 @@ class SliceOperator:
         self.kernel = kernel
         self.kernel_id = KERNEL_IDS[kernel]
         self.backend = resolve_backend(backend)
+        if self.backend == "cuda":
+            from .kernels import projector_cuda as kernels
+        else:
+            kernels = projector_cpu
+        self._kernels = kernels
         self.half_plane = fourier.HalfPlane.disc(self.box, radius)
-        self._deapodization = fourier.deapodization(self.padded_size, kernel)[
-            self.padded_size // 2 - self.box // 2: self.padded_size // 2 - self.box // 2 + self.box]
+        self._deapodization = fourier.deapodization(self.box, self.padded_size, kernel)
 
     # ----------------------------------------------------------------- volume <-> grid
     def volume_to_grid(self, volume):
@@ -105,8 +108,7 @@ class SliceOperator:
         if volume.shape[0] != self.box:
             raise ShapeError(f"volume box {volume.shape[0]} differs from the projector box "
                              f"{self.box}; resample the volume or the images to one box")
-        d = self._deapodization
-        corrected = volume * (d[:, None, None] * d[None, :, None] * d[None, None, :])
+        corrected = self._deapodize(volume)
         padded = fourier.pad_centred(corrected.astype(self.dtype), self.padded_size)
         return fourier.centred_fftn(padded).astype(self.complex_dtype)
 
@@ -114,9 +116,12 @@ class SliceOperator:
         """Transpose of :meth:`volume_to_grid` (real inner product on the grid)."""
         size = self.padded_size
         real = (fourier.centred_ifftn(grid) * float(size) ** 3).real
+        return self._deapodize(fourier.crop_centred(real, self.box)).astype(self.dtype)
+
+    def _deapodize(self, volume):
+        """Divide a ``(D, D, D)`` volume by the kernel's transfer function (it is diagonal)."""
         d = self._deapodization
-        cropped = fourier.crop_centred(real, self.box)
-        return (cropped * d[:, None, None] * d[None, :, None] * d[None, None, :]).astype(self.dtype)
+        return volume * (d[:, None, None] * d[None, :, None] * d[None, None, :])
 
     # ----------------------------------------------------------------- slices
     def _arguments(self, rotations, kx, ky, shifts, ctf):
@@ -149,13 +154,7 @@ class SliceOperator:
         """
         rows, shifts, kx, ky, ctf = self._arguments(rotations, kx, ky, shifts, ctf)
         out = np.empty((rows.shape[0], kx.size), dtype=self.complex_dtype)
-        if self.backend == "cuda":
-            from .kernels import projector_cuda
-            projector_cuda.slice_forward(grid, rows, shifts, kx, ky, ctf, self.box,
-                                         self.kernel_id, out)
-        else:
-            projector_cpu.slice_forward(grid, rows, shifts, kx, ky, ctf, self.box,
-                                        self.kernel_id, out)
+        self._kernels.slice_forward(grid, rows, shifts, kx, ky, ctf, self.box, self.kernel_id, out)
         return out
 
     def slices_adjoint(self, values, rotations, kx, ky, shifts=None, ctf=None):
@@ -167,14 +166,8 @@ class SliceOperator:
                              f"got {values.shape}")
         size = self.padded_size
         grid = np.zeros((size, size, size), dtype=self.complex_dtype)
-        if self.backend == "cuda":
-            from .kernels import projector_cuda
-            projector_cuda.slice_adjoint(values, rows, shifts, kx, ky, ctf, self.box,
-                                         self.kernel_id, grid)
-        else:
-            n_slabs = min(size, 4 * numba.get_num_threads())
-            projector_cpu.slice_adjoint(values, rows, shifts, kx, ky, ctf, self.box,
-                                        self.kernel_id, n_slabs, grid)
+        self._kernels.slice_adjoint(values, rows, shifts, kx, ky, ctf, self.box, self.kernel_id,
+                                    grid)
         return grid
 
     def slice_gradients(self, grid, rotations, kx, ky, shifts=None, ctf=None):
@@ -188,11 +181,7 @@ class SliceOperator:
         n, m = rows.shape[0], kx.size
         raw = np.empty((n, m), dtype=np.complex128)
         grad = np.empty((n, m, 3), dtype=np.complex128)
-        if self.backend == "cuda":
-            from .kernels import projector_cuda
-            projector_cuda.slice_gradient(grid, rows, kx, ky, self.kernel_id, raw, grad)
-        else:
-            projector_cpu.slice_gradient(grid, rows, kx, ky, self.kernel_id, raw, grad)
+        self._kernels.slice_gradient(grid, rows, kx, ky, self.kernel_id, raw, grad)
         phase = np.exp(-2j * np.pi * (kx[None] * shifts[:, :1] + ky[None] * shifts[:, 1:]) / self.box)
         modulation = phase * (ctf if ctf.shape[0] else 1.0)
         values = raw * modulation

@@ -14,6 +14,7 @@ shift phase ``exp(-2 pi i (kx tx + ky ty) / box)``.
 """
 import math
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -84,13 +85,19 @@ def slice_forward(grid, rows, shifts, kx, ky, ctf, box, kernel, out):
             out[i, j] = value * complex(mod_re, mod_im)
 
 
-@njit(parallel=True, cache=True)
-def slice_adjoint(values, rows, shifts, kx, ky, ctf, box, kernel, n_slabs, grid):
+def slice_adjoint(values, rows, shifts, kx, ky, ctf, box, kernel, grid):
     """Add the transpose of :func:`slice_forward` applied to ``values`` into ``grid``.
 
-    Threads own ``n_slabs`` disjoint z-slabs of the grid, so the scatter needs
-    no atomics.
+    Threads own disjoint z-slabs of the grid, so the scatter needs no atomics;
+    four slabs per thread balance the load.
     """
+    n_slabs = min(grid.shape[0], 4 * numba.get_num_threads())
+    _slab_adjoint(values, rows, shifts, kx, ky, ctf, box, kernel, n_slabs, grid)
+
+
+@njit(parallel=True, cache=True)
+def _slab_adjoint(values, rows, shifts, kx, ky, ctf, box, kernel, n_slabs, grid):
+    """:func:`slice_adjoint` over ``n_slabs`` z-slabs, one task per slab."""
     n, m = values.shape
     size = grid.shape[0]
     centre = size // 2
