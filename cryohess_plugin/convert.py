@@ -385,11 +385,16 @@ def array_to_volume(path, array, voxel_size, overwrite=False):
     return volume
 
 
+def same_sampling(actual, expected):
+    """Whether two pixel sizes agree within :data:`SAMPLING_RTOL`."""
+    return bool(np.isclose(actual, expected, rtol=SAMPLING_RTOL, atol=0.0))
+
+
 def check_sampling(actual, expected, what, reference):
     """Raise :class:`SamplingMismatchError` if two pixel sizes differ (None: no check)."""
     if expected is None:
         return
-    if not np.isclose(actual, expected, rtol=SAMPLING_RTOL, atol=0.0):
+    if not same_sampling(actual, expected):
         raise SamplingMismatchError(
             f"the {what} has a pixel size of {actual:g} Å but the {reference} have "
             f"{expected:g} Å; resize one of them (e.g. with a downsampling protocol)")

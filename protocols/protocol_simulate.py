@@ -526,7 +526,7 @@ class CryoHessProtSimulate(EMProtocol):
             return ["Select the ground-truth volume."]
         errors = []
         volumePixel = volume.getSamplingRate()
-        if pixel and not np.isclose(volumePixel, pixel, rtol=convert.SAMPLING_RTOL):
+        if pixel and not convert.same_sampling(volumePixel, pixel):
             errors.append("The volume's sampling rate (%g Å/px) does not match the pixel "
                           "size (%g Å/px); set the pixel size to %g or resample the volume."
                           % (volumePixel, pixel, volumePixel))
