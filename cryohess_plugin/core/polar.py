@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.special
 
+from .ctf import ctf_stack
 from .errors import InvalidDataError
 
 
@@ -78,3 +79,32 @@ class PolarGrid:
     def ky(self):
         """y frequencies of all nodes, ring-major ``(R * Q,)``."""
         return (self.radii[:, None] * np.sin(self.angles)[None]).ravel()
+
+
+def ring_coefficients(polar):
+    """Angular Fourier coefficients ``a[..., r, q] = fft(polar, axis=-1) / Q``.
+
+    ``q`` follows numpy's ``fftfreq`` order (index ``Q - 1`` is ``q = -1``); the
+    Nyquist bin ``q = Q / 2`` is zeroed, as it lies outside the angular band.
+    """
+    coefficients = np.fft.fft(polar, axis=-1) / polar.shape[-1]
+    coefficients[..., polar.shape[-1] // 2] = 0
+    return coefficients
+
+
+def shift_phases(grid, shifts):
+    """Multipliers ``(n_shifts, R, Q)`` that re-centre a particle found at offset ``t``.
+
+    ``shifts`` are core shifts in pixels (offset of the particle centre from the
+    box centre, see :mod:`.projector`); multiplying polar samples of an image by
+    ``exp(+2 pi i k.t / D)`` undoes that offset.
+    """
+    shifts = np.atleast_2d(np.asarray(shifts, dtype=np.float64))
+    phase = (grid.kx[None] * shifts[:, :1] + grid.ky[None] * shifts[:, 1:2]) * (2 * np.pi / grid.box)
+    return np.exp(1j * phase).reshape(len(shifts), grid.n_rings, grid.n_angles)
+
+
+def radial_ctf(ctf_params, grid, pixel_size):
+    """Angular average of each particle's CTF on every ring: ``(n, R)`` float64."""
+    values = ctf_stack(ctf_params, grid.kx, grid.ky, grid.box, pixel_size)
+    return values.reshape(len(ctf_params), grid.n_rings, grid.n_angles).mean(axis=-1)
