@@ -24,3 +24,15 @@ VIEWS_TOP_PREFERENCE = 3
 HETEROGENEITY_NONE = 0
 HETEROGENEITY_LINEAR = 1
 HETEROGENEITY_RIGID_REGION = 2
+
+# Columns written by the alignment protocols.
+ALIGN_SCORE = "_cryohess_alignScore"
+ALIGN_TEMPLATE = "_cryohess_template"
+CTF_GROUP = "_cryohess_ctfGroup"
+
+# ---------------------------- Alignment choices ------------------------------
+REFERENCE_VOLUME = 0
+REFERENCE_2D = 1
+
+RANK_TOLERANCE = 0
+RANK_FIXED = 1

@@ -234,7 +234,7 @@ def _alignment_to_read(imgSet, need_alignment):
 
 
 def particles_to_arrays(partSet, need_ctf=False, need_alignment=None, columns=(),
-                        read_images=True, limit=None):
+                        read_images=True, limit=None, skip=0):
     """Read a ``SetOfParticles`` into arrays.
 
     :param partSet: Scipion ``SetOfParticles`` (or any ``SetOfImages`` of 2-D images).
@@ -245,8 +245,9 @@ def particles_to_arrays(partSet, need_ctf=False, need_alignment=None, columns=()
         that type; False skips poses.
     :param columns: names of extra columns to read.
     :param read_images: False reads the metadata only (``images`` is None).
-    :param limit: read only the first ``limit`` particles (by id); their images are
-        read one by one instead of whole stacks.
+    :param limit: read only ``limit`` particles (by id); their images are read one
+        by one instead of whole stacks.
+    :param skip: with ``limit``, start after the first ``skip`` particles (a batch).
     :returns: :class:`ParticleArrays`.
     """
     if need_ctf and not partSet.hasCTF():
@@ -256,7 +257,8 @@ def particles_to_arrays(partSet, need_ctf=False, need_alignment=None, columns=()
     images, ids, rotations, shifts, ctfs = [], [], [], [], []
     values = {name: [] for name in columns}
     stacks = {}
-    for particle in partSet.iterItems(orderBy="id", limit=limit):
+    rows = (limit, skip) if limit is not None and skip else limit
+    for particle in partSet.iterItems(orderBy="id", limit=rows):
         if read_images:
             images.append(_particle_image(particle, stacks, whole_stacks=limit is None))
         ids.append(particle.getObjId())
@@ -383,6 +385,19 @@ def array_to_volume(path, array, voxel_size, overwrite=False):
     volume = Volume(location=path)
     volume.setSamplingRate(voxel_size)
     return volume
+
+
+def volume_transform(rotation, shift):
+    """Scipion ``Transform`` of an aligned volume: ``[[R, t], [0, 1]]``.
+
+    ``R`` and ``t`` (voxels, (x, y, z)) are what
+    :func:`cryohess_plugin.core.volume_alignment.rotate_volume` applied to the
+    input volume to produce the aligned one.
+    """
+    matrix = np.eye(4)
+    matrix[:3, :3] = np.asarray(rotation, dtype=np.float64)
+    matrix[:3, 3] = np.asarray(shift, dtype=np.float64)
+    return Transform(matrix)
 
 
 def same_sampling(actual, expected):

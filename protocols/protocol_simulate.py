@@ -13,13 +13,14 @@ from pyworkflow.object import Pointer
 import pyworkflow.protocol.params as params
 
 from cryohess_plugin import convert
-from cryohess_plugin.plugin import Plugin
 from cryohess_plugin.constants import (CONFORMATION, DEFOCUS_GROUP, HETEROGENEITY_LINEAR,
                                        HETEROGENEITY_NONE, HETEROGENEITY_RIGID_REGION,
                                        SOURCE_ATOMIC_MODEL, SOURCE_PHANTOM, SOURCE_VOLUME,
                                        VIEWS_EQUATORIAL_BAND, VIEWS_POLAR_CAP,
                                        VIEWS_TOP_PREFERENCE, VIEWS_UNIFORM)
 from cryohess_plugin.core.ctf import CTFParams
+
+from .protocol_base import DevicesMixin
 
 #: Viewing distributions of the core simulator, indexed by the form's choice.
 VIEW_DISTRIBUTIONS = {VIEWS_UNIFORM: "uniform", VIEWS_POLAR_CAP: "polar_cap",
@@ -37,7 +38,7 @@ class outputs(Enum):
     outputCoordinates = SetOfCoordinates
 
 
-class CryoHessProtSimulate(EMProtocol):
+class CryoHessProtSimulate(DevicesMixin, EMProtocol):
     """Simulate a particle data set (and optionally micrographs) with known ground truth.
 
     The ground-truth structure is a built-in atomic phantom, an atomic model
@@ -55,14 +56,8 @@ class CryoHessProtSimulate(EMProtocol):
 
     # --------------------------- DEFINE param functions ----------------------
     def _defineParams(self, form):
-        form.addHidden(params.USE_GPU, params.BooleanParam, default=True,
-                       label="Use GPU?",
-                       help="Let the Fourier-slice projector (volume as ground truth) "
-                            "run on the first GPU of the list when numba finds one; "
-                            "atomic models are always projected on the CPU.")
-        form.addHidden(params.GPU_LIST, params.StringParam, default='0',
-                       label="GPU IDs",
-                       help="GPU to use (only the first id is used).")
+        self._defineGpuParams(form, "the Fourier-slice projector (volume as ground truth; "
+                                    "atomic models are always projected on the CPU)")
 
         form.addSection(label='Structure')
         form.addParam('source', params.EnumParam, default=SOURCE_PHANTOM,
@@ -221,7 +216,7 @@ class CryoHessProtSimulate(EMProtocol):
     # --------------------------- INSERT steps functions ----------------------
     def _insertAllSteps(self):
         self._createFilenameTemplates()
-        gpu = self._projectsOnGpu()
+        gpu = self._usesGpu()
         self._insertFunctionStep(self.simulateParticlesStep, needsGPU=gpu)
         if self.doMicrographs:
             self._insertFunctionStep(self.simulateMicrographsStep, needsGPU=gpu)
@@ -436,26 +431,9 @@ class CryoHessProtSimulate(EMProtocol):
         """Seed of one independent random stream (structure 0, particles 1, micrographs 2)."""
         return np.random.SeedSequence([self.randomSeed.get(), stream])
 
-    def _projectsOnGpu(self):
-        """Whether the simulation steps may use a GPU (volume source, GPU allowed)."""
-        return (self.source.get() == SOURCE_VOLUME and self.usesGpu()
-                and Plugin.gpuAllowed())
-
-    def _backend(self):
-        """Kernel backend of the core: CUDA when this step may use a GPU, else CPU."""
-        return "auto" if self._projectsOnGpu() else "cpu"
-
-    def _setDevices(self):
-        """CPU threads from the form; bind this step's thread to its first GPU, if any."""
-        import numba
-        numba.set_num_threads(max(1, min(self.numberOfThreads.get(),
-                                         numba.config.NUMBA_NUM_THREADS)))
-        if self._projectsOnGpu():
-            from cryohess_plugin.core.kernels import cuda_available
-            gpus = self._stepsExecutor.getGpuList()
-            if gpus and cuda_available():
-                from numba import cuda
-                cuda.select_device(gpus[0])
+    def _mayUseGpu(self):
+        """Only volumes go through the projector; atoms are projected on the CPU."""
+        return self.source.get() == SOURCE_VOLUME
 
     def _isHeterogeneous(self):
         return self.heterogeneity.get() != HETEROGENEITY_NONE

@@ -1,0 +1,48 @@
+"""What every cryohess protocol does the same way: GPU and thread choice for its steps."""
+import pyworkflow.protocol.params as params
+
+from cryohess_plugin.plugin import Plugin
+
+
+class DevicesMixin:
+    """GPU and CPU-thread handling shared by the cryohess protocols.
+
+    A protocol runs its kernels on CUDA when the form's GPU option is on, the
+    plugin variable CRYOHESS_USE_GPU allows it and :meth:`_mayUseGpu` (a
+    protocol may narrow it) agrees; otherwise on the CPU with the form's threads.
+    """
+
+    @staticmethod
+    def _defineGpuParams(form, what):
+        """The hidden GPU parameters; ``what`` says which work runs on the GPU."""
+        form.addHidden(params.USE_GPU, params.BooleanParam, default=True,
+                       label="Use GPU?",
+                       help="Run %s on the GPU when numba finds one; otherwise, or when "
+                            "this is off, on the CPU with the threads below." % what)
+        form.addHidden(params.GPU_LIST, params.StringParam, default='0',
+                       label="GPU IDs",
+                       help="GPUs to use: every step runs on the first GPU of the list it "
+                            "is given (parallel steps get their own GPU).")
+
+    def _mayUseGpu(self):
+        return True
+
+    def _usesGpu(self):
+        """Whether the kernels of this protocol's steps may run on a GPU."""
+        return self._mayUseGpu() and self.usesGpu() and Plugin.gpuAllowed()
+
+    def _backend(self):
+        """Kernel backend of the core: CUDA when allowed and present, else CPU."""
+        return "auto" if self._usesGpu() else "cpu"
+
+    def _setDevices(self):
+        """CPU threads from the form; bind this step's thread to its first GPU, if any."""
+        import numba
+        numba.set_num_threads(max(1, min(self.numberOfThreads.get(),
+                                         numba.config.NUMBA_NUM_THREADS)))
+        if self._usesGpu():
+            from cryohess_plugin.core.kernels import cuda_available
+            gpus = self._stepsExecutor.getGpuList()
+            if gpus and cuda_available():
+                from numba import cuda
+                cuda.select_device(gpus[0])
