@@ -13,10 +13,19 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.fft
 import scipy.special
 
+from . import fourier
 from .ctf import ctf_stack
-from .errors import InvalidDataError
+from .errors import InvalidDataError, ShapeError
+from .kernels import polar_cpu, resolve_backend
+
+_PRECISIONS = {np.dtype(np.float32): np.complex64, np.dtype(np.float64): np.complex128}
+#: Oversampling of the Fourier grid that polar nodes are interpolated from.
+_PADDING = 2
+#: Images per batch are chosen so one batch's spectra take about this many bytes.
+_BATCH_BYTES = 1 << 25
 
 
 @dataclass(frozen=True)
@@ -108,3 +117,134 @@ def radial_ctf(ctf_params, grid, pixel_size):
     """Angular average of each particle's CTF on every ring: ``(n, R)`` float64."""
     values = ctf_stack(ctf_params, grid.kx, grid.ky, grid.box, pixel_size)
     return values.reshape(len(ctf_params), grid.n_rings, grid.n_angles).mean(axis=-1)
+
+
+def polar_transform(images, grid, backend="auto", dtype=np.float32):
+    """Centred, non-unitary Fourier transform of images at the polar nodes of ``grid``.
+
+    ``out[i, r, j] = sum_x images[i](x) exp(-2 pi i k.x / D)`` at
+    ``k = radii[r] (cos, sin)(2 pi j / Q)`` cycles per box, with ``x`` counted
+    from index ``D // 2`` in (column, row) order: the samples that
+    :meth:`.projector.FourierSliceProjector.project_polar` gives for the
+    image's pose.
+
+    As in the 3-D projector, each image is deapodised for the Keys cubic
+    kernel, its spectrum is taken on the 2x oversampled grid and the nodes are
+    interpolated from it.  Against the exact sum the relative error is below
+    1e-3 for particles (content within about 0.3 box of the centre) and grows
+    towards the box edge: about 3e-2 for white noise that fills the box.
+    Only the window of the oversampled grid that the taps read is computed:
+    the transform along x is a BLAS product with the deapodised DFT matrix of
+    those columns, the one along y a zero-padded FFT.  Half of every ring is
+    interpolated; the antipodal half is its conjugate (real images).
+
+    :param images: real ``(n, D, D)`` with ``D = grid.box``.
+    :param grid: :class:`PolarGrid`.
+    :param backend: ``"auto"``, ``"cpu"`` or ``"cuda"`` for the interpolation
+        (:func:`.kernels.resolve_backend`); the transforms run on the CPU.
+    :param dtype: working precision, ``np.float32`` or ``np.float64``.
+    :returns: ``(n, R, Q)`` complex64 (float32) or complex128 (float64).
+    """
+    dtype = np.dtype(dtype)
+    if dtype not in _PRECISIONS:
+        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    images = _validate_images(images, grid.box)
+    kernels = _interpolation_kernels(resolve_backend(backend))
+    plan = _OversampledWindow(grid, dtype)
+    n = images.shape[0]
+    out = np.empty((n, grid.n_rings * grid.n_angles), dtype=plan.complex_dtype)
+    for start in range(0, n, plan.batch):
+        # Checked batch by batch: a stack of 1e5 particles needs no full-size mask.
+        chunk = _finite_images(images[start:start + plan.batch], start)
+        windows = plan.windows(chunk)
+        kernels.polar_interpolate(windows, plan.offsets, plan.weights_x, plan.weights_y,
+                                  plan.direct, plan.mirror, out[start:start + plan.batch])
+    return out.reshape(n, grid.n_rings, grid.n_angles)
+
+
+def _validate_images(images, box):
+    """Check that ``images`` is a real ``(n, box, box)`` stack; return it as an array."""
+    images = np.asarray(images)
+    if images.ndim != 3 or images.shape[1:] != (box, box):
+        raise ShapeError(f"images must have shape (n, {box}, {box}) to match the polar grid, "
+                         f"got {images.shape}; add a leading axis to a single image and "
+                         "resample images to the grid's box")
+    if images.dtype.kind not in "fiu":
+        raise InvalidDataError(f"images must be real numbers, got dtype {images.dtype}")
+    return images
+
+
+def _finite_images(images, first_index):
+    """Return ``images`` if every pixel is finite, else name the first bad image."""
+    finite = np.isfinite(images).all(axis=(1, 2))
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise InvalidDataError(f"image {first_index + bad[0]} contains NaN or infinite pixels; "
+                               "fix or drop it before alignment")
+    return images
+
+
+class _OversampledWindow:
+    """The part of the deapodised, 2x oversampled spectrum that polar nodes read.
+
+    Grid coordinates are oversampled frequencies ``g = 2 k``.  Of every pair
+    of antipodal nodes the one with ``kx >= 0`` is interpolated (``direct``;
+    ``mirror`` gets its conjugate), so the window spans the columns and rows
+    of those nodes' taps only.  Its spectrum is computed as the sum over
+    pixels along x (a BLAS product with the deapodised DFT matrix of the
+    window's columns) and a zero-padded FFT along y.
+    """
+
+    def __init__(self, grid, dtype):
+        self.dtype = dtype
+        self.complex_dtype = np.dtype(_PRECISIONS[dtype])
+        box = grid.box
+        self.size = _PADDING * box
+        half = grid.n_angles // 2
+        first = np.arange(half)
+        keep_first = np.cos(grid.angles[:half]) >= 0
+        rings = np.arange(grid.n_rings)[:, None] * grid.n_angles
+        self.direct = (rings + np.where(keep_first, first, first + half)[None]).ravel()
+        self.mirror = (rings + np.where(keep_first, first + half, first)[None]).ravel()
+        gx = _PADDING * grid.kx[self.direct]
+        gy = _PADDING * grid.ky[self.direct]
+        # Taps f - 1 .. f + 2 around f = floor(g).
+        columns = np.arange(int(np.floor(gx.min())) - 1, int(np.floor(gx.max())) + 3)
+        rows = np.arange(int(np.floor(gy.min())) - 1, int(np.floor(gy.max())) + 3)
+        self.weights_x = np.empty((gx.size, 4), dtype=dtype)
+        self.weights_y = np.empty((gx.size, 4), dtype=dtype)
+        self.offsets = polar_cpu.node_taps(gx - columns[0], gy - rows[0], columns.size,
+                                           self.weights_x, self.weights_y)
+
+        deapodization = fourier.deapodization(box, self.size, "cubic")
+        dft = np.exp(-2j * np.pi * np.outer(fourier.frequencies(box), columns) / self.size)
+        # Interleaved (re, im) columns: the real product with a real image is
+        # then already the complex result, viewed without a copy.
+        self.x_transform = (deapodization[:, None] * dft).astype(self.complex_dtype).view(dtype)
+        self.y_deapodization = deapodization[:, None].astype(dtype)
+        self.rows = rows % self.size
+        # The FFT counts y from the image corner: this phase moves the origin to D // 2.
+        self.row_phase = np.exp(2j * np.pi * rows * (box // 2) / self.size)[:, None].astype(
+            self.complex_dtype)
+        self.batch = max(1, _BATCH_BYTES
+                         // (self.size * columns.size * self.complex_dtype.itemsize))
+
+    def windows(self, images):
+        """Windows ``(n, Y, X)`` of the oversampled spectra of ``images`` ``(n, D, D)``."""
+        n, box = images.shape[0], images.shape[1]
+        flat = images.astype(self.dtype, copy=False).reshape(n * box, box)
+        along_x = (flat @ self.x_transform).view(self.complex_dtype).reshape(n, box, -1)
+        along_x *= self.y_deapodization
+        spectra = scipy.fft.fft(along_x, n=self.size, axis=1, overwrite_x=True,
+                                workers=fourier._WORKERS)
+        # C order for the kernel, whatever layout the FFT returned.
+        windows = np.empty((n, self.rows.size, spectra.shape[2]), dtype=self.complex_dtype)
+        return np.multiply(spectra[:, self.rows], self.row_phase, out=windows)
+
+
+def _interpolation_kernels(backend):
+    """Kernel module for a resolved backend."""
+    if backend == "cuda":
+        from .kernels import polar_cuda
+        return polar_cuda
+    return polar_cpu
