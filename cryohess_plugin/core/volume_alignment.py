@@ -1,0 +1,432 @@
+"""Volume-to-reference alignment over SO(3) with the radial- and degree-SVD.
+
+Rangan, "Radial-recombination for rigid rotational alignment of images and
+volumes" (2022), section 4; formulas and errata in the method notes, section 4.
+Each volume ``A`` and the reference ``B`` become spherical-harmonic shells
+``A_l^m(f_r)`` (:mod:`.spherical`).  The landscape
+
+    X(α, β, γ) = <rotate_volume(A, R), B>,   R = landscape_rotation(α, β, γ),
+
+in the units of the centred, non-unitary transform (``≈ box³ Σ_x`` of the
+real-space product for maps band-limited to ``max_frequency``), is
+``Σ_{m1 m2} exp(-i m1 α - i m2 γ) Σ_l d^l_{m1 m2}(β) X̃(m1, m2; l)`` with
+``X̃(m1, m2; l) = Σ_r w_r conj(A_l^{m1}(f_r)) B_l^{m2}(f_r)``.
+
+* **Unreduced** (full rank): step 1 ``X̃`` (one batched GEMM), step 2 the sum
+  over ``l`` for every grid ``β`` (:func:`.kernels.volume_cpu.wigner_sum`),
+  step 3 a 2-D FFT over ``(m1, m2)`` per ``β``.
+* **Compressed**: the radial kernel ``C`` (shells, ``η = √w``, ``l = 0``
+  excluded) keeps ``H_C`` principal shells, the degree kernel ``D`` (notes
+  eq. 116 with the corrected ``(1 - δ)`` prefactor) keeps ``H_D`` principal
+  degrees, so step 1 costs ``H_C`` instead of ``R`` and step 2 sums ``H_D``
+  precomputed ``[v_zᵀ d](β)`` instead of ``L`` degrees
+  (:func:`.kernels.volume_cpu.degree_sum`).  At ``H_C = R, H_D = L + 1`` it
+  equals the unreduced landscape; below, it drops the constant ``l = 0`` term
+  and approximates the rest while staying strongly correlated with it, so its
+  argmax lands on or next to the exact one (notes 4.3-4.5).
+
+Grid: ``α_i = γ_i = 2 π i / N`` and ``β_j = 2 π j / N``, ``j = 0 .. N // 2``
+(``β`` in [0, π]; the notes' grid over [-π, π) repeats every rotation twice),
+``N = n_orders >= 2 L + 1`` (:class:`.spherical.ShellGrid`).  The unreduced
+landscape is a trigonometric polynomial in ``(α, β, γ)`` (``d^l(β)`` has
+frequencies ``|λ| <= l``) whose coefficients follow from its ``X̂`` on the grid
+by one FFT over ``β``; the refinement maximises it from the best grid rotation
+with its exact gradient, and the score is its value there over the norms.
+Without refinement the score is the same exact value at the grid rotation,
+from eq. (97) applied to the reference.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.fft
+import scipy.ndimage
+import scipy.optimize
+
+from . import spherical
+from .errors import InvalidDataError, ShapeError
+from .kernels import resolve_backend, volume_cpu
+from .projector import validate_volume
+
+_PRECISIONS = {np.dtype(np.float32): np.complex64, np.dtype(np.float64): np.complex128}
+#: Ranks chosen by tolerance never drop below this (notes 2.3).
+MIN_RANK = 4
+#: Default bandwidth ``K = π f_max`` (the notes' 48), capped at half Nyquist.
+DEFAULT_BANDWIDTH = 48.0
+
+
+@dataclass
+class VolumeAlignmentResult:
+    """Alignment of ``n`` volumes to one reference.
+
+    ``rotate_volume(volumes[i], rotation[i], shift[i]) ≈ reference``.
+    """
+    rotation: np.ndarray  #: (n, 3, 3) core rotation matrices
+    shift: np.ndarray  #: (n, 3) pixels (x, y, z); zeros without translation search
+    score: np.ndarray  #: (n,) normalised correlation at the optimum
+    ranks: tuple  #: (H_C, H_D) used by the search
+    radial_eigenvalues: np.ndarray  #: eigenvalues of C, descending
+    degree_eigenvalues: np.ndarray  #: eigenvalues of D, descending
+
+
+def rotate_volume(volume, rotation, shift=None):
+    """Resample ``volume`` rotated by the core matrix ``rotation`` and then shifted.
+
+    ``out(x) = volume(Rᵀ (x - t))`` for positions ``x = (x, y, z)`` in pixels
+    from the centre ``n // 2``: density at ``r`` moves to ``R r + t``.  So the
+    output projected at rotation ``R0`` (:mod:`.projector`) equals the input
+    projected at ``R0 @ R`` with the image shift ``(R0 t)[:2]``.  Cubic
+    B-spline interpolation (``scipy.ndimage.affine_transform``, order 3);
+    voxels from outside the box read as zero.
+
+    :param volume: real ``(D, D, D)`` array indexed ``(z, y, x)``.
+    :param rotation: ``(3, 3)``.
+    :param shift: ``(3,)`` pixels ``(x, y, z)`` or None.
+    """
+    volume = validate_volume(volume)
+    rotation = np.asarray(rotation, dtype=np.float64)
+    if rotation.shape != (3, 3):
+        raise ShapeError(f"rotation must be a (3, 3) matrix, got shape {rotation.shape}")
+    shift = np.zeros(3) if shift is None else np.asarray(shift, dtype=np.float64).reshape(3)
+    # Input index (z, y, x) = P Rᵀ P (output index - c) - P Rᵀ t + c, P reversing the axes.
+    matrix = rotation.T[::-1, ::-1]
+    centre = np.full(3, volume.shape[0] // 2, dtype=np.float64)
+    offset = centre - matrix @ centre - (rotation.T @ shift)[::-1]
+    return scipy.ndimage.affine_transform(volume, matrix, offset=offset, order=3,
+                                          mode="constant", cval=0.0)
+
+
+def shift_grid(max_shift, step):
+    """3-D shifts ``(n, 3)`` on a cubic lattice of ``step`` pixels inside ``|t| <= max_shift``.
+
+    Sorted by length, so ties in the search go to the smallest shift.
+    """
+    if max_shift < 0 or step <= 0:
+        raise InvalidDataError(f"need max_shift >= 0 and shift_step > 0, got {max_shift} "
+                               f"and {step}")
+    count = int(np.floor(max_shift / step + 1e-9))
+    axis = step * np.arange(-count, count + 1)
+    grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    lengths = np.linalg.norm(grid, axis=1)
+    keep = lengths <= max_shift + 1e-9
+    order = np.argsort(lengths[keep], kind="stable")
+    return grid[keep][order]
+
+
+def _shell_grid(box, max_frequency, resolution, pixel_size, max_degree):
+    """Shells from a band limit in cycles per box, or a resolution in Å, or the default."""
+    if resolution is None:
+        if max_frequency is None:
+            max_frequency = min(DEFAULT_BANDWIDTH / np.pi, box / 4)
+        return spherical.ShellGrid.from_max_frequency(box, max_frequency, max_degree=max_degree)
+    if max_frequency is not None:
+        raise InvalidDataError("give max_frequency or resolution, not both")
+    if pixel_size is None or pixel_size <= 0:
+        raise InvalidDataError("a resolution in Å needs the pixel size in Å of the maps")
+    return spherical.ShellGrid.for_resolution(box, pixel_size, resolution, max_degree=max_degree)
+
+
+def _eigen_descending(kernel):
+    values, vectors = np.linalg.eigh(kernel)
+    return values[::-1], vectors[:, ::-1]
+
+
+def _choose_rank(eigenvalues, tolerance, fixed, name, size):
+    if fixed is not None:
+        if int(fixed) != fixed or not 1 <= fixed <= size:
+            raise InvalidDataError(f"the {name} rank must be an integer in [1, {size}], got "
+                                   f"{fixed}; use at most {size} for this resolution")
+        return int(fixed)
+    if eigenvalues[0] <= 0:
+        raise InvalidDataError("the reference has no angular structure at this resolution "
+                               "(its kernel is zero); check the map or raise the resolution")
+    count = int(np.count_nonzero(eigenvalues / eigenvalues[0] > tolerance))
+    return min(size, max(MIN_RANK, count))
+
+
+class VolumeAligner:
+    """Aligns volumes to one reference over SO(3) (and optionally a grid of shifts).
+
+    :param reference: real ``(D, D, D)`` map.
+    :param max_frequency: band limit in cycles per box; or give ``resolution``
+        (Å) with ``pixel_size`` (Å/px).  Default ``min(48 / π, D / 4)``: the
+        notes' ``K = 48``, at most half Nyquist.
+    :param radial_rank, degree_rank: fixed ``H_C <= R`` and ``H_D <= L + 1``;
+        by default the number of eigenvalues above ``tolerance`` times the
+        largest, at least 4.
+    :param max_shift, shift_step: translation search over the lattice
+        :func:`shift_grid` (pixels); ``max_shift = 0`` searches rotations only.
+    :param refine: refine the best grid rotation on the unreduced landscape.
+    :param dtype: ``np.float64`` or ``np.float32`` (landscapes and tables).
+    :param backend: ``"auto"``, ``"cpu"`` or ``"cuda"`` for the slice and landscape kernels.
+    :param max_degree: ``L`` (default ``ceil(π f_max)``).
+
+    The set-up holds two tables over the ``β`` grid: ``d^l(β)`` for the
+    unreduced landscape (about ``(2/3) L³ n_β`` numbers) and ``[v_zᵀ d](β)``
+    for the compressed one (``H_D N (N/2 + 1) n_β``); at the default ``L = 48``
+    with ``H_D = 16`` that is 32 MB each in float64 (both grow as ``L⁴``).
+    :meth:`align` searches the compressed landscape unless asked for the
+    unreduced one (``full_rank=True``).
+    """
+
+    def __init__(self, reference, max_frequency=None, resolution=None, pixel_size=None,
+                 radial_rank=None, degree_rank=None, tolerance=1e-2, max_shift=0.0,
+                 shift_step=1.0, refine=True, dtype=np.float64, backend="auto",
+                 max_degree=None):
+        reference = validate_volume(reference, "reference")
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in _PRECISIONS:
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
+        if not 0 < tolerance < 1:
+            raise InvalidDataError(f"the rank tolerance must lie in (0, 1), got {tolerance}")
+        self.complex_dtype = np.dtype(_PRECISIONS[self.dtype])
+        self.box = reference.shape[0]
+        self.refine = bool(refine)
+        self.shifts = shift_grid(max_shift, shift_step)
+        self.shells = _shell_grid(self.box, max_frequency, resolution, pixel_size, max_degree)
+        self.backend = resolve_backend(backend)
+        if self.backend == "cuda":
+            from .kernels import volume_cuda as kernels
+        else:
+            kernels = volume_cpu
+        self._kernels = kernels
+        self.transform = spherical.SphericalTransform(self.shells, self.dtype, self.backend)
+
+        shells = self.shells
+        n, degrees = shells.n_orders, shells.max_degree + 1
+        self.n_half = n // 2 + 1
+        reference_coefficients = self.transform.coefficients(reference).astype(np.complex128)
+        self._reference = reference_coefficients.astype(self.complex_dtype)
+        self._reference_half = np.ascontiguousarray(
+            self._reference[:, :, :self.n_half].transpose(1, 0, 2))  # (l, r, m2)
+        self._reference_norm = np.sqrt(shells.inner(reference_coefficients,
+                                                    reference_coefficients).real)
+
+        eta = np.sqrt(shells.weights)
+        # C and D are real Gram matrices of the reference (notes 4.3 and 4.4, with the
+        # η factors and the (1 - δ) prefactor of the errata).
+        angular = reference_coefficients[:, 1:].reshape(shells.n_shells, -1) * eta[:, None]
+        radial = (angular.conj() @ angular.T).real
+        weighted = np.moveaxis(reference_coefficients * eta[:, None, None], 1, 0)
+        weighted = weighted.reshape(degrees, -1)
+        degree = (weighted.conj() @ weighted.T).real
+        degree[0, :] = degree[:, 0] = 0.0
+        self.radial_eigenvalues, radial_vectors = _eigen_descending(radial)
+        self.degree_eigenvalues, degree_vectors = _eigen_descending(degree)
+        self.ranks = (_choose_rank(self.radial_eigenvalues, tolerance, radial_rank, "radial",
+                                   shells.n_shells),
+                      _choose_rank(self.degree_eigenvalues, tolerance, degree_rank, "degree",
+                                   degrees))
+        self._radial_basis = np.ascontiguousarray(
+            (radial_vectors[:, :self.ranks[0]] * eta[:, None]).T, dtype=self.dtype)  # u_h η_r
+        self._degree_basis = np.ascontiguousarray(degree_vectors[:, :self.ranks[1]].T,
+                                                  dtype=self.dtype)  # v_z[l]
+        self.alpha = 2 * np.pi * np.arange(n) / n
+        self.beta = 2 * np.pi * np.arange(n // 2 + 1) / n
+        compressed_reference = self._compress(self._reference)  # (H_C, l, m)
+        self._compressed_reference = np.ascontiguousarray(
+            compressed_reference[:, :, :self.n_half].transpose(1, 0, 2))  # (l, h, m2)
+        self._build_tables(degree_vectors[:, :self.ranks[1]])
+
+    # ------------------------------------------------------------------ set-up
+    def _build_tables(self, degree_vectors):
+        """The ragged ``d^l(β)`` of the unreduced step 2 and ``[v_zᵀ d](β)`` of the compressed one.
+
+        Orders ``(m1, m2)`` (``m2 >= 0``) are carried by degrees
+        ``first = max(|m1|, m2) .. L``; their ``d^l_{m1 m2}(β)`` are the rows
+        ``offsets[i, j] ..`` of the ragged table ``(entries, n_β)``.
+        """
+        shells = self.shells
+        n, half, degrees = shells.n_orders, self.n_half, shells.max_degree + 1
+        first = np.maximum(np.abs(shells.orders)[:, None], np.arange(half)[None, :])
+        counts = np.clip(degrees - first, 0, None)
+        offsets = np.concatenate([[0], np.cumsum(counts.ravel())[:-1]]).reshape(counts.shape)
+        ragged = np.zeros((int(counts.sum()), self.beta.size))
+        for l in range(degrees):
+            rows = (np.arange(-l, l + 1) % n)[:, None]
+            cols = np.arange(l + 1)[None, :]
+            d = spherical.wigner_d_grid(l, n)[:, :, l:]  # (β, m1 = -l..l, m2 = 0..l)
+            ragged[offsets[rows, cols] + l - first[rows, cols]] = np.moveaxis(d, 0, -1)
+        # [v_zᵀ d] = Σ_l v_z[l] d^l: one GEMM per group of orders sharing their first degree.
+        compressed = np.zeros((self.beta.size, degree_vectors.shape[1], n, half))
+        for start in range(degrees):
+            rows, cols = np.nonzero(first == start)
+            runs = offsets[rows, cols][:, None] + np.arange(degrees - start)[None, :]
+            compressed[:, :, rows, cols] = np.einsum("plb,lz->bzp", ragged[runs],
+                                                     degree_vectors[start:])
+        upload = self._kernels.upload
+        self._compressed_table = upload(compressed.astype(self.dtype))
+        self._ragged_table = upload(ragged.astype(self.dtype))
+        self._ragged_offsets = upload(offsets.astype(np.int64))
+        self._ragged_first = upload(np.minimum(first, degrees).astype(np.int64))
+
+    # ------------------------------------------------------------------ landscapes
+    @staticmethod
+    def _real_product(matrix, values):
+        """``matrix @ values`` over the first axis of ``values``, for a real ``matrix``.
+
+        Complex ``values`` are viewed as real pairs, so the GEMM is real (half
+        the work of promoting ``matrix`` to complex).
+        """
+        values = np.ascontiguousarray(values)
+        real = values.view(values.real.dtype).reshape(values.shape[0], -1)
+        out = matrix @ real
+        return out.view(values.dtype).reshape((matrix.shape[0],) + values.shape[1:])
+
+    def _compress(self, coefficients):
+        """Principal shells ``Σ_r u_h η_r A(f_r)``: ``(H_C, L + 1, n_orders)``."""
+        return self._real_product(self._radial_basis, coefficients)
+
+    def _compressed_hat(self, coefficients):
+        """``X̂(m1, m2; β)`` of the compressed method, ``(n_β, N, n_half)``."""
+        compressed = self._compress(coefficients.astype(self.complex_dtype, copy=False))
+        # Step 1: X̃[l, m1, m2] = Σ_h conj(Au[h, l, m1]) Bu[h, l, m2], batched over l.
+        reduced = np.matmul(np.conj(compressed).transpose(1, 2, 0), self._compressed_reference)
+        # Step 1b: [v_zᵀ X̃](m1, m2).
+        by_degree = self._real_product(self._degree_basis, reduced)
+        out = np.empty((self.beta.size,) + reduced.shape[1:], dtype=self.complex_dtype)
+        self._kernels.degree_sum(self._compressed_table, by_degree, out)
+        return out
+
+    def _unreduced_hat(self, coefficients):
+        """``X̂(m1, m2; β)`` of the unreduced landscape, ``(n_β, N, n_half)``."""
+        weighted = np.conj(coefficients.astype(self.complex_dtype, copy=False)) * \
+            self.shells.weights[:, None, None].astype(self.dtype)
+        # Step 1: X̃[l, m1, m2] = Σ_r w_r conj(A[r, l, m1]) B[r, l, m2], batched over l.
+        reduced = np.matmul(weighted.transpose(1, 2, 0), self._reference_half)
+        out = np.empty((self.beta.size,) + reduced.shape[1:], dtype=self.complex_dtype)
+        self._kernels.wigner_sum(self._ragged_table, self._ragged_offsets, self._ragged_first,
+                                 np.ascontiguousarray(reduced.transpose(1, 2, 0)), out)
+        return out
+
+    def _grid_values(self, hat):
+        """Step 3: ``X[β, α, γ]`` from ``X̂`` by a Hermitian 2-D FFT per ``β``."""
+        n = self.shells.n_orders
+        return scipy.fft.hfft2(hat, s=(n, n), axes=(1, 2), workers=-1)
+
+    def _samples(self, volume, name="volume"):
+        """Shell samples of a validated volume of the reference's box."""
+        volume = validate_volume(volume, name)
+        if volume.shape[0] != self.box:
+            raise ShapeError(f"{name} has box {volume.shape[0]} but the reference has "
+                             f"{self.box}; resample one of them to a common box")
+        return self.transform.samples(volume)
+
+    def landscape(self, volume, full_rank=False):
+        """The landscape of one volume at zero shift on the search grid.
+
+        :param full_rank: the unreduced landscape instead of the compressed one.
+        :returns: ``(alpha (N,), beta (n_β,), gamma (N,), X (N, n_β, N))`` with
+            ``X[i, j, k] = X(alpha[i], beta[j], gamma[k])`` (radians).
+        """
+        coefficients = self.shells.analyze(self._samples(volume))
+        hat = self._unreduced_hat(coefficients) if full_rank else self._compressed_hat(coefficients)
+        values = self._grid_values(hat).transpose(1, 0, 2)
+        return self.alpha.copy(), self.beta.copy(), self.alpha.copy(), values
+
+    # ------------------------------------------------------------------ refinement
+    def _trigonometric_coefficients(self, hat):
+        """``F[λ, i, j]`` with ``X = Re Σ c_j F exp(-i (λ β + m1 α + m2 γ))``.
+
+        ``X̂(m1, m2; β)`` on the half period extends to the whole period by
+        ``X̂(m1, m2; -β) = (-1)^(m1 - m2) X̂(m1, m2; β)``; an inverse FFT over
+        ``β`` then gives its exact Fourier coefficients (``|λ| <= L < N / 2``).
+        """
+        n = self.shells.n_orders
+        hat = hat.astype(np.complex128)
+        signs = (-1.0) ** (self.shells.orders[:, None] - np.arange(self.n_half)[None, :])
+        mirrored = hat[1:n - hat.shape[0] + 1][::-1] * signs
+        full = np.concatenate([hat, mirrored])
+        weights = np.where(np.arange(self.n_half) == 0, 1.0, 2.0)
+        return scipy.fft.ifft(full, axis=0) * weights
+
+    def _evaluate(self, coefficients, angles):
+        """Value and gradient of the trigonometric landscape at ``(α, β, γ)``."""
+        alpha, beta, gamma = angles
+        orders = self.shells.orders
+        e_beta = np.exp(-1j * orders * beta)
+        e_alpha = np.exp(-1j * orders * alpha)
+        e_gamma = np.exp(-1j * np.arange(self.n_half) * gamma)
+        by_beta = np.tensordot(e_beta, coefficients, axes=(0, 0))  # (i, j)
+        d_beta = np.tensordot(-1j * orders * e_beta, coefficients, axes=(0, 0))
+        row = e_alpha @ by_beta
+        value = (row @ e_gamma).real
+        gradient = np.array([((-1j * orders * e_alpha) @ by_beta @ e_gamma).real,
+                             (e_alpha @ d_beta @ e_gamma).real,
+                             (row @ (-1j * np.arange(self.n_half) * e_gamma)).real])
+        return value, gradient
+
+    def _refine(self, hat, start):
+        """Local maximum near ``start`` of the landscape whose ``X̂`` is ``hat``, and its value."""
+        coefficients = self._trigonometric_coefficients(hat)
+        start = np.asarray(start, dtype=np.float64)
+        start_value = self._evaluate(coefficients, start)[0]
+        scale = max(abs(start_value), np.finfo(float).tiny)
+
+        def negative(angles):
+            value, gradient = self._evaluate(coefficients, angles)
+            return -value / scale, -gradient / scale
+
+        result = scipy.optimize.minimize(negative, start, jac=True, method="BFGS",
+                                         options={"gtol": 1e-9})
+        if -result.fun * scale > start_value:
+            return result.x, -result.fun * scale
+        return start, start_value
+
+    def _exact_value(self, coefficients, angles):
+        """The unreduced landscape at one rotation: ``<A, B(R ·)>`` by eq. (97)."""
+        rotated = spherical.rotate_coefficients(self._reference, *angles)
+        return float(self.shells.inner(coefficients, rotated).real)
+
+    # ------------------------------------------------------------------ alignment
+    def align(self, volumes, progress=None, full_rank=False):
+        """Align each volume to the reference.
+
+        :param volumes: ``(n, D, D, D)`` or one ``(D, D, D)`` map.
+        :param progress: optional callable ``progress(done, total)``.
+        :param full_rank: search the unreduced landscape (the exact baseline).
+        :returns: :class:`VolumeAlignmentResult`.
+        """
+        volumes = np.asarray(volumes)
+        if volumes.ndim == 3:
+            volumes = volumes[None]
+        if volumes.ndim != 4 or volumes.shape[0] == 0:
+            raise ShapeError(f"volumes must be (n, D, D, D) or (D, D, D) with n >= 1, got "
+                             f"shape {volumes.shape}")
+        count = volumes.shape[0]
+        rotations = np.empty((count, 3, 3))
+        shifts = np.zeros((count, 3))
+        scores = np.empty(count)
+        search = self._unreduced_hat if full_rank else self._compressed_hat
+        grid_shape = (self.beta.size, self.alpha.size, self.alpha.size)
+        for index in range(count):
+            samples = self._samples(volumes[index], f"volume {index}")
+            best = None
+            for s, shift in enumerate(self.shifts):
+                if np.any(shift):
+                    samples_at = samples * self.shells.shift_phases(shift)[0].astype(samples.dtype)
+                else:
+                    samples_at = samples
+                coefficients = self.shells.analyze(samples_at)
+                hat = search(coefficients)
+                values = self._grid_values(hat)
+                flat = int(np.argmax(values))
+                if best is None or values.flat[flat] > best[0]:
+                    best = (values.flat[flat], s, flat, coefficients, hat)
+            _, s, flat, coefficients, hat = best
+            b, a, g = np.unravel_index(flat, grid_shape)
+            angles = np.array([self.alpha[a], self.beta[b], self.alpha[g]])
+            if self.refine:
+                exact = hat if full_rank else self._unreduced_hat(coefficients)
+                angles, value = self._refine(exact, angles)
+            else:
+                value = self._exact_value(coefficients, angles)
+            norm = np.sqrt(self.shells.inner(coefficients, coefficients).real)
+            rotations[index] = spherical.landscape_rotation(*angles)
+            # The search moved the map by -t; undoing it after the rotation is a shift by -R t.
+            shifts[index] = -rotations[index] @ self.shifts[s]
+            scores[index] = value / max(norm * self._reference_norm, np.finfo(float).tiny)
+            if progress is not None:
+                progress(index + 1, count)
+        return VolumeAlignmentResult(rotations, shifts, scores, self.ranks,
+                                     self.radial_eigenvalues.copy(),
+                                     self.degree_eigenvalues.copy())
