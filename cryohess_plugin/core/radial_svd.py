@@ -1,0 +1,697 @@
+"""Radial-SVD alignment of particle images against templates (Rangan 2022, 2-D).
+
+Notation and formulas follow ``docs/method_radial_svd_alignment.md`` (§1-§3)
+with the errata fixed; frequencies are in cycles per box (:mod:`.polar`).
+
+**Representation.**  An image is given by its polar Fourier samples
+``P[r, j] = Ahat(radii[r], 2 pi j / Q)`` (:func:`.polar.polar_transform`,
+:meth:`.projector.FourierSliceProjector.project_polar`); its ring
+coefficients are ``a[r, q] = fft(P, axis=-1)[r, q] / Q`` with the Nyquist bin
+zeroed (:func:`.polar.ring_coefficients`).  Images are real, ``Q`` is even,
+so ``a[r, -q] = (-1)^q conj(a[r, q])`` and only ``q = 0 .. Q/2 - 1`` is kept.
+
+**Landscape.**  For an image ``A`` and a template ``B`` rotated
+counter-clockwise by ``gamma`` (+x towards +y; :mod:`.reference_alignment`)
+
+    X(gamma_j) = <A, R_gamma B>
+               = (2 pi / D^2) sum_q exp(-i q gamma_j) sum_r w_r conj(a[r, q]) b[r, q]
+
+on the ``Q`` angles ``gamma_j = 2 pi j / Q``; with the quadrature weights
+``w_r`` of the grid (``f df``, cycles per box) this is the real-space inner
+product ``sum_x A(x) (R_gamma B)(x)`` of band-limited images.
+
+**Radial SVD.**  The kernel of a set of noise-free templates,
+``C = (1 / N_B) Re sum_b Y_b Y_b^H`` with ``Y_b[r, q] = eta_r b[r, q]``
+over ``q != 0`` and ``eta_r = sqrt(w_r)`` (variant A, the paper's (83)+(85)),
+measures how well each combination of rings tells rotations apart.  Variant B
+subtracts the population mean of the ``q = 0`` term instead, which adds the
+across-template covariance of the rotational averages.  With ``U_H`` its top
+``H`` eigenvectors, ``atilde = U_H^T diag(eta) a`` and likewise ``btilde``,
+the landscape becomes ``(2 pi / D^2) sum_q exp(-i q gamma) sum_h
+conj(atilde[h, q]) btilde[h, q]``: ``H`` instead of ``R`` terms per
+frequency, exact at ``H = R``.  ``H`` is the number of eigenvalues above
+``tolerance * lambda_1``, clamped to ``[min_rank, R]``, unless set.
+
+**Rotation-invariant term** [ours].  ``C`` leaves out ``q = 0`` by design: it
+carries no angular information.  But the ``q = 0`` term of the landscape (the
+product of the rotational averages) is what tells templates of different
+views apart, and the top eigenvectors of ``C`` represent it poorly; compressed
+with them, the best template changes for a third of the particles at
+``H = 6`` (simulated 64 px data, 993 views), and even at ``H = 24`` for one
+in ten.  It is also cheap: one real product over the ``R`` rings per pair,
+against ``4 H`` per frequency for the rest.  So by default
+(``exact_zero_frequency``) the ``q = 0`` term uses all rings and only
+``q != 0`` is compressed; at ``H = R`` both choices are exact.
+
+**Refinement** (principal-mode marching, notes §2.3).  Views a few degrees
+apart can score within 1e-4 of each other, below the error of a small ``H``.
+So every image's ``refine_candidates`` best templates from the compressed
+search are scored again with all ``R`` rings, at all angles and shifts, and
+re-ranked: a few exact landscapes per image, a small cost next to the
+``n_B`` compressed ones.  The scores :meth:`RadialSVDAligner.align` reports
+are then those of the full-rank landscape.
+
+**CTF.**  Particles are grouped by their angularly averaged CTF
+(:func:`group_ctfs`); every group aligns against its templates multiplied by
+the group's mean radial CTF ``c(k_r)``, with its own kernel
+``C_g = diag(c) C diag(c)`` (§1.6).  The radial average ignores astigmatism:
+the particle's CTF is taken as rotating with the template.
+
+**Shifts.**  Each candidate core shift ``t`` (particle centre offset from the
+box centre, pixels) is undone on the polar samples before compression
+(:func:`.polar.shift_phases`); every (image, shift) pair is one row.
+
+**Score.**  ``X(gamma) / (||A|| ||c B||)``, norms from all rings (full rank,
+``q = 0`` included): the normalised cross-correlation, in ``[-1, 1]`` at full
+rank.  Per image it ranks poses as the Gaussian log-likelihood does once the
+unknown positive contrast of the particle is profiled out
+(``max_alpha 2 alpha X - alpha^2 ||B||^2 = X^2 / ||B||^2``), so templates of
+different norms (different CTFs, views) compete fairly.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.fft
+
+from . import rotations as rot
+from .errors import InvalidDataError, MissingMetadataError, ShapeError
+from .fourier import _WORKERS
+from .kernels import alignment_cpu, resolve_backend
+from .polar import PolarGrid, radial_ctf, shift_phases
+
+KERNEL_VARIANTS = ("A", "B")
+_PRECISIONS = {np.dtype(np.float32): np.complex64, np.dtype(np.float64): np.complex128}
+# Templates per chunk when their ring coefficients and kernel are computed.
+_TEMPLATE_CHUNK = 512
+# Images per chunk of the full-rank refinement.
+_REFINE_CHUNK = 128
+
+
+@dataclass
+class AlignmentResult:
+    """Best pose of every image; image ``i`` ≈ ``shift_t(R_angle template)``.
+
+    :param template: ``(n,)`` index of the best template.
+    :param angle: ``(n,)`` in-plane angle ``gamma`` in radians (counter-clockwise).
+    :param shift: ``(n, 2)`` core shift ``t = (tx, ty)`` in pixels of the particle.
+    :param score: ``(n,)`` normalised correlation (module docstring).
+    :param group: ``(n,)`` CTF group of each image.
+    :param ranks: ``(G,)`` number ``H`` of principal rings used per group.
+    :param eigenvalues: ``(G, R)`` descending spectrum of the kernel of each group.
+    :param group_ctf: ``(G, R)`` mean radial CTF of each group (ones without CTF).
+    :param top_template, top_angle, top_shift, top_score: ``(n, k)`` the ``k``
+        best templates, each at its best angle and shift, best first; None
+        when ``top_k == 1``.
+    """
+    template: np.ndarray
+    angle: np.ndarray
+    shift: np.ndarray
+    score: np.ndarray
+    group: np.ndarray
+    ranks: np.ndarray
+    eigenvalues: np.ndarray
+    group_ctf: np.ndarray
+    top_template: np.ndarray = None
+    top_angle: np.ndarray = None
+    top_shift: np.ndarray = None
+    top_score: np.ndarray = None
+
+
+@dataclass(frozen=True)
+class CTFGroups:
+    """Particles grouped by radial CTF: ``labels`` ``(n,)``, mean ``profiles`` ``(G, R)``."""
+    labels: np.ndarray
+    profiles: np.ndarray
+
+
+@dataclass(frozen=True)
+class PrincipalRings:
+    """Kernel of one CTF group and its eigen-decomposition.
+
+    ``kernel`` ``(R, R)``; ``eigenvalues`` ``(R,)`` descending; ``vectors``
+    ``(R, R)`` the matching eigenvectors as columns; ``rank`` the ``H`` used;
+    ``ctf`` ``(R,)`` the radial CTF the templates are multiplied by.
+    """
+    kernel: np.ndarray
+    eigenvalues: np.ndarray
+    vectors: np.ndarray
+    rank: int
+    ctf: np.ndarray
+
+
+@dataclass(frozen=True)
+class KernelSpectra:
+    """Spectra of the kernels of the CTF groups of a particle set (see :class:`AlignmentResult`)."""
+    group: np.ndarray
+    group_ctf: np.ndarray
+    eigenvalues: np.ndarray
+    ranks: np.ndarray
+
+
+def search_shifts(max_shift, step=1.0):
+    """Candidate core shifts: a square grid of ``step`` pixels inside the disc ``|t| <= max_shift``.
+
+    :returns: ``(n_shifts, 2)`` float64 ``(tx, ty)``, ``(0, 0)`` first, then by
+        distance and angle.
+    """
+    max_shift, step = float(max_shift), float(step)
+    if not np.isfinite(max_shift) or max_shift < 0:
+        raise InvalidDataError(f"the maximum shift must be a finite number >= 0 pixels, got "
+                               f"{max_shift}")
+    if max_shift == 0:
+        return np.zeros((1, 2))
+    if not np.isfinite(step) or step <= 0:
+        raise InvalidDataError(f"the shift step must be positive, got {step} pixels")
+    count = int(np.floor(max_shift / step + 1e-9))
+    offsets = step * np.arange(-count, count + 1)
+    tx, ty = (axis.ravel() for axis in np.meshgrid(offsets, offsets))
+    radius = np.hypot(tx, ty)
+    keep = radius <= max_shift * (1 + 1e-9)
+    tx, ty, radius = tx[keep], ty[keep], radius[keep]
+    angle = np.mod(np.arctan2(ty, tx), 2 * np.pi)
+    order = np.lexsort((angle, np.round(radius / step, 9)))
+    return np.stack([tx[order], ty[order]], axis=-1)
+
+
+def group_ctfs(ctf_params, grid, pixel_size, tolerance=5e-2):
+    """Group particles whose radial CTFs differ by at most ``tolerance``.
+
+    Distinct parameter sets are visited in order of first appearance; each joins
+    the first group whose representative (its first member) is within
+    ``tolerance`` in relative L2 distance on the rings, weighted by the
+    quadrature (the disc's area), or starts a new group.  A group's profile is
+    the mean radial CTF of its particles.
+
+    :param ctf_params: one :class:`.ctf.CTFParams` per particle.
+    :returns: :class:`CTFGroups`.
+    """
+    if pixel_size is None or not np.isfinite(pixel_size) or pixel_size <= 0:
+        raise MissingMetadataError(f"the particles' CTFs need their pixel size, got "
+                                   f"{pixel_size}; set the sampling rate of the particles")
+    if tolerance < 0:
+        raise InvalidDataError(f"the CTF grouping tolerance must be >= 0, got {tolerance}")
+    distinct = {}
+    index = np.array([distinct.setdefault(params, len(distinct)) for params in ctf_params])
+    profiles = radial_ctf(list(distinct), grid, pixel_size)
+    weights = grid.weights
+
+    def norm(values):
+        return np.sqrt(np.sum(weights * values ** 2, axis=-1))
+
+    representatives = []
+    group_of = np.empty(len(profiles), dtype=np.int64)
+    for u, profile in enumerate(profiles):
+        if representatives:
+            reps = np.array(representatives)
+            close = np.flatnonzero(norm(profile - reps) <= tolerance * norm(reps))
+            if close.size:
+                group_of[u] = close[0]
+                continue
+        group_of[u] = len(representatives)
+        representatives.append(profile)
+    labels = group_of[index]
+    counts = np.bincount(index, minlength=len(profiles)).astype(np.float64)
+    sums = np.zeros((len(representatives), grid.n_rings))
+    np.add.at(sums, group_of, counts[:, None] * profiles)
+    return CTFGroups(labels, sums / np.bincount(group_of, counts)[:, None])
+
+
+def radial_kernel(coefficients, weights, variant="A"):
+    """Kernel ``C`` ``(R, R)`` of templates from their ring coefficients ``(n, R, Q)``.
+
+    ``C = (1/n) Re sum_b Y_b Y_b^H`` with ``Y_b[r, q] = sqrt(w_r) b[r, q]`` over
+    ``q != 0`` (variant A); variant B adds the covariance over templates of the
+    ``q = 0`` coefficients.  The coefficients must be those of real images
+    (Hermitian in ``q``, even ``Q``, as :func:`.polar.ring_coefficients` gives).
+    """
+    coefficients = np.asarray(coefficients)
+    half = coefficients[..., :coefficients.shape[-1] // 2].transpose(1, 0, 2)
+    return _kernel_from_half(half, weights, variant)
+
+
+def _kernel_from_half(half, weights, variant):
+    """:func:`radial_kernel` from ring-major ``(R, n, Q/2)``, ``q = 0 .. Q/2 - 1``.
+
+    ``q`` and ``-q`` together give ``2 Re``.
+    """
+    n_rings, n, _ = half.shape
+    kernel = np.zeros((n_rings, n_rings))
+    for start in range(0, n, _TEMPLATE_CHUNK):
+        stacked = half[:, start:start + _TEMPLATE_CHUNK, 1:].astype(np.complex128)
+        stacked = stacked.reshape(n_rings, -1)
+        kernel += 2 * (stacked.conj() @ stacked.T).real
+    kernel /= n
+    if variant == "B":
+        zero = half[:, :, 0].real.T.astype(np.float64)
+        mean = zero.mean(axis=0)
+        kernel += zero.T @ zero / n - np.outer(mean, mean)
+    eta = np.sqrt(weights)
+    return kernel * eta[:, None] * eta[None, :]
+
+
+def choose_rank(eigenvalues, tolerance=1e-2, min_rank=4):
+    """``H = #{h : lambda_h / lambda_1 > tolerance}`` clamped to ``[min_rank, R]``."""
+    eigenvalues = np.asarray(eigenvalues)
+    above = (np.count_nonzero(eigenvalues / eigenvalues[0] > tolerance)
+             if eigenvalues[0] > 0 else 0)
+    return int(min(max(above, min_rank), eigenvalues.size))
+
+
+def rotations_for_directions(directions):
+    """Rotations ``(n, 3, 3)`` projecting along unit ``directions`` ``(n, 3)`` with ``psi = 0``."""
+    rot_angle, tilt = rot.direction_to_euler(directions)
+    return rot.euler_to_matrix(rot_angle, tilt, np.zeros_like(tilt))
+
+
+def rotations_from_alignment(template_rotations, template_index, angle):
+    """Particle rotations ``(n, 3, 3)`` whose projection is the template rotated by ``angle``.
+
+    Template ``j`` is the projection at ``R_j``; rotating it counter-clockwise
+    by ``gamma`` samples the volume at ``R_j^T R_z(-gamma) k``, i.e. it is the
+    projection at ``R_z(gamma) R_j`` with the active in-plane rotation
+    ``R_z(gamma) = [[cos, -sin, 0], [sin, cos, 0], [0, 0, 1]]``.
+    """
+    template_rotations = np.asarray(template_rotations, dtype=np.float64)
+    if template_rotations.ndim != 3 or template_rotations.shape[1:] != (3, 3):
+        raise ShapeError(f"template rotations must have shape (n, 3, 3), got "
+                         f"{template_rotations.shape}")
+    index = np.asarray(template_index, dtype=np.int64)
+    angle = np.asarray(angle, dtype=np.float64)
+    if index.shape != angle.shape:
+        raise ShapeError(f"template_index {index.shape} and angle {angle.shape} differ in shape")
+    c, s = np.cos(angle), np.sin(angle)
+    zero, one = np.zeros_like(c), np.ones_like(c)
+    in_plane = np.stack([np.stack([c, -s, zero], -1), np.stack([s, c, zero], -1),
+                         np.stack([zero, zero, one], -1)], -2)
+    return in_plane @ template_rotations[index]
+
+
+def _project_rings(projection, values):
+    """``projection @ values`` over the ring axis (-2) for real ``projection`` ``(K, R)``.
+
+    A real matrix acts on real and imaginary parts alike, so the complex
+    ``values`` ``(..., R, m)`` go through one real GEMM as interleaved floats.
+    """
+    values = np.ascontiguousarray(values)
+    real = values.view(values.real.dtype)
+    return np.matmul(projection.astype(real.dtype), real).view(values.dtype)
+
+
+def _validate_polar(polar, grid, name):
+    """A finite, non-empty ``(n, R, Q)`` stack matching ``grid``."""
+    polar = np.asarray(polar)
+    expected = (grid.n_rings, grid.n_angles)
+    if polar.ndim != 3 or polar.shape[1:] != expected:
+        raise ShapeError(f"{name} must have shape (n, {expected[0]}, {expected[1]}) to match "
+                         f"the polar grid (rings, angles), got {polar.shape}; compute it with "
+                         "polar_transform or project_polar on the same grid")
+    if polar.shape[0] == 0:
+        raise InvalidDataError(f"{name} is empty: there is nothing to align; check the input set")
+    finite = np.isfinite(polar).reshape(polar.shape[0], -1).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise InvalidDataError(f"{name} has NaN or infinite values in {bad.size} entries (first: "
+                               f"index {bad[0]}); fix or drop those images")
+    return polar
+
+
+class _TopPoses:
+    """Per-image sorted candidates: score, template, angle index and shift index ``(n, k)``."""
+
+    def __init__(self, count, kept, dtype):
+        self.score = np.full((count, kept), -np.inf, dtype=dtype)
+        self.template = np.full((count, kept), -1, dtype=np.int64)
+        self.angle = np.zeros((count, kept), dtype=np.int64)
+        self.shift = np.zeros((count, kept), dtype=np.int64)
+
+    def select(self, index):
+        """Copies of the rows ``index``, for the kernels to update."""
+        return [self.score[index], self.template[index], self.angle[index], self.shift[index]]
+
+    def store(self, index, block):
+        for array, values in zip((self.score, self.template, self.angle, self.shift), block):
+            array[index] = values
+
+
+class RadialSVDAligner:
+    """Align many images against many templates over in-plane angles and shifts.
+
+    :param grid: :class:`.polar.PolarGrid` of the polar samples.
+    :param template_polar: ``(n_B, R, Q)`` complex polar samples of the
+        CTF-free templates (e.g. ``project_polar`` of a volume, or
+        ``polar_transform`` of 2-D references).
+    :param rank: fixed number ``H`` of principal rings, or None to choose it
+        per CTF group from ``tolerance``; ``H = R`` is the exact full-rank path.
+    :param tolerance: keep the eigenvalues above ``tolerance * lambda_1``.
+    :param min_rank: lower bound of the automatic ``H``.
+    :param shifts: ``(n_shifts, 2)`` candidate core shifts in pixels
+        (:func:`search_shifts`); None searches ``(0, 0)`` only.
+    :param ctf_tolerance: relative distance within which radial CTFs share a
+        group (:func:`group_ctfs`).
+    :param kernel_variant: ``"A"`` (the paper's, default) or ``"B"``.
+    :param exact_zero_frequency: compute the rotation-invariant term from all
+        rings (module docstring); False compresses it too, as the paper does.
+    :param refine_candidates: templates per image re-scored with all rings
+        after the compressed search (module docstring); 0 reports the
+        compressed scores as they are.
+    :param dtype: ``np.float32`` (production) or ``np.float64`` for the
+        landscapes; kernels and eigenvectors are always float64.
+    :param backend: ``"auto"``, ``"cpu"`` or ``"cuda"`` (:mod:`.kernels`) for
+        :meth:`align`; :meth:`landscapes` always runs on the CPU.
+    :param block_size: image rows (images x shifts) per block; a block pairs
+        them with enough templates to make ``block_size^2`` (image row,
+        template) pairs, so small CTF groups still make large GEMMs.  The CPU
+        keeps about ``150 * block_size^2 * 4`` bytes of work arrays (float32,
+        ``Q`` about 100).
+    """
+
+    def __init__(self, grid, template_polar, rank=None, tolerance=1e-2, min_rank=4, shifts=None,
+                 ctf_tolerance=5e-2, kernel_variant="A", dtype=np.float32, backend="auto",
+                 block_size=256, exact_zero_frequency=True, refine_candidates=4):
+        if not isinstance(grid, PolarGrid):
+            raise TypeError(f"grid must be a PolarGrid, got {type(grid).__name__}")
+        self.grid = grid
+        template_polar = _validate_polar(template_polar, grid, "template_polar")
+        if kernel_variant not in KERNEL_VARIANTS:
+            raise ValueError(f"kernel_variant must be one of {KERNEL_VARIANTS}, got "
+                             f"{kernel_variant!r}")
+        if not 0 <= tolerance < 1:
+            raise InvalidDataError(f"the rank tolerance must lie in [0, 1), got {tolerance}")
+        if int(min_rank) < 1:
+            raise InvalidDataError(f"min_rank must be at least 1, got {min_rank}")
+        if int(block_size) < 1:
+            raise InvalidDataError(f"block_size must be at least 1, got {block_size}")
+        if ctf_tolerance < 0:
+            raise InvalidDataError(f"the CTF grouping tolerance must be >= 0, got {ctf_tolerance}")
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in _PRECISIONS:
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
+        self.complex_dtype = np.dtype(_PRECISIONS[self.dtype])
+        self.rank = None if rank is None else self._checked_rank(rank)
+        self.tolerance = float(tolerance)
+        self.min_rank = int(min_rank)
+        self.shifts = self._checked_shifts(shifts)
+        self.ctf_tolerance = float(ctf_tolerance)
+        self.kernel_variant = kernel_variant
+        self.exact_zero_frequency = bool(exact_zero_frequency)
+        if int(refine_candidates) != refine_candidates or refine_candidates < 0:
+            raise InvalidDataError(f"refine_candidates must be an integer >= 0, got "
+                                   f"{refine_candidates}")
+        self.refine_candidates = int(refine_candidates)
+        self.backend = resolve_backend(backend)
+        if self.backend == "cuda":
+            from .kernels import alignment_cuda as kernels
+        else:
+            kernels = alignment_cpu
+        self._kernels = kernels
+        self.block_size = int(block_size)
+        self._eta = np.sqrt(grid.weights)
+        # Landscapes in units of real-space inner products (module docstring).
+        self._factor = 2 * np.pi / grid.box ** 2
+        # Ring-major (R, n_B, Q/2): compressing all templates is one GEMM.
+        self._templates = self._half_coefficients(template_polar)
+        self._template_energy = self._ring_energy(self._templates)
+        self._template_kernel = _kernel_from_half(self._templates, grid.weights, kernel_variant)
+
+    @property
+    def n_templates(self):
+        return self._templates.shape[1]
+
+    # ----------------------------------------------------------------- checks
+    def _checked_rank(self, rank):
+        n_rings = self.grid.n_rings
+        if int(rank) != rank or rank < 1:
+            raise InvalidDataError(f"the rank H must be a positive integer, got {rank}")
+        if rank > n_rings:
+            raise InvalidDataError(
+                f"the rank H = {rank} exceeds the {n_rings} rings of the polar grid; use "
+                f"H <= {n_rings} (H = {n_rings} is exact), leave H automatic, or align at a "
+                "finer resolution, which has more rings")
+        return int(rank)
+
+    def _checked_shifts(self, shifts):
+        if shifts is None:
+            return np.zeros((1, 2))
+        shifts = np.asarray(shifts, dtype=np.float64)
+        if shifts.ndim != 2 or shifts.shape[1] != 2 or shifts.shape[0] == 0:
+            raise ShapeError(f"shifts must have shape (n_shifts, 2) with n_shifts >= 1, got "
+                             f"{shifts.shape}; build them with search_shifts")
+        if not np.isfinite(shifts).all():
+            raise InvalidDataError("the candidate shifts contain NaN or infinite values")
+        return shifts
+
+    def _groups(self, ctf_params, pixel_size, count):
+        if ctf_params is None:
+            return CTFGroups(np.zeros(count, dtype=np.int64), np.ones((1, self.grid.n_rings)))
+        if len(ctf_params) != count:
+            raise ShapeError(f"got {len(ctf_params)} CTFs for {count} images; give one CTF per "
+                             "image, or None to align without CTF")
+        return group_ctfs(ctf_params, self.grid, pixel_size, self.ctf_tolerance)
+
+    # ----------------------------------------------------------------- representation
+    def _half_coefficients(self, polar):
+        """Ring coefficients ``q = 0 .. Q/2 - 1`` of polar samples, ring-major ``(R, n, Q/2)``."""
+        n_angles = self.grid.n_angles
+        out = np.empty((polar.shape[1], polar.shape[0], n_angles // 2), dtype=self.complex_dtype)
+        for start in range(0, polar.shape[0], _TEMPLATE_CHUNK):
+            part = scipy.fft.fft(polar[start:start + _TEMPLATE_CHUNK].astype(self.complex_dtype),
+                                 axis=-1, workers=_WORKERS)
+            out[:, start:start + _TEMPLATE_CHUNK] = (part[..., :n_angles // 2]
+                                                     / n_angles).transpose(1, 0, 2)
+        return out
+
+    @staticmethod
+    def _ring_energy(half):
+        """``sum_q |a[r, q]|^2`` over all ``q`` but Nyquist, ``(n, R)``, from ring-major halves."""
+        energy = 2 * np.sum(np.abs(half.astype(np.complex128)) ** 2, axis=-1)
+        return (energy - np.abs(half[..., 0]) ** 2).T
+
+    def _image_energy(self, polar):
+        """:meth:`_ring_energy` from polar samples: Parseval, minus the Nyquist bin."""
+        sign = (-1.0) ** np.arange(self.grid.n_angles)
+        nyquist = (polar @ sign.astype(polar.real.dtype)) / self.grid.n_angles
+        return (np.mean(np.abs(polar) ** 2, axis=-1, dtype=np.float64)
+                - np.abs(nyquist).astype(np.float64) ** 2)
+
+    def _norms(self, energy, ctf):
+        """Full-rank norms ``sqrt(2 pi / D^2 sum_r w_r c_r^2 E_r)`` of ring energies ``(n, R)``."""
+        return np.sqrt(self._factor * energy @ (self.grid.weights * ctf ** 2))
+
+    # ----------------------------------------------------------------- kernel
+    def principal_rings(self, ctf_profile=None, rank=None):
+        """Kernel, spectrum and rank for templates multiplied by ``ctf_profile`` ``(R,)``.
+
+        :param rank: ``H`` to use, or None for the aligner's rank (fixed or automatic).
+        """
+        ctf = (np.ones(self.grid.n_rings) if ctf_profile is None
+               else np.asarray(ctf_profile, dtype=np.float64))
+        if ctf.shape != (self.grid.n_rings,):
+            raise ShapeError(f"the radial CTF must have shape ({self.grid.n_rings},), got "
+                             f"{ctf.shape}")
+        kernel = ctf[:, None] * self._template_kernel * ctf[None, :]
+        eigenvalues, vectors = np.linalg.eigh(kernel)
+        eigenvalues, vectors = eigenvalues[::-1], vectors[:, ::-1]
+        if rank is None:
+            rank = (self.rank if self.rank is not None
+                    else choose_rank(eigenvalues, self.tolerance, self.min_rank))
+        else:
+            rank = self._checked_rank(rank)
+        return PrincipalRings(kernel, eigenvalues, vectors, rank, ctf)
+
+    def kernel_spectra(self, ctf_params=None, pixel_size=None, count=None):
+        """CTF groups of a particle set and the spectrum and rank of each group's kernel.
+
+        :param ctf_params: one :class:`.ctf.CTFParams` per particle, or None (one group).
+        :param count: number of particles when ``ctf_params`` is None.
+        """
+        count = len(ctf_params) if ctf_params is not None else (count or 1)
+        groups = self._groups(ctf_params, pixel_size, count)
+        rings = [self.principal_rings(profile) for profile in groups.profiles]
+        return KernelSpectra(groups.labels, groups.profiles,
+                             np.array([r.eigenvalues for r in rings]),
+                             np.array([r.rank for r in rings]))
+
+    def _projections(self, rings):
+        """``U_H^T diag(eta)`` ``(H, R)`` for ``q != 0`` and the ``q = 0`` counterpart ``(K, R)``.
+
+        Both act on CTF-free ring coefficients; ``q = 0`` keeps all rings
+        (``diag(eta)``) with :attr:`exact_zero_frequency`.
+        """
+        projection = np.ascontiguousarray(rings.vectors[:, :rings.rank].T * self._eta[None, :])
+        return projection, (np.diag(self._eta) if self.exact_zero_frequency else projection)
+
+    def _compress(self, polar, projections):
+        """Coefficients ``(n, H, Q/2 - 1)`` of ``q = 1 .. Q/2 - 1`` and ``(n, K)`` of ``q = 0``.
+
+        The rings are projected first and then transformed over the angles
+        (the two commute), so only ``H`` rings go through the FFT.
+        """
+        projection, zero_projection = projections
+        n_angles = self.grid.n_angles
+        polar = np.ascontiguousarray(polar, dtype=self.complex_dtype)
+        rings = _project_rings(projection, polar)
+        coefficients = scipy.fft.fft(rings, axis=-1, workers=_WORKERS)[..., 1:n_angles // 2]
+        coefficients /= n_angles
+        zero = polar.mean(axis=-1).real @ zero_projection.T
+        return coefficients.astype(self.complex_dtype), zero
+
+    def _prepare_templates(self, rings, kernels, rows, scale):
+        """Templates of one group, CTF-multiplied and compressed, for a kernel module.
+
+        Blocks hold ``block_size^2 / rows`` templates for image blocks of
+        ``rows`` rows; ``scale`` ``(n_B,)`` multiplies each template's landscape.
+        """
+        width = max(1, min(self.n_templates, self.block_size ** 2 // rows))
+        projection, zero_projection = self._projections(rings)
+        n_rings, n_templates, half = self._templates.shape
+        compressed = _project_rings(projection * rings.ctf[None, :],
+                                    self._templates.reshape(n_rings, -1))
+        compressed = compressed.reshape(-1, n_templates, half)
+        zero = self._templates[:, :, 0].real.T @ (zero_projection * rings.ctf[None, :]).T
+        return kernels.prepare_templates(compressed[:, :, 1:].transpose(1, 0, 2), zero, scale,
+                                         self.grid.n_angles, self._factor, width, self.dtype)
+
+    # ----------------------------------------------------------------- alignment
+    def align(self, image_polar, ctf_params=None, pixel_size=None, top_k=1, progress=None,
+              rank=None):
+        """Best template, in-plane angle and shift of every image.
+
+        :param image_polar: ``(n, R, Q)`` polar samples of the particle images.
+        :param ctf_params: one :class:`.ctf.CTFParams` per image, or None (no CTF).
+        :param pixel_size: Å per pixel, needed with ``ctf_params``.
+        :param top_k: also keep the ``top_k`` best templates of every image.
+        :param progress: ``callable(done, total)`` called as images are finished.
+        :param rank: override of ``H`` for this call (None: the aligner's).
+        :returns: :class:`AlignmentResult`.
+        """
+        image_polar = _validate_polar(image_polar, self.grid, "image_polar")
+        count = image_polar.shape[0]
+        if int(top_k) != top_k or not 1 <= top_k <= self.n_templates:
+            raise InvalidDataError(f"top_k must be an integer between 1 and the {self.n_templates} "
+                                   f"templates, got {top_k}")
+        top_k = int(top_k)
+        groups = self._groups(ctf_params, pixel_size, count)
+        n_shifts = self.shifts.shape[0]
+        phases = shift_phases(self.grid, self.shifts).astype(self.complex_dtype)
+        per_block = max(1, self.block_size // n_shifts)
+        kept = min(max(top_k, self.refine_candidates), self.n_templates)
+        top = _TopPoses(count, kept, self.dtype)
+        image_norm = np.empty(count)
+        n_groups = groups.profiles.shape[0]
+        eigenvalues = np.empty((n_groups, self.grid.n_rings))
+        ranks = np.empty(n_groups, dtype=np.int64)
+        done = 0
+        for g, profile in enumerate(groups.profiles):
+            rings = self.principal_rings(profile, rank)
+            eigenvalues[g], ranks[g] = rings.eigenvalues, rings.rank
+            members = np.flatnonzero(groups.labels == g)
+            template_scale = self._template_scale(rings.ctf)
+            templates = self._prepare_templates(rings, self._kernels,
+                                                min(per_block, members.size) * n_shifts,
+                                                template_scale)
+            projections = self._projections(rings)
+            refine = self.refine_candidates > 0 and rings.rank < self.grid.n_rings
+            for start in range(0, members.size, per_block):
+                index = members[start:start + per_block]
+                polar = image_polar[index]
+                image_norm[index] = self._norms(self._image_energy(polar),
+                                                np.ones(self.grid.n_rings))
+                rows = [self._compress(polar * phase, projections) for phase in phases]
+                coefficients = np.stack([c for c, _ in rows], axis=1).reshape(
+                    (-1,) + rows[0][0].shape[1:])
+                zero = np.stack([z for _, z in rows], axis=1).reshape(-1, rows[0][1].shape[1])
+                block = top.select(index)
+                self._kernels.search(templates, coefficients, zero, n_shifts, *block)
+                if refine:
+                    block = self._refine(polar, phases, rings.ctf, template_scale, block[1])
+                top.store(index, block)
+                done += index.size
+                if progress is not None:
+                    progress(done, count)
+        inverse_norm = np.divide(1.0, image_norm, out=np.zeros_like(image_norm),
+                                 where=image_norm > 0)
+        scores = top.score[:, :top_k].astype(np.float64) * inverse_norm[:, None]
+        templates_found = top.template[:, :top_k]
+        angles = top.angle[:, :top_k] * (2 * np.pi / self.grid.n_angles)
+        shifts = self.shifts[top.shift[:, :top_k]]
+        result = AlignmentResult(templates_found[:, 0].copy(), angles[:, 0].copy(),
+                                 shifts[:, 0].copy(), scores[:, 0].copy(), groups.labels, ranks,
+                                 eigenvalues, groups.profiles)
+        if top_k > 1:
+            result.top_template, result.top_angle = templates_found, angles
+            result.top_shift, result.top_score = shifts, scores
+        return result
+
+    def _template_scale(self, ctf):
+        """``1 / ||c B||`` of every template (0 for empty templates)."""
+        norms = self._norms(self._template_energy, ctf)
+        return np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+
+    def _refine(self, polar, phases, ctf, template_scale, candidates):
+        """Full-rank scores of each image's ``candidates`` ``(n, k)``, re-ranked.
+
+        The same landscape as the compressed search with ``H = R``, evaluated
+        per (image, candidate) at every shift and angle.
+        :returns: score, template, angle and shift arrays ``(n, k)``, best first.
+        """
+        n_angles = self.grid.n_angles
+        half = n_angles // 2
+        n_images, kept = candidates.shape
+        out = [np.empty((n_images, kept), dtype) for dtype in
+               (self.dtype, np.int64, np.int64, np.int64)]
+        weights = self.grid.weights * ctf
+        for start in range(0, n_images, _REFINE_CHUNK):
+            chunk = slice(start, start + _REFINE_CHUNK)
+            # (n, S, R, M) full-rank coefficients of the shifted images.
+            shifted = polar[chunk, None].astype(self.complex_dtype) * phases[None]
+            images = np.ascontiguousarray(scipy.fft.fft(shifted, axis=-1, overwrite_x=True,
+                                                        workers=_WORKERS)[..., :half]) / n_angles
+            chosen = candidates[chunk]
+            xhat = alignment_cpu.candidate_spectra(images, weights, self._templates, chosen)
+            spectrum = np.zeros(xhat.shape[:-1] + (n_angles,), xhat.dtype)
+            spectrum[..., 0] = xhat[..., 0].real
+            spectrum[..., 1:half] = 2 * xhat[..., 1:]
+            landscape = scipy.fft.fft(spectrum, axis=-1, workers=_WORKERS).real * self._factor
+            landscape *= template_scale[chosen][:, None, :, None]
+            flat = landscape.transpose(0, 2, 1, 3).reshape(len(chosen), kept, -1)
+            best = flat.argmax(axis=-1)
+            score = np.take_along_axis(flat, best[..., None], -1)[..., 0]
+            order = np.argsort(-score, axis=1, kind="stable")
+            for array, values in zip(out, (score, chosen, best % n_angles, best // n_angles)):
+                array[chunk] = np.take_along_axis(values, order, 1)
+        return out
+
+    def landscapes(self, image_polar, rank=None, ctf_params=None, pixel_size=None, shifts=None,
+                   normalized=False):
+        """Full landscapes ``(n, n_B, Q)`` over the ``Q`` angles, for small inputs.
+
+        ``X[i, b, j] = <A_i, R_{gamma_j} (c B_b)>`` (the real-space inner product,
+        compressed to ``H`` rings), or the score of :meth:`align` with
+        ``normalized``.
+
+        :param rank: ``H``; None uses the aligner's (fixed or automatic per group).
+        :param shifts: None, one core shift ``(2,)`` or one per image ``(n, 2)``,
+            undone on the images before comparing.
+        """
+        image_polar = _validate_polar(image_polar, self.grid, "image_polar")
+        count = image_polar.shape[0]
+        groups = self._groups(ctf_params, pixel_size, count)
+        if shifts is not None:
+            shifts = np.broadcast_to(np.asarray(shifts, dtype=np.float64), (count, 2))
+        out = np.empty((count, self.n_templates, self.grid.n_angles), dtype=self.dtype)
+        for g, profile in enumerate(groups.profiles):
+            rings = self.principal_rings(profile, rank)
+            members = np.flatnonzero(groups.labels == g)
+            scale = self._template_scale(rings.ctf) if normalized else np.ones(self.n_templates)
+            templates = self._prepare_templates(rings, alignment_cpu, members.size, scale)
+            polar = image_polar[members]
+            if shifts is not None:
+                polar = polar * shift_phases(self.grid, shifts[members])
+            coefficients, zero = self._compress(polar, self._projections(rings))
+            out[members] = alignment_cpu.landscapes(templates, coefficients, zero)
+            if normalized:
+                norm = self._norms(self._image_energy(image_polar[members]),
+                                   np.ones(self.grid.n_rings))
+                out[members] *= np.divide(1.0, norm, out=np.zeros_like(norm),
+                                          where=norm > 0)[:, None, None].astype(self.dtype)
+        return out

@@ -1,0 +1,391 @@
+"""Radial-SVD alignment engine against independent references (notes §1-§3, §7).
+
+References: the uncompressed Fourier-Bessel landscape written out in the test
+(T1), the kernel summed over all ``q != 0`` with complex arithmetic (T3),
+brute-force real-space rotations (:mod:`cryohess_plugin.core.reference_alignment`,
+T2), the projector itself (rotation convention), and the ground truth of
+simulated particles.  CUDA kernels are compared with the CPU ones on the
+numba simulator in a child interpreter, as in ``test_projector_cuda.py``.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cryohess_plugin.core import atoms, phantoms, rotations, simulate
+from cryohess_plugin.core.errors import InvalidDataError, MissingMetadataError, ShapeError
+from cryohess_plugin.core.polar import (PolarGrid, polar_transform, radial_ctf,
+                                        ring_coefficients)
+from cryohess_plugin.core.projector import FourierSliceProjector
+from cryohess_plugin.core.radial_svd import (RadialSVDAligner, choose_rank, group_ctfs,
+                                             radial_kernel, rotations_for_directions,
+                                             rotations_from_alignment, search_shifts)
+from cryohess_plugin.core.reference_alignment import rotated_inner_products
+
+BOX, PIXEL = 64, 1.5
+#: The paper's band, K = 48 radians per half box: R = 49 rings, Q = 98 angles.
+MAX_FREQUENCY = 48 / np.pi
+#: Spacing of the 993-direction grid (sphere of radius 48 / 2 pi, unit spacing), degrees.
+GRID_STEP = np.rad2deg(2 * np.pi / 48)
+
+
+def relative_max(value, reference):
+    return float(np.abs(value - reference).max() / np.abs(reference).max())
+
+
+@pytest.fixture(scope="module")
+def grid():
+    return PolarGrid.from_max_frequency(BOX, MAX_FREQUENCY)
+
+
+@pytest.fixture(scope="module")
+def volume():
+    model = phantoms.random_protein_phantom(800, radius_angstrom=0.3 * BOX * PIXEL, rng=1,
+                                            bfactor=400.0)
+    return atoms.gaussian_atom_volume(model, BOX, PIXEL)
+
+
+@pytest.fixture(scope="module")
+def projector(volume):
+    return FourierSliceProjector(volume, dtype=np.float64, backend="cpu")
+
+
+@pytest.fixture(scope="module")
+def templates(grid, projector):
+    """Projections on the 993 viewing directions of the paper, and their rotations."""
+    directions, _ = rotations.viewing_grid_993()
+    template_rotations = rotations_for_directions(directions)
+    return template_rotations, projector.project_polar(template_rotations, grid.radii,
+                                                       grid.n_angles)
+
+
+def fourier_bessel_landscape(grid, image_polar, template_polar, ctf=None):
+    """Uncompressed ``<A, R_gamma (c B)>`` over the grid's angles, as in the notes (§1.4)."""
+    a = ring_coefficients(image_polar)
+    b = ring_coefficients(template_polar)
+    if ctf is not None:
+        b = b * ctf[None, :, None]
+    xhat = 2 * np.pi * np.einsum("r,arq,brq->abq", grid.weights, a.conj(), b) / grid.box ** 2
+    landscape = np.fft.fft(xhat, axis=-1)
+    assert np.abs(landscape.imag).max() <= 1e-12 * np.abs(landscape).max()
+    return landscape.real
+
+
+def pose_agreement(first, second, n_angles):
+    """Same template and in-plane angle within one step (circular)."""
+    step = np.abs(np.round((first.angle - second.angle) * n_angles / (2 * np.pi)))
+    step = np.minimum(step % n_angles, n_angles - step % n_angles)
+    return (first.template == second.template) & (step <= 1)
+
+
+# ----------------------------------------------------------------------------- T1
+@pytest.mark.parametrize("variant, exact_zero", [("A", True), ("A", False), ("B", True)])
+def test_full_rank_reproduces_fourier_bessel_landscape(grid, projector, templates, variant,
+                                                       exact_zero):
+    _, template_polar = templates
+    subset = template_polar[::20]
+    poses = rotations.random_rotations(6, np.random.default_rng(3))
+    images = projector.project_polar(poses, grid.radii, grid.n_angles)
+    aligner = RadialSVDAligner(grid, subset, rank=grid.n_rings, dtype=np.float64,
+                               kernel_variant=variant, exact_zero_frequency=exact_zero,
+                               backend="cpu")
+    assert relative_max(aligner.landscapes(images),
+                        fourier_bessel_landscape(grid, images, subset)) <= 1e-10
+    # With a CTF: one group, templates multiplied by its radial profile.
+    ctf_params = simulate.random_ctf_params(1, 2) * len(images)
+    profile = radial_ctf(ctf_params[:1], grid, PIXEL)[0]
+    assert relative_max(aligner.landscapes(images, ctf_params=ctf_params, pixel_size=PIXEL),
+                        fourier_bessel_landscape(grid, images, subset, profile)) <= 1e-10
+
+
+def test_align_returns_the_maximum_of_the_normalised_landscape(grid, projector, templates):
+    _, template_polar = templates
+    poses = rotations.random_rotations(8, np.random.default_rng(4))
+    images = projector.project_polar(poses, grid.radii, grid.n_angles)
+    aligner = RadialSVDAligner(grid, template_polar[::7], rank=8, dtype=np.float64,
+                               block_size=32, refine_candidates=0, backend="cpu")
+    scores = aligner.landscapes(images, normalized=True)
+    result = aligner.align(images, top_k=4)
+    flat = scores.reshape(len(images), -1)
+    best = flat.argmax(axis=1)
+    np.testing.assert_array_equal(result.template, best // grid.n_angles)
+    np.testing.assert_allclose(result.angle, grid.angles[best % grid.n_angles])
+    np.testing.assert_allclose(result.score, flat.max(axis=1), rtol=1e-12)
+    # Top-k: the k best templates, each at its own best angle, in order.
+    per_template = scores.max(axis=2)
+    order = np.argsort(-per_template, axis=1, kind="stable")[:, :4]
+    np.testing.assert_array_equal(result.top_template, order)
+    np.testing.assert_allclose(result.top_score, np.take_along_axis(per_template, order, 1),
+                               rtol=1e-12)
+    assert np.all(np.diff(result.top_score, axis=1) <= 0)
+    np.testing.assert_array_equal(result.top_template[:, 0], result.template)
+
+
+def test_refinement_gives_full_rank_scores_of_the_candidates(grid, projector, templates):
+    _, template_polar = templates
+    poses = rotations.random_rotations(8, np.random.default_rng(12))
+    shifts = search_shifts(1.0, 1.0)
+    images = projector.project_polar(poses, grid.radii, grid.n_angles, shifts=[0.6, -0.3])
+    aligner = RadialSVDAligner(grid, template_polar[::7], rank=4, shifts=shifts,
+                               refine_candidates=6, dtype=np.float64, block_size=40,
+                               backend="cpu")
+    result = aligner.align(images, top_k=3)
+    exact = np.stack([aligner.landscapes(images, rank=grid.n_rings, shifts=shift,
+                                         normalized=True) for shift in shifts], axis=-1)
+    pose = np.round(result.top_angle * grid.n_angles / (2 * np.pi)).astype(int)
+    shift_index = [[np.flatnonzero((shifts == s).all(axis=1))[0] for s in row]
+                   for row in result.top_shift]
+    rows = np.arange(len(images))[:, None]
+    np.testing.assert_allclose(result.top_score,
+                               exact[rows, result.top_template, pose, shift_index], rtol=1e-10)
+    per_candidate = exact[rows, result.top_template].reshape(len(images), 3, -1)
+    np.testing.assert_allclose(result.top_score, per_candidate.max(axis=-1), rtol=1e-10)
+    best = exact.transpose(0, 1, 3, 2).reshape(len(images), -1).argmax(axis=1)
+    np.testing.assert_array_equal(result.template, best // (len(shifts) * grid.n_angles))
+
+
+# ----------------------------------------------------------------------------- T3
+def test_kernel_is_real_symmetric_psd_and_factorises_with_ctf(grid, templates):
+    _, template_polar = templates
+    subset = template_polar[::5]
+    aligner = RadialSVDAligner(grid, subset, dtype=np.float64, backend="cpu")
+    b = ring_coefficients(subset)
+    eta = np.sqrt(grid.weights)
+    # All q != 0 (both signs) with complex arithmetic: the imaginary part must vanish.
+    nonzero = np.arange(grid.n_angles) != 0
+    y = eta[None, :, None] * b[:, :, nonzero]
+    full = np.einsum("brq,bsq->rs", y.conj(), y) / len(subset)
+    assert np.abs(full.imag).max() <= 1e-12 * np.abs(full.real).max()
+
+    rings = aligner.principal_rings()
+    kernel = rings.kernel
+    np.testing.assert_allclose(kernel, full.real, rtol=0, atol=1e-12 * np.abs(full).max())
+    np.testing.assert_allclose(kernel, kernel.T, rtol=0, atol=1e-14 * np.abs(kernel).max())
+    assert rings.eigenvalues.min() >= -1e-12 * rings.eigenvalues[0]
+    assert np.all(np.diff(rings.eigenvalues) <= 0)
+
+    ctf = radial_ctf(simulate.random_ctf_params(1, 5), grid, PIXEL)[0]
+    from_multiplied = radial_kernel(ctf[None, :, None] * b, grid.weights)
+    np.testing.assert_allclose(aligner.principal_rings(ctf).kernel, from_multiplied, rtol=0,
+                               atol=1e-12 * np.abs(from_multiplied).max())
+
+    # Variant B adds the covariance of the rotational averages (q = 0) over templates.
+    zero = eta[None] * b[:, :, 0].real
+    covariance = np.cov(zero, rowvar=False, bias=True)
+    np.testing.assert_allclose(radial_kernel(b, grid.weights, variant="B"),
+                               full.real + covariance, rtol=0, atol=1e-12 * np.abs(full).max())
+
+
+def test_rank_follows_the_tolerance():
+    eigenvalues = np.array([1.0, 0.5, 0.2, 0.05, 0.011, 0.009, 1e-4])
+    assert choose_rank(eigenvalues, 1e-2, min_rank=1) == 5
+    assert choose_rank(eigenvalues, 1e-2, min_rank=6) == 6
+    assert choose_rank(eigenvalues, 0.3, min_rank=1) == 2
+    assert choose_rank(eigenvalues, 1e-2, min_rank=10) == 7
+
+
+# ----------------------------------------------------------------------------- T2
+def blob_images(count, rng):
+    """Asymmetric Gaussian blobs (sigma >= 3.5 px): negligible spectrum beyond the grid's band."""
+    rng = np.random.default_rng(rng)
+    y, x = (np.mgrid[:BOX, :BOX] - BOX // 2).astype(np.float64)
+    images = np.zeros((count, BOX, BOX))
+    for image in images:
+        for _ in range(5):
+            cx, cy = rng.uniform(-10, 10, 2)
+            sigma = rng.uniform(3.5, 5.0)
+            image += rng.uniform(0.5, 1.5) * np.exp(-((x - cx) ** 2 + (y - cy) ** 2)
+                                                    / (2 * sigma ** 2))
+    return images
+
+
+@pytest.mark.parametrize("shift", [(0.0, 0.0), (2.5, -1.5)])
+def test_landscape_equals_real_space_rotated_inner_products(grid, shift):
+    images, references = blob_images(3, 10), blob_images(4, 11)
+    aligner = RadialSVDAligner(grid, polar_transform(references, grid, backend="cpu",
+                                                     dtype=np.float64),
+                               rank=grid.n_rings, dtype=np.float64, backend="cpu")
+    image_polar = polar_transform(images, grid, backend="cpu", dtype=np.float64)
+    ours = aligner.landscapes(image_polar, shifts=shift)
+    brute = rotated_inner_products(images, references, grid.angles, shifts=[shift])[..., 0]
+    assert relative_max(ours, brute) <= 1e-3
+    # Four references leave little for rings beyond the eighth: H = 8 is as close.
+    compressed = aligner.landscapes(image_polar, rank=8, shifts=shift)
+    assert relative_max(compressed, brute) <= 1e-3
+
+
+# ----------------------------------------------------------------------------- poses
+def test_rotations_from_alignment_reproduce_the_rotated_template(grid, projector, templates):
+    template_rotations, template_polar = templates
+    rng = np.random.default_rng(5)
+    index = rng.integers(0, len(template_rotations), 12)
+    steps = rng.integers(0, grid.n_angles, 12)
+    poses = rotations_from_alignment(template_rotations, index, grid.angles[steps])
+    projected = projector.project_polar(poses, grid.radii, grid.n_angles)
+    # R_gamma B at node (r, psi_j) is B at (r, psi_j - gamma): a roll by the angle index.
+    rolled = np.stack([np.roll(template_polar[i], s, axis=-1) for i, s in zip(index, steps)])
+    assert relative_max(projected, rolled) <= 1e-10
+
+
+def test_recovers_random_rotations_within_one_grid_step(grid, projector, templates):
+    template_rotations, template_polar = templates
+    truth = rotations.random_rotations(40, np.random.default_rng(6))
+    images = projector.project_polar(truth, grid.radii, grid.n_angles)
+    result = RadialSVDAligner(grid, template_polar, backend="cpu").align(images)
+    found = rotations_from_alignment(template_rotations, result.template, result.angle)
+    error = rotations.angular_distance(found, truth)
+    assert error.max() <= GRID_STEP, error.max()
+
+
+def test_recovers_shifts_on_the_search_grid(grid, projector, templates):
+    template_rotations, template_polar = templates
+    shifts = search_shifts(2.0, 1.0)
+    rng = np.random.default_rng(7)
+    truth = rotations.random_rotations(12, rng)
+    true_shift = shifts[rng.integers(1, len(shifts), 12)]
+    images = projector.project_polar(truth, grid.radii, grid.n_angles, shifts=true_shift)
+    result = RadialSVDAligner(grid, template_polar[::3], shifts=shifts, backend="cpu").align(images)
+    np.testing.assert_array_equal(result.shift, true_shift)
+
+
+@pytest.fixture(scope="module")
+def simulated(volume, grid):
+    """300 noise-free particles, 5 defocus groups, uniform views, CTF, from pixels."""
+    particles = simulate.simulate_particles(volume, 300, BOX, PIXEL, rng=8, n_groups=5,
+                                            snr=None, keep_clean=False, backend="cpu")
+    return particles, polar_transform(particles.images, grid, backend="cpu")
+
+
+def test_simulated_particles_at_automatic_rank(grid, templates, simulated):
+    template_rotations, template_polar = templates
+    particles, image_polar = simulated
+    aligner = RadialSVDAligner(grid, template_polar, backend="cpu")
+    automatic = aligner.align(image_polar, particles.ctf_params, PIXEL)
+    full = aligner.align(image_polar, particles.ctf_params, PIXEL, rank=grid.n_rings)
+    assert len(automatic.ranks) == 5 and np.all(automatic.ranks < grid.n_rings // 2)
+    np.testing.assert_array_equal(automatic.group, particles.group_ids)
+    spectra = aligner.kernel_spectra(particles.ctf_params, PIXEL)
+    np.testing.assert_array_equal(spectra.ranks, automatic.ranks)
+    np.testing.assert_allclose(spectra.eigenvalues, automatic.eigenvalues)
+    assert np.mean(pose_agreement(automatic, full, grid.n_angles)) >= 0.99
+    found = rotations_from_alignment(template_rotations, automatic.template, automatic.angle)
+    error = rotations.angular_distance(found, particles.rotations)
+    assert np.mean(error <= GRID_STEP) >= 0.99
+
+
+# ----------------------------------------------------------------------------- groups
+def test_ctf_groups_by_radial_profile(grid):
+    base = simulate.random_ctf_params(3, 9)
+    nudged = [type(p)(p.defocus_u + 1.0, p.defocus_v + 1.0, p.defocus_angle, p.voltage,
+                      p.spherical_aberration, p.amplitude_contrast) for p in base]
+    params = [base[0], base[1], nudged[0], base[2], base[1], nudged[2]]
+    groups = group_ctfs(params, grid, PIXEL)
+    np.testing.assert_array_equal(groups.labels, [0, 1, 0, 2, 1, 2])
+    profiles = radial_ctf(params, grid, PIXEL)
+    np.testing.assert_allclose(groups.profiles[0], profiles[[0, 2]].mean(axis=0))
+    np.testing.assert_allclose(groups.profiles[1], profiles[1])
+    separate = group_ctfs(params, grid, PIXEL, tolerance=0.0)
+    assert separate.profiles.shape[0] == 5
+
+
+def test_search_shifts():
+    shifts = search_shifts(2.0, 1.0)
+    assert shifts.shape == (13, 2)
+    np.testing.assert_array_equal(shifts[0], [0, 0])
+    assert np.all(np.hypot(*shifts.T) <= 2.0)
+    assert np.all(np.diff(np.hypot(*shifts.T)) >= 0)
+    np.testing.assert_array_equal(search_shifts(0.0, 1.0), [[0.0, 0.0]])
+    assert len(search_shifts(1.0, 0.5)) == 13
+
+
+def test_progress_reports_every_block(grid, templates):
+    _, template_polar = templates
+    calls = []
+    RadialSVDAligner(grid, template_polar[:20], block_size=4, backend="cpu").align(
+        template_polar[:10], progress=lambda done, total: calls.append((done, total)))
+    assert calls[-1] == (10, 10) and len(calls) == 3
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_bad_input_raises_typed_errors(grid, templates):
+    _, template_polar = templates
+    small = template_polar[:5]
+    with pytest.raises(InvalidDataError, match="exceeds the 49 rings"):
+        RadialSVDAligner(grid, small, rank=grid.n_rings + 1)
+    with pytest.raises(ShapeError, match="match the polar grid"):
+        RadialSVDAligner(grid, small[:, :, :-2])
+    with pytest.raises(InvalidDataError, match="empty"):
+        RadialSVDAligner(grid, small[:0])
+    aligner = RadialSVDAligner(grid, small, backend="cpu")
+    with pytest.raises(InvalidDataError, match="empty"):
+        aligner.align(small[:0])
+    with pytest.raises(ShapeError, match="match the polar grid"):
+        aligner.align(small[:, :-1])
+    broken = small.copy()
+    broken[2, 3, 4] = np.nan
+    with pytest.raises(InvalidDataError, match="index 2"):
+        aligner.align(broken)
+    with pytest.raises(InvalidDataError, match="exceeds"):
+        aligner.align(small, rank=grid.n_rings + 1)
+    ctfs = simulate.random_ctf_params(5, 0)
+    with pytest.raises(MissingMetadataError, match="pixel size"):
+        aligner.align(small, ctf_params=ctfs)
+    with pytest.raises(ShapeError, match="one CTF per image"):
+        aligner.align(small, ctf_params=ctfs[:3], pixel_size=PIXEL)
+    with pytest.raises(InvalidDataError, match="top_k"):
+        aligner.align(small, top_k=6)
+
+
+# ----------------------------------------------------------------------------- CUDA
+def _cuda_comparison():
+    """CPU and CUDA (simulator) results on tiny random problems, as JSON-able numbers."""
+    from cryohess_plugin.core.kernels import resolve_backend
+
+    grid = PolarGrid.from_max_frequency(16, 2.2)  # R = 8 rings, Q = 16 angles
+    rng = np.random.default_rng(11)
+    images = rng.standard_normal((5, 16, 16))
+    references = rng.standard_normal((7, 16, 16))
+    out = {"backend": resolve_backend("auto")}
+    for dtype in (np.float64, np.float32):
+        template_polar = polar_transform(references, grid, backend="cpu", dtype=dtype)
+        image_polar = polar_transform(images, grid, backend="cpu", dtype=dtype)
+        results = {}
+        for backend in ("cpu", "cuda"):
+            aligner = RadialSVDAligner(grid, template_polar, rank=3, min_rank=1,
+                                       shifts=search_shifts(1.0, 1.0), dtype=dtype,
+                                       refine_candidates=0, backend=backend, block_size=3)
+            results[backend] = aligner.align(image_polar, top_k=3)
+        cpu, gpu = results["cpu"], results["cuda"]
+        name = np.dtype(dtype).name
+        out[name] = {
+            "score": relative_max(gpu.top_score, cpu.top_score),
+            "same_poses": bool(np.array_equal(gpu.top_template, cpu.top_template)
+                               and np.array_equal(gpu.top_angle, cpu.top_angle)
+                               and np.array_equal(gpu.top_shift, cpu.top_shift)),
+        }
+    return out
+
+
+@pytest.fixture(scope="module")
+def cuda_simulated():
+    env = {key: value for key, value in os.environ.items() if key != "NUMBA_ENABLE_CUDASIM"}
+    env["NUMBA_ENABLE_CUDASIM"] = "1"
+    result = subprocess.run([sys.executable, "-m", "tests.test_radial_svd"], env=env,
+                            capture_output=True, text=True, timeout=300,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("float64", 1e-12), ("float32", 1e-5)])
+def test_cuda_matches_cpu_under_simulator(cuda_simulated, dtype, tolerance):
+    assert cuda_simulated["backend"] == "cuda"
+    assert cuda_simulated[dtype]["same_poses"]
+    assert cuda_simulated[dtype]["score"] <= tolerance
+
+
+if __name__ == "__main__":
+    print(json.dumps(_cuda_comparison()))
