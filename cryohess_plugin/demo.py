@@ -74,7 +74,7 @@ def savePlots(viewerClass, project, protocol, plotDir, prefix):
     return paths
 
 
-def simulateStage(project, args, plotDir):
+def simulateStage(project, args, plotDir, previous):
     """Stage 1: a simulated phantom data set with micrographs."""
     from cryohess_plugin.protocols import CryoHessProtSimulate
     from cryohess_plugin.viewers import CryoHessSimulateViewer
@@ -94,7 +94,23 @@ def simulateStage(project, args, plotDir):
     return protocol
 
 
-STAGES = [simulateStage]
+def alignStage(project, args, plotDir, previous):
+    """Stage 2: global projection matching of the particles with the radial-SVD."""
+    from cryohess_plugin.protocols import CryoHessProtAlignParticles
+    from cryohess_plugin.viewers import CryoHessAlignParticlesViewer
+    protocol = project.newProtocol(CryoHessProtAlignParticles, numberOfThreads=args.threads)
+    protocol.inputParticles.set(previous.outputParticles)
+    protocol.inputVolume.set(previous.outputVolume)
+    protocol.setObjLabel("cryohess - radial-SVD alignment")
+    runProtocol(project, protocol)
+    for line in protocol.summary():
+        print("  " + line)
+    for path in savePlots(CryoHessAlignParticlesViewer, project, protocol, plotDir, "align"):
+        print("  plot: %s" % path)
+    return protocol
+
+
+STAGES = [simulateStage, alignStage]
 
 
 def main(argv=None):
@@ -104,8 +120,9 @@ def main(argv=None):
     plotDir = os.path.join(project.getPath(), "plots")
     os.makedirs(plotDir, exist_ok=True)
     print("Scipion project: %s" % project.getPath())
+    previous = None
     for stage in STAGES:
-        stage(project, args, plotDir)
+        previous = stage(project, args, plotDir, previous)
     print("Done. Open the project in the Scipion GUI with:\n"
           "  SCIPION_USER_DATA=%s SCIPION_HOME=%s python -O -m pyworkflow.apps.pw_project %s"
           % (os.environ["SCIPION_USER_DATA"], os.environ["SCIPION_HOME"], args.project))

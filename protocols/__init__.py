@@ -1,4 +1,6 @@
 """cryohess protocols; every class here is registered by Scipion's Domain."""
+from .protocol_align_particles import CryoHessProtAlignParticles
+from .protocol_align_volumes import CryoHessProtAlignVolumes
 from .protocol_simulate import CryoHessProtSimulate
 
-__all__ = ["CryoHessProtSimulate"]
+__all__ = ["CryoHessProtAlignParticles", "CryoHessProtAlignVolumes", "CryoHessProtSimulate"]

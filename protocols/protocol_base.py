@@ -1,11 +1,11 @@
-"""What every cryohess protocol does the same way: GPU and thread choice for its steps."""
+"""What every cryohess protocol does the same way: devices for its steps and file names."""
 import pyworkflow.protocol.params as params
 
 from cryohess_plugin.plugin import Plugin
 
 
-class DevicesMixin:
-    """GPU and CPU-thread handling shared by the cryohess protocols.
+class CryoHessProtocolMixin:
+    """GPU and CPU-thread handling and file-name templates of the cryohess protocols.
 
     A protocol runs its kernels on CUDA when the form's GPU option is on, the
     plugin variable CRYOHESS_USE_GPU allows it and :meth:`_mayUseGpu` (a
@@ -46,3 +46,13 @@ class DevicesMixin:
             if gpus and cuda_available():
                 from numba import cuda
                 cuda.select_device(gpus[0])
+
+    def _filenameTemplates(self):
+        """``{key: path template}`` of the files a protocol writes (none by default)."""
+        return {}
+
+    def _getFileName(self, key, **kwargs):
+        """Path of file ``key``; the templates are (re)built on demand, so viewers and
+        a resumed run see the same names without running _insertAllSteps."""
+        self._updateFilenamesDict(self._filenameTemplates())
+        return super()._getFileName(key, **kwargs)

@@ -20,7 +20,7 @@ from cryohess_plugin.constants import (CONFORMATION, DEFOCUS_GROUP, HETEROGENEIT
                                        VIEWS_TOP_PREFERENCE, VIEWS_UNIFORM)
 from cryohess_plugin.core.ctf import CTFParams
 
-from .protocol_base import DevicesMixin
+from .protocol_base import CryoHessProtocolMixin
 
 #: Viewing distributions of the core simulator, indexed by the form's choice.
 VIEW_DISTRIBUTIONS = {VIEWS_UNIFORM: "uniform", VIEWS_POLAR_CAP: "polar_cap",
@@ -38,7 +38,7 @@ class outputs(Enum):
     outputCoordinates = SetOfCoordinates
 
 
-class CryoHessProtSimulate(DevicesMixin, EMProtocol):
+class CryoHessProtSimulate(CryoHessProtocolMixin, EMProtocol):
     """Simulate a particle data set (and optionally micrographs) with known ground truth.
 
     The ground-truth structure is a built-in atomic phantom, an atomic model
@@ -215,22 +215,21 @@ class CryoHessProtSimulate(DevicesMixin, EMProtocol):
 
     # --------------------------- INSERT steps functions ----------------------
     def _insertAllSteps(self):
-        self._createFilenameTemplates()
         gpu = self._usesGpu()
         self._insertFunctionStep(self.simulateParticlesStep, needsGPU=gpu)
         if self.doMicrographs:
             self._insertFunctionStep(self.simulateMicrographsStep, needsGPU=gpu)
         self._insertFunctionStep(self.createOutputStep, needsGPU=False)
 
-    def _createFilenameTemplates(self):
-        self._updateFilenamesDict({
+    def _filenameTemplates(self):
+        return {
             'volume': self._getExtraPath('ground_truth.mrc'),
             'volumeB': self._getExtraPath('ground_truth_stateB.mrc'),
             'particles': self._getExtraPath('particles.mrcs'),
             'particleTruth': self._getExtraPath('particles_truth.npz'),
             'micrograph': self._getExtraPath('micrograph_%(index)03d.mrc'),
             'micrographTruth': self._getExtraPath('micrographs_truth.npz'),
-        })
+        }
 
     # --------------------------- STEPS functions -----------------------------
     def simulateParticlesStep(self):

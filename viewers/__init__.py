@@ -1,4 +1,6 @@
 """cryohess viewers; every class here is registered by Scipion's Domain."""
+from .viewer_align import CryoHessAlignParticlesViewer, CryoHessAlignVolumesViewer
 from .viewer_simulate import CryoHessSimulateViewer
 
-__all__ = ["CryoHessSimulateViewer"]
+__all__ = ["CryoHessAlignParticlesViewer", "CryoHessAlignVolumesViewer",
+           "CryoHessSimulateViewer"]

@@ -1,0 +1,459 @@
+"""Global alignment of particles with the radial-SVD (Rangan 2022)."""
+import os
+import time
+from enum import Enum
+
+import numpy as np
+from pwem.constants import ALIGN_2D, ALIGN_PROJ
+from pwem.objects import SetOfClasses2D, SetOfParticles
+from pwem.protocols import ProtAlign2D
+from pyworkflow.constants import BETA
+import pyworkflow.protocol.params as params
+
+from cryohess_plugin import convert
+from cryohess_plugin.constants import (ALIGN_SCORE, ALIGN_TEMPLATE, CTF_GROUP, RANK_FIXED,
+                                       RANK_TOLERANCE, REFERENCE_2D, REFERENCE_VOLUME)
+
+from .protocol_base import CryoHessProtocolMixin
+
+#: Band of the radial-SVD paper's defaults (K = 48 rad per half box = 48 / pi cycles per box).
+PAPER_MAX_FREQUENCY = 48 / np.pi
+
+
+class outputs(Enum):
+    outputParticles = SetOfParticles
+    outputClasses = SetOfClasses2D
+
+
+class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
+    """Assign every particle its best reference, in-plane angle and shift.
+
+    References are projections of a volume on a viewing grid (global
+    projection matching, output ``ALIGN_PROJ``) or a set of 2-D averages
+    (output ``ALIGN_2D`` and one class per average).  Images and references are
+    compared on a polar Fourier grid; the radial-SVD compresses its rings into
+    the few "principal rings" that best tell in-plane angles apart, with one
+    radial kernel per group of similar CTFs, so each image-reference pair costs
+    O(Q (H + log Q)) for all Q in-plane angles instead of O(R Q).  The score is
+    the inner product with the CTF-modulated reference divided by the
+    reference's norm.
+    """
+    _label = 'radial-SVD align particles'
+    _devStatus = BETA
+    _possibleOutputs = outputs
+    _references = ['Rangan2022radial']
+
+    # --------------------------- DEFINE param functions ----------------------
+    def _defineParams(self, form):
+        self._defineGpuParams(form, "the polar transform and the compressed inner products")
+        form.addSection(label='Input')
+        form.addParam('inputParticles', params.PointerParam, pointerClass='SetOfParticles',
+                      important=True, label='Particles',
+                      help="Particles to align. Their CTF is used when present (turn it "
+                           "off below to ignore it); their current alignment is ignored "
+                           "and the input set is never modified.")
+        form.addParam('referenceType', params.EnumParam, default=REFERENCE_VOLUME,
+                      choices=['volume (projection matching)', '2D references'],
+                      display=params.EnumParam.DISPLAY_HLIST, label='References',
+                      help="Volume: the particles are matched against projections of a "
+                           "map on a viewing grid and get a 3D orientation (ALIGN_PROJ).\n"
+                           "2D references: the particles are matched against class "
+                           "averages and get an in-plane rotation, a shift (ALIGN_2D) and "
+                           "a class.")
+        form.addParam('inputVolume', params.PointerParam, pointerClass='Volume',
+                      condition='referenceType == %d' % REFERENCE_VOLUME, allowsNull=True,
+                      label='Reference volume',
+                      help="Map with the particles' box size and pixel size.")
+        form.addParam('inputReferences', params.PointerParam,
+                      pointerClass='SetOfAverages, SetOfClasses2D',
+                      condition='referenceType == %d' % REFERENCE_2D, allowsNull=True,
+                      label='2D references',
+                      help="Averages (or 2D classes, whose representatives are used) "
+                           "with the particles' box size and pixel size.")
+        form.addParam('angularStep', params.FloatParam, default=7.5,
+                      condition='referenceType == %d' % REFERENCE_VOLUME,
+                      validators=[params.Range(0.5, 45.0)], label='Angular step (deg)',
+                      help="Spacing of the viewing directions of the projections. The "
+                           "default 7.5 gives the radial-SVD paper's grid of 993 "
+                           "directions over the whole sphere.")
+
+        form.addSection(label='Search')
+        form.addParam('maxResolution', params.FloatParam, default=0.0,
+                      validators=[params.GE(0.0)], label='Max resolution (Å)',
+                      help="Finest resolution compared. 0 uses the radial-SVD paper's "
+                           "band, %.1f Fourier pixels (K = 48), capped at Nyquist. The "
+                           "number of rings R and of in-plane angles Q follow from it "
+                           "(R = ceil(pi f) + 1, Q = 2 R)." % PAPER_MAX_FREQUENCY)
+        form.addParam('maxShift', params.FloatParam, default=3.0,
+                      validators=[params.GE(0.0)], label='Max shift (px)',
+                      help="Particle-centre offsets up to this radius are searched.")
+        form.addParam('shiftStep', params.FloatParam, default=1.0,
+                      validators=[params.Positive], label='Shift step (px)',
+                      help="Spacing of the searched shifts.")
+        form.addParam('useCtf', params.BooleanParam, default=True, label='Use CTF?',
+                      help="Modulate the references by the CTF of each group of "
+                           "particles. Particles without CTF are aligned without it "
+                           "(the summary says so).")
+        form.addParam('rankMode', params.EnumParam, default=RANK_TOLERANCE,
+                      choices=['eigenvalue tolerance', 'fixed'],
+                      display=params.EnumParam.DISPLAY_HLIST, label='Principal rings H',
+                      help="How many principal rings are kept: all eigenvalues of the "
+                           "radial kernel above a fraction of the largest one (at least "
+                           "4), or a fixed number. H = R is the exact full-rank "
+                           "calculation.")
+        form.addParam('rankTolerance', params.FloatParam, default=1e-2,
+                      condition='rankMode == %d' % RANK_TOLERANCE,
+                      validators=[params.Range(0.0, 1.0)], label='Eigenvalue tolerance',
+                      help="Keep rings whose eigenvalue exceeds this fraction of the "
+                           "largest (1e-2 as in the author's pipelines).")
+        form.addParam('fixedRank', params.IntParam, default=8,
+                      condition='rankMode == %d' % RANK_FIXED,
+                      validators=[params.Positive], label='H',
+                      help="Number of principal rings, at most the number of rings R.")
+        form.addParam('ctfTolerance', params.FloatParam, default=5e-2,
+                      expertLevel=params.LEVEL_ADVANCED, validators=[params.Positive],
+                      label='CTF group tolerance',
+                      help="Particles whose ring-averaged CTFs differ by less than this "
+                           "relative L2 distance share one radial kernel.")
+        form.addParam('particlesPerBatch', params.IntParam, default=2000,
+                      expertLevel=params.LEVEL_ADVANCED, validators=[params.Positive],
+                      label='Particles per step',
+                      help="Particles are aligned in independent steps of this size, "
+                           "which run in parallel with several threads (or GPUs) and let "
+                           "a stopped run continue where it stopped.")
+        form.addParallelSection(threads=2, mpi=0)
+
+    # --------------------------- INSERT steps functions ----------------------
+    def _insertAllSteps(self):
+        gpu = self._usesGpu()
+        prepare = self._insertFunctionStep(self.prepareReferencesStep, needsGPU=gpu)
+        batches = [self._insertFunctionStep(self.alignBatchStep, index, first, count,
+                                            prerequisites=[prepare], needsGPU=gpu)
+                   for index, (first, count) in enumerate(self._batches())]
+        self._insertFunctionStep(self.createOutputStep, prerequisites=batches,
+                                 needsGPU=False)
+
+    def _filenameTemplates(self):
+        return {
+            'references': self._getExtraPath('references.npz'),
+            'batch': self._getExtraPath('alignment_batch_%(index)03d.npz'),
+        }
+
+    def _batches(self):
+        size = self.inputParticles.get().getSize()
+        step = self.particlesPerBatch.get()
+        return [(first, min(step, size - first)) for first in range(0, size, step)]
+
+    # --------------------------- STEPS functions -----------------------------
+    def prepareReferencesStep(self):
+        from cryohess_plugin.core import polar
+        self._setDevices()
+        grid = self._grid()
+        self.info("Polar grid: %d rings x %d angles up to %.2f Fourier pixels"
+                  % (grid.n_rings, grid.n_angles, grid.max_frequency))
+        started = time.perf_counter()
+        if self._fromVolume():
+            from cryohess_plugin.core.projector import FourierSliceProjector
+            volume, _ = convert.volume_to_array(self.inputVolume.get(),
+                                                self._particlePixelSize())
+            rotations = self._templateRotations()
+            projector = FourierSliceProjector(volume, backend=self._backend())
+            templates = projector.project_polar(rotations, grid.radii, grid.n_angles)
+            extra = dict(rotations=rotations)
+            self.info("%d projections of the reference on a %g-degree grid"
+                      % (len(rotations), self.angularStep))
+        else:
+            references = self._referenceArrays()
+            templates = polar.polar_transform(references.images, grid, backend=self._backend())
+            extra = dict(referenceIds=references.ids)
+            self.info("%d 2D references" % len(templates))
+        self._saveAtomic('references', templates=templates, **extra)
+        self.info("References ready in %.1f s" % (time.perf_counter() - started))
+
+    def alignBatchStep(self, index, first, count):
+        from cryohess_plugin.core import polar
+        from cryohess_plugin.core.radial_svd import RadialSVDAligner
+        self._setDevices()
+        started = time.perf_counter()
+        particles = convert.particles_to_arrays(
+            self.inputParticles.get(), need_ctf=self._withCtf(), need_alignment=False,
+            limit=count, skip=first)
+        grid = self._grid()
+        imagePolar = polar.polar_transform(particles.images, grid, backend=self._backend())
+        references = np.load(self._getFileName('references'))
+        aligner = RadialSVDAligner(
+            grid, references['templates'], rank=self._fixedRank(),
+            tolerance=self.rankTolerance.get(), shifts=self._shifts(),
+            ctf_tolerance=self.ctfTolerance.get(), backend=self._backend())
+        result = aligner.align(imagePolar, ctf_params=particles.ctfs,
+                               pixel_size=particles.pixel_size,
+                               progress=self._progress(index, first, count))
+        elapsed = time.perf_counter() - started
+        self._saveAtomic('batch', index=index, ids=particles.ids, template=result.template,
+                         angle=result.angle, shift=result.shift, score=result.score,
+                         group=result.group, ranks=result.ranks,
+                         eigenvalues=result.eigenvalues, seconds=elapsed)
+        self.info("Batch %d: %d particles x %d references in %.1f s (H = %s)"
+                  % (index + 1, count, len(references['templates']), elapsed,
+                     ", ".join(str(h) for h in result.ranks)))
+
+    def createOutputStep(self):
+        result = self._loadResults()
+        inputParticles = self.inputParticles.get()
+        if self._fromVolume():
+            self._createProjectionOutput(inputParticles, result)
+        else:
+            self._create2DOutput(inputParticles, result)
+
+    def _createProjectionOutput(self, inputParticles, result):
+        from cryohess_plugin.core.radial_svd import rotations_from_alignment
+        references = np.load(self._getFileName('references'))
+        rotations = rotations_from_alignment(references['rotations'], result['template'],
+                                             result['angle'])
+        particles = self._alignedParticles(inputParticles, result, rotations, ALIGN_PROJ)
+        self._defineOutputs(**{outputs.outputParticles.name: particles})
+        self._defineSourceRelation(self.inputParticles, particles)
+        self._defineSourceRelation(self.inputVolume, particles)
+
+    def _create2DOutput(self, inputParticles, result):
+        rotations = _in_plane_rotations(result['angle'])
+        particles = self._alignedParticles(inputParticles, result, rotations, ALIGN_2D)
+        references = self._referenceArrays(read_images=False)
+        classes = self._createSetOfClasses2D(particles)
+        classIds = references.ids[result['template']]
+        byId = dict(zip(result['ids'], classIds))
+        representatives = self._representatives()
+
+        def updateParticle(particle, row):
+            particle.setClassId(int(byId[particle.getObjId()]))
+
+        def updateClass(cls):
+            cls.setAlignment2D()
+            cls.setRepresentative(representatives[cls.getObjId()].clone())
+
+        classes.classifyItems(updateItemCallback=updateParticle,
+                              updateClassCallback=updateClass,
+                              itemDataIterator=iter(result['ids']), doClone=True)
+        self._defineOutputs(**{outputs.outputParticles.name: particles,
+                               outputs.outputClasses.name: classes})
+        for output in (particles, classes):
+            self._defineSourceRelation(self.inputParticles, output)
+            self._defineSourceRelation(self.inputReferences, output)
+
+    def _alignedParticles(self, inputParticles, result, rotations, alignment):
+        """A copy of the input particles with the new poses and the score columns."""
+        particles = self._createSetOfParticles()
+        particles.copyInfo(inputParticles)
+        particles.setAlignment(alignment)
+        row = {partId: i for i, partId in enumerate(result['ids'])}
+        columns = {ALIGN_SCORE: result['score'].astype(np.float64),
+                   ALIGN_TEMPLATE: result['template'].astype(np.int64) + 1,
+                   CTF_GROUP: result['group'].astype(np.int64)}
+
+        def updateParticle(particle, _row=None):
+            i = row[particle.getObjId()]
+            particle.setTransform(convert.transform_from_pose(rotations[i],
+                                                              result['shift'][i], alignment))
+            convert.set_columns(particle, columns, i)
+
+        particles.copyItems(inputParticles, updateItemCallback=updateParticle)
+        return particles
+
+    # --------------------------- INFO functions ------------------------------
+    def _validate(self):
+        errors = []
+        inputParticles = self.inputParticles.get()
+        if inputParticles is None:
+            return ["Select the particles to align."]
+        if inputParticles.getSize() == 0:
+            return ["The set of particles is empty."]
+        box = inputParticles.getXDim()
+        pixel = inputParticles.getSamplingRate()
+        if self._fromVolume():
+            errors += self._validateVolume(box, pixel)
+        else:
+            errors += self._validateReferences(box, pixel)
+        resolution = self.maxResolution.get()
+        if resolution and resolution < 2 * pixel:
+            errors.append("The max resolution (%g Å) is finer than Nyquist (%g Å at %g "
+                          "Å/px)." % (resolution, 2 * pixel, pixel))
+        if not errors and self.rankMode.get() == RANK_FIXED:
+            rings = self._grid(box, pixel).n_rings
+            if self.fixedRank.get() > rings:
+                errors.append("H = %d exceeds the number of rings R = %d at this "
+                              "resolution; use H <= %d (H = R is the exact calculation)."
+                              % (self.fixedRank, rings, rings))
+        if self.shiftStep.get() <= 0:
+            errors.append("The shift step must be positive.")
+        return errors
+
+    def _validateVolume(self, box, pixel):
+        volume = self.inputVolume.get()
+        if volume is None:
+            return ["Select the reference volume."]
+        return self._sameGeometry("reference volume", volume.getXDim(),
+                                  volume.getSamplingRate(), box, pixel)
+
+    def _validateReferences(self, box, pixel):
+        references = self.inputReferences.get()
+        if references is None:
+            return ["Select the 2D references."]
+        if references.getSize() == 0:
+            return ["The set of 2D references is empty."]
+        return self._sameGeometry("2D references", references.getXDim(),
+                                  references.getSamplingRate(), box, pixel)
+
+    @staticmethod
+    def _sameGeometry(what, otherBox, otherPixel, box, pixel):
+        errors = []
+        if otherBox != box:
+            errors.append("The %s are %d px wide but the particles %d px; resize one of "
+                          "them (e.g. xmipp3 - crop/resize)." % (what, otherBox, box))
+        if not convert.same_sampling(otherPixel, pixel):
+            errors.append("The %s have %g Å/px but the particles %g Å/px; resample one "
+                          "of them." % (what, otherPixel, pixel))
+        return errors
+
+    def _warnings(self):
+        if self.useCtf and not self.inputParticles.get().hasCTF():
+            return ["The particles have no CTF: they will be aligned without it."]
+        return []
+
+    def _summary(self):
+        if not self.hasAttribute(outputs.outputParticles.name):
+            return ["Output not ready yet."]
+        result = self._loadResults()
+        ranks = sorted(set(int(h) for h in result['ranks']))
+        summary = ["%d particles aligned against %s." % (len(result['ids']),
+                                                          self._referenceText()),
+                   "Principal rings H: %s of R = %d; %d CTF groups."
+                   % (", ".join(map(str, ranks)), result['eigenvalues'].shape[-1],
+                      len(result['ranks'])),
+                   "Mean score %.4g." % float(np.mean(result['score']))]
+        if not self._withCtf():
+            summary.append("Aligned WITHOUT CTF (%s)."
+                           % ("switched off" if not self.useCtf else "the particles have none"))
+        return summary
+
+    def _methods(self):
+        if not self.hasAttribute(outputs.outputParticles.name):
+            return []
+        grid = self._grid()
+        return ["%d particles were aligned against %s with the radial-SVD "
+                "[Rangan2022radial] on a polar grid of %d rings and %d in-plane angles up "
+                "to %.1f Å, searching shifts up to %g px in steps of %g px%s."
+                % (self.inputParticles.get().getSize(), self._referenceText(),
+                   grid.n_rings, grid.n_angles,
+                   grid.box * self._particlePixelSize() / grid.max_frequency,
+                   self.maxShift, self.shiftStep,
+                   " with the particles' CTFs" if self._withCtf() else "")]
+
+    # --------------------------- UTILS functions -----------------------------
+    def _fromVolume(self):
+        return self.referenceType.get() == REFERENCE_VOLUME
+
+    def _particlePixelSize(self):
+        return self.inputParticles.get().getSamplingRate()
+
+    def _withCtf(self):
+        return bool(self.useCtf) and self.inputParticles.get().hasCTF()
+
+    def _fixedRank(self):
+        return self.fixedRank.get() if self.rankMode.get() == RANK_FIXED else None
+
+    def _grid(self, box=None, pixel=None):
+        """The polar grid of this run (from the form and the particles' geometry)."""
+        from cryohess_plugin.core.polar import PolarGrid
+        inputParticles = self.inputParticles.get()
+        box = box or inputParticles.getXDim()
+        pixel = pixel or inputParticles.getSamplingRate()
+        resolution = self.maxResolution.get()
+        maxFrequency = (box * pixel / resolution if resolution
+                        else PAPER_MAX_FREQUENCY)
+        return PolarGrid.from_max_frequency(box, min(maxFrequency, box / 2 - 1))
+
+    def _shifts(self):
+        from cryohess_plugin.core.radial_svd import search_shifts
+        return search_shifts(self.maxShift.get(), self.shiftStep.get())
+
+    def _templateRotations(self):
+        from cryohess_plugin.core import rotations
+        directions, _ = rotations.viewing_grid(self.angularStep.get())
+        rot, tilt = rotations.direction_to_euler(directions)
+        return rotations.euler_to_matrix(rot, tilt, np.zeros_like(rot))
+
+    def _referenceArrays(self, read_images=True):
+        references = self.inputReferences.get()
+        if isinstance(references, SetOfClasses2D):
+            ids = np.asarray([cls.getObjId() for cls in references.iterItems(orderBy='id')])
+            images = None
+            if read_images:
+                from cryohess_plugin.core import mrc
+                images = np.stack([self._readLocation(cls.getRepresentative(), mrc)
+                                   for cls in references.iterItems(orderBy='id')])
+            return convert.ParticleArrays(images=images,
+                                          pixel_size=references.getSamplingRate(), ids=ids)
+        return convert.particles_to_arrays(references, need_alignment=False,
+                                           read_images=read_images)
+
+    @staticmethod
+    def _readLocation(image, mrc):
+        index, filename = image.getLocation()
+        return mrc.read_image(convert.image_file(filename), max(index, 1) - 1)
+
+    def _representatives(self):
+        """Representative images of the classes, keyed by reference id."""
+        from pwem.objects import Particle
+        references = self.inputReferences.get()
+        result = {}
+        for item in references.iterItems(orderBy='id'):
+            image = item.getRepresentative() if isinstance(references, SetOfClasses2D) else item
+            representative = Particle(location=image.getLocation())
+            representative.setSamplingRate(references.getSamplingRate())
+            result[item.getObjId()] = representative
+        return result
+
+    def _referenceText(self):
+        if self._fromVolume():
+            return "projections of a volume on a %g-degree viewing grid" % self.angularStep
+        return "%d 2D references" % self.inputReferences.get().getSize()
+
+    def _progress(self, index, first, count):
+        def report(done, total):
+            self.info("Batch %d: %d/%d image-reference blocks done" % (index + 1, done, total))
+        return report
+
+    def _saveAtomic(self, key, index=None, **arrays):
+        """Write an npz next to its final name and rename, so a stopped run leaves
+        either the complete file or none."""
+        path = self._getFileName(key, index=index) if index is not None else self._getFileName(key)
+        tmp = path + '.tmp.npz'
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+
+    def _loadResults(self):
+        """The batches' results concatenated in particle order.
+
+        CTF groups are numbered per batch; here they become global indices into
+        the concatenated ``ranks`` and ``eigenvalues``.
+        """
+        parts = [np.load(self._getFileName('batch', index=index))
+                 for index in range(len(self._batches()))]
+        merged = {key: np.concatenate([p[key] for p in parts])
+                  for key in ('ids', 'template', 'angle', 'shift', 'score', 'ranks',
+                              'eigenvalues')}
+        offsets = np.cumsum([0] + [len(p['ranks']) for p in parts[:-1]])
+        merged['group'] = np.concatenate([p['group'] + offset
+                                          for p, offset in zip(parts, offsets)])
+        merged['seconds'] = np.array([float(p['seconds']) for p in parts])
+        return merged
+
+
+def _in_plane_rotations(angles):
+    """3x3 rotations by ``angles`` (radians) about z, counter-clockwise in (x, y)."""
+    cos, sin = np.cos(angles), np.sin(angles)
+    rotations = np.zeros((len(angles), 3, 3))
+    rotations[:, 0, 0], rotations[:, 0, 1] = cos, -sin
+    rotations[:, 1, 0], rotations[:, 1, 1] = sin, cos
+    rotations[:, 2, 2] = 1.0
+    return rotations

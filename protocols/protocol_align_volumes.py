@@ -1,0 +1,204 @@
+"""Alignment of volumes to a reference over SO(3) with the radial- and degree-SVD."""
+import os
+import time
+from enum import Enum
+
+import numpy as np
+from pwem.objects import SetOfVolumes, Volume
+from pwem.protocols import ProtAlignVolume
+from pyworkflow.constants import BETA
+import pyworkflow.protocol.params as params
+
+from cryohess_plugin import convert
+from cryohess_plugin.constants import ALIGN_SCORE, RANK_FIXED, RANK_TOLERANCE
+
+from .protocol_base import CryoHessProtocolMixin
+
+
+class outputs(Enum):
+    outputVolumes = SetOfVolumes
+
+
+class CryoHessProtAlignVolumes(CryoHessProtocolMixin, ProtAlignVolume):
+    """Rotate (and optionally shift) volumes onto a reference.
+
+    Every volume's Fourier transform is expanded in spherical harmonics on
+    radial shells; the inner product with the reference is evaluated for all
+    rotations of an (alpha, beta, gamma) grid at once with Wigner-d matrices and
+    2-D FFTs, compressed by the radial-SVD over shells and the degree-SVD over
+    spherical-harmonic degrees, then the best grid rotation is refined locally.
+    The outputs are the resampled volumes, each with the transform that was
+    applied and the normalised correlation with the reference.
+    """
+    _label = 'radial-SVD align volumes'
+    _devStatus = BETA
+    _possibleOutputs = outputs
+    _references = ['Rangan2022radial']
+
+    # --------------------------- DEFINE param functions ----------------------
+    def _defineParams(self, form):
+        self._defineGpuParams(form, "the SO(3) landscape evaluation")
+        form.addSection(label='Input')
+        form.addParam('inputVolumes', params.PointerParam,
+                      pointerClass='SetOfVolumes, Volume', important=True,
+                      label='Volumes to align',
+                      help="One volume or a set of volumes, all with the reference's box "
+                           "and pixel size. They are not modified: aligned copies are "
+                           "written.")
+        form.addParam('referenceVolume', params.PointerParam, pointerClass='Volume',
+                      important=True, label='Reference volume',
+                      help="The volumes are rotated onto this map.")
+        form.addSection(label='Search')
+        form.addParam('maxResolution', params.FloatParam, default=0.0,
+                      validators=[params.GE(0.0)], label='Max resolution (Å)',
+                      help="Finest resolution compared. 0 uses the radial-SVD paper's "
+                           "band (K = 48, about 15 Fourier pixels) capped at Nyquist. The "
+                           "grid of rotations has 2L + 1 angles for alpha and gamma, L "
+                           "about pi times the band in Fourier pixels: a finer resolution "
+                           "gives a finer grid but costs O(L^4).")
+        form.addParam('rankMode', params.EnumParam, default=RANK_TOLERANCE,
+                      choices=['eigenvalue tolerance', 'fixed'],
+                      display=params.EnumParam.DISPLAY_HLIST, label='Ranks',
+                      help="How many principal shells (radial-SVD) and principal degrees "
+                           "(degree-SVD) are kept: eigenvalues above a fraction of the "
+                           "largest (at least 4), or fixed numbers.")
+        form.addParam('rankTolerance', params.FloatParam, default=1e-2,
+                      condition='rankMode == %d' % RANK_TOLERANCE,
+                      validators=[params.Range(0.0, 1.0)], label='Eigenvalue tolerance',
+                      help="Keep modes whose eigenvalue exceeds this fraction of the "
+                           "largest.")
+        form.addParam('radialRank', params.IntParam, default=8,
+                      condition='rankMode == %d' % RANK_FIXED, validators=[params.Positive],
+                      label='Principal shells H_C',
+                      help="Number of principal radial shells (at most the number of "
+                           "shells).")
+        form.addParam('degreeRank', params.IntParam, default=8,
+                      condition='rankMode == %d' % RANK_FIXED, validators=[params.Positive],
+                      label='Principal degrees H_D',
+                      help="Number of principal degree combinations (at most L + 1).")
+        form.addParam('refine', params.BooleanParam, default=True,
+                      label='Refine locally?',
+                      help="Refine the best grid rotation by a local optimisation of the "
+                           "correlation (off-grid angles).")
+        form.addParam('maxShift', params.FloatParam, default=0.0,
+                      validators=[params.GE(0.0)], label='Max shift (px)',
+                      help="Also search translations up to this radius (0: volumes are "
+                           "assumed centred).")
+        form.addParam('shiftStep', params.FloatParam, default=1.0,
+                      condition='maxShift > 0', validators=[params.Positive],
+                      label='Shift step (px)', help="Spacing of the searched shifts.")
+        form.addParallelSection(threads=2, mpi=0)
+
+    # --------------------------- INSERT steps functions ----------------------
+    def _insertAllSteps(self):
+        gpu = self._usesGpu()
+        steps = [self._insertFunctionStep(self.alignVolumeStep, index, needsGPU=gpu)
+                 for index in range(len(self._inputVolumeList()))]
+        self._insertFunctionStep(self.createOutputStep, prerequisites=steps, needsGPU=False)
+
+    def _filenameTemplates(self):
+        return {
+            'result': self._getExtraPath('volume_%(index)03d_alignment.npz'),
+            'aligned': self._getExtraPath('volume_%(index)03d_aligned.mrc'),
+        }
+
+    # --------------------------- STEPS functions -----------------------------
+    def alignVolumeStep(self, index):
+        """Align one volume (steps are independent, so several run in parallel)."""
+        from cryohess_plugin.core import mrc
+        from cryohess_plugin.core.volume_alignment import VolumeAligner, rotate_volume
+        self._setDevices()
+        started = time.perf_counter()
+        reference, pixel = convert.volume_to_array(self.referenceVolume.get())
+        volume, _ = convert.volume_to_array(self._inputVolumeList()[index], pixel)
+        aligner = VolumeAligner(reference, resolution=self.maxResolution.get() or None,
+                                pixel_size=pixel, radial_rank=self._fixed(self.radialRank),
+                                degree_rank=self._fixed(self.degreeRank),
+                                tolerance=self.rankTolerance.get(),
+                                max_shift=self.maxShift.get(), shift_step=self.shiftStep.get(),
+                                refine=self.refine.get(), backend=self._backend())
+        result = aligner.align(volume)
+        aligned = rotate_volume(volume, result.rotation[0], result.shift[0])
+        mrc.write_volume(self._getFileName('aligned', index=index), aligned, pixel,
+                         overwrite=True)
+        tmp = self._getFileName('result', index=index) + '.tmp.npz'
+        np.savez(tmp, rotation=result.rotation[0], shift=result.shift[0],
+                 score=result.score[0], ranks=np.asarray(result.ranks),
+                 radialEigenvalues=result.radial_eigenvalues,
+                 degreeEigenvalues=result.degree_eigenvalues,
+                 seconds=time.perf_counter() - started)
+        os.replace(tmp, self._getFileName('result', index=index))
+        self.info("Volume %d: score %.4f, ranks H_C, H_D = %s, %.1f s"
+                  % (index + 1, result.score[0], tuple(result.ranks),
+                     time.perf_counter() - started))
+
+    def createOutputStep(self):
+        pixel = self.referenceVolume.get().getSamplingRate()
+        volumes = self._createSetOfVolumes()
+        volumes.setSamplingRate(pixel)
+        for index, source in enumerate(self._inputVolumeList()):
+            result = np.load(self._getFileName('result', index=index))
+            volume = Volume(location=self._getFileName('aligned', index=index))
+            volume.setSamplingRate(pixel)
+            volume.setObjId(source.getObjId())
+            volume.setObjLabel(source.getObjLabel())
+            volume.setTransform(convert.volume_transform(result['rotation'], result['shift']))
+            convert.set_columns(volume, {ALIGN_SCORE: [float(result['score'])]}, 0)
+            volumes.append(volume)
+        self._defineOutputs(**{outputs.outputVolumes.name: volumes})
+        self._defineSourceRelation(self.inputVolumes, volumes)
+        self._defineSourceRelation(self.referenceVolume, volumes)
+
+    # --------------------------- INFO functions ------------------------------
+    def _validate(self):
+        reference = self.referenceVolume.get()
+        if reference is None or self.inputVolumes.get() is None:
+            return ["Select the volumes and the reference."]
+        volumes = self._inputVolumeList()
+        if not volumes:
+            return ["The set of volumes is empty."]
+        errors = []
+        box, pixel = reference.getXDim(), reference.getSamplingRate()
+        for volume in volumes:
+            if volume.getXDim() != box:
+                errors.append("Volume %s is %d px wide but the reference %d px; resize one "
+                              "of them." % (volume.getObjLabel() or volume.getObjId(),
+                                            volume.getXDim(), box))
+            if not convert.same_sampling(volume.getSamplingRate(), pixel):
+                errors.append("Volume %s has %g Å/px but the reference %g Å/px; resample "
+                              "one of them." % (volume.getObjLabel() or volume.getObjId(),
+                                                volume.getSamplingRate(), pixel))
+        resolution = self.maxResolution.get()
+        if resolution and resolution < 2 * pixel:
+            errors.append("The max resolution (%g Å) is finer than Nyquist (%g Å)."
+                          % (resolution, 2 * pixel))
+        return errors
+
+    def _summary(self):
+        if not self.hasAttribute(outputs.outputVolumes.name):
+            return ["Output not ready yet."]
+        summary = []
+        for index in range(len(self._inputVolumeList())):
+            result = np.load(self._getFileName('result', index=index))
+            summary.append("Volume %d: correlation %.4f, shift %s px, ranks (H_C, H_D) %s."
+                           % (index + 1, result['score'], np.round(result['shift'], 2),
+                              tuple(int(h) for h in result['ranks'])))
+        return summary
+
+    def _methods(self):
+        if not self.hasAttribute(outputs.outputVolumes.name):
+            return []
+        return ["%d volumes were aligned to a reference over SO(3) with the radial- and "
+                "degree-SVD [Rangan2022radial]%s."
+                % (len(self._inputVolumeList()),
+                   ", refined locally" if self.refine else "")]
+
+    # --------------------------- UTILS functions -----------------------------
+    def _inputVolumeList(self):
+        volumes = self.inputVolumes.get()
+        if isinstance(volumes, Volume):
+            return [volumes]
+        return [volume.clone() for volume in volumes.iterItems(orderBy='id')]
+
+    def _fixed(self, rank):
+        return rank.get() if self.rankMode.get() == RANK_FIXED else None

@@ -1,0 +1,288 @@
+"""The radial-SVD alignment protocols in a headless Scipion project.
+
+Ground truth comes from the simulator (projection matching), from in-plane
+rotated and shifted projections (2-D references) and from analytically
+rotated Gaussian-atom maps (volumes).
+"""
+import os
+import re
+
+import numpy as np
+from pwem.constants import ALIGN_2D, ALIGN_PROJ
+from pwem.objects import SetOfParticles
+from pwem.protocols import ProtImportAverages, ProtImportParticles, ProtImportVolumes
+from pyworkflow.tests import BaseTest, setupTestProject
+from pyworkflow.utils import magentaStr
+
+from cryohess_plugin import convert
+from cryohess_plugin.constants import ALIGN_SCORE, ALIGN_TEMPLATE, CTF_GROUP, RANK_FIXED
+from cryohess_plugin.core import atoms, ctf, mrc, rotations
+from cryohess_plugin.core.phantoms import random_protein_phantom
+from cryohess_plugin.core.projector import FourierSliceProjector
+from cryohess_plugin.protocols import (CryoHessProtAlignParticles, CryoHessProtAlignVolumes,
+                                       CryoHessProtSimulate)
+from cryohess_plugin.viewers import CryoHessAlignParticlesViewer, CryoHessAlignVolumesViewer
+
+BOX = 32
+PIXEL = 2.5
+GRID_STEP = 7.5  # degrees: the 993-direction grid
+
+
+def in_plane(angle):
+    """Rotation by ``angle`` radians about the viewing axis (counter-clockwise in x, y)."""
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def correlation(a, b):
+    a = a - a.mean()
+    b = b - b.mean()
+    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+
+
+def assertViewerPlots(test, viewerClass, protocol):
+    """Every plot of the viewer renders to a non-trivial PNG."""
+    viewer = viewerClass(project=test.proj, protocol=protocol)
+    viewer.setProtocol(protocol)
+    for name, show in viewer._getVisualizeDict().items():
+        plotter = show(name)[0]
+        path = os.path.join(test.proj.path, '%s_%s.png' % (protocol.getObjId(), name))
+        plotter.savefig(path)
+        plotter.close()
+        test.assertGreater(os.path.getsize(path), 1000, name)
+
+
+class TestAlignParticlesToVolume(BaseTest):
+    """Projection matching of simulated particles against the ground-truth map."""
+
+    @classmethod
+    def setUpClass(cls):
+        setupTestProject(cls)
+        print(magentaStr("\n==> Simulating particles, then aligning them to the map"))
+        cls.protSim = cls.newProtocol(
+            CryoHessProtSimulate, boxSize=BOX, samplingRate=PIXEL, numberOfParticles=60,
+            numberOfDefocusGroups=3, phantomAtoms=400, phantomRadius=30.0, snr=10.0,
+            shiftSigma=1.0, randomSeed=5, numberOfThreads=1)
+        cls.launchProtocol(cls.protSim)
+        cls.protAlign = cls.newProtocol(
+            CryoHessProtAlignParticles, angularStep=GRID_STEP, maxShift=3.0, shiftStep=1.0,
+            particlesPerBatch=25, numberOfThreads=1)
+        cls.protAlign.inputParticles.set(cls.protSim.outputParticles)
+        cls.protAlign.inputVolume.set(cls.protSim.outputVolume)
+        cls.launchProtocol(cls.protAlign)
+
+    def testOutputSet(self):
+        parts = self.protAlign.outputParticles
+        self.assertSetSize(parts, 60)
+        self.assertEqual(parts.getAlignment(), ALIGN_PROJ)
+        self.assertTrue(parts.hasCTF())
+        self.assertAlmostEqual(parts.getSamplingRate(), PIXEL)
+        arrays = convert.particles_to_arrays(parts, need_alignment=ALIGN_PROJ,
+                                             columns=(ALIGN_SCORE, ALIGN_TEMPLATE, CTF_GROUP))
+        self.assertTrue(np.all(arrays.columns[ALIGN_TEMPLATE] >= 1))
+        self.assertTrue(np.all(np.isfinite(arrays.columns[ALIGN_SCORE])))
+        self.assertEqual(len(self.protAlign._batches()), 3)
+        # The input set keeps its ground-truth poses.
+        truth = convert.particles_to_arrays(self.protSim.outputParticles,
+                                            need_alignment=ALIGN_PROJ, read_images=False)
+        simulated = np.load(self.protSim._getExtraPath('particles_truth.npz'))
+        np.testing.assert_allclose(truth.rotations, simulated['rotations'], atol=1e-9)
+
+    def testOrientationsMatchTruth(self):
+        arrays = convert.particles_to_arrays(self.protAlign.outputParticles,
+                                             need_alignment=ALIGN_PROJ, read_images=False)
+        truth = np.load(self.protSim._getExtraPath('particles_truth.npz'))
+        error = rotations.angular_distance(arrays.rotations, truth['rotations'])
+        self.assertGreaterEqual(np.mean(error <= GRID_STEP), 0.9, np.sort(error))
+        shiftError = np.linalg.norm(arrays.shifts - truth['shifts'], axis=1)
+        self.assertGreaterEqual(np.mean(shiftError <= 1.0), 0.9, np.sort(shiftError))
+
+    def testTransformReproducesParticles(self):
+        """Projecting the map with the poses read back through Scipion gives the images."""
+        arrays = convert.particles_to_arrays(self.protAlign.outputParticles, need_ctf=True,
+                                             need_alignment=ALIGN_PROJ)
+        volume, _ = convert.volume_to_array(self.protSim.outputVolume, PIXEL)
+        projector = FourierSliceProjector(volume, dtype=np.float64)
+        hp = projector.half_plane
+        ctfs = ctf.ctf_stack(arrays.ctfs, hp.kx, hp.ky, BOX, PIXEL)
+        assigned = projector.project(arrays.rotations, arrays.shifts, ctfs)
+        truth = np.load(self.protSim._getExtraPath('particles_truth.npz'))
+        exact = projector.project(truth['rotations'], truth['shifts'], ctfs)
+        ours = np.array([correlation(a, b) for a, b in zip(assigned, arrays.images)])
+        best = np.array([correlation(a, b) for a, b in zip(exact, arrays.images)])
+        self.assertGreater(np.median(ours / best), 0.9)
+
+    def testViewerPlots(self):
+        assertViewerPlots(self, CryoHessAlignParticlesViewer, self.protAlign)
+
+    def testSummaryAndMethods(self):
+        self.assertIn('60 particles aligned', ' '.join(self.protAlign.summary()))
+        self.assertIn('Rangan', ' '.join(self.protAlign.methods()))
+
+
+class TestAlignParticlesTo2DReferences(BaseTest):
+    """In-plane rotated, shifted copies of three references, without CTF."""
+
+    ANGLES = np.deg2rad(np.arange(24) * 14.7 % 360)
+    CLASSES = np.arange(24) % 3
+    SHIFTS = np.array([[(i % 5) - 2, ((i * 2) % 5) - 2] for i in range(24)], dtype=float)
+
+    @classmethod
+    def setUpClass(cls):
+        setupTestProject(cls)
+        print(magentaStr("\n==> Aligning rotated particles to 2D references"))
+        model = random_protein_phantom(400, 30.0, rng=11, bfactor=200.0)
+        volume = atoms.gaussian_atom_volume(model, BOX, PIXEL)
+        projector = FourierSliceProjector(volume, dtype=np.float64)
+        views = rotations.euler_to_matrix(np.array([0.0, 40.0, 120.0]),
+                                          np.array([0.0, 70.0, 100.0]), np.zeros(3))
+        references = projector.project(views)
+        poses = np.stack([in_plane(a) @ views[c] for a, c in zip(cls.ANGLES, cls.CLASSES)])
+        particles = projector.project(poses, cls.SHIFTS)
+        rng = np.random.default_rng(0)
+        particles += 0.05 * particles.std() * rng.standard_normal(particles.shape)
+        folder = cls.proj.getTmpPath()
+        mrc.write_stack(os.path.join(folder, 'references.mrcs'), references, PIXEL)
+        mrc.write_stack(os.path.join(folder, 'particles.mrcs'), particles, PIXEL)
+        cls.protRefs = cls.newProtocol(ProtImportAverages, filesPath=folder,
+                                       filesPattern='references.mrcs', samplingRate=PIXEL)
+        cls.launchProtocol(cls.protRefs)
+        cls.protParts = cls.newProtocol(ProtImportParticles, filesPath=folder,
+                                        filesPattern='particles.mrcs', samplingRate=PIXEL)
+        cls.launchProtocol(cls.protParts)
+        cls.protAlign = cls.newProtocol(CryoHessProtAlignParticles, referenceType=1,
+                                        maxShift=3.0, shiftStep=1.0, numberOfThreads=1)
+        cls.protAlign.inputParticles.set(cls.protParts.outputParticles)
+        cls.protAlign.inputReferences.set(cls.protRefs.outputAverages)
+        cls.launchProtocol(cls.protAlign)
+
+    def testAlignment2D(self):
+        parts = self.protAlign.outputParticles
+        self.assertEqual(parts.getAlignment(), ALIGN_2D)
+        arrays = convert.particles_to_arrays(parts, need_alignment=ALIGN_2D,
+                                             columns=(ALIGN_TEMPLATE,))
+        np.testing.assert_array_equal(arrays.columns[ALIGN_TEMPLATE] - 1, self.CLASSES)
+        angles = np.arctan2(arrays.rotations[:, 1, 0], arrays.rotations[:, 0, 0])
+        step = 360.0 / self.protAlign._grid().n_angles
+        angleError = np.abs((np.rad2deg(angles - self.ANGLES) + 180) % 360 - 180)
+        self.assertLessEqual(angleError.max(), step)
+        np.testing.assert_allclose(arrays.shifts, self.SHIFTS, atol=0.5)
+
+    def testClasses(self):
+        classes = self.protAlign.outputClasses
+        self.assertSetSize(classes, 3)
+        sizes = sorted(cls.getSize() for cls in classes)
+        self.assertEqual(sizes, [8, 8, 8])
+        self.assertTrue(any("WITHOUT CTF" in line for line in self.protAlign.summary()))
+
+    def testViewerPlots(self):
+        assertViewerPlots(self, CryoHessAlignParticlesViewer, self.protAlign)
+
+
+class TestAlignVolumes(BaseTest):
+    """Gaussian-atom maps of a rotated phantom are rotated back onto the reference."""
+
+    ROTATIONS = rotations.euler_to_matrix(np.array([30.0, -100.0]), np.array([50.0, 120.0]),
+                                          np.array([-20.0, 75.0]))
+
+    @classmethod
+    def setUpClass(cls):
+        setupTestProject(cls)
+        print(magentaStr("\n==> Aligning rotated maps to a reference"))
+        model = random_protein_phantom(500, 30.0, rng=4, bfactor=200.0)
+        folder = cls.proj.getTmpPath()
+        mrc.write_volume(os.path.join(folder, 'reference.mrc'),
+                         atoms.gaussian_atom_volume(model, BOX, PIXEL), PIXEL)
+        rng = np.random.default_rng(1)
+        for i, rotation in enumerate(cls.ROTATIONS):
+            moved = atoms.AtomModel(model.positions @ rotation.T, model.elements,
+                                    model.bfactors)
+            volume = atoms.gaussian_atom_volume(moved, BOX, PIXEL, center=np.zeros(3))
+            volume += 0.1 * volume.std() * rng.standard_normal(volume.shape)
+            mrc.write_volume(os.path.join(folder, 'moved_%d.mrc' % i), volume, PIXEL)
+        cls.protRef = cls.newProtocol(ProtImportVolumes, filesPath=folder,
+                                      filesPattern='reference.mrc', samplingRate=PIXEL)
+        cls.launchProtocol(cls.protRef)
+        cls.protVols = cls.newProtocol(ProtImportVolumes, filesPath=folder,
+                                       filesPattern='moved_*.mrc', samplingRate=PIXEL)
+        cls.launchProtocol(cls.protVols)
+        cls.protAlign = cls.newProtocol(CryoHessProtAlignVolumes, numberOfThreads=1)
+        cls.protAlign.inputVolumes.set(cls.protVols.outputVolumes)
+        cls.protAlign.referenceVolume.set(cls.protRef.outputVolume)
+        cls.launchProtocol(cls.protAlign)
+
+    def testAlignedVolumes(self):
+        volumes = self.protAlign.outputVolumes
+        self.assertSetSize(volumes, 2)
+        reference, _ = convert.volume_to_array(self.protRef.outputVolume)
+        for volume in volumes:
+            aligned, _ = convert.volume_to_array(volume, PIXEL)
+            self.assertGreater(correlation(aligned, reference), 0.95)
+            self.assertGreater(convert.read_column(volume, ALIGN_SCORE), 0.9)
+
+    def testTransforms(self):
+        """Output volumes keep their input's id; aligning undoes the atoms' p -> Q p."""
+        sources = {volume.getObjId(): os.path.basename(volume.getFileName())
+                   for volume in self.protVols.outputVolumes}
+        for volume in self.protAlign.outputVolumes:
+            moved = int(re.search(r'moved_(\d+)', sources[volume.getObjId()]).group(1))
+            matrix = volume.getTransform().getMatrix()
+            self.assertLess(rotations.angular_distance(matrix[:3, :3],
+                                                       self.ROTATIONS[moved].T), 1.0)
+
+    def testViewerPlots(self):
+        assertViewerPlots(self, CryoHessAlignVolumesViewer, self.protAlign)
+
+
+class TestAlignValidation(BaseTest):
+    """Bad input is refused by _validate with a message naming the fix."""
+
+    @classmethod
+    def setUpClass(cls):
+        setupTestProject(cls)
+        common = dict(samplingRate=PIXEL, numberOfDefocusGroups=2, phantomAtoms=200,
+                      phantomRadius=20.0, numberOfParticles=6, numberOfThreads=1)
+        cls.small = cls.newProtocol(CryoHessProtSimulate, boxSize=BOX, **common)
+        cls.launchProtocol(cls.small)
+        cls.large = cls.newProtocol(CryoHessProtSimulate, boxSize=BOX + 8, **common)
+        cls.launchProtocol(cls.large)
+
+    def _errors(self, **kwargs):
+        prot = self.newProtocol(CryoHessProtAlignParticles, **kwargs)
+        prot.inputParticles.set(self.small.outputParticles)
+        prot.inputVolume.set(self.small.outputVolume)
+        return prot, prot.validate()
+
+    def testValidInput(self):
+        self.assertEqual(self._errors()[1], [])
+
+    def testOtherBox(self):
+        prot = self.newProtocol(CryoHessProtAlignParticles)
+        prot.inputParticles.set(self.small.outputParticles)
+        prot.inputVolume.set(self.large.outputVolume)
+        errors = prot.validate()
+        self.assertTrue(any("px wide" in e for e in errors), errors)
+
+    def testEmptySet(self):
+        empty = SetOfParticles(filename=self.proj.getTmpPath('empty_particles.sqlite'))
+        empty.setSamplingRate(PIXEL)
+        empty.write()
+        prot = self.newProtocol(CryoHessProtAlignParticles)
+        prot.inputParticles.set(empty)
+        prot.inputVolume.set(self.small.outputVolume)
+        self.assertIn("The set of particles is empty.", prot.validate())
+
+    def testRankAboveRings(self):
+        _, errors = self._errors(rankMode=RANK_FIXED, fixedRank=500)
+        self.assertTrue(any("exceeds the number of rings" in e for e in errors), errors)
+
+    def testResolutionBeyondNyquist(self):
+        _, errors = self._errors(maxResolution=PIXEL)
+        self.assertTrue(any("Nyquist" in e for e in errors), errors)
+
+    def testVolumeBoxMismatch(self):
+        prot = self.newProtocol(CryoHessProtAlignVolumes)
+        prot.inputVolumes.set(self.large.outputVolume)
+        prot.referenceVolume.set(self.small.outputVolume)
+        errors = prot.validate()
+        self.assertTrue(any("px wide" in e for e in errors), errors)

@@ -1,0 +1,269 @@
+"""Plots of the radial-SVD alignment: spectra, landscapes, accuracy and speed."""
+import time
+
+import numpy as np
+from pwem.constants import ALIGN_PROJ
+from pwem.viewers import EmPlotter
+import pyworkflow.protocol.params as params
+from pyworkflow.viewer import DESKTOP_TKINTER, WEB_DJANGO, ProtocolViewer
+
+from cryohess_plugin import convert
+from cryohess_plugin.constants import ALIGN_SCORE
+from cryohess_plugin.core.rotations import direction_to_euler, projection_directions
+from cryohess_plugin.protocols import CryoHessProtAlignParticles, CryoHessProtAlignVolumes
+
+
+class CryoHessAlignParticlesViewer(ProtocolViewer):
+    """How the radial-SVD compressed the search and what it assigned."""
+    _label = 'viewer radial-SVD alignment'
+    _targets = [CryoHessProtAlignParticles]
+    _environments = [DESKTOP_TKINTER, WEB_DJANGO]
+
+    # --------------------------- DEFINE param functions ----------------------
+    def _defineParams(self, form):
+        form.addSection(label='Visualization')
+        form.addParam('displayEigenvalues', params.LabelParam,
+                      label='Eigenvalues of the radial kernel',
+                      help="Spectrum of the radial kernel C of every CTF group, relative "
+                           "to its largest eigenvalue, with the rank tolerance. Fast decay "
+                           "means few principal rings suffice.")
+        form.addParam('particleNumber', params.IntParam, default=1,
+                      validators=[params.Positive], label='Particle',
+                      help="Particle (position in the set, from 1) whose landscape is "
+                           "shown.")
+        form.addParam('displayLandscape', params.LabelParam,
+                      label='Landscape over the in-plane angle',
+                      help="Score of the chosen particle against its best reference for "
+                           "every in-plane angle, with H = 1, 2, 4, the automatic H and "
+                           "the full rank R.")
+        form.addParam('subsetSize', params.IntParam, default=40,
+                      validators=[params.Positive], label='Particles for accuracy and speed',
+                      help="The accuracy-versus-H and speed plots realign this many "
+                           "particles (the first ones) at every H.")
+        form.addParam('displayAccuracy', params.LabelParam, label='Accuracy versus H',
+                      help="Correlation of the compressed landscapes with the full-rank "
+                           "ones, and the fraction of particles whose best reference and "
+                           "in-plane angle (within one step) agree with full rank.")
+        form.addParam('displaySpeed', params.LabelParam, label='Measured speed-up',
+                      help="Time to align the subset at the automatic H and at full "
+                           "rank, measured now on this machine.")
+        form.addParam('displayAngularDistribution', params.LabelParam,
+                      label='Assigned orientations',
+                      help="Viewing directions of the aligned particles (projection "
+                           "matching) or the class sizes (2D references).")
+        form.addParam('displayScores', params.LabelParam, label='Score histogram',
+                      help="Distribution of the alignment scores.")
+
+    def _getVisualizeDict(self):
+        return {'displayEigenvalues': self._showEigenvalues,
+                'displayLandscape': self._showLandscape,
+                'displayAccuracy': self._showAccuracy,
+                'displaySpeed': self._showSpeed,
+                'displayAngularDistribution': self._showAssignments,
+                'displayScores': self._showScores}
+
+    # --------------------------- SHOW functions ------------------------------
+    def _showEigenvalues(self, paramName=None):
+        result = self.protocol._loadResults()
+        plotter = EmPlotter(mainTitle='Radial kernel spectra')
+        axes = plotter.createSubPlot('%d CTF groups' % len(result['ranks']),
+                                     'index h', 'lambda_h / lambda_1')
+        for spectrum in result['eigenvalues']:
+            axes.semilogy(np.arange(1, len(spectrum) + 1),
+                          np.maximum(spectrum / spectrum[0], 1e-16), alpha=0.6)
+        if self.protocol.rankMode.get() == 0:
+            axes.axhline(self.protocol.rankTolerance.get(), color='k', linestyle='--',
+                         label='tolerance')
+            axes.legend()
+        return [plotter]
+
+    def _showLandscape(self, paramName=None):
+        subset = self._subset(self.particleNumber.get())
+        index = self.particleNumber.get() - 1
+        result = self.protocol._loadResults()
+        template = int(result['template'][index])
+        rings = subset.aligner.grid.n_rings
+        auto = int(result['ranks'][result['group'][index]])
+        gammas = np.rad2deg(subset.aligner.grid.angles)
+        plotter = EmPlotter(mainTitle='Landscape of particle %d' % (index + 1))
+        axes = plotter.createSubPlot('best reference %d' % (template + 1),
+                                     'in-plane angle (deg)', 'score')
+        for rank in sorted({1, 2, 4, auto, rings}):
+            landscape = subset.landscapes(rank)[index, template]
+            axes.plot(gammas, landscape, label='H = %d%s' % (
+                rank, ' (auto)' if rank == auto else ' (full)' if rank == rings else ''))
+        axes.legend()
+        return [plotter]
+
+    def _showAccuracy(self, paramName=None):
+        subset = self._subset(self.subsetSize.get())
+        rings = subset.aligner.grid.n_rings
+        full = subset.landscapes(rings)
+        ranks = np.unique(np.round(np.geomspace(1, rings, 12)).astype(int))
+        correlations, agreement = [], []
+        for rank in ranks:
+            landscape = subset.landscapes(rank)
+            correlations.append(np.corrcoef(landscape.ravel(), full.ravel())[0, 1])
+            agreement.append(_argmax_agreement(landscape, full))
+        plotter = EmPlotter(x=1, y=2, mainTitle='Accuracy versus H (%d particles)'
+                            % len(full), figsize=(10, 4))
+        axes = plotter.createSubPlot('Landscape correlation with full rank', 'H',
+                                     'correlation')
+        axes.plot(ranks, correlations, 'o-')
+        axes = plotter.createSubPlot('Same best reference and angle as full rank', 'H',
+                                     'fraction of particles')
+        axes.plot(ranks, agreement, 'o-')
+        axes.set_ylim(0, 1.05)
+        return [plotter]
+
+    def _showSpeed(self, paramName=None):
+        subset = self._subset(self.subsetSize.get())
+        rings = subset.aligner.grid.n_rings
+        timings = {}
+        for label, rank in (('automatic H', self.protocol._fixedRank()), ('full rank', rings)):
+            started = time.perf_counter()
+            subset.align(rank)
+            timings[label] = time.perf_counter() - started
+        pairs = len(subset.polar) * subset.referenceCount
+        plotter = EmPlotter(mainTitle='Measured speed (%d particles x %d references)'
+                            % (len(subset.polar), subset.referenceCount))
+        axes = plotter.createSubPlot('speed-up %.1fx' % (timings['full rank']
+                                                         / timings['automatic H']),
+                                     '', 'image-reference pairs per second')
+        axes.bar(list(timings), [pairs / t for t in timings.values()])
+        return [plotter]
+
+    def _showAssignments(self, paramName=None):
+        particles = self.protocol.outputParticles
+        arrays = convert.particles_to_arrays(particles, need_alignment=True, read_images=False)
+        if particles.getAlignment() == ALIGN_PROJ:
+            rot, tilt = direction_to_euler(projection_directions(arrays.rotations))
+            plotter = EmPlotter(mainTitle='Assigned viewing directions')
+            plotter.plotAngularDistribution('%d particles' % len(rot), np.deg2rad(rot), tilt)
+            return [plotter]
+        classes = self.protocol.outputClasses
+        plotter = EmPlotter(mainTitle='Class sizes')
+        axes = plotter.createSubPlot('%d classes' % classes.getSize(), 'class', 'particles')
+        axes.bar([cls.getObjId() for cls in classes], [cls.getSize() for cls in classes])
+        return [plotter]
+
+    def _showScores(self, paramName=None):
+        arrays = convert.particles_to_arrays(self.protocol.outputParticles,
+                                             need_alignment=False, columns=(ALIGN_SCORE,),
+                                             read_images=False)
+        plotter = EmPlotter(mainTitle='Alignment scores')
+        plotter.createSubPlot('%d particles' % len(arrays.ids), 'score', 'particles')
+        plotter.plotHist(arrays.columns[ALIGN_SCORE], nbins=30)
+        return [plotter]
+
+    # --------------------------- UTILS functions -----------------------------
+    def _subset(self, count):
+        """The first ``count`` particles, ready to realign at any H."""
+        return _Subset(self.protocol, max(count, self.particleNumber.get()))
+
+
+class _Subset:
+    """Polar transforms and an aligner for the first particles of a run."""
+
+    def __init__(self, protocol, count):
+        from cryohess_plugin.core import polar
+        from cryohess_plugin.core.radial_svd import RadialSVDAligner
+        self.protocol = protocol
+        particles = convert.particles_to_arrays(protocol.inputParticles.get(),
+                                                need_ctf=protocol._withCtf(),
+                                                need_alignment=False, limit=count)
+        grid = protocol._grid()
+        self.polar = polar.polar_transform(particles.images, grid, backend="cpu")
+        self.ctfs = particles.ctfs
+        self.pixelSize = particles.pixel_size
+        templates = np.load(protocol._getFileName('references'))['templates']
+        self.referenceCount = len(templates)
+        self.aligner = RadialSVDAligner(grid, templates, tolerance=protocol.rankTolerance.get(),
+                                        shifts=protocol._shifts(),
+                                        ctf_tolerance=protocol.ctfTolerance.get(),
+                                        backend="cpu")
+        result = protocol._loadResults()
+        self.shifts = result['shift'][:count]
+
+    def landscapes(self, rank):
+        """``(n, n_references, Q)`` scores at the assigned shifts with ``rank`` rings."""
+        return self.aligner.landscapes(self.polar, rank=rank, ctf_params=self.ctfs,
+                                       pixel_size=self.pixelSize, shifts=self.shifts)
+
+    def align(self, rank):
+        return self.aligner.align(self.polar, ctf_params=self.ctfs, pixel_size=self.pixelSize,
+                                  rank=rank)
+
+
+def _argmax_agreement(landscape, full):
+    """Fraction of images whose best (reference, angle) matches full rank within one angle."""
+    n, _, angles = full.shape
+    best = landscape.reshape(n, -1).argmax(axis=1)
+    bestFull = full.reshape(n, -1).argmax(axis=1)
+    sameReference = best // angles == bestFull // angles
+    step = np.abs(best % angles - bestFull % angles)
+    return float(np.mean(sameReference & (np.minimum(step, angles - step) <= 1)))
+
+
+class CryoHessAlignVolumesViewer(ProtocolViewer):
+    """Spectra, scores and slices of a volume alignment."""
+    _label = 'viewer radial-SVD volume alignment'
+    _targets = [CryoHessProtAlignVolumes]
+    _environments = [DESKTOP_TKINTER, WEB_DJANGO]
+
+    def _defineParams(self, form):
+        form.addSection(label='Visualization')
+        form.addParam('displaySpectra', params.LabelParam,
+                      label='Radial and degree kernel spectra',
+                      help="Eigenvalues of the radial kernel (principal shells) and the "
+                           "degree kernel (principal degrees) of the reference, relative "
+                           "to the largest.")
+        form.addParam('displayScores', params.LabelParam, label='Correlations',
+                      help="Normalised correlation of every aligned volume with the "
+                           "reference.")
+        form.addParam('displaySlices', params.LabelParam, label='Central slices',
+                      help="Central xy, xz and yz slices of the reference and of every "
+                           "aligned volume.")
+
+    def _getVisualizeDict(self):
+        return {'displaySpectra': self._showSpectra, 'displayScores': self._showScores,
+                'displaySlices': self._showSlices}
+
+    def _results(self):
+        return [np.load(self.protocol._getFileName('result', index=index))
+                for index in range(len(self.protocol._inputVolumeList()))]
+
+    def _showSpectra(self, paramName=None):
+        result = self._results()[0]
+        plotter = EmPlotter(x=1, y=2, mainTitle='Kernel spectra', figsize=(10, 4))
+        for key, title in (('radialEigenvalues', 'radial kernel C (shells)'),
+                           ('degreeEigenvalues', 'degree kernel D (degrees)')):
+            spectrum = result[key]
+            axes = plotter.createSubPlot(title, 'index', 'lambda / lambda_1')
+            axes.semilogy(np.arange(1, len(spectrum) + 1),
+                          np.maximum(spectrum / spectrum[0], 1e-16), 'o-')
+        return [plotter]
+
+    def _showScores(self, paramName=None):
+        scores = [float(result['score']) for result in self._results()]
+        plotter = EmPlotter(mainTitle='Correlation with the reference')
+        axes = plotter.createSubPlot('%d volumes' % len(scores), 'volume', 'correlation')
+        axes.bar(np.arange(1, len(scores) + 1), scores)
+        return [plotter]
+
+    def _showSlices(self, paramName=None):
+        reference, _ = convert.volume_to_array(self.protocol.referenceVolume.get())
+        volumes = [reference] + [convert.volume_to_array(v)[0]
+                                 for v in self.protocol.outputVolumes.iterItems(orderBy='id')]
+        names = ['reference'] + ['aligned %d' % i for i in range(1, len(volumes))]
+        plotter = EmPlotter(x=len(volumes), y=3, mainTitle='Central slices',
+                            figsize=(7, 2.4 * len(volumes)))
+        centre = reference.shape[0] // 2
+        for name, volume in zip(names, volumes):
+            for label, section in (('xy', volume[centre]), ('xz', volume[:, centre]),
+                                   ('yz', volume[:, :, centre])):
+                axes = plotter.createSubPlot('%s %s' % (name, label), '', '')
+                axes.imshow(section, cmap='gray')
+                axes.set_xticks([])
+                axes.set_yticks([])
+        return [plotter]
