@@ -94,6 +94,18 @@ def simulateStage(project, args, plotDir, previous):
     return protocol
 
 
+def printOrientationErrors(particles, simulation, gridStep):
+    """Compare the assigned orientations with the simulation's ground truth."""
+    import numpy as np
+    from cryohess_plugin import convert
+    from cryohess_plugin.core.rotations import angular_distance
+    assigned = convert.particles_to_arrays(particles, need_alignment=True, read_images=False)
+    truth = np.load(simulation._getFileName('particleTruth'))
+    error = angular_distance(assigned.rotations, truth['rotations'])
+    print("  orientation error vs ground truth: median %.1f deg; %.1f %% within one grid "
+          "step (%g deg)" % (np.median(error), 100 * np.mean(error <= gridStep), gridStep))
+
+
 def alignStage(project, args, plotDir, previous):
     """Stage 2: global projection matching of the particles with the radial-SVD."""
     from cryohess_plugin.protocols import CryoHessProtAlignParticles
@@ -105,6 +117,7 @@ def alignStage(project, args, plotDir, previous):
     runProtocol(project, protocol)
     for line in protocol.summary():
         print("  " + line)
+    printOrientationErrors(protocol.outputParticles, previous, protocol.angularStep.get())
     for path in savePlots(CryoHessAlignParticlesViewer, project, protocol, plotDir, "align"):
         print("  plot: %s" % path)
     return protocol
