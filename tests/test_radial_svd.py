@@ -389,3 +389,21 @@ def test_cuda_matches_cpu_under_simulator(cuda_simulated, dtype, tolerance):
 
 if __name__ == "__main__":
     print(json.dumps(_cuda_comparison()))
+
+
+@pytest.mark.parametrize("snr", [None, 0.05])
+def test_pruned_search_equals_unpruned(grid, volume, templates, snr):
+    """The bound is exact: pruning the angle DFT changes no pose, score or top-k entry."""
+    _, template_polar = templates
+    particles = simulate.simulate_particles(volume, 40, BOX, PIXEL, rng=11, n_groups=2,
+                                            shift_sigma=1.0, snr=snr, keep_clean=False,
+                                            backend="cpu")
+    images = polar_transform(particles.images, grid, backend="cpu")
+    shifts = search_shifts(2.0, 1.0)
+    results = [RadialSVDAligner(grid, template_polar, shifts=shifts, block_size=64, backend="cpu",
+                                prune=prune, **options).align(images, particles.ctf_params,
+                                                              PIXEL, top_k=5)
+               for options in ({}, {"rank": grid.n_rings}) for prune in (False, True)]
+    for unpruned, pruned in (results[:2], results[2:]):
+        for name in ("top_template", "top_angle", "top_shift", "top_score"):
+            np.testing.assert_array_equal(getattr(pruned, name), getattr(unpruned, name))

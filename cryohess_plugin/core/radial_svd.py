@@ -363,11 +363,16 @@ class RadialSVDAligner:
         template) pairs, so small CTF groups still make large GEMMs.  The CPU
         keeps about ``150 * block_size^2 * 4`` bytes of work arrays (float32,
         ``Q`` about 100).
+    :param prune: skip the angle DFT of the pairs whose upper bound
+        ``X(gamma) <= f (Xhat[0] + 2 sum_q |Xhat[q]|)`` cannot reach the
+        image's current top-k (CPU backend; exact, same result as False).  Off by
+        default: on a loaded 2-core machine the fixed costs of the extra
+        kernels ate the saving (see the issue notes).
     """
 
     def __init__(self, grid, template_polar, rank=None, tolerance=1e-2, min_rank=4, shifts=None,
                  ctf_tolerance=5e-2, kernel_variant="A", dtype=np.float32, backend="auto",
-                 block_size=256, exact_zero_frequency=True, refine_candidates=4):
+                 block_size=256, exact_zero_frequency=True, refine_candidates=4, prune=False):
         if not isinstance(grid, PolarGrid):
             raise TypeError(f"grid must be a PolarGrid, got {type(grid).__name__}")
         self.grid = grid
@@ -405,6 +410,7 @@ class RadialSVDAligner:
             kernels = alignment_cpu
         self._kernels = kernels
         self.block_size = int(block_size)
+        self.prune = bool(prune)
         self._eta = np.sqrt(grid.weights)
         # Landscapes in units of real-space inner products (module docstring).
         self._factor = 2 * np.pi / grid.box ** 2
@@ -601,7 +607,8 @@ class RadialSVDAligner:
                     (-1,) + rows[0][0].shape[1:])
                 zero = np.stack([z for _, z in rows], axis=1).reshape(-1, rows[0][1].shape[1])
                 block = top.select(index)
-                self._kernels.search(templates, coefficients, zero, n_shifts, *block)
+                self._kernels.search(templates, coefficients, zero, n_shifts, *block,
+                                     prune=self.prune)
                 if refine:
                     block = self._refine(polar, phases, rings.ctf, template_scale, block[1])
                 top.store(index, block)

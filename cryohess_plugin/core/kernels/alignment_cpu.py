@@ -59,6 +59,7 @@ class PreparedTemplates:
     scale: np.ndarray
     tables: tuple
     n_angles: int
+    factor: float = 1.0
     workspaces: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -120,7 +121,7 @@ def prepare_templates(coefficients, zero, scale, n_angles, factor, block_width, 
         zero_blocks.append(np.ascontiguousarray(zero[start:start + block_width].T, dtype=dtype))
         starts.append(start)
     return PreparedTemplates(blocks, zero_blocks, starts, np.ascontiguousarray(scale, dtype=dtype),
-                             angle_tables(n_angles, factor, dtype), int(n_angles))
+                             angle_tables(n_angles, factor, dtype), int(n_angles), float(factor))
 
 
 def _image_matrices(coefficients, zero, dtype):
@@ -144,16 +145,29 @@ class _Workspace:
         dtype = templates.scale.dtype
         self.rows = rows
         self.products = np.empty((1 + 2 * n_freq) * rows * n_b, dtype)
+        self.gathered = np.empty_like(self.products)
         self.sums = np.empty((4, n_rows * rows * n_b), dtype)
 
-    def partial_landscapes(self, images, zero, templates, block, zero_block):
-        """``(Ce, Co, Se, So)``, each ``(M // 2 + 1, rows, n_b)``, of one template block."""
+    def spectra(self, images, zero, block, zero_block):
+        """Step 1: ``Xhat`` of one template block as ``(1 + 2 (M - 1), rows * n_b)`` real rows."""
         n_freq, rows, _ = images.shape
         n_b = block.shape[3]
         pairs = rows * n_b
         flat = self.products[:(1 + 2 * n_freq) * pairs].reshape(1 + 2 * n_freq, pairs)
         np.matmul(zero, zero_block, out=flat[0].reshape(rows, n_b))
         np.matmul(images, block, out=flat[1:].reshape(2, n_freq, rows, n_b))
+        return flat
+
+    def gather(self, flat, index):
+        """The columns ``index`` of ``flat``, side by side, in a second buffer."""
+        out = self.gathered[:flat.shape[0] * index.size].reshape(flat.shape[0], index.size)
+        _gather(flat, index, out)
+        return out
+
+    def dft(self, flat, templates, columns):
+        """Step 2 on the first ``columns`` columns of ``flat``: ``(Ce, Co, Se, So)``, each
+        ``(M // 2 + 1, columns)``."""
+        n_freq = (flat.shape[0] - 1) // 2
         cos_even, cos_odd, sin_even, sin_odd = templates.tables
         n_even = sin_even.shape[1]
         ranges = ((cos_even, 0, 1 + n_even), (cos_odd, 1 + n_even, 1 + n_freq),
@@ -162,10 +176,16 @@ class _Workspace:
         n_rows = cos_even.shape[0]
         out = []
         for index, (table, first, last) in enumerate(ranges):
-            target = self.sums[index, :n_rows * pairs].reshape(n_rows, pairs)
-            np.matmul(table, flat[first:last], out=target)
-            out.append(target.reshape(n_rows, rows, n_b))
+            target = self.sums[index, :n_rows * columns].reshape(n_rows, columns)
+            np.matmul(table, flat[first:last, :columns], out=target)
+            out.append(target)
         return out
+
+    def partial_landscapes(self, images, zero, templates, block, zero_block):
+        """``(Ce, Co, Se, So)``, each ``(M // 2 + 1, rows, n_b)``, of one template block."""
+        rows, n_b = images.shape[1], block.shape[3]
+        flat = self.spectra(images, zero, block, zero_block)
+        return [part.reshape(-1, rows, n_b) for part in self.dft(flat, templates, rows * n_b)]
 
 
 def landscapes(templates, image_coefficients, image_zero):
@@ -196,7 +216,7 @@ def landscapes(templates, image_coefficients, image_zero):
 
 
 def search(templates, image_coefficients, image_zero, n_shifts, top_score, top_template,
-           top_angle, top_shift):
+           top_angle, top_shift, prune=True):
     """Merge the best poses of images against all templates into the top-k arrays.
 
     :param image_coefficients: ``(n * n_shifts, H, M - 1)`` complex, rows of
@@ -204,15 +224,192 @@ def search(templates, image_coefficients, image_zero, n_shifts, top_score, top_t
     :param image_zero: ``(n * n_shifts, K)`` real ``q = 0`` coefficients.
     :param top_score, top_template, top_angle, top_shift: ``(n, k)`` arrays,
         updated in place (scores sorted descending; angle and shift are indices).
+    :param prune: skip the angle DFT of the (image row, template) pairs whose
+        upper bound (:func:`_bounds`) cannot reach the image's top-k; the
+        result is the same as without.
     """
     dtype = templates.scale.dtype
     images, zero = _image_matrices(image_coefficients, image_zero, dtype)
     workspace = templates.workspace(images.shape[1])
+    rows = images.shape[1]
     for start, block, zero_block in zip(templates.starts, templates.blocks, templates.zero_blocks):
-        sums = workspace.partial_landscapes(images, zero, templates, block, zero_block)
         scale = templates.scale[start:start + block.shape[3]]
-        reduce_block(*sums, n_shifts, scale, templates.n_angles, start, top_score, top_template,
-                     top_angle, top_shift)
+        if not prune:
+            sums = workspace.partial_landscapes(images, zero, templates, block, zero_block)
+            reduce_block(*sums, n_shifts, scale, templates.n_angles, start, top_score,
+                         top_template, top_angle, top_shift)
+            continue
+        n_b = block.shape[3]
+        flat = workspace.spectra(images, zero, block, zero_block)
+        bound = _bounds(flat, rows, n_b, scale * dtype.type(templates.factor))
+        # Pass 1: the k templates of largest bound per image, exactly; pass 2:
+        # the other pairs whose bound reaches the image's updated k-th score.
+        seeds = _seed_templates(bound, n_shifts, top_score.shape[1])
+        for survivors in (_seed_pairs, _surviving_pairs):
+            offsets, index = survivors(bound, n_shifts, seeds, top_score)
+            PRUNING_COUNTS[1] += index.size
+            if index.size == 0:
+                continue
+            gathered = workspace.gather(flat, index)
+            sums = workspace.dft(gathered, templates, index.size)
+            reduce_pruned(*sums, offsets, index, n_shifts, n_b, scale, templates.n_angles,
+                          start, top_score, top_template, top_angle, top_shift)
+        PRUNING_COUNTS[0] += rows * n_b
+
+
+#: Diagnostics of the pruned search: (image row, template) pairs seen and
+#: pairs whose angle DFT was evaluated, summed over calls (reset by hand).
+PRUNING_COUNTS = np.zeros(2, np.int64)
+
+# Relative safety margin of the bound: covers the rounding of the angle DFT
+# (sums of ~Q terms) and of the bound itself, in the working precision.
+_MARGIN_ULPS = 256.0
+
+
+@njit(parallel=True, cache=True)
+def _bounds(flat, rows, n_b, scale):
+    """Upper bound of every pair's scaled landscape, ``(rows, n_b)``, rounding margin included.
+
+    ``X(gamma) = f (Xhat[0] + 2 sum_{q >= 1} Re(Xhat[q] e^{-i q gamma}))``, so
+    ``max_gamma X <= f (Xhat[0] + 2 sum_q |Xhat[q]|)`` (``f >= 0`` folds the
+    angle-table factor and the template scale).  The bound is raised by
+    ``_MARGIN_ULPS`` ulps of ``f (|Xhat[0]| + 2 sum_q |Xhat[q]|)``, the size
+    of the rounding errors of both sides, so a pair whose bound is below a
+    computed score can be skipped without changing any result.
+    """
+    n_freq = (flat.shape[0] - 1) // 2
+    eps = flat.dtype.type(np.finfo(flat.dtype).eps * _MARGIN_ULPS)
+    two = flat.dtype.type(2)
+    out = np.empty((rows, n_b), flat.dtype)
+    for row in prange(rows):
+        # Working precision: the sum of n_freq positive terms is off by at
+        # most n_freq ulps, well inside the margin.
+        acc = np.zeros(n_b, flat.dtype)
+        base = row * n_b
+        for f in range(n_freq):
+            re = flat[1 + f, base:base + n_b]
+            im = flat[1 + n_freq + f, base:base + n_b]
+            for b in range(n_b):
+                acc[b] += np.sqrt(re[b] * re[b] + im[b] * im[b])
+        for b in range(n_b):
+            x0 = flat[0, base + b]
+            out[row, b] = (x0 + two * acc[b] + eps * (abs(x0) + two * acc[b])) * scale[b]
+    return out
+
+
+@njit(cache=True)
+def _seed_templates(bound, n_shifts, k):
+    """``(n, min(k, n_b))`` the templates of largest bound (over shifts) of every image."""
+    rows, n_b = bound.shape
+    n_seeds = min(k, n_b)
+    out = np.zeros((rows // n_shifts, n_seeds), np.int64)
+    seed_bound = np.empty(n_seeds, bound.dtype)
+    for i in range(rows // n_shifts):
+        seed_bound[:] = -np.inf
+        for b in range(n_b):
+            value = bound[i * n_shifts, b]
+            for s in range(1, n_shifts):
+                value = max(value, bound[i * n_shifts + s, b])
+            if value > seed_bound[n_seeds - 1]:
+                position = n_seeds - 1
+                while position > 0 and value > seed_bound[position - 1]:
+                    seed_bound[position] = seed_bound[position - 1]
+                    out[i, position] = out[i, position - 1]
+                    position -= 1
+                seed_bound[position] = value
+                out[i, position] = b
+    return out
+
+
+@njit(cache=True)
+def _seed_pairs(bound, n_shifts, seeds, top_score):
+    """Pairs (all shifts) of the seed templates: ``(n + 1,)`` offsets per image, pair indices."""
+    rows, n_b = bound.shape
+    n_images, n_seeds = seeds.shape
+    index = np.empty(n_images * n_shifts * n_seeds, np.int64)
+    offsets = np.zeros(n_images + 1, np.int64)
+    count = 0
+    for i in range(n_images):
+        for s in range(n_shifts):
+            row = i * n_shifts + s
+            for b in np.sort(seeds[i]):
+                index[count] = row * n_b + b
+                count += 1
+        offsets[i + 1] = count
+    return offsets, index[:count]
+
+
+@njit(cache=True)
+def _surviving_pairs(bound, n_shifts, seeds, top_score):
+    """Pairs of the other templates whose bound is not below the image's ``k``-th score.
+
+    Every pair left out has all its landscape values below the ``k``-th
+    score of a full top-k list, so it can enter no list.  Order: image,
+    shift, template (as :func:`reduce_pruned` needs).
+    """
+    rows, n_b = bound.shape
+    n_images = rows // n_shifts
+    k = top_score.shape[1]
+    is_seed = np.zeros(n_b, np.bool_)
+    index = np.empty(rows * n_b, np.int64)
+    offsets = np.zeros(n_images + 1, np.int64)
+    count = 0
+    for i in range(n_images):
+        threshold = top_score[i, k - 1]
+        is_seed[seeds[i]] = True
+        for s in range(n_shifts):
+            row = i * n_shifts + s
+            for b in range(n_b):
+                if not is_seed[b] and not bound[row, b] < threshold:
+                    index[count] = row * n_b + b
+                    count += 1
+        is_seed[seeds[i]] = False
+        offsets[i + 1] = count
+    return offsets, index[:count]
+
+
+@njit(parallel=True, cache=True)
+def _gather(flat, index, out):
+    """``out[:, c] = flat[:, index[c]]`` (row by row: sequential reads)."""
+    for f in prange(flat.shape[0]):
+        line = flat[f]
+        target = out[f]
+        for c in range(index.size):
+            target[c] = line[index[c]]
+
+
+@njit(cache=True)
+def reduce_pruned(cos_even, cos_odd, sin_even, sin_odd, offsets, index, n_shifts, n_b,
+                  scale, n_angles, template_start, top_score, top_template, top_angle, top_shift):
+    """:func:`reduce_block` for the gathered pairs ``index`` (:func:`_surviving_pairs`).
+
+    The partial landscapes are ``(M // 2 + 1, survivors)``; the pairs of image
+    ``i`` are columns ``offsets[i] .. offsets[i + 1] - 1``, in (shift,
+    template) order, so each template's first best pose in scan order
+    (shifts, table rows, :func:`four_angles`) is the one of the full search.
+    Templates never seen keep ``-inf`` and are not inserted.  Serial: after pruning the work is small, and a parallel launch right
+    after the DFT GEMM competes with BLAS threads still spinning.
+    """
+    k = top_score.shape[1]
+    best = np.empty(n_b, cos_even.dtype)
+    best_angle = np.zeros(n_b, np.int64)
+    best_shift = np.zeros(n_b, np.int64)
+    for i in range(offsets.size - 1):
+        best[:] = -np.inf
+        for c in range(offsets[i], offsets[i + 1]):
+            pair = index[c]
+            b = pair % n_b
+            s = pair // n_b - i * n_shifts
+            for j in range(cos_even.shape[0]):
+                values = four_values(cos_even[j, c], cos_odd[j, c], sin_even[j, c],
+                                     sin_odd[j, c], scale[b])
+                angles = four_angles(j, n_angles)
+                for m in range(4):
+                    if values[m] > best[b]:
+                        best[b], best_angle[b], best_shift[b] = values[m], angles[m], s
+        for b in range(n_b):
+            insert_best(top_score[i], top_template[i], top_angle[i], top_shift[i], best[b],
+                        template_start + b, best_angle[b], best_shift[b])
 
 
 def candidate_spectra(images, weights, templates, candidates):
@@ -258,13 +455,25 @@ def _candidate_spectra(images, weights, templates, candidates, out):
 
 
 @register_jitable
+def _before(score, template, other_score, other_template):
+    """Ranking of the top-k lists: higher score first, then the lower template index."""
+    return score > other_score or (score == other_score and template < other_template)
+
+
+@register_jitable
 def insert_best(scores, templates, angles, shifts, score, template, angle, shift):
-    """Insert one candidate into a descending top-k list; ties keep the earlier entry first."""
+    """Insert one candidate into a descending top-k list; equal scores rank by template index.
+
+    Templates arriving in increasing order (the unpruned search) thus keep
+    the earlier entry first, and the pruned search, which visits some
+    templates early, gets the same lists.
+    """
     last = scores.size - 1
-    if not score > scores[last]:
+    if not _before(score, template, scores[last], templates[last]):
         return
     position = last
-    while position > 0 and score > scores[position - 1]:
+    while position > 0 and _before(score, template, scores[position - 1],
+                                   templates[position - 1]):
         scores[position] = scores[position - 1]
         templates[position] = templates[position - 1]
         angles[position] = angles[position - 1]

@@ -155,8 +155,14 @@ def prepare_templates(coefficients, zero, scale, n_angles, factor, block_width, 
 
 
 def search(templates, image_coefficients, image_zero, n_shifts, top_score, top_template,
-           top_angle, top_shift):
-    """Device version of :func:`.alignment_cpu.search`; the top-k arrays are host arrays."""
+           top_angle, top_shift, prune=True):
+    """Device version of :func:`.alignment_cpu.search`; the top-k arrays are host arrays.
+
+    ``prune`` is accepted and ignored: the device evaluates every pair's
+    angle DFT (one thread per pair, no compaction); pruning by the upper
+    bound of the CPU path would leave most threads of a warp idle rather
+    than save work, and it does not change the result.
+    """
     n_images = top_score.shape[0]
     if n_images == 0:
         return
