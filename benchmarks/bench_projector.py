@@ -5,7 +5,8 @@ measured against the analytic line integrals of the Gaussian atoms that made
 the map.  Xmipp's FourierProjector is single-threaded; ours uses all numba
 threads (2 on the reference machine).
 
-    python benchmarks/bench_projector.py [--n 512] [--xmipp-interpolation linear|bspline3]
+    python benchmarks/bench_projector.py [--n 512] [--batch 256]
+                                         [--xmipp-interpolation linear|bspline3]
 
 (Xmipp allows one FourierProjector per process, so each interpolation mode
 needs its own run.)
@@ -53,21 +54,22 @@ def run_xmipp(volume, angles, mode):
     return images, setup, time.perf_counter() - start
 
 
-def run_ours(volume, poses, kernel, chunk=256):
+def run_ours(volume, poses, kernel, batch):
     start = time.perf_counter()
     projector = FourierSliceProjector(volume, kernel=kernel, dtype=np.float32)
     setup = time.perf_counter() - start
     projector.project(poses[:2])  # compile outside the timing
     images = np.empty((len(poses), BOX, BOX), dtype=np.float32)
     start = time.perf_counter()
-    for first in range(0, len(poses), chunk):
-        images[first:first + chunk] = projector.project(poses[first:first + chunk])
+    for first in range(0, len(poses), batch):
+        images[first:first + batch] = projector.project(poses[first:first + batch])
     return images, setup, time.perf_counter() - start
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=512, help="number of poses")
+    parser.add_argument("--batch", type=int, default=256, help="poses per projector call")
     parser.add_argument("--xmipp-interpolation", choices=sorted(XMIPP_MODES), default="linear")
     args = parser.parse_args()
 
@@ -80,8 +82,9 @@ def main():
     checked = min(64, args.n)
     reference = atoms.gaussian_atom_projection(model, poses[:checked], BOX, PIXEL)
 
-    print(f"{args.n} projections of 128² from 128³, threads: numba {numba.get_num_threads()}, "
-          f"xmipp 1; accuracy on {checked} poses against analytic Gaussian-atom projections")
+    print(f"{args.n} projections of 128² from 128³ in batches of {args.batch}, threads: numba "
+          f"{numba.get_num_threads()}, xmipp 1; accuracy on {checked} poses against analytic "
+          "Gaussian-atom projections")
     xmipp_images, xmipp_setup, xmipp_time = run_xmipp(volume, angles, args.xmipp_interpolation)
     xmipp_rate = args.n / xmipp_time
     xmipp_err = relative_errors(xmipp_images[:checked], reference)
@@ -89,7 +92,7 @@ def main():
           f"{xmipp_rate:8.0f} proj/s, setup {xmipp_setup:.2f} s, "
           f"error median {np.median(xmipp_err):.1e} max {xmipp_err.max():.1e}")
     for kernel in ("cubic", "linear"):
-        images, setup, elapsed = run_ours(volume, poses, kernel)
+        images, setup, elapsed = run_ours(volume, poses, kernel, args.batch)
         err = relative_errors(images[:checked], reference)
         rate = args.n / elapsed
         print(f"cryohess {kernel:6s} (padding 2, float32): {rate:8.0f} proj/s, "

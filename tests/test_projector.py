@@ -9,7 +9,8 @@ import pytest
 
 from cryohess_plugin.core import atoms, ctf, phantoms, rotations
 from cryohess_plugin.core.errors import InvalidDataError, ShapeError
-from cryohess_plugin.core.projector import FourierSliceProjector
+from cryohess_plugin.core.kernels import projector_cpu
+from cryohess_plugin.core.projector import FourierSliceProjector, SliceOperator
 
 from .xmipp_reference import XMIPP_BSPLINE3, xmipp_projections
 
@@ -73,6 +74,30 @@ def test_projection_matches_xmipp_fourier_projector(phantom):
         assert relative_l2(a, b) <= 1e-2
         # A mirrored convention would also be "close" on a blob; it must not be.
         assert relative_l2(a[::-1], b) > 0.1
+
+
+@pytest.mark.parametrize("kernel", ["cubic", "linear"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_large_batches_equal_small_ones(kernel, dtype):
+    """Large batches visit samples cell by cell of the grid, small ones image by image."""
+    rng = np.random.default_rng(4)
+    box = 16
+    operator = SliceOperator(box, kernel=kernel, dtype=dtype, backend="cpu")
+    grid = operator.volume_to_grid(rng.normal(size=(box,) * 3))
+    n, small = projector_cpu._SORT_BATCH + 40, 32
+    assert small < projector_cpu._SORT_MIN_IMAGES
+    poses = rotations.random_rotations(n, rng)
+    # Corner frequencies put some taps outside the grid.
+    hp = operator.half_plane
+    kx = np.concatenate([hp.kx, [box / 2, -box / 2]])
+    ky = np.concatenate([hp.ky, [box / 2, box / 2]])
+    shifts = rng.normal(scale=2.0, size=(n, 2))
+    ctf_values = rng.normal(size=(n, kx.size))
+    batched = operator.slices(grid, poses, kx, ky, shifts, ctf_values)
+    one_by_one = np.concatenate([
+        operator.slices(grid, poses[i:i + small], kx, ky, shifts[i:i + small],
+                        ctf_values[i:i + small]) for i in range(0, n, small)])
+    np.testing.assert_array_equal(batched, one_by_one)
 
 
 @pytest.mark.parametrize("box", [24, 25])
@@ -215,6 +240,14 @@ def test_nan_volume_is_refused():
     volume[1, 2, 3] = np.nan
     with pytest.raises(InvalidDataError, match="1 NaN"):
         FourierSliceProjector(volume)
+
+
+def test_nan_rotation_is_refused():
+    projector = FourierSliceProjector(np.zeros((8, 8, 8)), backend="cpu")
+    rotation = np.eye(3)
+    rotation[0, 1] = np.nan
+    with pytest.raises(InvalidDataError, match="NaN"):
+        projector.project(rotation)
 
 
 def test_images_of_another_box_are_refused():

@@ -136,6 +136,9 @@ class SliceOperator:
                   else np.ascontiguousarray(np.broadcast_to(np.asarray(shifts, np.float64), (n, 2))))
         kx = np.ascontiguousarray(kx, dtype=np.float64)
         ky = np.ascontiguousarray(ky, dtype=np.float64)
+        # The kernels read the grid unchecked where a sample's taps lie inside it.
+        if not (np.isfinite(rotations).all() and np.isfinite(kx).all() and np.isfinite(ky).all()):
+            raise InvalidDataError("rotations or frequencies contain NaN or infinite values")
         if ctf is None:
             ctf = projector_cpu.empty_ctf(self.dtype)
         else:

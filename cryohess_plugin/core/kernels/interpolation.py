@@ -15,15 +15,16 @@ KEYS_A = -0.5
 @register_jitable(inline="always")
 def tap_weights(t, kernel):
     """Weights of taps ``f - 1, f, f + 1, f + 2`` at fractional offset ``t``."""
-    if kernel == LINEAR:
-        return 0.0, 1.0 - t, t, 0.0
-    a = KEYS_A
-    u0, u3 = 1.0 + t, 2.0 - t
-    w0 = a * u0 ** 3 - 5 * a * u0 ** 2 + 8 * a * u0 - 4 * a
-    w1 = (a + 2) * t ** 3 - (a + 3) * t ** 2 + 1
     s = 1.0 - t
-    w2 = (a + 2) * s ** 3 - (a + 3) * s ** 2 + 1
-    w3 = a * u3 ** 3 - 5 * a * u3 ** 2 + 8 * a * u3 - 4 * a
+    if kernel == LINEAR:
+        return 0.0, s, t, 0.0
+    # Keys' two cubic pieces factored at the taps: the outer piece
+    # a (u - 1)(u - 2)^2 at u = 1 + t and u = 2 - t is a t s^2 and a s t^2.
+    a = KEYS_A
+    w0 = a * t * s * s
+    w1 = 1.0 + t * t * ((a + 2) * t - (a + 3))
+    w2 = 1.0 + s * s * ((a + 2) * s - (a + 3))
+    w3 = a * s * t * t
     return w0, w1, w2, w3
 
 
