@@ -28,6 +28,45 @@ _PADDING = 2
 _BATCH_BYTES = 1 << 25
 
 
+# Guards ceil() against K = pi f_max landing a rounding error above an integer.
+_CEIL_SLACK = 1e-9
+
+
+def bandwidth(max_frequency):
+    """The notes' ``ceil(K)``, ``K = pi * f_max``: the highest angular order (or
+    spherical-harmonic degree) a particle filling the box shows at ``f_max``."""
+    return math.ceil(math.pi * max_frequency - _CEIL_SLACK)
+
+
+def validate_band(box, max_frequency):
+    """Refuse a band limit outside ``(0, Nyquist]``."""
+    if not 0 < max_frequency <= box / 2:
+        raise InvalidDataError(
+            f"the maximum frequency must lie in (0, {box / 2}] cycles per box (Nyquist), "
+            f"got {max_frequency}; ask for a coarser resolution")
+
+
+def radial_quadrature(box, max_frequency, count, power):
+    """Gauss-Jacobi rule for ``integral_0^f_max g(f) f^power df`` in cycles per box.
+
+    ``power`` is 1 for rings of a disc (images) and 2 for shells of a ball
+    (volumes).  Returns ``(radii, weights)``.
+    """
+    validate_band(box, max_frequency)
+    nodes, node_weights = scipy.special.roots_jacobi(count, 0, power)
+    half = max_frequency / 2
+    return half * (1 + nodes), half ** (power + 1) * node_weights
+
+
+def frequency_for_resolution(box, pixel_size, resolution):
+    """Cycles per box of ``resolution`` Å; refuses resolutions beyond Nyquist."""
+    if resolution < 2 * pixel_size:
+        raise InvalidDataError(
+            f"{resolution} Å is finer than Nyquist ({2 * pixel_size} Å at "
+            f"{pixel_size} Å/px)")
+    return box * pixel_size / resolution
+
+
 @dataclass(frozen=True)
 class PolarGrid:
     """Rings x angles sampling of a disc of frequencies, with its quadrature."""
@@ -42,32 +81,25 @@ class PolarGrid:
     @classmethod
     def from_max_frequency(cls, box, max_frequency, n_rings=None, n_angles=None):
         """Grid on ``[0, max_frequency]`` cycles per box; defaults from the notes."""
-        if not 0 < max_frequency <= box / 2:
-            raise InvalidDataError(
-                f"the maximum frequency must lie in (0, {box / 2}] cycles per box (Nyquist), "
-                f"got {max_frequency}; ask for a coarser resolution")
-        bandwidth = math.pi * max_frequency
-        n_rings = int(n_rings or math.ceil(bandwidth) + 1)
-        n_angles = int(n_angles or 2 * (math.ceil(bandwidth) + 1))
+        validate_band(box, max_frequency)
+        orders = bandwidth(max_frequency)
+        n_rings = int(n_rings or orders + 1)
+        n_angles = int(n_angles or 2 * (orders + 1))
         if n_angles % 2:
             raise InvalidDataError(f"the number of angles must be even, got {n_angles}")
-        if n_angles < 2 * bandwidth + 1:
+        if n_angles < 2 * math.pi * max_frequency + 1:
             raise InvalidDataError(
                 f"{n_angles} angles under-sample rings up to {max_frequency:.2f} cycles per "
-                f"box; use at least {math.ceil(2 * bandwidth + 1)}")
-        nodes, node_weights = scipy.special.roots_jacobi(n_rings, 0, 1)
-        half = max_frequency / 2
-        return cls(int(box), float(max_frequency), n_rings, n_angles,
-                   radii=half * (1 + nodes), weights=half ** 2 * node_weights)
+                f"box; use at least {math.ceil(2 * math.pi * max_frequency + 1)}")
+        radii, weights = radial_quadrature(box, max_frequency, n_rings, power=1)
+        return cls(int(box), float(max_frequency), n_rings, n_angles, radii=radii,
+                   weights=weights)
 
     @classmethod
     def for_resolution(cls, box, pixel_size, resolution, n_rings=None, n_angles=None):
         """Grid reaching ``resolution`` Å for a ``box``-pixel image of ``pixel_size`` Å."""
-        if resolution < 2 * pixel_size:
-            raise InvalidDataError(
-                f"{resolution} Å is finer than Nyquist ({2 * pixel_size} Å at "
-                f"{pixel_size} Å/px)")
-        return cls.from_max_frequency(box, box * pixel_size / resolution, n_rings, n_angles)
+        return cls.from_max_frequency(
+            box, frequency_for_resolution(box, pixel_size, resolution), n_rings, n_angles)
 
     @property
     def angles(self):

@@ -33,15 +33,8 @@ import scipy.special
 
 from . import fourier, rotations
 from .errors import InvalidDataError, ShapeError
+from .polar import bandwidth, frequency_for_resolution, radial_quadrature, validate_band
 from .projector import SliceOperator, validate_volume
-
-# Guards ceil() against K = π f_max landing a rounding error above an integer.
-_CEIL_SLACK = 1e-9
-
-
-def _ceil(value):
-    return math.ceil(value - _CEIL_SLACK)
-
 
 def normalized_legendre(max_degree, cos_theta):
     """Orthonormal θ-parts ``Ỹ_l^m(θ)`` for ``0 <= m <= l <= max_degree``.
@@ -159,21 +152,15 @@ class ShellGrid:
     @classmethod
     def from_max_frequency(cls, box, max_frequency, n_shells=None, max_degree=None):
         """Shells on ``[0, max_frequency]`` cycles per box; defaults from the notes."""
-        if not 0 < max_frequency <= box / 2:
-            raise InvalidDataError(
-                f"the maximum frequency must lie in (0, {box / 2}] cycles per box (Nyquist), "
-                f"got {max_frequency}; ask for a coarser resolution")
-        bandwidth = math.pi * max_frequency
-        n_shells = int(n_shells or _ceil(bandwidth) + 1)
-        max_degree = int(max_degree or _ceil(bandwidth))
+        validate_band(box, max_frequency)
+        n_shells = int(n_shells or bandwidth(max_frequency) + 1)
+        max_degree = int(max_degree or bandwidth(max_frequency))
         if n_shells < 1 or max_degree < 1:
             raise InvalidDataError(f"need at least one shell and degree 1, got {n_shells} "
                                    f"shells and degree {max_degree}")
         n_orders = scipy.fft.next_fast_len(2 * max_degree + 1)
-        nodes, node_weights = scipy.special.roots_jacobi(n_shells, 0, 2)
-        half = max_frequency / 2
-        radii = half * (1 + nodes)
-        limits = np.minimum(max_degree, 1 + np.array([_ceil(math.pi * f) for f in radii]))
+        radii, weights = radial_quadrature(box, max_frequency, n_shells, power=2)
+        limits = np.minimum(max_degree, 1 + np.array([bandwidth(f) for f in radii]))
         cos_theta, theta_weights = np.polynomial.legendre.leggauss(max_degree + 1)
         positive = normalized_legendre(max_degree, cos_theta)
         # Ỹ_l^{-m} = (-1)^m Ỹ_l^m, stored at index -m mod n_orders.
@@ -185,18 +172,15 @@ class ShellGrid:
         quadrature = np.ascontiguousarray(
             (harmonics * theta_weights[:, None, None]).transpose(2, 1, 0))
         return cls(int(box), float(max_frequency), n_shells, max_degree, n_orders,
-                   radii=radii, weights=half ** 3 * node_weights, degree_limits=limits,
+                   radii=radii, weights=weights, degree_limits=limits,
                    cos_theta=cos_theta, theta_weights=theta_weights, harmonics=harmonics,
                    quadrature=quadrature)
 
     @classmethod
     def for_resolution(cls, box, pixel_size, resolution, n_shells=None, max_degree=None):
         """Shells reaching ``resolution`` Å for a ``box``-voxel map of ``pixel_size`` Å."""
-        if resolution < 2 * pixel_size:
-            raise InvalidDataError(
-                f"{resolution} Å is finer than Nyquist ({2 * pixel_size} Å at "
-                f"{pixel_size} Å/px)")
-        return cls.from_max_frequency(box, box * pixel_size / resolution, n_shells, max_degree)
+        return cls.from_max_frequency(
+            box, frequency_for_resolution(box, pixel_size, resolution), n_shells, max_degree)
 
     @property
     def n_theta(self):
