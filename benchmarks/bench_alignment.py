@@ -21,7 +21,11 @@ jobs, so the load average is printed.  Accuracy: agreement with full rank
 (same template, in-plane angle within one step) and the fraction of particles
 whose assigned rotation is within one grid step (7.5°) of the truth, per SNR.
 
+With ``--volumes`` the volume alignment table of ``bench_volume_alignment.py``
+(compressed against full-rank SO(3) search) follows.
+
     python benchmarks/bench_alignment.py [--n 1024] [--groups 10] [--snr inf 0.1 0.03] [--quick]
+                                         [--volumes]
 """
 import argparse
 import os
@@ -83,6 +87,9 @@ def main():
     parser.add_argument("--block-size", type=int, default=256)
     parser.add_argument("--quick", action="store_true",
                         help="256 particles, 4 groups, SNR inf only, one repeat")
+    parser.add_argument("--volumes", action="store_true",
+                        help="also run the volume benchmark (bench_volume_alignment.py) "
+                             "with its defaults")
     args = parser.parse_args()
     if args.quick:
         args.n, args.groups, args.snr, args.repeats, args.brute_templates = 256, 4, [np.inf], 1, 1
@@ -186,6 +193,16 @@ def main():
             result = full if options is None else end_to_end(particles, image_polar, **options)
             print(f"| {snr:g} | {name} | {pose_agreement(result, full, grid.n_angles):.4f} | "
                   f"{orientation_accuracy(result, template_rotations, particles.rotations):.4f} |")
+    if args.volumes:
+        run_volume_benchmark()
+
+
+def run_volume_benchmark():
+    """The volume alignment table: compressed against full-rank SO(3) search."""
+    import bench_volume_alignment
+    volume_args = bench_volume_alignment.add_arguments(argparse.ArgumentParser()).parse_args([])
+    print()
+    bench_volume_alignment.run(volume_args)
 
 
 if __name__ == "__main__":
