@@ -26,3 +26,7 @@ class SamplingMismatchError(CryoHessError, ValueError):
 
 class MissingMetadataError(CryoHessError, ValueError):
     """Required CTF or alignment information is absent."""
+
+
+class ConvergenceError(CryoHessError, RuntimeError):
+    """An iterative solver stopped before reaching the requested accuracy."""
