@@ -173,3 +173,33 @@ def test_rotated_volume_has_rotated_coefficients():
         transform.coefficients(blob_volume(box, centres, sigmas, amplitudes)), alpha, beta, gamma)
     actual = transform.coefficients(rotated)
     assert np.linalg.norm(actual - expected) < 5e-3 * np.linalg.norm(expected)
+
+
+def test_harmonics_at_directions_match_the_direct_expansion():
+    rng = np.random.default_rng(11)
+    shells = spherical.ShellGrid.from_max_frequency(24, 3.0)
+    coefficients = random_coefficients(shells, rng)
+    directions = rng.standard_normal((9, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    harmonics = spherical.harmonics_at(directions, shells.max_degree, shells.n_orders)
+    actual = np.einsum("dlm,rlm->rd", harmonics, coefficients)
+    points = shells.radii[:, None, None] * directions[None]
+    expected = evaluate(shells, coefficients, points)
+    assert np.abs(actual - expected).max() < 1e-12 * np.abs(expected).max()
+
+
+def test_angular_momentum_generates_the_coefficient_rotation():
+    """``d/dt rotate_coefficients`` is ``-i L_z`` (α) and ``-i L_y`` (β); [L_x, L_y] = i L_z."""
+    rng = np.random.default_rng(12)
+    coefficients = random_coefficients(spherical.ShellGrid.from_max_frequency(24, 2.0), rng)
+    step = 1e-6
+    for axis, angles in ((2, (step, 0.0, 0.0)), (1, (0.0, step, 0.0))):
+        finite = (spherical.rotate_coefficients(coefficients, *angles)
+                  - spherical.rotate_coefficients(coefficients, *(-a for a in angles))) / (2 * step)
+        generated = -1j * spherical.angular_momentum(coefficients, axis)
+        assert np.abs(finite - generated).max() < 1e-8 * np.abs(generated).max()
+    momentum = [lambda a, axis=axis: spherical.angular_momentum(a, axis) for axis in range(3)]
+    commutator = (momentum[0](momentum[1](coefficients))
+                  - momentum[1](momentum[0](coefficients)))
+    assert np.abs(commutator - 1j * momentum[2](coefficients)).max() < 1e-12 * np.abs(
+        commutator).max()

@@ -333,3 +333,57 @@ class SphericalTransform:
     def coefficients(self, volume):
         """Spherical-harmonic coefficients ``(R, L + 1, n_orders)`` of ``volume``."""
         return self.shells.analyze(self.samples(volume))
+
+
+def harmonics_at(directions, max_degree, n_orders):
+    """``Y_l^m`` at unit directions, laid out like coefficient arrays.
+
+    :param directions: ``(..., 3)`` unit vectors ``(kx, ky, kz)``.
+    :param n_orders: length of the order axis (``>= 2 max_degree + 1``).
+    :returns: ``(..., max_degree + 1, n_orders)`` complex, order ``m`` at index
+        ``m mod n_orders``, zero for ``|m| > l``; so ``Σ_{l,m} A * Y`` is the
+        expansion with coefficients ``A`` at each direction.
+    """
+    directions = np.asarray(directions, dtype=np.float64)
+    lead = directions.shape[:-1]
+    points = directions.reshape(-1, 3)
+    cos_theta = np.clip(points[:, 2], -1.0, 1.0)
+    phi = np.arctan2(points[:, 1], points[:, 0])
+    positive = normalized_legendre(max_degree, cos_theta)
+    orders = np.arange(max_degree + 1)
+    out = np.zeros((points.shape[0], max_degree + 1, n_orders), dtype=np.complex128)
+    out[:, :, orders] = positive * np.exp(1j * orders * phi[:, None])[:, None, :]
+    # Y_l^{-m} = (-1)^m conj(Y_l^m) (Condon-Shortley).
+    out[:, :, -orders[1:]] = (positive[:, :, 1:] * (-1.0) ** orders[1:]
+                              * np.exp(-1j * orders[1:] * phi[:, None])[:, None, :])
+    return out.reshape(lead + out.shape[1:])
+
+
+def angular_momentum(coefficients, axis):
+    """Coefficients of ``L_a V`` with ``L = -i k × ∇`` (``a`` = 0, 1, 2 for x, y, z).
+
+    The generators of :func:`rotate_coefficients`: the coefficients of
+    ``k ↦ V(expm(-t [e_a]_x) k)`` are ``A - i t L_a A + O(t²)`` (for ``a = z``
+    that is ``α = t``, for ``a = y`` it is ``β = t``).  Degrees do not mix, and
+    ``L_a`` is Hermitian in the plain coefficient inner product.
+
+    :param coefficients: ``(..., L + 1, n_orders)``.
+    """
+    coefficients = np.asarray(coefficients)
+    n_orders = coefficients.shape[-1]
+    out = np.zeros(coefficients.shape, dtype=np.complex128)
+    for degree in range(coefficients.shape[-2]):
+        m = np.arange(-degree, degree + 1)
+        values = coefficients[..., degree, m % n_orders]
+        if axis == 2:
+            out[..., degree, m % n_orders] = m * values
+            continue
+        # (L+ A)_{m+1} = sqrt((l - m)(l + m + 1)) A_m; L- is its adjoint.
+        ladder = np.sqrt((degree - m[:-1]) * (degree + m[:-1] + 1.0))
+        raised = np.zeros(values.shape, dtype=np.complex128)
+        lowered = np.zeros(values.shape, dtype=np.complex128)
+        raised[..., 1:] = ladder * values[..., :-1]
+        lowered[..., :-1] = ladder * values[..., 1:]
+        out[..., degree, m % n_orders] = (
+            (raised + lowered) / 2 if axis == 0 else (raised - lowered) / 2j)
+    return out
