@@ -43,6 +43,28 @@ def tap_weight_derivatives(t, kernel):
 
 
 @register_jitable(inline="always")
+def used_taps(kernel):
+    """Range ``lo, hi`` of the taps with non-zero weight (linear: the middle two)."""
+    return (1, 3) if kernel == LINEAR else (0, 4)
+
+
+@register_jitable(inline="always")
+def sample_taps(gx, gy, gz, kernel):
+    """First tap ``(x0, y0, z0)`` and the x, y, z weights of grid point ``(gx, gy, gz)``."""
+    fx, fy, fz = math.floor(gx), math.floor(gy), math.floor(gz)
+    return (int(fx) - 1, int(fy) - 1, int(fz) - 1, tap_weights(gx - fx, kernel),
+            tap_weights(gy - fy, kernel), tap_weights(gz - fz, kernel))
+
+
+@register_jitable(inline="always")
+def sample_tap_derivatives(gx, gy, gz, kernel):
+    """Derivatives of the x, y, z weights of :func:`sample_taps`."""
+    return (tap_weight_derivatives(gx - math.floor(gx), kernel),
+            tap_weight_derivatives(gy - math.floor(gy), kernel),
+            tap_weight_derivatives(gz - math.floor(gz), kernel))
+
+
+@register_jitable(inline="always")
 def grid_position(i, j, rows, kx, ky, centre):
     """Grid coordinates ``(gx, gy, gz)`` of sample ``j`` of image ``i``."""
     gx = kx[j] * rows[i, 0, 0] + ky[j] * rows[i, 1, 0] + centre

@@ -37,8 +37,8 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .interpolation import (LINEAR, grid_position, sample_modulation, tap_weight_derivatives,
-                            tap_weights)
+from .interpolation import (LINEAR, grid_position, sample_modulation, sample_tap_derivatives,
+                            sample_taps, used_taps)
 
 #: Samples per parallel task of the forward kernel.
 _CHUNK = 2048
@@ -168,7 +168,7 @@ def _taps_inside(x0, y0, z0, size):
 def _interpolate_edge(grid, x0, y0, z0, wx, wy, wz, kernel):
     """Interpolation when some taps fall outside the grid (they read as zero)."""
     size = grid.shape[0]
-    lo, hi = (1, 3) if kernel == LINEAR else (0, 4)
+    lo, hi = used_taps(kernel)
     value = 0j
     for c in range(lo, hi):
         z = z0 + c
@@ -190,11 +190,7 @@ def _interpolate(grid, flat, gx, gy, gz, kernel):
     the grid's precision.
     """
     size = grid.shape[0]
-    fx, fy, fz = math.floor(gx), math.floor(gy), math.floor(gz)
-    wx = tap_weights(gx - fx, kernel)
-    wy = tap_weights(gy - fy, kernel)
-    wz = tap_weights(gz - fz, kernel)
-    x0, y0, z0 = int(fx) - 1, int(fy) - 1, int(fz) - 1
+    x0, y0, z0, wx, wy, wz = sample_taps(gx, gy, gz, kernel)
     if not _taps_inside(x0, y0, z0, size):
         return _interpolate_edge(grid, x0, y0, z0, wx, wy, wz, kernel)
     plane = 2 * size * size
@@ -228,7 +224,7 @@ def _prefetch_taps(flat, size, gx, gy, gz, kernel):
     x0, y0, z0 = int(math.floor(gx)) - 1, int(math.floor(gy)) - 1, int(math.floor(gz)) - 1
     if not _taps_inside(x0, y0, z0, size):
         return
-    lo, hi = (1, 3) if kernel == LINEAR else (0, 4)
+    lo, hi = used_taps(kernel)
     plane = 2 * size * size
     line = 2 * size
     base = z0 * plane + y0 * line + 2 * x0
@@ -348,7 +344,7 @@ def _slab_adjoint(values, rows, shifts, kx, ky, ctf, box, kernel, n_slabs, grid)
     n, m = values.shape
     size = grid.shape[0]
     centre = size // 2
-    lo, hi = (1, 3) if kernel == LINEAR else (0, 4)
+    lo, hi = used_taps(kernel)
     for slab in prange(n_slabs):
         z_lo = slab * size // n_slabs
         z_hi = (slab + 1) * size // n_slabs
@@ -356,17 +352,12 @@ def _slab_adjoint(values, rows, shifts, kx, ky, ctf, box, kernel, n_slabs, grid)
             for j in range(m):
                 # z first: most samples miss this slab and need nothing else.
                 gz = kx[j] * rows[i, 0, 2] + ky[j] * rows[i, 1, 2] + centre
-                fz = math.floor(gz)
-                z0 = int(fz) - 1
+                z0 = int(math.floor(gz)) - 1
                 if z0 + 3 < z_lo or z0 >= z_hi:
                     continue
                 gx = kx[j] * rows[i, 0, 0] + ky[j] * rows[i, 1, 0] + centre
                 gy = kx[j] * rows[i, 0, 1] + ky[j] * rows[i, 1, 1] + centre
-                fx, fy = math.floor(gx), math.floor(gy)
-                wx = tap_weights(gx - fx, kernel)
-                wy = tap_weights(gy - fy, kernel)
-                wz = tap_weights(gz - fz, kernel)
-                x0, y0 = int(fx) - 1, int(fy) - 1
+                x0, y0, z0, wx, wy, wz = sample_taps(gx, gy, gz, kernel)
                 # Conjugate modulation: the adjoint of multiplying by a complex factor.
                 mod_re, mod_im = sample_modulation(i, j, kx, ky, shifts, ctf, box)
                 v = values[i, j] * complex(mod_re, -mod_im)
@@ -395,18 +386,12 @@ def slice_gradient(grid, rows, kx, ky, kernel, values, gradients):
     n, m = values.shape
     size = grid.shape[0]
     centre = size // 2
-    lo, hi = (1, 3) if kernel == LINEAR else (0, 4)
+    lo, hi = used_taps(kernel)
     for i in prange(n):
         for j in range(m):
             gx, gy, gz = grid_position(i, j, rows, kx, ky, centre)
-            fx, fy, fz = math.floor(gx), math.floor(gy), math.floor(gz)
-            wx = tap_weights(gx - fx, kernel)
-            wy = tap_weights(gy - fy, kernel)
-            wz = tap_weights(gz - fz, kernel)
-            dx = tap_weight_derivatives(gx - fx, kernel)
-            dy = tap_weight_derivatives(gy - fy, kernel)
-            dz = tap_weight_derivatives(gz - fz, kernel)
-            x0, y0, z0 = int(fx) - 1, int(fy) - 1, int(fz) - 1
+            x0, y0, z0, wx, wy, wz = sample_taps(gx, gy, gz, kernel)
+            dx, dy, dz = sample_tap_derivatives(gx, gy, gz, kernel)
             value = 0j
             grad_x = 0j
             grad_y = 0j

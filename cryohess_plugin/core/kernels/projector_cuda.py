@@ -10,14 +10,13 @@ interleaved along the last axis), so every kernel works on plain float
 arrays and the atomic additions of the adjoint need no complex atomics.
 """
 import functools
-import math
 
 import numba
 import numpy as np
 from numba import cuda
 
-from .interpolation import (LINEAR, grid_position, sample_modulation, tap_weight_derivatives,
-                            tap_weights)
+from .interpolation import (grid_position, sample_modulation, sample_tap_derivatives,
+                            sample_taps, used_taps)
 
 _THREADS = 128
 #: CUDA caps grid dimension y at 65535; kernels stride over the remaining images.
@@ -38,21 +37,17 @@ def _kernels(real_dtype):
             return
         size = grid.shape[0]
         centre = size // 2
-        lo, hi = (1, 3) if kernel == LINEAR else (0, 4)
+        lo, hi = used_taps(kernel)
         # Weights in the grid's precision, as projector_cpu.interpolate does, so
         # single-precision grids are interpolated in single precision.
         weights = cuda.local.array(12, real)
         for i in range(cuda.blockIdx.y, n, cuda.gridDim.y):
             gx, gy, gz = grid_position(i, j, rows, kx, ky, centre)
-            fx, fy, fz = math.floor(gx), math.floor(gy), math.floor(gz)
-            wx = tap_weights(gx - fx, kernel)
-            wy = tap_weights(gy - fy, kernel)
-            wz = tap_weights(gz - fz, kernel)
+            x0, y0, z0, wx, wy, wz = sample_taps(gx, gy, gz, kernel)
             for a in range(4):
                 weights[a] = wx[a]
                 weights[4 + a] = wy[a]
                 weights[8 + a] = wz[a]
-            x0, y0, z0 = int(fx) - 1, int(fy) - 1, int(fz) - 1
             acc_re = real(0)
             acc_im = real(0)
             for c in range(lo, hi):
@@ -86,14 +81,10 @@ def _kernels(real_dtype):
             return
         size = grid.shape[0]
         centre = size // 2
-        lo, hi = (1, 3) if kernel == LINEAR else (0, 4)
+        lo, hi = used_taps(kernel)
         for i in range(cuda.blockIdx.y, n, cuda.gridDim.y):
             gx, gy, gz = grid_position(i, j, rows, kx, ky, centre)
-            fx, fy, fz = math.floor(gx), math.floor(gy), math.floor(gz)
-            wx = tap_weights(gx - fx, kernel)
-            wy = tap_weights(gy - fy, kernel)
-            wz = tap_weights(gz - fz, kernel)
-            x0, y0, z0 = int(fx) - 1, int(fy) - 1, int(fz) - 1
+            x0, y0, z0, wx, wy, wz = sample_taps(gx, gy, gz, kernel)
             # Conjugate modulation: the adjoint of multiplying by a complex factor.
             mod_re, mod_im = sample_modulation(i, j, kx, ky, shifts, ctf, box)
             val_re = values[i, 2 * j]
@@ -126,17 +117,11 @@ def _kernels(real_dtype):
             return
         size = grid.shape[0]
         centre = size // 2
-        lo, hi = (1, 3) if kernel == LINEAR else (0, 4)
+        lo, hi = used_taps(kernel)
         for i in range(cuda.blockIdx.y, n, cuda.gridDim.y):
             gx, gy, gz = grid_position(i, j, rows, kx, ky, centre)
-            fx, fy, fz = math.floor(gx), math.floor(gy), math.floor(gz)
-            wx = tap_weights(gx - fx, kernel)
-            wy = tap_weights(gy - fy, kernel)
-            wz = tap_weights(gz - fz, kernel)
-            dx = tap_weight_derivatives(gx - fx, kernel)
-            dy = tap_weight_derivatives(gy - fy, kernel)
-            dz = tap_weight_derivatives(gz - fz, kernel)
-            x0, y0, z0 = int(fx) - 1, int(fy) - 1, int(fz) - 1
+            x0, y0, z0, wx, wy, wz = sample_taps(gx, gy, gz, kernel)
+            dx, dy, dz = sample_tap_derivatives(gx, gy, gz, kernel)
             # Double-precision accumulation, as in projector_cpu.slice_gradient.
             value_re = 0.0
             value_im = 0.0
