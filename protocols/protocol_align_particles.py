@@ -1,5 +1,4 @@
 """Global alignment of particles with the radial-SVD (Rangan 2022)."""
-import os
 import time
 from enum import Enum
 
@@ -13,6 +12,7 @@ import pyworkflow.protocol.params as params
 from cryohess_plugin import convert
 from cryohess_plugin.constants import (ALIGN_SCORE, ALIGN_TEMPLATE, CTF_GROUP, RANK_FIXED,
                                        RANK_TOLERANCE, REFERENCE_2D, REFERENCE_VOLUME)
+from cryohess_plugin.core.polar import frequency_for_resolution
 
 from .protocol_base import CryoHessProtocolMixin
 
@@ -167,7 +167,7 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
             templates = polar.polar_transform(references.images, grid, backend=self._backend())
             extra = dict(referenceIds=references.ids)
             self.info("%d 2D references" % len(templates))
-        self._saveAtomic('references', templates=templates, **extra)
+        self._saveNpz(self._getFileName('references'), templates=templates, **extra)
         self.info("References ready in %.1f s" % (time.perf_counter() - started))
 
     def alignBatchStep(self, index, first, count):
@@ -189,10 +189,10 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
                                pixel_size=particles.pixel_size,
                                progress=self._progress(index, first, count))
         elapsed = time.perf_counter() - started
-        self._saveAtomic('batch', index=index, ids=particles.ids, template=result.template,
-                         angle=result.angle, shift=result.shift, score=result.score,
-                         group=result.group, ranks=result.ranks,
-                         eigenvalues=result.eigenvalues, seconds=elapsed)
+        self._saveNpz(self._getFileName('batch', index=index), ids=particles.ids,
+                      template=result.template, angle=result.angle, shift=result.shift,
+                      score=result.score, group=result.group, ranks=result.ranks,
+                      eigenvalues=result.eigenvalues, seconds=elapsed)
         self.info("Batch %d: %d particles x %d references in %.1f s (H = %s)"
                   % (index + 1, count, len(references['templates']), elapsed,
                      ", ".join(str(h) for h in result.ranks)))
@@ -273,10 +273,7 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
             errors += self._validateVolume(box, pixel)
         else:
             errors += self._validateReferences(box, pixel)
-        resolution = self.maxResolution.get()
-        if resolution and resolution < 2 * pixel:
-            errors.append("The max resolution (%g Å) is finer than Nyquist (%g Å at %g "
-                          "Å/px)." % (resolution, 2 * pixel, pixel))
+        errors += self._validateMaxResolution(pixel)
         if not errors and self.rankMode.get() == RANK_FIXED:
             rings = self._grid(box, pixel).n_rings
             if self.fixedRank.get() > rings:
@@ -368,7 +365,7 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
         box = box or inputParticles.getXDim()
         pixel = pixel or inputParticles.getSamplingRate()
         resolution = self.maxResolution.get()
-        maxFrequency = (box * pixel / resolution if resolution
+        maxFrequency = (frequency_for_resolution(box, pixel, resolution) if resolution
                         else PAPER_MAX_FREQUENCY)
         return PolarGrid.from_max_frequency(box, min(maxFrequency, box / 2 - 1))
 
@@ -422,14 +419,6 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
         def report(done, total):
             self.info("Batch %d: %d/%d image-reference blocks done" % (index + 1, done, total))
         return report
-
-    def _saveAtomic(self, key, index=None, **arrays):
-        """Write an npz next to its final name and rename, so a stopped run leaves
-        either the complete file or none."""
-        path = self._getFileName(key, index=index) if index is not None else self._getFileName(key)
-        tmp = path + '.tmp.npz'
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
 
     def _loadResults(self):
         """The batches' results concatenated in particle order.

@@ -1,5 +1,4 @@
 """Alignment of volumes to a reference over SO(3) with the radial- and degree-SVD."""
-import os
 import time
 from enum import Enum
 
@@ -121,16 +120,14 @@ class CryoHessProtAlignVolumes(CryoHessProtocolMixin, ProtAlignVolume):
         aligned = rotate_volume(volume, result.rotation[0], result.shift[0])
         mrc.write_volume(self._getFileName('aligned', index=index), aligned, pixel,
                          overwrite=True)
-        tmp = self._getFileName('result', index=index) + '.tmp.npz'
-        np.savez(tmp, rotation=result.rotation[0], shift=result.shift[0],
-                 score=result.score[0], ranks=np.asarray(result.ranks),
-                 radialEigenvalues=result.radial_eigenvalues,
-                 degreeEigenvalues=result.degree_eigenvalues,
-                 seconds=time.perf_counter() - started)
-        os.replace(tmp, self._getFileName('result', index=index))
+        seconds = time.perf_counter() - started
+        self._saveNpz(self._getFileName('result', index=index), rotation=result.rotation[0],
+                      shift=result.shift[0], score=result.score[0],
+                      ranks=np.asarray(result.ranks),
+                      radialEigenvalues=result.radial_eigenvalues,
+                      degreeEigenvalues=result.degree_eigenvalues, seconds=seconds)
         self.info("Volume %d: score %.4f, ranks H_C, H_D = %s, %.1f s"
-                  % (index + 1, result.score[0], tuple(result.ranks),
-                     time.perf_counter() - started))
+                  % (index + 1, result.score[0], tuple(result.ranks), seconds))
 
     def createOutputStep(self):
         pixel = self.referenceVolume.get().getSamplingRate()
@@ -168,10 +165,7 @@ class CryoHessProtAlignVolumes(CryoHessProtocolMixin, ProtAlignVolume):
                 errors.append("Volume %s has %g Å/px but the reference %g Å/px; resample "
                               "one of them." % (volume.getObjLabel() or volume.getObjId(),
                                                 volume.getSamplingRate(), pixel))
-        resolution = self.maxResolution.get()
-        if resolution and resolution < 2 * pixel:
-            errors.append("The max resolution (%g Å) is finer than Nyquist (%g Å)."
-                          % (resolution, 2 * pixel))
+        errors += self._validateMaxResolution(pixel)
         return errors
 
     def _summary(self):

@@ -1,11 +1,16 @@
-"""What every cryohess protocol does the same way: devices for its steps and file names."""
+"""What every cryohess protocol does the same way: devices, file names, results on disk."""
+import os
+
+import numpy as np
 import pyworkflow.protocol.params as params
 
+from cryohess_plugin.core.errors import InvalidDataError
+from cryohess_plugin.core.polar import frequency_for_resolution
 from cryohess_plugin.plugin import Plugin
 
 
 class CryoHessProtocolMixin:
-    """GPU and CPU-thread handling and file-name templates of the cryohess protocols.
+    """GPU and CPU-thread handling, file names and checks shared by the cryohess protocols.
 
     A protocol runs its kernels on CUDA when the form's GPU option is on, the
     plugin variable CRYOHESS_USE_GPU allows it and :meth:`_mayUseGpu` (a
@@ -56,3 +61,22 @@ class CryoHessProtocolMixin:
         a resumed run see the same names without running _insertAllSteps."""
         self._updateFilenamesDict(self._filenameTemplates())
         return super()._getFileName(key, **kwargs)
+
+    @staticmethod
+    def _saveNpz(path, **arrays):
+        """Write an npz next to ``path`` and rename it, so a stopped run leaves
+        either the complete file or none."""
+        tmp = path + '.tmp.npz'
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+
+    def _validateMaxResolution(self, pixel):
+        """The core's message when the form's max resolution is beyond Nyquist."""
+        resolution = self.maxResolution.get()
+        if not resolution:
+            return []
+        try:
+            frequency_for_resolution(1, pixel, resolution)
+        except InvalidDataError as error:
+            return ["The max resolution is too fine: %s." % error]
+        return []
