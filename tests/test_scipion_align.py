@@ -19,6 +19,7 @@ from cryohess_plugin.constants import ALIGN_SCORE, ALIGN_TEMPLATE, CTF_GROUP, RA
 from cryohess_plugin.core import atoms, ctf, mrc, rotations
 from cryohess_plugin.core.phantoms import random_protein_phantom
 from cryohess_plugin.core.projector import FourierSliceProjector
+from cryohess_plugin.demo import savePlots
 from cryohess_plugin.protocols import (CryoHessProtAlignParticles, CryoHessProtAlignVolumes,
                                        CryoHessProtSimulate)
 from cryohess_plugin.viewers import CryoHessAlignParticlesViewer, CryoHessAlignVolumesViewer
@@ -42,14 +43,9 @@ def correlation(a, b):
 
 def assertViewerPlots(test, viewerClass, protocol):
     """Every plot of the viewer renders to a non-trivial PNG."""
-    viewer = viewerClass(project=test.proj, protocol=protocol)
-    viewer.setProtocol(protocol)
-    for name, show in viewer._getVisualizeDict().items():
-        plotter = show(name)[0]
-        path = os.path.join(test.proj.path, '%s_%s.png' % (protocol.getObjId(), name))
-        plotter.savefig(path)
-        plotter.close()
-        test.assertGreater(os.path.getsize(path), 1000, name)
+    for path in savePlots(viewerClass, test.proj, protocol, test.proj.path,
+                          str(protocol.getObjId())):
+        test.assertGreater(os.path.getsize(path), 1000, path)
 
 
 class TestAlignParticlesToVolume(BaseTest):

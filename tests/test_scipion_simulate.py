@@ -18,6 +18,7 @@ from cryohess_plugin.constants import (CONFORMATION, DEFOCUS_GROUP, HETEROGENEIT
 from cryohess_plugin.core import mrc
 from cryohess_plugin.core.phantoms import random_protein_phantom
 from cryohess_plugin.core.rotations import projection_directions
+from cryohess_plugin.demo import savePlots
 from cryohess_plugin.protocols import CryoHessProtSimulate
 from cryohess_plugin.viewers import CryoHessSimulateViewer
 
@@ -132,14 +133,11 @@ class TestCryoHessSimulate(BaseTest):
         self.assertEqual(sorted(seen), sorted(original.ids))
 
     def testViewerPlots(self):
-        viewer = CryoHessSimulateViewer(project=self.proj, protocol=self.protSim)
-        viewer.setProtocol(self.protSim)
-        for name, show in viewer._getVisualizeDict().items():
-            plotter = show(name)[0]
-            path = os.path.join(self.proj.path, '%s.png' % name)
-            plotter.savefig(path)
-            plotter.close()
-            self.assertGreater(os.path.getsize(path), 1000, name)
+        paths = savePlots(CryoHessSimulateViewer, self.proj, self.protSim, self.proj.path,
+                          'simulate')
+        self.assertEqual(len(paths), 4)
+        for path in paths:
+            self.assertGreater(os.path.getsize(path), 1000, path)
 
     def testSummaryAndMethods(self):
         summary = ' '.join(self.protSim.summary())
