@@ -1,18 +1,17 @@
 """CUDA polar-transform kernel against the CPU kernel, on the numba CUDA simulator.
 
 numba reads ``NUMBA_ENABLE_CUDASIM`` once, when it is first imported, so the
-comparison runs in a child interpreter (this file run as a script) with the
+comparison runs in a child interpreter (this module run by ``tests/cudasim.py``) with the
 simulator switched on; the child computes CPU and CUDA results side by side
 and prints their relative differences as JSON.  The simulator is slow, hence
 the tiny boxes.
 """
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+
+from .cudasim import run_module_under_simulator
 
 DTYPES = {"float64": np.float64, "float32": np.float32}
 TOLERANCE = {"float64": 1e-12, "float32": 1e-5}
@@ -42,12 +41,7 @@ def _simulated_errors():
 
 @pytest.fixture(scope="module")
 def simulated():
-    env = {key: value for key, value in os.environ.items() if key != "NUMBA_ENABLE_CUDASIM"}
-    env["NUMBA_ENABLE_CUDASIM"] = "1"
-    result = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_module_under_simulator("tests.test_polar_cuda")
 
 
 def test_auto_picks_cuda_under_simulator(simulated):

@@ -1,18 +1,17 @@
 """CUDA projector kernels against the CPU kernels, on the numba CUDA simulator.
 
 numba reads ``NUMBA_ENABLE_CUDASIM`` once, when it is first imported, so the
-comparisons run in a child interpreter (this file run as a script) with the
+comparisons run in a child interpreter (this module run by ``tests/cudasim.py``) with the
 simulator switched on; the child computes CPU and CUDA results side by side
 and prints their relative differences as JSON.  The simulator is slow, hence
 the tiny boxes.
 """
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+
+from .cudasim import run_child, run_module_under_simulator
 
 DTYPES = {"float64": np.float64, "float32": np.float32}
 TOLERANCE = {"float64": 1e-12, "float32": 1e-5}
@@ -132,19 +131,9 @@ def _simulated_errors():
     return {"auto_backend": resolve_backend("auto"), **_kernel_errors(rng), **_api_errors(rng)}
 
 
-def _run_child(args, simulator):
-    env = {key: value for key, value in os.environ.items() if key != "NUMBA_ENABLE_CUDASIM"}
-    if simulator:
-        env["NUMBA_ENABLE_CUDASIM"] = "1"
-    result = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 @pytest.fixture(scope="module")
 def simulated():
-    return _run_child([os.path.abspath(__file__)], simulator=True)
+    return run_module_under_simulator("tests.test_projector_cuda")
 
 
 def test_auto_picks_cuda_under_simulator(simulated):
@@ -179,7 +168,7 @@ print(json.dumps(result))
 
 
 def test_cuda_unavailable_without_device_or_simulator():
-    result = _run_child(["-c", _UNAVAILABLE_CHECK], simulator=False)
+    result = run_child(["-c", _UNAVAILABLE_CHECK], simulator=False)
     if result["device"]:
         pytest.skip("a CUDA device is present")
     assert result["resolve"] == "raised"

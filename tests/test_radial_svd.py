@@ -8,9 +8,6 @@ simulated particles.  CUDA kernels are compared with the CPU ones on the
 numba simulator in a child interpreter, as in ``test_projector_cuda.py``.
 """
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -24,6 +21,8 @@ from cryohess_plugin.core.radial_svd import (RadialSVDAligner, choose_rank, grou
                                              radial_kernel, rotations_for_directions,
                                              rotations_from_alignment, search_shifts)
 from cryohess_plugin.core.reference_alignment import rotated_inner_products
+
+from .cudasim import run_module_under_simulator
 
 BOX, PIXEL = 64, 1.5
 #: The paper's band, K = 48 radians per half box: R = 49 rings, Q = 98 angles.
@@ -371,13 +370,7 @@ def _cuda_comparison():
 
 @pytest.fixture(scope="module")
 def cuda_simulated():
-    env = {key: value for key, value in os.environ.items() if key != "NUMBA_ENABLE_CUDASIM"}
-    env["NUMBA_ENABLE_CUDASIM"] = "1"
-    result = subprocess.run([sys.executable, "-m", "tests.test_radial_svd"], env=env,
-                            capture_output=True, text=True, timeout=300,
-                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_module_under_simulator("tests.test_radial_svd")
 
 
 @pytest.mark.parametrize("dtype, tolerance", [("float64", 1e-12), ("float32", 1e-5)])

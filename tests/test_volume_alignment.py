@@ -1,8 +1,5 @@
 """Volume alignment over SO(3) with the radial- and degree-SVD (notes section 4, T9)."""
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,6 +10,7 @@ from cryohess_plugin.core.projector import FourierSliceProjector
 from cryohess_plugin.core.volume_alignment import (VolumeAligner, VolumeAlignmentResult,
                                                    rotate_volume, shift_grid)
 
+from .cudasim import run_module_under_simulator
 from .test_spherical import blob_volume
 
 BOX, PIXEL = 32, 3.0
@@ -300,12 +298,7 @@ def _simulated_differences():
 
 @pytest.fixture(scope="module")
 def simulated():
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    child = subprocess.run([sys.executable, "-m", "tests.test_volume_alignment"], env=env,
-                           capture_output=True, text=True, timeout=300,
-                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    assert child.returncode == 0, child.stderr
-    return json.loads(child.stdout.strip().splitlines()[-1])
+    return run_module_under_simulator("tests.test_volume_alignment")
 
 
 def test_cuda_kernels_match_cpu_under_simulator(simulated):
