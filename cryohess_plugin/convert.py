@@ -285,18 +285,27 @@ def particles_to_arrays(partSet, need_ctf=False, need_alignment=None, columns=()
         columns={name: np.asarray(v) for name, v in values.items()})
 
 
+def image_location(image):
+    """``(path, 0-based position)`` of a Scipion image's location in its file."""
+    index, filename = image.getLocation()
+    return image_file(filename), 0 if index == NO_INDEX else index - 1
+
+
+def read_image(image):
+    """The 2-D array of one Scipion image (particle, average, micrograph), alone."""
+    return mrc.read_image(*image_location(image))
+
+
 def _particle_image(particle, stacks, whole_stacks):
     """Image of one particle; whole stacks are read once and kept in ``stacks``."""
-    index, filename = particle.getLocation()
-    path = image_file(filename)
-    position = 0 if index == NO_INDEX else index - 1
     if not whole_stacks:
-        return mrc.read_image(path, position)
+        return read_image(particle)
+    path, position = image_location(particle)
     if path not in stacks:
         stacks[path] = mrc.read_stack(path)
     stack = stacks[path]
     if not 0 <= position < stack.shape[0]:
-        raise ShapeError(f"particle {particle.getObjId()} points to image {index} of "
+        raise ShapeError(f"particle {particle.getObjId()} points to image {position + 1} of "
                          f"{path}, which holds {stack.shape[0]} images")
     return stack[position]
 
@@ -465,9 +474,7 @@ def micrographs_to_arrays(micSet):
     """Read a ``SetOfMicrographs``: ``(list of float32 (y, x) arrays, ids, pixel size)``."""
     arrays, ids = [], []
     for mic in micSet.iterItems(orderBy="id"):
-        index, filename = mic.getLocation()
-        position = 0 if index == NO_INDEX else index - 1
-        arrays.append(mrc.read_image(image_file(filename), position))
+        arrays.append(read_image(mic))
         ids.append(mic.getObjId())
     return arrays, np.asarray(ids, dtype=np.int64), float(micSet.getSamplingRate())
 

@@ -385,18 +385,12 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
             ids = np.asarray([cls.getObjId() for cls in references.iterItems(orderBy='id')])
             images = None
             if read_images:
-                from cryohess_plugin.core import mrc
-                images = np.stack([self._readLocation(cls.getRepresentative(), mrc)
+                images = np.stack([convert.read_image(cls.getRepresentative())
                                    for cls in references.iterItems(orderBy='id')])
             return convert.ParticleArrays(images=images,
                                           pixel_size=references.getSamplingRate(), ids=ids)
         return convert.particles_to_arrays(references, need_alignment=False,
                                            read_images=read_images)
-
-    @staticmethod
-    def _readLocation(image, mrc):
-        index, filename = image.getLocation()
-        return mrc.read_image(convert.image_file(filename), max(index, 1) - 1)
 
     def _representatives(self):
         """Representative images of the classes, keyed by reference id."""
