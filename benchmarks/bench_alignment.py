@@ -38,8 +38,8 @@ import numpy as np
 from cryohess_plugin.core import atoms, phantoms, rotations, simulate
 from cryohess_plugin.core.polar import PolarGrid, polar_transform
 from cryohess_plugin.core.projector import FourierSliceProjector
-from cryohess_plugin.core.radial_svd import (RadialSVDAligner, rotations_for_directions,
-                                             rotations_from_alignment, search_shifts)
+from cryohess_plugin.core.radial_svd import (RadialSVDAligner, rotations_from_alignment,
+                                             search_shifts)
 from cryohess_plugin.core.reference_alignment import rotated_inner_products
 
 BOX, PIXEL, BFACTOR = 128, 1.5, 400.0
@@ -99,7 +99,7 @@ def main():
     volume = atoms.gaussian_atom_volume(model, BOX, PIXEL)
     grid = PolarGrid.from_max_frequency(BOX, MAX_FREQUENCY)
     directions, _ = rotations.viewing_grid_993()
-    template_rotations = rotations_for_directions(directions)
+    template_rotations = rotations.rotations_for_directions(directions)
     projector = FourierSliceProjector(volume, dtype=np.float32)
     template_polar = projector.project_polar(template_rotations, grid.radii, grid.n_angles)
     shifts = search_shifts(args.max_shift, args.shift_step)

@@ -216,7 +216,8 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
         self._defineSourceRelation(self.inputVolume, particles)
 
     def _create2DOutput(self, inputParticles, result):
-        rotations = _in_plane_rotations(result['angle'])
+        from cryohess_plugin.core.rotations import in_plane_rotations
+        rotations = in_plane_rotations(result['angle'])
         particles = self._alignedParticles(inputParticles, result, rotations, ALIGN_2D)
         references = self._referenceArrays(read_images=False)
         classes = self._createSetOfClasses2D(particles)
@@ -376,8 +377,7 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
     def _templateRotations(self):
         from cryohess_plugin.core import rotations
         directions, _ = rotations.viewing_grid(self.angularStep.get())
-        rot, tilt = rotations.direction_to_euler(directions)
-        return rotations.euler_to_matrix(rot, tilt, np.zeros_like(rot))
+        return rotations.rotations_for_directions(directions)
 
     def _referenceArrays(self, read_images=True):
         references = self.inputReferences.get()
@@ -430,13 +430,3 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
                                           for p, offset in zip(parts, offsets)])
         merged['seconds'] = np.array([float(p['seconds']) for p in parts])
         return merged
-
-
-def _in_plane_rotations(angles):
-    """3x3 rotations by ``angles`` (radians) about z, counter-clockwise in (x, y)."""
-    cos, sin = np.cos(angles), np.sin(angles)
-    rotations = np.zeros((len(angles), 3, 3))
-    rotations[:, 0, 0], rotations[:, 0, 1] = cos, -sin
-    rotations[:, 1, 0], rotations[:, 1, 1] = sin, cos
-    rotations[:, 2, 2] = 1.0
-    return rotations

@@ -18,8 +18,8 @@ from cryohess_plugin.core.polar import (PolarGrid, polar_transform, radial_ctf,
                                         ring_coefficients)
 from cryohess_plugin.core.projector import FourierSliceProjector
 from cryohess_plugin.core.radial_svd import (RadialSVDAligner, choose_rank, group_ctfs,
-                                             radial_kernel, rotations_for_directions,
-                                             rotations_from_alignment, search_shifts)
+                                             radial_kernel, rotations_from_alignment,
+                                             search_shifts)
 from cryohess_plugin.core.reference_alignment import rotated_inner_products
 
 from .cudasim import run_module_under_simulator
@@ -56,7 +56,7 @@ def projector(volume):
 def templates(grid, projector):
     """Projections on the 993 viewing directions of the paper, and their rotations."""
     directions, _ = rotations.viewing_grid_993()
-    template_rotations = rotations_for_directions(directions)
+    template_rotations = rotations.rotations_for_directions(directions)
     return template_rotations, projector.project_polar(template_rotations, grid.radii,
                                                        grid.n_angles)
 

@@ -257,12 +257,6 @@ def choose_rank(eigenvalues, tolerance=1e-2, min_rank=4):
     return int(min(max(above, min_rank), eigenvalues.size))
 
 
-def rotations_for_directions(directions):
-    """Rotations ``(n, 3, 3)`` projecting along unit ``directions`` ``(n, 3)`` with ``psi = 0``."""
-    rot_angle, tilt = rot.direction_to_euler(directions)
-    return rot.euler_to_matrix(rot_angle, tilt, np.zeros_like(tilt))
-
-
 def rotations_from_alignment(template_rotations, template_index, angle):
     """Particle rotations ``(n, 3, 3)`` whose projection is the template rotated by ``angle``.
 
@@ -279,11 +273,7 @@ def rotations_from_alignment(template_rotations, template_index, angle):
     angle = np.asarray(angle, dtype=np.float64)
     if index.shape != angle.shape:
         raise ShapeError(f"template_index {index.shape} and angle {angle.shape} differ in shape")
-    c, s = np.cos(angle), np.sin(angle)
-    zero, one = np.zeros_like(c), np.ones_like(c)
-    in_plane = np.stack([np.stack([c, -s, zero], -1), np.stack([s, c, zero], -1),
-                         np.stack([zero, zero, one], -1)], -2)
-    return in_plane @ template_rotations[index]
+    return rot.in_plane_rotations(angle) @ template_rotations[index]
 
 
 def _project_rings(projection, values):

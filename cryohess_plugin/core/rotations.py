@@ -177,6 +177,26 @@ def viewing_grid(angular_step_deg):
     return sphere_grid(1.0 / np.deg2rad(angular_step_deg))
 
 
+def in_plane_rotations(angles):
+    """Active rotations ``(..., 3, 3)`` by ``angles`` (radians) about the viewing axis.
+
+    ``[[cos, -sin, 0], [sin, cos, 0], [0, 0, 1]]``: counter-clockwise in the
+    image's ``(x, y)``, so ``in_plane_rotations(g) @ R`` is the pose whose
+    projection is that of ``R`` rotated by ``g``.
+    """
+    angles = np.asarray(angles, dtype=np.float64)
+    c, s = np.cos(angles), np.sin(angles)
+    zero, one = np.zeros_like(c), np.ones_like(c)
+    return np.stack([np.stack([c, -s, zero], -1), np.stack([s, c, zero], -1),
+                     np.stack([zero, zero, one], -1)], -2)
+
+
+def rotations_for_directions(directions):
+    """Rotations ``(n, 3, 3)`` projecting along unit ``directions`` ``(n, 3)`` with ``psi = 0``."""
+    rot, tilt = direction_to_euler(directions)
+    return euler_to_matrix(rot, tilt, np.zeros_like(tilt))
+
+
 def so3_grid(angular_step_deg):
     """A grid on SO(3): viewing directions times in-plane angles at one step.
 
