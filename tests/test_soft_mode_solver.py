@@ -5,9 +5,9 @@ import scipy.linalg
 
 from cryohess_plugin.core import fourier, spherical
 from cryohess_plugin.core.errors import (ConvergenceError, InvalidDataError, ShapeError)
-from cryohess_plugin.core.soft_mode_solver import (per_shell_profile, perturbation_size,
-                                                   shells_to_volume, soft_variance,
-                                                   softest_modes)
+from cryohess_plugin.core.soft_mode_solver import (lanczos_softest_modes, per_shell_profile,
+                                                   perturbation_size, shells_to_volume,
+                                                   soft_variance, softest_modes)
 
 SIZE, N_NULL, N_MODES = 60, 3, 5
 
@@ -27,17 +27,18 @@ def planted():
 
 
 def dense_reference(operator, null_space, metric):
-    """Generalised eigenvalues of G x = λ W x on {x : N W x = 0}."""
+    """Eigenpairs of G x = λ W x on {x : N W x = 0}: values, W-orthonormal vectors (n, size)."""
     basis = scipy.linalg.null_space(null_space * metric)
-    return scipy.linalg.eigh(basis.T @ operator @ basis, basis.T @ (metric[:, None] * basis),
-                             eigvals_only=True)
+    values, vectors = scipy.linalg.eigh(basis.T @ operator @ basis,
+                                        basis.T @ (metric[:, None] * basis))
+    return values, (basis @ vectors).T
 
 
 def test_softest_modes_match_the_dense_generalised_problem(planted):
     operator, null_space, metric = planted
     modes = softest_modes(lambda x: operator @ x, SIZE, N_MODES, null_space=null_space,
                           metric=metric)
-    reference = dense_reference(operator, null_space, metric)[:N_MODES]
+    reference = dense_reference(operator, null_space, metric)[0][:N_MODES]
     # Measured: 2e-13 relative, residuals <= 7e-13, 1051 operator applications.
     np.testing.assert_allclose(modes.eigenvalues, reference, rtol=1e-8)
     assert np.all(np.diff(modes.eigenvalues) > 0)
@@ -81,6 +82,160 @@ def test_softest_modes_reject_bad_input(planted):
         softest_modes(apply, SIZE, 2, null_space=np.vstack([null_space, null_space[0]]))
     with pytest.raises(ConvergenceError, match="raise max_iterations"):
         softest_modes(apply, SIZE, N_MODES, null_space=null_space, max_iterations=1)
+
+
+def spectral_operator(spectrum, metric, rng):
+    """G = W^{1/2} U diag(spectrum) Uᵀ W^{1/2}: G x = λ W x has exactly ``spectrum``."""
+    basis, _ = np.linalg.qr(rng.standard_normal((spectrum.size, spectrum.size)))
+    root = np.sqrt(metric)
+    return root[:, None] * (basis * spectrum) @ basis.T * root[None, :]
+
+
+def test_lanczos_at_full_dimension_is_the_dense_generalised_problem(planted):
+    operator, null_space, metric = planted
+    steps = []
+    modes = lanczos_softest_modes(lambda x: operator @ x, SIZE, SIZE - N_NULL, iterations=1000,
+                                  null_space=null_space, metric=metric, tolerance=0.0,
+                                  progress=lambda step, values: steps.append((step, values)))
+    values, vectors = dense_reference(operator, null_space, metric)
+    dimension = SIZE - N_NULL
+    assert modes.iterations == dimension  # capped at the complement's dimension
+    np.testing.assert_allclose(modes.eigenvalues, values, rtol=1e-10)
+    # Same vectors up to sign (the spectrum is simple): W-overlaps of ±1.
+    overlaps = modes.vectors @ (metric[:, None] * vectors.T)
+    np.testing.assert_allclose(np.abs(np.diagonal(overlaps)), 1.0, atol=1e-8)
+    gram = modes.vectors @ (metric[:, None] * modes.vectors.T)
+    np.testing.assert_allclose(gram, np.eye(dimension), atol=1e-10)
+    assert np.abs(modes.vectors @ (metric[:, None] * null_space.T)).max() < 1e-10
+    assert modes.residuals.max() < 1e-12 and not modes.converged.any()  # tolerance 0
+    assert modes.log_determinant == pytest.approx(np.sum(np.log(values)), rel=1e-12)
+    assert modes.ritz_history.shape == (dimension, dimension)
+    np.testing.assert_allclose(modes.ritz_history[-1], values, rtol=1e-10)
+    row = modes.ritz_history[3]
+    assert np.isnan(row[4:]).all() and not np.isnan(row[:4]).any()
+    assert [step for step, _ in steps] == list(range(1, dimension + 1))
+    np.testing.assert_array_equal(steps[9][1], modes.ritz_history[9, :10])
+
+
+def test_lanczos_ritz_values_are_upper_bounds_and_the_soft_end_converges_fast():
+    rng = np.random.default_rng(3)
+    metric = rng.uniform(0.5, 2.0, 200)
+    spectrum = np.concatenate([[0.05, 0.2, 0.4], np.linspace(1.0, 3.0, 197)])
+    operator = spectral_operator(spectrum, metric, rng)
+    modes = lanczos_softest_modes(lambda x: operator @ x, 200, 3, iterations=40, metric=metric,
+                                  tolerance=0.0)
+    history = modes.ritz_history
+    for step in range(40):
+        count = min(step + 1, 3)
+        # Cauchy interlacing: the i-th smallest Ritz value bounds the i-th eigenvalue from above.
+        assert np.all(history[step, :count] >= spectrum[:count] - 1e-13)
+    # ... and decreases as the Krylov space grows.
+    assert np.all(np.diff(history[:, 0]) <= 1e-13)
+    # Measured relative errors of the softest: 4e-3 at step 10, 4e-7 at 15, 1e-12 at 20.
+    assert history[14, 0] / spectrum[0] - 1 < 1e-5
+    assert history[19, 0] / spectrum[0] - 1 < 1e-10
+    np.testing.assert_allclose(modes.eigenvalues, spectrum[:3], rtol=1e-12)
+    # The residual test stops the run early once the requested pair converged.
+    early = lanczos_softest_modes(lambda x: operator @ x, 200, 1, iterations=40, metric=metric)
+    assert early.iterations < 30 and early.converged.all()
+    assert early.residuals[0] <= 1e-6 * early.eigenvalues[0]
+    assert abs(early.eigenvalues[0] - spectrum[0]) < 1e-12
+    # True residual of the returned vector, computed here from scratch.
+    vector = early.vectors[0]
+    true_residual = (operator @ vector - early.eigenvalues[0] * metric * vector) / np.sqrt(metric)
+    assert np.linalg.norm(true_residual) == pytest.approx(early.residuals[0], rel=1e-6)
+
+
+def test_lanczos_on_a_cluster_near_zero_returns_after_the_fixed_steps():
+    """Polar-cap-like spectrum: 100 eigenvalues in [1e-9, 1e-6] under a bulk in [1, 10]."""
+    rng = np.random.default_rng(4)
+    spectrum = np.concatenate([np.geomspace(1e-9, 1e-6, 100), np.linspace(1.0, 10.0, 100)])
+    operator = spectral_operator(spectrum, np.ones(200), rng)
+    modes = lanczos_softest_modes(lambda x: operator @ x, 200, 5, iterations=30)
+    assert modes.iterations == 30 and modes.ritz_history.shape == (30, 30)
+    assert np.all(np.isfinite(modes.eigenvalues)) and np.all(np.diff(modes.eigenvalues) >= 0)
+    assert np.all(modes.eigenvalues >= spectrum[:5] - 1e-13)
+    # Measured: the softest Ritz value is 1e-7, inside the cluster, and unconverged.
+    assert modes.eigenvalues[0] < 1e-5 and not modes.converged[0]
+    assert np.isfinite(modes.log_determinant)
+
+
+def test_lanczos_never_lets_the_null_space_back_in():
+    """The operator does not annihilate the null space; the Ritz vectors still avoid it."""
+    rng = np.random.default_rng(5)
+    null_space = rng.standard_normal((3, 50))
+    metric = rng.uniform(0.5, 2.0, 50)
+    operator = spectral_operator(np.geomspace(1e-3, 1.0, 50), metric, rng)
+    start = null_space[0] + 1e-3 * rng.standard_normal(50)  # almost in the null space
+    modes = lanczos_softest_modes(lambda x: operator @ x, 50, 4, iterations=47,
+                                  null_space=null_space, metric=metric, start=start,
+                                  tolerance=0.0)
+    assert np.abs(modes.vectors @ (metric[:, None] * null_space.T)).max() < 1e-10
+    values, _ = dense_reference(operator, null_space, metric)
+    np.testing.assert_allclose(modes.eigenvalues, values[:4], rtol=1e-10)
+
+
+def test_lanczos_restarts_on_invariant_subspaces_and_finds_repeated_eigenvalues():
+    rng = np.random.default_rng(6)
+    metric = rng.uniform(0.5, 2.0, 30)
+    spectrum = np.repeat([1.0, 2.0, 5.0], 10)  # Krylov spaces of one start have dimension 3
+    operator = spectral_operator(spectrum, metric, rng)
+    full = lanczos_softest_modes(lambda x: operator @ x, 30, 30, iterations=30, metric=metric,
+                                 tolerance=0.0)
+    np.testing.assert_allclose(full.eigenvalues, spectrum, rtol=1e-10)
+    gram = full.vectors @ (metric[:, None] * full.vectors.T)
+    np.testing.assert_allclose(gram, np.eye(30), atol=1e-10)
+    assert full.log_determinant == pytest.approx(10 * np.log(10.0), rel=1e-12)
+    # The first breakdown is after 3 steps, where only 3 Ritz values exist.
+    np.testing.assert_allclose(full.ritz_history[2, :3], [1.0, 2.0, 5.0], rtol=1e-10)
+    # After a restart the residual test cannot see missing copies (after 7 steps the
+    # pairs 1, 1, 2, 2 are exact), so the run goes on and finds four 1s.
+    repeated = lanczos_softest_modes(lambda x: operator @ x, 30, 4, iterations=30, metric=metric)
+    assert repeated.iterations == 30 and repeated.converged.all()
+    np.testing.assert_allclose(repeated.eigenvalues, 1.0, rtol=1e-10)
+    assert repeated.ritz_history[6, 3] == pytest.approx(2.0, rel=1e-10)
+
+
+def test_lanczos_starts_from_the_given_vector(planted):
+    operator, null_space, metric = planted
+    values, vectors = dense_reference(operator, null_space, metric)
+    modes = lanczos_softest_modes(lambda x: operator @ x, SIZE, 1, iterations=5,
+                                  null_space=null_space, metric=metric, start=3.0 * vectors[0])
+    # An eigenvector start is an invariant subspace at once: the first Ritz value is exact,
+    # and after the restart every step runs.
+    assert modes.ritz_history[0, 0] == pytest.approx(values[0], rel=1e-10)
+    assert modes.iterations == 5 and modes.converged.all()
+    assert modes.eigenvalues[0] == pytest.approx(values[0], rel=1e-10)
+
+
+def test_lanczos_rejects_bad_input(planted):
+    operator, null_space, metric = planted
+    apply = lambda x: operator @ x  # noqa: E731
+    with pytest.raises(InvalidDataError, match="NaN or infinite"):
+        lanczos_softest_modes(lambda x: np.full(SIZE, np.nan), SIZE, 2)
+    with pytest.raises(ShapeError, match="matvec returned shape"):
+        lanczos_softest_modes(lambda x: x[:-1], SIZE, 2)
+    with pytest.raises(InvalidDataError, match="n_modes must be between 1 and 8"):
+        lanczos_softest_modes(apply, SIZE, 9, iterations=8)
+    with pytest.raises(InvalidDataError, match="n_modes must be between 1 and 57"):
+        lanczos_softest_modes(apply, SIZE, 58, iterations=100, null_space=null_space)
+    with pytest.raises(InvalidDataError, match="n_modes must be between"):
+        lanczos_softest_modes(apply, SIZE, 0)
+    with pytest.raises(InvalidDataError, match="iterations must be at least 1"):
+        lanczos_softest_modes(apply, SIZE, 1, iterations=0)
+    with pytest.raises(InvalidDataError, match="tolerance must be finite"):
+        lanczos_softest_modes(apply, SIZE, 1, tolerance=-1.0)
+    with pytest.raises(ShapeError, match="metric must be the diagonal"):
+        lanczos_softest_modes(apply, SIZE, 2, metric=metric[:-1])
+    with pytest.raises(ShapeError, match="null_space must have shape"):
+        lanczos_softest_modes(apply, SIZE, 2, null_space=null_space[:, :-1])
+    with pytest.raises(ShapeError, match="start must be a vector"):
+        lanczos_softest_modes(apply, SIZE, 2, start=np.ones(SIZE + 1))
+    with pytest.raises(InvalidDataError, match="start contains NaN"):
+        lanczos_softest_modes(apply, SIZE, 2, start=np.full(SIZE, np.nan))
+    with pytest.raises(InvalidDataError, match="start lies in the null space"):
+        lanczos_softest_modes(apply, SIZE, 2, null_space=null_space, metric=metric,
+                              start=null_space[1] - 2 * null_space[2])
 
 
 def test_perturbation_size_meets_the_log_likelihood_threshold():

@@ -2,9 +2,13 @@
 import numpy as np
 import pytest
 
+import scipy.linalg
+
 from cryohess_plugin.core import rotations, soft_modes, spherical
 from cryohess_plugin.core.ctf import CTFParams, ctf_stack
+from cryohess_plugin.core.errors import InvalidDataError
 from cryohess_plugin.core.projector import FourierSliceProjector
+from cryohess_plugin.core.soft_mode_solver import lanczos_softest_modes
 
 from .test_spherical import blob_volume
 
@@ -34,12 +38,12 @@ def real_coefficients(problem, rng):
     return coefficients * decay[None, :, None]
 
 
-def synthetic_problem(rng, noise=0.3, ctf=True):
+def synthetic_problem(rng, noise=0.3, ctf=True, shells=None):
     """Problem with images = templates of a real volume at random poses (+ complex noise).
 
     :returns: ``(problem, true coefficients)``.
     """
-    shells = shell_grid()
+    shells = shell_grid() if shells is None else shells
     n_angles = 2 * shells.max_degree + 2
     poses = rotations.random_rotations(N_IMAGES, rng)
     empty = np.zeros((N_IMAGES, shells.n_shells, n_angles), dtype=np.complex128)
@@ -220,3 +224,76 @@ def test_rotation_invariance_identity_holds_with_noise_away_from_the_optimum():
     for axis, mode in enumerate(problem.rigid_rotation_modes(point)):
         rotated_gradient = problem.to_real_vector(-1j * spherical.angular_momentum(gradient, axis))
         assert relative(problem.hessian_vector(point, mode), rotated_gradient) < 1e-10
+
+
+def blocked_copy(problem, max_cache_bytes):
+    return soft_modes.SoftModeProblem(problem.shell_grid, problem.images_polar, problem.rotations,
+                                      problem.ctf, problem.noise_sigma,
+                                      max_cache_bytes=max_cache_bytes)
+
+
+@pytest.mark.parametrize("budget_in_images, blocks, kept", [(0, 20, 0), (16, 10, 7)])
+def test_image_blocks_within_a_cache_budget_give_the_cached_results(budget_in_images, blocks,
+                                                                     kept):
+    rng = np.random.default_rng(10)
+    problem, truth = synthetic_problem(rng)
+    shells = problem.shell_grid
+    bytes_per_image = problem.n_angles * (shells.max_degree + 1) * shells.n_orders * 16
+    budget = budget_in_images * bytes_per_image
+    blocked = blocked_copy(problem, budget)
+    # 0: one image per block, all recomputed; 16 images: blocks of 2 (an eighth), 7 kept.
+    assert len(blocked._blocks) == blocks and len(blocked._kept_harmonics) == kept
+    kept_bytes = sum(harmonics.nbytes for harmonics in blocked._kept_harmonics)
+    assert kept_bytes + bytes_per_image * blocked._blocks[0].stop <= max(budget, bytes_per_image)
+    point = truth + 0.1 * real_coefficients(problem, rng)
+    direction = rng.standard_normal(problem.n_parameters)
+    values = problem.images_polar * rng.standard_normal(problem.images_polar.shape)
+    pairs = [(problem.templates(point), blocked.templates(point)),
+             (problem.templates_adjoint(values), blocked.templates_adjoint(values)),
+             (problem.gradient(point), blocked.gradient(point)),
+             (problem.pose_gradient(point), blocked.pose_gradient(point)),
+             (problem.hessian_vector(point, direction), blocked.hessian_vector(point, direction)),
+             (problem.hessian_vector(point, direction, implicit_poses=False),
+              blocked.hessian_vector(point, direction, implicit_poses=False)),
+             (problem.implied_pose_change(point, direction),
+              blocked.implied_pose_change(point, direction)),
+             (problem.refine_poses(point, 2).rotations, blocked.refine_poses(point, 2).rotations)]
+    terms, blocked_terms = problem.accumulated_terms(), blocked.accumulated_terms()
+    pairs += [(getattr(terms, name), getattr(blocked_terms, name))
+              for name in ("m20", "m11", "m02")]
+    for cached_result, blocked_result in pairs:
+        assert relative(blocked_result, cached_result) < 1e-12
+    assert abs(blocked.negative_log_likelihood(point)
+               - problem.negative_log_likelihood(point)) < 1e-12 * problem.negative_log_likelihood(
+        point)
+    assert blocked.refine_poses(point, 1).max_cache_bytes == budget
+    with pytest.raises(InvalidDataError, match="max_cache_bytes"):
+        blocked_copy(problem, -1)
+
+
+def test_lanczos_on_the_reduced_hessian_matches_its_dense_eigenvalues():
+    """Lanczos on hessian_vector, rigid rotations removed, W metric: the dense problem's values."""
+    rng = np.random.default_rng(11)
+    shells = spherical.ShellGrid.from_max_frequency(BOX, 1.6)  # L = 6, 7 shells, 209 reals
+    problem, truth = synthetic_problem(rng, noise=0.0, shells=shells)
+    size = problem.n_parameters
+    null_space = problem.rigid_rotation_modes(truth)
+    metric = problem.metric_weights()
+    hessian = np.stack([problem.hessian_vector(truth, column) for column in np.eye(size)], 1)
+    assert np.abs(hessian - hessian.T).max() < 1e-10 * np.abs(hessian).max()
+    complement = scipy.linalg.null_space(null_space * metric)
+    reference = scipy.linalg.eigh(complement.T @ (hessian + hessian.T) / 2 @ complement,
+                                  complement.T @ (metric[:, None] * complement), eigvals_only=True)
+    apply = lambda x: problem.hessian_vector(truth, x)  # noqa: E731
+    full = lanczos_softest_modes(apply, size, 7, iterations=size, null_space=null_space,
+                                 metric=metric, tolerance=0.0)
+    assert full.iterations == size - 3
+    np.testing.assert_allclose(full.eigenvalues, reference[:7], rtol=1e-10)
+    assert reference[0] > 0  # positive definite off the rigid rotations
+    assert np.abs(full.vectors @ (metric[:, None] * null_space.T)).max() < 1e-10
+    short = lanczos_softest_modes(apply, size, 3, iterations=30, null_space=null_space,
+                                  metric=metric, rng=1)
+    assert short.iterations == 30
+    assert np.all(short.eigenvalues >= reference[:3] * (1 - 1e-12))
+    # Measured: the softest Ritz value is 7e-5 above the eigenvalue after 30 steps.
+    assert short.eigenvalues[0] < reference[0] * (1 + 1e-3)

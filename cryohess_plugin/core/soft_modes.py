@@ -38,7 +38,8 @@ Model and conventions
 
 API (numpy in/out)
 ------------------
-``problem = SoftModeProblem(shell_grid, images_polar, rotations, ctf=None, noise_sigma=1.0)``
+``problem = SoftModeProblem(shell_grid, images_polar, rotations, ctf=None, noise_sigma=1.0,
+max_cache_bytes=DEFAULT_MAX_CACHE_BYTES)``
 
 * ``ctf``: None, radial ``(J, R)`` or full ``(J, R, Q)`` real values.
 * ``problem.n_parameters``: length ``n`` of real vectors.
@@ -63,21 +64,35 @@ API (numpy in/out)
 
 Expansion-point quantities (templates, pose derivatives, ``H_ττ`` blocks and their
 pseudo-inverses) are cached for the last ``coeffs``, so repeated
-``hessian_vector`` calls at one point (Lanczos) cost four slices and four adjoint
-slices each.  Memory: the harmonics at every image sample, ``J Q (L + 1) n_orders``
-complex numbers.
+``hessian_vector`` calls at one point (Lanczos) cost one pass of four slices and one
+pass of four adjoint slices each.
+
+Memory: the slices read the harmonics at every image sample, ``J Q (L + 1) n_orders``
+complex numbers (4.5 GB at ``L = 32``, ``Q = 132``, ``J = 1000``).  They are kept
+between products up to ``max_cache_bytes``; above it the images are processed in
+blocks of at most an eighth of the budget, the first blocks stay cached within the
+budget and the others are recomputed in every pass (results equal to rounding).
+Besides the harmonics, the expansion point keeps four ``(J, R, Q)`` complex arrays.
 """
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import rotations as rotations_module
-from .errors import ShapeError
+from .errors import InvalidDataError, ShapeError
 from .polar import PolarGrid
 from .spherical import angular_momentum, harmonics_at
 
 #: Relative cut-off of the per-image 3x3 pose-block pseudo-inverse (as the authors' code).
 POSE_PINV_RCOND = 1e-6
+
+#: Default bound on the image-sample harmonics kept between products (2 GiB).
+DEFAULT_MAX_CACHE_BYTES = 2 ** 31
+
+COMPLEX_BYTES = np.dtype(np.complex128).itemsize
+
+#: A block of images recomputed per pass takes at most this fraction of the cache budget.
+BLOCK_FRACTION = 1 / 8
 
 
 def ring_grid(shell_grid, n_angles):
@@ -117,6 +132,7 @@ class SoftModeProblem:
     rotations: np.ndarray
     ctf: np.ndarray = None
     noise_sigma: float = 1.0
+    max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES
     _cache: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self):
@@ -139,9 +155,17 @@ class SoftModeProblem:
         self._sample_weights = self.grid.weights[:, None] * (2 * np.pi / n_angles)
         self._mask = shells.coefficient_mask()
         self._sample_directions = self._directions(self.rotations)
-        harmonics = harmonics_at(self._sample_directions, shells.max_degree, shells.n_orders)
-        # (J Q, P) with P = (L + 1) n_orders: slicing is one complex GEMM.
-        self._harmonics = harmonics.reshape(n_images * n_angles, -1)
+        if not self.max_cache_bytes >= 0:
+            raise InvalidDataError(f"max_cache_bytes must be a non-negative number of bytes, "
+                                   f"got {self.max_cache_bytes}")
+        self._n_harmonics = (shells.max_degree + 1) * shells.n_orders
+        bytes_per_image = n_angles * self._n_harmonics * COMPLEX_BYTES
+        self._blocks = self._image_blocks(bytes_per_image)
+        # Keep the first blocks; leave room for one recomputed block when not all fit.
+        block_bytes = bytes_per_image * self._blocks[0].stop
+        kept = (1 if len(self._blocks) == 1
+                else max(0, int(self.max_cache_bytes // block_bytes) - 1))
+        self._kept_harmonics = [self._compute_harmonics(images) for images in self._blocks[:kept]]
         self._real_layout = _RealLayout(shells)
 
     # ------------------------------------------------------------------ geometry
@@ -163,23 +187,63 @@ class SoftModeProblem:
         return (np.cos(psi)[None, :, None] * rotations[:, None, 0, :]
                 + np.sin(psi)[None, :, None] * rotations[:, None, 1, :])
 
+    def _image_blocks(self, bytes_per_image):
+        """Ranges of images: all at once within ``max_cache_bytes``, else smaller blocks."""
+        if self.n_images * bytes_per_image <= self.max_cache_bytes:
+            size = self.n_images
+        else:
+            size = max(1, int(BLOCK_FRACTION * self.max_cache_bytes // bytes_per_image))
+        return [slice(start, min(start + size, self.n_images))
+                for start in range(0, self.n_images, size)]
+
+    def _compute_harmonics(self, images):
+        """``(b Q, P)`` harmonics of a block's samples, ``P = (L + 1) n_orders``."""
+        shells = self.shell_grid
+        harmonics = harmonics_at(self._sample_directions[images], shells.max_degree,
+                                 shells.n_orders)
+        return harmonics.reshape(-1, self._n_harmonics)
+
+    def _block_harmonics(self):
+        """``(images, harmonics)`` of every block: kept ones, then recomputed ones."""
+        for index, images in enumerate(self._blocks):
+            yield images, (self._kept_harmonics[index] if index < len(self._kept_harmonics)
+                           else self._compute_harmonics(images))
+
     # ------------------------------------------------------------------ slice operator
-    def _slice(self, coefficients):
-        """``T_j A`` without CTF for a stack ``(..., R, L + 1, n_orders)`` → ``(..., J, R, Q)``."""
+    def _slice_blocks(self, coefficients):
+        """``T_j A`` without CTF of a stack ``(..., R, L + 1, n_orders)``, block by block.
+
+        Yields ``(images, values (..., b, R, Q))`` for the blocks' image ranges.
+        """
         coefficients = np.asarray(coefficients) * self._mask
         lead = coefficients.shape[:-3]
         shells = self.shell_grid.n_shells
-        flat = coefficients.reshape((-1, shells, self._harmonics.shape[1]))
-        values = np.einsum("sp,brp->bsr", self._harmonics, flat, optimize=True)
-        values = values.reshape((-1, self.n_images, self.n_angles, shells)).transpose(0, 1, 3, 2)
-        return values.reshape(lead + (self.n_images, shells, self.n_angles))
+        flat = coefficients.reshape((-1, shells, self._n_harmonics))
+        for images, harmonics in self._block_harmonics():
+            count = images.stop - images.start
+            # (b Q, P) x (s, R, P): one complex GEMM per block.
+            values = np.einsum("sp,brp->bsr", harmonics, flat, optimize=True)
+            values = values.reshape((-1, count, self.n_angles, shells)).transpose(0, 1, 3, 2)
+            yield images, values.reshape(lead + (count, shells, self.n_angles))
+
+    def _slice(self, coefficients):
+        """``T_j A`` without CTF for a stack ``(..., R, L + 1, n_orders)`` → ``(..., J, R, Q)``."""
+        return np.concatenate([values for _, values in self._slice_blocks(coefficients)], axis=-3)
 
     def _slice_adjoint(self, values):
-        """Adjoint of :meth:`_slice` for one ``(J, R, Q)`` array (plain complex sums)."""
+        """Adjoint of :meth:`_slice` for a stack ``(..., J, R, Q)`` (plain complex sums)."""
         shells = self.shell_grid
-        by_sample = np.asarray(values).transpose(0, 2, 1).reshape(-1, shells.n_shells)
-        coefficients = (by_sample.T @ self._harmonics.conj()).reshape(
-            shells.n_shells, shells.max_degree + 1, shells.n_orders)
+        values = np.asarray(values)
+        lead = values.shape[:-3]
+        flat = values.reshape((-1,) + values.shape[-3:])
+        coefficients = np.zeros((flat.shape[0] * shells.n_shells, self._n_harmonics),
+                                dtype=np.complex128)
+        for images, harmonics in self._block_harmonics():
+            by_sample = flat[:, images].transpose(0, 2, 1, 3).reshape(coefficients.shape[0], -1)
+            # X conj(H) = conj(conj(X) H): no conjugated copy of the harmonics.
+            coefficients += (by_sample.conj() @ harmonics).conj()
+        coefficients = coefficients.reshape(
+            lead + (shells.n_shells, shells.max_degree + 1, shells.n_orders))
         return coefficients * self._mask
 
     def templates(self, coeffs):
@@ -210,9 +274,13 @@ class SoftModeProblem:
         angle_weight = 2 * np.pi / self.n_angles
         m11 = self.templates_adjoint(angle_weight * self.images_polar)
         double = 2 * shells.max_degree
-        harmonics = harmonics_at(self._sample_directions, double, 2 * double + 1)
-        evidence = angle_weight * self.ctf ** 2  # (J, R, Q)
-        m20 = np.einsum("jrq,jqlm->rlm", evidence, harmonics.conj(), optimize=True)
+        n_orders = 2 * double + 1
+        evidence = angle_weight * self.ctf ** 2  # (J, R, Q), real
+        m20 = np.zeros((shells.n_shells, double + 1, n_orders), dtype=np.complex128)
+        bytes_per_image = self.n_angles * (double + 1) * n_orders * COMPLEX_BYTES
+        for images in self._image_blocks(bytes_per_image):
+            harmonics = harmonics_at(self._sample_directions[images], double, n_orders)
+            m20 += np.einsum("jrq,jqlm->rlm", evidence[images], harmonics, optimize=True).conj()
         m02 = angle_weight * np.sum(np.abs(self.images_polar) ** 2, axis=(0, 2))
         return AccumulatedTerms(m20=m20, m11=m11, m02=m02)
 
@@ -246,19 +314,22 @@ class SoftModeProblem:
         weights = self._sample_weights / self.noise_sigma ** 2
         momenta = np.stack([angular_momentum(coeffs, axis) for axis in range(3)])
         second = np.stack([angular_momentum(momenta, axis) for axis in range(3)])  # [c, d] = L_c L_d
-        residuals = self.templates(coeffs) - self.images_polar
-        first_slices = self._slice(momenta)  # (3, J, R, Q)
+        slices = self._slice(np.concatenate([coeffs[None], momenta]))  # (4, J, R, Q)
+        residuals = self.ctf * slices[0] - self.images_polar
         # S_a = C ∂_a T A = -i C Σ_b R[a, b] T(L_b A).
-        derivatives = -1j * self.ctf * np.einsum("jab,bjrq->ajrq", rot, first_slices)
-        second_slices = self._slice(second)  # (3, 3, J, R, Q)
-        # S_ab = -1/2 C Σ_cd (R_ac R_bd + R_bc R_ad) T(L_c L_d A): the symmetrised flow.
-        mixed = np.einsum("jac,jbd,cdjrq->abjrq", rot, rot, second_slices, optimize=True)
-        second_derivatives = -0.5 * self.ctf * (mixed + mixed.transpose(1, 0, 2, 3, 4))
+        derivatives = -1j * self.ctf * np.einsum("jab,bjrq->ajrq", rot, slices[1:])
         pose_gradient = np.einsum("rq,ajrq,jrq->ja", weights, derivatives.conj(), residuals).real
-        pose_blocks = (np.einsum("rq,ajrq,bjrq->jab", weights, derivatives.conj(), derivatives,
-                                 optimize=True).real
-                       + np.einsum("rq,abjrq,jrq->jab", weights, second_derivatives.conj(),
-                                   residuals, optimize=True).real)
+        pose_blocks = np.einsum("rq,ajrq,bjrq->jab", weights, derivatives.conj(), derivatives,
+                                optimize=True).real
+        # The second derivatives are only contracted with the residuals: block by block.
+        for images, second_slices in self._slice_blocks(second):  # (3, 3, b, R, Q)
+            # S_ab = -1/2 C Σ_cd (R_ac R_bd + R_bc R_ad) T(L_c L_d A): the symmetrised flow.
+            mixed = np.einsum("jac,jbd,cdjrq->abjrq", rot[images], rot[images], second_slices,
+                              optimize=True)
+            second_derivatives = -0.5 * self.ctf[images] * (mixed + mixed.transpose(1, 0, 2, 3, 4))
+            pose_blocks[images] += np.einsum("rq,abjrq,jrq->jab", weights,
+                                             second_derivatives.conj(), residuals[images],
+                                             optimize=True).real
         pose_blocks = (pose_blocks + pose_blocks.transpose(0, 2, 1)) / 2
         cached = {"coeffs": coeffs, "residuals": residuals, "derivatives": derivatives,
                   "pose_gradient": pose_gradient, "pose_blocks": pose_blocks,
@@ -290,16 +361,17 @@ class SoftModeProblem:
             step = -np.einsum("jab,jb->ja", expansion["pose_pinv"], expansion["pose_gradient"])
             problem = SoftModeProblem(self.shell_grid, self.images_polar,
                                       rotations_module.perturb(problem.rotations, step),
-                                      self.ctf, self.noise_sigma)
+                                      self.ctf, self.noise_sigma, self.max_cache_bytes)
         return problem
 
     def _pose_coupling(self, expansion, direction):
         """``H_τF ΔF`` ``(J, 3)`` and the slices of ``ΔF`` it needs."""
         weights = self._sample_weights / self.noise_sigma ** 2
-        change = self.ctf * self._slice(direction)
-        momentum_slices = self._slice(np.stack([angular_momentum(direction, b) for b in range(3)]))
+        slices = self._slice(np.stack([direction] + [angular_momentum(direction, b)
+                                                     for b in range(3)]))
+        change = self.ctf * slices[0]
         change_derivatives = -1j * self.ctf * np.einsum("jab,bjrq->ajrq", self.rotations,
-                                                          momentum_slices)
+                                                          slices[1:])
         coupling = (np.einsum("rq,ajrq,jrq->ja", weights, expansion["derivatives"].conj(), change)
                     + np.einsum("rq,ajrq,jrq->ja", weights, change_derivatives.conj(),
                                 expansion["residuals"])).real
@@ -325,15 +397,15 @@ class SoftModeProblem:
         expansion = self._expansion(coeffs)
         coupling, change = self._pose_coupling(expansion, direction)
         pose_change = -np.einsum("jab,jb->ja", expansion["pose_pinv"], coupling)
-        # H_FF ΔF + Σ_j T_j†(C_j Σ_a Δω_a S_a): one back-projection.
+        # H_FF ΔF + Σ_j T_j†(C_j Σ_a Δω_a S_a) ...
         moved = change + np.einsum("ja,ajrq->jrq", pose_change, expansion["derivatives"])
-        out = self.templates_adjoint(weights * moved)
-        # Σ_j Σ_a Δω_a (∂_a T_j)†(C_j r_j), (∂_a T_j)† = i Σ_b R[a, b] L_b T_j†.
+        # ... + Σ_j Σ_a Δω_a (∂_a T_j)†(C_j r_j), (∂_a T_j)† = i Σ_b R[a, b] L_b T_j†:
+        # four back-projections in one pass over the harmonics.
         mixing = np.einsum("ja,jab->bj", pose_change, self.rotations)
         weighted_residuals = weights * expansion["residuals"]
-        for axis in range(3):
-            back = self.templates_adjoint(mixing[axis][:, None, None] * weighted_residuals)
-            out = out + 1j * angular_momentum(back, axis)
+        backs = self.templates_adjoint(np.concatenate(
+            [(weights * moved)[None], mixing[:, :, None, None] * weighted_residuals[None]]))
+        out = backs[0] + 1j * sum(angular_momentum(backs[1 + axis], axis) for axis in range(3))
         return self.to_real_vector(out)
 
     def rigid_rotation_modes(self, coeffs):
