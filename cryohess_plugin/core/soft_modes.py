@@ -166,7 +166,7 @@ class SoftModeProblem:
         kept = (1 if len(self._blocks) == 1
                 else max(0, int(self.max_cache_bytes // block_bytes) - 1))
         self._kept_harmonics = [self._compute_harmonics(images) for images in self._blocks[:kept]]
-        self._real_layout = _RealLayout(shells)
+        self.layout = RealLayout(shells)
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -179,7 +179,7 @@ class SoftModeProblem:
 
     @property
     def n_parameters(self):
-        return self._real_layout.size
+        return self.layout.n_parameters
 
     def _directions(self, rotations):
         """Unit directions ``R_jᵀ e(ψ_q)`` read by every ring sample, ``(J, Q, 3)``."""
@@ -410,28 +410,33 @@ class SoftModeProblem:
 
     def rigid_rotation_modes(self, coeffs):
         """``(3, n)`` volume parts ``-i L_a A`` of infinitesimal rotations about x, y, z."""
-        coeffs = np.asarray(coeffs) * self._mask
-        return np.stack([self.to_real_vector(-1j * angular_momentum(coeffs, axis))
-                         for axis in range(3)])
+        return self.layout.rigid_rotation_modes(coeffs)
 
     # ------------------------------------------------------------------ real vector space
     def metric_weights(self):
         """``(n,)`` radial weights ``W`` of the Fourier-ball norm for each real parameter."""
-        return self._real_layout.shell_weights.copy()
+        return self.layout.metric_weights()
 
     def to_real_vector(self, coeffs):
         """Transpose of :meth:`from_real_vector` (its inverse on real-volume coefficients)."""
-        return self._real_layout.to_real(np.asarray(coeffs))
+        return self.layout.to_real_vector(coeffs)
 
     def from_real_vector(self, vector):
         """Real-volume coefficients ``(R, L + 1, n_orders)`` of a real vector ``(n,)``."""
-        return self._real_layout.from_real(np.asarray(vector, dtype=np.float64))
+        return self.layout.from_real_vector(vector)
 
 
-class _RealLayout:
-    """Index tables of the real parametrisation (see the module docstring)."""
+class RealLayout:
+    """The real parametrisation of a real volume's shell coefficients (module docstring).
+
+    ``n_parameters`` reals per volume; :meth:`from_real_vector` /
+    :meth:`to_real_vector`, the Fourier-ball :meth:`metric_weights` and the
+    :meth:`rigid_rotation_modes` depend on the shells only, so the per-image
+    (:class:`SoftModeProblem`) and accumulated forms share one layout.
+    """
 
     def __init__(self, shells):
+        self.mask = shells.coefficient_mask()
         zero_r, zero_l, pair_r, pair_l, pair_m = [], [], [], [], []
         for shell, limit in enumerate(shells.degree_limits):
             for degree in range(int(limit) + 1):
@@ -453,7 +458,23 @@ class _RealLayout:
         self.shell_weights = shells.weights[np.concatenate(
             [self.zero[0], self.positive[0], self.positive[0]])]
 
-    def from_real(self, vector):
+    @property
+    def n_parameters(self):
+        return self.size
+
+    def metric_weights(self):
+        """``(n,)`` radial weights ``W`` of the Fourier-ball norm for each real parameter."""
+        return self.shell_weights.copy()
+
+    def rigid_rotation_modes(self, coeffs):
+        """``(3, n)`` volume parts ``-i L_a A`` of infinitesimal rotations about x, y, z."""
+        coeffs = np.asarray(coeffs) * self.mask
+        return np.stack([self.to_real_vector(-1j * angular_momentum(coeffs, axis))
+                         for axis in range(3)])
+
+    def from_real_vector(self, vector):
+        """Real-volume coefficients ``(R, L + 1, n_orders)`` of a real vector ``(n,)``."""
+        vector = np.asarray(vector, dtype=np.float64)
         if vector.shape != (self.size,):
             raise ShapeError(f"expected a real vector of length {self.size}, got {vector.shape}")
         n_zero, n_pair = self.zero[0].size, self.positive[0].size
@@ -464,7 +485,9 @@ class _RealLayout:
         out[self.negative] = self.pair_sign * pair.conj()
         return out
 
-    def to_real(self, coefficients):
+    def to_real_vector(self, coefficients):
+        """Transpose of :meth:`from_real_vector` (its inverse on real-volume coefficients)."""
+        coefficients = np.asarray(coefficients)
         positive, negative = coefficients[self.positive], coefficients[self.negative]
         zero = (self.zero_phase.conj() * coefficients[self.zero]).real
         real = (positive.real + self.pair_sign * negative.real) / np.sqrt(2)

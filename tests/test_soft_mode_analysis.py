@@ -1,0 +1,280 @@
+"""The accumulated soft-mode Hessian against the per-image one, its algebra, and the API."""
+import numpy as np
+import pytest
+
+from cryohess_plugin.core import atoms, phantoms, rotations, simulate, soft_modes, spherical
+from cryohess_plugin.core.ctf import CTFParams, ctf_stack
+from cryohess_plugin.core.errors import InvalidDataError, SamplingMismatchError, ShapeError
+from cryohess_plugin.core.soft_mode_analysis import (analyse_soft_modes, estimate_noise_variance,
+                                                     marginal_noise,
+                                                     experiment_from_distribution,
+                                                     experiment_from_poses)
+from cryohess_plugin.core.soft_mode_experiment import (AccumulatedHessian, ViewingExperiment,
+                                                       hemisphere_grid, rebin)
+
+#: 2πK = L = 10: 11 shells, 22 ring angles.
+BOX, MAX_FREQUENCY, PIXEL_SIZE = 16, 3.1, 4.0
+GROUPS = (CTFParams(12000, 12000, 0, 300, 2.7, 0.1), CTFParams(22000, 22000, 0, 300, 2.7, 0.1))
+
+
+def relative(a, b):
+    return np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(b)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    """Shells, the real layout and a smooth real volume's coefficients and vector."""
+    shells = spherical.ShellGrid.from_max_frequency(BOX, MAX_FREQUENCY)
+    layout = soft_modes.RealLayout(shells)
+    rng = np.random.default_rng(0)
+    decay = np.exp(-np.arange(shells.max_degree + 1) / 4.0)
+    coefficients = layout.from_real_vector(rng.standard_normal(layout.n_parameters))
+    coefficients = coefficients * decay[None, :, None]
+    return shells, layout, coefficients, layout.to_real_vector(coefficients)
+
+
+def per_image_problem(shells, coefficients, poses, groups, scale=1.0, sigma2=0.7):
+    """SoftModeProblem on noise-free templates at ``poses`` with radial group CTFs × scale."""
+    n_angles = 2 * shells.max_degree + 2
+    ring = soft_modes.ring_grid(shells, n_angles)
+    ctf = scale * ctf_stack([GROUPS[g] for g in groups], ring.kx, ring.ky, BOX, PIXEL_SIZE)
+    ctf = ctf.reshape(len(poses), shells.n_shells, n_angles)
+    empty = np.zeros(ctf.shape, dtype=np.complex128)
+    templates = soft_modes.SoftModeProblem(shells, empty, poses, ctf).templates(coefficients)
+    return soft_modes.SoftModeProblem(shells, templates, poses, ctf, noise_sigma=np.sqrt(sigma2))
+
+
+def on_grid_poses(rng, spacing=25.0):
+    """Three poses per grid direction: two in-plane angles and one flipped (−d), two groups."""
+    directions, _ = hemisphere_grid(spacing)
+    base = rotations.rotations_for_directions(directions)
+    flip = np.diag([1.0, -1.0, -1.0])  # rotation by π about x: views along −d
+    poses, groups = [], []
+    for d, pose in enumerate(base):
+        for k, angle in enumerate(rng.uniform(0, 2 * np.pi, 3)):
+            moved = rotations.in_plane_rotations(angle) @ pose
+            poses.append(flip @ moved if k == 2 else moved)
+            groups.append((d + k) % 2)
+    return np.array(poses), np.array(groups)
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+def test_accumulated_operator_equals_the_per_image_hessian_on_grid_poses(setup, implicit):
+    shells, layout, coefficients, volume_vector = setup
+    rng = np.random.default_rng(1)
+    poses, groups = on_grid_poses(rng)
+    experiment = experiment_from_poses(poses, [GROUPS[g] for g in groups], PIXEL_SIZE)
+    # In-plane angles and d / −d collapse: one entry per grid direction, both groups.
+    assert experiment.directions.shape[0] == len(poses) // 3
+    assert experiment.counts.shape == (len(poses) // 3, 2)
+    assert np.array_equal(experiment.counts.sum(axis=0), np.bincount(groups).astype(float))
+    operator = AccumulatedHessian(shells, volume_vector, layout, experiment, PIXEL_SIZE,
+                                  noise_sigma2=0.7)
+    problem = per_image_problem(shells, coefficients, poses, groups)
+    for vector in rng.standard_normal((2, layout.n_parameters)):
+        expected = problem.hessian_vector(coefficients, vector, implicit_poses=implicit)
+        assert relative(operator.matvec(vector, implicit), expected) < 1e-10
+    if implicit:
+        vector = rng.standard_normal(layout.n_parameters)
+        per_image = np.linalg.norm(problem.implied_pose_change(coefficients, vector), axis=1)
+        binned = np.linalg.norm(operator.pose_change(vector), axis=-1)  # (D, G)
+        index = np.argmax(np.abs(poses[:, 2, :] @ experiment.directions.T), axis=1)
+        assert relative(binned[index, groups], per_image) < 1e-10
+
+
+def test_ctf_scale_multiplies_the_hessian_by_its_square(setup):
+    shells, layout, coefficients, volume_vector = setup
+    rng = np.random.default_rng(2)
+    poses, groups = on_grid_poses(rng, spacing=35.0)
+    experiment = experiment_from_poses(poses, [GROUPS[g] for g in groups], PIXEL_SIZE)
+    operator = AccumulatedHessian(shells, volume_vector, layout, experiment, PIXEL_SIZE, 0.7)
+    scaled = per_image_problem(shells, coefficients, poses, groups, scale=1.7)
+    vector = rng.standard_normal(layout.n_parameters)
+    assert relative(scaled.hessian_vector(coefficients, vector),
+                    1.7 ** 2 * operator.matvec(vector)) < 1e-10
+
+
+def test_binning_error_is_small_and_shrinks_with_the_grid_spacing(setup):
+    shells, layout, _, volume_vector = setup
+    poses = simulate.sample_rotations("uniform", 1500, 3)
+    experiment = experiment_from_poses(poses, pixel_size=PIXEL_SIZE)
+    assert experiment.directions.shape[0] == 1500
+    exact = AccumulatedHessian(shells, volume_vector, layout, experiment, PIXEL_SIZE)
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((3, layout.n_parameters))
+    reference = [exact.matvec(v) for v in vectors]
+    errors = []
+    for fraction in (1.0, 0.5, 0.25):
+        binned, bins = rebin(experiment, fraction * 180.0 / shells.max_degree)
+        assert binned.n_images == experiment.n_images and bins.shape == (1500,)
+        operator = AccumulatedHessian(shells, volume_vector, layout, binned, PIXEL_SIZE)
+        errors.append(max(relative(operator.matvec(v), r) for v, r in zip(vectors, reference)))
+    # Measured 2.6e-2, 1.3e-2, 7e-3 (L = 10).
+    assert errors[0] < 0.05 and errors[1] < 0.02
+    assert errors[2] < 0.7 * errors[1] < 0.7 * 0.7 * errors[0]
+
+
+def test_operator_is_symmetric_psd_and_rigid_rotations_are_null(setup):
+    shells, layout, coefficients, volume_vector = setup
+    experiment = experiment_from_poses(simulate.sample_rotations("uniform", 300, 4),
+                                       [GROUPS[i % 2] for i in range(300)], PIXEL_SIZE)
+    operator = AccumulatedHessian(shells, volume_vector, layout, experiment, PIXEL_SIZE)
+    rng = np.random.default_rng(4)
+    u, v = rng.standard_normal((2, layout.n_parameters))
+    for implicit in (True, False):
+        left, right = u @ operator.matvec(v, implicit), v @ operator.matvec(u, implicit)
+        assert abs(left - right) < 1e-12 * abs(left)
+        assert v @ operator.matvec(v, implicit) > 0
+    for mode in layout.rigid_rotation_modes(coefficients):
+        fixed = np.linalg.norm(operator.matvec(mode, False))
+        assert np.linalg.norm(operator.matvec(mode)) < 1e-10 * fixed
+        assert np.linalg.norm(operator.pose_change(mode)) > 0
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    """Box-32 Gaussian-atom phantom, 2.5 Å/px."""
+    model = phantoms.random_protein_phantom(800, 25.0, rng=1)
+    return atoms.gaussian_atom_volume(model, 32, 2.5), 2.5
+
+
+def test_eigenvalues_scale_with_images_over_noise_and_epsilon_with_its_root(phantom):
+    volume, pixel = phantom
+    resolution = 32 * pixel / (10 / np.pi)  # L = 10
+    runs = [analyse_soft_modes(volume, pixel, experiment_from_distribution(
+                "uniform", count, pixel_size=pixel), resolution, n_modes=3, iterations=30,
+                noise_variance=noise, backend="cpu")
+            for count, noise in ((500, 1.0), (2000, 2.0))]
+    assert np.allclose(runs[1].eigenvalues / runs[0].eigenvalues, 2.0, rtol=1e-9)
+    assert np.allclose(runs[1].perturbation / runs[0].perturbation, np.sqrt(0.5), rtol=1e-9)
+    assert np.allclose(runs[1].relative_change / runs[0].relative_change, np.sqrt(0.5), rtol=1e-9)
+    # ε is the log-20 amplitude of a W-unit mode: ½ λ ε² = log 20.
+    assert np.allclose(0.5 * runs[0].eigenvalues * runs[0].perturbation ** 2, np.log(20))
+
+
+def test_analysis_outputs_are_consistent(phantom):
+    volume, pixel = phantom
+    poses = simulate.sample_rotations("uniform", 400, 5)
+    experiment = experiment_from_poses(poses, pixel_size=pixel)
+    lines = []
+    result = analyse_soft_modes(volume, pixel, experiment, 32 * pixel / (10 / np.pi), n_modes=3,
+                                iterations=24, backend="cpu", progress=lines.append)
+    assert result.max_degree == 10 and result.mode_volumes.shape == (3, 32, 32, 32)
+    assert result.mode_volumes.dtype == np.float32 and result.sensitivity.shape == (32, 32, 32)
+    assert np.all(np.diff(result.eigenvalues) >= 0) and result.eigenvalues[0] > 0
+    assert result.pose_changes.shape == (3, 400) and np.all(result.pose_changes > 0)
+    assert result.ritz_history.shape == (24, 24)
+    assert result.shell_profile.shape == (3, result.shell_frequencies.size)
+    expected = np.tensordot(result.perturbation ** 2,
+                            result.mode_volumes.astype(np.float64) ** 2, axes=1)
+    assert relative(result.sensitivity, expected) < 1e-6
+    assert any(line.startswith("Lanczos step") for line in lines)
+    assert any("binned on" in line for line in lines)
+    fixed = analyse_soft_modes(volume, pixel, experiment, 32 * pixel / (10 / np.pi), n_modes=2,
+                               iterations=12, implicit_poses=False, metric="l2", backend="cpu")
+    assert not fixed.implicit_poses and fixed.metric == "l2"
+    assert np.all(fixed.pose_changes == 0) and fixed.eigenvalues[0] > 0
+
+
+def test_experiment_groups_defocus_and_folds_directions():
+    pose = rotations.euler_to_matrix(30.0, 40.0, 0.0)
+    flipped = np.diag([1.0, -1.0, -1.0]) @ pose
+    poses = np.stack([pose, flipped, rotations.in_plane_rotations(1.0) @ pose])
+    params = [CTFParams(10000, 10400, 20, 300, 2.7, 0.1), CTFParams(10600, 10600, 0, 300, 2.7, 0.1),
+              CTFParams(15000, 15000, 0, 300, 2.7, 0.1)]
+    experiment = experiment_from_poses(poses, params, pixel_size=1.5, defocus_tolerance=1000)
+    assert experiment.directions.shape == (1, 3) and experiment.directions[0, 2] > 0
+    assert np.array_equal(experiment.counts, [[2.0, 1.0]])
+    assert [p.defocus_u for p in experiment.ctf_params] == [10400.0, 15000.0]
+    assert all(p.defocus_u == p.defocus_v for p in experiment.ctf_params)
+
+
+def test_distribution_counts_and_density():
+    polar = experiment_from_distribution("polar", 1000, spread_deg=15, ctf_params=GROUPS)
+    assert abs(polar.n_images - 1000) < 1e-9
+    assert np.allclose(polar.counts[:, 0], polar.counts[:, 1])
+    near_pole = polar.directions[:, 2] > np.cos(np.deg2rad(30))
+    assert polar.counts[near_pole].sum() > 0.85 * 1000
+    uniform = experiment_from_distribution("uniform", 1000)
+    cap = uniform.directions[:, 2] > np.cos(np.deg2rad(30))
+    # The cap within 30° of either pole holds 1 − cos 30° of the sphere.
+    assert abs(uniform.counts[cap].sum() / 1000 - (1 - np.cos(np.deg2rad(30)))) < 0.02
+
+
+def test_noise_variance_estimate_recovers_the_simulated_noise(phantom):
+    volume, pixel = phantom
+    simulation = simulate.simulate_particles(volume, 150, 32, pixel, rng=6, snr=0.5,
+                                             shift_sigma=1.5, n_groups=3, backend="cpu")
+    estimate = estimate_noise_variance(volume, simulation.images, simulation.rotations,
+                                       simulation.shifts, simulation.ctf_params, pixel,
+                                       backend="cpu")
+    assert abs(estimate / simulation.noise_sigma ** 2 - 1) < 0.03
+
+
+def test_bad_input_raises_typed_errors_naming_the_fix(phantom):
+    volume, pixel = phantom
+    experiment = experiment_from_distribution("uniform", 100, pixel_size=pixel)
+    with pytest.raises(InvalidDataError, match="beyond Nyquist.*resolution of at least"):
+        analyse_soft_modes(volume, pixel, experiment, 1.5 * pixel)
+    bad = volume.copy()
+    bad[3, 4, 5] = np.nan
+    with pytest.raises(InvalidDataError, match="NaN.*fix or mask"):
+        analyse_soft_modes(bad, pixel, experiment, 20.0)
+    with pytest.raises(ShapeError, match="cubic.*pad it"):
+        analyse_soft_modes(volume[:, :, :30], pixel, experiment, 20.0)
+    empty = ViewingExperiment(experiment.directions, (), np.zeros_like(experiment.counts), pixel)
+    with pytest.raises(InvalidDataError, match="no images"):
+        analyse_soft_modes(volume, pixel, empty, 20.0)
+    with pytest.raises(SamplingMismatchError, match="resample"):
+        analyse_soft_modes(volume, 2 * pixel, experiment, 20.0)
+    with pytest.raises(ShapeError, match="ALIGN_PROJ"):
+        experiment_from_poses(np.zeros((0, 3, 3)))
+    with pytest.raises(ShapeError, match="one CTF per particle"):
+        experiment_from_poses(np.eye(3)[None], GROUPS)
+    with pytest.raises(ShapeError, match="resample"):
+        estimate_noise_variance(volume, np.zeros((2, 16, 16)), np.stack([np.eye(3)] * 2),
+                                None, None, pixel)
+
+
+def test_marginalised_noise_weights_each_particle_by_its_own_noise(setup, phantom):
+    """Two noise levels: per-image estimates find them, and the weighted experiment's
+    Hessian is the sum of each half's Hessian at its own noise variance."""
+    volume, pixel = phantom
+    simulation = simulate.simulate_particles(volume, 80, 32, pixel, rng=7, snr=None,
+                                             n_groups=2, backend="cpu")
+    noise = np.where(np.arange(80) < 40, 0.5, 1.5)
+    rng = np.random.default_rng(8)
+    images = simulation.images + noise[:, None, None] * rng.standard_normal(
+        simulation.images.shape)
+    variances = estimate_noise_variance(volume, images, simulation.rotations, simulation.shifts,
+                                        simulation.ctf_params, pixel, backend="cpu",
+                                        per_image=True)
+    assert variances.shape == (80,)
+    # One image's estimate has relative spread sqrt(2 / dof) ≈ 4.4 %; a half's mean ≈ 0.7 %.
+    np.testing.assert_allclose(variances, noise ** 2, rtol=0.2)
+    np.testing.assert_allclose([variances[:40].mean(), variances[40:].mean()], [0.25, 2.25],
+                               rtol=0.03)
+    mean, weights = marginal_noise(variances)
+    assert np.isclose(np.mean(weights), 1.0)
+    assert np.isclose(mean, 1 / np.mean(1 / variances))
+    assert 7 < weights[:40].mean() / weights[40:].mean() < 11  # (1.5 / 0.5)² = 9
+
+    shells, layout, _, volume_vector = setup
+    poses = simulate.uniform_rotations(80, np.random.default_rng(9))
+    weighted = experiment_from_poses(poses, pixel_size=PIXEL_SIZE, weights=weights)
+    halves = [experiment_from_poses(poses[part], pixel_size=PIXEL_SIZE)
+              for part in (slice(0, 40), slice(40, 80))]
+    operator = AccumulatedHessian(shells, volume_vector, layout, weighted, PIXEL_SIZE, mean)
+    parts = [AccumulatedHessian(shells, volume_vector, layout, half, PIXEL_SIZE, variance)
+             for half, variance in zip(halves, (variances[0], variances[40]))]
+    vector = rng.standard_normal(layout.n_parameters)
+    # Within each half the estimates differ slightly; compare with the exact per-half weights.
+    exact = experiment_from_poses(poses, pixel_size=PIXEL_SIZE, weights=np.where(
+        np.arange(80) < 40, mean / variances[0], mean / variances[40]))
+    exact_operator = AccumulatedHessian(shells, volume_vector, layout, exact, PIXEL_SIZE, mean)
+    assert relative(exact_operator.matvec(vector), sum(p.matvec(vector) for p in parts)) < 1e-10
+    assert relative(operator.matvec(vector), exact_operator.matvec(vector)) < 0.1
+    with pytest.raises(InvalidDataError, match="per_image=True"):
+        marginal_noise([1.0, np.nan])
+    with pytest.raises(InvalidDataError, match="one per particle"):
+        experiment_from_poses(poses, weights=np.ones(3))
