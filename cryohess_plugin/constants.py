@@ -36,3 +36,23 @@ REFERENCE_2D = 1
 
 RANK_TOLERANCE = 0
 RANK_FIXED = 1
+
+# ---------------------------- Soft-mode choices and columns ------------------
+# Where the experiment comes from.
+EXPERIMENT_PARTICLES = 0
+EXPERIMENT_DESIGN = 1
+
+#: Viewing distributions of the design mode, indexed by the form's choice.
+DESIGN_DISTRIBUTIONS = ['uniform', 'polar', 'equatorial']
+DISTRIBUTION_UNIFORM = 0
+
+# How a noise level is given when it is not estimated.
+NOISE_SNR = 0
+NOISE_SIGMA = 1
+
+# Columns of the output mode volumes.
+SOFT_MODE_INDEX = "_cryohess_softMode"
+SOFT_MODE_EIGENVALUE = "_cryohess_softModeEigenvalue"
+SOFT_MODE_EPSILON = "_cryohess_softModeEpsilon"
+SOFT_MODE_RELATIVE_CHANGE = "_cryohess_softModeRelativeChange"
+SOFT_MODE_SIGN = "_cryohess_softModeSign"

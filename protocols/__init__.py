@@ -2,5 +2,7 @@
 from .protocol_align_particles import CryoHessProtAlignParticles
 from .protocol_align_volumes import CryoHessProtAlignVolumes
 from .protocol_simulate import CryoHessProtSimulate
+from .protocol_soft_modes import CryoHessProtSoftModes
 
-__all__ = ["CryoHessProtAlignParticles", "CryoHessProtAlignVolumes", "CryoHessProtSimulate"]
+__all__ = ["CryoHessProtAlignParticles", "CryoHessProtAlignVolumes", "CryoHessProtSimulate",
+           "CryoHessProtSoftModes"]

@@ -1,6 +1,7 @@
 """cryohess viewers; every class here is registered by Scipion's Domain."""
 from .viewer_align import CryoHessAlignParticlesViewer, CryoHessAlignVolumesViewer
 from .viewer_simulate import CryoHessSimulateViewer
+from .viewer_soft_modes import CryoHessSoftModesViewer
 
 __all__ = ["CryoHessAlignParticlesViewer", "CryoHessAlignVolumesViewer",
-           "CryoHessSimulateViewer"]
+           "CryoHessSimulateViewer", "CryoHessSoftModesViewer"]

@@ -1,0 +1,276 @@
+"""The Hessian soft-mode protocol and its viewer in a headless Scipion project.
+
+Simulated particles with uniform views and with a polar cap of views of the
+same phantom, and an experiment design without images, at a coarse band
+(2πK about 10) so every run takes seconds.
+"""
+import os
+
+import numpy as np
+import pwem
+from pwem.objects import SetOfParticles
+from pwem.protocols import ProtImportParticles
+from pyworkflow.object import Pointer
+from pyworkflow.tests import BaseTest, setupTestProject
+from pyworkflow.utils import magentaStr
+from pyworkflow.viewer import DESKTOP_TKINTER
+
+from cryohess_plugin import convert
+from cryohess_plugin.constants import (
+    EXPERIMENT_DESIGN, NOISE_SIGMA, SOFT_MODE_EIGENVALUE, SOFT_MODE_EPSILON, SOFT_MODE_INDEX,
+    SOFT_MODE_SIGN, VIEWS_POLAR_CAP)
+from cryohess_plugin.core import mrc
+from cryohess_plugin.demo import savePlots
+from cryohess_plugin.protocols import CryoHessProtSimulate, CryoHessProtSoftModes
+from cryohess_plugin.viewers import CryoHessSoftModesViewer
+
+BOX = 32
+PIXEL = 2.5
+PARTICLES = 300
+RESOLUTION = 25.0  # Å: 2πK about π x 80 Å / 25 Å = 10
+MODES = 4
+ITERATIONS = 20
+SIMULATION = dict(boxSize=BOX, samplingRate=PIXEL, numberOfParticles=PARTICLES,
+                  numberOfDefocusGroups=3, phantomAtoms=400, phantomRadius=30.0, snr=1.0,
+                  shiftSigma=1.0, randomSeed=5, numberOfThreads=1)
+ANALYSIS = dict(maxResolution=RESOLUTION, numberOfModes=MODES, iterations=ITERATIONS,
+                numberOfThreads=1)
+
+
+def assertViewerPlots(test, viewerClass, protocol):
+    """Every plot of the viewer renders to a non-trivial PNG."""
+    for path in savePlots(viewerClass, test.proj, protocol, test.proj.path,
+                          'softmodes_%d' % protocol.getObjId()):
+        test.assertGreater(os.path.getsize(path), 1000, path)
+
+
+def eigenvalues(protocol):
+    return np.array([convert.read_column(mode, SOFT_MODE_EIGENVALUE)
+                     for mode in protocol.outputModes.iterItems(orderBy='id')])
+
+
+class TestSoftModes(BaseTest):
+    """Uniform views, a polar cap of views and an experiment design."""
+
+    @classmethod
+    def setUpClass(cls):
+        setupTestProject(cls)
+        print(magentaStr("\n==> Soft modes of uniform and polar-cap particles"))
+        cls.simUniform = cls._simulate('uniform views')
+        cls.simPolar = cls._simulate('polar views', viewDistribution=VIEWS_POLAR_CAP,
+                                     viewAngle=20.0)
+        cls.uniform = cls._softModes('soft modes - uniform', cls.simUniform)
+        cls.polar = cls._softModes('soft modes - polar', cls.simPolar)
+        cls.marginal = cls._softModes('soft modes - uniform, noise marginalised',
+                                      cls.simUniform, marginaliseNoise=True)
+        print(magentaStr("\n==> Soft modes of an experiment design"))
+        cls.design = cls.newProtocol(CryoHessProtSoftModes, experimentSource=EXPERIMENT_DESIGN,
+                                     numberOfImages=PARTICLES, defocusValues='12000 20000',
+                                     noiseLevelType=NOISE_SIGMA, noiseSigma=0.5, **ANALYSIS)
+        cls.design.inputVolume.set(cls.simUniform.outputVolume)
+        cls.design.setObjLabel('soft modes - design')
+        cls.launchProtocol(cls.design)
+
+    @classmethod
+    def _simulate(cls, label, **kwargs):
+        protocol = cls.newProtocol(CryoHessProtSimulate, **dict(SIMULATION, **kwargs))
+        protocol.setObjLabel(label)
+        return cls.launchProtocol(protocol)
+
+    @classmethod
+    def _softModes(cls, label, simulation, **kwargs):
+        protocol = cls.newProtocol(CryoHessProtSoftModes, **dict(ANALYSIS, **kwargs))
+        protocol.inputVolume.set(simulation.outputVolume)
+        protocol.inputParticles.set(simulation.outputParticles)
+        protocol.setObjLabel(label)
+        return cls.launchProtocol(protocol)
+
+    def testOutputSets(self):
+        for protocol in (self.uniform, self.polar, self.design):
+            self.assertSetSize(protocol.outputModes, MODES)
+            self.assertSetSize(protocol.outputPerturbed, 2 * MODES)
+            for output in (protocol.outputModes, protocol.outputPerturbed,
+                           protocol.outputSensitivity):
+                self.assertAlmostEqual(output.getSamplingRate(), PIXEL)
+            volumes = list(protocol.outputModes) + list(protocol.outputPerturbed)
+            for volume in volumes + [protocol.outputSensitivity]:
+                self.assertTrue(os.path.exists(volume.getFileName()), volume.getFileName())
+                self.assertEqual(volume.getDim(), (BOX, BOX, BOX))
+            labels = [volume.getObjLabel() for volume in protocol.outputPerturbed]
+            self.assertIn('mode 1 +ε', labels)
+            self.assertIn('mode %d -ε' % MODES, labels)
+            self.assertTrue(os.path.exists(protocol._getFileName('table')))
+
+    def testEigenvalues(self):
+        for protocol in (self.uniform, self.polar, self.design):
+            values = eigenvalues(protocol)
+            self.assertTrue(np.all(np.isfinite(values)) and np.all(values > 0), values)
+            self.assertTrue(np.all(np.diff(values) >= 0), values)
+            table = np.loadtxt(protocol._getFileName('table'), usecols=(0, 1, 2, 3))
+            np.testing.assert_array_equal(table[:, 0], np.arange(1, MODES + 1))
+            np.testing.assert_allclose(table[:, 1], values, rtol=1e-5)
+
+    def testNoiseMarginalisation(self):
+        """Equal noise in every particle: the precision weights are about one, so the
+        marginalised run matches the one with a single estimated noise variance."""
+        experiment = np.load(self.marginal._getFileName('marginalExperiment'))
+        self.assertAlmostEqual(experiment['counts'].sum(), PARTICLES, places=6)
+        self.assertTrue(any('marginalised' in line for line in self.marginal.summary()))
+        single = float(np.load(self.uniform._getFileName('noise'))['variance'])
+        marginal = float(np.load(self.marginal._getFileName('noise'))['variance'])
+        self.assertAlmostEqual(marginal / single, 1.0, delta=0.05)
+        np.testing.assert_allclose(eigenvalues(self.marginal), eigenvalues(self.uniform),
+                                   rtol=0.1)
+
+    def testPolarViewsAreSofter(self):
+        """Missing side views leave a mode at least 5 times softer than uniform views (issue 4)."""
+        uniform, polar = eigenvalues(self.uniform), eigenvalues(self.polar)
+        print("softest eigenvalue: uniform %.4g, polar %.4g (ratio %.1f)"
+              % (uniform[0], polar[0], uniform[0] / polar[0]))
+        self.assertGreaterEqual(uniform[0] / polar[0], 5.0)
+
+    def testNearbyVolumes(self):
+        """F ± ε·mode around the reference, ε and the labels as the columns say."""
+        reference, _ = convert.volume_to_array(self.simUniform.outputVolume)
+        modes = {convert.read_column(mode, SOFT_MODE_INDEX): mode.clone()
+                 for mode in self.uniform.outputModes}
+        for nearby in self.uniform.outputPerturbed:
+            number = convert.read_column(nearby, SOFT_MODE_INDEX)
+            sign = convert.read_column(nearby, SOFT_MODE_SIGN)
+            epsilon = convert.read_column(nearby, SOFT_MODE_EPSILON)
+            self.assertEqual(epsilon, convert.read_column(modes[number], SOFT_MODE_EPSILON))
+            mode, _ = convert.volume_to_array(modes[number], PIXEL)
+            volume, _ = convert.volume_to_array(nearby, PIXEL)
+            np.testing.assert_allclose(volume, reference + sign * epsilon * mode,
+                                       atol=1e-5 * np.abs(reference).max())
+        # The input map is untouched.
+        original = mrc.read_volume(self.simUniform._getFileName('volume'))[0]
+        np.testing.assert_array_equal(reference, original)
+
+    def testNoiseEstimate(self):
+        """The estimate from the particles recovers the simulated noise."""
+        truth = float(np.load(self.simUniform._getFileName('particleTruth'))['noiseSigma'])
+        estimate = self.uniform._noiseVariance()
+        self.assertAlmostEqual(estimate / truth ** 2, 1.0, delta=0.2)
+        self.assertEqual(self.design._noiseVariance(), 0.25)
+
+    def testDesignExperiment(self):
+        experiment = self.design._experiment()
+        self.assertAlmostEqual(experiment.n_images, PARTICLES)
+        self.assertEqual(experiment.counts.shape[1], 2)
+        self.assertEqual(sorted(p.defocus_u for p in experiment.ctf_params), [12000, 20000])
+
+    def testSummaryAndMethods(self):
+        summary = '\n'.join(self.uniform.summary())
+        self.assertIn('2πK = ', summary)
+        self.assertIn('%d images' % PARTICLES, summary)
+        self.assertIn('Mode %d: λ = ' % MODES, summary)
+        self.assertIn('eigenvalues.txt', summary)
+        self.assertIn('Rangan', ' '.join(self.uniform.methods()))
+        self.assertIn('Rangan2023hessian', self.uniform._citations())
+
+    def testViewerPlots(self):
+        for protocol in (self.uniform, self.design):
+            assertViewerPlots(self, CryoHessSoftModesViewer, protocol)
+
+    def testComparisonOfTwoRuns(self):
+        viewer = CryoHessSoftModesViewer(project=self.proj, protocol=self.uniform)
+        viewer.setProtocol(self.uniform)
+        viewer.comparedRuns.append(Pointer(self.polar))
+        self.assertEqual([run.getObjId() for run in viewer._comparedRuns()],
+                         [self.polar.getObjId()])
+        plotter = viewer._showComparison()[0]
+        path = os.path.join(self.proj.path, 'softmodes_uniform_vs_polar.png')
+        plotter.savefig(path)
+        plotter.close()
+        self.assertGreater(os.path.getsize(path), 1000)
+
+    def testViewerRefusesMissingMode(self):
+        viewer = CryoHessSoftModesViewer(project=self.proj, protocol=self.uniform)
+        viewer.setProtocol(self.uniform)
+        viewer.modeNumber.set(MODES + 1)
+        self.assertTrue(any("choose a mode from 1 to %d" % MODES in e
+                            for e in viewer.validate()))
+
+    def testDiscovery(self):
+        self.assertIs(pwem.Domain.getProtocols()['CryoHessProtSoftModes'],
+                      CryoHessProtSoftModes)
+        self.assertIs(pwem.Domain.getViewers()['CryoHessSoftModesViewer'],
+                      CryoHessSoftModesViewer)
+        self.assertIn(CryoHessSoftModesViewer,
+                      pwem.Domain.findViewers(CryoHessProtSoftModes.getClassName(),
+                                              DESKTOP_TKINTER))
+
+
+class TestSoftModesValidation(BaseTest):
+    """Bad input is refused by _validate with a message naming the fix."""
+
+    @classmethod
+    def setUpClass(cls):
+        setupTestProject(cls)
+        common = dict(SIMULATION, numberOfParticles=6, numberOfDefocusGroups=2)
+        cls.small = cls.newProtocol(CryoHessProtSimulate, **common)
+        cls.launchProtocol(cls.small)
+        cls.large = cls.newProtocol(CryoHessProtSimulate, **dict(common, boxSize=BOX + 8))
+        cls.launchProtocol(cls.large)
+        cls.coarse = cls.newProtocol(CryoHessProtSimulate, **dict(common, samplingRate=3.0))
+        cls.launchProtocol(cls.coarse)
+        cls.unaligned = cls.newProtocol(ProtImportParticles,
+                                        filesPath=os.path.abspath(cls.small._getExtraPath()),
+                                        filesPattern='particles.mrcs', samplingRate=PIXEL)
+        cls.launchProtocol(cls.unaligned)
+
+    def _errors(self, particles=None, volume=None, **kwargs):
+        protocol = self.newProtocol(CryoHessProtSoftModes, **dict(ANALYSIS, **kwargs))
+        protocol.inputParticles.set(self.small.outputParticles if particles is None
+                                    else particles)
+        protocol.inputVolume.set(self.small.outputVolume if volume is None else volume)
+        return protocol.validate()
+
+    def assertError(self, fragment, errors):
+        self.assertTrue(any(fragment in error for error in errors), errors)
+
+    def testValidInput(self):
+        self.assertEqual(self._errors(), [])
+        self.assertEqual(self._errors(experimentSource=EXPERIMENT_DESIGN), [])
+
+    def testParticlesWithoutAlignment(self):
+        errors = self._errors(particles=self.unaligned.outputParticles)
+        self.assertError("no 3D alignment", errors)
+        self.assertError("refinement", errors)
+
+    def testParticlesWithoutCtf(self):
+        errors = self._errors(particles=self.unaligned.outputParticles)
+        self.assertError("no CTF: estimate the CTF", errors)
+
+    def testAlignedParticlesWithoutCtf(self):
+        withoutCtf = SetOfParticles(filename=self.proj.getTmpPath('no_ctf_particles.sqlite'))
+        withoutCtf.copyInfo(self.small.outputParticles)
+        withoutCtf.setHasCTF(False)
+        withoutCtf.copyItems(self.small.outputParticles)
+        withoutCtf.write()
+        errors = self._errors(particles=withoutCtf)
+        self.assertEqual(len(errors), 1, errors)
+        self.assertError("no CTF", errors)
+
+    def testVolumeBoxDiffers(self):
+        self.assertError("px wide", self._errors(volume=self.large.outputVolume))
+
+    def testPixelSizesDiffer(self):
+        self.assertError("resample", self._errors(volume=self.coarse.outputVolume))
+
+    def testResolutionBeyondNyquist(self):
+        self.assertError("Nyquist", self._errors(maxResolution=PIXEL))
+
+    def testEmptySet(self):
+        empty = SetOfParticles(filename=self.proj.getTmpPath('empty_particles.sqlite'))
+        empty.setSamplingRate(PIXEL)
+        empty.write()
+        self.assertIn("The set of particles is empty.", self._errors(particles=empty))
+
+    def testModesNeedMoreIterations(self):
+        self.assertError("Lanczos iterations", self._errors(numberOfModes=8, iterations=8))
+
+    def testBadDefocusList(self):
+        errors = self._errors(experimentSource=EXPERIMENT_DESIGN, defocusValues='12000 far')
+        self.assertError("defocus values must be numbers", errors)

@@ -1,0 +1,217 @@
+"""Plots of the Hessian soft modes: spectrum, modes, sensitivity, poses and run comparisons."""
+from matplotlib.colors import LogNorm
+import numpy as np
+from pwem.viewers import EmPlotter
+import pyworkflow.protocol.params as params
+from pyworkflow.viewer import DESKTOP_TKINTER, WEB_DJANGO, ProtocolViewer
+
+from cryohess_plugin import convert
+from cryohess_plugin.protocols import CryoHessProtSoftModes
+
+#: Central sections of a (z, y, x) volume: name and how to take it.
+SECTIONS = (('xy', lambda v, c: v[c]), ('xz', lambda v, c: v[:, c]),
+            ('yz', lambda v, c: v[:, :, c]))
+
+
+class CryoHessSoftModesViewer(ProtocolViewer):
+    """What the softest modes say about a map, and how two runs compare."""
+    _label = 'viewer Hessian soft modes'
+    _targets = [CryoHessProtSoftModes]
+    _environments = [DESKTOP_TKINTER, WEB_DJANGO]
+
+    # --------------------------- DEFINE param functions ----------------------
+    def _defineParams(self, form):
+        form.addSection(label='Visualization')
+        form.addParam('displaySpectrum', params.LabelParam, label='Eigenvalue spectrum',
+                      help="Eigenvalues of the softest modes (smaller: softer, less "
+                           "constrained by the data) and the Lanczos diagnostic: the Ritz "
+                           "values at every iteration, whose lowest ones settle on the "
+                           "eigenvalues.")
+        form.addParam('modeNumber', params.IntParam, default=1,
+                      validators=[params.Positive], label='Mode',
+                      help="Soft mode (1 is the softest) shown by the mode and pose plots.")
+        form.addParam('displayMode', params.LabelParam, label='Mode as nearby volumes',
+                      help="Central slices along x, y and z of the nearby volumes F - εΔF "
+                           "and F + εΔF (20 times less likely than F by default), of the "
+                           "mode ΔF, and projections of ΔF along each axis: a projection "
+                           "near zero means the mode is invisible in that view. The "
+                           "volumes themselves are the outputs outputModes and "
+                           "outputPerturbed (open them with Scipion's volume viewers).")
+        form.addParam('displaySensitivity', params.LabelParam, label='Sensitivity map',
+                      help="Central slices of the per-voxel sensitivity Σ_i ε_i² ΔF_i², "
+                           "the squared change of the nearby volumes summed over the modes "
+                           "(ε² grows as 1/λ): high where the data pin the map down least. "
+                           "The reference's contour is drawn for orientation.")
+        form.addParam('displayShellProfile', params.LabelParam, label='Per-shell profile',
+                      help="How each mode distributes over resolution shells "
+                           "(frequency in 1/Å).")
+        form.addParam('displayPoseChanges', params.LabelParam, label='Pose changes',
+                      help="How far the poses of the images of each viewing direction "
+                           "turn when the volume follows the chosen mode by ε (implicit "
+                           "poses), on the viewing sphere seen from the equator "
+                           "(Mollweide map) and from the pole. Large values flag views "
+                           "whose alignment the mode would change.")
+        form.addParam('comparedRuns', params.MultiPointerParam,
+                      pointerClass='CryoHessProtSoftModes', allowsNull=True,
+                      label='Runs to compare',
+                      help="Other soft-mode runs compared with this one (e.g. uniform "
+                           "versus preferred-orientation particles). Empty: every other "
+                           "finished soft-mode run of the project.")
+        form.addParam('displayComparison', params.LabelParam, label='Compare runs',
+                      help="Spectra of this run and the compared runs overlaid, and "
+                           "their sensitivity maps side by side on one logarithmic colour "
+                           "scale (three decades below the largest value).")
+
+    def _getVisualizeDict(self):
+        return {'displaySpectrum': self._showSpectrum,
+                'displayMode': self._showMode,
+                'displaySensitivity': self._showSensitivity,
+                'displayShellProfile': self._showShellProfile,
+                'displayPoseChanges': self._showPoseChanges,
+                'displayComparison': self._showComparison}
+
+    def _validate(self):
+        count = len(self.protocol._loadAnalysis()['eigenvalues'])
+        if self.modeNumber.get() > count:
+            return ["This run has %d modes; choose a mode from 1 to %d." % (count, count)]
+        return []
+
+    # --------------------------- SHOW functions ------------------------------
+    def _showSpectrum(self, paramName=None):
+        analysis = self.protocol._loadAnalysis()
+        eigenvalues = analysis['eigenvalues']
+        plotter = EmPlotter(x=1, y=2, mainTitle='Soft-mode spectrum', figsize=(10, 4))
+        axes = plotter.createSubPlot('Softest eigenvalues (2πK = %d)'
+                                     % int(analysis['max_degree']), 'mode', 'λ')
+        axes.semilogy(np.arange(1, len(eigenvalues) + 1), eigenvalues, 'o-')
+        axes = plotter.createSubPlot('Ritz values per iteration', 'Lanczos iteration',
+                                     'Ritz value')
+        history = analysis['ritz_history']
+        iteration, _ = np.nonzero(np.isfinite(history) & (history > 0))
+        axes.semilogy(iteration + 1, history[np.isfinite(history) & (history > 0)], '.',
+                      markersize=3, color='tab:gray')
+        for value in eigenvalues:
+            axes.axhline(value, color='tab:red', linewidth=0.5)
+        return [plotter]
+
+    def _showMode(self, paramName=None):
+        index = self.modeNumber.get() - 1
+        analysis = self.protocol._loadAnalysis()
+        reference, _ = convert.volume_to_array(self.protocol.inputVolume.get())
+        mode = analysis['mode_volumes'][index]
+        epsilon = float(analysis['perturbation'][index])
+        centre = reference.shape[0] // 2
+        columns = (('F - εΔF', reference - epsilon * mode, 'gray'),
+                   ('F + εΔF', reference + epsilon * mode, 'gray'),
+                   ('ΔF', mode, 'coolwarm'))
+        plotter = EmPlotter(x=3, y=4, figsize=(10, 7.5),
+                            mainTitle='Mode %d: λ = %.3g, ε = %.3g, ‖εΔF‖/‖F‖ = %.1f %%'
+                                      % (index + 1, analysis['eigenvalues'][index], epsilon,
+                                         100 * analysis['relative_change'][index]))
+        limit = np.abs(mode).max() or 1.0
+        for axis, (name, section) in enumerate(SECTIONS):
+            for title, volume, cmap in columns:
+                image = section(volume, centre)
+                extent = dict(vmin=-limit, vmax=limit) if cmap == 'coolwarm' else {}
+                _image(plotter, '%s, %s slice' % (title, name), image, cmap, **extent)
+            projection = mode.sum(axis=axis)
+            bound = np.abs(projection).max() or 1.0
+            _image(plotter, 'ΔF projected along %s' % 'zyx'[axis], projection, 'coolwarm',
+                   vmin=-bound, vmax=bound)
+        return [plotter]
+
+    def _showSensitivity(self, paramName=None):
+        sensitivity = self.protocol._loadAnalysis()['sensitivity']
+        reference, _ = convert.volume_to_array(self.protocol.inputVolume.get())
+        centre = reference.shape[0] // 2
+        level = reference.mean() + 2 * reference.std()
+        plotter = EmPlotter(x=1, y=3, figsize=(11, 4), mainTitle='Sensitivity map')
+        for name, section in SECTIONS:
+            axes = _image(plotter, '%s slice' % name, section(sensitivity, centre), 'magma',
+                          vmin=0.0, vmax=sensitivity.max())
+            axes.contour(section(reference, centre), levels=[level], colors='cyan',
+                         linewidths=0.7)
+        plotter.tightLayout()
+        return [plotter]
+
+    def _showShellProfile(self, paramName=None):
+        analysis = self.protocol._loadAnalysis()
+        plotter = EmPlotter(mainTitle='Soft modes per resolution shell')
+        axes = plotter.createSubPlot('Energy of each mode per shell', 'frequency (1/Å)',
+                                     'energy')
+        for index, profile in enumerate(analysis['shell_profile']):
+            axes.semilogy(analysis['shell_frequencies'], np.maximum(profile, 1e-300),
+                          label='mode %d' % (index + 1))
+        axes.legend(fontsize=7)
+        return [plotter]
+
+    def _showPoseChanges(self, paramName=None):
+        index = self.modeNumber.get() - 1
+        analysis = self.protocol._loadAnalysis()
+        directions = self.protocol._experiment().directions
+        change = np.rad2deg(analysis['pose_changes'][index])
+        azimuth = np.arctan2(directions[:, 1], directions[:, 0])
+        tilt = np.arccos(np.clip(directions[:, 2], -1.0, 1.0))
+        plotter = EmPlotter(x=1, y=2, figsize=(12, 4.5),
+                            mainTitle='Pose changes |Δτ| of mode %d (ε = %.3g)'
+                                      % (index + 1, analysis['perturbation'][index]))
+        axes = plotter.createSubPlot('seen from the equator', '', '', projection='mollweide')
+        points = axes.scatter(azimuth, np.pi / 2 - tilt, c=change, s=12, cmap='viridis_r')
+        axes.grid(True)
+        axes = plotter.createSubPlot('seen from the pole (radius: tilt, deg)', '', '',
+                                     projection='polar')
+        axes.scatter(azimuth, np.rad2deg(tilt), c=change, s=12, cmap='viridis_r',
+                     vmin=change.min(), vmax=change.max())
+        axes.set_rlim(0, 90)  # directions are folded onto the upper hemisphere
+        plotter.getFigure().colorbar(points, ax=axes, label='|Δτ| (deg)')
+        return [plotter]
+
+    def _showComparison(self, paramName=None):
+        runs = [self.protocol] + self._comparedRuns()
+        analyses = [run._loadAnalysis() for run in runs]
+        names = ['%s (#%d)' % (run.getObjLabel(), run.getObjId()) for run in runs]
+        plotter = EmPlotter(x=3, y=len(runs), figsize=(max(6, 3.2 * len(runs)), 9),
+                            mainTitle='Soft modes of %d runs' % len(runs))
+        figure = plotter.getFigure()
+        axes = figure.add_subplot(3, 1, 1)
+        for name, analysis in zip(names, analyses):
+            eigenvalues = analysis['eigenvalues']
+            axes.semilogy(np.arange(1, len(eigenvalues) + 1), eigenvalues, 'o-', label=name)
+        axes.set_xlabel('mode')
+        axes.set_ylabel('λ')
+        axes.set_title('Softest eigenvalues')
+        axes.legend(fontsize=7)
+        vmax = max(float(analysis['sensitivity'].max()) for analysis in analyses) or 1.0
+        scale = LogNorm(vmin=1e-3 * vmax, vmax=vmax)
+        for row, (sectionName, section) in enumerate(SECTIONS[:2]):
+            for column, (name, analysis) in enumerate(zip(names, analyses)):
+                sensitivity = analysis['sensitivity']
+                axes = figure.add_subplot(3, len(runs), (row + 1) * len(runs) + column + 1)
+                image = section(sensitivity, sensitivity.shape[0] // 2)
+                axes.imshow(np.maximum(image, scale.vmin), cmap='magma', norm=scale,
+                            origin='lower')
+                axes.set_title('%s\nsensitivity, %s (max %.3g)'
+                               % (name, sectionName, sensitivity.max()), fontsize=8)
+                axes.set_xticks([])
+                axes.set_yticks([])
+        return [plotter]
+
+    # --------------------------- UTILS functions -----------------------------
+    def _comparedRuns(self):
+        """The runs chosen in the form, or every other finished soft-mode run."""
+        chosen = [pointer.get() for pointer in self.comparedRuns]
+        if chosen:
+            return chosen
+        ownId = self.protocol.getObjId()
+        return [run for run in self.getProject().getRuns()
+                if isinstance(run, CryoHessProtSoftModes) and run.isFinished()
+                and run.getObjId() != ownId]
+
+
+def _image(plotter, title, image, cmap, **limits):
+    """One image in the next subplot, without ticks; returns its axes."""
+    axes = plotter.createSubPlot(title, '', '')
+    axes.imshow(image, cmap=cmap, origin='lower', **limits)
+    axes.set_xticks([])
+    axes.set_yticks([])
+    return axes
