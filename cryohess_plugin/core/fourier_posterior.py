@@ -1,0 +1,565 @@
+"""Gaussian posterior over a map's Fourier transform with known poses (Ullrich et al. 2019).
+
+Model (notes ``method_differentiable_fourier_slice.md`` §2, §4, in the
+conventions of :mod:`.fourier` and :mod:`.projector`)::
+
+    X_n(k) = c_n(k) exp(-2 pi i k.t_n / D) V(R_n^T (kx, ky, 0)) + N_n(k)
+
+* ``V`` is the centred, non-unitary transform of the map on the *unpadded*
+  ``D^3`` grid, read by trilinear interpolation (a :class:`.SliceOperator`
+  with ``padding=1``, ``kernel="linear"``): the paper's model, in which every
+  grid coefficient is a parameter.  The map is ``ifft(V)`` divided by the
+  kernel's deapodisation, as :meth:`.SliceOperator.volume_to_grid` inverts.
+* ``N`` is the transform of white real-space noise of variance ``sigma^2``
+  per pixel: ``E|N(k)|^2 = D^2 sigma^2``.  Images are used on the half plane
+  (:class:`.fourier.HalfPlane`, each independent coefficient once, the real
+  DC with weight 1/2) inside a disc whose taps stay in ``(-D/2, D/2)``, so
+  the Hermitian mirror of every tap is on the grid.
+* Prior: ``V`` Hermitian (a real map), ``E|V_j|^2 = s0^2(shell)``.
+
+Posterior (mean field = diagonal, notes §4.2; ``Var`` is the complex
+variance ``E|V_j - mu_j|^2``)::
+
+    (herm(A^H W A) / (D^2 sigma^2) + 1 / s0^2) mu = herm(A^H W X) / (D^2 sigma^2)
+    Var_j = 1 / (1 / s0^2 + S_j / (D^2 sigma^2)),   S_j = sum_n sum_k c^2 w_nkj^2
+
+where ``herm(B) = B + conj(mirror(B))`` folds the gradient onto Hermitian
+maps and ``S`` counts both ``k`` and ``-k`` (the sampling density).  In the
+paper's unitary units per real component this is the notes' ``1 / (1/s0^2
++ 2 D S / sigma^2)``.  The mean is the exact MAP (conjugate gradients); the
+variance ignores the correlations interpolation creates, as mean-field VI
+does.  Noise and per-shell prior variances are estimated by EM.
+
+The variational fit (:func:`fit_variational`) minimises the minibatch ELBO
+of eq 15 with the closed-form expected likelihood of notes §4.2 (no
+reparameterisation noise): a natural-gradient step on the precision and a
+preconditioned, Polyak-averaged gradient step on the mean.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import fourier
+from .errors import InvalidDataError, MissingMetadataError, ShapeError
+from .kernels import posterior_cpu
+from .projector import SliceOperator
+
+#: Interpolation kernels of the posterior model and the disc margin their taps need.
+_MARGIN = {"linear": 1, "cubic": 2}
+_TINY = 1e-30
+
+
+# --------------------------------------------------------------------------- grids
+
+def mirror(grid):
+    """``grid`` at ``-k`` on the centred layout (zero where ``-k`` is off the grid)."""
+    size = grid.shape[0]
+    if size % 2:
+        return grid[::-1, ::-1, ::-1].copy()
+    out = np.zeros_like(grid)
+    out[1:, 1:, 1:] = grid[1:, 1:, 1:][::-1, ::-1, ::-1]
+    return out
+
+
+def paired(box):
+    """Mask of the voxels whose mirror ``-k`` is on the grid (all but the ``-D/2`` planes)."""
+    mask = np.ones((box,) * 3, dtype=bool)
+    if box % 2 == 0:
+        mask[0], mask[:, 0], mask[:, :, 0] = False, False, False
+    return mask
+
+
+def hermitian_fold(grid):
+    """``grid + conj(mirror(grid))``: a gradient on the full grid folded onto real maps."""
+    return grid + np.conj(mirror(grid))
+
+
+def expand_shells(values, box):
+    """Per-shell values ``(box // 2 + 1,)`` (or a scalar) as a ``(box,)*3`` grid.
+
+    Shells beyond ``box // 2`` (the corners) take the last shell's value.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 0:
+        return np.full((box,) * 3, float(values))
+    n_shells = box // 2 + 1
+    if values.shape != (n_shells,):
+        raise ShapeError(f"per-shell values must have shape ({n_shells},), got {values.shape}")
+    return values[np.minimum(fourier.shell_index((box,) * 3), n_shells - 1)]
+
+
+def shell_sums(grid):
+    """Sum of a real grid over integer shells ``0 .. box // 2``."""
+    shells = fourier.shell_index(grid.shape)
+    n_shells = grid.shape[0] // 2 + 1
+    inside = shells < n_shells
+    return np.bincount(shells[inside], grid[inside], n_shells)
+
+
+# --------------------------------------------------------------------------- data
+
+class PosteriorProblem:
+    """Particle images with known poses and CTFs, ready for the posterior fits.
+
+    :param images: ``(n, D, D)`` real particle images.
+    :param rotations: ``(n, 3, 3)`` (:mod:`.rotations` convention).
+    :param shifts: ``(n, 2)`` particle offsets in pixels, or None.
+    :param ctf: ``(n, m)`` CTF values at the operator's half-plane points
+        (:meth:`ctf_frequencies`), or None for CTF-free data.
+    :param kernel: interpolation kernel of the model (``"linear"``: the paper's).
+    :param dtype: float precision of the spectra and grids.
+    :param backend: backend of the slice operator.
+    :param batch_size: images per pass of the slice kernels.
+    """
+
+    def __init__(self, images, rotations, shifts=None, ctf=None, kernel="linear",
+                 dtype=np.float64, backend="cpu", batch_size=512):
+        images = np.asarray(images)
+        if images.ndim != 3 or images.shape[1] != images.shape[2]:
+            raise ShapeError(f"images must be a stack (n, D, D) of square images, got shape "
+                             f"{images.shape}")
+        n, box = images.shape[0], images.shape[1]
+        if n < 1:
+            raise InvalidDataError("the particle stack is empty; select some particles")
+        if kernel not in _MARGIN:
+            raise ValueError(f"kernel must be one of {sorted(_MARGIN)}, got {kernel!r}")
+        if rotations is None:
+            raise MissingMetadataError("the particles have no alignment; run an alignment "
+                                       "(e.g. the cryohess radial-SVD protocol) first")
+        rotations = np.asarray(rotations, dtype=np.float64)
+        if rotations.shape != (n, 3, 3):
+            raise ShapeError(f"rotations must have shape ({n}, 3, 3) for {n} images, got "
+                             f"{rotations.shape}")
+        shifts = np.zeros((n, 2)) if shifts is None else np.asarray(shifts, dtype=np.float64)
+        if shifts.shape != (n, 2):
+            raise ShapeError(f"shifts must have shape ({n}, 2), got {shifts.shape}")
+        for name, array in (("images", images), ("rotations", rotations), ("shifts", shifts)):
+            bad = np.count_nonzero(~np.isfinite(array))
+            if bad:
+                raise InvalidDataError(f"{name} contain {bad} NaN or infinite values; remove "
+                                       "those particles or fix their metadata")
+        self.operator = SliceOperator(box, padding=1, kernel=kernel, dtype=dtype,
+                                      backend=backend, radius=box / 2 - _MARGIN[kernel])
+        hp = self.operator.half_plane
+        if ctf is not None:
+            ctf = np.asarray(ctf, dtype=np.float64)
+            if ctf.shape != (n, hp.size):
+                raise ShapeError(f"ctf must hold the CTF of every image at the {hp.size} "
+                                 f"half-plane points, shape ({n}, {hp.size}); got {ctf.shape}. "
+                                 "Evaluate it at PosteriorProblem.ctf_frequencies(box)")
+            if not np.isfinite(ctf).all():
+                raise InvalidDataError("the CTF values contain NaN or infinite entries; "
+                                       "re-estimate the CTF of those micrographs")
+        self.box = box
+        self.kernel = kernel
+        self.rotations = rotations
+        self.shifts = shifts
+        self.ctf = ctf
+        self.batch_size = int(batch_size)
+        self.spectra = hp.transform(images).astype(self.operator.complex_dtype)
+        # The DC coefficient is real: half the weight of a complex one (module docstring).
+        self.sample_weight = np.where((hp.kx == 0) & (hp.ky == 0), 0.5, 1.0)
+        self._rows = np.ascontiguousarray(rotations[:, :2, :])
+
+    @staticmethod
+    def ctf_frequencies(box, kernel="linear"):
+        """``(kx, ky)`` at which :class:`PosteriorProblem` expects CTF values."""
+        hp = fourier.HalfPlane.disc(box, box / 2 - _MARGIN[kernel])
+        return hp.kx, hp.ky
+
+    @property
+    def n_particles(self):
+        return self.spectra.shape[0]
+
+    @property
+    def half_plane(self):
+        return self.operator.half_plane
+
+    def subset(self, index):
+        """A problem holding the particles ``index`` (shares the spectra's dtype)."""
+        new = object.__new__(PosteriorProblem)
+        new.__dict__.update(self.__dict__)
+        new.rotations = self.rotations[index]
+        new.shifts = self.shifts[index]
+        new.ctf = None if self.ctf is None else self.ctf[index]
+        new.spectra = self.spectra[index]
+        new._rows = np.ascontiguousarray(self._rows[index])
+        return new
+
+    def batches(self, index=None):
+        """Slices (or index arrays) of at most ``batch_size`` particles."""
+        if index is None:
+            return [slice(s, min(s + self.batch_size, self.n_particles))
+                    for s in range(0, self.n_particles, self.batch_size)]
+        return [index[s:s + self.batch_size] for s in range(0, len(index), self.batch_size)]
+
+    def _ctf(self, part):
+        return None if self.ctf is None else self.ctf[part]
+
+    def _ctf_squared(self, part, count):
+        hp = self.half_plane
+        return np.ones((count, hp.size)) if self.ctf is None else self.ctf[part] ** 2
+
+    # ------------------------------------------------------------- operators
+    def forward(self, grid, part):
+        """Model spectra ``(len(part), m)`` of ``grid`` for particles ``part``."""
+        hp = self.half_plane
+        return self.operator.slices(grid, self.rotations[part], hp.kx, hp.ky,
+                                    self.shifts[part], self._ctf(part))
+
+    def adjoint(self, values, part):
+        """``herm(A^H (W values))`` for particles ``part`` (a complex grid)."""
+        hp = self.half_plane
+        grid = self.operator.slices_adjoint(values * self.sample_weight, self.rotations[part],
+                                            hp.kx, hp.ky, self.shifts[part], self._ctf(part))
+        return hermitian_fold(grid.astype(np.complex128))
+
+    def data_term(self, part=None):
+        """``herm(A^H W X)`` over the particles ``part`` (all by default)."""
+        total = np.zeros((self.box,) * 3, np.complex128)
+        for p in self.batches(part):
+            total += self.adjoint(self.spectra[p], p)
+        return total
+
+    def normal(self, grid, part=None):
+        """``herm(A^H W A grid)`` over the particles ``part``."""
+        grid = grid.astype(self.operator.complex_dtype)
+        total = np.zeros((self.box,) * 3, np.complex128)
+        for p in self.batches(part):
+            total += self.adjoint(self.forward(grid, p), p)
+        return total
+
+    def sampling_density(self, part=None):
+        """``S_j = sum c^2 W w^2`` over ``k`` and ``-k`` (real grid)."""
+        density = np.zeros((self.box,) * 3)
+        for p in self.batches(part):
+            count = self._rows[p].shape[0]
+            weights = np.ascontiguousarray(self._ctf_squared(p, count) * self.sample_weight)
+            hp = self.half_plane
+            posterior_cpu.sampling_density(weights, self._rows[p], hp.kx, hp.ky,
+                                           self.operator.kernel_id, density)
+        return density + mirror(density)
+
+    def row_sums(self, part=None):
+        """``herm(A^H W c^2)`` without shifts: the gridding weights, a preconditioner."""
+        density = np.zeros((self.box,) * 3, np.complex128)
+        hp = self.half_plane
+        for p in self.batches(part):
+            count = self._rows[p].shape[0]
+            values = (self._ctf_squared(p, count) * self.sample_weight).astype(
+                self.operator.complex_dtype)
+            density += self.operator.slices_adjoint(values, self.rotations[p], hp.kx, hp.ky)
+        return np.maximum(hermitian_fold(density).real, 0.0)
+
+    def gathered_variance(self, variance, part):
+        """``sum_j c^2 w^2 Var_j`` at every sample of particles ``part``: ``(n, m)``."""
+        hp = self.half_plane
+        rows = self._rows[part]
+        out = np.empty((rows.shape[0], hp.size))
+        posterior_cpu.gather_squared(np.ascontiguousarray(variance, np.float64), rows, hp.kx,
+                                     hp.ky, self.operator.kernel_id, out)
+        if self.ctf is not None:
+            out *= self.ctf[part] ** 2
+        return out
+
+    def residual_power(self, mean, variance=None, part=None):
+        """Per-particle ``sum_k W E|X - A V|^2`` under the posterior ``(mean, variance)``."""
+        index = np.arange(self.n_particles) if part is None else np.asarray(part)
+        out = np.empty(index.size)
+        for start in range(0, index.size, self.batch_size):
+            p = index[start:start + self.batch_size]
+            residual = self.spectra[p] - self.forward(mean.astype(self.operator.complex_dtype), p)
+            power = np.abs(residual) ** 2
+            if variance is not None:
+                power = power + self.gathered_variance(variance, p)
+            out[start:start + p.size] = power @ self.sample_weight
+        return out
+
+
+# --------------------------------------------------------------------------- posterior
+
+@dataclass
+class FourierPosterior:
+    """Diagonal Gaussian posterior over the ``D^3`` Fourier grid of a map.
+
+    :param mean: complex ``(D, D, D)`` posterior mean ``mu`` (centred layout).
+    :param variance: real ``(D, D, D)`` complex variance ``E|V - mu|^2``.
+    :param prior_variance: real ``(D, D, D)`` prior ``s0^2`` per coefficient.
+    :param noise_variance: real-space noise variance ``sigma^2`` per pixel.
+    :param kernel: interpolation kernel of the model.
+    :param history: fit diagnostics (noise, residuals per iteration).
+    """
+    mean: np.ndarray
+    variance: np.ndarray
+    prior_variance: np.ndarray
+    noise_variance: float
+    kernel: str = "linear"
+    history: dict = field(default_factory=dict)
+
+    @property
+    def box(self):
+        return self.mean.shape[0]
+
+    def _deapodization(self):
+        d = fourier.deapodization(self.box, self.box, self.kernel)
+        return d[:, None, None] * d[None, :, None] * d[None, None, :]
+
+    def grid_to_map(self, grid):
+        """Real map of a Fourier grid (inverse of :meth:`.SliceOperator.volume_to_grid`)."""
+        return fourier.centred_ifftn(grid).real / self._deapodization()
+
+    def mean_map(self):
+        """Posterior-mean map ``(D, D, D)``, real space."""
+        return self.grid_to_map(self.mean)
+
+    def relative_variance(self):
+        """``Var / s0^2``: 1 where no data constrain the coefficient, near 0 where dense."""
+        return self.variance / self.prior_variance
+
+    def shell_snr(self):
+        """Spectral-shell SNR ``alpha(f) = sum |mu|^2 / sum Var`` (notes eq 19), shells 0..D/2."""
+        return shell_sums(np.abs(self.mean) ** 2) / np.maximum(shell_sums(self.variance), _TINY)
+
+    def resolution_curve(self, half_maps=True):
+        """FSC-like curve from one fit.
+
+        ``half_maps=True`` gives ``(alpha/2) / (1 + alpha/2)``, comparable with
+        the FSC of two half maps (each has half the data, so half the SNR);
+        ``False`` gives the paper's ``alpha / (1 + alpha)`` for the full map.
+        """
+        alpha = self.shell_snr() / (2.0 if half_maps else 1.0)
+        return alpha / (1.0 + alpha)
+
+    def sample_grids(self, count, rng=0):
+        """``count`` Hermitian Fourier grids drawn from the posterior, ``(count, D, D, D)``."""
+        rng = np.random.default_rng(rng)
+        std = np.sqrt(self.variance)
+        out = np.empty((count,) + self.mean.shape, np.complex128)
+        for s in range(count):
+            noise = rng.standard_normal(self.mean.shape) + 1j * rng.standard_normal(self.mean.shape)
+            # (e + conj(e(-k))) / 2 is Hermitian with E|z|^2 = 1 off the self-conjugate points;
+            # the unpaired -D/2 planes (outside the model's disc) keep their mean.
+            noise = 0.5 * hermitian_fold(noise * paired(self.box))
+            out[s] = self.mean + std * noise
+        return out
+
+    def sample_maps(self, count, rng=0):
+        """``count`` real maps drawn from the posterior, ``(count, D, D, D)``."""
+        return np.stack([self.grid_to_map(g) for g in self.sample_grids(count, rng)])
+
+    def real_space_std(self, count=16, rng=0):
+        """Voxel-wise standard deviation of ``count`` posterior samples (real space).
+
+        A diagonal Fourier posterior is stationary in real space apart from
+        the deapodisation (notes §4.5): the map mostly shows where the
+        correction amplifies, so read it as a global uncertainty level.
+        """
+        if count < 2:
+            raise InvalidDataError(f"need at least 2 samples for a standard deviation, got {count}")
+        return np.std(self.sample_maps(count, rng), axis=0, ddof=1)
+
+    def analytic_real_space_std(self):
+        """The exact voxel-wise standard deviation :meth:`real_space_std` estimates."""
+        total = self.variance[paired(self.box)].sum()
+        return np.sqrt(total) / self.box ** 3 / self._deapodization()
+
+
+# --------------------------------------------------------------------------- fits
+
+def _noise_scale(problem, noise_variance):
+    return problem.box ** 2 * float(noise_variance)
+
+
+def _conjugate_gradients(apply, rhs, preconditioner, start, iterations, tolerance):
+    """Preconditioned CG for a real-linear SPD ``apply`` under ``Re <a, b>``."""
+    x = start.copy()
+    r = rhs - apply(x)
+    z = preconditioner * r
+    p = z.copy()
+    rz = np.vdot(r, z).real
+    norm = np.sqrt(np.vdot(rhs, rhs).real) or 1.0
+    residuals = []
+    for _ in range(iterations):
+        residuals.append(np.sqrt(np.vdot(r, r).real) / norm)
+        if residuals[-1] < tolerance:
+            break
+        q = apply(p)
+        step = rz / np.vdot(p, q).real
+        x += step * p
+        r -= step * q
+        z = preconditioner * r
+        rz_new = np.vdot(r, z).real
+        p = z + (rz_new / rz) * p
+        rz = rz_new
+    return x, residuals
+
+
+def _check_variance(value, name):
+    value = np.asarray(value, dtype=np.float64)
+    if not (np.isfinite(value).all() and (value > 0).all()):
+        raise InvalidDataError(f"{name} must be positive and finite, got {value}")
+    return value
+
+
+def initial_noise_variance(problem):
+    """Upper bound of ``sigma^2``: the mean power of the data coefficients (signal included)."""
+    power = np.abs(problem.spectra) ** 2 @ problem.sample_weight
+    return float(power.mean() / (problem.box ** 2 * problem.sample_weight.sum()))
+
+
+def estimate_noise_variance(problem, posterior):
+    """EM update of ``sigma^2`` (notes §4.3): mean ``E|X - A V|^2 / D^2`` per real coefficient."""
+    power = problem.residual_power(posterior.mean, posterior.variance)
+    return float(power.sum() / (problem.box ** 2 * problem.n_particles
+                                * problem.sample_weight.sum()))
+
+
+def estimate_prior_variance(posterior):
+    """EM update of the per-shell prior: shell mean of ``|mu|^2 + Var`` (shells 0..D/2)."""
+    shells = fourier.shell_index(posterior.mean.shape)
+    n_shells = posterior.box // 2 + 1
+    inside = shells < n_shells
+    power = np.abs(posterior.mean) ** 2 + posterior.variance
+    counts = np.bincount(shells[inside], minlength=n_shells)
+    mean_power = np.bincount(shells[inside], power[inside], n_shells) / np.maximum(counts, 1)
+    return np.maximum(mean_power, mean_power.max() * 1e-12)
+
+
+def fit_closed_form(problem, noise_variance=None, prior_variance=None, em_iterations=4,
+                    cg_iterations=30, tolerance=1e-4):
+    """Mean-field posterior in closed form: MAP mean by CG, variance from ``S``.
+
+    :param problem: :class:`PosteriorProblem`.
+    :param noise_variance: ``sigma^2`` per pixel, or None to estimate it (EM).
+    :param prior_variance: scalar or per-shell ``(D // 2 + 1,)`` ``s0^2``, or
+        None to estimate it per shell (EM, empirical Bayes).
+    :param em_iterations: EM rounds when something is estimated.
+    :param cg_iterations: most CG iterations per round.
+    :param tolerance: relative CG residual to stop at.
+    :returns: :class:`FourierPosterior`.
+    """
+    box = problem.box
+    estimate_noise = noise_variance is None
+    estimate_prior = prior_variance is None
+    noise = initial_noise_variance(problem) if estimate_noise else float(
+        _check_variance(noise_variance, "noise_variance"))
+    data = problem.data_term()
+    density = problem.sampling_density()
+    rows = problem.row_sums()
+    if estimate_prior:
+        # Start from the power of the gridded data: an over-estimate EM pulls down.
+        direct = np.abs(data) ** 2 / np.maximum(rows, 1e-3 * rows.max()) ** 2
+        sampled = rows > 1e-3 * rows.max()
+        prior_shell = np.maximum(shell_sums(np.where(sampled, direct, 0.0))
+                                 / np.maximum(shell_sums(sampled.astype(float)), 1), _TINY)
+        prior_shell = np.maximum(prior_shell, prior_shell.max() * 1e-12)
+    else:
+        prior_shell = _check_variance(prior_variance, "prior_variance")
+    rounds = em_iterations if (estimate_noise or estimate_prior) else 1
+    mean = np.zeros((box,) * 3, np.complex128)
+    history = {"noise_variance": [], "cg_residuals": []}
+    for _ in range(rounds):
+        prior = expand_shells(prior_shell, box)
+        scale = _noise_scale(problem, noise)
+        variance = 1.0 / (1.0 / prior + density / scale)
+        preconditioner = 1.0 / (1.0 / prior + rows / scale)
+        mean, residuals = _conjugate_gradients(
+            lambda g: problem.normal(g) / scale + g / prior, data / scale, preconditioner,
+            mean, cg_iterations, tolerance)
+        posterior = FourierPosterior(mean, variance, prior, noise, problem.kernel, history)
+        history["noise_variance"].append(noise)
+        history["cg_residuals"].append(residuals)
+        if estimate_noise:
+            noise = estimate_noise_variance(problem, posterior)
+        if estimate_prior:
+            prior_shell = estimate_prior_variance(posterior)
+    return posterior
+
+
+def fit_variational(problem, noise_variance, prior_variance, batch_size=64, epochs=20,
+                    step=0.3, rng=0, start=None):
+    """Stochastic variational fit of the mean-field posterior in minibatches (eq 15).
+
+    Each step uses the minibatch ``B`` scaled by ``N / |B|`` and the
+    closed-form expected likelihood (notes §4.2):
+
+    * precision ``lambda = 1 / Var``: natural-gradient step
+      ``lambda <- (1 - r) lambda + r (1/s0^2 + (N/|B|) S_B / (D^2 sigma^2))``
+      with ``r = 1 / t`` (an exact running average of the minibatch densities);
+    * mean: ``mu <- mu - step * P * grad`` with the gridding-weight
+      preconditioner ``P`` (a minibatch estimate averaged the same way), and
+      Polyak averaging over the second half of the steps.
+
+    :param noise_variance: ``sigma^2`` per pixel (e.g. from :func:`fit_closed_form`).
+    :param prior_variance: scalar, per-shell ``(D//2+1,)`` or ``(D, D, D)`` ``s0^2``.
+    :param batch_size: particles per minibatch.
+    :param epochs: passes over the data.
+    :param step: mean step size (stable below about 1 with this preconditioner).
+    :param rng: seed of the minibatch order.
+    :param start: starting mean grid, or None for zero.
+    :returns: :class:`FourierPosterior` (history holds the number of steps).
+    """
+    box = problem.box
+    scale = _noise_scale(problem, float(_check_variance(noise_variance, "noise_variance")))
+    prior_variance = _check_variance(prior_variance, "prior_variance")
+    prior = (prior_variance if prior_variance.shape == (box,) * 3
+             else expand_shells(prior_variance, box))
+    rng = np.random.default_rng(rng)
+    n = problem.n_particles
+    batch_size = min(int(batch_size), n)
+    mean = np.zeros((box,) * 3, np.complex128) if start is None else start.astype(np.complex128)
+    precision = 1.0 / prior
+    rows_average = np.zeros((box,) * 3)
+    average = np.zeros_like(mean)
+    n_averaged = 0
+    steps_per_epoch = n // batch_size
+    total = epochs * steps_per_epoch
+    t = 0
+    for epoch in range(epochs):
+        order = rng.permutation(n)
+        for b in range(steps_per_epoch):
+            t += 1
+            part = np.sort(order[b * batch_size:(b + 1) * batch_size])
+            factor = n / part.size
+            rate = 1.0 / t
+            precision = (1 - rate) * precision + rate * (
+                1.0 / prior + factor * problem.sampling_density(part) / scale)
+            rows_average = (1 - rate) * rows_average + rate * factor * problem.row_sums(part)
+            residual = problem.adjoint(problem.forward(mean.astype(problem.operator.complex_dtype),
+                                                       part) - problem.spectra[part], part)
+            gradient = factor * residual / scale + mean / prior
+            mean = mean - step * gradient / (1.0 / prior + rows_average / scale)
+            if t > total // 2:
+                n_averaged += 1
+                average += (mean - average) / n_averaged
+    history = {"steps": t, "batch_size": batch_size}
+    return FourierPosterior(average if n_averaged else mean, 1.0 / precision, prior,
+                            scale / box ** 2, problem.kernel, history)
+
+
+def log_likelihood(problem, posterior):
+    """Held-out log-likelihood of every particle under the posterior predictive.
+
+    The predictive of coefficient ``k`` is Gaussian with mean ``A mu`` and
+    variance ``D^2 sigma^2 + c^2 sum w^2 Var`` (diagonal: correlations between
+    coefficients are ignored); complex coefficients count
+    ``-|r|^2/v - log(pi v)``, the real DC ``-r^2/(2v) - log(2 pi v)/2``.  The
+    sum runs over the model's frequency disc, so values compare between
+    particles and posteriors, not with other image models.
+
+    :returns: ``(n,)`` float64.
+    """
+    if posterior.box != problem.box:
+        raise ShapeError(f"posterior box {posterior.box} differs from the particle box "
+                         f"{problem.box}; use particles and posterior of one box size")
+    noise = _noise_scale(problem, posterior.noise_variance)
+    dc = problem.sample_weight < 1.0
+    out = np.empty(problem.n_particles)
+    for p in problem.batches():
+        residual = problem.spectra[p] - problem.forward(
+            posterior.mean.astype(problem.operator.complex_dtype), p)
+        v = noise + problem.gathered_variance(posterior.variance, p)
+        complex_terms = -(np.abs(residual) ** 2) / v - np.log(np.pi * v)
+        real_terms = -(residual.real ** 2) / (2 * v) - 0.5 * np.log(2 * np.pi * v)
+        out[p] = np.where(dc, real_terms, complex_terms).sum(axis=1)
+    return out

@@ -1,0 +1,190 @@
+"""Local refinement of particle poses by descent on the Gaussian likelihood.
+
+For image ``n`` with centred spectrum ``X_n`` on the half plane and the
+model ``m_n = c_n exp(-2 pi i k.t_n / D) V(R_n^T k)`` of a reference map
+(:class:`.projector.FourierSliceProjector`), the loss is the white-noise
+negative log-likelihood up to constants, ``L_n = sum_k W_k |X_n(k) - m_n(k)|^2``
+over a frequency disc (the real DC with weight 1/2).  Its derivatives with
+respect to the left so(3) perturbation ``omega`` (:func:`.rotations.perturb`)
+and the shift come from :meth:`.SliceOperator.slice_gradients`; each step is
+a Levenberg-Marquardt (damped Gauss-Newton) step on the 5 pose parameters,
+accepted only where the loss decreases.
+
+Local descent finds the optimum of the basin it starts in: for (near-)
+symmetric particles that may be a symmetry mate (notes §5, Fig. 6), so start
+from a global search (:mod:`.radial_svd`).  The disc radius grows over
+``radii`` (coarse to fine) so the basin is wide at the start.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import rotations as rot
+from .errors import InvalidDataError, MissingMetadataError, ShapeError
+from .projector import FourierSliceProjector
+
+_DAMPING_START = 1e-3
+
+
+@dataclass
+class PoseRefinementResult:
+    """Refined poses and the loss before and after.
+
+    :param rotations: ``(n, 3, 3)`` refined rotations.
+    :param shifts: ``(n, 2)`` refined shifts in pixels.
+    :param loss_start: ``(n,)`` loss of the starting poses at the final radius.
+    :param loss: ``(n,)`` loss of the refined poses at the final radius.
+    :param accepted_steps: ``(n,)`` number of accepted steps per particle.
+    """
+    rotations: np.ndarray
+    shifts: np.ndarray
+    loss_start: np.ndarray
+    loss: np.ndarray
+    accepted_steps: np.ndarray
+
+
+def _losses(residual, weight):
+    return (np.abs(residual) ** 2) @ weight
+
+
+def refine_poses(reference, images, rotations, shifts=None, ctf=None, radii=None,
+                 iterations=8, max_step_deg=5.0, max_shift_step=2.0, batch_size=256):
+    """Refine rotations and shifts of ``images`` against a ``reference`` map.
+
+    :param reference: ``(D, D, D)`` map or a :class:`.FourierSliceProjector` of it.
+    :param images: ``(n, D, D)`` particle images.
+    :param rotations: ``(n, 3, 3)`` starting rotations.
+    :param shifts: ``(n, 2)`` starting shifts in pixels, or None for zero.
+    :param ctf: ``(n, m)`` CTF values at the projector's half-plane points, or None.
+    :param radii: increasing disc radii in cycles per box (default ``D/8, D/4,
+        D/2 - 1``); ``iterations`` steps are taken at each.
+    :param max_step_deg: largest rotation step per iteration (trust region).
+    :param max_shift_step: largest shift step per iteration in pixels.
+    :param batch_size: particles refined together.
+    :returns: :class:`PoseRefinementResult`.
+    """
+    projector = (reference if isinstance(reference, FourierSliceProjector)
+                 else FourierSliceProjector(reference, dtype=np.float64, backend="cpu"))
+    box = projector.box
+    images = np.asarray(images)
+    if images.ndim != 3 or images.shape[1:] != (box, box):
+        raise ShapeError(f"images must be (n, {box}, {box}) to match the reference box {box}, "
+                         f"got {images.shape}; resample the reference or the particles")
+    if rotations is None:
+        raise MissingMetadataError("local refinement needs starting poses; run a global "
+                                   "alignment first")
+    n = images.shape[0]
+    rotations = np.asarray(rotations, dtype=np.float64)
+    if rotations.shape != (n, 3, 3):
+        raise ShapeError(f"rotations must have shape ({n}, 3, 3), got {rotations.shape}")
+    shifts = np.zeros((n, 2)) if shifts is None else np.array(shifts, dtype=np.float64)
+    if shifts.shape != (n, 2):
+        raise ShapeError(f"shifts must have shape ({n}, 2), got {shifts.shape}")
+    hp = projector.half_plane
+    if ctf is not None:
+        ctf = np.asarray(ctf, dtype=np.float64)
+        if ctf.shape != (n, hp.size):
+            raise ShapeError(f"ctf must have shape ({n}, {hp.size}) (values at the projector's "
+                             f"half-plane points), got {ctf.shape}")
+    for name, array in (("images", images), ("rotations", rotations), ("shifts", shifts)):
+        if not np.isfinite(array).all():
+            raise InvalidDataError(f"{name} contain NaN or infinite values; remove those "
+                                   "particles or fix their metadata")
+    radii = [box / 8, box / 4, box / 2 - 1] if radii is None else list(radii)
+    radius = np.hypot(hp.kx, hp.ky)
+    base_weight = np.where(radius == 0, 0.5, 1.0)
+    final_weight = base_weight * (radius < radii[-1])
+    out_rot, out_shift = rotations.copy(), shifts.copy()
+    loss_start, loss_end = np.empty(n), np.empty(n)
+    accepted = np.zeros(n, dtype=np.int64)
+    max_rot = np.deg2rad(max_step_deg)
+    for start in range(0, n, batch_size):
+        part = slice(start, min(start + batch_size, n))
+        spectra = hp.transform(images[part])
+        c = None if ctf is None else ctf[part]
+        model = projector.project_fourier(out_rot[part], out_shift[part], c)
+        loss_start[part] = _losses(spectra - model, final_weight)
+        for r_max in radii:
+            weight = base_weight * (radius < r_max)
+            rot_p, shift_p, acc = _descend(projector, spectra, out_rot[part], out_shift[part], c,
+                                           weight, iterations, max_rot, max_shift_step)
+            out_rot[part], out_shift[part] = rot_p, shift_p
+            accepted[part] += acc
+        model = projector.project_fourier(out_rot[part], out_shift[part], c)
+        loss_end[part] = _losses(spectra - model, final_weight)
+    return PoseRefinementResult(out_rot, out_shift, loss_start, loss_end, accepted)
+
+
+def _descend(projector, spectra, rotations, shifts, ctf, weight, iterations, max_rot, max_shift):
+    """Levenberg-Marquardt on ``(omega, t)`` for one batch at one disc radius."""
+    hp = projector.half_plane
+    op, grid = projector.operator, projector.grid
+    n = spectra.shape[0]
+    damping = np.full(n, _DAMPING_START)
+    accepted = np.zeros(n, dtype=np.int64)
+    for _ in range(iterations):
+        values, d_rot, d_shift = op.slice_gradients(grid, rotations, hp.kx, hp.ky, shifts, ctf)
+        residual = spectra - values
+        loss = _losses(residual, weight)
+        jac = np.concatenate([d_rot, d_shift], axis=1)            # (n, 5, m)
+        # L = sum W |X - m|^2: gradient -2 Re J W conj(r), Gauss-Newton Hessian 2 Re J W J^H.
+        gradient = -2 * np.einsum("nam,m,nm->na", jac, weight, np.conj(residual)).real
+        hessian = 2 * np.einsum("nam,m,nbm->nab", jac, weight, np.conj(jac)).real
+        diagonal = np.einsum("naa->na", hessian)
+        damped = hessian + (damping[:, None] * diagonal)[:, :, None] * np.eye(5)[None]
+        step = -np.linalg.solve(damped, gradient[:, :, None])[:, :, 0]
+        # Trust region: cap the rotation and shift steps.
+        rot_norm = np.linalg.norm(step[:, :3], axis=1)
+        shift_norm = np.linalg.norm(step[:, 3:], axis=1)
+        cap = np.minimum(1.0, np.minimum(max_rot / np.maximum(rot_norm, 1e-300),
+                                         max_shift / np.maximum(shift_norm, 1e-300)))
+        step *= cap[:, None]
+        trial_rot = rot.perturb(rotations, step[:, :3])
+        trial_shift = shifts + step[:, 3:]
+        trial = projector.project_fourier(trial_rot, trial_shift, ctf)
+        better = _losses(spectra - trial, weight) < loss
+        rotations = np.where(better[:, None, None], trial_rot, rotations)
+        shifts = np.where(better[:, None], trial_shift, shifts)
+        damping = np.where(better, damping / 3, damping * 10)
+        accepted += better
+    return rotations, shifts, accepted
+
+
+def pose_errors(rotations, shifts, true_rotations, true_shifts):
+    """Angular error in degrees and shift error in pixels of every particle."""
+    return (rot.angular_distance(rotations, true_rotations),
+            np.linalg.norm(np.asarray(shifts) - np.asarray(true_shifts), axis=1))
+
+
+
+def refine_candidates(reference, images, candidates, shifts=None, ctf=None, **options):
+    """Refine several starting poses per particle and keep the one of lowest loss.
+
+    The remedy for multi-modal pose landscapes (notes §5): a global search
+    proposes its ``k`` best poses, local descent settles each.
+
+    :param candidates: ``(n, k, 3, 3)`` starting rotations.
+    :param shifts: ``(n, k, 2)`` or ``(n, 2)`` starting shifts, or None.
+    :param options: passed to :func:`refine_poses`.
+    :returns: :class:`PoseRefinementResult` of the winners.
+    """
+    candidates = np.asarray(candidates, dtype=np.float64)
+    if candidates.ndim != 4 or candidates.shape[2:] != (3, 3):
+        raise ShapeError(f"candidates must have shape (n, k, 3, 3), got {candidates.shape}")
+    n, k = candidates.shape[:2]
+    if shifts is not None:
+        shifts = np.asarray(shifts, dtype=np.float64)
+        shifts = np.broadcast_to(shifts[:, None] if shifts.ndim == 2 else shifts, (n, k, 2))
+    projector = (reference if isinstance(reference, FourierSliceProjector)
+                 else FourierSliceProjector(reference, dtype=np.float64, backend="cpu"))
+    results = [refine_poses(projector, images, candidates[:, j],
+                            None if shifts is None else shifts[:, j], ctf, **options)
+               for j in range(k)]
+    best = np.argmin(np.stack([r.loss for r in results]), axis=0)
+    pick = np.arange(n)
+    return PoseRefinementResult(
+        np.stack([r.rotations for r in results], 1)[pick, best],
+        np.stack([r.shifts for r in results], 1)[pick, best],
+        np.stack([r.loss_start for r in results], 1)[pick, best],
+        np.stack([r.loss for r in results], 1)[pick, best],
+        np.stack([r.accepted_steps for r in results], 1)[pick, best])
