@@ -123,7 +123,24 @@ def alignStage(project, args, plotDir, previous):
     return protocol
 
 
-STAGES = [simulateStage, alignStage]
+def softModesStage(project, args, plotDir, previous):
+    """Stage 3: the Hessian soft modes of the map for the aligned particles."""
+    from cryohess_plugin.protocols import CryoHessProtSoftModes
+    from cryohess_plugin.viewers import CryoHessSoftModesViewer
+    protocol = project.newProtocol(CryoHessProtSoftModes, maxResolution=20.0,
+                                   numberOfThreads=args.threads)
+    protocol.inputVolume.set(previous.inputVolume.get())
+    protocol.inputParticles.set(previous.outputParticles)
+    protocol.setObjLabel("cryohess - Hessian soft modes")
+    runProtocol(project, protocol)
+    for line in protocol.summary():
+        print("  " + line)
+    for path in savePlots(CryoHessSoftModesViewer, project, protocol, plotDir, "softmodes"):
+        print("  plot: %s" % path)
+    return protocol
+
+
+STAGES = [simulateStage, alignStage, softModesStage]
 
 
 def main(argv=None):
