@@ -10,9 +10,10 @@ import pytest
 
 from cryohess_plugin.core import atoms, ctf, fourier, phantoms, rotations, simulate
 from cryohess_plugin.core.errors import InvalidDataError, MissingMetadataError, ShapeError
-from cryohess_plugin.core.fourier_posterior import (PosteriorProblem,
-                                                    fit_closed_form, fit_variational,
-                                                    hermitian_fold, log_likelihood, mirror)
+from cryohess_plugin.core.fourier import hermitian_fold, mirror
+from cryohess_plugin.core.fourier_posterior import (PosteriorProblem, fit_closed_form,
+                                                    fit_variational, log_likelihood,
+                                                    propagate_noise)
 from cryohess_plugin.core.kernels import posterior_cpu
 
 BOX, PIXEL = 32, 3.0
@@ -135,28 +136,58 @@ def test_variational_fit_matches_the_closed_form(uniform):
 
 
 
+def crossing(values, threshold):
+    """Fractional shell where ``values`` first fall below ``threshold`` (linear between shells)."""
+    below = np.flatnonzero(values[1:] < threshold)
+    if not below.size:
+        return float(values.size)
+    k = int(below[0]) + 1
+    return k - 1 + (values[k - 1] - threshold) / (values[k - 1] - values[k])
+
+
+def test_propagated_noise_is_the_noise_in_the_mean_map(uniform):
+    """The probe's map-domain noise power equals the power of ``mu(X) - mu(clean X)``
+    (the mean is linear in the data), shell by shell within the probes' scatter."""
+    sim, problem, posterior = uniform
+    prior = fourier.shell_average(posterior.prior_variance)
+    noisy = fit_closed_form(problem, posterior.noise_variance, prior, cg_iterations=80,
+                            tolerance=1e-6, noise_probes=0)
+    clean = problem.subset(np.arange(problem.n_particles))
+    clean.spectra = problem.half_plane.transform(sim.clean_images).astype(problem.spectra.dtype)
+    signal = fit_closed_form(clean, posterior.noise_variance, prior, cg_iterations=80,
+                             tolerance=1e-6, noise_probes=0)
+    actual = noisy.map_shell_power(noisy.mean - signal.mean)
+    probed = propagate_noise(problem, noisy, probes=2, rng=3)
+    shells = slice(4, BOX // 2 - 1)
+    ratio = probed[shells] / actual[shells]
+    assert np.all(np.abs(ratio - 1) <= 0.2), ratio
+    assert np.mean(ratio) == pytest.approx(1.0, abs=0.05)
+
+
 def test_single_fit_curve_tracks_the_half_map_fsc(uniform):
-    """Notes T11.  Measured (SNR 0.05, 1200 particles, 32 px): the mean-field curve
-    (alpha/2)/(1+alpha/2) has the half-map FSC's shape but lies below it; its
-    0.5 and 0.143 crossings come 2-4 shells early (issue asks for one shell:
-    not met, see the report: mean-field Var uses sum w^2, the noise of the
-    mean follows sum w)."""
+    """Notes T11 / issue: one fit's curve crosses 0.5 and 0.143 within one shell of
+    the FSC of two half maps fitted to disjoint halves of the same data (mean maps,
+    no mask, shells 0..D/2 of :func:`fourier.fourier_shell_correlation`).
+
+    The paper's mean-field alpha = sum|mu|^2 / sum Var does not: it crosses 3-4
+    shells early (Var ignores the interpolation correlations and the map's
+    deapodisation, see FourierPosterior.shell_snr); measured 0.5: 7.8 vs 11.5,
+    0.143: 11.1 vs 14.0; the propagated-noise curve: 11.4 and 13.6."""
     _, problem, posterior = uniform
     index = np.arange(problem.n_particles)
-    half_a = fit_closed_form(problem.subset(index[::2]))
-    half_b = fit_closed_form(problem.subset(index[1::2]))
+    half_a = fit_closed_form(problem.subset(index[::2]), noise_probes=0)
+    half_b = fit_closed_form(problem.subset(index[1::2]), noise_probes=0)
     fsc = fourier.fourier_shell_correlation(half_a.mean_map(), half_b.mean_map())
     curve = posterior.resolution_curve(half_maps=True)
-    shells = slice(1, BOX // 2 - 2)
-    assert np.corrcoef(curve[shells], fsc[shells])[0, 1] >= 0.9
-    assert np.all(curve[shells] <= fsc[shells] + 0.02)
-
-    def crossing(values, threshold):
-        below = np.flatnonzero(values[1:] < threshold)
-        return int(below[0]) + 1 if below.size else values.size
-
+    shells = slice(1, BOX // 2 - 1)
+    assert np.corrcoef(curve[shells], fsc[shells])[0, 1] >= 0.98
+    assert np.max(np.abs(curve[shells] - fsc[shells])) <= 0.1
     for threshold in (0.5, 0.143):
-        assert 0 <= crossing(fsc, threshold) - crossing(curve, threshold) <= 4
+        assert abs(crossing(curve, threshold) - crossing(fsc, threshold)) <= 1.0
+    # The paper's alpha stays available: same shape, but early by more than a shell.
+    mean_field = posterior.resolution_curve(half_maps=True, method="mean_field")
+    assert np.corrcoef(mean_field[shells], fsc[shells])[0, 1] >= 0.9
+    assert crossing(fsc, 0.5) - crossing(mean_field, 0.5) > 1.0
     full = posterior.resolution_curve(half_maps=False)
     assert np.all(full[shells] >= curve[shells])
 

@@ -105,6 +105,45 @@ def fourier_shell_correlation(volume_a, volume_b):
     return cross / np.sqrt(np.maximum(power_a * power_b, np.finfo(float).tiny))
 
 
+def mirror(grid):
+    """``grid`` at ``-k``: ``out[k] = grid[-k]`` on the centred layout of a cubic grid.
+
+    With the origin at index ``n // 2``, ``-k`` of index ``i`` is index
+    ``2 (n // 2) - i``: the reversed array for odd ``n``; for even ``n`` the
+    ``-n/2`` planes (index 0) have no mirror on the grid and are set to zero
+    (see :func:`paired`).  For the spectrum ``F`` of a real array
+    ``conj(mirror(F)) = F`` wherever :func:`paired` holds.
+    """
+    size = grid.shape[0]
+    if size % 2:
+        return grid[::-1, ::-1, ::-1].copy()
+    out = np.zeros_like(grid)
+    out[1:, 1:, 1:] = grid[1:, 1:, 1:][::-1, ::-1, ::-1]
+    return out
+
+
+def paired(box):
+    """Mask of the voxels of a centred ``box^3`` grid whose mirror ``-k`` is on the grid.
+
+    All voxels for odd ``box``; for even ``box`` all but the ``-box/2`` planes.
+    """
+    mask = np.ones((box,) * 3, dtype=bool)
+    if box % 2 == 0:
+        mask[0], mask[:, 0], mask[:, :, 0] = False, False, False
+    return mask
+
+
+def hermitian_fold(grid):
+    """``grid + conj(mirror(grid))``: fold a complex grid onto Hermitian (real-map) grids.
+
+    This is the adjoint of embedding Hermitian grids in complex ones under
+    ``Re <a, b>``, so it turns a gradient (or an adjoint slice) with respect
+    to an unconstrained complex grid into one with respect to a real map; on
+    a Hermitian grid it doubles every paired coefficient.
+    """
+    return grid + np.conj(mirror(grid))
+
+
 def pad_centred(array, size):
     """Zero-pad every axis of ``array`` to ``size``, keeping the centre at ``size // 2``."""
     out = np.zeros((size,) * array.ndim, dtype=array.dtype)

@@ -9,6 +9,8 @@ scatters ``sum w``, so these two loops square the tap weights:
   (the sampling density ``S``);
 * :func:`gather_squared` reads ``sum w^2 grid`` at every sample (the variance
   a diagonal grid posterior gives each image coefficient).
+
+:mod:`.posterior_cuda` has the same two functions for the CUDA backend.
 """
 import math
 
