@@ -14,8 +14,9 @@ import pytest
 
 from cryohess_plugin.core import atoms, phantoms, rotations, simulate
 from cryohess_plugin.core.errors import InvalidDataError, MissingMetadataError, ShapeError
+from cryohess_plugin.core.kernels import alignment_cpu
 from cryohess_plugin.core.polar import (PolarGrid, polar_transform, radial_ctf,
-                                        ring_coefficients)
+                                        ring_coefficients, shift_phases)
 from cryohess_plugin.core.projector import FourierSliceProjector
 from cryohess_plugin.core.radial_svd import (RadialSVDAligner, choose_rank, group_ctfs,
                                              radial_kernel, rotations_from_alignment,
@@ -385,18 +386,38 @@ if __name__ == "__main__":
 
 
 @pytest.mark.parametrize("snr", [None, 0.05])
-def test_pruned_search_equals_unpruned(grid, volume, templates, snr):
-    """The bound is exact: pruning the angle DFT changes no pose, score or top-k entry."""
+@pytest.mark.parametrize("rank", [None, 16])
+def test_pruned_search_equals_dense_search(grid, volume, templates, snr, rank):
+    """The bound is exact: the pruned kernel keeps the top-k of evaluating every pair (the
+    dense GEMM kernel) while it evaluates the angle DFT of only a few pairs, noisy or not."""
     _, template_polar = templates
-    particles = simulate.simulate_particles(volume, 40, BOX, PIXEL, rng=11, n_groups=2,
+    particles = simulate.simulate_particles(volume, 40, BOX, PIXEL, rng=11, n_groups=1,
                                             shift_sigma=1.0, snr=snr, keep_clean=False,
                                             backend="cpu")
     images = polar_transform(particles.images, grid, backend="cpu")
     shifts = search_shifts(2.0, 1.0)
-    results = [RadialSVDAligner(grid, template_polar, shifts=shifts, block_size=64, backend="cpu",
-                                prune=prune, **options).align(images, particles.ctf_params,
-                                                              PIXEL, top_k=5)
-               for options in ({}, {"rank": grid.n_rings}) for prune in (False, True)]
-    for unpruned, pruned in (results[:2], results[2:]):
-        for name in ("top_template", "top_angle", "top_shift", "top_score"):
-            np.testing.assert_array_equal(getattr(pruned, name), getattr(unpruned, name))
+    aligner = RadialSVDAligner(grid, template_polar, rank=rank, shifts=shifts, backend="cpu",
+                               dtype=np.float64)
+    profile = aligner._groups(particles.ctf_params, PIXEL, len(images)).profiles[0]
+    rings = aligner.principal_rings(profile)
+    assert 2 * rings.rank <= grid.n_rings
+    scale = aligner._template_scale(rings.ctf)
+    phases = shift_phases(grid, shifts)
+    rows = [aligner._compress(images * phase, aligner._projections(rings)) for phase in phases]
+    coefficients = np.stack([c for c, _ in rows], axis=1).reshape((-1,) + rows[0][0].shape[1:])
+    zero = np.stack([z for _, z in rows], axis=1).reshape(-1, rows[0][1].shape[1])
+    tops = []
+    alignment_cpu.PRUNING_COUNTS[:] = 0
+    for pruned in (False, True):
+        prepared = aligner._prepare_templates(rings, alignment_cpu, len(coefficients), scale,
+                                              pruned=pruned)
+        top = [np.full((len(images), 5), -np.inf), *np.zeros((3, len(images), 5), np.int64)]
+        alignment_cpu.search(prepared, coefficients, zero, len(shifts), *top)
+        tops.append(top)
+    (dense_score, *dense_pose), (pruned_score, *pruned_pose) = tops
+    for dense, pruned in zip(dense_pose, pruned_pose):
+        np.testing.assert_array_equal(pruned, dense)
+    np.testing.assert_allclose(pruned_score, dense_score, rtol=1e-12)
+    seen, evaluated = alignment_cpu.PRUNING_COUNTS
+    assert seen == len(coefficients) * aligner.n_templates
+    assert evaluated < 0.15 * seen

@@ -132,8 +132,17 @@ def _kernels(real_dtype):
     return pair_best, merge
 
 
-def prepare_templates(coefficients, zero, scale, n_angles, factor, block_width, dtype):
-    """Upload templates; arguments as :func:`.alignment_cpu.prepare_templates`."""
+def prepare_templates(coefficients, zero, scale, n_angles, factor, block_width, dtype,
+                      pruned=False):
+    """Upload templates; arguments as :func:`.alignment_cpu.prepare_templates`.
+
+    ``pruned`` is accepted and ignored: the device evaluates every pair's
+    angle DFT (one thread per pair, no compaction).  The CPU's pruning visits
+    each image's templates in decreasing order of a bound and stops early, a
+    sequential, data-dependent walk; on the device it would leave most
+    threads of a warp idle rather than save work.  It does not change the
+    result.
+    """
     half = n_angles // 2
     if half > MAX_HALF_ANGLES:
         raise InvalidDataError(
@@ -155,14 +164,8 @@ def prepare_templates(coefficients, zero, scale, n_angles, factor, block_width, 
 
 
 def search(templates, image_coefficients, image_zero, n_shifts, top_score, top_template,
-           top_angle, top_shift, prune=True):
-    """Device version of :func:`.alignment_cpu.search`; the top-k arrays are host arrays.
-
-    ``prune`` is accepted and ignored: the device evaluates every pair's
-    angle DFT (one thread per pair, no compaction); pruning by the upper
-    bound of the CPU path would leave most threads of a warp idle rather
-    than save work, and it does not change the result.
-    """
+           top_angle, top_shift):
+    """Device version of :func:`.alignment_cpu.search`; the top-k arrays are host arrays."""
     n_images = top_score.shape[0]
     if n_images == 0:
         return
