@@ -56,3 +56,15 @@ SOFT_MODE_EIGENVALUE = "_cryohess_softModeEigenvalue"
 SOFT_MODE_EPSILON = "_cryohess_softModeEpsilon"
 SOFT_MODE_RELATIVE_CHANGE = "_cryohess_softModeRelativeChange"
 SOFT_MODE_SIGN = "_cryohess_softModeSign"
+
+# ---------------------------- Fourier-posterior choices and columns ----------
+FIT_CLOSED_FORM = 0
+FIT_VARIATIONAL = 1
+
+PRIOR_PER_SHELL = 0
+PRIOR_FIXED = 1
+
+# Columns of the output particles.
+LOG_LIKELIHOOD = "_cryohess_logLikelihood"
+REFINED_ANGLE_CHANGE = "_cryohess_refinedAngleChange"
+REFINED_SHIFT_CHANGE = "_cryohess_refinedShiftChange"

@@ -39,7 +39,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import pyworkflow.object as pwobj
 from pwem.constants import ALIGN_2D, ALIGN_NONE, ALIGN_PROJ, NO_INDEX
-from pwem.objects import (Acquisition, Coordinate, CTFModel, Micrograph, Particle,
+from pwem.objects import (FSC, Acquisition, Coordinate, CTFModel, Micrograph, Particle,
                           Transform, Volume)
 
 from .core import mrc
@@ -422,6 +422,32 @@ def check_sampling(actual, expected, what, reference):
         raise SamplingMismatchError(
             f"the {what} has a pixel size of {actual:g} Å but the {reference} have "
             f"{expected:g} Å; resize one of them (e.g. with a downsampling protocol)")
+
+
+# --------------------------- Resolution curves ---------------------------------
+
+def shell_frequencies(shells, box, pixel_size):
+    """Spatial frequency (1/Å) of integer Fourier shells of a ``box``-pixel map."""
+    return np.asarray(shells, dtype=np.float64) / (box * pixel_size)
+
+
+def fsc_from_curve(frequencies, values, label=""):
+    """Scipion ``FSC`` holding a curve (frequencies in 1/Å, as Scipion's FSC viewer expects)."""
+    frequencies = np.asarray(frequencies, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    if frequencies.ndim != 1 or frequencies.shape != values.shape:
+        raise ShapeError(f"an FSC needs one value per frequency, got {frequencies.shape} "
+                         f"frequencies and {values.shape} values")
+    fsc = FSC(objLabel=label)
+    fsc.setData([float(f) for f in frequencies], [float(v) for v in values])
+    return fsc
+
+
+def fsc_to_arrays(fsc):
+    """``(frequencies 1/Å, values)`` of a Scipion ``FSC`` as float64 arrays."""
+    frequencies, values = fsc.getData()
+    return (np.asarray([float(f) for f in frequencies]),
+            np.asarray([float(v) for v in values]))
 
 
 # --------------------------- Micrographs and coordinates -----------------------

@@ -1,8 +1,9 @@
 """cryohess protocols; every class here is registered by Scipion's Domain."""
 from .protocol_align_particles import CryoHessProtAlignParticles
 from .protocol_align_volumes import CryoHessProtAlignVolumes
+from .protocol_fourier_posterior import CryoHessProtFourierPosterior
 from .protocol_simulate import CryoHessProtSimulate
 from .protocol_soft_modes import CryoHessProtSoftModes
 
-__all__ = ["CryoHessProtAlignParticles", "CryoHessProtAlignVolumes", "CryoHessProtSimulate",
-           "CryoHessProtSoftModes"]
+__all__ = ["CryoHessProtAlignParticles", "CryoHessProtAlignVolumes",
+           "CryoHessProtFourierPosterior", "CryoHessProtSimulate", "CryoHessProtSoftModes"]

@@ -7,6 +7,7 @@ from pwem.constants import ALIGN_2D, ALIGN_PROJ
 from pwem.objects import SetOfClasses2D, SetOfParticles
 from pwem.protocols import ProtAlign2D
 from pyworkflow.constants import BETA
+from pyworkflow.protocol import STEPS_PARALLEL
 import pyworkflow.protocol.params as params
 
 from cryohess_plugin import convert
@@ -39,6 +40,7 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
     reference's norm.
     """
     _label = 'radial-SVD align particles'
+    stepsExecutionMode = STEPS_PARALLEL
     _devStatus = BETA
     _possibleOutputs = outputs
     _references = ['Rangan2022radial']

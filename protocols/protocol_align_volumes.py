@@ -6,6 +6,7 @@ import numpy as np
 from pwem.objects import SetOfVolumes, Volume
 from pwem.protocols import ProtAlignVolume
 from pyworkflow.constants import BETA
+from pyworkflow.protocol import STEPS_PARALLEL
 import pyworkflow.protocol.params as params
 
 from cryohess_plugin import convert
@@ -30,6 +31,7 @@ class CryoHessProtAlignVolumes(CryoHessProtocolMixin, ProtAlignVolume):
     applied and the normalised correlation with the reference.
     """
     _label = 'radial-SVD align volumes'
+    stepsExecutionMode = STEPS_PARALLEL
     _devStatus = BETA
     _possibleOutputs = outputs
     _references = ['Rangan2022radial']

@@ -40,11 +40,19 @@ class CryoHessProtocolMixin:
         """Kernel backend of the core: CUDA when allowed and present, else CPU."""
         return "auto" if self._usesGpu() else "cpu"
 
+    def _stepThreads(self):
+        """numba threads of one step: all the form's threads when steps run one at a
+        time; in parallel mode Scipion runs threads - 1 steps at once, so one each
+        (two threads are one step worker, which keeps both)."""
+        threads = max(1, self.numberOfThreads.get())
+        if self.modeParallel() and threads > 2:
+            return 1
+        return threads
+
     def _setDevices(self):
-        """CPU threads from the form; bind this step's thread to its first GPU, if any."""
+        """CPU threads for this step; bind this step's thread to its first GPU, if any."""
         import numba
-        numba.set_num_threads(max(1, min(self.numberOfThreads.get(),
-                                         numba.config.NUMBA_NUM_THREADS)))
+        numba.set_num_threads(max(1, min(self._stepThreads(), numba.config.NUMBA_NUM_THREADS)))
         if self._usesGpu():
             from cryohess_plugin.core.kernels import cuda_available
             gpus = self._stepsExecutor.getGpuList()

@@ -1,0 +1,132 @@
+"""Plots of the Fourier-slice posterior: Fourier variance, uncertainty, resolution, likelihood."""
+from pwem.viewers import EmPlotter
+import pyworkflow.protocol.params as params
+from pyworkflow.viewer import DESKTOP_TKINTER, WEB_DJANGO, ProtocolViewer
+
+from cryohess_plugin import convert
+from cryohess_plugin.protocols import CryoHessProtFourierPosterior
+from cryohess_plugin.protocols.protocol_fourier_posterior import (
+    FULL, OUTPUT_HALF_MAP_FSC, THRESHOLDS)
+
+from .viewer_soft_modes import SECTIONS, _image
+
+
+class CryoHessFourierPosteriorViewer(ProtocolViewer):
+    """Where Fourier space is under-sampled, how uncertain the map is, and its resolution."""
+    _label = 'viewer Fourier-slice posterior'
+    _targets = [CryoHessProtFourierPosterior]
+    _environments = [DESKTOP_TKINTER, WEB_DJANGO]
+
+    # --------------------------- DEFINE param functions ----------------------
+    def _defineParams(self, form):
+        form.addSection(label='Visualization')
+        form.addParam('displayFourierVariance', params.LabelParam,
+                      label='Fourier-space variance',
+                      help="Central slices through the three axes of the posterior "
+                           "variance relative to the prior: 1 (yellow) where no particle "
+                           "samples the coefficient, near 0 where the data are dense. A "
+                           "missing cone of views shows as a region at 1 around an axis.")
+        form.addParam('displayUncertainty', params.LabelParam,
+                      label='Real-space uncertainty',
+                      help="Central slices of the posterior-mean map and of the voxel-wise "
+                           "standard deviation of posterior samples, with the map's "
+                           "contour. With the diagonal Fourier posterior the pattern of "
+                           "the standard deviation comes from the interpolation kernel's "
+                           "correction, not from the structure: read it as a global "
+                           "level.")
+        form.addParam('displayResolution', params.LabelParam, label='Resolution curves',
+                      help="The single-fit curves from the spectral-shell SNR α: "
+                           "α/(1+α) (full map) and (α/2)/(1+α/2) (comparable with a "
+                           "half-map FSC), with the half-map FSC when half maps were "
+                           "fitted, and the 0.143 and 0.5 thresholds.")
+        form.addParam('displayLikelihood', params.LabelParam,
+                      label='Log-likelihood histogram',
+                      help="Distribution of the per-particle log-likelihood (held out "
+                           "with half maps). A low tail flags particles the model "
+                           "explains badly (junk, wrong poses).")
+        if self.protocol.doRefinePoses:
+            form.addParam('displayPoseChanges', params.LabelParam,
+                          label='Pose refinement changes',
+                          help="How far the refinement moved every particle's rotation "
+                               "(degrees) and shift (pixels).")
+
+    def _getVisualizeDict(self):
+        shows = {'displayFourierVariance': self._showFourierVariance,
+                 'displayUncertainty': self._showUncertainty,
+                 'displayResolution': self._showResolution,
+                 'displayLikelihood': self._showLikelihood}
+        if self.protocol.doRefinePoses:
+            shows['displayPoseChanges'] = self._showPoseChanges
+        return shows
+
+    # --------------------------- SHOW functions ------------------------------
+    def _showFourierVariance(self, paramName=None):
+        relative = self.protocol._loadPosterior(FULL).relative_variance()
+        centre = relative.shape[0] // 2
+        plotter = EmPlotter(x=1, y=3, figsize=(11, 4),
+                            mainTitle='Posterior variance / prior variance (Fourier space)')
+        for name, section in SECTIONS:
+            axes = _image(plotter, 'k%s slice' % name, section(relative, centre), 'viridis',
+                          vmin=0.0, vmax=1.0)
+        plotter.getFigure().colorbar(axes.images[0], ax=axes, label='Var / s0²')
+        return [plotter]
+
+    def _showUncertainty(self, paramName=None):
+        mean, _ = convert.volume_to_array(self.protocol.outputVolume)
+        std, _ = convert.volume_to_array(self.protocol.outputUncertainty)
+        centre = mean.shape[0] // 2
+        level = mean.mean() + 2 * mean.std()
+        plotter = EmPlotter(x=2, y=3, figsize=(11, 7.5),
+                            mainTitle='Posterior mean and real-space standard deviation '
+                                      '(%d samples)' % self.protocol.numberOfSamples)
+        for name, section in SECTIONS:
+            _image(plotter, 'mean, %s slice' % name, section(mean, centre), 'gray')
+        for name, section in SECTIONS:
+            axes = _image(plotter, 'std, %s slice' % name, section(std, centre), 'magma',
+                          vmin=0.0, vmax=std.max())
+            axes.contour(section(mean, centre), levels=[level], colors='cyan',
+                         linewidths=0.7)
+        plotter.tightLayout()
+        return [plotter]
+
+    def _showResolution(self, paramName=None):
+        posterior = self.protocol._loadPosterior(FULL)
+        shells = self.protocol._curveShells(posterior.box)
+        frequencies = convert.shell_frequencies(shells, posterior.box,
+                                                self.protocol._pixelSize())
+        plotter = EmPlotter(mainTitle='Single-fit resolution curves')
+        axes = plotter.createSubPlot('spectral-shell SNR α of one fit', 'frequency (1/Å)',
+                                     'correlation')
+        axes.plot(frequencies, posterior.resolution_curve(half_maps=False)[shells],
+                  label='α/(1+α) (full map)')
+        axes.plot(frequencies, posterior.resolution_curve(half_maps=True)[shells],
+                  label='(α/2)/(1+α/2) (half-map equivalent)')
+        if self.protocol.hasAttribute(OUTPUT_HALF_MAP_FSC):
+            fscFrequencies, fsc = convert.fsc_to_arrays(
+                getattr(self.protocol, OUTPUT_HALF_MAP_FSC))
+            axes.plot(fscFrequencies, fsc, 'k.-', label='half-map FSC')
+        for threshold in THRESHOLDS:
+            axes.axhline(threshold, color='gray', linestyle='--', linewidth=0.7)
+        axes.set_ylim(-0.1, 1.05)
+        axes.legend()
+        return [plotter]
+
+    def _showLikelihood(self, paramName=None):
+        likelihood = self.protocol._loadLikelihood()
+        values = likelihood['logLikelihood']
+        plotter = EmPlotter(mainTitle='Per-particle log-likelihood')
+        axes = plotter.createSubPlot('%d particles (%s)' % (
+            len(values), 'held out' if likelihood['heldOut'] else 'full posterior'),
+            'log-likelihood', 'particles')
+        axes.hist(values, bins=min(50, max(5, len(values) // 10)))
+        return [plotter]
+
+    def _showPoseChanges(self, paramName=None):
+        refined = self.protocol._loadRefinement()
+        plotter = EmPlotter(x=1, y=2, figsize=(10, 4), mainTitle='Pose refinement changes')
+        bins = min(50, max(5, len(refined['angleChange']) // 10))
+        axes = plotter.createSubPlot('rotation', 'change (deg)', 'particles')
+        axes.hist(refined['angleChange'], bins=bins)
+        axes = plotter.createSubPlot('shift', 'change (px)', 'particles')
+        axes.hist(refined['shiftChange'], bins=bins)
+        return [plotter]
