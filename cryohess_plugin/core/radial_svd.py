@@ -49,7 +49,9 @@ So every image's ``refine_candidates`` best templates from the compressed
 search are scored again with all ``R`` rings, at all angles and shifts, and
 re-ranked: a few exact landscapes per image, a small cost next to the
 ``n_B`` compressed ones.  The scores :meth:`RadialSVDAligner.align` reports
-are then those of the full-rank landscape.
+are then those of the full-rank landscape.  With refinement the images' rings
+are transformed once, all of them, and the search's compressed coefficients
+are projections of those (projection and FFT commute).
 
 **CTF.**  Particles are grouped by their angularly averaged CTF
 (:func:`group_ctfs`); every group aligns against its templates multiplied by
@@ -237,9 +239,11 @@ def _kernel_from_half(half, weights, variant):
     n_rings, n, _ = half.shape
     kernel = np.zeros((n_rings, n_rings))
     for start in range(0, n, _TEMPLATE_CHUNK):
-        stacked = half[:, start:start + _TEMPLATE_CHUNK, 1:].astype(np.complex128)
-        stacked = stacked.reshape(n_rings, -1)
-        kernel += 2 * (stacked.conj() @ stacked.T).real
+        # Re(conj(Y) Y^T) = Yr Yr^T + Yi Yi^T: one real symmetric product of the
+        # interleaved floats, in float64.
+        stacked = np.ascontiguousarray(half[:, start:start + _TEMPLATE_CHUNK, 1:])
+        stacked = stacked.view(stacked.real.dtype).reshape(n_rings, -1).astype(np.float64)
+        kernel += 2 * (stacked @ stacked.T)
     kernel /= n
     if variant == "B":
         zero = half[:, :, 0].real.T.astype(np.float64)
@@ -453,10 +457,10 @@ class RadialSVDAligner:
         n_angles = self.grid.n_angles
         out = np.empty((polar.shape[1], polar.shape[0], n_angles // 2), dtype=self.complex_dtype)
         for start in range(0, polar.shape[0], _TEMPLATE_CHUNK):
-            part = scipy.fft.fft(polar[start:start + _TEMPLATE_CHUNK].astype(self.complex_dtype),
-                                 axis=-1, workers=_WORKERS)
-            out[:, start:start + _TEMPLATE_CHUNK] = (part[..., :n_angles // 2]
-                                                     / n_angles).transpose(1, 0, 2)
+            part = scipy.fft.fft(polar[start:start + _TEMPLATE_CHUNK].astype(self.complex_dtype,
+                                                                              copy=False),
+                                 axis=-1, norm="forward", workers=_WORKERS)
+            out[:, start:start + _TEMPLATE_CHUNK] = part[..., :n_angles // 2].transpose(1, 0, 2)
         return out
 
     @staticmethod
@@ -534,20 +538,40 @@ class RadialSVDAligner:
         zero = polar.mean(axis=-1).real @ zero_projection.T
         return coefficients.astype(self.complex_dtype), zero
 
-    def _prepare_templates(self, rings, kernels, rows, scale, pruned=False):
+    def _compressed_templates(self, rings_list):
+        """CTF-multiplied, compressed templates of several groups from one GEMM.
+
+        The template coefficients (tens of MB) are read once for all groups
+        instead of once per group.  :returns: per group ``(H, n_B, Q/2)``
+        complex coefficients and ``(n_B, K)`` real ``q = 0`` coefficients.
+        """
+        n_rings, n_templates, half = self._templates.shape
+        stacked = [self._projections(rings) for rings in rings_list]
+        projection = np.concatenate([p * rings.ctf[None, :]
+                                     for (p, _), rings in zip(stacked, rings_list)])
+        compressed = _project_rings(projection, self._templates.reshape(n_rings, -1))
+        compressed = compressed.reshape(-1, n_templates, half)
+        zero_coefficients = self._templates[:, :, 0].real.T
+        out, start = [], 0
+        for (p, zero_projection), rings in zip(stacked, rings_list):
+            zero = zero_coefficients @ (zero_projection * rings.ctf[None, :]).T
+            out.append((compressed[start:start + p.shape[0]], zero))
+            start += p.shape[0]
+        return out
+
+    def _prepare_templates(self, rings, kernels, rows, scale, pruned=False, compressed=None):
         """Templates of one group, CTF-multiplied and compressed, for a kernel module.
 
         Blocks hold ``block_size^2 / rows`` templates for image blocks of
         ``rows`` rows; ``scale`` ``(n_B,)`` multiplies each template's
-        landscape; ``pruned`` asks for the layout of the pruned search.
+        landscape; ``pruned`` asks for the layout of the pruned search;
+        ``compressed`` the group's entry of :meth:`_compressed_templates`
+        when computed already.
         """
         width = max(1, min(self.n_templates, self.block_size ** 2 // rows))
-        projection, zero_projection = self._projections(rings)
-        n_rings, n_templates, half = self._templates.shape
-        compressed = _project_rings(projection * rings.ctf[None, :],
-                                    self._templates.reshape(n_rings, -1))
-        compressed = compressed.reshape(-1, n_templates, half)
-        zero = self._templates[:, :, 0].real.T @ (zero_projection * rings.ctf[None, :]).T
+        if compressed is None:
+            compressed = self._compressed_templates([rings])[0]
+        compressed, zero = compressed
         return kernels.prepare_templates(compressed[:, :, 1:].transpose(1, 0, 2), zero, scale,
                                          self.grid.n_angles, self._factor, width, self.dtype,
                                          pruned=pruned)
@@ -582,15 +606,19 @@ class RadialSVDAligner:
         eigenvalues = np.empty((n_groups, self.grid.n_rings))
         ranks = np.empty(n_groups, dtype=np.int64)
         done = 0
-        for g, profile in enumerate(groups.profiles):
-            rings = self.principal_rings(profile, rank)
+        all_rings = [self.principal_rings(profile, rank) for profile in groups.profiles]
+        pruned = [2 * rings.rank <= self.grid.n_rings for rings in all_rings]
+        # The pruned groups' templates (small H) are compressed together in one GEMM.
+        compressed = dict(zip(np.flatnonzero(pruned), self._compressed_templates(
+            [rings for rings, p in zip(all_rings, pruned) if p]) if any(pruned) else []))
+        for g, rings in enumerate(all_rings):
             eigenvalues[g], ranks[g] = rings.eigenvalues, rings.rank
             members = np.flatnonzero(groups.labels == g)
             template_scale = self._template_scale(rings.ctf)
             templates = self._prepare_templates(rings, self._kernels,
                                                 min(per_block, members.size) * n_shifts,
-                                                template_scale,
-                                                pruned=2 * rings.rank <= self.grid.n_rings)
+                                                template_scale, pruned=pruned[g],
+                                                compressed=compressed.pop(g, None))
             projections = self._projections(rings)
             refine = self.refine_candidates > 0 and rings.rank < self.grid.n_rings
             for start in range(0, members.size, per_block):
@@ -598,14 +626,21 @@ class RadialSVDAligner:
                 polar = image_polar[index]
                 image_norm[index] = self._norms(self._image_energy(polar),
                                                 np.ones(self.grid.n_rings))
-                rows = [self._compress(polar * phase, projections) for phase in phases]
-                coefficients = np.stack([c for c, _ in rows], axis=1).reshape(
-                    (-1,) + rows[0][0].shape[1:])
-                zero = np.stack([z for _, z in rows], axis=1).reshape(-1, rows[0][1].shape[1])
+                if refine:
+                    # The refinement needs every ring's coefficients: transform all
+                    # rings once and compress those (projection and FFT commute).
+                    full = self._full_coefficients(polar, phases)
+                    coefficients, zero = self._compress_coefficients(full, projections)
+                else:
+                    rows = [self._compress(polar * phase, projections) for phase in phases]
+                    coefficients = np.stack([c for c, _ in rows], axis=1).reshape(
+                        (-1,) + rows[0][0].shape[1:])
+                    zero = np.stack([z for _, z in rows], axis=1).reshape(-1,
+                                                                          rows[0][1].shape[1])
                 block = top.select(index)
                 self._kernels.search(templates, coefficients, zero, n_shifts, *block)
                 if refine:
-                    block = self._refine(polar, phases, rings.ctf, template_scale, block[1])
+                    block = self._refine(full, rings.ctf, template_scale, block[1])
                 top.store(index, block)
                 done += index.size
                 if progress is not None:
@@ -629,11 +664,35 @@ class RadialSVDAligner:
         norms = self._norms(self._template_energy, ctf)
         return np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
 
-    def _refine(self, polar, phases, ctf, template_scale, candidates):
+    def _full_coefficients(self, polar, phases):
+        """Ring coefficients ``q = 0 .. Q/2 - 1`` ``(n, S, R, Q/2)`` of the shifted images."""
+        half = self.grid.n_angles // 2
+        out = np.empty((polar.shape[0], phases.shape[0], polar.shape[1], half),
+                       self.complex_dtype)
+        for start in range(0, polar.shape[0], _REFINE_CHUNK):
+            chunk = slice(start, start + _REFINE_CHUNK)
+            shifted = polar[chunk, None].astype(self.complex_dtype) * phases[None]
+            out[chunk] = scipy.fft.fft(shifted, axis=-1, overwrite_x=True, norm="forward",
+                                       workers=_WORKERS)[..., :half]
+        return out
+
+    def _compress_coefficients(self, full, projections):
+        """:meth:`_compress` of :meth:`_full_coefficients`: ``(n S, H, Q/2 - 1)``, ``(n S, K)``.
+
+        Projecting the coefficients equals transforming the projected rings.
+        """
+        projection, zero_projection = projections
+        rows = full.shape[0] * full.shape[1]
+        compressed = _project_rings(projection, full)[..., 1:]
+        zero = full[..., 0].real.reshape(rows, -1) @ zero_projection.T
+        return compressed.reshape((rows,) + compressed.shape[2:]), zero
+
+    def _refine(self, full, ctf, template_scale, candidates):
         """Full-rank scores of each image's ``candidates`` ``(n, k)``, re-ranked.
 
         The same landscape as the compressed search with ``H = R``, evaluated
-        per (image, candidate) at every shift and angle.
+        per (image, candidate) at every shift and angle, from the images'
+        :meth:`_full_coefficients` ``full``.
         :returns: score, template, angle and shift arrays ``(n, k)``, best first.
         """
         n_angles = self.grid.n_angles
@@ -644,10 +703,7 @@ class RadialSVDAligner:
         weights = self.grid.weights * ctf
         for start in range(0, n_images, _REFINE_CHUNK):
             chunk = slice(start, start + _REFINE_CHUNK)
-            # (n, S, R, M) full-rank coefficients of the shifted images.
-            shifted = polar[chunk, None].astype(self.complex_dtype) * phases[None]
-            images = np.ascontiguousarray(scipy.fft.fft(shifted, axis=-1, overwrite_x=True,
-                                                        workers=_WORKERS)[..., :half]) / n_angles
+            images = full[chunk]
             chosen = candidates[chunk]
             xhat = alignment_cpu.candidate_spectra(images, weights, self._templates, chosen)
             spectrum = np.zeros(xhat.shape[:-1] + (n_angles,), xhat.dtype)
