@@ -121,6 +121,49 @@ def test_refinement_evaluator_is_the_exact_landscape(phantom, aligner):
         assert np.allclose(gradient, numeric, rtol=1e-6, atol=1e-8 * abs(value))
 
 
+def test_local_model_is_the_trigonometric_landscape(phantom, aligner):
+    """The refinement's model (no FFT over β) matches _evaluate; its Hessian matches differences."""
+    rng = np.random.default_rng(15)
+    volume = phantom.render(rotations.random_rotations(1, rng)[0])
+    hat = aligner._unreduced_hat(aligner.transform.coefficients(volume))
+    trig = aligner._trigonometric_coefficients(hat)
+    model = aligner._local_model(hat)
+    for angles in rng.uniform(-np.pi, np.pi, (3, 3)):
+        value, gradient, hessian = model(angles)
+        expected, expected_gradient = aligner._evaluate(trig, angles)
+        assert value == pytest.approx(expected, rel=1e-12)
+        assert np.allclose(gradient, expected_gradient, rtol=1e-10, atol=1e-12 * abs(value))
+        step = 1e-5
+        numeric = np.array([(model(angles + step * e)[1] - model(angles - step * e)[1])
+                            / (2 * step) for e in np.eye(3)])
+        assert np.allclose(hessian, hessian.T)
+        assert np.allclose(hessian, numeric, rtol=1e-5, atol=1e-7 * np.abs(hessian).max())
+
+
+def test_compressed_band_and_coarse_search_grid(phantom, reference, aligner):
+    """The kept principal degrees end below L, so the compressed landscape is searched on
+    its own coarser grid; those samples are exact values of the same landscape."""
+    shells = aligner.shells
+    assert aligner.band < shells.max_degree
+    assert aligner.search_orders >= 2 * aligner.band + 1
+    assert aligner.search_orders < shells.n_orders
+    full = VolumeAligner(reference, backend="cpu", radial_rank=shells.n_shells,
+                         degree_rank=shells.max_degree + 1)
+    assert full.band == shells.max_degree
+    volume = phantom.render(rotations.random_rotations(1, np.random.default_rng(16))[0])
+    coefficients = aligner.transform.coefficients(volume)
+    n = aligner.search_orders
+    coarse = aligner._grid_values(aligner._compressed_hat(coefficients, n))  # (β, α, γ)
+    trig = aligner._trigonometric_coefficients(aligner._compressed_hat(coefficients))
+    rng = np.random.default_rng(17)
+    for b, a, g in [tuple(rng.integers(0, k) for k in coarse.shape) for _ in range(5)]:
+        angles = 2 * np.pi * np.array([a, b, g]) / n
+        assert coarse[b, a, g] == pytest.approx(aligner._evaluate(trig, angles)[0],
+                                                abs=1e-10 * np.abs(coarse).max())
+    value, angles, _ = aligner._search(coefficients)
+    assert value == pytest.approx(coarse.max())
+
+
 def test_refinement_evaluator_on_an_odd_grid(phantom, reference):
     """The half-period extension over β also holds when N is odd (no β = π row)."""
     aligner = VolumeAligner(reference, max_frequency=4.0, max_degree=12, backend="cpu")

@@ -24,6 +24,12 @@ real-space product for maps band-limited to ``max_frequency``), is
   equals the unreduced landscape; below, it drops the constant ``l = 0`` term
   and approximates the rest while staying strongly correlated with it, so its
   argmax lands on or next to the exact one (notes 4.3-4.5).
+  The kept principal degrees ``v_z`` vanish above a band ``L_c < L``
+  (:data:`BAND_TOLERANCE`; about ``L / 2`` at the notes' defaults), so the
+  compressed method keeps degrees and orders ``<= L_c`` only and, when the
+  exact refinement follows, searches its landscape on its own grid of
+  ``next_fast_len(2 L_c + 1)`` angles per axis (``search_orders``): step 2 and
+  the FFTs shrink by about ``(L / L_c)³``.
 
 Grid: ``α_i = γ_i = 2 π i / N`` and ``β_j = 2 π j / N``, ``j = 0 .. N // 2``
 (``β`` in [0, π]; the notes' grid over [-π, π) repeats every rotation twice),
@@ -52,6 +58,9 @@ _PRECISIONS = {np.dtype(np.float32): np.complex64, np.dtype(np.float64): np.comp
 MIN_RANK = 4
 #: Default bandwidth ``K = π f_max`` (the notes' 48), capped at half Nyquist.
 DEFAULT_BANDWIDTH = 48.0
+#: The compressed landscape keeps degrees and orders up to the band ``L_c`` beyond
+#: which every kept principal degree ``v_z`` has at most this squared mass.
+BAND_TOLERANCE = 1e-6
 
 
 @dataclass
@@ -160,10 +169,11 @@ class VolumeAligner:
     :param backend: ``"auto"``, ``"cpu"`` or ``"cuda"`` for the slice and landscape kernels.
     :param max_degree: ``L`` (default ``ceil(π f_max)``).
 
-    The set-up holds two tables over the ``β`` grid: ``d^l(β)`` for the
-    unreduced landscape (about ``(2/3) L³ n_β`` numbers) and ``[v_zᵀ d](β)``
-    for the compressed one (``H_D N (N/2 + 1) n_β``); at the default ``L = 48``
-    with ``H_D = 16`` that is 32 MB each in float64 (both grow as ``L⁴``).
+    The set-up holds the table ``d^l(β)`` of the unreduced landscape over the
+    ``β`` grid (about ``(2/3) L³ n_β`` numbers, 32 MB in float64 at ``L = 48``)
+    and, per grid size on first use, ``[v_zᵀ d](β)`` of the compressed one over
+    its band (``H_D (2 L_c + 1)(L_c + 1) n_β``: 3 MB on the search grid at
+    ``L_c = 26``, ``H_D = 16``).
     :meth:`align` searches the compressed landscape unless asked for the
     unreduced one (``full_rank=True``).
     """
@@ -218,18 +228,57 @@ class VolumeAligner:
                                    degrees))
         self._radial_basis = np.ascontiguousarray(
             (radial_vectors[:, :self.ranks[0]] * eta[:, None]).T, dtype=self.dtype)  # u_h η_r
-        self._degree_basis = np.ascontiguousarray(degree_vectors[:, :self.ranks[1]].T,
-                                                  dtype=self.dtype)  # v_z[l]
+        kept = degree_vectors[:, :self.ranks[1]]
+        self.band = self._compressed_band(kept)
+        band = self.band
+        self._degree_basis = np.ascontiguousarray(kept[:band + 1].T, dtype=self.dtype)  # v_z[l]
         self.alpha = 2 * np.pi * np.arange(n) / n
         self.beta = 2 * np.pi * np.arange(n // 2 + 1) / n
-        compressed_reference = self._compress(self._reference)  # (H_C, l, m)
+        # The compressed method only touches degrees and orders up to the band:
+        # m1 = -L_c .. L_c at row m1 + L_c, m2 = 0 .. L_c.
+        self._band_orders = np.arange(-band, band + 1) % n
+        compressed_reference = self._compress(
+            self._reference[:, :band + 1][:, :, self._band_orders[band:]])  # (H_C, l, m2)
         self._compressed_reference = np.ascontiguousarray(
-            compressed_reference[:, :, :self.n_half].transpose(1, 0, 2))  # (l, h, m2)
-        self._build_tables(degree_vectors[:, :self.ranks[1]])
+            compressed_reference.transpose(1, 0, 2))  # (l, h, m2)
+        #: Grid size of the compressed search before the exact refinement: the
+        #: compressed landscape's own sampling grid, ``>= 2 L_c + 1``.
+        self.search_orders = scipy.fft.next_fast_len(2 * band + 1)
+        self._compressed_tables = {}
+        self._build_tables()
 
     # ------------------------------------------------------------------ set-up
-    def _build_tables(self, degree_vectors):
-        """The ragged ``d^l(β)`` of the unreduced step 2 and ``[v_zᵀ d](β)`` of the compressed one.
+    def _compressed_band(self, kept):
+        """``L_c``: the kept principal degrees ``v_z`` vanish (to :data:`BAND_TOLERANCE`) above it.
+
+        The principal degrees of a map concentrate on its low degrees (at the
+        notes' ``K = 48`` with ``H_D = 16`` they end near ``l = 25``), so the
+        compressed landscape carries orders ``|m| <= L_c`` only: its step 2
+        and its FFT run on a grid of ``next_fast_len(2 L_c + 1)`` angles
+        instead of ``2 L + 1``.  At full degree rank ``L_c = L`` (exact).
+        """
+        degrees = self.shells.max_degree + 1
+        if kept.shape[1] >= degrees:
+            return degrees - 1
+        tail = np.cumsum((kept ** 2)[::-1], axis=0)[::-1]  # tail[l, z] = Σ_{l' >= l} v_z[l']²
+        above = np.nonzero(np.any(tail > BAND_TOLERANCE, axis=1))[0]
+        return int(max(above.max() if above.size else 0, 1))
+
+    def _compressed_table(self, n):
+        """``[v_zᵀ d]_{m1 m2}(β_j)``, ``β_j = 2 π j / n``, over the band: ``(n // 2 + 1, H_D, 2 L_c + 1, L_c + 1)``."""
+        if n not in self._compressed_tables:
+            band = self.band
+            basis = self._degree_basis.astype(np.float64)  # (H_D, L_c + 1)
+            table = np.zeros((n // 2 + 1, basis.shape[0], 2 * band + 1, band + 1))
+            for l in range(band + 1):
+                d = spherical.wigner_d_grid(l, n)[:, :, l:]  # (β, m1 = -l..l, m2 = 0..l)
+                table[:, :, band - l:band + l + 1, :l + 1] += \
+                    basis[None, :, l, None, None] * d[:, None]
+            self._compressed_tables[n] = self._kernels.upload(table.astype(self.dtype))
+        return self._compressed_tables[n]
+
+    def _build_tables(self):
+        """The ragged ``d^l(β)`` of the unreduced step 2 (the compressed tables come on demand).
 
         Orders ``(m1, m2)`` (``m2 >= 0``) are carried by degrees
         ``first = max(|m1|, m2) .. L``; their ``d^l_{m1 m2}(β)`` are the rows
@@ -246,15 +295,7 @@ class VolumeAligner:
             cols = np.arange(l + 1)[None, :]
             d = spherical.wigner_d_grid(l, n)[:, :, l:]  # (β, m1 = -l..l, m2 = 0..l)
             ragged[offsets[rows, cols] + l - first[rows, cols]] = np.moveaxis(d, 0, -1)
-        # [v_zᵀ d] = Σ_l v_z[l] d^l: one GEMM per group of orders sharing their first degree.
-        compressed = np.zeros((self.beta.size, degree_vectors.shape[1], n, half))
-        for start in range(degrees):
-            rows, cols = np.nonzero(first == start)
-            runs = offsets[rows, cols][:, None] + np.arange(degrees - start)[None, :]
-            compressed[:, :, rows, cols] = np.einsum("plb,lz->bzp", ragged[runs],
-                                                     degree_vectors[start:])
         upload = self._kernels.upload
-        self._compressed_table = upload(compressed.astype(self.dtype))
         self._ragged_table = upload(ragged.astype(self.dtype))
         self._ragged_offsets = upload(offsets.astype(np.int64))
         self._ragged_first = upload(np.minimum(first, degrees).astype(np.int64))
@@ -276,15 +317,25 @@ class VolumeAligner:
         """Principal shells ``Σ_r u_h η_r A(f_r)``: ``(H_C, L + 1, n_orders)``."""
         return self._real_product(self._radial_basis, coefficients)
 
-    def _compressed_hat(self, coefficients):
-        """``X̂(m1, m2; β)`` of the compressed method, ``(n_β, N, n_half)``."""
-        compressed = self._compress(coefficients.astype(self.complex_dtype, copy=False))
+    def _compressed_hat(self, coefficients, n=None):
+        """``X̂(m1, m2; β)`` of the compressed method on the grid of ``n`` angles.
+
+        :param n: grid size (default ``N``, the unreduced grid); at least ``2 L_c + 1``.
+        :returns: ``(n // 2 + 1, n, n // 2 + 1)``.
+        """
+        n = self.shells.n_orders if n is None else n
+        band = self.band
+        inside = coefficients[:, :band + 1][:, :, self._band_orders]
+        compressed = self._compress(inside.astype(self.complex_dtype, copy=False))
         # Step 1: X̃[l, m1, m2] = Σ_h conj(Au[h, l, m1]) Bu[h, l, m2], batched over l.
         reduced = np.matmul(np.conj(compressed).transpose(1, 2, 0), self._compressed_reference)
         # Step 1b: [v_zᵀ X̃](m1, m2).
         by_degree = self._real_product(self._degree_basis, reduced)
-        out = np.empty((self.beta.size,) + reduced.shape[1:], dtype=self.complex_dtype)
-        self._kernels.degree_sum(self._compressed_table, by_degree, out)
+        table = self._compressed_table(n)
+        inner = np.empty((n // 2 + 1,) + reduced.shape[1:], dtype=self.complex_dtype)
+        self._kernels.degree_sum(table, by_degree, inner)
+        out = np.zeros((n // 2 + 1, n, n // 2 + 1), dtype=self.complex_dtype)
+        out[:, np.arange(-band, band + 1) % n, :band + 1] = inner
         return out
 
     def _unreduced_hat(self, coefficients):
@@ -298,9 +349,10 @@ class VolumeAligner:
                                  np.ascontiguousarray(reduced.transpose(1, 2, 0)), out)
         return out
 
-    def _grid_values(self, hat):
-        """Step 3: ``X[β, α, γ]`` from ``X̂`` by a Hermitian 2-D FFT per ``β``."""
-        n = self.shells.n_orders
+    @staticmethod
+    def _grid_values(hat):
+        """Step 3: ``X[β, α, γ]`` from ``X̂`` ``(n_β, n, n // 2 + 1)`` by a Hermitian 2-D FFT per ``β``."""
+        n = hat.shape[1]
         return scipy.fft.hfft2(hat, s=(n, n), axes=(1, 2), workers=-1)
 
     def _samples(self, volume, name="volume"):
@@ -355,18 +407,67 @@ class VolumeAligner:
                              (row @ (-1j * np.arange(self.n_half) * e_gamma)).real])
         return value, gradient
 
+    def _local_model(self, hat):
+        """Exact value, gradient and Hessian of the landscape of ``hat`` at any rotation.
+
+        The same trigonometric polynomial as :meth:`_trigonometric_coefficients`
+        without its FFT over ``β``: the inverse FFT and the sum over ``λ`` fold
+        into weights ``k_j(β) = (1/N) Σ_λ exp(-i λ (β - β_j))`` on the samples
+        ``X̂(m1, m2; β_j)`` of the whole period, so one product of three weight
+        rows (and their ``β`` derivatives) with the samples gives everything.
+        """
+        n = self.shells.n_orders
+        hat = hat.astype(np.complex128)
+        signs = (-1.0) ** (self.shells.orders[:, None] - np.arange(self.n_half)[None, :])
+        full = np.concatenate([hat, hat[1:n - hat.shape[0] + 1][::-1] * signs])
+        samples = full.reshape(n, -1)
+        orders = self.shells.orders.astype(np.float64)
+        nodes = 2 * np.pi * np.arange(n) / n
+        m2 = np.arange(self.n_half, dtype=np.float64)
+        weights = np.where(m2 == 0, 1.0, 2.0)
+
+        powers = np.arange(3)[:, None]
+        m1_powers = (-1j * orders[None, :]) ** powers  # (q, m1): (-i m1)^q
+        m2_powers = ((-1j * m2[None, :]) ** powers * weights).T  # (m2, r)
+
+        def model(angles):
+            alpha, beta, gamma = angles
+            phase = np.exp(-1j * orders[None, :] * (beta - nodes[:, None])) / n  # (j, λ)
+            rows = phase @ m1_powers.T  # (j, p): Σ_λ (-i λ)^p phase
+            by_beta = (rows.T @ samples).reshape(3 * n, self.n_half) @ (
+                m2_powers * np.exp(-1j * m2 * gamma)[:, None])  # (p m1, r)
+            # t[p, q, r]: p-th β derivative, q-th α and r-th γ derivative.
+            t = ((m1_powers * np.exp(-1j * orders * alpha)) @ by_beta.reshape(3, n, 3)).real
+            gradient = np.array([t[0, 1, 0], t[1, 0, 0], t[0, 0, 1]])
+            hessian = np.array([[t[0, 2, 0], t[1, 1, 0], t[0, 1, 1]],
+                                [t[1, 1, 0], t[2, 0, 0], t[1, 0, 1]],
+                                [t[0, 1, 1], t[1, 0, 1], t[0, 0, 2]]])
+            return t[0, 0, 0], gradient, hessian
+
+        return model
+
     def _refine(self, hat, start):
-        """Local maximum near ``start`` of the landscape whose ``X̂`` is ``hat``, and its value."""
-        coefficients = self._trigonometric_coefficients(hat)
+        """Local maximum near ``start`` of the landscape whose ``X̂`` is ``hat``, and its value.
+
+        Newton's method with the exact Hessian in a trust region
+        (``trust-exact``): a handful of evaluations from a grid point.
+        """
+        model = self._local_model(hat)
         start = np.asarray(start, dtype=np.float64)
-        start_value = self._evaluate(coefficients, start)[0]
+        start_value = model(start)[0]
         scale = max(abs(start_value), np.finfo(float).tiny)
+        cache = {}
 
-        def negative(angles):
-            value, gradient = self._evaluate(coefficients, angles)
-            return -value / scale, -gradient / scale
+        def evaluate(angles):
+            key = angles.tobytes()
+            if key not in cache:
+                cache.clear()
+                value, gradient, hessian = model(angles)
+                cache[key] = (-value / scale, -gradient / scale, -hessian / scale)
+            return cache[key]
 
-        result = scipy.optimize.minimize(negative, start, jac=True, method="BFGS",
+        result = scipy.optimize.minimize(lambda x: evaluate(x)[:2], start, jac=True,
+                                         hess=lambda x: evaluate(x)[2], method="trust-exact",
                                          options={"gtol": 1e-9})
         if -result.fun * scale > start_value:
             return result.x, -result.fun * scale
@@ -378,6 +479,27 @@ class VolumeAligner:
         return float(self.shells.inner(coefficients, rotated).real)
 
     # ------------------------------------------------------------------ alignment
+    def _search(self, coefficients, full_rank=False):
+        """Best grid point of one volume's landscape: ``(value, angles (3,), hat)``.
+
+        The unreduced landscape is searched on its ``N``-point grid; the
+        compressed one on its own ``search_orders`` grid when the exact
+        refinement follows (its band is ``L_c``, so that grid samples it
+        fully), else on the ``N``-point grid.  ``hat`` is the unreduced
+        ``X̂`` for ``full_rank`` (the refinement reuses it), else None.
+        """
+        if full_rank:
+            hat = self._unreduced_hat(coefficients)
+        else:
+            n = self.search_orders if self.refine else self.shells.n_orders
+            hat = self._compressed_hat(coefficients, n)
+        values = self._grid_values(hat)
+        flat = int(np.argmax(values))
+        b, a, g = np.unravel_index(flat, values.shape)
+        step = 2 * np.pi / values.shape[1]
+        return values.flat[flat], np.array([a * step, b * step, g * step]), \
+            (hat if full_rank else None)
+
     def align(self, volumes, progress=None, full_rank=False):
         """Align each volume to the reference.
 
@@ -396,8 +518,6 @@ class VolumeAligner:
         rotations = np.empty((count, 3, 3))
         shifts = np.zeros((count, 3))
         scores = np.empty(count)
-        search = self._unreduced_hat if full_rank else self._compressed_hat
-        grid_shape = (self.beta.size, self.alpha.size, self.alpha.size)
         for index in range(count):
             samples = self._samples(volumes[index], f"volume {index}")
             best = None
@@ -407,14 +527,10 @@ class VolumeAligner:
                 else:
                     samples_at = samples
                 coefficients = self.shells.analyze(samples_at)
-                hat = search(coefficients)
-                values = self._grid_values(hat)
-                flat = int(np.argmax(values))
-                if best is None or values.flat[flat] > best[0]:
-                    best = (values.flat[flat], s, flat, coefficients, hat)
-            _, s, flat, coefficients, hat = best
-            b, a, g = np.unravel_index(flat, grid_shape)
-            angles = np.array([self.alpha[a], self.beta[b], self.alpha[g]])
+                value, angles, hat = self._search(coefficients, full_rank)
+                if best is None or value > best[0]:
+                    best = (value, s, angles, coefficients, hat)
+            _, s, angles, coefficients, hat = best
             if self.refine:
                 exact = hat if full_rank else self._unreduced_hat(coefficients)
                 angles, value = self._refine(exact, angles)
