@@ -291,8 +291,8 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
         volume = self.inputVolume.get()
         if volume is None:
             return ["Select the reference volume."]
-        return self._sameGeometry("reference volume", volume.getXDim(),
-                                  volume.getSamplingRate(), box, pixel)
+        return self._validateSameGeometry("reference volume", volume.getXDim(),
+                                          volume.getSamplingRate(), box, pixel)
 
     def _validateReferences(self, box, pixel):
         references = self.inputReferences.get()
@@ -300,19 +300,8 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
             return ["Select the 2D references."]
         if references.getSize() == 0:
             return ["The set of 2D references is empty."]
-        return self._sameGeometry("2D references", references.getXDim(),
-                                  references.getSamplingRate(), box, pixel)
-
-    @staticmethod
-    def _sameGeometry(what, otherBox, otherPixel, box, pixel):
-        errors = []
-        if otherBox != box:
-            errors.append("The %s are %d px wide but the particles %d px; resize one of "
-                          "them (e.g. xmipp3 - crop/resize)." % (what, otherBox, box))
-        if not convert.same_sampling(otherPixel, pixel):
-            errors.append("The %s have %g Å/px but the particles %g Å/px; resample one "
-                          "of them." % (what, otherPixel, pixel))
-        return errors
+        return self._validateSameGeometry("2D references", references.getXDim(),
+                                          references.getSamplingRate(), box, pixel)
 
     def _warnings(self):
         if self.useCtf and not self.inputParticles.get().hasCTF():

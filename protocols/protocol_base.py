@@ -2,8 +2,10 @@
 import os
 
 import numpy as np
+from pwem.constants import ALIGN_PROJ
 import pyworkflow.protocol.params as params
 
+from cryohess_plugin import convert
 from cryohess_plugin.core.errors import InvalidDataError
 from cryohess_plugin.core.polar import frequency_for_resolution
 from cryohess_plugin.plugin import Plugin
@@ -88,3 +90,32 @@ class CryoHessProtocolMixin:
         except InvalidDataError as error:
             return ["The max resolution is too fine: %s." % error]
         return []
+
+    @staticmethod
+    def _validateAlignedParticles(particles, noCtfFix):
+        """Errors of a non-empty particle set that needs 3D poses and CTFs; ``noCtfFix``
+        ends the missing-CTF message with the protocol's own way round it."""
+        errors = []
+        if particles.getAlignment() != ALIGN_PROJ:
+            errors.append("The particles have no 3D alignment (they have %r, ALIGN_PROJ is "
+                          "needed): use particles from a 3D refinement or from projection "
+                          "matching (e.g. 'radial-SVD align particles' against a volume)."
+                          % particles.getAlignment())
+        if not particles.hasCTF():
+            errors.append("The particles have no CTF: estimate the CTF of the micrographs "
+                          "(e.g. CTFFIND) and extract the particles with it, or %s."
+                          % noCtfFix)
+        return errors
+
+    @staticmethod
+    def _validateSameGeometry(what, otherBox, otherPixel, box, pixel):
+        """Errors when ``what`` (e.g. "reference volume") and the particles, ``box`` px
+        at ``pixel`` Å/px, differ in box or pixel size."""
+        errors = []
+        if otherBox != box:
+            errors.append("The particles are %d px wide but the %s %d px; resize one of "
+                          "them (e.g. xmipp3 - crop/resize)." % (box, what, otherBox))
+        if not convert.same_sampling(otherPixel, pixel):
+            errors.append("The particles have %g Å/px but the %s %g Å/px; resample one "
+                          "of them." % (pixel, what, otherPixel))
+        return errors

@@ -374,26 +374,12 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
                     "viewing distribution without images."]
         if particles.getSize() == 0:
             return ["The set of particles is empty."]
-        errors = []
-        if particles.getAlignment() != ALIGN_PROJ:
-            errors.append("The particles have no 3D alignment (they have %r, ALIGN_PROJ is "
-                          "needed): use particles from a 3D refinement or from projection "
-                          "matching (e.g. 'radial-SVD align particles' against a volume)."
-                          % particles.getAlignment())
-        if not particles.hasCTF():
-            errors.append("The particles have no CTF: estimate the CTF of the micrographs "
-                          "(e.g. CTFFIND) and extract the particles with it, or choose "
-                          "'experiment design' with no defocus values to study views "
-                          "without CTF.")
-        if volume.getXDim() != particles.getXDim():
-            errors.append("The reference volume is %d px wide but the particles %d px; "
-                          "resize one of them (e.g. xmipp3 - crop/resize)."
-                          % (volume.getXDim(), particles.getXDim()))
-        if not convert.same_sampling(volume.getSamplingRate(), particles.getSamplingRate()):
-            errors.append("The reference volume has %g Å/px but the particles %g Å/px; "
-                          "resample one of them." % (volume.getSamplingRate(),
-                                                     particles.getSamplingRate()))
-        return errors
+        return (self._validateAlignedParticles(
+                    particles, "choose 'experiment design' with no defocus values to study "
+                    "views without CTF")
+                + self._validateSameGeometry("reference volume", volume.getXDim(),
+                                             volume.getSamplingRate(), particles.getXDim(),
+                                             particles.getSamplingRate()))
 
     def _validateDesign(self):
         try:

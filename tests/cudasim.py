@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -26,3 +28,16 @@ def run_child(args, simulator=True, timeout=300):
 def run_module_under_simulator(module):
     """Run test module ``module`` (its ``__main__`` prints the JSON) on the simulator."""
     return run_child(["-m", module])
+
+
+def simulated_fixture(module):
+    """Module-scoped fixture ``simulated``: the JSON of :func:`run_module_under_simulator`."""
+    @pytest.fixture(scope="module", name="simulated")
+    def simulated():
+        return run_module_under_simulator(module)
+    return simulated
+
+
+def print_result(result):
+    """The child's side of :func:`run_child`: ``result`` as the last line it prints."""
+    print(json.dumps(result))

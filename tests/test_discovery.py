@@ -10,6 +10,7 @@ import pyworkflow as pw
 import pytest
 from pyworkflow.gui.project.viewprotocols_extra import ProtocolTreeConfig
 from pyworkflow.utils import parseBibTex
+from pyworkflow.viewer import DESKTOP_TKINTER
 
 import cryohess_plugin
 from cryohess_plugin import bibtex
@@ -49,6 +50,7 @@ def test_package_exports_protocols_and_viewers():
 @pytest.mark.parametrize('name', PROTOCOL_NAMES)
 def test_protocol_is_registered(name):
     protocol = pwem.Domain.getProtocols()[name]
+    assert protocol is getattr(cryoProtocols, name)
     assert protocol.__module__.startswith('cryohess_plugin.protocols.')
     assert protocol._label and protocol.__doc__
 
@@ -56,7 +58,11 @@ def test_protocol_is_registered(name):
 @pytest.mark.parametrize('name', VIEWER_NAMES)
 def test_viewer_is_registered(name):
     viewer = pwem.Domain.getViewers()[name]
+    assert viewer is getattr(cryoViewers, name)
     assert all(target.__name__ in PROTOCOL_NAMES for target in viewer._targets)
+    # What the GUI asks when a protocol's results are opened.
+    for target in viewer._targets:
+        assert viewer in pwem.Domain.findViewers(target.getClassName(), DESKTOP_TKINTER)
 
 
 def test_every_protocol_is_in_the_menu():

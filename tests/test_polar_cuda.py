@@ -6,12 +6,10 @@ simulator switched on; the child computes CPU and CUDA results side by side
 and prints their relative differences as JSON.  The simulator is slow, hence
 the tiny boxes.
 """
-import json
-
 import numpy as np
 import pytest
 
-from .cudasim import run_module_under_simulator
+from .cudasim import print_result, simulated_fixture
 
 DTYPES = {"float64": np.float64, "float32": np.float32}
 TOLERANCE = {"float64": 1e-12, "float32": 1e-5}
@@ -39,9 +37,7 @@ def _simulated_errors():
     return errors
 
 
-@pytest.fixture(scope="module")
-def simulated():
-    return run_module_under_simulator("tests.test_polar_cuda")
+simulated = simulated_fixture("tests.test_polar_cuda")
 
 
 def test_auto_picks_cuda_under_simulator(simulated):
@@ -54,4 +50,4 @@ def test_cuda_polar_transform_matches_cpu(simulated, dtype, box):
 
 
 if __name__ == "__main__":
-    print(json.dumps(_simulated_errors()))
+    print_result(_simulated_errors())

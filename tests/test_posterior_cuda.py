@@ -6,12 +6,10 @@ with the simulator switched on; the child computes CPU and CUDA results side by
 side and prints their relative differences as JSON.  The simulator runs every
 thread in Python, hence the tiny boxes and sample counts.
 """
-import json
-
 import numpy as np
 import pytest
 
-from .cudasim import run_module_under_simulator
+from .cudasim import print_result, simulated_fixture
 
 KERNELS = {"linear": 0, "cubic": 1}
 BOXES = (8, 9)
@@ -66,9 +64,7 @@ def _simulated_errors():
     return errors
 
 
-@pytest.fixture(scope="module")
-def simulated():
-    return run_module_under_simulator("tests.test_posterior_cuda")
+simulated = simulated_fixture("tests.test_posterior_cuda")
 
 
 def test_auto_picks_cuda_under_simulator(simulated):
@@ -92,4 +88,4 @@ def test_problem_dispatches_to_the_cuda_kernels(simulated):
 
 
 if __name__ == "__main__":
-    print(json.dumps(_simulated_errors()))
+    print_result(_simulated_errors())

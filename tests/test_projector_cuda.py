@@ -6,12 +6,10 @@ simulator switched on; the child computes CPU and CUDA results side by side
 and prints their relative differences as JSON.  The simulator is slow, hence
 the tiny boxes.
 """
-import json
-
 import numpy as np
 import pytest
 
-from .cudasim import run_child, run_module_under_simulator
+from .cudasim import print_result, run_child, simulated_fixture
 
 DTYPES = {"float64": np.float64, "float32": np.float32}
 TOLERANCE = {"float64": 1e-12, "float32": 1e-5}
@@ -131,9 +129,7 @@ def _simulated_errors():
     return {"auto_backend": resolve_backend("auto"), **_kernel_errors(rng), **_api_errors(rng)}
 
 
-@pytest.fixture(scope="module")
-def simulated():
-    return run_module_under_simulator("tests.test_projector_cuda")
+simulated = simulated_fixture("tests.test_projector_cuda")
 
 
 def test_auto_picks_cuda_under_simulator(simulated):
@@ -177,4 +173,4 @@ def test_cuda_unavailable_without_device_or_simulator():
 
 
 if __name__ == "__main__":
-    print(json.dumps(_simulated_errors()))
+    print_result(_simulated_errors())

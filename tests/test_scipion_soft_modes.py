@@ -7,13 +7,9 @@ same phantom, and an experiment design without images, at a coarse band
 import os
 
 import numpy as np
-import pwem
-from pwem.objects import SetOfParticles
-from pwem.protocols import ProtImportParticles
 from pyworkflow.object import Pointer
 from pyworkflow.tests import BaseTest, setupTestProject
 from pyworkflow.utils import magentaStr
-from pyworkflow.viewer import DESKTOP_TKINTER
 
 from cryohess_plugin import convert
 from cryohess_plugin.constants import (
@@ -23,6 +19,8 @@ from cryohess_plugin.core import mrc
 from cryohess_plugin.demo import savePlots
 from cryohess_plugin.protocols import CryoHessProtSimulate, CryoHessProtSoftModes
 from cryohess_plugin.viewers import CryoHessSoftModesViewer
+
+from .particle_validation import ParticleValidationMixin
 
 BOX = 32
 PIXEL = 2.5
@@ -192,33 +190,11 @@ class TestSoftModes(BaseTest):
         self.assertTrue(any("choose a mode from 1 to %d" % MODES in e
                             for e in viewer.validate()))
 
-    def testDiscovery(self):
-        self.assertIs(pwem.Domain.getProtocols()['CryoHessProtSoftModes'],
-                      CryoHessProtSoftModes)
-        self.assertIs(pwem.Domain.getViewers()['CryoHessSoftModesViewer'],
-                      CryoHessSoftModesViewer)
-        self.assertIn(CryoHessSoftModesViewer,
-                      pwem.Domain.findViewers(CryoHessProtSoftModes.getClassName(),
-                                              DESKTOP_TKINTER))
 
-
-class TestSoftModesValidation(BaseTest):
+class TestSoftModesValidation(ParticleValidationMixin, BaseTest):
     """Bad input is refused by _validate with a message naming the fix."""
-
-    @classmethod
-    def setUpClass(cls):
-        setupTestProject(cls)
-        common = dict(SIMULATION, numberOfParticles=6, numberOfDefocusGroups=2)
-        cls.small = cls.newProtocol(CryoHessProtSimulate, **common)
-        cls.launchProtocol(cls.small)
-        cls.large = cls.newProtocol(CryoHessProtSimulate, **dict(common, boxSize=BOX + 8))
-        cls.launchProtocol(cls.large)
-        cls.coarse = cls.newProtocol(CryoHessProtSimulate, **dict(common, samplingRate=3.0))
-        cls.launchProtocol(cls.coarse)
-        cls.unaligned = cls.newProtocol(ProtImportParticles,
-                                        filesPath=os.path.abspath(cls.small._getExtraPath()),
-                                        filesPattern='particles.mrcs', samplingRate=PIXEL)
-        cls.launchProtocol(cls.unaligned)
+    SIMULATION = SIMULATION
+    PIXEL = PIXEL
 
     def _errors(self, particles=None, volume=None, **kwargs):
         protocol = self.newProtocol(CryoHessProtSoftModes, **dict(ANALYSIS, **kwargs))
@@ -227,31 +203,13 @@ class TestSoftModesValidation(BaseTest):
         protocol.inputVolume.set(self.small.outputVolume if volume is None else volume)
         return protocol.validate()
 
-    def assertError(self, fragment, errors):
-        self.assertTrue(any(fragment in error for error in errors), errors)
-
     def testValidInput(self):
         self.assertEqual(self._errors(), [])
         self.assertEqual(self._errors(experimentSource=EXPERIMENT_DESIGN), [])
 
-    def testParticlesWithoutAlignment(self):
-        errors = self._errors(particles=self.unaligned.outputParticles)
-        self.assertError("no 3D alignment", errors)
-        self.assertError("refinement", errors)
-
     def testParticlesWithoutCtf(self):
         errors = self._errors(particles=self.unaligned.outputParticles)
         self.assertError("no CTF: estimate the CTF", errors)
-
-    def testAlignedParticlesWithoutCtf(self):
-        withoutCtf = SetOfParticles(filename=self.proj.getTmpPath('no_ctf_particles.sqlite'))
-        withoutCtf.copyInfo(self.small.outputParticles)
-        withoutCtf.setHasCTF(False)
-        withoutCtf.copyItems(self.small.outputParticles)
-        withoutCtf.write()
-        errors = self._errors(particles=withoutCtf)
-        self.assertEqual(len(errors), 1, errors)
-        self.assertError("no CTF", errors)
 
     def testVolumeBoxDiffers(self):
         self.assertError("px wide", self._errors(volume=self.large.outputVolume))
@@ -261,12 +219,6 @@ class TestSoftModesValidation(BaseTest):
 
     def testResolutionBeyondNyquist(self):
         self.assertError("Nyquist", self._errors(maxResolution=PIXEL))
-
-    def testEmptySet(self):
-        empty = SetOfParticles(filename=self.proj.getTmpPath('empty_particles.sqlite'))
-        empty.setSamplingRate(PIXEL)
-        empty.write()
-        self.assertIn("The set of particles is empty.", self._errors(particles=empty))
 
     def testModesNeedMoreIterations(self):
         self.assertError("Lanczos iterations", self._errors(numberOfModes=8, iterations=8))

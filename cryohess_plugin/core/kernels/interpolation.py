@@ -74,6 +74,32 @@ def grid_position(i, j, rows, kx, ky, centre):
 
 
 @register_jitable(inline="always")
+def gather_squared_taps(grid, gx, gy, gz, kernel):
+    """``sum w^2 grid`` over the taps of grid point ``(gx, gy, gz)`` of a real ``grid``.
+
+    Taps outside the grid read as zero, as in the slice kernels.
+    """
+    size = grid.shape[0]
+    lo, hi = used_taps(kernel)
+    x0, y0, z0, wx, wy, wz = sample_taps(gx, gy, gz, kernel)
+    total = 0.0
+    for c in range(lo, hi):
+        z = z0 + c
+        if z < 0 or z >= size:
+            continue
+        for b in range(lo, hi):
+            y = y0 + b
+            if y < 0 or y >= size:
+                continue
+            wzy = (wz[c] * wy[b]) ** 2
+            for a in range(lo, hi):
+                x = x0 + a
+                if 0 <= x < size:
+                    total += wzy * wx[a] ** 2 * grid[z, y, x]
+    return total
+
+
+@register_jitable(inline="always")
 def sample_modulation(i, j, kx, ky, shifts, ctf, box):
     """Real and imaginary parts of CTF times shift phase of sample ``j`` of image ``i``."""
     re = 1.0

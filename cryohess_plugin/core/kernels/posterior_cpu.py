@@ -12,12 +12,10 @@ scatters ``sum w``, so these two loops square the tap weights:
 
 :mod:`.posterior_cuda` has the same two functions for the CUDA backend.
 """
-import math
-
-import numba
 from numba import njit, prange
 
-from .interpolation import grid_position, sample_taps, used_taps
+from .interpolation import gather_squared_taps, grid_position, sample_taps, used_taps
+from .projector_cpu import misses_slab, slab_bounds, slab_count
 
 
 def sampling_density(weights, rows, kx, ky, kernel, grid):
@@ -26,8 +24,7 @@ def sampling_density(weights, rows, kx, ky, kernel, grid):
     Threads own disjoint z-slabs (as :func:`.projector_cpu.slice_adjoint`), so
     the scatter needs no atomics.
     """
-    n_slabs = min(grid.shape[0], 4 * numba.get_num_threads())
-    _slab_density(weights, rows, kx, ky, kernel, n_slabs, grid)
+    _slab_density(weights, rows, kx, ky, kernel, slab_count(grid.shape[0]), grid)
 
 
 @njit(parallel=True, cache=True)
@@ -37,13 +34,10 @@ def _slab_density(weights, rows, kx, ky, kernel, n_slabs, grid):
     centre = size // 2
     lo, hi = used_taps(kernel)
     for slab in prange(n_slabs):
-        z_lo = slab * size // n_slabs
-        z_hi = (slab + 1) * size // n_slabs
+        z_lo, z_hi = slab_bounds(slab, n_slabs, size)
         for i in range(n):
             for j in range(m):
-                gz = kx[j] * rows[i, 0, 2] + ky[j] * rows[i, 1, 2] + centre
-                z0 = int(math.floor(gz)) - 1
-                if z0 + 3 < z_lo or z0 >= z_hi:
+                if misses_slab(i, j, rows, kx, ky, centre, z_lo, z_hi):
                     continue
                 gx, gy, gz = grid_position(i, j, rows, kx, ky, centre)
                 x0, y0, z0, wx, wy, wz = sample_taps(gx, gy, gz, kernel)
@@ -67,26 +61,8 @@ def _slab_density(weights, rows, kx, ky, kernel, n_slabs, grid):
 def gather_squared(grid, rows, kx, ky, kernel, out):
     """``out[i, j] = sum_voxels w_ij(voxel)^2 * grid[voxel]`` for a real ``grid``."""
     n, m = out.shape
-    size = grid.shape[0]
-    centre = size // 2
-    lo, hi = used_taps(kernel)
+    centre = grid.shape[0] // 2
     for i in prange(n):
         for j in range(m):
             gx, gy, gz = grid_position(i, j, rows, kx, ky, centre)
-            x0, y0, z0, wx, wy, wz = sample_taps(gx, gy, gz, kernel)
-            total = 0.0
-            for c in range(lo, hi):
-                z = z0 + c
-                if z < 0 or z >= size:
-                    continue
-                for b in range(lo, hi):
-                    y = y0 + b
-                    if y < 0 or y >= size:
-                        continue
-                    wzy = (wz[c] * wy[b]) ** 2
-                    for a in range(lo, hi):
-                        x = x0 + a
-                        if 0 <= x < size:
-                            total += wzy * wx[a] ** 2 * grid[z, y, x]
-            out[i, j] = total
-
+            out[i, j] = gather_squared_taps(grid, gx, gy, gz, kernel)

@@ -10,11 +10,8 @@ work in float64 (the density is a sum over every sample of the data set).
 import numpy as np
 from numba import cuda
 
-from .interpolation import grid_position, sample_taps, used_taps
-
-_THREADS = 128
-#: CUDA caps grid dimension y at 65535; kernels stride over the remaining images.
-_MAX_BLOCKS_Y = 65535
+from .cuda_launch import launch_shape, to_device_float64
+from .interpolation import gather_squared_taps, grid_position, sample_taps, used_taps
 
 
 @cuda.jit
@@ -51,38 +48,10 @@ def _gather(grid, rows, kx, ky, kernel, out):
     n, m = out.shape
     if j >= m:
         return
-    size = grid.shape[0]
-    centre = size // 2
-    lo, hi = used_taps(kernel)
+    centre = grid.shape[0] // 2
     for i in range(cuda.blockIdx.y, n, cuda.gridDim.y):
         gx, gy, gz = grid_position(i, j, rows, kx, ky, centre)
-        x0, y0, z0, wx, wy, wz = sample_taps(gx, gy, gz, kernel)
-        total = 0.0
-        for c in range(lo, hi):
-            z = z0 + c
-            if z < 0 or z >= size:
-                continue
-            for b in range(lo, hi):
-                y = y0 + b
-                if y < 0 or y >= size:
-                    continue
-                wzy = (wz[c] * wy[b]) ** 2
-                for a in range(lo, hi):
-                    x = x0 + a
-                    if 0 <= x < size:
-                        total += wzy * wx[a] ** 2 * grid[z, y, x]
-        out[i, j] = total
-
-
-def _launch_shape(n, m):
-    """Blocks and threads for ``n`` images of ``m`` samples (one thread per sample)."""
-    return ((m + _THREADS - 1) // _THREADS, min(n, _MAX_BLOCKS_Y)), _THREADS
-
-
-def _geometry(rows, kx, ky):
-    return (cuda.to_device(np.ascontiguousarray(rows, dtype=np.float64)),
-            cuda.to_device(np.ascontiguousarray(kx, dtype=np.float64)),
-            cuda.to_device(np.ascontiguousarray(ky, dtype=np.float64)))
+        out[i, j] = gather_squared_taps(grid, gx, gy, gz, kernel)
 
 
 def sampling_density(weights, rows, kx, ky, kernel, grid):
@@ -90,11 +59,9 @@ def sampling_density(weights, rows, kx, ky, kernel, grid):
     n, m = weights.shape
     if n == 0 or m == 0:
         return
-    d_rows, d_kx, d_ky = _geometry(rows, kx, ky)
-    d_weights = cuda.to_device(np.ascontiguousarray(weights, dtype=np.float64))
     # Uploading the host grid and scattering onto it adds into ``grid`` in place.
-    d_grid = cuda.to_device(np.ascontiguousarray(grid, dtype=np.float64))
-    blocks, threads = _launch_shape(n, m)
+    d_weights, d_rows, d_kx, d_ky, d_grid = to_device_float64(weights, rows, kx, ky, grid)
+    blocks, threads = launch_shape(n, m)
     _density[blocks, threads](d_weights, d_rows, d_kx, d_ky, int(kernel), d_grid)
     grid[...] = d_grid.copy_to_host()
 
@@ -104,9 +71,8 @@ def gather_squared(grid, rows, kx, ky, kernel, out):
     n, m = out.shape
     if n == 0 or m == 0:
         return
-    d_rows, d_kx, d_ky = _geometry(rows, kx, ky)
-    d_grid = cuda.to_device(np.ascontiguousarray(grid, dtype=np.float64))
+    d_grid, d_rows, d_kx, d_ky = to_device_float64(grid, rows, kx, ky)
     d_out = cuda.device_array((n, m), dtype=np.float64)
-    blocks, threads = _launch_shape(n, m)
+    blocks, threads = launch_shape(n, m)
     _gather[blocks, threads](d_grid, d_rows, d_kx, d_ky, int(kernel), d_out)
     out[...] = d_out.copy_to_host()

@@ -328,14 +328,35 @@ def slice_forward(grid, rows, shifts, kx, ky, ctf, box, kernel, out):
                  box, kernel, order, 0, out[part])
 
 
+def slab_count(size):
+    """z-slabs of a ``size``-edged grid for the scatters: four per thread balance the load."""
+    return min(size, 4 * numba.get_num_threads())
+
+
+@njit(inline="always", cache=True)
+def slab_bounds(slab, n_slabs, size):
+    """First and end z plane of z-slab ``slab`` of ``n_slabs``."""
+    return slab * size // n_slabs, (slab + 1) * size // n_slabs
+
+
+@njit(inline="always", cache=True)
+def misses_slab(i, j, rows, kx, ky, centre, z_lo, z_hi):
+    """True when no tap of sample ``j`` of image ``i`` lies in planes ``z_lo .. z_hi - 1``.
+
+    Only the z coordinate is computed: most samples miss a slab and need nothing else.
+    """
+    gz = kx[j] * rows[i, 0, 2] + ky[j] * rows[i, 1, 2] + centre
+    z0 = int(math.floor(gz)) - 1
+    return z0 + 3 < z_lo or z0 >= z_hi
+
+
 def slice_adjoint(values, rows, shifts, kx, ky, ctf, box, kernel, grid):
     """Add the transpose of :func:`slice_forward` applied to ``values`` into ``grid``.
 
-    Threads own disjoint z-slabs of the grid, so the scatter needs no atomics;
-    four slabs per thread balance the load.
+    Threads own disjoint z-slabs of the grid (:func:`slab_count`), so the
+    scatter needs no atomics.
     """
-    n_slabs = min(grid.shape[0], 4 * numba.get_num_threads())
-    _slab_adjoint(values, rows, shifts, kx, ky, ctf, box, kernel, n_slabs, grid)
+    _slab_adjoint(values, rows, shifts, kx, ky, ctf, box, kernel, slab_count(grid.shape[0]), grid)
 
 
 @njit(parallel=True, cache=True)
@@ -346,17 +367,12 @@ def _slab_adjoint(values, rows, shifts, kx, ky, ctf, box, kernel, n_slabs, grid)
     centre = size // 2
     lo, hi = used_taps(kernel)
     for slab in prange(n_slabs):
-        z_lo = slab * size // n_slabs
-        z_hi = (slab + 1) * size // n_slabs
+        z_lo, z_hi = slab_bounds(slab, n_slabs, size)
         for i in range(n):
             for j in range(m):
-                # z first: most samples miss this slab and need nothing else.
-                gz = kx[j] * rows[i, 0, 2] + ky[j] * rows[i, 1, 2] + centre
-                z0 = int(math.floor(gz)) - 1
-                if z0 + 3 < z_lo or z0 >= z_hi:
+                if misses_slab(i, j, rows, kx, ky, centre, z_lo, z_hi):
                     continue
-                gx = kx[j] * rows[i, 0, 0] + ky[j] * rows[i, 1, 0] + centre
-                gy = kx[j] * rows[i, 0, 1] + ky[j] * rows[i, 1, 1] + centre
+                gx, gy, gz = grid_position(i, j, rows, kx, ky, centre)
                 x0, y0, z0, wx, wy, wz = sample_taps(gx, gy, gz, kernel)
                 # Conjugate modulation: the adjoint of multiplying by a complex factor.
                 mod_re, mod_im = sample_modulation(i, j, kx, ky, shifts, ctf, box)

@@ -15,12 +15,9 @@ import numba
 import numpy as np
 from numba import cuda
 
+from .cuda_launch import launch_shape, to_device_float64
 from .interpolation import (grid_position, sample_modulation, sample_tap_derivatives,
                             sample_taps, used_taps)
-
-_THREADS = 128
-#: CUDA caps grid dimension y at 65535; kernels stride over the remaining images.
-_MAX_BLOCKS_Y = 65535
 
 
 @functools.lru_cache(maxsize=None)
@@ -175,12 +172,6 @@ def _real_view(array):
     return array.view(array.real.dtype)
 
 
-def _launch_shape(n, m):
-    """Blocks and threads for ``n`` images of ``m`` samples (one thread per sample)."""
-    blocks = ((m + _THREADS - 1) // _THREADS, min(n, _MAX_BLOCKS_Y))
-    return blocks, _THREADS
-
-
 def _copy_back(device_view, host):
     """Copy a device real view into the complex host array ``host``."""
     result = device_view.copy_to_host().view(host.dtype).reshape(host.shape)
@@ -189,11 +180,7 @@ def _copy_back(device_view, host):
 
 def _common_inputs(rows, shifts, kx, ky, ctf):
     """Device copies of the geometry, shift and CTF arrays the kernels share."""
-    return (cuda.to_device(np.ascontiguousarray(rows, dtype=np.float64)),
-            cuda.to_device(np.ascontiguousarray(shifts, dtype=np.float64)),
-            cuda.to_device(np.ascontiguousarray(kx, dtype=np.float64)),
-            cuda.to_device(np.ascontiguousarray(ky, dtype=np.float64)),
-            cuda.to_device(np.ascontiguousarray(ctf)))
+    return (*to_device_float64(rows, shifts, kx, ky), cuda.to_device(np.ascontiguousarray(ctf)))
 
 
 def slice_forward(grid, rows, shifts, kx, ky, ctf, box, kernel, out):
@@ -206,7 +193,7 @@ def slice_forward(grid, rows, shifts, kx, ky, ctf, box, kernel, out):
     d_rows, d_shifts, d_kx, d_ky, d_ctf = _common_inputs(rows, shifts, kx, ky, ctf)
     d_grid = cuda.to_device(grid_view)
     d_out = cuda.device_array((n, 2 * m), dtype=np.finfo(out.dtype).dtype)
-    blocks, threads = _launch_shape(n, m)
+    blocks, threads = launch_shape(n, m)
     forward[blocks, threads](d_grid, d_rows, d_shifts, d_kx, d_ky, d_ctf, float(box),
                              int(kernel), d_out)
     _copy_back(d_out, out)
@@ -223,7 +210,7 @@ def slice_adjoint(values, rows, shifts, kx, ky, ctf, box, kernel, grid):
     d_values = cuda.to_device(_real_view(values))
     # Uploading the host grid and scattering onto it adds into ``grid`` in place.
     d_grid = cuda.to_device(grid_view)
-    blocks, threads = _launch_shape(n, m)
+    blocks, threads = launch_shape(n, m)
     adjoint[blocks, threads](d_values, d_rows, d_shifts, d_kx, d_ky, d_ctf, float(box),
                              int(kernel), d_grid)
     _copy_back(d_grid, grid)
@@ -240,13 +227,11 @@ def slice_gradient(grid, rows, kx, ky, kernel, values, gradients):
         return
     grid_view = _real_view(grid)
     gradient = _kernels(grid_view.dtype)[2]
-    d_rows = cuda.to_device(np.ascontiguousarray(rows, dtype=np.float64))
-    d_kx = cuda.to_device(np.ascontiguousarray(kx, dtype=np.float64))
-    d_ky = cuda.to_device(np.ascontiguousarray(ky, dtype=np.float64))
+    d_rows, d_kx, d_ky = to_device_float64(rows, kx, ky)
     d_grid = cuda.to_device(grid_view)
     d_values = cuda.device_array((n, 2 * m), dtype=np.float64)
     d_gradients = cuda.device_array((n, m, 6), dtype=np.float64)
-    blocks, threads = _launch_shape(n, m)
+    blocks, threads = launch_shape(n, m)
     gradient[blocks, threads](d_grid, d_rows, d_kx, d_ky, int(kernel), d_values, d_gradients)
     _copy_back(d_values, values)
     _copy_back(d_gradients, gradients)

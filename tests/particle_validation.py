@@ -1,0 +1,62 @@
+"""Scaffolding of the ``_validate`` tests of the protocols that take aligned particles."""
+import os
+
+from pwem.objects import SetOfParticles
+from pwem.protocols import ProtImportParticles
+from pyworkflow.tests import setupTestProject
+
+from cryohess_plugin.protocols import CryoHessProtSimulate
+
+
+class ParticleValidationMixin:
+    """Bad particle input and the checks every such protocol makes, for a ``BaseTest``.
+
+    ``setUpClass`` simulates 6 particles and their volume from ``SIMULATION``
+    (``small``), the same with a box 8 px larger (``large``) and at 3 Å/px
+    (``coarse``), and imports the small images without poses or CTF
+    (``unaligned``).  A test class sets ``SIMULATION`` and ``PIXEL`` and
+    defines ``_errors(particles=None, **kwargs)``, the protocol's validate().
+    """
+    SIMULATION = None
+    PIXEL = None
+
+    @classmethod
+    def setUpClass(cls):
+        setupTestProject(cls)
+        common = dict(cls.SIMULATION, numberOfParticles=6, numberOfDefocusGroups=2)
+        cls.small = cls.newProtocol(CryoHessProtSimulate, **common)
+        cls.launchProtocol(cls.small)
+        cls.large = cls.newProtocol(CryoHessProtSimulate,
+                                    **dict(common, boxSize=common['boxSize'] + 8))
+        cls.launchProtocol(cls.large)
+        cls.coarse = cls.newProtocol(CryoHessProtSimulate, **dict(common, samplingRate=3.0))
+        cls.launchProtocol(cls.coarse)
+        cls.unaligned = cls.newProtocol(ProtImportParticles,
+                                        filesPath=os.path.abspath(cls.small._getExtraPath()),
+                                        filesPattern='particles.mrcs', samplingRate=cls.PIXEL)
+        cls.launchProtocol(cls.unaligned)
+
+    def assertError(self, fragment, errors):
+        self.assertTrue(any(fragment in error for error in errors), errors)
+
+    def testParticlesWithoutAlignment(self):
+        errors = self._errors(particles=self.unaligned.outputParticles)
+        self.assertError("no 3D alignment", errors)
+        self.assertError("3D refinement", errors)
+        self.assertError("radial-SVD align particles", errors)
+
+    def testAlignedParticlesWithoutCtf(self):
+        withoutCtf = SetOfParticles(filename=self.proj.getTmpPath('no_ctf_particles.sqlite'))
+        withoutCtf.copyInfo(self.small.outputParticles)
+        withoutCtf.setHasCTF(False)
+        withoutCtf.copyItems(self.small.outputParticles)
+        withoutCtf.write()
+        errors = self._errors(particles=withoutCtf)
+        self.assertEqual(len(errors), 1, errors)
+        self.assertError("no CTF: estimate the CTF", errors)
+
+    def testEmptySet(self):
+        empty = SetOfParticles(filename=self.proj.getTmpPath('empty_particles.sqlite'))
+        empty.setSamplingRate(self.PIXEL)
+        empty.write()
+        self.assertIn("The set of particles is empty.", self._errors(particles=empty))
