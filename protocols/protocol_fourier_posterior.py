@@ -1,4 +1,6 @@
 """Posterior over a map from particles with known poses (Ullrich et al. 2019)."""
+import itertools
+import os
 import time
 from dataclasses import astuple
 
@@ -229,16 +231,50 @@ class CryoHessProtFourierPosterior(CryoHessProtocolMixin, ProtReconstruct3D):
 
     # --------------------------- STEPS functions -----------------------------
     def convertInputStep(self):
-        """Images, poses and CTF parameters of the particles, in id order."""
-        particles = convert.particles_to_arrays(self.inputParticles.get(), need_ctf=True,
-                                                need_alignment=ALIGN_PROJ)
-        self._saveNpz(self._getFileName('input'), images=particles.images,
-                      ids=particles.ids, rotations=particles.rotations,
-                      shifts=particles.shifts,
-                      ctfs=np.array([astuple(p) for p in particles.ctfs]),
-                      pixelSize=particles.pixel_size)
-        self.info("%d particles of %d px at %g Å/px"
-                  % (len(particles.ids), particles.images.shape[1], particles.pixel_size))
+        """Images, poses and CTF parameters of the particles, in id order, with the
+        model's half-plane spectra and CTF values as ``.npy`` files the fits open
+        as memory maps.  Images are read and written in batches of
+        ``particlesPerBatch``: no step holds every image."""
+        from cryohess_plugin.core import ctf
+        from cryohess_plugin.core.fourier_posterior import PosteriorProblem, SpectraWriter
+        partSet = self.inputParticles.get()
+        particles = convert.particles_to_arrays(partSet, need_ctf=True,
+                                                need_alignment=ALIGN_PROJ, read_images=False)
+        count, pixel = len(particles.ids), particles.pixel_size
+        ctfs = np.array([astuple(p) for p in particles.ctfs])
+        step = max(1, self.particlesPerBatch.get())
+        batches = (convert.particles_to_arrays(partSet, need_alignment=False, limit=step,
+                                               skip=first).images
+                   for first in range(0, count, step))
+        firstBatch = next(batches)
+        box = firstBatch.shape[1]
+        kx, ky = PosteriorProblem.ctf_frequencies(box)
+        paths = (self._imagesPath(), self._spectraPath(), self._ctfPath())
+        imagesTmp, spectraTmp, ctfTmp = (path + '.tmp.npy' for path in paths)
+        imagesOut = np.lib.format.open_memmap(imagesTmp, mode='w+', dtype=np.float32,
+                                              shape=(count, box, box))
+        ctfValues = np.lib.format.open_memmap(ctfTmp, mode='w+', dtype=np.float64,
+                                              shape=(count, kx.size))
+        done = 0
+        with SpectraWriter(spectraTmp, count, box) as writer:
+            for images in itertools.chain([firstBatch], batches):
+                rows = slice(done, done + len(images))
+                writer.write(images)
+                imagesOut[rows] = images
+                ctfValues[rows] = ctf.ctf_stack(_ctfParams(ctfs[rows]), kx, ky, box, pixel)
+                done += len(images)
+                self.info("  converted %d of %d particles" % (done, count))
+        imagesOut.flush()
+        ctfValues.flush()
+        del imagesOut, ctfValues
+        for tmp, path in zip((imagesTmp, spectraTmp, ctfTmp), paths):
+            os.replace(tmp, path)
+        # Written last: its presence means the conversion is complete.
+        self._saveNpz(self._getFileName('input'), ids=particles.ids,
+                      rotations=particles.rotations, shifts=particles.shifts, ctfs=ctfs,
+                      pixelSize=pixel)
+        self.info("%d particles of %d px at %g Å/px; spectra on disk: %.1f MiB"
+                  % (count, box, pixel, os.path.getsize(self._spectraPath()) / 2 ** 20))
 
     def fitStep(self, part, poseRound):
         """Posterior of the particles of ``part`` at the poses after round ``poseRound``."""
@@ -250,11 +286,6 @@ class CryoHessProtFourierPosterior(CryoHessProtocolMixin, ProtReconstruct3D):
         posterior = self._fit(problem)
         seconds = time.perf_counter() - started
         history = posterior.history
-        for round_, (noise, residuals) in enumerate(zip(history.get('noise_variance', []),
-                                                        history.get('cg_residuals', []))):
-            self.info("  EM round %d: noise variance %.4g, %d CG iterations, relative "
-                      "residual %.2g" % (round_ + 1, noise, len(residuals),
-                                         residuals[-1] if residuals else 0.0))
         if 'steps' in history:
             self.info("  %d minibatch steps of %d particles"
                       % (history['steps'], history['batch_size']))
@@ -274,7 +305,7 @@ class CryoHessProtFourierPosterior(CryoHessProtocolMixin, ProtReconstruct3D):
         started = time.perf_counter()
         data = np.load(self._getFileName('input'))
         part = slice(first, first + count)
-        images = data['images'][part]
+        images = np.load(self._imagesPath(), mmap_mode='r')[part]
         box = images.shape[1]
         projector = FourierSliceProjector(self._refinementReference(round_),
                                           dtype=np.float64, backend=self._backend())
@@ -395,16 +426,7 @@ class CryoHessProtFourierPosterior(CryoHessProtocolMixin, ProtReconstruct3D):
             return ["Select the particles."]
         if particles.getSize() == 0:
             return ["The set of particles is empty."]
-        errors = []
-        if particles.getAlignment() != ALIGN_PROJ:
-            errors.append("The particles have no 3D alignment (they have %r, ALIGN_PROJ is "
-                          "needed): use particles from a 3D refinement or from projection "
-                          "matching (e.g. 'radial-SVD align particles' against a volume)."
-                          % particles.getAlignment())
-        if not particles.hasCTF():
-            errors.append("The particles have no CTF: estimate the CTF of the micrographs "
-                          "(e.g. CTFFIND) and extract the particles with it, or assign "
-                          "CTFs to the particles.")
+        errors = self._validateAlignedParticles(particles, "assign CTFs to the particles")
         width, height, _ = particles.getDim()
         if width != height:
             errors.append("The particles are %d x %d px; the Fourier-slice model needs "
@@ -416,14 +438,8 @@ class CryoHessProtFourierPosterior(CryoHessProtocolMixin, ProtReconstruct3D):
             errors += self._validateMaxResolution(pixel)
             reference = self.refinementReference.get()
             if reference is not None:
-                if reference.getXDim() != width:
-                    errors.append("The reference volume is %d px wide but the particles "
-                                  "%d px; resize one of them (e.g. xmipp3 - crop/resize)."
-                                  % (reference.getXDim(), width))
-                if not convert.same_sampling(reference.getSamplingRate(), pixel):
-                    errors.append("The reference volume has %g Å/px but the particles %g "
-                                  "Å/px; resample one of them."
-                                  % (reference.getSamplingRate(), pixel))
+                errors += self._validateSameGeometry("reference volume", reference.getXDim(),
+                                                     reference.getSamplingRate(), width, pixel)
         return errors
 
     def _summary(self):
@@ -505,19 +521,28 @@ class CryoHessProtFourierPosterior(CryoHessProtocolMixin, ProtReconstruct3D):
                   else np.load(self._getFileName('input')))
         return stored['rotations'], stored['shifts']
 
+    def _imagesPath(self):
+        """Particle images ``(n, D, D)`` float32 (convert step, ``.npy``)."""
+        return self._getExtraPath('images.npy')
+
+    def _spectraPath(self):
+        """Half-plane spectra ``(n, m)`` of every particle (convert step, ``.npy``)."""
+        return self._getExtraPath('spectra.npy')
+
+    def _ctfPath(self):
+        """CTF values ``(n, m)`` at the spectra's points (convert step, ``.npy``)."""
+        return self._getExtraPath('ctf_values.npy')
+
+    def _progress(self, message):
+        self.info("  " + message)
+
     def _problem(self, index, poseRound):
-        """The core's posterior problem for the particles ``index``."""
-        from cryohess_plugin.core import ctf
+        """The core's posterior problem for the particles ``index``: spectra and CTF
+        values read batch by batch from the convert step's memory-mapped files."""
         from cryohess_plugin.core.fourier_posterior import PosteriorProblem
-        data = np.load(self._getFileName('input'))
-        images = data['images'][index]
-        box = images.shape[1]
         rotations, shifts = self._poses(poseRound)
-        kx, ky = PosteriorProblem.ctf_frequencies(box)
-        values = ctf.ctf_stack(_ctfParams(data['ctfs'][index]), kx, ky, box,
-                               float(data['pixelSize']))
-        return PosteriorProblem(images, rotations[index], shifts[index], values,
-                                backend=self._backend())
+        return PosteriorProblem(self._spectraPath(), rotations, shifts, self._ctfPath(),
+                                backend=self._backend()).subset(index)
 
     def _fit(self, problem):
         from cryohess_plugin.core.fourier_posterior import (fit_closed_form, fit_variational,
@@ -526,19 +551,21 @@ class CryoHessProtFourierPosterior(CryoHessProtocolMixin, ProtReconstruct3D):
         prior = self.priorVariance.get() if self.priorType.get() == PRIOR_FIXED else None
         if self.fitMethod.get() == FIT_CLOSED_FORM:
             return fit_closed_form(problem, noise, prior,
-                                   em_iterations=self.emIterations.get())
+                                   em_iterations=self.emIterations.get(),
+                                   progress=self._progress)
         if noise is None or prior is None:
             count = min(problem.n_particles, self.estimationParticles.get())
             subset = np.unique(np.linspace(0, problem.n_particles - 1, count).astype(int))
-            estimate = fit_closed_form(problem.subset(subset), noise, prior,
-                                       em_iterations=self.emIterations.get())
             self.info("  noise and prior from a closed-form fit to %d particles"
                       % len(subset))
+            estimate = fit_closed_form(problem.subset(subset), noise, prior,
+                                       em_iterations=self.emIterations.get(), noise_probes=0,
+                                       progress=self._progress)
             noise, prior = estimate.noise_variance, estimate.prior_variance
         posterior = fit_variational(problem, noise, prior, batch_size=self.batchSize.get(),
-                                    epochs=self.epochs.get())
+                                    epochs=self.epochs.get(), progress=self._progress)
         # The single-fit resolution curve needs the noise of the mean, as the closed form's.
-        posterior.noise_power = propagate_noise(problem, posterior)
+        posterior.noise_power = propagate_noise(problem, posterior, progress=self._progress)
         return posterior
 
     def _loadPosterior(self, part):

@@ -5,15 +5,18 @@ variance law 1/(1/s0^2 + S/(D^2 sigma^2)) with the injected noise, a
 tilt-limited data set for the missing cone, the half-map FSC of the same
 data, and the closed form for the minibatch variational fit.
 """
+import tracemalloc
+
 import numpy as np
 import pytest
 
 from cryohess_plugin.core import atoms, ctf, fourier, phantoms, rotations, simulate
 from cryohess_plugin.core.errors import InvalidDataError, MissingMetadataError, ShapeError
 from cryohess_plugin.core.fourier import hermitian_fold, mirror
-from cryohess_plugin.core.fourier_posterior import (PosteriorProblem, fit_closed_form,
-                                                    fit_variational, log_likelihood,
-                                                    propagate_noise)
+from cryohess_plugin.core.fourier_posterior import (PosteriorProblem, SpectraWriter,
+                                                    fit_closed_form, fit_variational,
+                                                    log_likelihood, propagate_noise,
+                                                    write_spectra)
 from cryohess_plugin.core.kernels import posterior_cpu
 
 BOX, PIXEL = 32, 3.0
@@ -232,3 +235,113 @@ def test_bad_input_raises_typed_errors(uniform):
         log_likelihood(PosteriorProblem(images[:, :16, :16], poses), posterior)
     with pytest.raises(InvalidDataError, match="noise_variance"):
         fit_closed_form(PosteriorProblem(images, poses), noise_variance=-1.0)
+
+
+def relative(a, b):
+    return np.linalg.norm(np.ravel(a - b)) / np.linalg.norm(np.ravel(b))
+
+
+def test_memmap_spectra_give_the_in_memory_results(volume, tmp_path):
+    """Spectra on disk (written in batches, opened as memory maps, CTF too) give
+    the in-memory fits, likelihoods and subsets to 1e-10 in float64."""
+    sim, in_memory = make_problem(volume, 300, 0.05, 11)
+    in_memory.batch_size = 64
+    path = write_spectra(tmp_path / "spectra.npy", sim.images, batch_size=70)
+    np.save(tmp_path / "ctf.npy", in_memory.ctf)
+    on_disk = PosteriorProblem(str(path), sim.rotations, sim.shifts, tmp_path / "ctf.npy",
+                               batch_size=64)
+    assert on_disk.on_disk and not in_memory.on_disk and on_disk.box == BOX
+    assert isinstance(on_disk.ctf, np.memmap)
+    # The same from an np.memmap handed over directly.
+    mapped = PosteriorProblem(np.load(path, mmap_mode="r"), sim.rotations, sim.shifts,
+                              in_memory.ctf, batch_size=64)
+    assert mapped.on_disk
+    for problem in (on_disk, mapped):
+        assert relative(problem.spectra, in_memory.spectra) <= 1e-12
+    closed = [fit_closed_form(p, em_iterations=2, noise_probes=1) for p in (in_memory, on_disk)]
+    assert closed[1].noise_variance == pytest.approx(closed[0].noise_variance, rel=1e-10)
+    for name in ("mean", "variance", "prior_variance", "noise_power"):
+        assert relative(getattr(closed[1], name), getattr(closed[0], name)) <= 1e-10, name
+    variational = [fit_variational(p, closed[0].noise_variance, closed[0].prior_variance,
+                                   batch_size=50, epochs=2, rng=4) for p in (in_memory, on_disk)]
+    for name in ("mean", "variance"):
+        assert relative(getattr(variational[1], name), getattr(variational[0], name)) <= 1e-10
+    assert np.allclose(variational[1].history["elbo"], variational[0].history["elbo"],
+                       rtol=1e-10, atol=0)
+    likelihood = [log_likelihood(p, closed[0]) for p in (in_memory, on_disk)]
+    assert relative(likelihood[1], likelihood[0]) <= 1e-10
+    # Subsets (half maps) keep reading the file: alternate particles, then a slice of those.
+    index = np.arange(300)[1::2]
+    halves = [p.subset(index).subset(slice(10, 120)) for p in (in_memory, on_disk)]
+    assert halves[1].on_disk and halves[1].n_particles == 110
+    assert relative(halves[1].ctf, in_memory.ctf[index[10:120]]) == 0
+    fits = [fit_closed_form(h, closed[0].noise_variance, fourier.shell_average(
+        closed[0].prior_variance), noise_probes=0) for h in halves]
+    assert relative(fits[1].mean, fits[0].mean) <= 1e-10
+
+
+def test_memmap_fits_stream_in_bounded_memory(tmp_path):
+    """Spectra 8x the traced peak: the fits (EM, noise probe, minibatch epochs) and the
+    likelihood read batches only; writing holds one batch of images at a time."""
+    box, n, batch = 16, 16000, 200
+    rng = np.random.default_rng(0)
+    path = tmp_path / "spectra.npy"
+    tracemalloc.start()
+    with SpectraWriter(path, n, box) as writer:
+        for start in range(0, n, batch):
+            writer.write(rng.standard_normal((batch, box, box)))
+    written_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    poses = rotations.random_rotations(n, rng)
+    problem = PosteriorProblem(path, poses, rng.normal(0, 1, (n, 2)), batch_size=batch)
+    size = np.load(path, mmap_mode="r").nbytes
+    assert size >= 16 * 2 ** 20
+    assert written_peak <= size / 8, (written_peak, size)
+    # Compile the kernels first: numba's compiler allocates through Python too.
+    small = problem.subset(np.arange(2 * batch))
+    fit_variational(small, 1.0, 1.0, batch_size=batch, epochs=1)
+    log_likelihood(small, fit_closed_form(small, em_iterations=2, cg_iterations=3))
+    tracemalloc.start()
+    closed = fit_closed_form(problem, em_iterations=2, cg_iterations=3, tolerance=1e-2)
+    fit_variational(problem, closed.noise_variance, closed.prior_variance, batch_size=batch,
+                    epochs=1)
+    log_likelihood(problem, closed)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    print(f"spectra {size / 2 ** 20:.1f} MiB, traced peak of the fits {peak / 2 ** 20:.2f} MiB, "
+          f"of writing {written_peak / 2 ** 20:.2f} MiB")
+    assert peak <= size / 8, (peak / 2 ** 20, size / 2 ** 20)
+
+
+def test_fits_report_progress(uniform):
+    _, problem, posterior = uniform
+    small = problem.subset(np.arange(300))
+    messages = []
+    fit_closed_form(small, em_iterations=2, cg_iterations=5, progress=messages.append)
+    rounds = [m for m in messages if m.startswith("EM round")]
+    assert len(rounds) == 2 and "noise variance" in rounds[0] and "CG iterations" in rounds[0]
+    assert any(m.startswith("Noise probe 1/1") for m in messages)
+    messages.clear()
+    variational = fit_variational(small, posterior.noise_variance, posterior.prior_variance,
+                                  batch_size=50, epochs=3, rng=1, progress=messages.append)
+    assert [m.split(":")[0] for m in messages] == ["Epoch 1/3", "Epoch 2/3", "Epoch 3/3"]
+    assert "ELBO" in messages[0] and "change" in messages[1]
+    elbo = variational.history["elbo"]
+    assert len(elbo) == 3 and elbo[2] > elbo[0]
+    messages.clear()
+    propagate_noise(small, posterior, probes=2, progress=messages.append)
+    assert [m.split(":")[0] for m in messages] == ["Noise probe 1/2", "Noise probe 2/2"]
+
+
+def test_spectra_files_are_checked(tmp_path, uniform):
+    sim, _, _ = uniform
+    images = sim.images[:8].copy()
+    with pytest.raises(ShapeError, match="announced"):
+        with SpectraWriter(tmp_path / "short.npy", 9, BOX) as writer:
+            writer.write(images)
+    images[3, 2, 2] = np.inf
+    with pytest.raises(InvalidDataError, match="NaN"):
+        write_spectra(tmp_path / "bad.npy", images)
+    np.save(tmp_path / "odd.npy", np.zeros((8, 7), np.complex128))
+    with pytest.raises(ShapeError, match="half-plane"):
+        PosteriorProblem(tmp_path / "odd.npy", sim.rotations[:8])

@@ -8,13 +8,11 @@ minibatch variational fit.
 import os
 
 import numpy as np
-import pwem
 from pwem.constants import ALIGN_PROJ
 from pwem.objects import SetOfParticles
 from pwem.protocols import ProtImportParticles
 from pyworkflow.tests import BaseTest, setupTestProject
 from pyworkflow.utils import magentaStr
-from pyworkflow.viewer import DESKTOP_TKINTER
 
 from cryohess_plugin import convert
 from cryohess_plugin.constants import (FIT_VARIATIONAL, LOG_LIKELIHOOD, REFINED_ANGLE_CHANGE,
@@ -25,6 +23,8 @@ from cryohess_plugin.demo import savePlots
 from cryohess_plugin.protocols import CryoHessProtFourierPosterior, CryoHessProtSimulate
 from cryohess_plugin.protocols.protocol_fourier_posterior import FULL
 from cryohess_plugin.viewers import CryoHessFourierPosteriorViewer
+
+from .particle_validation import ParticleValidationMixin
 
 BOX = 32
 PIXEL = 2.5
@@ -232,33 +232,11 @@ class TestFourierPosterior(BaseTest):
             for path in paths:
                 self.assertGreater(os.path.getsize(path), 1000, path)
 
-    def testDiscovery(self):
-        self.assertIs(pwem.Domain.getProtocols()['CryoHessProtFourierPosterior'],
-                      CryoHessProtFourierPosterior)
-        self.assertIs(pwem.Domain.getViewers()['CryoHessFourierPosteriorViewer'],
-                      CryoHessFourierPosteriorViewer)
-        self.assertIn(CryoHessFourierPosteriorViewer,
-                      pwem.Domain.findViewers(CryoHessProtFourierPosterior.getClassName(),
-                                              DESKTOP_TKINTER))
 
-
-class TestFourierPosteriorValidation(BaseTest):
+class TestFourierPosteriorValidation(ParticleValidationMixin, BaseTest):
     """Bad input is refused by _validate with a message naming the fix."""
-
-    @classmethod
-    def setUpClass(cls):
-        setupTestProject(cls)
-        common = dict(SIMULATION, numberOfParticles=6, numberOfDefocusGroups=2)
-        cls.small = cls.newProtocol(CryoHessProtSimulate, **common)
-        cls.launchProtocol(cls.small)
-        cls.large = cls.newProtocol(CryoHessProtSimulate, **dict(common, boxSize=BOX + 8))
-        cls.launchProtocol(cls.large)
-        cls.coarse = cls.newProtocol(CryoHessProtSimulate, **dict(common, samplingRate=3.0))
-        cls.launchProtocol(cls.coarse)
-        cls.unaligned = cls.newProtocol(ProtImportParticles,
-                                        filesPath=os.path.abspath(cls.small._getExtraPath()),
-                                        filesPattern='particles.mrcs', samplingRate=PIXEL)
-        cls.launchProtocol(cls.unaligned)
+    SIMULATION = SIMULATION
+    PIXEL = PIXEL
 
     def _errors(self, particles=None, reference=None, **kwargs):
         protocol = self.newProtocol(CryoHessProtFourierPosterior, **kwargs)
@@ -268,28 +246,10 @@ class TestFourierPosteriorValidation(BaseTest):
             protocol.refinementReference.set(reference)
         return protocol.validate()
 
-    def assertError(self, fragment, errors):
-        self.assertTrue(any(fragment in error for error in errors), errors)
-
     def testValidInput(self):
         self.assertEqual(self._errors(), [])
         self.assertEqual(self._errors(doRefinePoses=True, maxResolution=10.0,
                                       reference=self.small.outputVolume), [])
-
-    def testParticlesWithoutAlignment(self):
-        errors = self._errors(particles=self.unaligned.outputParticles)
-        self.assertError("no 3D alignment", errors)
-        self.assertError("radial-SVD align particles", errors)
-
-    def testAlignedParticlesWithoutCtf(self):
-        withoutCtf = SetOfParticles(filename=self.proj.getTmpPath('no_ctf_particles.sqlite'))
-        withoutCtf.copyInfo(self.small.outputParticles)
-        withoutCtf.setHasCTF(False)
-        withoutCtf.copyItems(self.small.outputParticles)
-        withoutCtf.write()
-        errors = self._errors(particles=withoutCtf)
-        self.assertEqual(len(errors), 1, errors)
-        self.assertError("no CTF: estimate the CTF", errors)
 
     def testReferenceBoxDiffers(self):
         errors = self._errors(doRefinePoses=True, reference=self.large.outputVolume)
@@ -301,12 +261,6 @@ class TestFourierPosteriorValidation(BaseTest):
 
     def testResolutionBeyondNyquist(self):
         self.assertError("Nyquist", self._errors(doRefinePoses=True, maxResolution=PIXEL))
-
-    def testEmptySet(self):
-        empty = SetOfParticles(filename=self.proj.getTmpPath('empty_particles.sqlite'))
-        empty.setSamplingRate(PIXEL)
-        empty.write()
-        self.assertIn("The set of particles is empty.", self._errors(particles=empty))
 
     def testTooFewSamples(self):
         self.assertTrue(self._errors(numberOfSamples=1))

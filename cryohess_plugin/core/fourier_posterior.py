@@ -43,6 +43,7 @@ of eq 15 with the closed-form expected likelihood of notes §4.2 (no
 reparameterisation noise): a natural-gradient step on the precision and a
 preconditioned, Polyak-averaged gradient step on the mean.
 """
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -84,31 +85,138 @@ def shell_sums(grid):
 
 # --------------------------------------------------------------------------- data
 
+class SpectraWriter:
+    """Writes the half-plane spectra of a particle stack to an ``.npy`` file batch by batch.
+
+    The file holds ``(n, m)`` complex values at the points of
+    :meth:`PosteriorProblem.ctf_frequencies` (the model's disc), the form
+    :class:`PosteriorProblem` opens as a memory map, so neither writing nor
+    fitting ever holds every particle in memory::
+
+        with SpectraWriter(path, n, box) as writer:
+            for batch in batches_of_images:
+                writer.write(batch)
+
+    :param path: ``.npy`` file to create.
+    :param count: number of particles ``n``.
+    :param box: image size ``D``.
+    :param kernel: interpolation kernel of the model (sets the disc).
+    :param dtype: float precision of the stored spectra.
+    """
+
+    def __init__(self, path, count, box, kernel="linear", dtype=np.float64):
+        if kernel not in _MARGIN:
+            raise ValueError(f"kernel must be one of {sorted(_MARGIN)}, got {kernel!r}")
+        if count < 1:
+            raise InvalidDataError("the particle stack is empty; select some particles")
+        self.box, self.count = int(box), int(count)
+        self.half_plane = fourier.HalfPlane.disc(self.box, self.box / 2 - _MARGIN[kernel])
+        complex_dtype = np.result_type(np.dtype(dtype), np.complex64)
+        self.array = np.lib.format.open_memmap(str(path), mode="w+", dtype=complex_dtype,
+                                               shape=(self.count, self.half_plane.size))
+        self.written = 0
+
+    def write(self, images):
+        """Append the spectra of the images ``(b, D, D)``."""
+        images = np.asarray(images)
+        if images.ndim != 3 or images.shape[1:] != (self.box, self.box):
+            raise ShapeError(f"images must be a stack (b, {self.box}, {self.box}), got shape "
+                             f"{images.shape}")
+        if self.written + images.shape[0] > self.count:
+            raise ShapeError(f"more than the {self.count} announced images were written")
+        bad = np.count_nonzero(~np.isfinite(images))
+        if bad:
+            raise InvalidDataError(f"images contain {bad} NaN or infinite values; remove "
+                                   "those particles")
+        end = self.written + images.shape[0]
+        self.array[self.written:end] = self.half_plane.transform(images)
+        self.written = end
+
+    def close(self):
+        """Flush the file; every announced image must have been written."""
+        if self.array is None:
+            return
+        self.array.flush()
+        self.array = None
+        if self.written != self.count:
+            raise ShapeError(f"{self.written} images written, {self.count} announced")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, traceback):
+        if kind is None:
+            self.close()
+        else:
+            self.array = None
+
+
+def write_spectra(path, images, kernel="linear", dtype=np.float64, batch_size=512):
+    """Half-plane spectra of ``images`` ``(n, D, D)`` (an array or memory map) to ``path``
+    (``.npy``), ``batch_size`` images at a time; see :class:`SpectraWriter`."""
+    images = np.asarray(images) if not isinstance(images, np.memmap) else images
+    if images.ndim != 3 or images.shape[1] != images.shape[2]:
+        raise ShapeError(f"images must be a stack (n, D, D) of square images, got shape "
+                         f"{images.shape}")
+    with SpectraWriter(path, images.shape[0], images.shape[1], kernel, dtype) as writer:
+        for start in range(0, images.shape[0], int(batch_size)):
+            writer.write(images[start:start + int(batch_size)])
+    return path
+
+
+def _box_of_spectra(size, kernel):
+    """The image size whose model disc has ``size`` half-plane points."""
+    guess = int(round(2 * (np.sqrt(2 * size / np.pi) + _MARGIN[kernel])))
+    for box in range(max(guess - 4, 2), guess + 5):
+        if fourier.HalfPlane.disc(box, box / 2 - _MARGIN[kernel]).size == size:
+            return box
+    raise ShapeError(f"{size} coefficients per particle match no image size's half-plane disc "
+                     f"({kernel} kernel); write spectra with write_spectra")
+
+
+def _open_array(value):
+    """An array, or an ``.npy`` path opened as a read-only memory map."""
+    if isinstance(value, (str, bytes)) or hasattr(value, "__fspath__"):
+        return np.load(value, mmap_mode="r")
+    return value if isinstance(value, np.ndarray) else np.asarray(value)
+
+
 class PosteriorProblem:
     """Particle images with known poses and CTFs, ready for the posterior fits.
 
-    :param images: ``(n, D, D)`` real particle images.
+    Every pass over the data (operators, sampling density, residual power,
+    likelihood) streams ``batch_size`` particles at a time from the stored
+    spectra, which may be a memory map: spectra on disk (:func:`write_spectra`)
+    are read batch by batch and never held whole, and the minibatch fit reads
+    only its minibatches.  :meth:`subset` keeps reading from the same source.
+
+    :param images: ``(n, D, D)`` real particle images; or their ``(n, m)``
+        complex half-plane spectra (:func:`write_spectra`, any array or
+        ``np.memmap``); or the path of such an ``.npy``, opened as a memory map.
     :param rotations: ``(n, 3, 3)`` (:mod:`.rotations` convention).
     :param shifts: ``(n, 2)`` particle offsets in pixels, or None.
     :param ctf: ``(n, m)`` CTF values at the operator's half-plane points
-        (:meth:`ctf_frequencies`), or None for CTF-free data.
+        (:meth:`ctf_frequencies`), an array, memory map or ``.npy`` path; or
+        None for CTF-free data.
     :param kernel: interpolation kernel of the model (``"linear"``: the paper's).
     :param dtype: float precision of the spectra and grids.
     :param backend: backend of the slice operator.
-    :param batch_size: images per pass of the slice kernels.
+    :param batch_size: images per pass of the slice kernels (and per read).
     """
 
     def __init__(self, images, rotations, shifts=None, ctf=None, kernel="linear",
                  dtype=np.float64, backend="cpu", batch_size=512):
-        images = np.asarray(images)
-        if images.ndim != 3 or images.shape[1] != images.shape[2]:
-            raise ShapeError(f"images must be a stack (n, D, D) of square images, got shape "
-                             f"{images.shape}")
-        n, box = images.shape[0], images.shape[1]
-        if n < 1:
-            raise InvalidDataError("the particle stack is empty; select some particles")
         if kernel not in _MARGIN:
             raise ValueError(f"kernel must be one of {sorted(_MARGIN)}, got {kernel!r}")
+        images = _open_array(images)
+        is_spectra = images.ndim == 2 and np.iscomplexobj(images)
+        if not is_spectra and (images.ndim != 3 or images.shape[1] != images.shape[2]):
+            raise ShapeError(f"images must be a stack (n, D, D) of square images or their "
+                             f"(n, m) half-plane spectra, got shape {images.shape}")
+        n = images.shape[0]
+        box = _box_of_spectra(images.shape[1], kernel) if is_spectra else images.shape[1]
+        if n < 1:
+            raise InvalidDataError("the particle stack is empty; select some particles")
         if rotations is None:
             raise MissingMetadataError("the particles have no alignment; run an alignment "
                                        "(e.g. the cryohess radial-SVD protocol) first")
@@ -119,7 +227,11 @@ class PosteriorProblem:
         shifts = np.zeros((n, 2)) if shifts is None else np.asarray(shifts, dtype=np.float64)
         if shifts.shape != (n, 2):
             raise ShapeError(f"shifts must have shape ({n}, 2), got {shifts.shape}")
-        for name, array in (("images", images), ("rotations", rotations), ("shifts", shifts)):
+        checked = [("rotations", rotations), ("shifts", shifts)]
+        if not isinstance(images, np.memmap):
+            # Spectra on disk were checked when written (SpectraWriter).
+            checked.insert(0, ("images", images))
+        for name, array in checked:
             bad = np.count_nonzero(~np.isfinite(array))
             if bad:
                 raise InvalidDataError(f"{name} contain {bad} NaN or infinite values; remove "
@@ -128,21 +240,28 @@ class PosteriorProblem:
                                       backend=backend, radius=box / 2 - _MARGIN[kernel])
         hp = self.operator.half_plane
         if ctf is not None:
-            ctf = np.asarray(ctf, dtype=np.float64)
+            ctf = _open_array(ctf)
             if ctf.shape != (n, hp.size):
                 raise ShapeError(f"ctf must hold the CTF of every image at the {hp.size} "
                                  f"half-plane points, shape ({n}, {hp.size}); got {ctf.shape}. "
                                  "Evaluate it at PosteriorProblem.ctf_frequencies(box)")
-            if not np.isfinite(ctf).all():
+            if not isinstance(ctf, np.memmap) and not np.isfinite(ctf).all():
                 raise InvalidDataError("the CTF values contain NaN or infinite entries; "
                                        "re-estimate the CTF of those micrographs")
         self.box = box
         self.kernel = kernel
         self.rotations = rotations
         self.shifts = shifts
-        self.ctf = ctf
         self.batch_size = int(batch_size)
-        self.spectra = hp.transform(images).astype(self.operator.complex_dtype)
+        self._index = None
+        self._ctf_source = ctf
+        if is_spectra:
+            self._source = images
+        else:
+            self._source = np.empty((n, hp.size), self.operator.complex_dtype)
+            for start in range(0, n, self.batch_size):
+                part = slice(start, start + self.batch_size)
+                self._source[part] = hp.transform(images[part])
         # The DC coefficient is real: half the weight of a complex one (module docstring).
         self.sample_weight = np.where((hp.kx == 0) & (hp.ky == 0), 0.5, 1.0)
         self._rows = np.ascontiguousarray(rotations[:, :2, :])
@@ -160,20 +279,62 @@ class PosteriorProblem:
 
     @property
     def n_particles(self):
-        return self.spectra.shape[0]
+        return self.rotations.shape[0]
 
     @property
     def half_plane(self):
         return self.operator.half_plane
 
+    @property
+    def on_disk(self):
+        """Whether the spectra are read from a memory map."""
+        return isinstance(self._source, np.memmap)
+
+    @property
+    def spectra(self):
+        """``(n, m)`` half-plane spectra of the particles.
+
+        Reading this materialises every particle's spectrum when the problem
+        is a subset or the source is a memory map; passes use
+        :meth:`spectra_batch` instead.  Assigning replaces the source.
+        """
+        return self._source if self._index is None else self._source[self._index]
+
+    @spectra.setter
+    def spectra(self, values):
+        values = _open_array(values)
+        if values.shape != (self.n_particles, self.half_plane.size):
+            raise ShapeError(f"spectra must have shape ({self.n_particles}, "
+                             f"{self.half_plane.size}), got {values.shape}")
+        if self._index is not None and self._ctf_source is not None:
+            self._ctf_source = self._ctf_source[self._index]
+        self._source, self._index = values, None
+
+    @property
+    def ctf(self):
+        """``(n, m)`` CTF values or None (materialised as :attr:`spectra`)."""
+        if self._ctf_source is None or self._index is None:
+            return self._ctf_source
+        return self._ctf_source[self._index]
+
+    def _source_rows(self, part):
+        return part if self._index is None else self._index[part]
+
+    def _count(self, part):
+        return self._rows[part].shape[0]
+
+    def spectra_batch(self, part):
+        """Spectra ``(len(part), m)`` of the particles ``part`` (read from the source)."""
+        return np.asarray(self._source[self._source_rows(part)], self.operator.complex_dtype)
+
     def subset(self, index):
-        """A problem holding the particles ``index`` (shares the spectra's dtype)."""
+        """A problem holding the particles ``index``, reading the same spectra source."""
+        index = np.arange(self.n_particles)[index]
         new = object.__new__(PosteriorProblem)
         new.__dict__.update(self.__dict__)
         new.rotations = self.rotations[index]
         new.shifts = self.shifts[index]
-        new.ctf = None if self.ctf is None else self.ctf[index]
-        new.spectra = self.spectra[index]
+        new._index = self._source_rows(index)
         new._rows = np.ascontiguousarray(self._rows[index])
         return new
 
@@ -185,11 +346,13 @@ class PosteriorProblem:
         return [index[s:s + self.batch_size] for s in range(0, len(index), self.batch_size)]
 
     def _ctf(self, part):
-        return None if self.ctf is None else self.ctf[part]
+        if self._ctf_source is None:
+            return None
+        return np.asarray(self._ctf_source[self._source_rows(part)], np.float64)
 
     def _ctf_squared(self, part, count):
         hp = self.half_plane
-        return np.ones((count, hp.size)) if self.ctf is None else self.ctf[part] ** 2
+        return np.ones((count, hp.size)) if self._ctf_source is None else self._ctf(part) ** 2
 
     # ------------------------------------------------------------- operators
     def forward(self, grid, part):
@@ -209,7 +372,7 @@ class PosteriorProblem:
         """``herm(A^H W X)`` over the particles ``part`` (all by default)."""
         total = np.zeros((self.box,) * 3, np.complex128)
         for p in self.batches(part):
-            total += self.adjoint(self.spectra[p], p)
+            total += self.adjoint(self.spectra_batch(p), p)
         return total
 
     def normal(self, grid, part=None):
@@ -224,8 +387,8 @@ class PosteriorProblem:
         """``S_j = sum c^2 W w^2`` over ``k`` and ``-k`` (real grid)."""
         density = np.zeros((self.box,) * 3)
         for p in self.batches(part):
-            count = self._rows[p].shape[0]
-            weights = np.ascontiguousarray(self._ctf_squared(p, count) * self.sample_weight)
+            weights = np.ascontiguousarray(self._ctf_squared(p, self._count(p))
+                                           * self.sample_weight)
             hp = self.half_plane
             self._kernels.sampling_density(weights, self._rows[p], hp.kx, hp.ky,
                                            self.operator.kernel_id, density)
@@ -236,8 +399,7 @@ class PosteriorProblem:
         density = np.zeros((self.box,) * 3, np.complex128)
         hp = self.half_plane
         for p in self.batches(part):
-            count = self._rows[p].shape[0]
-            values = (self._ctf_squared(p, count) * self.sample_weight).astype(
+            values = (self._ctf_squared(p, self._count(p)) * self.sample_weight).astype(
                 self.operator.complex_dtype)
             density += self.operator.slices_adjoint(values, self.rotations[p], hp.kx, hp.ky)
         return np.maximum(hermitian_fold(density).real, 0.0)
@@ -249,8 +411,8 @@ class PosteriorProblem:
         out = np.empty((rows.shape[0], hp.size))
         self._kernels.gather_squared(np.ascontiguousarray(variance, np.float64), rows, hp.kx,
                                      hp.ky, self.operator.kernel_id, out)
-        if self.ctf is not None:
-            out *= self.ctf[part] ** 2
+        if self._ctf_source is not None:
+            out *= self._ctf(part) ** 2
         return out
 
     def residual_power(self, mean, variance=None, part=None):
@@ -259,7 +421,7 @@ class PosteriorProblem:
         out = np.empty(index.size)
         for start in range(0, index.size, self.batch_size):
             p = index[start:start + self.batch_size]
-            residual = self.spectra[p] - self.forward(mean.astype(self.operator.complex_dtype), p)
+            residual = self.spectra_batch(p) - self.forward(mean.astype(self.operator.complex_dtype), p)
             power = np.abs(residual) ** 2
             if variance is not None:
                 power = power + self.gathered_variance(variance, p)
@@ -407,7 +569,27 @@ def _noise_scale(problem, noise_variance):
     return problem.box ** 2 * float(noise_variance)
 
 
-def _conjugate_gradients(apply, rhs, preconditioner, start, iterations, tolerance):
+class _Reporter:
+    """Calls ``progress`` (str -> None) with messages; :meth:`every` at most every
+    ``interval`` seconds (for the iterations of a long solve)."""
+
+    def __init__(self, progress, interval=30.0):
+        self.progress = progress
+        self.interval = interval
+        self.last = time.monotonic()
+
+    def __call__(self, message):
+        if self.progress is not None:
+            self.progress(message)
+            self.last = time.monotonic()
+
+    def every(self, message):
+        if self.progress is not None and time.monotonic() - self.last >= self.interval:
+            self(message() if callable(message) else message)
+
+
+def _conjugate_gradients(apply, rhs, preconditioner, start, iterations, tolerance,
+                         report=None, label="CG"):
     """Preconditioned CG for a real-linear SPD ``apply`` under ``Re <a, b>``."""
     x = start.copy()
     r = rhs - apply(x)
@@ -420,6 +602,9 @@ def _conjugate_gradients(apply, rhs, preconditioner, start, iterations, toleranc
         residuals.append(np.sqrt(np.vdot(r, r).real) / norm)
         if residuals[-1] < tolerance:
             break
+        if report is not None:
+            report.every(f"  {label} iteration {len(residuals)}: relative residual "
+                         f"{residuals[-1]:.3g}")
         q = apply(p)
         step = rz / np.vdot(p, q).real
         x += step * p
@@ -440,8 +625,10 @@ def _check_variance(value, name):
 
 def initial_noise_variance(problem):
     """Upper bound of ``sigma^2``: the mean power of the data coefficients (signal included)."""
-    power = np.abs(problem.spectra) ** 2 @ problem.sample_weight
-    return float(power.mean() / (problem.box ** 2 * problem.sample_weight.sum()))
+    total = 0.0
+    for p in problem.batches():
+        total += float(np.sum(np.abs(problem.spectra_batch(p)) ** 2 @ problem.sample_weight))
+    return total / (problem.n_particles * problem.box ** 2 * problem.sample_weight.sum())
 
 
 def estimate_noise_variance(problem, posterior):
@@ -469,7 +656,7 @@ def noise_spectra(problem, part, rng, noise_variance):
     ``E|N|^2 = D^2 sigma^2`` (complex) and a real DC of the same variance,
     exactly the noise model of the data.
     """
-    count, m = problem.spectra[part].shape
+    count, m = problem._count(part), problem.half_plane.size
     scale = _noise_scale(problem, noise_variance)
     values = (rng.standard_normal((count, m)) + 1j * rng.standard_normal((count, m))) * np.sqrt(
         scale / 2)
@@ -479,7 +666,7 @@ def noise_spectra(problem, part, rng, noise_variance):
 
 
 def propagate_noise(problem, posterior, probes=1, rng=0, cg_iterations=60, tolerance=1e-4,
-                    rows=None):
+                    rows=None, progress=None):
     """Per-shell power of the noise in the posterior-mean map (map domain).
 
     The MAP mean is linear in the data, ``mu = M X`` with ``M = (A^H W A /
@@ -496,6 +683,8 @@ def propagate_noise(problem, posterior, probes=1, rng=0, cg_iterations=60, toler
     :param probes: number of noise draws averaged.
     :param rng: seed or generator of the draws.
     :param rows: :meth:`PosteriorProblem.row_sums` if already computed.
+    :param progress: callable ``(str) -> None`` told each probe's CG iterations
+        and residual (and long solves' residuals every 30 s), or None.
     :returns: ``(D // 2 + 1,)`` float64.
     """
     if posterior.box != problem.box:
@@ -508,21 +697,24 @@ def propagate_noise(problem, posterior, probes=1, rng=0, cg_iterations=60, toler
     prior = posterior.prior_variance
     rows = problem.row_sums() if rows is None else rows
     preconditioner = 1.0 / (1.0 / prior + rows / scale)
+    report = _Reporter(progress)
     power = np.zeros(problem.box // 2 + 1)
-    for _ in range(int(probes)):
+    for probe in range(int(probes)):
         rhs = np.zeros((problem.box,) * 3, np.complex128)
         for p in problem.batches():
             rhs += problem.adjoint(noise_spectra(problem, p, rng, posterior.noise_variance)
                                    .astype(problem.operator.complex_dtype), p)
-        noise, _ = _conjugate_gradients(lambda g: problem.normal(g) / scale + g / prior,
-                                        rhs / scale, preconditioner, np.zeros_like(rhs),
-                                        cg_iterations, tolerance)
+        noise, residuals = _conjugate_gradients(
+            lambda g: problem.normal(g) / scale + g / prior, rhs / scale, preconditioner,
+            np.zeros_like(rhs), cg_iterations, tolerance, report, "noise probe CG")
         power += posterior.map_shell_power(noise)
+        report(f"Noise probe {probe + 1}/{int(probes)}: {len(residuals)} CG iterations, "
+               f"relative residual {residuals[-1] if residuals else 0.0:.2g}")
     return power / probes
 
 
 def fit_closed_form(problem, noise_variance=None, prior_variance=None, em_iterations=4,
-                    cg_iterations=30, tolerance=1e-4, noise_probes=1, rng=0):
+                    cg_iterations=30, tolerance=1e-4, noise_probes=1, rng=0, progress=None):
     """Mean-field posterior in closed form: MAP mean by CG, variance from ``S``.
 
     :param problem: :class:`PosteriorProblem`.
@@ -536,9 +728,13 @@ def fit_closed_form(problem, noise_variance=None, prior_variance=None, em_iterat
         (:func:`propagate_noise`) for the resolution curve; 0 skips them
         (one CG solve each) and leaves the mean-field curve.
     :param rng: seed of the noise probes.
+    :param progress: callable ``(str) -> None`` told after each EM round the
+        noise variance, the prior's range over shells, the CG iterations and
+        residual (and a long solve's residual every 30 s), or None.
     :returns: :class:`FourierPosterior`.
     """
     box = problem.box
+    report = _Reporter(progress)
     estimate_noise = noise_variance is None
     estimate_prior = prior_variance is None
     noise = initial_noise_variance(problem) if estimate_noise else float(
@@ -546,6 +742,8 @@ def fit_closed_form(problem, noise_variance=None, prior_variance=None, em_iterat
     data = problem.data_term()
     density = problem.sampling_density()
     rows = problem.row_sums()
+    report(f"Data term, sampling density and gridding weights of {problem.n_particles} "
+           f"particles ({problem.n_particles * problem.half_plane.size} coefficients)")
     if estimate_prior:
         # Start from the power of the gridded data: an over-estimate EM pulls down.
         direct = np.abs(data) ** 2 / np.maximum(rows, 1e-3 * rows.max()) ** 2
@@ -558,29 +756,35 @@ def fit_closed_form(problem, noise_variance=None, prior_variance=None, em_iterat
     rounds = em_iterations if (estimate_noise or estimate_prior) else 1
     mean = np.zeros((box,) * 3, np.complex128)
     history = {"noise_variance": [], "cg_residuals": []}
-    for _ in range(rounds):
+    for round_ in range(rounds):
         prior = expand_shells(prior_shell, box)
         scale = _noise_scale(problem, noise)
         variance = 1.0 / (1.0 / prior + density / scale)
         preconditioner = 1.0 / (1.0 / prior + rows / scale)
         mean, residuals = _conjugate_gradients(
             lambda g: problem.normal(g) / scale + g / prior, data / scale, preconditioner,
-            mean, cg_iterations, tolerance)
+            mean, cg_iterations, tolerance, report)
         posterior = FourierPosterior(mean, variance, prior, noise, problem.kernel, history)
         history["noise_variance"].append(noise)
         history["cg_residuals"].append(residuals)
+        shells = np.atleast_1d(prior_shell)
+        report(f"EM round {round_ + 1}/{rounds}: noise variance {noise:.4g}, prior "
+               f"{shells[0]:.3g} (shell 0) to {shells[-1]:.3g} (shell {shells.size - 1}), "
+               f"{len(residuals)} CG iterations, relative residual "
+               f"{residuals[-1] if residuals else 0.0:.2g}")
         if estimate_noise:
             noise = estimate_noise_variance(problem, posterior)
         if estimate_prior:
             prior_shell = estimate_prior_variance(posterior)
     if noise_probes:
         posterior.noise_power = propagate_noise(problem, posterior, noise_probes, rng,
-                                                max(cg_iterations, 60), tolerance, rows)
+                                                max(cg_iterations, 60), tolerance, rows,
+                                                progress)
     return posterior
 
 
 def fit_variational(problem, noise_variance, prior_variance, batch_size=64, epochs=20,
-                    step=0.3, rng=0, start=None):
+                    step=0.3, rng=0, start=None, progress=None):
     """Stochastic variational fit of the mean-field posterior in minibatches (eq 15).
 
     Each step uses the minibatch ``B`` scaled by ``N / |B|`` and the
@@ -600,7 +804,13 @@ def fit_variational(problem, noise_variance, prior_variance, batch_size=64, epoc
     :param step: mean step size (stable below about 1 with this preconditioner).
     :param rng: seed of the minibatch order.
     :param start: starting mean grid, or None for zero.
-    :returns: :class:`FourierPosterior` (history holds the number of steps).
+    :param progress: callable ``(str) -> None`` told after each epoch its ELBO
+        estimate and the change from the previous epoch, or None.
+    :returns: :class:`FourierPosterior`; history holds the number of steps and
+        ``elbo``, one estimate per epoch: the epoch's average of the minibatch
+        expected log-likelihoods (scaled by ``N / |B|``, at the mean and
+        variance of their step) minus ``KL(q || prior)`` at the epoch's end.
+        Only the minibatches are read: one epoch is one pass over the data.
     """
     box = problem.box
     scale = _noise_scale(problem, float(_check_variance(noise_variance, "noise_variance")))
@@ -617,25 +827,46 @@ def fit_variational(problem, noise_variance, prior_variance, batch_size=64, epoc
     n_averaged = 0
     steps_per_epoch = n // batch_size
     total = epochs * steps_per_epoch
+    weight = problem.sample_weight
+    # Normalising constant of the Gaussian likelihood per particle (complex and real DC terms).
+    constant = -(np.count_nonzero(weight == 1.0) * np.log(np.pi * scale)
+                 + 0.5 * np.count_nonzero(weight < 1.0) * np.log(2 * np.pi * scale))
+    report = _Reporter(progress)
+    elbos = []
     t = 0
     for epoch in range(epochs):
         order = rng.permutation(n)
+        expected = 0.0
         for b in range(steps_per_epoch):
             t += 1
             part = np.sort(order[b * batch_size:(b + 1) * batch_size])
             factor = n / part.size
             rate = 1.0 / t
-            precision = (1 - rate) * precision + rate * (
-                1.0 / prior + factor * problem.sampling_density(part) / scale)
+            density = problem.sampling_density(part)
+            difference = (problem.forward(mean.astype(problem.operator.complex_dtype), part)
+                          - problem.spectra_batch(part))
+            # E|X - A V|^2 under q: the residual power plus sum_j Var_j S_B,j / 2
+            # (S counts k and -k, Var is Hermitian-symmetric).
+            power = (np.sum(np.abs(difference) ** 2 @ weight)
+                     + 0.5 * np.sum(density / precision))
+            expected += factor * (part.size * constant - power / scale)
+            precision = (1 - rate) * precision + rate * (1.0 / prior + factor * density / scale)
             rows_average = (1 - rate) * rows_average + rate * factor * problem.row_sums(part)
-            residual = problem.adjoint(problem.forward(mean.astype(problem.operator.complex_dtype),
-                                                       part) - problem.spectra[part], part)
+            residual = problem.adjoint(difference, part)
             gradient = factor * residual / scale + mean / prior
             mean = mean - step * gradient / (1.0 / prior + rows_average / scale)
             if t > total // 2:
                 n_averaged += 1
                 average += (mean - average) / n_averaged
-    history = {"steps": t, "batch_size": batch_size}
+        if steps_per_epoch:
+            variance = 1.0 / precision
+            kl = 0.5 * np.sum(np.log(prior / variance) + (variance + np.abs(mean) ** 2) / prior
+                              - 1.0)
+            elbos.append(float(expected / steps_per_epoch - kl))
+            change = "" if len(elbos) < 2 else f" (change {elbos[-1] - elbos[-2]:+.4g})"
+            report(f"Epoch {epoch + 1}/{epochs}: ELBO {elbos[-1]:.8g}{change}, "
+                   f"{steps_per_epoch} minibatches of {batch_size}")
+    history = {"steps": t, "batch_size": batch_size, "elbo": elbos}
     return FourierPosterior(average if n_averaged else mean, 1.0 / precision, prior,
                             scale / box ** 2, problem.kernel, history)
 
@@ -659,7 +890,7 @@ def log_likelihood(problem, posterior):
     dc = problem.sample_weight < 1.0
     out = np.empty(problem.n_particles)
     for p in problem.batches():
-        residual = problem.spectra[p] - problem.forward(
+        residual = problem.spectra_batch(p) - problem.forward(
             posterior.mean.astype(problem.operator.complex_dtype), p)
         v = noise + problem.gathered_variance(posterior.variance, p)
         complex_terms = -(np.abs(residual) ** 2) / v - np.log(np.pi * v)
