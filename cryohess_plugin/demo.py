@@ -74,7 +74,7 @@ def savePlots(viewerClass, project, protocol, plotDir, prefix):
     return paths
 
 
-def simulateStage(project, args, plotDir, previous):
+def simulateStage(project, args, plotDir, done):
     """Stage 1: a simulated phantom data set with micrographs."""
     from cryohess_plugin.protocols import CryoHessProtSimulate
     from cryohess_plugin.viewers import CryoHessSimulateViewer
@@ -106,31 +106,32 @@ def printOrientationErrors(particles, simulation, gridStep):
           "step (%g deg)" % (np.median(error), 100 * np.mean(error <= gridStep), gridStep))
 
 
-def alignStage(project, args, plotDir, previous):
+def alignStage(project, args, plotDir, done):
     """Stage 2: global projection matching of the particles with the radial-SVD."""
     from cryohess_plugin.protocols import CryoHessProtAlignParticles
     from cryohess_plugin.viewers import CryoHessAlignParticlesViewer
+    simulation = done['simulate']
     protocol = project.newProtocol(CryoHessProtAlignParticles, numberOfThreads=args.threads)
-    protocol.inputParticles.set(previous.outputParticles)
-    protocol.inputVolume.set(previous.outputVolume)
+    protocol.inputParticles.set(simulation.outputParticles)
+    protocol.inputVolume.set(simulation.outputVolume)
     protocol.setObjLabel("cryohess - radial-SVD alignment")
     runProtocol(project, protocol)
     for line in protocol.summary():
         print("  " + line)
-    printOrientationErrors(protocol.outputParticles, previous, protocol.angularStep.get())
+    printOrientationErrors(protocol.outputParticles, simulation, protocol.angularStep.get())
     for path in savePlots(CryoHessAlignParticlesViewer, project, protocol, plotDir, "align"):
         print("  plot: %s" % path)
     return protocol
 
 
-def softModesStage(project, args, plotDir, previous):
+def softModesStage(project, args, plotDir, done):
     """Stage 3: the Hessian soft modes of the map for the aligned particles."""
     from cryohess_plugin.protocols import CryoHessProtSoftModes
     from cryohess_plugin.viewers import CryoHessSoftModesViewer
     protocol = project.newProtocol(CryoHessProtSoftModes, maxResolution=20.0,
                                    numberOfThreads=args.threads)
-    protocol.inputVolume.set(previous.inputVolume.get())
-    protocol.inputParticles.set(previous.outputParticles)
+    protocol.inputVolume.set(done['simulate'].outputVolume)
+    protocol.inputParticles.set(done['align'].outputParticles)
     protocol.setObjLabel("cryohess - Hessian soft modes")
     runProtocol(project, protocol)
     for line in protocol.summary():
@@ -140,7 +141,28 @@ def softModesStage(project, args, plotDir, previous):
     return protocol
 
 
-STAGES = [simulateStage, alignStage, softModesStage]
+def posteriorStage(project, args, plotDir, done):
+    """Stage 4: the Fourier-slice posterior of the aligned particles, refining their
+    grid poses locally, with half maps and the single-fit resolution curve."""
+    from cryohess_plugin.protocols import CryoHessProtFourierPosterior
+    from cryohess_plugin.viewers import CryoHessFourierPosteriorViewer
+    protocol = project.newProtocol(CryoHessProtFourierPosterior, doRefinePoses=True,
+                                   numberOfThreads=args.threads)
+    protocol.inputParticles.set(done['align'].outputParticles)
+    protocol.setObjLabel("cryohess - Fourier posterior")
+    runProtocol(project, protocol)
+    for line in protocol.summary():
+        print("  " + line)
+    printOrientationErrors(protocol.outputParticles, done['simulate'], gridStep=1.0)
+    for path in savePlots(CryoHessFourierPosteriorViewer, project, protocol, plotDir,
+                          "posterior"):
+        print("  plot: %s" % path)
+    return protocol
+
+
+#: (name, stage): each stage gets the protocols of the stages before it by name.
+STAGES = [('simulate', simulateStage), ('align', alignStage), ('softModes', softModesStage),
+          ('posterior', posteriorStage)]
 
 
 def main(argv=None):
@@ -150,9 +172,9 @@ def main(argv=None):
     plotDir = os.path.join(project.getPath(), "plots")
     os.makedirs(plotDir, exist_ok=True)
     print("Scipion project: %s" % project.getPath())
-    previous = None
-    for stage in STAGES:
-        previous = stage(project, args, plotDir, previous)
+    done = {}
+    for name, stage in STAGES:
+        done[name] = stage(project, args, plotDir, done)
     print("Done. Open the project in the Scipion GUI with:\n"
           "  SCIPION_USER_DATA=%s SCIPION_HOME=%s python -O -m pyworkflow.apps.pw_project %s"
           % (os.environ["SCIPION_USER_DATA"], os.environ["SCIPION_HOME"], args.project))
