@@ -421,3 +421,37 @@ def test_pruned_search_equals_dense_search(grid, volume, templates, snr, rank):
     seen, evaluated = alignment_cpu.PRUNING_COUNTS
     assert seen == len(coefficients) * aligner.n_templates
     assert evaluated < 0.15 * seen
+
+
+@pytest.mark.parametrize("tail", [0.0, 1.0])
+def test_pruned_search_is_exact_for_any_split_of_the_bound(grid, volume, templates, tail,
+                                                           monkeypatch):
+    """The bound's exact frequencies and its Cauchy-Schwarz tail may be split anywhere (all
+    exact, all Cauchy-Schwarz) without changing the top-k; image rows not a multiple of the
+    kernel's row block go through the single-row path."""
+    _, template_polar = templates
+    monkeypatch.setattr(alignment_cpu, "_BOUND_TAIL", tail)
+    particles = simulate.simulate_particles(volume, 7, BOX, PIXEL, rng=12, n_groups=1,
+                                            snr=0.05, keep_clean=False, backend="cpu")
+    images = polar_transform(particles.images, grid, backend="cpu")
+    aligner = RadialSVDAligner(grid, template_polar, backend="cpu", dtype=np.float64)
+    profile = aligner._groups(particles.ctf_params, PIXEL, len(images)).profiles[0]
+    rings = aligner.principal_rings(profile)
+    assert 2 * rings.rank <= grid.n_rings
+    scale = aligner._template_scale(rings.ctf)
+    coefficients, zero = aligner._compress(images, aligner._projections(rings))
+    assert len(coefficients) % alignment_cpu._ROWS != 0
+    tops = []
+    for pruned in (False, True):
+        prepared = aligner._prepare_templates(rings, alignment_cpu, len(coefficients), scale,
+                                              pruned=pruned)
+        if pruned:
+            n_freq = grid.n_angles // 2 - 1
+            assert prepared.exact == (0 if tail == 1.0 else n_freq)
+        top = [np.full((len(images), 3), -np.inf), *np.zeros((3, len(images), 3), np.int64)]
+        alignment_cpu.search(prepared, coefficients, zero, 1, *top)
+        tops.append(top)
+    (dense_score, *dense_pose), (pruned_score, *pruned_pose) = tops
+    for dense, pruned in zip(dense_pose, pruned_pose):
+        np.testing.assert_array_equal(pruned, dense)
+    np.testing.assert_allclose(pruned_score, dense_score, rtol=1e-12)

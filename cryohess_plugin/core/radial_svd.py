@@ -87,6 +87,9 @@ _PRECISIONS = {np.dtype(np.float32): np.complex64, np.dtype(np.float64): np.comp
 _TEMPLATE_CHUNK = 512
 # Images per chunk of the full-rank refinement.
 _REFINE_CHUNK = 128
+# Images or templates per batch of ring FFTs: input and output stay in the
+# L2 cache (10-15 % faster than batches of 128).
+_FFT_CHUNK = 32
 
 
 @dataclass
@@ -236,13 +239,17 @@ def _kernel_from_half(half, weights, variant):
 
     ``q`` and ``-q`` together give ``2 Re``.
     """
-    n_rings, n, _ = half.shape
+    n_rings, n, width = half.shape
+    half = np.ascontiguousarray(half)
+    interleaved = half.view(half.real.dtype).reshape(n_rings, n, 2 * width)
     kernel = np.zeros((n_rings, n_rings))
     for start in range(0, n, _TEMPLATE_CHUNK):
         # Re(conj(Y) Y^T) = Yr Yr^T + Yi Yi^T: one real symmetric product of the
         # interleaved floats, in float64.
-        stacked = np.ascontiguousarray(half[:, start:start + _TEMPLATE_CHUNK, 1:])
-        stacked = stacked.view(stacked.real.dtype).reshape(n_rings, -1).astype(np.float64)
+        part = interleaved[:, start:start + _TEMPLATE_CHUNK, 2:]
+        stacked = np.empty(part.shape)
+        stacked[...] = part  # one pass: gather and widen
+        stacked = stacked.reshape(n_rings, -1)
         kernel += 2 * (stacked @ stacked.T)
     kernel /= n
     if variant == "B":
@@ -301,6 +308,9 @@ def _validate_polar(polar, grid, name):
                          "polar_transform or project_polar on the same grid")
     if polar.shape[0] == 0:
         raise InvalidDataError(f"{name} is empty: there is nothing to align; check the input set")
+    flat = np.ascontiguousarray(polar).reshape(-1)
+    if np.isfinite(flat.view(flat.real.dtype) if flat.dtype.kind == "c" else flat).all():
+        return polar  # the common case, without a per-image reduction
     finite = np.isfinite(polar).reshape(polar.shape[0], -1).all(axis=1)
     if not finite.all():
         bad = np.flatnonzero(~finite)
@@ -358,8 +368,9 @@ class RadialSVDAligner:
         keeps about ``150 * block_size^2 * 4`` bytes of work arrays (float32,
         ``Q`` about 100).
     Below ``H = R / 2`` the CPU search prunes (:func:`.kernels.alignment_cpu.search`):
-    it computes every pair's compressed ``Xhat`` (cheap at small ``H``) and
-    from it an exact upper bound of the pair's landscape, and evaluates the
+    it computes every pair's compressed ``Xhat`` at the low angular
+    frequencies (cheap at small ``H``; Cauchy-Schwarz for the weak high
+    ones) and from it an exact upper bound of the pair's landscape, and evaluates the
     angle DFT, the larger part of a pair's cost, only for the pairs whose
     bound reaches the image's top-k, visited in decreasing order of bound
     (well under 1 % of them, with or without noise); same poses as
@@ -456,25 +467,21 @@ class RadialSVDAligner:
         """Ring coefficients ``q = 0 .. Q/2 - 1`` of polar samples, ring-major ``(R, n, Q/2)``."""
         n_angles = self.grid.n_angles
         out = np.empty((polar.shape[1], polar.shape[0], n_angles // 2), dtype=self.complex_dtype)
-        for start in range(0, polar.shape[0], _TEMPLATE_CHUNK):
-            part = scipy.fft.fft(polar[start:start + _TEMPLATE_CHUNK].astype(self.complex_dtype,
-                                                                              copy=False),
+        for start in range(0, polar.shape[0], _FFT_CHUNK):
+            part = scipy.fft.fft(polar[start:start + _FFT_CHUNK].astype(self.complex_dtype,
+                                                                         copy=False),
                                  axis=-1, norm="forward", workers=_WORKERS)
-            out[:, start:start + _TEMPLATE_CHUNK] = part[..., :n_angles // 2].transpose(1, 0, 2)
+            out[:, start:start + _FFT_CHUNK] = part[..., :n_angles // 2].transpose(1, 0, 2)
         return out
 
     @staticmethod
     def _ring_energy(half):
         """``sum_q |a[r, q]|^2`` over all ``q`` but Nyquist, ``(n, R)``, from ring-major halves."""
-        energy = 2 * np.sum(np.abs(half.astype(np.complex128)) ** 2, axis=-1)
-        return (energy - np.abs(half[..., 0]) ** 2).T
+        return alignment_cpu.ring_energy(half) - (np.abs(half[..., 0]) ** 2).T
 
     def _image_energy(self, polar):
         """:meth:`_ring_energy` from polar samples: Parseval, minus the Nyquist bin."""
-        sign = (-1.0) ** np.arange(self.grid.n_angles)
-        nyquist = (polar @ sign.astype(polar.real.dtype)) / self.grid.n_angles
-        return (np.mean(np.abs(polar) ** 2, axis=-1, dtype=np.float64)
-                - np.abs(nyquist).astype(np.float64) ** 2)
+        return alignment_cpu.polar_energy(polar)
 
     def _norms(self, energy, ctf):
         """Full-rank norms ``sqrt(2 pi / D^2 sum_r w_r c_r^2 E_r)`` of ring energies ``(n, R)``."""
@@ -598,6 +605,8 @@ class RadialSVDAligner:
         groups = self._groups(ctf_params, pixel_size, count)
         n_shifts = self.shifts.shape[0]
         phases = shift_phases(self.grid, self.shifts).astype(self.complex_dtype)
+        # Only the zero shift (the default): no phases to multiply by.
+        identity = n_shifts == 1 and bool(np.all(phases == 1))
         per_block = max(1, self.block_size // n_shifts)
         kept = min(max(top_k, self.refine_candidates), self.n_templates)
         top = _TopPoses(count, kept, self.dtype)
@@ -629,10 +638,11 @@ class RadialSVDAligner:
                 if refine:
                     # The refinement needs every ring's coefficients: transform all
                     # rings once and compress those (projection and FFT commute).
-                    full = self._full_coefficients(polar, phases)
+                    full = self._full_coefficients(polar, None if identity else phases)
                     coefficients, zero = self._compress_coefficients(full, projections)
                 else:
-                    rows = [self._compress(polar * phase, projections) for phase in phases]
+                    rows = [self._compress(polar if identity else polar * phase, projections)
+                            for phase in phases]
                     coefficients = np.stack([c for c, _ in rows], axis=1).reshape(
                         (-1,) + rows[0][0].shape[1:])
                     zero = np.stack([z for _, z in rows], axis=1).reshape(-1,
@@ -665,15 +675,19 @@ class RadialSVDAligner:
         return np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
 
     def _full_coefficients(self, polar, phases):
-        """Ring coefficients ``q = 0 .. Q/2 - 1`` ``(n, S, R, Q/2)`` of the shifted images."""
+        """Ring coefficients ``q = 0 .. Q/2 - 1`` ``(n, S, R, Q/2)`` of the shifted images.
+
+        ``phases`` None: the zero shift only (``S = 1``).
+        """
         half = self.grid.n_angles // 2
-        out = np.empty((polar.shape[0], phases.shape[0], polar.shape[1], half),
-                       self.complex_dtype)
-        for start in range(0, polar.shape[0], _REFINE_CHUNK):
-            chunk = slice(start, start + _REFINE_CHUNK)
-            shifted = polar[chunk, None].astype(self.complex_dtype) * phases[None]
-            out[chunk] = scipy.fft.fft(shifted, axis=-1, overwrite_x=True, norm="forward",
-                                       workers=_WORKERS)[..., :half]
+        n_shifts = 1 if phases is None else phases.shape[0]
+        out = np.empty((polar.shape[0], n_shifts, polar.shape[1], half), self.complex_dtype)
+        for start in range(0, polar.shape[0], _FFT_CHUNK):
+            chunk = slice(start, start + _FFT_CHUNK)
+            part = polar[chunk, None].astype(self.complex_dtype, copy=False)
+            shifted = part if phases is None else part * phases[None]
+            out[chunk] = scipy.fft.fft(shifted, axis=-1, overwrite_x=phases is not None,
+                                       norm="forward", workers=_WORKERS)[..., :half]
         return out
 
     def _compress_coefficients(self, full, projections):
