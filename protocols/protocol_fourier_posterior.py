@@ -187,11 +187,13 @@ class CryoHessProtFourierPosterior(CryoHessProtocolMixin, ProtReconstruct3D):
                       label='Max shift step (px)',
                       help="Largest shift change of one descent step (trust region).")
         form.addParam('particlesPerBatch', params.IntParam, default=2000,
-                      condition='doRefinePoses', expertLevel=params.LEVEL_ADVANCED,
+                      expertLevel=params.LEVEL_ADVANCED,
                       validators=[params.Positive], label='Particles per step',
-                      help="Particles are refined in independent steps of this size, "
-                           "which run in parallel with several threads and let a "
-                           "stopped run continue where it stopped.")
+                      help="Particles are read and converted in batches of this size "
+                           "(which bounds the memory the images take) and refined in "
+                           "independent steps of this size, which run in parallel with "
+                           "several threads and let a stopped run continue where it "
+                           "stopped.")
         form.addParallelSection(threads=2, mpi=0)
 
     # --------------------------- INSERT steps functions ----------------------
@@ -375,6 +377,8 @@ class CryoHessProtFourierPosterior(CryoHessProtocolMixin, ProtReconstruct3D):
             self._getFileName('std'),
             full.real_space_std(self.numberOfSamples.get()).astype(np.float32), pixel,
             overwrite=True)
+        volume.setObjLabel('posterior mean')
+        std.setObjLabel('posterior standard deviation (real space)')
         frequencies, singleFit = self._singleFitCurve(full)
         outputs = {OUTPUT_VOLUME: volume, OUTPUT_UNCERTAINTY: std,
                    OUTPUT_SINGLE_FIT_FSC: convert.fsc_from_curve(
@@ -447,7 +451,7 @@ class CryoHessProtFourierPosterior(CryoHessProtocolMixin, ProtReconstruct3D):
             return ["Output not ready yet."]
         full = self._loadPosterior(FULL)
         summary = ["%d particles of %d px at %g Å/px, %s fit: noise variance %.4g per pixel "
-                   "(%s), prior %s."
+                   "(%s; image units²), prior %s."
                    % (full.history['particles'], full.box, self._pixelSize(),
                       FIT_TEXT[self.fitMethod.get()], full.noise_variance,
                       "estimated" if self.estimateNoise else "given", self._priorText()),
@@ -457,7 +461,7 @@ class CryoHessProtFourierPosterior(CryoHessProtocolMixin, ProtReconstruct3D):
             summary.append("Half-map FSC: %s." % self._crossingText(
                 *convert.fsc_to_arrays(getattr(self, OUTPUT_HALF_MAP_FSC))))
         likelihood = self._loadLikelihood()['logLikelihood']
-        summary.append("Log-likelihood per particle (%s): median %.6g, 5-95 %% range "
+        summary.append("Log-likelihood per particle (nats; %s): median %.6g, 5-95 %% range "
                        "%.6g to %.6g." % (self._likelihoodText(), np.median(likelihood),
                                           *np.percentile(likelihood, [5, 95])))
         if self._rounds():
@@ -482,10 +486,22 @@ class CryoHessProtFourierPosterior(CryoHessProtocolMixin, ProtReconstruct3D):
                    full.noise_variance, "estimated by EM" if self.estimateNoise else "given",
                    self._priorText(), self._crossingText(
                        *convert.fsc_to_arrays(getattr(self, OUTPUT_SINGLE_FIT_FSC)))))
+        if self.hasAttribute(OUTPUT_HALF_MAP_FSC):
+            text += (" Two half maps fitted independently to alternate particles gave a "
+                     "half-map FSC of %s, and the log-likelihood of every particle was "
+                     "evaluated under the posterior of the other half (held out)."
+                     % self._crossingText(
+                         *convert.fsc_to_arrays(getattr(self, OUTPUT_HALF_MAP_FSC))))
         if self._rounds():
-            text += (" Poses were first refined locally by damped Gauss-Newton descent on "
-                     "the likelihood in %d rounds of %d steps at each of three resolution "
-                     "limits." % (self._rounds(), self.refineIterations))
+            text += (" Before the final fit, the poses were refined locally by damped "
+                     "Gauss-Newton descent on the likelihood in %d rounds (each against the "
+                     "posterior mean of the previous poses%s), %d steps at each of three "
+                     "resolution limits up to %s, with steps of at most %g deg and %g px."
+                     % (self._rounds(),
+                        "; the first against a given reference volume"
+                        if self._givenReference(1) else "", self.refineIterations,
+                        "%g Å" % self.maxResolution.get() if self.maxResolution.get()
+                        else "Nyquist", self.maxAngularStep, self.maxShiftStep))
         return [text]
 
     # --------------------------- UTILS functions -----------------------------
@@ -625,9 +641,9 @@ class CryoHessProtFourierPosterior(CryoHessProtocolMixin, ProtReconstruct3D):
         for threshold in THRESHOLDS:
             resolution = resolution_at(frequencies, curve, threshold)
             texts.append("%s at %g" % ("%.1f Å" % resolution if resolution
-                                       else "finer than %.1f Å" % (1 / frequencies[-1]),
-                                       threshold))
-        return ", ".join(texts)
+                                       else "beyond the last shell (%.1f Å)"
+                                       % (1 / frequencies[-1]), threshold))
+        return " and ".join(texts)
 
 
 def resolution_at(frequencies, curve, threshold):

@@ -261,14 +261,15 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
                                                particles.rotations, particles.shifts,
                                                particles.ctfs, particles.pixel_size,
                                                backend=self._backend())
-            how = "estimated from %d particles" % len(particles.images)
+            how = ("estimated from the residuals of %d particles against the reference"
+                   % len(particles.images))
         elif self.noiseLevelType.get() == NOISE_SIGMA:
             variance = self.noiseSigma.get() ** 2
-            how = "noise standard deviation %g" % self.noiseSigma
+            how = "given as a noise standard deviation of %g" % self.noiseSigma
         else:
             self._setDevices()
             variance = self._signalVariance() / self.snr.get()
-            how = "SNR %g" % self.snr
+            how = "set from an SNR of %g" % self.snr
         self._saveNpz(self._getFileName('noise'), variance=float(variance), how=how)
         self.info("Noise variance per pixel %.4g (%s)" % (variance, how))
 
@@ -303,6 +304,11 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
         self._saveNpz(self._getFileName('analysis'), **{
             name: getattr(analysis, name) for name in ANALYSIS_FIELDS})
         self.info("Eigenvalues: %s" % ", ".join("%.4g" % v for v in analysis.eigenvalues))
+        unsettled = np.flatnonzero(~np.asarray(analysis.converged, dtype=bool)) + 1
+        if unsettled.size:
+            self.warning("Modes %s have not converged in %d Lanczos iterations; raise the "
+                         "iterations for final numbers."
+                         % (", ".join(map(str, unsettled)), self.iterations))
 
     def createOutputStep(self):
         analysis = self._loadAnalysis()
@@ -341,6 +347,7 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
                 perturbed.append(nearby)
         sensitivity = convert.array_to_volume(self._getFileName('sensitivity'),
                                               analysis['sensitivity'], pixel, overwrite=True)
+        sensitivity.setObjLabel("sensitivity Σ ε²ΔF²")
         self._defineOutputs(**{OUTPUT_MODES: modes, OUTPUT_PERTURBED: perturbed,
                                OUTPUT_SENSITIVITY: sensitivity})
         sources = [self.inputVolume] + ([self.inputParticles] if self._fromParticles() else [])
@@ -395,21 +402,29 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
         if not self.hasAttribute(OUTPUT_MODES):
             return ["Output not ready yet."]
         analysis = self._loadAnalysis()
-        summary = ["%d images (%s) on %d viewing directions, 2πK = %d (max resolution %g "
-                   "Å), noise variance %.4g per pixel (%s)."
-                   % (round(float(analysis['n_images'])), self._experimentText(),
-                      int(analysis['n_directions']), int(analysis['max_degree']),
-                      self.maxResolution, float(analysis['noise_variance']),
-                      self._noiseText()),
-                   "%s poses, %s metric; nearby volumes at log-likelihood ratio %.4g."
+        summary = ["%s on %d viewing directions, 2πK = %d (max resolution %g Å), noise "
+                   "variance %.4g per pixel (%s)."
+                   % (self._imagesText(analysis), int(analysis['n_directions']),
+                      int(analysis['max_degree']), self.maxResolution,
+                      float(analysis['noise_variance']), self._noiseText()),
+                   "%s poses, %s metric; nearby volumes F ± εΔF at log-likelihood ratio "
+                   "%.4g (%.3g times less likely than F)."
                    % ("Implicit" if analysis['implicit_poses'] else "Fixed",
-                      str(analysis['metric']), self.logLikelihoodRatio)]
+                      _metricText(analysis), self.logLikelihoodRatio,
+                      np.exp(self.logLikelihoodRatio.get())),
+                   "λ: Hessian eigenvalue per image (smaller: softer, less pinned down by "
+                   "the data); ε: size of the nearby volumes along the unit mode ΔF; "
+                   "‖εΔF‖/‖F‖: how much they change the map."]
         for index, (value, epsilon, change, converged) in enumerate(zip(
                 analysis['eigenvalues'], analysis['perturbation'],
                 analysis['relative_change'], analysis['converged'])):
             summary.append("Mode %d: λ = %.4g, ε = %.4g, ‖εΔF‖/‖F‖ = %.2f %%%s"
                            % (index + 1, value, epsilon, 100 * change,
                               "" if converged else " (not converged)"))
+        if not np.all(analysis['converged']):
+            summary.append("Modes marked 'not converged' may still move: raise the Lanczos "
+                           "iterations (the Ritz values per iteration of the viewer show "
+                           "whether they have settled).")
         summary.append("Eigenvalue table: %s" % self._getFileName('table'))
         return summary
 
@@ -417,16 +432,26 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
         if not self.hasAttribute(OUTPUT_MODES):
             return []
         analysis = self._loadAnalysis()
-        return ["The %d softest modes of the Hessian of the negative log-likelihood "
-                "[Rangan2023hessian] of %d images (%s) were computed for the reference "
-                "volume up to 2πK = %d (%g Å) with %d Lanczos iterations, %s poses and the "
-                "%s metric. Nearby volumes F ± εΔF were drawn at a log-likelihood ratio of "
-                "%.4g; the softest eigenvalue is %.4g."
-                % (len(analysis['eigenvalues']), round(float(analysis['n_images'])),
-                   self._experimentText(), int(analysis['max_degree']), self.maxResolution,
-                   self.iterations, "implicit" if analysis['implicit_poses'] else "fixed",
-                   str(analysis['metric']), self.logLikelihoodRatio,
-                   analysis['eigenvalues'][0])]
+        change = 100 * analysis['relative_change'][np.isfinite(analysis['relative_change'])]
+        text = ("The %d softest modes of the Hessian of the negative log-likelihood of the "
+                "images with respect to the map [Rangan2023hessian] were computed for the "
+                "reference volume from %s, up to a band limit 2πK = %d (%g Å), with %d "
+                "Lanczos iterations in the %s metric and %s. The "
+                "noise variance was %s (%.4g per pixel). The softest eigenvalue is %.4g."
+                % (len(analysis['eigenvalues']), self._imagesText(analysis),
+                   int(analysis['max_degree']), self.maxResolution, self.iterations,
+                   _metricText(analysis),
+                   "implicit poses (every image re-aligned to the changed map)"
+                   if analysis['implicit_poses'] else "fixed poses",
+                   self._noiseText(), float(analysis['noise_variance']),
+                   analysis['eigenvalues'][0]))
+        if change.size:
+            text += (" Nearby volumes F ± εΔF along each mode, %.3g times less likely than "
+                     "F (log-likelihood ratio %.4g), differ from F by %.2g-%.2g %% "
+                     "(relative L2 norm)."
+                     % (np.exp(self.logLikelihoodRatio.get()), self.logLikelihoodRatio,
+                        change.min(), change.max()))
+        return [text]
 
     # --------------------------- UTILS functions -----------------------------
     def _fromParticles(self):
@@ -529,6 +554,16 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
 
     def _noiseText(self):
         return str(np.load(self._getFileName('noise'))['how'])
+
+    def _imagesText(self, analysis):
+        """How many images of which experiment, e.g. "300 images (poses and CTFs ...)"."""
+        return "%d %simages (%s)" % (round(float(analysis['n_images'])),
+                                     "" if self._fromParticles() else "planned ",
+                                     self._experimentText())
+
+
+def _metricText(analysis):
+    return {'riesz': 'Riesz', 'l2': 'L2'}.get(str(analysis['metric']), str(analysis['metric']))
 
 
 def _ctfRows(ctfParams):

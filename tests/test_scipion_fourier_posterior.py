@@ -221,8 +221,24 @@ class TestFourierPosterior(BaseTest):
                          'Pose refinement (%d rounds)' % ROUNDS):
             self.assertIn(fragment, summary)
         self.assertNotIn('Half-map FSC', '\n'.join(self.polar.summary()))
-        self.assertIn('Ullrich', ' '.join(self.refined.methods()))
+        methods = ' '.join(self.refined.methods())
+        self.assertIn('Ullrich', methods)
+        self.assertIn('half-map FSC', methods)
         self.assertIn('Ullrich2019differentiable', self.refined._citations())
+
+    def testFourierVariancePlotShowsTheMissingCone(self):
+        """The ky = 0 plane of the polar-cap run: grey (masked) beyond Nyquist, at the
+        prior along kz inside the sphere, well below it along kx."""
+        viewer = CryoHessFourierPosteriorViewer(project=self.proj, protocol=self.polar)
+        viewer.setProtocol(self.polar)
+        plotter = viewer._showFourierVariance()[0]
+        image = np.ma.masked_invalid(plotter.getFigure().axes[1].images[0].get_array())
+        plotter.close()
+        centre = BOX // 2
+        self.assertTrue(image.mask[0, 0] and image.mask[-1, -1])  # corners: beyond Nyquist
+        self.assertFalse(image.mask[centre, 1:].any())  # the kx axis lies inside
+        self.assertGreaterEqual(image[centre + BOX // 4, centre], 0.9)  # on the kz axis
+        self.assertLess(image[centre, centre + BOX // 4], 0.5)  # on the kx axis
 
     def testViewerPlots(self):
         for protocol, count in ((self.refined, 5), (self.polar, 4)):

@@ -164,7 +164,10 @@ class TestSoftModes(BaseTest):
         self.assertIn('%d images' % PARTICLES, summary)
         self.assertIn('Mode %d: λ = ' % MODES, summary)
         self.assertIn('eigenvalues.txt', summary)
-        self.assertIn('Rangan', ' '.join(self.uniform.methods()))
+        methods = ' '.join(self.uniform.methods())
+        self.assertIn('Rangan', methods)
+        self.assertIn('20 times less likely', methods)
+        self.assertIn('planned images', '\n'.join(self.design.summary()))
         self.assertIn('Rangan2023hessian', self.uniform._citations())
 
     def testViewerPlots(self):

@@ -1,4 +1,6 @@
 """Plots of the Fourier-slice posterior: Fourier variance, uncertainty, resolution, likelihood."""
+import matplotlib
+import numpy as np
 from pwem.viewers import EmPlotter
 import pyworkflow.protocol.params as params
 from pyworkflow.viewer import DESKTOP_TKINTER, WEB_DJANGO, ProtocolViewer
@@ -8,7 +10,7 @@ from cryohess_plugin.protocols import CryoHessProtFourierPosterior
 from cryohess_plugin.protocols.protocol_fourier_posterior import (
     FULL, OUTPUT_HALF_MAP_FSC, THRESHOLDS)
 
-from .viewer_soft_modes import SECTIONS, _image
+from .viewer_soft_modes import SECTION_AXES, SECTIONS, _colorbar, _image
 
 
 class CryoHessFourierPosteriorViewer(ProtocolViewer):
@@ -25,7 +27,10 @@ class CryoHessFourierPosteriorViewer(ProtocolViewer):
                       help="Central slices through the three axes of the posterior "
                            "variance relative to the prior: 1 (yellow) where no particle "
                            "samples the coefficient, near 0 where the data are dense. A "
-                           "missing cone of views shows as a region at 1 around an axis.")
+                           "missing cone of views shows as a yellow double cone around an "
+                           "axis inside the Nyquist sphere (e.g. top views only: yellow "
+                           "around kz in the kx-kz and ky-kz planes). Frequencies beyond "
+                           "Nyquist, which no image measures, are grey.")
         form.addParam('displayUncertainty', params.LabelParam,
                       label='Real-space uncertainty',
                       help="Central slices of the posterior-mean map and of the voxel-wise "
@@ -61,14 +66,26 @@ class CryoHessFourierPosteriorViewer(ProtocolViewer):
 
     # --------------------------- SHOW functions ------------------------------
     def _showFourierVariance(self, paramName=None):
+        from cryohess_plugin.core.fourier import radius_grid
         relative = self.protocol._loadPosterior(FULL).relative_variance()
-        centre = relative.shape[0] // 2
-        plotter = EmPlotter(x=1, y=3, figsize=(11, 4),
-                            mainTitle='Posterior variance / prior variance (Fourier space)')
+        box = relative.shape[0]
+        centre = box // 2
+        # Beyond Nyquist no view measures anything: masked, so that yellow inside the
+        # sphere means missing views (e.g. a missing cone).
+        relative = np.where(radius_grid(relative.shape) <= box / 2, relative, np.nan)
+        colours = matplotlib.colormaps['viridis'].copy()
+        colours.set_bad('lightgray')
+        plotter = EmPlotter(x=1, y=3, figsize=(12, 4.5),
+                            mainTitle='Posterior variance / prior variance in Fourier space '
+                                      '(yellow: not sampled by any view; grey: beyond '
+                                      'Nyquist)')
         for name, section in SECTIONS:
-            axes = _image(plotter, 'k%s slice' % name, section(relative, centre), 'viridis',
-                          vmin=0.0, vmax=1.0)
-        plotter.getFigure().colorbar(axes.images[0], ax=axes, label='Var / s0²')
+            horizontal, vertical = SECTION_AXES[name]
+            normal = ({'x', 'y', 'z'} - set(name)).pop()
+            axes = _image(plotter, 'k%s = 0 plane' % normal, section(relative, centre),
+                          colours,
+                          axisNames=('k' + horizontal, 'k' + vertical), vmin=0.0, vmax=1.0)
+        _colorbar(plotter, axes.images[0], 'posterior variance / prior variance')
         return [plotter]
 
     def _showUncertainty(self, paramName=None):
@@ -79,14 +96,18 @@ class CryoHessFourierPosteriorViewer(ProtocolViewer):
         plotter = EmPlotter(x=2, y=3, figsize=(11, 7.5),
                             mainTitle='Posterior mean and real-space standard deviation '
                                       '(%d samples)' % self.protocol.numberOfSamples)
+        limits = dict(vmin=mean.min(), vmax=mean.max())
         for name, section in SECTIONS:
-            _image(plotter, 'mean, %s slice' % name, section(mean, centre), 'gray')
+            _image(plotter, 'mean, %s slice' % name, section(mean, centre), 'gray',
+                   axisNames=SECTION_AXES[name], **limits)
         for name, section in SECTIONS:
-            axes = _image(plotter, 'std, %s slice' % name, section(std, centre), 'magma',
+            axes = _image(plotter, 'std, %s slice (cyan: map contour)' % name,
+                          section(std, centre), 'magma', axisNames=SECTION_AXES[name],
                           vmin=0.0, vmax=std.max())
             axes.contour(section(mean, centre), levels=[level], colors='cyan',
                          linewidths=0.7)
-        plotter.tightLayout()
+        _colorbar(plotter, axes.images[0], 'standard deviation (map units)',
+                  bottom=0.08, top=0.45)
         return [plotter]
 
     def _showResolution(self, paramName=None):
@@ -95,8 +116,8 @@ class CryoHessFourierPosteriorViewer(ProtocolViewer):
         frequencies = convert.shell_frequencies(shells, posterior.box,
                                                 self.protocol._pixelSize())
         plotter = EmPlotter(mainTitle='Single-fit resolution curves')
-        axes = plotter.createSubPlot('spectral-shell SNR α of one fit', 'frequency (1/Å)',
-                                     'correlation')
+        axes = plotter.createSubPlot('from the spectral-shell SNR α of one fit',
+                                     'frequency (1/Å)', 'FSC')
         axes.plot(frequencies, posterior.resolution_curve(half_maps=False)[shells],
                   label='α/(1+α) (full map)')
         axes.plot(frequencies, posterior.resolution_curve(half_maps=True)[shells],
@@ -107,6 +128,9 @@ class CryoHessFourierPosteriorViewer(ProtocolViewer):
             axes.plot(fscFrequencies, fsc, 'k.-', label='half-map FSC')
         for threshold in THRESHOLDS:
             axes.axhline(threshold, color='gray', linestyle='--', linewidth=0.7)
+            axes.annotate('%g' % threshold, (1.0, threshold), xycoords=('axes fraction', 'data'),
+                          xytext=(-4, 2), textcoords='offset points', ha='right',
+                          va='bottom', color='gray', fontsize=8)
         axes.set_ylim(-0.1, 1.05)
         axes.legend()
         return [plotter]
@@ -117,16 +141,22 @@ class CryoHessFourierPosteriorViewer(ProtocolViewer):
         plotter = EmPlotter(mainTitle='Per-particle log-likelihood')
         axes = plotter.createSubPlot('%d particles (%s)' % (
             len(values), 'held out' if likelihood['heldOut'] else 'full posterior'),
-            'log-likelihood', 'particles')
+            'log-likelihood (nats)', 'particles')
         axes.hist(values, bins=min(50, max(5, len(values) // 10)))
         return [plotter]
 
     def _showPoseChanges(self, paramName=None):
         refined = self.protocol._loadRefinement()
-        plotter = EmPlotter(x=1, y=2, figsize=(10, 4), mainTitle='Pose refinement changes')
+        plotter = EmPlotter(x=1, y=2, figsize=(10, 4),
+                            mainTitle='Change from the input poses after %d refinement rounds'
+                                      % self.protocol._rounds())
         bins = min(50, max(5, len(refined['angleChange']) // 10))
-        axes = plotter.createSubPlot('rotation', 'change (deg)', 'particles')
+        axes = plotter.createSubPlot('rotation (median %.3g deg)'
+                                     % np.median(refined['angleChange']), 'change (deg)',
+                                     'particles')
         axes.hist(refined['angleChange'], bins=bins)
-        axes = plotter.createSubPlot('shift', 'change (px)', 'particles')
+        axes = plotter.createSubPlot('shift (median %.3g px)'
+                                     % np.median(refined['shiftChange']), 'change (px)',
+                                     'particles')
         axes.hist(refined['shiftChange'], bins=bins)
         return [plotter]

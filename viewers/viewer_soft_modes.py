@@ -1,5 +1,6 @@
 """Plots of the Hessian soft modes: spectrum, modes, sensitivity, poses and run comparisons."""
 from matplotlib.colors import LogNorm
+from matplotlib.ticker import MaxNLocator
 import numpy as np
 from pwem.viewers import EmPlotter
 import pyworkflow.protocol.params as params
@@ -11,6 +12,8 @@ from cryohess_plugin.protocols import CryoHessProtSoftModes
 #: Central sections of a (z, y, x) volume: name and how to take it.
 SECTIONS = (('xy', lambda v, c: v[c]), ('xz', lambda v, c: v[:, c]),
             ('yz', lambda v, c: v[:, :, c]))
+#: Horizontal and vertical axis of each section as ``_image`` shows it (origin lower left).
+SECTION_AXES = {'xy': ('x', 'y'), 'xz': ('x', 'z'), 'yz': ('y', 'z')}
 
 
 class CryoHessSoftModesViewer(ProtocolViewer):
@@ -82,16 +85,21 @@ class CryoHessSoftModesViewer(ProtocolViewer):
         eigenvalues = analysis['eigenvalues']
         plotter = EmPlotter(x=1, y=2, mainTitle='Soft-mode spectrum', figsize=(10, 4))
         axes = plotter.createSubPlot('Softest eigenvalues (2πK = %d)'
-                                     % int(analysis['max_degree']), 'mode', 'λ')
+                                     % int(analysis['max_degree']), 'mode',
+                                     'eigenvalue λ (smaller: softer)')
         axes.semilogy(np.arange(1, len(eigenvalues) + 1), eigenvalues, 'o-')
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes = plotter.createSubPlot('Ritz values per iteration', 'Lanczos iteration',
                                      'Ritz value')
         history = analysis['ritz_history']
         iteration, _ = np.nonzero(np.isfinite(history) & (history > 0))
         axes.semilogy(iteration + 1, history[np.isfinite(history) & (history > 0)], '.',
-                      markersize=3, color='tab:gray')
-        for value in eigenvalues:
-            axes.axhline(value, color='tab:red', linewidth=0.5)
+                      markersize=3, color='tab:gray', label='Ritz values')
+        for number, value in enumerate(eigenvalues):
+            axes.axhline(value, color='tab:red', linewidth=0.5,
+                         label='final eigenvalues' if number == 0 else None)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.legend(fontsize=7, loc='lower right')
         return [plotter]
 
     def _showMode(self, paramName=None):
@@ -109,10 +117,13 @@ class CryoHessSoftModesViewer(ProtocolViewer):
                                       % (index + 1, analysis['eigenvalues'][index], epsilon,
                                          100 * analysis['relative_change'][index]))
         limit = np.abs(mode).max() or 1.0
+        # One grey scale for both nearby volumes, so their difference shows.
+        grey = dict(vmin=min(columns[0][1].min(), columns[1][1].min()),
+                    vmax=max(columns[0][1].max(), columns[1][1].max()))
         for axis, (name, section) in enumerate(SECTIONS):
             for title, volume, cmap in columns:
                 image = section(volume, centre)
-                extent = dict(vmin=-limit, vmax=limit) if cmap == 'coolwarm' else {}
+                extent = dict(vmin=-limit, vmax=limit) if cmap == 'coolwarm' else grey
                 _image(plotter, '%s, %s slice' % (title, name), image, cmap, **extent)
             projection = mode.sum(axis=axis)
             bound = np.abs(projection).max() or 1.0
@@ -125,20 +136,22 @@ class CryoHessSoftModesViewer(ProtocolViewer):
         reference, _ = convert.volume_to_array(self.protocol.inputVolume.get())
         centre = reference.shape[0] // 2
         level = reference.mean() + 2 * reference.std()
-        plotter = EmPlotter(x=1, y=3, figsize=(11, 4), mainTitle='Sensitivity map')
+        plotter = EmPlotter(x=1, y=3, figsize=(11, 4),
+                            mainTitle='Sensitivity map Σ ε²ΔF² (bright: least pinned down; '
+                                      'cyan: reference contour)')
         for name, section in SECTIONS:
             axes = _image(plotter, '%s slice' % name, section(sensitivity, centre), 'magma',
-                          vmin=0.0, vmax=sensitivity.max())
+                          vmin=0.0, vmax=sensitivity.max(), axisNames=SECTION_AXES[name])
             axes.contour(section(reference, centre), levels=[level], colors='cyan',
                          linewidths=0.7)
-        plotter.tightLayout()
+        _colorbar(plotter, axes.images[0], 'squared map change (map units²)')
         return [plotter]
 
     def _showShellProfile(self, paramName=None):
         analysis = self.protocol._loadAnalysis()
         plotter = EmPlotter(mainTitle='Soft modes per resolution shell')
-        axes = plotter.createSubPlot('Energy of each mode per shell', 'frequency (1/Å)',
-                                     'energy')
+        axes = plotter.createSubPlot('Energy of each unit mode per shell',
+                                     'frequency (1/Å)', 'squared L2 norm in the shell')
         for index, profile in enumerate(analysis['shell_profile']):
             axes.semilogy(analysis['shell_frequencies'], np.maximum(profile, 1e-300),
                           label='mode %d' % (index + 1))
@@ -153,17 +166,27 @@ class CryoHessSoftModesViewer(ProtocolViewer):
         azimuth = np.arctan2(directions[:, 1], directions[:, 0])
         tilt = np.arccos(np.clip(directions[:, 2], -1.0, 1.0))
         plotter = EmPlotter(x=1, y=2, figsize=(12, 4.5),
-                            mainTitle='Pose changes |Δτ| of mode %d (ε = %.3g)'
+                            mainTitle='Rotation |Δτ| of the images of each viewing direction '
+                                      'when the map becomes F + εΔF, mode %d (ε = %.3g)\n'
+                                      '(directions folded onto the upper hemisphere; dark: '
+                                      'alignment most affected)'
                                       % (index + 1, analysis['perturbation'][index]))
-        axes = plotter.createSubPlot('seen from the equator', '', '', projection='mollweide')
-        points = axes.scatter(azimuth, np.pi / 2 - tilt, c=change, s=12, cmap='viridis_r')
+        axes = plotter.createSubPlot('seen from the equator', 'azimuth (deg)',
+                                     'elevation (deg)', projection='mollweide')
+        points = axes.scatter(azimuth, np.pi / 2 - tilt, c=change, s=12, cmap='viridis_r',
+                              vmin=change.min(), vmax=change.max())
         axes.grid(True)
-        axes = plotter.createSubPlot('seen from the pole (radius: tilt, deg)', '', '',
+        axes = plotter.createSubPlot('seen from the pole (radius: tilt from z, deg)', '', '',
                                      projection='polar')
         axes.scatter(azimuth, np.rad2deg(tilt), c=change, s=12, cmap='viridis_r',
                      vmin=change.min(), vmax=change.max())
         axes.set_rlim(0, 90)  # directions are folded onto the upper hemisphere
         plotter.getFigure().colorbar(points, ax=axes, label='|Δτ| (deg)')
+        if not analysis['implicit_poses']:
+            plotter.getFigure().text(0.5, 0.5, 'This run kept the poses fixed: no pose '
+                                     'changes (run with implicit poses to see them).',
+                                     ha='center', va='center', fontsize=12,
+                                     bbox=dict(facecolor='white', alpha=0.9))
         return [plotter]
 
     def _showComparison(self, paramName=None):
@@ -178,7 +201,8 @@ class CryoHessSoftModesViewer(ProtocolViewer):
             eigenvalues = analysis['eigenvalues']
             axes.semilogy(np.arange(1, len(eigenvalues) + 1), eigenvalues, 'o-', label=name)
         axes.set_xlabel('mode')
-        axes.set_ylabel('λ')
+        axes.set_ylabel('eigenvalue λ (smaller: softer)')
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_title('Softest eigenvalues')
         axes.legend(fontsize=7)
         vmax = max(float(analysis['sensitivity'].max()) for analysis in analyses) or 1.0
@@ -188,12 +212,14 @@ class CryoHessSoftModesViewer(ProtocolViewer):
                 sensitivity = analysis['sensitivity']
                 axes = figure.add_subplot(3, len(runs), (row + 1) * len(runs) + column + 1)
                 image = section(sensitivity, sensitivity.shape[0] // 2)
-                axes.imshow(np.maximum(image, scale.vmin), cmap='magma', norm=scale,
-                            origin='lower')
-                axes.set_title('%s\nsensitivity, %s (max %.3g)'
+                shown = axes.imshow(np.maximum(image, scale.vmin), cmap='magma', norm=scale,
+                                    origin='lower')
+                axes.set_title('%s\nsensitivity, %s slice (max %.3g)'
                                % (name, sectionName, sensitivity.max()), fontsize=8)
                 axes.set_xticks([])
                 axes.set_yticks([])
+        _colorbar(plotter, shown, 'sensitivity Σ ε²ΔF² (map units², one scale for all runs)',
+                  bottom=0.08, top=0.62)
         return [plotter]
 
     # --------------------------- UTILS functions -----------------------------
@@ -208,9 +234,23 @@ class CryoHessSoftModesViewer(ProtocolViewer):
                 and run.getObjId() != ownId]
 
 
-def _image(plotter, title, image, cmap, **limits):
-    """One image in the next subplot, without ticks; returns its axes."""
-    axes = plotter.createSubPlot(title, '', '')
+def _colorbar(plotter, mappable, label, bottom=0.12, top=0.85):
+    """A colour bar in a margin on the right of the figure (the image panels keep
+    their aspect, so a bar taken from their space would overlap them).  The layout
+    is fixed here: the plotter would otherwise redo it when saving or showing."""
+    plotter.tightLayout()
+    plotter.tightLayoutOn = False
+    figure = plotter.getFigure()
+    figure.subplots_adjust(right=0.88)
+    bar = figure.add_axes([0.9, bottom, 0.015, top - bottom])
+    figure.colorbar(mappable, cax=bar, label=label)
+    return bar
+
+
+def _image(plotter, title, image, cmap, axisNames=('', ''), **limits):
+    """One image in the next subplot, without ticks; ``axisNames`` label its
+    horizontal and vertical axes; returns its axes."""
+    axes = plotter.createSubPlot(title, *axisNames)
     axes.imshow(image, cmap=cmap, origin='lower', **limits)
     axes.set_xticks([])
     axes.set_yticks([])
