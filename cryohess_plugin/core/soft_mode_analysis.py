@@ -144,7 +144,8 @@ def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, it
     :param implicit_poses: poses follow the volume (reduced Hessian) or stay fixed.
     :param log_likelihood_ratio: threshold of ``ε`` (default ``log 20``).
     :param metric: ``"riesz"`` or ``"l2"`` (module docstring).
-    :param backend: ``"auto"``, ``"cpu"`` or ``"cuda"`` for the volume transforms.
+    :param backend: ``"auto"``, ``"cpu"`` or ``"cuda"`` for the volume transforms and the
+        Hessian products (:class:`.soft_mode_experiment.AccumulatedHessian`).
     :param progress: None or ``progress(message)`` for run-log lines.
     :param grid_spacing_deg: ``"auto"`` (:func:`auto_grid_spacing`), a spacing in degrees
         to bin the experiment's directions on, or None to use them as given.
@@ -172,7 +173,7 @@ def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, it
         binned, bins = rebin(experiment, float(spacing))
     sigma2 = box ** 2 * float(noise_variance)
     operator = AccumulatedHessian(shells, volume_vector, layout, binned, pixel_size, sigma2,
-                                  memory_budget=memory_budget)
+                                  memory_budget=memory_budget, backend=backend)
     say(f"Experiment: {experiment.n_images:.0f} images, {experiment.directions.shape[0]} "
         f"directions binned on {binned.directions.shape[0]} grid directions"
         + (f" ({spacing:.2f}°)" if spacing is not None else "")

@@ -38,7 +38,10 @@ Slices are BLAS GEMMs against real harmonics (below), not a hand-written
 kernel: the harmonics at a direction's ring are shared by every shell, so a
 slice is one dense ``(D Q/2, P) x (P, R)`` product that runs near the
 machine's peak; the per-direction ``3 x 3`` pose algebra is a few einsums
-over ``(D, G)``, negligible next to it.
+over ``(D, G)``, negligible next to it.  With ``backend="cuda"`` the same
+products run on the device (:mod:`.kernels.soft_modes_cuda`: harmonics,
+pose-derivative slices and pseudo-inverses stay there, the GEMMs are tiled
+shared-memory kernels and the pose algebra one kernel per direction).
 
 Real harmonics.  :mod:`.soft_modes` documents the real parametrisation
 (:class:`.soft_modes.RealLayout`: ``A_l0 = i^l x``, ``A_lm = (a + i b) / √2`` for ``m > 0``).
@@ -56,6 +59,7 @@ import scipy.spatial
 from . import rotations as rotations_module
 from .ctf import CTFParams, ctf_stack
 from .errors import InvalidDataError, ShapeError
+from .kernels import resolve_backend
 from .soft_modes import POSE_PINV_RCOND
 from .spherical import harmonics_at
 
@@ -65,6 +69,8 @@ DEFAULT_DISTRIBUTION_SPACING_DEG = 3.0
 _EQUATOR = 1e-12
 #: Harmonics are evaluated for about this many ring samples at once (temporary memory).
 _HARMONICS_BLOCK_SAMPLES = 2048
+#: Directions are processed in blocks whose harmonics take about this many bytes.
+_BLOCK_BYTES = 64 << 20
 DISTRIBUTION_KINDS = ("uniform", "polar", "equatorial")
 
 
@@ -351,12 +357,15 @@ class AccumulatedHessian:
     :param noise_sigma2: the likelihood's ``σ²`` (per unit area of the frequency plane in
         cycles per box, :mod:`.soft_modes`).
     :param n_angles: ring samples ``Q`` (even, ``>= 2L + 1``; default ``2L + 2``).
-    :param memory_budget: bytes for caching the harmonics; beyond it they are recomputed
-        at every product.
+    :param memory_budget: bytes for caching the harmonics (host or device memory); beyond
+        it they are recomputed at every product (on the device with ``"cuda"``).
+    :param backend: ``"cpu"`` (BLAS), ``"cuda"`` or ``"auto"``
+        (:func:`.kernels.resolve_backend`) for the products.
     """
 
     def __init__(self, shells, volume_vector, layout, experiment, pixel_size, noise_sigma2=1.0,
-                 n_angles=None, memory_budget=1 << 30):
+                 n_angles=None, memory_budget=1 << 30, backend="cpu"):
+        self.backend = resolve_backend(backend)
         self.shells = shells
         self.experiment = experiment
         self.noise_sigma2 = float(noise_sigma2)
@@ -375,13 +384,20 @@ class AccumulatedHessian:
                          + np.sin(psi)[None, :, None] * rotations[:, None, 1, :])
         n_directions = rotations.shape[0]
         per_direction = self.half * self.harmonics.index.shape[1] * 8
-        self._block = max(1, min(n_directions, (64 << 20) // per_direction))
+        self._block = max(1, min(n_directions, _BLOCK_BYTES // per_direction))
         self._cache = None
-        if n_directions * per_direction <= memory_budget:
+        cache = n_directions * per_direction <= memory_budget
+        if cache and self.backend == "cpu":
             self._cache = [self._harmonics_block(start) for start in self._starts()]
         # Ring weights 2 (2π/Q) ρ_r: half rings stand for whole ones.
         self._ring_weights = 2 * (2 * np.pi / self.n_angles) * shells.weights / shells.radii
         self.ctf_squared = self._ctf_squared(experiment, shells, pixel_size)  # (G, R)
+        self._device = None
+        if self.backend == "cuda":
+            from .kernels.soft_modes_cuda import DeviceHessian
+            self._device = DeviceHessian(self._samples, self.harmonics, self._block, cache,
+                                         self.ctf_squared, experiment.counts,
+                                         self._ring_weights, self.noise_sigma2)
         self._setup_poses(layout.rigid_rotation_modes(layout.from_real_vector(volume_vector)))
 
     # ------------------------------------------------------------------ geometry
@@ -427,8 +443,7 @@ class AccumulatedHessian:
         """Pose-derivative slices ``U_a = -i Σ_b R[a, b] T(L_b F)`` and the blocks' pinv."""
         modes = [self.harmonics.to_columns(mode) for mode in rotation_modes]
         derivative_re, derivative_im = [], []
-        for where, block in self._blocks():
-            slices = [self._slice(block, mode) for mode in modes]  # T(-i L_b F)
+        for where, slices in self._mode_slices(modes):  # T(-i L_b F)
             rot = self.rotations[where]
             derivative_re.append(np.einsum("dab,bdqr->adqr", rot, np.stack([s[0] for s in slices])))
             derivative_im.append(np.einsum("dab,bdqr->adqr", rot, np.stack([s[1] for s in slices])))
@@ -443,6 +458,24 @@ class AccumulatedHessian:
         blocks = (blocks + blocks.transpose(0, 1, 3, 2)) / 2
         self.pose_blocks = blocks
         self._pose_pinv = np.linalg.pinv(blocks, rcond=POSE_PINV_RCOND, hermitian=True)
+        if self._device is not None:
+            # The device keeps its own copy; the products never read the host one.
+            self._device.set_poses(self._derivatives, self._pose_pinv)
+            self._derivatives = None
+
+    def _mode_slices(self, modes):
+        """Per block of directions: ``[(Re V, Im V)]`` of each of the shell columns ``modes``."""
+        if self._device is None:
+            for where, block in self._blocks():
+                yield where, [self._slice(block, mode) for mode in modes]
+            return
+        shells = modes[0].shape[0]
+        real, imag = self._device.mode_slices(np.concatenate(modes))  # (D, Q/2, k R)
+        for start in self._starts():
+            where = slice(start, start + self._block)
+            yield where, [(real[where, :, b * shells:(b + 1) * shells],
+                           imag[where, :, b * shells:(b + 1) * shells])
+                          for b in range(len(modes))]
 
     def _pose_response(self, v_re, v_im, where):
         """``Δτ`` ``(d, G, 3)`` of the block's directions for the slices ``V`` of ``ΔF``."""
@@ -456,6 +489,8 @@ class AccumulatedHessian:
     def matvec(self, vector, implicit_poses=True):
         """``(n,)`` Hessian-vector product of the NLL (sum over images, ``1/σ²``)."""
         columns = self.harmonics.to_columns(np.asarray(vector, dtype=np.float64))
+        if self._device is not None:
+            return self.harmonics.from_columns(self._device.matvec(columns, implicit_poses))
         counts = self.experiment.counts
         out = np.zeros(columns.shape)
         for where, block in self._blocks():
@@ -475,6 +510,8 @@ class AccumulatedHessian:
     def pose_change(self, vector):
         """``(D, G, 3)`` first-order image-frame rotation ``Δτ`` implied by a volume change."""
         columns = self.harmonics.to_columns(np.asarray(vector, dtype=np.float64))
+        if self._device is not None:
+            return self._device.pose_change(columns)
         parts = [self._pose_response(*self._slice(block, columns), where)
                  for where, block in self._blocks()]
         return np.concatenate(parts)

@@ -1,0 +1,368 @@
+"""``numba.cuda`` path of the accumulated soft-mode Hessian (:mod:`..soft_mode_experiment`).
+
+:class:`DeviceHessian` keeps on the device what every product reuses: the
+half-ring sample directions, the real harmonics at them (cached within the
+memory budget, else recomputed per block of directions by
+:func:`_harmonics` on the device), the pose-derivative slices ``U_a``, the
+pose blocks' pseudo-inverses, the counts, the squared CTFs and the ring
+weights.  A product uploads the ``(R, P)`` shell columns and downloads the
+``(R, P)`` result (``pose_change``: the ``(D, G, 3)`` rotations) and nothing
+else.
+
+Kernels:
+
+* :func:`_harmonics`: one thread per sample direction; the Legendre
+  recurrences of :func:`..spherical.normalized_legendre` and the real
+  combinations of :meth:`..soft_mode_experiment.RealHarmonics.evaluate`
+  (even degrees real, odd degrees imaginary).
+* :func:`_gemm_nt` (slice: ``V = H Cᵀ``) and :func:`_gemm_tn` (adjoint slice:
+  ``C += Zᵀ H``): tiled shared-memory matrix products.  They are written by
+  hand because ``numba.cuda`` has no BLAS binding and CuPy (cuBLAS) is not a
+  dependency of the plugin; the CPU path keeps NumPy's BLAS.
+* :func:`_pose`: one thread block per direction: the overlaps
+  ``<U_a, V>`` per shell, the couplings and the ``3 x 3`` pseudo-inverse
+  solves per (direction, group), the mixing back onto the slices and the
+  ring weights ``/ σ²``, written in place over ``V``.
+"""
+import math
+
+import numpy as np
+from numba import cuda
+
+#: Tile edge of the matrix-product kernels (TILE x TILE threads per block).
+TILE = 16
+#: Threads per block of the harmonics and pose kernels.
+THREADS = 64
+#: CUDA caps grid dimension y at 65535.
+_MAX_BLOCKS_Y = 65535
+
+_SQRT2 = math.sqrt(2.0)
+_INV_SQRT_4PI = 1.0 / math.sqrt(4 * math.pi)
+
+#: Modes of :func:`_pose`.
+FIXED_POSES, IMPLICIT_POSES, POSE_CHANGE = 0, 1, 2
+
+
+@cuda.jit
+def _harmonics(samples, max_degree, table, even, odd):
+    """Real harmonics at ``samples`` ``(n, 3)`` into ``even`` ``(n, n_even)``, ``odd``.
+
+    ``table[l, m, k]`` is the column of ``(l, m)``'s kind ``a`` (``k = 0``; kind ``0``
+    for ``m = 0``) and kind ``b`` (``k = 1``) in ``even`` (even ``l``) or ``odd``.
+    """
+    i = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    if i >= samples.shape[0]:
+        return
+    # Clamps by comparison: builtin min/max on floats fail numba's CUDA typing here.
+    x = samples[i, 2]
+    if x > 1.0:
+        x = 1.0
+    elif x < -1.0:
+        x = -1.0
+    sin_squared = 1.0 - x * x
+    sin_theta = math.sqrt(sin_squared) if sin_squared > 0.0 else 0.0
+    phi = math.atan2(samples[i, 1], samples[i, 0])
+    sectoral = _INV_SQRT_4PI
+    for m in range(max_degree + 1):
+        if m > 0:
+            sectoral = -math.sqrt((2 * m + 1) / (2 * m)) * sin_theta * sectoral
+        c = math.cos(m * phi)
+        s = math.sin(m * phi)
+        before = 0.0
+        value = sectoral
+        for l in range(m, max_degree + 1):
+            if l == m + 1:
+                before = value
+                value = math.sqrt(2 * m + 3) * x * sectoral
+            elif l > m + 1:
+                a = math.sqrt((4 * l * l - 1) / (l * l - m * m))
+                b = math.sqrt(((l - 1) ** 2 - m * m) / (4 * (l - 1) ** 2 - 1))
+                value, before = a * (x * value - b * before), value
+            if m == 0:
+                # i^l Y_l^0: real (-1)^(l/2) for even l, imaginary (-1)^((l-1)/2) for odd.
+                sign = 1.0 if (l // 2) % 2 == 0 else -1.0
+                if l % 2 == 0:
+                    even[i, table[l, 0, 0]] = sign * value
+                else:
+                    odd[i, table[l, 0, 0]] = sign * value
+            elif l % 2 == 0:
+                even[i, table[l, m, 0]] = _SQRT2 * value * c
+                even[i, table[l, m, 1]] = -_SQRT2 * value * s
+            else:
+                odd[i, table[l, m, 0]] = _SQRT2 * value * s
+                odd[i, table[l, m, 1]] = _SQRT2 * value * c
+
+
+# Hand-written matrix products: numba.cuda has no BLAS binding and CuPy (cuBLAS) is not a
+# dependency.  Classic TILE x TILE shared-memory tiling; grid y strides over row tiles.
+@cuda.jit
+def _gemm_nt(a, b, c):
+    """``c = a bᵀ``: ``a`` ``(M, K)``, ``b`` ``(N, K)``, ``c`` ``(M, N)``."""
+    tile_a = cuda.shared.array((TILE, TILE), np.float64)
+    tile_b = cuda.shared.array((TILE, TILE), np.float64)
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    column = cuda.blockIdx.x * TILE + tx
+    m, n, k = a.shape[0], b.shape[0], a.shape[1]
+    for row0 in range(cuda.blockIdx.y * TILE, m, cuda.gridDim.y * TILE):
+        row = row0 + ty
+        acc = 0.0
+        for k0 in range(0, k, TILE):
+            # tile_a[ty, tx] = a[row, k0 + tx]; tile_b[ty, tx] = b[column block + ty, k0 + tx].
+            tile_a[ty, tx] = a[row, k0 + tx] if row < m and k0 + tx < k else 0.0
+            other = cuda.blockIdx.x * TILE + ty
+            tile_b[ty, tx] = b[other, k0 + tx] if other < n and k0 + tx < k else 0.0
+            cuda.syncthreads()
+            for j in range(TILE):
+                acc += tile_a[ty, j] * tile_b[tx, j]
+            cuda.syncthreads()
+        if row < m and column < n:
+            c[row, column] = acc
+
+
+@cuda.jit
+def _gemm_tn(a, b, c):
+    """``c += aᵀ b``: ``a`` ``(K, M)``, ``b`` ``(K, N)``, ``c`` ``(M, N)``."""
+    tile_a = cuda.shared.array((TILE, TILE), np.float64)
+    tile_b = cuda.shared.array((TILE, TILE), np.float64)
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    column = cuda.blockIdx.x * TILE + tx
+    k, m, n = a.shape[0], a.shape[1], b.shape[1]
+    for row0 in range(cuda.blockIdx.y * TILE, m, cuda.gridDim.y * TILE):
+        row = row0 + ty
+        acc = 0.0
+        for k0 in range(0, k, TILE):
+            # tile_a[ty, tx] = a[k0 + ty, row block + tx]; tile_b[ty, tx] = b[k0 + ty, column].
+            inner = k0 + ty
+            mine = row0 + tx
+            tile_a[ty, tx] = a[inner, mine] if inner < k and mine < m else 0.0
+            tile_b[ty, tx] = b[inner, column] if inner < k and column < n else 0.0
+            cuda.syncthreads()
+            for j in range(TILE):
+                acc += tile_a[j, ty] * tile_b[j, tx]
+            cuda.syncthreads()
+        if row < m and column < n:
+            c[row, column] += acc
+
+
+@cuda.jit
+def _pose(start, mode, v_re, v_im, u_re, u_im, pinv, counts, ctf_squared, ring_weights,
+          inv_sigma2, overlap, change):
+    """Pose algebra of direction ``start + blockIdx.x`` (module docstring), one block each.
+
+    ``v_re``, ``v_im`` ``(d, Q/2, R)`` slices of the block; ``u_re``, ``u_im``
+    ``(3, D, Q/2, R)``; ``pinv`` ``(D, G, 3, 3)``; ``counts`` ``(D, G)``; ``ctf_squared``
+    ``(G, R)``; ``overlap`` ``(d, 3, R)`` and ``change`` ``(d, G, 3)`` scratch/output.
+    Modes: :data:`FIXED_POSES` and :data:`IMPLICIT_POSES` overwrite ``v`` with
+    ``z · w / σ²``; :data:`POSE_CHANGE` only writes ``change``.
+    """
+    local = cuda.blockIdx.x
+    d = start + local
+    tid = cuda.threadIdx.x
+    step = cuda.blockDim.x
+    half, shells = v_re.shape[1], v_re.shape[2]
+    groups = counts.shape[1]
+    if mode != FIXED_POSES:
+        # Overlaps <U_a, V>_r, ring-weighted, one (a, r) per thread.
+        for item in range(tid, 3 * shells, step):
+            a = item // shells
+            r = item - a * shells
+            acc = 0.0
+            for q in range(half):
+                acc += u_re[a, d, q, r] * v_re[local, q, r] + u_im[a, d, q, r] * v_im[local, q, r]
+            overlap[local, a, r] = acc * ring_weights[r]
+        cuda.syncthreads()
+        # Couplings and Δτ = -pinv · coupling, one group per thread.
+        for g in range(tid, groups, step):
+            c0 = 0.0
+            c1 = 0.0
+            c2 = 0.0
+            for r in range(shells):
+                w = ctf_squared[g, r]
+                c0 += w * overlap[local, 0, r]
+                c1 += w * overlap[local, 1, r]
+                c2 += w * overlap[local, 2, r]
+            for a in range(3):
+                change[local, g, a] = -(pinv[d, g, a, 0] * c0 + pinv[d, g, a, 1] * c1
+                                        + pinv[d, g, a, 2] * c2)
+        cuda.syncthreads()
+    if mode == POSE_CHANGE:
+        return
+    # z = (Σ_g c C²) V + Σ_a mixing_a U_a, times w_r / σ², one (q, r) per thread.
+    for item in range(tid, half * shells, step):
+        q = item // shells
+        r = item - q * shells
+        evidence = 0.0
+        m0 = 0.0
+        m1 = 0.0
+        m2 = 0.0
+        for g in range(groups):
+            weight = counts[d, g] * ctf_squared[g, r]
+            evidence += weight
+            if mode == IMPLICIT_POSES:
+                m0 += weight * change[local, g, 0]
+                m1 += weight * change[local, g, 1]
+                m2 += weight * change[local, g, 2]
+        z_re = evidence * v_re[local, q, r]
+        z_im = evidence * v_im[local, q, r]
+        if mode == IMPLICIT_POSES:
+            z_re += m0 * u_re[0, d, q, r] + m1 * u_re[1, d, q, r] + m2 * u_re[2, d, q, r]
+            z_im += m0 * u_im[0, d, q, r] + m1 * u_im[1, d, q, r] + m2 * u_im[2, d, q, r]
+        scale = ring_weights[r] * inv_sigma2
+        v_re[local, q, r] = z_re * scale
+        v_im[local, q, r] = z_im * scale
+
+
+def _gemm_shape(m, n):
+    return ((n + TILE - 1) // TILE, min((m + TILE - 1) // TILE, _MAX_BLOCKS_Y)), (TILE, TILE)
+
+
+def slice_product(harmonics, columns, out):
+    """``out = harmonics columnsᵀ`` on the device (``(S, P) x (R, P)ᵀ``)."""
+    if harmonics.shape[0] and columns.shape[0]:
+        blocks, threads = _gemm_shape(harmonics.shape[0], columns.shape[0])
+        _gemm_nt[blocks, threads](harmonics, columns, out)
+
+
+def adjoint_product(values, harmonics, out):
+    """``out += valuesᵀ harmonics`` on the device (``(S, R)ᵀ x (S, P)``)."""
+    if values.shape[1] and harmonics.shape[1]:
+        blocks, threads = _gemm_shape(values.shape[1], harmonics.shape[1])
+        _gemm_tn[blocks, threads](values, harmonics, out)
+
+
+def _column_table(harmonics):
+    """``table[l, m, k]`` of :func:`_harmonics` for a :class:`RealHarmonics`."""
+    degree = int(harmonics.degrees.max())
+    table = np.zeros((degree + 1, degree + 1, 2), dtype=np.int64)
+    for p, (l, m, kind) in enumerate(zip(harmonics.degrees, harmonics.orders, harmonics.kinds)):
+        column = p if l % 2 == 0 else p - harmonics.n_even
+        table[l, m, max(kind - 1, 0)] = column
+    return table
+
+
+class DeviceHessian:
+    """Device state and products of one :class:`..soft_mode_experiment.AccumulatedHessian`.
+
+    :param samples: ``(D, Q/2, 3)`` half-ring sample directions.
+    :param harmonics: :class:`..soft_mode_experiment.RealHarmonics`.
+    :param block: directions per block.  :param cache: keep every block's harmonics.
+    :param ctf_squared: ``(G, R)``.  :param counts: ``(D, G)``.
+    :param ring_weights: ``(R,)``.  :param noise_sigma2: ``σ²``.
+    """
+
+    def __init__(self, samples, harmonics, block, cache, ctf_squared, counts, ring_weights,
+                 noise_sigma2):
+        self.n_directions, self.half = samples.shape[0], samples.shape[1]
+        self.block = int(block)
+        self.n_even = harmonics.n_even
+        self.n_odd = harmonics.degrees.size - harmonics.n_even
+        self.max_degree = int(harmonics.degrees.max())
+        self.n_shells = ctf_squared.shape[1]
+        self.n_groups = ctf_squared.shape[0]
+        self.inv_sigma2 = 1.0 / float(noise_sigma2)
+        self._samples = cuda.to_device(np.ascontiguousarray(samples.reshape(-1, 3), np.float64))
+        self._table = cuda.to_device(_column_table(harmonics))
+        self._ctf_squared = cuda.to_device(np.ascontiguousarray(ctf_squared, np.float64))
+        self._counts = cuda.to_device(np.ascontiguousarray(counts, np.float64))
+        self._ring_weights = cuda.to_device(np.ascontiguousarray(ring_weights, np.float64))
+        rows = self.block * self.half
+        self._scratch = None
+        self._cache = None
+        if cache:
+            self._cache = [self._evaluate(start, None) for start in self._starts()]
+        else:
+            self._scratch = (cuda.device_array((rows, self.n_even), np.float64),
+                             cuda.device_array((rows, self.n_odd), np.float64))
+        self._v = (cuda.device_array((rows, self.n_shells), np.float64),
+                   cuda.device_array((rows, self.n_shells), np.float64))
+        self._overlap = cuda.device_array((self.block, 3, self.n_shells), np.float64)
+        self._change = cuda.device_array((self.block, self.n_groups, 3), np.float64)
+        self._derivatives = self._pinv = None
+
+    def _starts(self):
+        return range(0, self.n_directions, self.block)
+
+    def _evaluate(self, start, into):
+        """Harmonics of the block at ``start``, into the scratch ``into`` or new arrays."""
+        stop = min(start + self.block, self.n_directions)
+        rows = (stop - start) * self.half
+        if into is None:
+            into = (cuda.device_array((rows, self.n_even), np.float64),
+                    cuda.device_array((rows, self.n_odd), np.float64))
+        even, odd = into[0][:rows], into[1][:rows]
+        samples = self._samples[start * self.half:stop * self.half]
+        _harmonics[(rows + THREADS - 1) // THREADS, THREADS](samples, self.max_degree,
+                                                             self._table, even, odd)
+        return even, odd
+
+    def _blocks(self):
+        for k, start in enumerate(self._starts()):
+            stop = min(start + self.block, self.n_directions)
+            block = self._cache[k] if self._cache is not None else self._evaluate(
+                start, self._scratch)
+            yield start, stop, block
+
+    def _slice(self, block, even_columns, odd_columns, rows):
+        v_re, v_im = self._v[0][:rows], self._v[1][:rows]
+        slice_product(block[0], even_columns, v_re)
+        slice_product(block[1], odd_columns, v_im)
+        return v_re, v_im
+
+    def _upload_columns(self, columns):
+        return (cuda.to_device(np.ascontiguousarray(columns[:, :self.n_even])),
+                cuda.to_device(np.ascontiguousarray(columns[:, self.n_even:])))
+
+    def mode_slices(self, columns):
+        """Host ``(Re V, Im V)`` ``(D, Q/2, k)`` of stacked shell columns ``(k, P)``."""
+        even_columns, odd_columns = self._upload_columns(columns)
+        k = columns.shape[0]
+        shape = (-1, self.half, k)
+        real, imag = [], []
+        for start, stop, block in self._blocks():
+            rows = (stop - start) * self.half
+            v_re = cuda.device_array((rows, k), np.float64)
+            v_im = cuda.device_array((rows, k), np.float64)
+            slice_product(block[0], even_columns, v_re)
+            slice_product(block[1], odd_columns, v_im)
+            real.append(v_re.copy_to_host().reshape(shape))
+            imag.append(v_im.copy_to_host().reshape(shape))
+        return np.concatenate(real), np.concatenate(imag)
+
+    def set_poses(self, derivatives, pinv):
+        """Upload ``(Re U, Im U)`` ``(3, D, Q/2, R)`` and the pseudo-inverses ``(D, G, 3, 3)``."""
+        self._derivatives = tuple(cuda.to_device(np.ascontiguousarray(u, np.float64))
+                                  for u in derivatives)
+        self._pinv = cuda.to_device(np.ascontiguousarray(pinv, np.float64))
+
+    def _pose(self, start, stop, mode, v_re, v_im):
+        shape = (stop - start, self.half, self.n_shells)
+        u_re, u_im = self._derivatives
+        _pose[stop - start, THREADS](start, mode, v_re.reshape(shape), v_im.reshape(shape),
+                                     u_re, u_im, self._pinv, self._counts, self._ctf_squared,
+                                     self._ring_weights, self.inv_sigma2, self._overlap,
+                                     self._change)
+
+    def matvec(self, columns, implicit_poses):
+        """``(R, P)`` shell columns of the Hessian applied to shell columns ``(R, P)``."""
+        even_columns, odd_columns = self._upload_columns(columns)
+        out_even = cuda.to_device(np.zeros((self.n_shells, self.n_even)))
+        out_odd = cuda.to_device(np.zeros((self.n_shells, self.n_odd)))
+        mode = IMPLICIT_POSES if implicit_poses else FIXED_POSES
+        for start, stop, block in self._blocks():
+            rows = (stop - start) * self.half
+            v_re, v_im = self._slice(block, even_columns, odd_columns, rows)
+            self._pose(start, stop, mode, v_re, v_im)
+            adjoint_product(v_re, block[0], out_even)
+            adjoint_product(v_im, block[1], out_odd)
+        return np.concatenate([out_even.copy_to_host(), out_odd.copy_to_host()], axis=1)
+
+    def pose_change(self, columns):
+        """``(D, G, 3)`` pose response to shell columns ``(R, P)``."""
+        even_columns, odd_columns = self._upload_columns(columns)
+        parts = []
+        for start, stop, block in self._blocks():
+            rows = (stop - start) * self.half
+            v_re, v_im = self._slice(block, even_columns, odd_columns, rows)
+            self._pose(start, stop, POSE_CHANGE, v_re, v_im)
+            parts.append(self._change[:stop - start].copy_to_host())
+        return np.concatenate(parts)
