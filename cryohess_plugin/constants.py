@@ -56,6 +56,9 @@ SOFT_MODE_EIGENVALUE = "_cryohess_softModeEigenvalue"
 SOFT_MODE_EPSILON = "_cryohess_softModeEpsilon"
 SOFT_MODE_RELATIVE_CHANGE = "_cryohess_softModeRelativeChange"
 SOFT_MODE_SIGN = "_cryohess_softModeSign"
+# Column of the output particles: the largest rotation (degrees) of the particle's pose
+# over the soft modes when the map becomes F ± ε_i ΔF_i.
+SOFT_MODE_POSE_CHANGE = "_cryohess_softModePoseChange"
 
 # ---------------------------- Fourier-posterior choices and columns ----------
 FIT_CLOSED_FORM = 0

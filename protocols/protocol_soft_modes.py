@@ -3,7 +3,7 @@ from dataclasses import astuple, fields
 
 import numpy as np
 from pwem.constants import ALIGN_PROJ
-from pwem.objects import SetOfVolumes, Volume
+from pwem.objects import SetOfParticles, SetOfVolumes, Volume
 from pwem.protocols import ProtAnalysis3D
 from pyworkflow.constants import BETA
 import pyworkflow.protocol.params as params
@@ -13,7 +13,7 @@ from cryohess_plugin import convert
 from cryohess_plugin.constants import (
     DESIGN_DISTRIBUTIONS, DISTRIBUTION_UNIFORM, EXPERIMENT_DESIGN, EXPERIMENT_PARTICLES,
     NOISE_SIGMA, NOISE_SNR, SOFT_MODE_EIGENVALUE, SOFT_MODE_EPSILON, SOFT_MODE_INDEX,
-    SOFT_MODE_RELATIVE_CHANGE, SOFT_MODE_SIGN)
+    SOFT_MODE_POSE_CHANGE, SOFT_MODE_RELATIVE_CHANGE, SOFT_MODE_SIGN)
 from cryohess_plugin.core.ctf import CTFParams
 
 from .protocol_base import CryoHessProtocolMixin
@@ -28,13 +28,17 @@ ANALYSIS_FIELDS = ('eigenvalues', 'perturbation', 'relative_change', 'mode_volum
                    'sensitivity', 'shell_frequencies', 'shell_profile', 'pose_changes',
                    'ritz_history', 'residuals', 'converged', 'log_determinant', 'max_degree',
                    'n_images', 'noise_variance', 'metric', 'implicit_poses', 'n_directions',
-                   'grid_spacing_deg')
+                   'grid_spacing_deg', 'group_pose_changes')
+
+#: Pose change (degrees) above which the summary counts a particle's alignment as fragile.
+POSE_CHANGE_FLAG_DEG = 1.0
 
 # Output names as plain strings, not an Enum: two Enum members with the same
 # class value would be aliases of one name.
 OUTPUT_MODES = 'outputModes'
 OUTPUT_PERTURBED = 'outputPerturbed'
 OUTPUT_SENSITIVITY = 'outputSensitivity'
+OUTPUT_PARTICLES = 'outputParticles'
 
 
 class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
@@ -49,12 +53,16 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
     images and defocus values without images.  Outputs: the soft modes
     (W-unit volumes), the nearby volumes ``F ± ε·mode`` at which the data are
     20 times less likely, a sensitivity map (``Σ ε_i² ΔF_i²``: where the
-    nearby volumes move the map most) and the eigenvalue table.
+    nearby volumes move the map most) and the eigenvalue table.  From
+    particles also a copy of them whose column ``_cryohess_softModePoseChange``
+    is the largest rotation (degrees) of the particle's pose over the modes
+    when the map becomes a nearby volume: a large value flags an alignment a
+    barely detectable change of the map would move.
     """
     _label = 'Hessian soft modes'
     _devStatus = BETA
     _possibleOutputs = {OUTPUT_MODES: SetOfVolumes, OUTPUT_PERTURBED: SetOfVolumes,
-                        OUTPUT_SENSITIVITY: Volume}
+                        OUTPUT_SENSITIVITY: Volume, OUTPUT_PARTICLES: SetOfParticles}
     _references = ['Rangan2023hessian']
 
     # --------------------------- DEFINE param functions ----------------------
@@ -218,6 +226,7 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
             'experiment': self._getExtraPath('experiment.npz'),
             'noise': self._getExtraPath('noise.npz'),
             'marginalExperiment': self._getExtraPath('experiment_marginalised.npz'),
+            'particles': self._getExtraPath('particle_directions.npz'),
             'analysis': self._getExtraPath('soft_modes.npz'),
             'table': self._getExtraPath('eigenvalues.txt'),
             'mode': self._getExtraPath('mode_%(mode)02d.mrc'),
@@ -235,6 +244,11 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
             experiment = soft_mode_analysis.experiment_from_poses(
                 particles.rotations, ctf_params=particles.ctfs, pixel_size=pixel,
                 defocus_tolerance=self.defocusTolerance.get())
+            direction, group = soft_mode_analysis.particle_assignment(
+                particles.rotations, ctf_params=particles.ctfs,
+                defocus_tolerance=self.defocusTolerance.get())
+            self._saveNpz(self._getFileName('particles'), ids=particles.ids,
+                          direction=direction, group=group)
         else:
             experiment = soft_mode_analysis.experiment_from_distribution(
                 DESIGN_DISTRIBUTIONS[self.viewDistribution.get()], self.numberOfImages.get(),
@@ -348,12 +362,29 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
         sensitivity = convert.array_to_volume(self._getFileName('sensitivity'),
                                               analysis['sensitivity'], pixel, overwrite=True)
         sensitivity.setObjLabel("sensitivity Σ ε²ΔF²")
-        self._defineOutputs(**{OUTPUT_MODES: modes, OUTPUT_PERTURBED: perturbed,
-                               OUTPUT_SENSITIVITY: sensitivity})
+        outputs = {OUTPUT_MODES: modes, OUTPUT_PERTURBED: perturbed,
+                   OUTPUT_SENSITIVITY: sensitivity}
+        if self._fromParticles():
+            outputs[OUTPUT_PARTICLES] = self._outputParticles(analysis)
+        self._defineOutputs(**outputs)
         sources = [self.inputVolume] + ([self.inputParticles] if self._fromParticles() else [])
         for source in sources:
-            for output in (modes, perturbed, sensitivity):
+            for output in outputs.values():
                 self._defineSourceRelation(source, output)
+
+    def _outputParticles(self, analysis):
+        """A copy of the input particles with their largest pose change over the modes."""
+        inputParticles = self.inputParticles.get()
+        row = {int(partId): i for i, partId in enumerate(self._loadParticleDirections()['ids'])}
+        columns = {SOFT_MODE_POSE_CHANGE: self._particlePoseChanges(analysis)}
+        particles = self._createSetOfParticles()
+        particles.copyInfo(inputParticles)
+
+        def updateParticle(particle, _row=None):
+            convert.set_columns(particle, columns, row[particle.getObjId()])
+
+        particles.copyItems(inputParticles, updateItemCallback=updateParticle)
+        return particles
 
     # --------------------------- INFO functions ------------------------------
     def _validate(self):
@@ -421,6 +452,8 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
             summary.append("Mode %d: λ = %.4g, ε = %.4g, ‖εΔF‖/‖F‖ = %.2f %%%s"
                            % (index + 1, value, epsilon, 100 * change,
                               "" if converged else " (not converged)"))
+        if self._fromParticles():
+            summary.append(self._poseChangeText(analysis))
         if not np.all(analysis['converged']):
             summary.append("Modes marked 'not converged' may still move: raise the Lanczos "
                            "iterations (the Ritz values per iteration of the viewer show "
@@ -524,6 +557,18 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
     def _loadAnalysis(self):
         return np.load(self._getFileName('analysis'))
 
+    def _loadParticleDirections(self):
+        """Each particle's id, experiment direction and defocus group (in id order)."""
+        return np.load(self._getFileName('particles'))
+
+    def _particlePoseChanges(self, analysis=None):
+        """``(J,)`` every particle's largest |Δτ| over the modes (degrees), in id order."""
+        from cryohess_plugin.core.soft_mode_analysis import particle_pose_changes
+        analysis = self._loadAnalysis() if analysis is None else analysis
+        assignment = self._loadParticleDirections()
+        return np.rad2deg(particle_pose_changes(analysis['group_pose_changes'],
+                                                assignment['direction'], assignment['group']))
+
     def _writeTable(self, analysis):
         """The eigenvalue table as text, next to its npz."""
         lines = ["# Hessian soft modes: 2πK = %d, %d images, noise variance %.6g, "
@@ -541,6 +586,22 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
                             bool(analysis['converged'][index])))
         with open(self._getFileName('table'), 'w') as table:
             table.write("\n".join(lines) + "\n")
+
+    def _poseChangeText(self, analysis):
+        """Summary line on the per-particle pose changes of outputParticles."""
+        if not analysis['implicit_poses']:
+            return ("Particle pose changes (column %s of %s): zero, since this run kept "
+                    "the poses fixed; run with implicit poses to get them."
+                    % (SOFT_MODE_POSE_CHANGE, OUTPUT_PARTICLES))
+        changes = self._particlePoseChanges(analysis)
+        return ("Particle pose changes (column %s of %s): the largest rotation of each "
+                "particle's pose over the modes when the map becomes F ± εΔF (per viewing "
+                "direction and defocus group); median %.3g°, top 1 %% above %.3g°, max "
+                "%.3g°; %.1f %% of the particles turn by more than %g° (their alignment "
+                "is fragile)."
+                % (SOFT_MODE_POSE_CHANGE, OUTPUT_PARTICLES, np.median(changes),
+                   np.percentile(changes, 99), changes.max(),
+                   100.0 * np.mean(changes > POSE_CHANGE_FLAG_DEG), POSE_CHANGE_FLAG_DEG))
 
     def _experimentText(self):
         if self._fromParticles():

@@ -14,7 +14,7 @@ from pyworkflow.utils import magentaStr
 from cryohess_plugin import convert
 from cryohess_plugin.constants import (
     EXPERIMENT_DESIGN, NOISE_SIGMA, SOFT_MODE_EIGENVALUE, SOFT_MODE_EPSILON, SOFT_MODE_INDEX,
-    SOFT_MODE_SIGN, VIEWS_POLAR_CAP)
+    SOFT_MODE_POSE_CHANGE, SOFT_MODE_SIGN, VIEWS_POLAR_CAP)
 from cryohess_plugin.core import mrc
 from cryohess_plugin.demo import savePlots
 from cryohess_plugin.protocols import CryoHessProtSimulate, CryoHessProtSoftModes
@@ -98,6 +98,37 @@ class TestSoftModes(BaseTest):
             self.assertIn('mode 1 +ε', labels)
             self.assertIn('mode %d -ε' % MODES, labels)
             self.assertTrue(os.path.exists(protocol._getFileName('table')))
+
+    def testParticlePoseChanges(self):
+        """Particle runs output a copy of the particles with each one's largest pose change;
+        the input set is left as it was; the design has no particles."""
+        for protocol, simulation in ((self.uniform, self.simUniform),
+                                     (self.polar, self.simPolar),
+                                     (self.marginal, self.simUniform)):
+            output, source = protocol.outputParticles, simulation.outputParticles
+            self.assertSetSize(output, PARTICLES)
+            self.assertAlmostEqual(output.getSamplingRate(), PIXEL)
+            self.assertTrue(output.hasCTF() and output.hasAlignmentProj())
+            values = np.array([convert.read_column(particle, SOFT_MODE_POSE_CHANGE)
+                               for particle in output.iterItems(orderBy='id')])
+            self.assertEqual(values.shape, (PARTICLES,))
+            self.assertTrue(np.all(np.isfinite(values)) and np.all(values >= 0), values)
+            self.assertGreater(values.max(), 0.0)
+            np.testing.assert_allclose(values, protocol._particlePoseChanges(), rtol=1e-6)
+            self.assertEqual([p.getObjId() for p in output.iterItems(orderBy='id')],
+                             [p.getObjId() for p in source.iterItems(orderBy='id')])
+            # The input set is unchanged: same size, no new column, same poses.
+            self.assertSetSize(source, PARTICLES)
+            for before, after in zip(source.iterItems(orderBy='id'),
+                                     output.iterItems(orderBy='id')):
+                self.assertFalse(hasattr(before, SOFT_MODE_POSE_CHANGE))
+                np.testing.assert_allclose(before.getTransform().getMatrix(),
+                                           after.getTransform().getMatrix())
+            summary = '\n'.join(protocol.summary())
+            self.assertIn('Particle pose changes', summary)
+            self.assertIn('turn by more than 1°', summary)
+        self.assertFalse(self.design.hasAttribute('outputParticles'))
+        self.assertNotIn('Particle pose changes', '\n'.join(self.design.summary()))
 
     def testEigenvalues(self):
         for protocol in (self.uniform, self.polar, self.design):

@@ -8,7 +8,9 @@ from cryohess_plugin.core.errors import InvalidDataError, SamplingMismatchError,
 from cryohess_plugin.core.soft_mode_analysis import (analyse_soft_modes, estimate_noise_variance,
                                                      marginal_noise,
                                                      experiment_from_distribution,
-                                                     experiment_from_poses)
+                                                     experiment_from_poses,
+                                                     particle_assignment,
+                                                     particle_pose_changes)
 from cryohess_plugin.core.soft_mode_experiment import (AccumulatedHessian, ViewingExperiment,
                                                        hemisphere_grid, rebin)
 
@@ -187,6 +189,64 @@ def test_experiment_groups_defocus_and_folds_directions():
     assert np.array_equal(experiment.counts, [[2.0, 1.0]])
     assert [p.defocus_u for p in experiment.ctf_params] == [10400.0, 15000.0]
     assert all(p.defocus_u == p.defocus_v for p in experiment.ctf_params)
+
+
+@pytest.mark.parametrize("spacing", [None, 12.0])
+def test_particle_assignment_rebuilds_the_experiment(spacing):
+    """Each particle's direction and group: the experiment's counts are the particles'
+    tallies, and its direction is the particle's folded one (or the nearest grid one)."""
+    rng = np.random.default_rng(3)
+    poses = simulate.uniform_rotations(150, rng)
+    flip = np.diag([1.0, -1.0, -1.0])
+    poses = np.concatenate([poses, flip @ poses[:20], rotations.in_plane_rotations(0.7)
+                            @ poses[20:30]])  # the same directions, flipped and turned
+    params = [GROUPS[k % 2] for k in range(len(poses))]
+    experiment = experiment_from_poses(poses, params, PIXEL_SIZE, grid_spacing_deg=spacing)
+    direction, group = particle_assignment(poses, params, grid_spacing_deg=spacing)
+    assert direction.shape == group.shape == (len(poses),)
+    tally = np.zeros(experiment.counts.shape)
+    np.add.at(tally, (direction, group), 1.0)
+    np.testing.assert_array_equal(tally, experiment.counts)
+    assert [experiment.ctf_params[g].defocus_u for g in group[:2]] == [12000, 22000]
+    views = rotations.projection_directions(poses)
+    folded = np.where(views[:, 2:3] < 0, -views, views)
+    cosine = np.einsum("jk,jk->j", folded, experiment.directions[direction])
+    if spacing is None:
+        np.testing.assert_allclose(cosine, 1.0, atol=1e-12)
+        assert np.array_equal(direction[150:170], direction[:20])
+    else:
+        grid, _ = hemisphere_grid(spacing)
+        best = np.abs(folded @ grid.T).max(axis=1)
+        np.testing.assert_allclose(np.abs(cosine), best, atol=1e-12)
+    assert np.array_equal(direction[170:180], direction[20:30])
+
+
+def test_particle_pose_changes_are_their_directions_values(phantom):
+    """Per particle: the largest over the modes of its direction's (and group's) |Δτ|."""
+    volume, pixel = phantom
+    poses = simulate.sample_rotations("uniform", 200, 6)
+    params = [GROUPS[k % 3 == 0] for k in range(len(poses))]
+    experiment = experiment_from_poses(poses, params, pixel_size=pixel, grid_spacing_deg=15.0)
+    result = analyse_soft_modes(volume, pixel, experiment, 32 * pixel / (10 / np.pi), n_modes=2,
+                                iterations=12, backend="cpu")
+    changes = result.group_pose_changes
+    assert changes.shape == (2,) + experiment.counts.shape and np.all(changes > 0)
+    share = experiment.counts / experiment.counts.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(np.sqrt(np.sum(share * changes ** 2, axis=2)),
+                               result.pose_changes, rtol=1e-12)
+    direction, group = particle_assignment(poses, params, grid_spacing_deg=15.0)
+    values = particle_pose_changes(changes, direction, group)
+    assert values.shape == (200,) and np.all(np.isfinite(values) & (values > 0))
+    np.testing.assert_array_equal(values, changes[:, direction, group].max(axis=0))
+    # A direction whose images share one group: the particle's value is the direction's.
+    alone = np.count_nonzero(experiment.counts[direction], axis=1) == 1
+    assert alone.sum() > 20
+    np.testing.assert_allclose(values[alone],
+                               result.pose_changes[:, direction[alone]].max(axis=0), rtol=1e-12)
+    with pytest.raises(InvalidDataError, match="outside"):
+        particle_pose_changes(changes, direction + changes.shape[1], group)
+    with pytest.raises(ShapeError):
+        particle_pose_changes(changes[0], direction, group)
 
 
 def test_distribution_counts_and_density():

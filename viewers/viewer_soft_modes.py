@@ -54,6 +54,14 @@ class CryoHessSoftModesViewer(ProtocolViewer):
                            "poses), on the viewing sphere seen from the equator "
                            "(Mollweide map) and from the pole. Large values flag views "
                            "whose alignment the mode would change.")
+        if self.protocol._fromParticles():
+            form.addParam('displayParticlePoseChanges', params.LabelParam,
+                          label='Particle pose changes',
+                          help="Histogram of every particle's largest pose change over the "
+                               "modes (degrees; the column _cryohess_softModePoseChange of "
+                               "outputParticles), with the median and the top 1 %. Particles "
+                               "in the tail turn most when the map becomes a nearby volume: "
+                               "their alignment is the least trustworthy.")
         form.addParam('comparedRuns', params.MultiPointerParam,
                       pointerClass='CryoHessProtSoftModes', allowsNull=True,
                       label='Runs to compare',
@@ -66,12 +74,15 @@ class CryoHessSoftModesViewer(ProtocolViewer):
                            "scale (three decades below the largest value).")
 
     def _getVisualizeDict(self):
-        return {'displaySpectrum': self._showSpectrum,
+        shows = {'displaySpectrum': self._showSpectrum,
                 'displayMode': self._showMode,
                 'displaySensitivity': self._showSensitivity,
                 'displayShellProfile': self._showShellProfile,
                 'displayPoseChanges': self._showPoseChanges,
                 'displayComparison': self._showComparison}
+        if self.protocol._fromParticles():
+            shows['displayParticlePoseChanges'] = self._showParticlePoseChanges
+        return shows
 
     def _validate(self):
         count = len(self.protocol._loadAnalysis()['eigenvalues'])
@@ -183,6 +194,27 @@ class CryoHessSoftModesViewer(ProtocolViewer):
         axes.set_rlim(0, 90)  # directions are folded onto the upper hemisphere
         plotter.getFigure().colorbar(points, ax=axes, label='|Δτ| (deg)')
         if not analysis['implicit_poses']:
+            plotter.getFigure().text(0.5, 0.5, 'This run kept the poses fixed: no pose '
+                                     'changes (run with implicit poses to see them).',
+                                     ha='center', va='center', fontsize=12,
+                                     bbox=dict(facecolor='white', alpha=0.9))
+        return [plotter]
+
+    def _showParticlePoseChanges(self, paramName=None):
+        changes = self.protocol._particlePoseChanges()
+        plotter = EmPlotter(mainTitle="Largest pose change of each particle over the %d modes "
+                                      "(map F ± εΔF)" % len(self.protocol._loadAnalysis()
+                                                           ['eigenvalues']))
+        axes = plotter.createSubPlot('%d particles (tail: least trustworthy alignments)'
+                                     % changes.size, 'max |Δτ| over the modes (deg)',
+                                     'particles')
+        axes.hist(changes, bins=min(60, max(10, changes.size // 20)), color='tab:blue')
+        for value, name, style in ((np.median(changes), 'median', '--'),
+                                   (np.percentile(changes, 99), 'top 1 %', ':')):
+            axes.axvline(value, color='tab:red', linestyle=style,
+                         label='%s %.3g°' % (name, value))
+        axes.legend(fontsize=7)
+        if not self.protocol._loadAnalysis()['implicit_poses']:
             plotter.getFigure().text(0.5, 0.5, 'This run kept the poses fixed: no pose '
                                      'changes (run with implicit poses to see them).',
                                      ha='center', va='center', fontsize=12,

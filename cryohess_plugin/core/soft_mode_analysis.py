@@ -33,7 +33,8 @@ from .ctf import ctf_stack
 from .errors import InvalidDataError, SamplingMismatchError, ShapeError
 from .projector import FourierSliceProjector, validate_volume
 from .soft_mode_experiment import (AccumulatedHessian, ViewingExperiment,
-                                   experiment_from_distribution, experiment_from_poses, rebin)
+                                   experiment_from_distribution, experiment_from_poses,
+                                   particle_assignment, rebin)
 from .soft_mode_solver import (lanczos_softest_modes, per_shell_profile, perturbation_size,
                                shells_to_volume)
 from .soft_modes import RealLayout
@@ -41,7 +42,7 @@ from .spherical import ShellGrid, SphericalTransform
 
 __all__ = ["ViewingExperiment", "SoftModeAnalysis", "analyse_soft_modes", "auto_grid_spacing",
            "estimate_noise_variance", "experiment_from_distribution", "experiment_from_poses",
-           "marginal_noise"]
+           "marginal_noise", "particle_assignment", "particle_pose_changes"]
 
 METRICS = ("riesz", "l2")
 #: Analysis grid spacing in units of the notes' template spacing ``π / L`` (``0.5 / K``);
@@ -63,7 +64,10 @@ class SoftModeAnalysis:
     ``shell_frequencies`` ``(R,)`` 1/Å; ``shell_profile`` ``(n_modes, R)`` each W-unit mode's
     L2 energy per shell; ``pose_changes`` ``(n_modes, D)`` ``|Δτ|`` in radians per experiment
     direction at ``ε_i`` (the rotation of that direction's images when the map becomes
-    ``F + ε_i ΔF_i``, count-weighted RMS over defocus groups); ``ritz_history``
+    ``F + ε_i ΔF_i``, count-weighted RMS over defocus groups; zero for fixed poses or an
+    infinite ``ε``); ``group_pose_changes`` ``(n_modes, D, G)`` the same per defocus group
+    (a group's images in a direction all turn by that amount; groups without images in a
+    direction have the value they would have); ``ritz_history``
     ``(iterations, iterations)`` NaN-padded; ``residuals``, ``converged``,
     ``log_determinant`` from :func:`.soft_mode_solver.lanczos_softest_modes`;
     ``max_degree`` ``L = 2πK``; ``n_directions`` the analysis grid's occupied directions.
@@ -87,6 +91,7 @@ class SoftModeAnalysis:
     implicit_poses: bool
     n_directions: int = 0
     grid_spacing_deg: float = float("nan")
+    group_pose_changes: np.ndarray = None
 
 
 def auto_grid_spacing(max_degree):
@@ -210,11 +215,11 @@ def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, it
 
     counts = experiment.counts
     share = counts / np.maximum(counts.sum(axis=1, keepdims=True), np.finfo(float).tiny)
-    pose_changes = np.zeros((len(eigenvalues), experiment.directions.shape[0]))
+    group_changes = np.zeros((len(eigenvalues),) + counts.shape)
     for i, vector in enumerate(modes.vectors if implicit_poses else ()):
         magnitude = np.linalg.norm(operator.pose_change(vector), axis=-1)  # (D_bin, G)
-        rms = np.sqrt(np.sum(share * magnitude[bins] ** 2, axis=1))
-        pose_changes[i] = (epsilon[i] if finite[i] else 0.0) * rms
+        group_changes[i] = (epsilon[i] if finite[i] else 0.0) * magnitude[bins]
+    pose_changes = np.sqrt(np.sum(share[None] * group_changes ** 2, axis=2))
 
     history = np.full((iterations, iterations), np.nan)
     used = modes.ritz_history.shape[0]
@@ -225,11 +230,38 @@ def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, it
         eigenvalues=eigenvalues, perturbation=epsilon, relative_change=relative,
         mode_volumes=mode_volumes, sensitivity=sensitivity,
         shell_frequencies=shells.radii / (box * pixel_size), shell_profile=profile,
-        pose_changes=pose_changes, ritz_history=history, residuals=modes.residuals,
+        pose_changes=pose_changes, group_pose_changes=group_changes, ritz_history=history, residuals=modes.residuals,
         converged=modes.converged, log_determinant=modes.log_determinant, max_degree=degree,
         n_images=experiment.n_images, noise_variance=float(noise_variance), metric=metric,
         implicit_poses=bool(implicit_poses), n_directions=binned.directions.shape[0],
         grid_spacing_deg=float("nan") if spacing is None else float(spacing))
+
+
+def particle_pose_changes(group_pose_changes, direction, group):
+    """Each particle's largest pose change over the modes, radians (notes §4 item 3).
+
+    A large ``|Δτ_j|`` flags a particle whose alignment a barely detectable change of
+    the map (``F ± ε_i ΔF_i``) would move: an untrustworthy pose (the paper's Fig. 9).
+
+    :param group_pose_changes: ``(n_modes, D, G)`` :attr:`SoftModeAnalysis.group_pose_changes`.
+    :param direction, group: ``(J,)`` each particle's experiment direction and defocus group
+        (:func:`.soft_mode_experiment.particle_assignment`).
+    :returns: ``(J,)`` ``max_i |Δτ_j|`` at ``ε_i``, in radians.
+    """
+    changes = np.asarray(group_pose_changes, dtype=np.float64)
+    direction, group = np.asarray(direction, dtype=int), np.asarray(group, dtype=int)
+    if changes.ndim != 3 or changes.shape[0] == 0:
+        raise ShapeError(f"group_pose_changes must be (modes, directions, groups), got "
+                         f"{changes.shape}")
+    if direction.shape != group.shape or direction.ndim != 1:
+        raise ShapeError(f"direction and group must be two (J,) arrays, got {direction.shape} "
+                         f"and {group.shape}")
+    if (direction.size and (direction.min() < 0 or direction.max() >= changes.shape[1]
+                            or group.min() < 0 or group.max() >= changes.shape[2])):
+        raise InvalidDataError(f"particle directions or groups outside the analysis' "
+                               f"{changes.shape[1]} directions and {changes.shape[2]} groups; "
+                               "assign the particles with the experiment's own arguments")
+    return changes[:, direction, group].max(axis=0)
 
 
 def estimate_noise_variance(volume, images, rotations, shifts, ctf_params, pixel_size,

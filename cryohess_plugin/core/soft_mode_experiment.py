@@ -181,6 +181,33 @@ def _defocus_groups(ctf_params, tolerance):
     return group, tuple(params)
 
 
+def _assign_particles(rotations, ctf_params, defocus_tolerance, grid_spacing_deg):
+    """Folded directions, defocus group of each particle, group CTFs and the direction grid."""
+    rotations = np.asarray(rotations, dtype=np.float64)
+    if rotations.ndim != 3 or rotations.shape[1:] != (3, 3) or rotations.shape[0] == 0:
+        raise ShapeError(f"rotations must be a non-empty (J, 3, 3) stack, got {rotations.shape}; "
+                         "the particles need an alignment (ALIGN_PROJ)")
+    if not np.all(np.isfinite(rotations)):
+        raise InvalidDataError("rotations contain NaN or infinite values; re-run the alignment")
+    directions = fold_directions(rotations_module.projection_directions(rotations))
+    if ctf_params is None:
+        group, params = np.zeros(len(rotations), dtype=int), ()
+    else:
+        ctf_params = list(ctf_params)
+        if len(ctf_params) != len(rotations):
+            raise ShapeError(f"{len(ctf_params)} CTFs for {len(rotations)} particles; "
+                             "give one CTF per particle")
+        group, params = _defocus_groups(ctf_params, float(defocus_tolerance))
+    if grid_spacing_deg is None:
+        # Distinct directions up to rounding: the grid is the directions themselves.
+        keys = np.round(directions, 12)
+        _, first = np.unique(keys, axis=0, return_index=True)
+        grid = directions[first]
+    else:
+        grid, _ = hemisphere_grid(grid_spacing_deg)
+    return directions, group, params, grid
+
+
 def experiment_from_poses(rotations, ctf_params=None, pixel_size=1.0, defocus_tolerance=1000.0,
                           grid_spacing_deg=None, weights=None):
     """The experiment of particles with known poses and CTFs.
@@ -197,37 +224,32 @@ def experiment_from_poses(rotations, ctf_params=None, pixel_size=1.0, defocus_to
         precisions relative to the analysis' noise variance (noise marginalisation,
         :func:`.soft_mode_analysis.marginal_noise`).
     """
-    rotations = np.asarray(rotations, dtype=np.float64)
-    if rotations.ndim != 3 or rotations.shape[1:] != (3, 3) or rotations.shape[0] == 0:
-        raise ShapeError(f"rotations must be a non-empty (J, 3, 3) stack, got {rotations.shape}; "
-                         "the particles need an alignment (ALIGN_PROJ)")
-    if not np.all(np.isfinite(rotations)):
-        raise InvalidDataError("rotations contain NaN or infinite values; re-run the alignment")
+    directions, group, params, grid = _assign_particles(rotations, ctf_params,
+                                                        defocus_tolerance, grid_spacing_deg)
     if weights is None:
-        weights = np.ones(len(rotations))
+        weights = np.ones(len(directions))
     weights = np.asarray(weights, dtype=np.float64)
-    if weights.shape != (len(rotations),) or not np.all(np.isfinite(weights) & (weights > 0)):
-        raise InvalidDataError(f"weights must be {len(rotations)} finite positive numbers, one "
+    if weights.shape != (len(directions),) or not np.all(np.isfinite(weights) & (weights > 0)):
+        raise InvalidDataError(f"weights must be {len(directions)} finite positive numbers, one "
                                "per particle")
-    directions = fold_directions(rotations_module.projection_directions(rotations))
-    if ctf_params is None:
-        group, params = np.zeros(len(rotations), dtype=int), ()
-    else:
-        ctf_params = list(ctf_params)
-        if len(ctf_params) != len(rotations):
-            raise ShapeError(f"{len(ctf_params)} CTFs for {len(rotations)} particles; "
-                             "give one CTF per particle")
-        group, params = _defocus_groups(ctf_params, float(defocus_tolerance))
-    n_groups = max(len(params), 1)
-    if grid_spacing_deg is None:
-        # Distinct directions up to rounding: the grid is the directions themselves.
-        keys = np.round(directions, 12)
-        _, first = np.unique(keys, axis=0, return_index=True)
-        grid = directions[first]
-    else:
-        grid, _ = hemisphere_grid(grid_spacing_deg)
-    directions_out, counts, _ = _bin(directions, group, n_groups, grid, weights)
+    directions_out, counts, _ = _bin(directions, group, max(len(params), 1), grid, weights)
     return ViewingExperiment(directions_out, params, counts, pixel_size)
+
+
+def particle_assignment(rotations, ctf_params=None, defocus_tolerance=1000.0,
+                        grid_spacing_deg=None):
+    """Each particle's place in :func:`experiment_from_poses` (same arguments).
+
+    :returns: ``(direction, group)``, two ``(J,)`` int arrays: the row of the particle's
+        viewing direction in the experiment's ``directions`` (and ``counts``) and its
+        defocus group (column of ``counts``, index of ``ctf_params``; 0 without CTF).
+        Particle weights do not move particles, so the assignment holds for weighted
+        experiments too.
+    """
+    directions, group, params, grid = _assign_particles(rotations, ctf_params,
+                                                        defocus_tolerance, grid_spacing_deg)
+    _, _, direction = _bin(directions, group, max(len(params), 1), grid)
+    return np.asarray(direction, dtype=int), np.asarray(group, dtype=int)
 
 
 def viewing_density(kind, directions, spread_deg=20.0):
