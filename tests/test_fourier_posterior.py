@@ -286,6 +286,9 @@ def test_memmap_fits_stream_in_bounded_memory(tmp_path):
     box, n, batch = 16, 16000, 200
     rng = np.random.default_rng(0)
     path = tmp_path / "spectra.npy"
+    # First use imports and compiles (numba, the FFT plan) through Python: not traced.
+    with SpectraWriter(tmp_path / "warm_up.npy", 1, box) as writer:
+        writer.write(rng.standard_normal((1, box, box)))
     tracemalloc.start()
     with SpectraWriter(path, n, box) as writer:
         for start in range(0, n, batch):
