@@ -348,3 +348,20 @@ def test_spectra_files_are_checked(tmp_path, uniform):
     np.save(tmp_path / "odd.npy", np.zeros((8, 7), np.complex128))
     with pytest.raises(ShapeError, match="half-plane"):
         PosteriorProblem(tmp_path / "odd.npy", sim.rotations[:8])
+
+
+def test_closed_form_counts_its_passes(uniform):
+    """``history["passes"]`` counts every pass over the data; a cold CG start makes
+    no pass for ``A 0``, and each further iteration makes one."""
+    _, problem, posterior = uniform
+    small = problem.subset(np.arange(200))
+    prior = fourier.shell_average(posterior.prior_variance)
+    calls = []
+    normal = small.normal
+    small.normal = lambda grid, part=None: calls.append(1) or normal(grid, part)
+    fit = fit_closed_form(small, posterior.noise_variance, prior, noise_probes=1)
+    residuals = fit.history["cg_residuals"][0]
+    converged = residuals[-1] < 1e-4
+    assert fit.history["passes"]["normal"] == len(calls)
+    assert len(calls) > len(residuals) - converged  # the probe's solve is counted too
+    assert fit.history["passes"]["adjoint"] == 3 and fit.history["passes"]["density"] == 1
