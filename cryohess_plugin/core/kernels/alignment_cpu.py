@@ -199,8 +199,8 @@ def _pruned_layout(coefficients, zero, order, real, imag, tile_real, tile_imag, 
         for k in range(zero.shape[1]):
             for t in range(count):
                 tile_zero[tile, k, t] = zero[lo + t, k]
-    for h in range(rank):
-        for b in range(n_templates):
+    for b in range(n_templates):  # in the order of the writes
+        for h in range(rank):
             row = coefficients[h, b]
             for f in range(n_freq):
                 value = row[order[f]]
