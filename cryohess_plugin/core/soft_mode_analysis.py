@@ -36,7 +36,7 @@ from .soft_mode_experiment import (AccumulatedHessian, ViewingExperiment,
                                    experiment_from_distribution, experiment_from_poses,
                                    particle_assignment, rebin)
 from .soft_mode_solver import (lanczos_softest_modes, per_shell_profile, perturbation_size,
-                               shells_to_volume)
+                               shells_to_volume, soft_variance)
 from .soft_modes import RealLayout
 from .spherical import ShellGrid, SphericalTransform
 
@@ -207,9 +207,11 @@ def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, it
     mode_volumes = np.stack([
         shells_to_volume(layout.from_real_vector(v), shells, box=box, backend=backend)
         for v in modes.vectors]).astype(np.float32)
-    finite = np.isfinite(epsilon)
-    sensitivity = np.tensordot(epsilon[finite] ** 2, mode_volumes[finite].astype(np.float64) ** 2,
-                               axes=1).astype(np.float32)
+    # Σ ε_i² ΔF_i² = 2 log LR Σ ΔF_i² / λ_i over the modes with a finite ε (notes §4.6).
+    sensitivity = np.zeros(mode_volumes.shape[1:], dtype=np.float32)
+    if positive.any():
+        sensitivity[...] = 2 * log_likelihood_ratio * soft_variance(
+            mode_volumes[positive].astype(np.float64), eigenvalues[positive])
     profile = np.stack([per_shell_profile(l2_weights * v ** 2, shell_of, shells.n_shells)
                         for v in modes.vectors])
 
@@ -218,7 +220,7 @@ def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, it
     group_changes = np.zeros((len(eigenvalues),) + counts.shape)
     for i, vector in enumerate(modes.vectors if implicit_poses else ()):
         magnitude = np.linalg.norm(operator.pose_change(vector), axis=-1)  # (D_bin, G)
-        group_changes[i] = (epsilon[i] if finite[i] else 0.0) * magnitude[bins]
+        group_changes[i] = (epsilon[i] if positive[i] else 0.0) * magnitude[bins]
     pose_changes = np.sqrt(np.sum(share[None] * group_changes ** 2, axis=2))
 
     history = np.full((iterations, iterations), np.nan)
@@ -230,7 +232,8 @@ def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, it
         eigenvalues=eigenvalues, perturbation=epsilon, relative_change=relative,
         mode_volumes=mode_volumes, sensitivity=sensitivity,
         shell_frequencies=shells.radii / (box * pixel_size), shell_profile=profile,
-        pose_changes=pose_changes, group_pose_changes=group_changes, ritz_history=history, residuals=modes.residuals,
+        pose_changes=pose_changes, group_pose_changes=group_changes, ritz_history=history,
+        residuals=modes.residuals,
         converged=modes.converged, log_determinant=modes.log_determinant, max_degree=degree,
         n_images=experiment.n_images, noise_variance=float(noise_variance), metric=metric,
         implicit_poses=bool(implicit_poses), n_directions=binned.directions.shape[0],
