@@ -19,10 +19,11 @@ from cryohess_plugin.constants import ALIGN_SCORE, ALIGN_TEMPLATE, CTF_GROUP, RA
 from cryohess_plugin.core import atoms, ctf, mrc, rotations
 from cryohess_plugin.core.phantoms import random_protein_phantom
 from cryohess_plugin.core.projector import FourierSliceProjector
-from cryohess_plugin.demo import savePlots
 from cryohess_plugin.protocols import (CryoHessProtAlignParticles, CryoHessProtAlignVolumes,
                                        CryoHessProtSimulate)
 from cryohess_plugin.viewers import CryoHessAlignParticlesViewer, CryoHessAlignVolumesViewer
+
+from .scipion_runs import assertViewerPlots
 
 BOX = 32
 PIXEL = 2.5
@@ -39,13 +40,6 @@ def correlation(a, b):
     a = a - a.mean()
     b = b - b.mean()
     return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
-
-
-def assertViewerPlots(test, viewerClass, protocol):
-    """Every plot of the viewer renders to a non-trivial PNG."""
-    for path in savePlots(viewerClass, test.proj, protocol, test.proj.path,
-                          str(protocol.getObjId())):
-        test.assertGreater(os.path.getsize(path), 1000, path)
 
 
 class TestAlignParticlesToVolume(BaseTest):

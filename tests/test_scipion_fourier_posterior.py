@@ -20,11 +20,12 @@ from cryohess_plugin.constants import (FIT_VARIATIONAL, LOG_LIKELIHOOD, REFINED_
 from cryohess_plugin.core import fourier, mrc, rotations
 from cryohess_plugin.core.pose_refinement import pose_errors
 from cryohess_plugin.demo import savePlots
-from cryohess_plugin.protocols import CryoHessProtFourierPosterior, CryoHessProtSimulate
+from cryohess_plugin.protocols import CryoHessProtFourierPosterior
 from cryohess_plugin.protocols.protocol_fourier_posterior import FULL
 from cryohess_plugin.viewers import CryoHessFourierPosteriorViewer
 
 from .particle_validation import ParticleValidationMixin
+from .scipion_runs import launchSimulation
 
 BOX = 32
 PIXEL = 2.5
@@ -58,7 +59,7 @@ class TestFourierPosterior(BaseTest):
     def setUpClass(cls):
         setupTestProject(cls)
         print(magentaStr("\n==> Fourier-slice posterior of particles with offset poses"))
-        cls.simUniform = cls._simulate('uniform views', snr=UNIFORM_SNR)
+        cls.simUniform = launchSimulation(cls, 'uniform views', SIMULATION, snr=UNIFORM_SNR)
         cls.offset = cls._importOffsetParticles()
         cls.refined = cls.newProtocol(CryoHessProtFourierPosterior, doHalfMaps=True,
                                       doRefinePoses=True, refineRounds=ROUNDS,
@@ -68,20 +69,15 @@ class TestFourierPosterior(BaseTest):
         cls.refined.setObjLabel('posterior - refined poses')
         cls.launchProtocol(cls.refined)
         print(magentaStr("\n==> Fourier-slice posterior of a polar cap of views"))
-        cls.simPolar = cls._simulate('polar views', viewDistribution=VIEWS_POLAR_CAP,
-                                     viewAngle=CAP_DEGREES)
+        cls.simPolar = launchSimulation(cls, 'polar views', SIMULATION,
+                                        viewDistribution=VIEWS_POLAR_CAP,
+                                        viewAngle=CAP_DEGREES)
         cls.polar = cls.newProtocol(CryoHessProtFourierPosterior, doHalfMaps=False,
                                     fitMethod=FIT_VARIATIONAL, estimationParticles=150,
                                     numberOfSamples=4, numberOfThreads=1)
         cls.polar.inputParticles.set(cls.simPolar.outputParticles)
         cls.polar.setObjLabel('posterior - polar views')
         cls.launchProtocol(cls.polar)
-
-    @classmethod
-    def _simulate(cls, label, **kwargs):
-        protocol = cls.newProtocol(CryoHessProtSimulate, **dict(SIMULATION, **kwargs))
-        protocol.setObjLabel(label)
-        return cls.launchProtocol(protocol)
 
     @classmethod
     def _importOffsetParticles(cls):

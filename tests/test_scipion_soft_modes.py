@@ -16,11 +16,11 @@ from cryohess_plugin.constants import (
     EXPERIMENT_DESIGN, NOISE_SIGMA, SOFT_MODE_EIGENVALUE, SOFT_MODE_EPSILON, SOFT_MODE_INDEX,
     SOFT_MODE_POSE_CHANGE, SOFT_MODE_SIGN, VIEWS_POLAR_CAP)
 from cryohess_plugin.core import mrc
-from cryohess_plugin.demo import savePlots
-from cryohess_plugin.protocols import CryoHessProtSimulate, CryoHessProtSoftModes
+from cryohess_plugin.protocols import CryoHessProtSoftModes
 from cryohess_plugin.viewers import CryoHessSoftModesViewer
 
 from .particle_validation import ParticleValidationMixin
+from .scipion_runs import assertViewerPlots, launchSimulation
 
 BOX = 32
 PIXEL = 2.5
@@ -35,13 +35,6 @@ ANALYSIS = dict(maxResolution=RESOLUTION, numberOfModes=MODES, iterations=ITERAT
                 numberOfThreads=1)
 
 
-def assertViewerPlots(test, viewerClass, protocol):
-    """Every plot of the viewer renders to a non-trivial PNG."""
-    for path in savePlots(viewerClass, test.proj, protocol, test.proj.path,
-                          'softmodes_%d' % protocol.getObjId()):
-        test.assertGreater(os.path.getsize(path), 1000, path)
-
-
 def eigenvalues(protocol):
     return np.array([convert.read_column(mode, SOFT_MODE_EIGENVALUE)
                      for mode in protocol.outputModes.iterItems(orderBy='id')])
@@ -54,9 +47,10 @@ class TestSoftModes(BaseTest):
     def setUpClass(cls):
         setupTestProject(cls)
         print(magentaStr("\n==> Soft modes of uniform and polar-cap particles"))
-        cls.simUniform = cls._simulate('uniform views')
-        cls.simPolar = cls._simulate('polar views', viewDistribution=VIEWS_POLAR_CAP,
-                                     viewAngle=20.0)
+        cls.simUniform = launchSimulation(cls, 'uniform views', SIMULATION)
+        cls.simPolar = launchSimulation(cls, 'polar views', SIMULATION,
+                                        viewDistribution=VIEWS_POLAR_CAP,
+                                        viewAngle=20.0)
         cls.uniform = cls._softModes('soft modes - uniform', cls.simUniform)
         cls.polar = cls._softModes('soft modes - polar', cls.simPolar)
         cls.marginal = cls._softModes('soft modes - uniform, noise marginalised',
@@ -68,12 +62,6 @@ class TestSoftModes(BaseTest):
         cls.design.inputVolume.set(cls.simUniform.outputVolume)
         cls.design.setObjLabel('soft modes - design')
         cls.launchProtocol(cls.design)
-
-    @classmethod
-    def _simulate(cls, label, **kwargs):
-        protocol = cls.newProtocol(CryoHessProtSimulate, **dict(SIMULATION, **kwargs))
-        protocol.setObjLabel(label)
-        return cls.launchProtocol(protocol)
 
     @classmethod
     def _softModes(cls, label, simulation, **kwargs):
@@ -203,7 +191,8 @@ class TestSoftModes(BaseTest):
 
     def testViewerPlots(self):
         for protocol in (self.uniform, self.design):
-            assertViewerPlots(self, CryoHessSoftModesViewer, protocol)
+            assertViewerPlots(self, CryoHessSoftModesViewer, protocol,
+                              'softmodes_%d' % protocol.getObjId())
 
     def testComparisonOfTwoRuns(self):
         viewer = CryoHessSoftModesViewer(project=self.proj, protocol=self.uniform)
