@@ -2,7 +2,6 @@
 import itertools
 import os
 import time
-from dataclasses import astuple
 
 import numpy as np
 from pwem.constants import ALIGN_PROJ
@@ -16,7 +15,7 @@ from cryohess_plugin import convert
 from cryohess_plugin.constants import (FIT_CLOSED_FORM, FIT_VARIATIONAL, LOG_LIKELIHOOD,
                                        PRIOR_FIXED, PRIOR_PER_SHELL, REFINED_ANGLE_CHANGE,
                                        REFINED_SHIFT_CHANGE)
-from cryohess_plugin.core.ctf import CTFParams
+from cryohess_plugin.core.ctf import params_from_rows, params_to_rows
 from cryohess_plugin.core.polar import frequency_for_resolution
 
 from .protocol_base import CryoHessProtocolMixin
@@ -243,7 +242,7 @@ class CryoHessProtFourierPosterior(CryoHessProtocolMixin, ProtReconstruct3D):
         particles = convert.particles_to_arrays(partSet, need_ctf=True,
                                                 need_alignment=ALIGN_PROJ, read_images=False)
         count, pixel = len(particles.ids), particles.pixel_size
-        ctfs = np.array([astuple(p) for p in particles.ctfs])
+        ctfs = params_to_rows(particles.ctfs)
         step = max(1, self.particlesPerBatch.get())
         batches = (convert.particles_to_arrays(partSet, need_alignment=False, limit=step,
                                                skip=first).images
@@ -263,7 +262,7 @@ class CryoHessProtFourierPosterior(CryoHessProtocolMixin, ProtReconstruct3D):
                 rows = slice(done, done + len(images))
                 writer.write(images)
                 imagesOut[rows] = images
-                ctfValues[rows] = ctf.ctf_stack(_ctfParams(ctfs[rows]), kx, ky, box, pixel)
+                ctfValues[rows] = ctf.ctf_stack(params_from_rows(ctfs[rows]), kx, ky, box, pixel)
                 done += len(images)
                 self.info("  converted %d of %d particles" % (done, count))
         imagesOut.flush()
@@ -312,7 +311,7 @@ class CryoHessProtFourierPosterior(CryoHessProtocolMixin, ProtReconstruct3D):
         projector = FourierSliceProjector(self._refinementReference(round_),
                                           dtype=np.float64, backend=self._backend())
         halfPlane = projector.half_plane
-        values = ctf.ctf_stack(_ctfParams(data['ctfs'][part]), halfPlane.kx, halfPlane.ky,
+        values = ctf.ctf_stack(params_from_rows(data['ctfs'][part]), halfPlane.kx, halfPlane.ky,
                                box, float(data['pixelSize']))
         rotations, shifts = self._poses(round_ - 1)
         result = refine_poses(projector, images, rotations[part], shifts[part], values,
@@ -665,7 +664,3 @@ def _referencePart(round_):
 
 def _partText(part):
     return PART_TEXT.get(part, 'round %s reference' % part[len('reference'):])
-
-
-def _ctfParams(rows):
-    return [CTFParams(*row) for row in rows]

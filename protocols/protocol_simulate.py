@@ -1,6 +1,5 @@
 """Simulated cryo-EM data sets with known ground truth."""
 import os
-from dataclasses import astuple
 from enum import Enum
 
 import numpy as np
@@ -18,7 +17,7 @@ from cryohess_plugin.constants import (CONFORMATION, DEFOCUS_GROUP, HETEROGENEIT
                                        SOURCE_ATOMIC_MODEL, SOURCE_PHANTOM, SOURCE_VOLUME,
                                        VIEWS_EQUATORIAL_BAND, VIEWS_POLAR_CAP,
                                        VIEWS_TOP_PREFERENCE, VIEWS_UNIFORM)
-from cryohess_plugin.core.ctf import CTFParams
+from cryohess_plugin.core.ctf import params_from_rows, params_to_rows
 
 from .protocol_base import CryoHessProtocolMixin
 
@@ -265,7 +264,7 @@ class CryoHessProtSimulate(CryoHessProtocolMixin, EMProtocol):
                         else np.asarray(sim.conformation))
         np.savez(self._getFileName('particleTruth'), rotations=sim.rotations,
                  shifts=sim.shifts, groups=sim.group_ids, conformation=conformation,
-                 ctfs=np.array([astuple(p) for p in sim.ctf_params]),
+                 ctfs=params_to_rows(sim.ctf_params),
                  noiseSigma=sim.noise_sigma)
         self.info("Particles written to %s (noise sigma %.4g)"
                   % (self._getFileName('particles'), sim.noise_sigma))
@@ -293,7 +292,7 @@ class CryoHessProtSimulate(CryoHessProtocolMixin, EMProtocol):
         np.savez(self._getFileName('micrographTruth'),
                  coordinates=np.stack(sim.coordinates),
                  rotations=np.stack(sim.rotations),
-                 ctfs=np.array([astuple(p) for p in sim.ctf_params]),
+                 ctfs=params_to_rows(sim.ctf_params),
                  noiseSigma=sim.noise_sigma)
 
     def createOutputStep(self):
@@ -303,7 +302,7 @@ class CryoHessProtSimulate(CryoHessProtocolMixin, EMProtocol):
         outputsDict = {outputs.outputVolume.name: volume}
 
         truth = np.load(self._getFileName('particleTruth'))
-        ctfs = [CTFParams(*row) for row in truth['ctfs']]
+        ctfs = params_from_rows(truth['ctfs'])
         particles = convert.arrays_to_particles(
             self, self._getFileName('particles'), pixel, rotations=truth['rotations'],
             shifts=truth['shifts'], ctfs=ctfs, alignment=ALIGN_PROJ,
@@ -482,7 +481,7 @@ class CryoHessProtSimulate(CryoHessProtocolMixin, EMProtocol):
         self._defineOutputs(**{outputs.outputMicrographs.name: micSet})
         micPointer = Pointer(self, extended=outputs.outputMicrographs.name)
         ctfSet = convert.arrays_to_ctfs(self, micPointer,
-                                        [CTFParams(*row) for row in truth['ctfs']])
+                                        params_from_rows(truth['ctfs']))
         coordSet = convert.arrays_to_coordinates(self, micPointer, list(truth['coordinates']),
                                                  self.boxSize.get())
         self._defineOutputs(**{outputs.outputCTF.name: ctfSet,

@@ -1,6 +1,4 @@
 """Softest modes of the Hessian of the cryo-EM log-likelihood (Rangan et al. 2024)."""
-from dataclasses import astuple, fields
-
 import numpy as np
 from pwem.constants import ALIGN_PROJ
 from pwem.objects import SetOfParticles, SetOfVolumes, Volume
@@ -14,7 +12,7 @@ from cryohess_plugin.constants import (
     DESIGN_DISTRIBUTIONS, DISTRIBUTION_UNIFORM, EXPERIMENT_DESIGN, EXPERIMENT_PARTICLES,
     NOISE_SIGMA, NOISE_SNR, SOFT_MODE_EIGENVALUE, SOFT_MODE_EPSILON, SOFT_MODE_INDEX,
     SOFT_MODE_POSE_CHANGE, SOFT_MODE_RELATIVE_CHANGE, SOFT_MODE_SIGN)
-from cryohess_plugin.core.ctf import CTFParams
+from cryohess_plugin.core.ctf import CTFParams, params_from_rows, params_to_rows
 
 from .protocol_base import CryoHessProtocolMixin
 
@@ -519,7 +517,7 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
 
     def _saveExperiment(self, path, experiment):
         self._saveNpz(path, directions=experiment.directions, counts=experiment.counts,
-                      ctfs=_ctfRows(experiment.ctf_params), pixelSize=experiment.pixel_size)
+                      ctfs=params_to_rows(experiment.ctf_params), pixelSize=experiment.pixel_size)
 
     def _experiment(self):
         """The experiment of the analysis (particle-weighted when the noise is marginalised)."""
@@ -527,7 +525,7 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
         stored = np.load(self._getFileName(
             'marginalExperiment' if self._marginalised() else 'experiment'))
         return ViewingExperiment(stored['directions'],
-                                 tuple(CTFParams(*row) for row in stored['ctfs']),
+                                 tuple(params_from_rows(stored['ctfs'])),
                                  stored['counts'], float(stored['pixelSize']))
 
     def _noiseVariance(self):
@@ -626,8 +624,3 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
 def _metricText(analysis):
     return {'riesz': 'Riesz', 'l2': 'L2'}.get(str(analysis['metric']), str(analysis['metric']))
 
-
-def _ctfRows(ctfParams):
-    """CTF parameters as a ``(groups, fields)`` float array (empty without CTF)."""
-    return np.array([astuple(p) for p in ctfParams],
-                    dtype=np.float64).reshape(-1, len(fields(CTFParams)))

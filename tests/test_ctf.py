@@ -253,3 +253,14 @@ def test_params_are_stored_as_float():
 def test_apply_ctf_rejects_non_square_images():
     with pytest.raises(ShapeError, match=r"square images .* \(8, 6\)"):
         apply_ctf(np.zeros((8, 6)), PARAM_SETS[0], PIXEL)
+
+
+def test_parameter_rows_round_trip():
+    params = [CTFParams(12000.0, 11000.0, 30.0, 300.0, 2.7, 0.1),
+              CTFParams(20000.0, 20000.0, 0.0, 200.0, 2.0, 0.07, phase_shift=90.0, bfactor=50.0)]
+    rows = ctf_module.params_to_rows(params)
+    assert rows.dtype == np.float64 and rows.shape == (2, 8)
+    np.testing.assert_array_equal(rows[1], [20000.0, 20000.0, 0.0, 200.0, 2.0, 0.07, 90.0, 50.0])
+    assert ctf_module.params_from_rows(rows) == params
+    assert ctf_module.params_to_rows([]).shape == (0, 8)
+    assert ctf_module.params_from_rows(ctf_module.params_to_rows([])) == []

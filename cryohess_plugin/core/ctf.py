@@ -20,7 +20,7 @@ defocus, angle, amplitude-contrast and wavelength conventions
 (``tests/test_ctf.py`` checks it).
 """
 import math
-from dataclasses import dataclass, fields
+from dataclasses import astuple, dataclass, fields
 
 import numpy as np
 
@@ -88,6 +88,17 @@ class CTFParams:
             raise InvalidDataError(
                 f"CTF parameter amplitude_contrast must be a fraction in [0, 1), got "
                 f"{self.amplitude_contrast}; use e.g. 0.1 (not a percentage)")
+
+
+def params_to_rows(params_list):
+    """CTF parameters as a float ``(n, fields)`` array (``(0, fields)`` when empty), for files."""
+    return np.array([astuple(p) for p in params_list],
+                    dtype=np.float64).reshape(-1, len(fields(CTFParams)))
+
+
+def params_from_rows(rows):
+    """The :class:`CTFParams` of the rows of :func:`params_to_rows`."""
+    return [CTFParams(*row) for row in rows]
 
 
 def electron_wavelength(voltage_kv):
