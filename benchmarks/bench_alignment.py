@@ -1,7 +1,7 @@
 """Radial-SVD alignment of simulated particles: speed against full rank and brute force, accuracy.
 
 Particles (128 px, CTF in several defocus groups, uniform views) are simulated
-from a Gaussian-atom phantom with :func:`cryohess_plugin.core.simulate.simulate_particles`
+from a Gaussian-atom phantom with :func:`cryohess_plugin.core.synthetic.simulate.simulate_particles`
 and aligned against projections of the same map on the 993 viewing directions
 of the radial-SVD paper (K = 48: R = 49 rings, Q = 98 in-plane angles).  In the
 same process and on the same data:
@@ -11,7 +11,7 @@ same process and on the same data:
   group) plus the search (image compression, landscapes, reduction, full-rank
   refinement of the best candidates);
 * the full-rank path (``H = R``, same code, exact);
-* brute-force real-space search (:mod:`cryohess_plugin.core.reference_alignment`:
+* brute-force real-space search (:mod:`cryohess_plugin.core.alignment.brute_force`:
   spline rotation of every template at every angle, then inner products),
   run on all images against a few templates and extrapolated linearly to all
   templates (its cost is exactly linear in the number of templates).
@@ -35,13 +35,14 @@ import tracemalloc
 import numba
 import numpy as np
 
-from cryohess_plugin.core import atoms, phantoms, rotations, simulate
+from cryohess_plugin.core.synthetic import atoms, phantoms, simulate
+from cryohess_plugin.core import rotations
 from cryohess_plugin.core.polar import PolarGrid, polar_transform
 from cryohess_plugin.core.kernels import alignment_cpu
 from cryohess_plugin.core.projector import FourierSliceProjector
-from cryohess_plugin.core.radial_svd import (RadialSVDAligner, rotations_from_alignment,
-                                             search_shifts)
-from cryohess_plugin.core.reference_alignment import rotated_inner_products
+from cryohess_plugin.core.alignment.radial_svd import (RadialSVDAligner, rotations_from_alignment,
+                                                       search_shifts)
+from cryohess_plugin.core.alignment.brute_force import rotated_inner_products
 
 BOX, PIXEL, BFACTOR = 128, 1.5, 400.0
 #: The paper's band: K = 48 radians per half box.

@@ -42,9 +42,10 @@ import tracemalloc
 import numba
 import numpy as np
 
-from cryohess_plugin.core import atoms, ctf, fourier, phantoms, simulate
-from cryohess_plugin.core.fourier_posterior import (PosteriorProblem, fit_closed_form,
-                                                    fit_variational, write_spectra)
+from cryohess_plugin.core.synthetic import atoms, phantoms, simulate
+from cryohess_plugin.core import ctf, fourier
+from cryohess_plugin.core.posterior.problem import PosteriorProblem, write_spectra
+from cryohess_plugin.core.posterior.fit import fit_closed_form, fit_variational
 
 
 def timed(call):

@@ -21,7 +21,8 @@ import mrcfile
 import numba
 import numpy as np
 
-from cryohess_plugin.core import atoms, phantoms, rotations
+from cryohess_plugin.core.synthetic import atoms, phantoms
+from cryohess_plugin.core import rotations
 from cryohess_plugin.core.projector import FourierSliceProjector
 
 BOX, PIXEL, BFACTOR = 128, 1.5, 400.0

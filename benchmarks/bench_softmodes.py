@@ -2,7 +2,7 @@
 
 A Gaussian-atom phantom (box 64, 2 Å/px) is analysed at the resolution that
 gives ``L = 2πK = 32`` for particles with uniform random poses and 10 defocus
-groups (:func:`cryohess_plugin.core.simulate.random_ctf_params`).  In the same
+groups (:func:`cryohess_plugin.core.synthetic.simulate.random_ctf_params`).  In the same
 process:
 
 * :func:`analyse_soft_modes` end to end (shells, binning, operator set-up,
@@ -28,10 +28,12 @@ import tracemalloc
 
 import numpy as np
 
-from cryohess_plugin.core import atoms, phantoms, simulate, soft_modes, spherical
-from cryohess_plugin.core.soft_mode_analysis import (analyse_soft_modes, auto_grid_spacing,
+from cryohess_plugin.core.synthetic import atoms, phantoms, simulate
+from cryohess_plugin.core.softmodes import RealLayout, per_image
+from cryohess_plugin.core import spherical
+from cryohess_plugin.core.softmodes.analysis import (analyse_soft_modes, auto_grid_spacing,
                                                      experiment_from_poses)
-from cryohess_plugin.core.soft_mode_experiment import AccumulatedHessian, rebin
+from cryohess_plugin.core.softmodes.hessian import AccumulatedHessian, rebin
 
 BOX, PIXEL = 64, 2.0
 
@@ -79,7 +81,7 @@ def main():
           f"{args.iterations} Lanczos steps; grid {auto_grid_spacing(shells.max_degree):.2f}°; "
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
     coefficients = spherical.SphericalTransform(shells, np.float64, "cpu").coefficients(volume)
-    layout = soft_modes.RealLayout(shells)
+    layout = RealLayout(shells)
     vector = np.random.default_rng(0).standard_normal(layout.n_parameters)
     product_times = {}
     for count in args.particles:
@@ -106,20 +108,20 @@ def main():
     empty = np.zeros((subset, shells.n_shells, n_angles), dtype=np.complex128)
 
     def per_image_problem():
-        problem = soft_modes.SoftModeProblem(shells, empty, poses)
+        problem = per_image.SoftModeProblem(shells, empty, poses)
         templates = problem.templates(coefficients)
-        problem = soft_modes.SoftModeProblem(shells, templates, poses)
+        problem = per_image.SoftModeProblem(shells, templates, poses)
         problem.hessian_vector(coefficients, vector)  # caches the expansion point
         return problem
 
     setup, peak, problem = measured(per_image_problem)
-    per_image = best_time(lambda: problem.hessian_vector(coefficients, vector)) / subset
-    print(f"per-image 2-D form: {per_image * 1e3:.2f} ms per image per product "
+    per_image_seconds = best_time(lambda: problem.hessian_vector(coefficients, vector)) / subset
+    print(f"per-image 2-D form: {per_image_seconds * 1e3:.2f} ms per image per product "
           f"(measured on {subset} images, scaled linearly; set-up {setup:.1f} s, "
           f"traced peak {peak:.0f} MiB for {subset} images)")
     for count, product in product_times.items():
-        print(f"J = {count:6d}: per-image product ≈ {per_image * count:8.2f} s (scaled), "
-              f"accumulated {product:.3f} s, ratio {per_image * count / product:7.1f}x; "
+        print(f"J = {count:6d}: per-image product ≈ {per_image_seconds * count:8.2f} s (scaled), "
+              f"accumulated {product:.3f} s, ratio {per_image_seconds * count / product:7.1f}x; "
               f"per-image harmonics cache ≈ {peak * count / subset / 1024:.1f} GiB (scaled)")
     largest = max(product_times)
     smallest = min(product_times)

@@ -35,8 +35,9 @@ import time
 import numba
 import numpy as np
 
-from cryohess_plugin.core import atoms, phantoms, rotations, spherical
-from cryohess_plugin.core.volume_alignment import VolumeAligner
+from cryohess_plugin.core.synthetic import atoms, phantoms
+from cryohess_plugin.core import rotations, spherical
+from cryohess_plugin.core.alignment.volumes import VolumeAligner
 
 PIXEL = 2.0
 

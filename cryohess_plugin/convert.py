@@ -400,7 +400,7 @@ def volume_transform(rotation, shift):
     """Scipion ``Transform`` of an aligned volume: ``[[R, t], [0, 1]]``.
 
     ``R`` and ``t`` (voxels, (x, y, z)) are what
-    :func:`cryohess_plugin.core.volume_alignment.rotate_volume` applied to the
+    :func:`cryohess_plugin.core.alignment.volumes.rotate_volume` applied to the
     input volume to produce the aligned one.
     """
     matrix = np.eye(4)

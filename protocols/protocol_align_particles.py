@@ -13,7 +13,7 @@ import pyworkflow.protocol.params as params
 from cryohess_plugin import convert
 from cryohess_plugin.constants import (ALIGN_SCORE, ALIGN_TEMPLATE, CTF_GROUP, RANK_FIXED,
                                        RANK_TOLERANCE, REFERENCE_2D, REFERENCE_VOLUME)
-from cryohess_plugin.core.polar import frequency_for_resolution
+from cryohess_plugin.core.fourier import frequency_for_resolution
 
 from .protocol_base import CryoHessProtocolMixin
 
@@ -174,7 +174,7 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
 
     def alignBatchStep(self, index, first, count):
         from cryohess_plugin.core import polar
-        from cryohess_plugin.core.radial_svd import RadialSVDAligner
+        from cryohess_plugin.core.alignment.radial_svd import RadialSVDAligner
         self._setDevices()
         started = time.perf_counter()
         particles = convert.particles_to_arrays(
@@ -189,7 +189,7 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
             ctf_tolerance=self.ctfTolerance.get(), backend=self._backend())
         result = aligner.align(imagePolar, ctf_params=particles.ctfs,
                                pixel_size=particles.pixel_size,
-                               progress=self._progress(index, first, count))
+                               progress=self._progressLog("Batch %d: " % (index + 1)))
         elapsed = time.perf_counter() - started
         self._saveNpz(self._getFileName('batch', index=index), ids=particles.ids,
                       template=result.template, angle=result.angle, shift=result.shift,
@@ -208,7 +208,7 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
             self._create2DOutput(inputParticles, result)
 
     def _createProjectionOutput(self, inputParticles, result):
-        from cryohess_plugin.core.radial_svd import rotations_from_alignment
+        from cryohess_plugin.core.alignment.radial_svd import rotations_from_alignment
         references = np.load(self._getFileName('references'))
         rotations = rotations_from_alignment(references['rotations'], result['template'],
                                              result['angle'])
@@ -362,7 +362,7 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
         return PolarGrid.from_max_frequency(box, min(maxFrequency, box / 2 - 1))
 
     def _shifts(self):
-        from cryohess_plugin.core.radial_svd import search_shifts
+        from cryohess_plugin.core.alignment.radial_svd import search_shifts
         return search_shifts(self.maxShift.get(), self.shiftStep.get())
 
     def _templateRotations(self):
@@ -399,11 +399,6 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
         if self._fromVolume():
             return "projections of a volume on a %g-degree viewing grid" % self.angularStep
         return "%d 2D references" % self.inputReferences.get().getSize()
-
-    def _progress(self, index, first, count):
-        def report(done, total):
-            self.info("Batch %d: %d/%d image-reference blocks done" % (index + 1, done, total))
-        return report
 
     def _loadResults(self):
         """The batches' results concatenated in particle order.

@@ -107,7 +107,7 @@ class CryoHessProtAlignVolumes(CryoHessProtocolMixin, ProtAlignVolume):
     def alignVolumeStep(self, index):
         """Align one volume (steps are independent, so several run in parallel)."""
         from cryohess_plugin.core import mrc
-        from cryohess_plugin.core.volume_alignment import VolumeAligner, rotate_volume
+        from cryohess_plugin.core.alignment.volumes import VolumeAligner, rotate_volume
         self._setDevices()
         started = time.perf_counter()
         reference, pixel = convert.volume_to_array(self.referenceVolume.get())

@@ -7,7 +7,7 @@ import pyworkflow.protocol.params as params
 
 from cryohess_plugin import convert
 from cryohess_plugin.core.errors import InvalidDataError
-from cryohess_plugin.core.polar import frequency_for_resolution
+from cryohess_plugin.core.fourier import frequency_for_resolution
 from cryohess_plugin.plugin import Plugin
 
 
@@ -61,6 +61,11 @@ class CryoHessProtocolMixin:
             if gpus and cuda_available():
                 from numba import cuda
                 cuda.select_device(gpus[0])
+
+    def _progressLog(self, prefix=""):
+        """The core's ``progress`` callback: each :class:`Progress` event becomes one
+        run-log line, after ``prefix`` (e.g. the batch it belongs to)."""
+        return lambda event: self.info(prefix + event.line())
 
     def _filenameTemplates(self):
         """``{key: path template}`` of the files a protocol writes (none by default)."""

@@ -16,7 +16,7 @@ from cryohess_plugin.constants import (FIT_CLOSED_FORM, FIT_VARIATIONAL, LOG_LIK
                                        PRIOR_FIXED, PRIOR_PER_SHELL, REFINED_ANGLE_CHANGE,
                                        REFINED_SHIFT_CHANGE)
 from cryohess_plugin.core.ctf import params_from_rows, params_to_rows
-from cryohess_plugin.core.polar import frequency_for_resolution
+from cryohess_plugin.core.fourier import FSC_THRESHOLDS, frequency_for_resolution, resolution_at
 
 from .protocol_base import CryoHessProtocolMixin
 
@@ -33,7 +33,6 @@ OUTPUT_PARTICLES = 'outputParticles'
 FULL, HALF_1, HALF_2 = 'full', 'half1', 'half2'
 PART_TEXT = {FULL: 'full', HALF_1: 'half-set 1', HALF_2: 'half-set 2'}
 FIT_TEXT = {FIT_CLOSED_FORM: 'closed-form', FIT_VARIATIONAL: 'minibatch variational'}
-THRESHOLDS = (0.143, 0.5)
 
 
 class CryoHessProtFourierPosterior(CryoHessProtocolMixin, ProtReconstruct3D):
@@ -237,7 +236,7 @@ class CryoHessProtFourierPosterior(CryoHessProtocolMixin, ProtReconstruct3D):
         as memory maps.  Images are read and written in batches of
         ``particlesPerBatch``: no step holds every image."""
         from cryohess_plugin.core import ctf
-        from cryohess_plugin.core.fourier_posterior import PosteriorProblem, SpectraWriter
+        from cryohess_plugin.core.posterior.problem import PosteriorProblem, SpectraWriter
         partSet = self.inputParticles.get()
         particles = convert.particles_to_arrays(partSet, need_ctf=True,
                                                 need_alignment=ALIGN_PROJ, read_images=False)
@@ -348,7 +347,7 @@ class CryoHessProtFourierPosterior(CryoHessProtocolMixin, ProtReconstruct3D):
 
     def logLikelihoodStep(self):
         """Per-particle log-likelihood: held out with half maps, else under the full fit."""
-        from cryohess_plugin.core.fourier_posterior import log_likelihood
+        from cryohess_plugin.core.posterior.fit import log_likelihood
         self._setDevices()
         count = len(np.load(self._getFileName('input'))['ids'])
         values = np.empty(count)
@@ -548,26 +547,23 @@ class CryoHessProtFourierPosterior(CryoHessProtocolMixin, ProtReconstruct3D):
         """CTF values ``(n, m)`` at the spectra's points (convert step, ``.npy``)."""
         return self._getExtraPath('ctf_values.npy')
 
-    def _progress(self, message):
-        self.info("  " + message)
-
     def _problem(self, index, poseRound):
         """The core's posterior problem for the particles ``index``: spectra and CTF
         values read batch by batch from the convert step's memory-mapped files."""
-        from cryohess_plugin.core.fourier_posterior import PosteriorProblem
+        from cryohess_plugin.core.posterior.problem import PosteriorProblem
         rotations, shifts = self._poses(poseRound)
         return PosteriorProblem(self._spectraPath(), rotations, shifts, self._ctfPath(),
                                 backend=self._backend()).subset(index)
 
     def _fit(self, problem):
-        from cryohess_plugin.core.fourier_posterior import (fit_closed_form, fit_variational,
-                                                            propagate_noise)
+        from cryohess_plugin.core.posterior.fit import (fit_closed_form, fit_variational,
+                                                        propagate_noise)
         noise = None if self.estimateNoise else self.noiseSigma.get() ** 2
         prior = self.priorVariance.get() if self.priorType.get() == PRIOR_FIXED else None
         if self.fitMethod.get() == FIT_CLOSED_FORM:
             return fit_closed_form(problem, noise, prior,
                                    em_iterations=self.emIterations.get(),
-                                   progress=self._progress)
+                                   progress=self._progressLog("  "))
         if noise is None or prior is None:
             count = min(problem.n_particles, self.estimationParticles.get())
             subset = np.unique(np.linspace(0, problem.n_particles - 1, count).astype(int))
@@ -575,17 +571,17 @@ class CryoHessProtFourierPosterior(CryoHessProtocolMixin, ProtReconstruct3D):
                       % len(subset))
             estimate = fit_closed_form(problem.subset(subset), noise, prior,
                                        em_iterations=self.emIterations.get(), noise_probes=0,
-                                       progress=self._progress)
+                                       progress=self._progressLog("  "))
             noise, prior = estimate.noise_variance, estimate.prior_variance
         posterior = fit_variational(problem, noise, prior, batch_size=self.batchSize.get(),
-                                    epochs=self.epochs.get(), progress=self._progress)
+                                    epochs=self.epochs.get(), progress=self._progressLog("  "))
         # The single-fit resolution curve needs the noise of the mean, as the closed form's.
-        posterior.noise_power = propagate_noise(problem, posterior, progress=self._progress)
+        posterior.noise_power = propagate_noise(problem, posterior, progress=self._progressLog("  "))
         return posterior
 
     def _loadPosterior(self, part):
         """The stored :class:`FourierPosterior` of a fit (history: particles, seconds)."""
-        from cryohess_plugin.core.fourier_posterior import FourierPosterior
+        from cryohess_plugin.core.posterior.result import FourierPosterior
         stored = np.load(self._getFileName('posterior', part=part))
         return FourierPosterior(stored['mean'], stored['variance'], stored['priorVariance'],
                                 float(stored['noiseVariance']), str(stored['kernel']),
@@ -637,25 +633,12 @@ class CryoHessProtFourierPosterior(CryoHessProtocolMixin, ProtReconstruct3D):
     @staticmethod
     def _crossingText(frequencies, curve):
         texts = []
-        for threshold in THRESHOLDS:
+        for threshold in FSC_THRESHOLDS:
             resolution = resolution_at(frequencies, curve, threshold)
             texts.append("%s at %g" % ("%.1f Å" % resolution if resolution
                                        else "beyond the last shell (%.1f Å)"
                                        % (1 / frequencies[-1]), threshold))
         return " and ".join(texts)
-
-
-def resolution_at(frequencies, curve, threshold):
-    """Resolution (Å) where ``curve`` first falls below ``threshold`` (linear in
-    frequency between shells), or None if it never does."""
-    below = np.nonzero(np.asarray(curve) < threshold)[0]
-    if below.size == 0:
-        return None
-    i = below[0]
-    if i == 0:
-        return 1.0 / frequencies[0]
-    fraction = (curve[i - 1] - threshold) / (curve[i - 1] - curve[i])
-    return 1.0 / (frequencies[i - 1] + fraction * (frequencies[i] - frequencies[i - 1]))
 
 
 def _referencePart(round_):

@@ -232,7 +232,8 @@ class CryoHessProtSimulate(CryoHessProtocolMixin, EMProtocol):
 
     # --------------------------- STEPS functions -----------------------------
     def simulateParticlesStep(self):
-        from cryohess_plugin.core import atoms, mrc, simulate
+        from cryohess_plugin.core.synthetic import atoms, simulate
+        from cryohess_plugin.core import mrc
         self._setDevices()
         stateA, stateB = self._loadStructure()
         box, pixel = self.boxSize.get(), self.samplingRate.get()
@@ -270,7 +271,8 @@ class CryoHessProtSimulate(CryoHessProtocolMixin, EMProtocol):
                   % (self._getFileName('particles'), sim.noise_sigma))
 
     def simulateMicrographsStep(self):
-        from cryohess_plugin.core import mrc, simulate
+        from cryohess_plugin.core import mrc
+        from cryohess_plugin.core.synthetic import simulate
         self._setDevices()
         stateA, _ = self._loadStructure()
         size = self.micrographSize.get()
@@ -452,7 +454,7 @@ class CryoHessProtSimulate(CryoHessProtocolMixin, EMProtocol):
 
     def _loadStructure(self):
         """Ground truth: ``(state A, state B or None)``; atomic models or (A only) a map."""
-        from cryohess_plugin.core import atoms, phantoms
+        from cryohess_plugin.core.synthetic import atoms, phantoms
         source, heterogeneity = self.source.get(), self.heterogeneity.get()
         if source == SOURCE_VOLUME:
             volume, _ = convert.volume_to_array(self.inputVolume.get(),

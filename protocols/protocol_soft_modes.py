@@ -235,20 +235,20 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
     # --------------------------- STEPS functions -----------------------------
     def convertInputStep(self):
         """The viewing experiment: directions, CTF groups and image counts."""
-        from cryohess_plugin.core import soft_mode_analysis
+        from cryohess_plugin.core.softmodes import analysis
         pixel = self._pixelSize()
         if self._fromParticles():
             particles = self._particleArrays(read_images=False)
-            experiment = soft_mode_analysis.experiment_from_poses(
+            experiment = analysis.experiment_from_poses(
                 particles.rotations, ctf_params=particles.ctfs, pixel_size=pixel,
                 defocus_tolerance=self.defocusTolerance.get())
-            direction, group = soft_mode_analysis.particle_assignment(
+            direction, group = analysis.particle_assignment(
                 particles.rotations, ctf_params=particles.ctfs,
                 defocus_tolerance=self.defocusTolerance.get())
             self._saveNpz(self._getFileName('particles'), ids=particles.ids,
                           direction=direction, group=group)
         else:
-            experiment = soft_mode_analysis.experiment_from_distribution(
+            experiment = analysis.experiment_from_distribution(
                 DESIGN_DISTRIBUTIONS[self.viewDistribution.get()], self.numberOfImages.get(),
                 spread_deg=self.viewSpread.get(), ctf_params=self._designCtfs(),
                 pixel_size=pixel)
@@ -264,7 +264,7 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
             self._marginaliseNoise()
             return
         if self._fromParticles() and self.estimateNoise:
-            from cryohess_plugin.core.soft_mode_analysis import estimate_noise_variance
+            from cryohess_plugin.core.softmodes.analysis import estimate_noise_variance
             self._setDevices()
             volume = self._referenceArray()
             particles = self._particleArrays(read_images=True,
@@ -287,14 +287,14 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
 
     def _marginaliseNoise(self):
         """Per-particle noise variances; the experiment counts each particle by its precision."""
-        from cryohess_plugin.core import soft_mode_analysis
+        from cryohess_plugin.core.softmodes import analysis
         self._setDevices()
         particles = self._particleArrays(read_images=True)
-        variances = soft_mode_analysis.estimate_noise_variance(
+        variances = analysis.estimate_noise_variance(
             self._referenceArray(), particles.images, particles.rotations, particles.shifts,
             particles.ctfs, particles.pixel_size, backend=self._backend(), per_image=True)
-        variance, weights = soft_mode_analysis.marginal_noise(variances)
-        experiment = soft_mode_analysis.experiment_from_poses(
+        variance, weights = analysis.marginal_noise(variances)
+        experiment = analysis.experiment_from_poses(
             particles.rotations, ctf_params=particles.ctfs, pixel_size=self._pixelSize(),
             defocus_tolerance=self.defocusTolerance.get(), weights=weights)
         self._saveExperiment(self._getFileName('marginalExperiment'), experiment)
@@ -304,7 +304,7 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
         self.info("Noise variance per pixel %.4g (%s)" % (variance, how))
 
     def analyseStep(self):
-        from cryohess_plugin.core.soft_mode_analysis import analyse_soft_modes
+        from cryohess_plugin.core.softmodes.analysis import analyse_soft_modes
         self._setDevices()
         analysis = analyse_soft_modes(
             self._referenceArray(), self._pixelSize(), self._experiment(),
@@ -312,7 +312,7 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
             iterations=self.iterations.get(), noise_variance=self._noiseVariance(),
             implicit_poses=self.implicitPoses.get(),
             log_likelihood_ratio=self.logLikelihoodRatio.get(),
-            metric=METRICS[self.metric.get()], backend=self._backend(), progress=self.info)
+            metric=METRICS[self.metric.get()], backend=self._backend(), progress=self._progressLog())
         self._saveNpz(self._getFileName('analysis'), **{
             name: getattr(analysis, name) for name in ANALYSIS_FIELDS})
         self.info("Eigenvalues: %s" % ", ".join("%.4g" % v for v in analysis.eigenvalues))
@@ -521,7 +521,7 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
 
     def _experiment(self):
         """The experiment of the analysis (particle-weighted when the noise is marginalised)."""
-        from cryohess_plugin.core.soft_mode_analysis import ViewingExperiment
+        from cryohess_plugin.core.softmodes.analysis import ViewingExperiment
         stored = np.load(self._getFileName(
             'marginalExperiment' if self._marginalised() else 'experiment'))
         return ViewingExperiment(stored['directions'],
@@ -536,7 +536,7 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
         experiment's views, from a fixed sample of (direction, CTF group) pairs."""
         from cryohess_plugin.core import ctf, rotations
         from cryohess_plugin.core.projector import FourierSliceProjector
-        from cryohess_plugin.core.simulate import signal_variance
+        from cryohess_plugin.core.synthetic.simulate import signal_variance
         experiment = self._experiment()
         weights = experiment.counts / experiment.counts.sum()
         picks = np.random.default_rng(0).choice(weights.size, size=SNR_SAMPLE,
@@ -561,7 +561,7 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
 
     def _particlePoseChanges(self, analysis=None):
         """``(J,)`` every particle's largest |Δτ| over the modes (degrees), in id order."""
-        from cryohess_plugin.core.soft_mode_analysis import particle_pose_changes
+        from cryohess_plugin.core.softmodes.analysis import particle_pose_changes
         analysis = self._loadAnalysis() if analysis is None else analysis
         assignment = self._loadParticleDirections()
         return np.rad2deg(particle_pose_changes(analysis['group_pose_changes'],

@@ -2,12 +2,12 @@
 import numpy as np
 import pytest
 
-from cryohess_plugin.core.atoms import (AtomModel, SCATTERING_FACTORS, element_amplitude,
-                                        element_bfactor, gaussian_atom_projection,
-                                        gaussian_atom_volume, read_atomic_model)
+from cryohess_plugin.core.synthetic.atoms import (AtomModel, SCATTERING_FACTORS, element_amplitude,
+                                                  element_bfactor, gaussian_atom_projection,
+                                                  gaussian_atom_volume, read_atomic_model)
 from cryohess_plugin.core.errors import InvalidDataError, ShapeError
-from cryohess_plugin.core.phantoms import (cyclic_phantom, random_protein_phantom,
-                                           two_state_phantom)
+from cryohess_plugin.core.synthetic.phantoms import (cyclic_phantom, random_protein_phantom,
+                                                     two_state_phantom)
 from cryohess_plugin.core.rotations import euler_to_matrix, random_rotations
 
 from .xmipp_reference import xmipp_projections

@@ -7,8 +7,8 @@ import sys
 sys.modules['pwem'] = None
 sys.modules['pyworkflow'] = None
 import numpy as np
-import cryohess_plugin.core.atoms, cryohess_plugin.core.ctf, cryohess_plugin.core.mrc
-from cryohess_plugin.core import phantoms, simulate
+import cryohess_plugin.core.synthetic.atoms, cryohess_plugin.core.ctf, cryohess_plugin.core.mrc
+from cryohess_plugin.core.synthetic import phantoms, simulate
 sim = simulate.simulate_particles(phantoms.random_protein_phantom(50, 8.0), 3, 16, 2.0,
                                   backend="cpu")
 assert sim.images.shape == (3, 16, 16)

@@ -10,13 +10,13 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from cryohess_plugin.core import atoms, ctf, fourier, phantoms, rotations, simulate
+from cryohess_plugin.core.synthetic import atoms, phantoms, simulate
+from cryohess_plugin.core import ctf, fourier, rotations
 from cryohess_plugin.core.errors import InvalidDataError, MissingMetadataError, ShapeError
 from cryohess_plugin.core.fourier import hermitian_fold, mirror
-from cryohess_plugin.core.fourier_posterior import (PosteriorProblem, SpectraWriter,
-                                                    fit_closed_form, fit_variational,
-                                                    log_likelihood, propagate_noise,
-                                                    write_spectra)
+from cryohess_plugin.core.posterior.problem import PosteriorProblem, SpectraWriter, write_spectra
+from cryohess_plugin.core.posterior.fit import (fit_closed_form, fit_variational, log_likelihood,
+                                                propagate_noise)
 from cryohess_plugin.core.kernels import posterior_cpu
 
 BOX, PIXEL = 32, 3.0
@@ -320,19 +320,19 @@ def test_fits_report_progress(uniform):
     _, problem, posterior = uniform
     small = problem.subset(np.arange(300))
     messages = []
-    fit_closed_form(small, em_iterations=2, cg_iterations=5, progress=messages.append)
+    fit_closed_form(small, em_iterations=2, cg_iterations=5, progress=lambda event: messages.append(event.message))
     rounds = [m for m in messages if m.startswith("EM round")]
     assert len(rounds) == 2 and "noise variance" in rounds[0] and "CG iterations" in rounds[0]
     assert any(m.startswith("Noise probe 1/1") for m in messages)
     messages.clear()
     variational = fit_variational(small, posterior.noise_variance, posterior.prior_variance,
-                                  batch_size=50, epochs=3, rng=1, progress=messages.append)
+                                  batch_size=50, epochs=3, rng=1, progress=lambda event: messages.append(event.message))
     assert [m.split(":")[0] for m in messages] == ["Epoch 1/3", "Epoch 2/3", "Epoch 3/3"]
     assert "ELBO" in messages[0] and "change" in messages[1]
     elbo = variational.history["elbo"]
     assert len(elbo) == 3 and elbo[2] > elbo[0]
     messages.clear()
-    propagate_noise(small, posterior, probes=2, progress=messages.append)
+    propagate_noise(small, posterior, probes=2, progress=lambda event: messages.append(event.message))
     assert [m.split(":")[0] for m in messages] == ["Noise probe 1/2", "Noise probe 2/2"]
 
 

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from cryohess_plugin.core.errors import InvalidDataError, MrcFileError, ShapeError
-from cryohess_plugin.core.mrc import (read_image, read_stack, read_volume, write_stack,
-                                      write_volume)
+from cryohess_plugin.core.mrc import read_image, read_stack, read_volume, write_stack, write_volume
 
 
 @pytest.fixture

@@ -2,19 +2,19 @@
 
 References: the exact direct sum ``sum_x I(x) exp(-2 pi i k.x / D)`` at the
 polar nodes, the projector's own polar slices, brute-force real-space
-rotations (:mod:`cryohess_plugin.core.reference_alignment`) and exact
+rotations (:mod:`cryohess_plugin.core.alignment.brute_force`) and exact
 Fourier shifts.
 """
 import numpy as np
 import pytest
 
-from cryohess_plugin.core import atoms, fourier, phantoms, polar, rotations
+from cryohess_plugin.core.synthetic import atoms, phantoms
+from cryohess_plugin.core import fourier, polar, rotations
 from cryohess_plugin.core.errors import InvalidDataError, ShapeError
-from cryohess_plugin.core.polar import (PolarGrid, polar_transform, ring_coefficients,
-                                        shift_phases)
+from cryohess_plugin.core.polar import PolarGrid, polar_transform, ring_coefficients, shift_phases
 from cryohess_plugin.core.projector import FourierSliceProjector
-from cryohess_plugin.core.reference_alignment import (brute_force_align, rotate_and_shift,
-                                                      rotated_inner_products)
+from cryohess_plugin.core.alignment.brute_force import (brute_force_align, rotate_and_shift,
+                                                        rotated_inner_products)
 
 PIXEL = 1.5
 

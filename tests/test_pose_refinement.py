@@ -2,12 +2,13 @@
 import numpy as np
 import pytest
 
-from cryohess_plugin.core import atoms, ctf, phantoms, rotations, simulate
+from cryohess_plugin.core.synthetic import atoms, phantoms, simulate
+from cryohess_plugin.core import ctf, rotations
 from cryohess_plugin.core.errors import InvalidDataError, MissingMetadataError, ShapeError
 from cryohess_plugin.core.polar import PolarGrid, polar_transform
 from cryohess_plugin.core.pose_refinement import pose_errors, refine_candidates, refine_poses
 from cryohess_plugin.core.projector import FourierSliceProjector
-from cryohess_plugin.core.radial_svd import RadialSVDAligner, rotations_from_alignment
+from cryohess_plugin.core.alignment.radial_svd import RadialSVDAligner, rotations_from_alignment
 
 
 def offset_poses(sim, degrees, pixels, rng):

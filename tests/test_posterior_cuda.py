@@ -23,7 +23,7 @@ def case_name(what, kernel, box):
 
 def _simulated_errors():
     from cryohess_plugin.core import rotations
-    from cryohess_plugin.core.fourier_posterior import PosteriorProblem
+    from cryohess_plugin.core.posterior.problem import PosteriorProblem
     from cryohess_plugin.core.kernels import posterior_cpu, posterior_cuda, resolve_backend
 
     rng = np.random.default_rng(11)

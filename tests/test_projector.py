@@ -7,7 +7,8 @@ differences, and exact circular shifts.
 import numpy as np
 import pytest
 
-from cryohess_plugin.core import atoms, ctf, phantoms, rotations
+from cryohess_plugin.core.synthetic import atoms, phantoms
+from cryohess_plugin.core import ctf, rotations
 from cryohess_plugin.core.errors import InvalidDataError, ShapeError
 from cryohess_plugin.core.kernels import projector_cpu
 from cryohess_plugin.core.projector import FourierSliceProjector, SliceOperator

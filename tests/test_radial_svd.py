@@ -2,7 +2,7 @@
 
 References: the uncompressed Fourier-Bessel landscape written out in the test
 (T1), the kernel summed over all ``q != 0`` with complex arithmetic (T3),
-brute-force real-space rotations (:mod:`cryohess_plugin.core.reference_alignment`,
+brute-force real-space rotations (:mod:`cryohess_plugin.core.alignment.brute_force`,
 T2), the projector itself (rotation convention), and the ground truth of
 simulated particles.  CUDA kernels are compared with the CPU ones on the
 numba simulator in a child interpreter, as in ``test_projector_cuda.py``.
@@ -12,16 +12,17 @@ import json
 import numpy as np
 import pytest
 
-from cryohess_plugin.core import atoms, phantoms, rotations, simulate
+from cryohess_plugin.core.synthetic import atoms, phantoms, simulate
+from cryohess_plugin.core import rotations
 from cryohess_plugin.core.errors import InvalidDataError, MissingMetadataError, ShapeError
 from cryohess_plugin.core.kernels import alignment_cpu
-from cryohess_plugin.core.polar import (PolarGrid, polar_transform, radial_ctf,
-                                        ring_coefficients, shift_phases)
+from cryohess_plugin.core.polar import (PolarGrid, polar_transform, radial_ctf, ring_coefficients,
+                                        shift_phases)
 from cryohess_plugin.core.projector import FourierSliceProjector
-from cryohess_plugin.core.radial_svd import (RadialSVDAligner, choose_rank, group_ctfs,
-                                             radial_kernel, rotations_from_alignment,
-                                             search_shifts)
-from cryohess_plugin.core.reference_alignment import rotated_inner_products
+from cryohess_plugin.core.alignment.radial_svd import (RadialSVDAligner, choose_rank, group_ctfs,
+                                                       radial_kernel, rotations_from_alignment,
+                                                       search_shifts)
+from cryohess_plugin.core.alignment.brute_force import rotated_inner_products
 
 from .cudasim import run_module_under_simulator
 
@@ -305,7 +306,7 @@ def test_progress_reports_every_block(grid, templates):
     _, template_polar = templates
     calls = []
     RadialSVDAligner(grid, template_polar[:20], block_size=4, backend="cpu").align(
-        template_polar[:10], progress=lambda done, total: calls.append((done, total)))
+        template_polar[:10], progress=lambda event: calls.append((event.done, event.total)))
     assert calls[-1] == (10, 10) and len(calls) == 3
 
 

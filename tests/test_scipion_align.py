@@ -16,8 +16,9 @@ from pyworkflow.utils import magentaStr
 
 from cryohess_plugin import convert
 from cryohess_plugin.constants import ALIGN_SCORE, ALIGN_TEMPLATE, CTF_GROUP, RANK_FIXED
-from cryohess_plugin.core import atoms, ctf, mrc, rotations
-from cryohess_plugin.core.phantoms import random_protein_phantom
+from cryohess_plugin.core.synthetic import atoms
+from cryohess_plugin.core import ctf, mrc, rotations
+from cryohess_plugin.core.synthetic.phantoms import random_protein_phantom
 from cryohess_plugin.core.projector import FourierSliceProjector
 from cryohess_plugin.protocols import (CryoHessProtAlignParticles, CryoHessProtAlignVolumes,
                                        CryoHessProtSimulate)

@@ -16,7 +16,7 @@ from cryohess_plugin.constants import (CONFORMATION, DEFOCUS_GROUP, HETEROGENEIT
                                        HETEROGENEITY_RIGID_REGION, SOURCE_ATOMIC_MODEL,
                                        SOURCE_PHANTOM, SOURCE_VOLUME, VIEWS_POLAR_CAP)
 from cryohess_plugin.core import mrc
-from cryohess_plugin.core.phantoms import random_protein_phantom
+from cryohess_plugin.core.synthetic.phantoms import random_protein_phantom
 from cryohess_plugin.core.rotations import projection_directions
 from cryohess_plugin.demo import savePlots
 from cryohess_plugin.protocols import CryoHessProtSimulate

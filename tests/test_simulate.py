@@ -2,15 +2,16 @@
 import numpy as np
 import pytest
 
-from cryohess_plugin.core.atoms import AtomModel, gaussian_atom_projection, gaussian_atom_volume
+from cryohess_plugin.core.synthetic.atoms import (AtomModel, gaussian_atom_projection,
+                                                  gaussian_atom_volume)
 from cryohess_plugin.core.ctf import apply_ctf
 from cryohess_plugin.core.errors import InvalidDataError, ShapeError
-from cryohess_plugin.core.phantoms import random_protein_phantom, two_state_phantom
+from cryohess_plugin.core.synthetic.phantoms import random_protein_phantom, two_state_phantom
 from cryohess_plugin.core.rotations import projection_directions
-from cryohess_plugin.core.simulate import (noise_sigma_for_snr, place_particles,
-                                           random_ctf_params, sample_rotations,
-                                           signal_variance, simulate_micrographs,
-                                           simulate_particles)
+from cryohess_plugin.core.synthetic.simulate import (noise_sigma_for_snr, place_particles,
+                                                     random_ctf_params, sample_rotations,
+                                                     signal_variance, simulate_micrographs,
+                                                     simulate_particles)
 
 
 def relative_l2(a, b):

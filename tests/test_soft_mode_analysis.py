@@ -2,17 +2,17 @@
 import numpy as np
 import pytest
 
-from cryohess_plugin.core import atoms, phantoms, rotations, simulate, soft_modes, spherical
+from cryohess_plugin.core.synthetic import atoms, phantoms, simulate
+from cryohess_plugin.core import rotations, spherical
+from cryohess_plugin.core.softmodes import RealLayout, per_image
 from cryohess_plugin.core.ctf import CTFParams, ctf_stack
 from cryohess_plugin.core.errors import InvalidDataError, SamplingMismatchError, ShapeError
-from cryohess_plugin.core.soft_mode_analysis import (analyse_soft_modes, estimate_noise_variance,
-                                                     marginal_noise,
-                                                     experiment_from_distribution,
-                                                     experiment_from_poses,
-                                                     particle_assignment,
+from cryohess_plugin.core.softmodes.analysis import (analyse_soft_modes, estimate_noise_variance,
+                                                     marginal_noise, experiment_from_distribution,
+                                                     experiment_from_poses, particle_assignment,
                                                      particle_pose_changes)
-from cryohess_plugin.core.soft_mode_experiment import (AccumulatedHessian, ViewingExperiment,
-                                                       hemisphere_grid, rebin)
+from cryohess_plugin.core.softmodes.hessian import (AccumulatedHessian, ViewingExperiment,
+                                                    hemisphere_grid, rebin)
 
 #: 2πK = L = 10: 11 shells, 22 ring angles.
 BOX, MAX_FREQUENCY, PIXEL_SIZE = 16, 3.1, 4.0
@@ -27,7 +27,7 @@ def relative(a, b):
 def setup():
     """Shells, the real layout and a smooth real volume's coefficients and vector."""
     shells = spherical.ShellGrid.from_max_frequency(BOX, MAX_FREQUENCY)
-    layout = soft_modes.RealLayout(shells)
+    layout = RealLayout(shells)
     rng = np.random.default_rng(0)
     decay = np.exp(-np.arange(shells.max_degree + 1) / 4.0)
     coefficients = layout.from_real_vector(rng.standard_normal(layout.n_parameters))
@@ -38,12 +38,12 @@ def setup():
 def per_image_problem(shells, coefficients, poses, groups, scale=1.0, sigma2=0.7):
     """SoftModeProblem on noise-free templates at ``poses`` with radial group CTFs × scale."""
     n_angles = 2 * shells.max_degree + 2
-    ring = soft_modes.ring_grid(shells, n_angles)
+    ring = per_image.ring_grid(shells, n_angles)
     ctf = scale * ctf_stack([GROUPS[g] for g in groups], ring.kx, ring.ky, BOX, PIXEL_SIZE)
     ctf = ctf.reshape(len(poses), shells.n_shells, n_angles)
     empty = np.zeros(ctf.shape, dtype=np.complex128)
-    templates = soft_modes.SoftModeProblem(shells, empty, poses, ctf).templates(coefficients)
-    return soft_modes.SoftModeProblem(shells, templates, poses, ctf, noise_sigma=np.sqrt(sigma2))
+    templates = per_image.SoftModeProblem(shells, empty, poses, ctf).templates(coefficients)
+    return per_image.SoftModeProblem(shells, templates, poses, ctf, noise_sigma=np.sqrt(sigma2))
 
 
 def on_grid_poses(rng, spacing=25.0):
@@ -160,7 +160,8 @@ def test_analysis_outputs_are_consistent(phantom):
     experiment = experiment_from_poses(poses, pixel_size=pixel)
     lines = []
     result = analyse_soft_modes(volume, pixel, experiment, 32 * pixel / (10 / np.pi), n_modes=3,
-                                iterations=24, backend="cpu", progress=lines.append)
+                                iterations=24, backend="cpu",
+                                progress=lambda event: lines.append(event.line()))
     assert result.max_degree == 10 and result.mode_volumes.shape == (3, 32, 32, 32)
     assert result.mode_volumes.dtype == np.float32 and result.sensitivity.shape == (32, 32, 32)
     assert np.all(np.diff(result.eigenvalues) >= 0) and result.eigenvalues[0] > 0

@@ -8,9 +8,9 @@ only up to the uniform run's residual (which is below tolerance).
 import numpy as np
 import pytest
 
-from cryohess_plugin.core import atoms, phantoms
+from cryohess_plugin.core.synthetic import atoms, phantoms
 from cryohess_plugin.core.ctf import CTFParams
-from cryohess_plugin.core.soft_mode_analysis import (analyse_soft_modes,
+from cryohess_plugin.core.softmodes.analysis import (analyse_soft_modes,
                                                      experiment_from_distribution)
 
 

@@ -4,10 +4,11 @@ import pytest
 import scipy.linalg
 
 from cryohess_plugin.core import fourier, spherical
-from cryohess_plugin.core.errors import (ConvergenceError, InvalidDataError, ShapeError)
-from cryohess_plugin.core.soft_mode_solver import (lanczos_softest_modes, per_shell_profile,
-                                                   perturbation_size, shells_to_volume,
-                                                   soft_variance, softest_modes)
+from cryohess_plugin.core.errors import ConvergenceError, InvalidDataError, ShapeError
+from cryohess_plugin.core.softmodes.solver import (lanczos_softest_modes, per_shell_profile,
+                                                   perturbation_size, soft_variance,
+                                                   softest_modes)
+from cryohess_plugin.core.spherical import shells_to_volume
 
 SIZE, N_NULL, N_MODES = 60, 3, 5
 
@@ -96,7 +97,7 @@ def test_lanczos_at_full_dimension_is_the_dense_generalised_problem(planted):
     steps = []
     modes = lanczos_softest_modes(lambda x: operator @ x, SIZE, SIZE - N_NULL, iterations=1000,
                                   null_space=null_space, metric=metric, tolerance=0.0,
-                                  progress=lambda step, values: steps.append((step, values)))
+                                  progress=lambda event: steps.append((event.done, event.values)))
     values, vectors = dense_reference(operator, null_space, metric)
     dimension = SIZE - N_NULL
     assert modes.iterations == dimension  # capped at the complement's dimension

@@ -4,11 +4,12 @@ import pytest
 
 import scipy.linalg
 
-from cryohess_plugin.core import rotations, soft_modes, spherical
+from cryohess_plugin.core import rotations, spherical
+from cryohess_plugin.core.softmodes import per_image
 from cryohess_plugin.core.ctf import CTFParams, ctf_stack
 from cryohess_plugin.core.errors import InvalidDataError
 from cryohess_plugin.core.projector import FourierSliceProjector
-from cryohess_plugin.core.soft_mode_solver import lanczos_softest_modes
+from cryohess_plugin.core.softmodes.solver import lanczos_softest_modes
 
 from .test_spherical import blob_volume
 
@@ -22,7 +23,7 @@ def shell_grid():
 
 def full_ctf(shells, n_angles, rng):
     """Astigmatic CTFs of N_IMAGES particles at the ring samples, ``(J, R, Q)``."""
-    grid = soft_modes.ring_grid(shells, n_angles)
+    grid = per_image.ring_grid(shells, n_angles)
     params = [CTFParams(defocus_u=u, defocus_v=u - 500.0, defocus_angle=a, voltage=300.0,
                         spherical_aberration=2.7, amplitude_contrast=0.1)
               for u, a in zip(rng.uniform(8000, 20000, N_IMAGES), rng.uniform(0, 180, N_IMAGES))]
@@ -48,13 +49,13 @@ def synthetic_problem(rng, noise=0.3, ctf=True, shells=None):
     poses = rotations.random_rotations(N_IMAGES, rng)
     empty = np.zeros((N_IMAGES, shells.n_shells, n_angles), dtype=np.complex128)
     ctf_values = full_ctf(shells, n_angles, rng) if ctf else None
-    problem = soft_modes.SoftModeProblem(shells, empty, poses, ctf_values, noise_sigma=0.5)
+    problem = per_image.SoftModeProblem(shells, empty, poses, ctf_values, noise_sigma=0.5)
     truth = real_coefficients(problem, rng)
     images = problem.templates(truth)
     scale = np.sqrt(np.mean(np.abs(images) ** 2))
     images = images + noise * scale * (rng.standard_normal(images.shape)
                                        + 1j * rng.standard_normal(images.shape)) / np.sqrt(2)
-    return soft_modes.SoftModeProblem(shells, images, poses, ctf_values, noise_sigma=0.5), truth
+    return per_image.SoftModeProblem(shells, images, poses, ctf_values, noise_sigma=0.5), truth
 
 
 def relative(a, b):
@@ -103,7 +104,7 @@ def test_slice_matches_the_fourier_slice_projector():
     coefficients = spherical.SphericalTransform(shells, backend="cpu").coefficients(volume)
     n_angles = 2 * shells.max_degree + 2
     poses = rotations.random_rotations(4, rng)
-    problem = soft_modes.SoftModeProblem(
+    problem = per_image.SoftModeProblem(
         shells, np.zeros((4, shells.n_shells, n_angles)), poses)
     projector = FourierSliceProjector(volume, dtype=np.float64, backend="cpu")
     expected = projector.project_polar(poses, shells.radii, n_angles)
@@ -142,7 +143,7 @@ def test_pose_gradient_matches_finite_differences():
     problem, truth = synthetic_problem(rng)
     omega = rng.standard_normal((N_IMAGES, 3))
     step = 1e-5
-    values = [soft_modes.SoftModeProblem(problem.shell_grid, problem.images_polar,
+    values = [per_image.SoftModeProblem(problem.shell_grid, problem.images_polar,
                                          rotations.perturb(problem.rotations, sign * step * omega),
                                          problem.ctf, problem.noise_sigma)
               .negative_log_likelihood(truth) for sign in (1, -1)]
@@ -227,7 +228,7 @@ def test_rotation_invariance_identity_holds_with_noise_away_from_the_optimum():
 
 
 def blocked_copy(problem, max_cache_bytes):
-    return soft_modes.SoftModeProblem(problem.shell_grid, problem.images_polar, problem.rotations,
+    return per_image.SoftModeProblem(problem.shell_grid, problem.images_polar, problem.rotations,
                                       problem.ctf, problem.noise_sigma,
                                       max_cache_bytes=max_cache_bytes)
 

@@ -20,16 +20,17 @@ def relative(a, b):
 
 
 def _simulated_errors():
-    from cryohess_plugin.core import soft_mode_experiment, soft_modes, spherical
+    from cryohess_plugin.core.softmodes import RealLayout, hessian
+    from cryohess_plugin.core import spherical
     from cryohess_plugin.core.ctf import CTFParams
     from cryohess_plugin.core.kernels import soft_modes_cuda
-    from cryohess_plugin.core.soft_mode_analysis import analyse_soft_modes
-    from cryohess_plugin.core.soft_mode_experiment import AccumulatedHessian, ViewingExperiment
+    from cryohess_plugin.core.softmodes.analysis import analyse_soft_modes
+    from cryohess_plugin.core.softmodes.hessian import AccumulatedHessian, ViewingExperiment
 
     rng = np.random.default_rng(5)
     groups = (CTFParams(12000, 12000, 0, 300, 2.7, 0.1), CTFParams(22000, 22000, 0, 300, 2.7, 0.1))
     shells = spherical.ShellGrid.from_max_frequency(BOX, MAX_FREQUENCY)
-    layout = soft_modes.RealLayout(shells)
+    layout = RealLayout(shells)
     decay = np.exp(-np.arange(shells.max_degree + 1) / 4.0)
     coefficients = layout.from_real_vector(rng.standard_normal(layout.n_parameters))
     volume_vector = layout.to_real_vector(coefficients * decay[None, :, None])
@@ -46,10 +47,10 @@ def _simulated_errors():
     # No cache and blocks of four directions (two blocks, the last one short): the
     # harmonics are recomputed on the device into scratch at every product.
     per_direction = cpu.half * cpu.harmonics.index.shape[1] * 8
-    soft_mode_experiment._BLOCK_BYTES = 4 * per_direction
+    hessian._BLOCK_BYTES = 4 * per_direction
     on_device["recomputed"] = AccumulatedHessian(shells, volume_vector, layout, experiment,
                                                  PIXEL_SIZE, 0.7, memory_budget=0, backend="cuda")
-    soft_mode_experiment._BLOCK_BYTES = 64 << 20
+    hessian._BLOCK_BYTES = 64 << 20
     recomputed = on_device["recomputed"]._device
     errors["recomputed_layout"] = (recomputed._cache is None and recomputed.block == 4
                                    and on_device["cached"]._device._cache is not None)

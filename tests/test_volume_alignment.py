@@ -4,11 +4,12 @@ import json
 import numpy as np
 import pytest
 
-from cryohess_plugin.core import atoms, phantoms, rotations, spherical
+from cryohess_plugin.core.synthetic import atoms, phantoms
+from cryohess_plugin.core import rotations, spherical
 from cryohess_plugin.core.errors import InvalidDataError, ShapeError
 from cryohess_plugin.core.projector import FourierSliceProjector
-from cryohess_plugin.core.volume_alignment import (VolumeAligner, VolumeAlignmentResult,
-                                                   rotate_volume, shift_grid)
+from cryohess_plugin.core.alignment.volumes import (VolumeAligner, VolumeAlignmentResult,
+                                                    rotate_volume, shift_grid)
 
 from .cudasim import run_module_under_simulator
 from .test_spherical import blob_volume
@@ -188,7 +189,7 @@ def test_recovers_rotations_of_a_noisy_map(phantom, reference, aligner):
     calls = []
     aligner.refine = False
     try:
-        grid = aligner.align(volumes, progress=lambda done, total: calls.append((done, total)))
+        grid = aligner.align(volumes, progress=lambda event: calls.append((event.done, event.total)))
     finally:
         aligner.refine = True
     refined = aligner.align(volumes)

@@ -167,7 +167,7 @@ class _Subset:
 
     def __init__(self, protocol, count):
         from cryohess_plugin.core import polar
-        from cryohess_plugin.core.radial_svd import RadialSVDAligner
+        from cryohess_plugin.core.alignment.radial_svd import RadialSVDAligner
         particles = convert.particles_to_arrays(protocol.inputParticles.get(),
                                                 need_ctf=protocol._withCtf(),
                                                 need_alignment=False, limit=count)

@@ -6,9 +6,10 @@ import pyworkflow.protocol.params as params
 from pyworkflow.viewer import DESKTOP_TKINTER, WEB_DJANGO, ProtocolViewer
 
 from cryohess_plugin import convert
+from cryohess_plugin.core.fourier import FSC_THRESHOLDS
 from cryohess_plugin.protocols import CryoHessProtFourierPosterior
 from cryohess_plugin.protocols.protocol_fourier_posterior import (
-    FULL, OUTPUT_HALF_MAP_FSC, THRESHOLDS)
+    FULL, OUTPUT_HALF_MAP_FSC)
 
 from .viewer_soft_modes import SECTION_AXES, SECTIONS, _colorbar, _image
 
@@ -126,7 +127,7 @@ class CryoHessFourierPosteriorViewer(ProtocolViewer):
             fscFrequencies, fsc = convert.fsc_to_arrays(
                 getattr(self.protocol, OUTPUT_HALF_MAP_FSC))
             axes.plot(fscFrequencies, fsc, 'k.-', label='half-map FSC')
-        for threshold in THRESHOLDS:
+        for threshold in FSC_THRESHOLDS:
             axes.axhline(threshold, color='gray', linestyle='--', linewidth=0.7)
             axes.annotate('%g' % threshold, (1.0, threshold), xycoords=('axes fraction', 'data'),
                           xytext=(-4, 2), textcoords='offset points', ha='right',

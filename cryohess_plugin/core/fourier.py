@@ -15,29 +15,100 @@
 
 FFTs are ``scipy.fft`` with all available workers.
 """
+import math
 import os
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.fft
+import scipy.special
 
+from .errors import InvalidDataError
 from .kernels import fourier_cpu
 
-_WORKERS = os.cpu_count() or 1
+#: Threads of every scipy FFT in the core.
+FFT_WORKERS = os.cpu_count() or 1
+
+#: The complex dtype that goes with each real working precision.
+COMPLEX_DTYPES = {np.dtype(np.float32): np.dtype(np.complex64),
+                  np.dtype(np.float64): np.dtype(np.complex128)}
+
+#: FSC thresholds reported for resolution curves: gold standard and half-bit-like.
+FSC_THRESHOLDS = (0.143, 0.5)
+
+# Guards ceil() against K = pi f_max landing a rounding error above an integer.
+_CEIL_SLACK = 1e-9
+
+
+def working_dtypes(dtype):
+    """``(real, complex)`` dtypes of a working precision; float32 or float64 only."""
+    real = np.dtype(dtype)
+    if real not in COMPLEX_DTYPES:
+        raise ValueError(f"dtype must be float32 or float64, got {real}")
+    return real, COMPLEX_DTYPES[real]
+
+
+def bandwidth(max_frequency):
+    """The radial-SVD paper's ``ceil(K)``, ``K = pi * f_max``: the highest angular order (or
+    spherical-harmonic degree) a particle filling the box shows at ``f_max``."""
+    return math.ceil(math.pi * max_frequency - _CEIL_SLACK)
+
+
+def validate_band(box, max_frequency):
+    """Refuse a band limit outside ``(0, Nyquist]``."""
+    if not 0 < max_frequency <= box / 2:
+        raise InvalidDataError(
+            f"the maximum frequency must lie in (0, {box / 2}] cycles per box (Nyquist), "
+            f"got {max_frequency}; ask for a coarser resolution")
+
+
+def radial_quadrature(box, max_frequency, count, power):
+    """Gauss-Jacobi rule for ``integral_0^f_max g(f) f^power df`` in cycles per box.
+
+    ``power`` is 1 for rings of a disc (images) and 2 for shells of a ball
+    (volumes).  Returns ``(radii, weights)``.
+    """
+    validate_band(box, max_frequency)
+    nodes, node_weights = scipy.special.roots_jacobi(count, 0, power)
+    half = max_frequency / 2
+    return half * (1 + nodes), half ** (power + 1) * node_weights
+
+
+def frequency_for_resolution(box, pixel_size, resolution):
+    """Cycles per box of ``resolution`` Å; refuses resolutions beyond Nyquist."""
+    if resolution < 2 * pixel_size:
+        raise InvalidDataError(
+            f"{resolution} Å is finer than Nyquist ({2 * pixel_size} Å at "
+            f"{pixel_size} Å/px)")
+    return box * pixel_size / resolution
+
+
+def shift_phase(frequencies, shifts, box):
+    """``exp(-2 pi i k.t / box)``: the factor that moves content by ``t`` pixels.
+
+    :param frequencies: ``(..., d)`` frequencies ``k`` in cycles per box.
+    :param shifts: ``(n, d)`` (or ``(d,)``) core shifts ``t`` in pixels; ``-t``
+        re-centres content found at ``t``.
+    :returns: complex ``(n,) + frequencies.shape[:-1]``.
+    """
+    frequencies = np.asarray(frequencies, dtype=np.float64)
+    shifts = np.atleast_2d(np.asarray(shifts, dtype=np.float64))
+    phase = np.tensordot(shifts, frequencies, axes=([1], [frequencies.ndim - 1]))
+    return np.exp((-2j * np.pi / box) * phase)
 
 
 def centred_fftn(x, axes=None):
     """Centred, non-unitary forward FFT over ``axes`` (default: all)."""
     axes = tuple(range(np.ndim(x))) if axes is None else tuple(axes)
     shifted = scipy.fft.ifftshift(x, axes=axes)
-    return scipy.fft.fftshift(scipy.fft.fftn(shifted, axes=axes, workers=_WORKERS), axes=axes)
+    return scipy.fft.fftshift(scipy.fft.fftn(shifted, axes=axes, workers=FFT_WORKERS), axes=axes)
 
 
 def centred_ifftn(spectrum, axes=None):
     """Inverse of :func:`centred_fftn` (carries the ``1 / n^d`` factor)."""
     axes = tuple(range(np.ndim(spectrum))) if axes is None else tuple(axes)
     shifted = scipy.fft.ifftshift(spectrum, axes=axes)
-    return scipy.fft.fftshift(scipy.fft.ifftn(shifted, axes=axes, workers=_WORKERS), axes=axes)
+    return scipy.fft.fftshift(scipy.fft.ifftn(shifted, axes=axes, workers=FFT_WORKERS), axes=axes)
 
 
 def real_filter_frequencies(height, width):
@@ -61,8 +132,8 @@ def filter_real(images, multiplier):
     images = np.asarray(images)
     height, width = images.shape[-2:]
     dtype = images.dtype if images.dtype == np.float32 else np.float64
-    spectrum = scipy.fft.rfft2(images, workers=_WORKERS) * multiplier
-    out = scipy.fft.irfft2(spectrum, s=(height, width), workers=_WORKERS)
+    spectrum = scipy.fft.rfft2(images, workers=FFT_WORKERS) * multiplier
+    out = scipy.fft.irfft2(spectrum, s=(height, width), workers=FFT_WORKERS)
     return out.astype(dtype, copy=False)
 
 
@@ -103,6 +174,22 @@ def fourier_shell_correlation(volume_a, volume_b):
     power_a = np.bincount(shells[inside], (np.abs(fa) ** 2)[inside], n_shells)
     power_b = np.bincount(shells[inside], (np.abs(fb) ** 2)[inside], n_shells)
     return cross / np.sqrt(np.maximum(power_a * power_b, np.finfo(float).tiny))
+
+
+def resolution_at(frequencies, curve, threshold):
+    """Resolution (Å) where ``curve`` first falls below ``threshold`` (linear in
+    frequency between shells), or None if it never does.
+
+    :param frequencies: ``(n,)`` shell frequencies in 1/Å, increasing.
+    """
+    below = np.nonzero(np.asarray(curve) < threshold)[0]
+    if below.size == 0:
+        return None
+    i = below[0]
+    if i == 0:
+        return 1.0 / frequencies[0]
+    fraction = (curve[i - 1] - threshold) / (curve[i - 1] - curve[i])
+    return 1.0 / (frequencies[i - 1] + fraction * (frequencies[i] - frequencies[i - 1]))
 
 
 def mirror(grid):
@@ -254,12 +341,12 @@ class HalfPlane:
         scale = np.where(self.kx == 0, self.multiplicity, 1.0) * self.centring
         fourier_cpu.scatter_rows(flat_values, scale.astype(dtype), self.flat_index, half)
         half = half.reshape(-1, self.box, self.box // 2 + 1)
-        images = scipy.fft.irfft2(half, s=(self.box, self.box), workers=_WORKERS)
+        images = scipy.fft.irfft2(half, s=(self.box, self.box), workers=FFT_WORKERS)
         return images.reshape(values.shape[:-1] + (self.box, self.box))
 
     def _gather(self, images, factor):
         images = np.asarray(images)
-        spectra = scipy.fft.rfft2(images.reshape(-1, self.box, self.box), workers=_WORKERS)
+        spectra = scipy.fft.rfft2(images.reshape(-1, self.box, self.box), workers=FFT_WORKERS)
         spectra = spectra.reshape(spectra.shape[0], -1)
         out = np.empty((spectra.shape[0], self.size), dtype=spectra.dtype)
         fourier_cpu.gather_rows(spectra, factor.astype(spectra.dtype), self.flat_index, out)

@@ -14,57 +14,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.fft
-import scipy.special
 
 from . import fourier
+from .fourier import bandwidth, frequency_for_resolution, radial_quadrature, validate_band
 from .ctf import ctf_stack
 from .errors import InvalidDataError, ShapeError
 from .kernels import polar_cpu, resolve_backend
 
-_PRECISIONS = {np.dtype(np.float32): np.complex64, np.dtype(np.float64): np.complex128}
 #: Oversampling of the Fourier grid that polar nodes are interpolated from.
 _PADDING = 2
 #: Images per batch are chosen so one batch's spectra take about this many bytes.
 _BATCH_BYTES = 1 << 25
-
-
-# Guards ceil() against K = pi f_max landing a rounding error above an integer.
-_CEIL_SLACK = 1e-9
-
-
-def bandwidth(max_frequency):
-    """The notes' ``ceil(K)``, ``K = pi * f_max``: the highest angular order (or
-    spherical-harmonic degree) a particle filling the box shows at ``f_max``."""
-    return math.ceil(math.pi * max_frequency - _CEIL_SLACK)
-
-
-def validate_band(box, max_frequency):
-    """Refuse a band limit outside ``(0, Nyquist]``."""
-    if not 0 < max_frequency <= box / 2:
-        raise InvalidDataError(
-            f"the maximum frequency must lie in (0, {box / 2}] cycles per box (Nyquist), "
-            f"got {max_frequency}; ask for a coarser resolution")
-
-
-def radial_quadrature(box, max_frequency, count, power):
-    """Gauss-Jacobi rule for ``integral_0^f_max g(f) f^power df`` in cycles per box.
-
-    ``power`` is 1 for rings of a disc (images) and 2 for shells of a ball
-    (volumes).  Returns ``(radii, weights)``.
-    """
-    validate_band(box, max_frequency)
-    nodes, node_weights = scipy.special.roots_jacobi(count, 0, power)
-    half = max_frequency / 2
-    return half * (1 + nodes), half ** (power + 1) * node_weights
-
-
-def frequency_for_resolution(box, pixel_size, resolution):
-    """Cycles per box of ``resolution`` Å; refuses resolutions beyond Nyquist."""
-    if resolution < 2 * pixel_size:
-        raise InvalidDataError(
-            f"{resolution} Å is finer than Nyquist ({2 * pixel_size} Å at "
-            f"{pixel_size} Å/px)")
-    return box * pixel_size / resolution
 
 
 @dataclass(frozen=True)
@@ -141,8 +101,8 @@ def shift_phases(grid, shifts):
     ``exp(+2 pi i k.t / D)`` undoes that offset.
     """
     shifts = np.atleast_2d(np.asarray(shifts, dtype=np.float64))
-    phase = (grid.kx[None] * shifts[:, :1] + grid.ky[None] * shifts[:, 1:2]) * (2 * np.pi / grid.box)
-    return np.exp(1j * phase).reshape(len(shifts), grid.n_rings, grid.n_angles)
+    phases = fourier.shift_phase(np.stack([grid.kx, grid.ky], -1), -shifts, grid.box)
+    return phases.reshape(len(shifts), grid.n_rings, grid.n_angles)
 
 
 def radial_ctf(ctf_params, grid, pixel_size):
@@ -177,9 +137,7 @@ def polar_transform(images, grid, backend="auto", dtype=np.float32):
     :param dtype: working precision, ``np.float32`` or ``np.float64``.
     :returns: ``(n, R, Q)`` complex64 (float32) or complex128 (float64).
     """
-    dtype = np.dtype(dtype)
-    if dtype not in _PRECISIONS:
-        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    dtype, _ = fourier.working_dtypes(dtype)
     images = _validate_images(images, grid.box)
     kernels = _interpolation_kernels(resolve_backend(backend))
     plan = _OversampledWindow(grid, dtype)
@@ -229,7 +187,7 @@ class _OversampledWindow:
 
     def __init__(self, grid, dtype):
         self.dtype = dtype
-        self.complex_dtype = np.dtype(_PRECISIONS[dtype])
+        _, self.complex_dtype = fourier.working_dtypes(dtype)
         box = grid.box
         self.size = _PADDING * box
         half = grid.n_angles // 2
@@ -268,7 +226,7 @@ class _OversampledWindow:
         along_x = (flat @ self.x_transform).view(self.complex_dtype).reshape(n, box, -1)
         along_x *= self.y_deapodization
         spectra = scipy.fft.fft(along_x, n=self.size, axis=1, overwrite_x=True,
-                                workers=fourier._WORKERS)
+                                workers=fourier.FFT_WORKERS)
         # C order for the kernel, whatever layout the FFT returned.
         windows = np.empty((n, self.rows.size, spectra.shape[2]), dtype=self.complex_dtype)
         return np.multiply(spectra[:, self.rows], self.row_phase, out=windows)

@@ -74,22 +74,15 @@ def refine_poses(reference, images, rotations, shifts=None, ctf=None, radii=None
         raise MissingMetadataError("local refinement needs starting poses; run a global "
                                    "alignment first")
     n = images.shape[0]
-    rotations = np.asarray(rotations, dtype=np.float64)
-    if rotations.shape != (n, 3, 3):
-        raise ShapeError(f"rotations must have shape ({n}, 3, 3), got {rotations.shape}")
-    shifts = np.zeros((n, 2)) if shifts is None else np.array(shifts, dtype=np.float64)
-    if shifts.shape != (n, 2):
-        raise ShapeError(f"shifts must have shape ({n}, 2), got {shifts.shape}")
+    rotations, shifts = rot.validate_poses(rotations, shifts, count=n)
     hp = projector.half_plane
     if ctf is not None:
         ctf = np.asarray(ctf, dtype=np.float64)
         if ctf.shape != (n, hp.size):
             raise ShapeError(f"ctf must have shape ({n}, {hp.size}) (values at the projector's "
                              f"half-plane points), got {ctf.shape}")
-    for name, array in (("images", images), ("rotations", rotations), ("shifts", shifts)):
-        if not np.isfinite(array).all():
-            raise InvalidDataError(f"{name} contain NaN or infinite values; remove those "
-                                   "particles or fix their metadata")
+    if not np.isfinite(images).all():
+        raise InvalidDataError("images contain NaN or infinite values; remove those particles")
     radii = [box / 8, box / 4, box / 2 - 1] if radii is None else list(radii)
     radius = np.hypot(hp.kx, hp.ky)
     base_weight = np.where(radius == 0, 0.5, 1.0)

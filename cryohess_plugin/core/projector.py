@@ -32,8 +32,8 @@ from . import fourier
 from .errors import InvalidDataError, ShapeError
 from .kernels import KERNEL_IDS, resolve_backend
 from .kernels import projector_cpu
+from .rotations import validate_poses
 
-_PRECISIONS = {np.dtype(np.float32): np.complex64, np.dtype(np.float64): np.complex128}
 
 
 def validate_volume(volume, name="volume"):
@@ -83,10 +83,7 @@ class SliceOperator:
             raise ValueError(f"kernel must be one of {sorted(KERNEL_IDS)}, got {kernel!r}")
         if padding < 1 or int(padding) != padding:
             raise ValueError(f"padding must be a positive integer, got {padding}")
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in _PRECISIONS:
-            raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
-        self.complex_dtype = np.dtype(_PRECISIONS[self.dtype])
+        self.dtype, self.complex_dtype = fourier.working_dtypes(dtype)
         self.box = int(box)
         self.padding = int(padding)
         self.padded_size = self.padding * self.box
@@ -126,10 +123,7 @@ class SliceOperator:
     # ----------------------------------------------------------------- slices
     def _arguments(self, rotations, kx, ky, shifts, ctf):
         rotations = np.asarray(rotations, dtype=np.float64)
-        if rotations.ndim == 2:
-            rotations = rotations[None]
-        if rotations.ndim != 3 or rotations.shape[1:] != (3, 3):
-            raise ShapeError(f"rotations must have shape (n, 3, 3), got {rotations.shape}")
+        rotations, _ = validate_poses(rotations[None] if rotations.ndim == 2 else rotations)
         n = rotations.shape[0]
         rows = np.ascontiguousarray(rotations[:, :2, :] * self.padding)
         shifts = (np.zeros((n, 2)) if shifts is None
@@ -137,8 +131,8 @@ class SliceOperator:
         kx = np.ascontiguousarray(kx, dtype=np.float64)
         ky = np.ascontiguousarray(ky, dtype=np.float64)
         # The kernels read the grid unchecked where a sample's taps lie inside it.
-        if not (np.isfinite(rotations).all() and np.isfinite(kx).all() and np.isfinite(ky).all()):
-            raise InvalidDataError("rotations or frequencies contain NaN or infinite values")
+        if not (np.isfinite(kx).all() and np.isfinite(ky).all()):
+            raise InvalidDataError("frequencies contain NaN or infinite values")
         if ctf is None:
             ctf = projector_cpu.empty_ctf(self.dtype)
         else:
@@ -185,7 +179,7 @@ class SliceOperator:
         raw = np.empty((n, m), dtype=np.complex128)
         grad = np.empty((n, m, 3), dtype=np.complex128)
         self._kernels.slice_gradient(grid, rows, kx, ky, self.kernel_id, raw, grad)
-        phase = np.exp(-2j * np.pi * (kx[None] * shifts[:, :1] + ky[None] * shifts[:, 1:]) / self.box)
+        phase = fourier.shift_phase(np.stack([kx, ky], -1), shifts, self.box)
         modulation = phase * (ctf if ctf.shape[0] else 1.0)
         values = raw * modulation
         # g = padding * R^T k~ + centre.  Under R <- expm([w]x) R the sample moves by

@@ -21,9 +21,34 @@ Quaternions, random rotations and the exponential map come from
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from .errors import ShapeError
+from .errors import InvalidDataError, ShapeError
 
 _GIMBAL_EPS = 1e-9
+
+
+def validate_poses(rotations, shifts=None, count=None):
+    """Checked float64 copies of a pose stack: ``(rotations (n, 3, 3), shifts (n, 2))``.
+
+    Shifts are core shifts in pixels (zeros when None).  ``count`` fixes ``n`` (the
+    number of images the poses belong to); otherwise any non-empty stack passes.
+    Refuses wrong shapes and NaN or infinite values with the fix in the message.
+    """
+    rotations = np.asarray(rotations, dtype=np.float64)
+    expected = "(n, 3, 3)" if count is None else f"({count}, 3, 3)"
+    if (rotations.ndim != 3 or rotations.shape[1:] != (3, 3) or rotations.shape[0] == 0
+            or (count is not None and rotations.shape[0] != count)):
+        raise ShapeError(f"rotations must be a non-empty {expected} stack, got "
+                         f"{rotations.shape}; the particles need an alignment (ALIGN_PROJ)")
+    n = rotations.shape[0]
+    shifts = np.zeros((n, 2)) if shifts is None else np.array(shifts, dtype=np.float64)
+    if shifts.shape != (n, 2):
+        raise ShapeError(f"shifts must have shape ({n}, 2), got {shifts.shape}")
+    for name, array in (("rotations", rotations), ("shifts", shifts)):
+        bad = np.count_nonzero(~np.isfinite(array))
+        if bad:
+            raise InvalidDataError(f"{name} contain {bad} NaN or infinite values; remove those "
+                                   "particles or re-run their alignment")
+    return rotations, shifts
 
 
 def _elementary_z(angle):

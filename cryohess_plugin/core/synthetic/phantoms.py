@@ -10,7 +10,7 @@ every resolution.
 import numpy as np
 
 from .atoms import AtomModel
-from .errors import InvalidDataError
+from ..errors import InvalidDataError
 
 _ELEMENTS = np.array(["C", "N", "O", "S"])
 _ELEMENT_FRACTIONS = np.array([0.62, 0.17, 0.19, 0.02])

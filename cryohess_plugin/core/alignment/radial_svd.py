@@ -75,14 +75,14 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.fft
 
-from . import rotations as rot
-from .errors import InvalidDataError, MissingMetadataError, ShapeError
-from .fourier import _WORKERS
-from .kernels import alignment_cpu, resolve_backend
-from .polar import PolarGrid, radial_ctf, shift_phases
+from .. import rotations as rot
+from ..errors import InvalidDataError, MissingMetadataError, ShapeError
+from ..fourier import FFT_WORKERS, working_dtypes
+from ..kernels import alignment_cpu, resolve_backend
+from ..progress import Reporter
+from ..polar import PolarGrid, radial_ctf, shift_phases
 
 KERNEL_VARIANTS = ("A", "B")
-_PRECISIONS = {np.dtype(np.float32): np.complex64, np.dtype(np.float64): np.complex128}
 # Templates per chunk when their ring coefficients and kernel are computed.
 _TEMPLATE_CHUNK = 512
 # Images per chunk of the full-rank refinement.
@@ -276,10 +276,7 @@ def rotations_from_alignment(template_rotations, template_index, angle):
     projection at ``R_z(gamma) R_j`` with the active in-plane rotation
     ``R_z(gamma) = [[cos, -sin, 0], [sin, cos, 0], [0, 0, 1]]``.
     """
-    template_rotations = np.asarray(template_rotations, dtype=np.float64)
-    if template_rotations.ndim != 3 or template_rotations.shape[1:] != (3, 3):
-        raise ShapeError(f"template rotations must have shape (n, 3, 3), got "
-                         f"{template_rotations.shape}")
+    template_rotations, _ = rot.validate_poses(template_rotations)
     index = np.asarray(template_index, dtype=np.int64)
     angle = np.asarray(angle, dtype=np.float64)
     if index.shape != angle.shape:
@@ -397,10 +394,7 @@ class RadialSVDAligner:
             raise InvalidDataError(f"block_size must be at least 1, got {block_size}")
         if ctf_tolerance < 0:
             raise InvalidDataError(f"the CTF grouping tolerance must be >= 0, got {ctf_tolerance}")
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in _PRECISIONS:
-            raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
-        self.complex_dtype = np.dtype(_PRECISIONS[self.dtype])
+        self.dtype, self.complex_dtype = working_dtypes(dtype)
         self.rank = None if rank is None else self._checked_rank(rank)
         self.tolerance = float(tolerance)
         self.min_rank = int(min_rank)
@@ -414,7 +408,7 @@ class RadialSVDAligner:
         self.refine_candidates = int(refine_candidates)
         self.backend = resolve_backend(backend)
         if self.backend == "cuda":
-            from .kernels import alignment_cuda as kernels
+            from ..kernels import alignment_cuda as kernels
         else:
             kernels = alignment_cpu
         self._kernels = kernels
@@ -470,7 +464,7 @@ class RadialSVDAligner:
         for start in range(0, polar.shape[0], _FFT_CHUNK):
             part = scipy.fft.fft(polar[start:start + _FFT_CHUNK].astype(self.complex_dtype,
                                                                          copy=False),
-                                 axis=-1, norm="forward", workers=_WORKERS)
+                                 axis=-1, norm="forward", workers=FFT_WORKERS)
             out[:, start:start + _FFT_CHUNK] = part[..., :n_angles // 2].transpose(1, 0, 2)
         return out
 
@@ -542,7 +536,7 @@ class RadialSVDAligner:
         n_angles = self.grid.n_angles
         polar = np.ascontiguousarray(polar, dtype=self.complex_dtype)
         rings = _project_rings(projection, polar)
-        coefficients = scipy.fft.fft(rings, axis=-1, workers=_WORKERS)[..., 1:n_angles // 2]
+        coefficients = scipy.fft.fft(rings, axis=-1, workers=FFT_WORKERS)[..., 1:n_angles // 2]
         coefficients /= n_angles
         zero = polar.mean(axis=-1).real @ zero_projection.T
         return coefficients.astype(self.complex_dtype), zero
@@ -594,12 +588,14 @@ class RadialSVDAligner:
         :param ctf_params: one :class:`.ctf.CTFParams` per image, or None (no CTF).
         :param pixel_size: Å per pixel, needed with ``ctf_params``.
         :param top_k: also keep the ``top_k`` best templates of every image.
-        :param progress: ``callable(done, total)`` called as images are finished.
+        :param progress: None or a callable taking a :class:`.progress.Progress` as images
+            are finished.
         :param rank: override of ``H`` for this call (None: the aligner's).
         :returns: :class:`AlignmentResult`.
         """
         image_polar = _validate_polar(image_polar, self.grid, "image_polar")
         count = image_polar.shape[0]
+        report = Reporter(progress)
         if int(top_k) != top_k or not 1 <= top_k <= self.n_templates:
             raise InvalidDataError(f"top_k must be an integer between 1 and the {self.n_templates} "
                                    f"templates, got {top_k}")
@@ -655,8 +651,7 @@ class RadialSVDAligner:
                     block = self._refine(full, rings.ctf, template_scale, block[1])
                 top.store(index, block)
                 done += index.size
-                if progress is not None:
-                    progress(done, count)
+                report("Images aligned", done, count)
         inverse_norm = np.divide(1.0, image_norm, out=np.zeros_like(image_norm),
                                  where=image_norm > 0)
         scores = top.score[:, :top_k].astype(np.float64) * inverse_norm[:, None]
@@ -689,7 +684,7 @@ class RadialSVDAligner:
             part = polar[chunk, None].astype(self.complex_dtype, copy=False)
             shifted = part if phases is None else part * phases[None]
             out[chunk] = scipy.fft.fft(shifted, axis=-1, overwrite_x=phases is not None,
-                                       norm="forward", workers=_WORKERS)[..., :half]
+                                       norm="forward", workers=FFT_WORKERS)[..., :half]
         return out
 
     def _compress_coefficients(self, full, projections):

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from .errors import InvalidDataError, ShapeError
+from ..errors import InvalidDataError, ShapeError
 
 #: Peng et al. (1996) five-Gaussian electron scattering factors
 #: ``element: ((a1..a5) Å, (b1..b5) Å²)``, fit for 0 <= s <= 6 Å⁻¹.

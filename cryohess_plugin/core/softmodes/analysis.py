@@ -29,16 +29,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .ctf import ctf_stack
-from .errors import InvalidDataError, SamplingMismatchError, ShapeError
-from .projector import FourierSliceProjector, validate_volume
-from .soft_mode_experiment import (AccumulatedHessian, ViewingExperiment,
-                                   experiment_from_distribution, experiment_from_poses,
-                                   particle_assignment, rebin)
-from .soft_mode_solver import (lanczos_softest_modes, per_shell_profile, perturbation_size,
-                               shells_to_volume, soft_variance)
-from .soft_modes import RealLayout
-from .spherical import ShellGrid, SphericalTransform
+from ..ctf import ctf_stack
+from ..errors import InvalidDataError, SamplingMismatchError, ShapeError
+from ..progress import Reporter
+from ..projector import FourierSliceProjector, validate_volume
+from .hessian import (AccumulatedHessian, ViewingExperiment, experiment_from_distribution,
+                      experiment_from_poses, particle_assignment, rebin)
+from .solver import (lanczos_softest_modes, per_shell_profile, perturbation_size,
+                     soft_variance)
+from .layout import RealLayout
+from ..rotations import validate_poses
+from ..spherical import ShellGrid, SphericalTransform, shells_to_volume
 
 __all__ = ["ViewingExperiment", "SoftModeAnalysis", "analyse_soft_modes", "auto_grid_spacing",
            "estimate_noise_variance", "experiment_from_distribution", "experiment_from_poses",
@@ -151,7 +152,7 @@ def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, it
     :param metric: ``"riesz"`` or ``"l2"`` (module docstring).
     :param backend: ``"auto"``, ``"cpu"`` or ``"cuda"`` for the volume transforms and the
         Hessian products (:class:`.soft_mode_experiment.AccumulatedHessian`).
-    :param progress: None or ``progress(message)`` for run-log lines.
+    :param progress: None or a callable taking :class:`.progress.Progress` events.
     :param grid_spacing_deg: ``"auto"`` (:func:`auto_grid_spacing`), a spacing in degrees
         to bin the experiment's directions on, or None to use them as given.
     :param memory_budget: bytes for cached harmonics
@@ -161,7 +162,7 @@ def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, it
     """
     volume = _validate(volume, pixel_size, experiment, resolution, n_modes, iterations,
                        noise_variance, metric, log_likelihood_ratio)
-    say = progress or (lambda message: None)
+    say = Reporter(progress)
     box = volume.shape[0]
     shells = ShellGrid.for_resolution(box, pixel_size, resolution)
     degree = shells.max_degree
@@ -189,8 +190,9 @@ def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, it
     weights = l2_weights / shells.radii[shell_of] if metric == "riesz" else l2_weights
     null_space = layout.rigid_rotation_modes(coefficients) if implicit_poses else None
 
-    def report(step, ritz):
-        say(f"Lanczos step {step}/{iterations}: smallest Ritz value {ritz[0]:.6g}")
+    def report(event):
+        say(f"Lanczos step: smallest Ritz value {event.values[0]:.6g}", event.done,
+            event.total, event.values)
 
     modes = lanczos_softest_modes(lambda v: operator.matvec(v, implicit_poses),
                                   layout.n_parameters, n_modes, iterations=iterations,
@@ -288,9 +290,7 @@ def estimate_noise_variance(volume, images, rotations, shifts, ctf_params, pixel
         raise ShapeError(f"images must be a non-empty (J, {box}, {box}) stack matching the "
                          f"volume's box, got {images.shape}; resample the particles or the volume")
     n = images.shape[0]
-    rotations = np.asarray(rotations, dtype=np.float64)
-    if rotations.shape != (n, 3, 3):
-        raise ShapeError(f"rotations must be ({n}, 3, 3), got {rotations.shape}")
+    rotations, shifts = validate_poses(rotations, shifts, count=n)
     if ctf_params is not None and len(ctf_params) != n:
         raise ShapeError(f"{len(ctf_params)} CTFs for {n} images; give one CTF per image")
     projector = FourierSliceProjector(volume, dtype=np.float64, backend=backend)
@@ -301,8 +301,7 @@ def estimate_noise_variance(volume, images, rotations, shifts, ctf_params, pixel
         ctf = (None if ctf_params is None else
                ctf_stack(list(ctf_params[where]), plane.kx, plane.ky, box, pixel_size))
         residual = (np.asarray(images[where], dtype=np.float64)
-                    - projector.project(rotations[where], None if shifts is None
-                                        else np.asarray(shifts)[where], ctf))
+                    - projector.project(rotations[where], shifts[where], ctf))
         if not np.all(np.isfinite(residual)):
             raise InvalidDataError("images contain NaN or infinite values; remove those particles")
         residual -= residual.mean(axis=(1, 2), keepdims=True)

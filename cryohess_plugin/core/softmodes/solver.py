@@ -34,7 +34,7 @@ which keeps the real inner product ``Re Σ conj(a) b``.
 Display (notes 4): :func:`perturbation_size` gives ``ε`` at a log-likelihood
 ratio of ``log 20``, :func:`soft_variance` the soft-subspace variance per
 coefficient or, applied to mode volumes, per voxel, :func:`per_shell_profile`
-sums any per-coefficient quantity per shell, and :func:`shells_to_volume`
+sums any per-coefficient quantity per shell, and :func:`.spherical.shells_to_volume`
 turns shell coefficients into a real-space map.
 """
 from dataclasses import dataclass
@@ -43,9 +43,8 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg
 
-from . import fourier
-from .errors import ConvergenceError, InvalidDataError, ShapeError
-from .spherical import SphericalTransform
+from ..errors import ConvergenceError, InvalidDataError, ShapeError
+from ..progress import Reporter
 
 
 @dataclass(frozen=True)
@@ -310,7 +309,8 @@ def lanczos_softest_modes(matvec, size, n_modes, iterations=64, null_space=None,
         volume), W-projected off the null space; None for a random one from ``rng``.
     :param tolerance: relative residual of the convergence test (0 runs every step).
     :param rng: seed or ``np.random.Generator`` of the random start and restart vectors.
-    :param progress: None or ``progress(step, ritz_values)`` called after every step.
+    :param progress: None or a callable taking a :class:`.progress.Progress` after every
+        step, whose ``values`` are the step's Ritz values.
     :returns: :class:`LanczosModes`.
     """
     size, n_modes, iterations = int(size), int(n_modes), int(iterations)
@@ -325,6 +325,7 @@ def lanczos_softest_modes(matvec, size, n_modes, iterations=64, null_space=None,
     if not np.isfinite(tolerance) or tolerance < 0:
         raise InvalidDataError(f"tolerance must be finite and non-negative, got {tolerance}")
     generator = np.random.default_rng(rng)
+    report = Reporter(progress)
     basis = np.zeros((steps, operator.dimension))
     products = np.zeros((steps, operator.dimension))
     alpha, beta = np.zeros(steps), np.zeros(steps)
@@ -342,8 +343,7 @@ def lanczos_softest_modes(matvec, size, n_modes, iterations=64, null_space=None,
         alpha[step] += overlaps[step]
         ritz_values, ritz_vectors = scipy.linalg.eigh_tridiagonal(alpha[:step + 1], beta[:step])
         history[step, :step + 1] = ritz_values
-        if progress is not None:
-            progress(step + 1, ritz_values)
+        report(f"Lanczos step {step + 1}", step + 1, steps, ritz_values)
         if step + 1 == steps:
             break
         scale = np.abs(ritz_values).max()
@@ -433,45 +433,3 @@ def per_shell_profile(values, shell_index, n_shells=None):
                              or not np.issubdtype(shell_index.dtype, np.integer)):
         raise InvalidDataError("shell_index must hold non-negative integers")
     return np.bincount(shell_index.ravel(), weights=values.ravel(), minlength=n_shells or 0)
-
-
-def shells_to_volume(coefficients, shell_grid, box=None, dtype=np.float64, backend="auto"):
-    """Real ``(box, box, box)`` map whose transform is the shells' expansion, low-passed.
-
-    Inverse transform by quadrature: ``v(x) = D⁻³ ∫_{|k|<f_max} V(k) exp(2πi k·x / D) d³k``
-    with the shells' radial (Gauss-Jacobi for ``f² df``) and angular weights,
-    evaluated as the exact adjoint of :class:`.SphericalTransform`'s sampling
-    (slice adjoint, then deapodisation) on its small grid, and zero-padded in
-    Fourier space to ``box``.  A volume whose transform vanishes beyond
-    ``f_max`` comes back to within about 1e-3 (see the tests); otherwise
-    this is the volume low-passed by the ball ``|k| < f_max``.  The real part
-    is kept, i.e. the Hermitian part of the coefficients (a real volume's).
-
-    :param coefficients: ``(R, L + 1, n_orders)`` as in :mod:`.spherical`.
-    :param shell_grid: :class:`.spherical.ShellGrid`.
-    :param box: output size (default ``shell_grid.box``; the map keeps its physical size).
-    """
-    coefficients = np.asarray(coefficients)
-    shape = (shell_grid.n_shells, shell_grid.max_degree + 1, shell_grid.n_orders)
-    if coefficients.shape != shape:
-        raise ShapeError(f"coefficients must have shape {shape}, got {coefficients.shape}")
-    if not np.all(np.isfinite(coefficients)):
-        raise InvalidDataError("coefficients contain NaN or infinite values")
-    box = shell_grid.box if box is None else int(box)
-    transform = SphericalTransform(shell_grid, dtype=dtype, backend=backend)
-    if box < transform.grid_box:
-        raise ShapeError(f"box {box} cannot hold frequencies up to {shell_grid.max_frequency}")
-    samples = shell_grid.synthesize(coefficients)
-    # d³k = f² df dΩ: radial weights times Gauss-Legendre in cos θ times 2π / n_φ.
-    quadrature = (shell_grid.weights[:, None, None] * shell_grid.theta_weights[None, :, None]
-                  * (2 * np.pi / shell_grid.n_orders))
-    values = np.moveaxis(samples * quadrature, -1, 0).reshape(shell_grid.n_orders, -1)
-    rotations, u, v = shell_grid.slice_geometry()
-    operator = transform.operator
-    grid = operator.slices_adjoint(values, rotations, u, v)
-    small = operator.grid_to_volume_adjoint(grid).astype(np.float64) / transform.grid_box ** 3
-    if box == transform.grid_box:
-        return small
-    # Same physical box: padding the transform keeps its values at integer frequencies.
-    spectrum = fourier.pad_centred(fourier.centred_fftn(small), box)
-    return fourier.centred_ifftn(spectrum).real

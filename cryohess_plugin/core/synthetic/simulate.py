@@ -26,11 +26,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import rotations as rot
+from .. import rotations as rot
 from .atoms import AtomModel, project_atom_positions
-from .ctf import CTFParams, apply_ctf, ctf_stack, filter_images
-from .errors import InvalidDataError, ShapeError
-from .projector import FourierSliceProjector, validate_volume
+from ..ctf import CTFParams, apply_ctf, ctf_stack, filter_images
+from ..errors import InvalidDataError, ShapeError
+from ..projector import FourierSliceProjector, validate_volume
 
 DISTRIBUTIONS = ("uniform", "polar_cap", "equatorial_band", "top_view_preference")
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.ndimage
 
-from .errors import InvalidDataError, ShapeError
+from ..errors import InvalidDataError, ShapeError
 
 _MODE = "grid-constant"
 

@@ -48,12 +48,13 @@ import scipy.fft
 import scipy.ndimage
 import scipy.optimize
 
-from . import spherical
-from .errors import InvalidDataError, ShapeError
-from .kernels import resolve_backend, volume_cpu
-from .projector import validate_volume
+from .. import spherical
+from ..errors import InvalidDataError, ShapeError
+from ..fourier import working_dtypes
+from ..kernels import resolve_backend, volume_cpu
+from ..progress import Reporter
+from ..projector import validate_volume
 
-_PRECISIONS = {np.dtype(np.float32): np.complex64, np.dtype(np.float64): np.complex128}
 #: Ranks chosen by tolerance never drop below this (notes 2.3).
 MIN_RANK = 4
 #: Default bandwidth ``K = π f_max`` (the notes' 48), capped at half Nyquist.
@@ -183,19 +184,16 @@ class VolumeAligner:
                  shift_step=1.0, refine=True, dtype=np.float64, backend="auto",
                  max_degree=None):
         reference = validate_volume(reference, "reference")
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in _PRECISIONS:
-            raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
+        self.dtype, self.complex_dtype = working_dtypes(dtype)
         if not 0 < tolerance < 1:
             raise InvalidDataError(f"the rank tolerance must lie in (0, 1), got {tolerance}")
-        self.complex_dtype = np.dtype(_PRECISIONS[self.dtype])
         self.box = reference.shape[0]
         self.refine = bool(refine)
         self.shifts = shift_grid(max_shift, shift_step)
         self.shells = _shell_grid(self.box, max_frequency, resolution, pixel_size, max_degree)
         self.backend = resolve_backend(backend)
         if self.backend == "cuda":
-            from .kernels import volume_cuda as kernels
+            from ..kernels import volume_cuda as kernels
         else:
             kernels = volume_cpu
         self._kernels = kernels
@@ -504,7 +502,7 @@ class VolumeAligner:
         """Align each volume to the reference.
 
         :param volumes: ``(n, D, D, D)`` or one ``(D, D, D)`` map.
-        :param progress: optional callable ``progress(done, total)``.
+        :param progress: None or a callable taking a :class:`.progress.Progress` per volume.
         :param full_rank: search the unreduced landscape (the exact baseline).
         :returns: :class:`VolumeAlignmentResult`.
         """
@@ -515,6 +513,7 @@ class VolumeAligner:
             raise ShapeError(f"volumes must be (n, D, D, D) or (D, D, D) with n >= 1, got "
                              f"shape {volumes.shape}")
         count = volumes.shape[0]
+        report = Reporter(progress)
         rotations = np.empty((count, 3, 3))
         shifts = np.zeros((count, 3))
         scores = np.empty(count)
@@ -541,8 +540,7 @@ class VolumeAligner:
             # The search moved the map by -t; undoing it after the rotation is a shift by -R t.
             shifts[index] = -rotations[index] @ self.shifts[s]
             scores[index] = value / max(norm * self._reference_norm, np.finfo(float).tiny)
-            if progress is not None:
-                progress(index + 1, count)
+            report("Volumes aligned", index + 1, count)
         return VolumeAlignmentResult(rotations, shifts, scores, self.ranks,
                                      self.radial_eigenvalues.copy(),
                                      self.degree_eigenvalues.copy())

@@ -56,12 +56,14 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.spatial
 
-from . import rotations as rotations_module
-from .ctf import CTFParams, ctf_stack
-from .errors import InvalidDataError, ShapeError
-from .kernels import resolve_backend
-from .soft_modes import POSE_PINV_RCOND
-from .spherical import harmonics_at
+from .. import rotations as rotations_module
+from ..ctf import CTFParams, ctf_stack
+from ..errors import InvalidDataError, ShapeError
+from ..kernels import resolve_backend
+from ..spherical import harmonics_at
+
+#: Relative cut-off of the per-image 3x3 pose-block pseudo-inverse (as the authors' code).
+POSE_PINV_RCOND = 1e-6
 
 #: Spacing of the direction grid of a viewing density when none is given, degrees.
 DEFAULT_DISTRIBUTION_SPACING_DEG = 3.0
@@ -183,12 +185,7 @@ def _defocus_groups(ctf_params, tolerance):
 
 def _assign_particles(rotations, ctf_params, defocus_tolerance, grid_spacing_deg):
     """Folded directions, defocus group of each particle, group CTFs and the direction grid."""
-    rotations = np.asarray(rotations, dtype=np.float64)
-    if rotations.ndim != 3 or rotations.shape[1:] != (3, 3) or rotations.shape[0] == 0:
-        raise ShapeError(f"rotations must be a non-empty (J, 3, 3) stack, got {rotations.shape}; "
-                         "the particles need an alignment (ALIGN_PROJ)")
-    if not np.all(np.isfinite(rotations)):
-        raise InvalidDataError("rotations contain NaN or infinite values; re-run the alignment")
+    rotations, _ = rotations_module.validate_poses(rotations)
     directions = fold_directions(rotations_module.projection_directions(rotations))
     if ctf_params is None:
         group, params = np.zeros(len(rotations), dtype=int), ()
@@ -416,7 +413,7 @@ class AccumulatedHessian:
         self.ctf_squared = self._ctf_squared(experiment, shells, pixel_size)  # (G, R)
         self._device = None
         if self.backend == "cuda":
-            from .kernels.soft_modes_cuda import DeviceHessian
+            from ..kernels.soft_modes_cuda import DeviceHessian
             self._device = DeviceHessian(self._samples, self.harmonics, self._block, cache,
                                          self.ctf_squared, experiment.counts,
                                          self._ring_weights, self.noise_sigma2)

@@ -1,0 +1,421 @@
+"""Gaussian posterior over a map's Fourier transform with known poses (Ullrich et al. 2019).
+
+Model (notes ``method_differentiable_fourier_slice.md`` §2, §4, in the
+conventions of :mod:`.fourier` and :mod:`.projector`)::
+
+    X_n(k) = c_n(k) exp(-2 pi i k.t_n / D) V(R_n^T (kx, ky, 0)) + N_n(k)
+
+* ``V`` is the centred, non-unitary transform of the map on the *unpadded*
+  ``D^3`` grid, read by trilinear interpolation (a :class:`.SliceOperator`
+  with ``padding=1``, ``kernel="linear"``): the paper's model, in which every
+  grid coefficient is a parameter.  The map is ``ifft(V)`` divided by the
+  kernel's deapodisation, as :meth:`.SliceOperator.volume_to_grid` inverts.
+* ``N`` is the transform of white real-space noise of variance ``sigma^2``
+  per pixel: ``E|N(k)|^2 = D^2 sigma^2``.  Images are used on the half plane
+  (:class:`.fourier.HalfPlane`, each independent coefficient once, the real
+  DC with weight 1/2) inside a disc whose taps stay in ``(-D/2, D/2)``, so
+  the Hermitian mirror of every tap is on the grid.
+* Prior: ``V`` Hermitian (a real map), ``E|V_j|^2 = s0^2(shell)``.
+
+Posterior (mean field = diagonal, notes §4.2; ``Var`` is the complex
+variance ``E|V_j - mu_j|^2``)::
+
+    (herm(A^H W A) / (D^2 sigma^2) + 1 / s0^2) mu = herm(A^H W X) / (D^2 sigma^2)
+    Var_j = 1 / (1 / s0^2 + S_j / (D^2 sigma^2)),   S_j = sum_n sum_k c^2 w_nkj^2
+
+where ``herm(B) = B + conj(mirror(B))`` folds the gradient onto Hermitian
+maps and ``S`` counts both ``k`` and ``-k`` (the sampling density).  In the
+paper's unitary units per real component this is the notes' ``1 / (1/s0^2
++ 2 D S / sigma^2)``.  The mean is the exact MAP (conjugate gradients); the
+variance ignores the correlations interpolation creates, as mean-field VI
+does.  Noise and per-shell prior variances are estimated by EM.
+
+Resolution from one fit: the paper's ``alpha(f) = sum |mu|^2 / sum Var``
+uses the mean-field ``Var``, which misses the noise the interpolation
+correlations put into the mean and the deapodisation of the map, and
+crosses the half-map FSC thresholds 3-4 shells early.  The curve that tracks
+the FSC of mean maps propagates noise draws through the exact MAP solve
+(:func:`propagate_noise`, one CG solve per draw) and takes signal over noise
+power of the mean map per shell (:meth:`FourierPosterior.shell_snr`).
+
+The variational fit (:func:`fit_variational`) minimises the minibatch ELBO
+of eq 15 with the closed-form expected likelihood of notes §4.2 (no
+reparameterisation noise): a natural-gradient step on the precision and a
+preconditioned, Polyak-averaged gradient step on the mean.
+"""
+import numpy as np
+
+from .. import fourier
+from ..errors import InvalidDataError, ShapeError
+from ..fourier import hermitian_fold
+from ..progress import Reporter
+from .problem import TINY, expand_shells, shell_sums
+from .result import FourierPosterior
+
+def _noise_scale(problem, noise_variance):
+    return problem.box ** 2 * float(noise_variance)
+
+
+def _conjugate_gradients(apply, rhs, preconditioner, start, iterations, tolerance,
+                         report=None, label="CG"):
+    """Preconditioned CG for a real-linear SPD ``apply`` under ``Re <a, b>``."""
+    x = start.copy()
+    # A cold start needs no pass of the operator: A 0 = 0.
+    r = rhs - apply(x) if x.any() else rhs.copy()
+    z = preconditioner * r
+    p = z.copy()
+    rz = np.vdot(r, z).real
+    norm = np.sqrt(np.vdot(rhs, rhs).real) or 1.0
+    residuals = []
+    for _ in range(iterations):
+        residuals.append(np.sqrt(np.vdot(r, r).real) / norm)
+        if residuals[-1] < tolerance:
+            break
+        if report is not None:
+            report.every(f"  {label} iteration {len(residuals)}: relative residual "
+                         f"{residuals[-1]:.3g}")
+        q = apply(p)
+        step = rz / np.vdot(p, q).real
+        x += step * p
+        r -= step * q
+        z = preconditioner * r
+        rz_new = np.vdot(r, z).real
+        p = z + (rz_new / rz) * p
+        rz = rz_new
+    return x, residuals
+
+
+def _check_variance(value, name):
+    value = np.asarray(value, dtype=np.float64)
+    if not (np.isfinite(value).all() and (value > 0).all()):
+        raise InvalidDataError(f"{name} must be positive and finite, got {value}")
+    return value
+
+
+def initial_noise_variance(problem):
+    """Upper bound of ``sigma^2``: the mean power of the data coefficients (signal included)."""
+    total = 0.0
+    for p in problem.batches():
+        total += float(np.sum(np.abs(problem.spectra_batch(p)) ** 2 @ problem.sample_weight))
+    return total / (problem.n_particles * problem.box ** 2 * problem.sample_weight.sum())
+
+
+def estimate_noise_variance(problem, posterior):
+    """EM update of ``sigma^2`` (notes §4.3): mean ``E|X - A V|^2 / D^2`` per real coefficient."""
+    power = problem.residual_power(posterior.mean, posterior.variance)
+    return float(power.sum() / (problem.box ** 2 * problem.n_particles
+                                * problem.sample_weight.sum()))
+
+
+def estimate_prior_variance(posterior):
+    """EM update of the per-shell prior: shell mean of ``|mu|^2 + Var`` (shells 0..D/2)."""
+    shells = fourier.shell_index(posterior.mean.shape)
+    n_shells = posterior.box // 2 + 1
+    inside = shells < n_shells
+    power = np.abs(posterior.mean) ** 2 + posterior.variance
+    counts = np.bincount(shells[inside], minlength=n_shells)
+    mean_power = np.bincount(shells[inside], power[inside], n_shells) / np.maximum(counts, 1)
+    return np.maximum(mean_power, mean_power.max() * 1e-12)
+
+
+def noise_spectra(problem, part, rng, noise_variance):
+    """Half-plane spectra of white real-space noise of variance ``sigma^2``, ``(n, m)``.
+
+    The transform of white noise is independent on the half plane with
+    ``E|N|^2 = D^2 sigma^2`` (complex) and a real DC of the same variance,
+    exactly the noise model of the data.
+    """
+    count, m = problem._count(part), problem.half_plane.size
+    scale = _noise_scale(problem, noise_variance)
+    values = (rng.standard_normal((count, m)) + 1j * rng.standard_normal((count, m))) * np.sqrt(
+        scale / 2)
+    dc = problem.sample_weight < 1.0
+    values[:, dc] = rng.standard_normal((count, int(dc.sum()))) * np.sqrt(scale)
+    return values
+
+
+#: Relative CG residual of the noise probes.  A probe's per-shell power has a
+#: Monte-Carlo error of ``1 / sqrt(c / 2)`` already; at 128 px (2000 particles,
+#: SNR 0.05) stopping at 3e-3 instead of 1e-4 changes it by at most 1.1 % in any
+#: shell, under a tenth of that error, and takes 10 CG iterations instead of 18.
+PROBE_TOLERANCE = 3e-3
+
+
+def propagate_noise(problem, posterior, probes=1, rng=0, cg_iterations=60,
+                    tolerance=PROBE_TOLERANCE, rows=None, progress=None):
+    """Per-shell power of the noise in the posterior-mean map (map domain).
+
+    The MAP mean is linear in the data, ``mu = M X`` with ``M = (A^H W A /
+    (D^2 sigma^2) + 1/s0^2)^-1 A^H W / (D^2 sigma^2)`` (Hermitian-folded), so
+    its noise is ``M N``.  Each probe draws ``N`` from the noise model
+    (:func:`noise_spectra`), solves for ``M N`` with the same CG as the fit
+    and takes the power of its map per shell (:meth:`FourierPosterior.map_shell_power`);
+    a shell of ``c`` coefficients gets a relative error of about
+    ``1 / sqrt(c / 2)`` per probe.  Unlike the mean-field ``Var`` this keeps the
+    correlations interpolation creates and the deapodisation of the map.
+
+    :param problem: :class:`PosteriorProblem` the posterior was fitted to.
+    :param posterior: :class:`FourierPosterior` (its noise and prior define ``M``).
+    :param probes: number of noise draws averaged.
+    :param rng: seed or generator of the draws.
+    :param tolerance: relative CG residual of each probe's solve
+        (:data:`PROBE_TOLERANCE`: well inside the probe's Monte-Carlo error).
+    :param rows: :meth:`PosteriorProblem.row_sums` if already computed.
+    :param progress: callable ``(str) -> None`` told each probe's CG iterations
+        and residual (and long solves' residuals every 30 s), or None.
+    :returns: ``(D // 2 + 1,)`` float64.
+    """
+    return _propagate_noise(problem, posterior, probes, rng, cg_iterations, tolerance, rows,
+                            progress, {})
+
+
+def _propagate_noise(problem, posterior, probes, rng, cg_iterations, tolerance, rows, progress,
+                     passes):
+    """:func:`propagate_noise`, counting its passes over the data in ``passes``."""
+    if posterior.box != problem.box:
+        raise ShapeError(f"posterior box {posterior.box} differs from the particle box "
+                         f"{problem.box}; use particles and posterior of one box size")
+    if probes < 1:
+        raise ValueError(f"need at least one noise probe, got {probes}")
+    rng = np.random.default_rng(rng)
+    scale = _noise_scale(problem, posterior.noise_variance)
+    prior = posterior.prior_variance
+    rows = problem.row_sums() if rows is None else rows
+    preconditioner = 1.0 / (1.0 / prior + rows / scale)
+    apply = _normal_equations(problem, scale, prior, passes)
+    report = Reporter(progress)
+    power = np.zeros(problem.box // 2 + 1)
+    for probe in range(int(probes)):
+        rhs = np.zeros((problem.box,) * 3, np.complex128)
+        for p in problem.batches():
+            problem._scatter(noise_spectra(problem, p, rng, posterior.noise_variance)
+                             .astype(problem.operator.complex_dtype), p, rhs)
+        _count(passes, "adjoint")
+        rhs = hermitian_fold(rhs)
+        noise, residuals = _conjugate_gradients(
+            apply, rhs / scale, preconditioner, np.zeros_like(rhs), cg_iterations, tolerance,
+            report, "noise probe CG")
+        power += posterior.map_shell_power(noise)
+        report(f"Noise probe {probe + 1}/{int(probes)}: {len(residuals)} CG iterations, "
+               f"relative residual {residuals[-1] if residuals else 0.0:.2g}")
+    return power / probes
+
+
+def _count(passes, kind, count=1):
+    passes[kind] = passes.get(kind, 0) + count
+
+
+def _normal_equations(problem, scale, prior, passes):
+    """``g -> herm(A^H W A g) / (D^2 sigma^2) + g / s0^2``, counting its passes."""
+    inverse_prior = 1.0 / prior
+
+    def apply(grid):
+        _count(passes, "normal")
+        out = problem.normal(grid)
+        out *= 1.0 / scale
+        out += grid * inverse_prior
+        return out
+    return apply
+
+
+#: Relative CG residual of the EM rounds before the last: their means only
+#: feed the next noise and prior estimates, and the last round (warm-started)
+#: solves to the fit's tolerance.
+EM_TOLERANCE = 1e-2
+
+
+def fit_closed_form(problem, noise_variance=None, prior_variance=None, em_iterations=4,
+                    cg_iterations=30, tolerance=1e-4, noise_probes=1, rng=0, progress=None):
+    """Mean-field posterior in closed form: MAP mean by CG, variance from ``S``.
+
+    :param problem: :class:`PosteriorProblem`.
+    :param noise_variance: ``sigma^2`` per pixel, or None to estimate it (EM).
+    :param prior_variance: scalar or per-shell ``(D // 2 + 1,)`` ``s0^2``, or
+        None to estimate it per shell (EM, empirical Bayes).
+    :param em_iterations: EM rounds when something is estimated.
+    :param cg_iterations: most CG iterations per round.
+    :param tolerance: relative CG residual to stop at.
+    :param noise_probes: noise draws propagated through the final solve
+        (:func:`propagate_noise`) for the resolution curve; 0 skips them
+        (one CG solve each) and leaves the mean-field curve.
+    :param rng: seed of the noise probes (solved to the looser of ``tolerance``
+        and :data:`PROBE_TOLERANCE`: their Monte-Carlo error dominates).
+    :param progress: callable ``(str) -> None`` told after each EM round the
+        noise variance, the prior's range over shells, the CG iterations and
+        residual (and a long solve's residual every 30 s), or None.
+    :returns: :class:`FourierPosterior`; its history holds the noise variance
+        and CG residuals of every round and ``passes``, the passes over the
+        data by kind: ``normal`` (forward and adjoint of every particle: CG
+        iterations), ``adjoint`` (data term, gridding weights, probe
+        right-hand sides), ``forward`` (EM residual power), ``density``.
+    """
+    box = problem.box
+    report = Reporter(progress)
+    estimate_noise = noise_variance is None
+    estimate_prior = prior_variance is None
+    noise = initial_noise_variance(problem) if estimate_noise else float(
+        _check_variance(noise_variance, "noise_variance"))
+    passes = {}
+    data = problem.data_term()
+    density = problem.sampling_density()
+    rows = problem.row_sums()
+    _count(passes, "adjoint", 2)
+    _count(passes, "density")
+    report(f"Data term, sampling density and gridding weights of {problem.n_particles} "
+           f"particles ({problem.n_particles * problem.half_plane.size} coefficients)")
+    if estimate_prior:
+        # Start from the power of the gridded data: an over-estimate EM pulls down.
+        direct = np.abs(data) ** 2 / np.maximum(rows, 1e-3 * rows.max()) ** 2
+        sampled = rows > 1e-3 * rows.max()
+        prior_shell = np.maximum(shell_sums(np.where(sampled, direct, 0.0))
+                                 / np.maximum(shell_sums(sampled.astype(float)), 1), TINY)
+        prior_shell = np.maximum(prior_shell, prior_shell.max() * 1e-12)
+    else:
+        prior_shell = _check_variance(prior_variance, "prior_variance")
+    rounds = em_iterations if (estimate_noise or estimate_prior) else 1
+    mean = np.zeros((box,) * 3, np.complex128)
+    history = {"noise_variance": [], "cg_residuals": [], "passes": passes}
+    for round_ in range(rounds):
+        prior = expand_shells(prior_shell, box)
+        scale = _noise_scale(problem, noise)
+        variance = 1.0 / (1.0 / prior + density / scale)
+        preconditioner = 1.0 / (1.0 / prior + rows / scale)
+        mean, residuals = _conjugate_gradients(
+            _normal_equations(problem, scale, prior, passes), data / scale, preconditioner,
+            mean, cg_iterations,
+            tolerance if round_ == rounds - 1 else max(tolerance, EM_TOLERANCE), report)
+        posterior = FourierPosterior(mean, variance, prior, noise, problem.kernel, history)
+        history["noise_variance"].append(noise)
+        history["cg_residuals"].append(residuals)
+        shells = np.atleast_1d(prior_shell)
+        report(f"EM round {round_ + 1}/{rounds}: noise variance {noise:.4g}, prior "
+               f"{shells[0]:.3g} (shell 0) to {shells[-1]:.3g} (shell {shells.size - 1}), "
+               f"{len(residuals)} CG iterations, relative residual "
+               f"{residuals[-1] if residuals else 0.0:.2g}")
+        if estimate_noise:
+            noise = estimate_noise_variance(problem, posterior)
+            _count(passes, "forward")
+        if estimate_prior:
+            prior_shell = estimate_prior_variance(posterior)
+    if noise_probes:
+        posterior.noise_power = _propagate_noise(problem, posterior, noise_probes, rng,
+                                                 max(cg_iterations, 60),
+                                                 max(tolerance, PROBE_TOLERANCE), rows,
+                                                 progress, passes)
+    return posterior
+
+
+def fit_variational(problem, noise_variance, prior_variance, batch_size=64, epochs=20,
+                    step=0.3, rng=0, start=None, progress=None):
+    """Stochastic variational fit of the mean-field posterior in minibatches (eq 15).
+
+    Each step uses the minibatch ``B`` scaled by ``N / |B|`` and the
+    closed-form expected likelihood (notes §4.2):
+
+    * precision ``lambda = 1 / Var``: natural-gradient step
+      ``lambda <- (1 - r) lambda + r (1/s0^2 + (N/|B|) S_B / (D^2 sigma^2))``
+      with ``r = 1 / t`` (an exact running average of the minibatch densities);
+    * mean: ``mu <- mu - step * P * grad`` with the gridding-weight
+      preconditioner ``P`` (a minibatch estimate averaged the same way), and
+      Polyak averaging over the second half of the steps.
+
+    :param noise_variance: ``sigma^2`` per pixel (e.g. from :func:`fit_closed_form`).
+    :param prior_variance: scalar, per-shell ``(D//2+1,)`` or ``(D, D, D)`` ``s0^2``.
+    :param batch_size: particles per minibatch.
+    :param epochs: passes over the data.
+    :param step: mean step size (stable below about 1 with this preconditioner).
+    :param rng: seed of the minibatch order.
+    :param start: starting mean grid, or None for zero.
+    :param progress: callable ``(str) -> None`` told after each epoch its ELBO
+        estimate and the change from the previous epoch, or None.
+    :returns: :class:`FourierPosterior`; history holds the number of steps and
+        ``elbo``, one estimate per epoch: the epoch's average of the minibatch
+        expected log-likelihoods (scaled by ``N / |B|``, at the mean and
+        variance of their step) minus ``KL(q || prior)`` at the epoch's end.
+        Only the minibatches are read: one epoch is one pass over the data.
+    """
+    box = problem.box
+    scale = _noise_scale(problem, float(_check_variance(noise_variance, "noise_variance")))
+    prior_variance = _check_variance(prior_variance, "prior_variance")
+    prior = (prior_variance if prior_variance.shape == (box,) * 3
+             else expand_shells(prior_variance, box))
+    rng = np.random.default_rng(rng)
+    n = problem.n_particles
+    batch_size = min(int(batch_size), n)
+    mean = np.zeros((box,) * 3, np.complex128) if start is None else start.astype(np.complex128)
+    precision = 1.0 / prior
+    rows_average = np.zeros((box,) * 3)
+    average = np.zeros_like(mean)
+    n_averaged = 0
+    steps_per_epoch = n // batch_size
+    total = epochs * steps_per_epoch
+    weight = problem.sample_weight
+    # Normalising constant of the Gaussian likelihood per particle (complex and real DC terms).
+    constant = -(np.count_nonzero(weight == 1.0) * np.log(np.pi * scale)
+                 + 0.5 * np.count_nonzero(weight < 1.0) * np.log(2 * np.pi * scale))
+    report = Reporter(progress)
+    elbos = []
+    t = 0
+    for epoch in range(epochs):
+        order = rng.permutation(n)
+        expected = 0.0
+        for b in range(steps_per_epoch):
+            t += 1
+            part = np.sort(order[b * batch_size:(b + 1) * batch_size])
+            factor = n / part.size
+            rate = 1.0 / t
+            density = problem.sampling_density(part)
+            difference = (problem.forward(mean.astype(problem.operator.complex_dtype), part)
+                          - problem.spectra_batch(part))
+            # E|X - A V|^2 under q: the residual power plus sum_j Var_j S_B,j / 2
+            # (S counts k and -k, Var is Hermitian-symmetric).
+            power = (np.sum(np.abs(difference) ** 2 @ weight)
+                     + 0.5 * np.sum(density / precision))
+            expected += factor * (part.size * constant - power / scale)
+            precision = (1 - rate) * precision + rate * (1.0 / prior + factor * density / scale)
+            rows_average = (1 - rate) * rows_average + rate * factor * problem.row_sums(part)
+            residual = problem.adjoint(difference, part)
+            gradient = factor * residual / scale + mean / prior
+            mean = mean - step * gradient / (1.0 / prior + rows_average / scale)
+            if t > total // 2:
+                n_averaged += 1
+                average += (mean - average) / n_averaged
+        if steps_per_epoch:
+            variance = 1.0 / precision
+            kl = 0.5 * np.sum(np.log(prior / variance) + (variance + np.abs(mean) ** 2) / prior
+                              - 1.0)
+            elbos.append(float(expected / steps_per_epoch - kl))
+            change = "" if len(elbos) < 2 else f" (change {elbos[-1] - elbos[-2]:+.4g})"
+            report(f"Epoch {epoch + 1}/{epochs}: ELBO {elbos[-1]:.8g}{change}, "
+                   f"{steps_per_epoch} minibatches of {batch_size}")
+    history = {"steps": t, "batch_size": batch_size, "elbo": elbos}
+    return FourierPosterior(average if n_averaged else mean, 1.0 / precision, prior,
+                            scale / box ** 2, problem.kernel, history)
+
+
+def log_likelihood(problem, posterior):
+    """Held-out log-likelihood of every particle under the posterior predictive.
+
+    The predictive of coefficient ``k`` is Gaussian with mean ``A mu`` and
+    variance ``D^2 sigma^2 + c^2 sum w^2 Var`` (diagonal: correlations between
+    coefficients are ignored); complex coefficients count
+    ``-|r|^2/v - log(pi v)``, the real DC ``-r^2/(2v) - log(2 pi v)/2``.  The
+    sum runs over the model's frequency disc, so values compare between
+    particles and posteriors, not with other image models.
+
+    :returns: ``(n,)`` float64.
+    """
+    if posterior.box != problem.box:
+        raise ShapeError(f"posterior box {posterior.box} differs from the particle box "
+                         f"{problem.box}; use particles and posterior of one box size")
+    noise = _noise_scale(problem, posterior.noise_variance)
+    dc = problem.sample_weight < 1.0
+    out = np.empty(problem.n_particles)
+    for p in problem.batches():
+        residual = problem.spectra_batch(p) - problem.forward(
+            posterior.mean.astype(problem.operator.complex_dtype), p)
+        v = noise + problem.gathered_variance(posterior.variance, p)
+        complex_terms = -(np.abs(residual) ** 2) / v - np.log(np.pi * v)
+        real_terms = -(residual.real ** 2) / (2 * v) - 0.5 * np.log(2 * np.pi * v)
+        out[p] = np.where(dc, real_terms, complex_terms).sum(axis=1)
+    return out

@@ -1,0 +1,389 @@
+"""Data of the Fourier-slice posterior: particle spectra (in memory or in ``.npy`` files), their
+poses and CTF values, and the linear slice model ``A`` with its adjoint.
+
+The model and its conventions are described in :mod:`.fit`.
+"""
+import numpy as np
+
+from .. import fourier
+from ..errors import InvalidDataError, MissingMetadataError, ShapeError
+from ..fourier import hermitian_fold, mirror
+from ..kernels import posterior_cpu
+from ..projector import SliceOperator
+from ..rotations import validate_poses
+
+_MARGIN = {"linear": 1, "cubic": 2}
+TINY = 1e-30
+
+
+def expand_shells(values, box):
+    """Per-shell values ``(box // 2 + 1,)`` (or a scalar) as a ``(box,)*3`` grid.
+
+    Shells beyond ``box // 2`` (the corners) take the last shell's value.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 0:
+        return np.full((box,) * 3, float(values))
+    n_shells = box // 2 + 1
+    if values.shape != (n_shells,):
+        raise ShapeError(f"per-shell values must have shape ({n_shells},), got {values.shape}")
+    return values[np.minimum(fourier.shell_index((box,) * 3), n_shells - 1)]
+
+
+def shell_sums(grid):
+    """Sum of a real grid over integer shells ``0 .. box // 2``."""
+    shells = fourier.shell_index(grid.shape)
+    n_shells = grid.shape[0] // 2 + 1
+    inside = shells < n_shells
+    return np.bincount(shells[inside], grid[inside], n_shells)
+
+
+class SpectraWriter:
+    """Writes the half-plane spectra of a particle stack to an ``.npy`` file batch by batch.
+
+    The file holds ``(n, m)`` complex values at the points of
+    :meth:`PosteriorProblem.ctf_frequencies` (the model's disc), the form
+    :class:`PosteriorProblem` opens as a memory map, so neither writing nor
+    fitting ever holds every particle in memory::
+
+        with SpectraWriter(path, n, box) as writer:
+            for batch in batches_of_images:
+                writer.write(batch)
+
+    :param path: ``.npy`` file to create.
+    :param count: number of particles ``n``.
+    :param box: image size ``D``.
+    :param kernel: interpolation kernel of the model (sets the disc).
+    :param dtype: float precision of the stored spectra.
+    """
+
+    def __init__(self, path, count, box, kernel="linear", dtype=np.float64):
+        if kernel not in _MARGIN:
+            raise ValueError(f"kernel must be one of {sorted(_MARGIN)}, got {kernel!r}")
+        if count < 1:
+            raise InvalidDataError("the particle stack is empty; select some particles")
+        self.box, self.count = int(box), int(count)
+        self.half_plane = fourier.HalfPlane.disc(self.box, self.box / 2 - _MARGIN[kernel])
+        complex_dtype = np.result_type(np.dtype(dtype), np.complex64)
+        self.array = np.lib.format.open_memmap(str(path), mode="w+", dtype=complex_dtype,
+                                               shape=(self.count, self.half_plane.size))
+        self.written = 0
+
+    def write(self, images):
+        """Append the spectra of the images ``(b, D, D)``."""
+        images = np.asarray(images)
+        if images.ndim != 3 or images.shape[1:] != (self.box, self.box):
+            raise ShapeError(f"images must be a stack (b, {self.box}, {self.box}), got shape "
+                             f"{images.shape}")
+        if self.written + images.shape[0] > self.count:
+            raise ShapeError(f"more than the {self.count} announced images were written")
+        bad = np.count_nonzero(~np.isfinite(images))
+        if bad:
+            raise InvalidDataError(f"images contain {bad} NaN or infinite values; remove "
+                                   "those particles")
+        end = self.written + images.shape[0]
+        self.array[self.written:end] = self.half_plane.transform(images)
+        self.written = end
+
+    def close(self):
+        """Flush the file; every announced image must have been written."""
+        if self.array is None:
+            return
+        self.array.flush()
+        self.array = None
+        if self.written != self.count:
+            raise ShapeError(f"{self.written} images written, {self.count} announced")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, traceback):
+        if kind is None:
+            self.close()
+        else:
+            self.array = None
+
+
+def write_spectra(path, images, kernel="linear", dtype=np.float64, batch_size=512):
+    """Half-plane spectra of ``images`` ``(n, D, D)`` (an array or memory map) to ``path``
+    (``.npy``), ``batch_size`` images at a time; see :class:`SpectraWriter`."""
+    images = np.asarray(images) if not isinstance(images, np.memmap) else images
+    if images.ndim != 3 or images.shape[1] != images.shape[2]:
+        raise ShapeError(f"images must be a stack (n, D, D) of square images, got shape "
+                         f"{images.shape}")
+    with SpectraWriter(path, images.shape[0], images.shape[1], kernel, dtype) as writer:
+        for start in range(0, images.shape[0], int(batch_size)):
+            writer.write(images[start:start + int(batch_size)])
+    return path
+
+
+def _box_of_spectra(size, kernel):
+    """The image size whose model disc has ``size`` half-plane points."""
+    guess = int(round(2 * (np.sqrt(2 * size / np.pi) + _MARGIN[kernel])))
+    for box in range(max(guess - 4, 2), guess + 5):
+        if fourier.HalfPlane.disc(box, box / 2 - _MARGIN[kernel]).size == size:
+            return box
+    raise ShapeError(f"{size} coefficients per particle match no image size's half-plane disc "
+                     f"({kernel} kernel); write spectra with write_spectra")
+
+
+def _open_array(value):
+    """An array, or an ``.npy`` path opened as a read-only memory map."""
+    if isinstance(value, (str, bytes)) or hasattr(value, "__fspath__"):
+        return np.load(value, mmap_mode="r")
+    return value if isinstance(value, np.ndarray) else np.asarray(value)
+
+
+class PosteriorProblem:
+    """Particle images with known poses and CTFs, ready for the posterior fits.
+
+    Every pass over the data (operators, sampling density, residual power,
+    likelihood) streams ``batch_size`` particles at a time from the stored
+    spectra, which may be a memory map: spectra on disk (:func:`write_spectra`)
+    are read batch by batch and never held whole, and the minibatch fit reads
+    only its minibatches.  :meth:`subset` keeps reading from the same source.
+
+    :param images: ``(n, D, D)`` real particle images; or their ``(n, m)``
+        complex half-plane spectra (:func:`write_spectra`, any array or
+        ``np.memmap``); or the path of such an ``.npy``, opened as a memory map.
+    :param rotations: ``(n, 3, 3)`` (:mod:`.rotations` convention).
+    :param shifts: ``(n, 2)`` particle offsets in pixels, or None.
+    :param ctf: ``(n, m)`` CTF values at the operator's half-plane points
+        (:meth:`ctf_frequencies`), an array, memory map or ``.npy`` path; or
+        None for CTF-free data.
+    :param kernel: interpolation kernel of the model (``"linear"``: the paper's).
+    :param dtype: float precision of the spectra and grids.
+    :param backend: backend of the slice operator.
+    :param batch_size: images per pass of the slice kernels (and per read).
+    """
+
+    def __init__(self, images, rotations, shifts=None, ctf=None, kernel="linear",
+                 dtype=np.float64, backend="cpu", batch_size=512):
+        if kernel not in _MARGIN:
+            raise ValueError(f"kernel must be one of {sorted(_MARGIN)}, got {kernel!r}")
+        images = _open_array(images)
+        is_spectra = images.ndim == 2 and np.iscomplexobj(images)
+        if not is_spectra and (images.ndim != 3 or images.shape[1] != images.shape[2]):
+            raise ShapeError(f"images must be a stack (n, D, D) of square images or their "
+                             f"(n, m) half-plane spectra, got shape {images.shape}")
+        n = images.shape[0]
+        box = _box_of_spectra(images.shape[1], kernel) if is_spectra else images.shape[1]
+        if n < 1:
+            raise InvalidDataError("the particle stack is empty; select some particles")
+        if rotations is None:
+            raise MissingMetadataError("the particles have no alignment; run an alignment "
+                                       "(e.g. the cryohess radial-SVD protocol) first")
+        rotations, shifts = validate_poses(rotations, shifts, count=n)
+        # Spectra on disk were checked when written (SpectraWriter).
+        if not isinstance(images, np.memmap):
+            bad = np.count_nonzero(~np.isfinite(images))
+            if bad:
+                raise InvalidDataError(f"images contain {bad} NaN or infinite values; remove "
+                                       "those particles")
+        self.operator = SliceOperator(box, padding=1, kernel=kernel, dtype=dtype,
+                                      backend=backend, radius=box / 2 - _MARGIN[kernel])
+        hp = self.operator.half_plane
+        if ctf is not None:
+            ctf = _open_array(ctf)
+            if ctf.shape != (n, hp.size):
+                raise ShapeError(f"ctf must hold the CTF of every image at the {hp.size} "
+                                 f"half-plane points, shape ({n}, {hp.size}); got {ctf.shape}. "
+                                 "Evaluate it at PosteriorProblem.ctf_frequencies(box)")
+            if not isinstance(ctf, np.memmap) and not np.isfinite(ctf).all():
+                raise InvalidDataError("the CTF values contain NaN or infinite entries; "
+                                       "re-estimate the CTF of those micrographs")
+        self.box = box
+        self.kernel = kernel
+        self.rotations = rotations
+        self.shifts = shifts
+        self.batch_size = int(batch_size)
+        self._index = None
+        self._ctf_source = ctf
+        if is_spectra:
+            self._source = images
+        else:
+            self._source = np.empty((n, hp.size), self.operator.complex_dtype)
+            for start in range(0, n, self.batch_size):
+                part = slice(start, start + self.batch_size)
+                self._source[part] = hp.transform(images[part])
+        # The DC coefficient is real: half the weight of a complex one (module docstring).
+        self.sample_weight = np.where((hp.kx == 0) & (hp.ky == 0), 0.5, 1.0)
+        # The same weights (0.5 and 1, exact) in the operator's precision, so that
+        # weighting a batch's complex64 values makes no complex128 temporary.
+        self._weight = self.sample_weight.astype(self.operator.dtype)
+        self._rows = np.ascontiguousarray(rotations[:, :2, :])
+        if self.operator.backend == "cuda":
+            from ..kernels import posterior_cuda as kernels
+        else:
+            kernels = posterior_cpu
+        self._kernels = kernels
+
+    @staticmethod
+    def ctf_frequencies(box, kernel="linear"):
+        """``(kx, ky)`` at which :class:`PosteriorProblem` expects CTF values."""
+        hp = fourier.HalfPlane.disc(box, box / 2 - _MARGIN[kernel])
+        return hp.kx, hp.ky
+
+    @property
+    def n_particles(self):
+        return self.rotations.shape[0]
+
+    @property
+    def half_plane(self):
+        return self.operator.half_plane
+
+    @property
+    def on_disk(self):
+        """Whether the spectra are read from a memory map."""
+        return isinstance(self._source, np.memmap)
+
+    @property
+    def spectra(self):
+        """``(n, m)`` half-plane spectra of the particles.
+
+        Reading this materialises every particle's spectrum when the problem
+        is a subset or the source is a memory map; passes use
+        :meth:`spectra_batch` instead.  Assigning replaces the source.
+        """
+        return self._source if self._index is None else self._source[self._index]
+
+    @spectra.setter
+    def spectra(self, values):
+        values = _open_array(values)
+        if values.shape != (self.n_particles, self.half_plane.size):
+            raise ShapeError(f"spectra must have shape ({self.n_particles}, "
+                             f"{self.half_plane.size}), got {values.shape}")
+        if self._index is not None and self._ctf_source is not None:
+            self._ctf_source = self._ctf_source[self._index]
+        self._source, self._index = values, None
+
+    @property
+    def ctf(self):
+        """``(n, m)`` CTF values or None (materialised as :attr:`spectra`)."""
+        if self._ctf_source is None or self._index is None:
+            return self._ctf_source
+        return self._ctf_source[self._index]
+
+    def _source_rows(self, part):
+        return part if self._index is None else self._index[part]
+
+    def _count(self, part):
+        return self._rows[part].shape[0]
+
+    def spectra_batch(self, part):
+        """Spectra ``(len(part), m)`` of the particles ``part`` (read from the source)."""
+        return np.asarray(self._source[self._source_rows(part)], self.operator.complex_dtype)
+
+    def subset(self, index):
+        """A problem holding the particles ``index``, reading the same spectra source."""
+        index = np.arange(self.n_particles)[index]
+        new = object.__new__(PosteriorProblem)
+        new.__dict__.update(self.__dict__)
+        new.rotations = self.rotations[index]
+        new.shifts = self.shifts[index]
+        new._index = self._source_rows(index)
+        new._rows = np.ascontiguousarray(self._rows[index])
+        return new
+
+    def batches(self, index=None):
+        """Slices (or index arrays) of at most ``batch_size`` particles."""
+        if index is None:
+            return [slice(s, min(s + self.batch_size, self.n_particles))
+                    for s in range(0, self.n_particles, self.batch_size)]
+        return [index[s:s + self.batch_size] for s in range(0, len(index), self.batch_size)]
+
+    def _ctf(self, part):
+        if self._ctf_source is None:
+            return None
+        return np.asarray(self._ctf_source[self._source_rows(part)], np.float64)
+
+    def _operator_ctf(self, part):
+        """CTF of ``part`` in the operator's precision (one conversion, not two)."""
+        if self._ctf_source is None:
+            return None
+        return np.asarray(self._ctf_source[self._source_rows(part)], self.operator.dtype)
+
+    def _ctf_squared(self, part, count):
+        hp = self.half_plane
+        return np.ones((count, hp.size)) if self._ctf_source is None else self._ctf(part) ** 2
+
+    # ------------------------------------------------------------- operators
+    def forward(self, grid, part):
+        """Model spectra ``(len(part), m)`` of ``grid`` for particles ``part``."""
+        hp = self.half_plane
+        return self.operator.slices(grid, self.rotations[part], hp.kx, hp.ky,
+                                    self.shifts[part], self._operator_ctf(part))
+
+    def _scatter(self, values, part, total):
+        """Add ``A^H (W values)`` (not yet Hermitian-folded) into the complex128 ``total``."""
+        hp = self.half_plane
+        weighted = np.asarray(values, self.operator.complex_dtype) * self._weight
+        total += self.operator.slices_adjoint(weighted, self.rotations[part], hp.kx, hp.ky,
+                                              self.shifts[part], self._operator_ctf(part))
+        return total
+
+    def adjoint(self, values, part):
+        """``herm(A^H (W values))`` for particles ``part`` (a complex grid)."""
+        return hermitian_fold(self._scatter(values, part,
+                                            np.zeros((self.box,) * 3, np.complex128)))
+
+    def data_term(self, part=None):
+        """``herm(A^H W X)`` over the particles ``part`` (all by default)."""
+        total = np.zeros((self.box,) * 3, np.complex128)
+        for p in self.batches(part):
+            self._scatter(self.spectra_batch(p), p, total)
+        # The fold is linear: once for the sum, not once per batch.
+        return hermitian_fold(total)
+
+    def normal(self, grid, part=None):
+        """``herm(A^H W A grid)`` over the particles ``part``."""
+        grid = grid.astype(self.operator.complex_dtype)
+        total = np.zeros((self.box,) * 3, np.complex128)
+        for p in self.batches(part):
+            self._scatter(self.forward(grid, p), p, total)
+        return hermitian_fold(total)
+
+    def sampling_density(self, part=None):
+        """``S_j = sum c^2 W w^2`` over ``k`` and ``-k`` (real grid)."""
+        density = np.zeros((self.box,) * 3)
+        for p in self.batches(part):
+            weights = np.ascontiguousarray(self._ctf_squared(p, self._count(p))
+                                           * self.sample_weight)
+            hp = self.half_plane
+            self._kernels.sampling_density(weights, self._rows[p], hp.kx, hp.ky,
+                                           self.operator.kernel_id, density)
+        return density + mirror(density)
+
+    def row_sums(self, part=None):
+        """``herm(A^H W c^2)`` without shifts: the gridding weights, a preconditioner."""
+        density = np.zeros((self.box,) * 3, np.complex128)
+        hp = self.half_plane
+        for p in self.batches(part):
+            values = (self._ctf_squared(p, self._count(p)) * self.sample_weight).astype(
+                self.operator.complex_dtype)
+            density += self.operator.slices_adjoint(values, self.rotations[p], hp.kx, hp.ky)
+        return np.maximum(hermitian_fold(density).real, 0.0)
+
+    def gathered_variance(self, variance, part):
+        """``sum_j c^2 w^2 Var_j`` at every sample of particles ``part``: ``(n, m)``."""
+        hp = self.half_plane
+        rows = self._rows[part]
+        out = np.empty((rows.shape[0], hp.size))
+        self._kernels.gather_squared(np.ascontiguousarray(variance, np.float64), rows, hp.kx,
+                                     hp.ky, self.operator.kernel_id, out)
+        if self._ctf_source is not None:
+            out *= self._ctf(part) ** 2
+        return out
+
+    def residual_power(self, mean, variance=None, part=None):
+        """Per-particle ``sum_k W E|X - A V|^2`` under the posterior ``(mean, variance)``."""
+        index = np.arange(self.n_particles) if part is None else np.asarray(part)
+        out = np.empty(index.size)
+        for start in range(0, index.size, self.batch_size):
+            p = index[start:start + self.batch_size]
+            residual = self.spectra_batch(p) - self.forward(mean.astype(self.operator.complex_dtype), p)
+            power = np.abs(residual) ** 2
+            if variance is not None:
+                power = power + self.gathered_variance(variance, p)
+            out[start:start + p.size] = power @ self.sample_weight
+        return out
