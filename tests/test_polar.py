@@ -8,19 +8,17 @@ Fourier shifts.
 import numpy as np
 import pytest
 
-from cryohess_plugin.core.synthetic import atoms, phantoms
+from cryohess_plugin.core.synthetic import atoms
 from cryohess_plugin.core import fourier, polar, rotations
 from cryohess_plugin.core.errors import InvalidDataError, ShapeError
 from cryohess_plugin.core.polar import PolarGrid, polar_transform, ring_coefficients, shift_phases
 from cryohess_plugin.core.projector import FourierSliceProjector
 from cryohess_plugin.core.alignment.brute_force import (brute_force_align, rotate_and_shift,
                                                         rotated_inner_products)
+from .helpers import gaussian_blobs, phantom_model, relative_l2
 
 PIXEL = 1.5
 
-
-def relative_l2(value, reference):
-    return np.linalg.norm(value - reference) / np.linalg.norm(reference)
 
 
 def exact_polar(images, grid):
@@ -35,19 +33,9 @@ def exact_polar(images, grid):
 
 def particle_images(box, count, rng=1):
     """Projections of a Gaussian-atom phantom reaching 0.3 box, like real particles."""
-    model = phantoms.random_protein_phantom(600, radius_angstrom=0.3 * box * PIXEL, rng=rng,
-                                            bfactor=400.0)
+    model = phantom_model(box, PIXEL, n_atoms=600, rng=rng)
     poses = rotations.random_rotations(count, np.random.default_rng(rng))
     return model, poses, atoms.gaussian_atom_projection(model, poses, box, PIXEL)
-
-
-def gaussian_blobs(box, centres, sigmas, weights):
-    """Sum of isotropic Gaussians at ``centres`` ``(k, 2)`` = (x, y) pixels from the centre."""
-    y, x = (np.mgrid[:box, :box] - box // 2).astype(np.float64)
-    image = np.zeros((box, box))
-    for (cx, cy), sigma, weight in zip(centres, sigmas, weights):
-        image += weight * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * sigma ** 2))
-    return image
 
 
 def random_blob_images(box, count, rng, radius=10.0, blobs=5):

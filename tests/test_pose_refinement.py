@@ -9,6 +9,7 @@ from cryohess_plugin.core.polar import PolarGrid, polar_transform
 from cryohess_plugin.core.pose_refinement import pose_errors, refine_candidates, refine_poses
 from cryohess_plugin.core.projector import FourierSliceProjector
 from cryohess_plugin.core.alignment.radial_svd import RadialSVDAligner, rotations_from_alignment
+from .helpers import phantom_model
 
 
 def offset_poses(sim, degrees, pixels, rng):
@@ -25,8 +26,7 @@ def offset_poses(sim, degrees, pixels, rng):
 
 
 def particles(box, pixel, n, snr, bfactor, model=None, rng=3, shift_sigma=2.0):
-    model = model or phantoms.random_protein_phantom(1500, radius_angstrom=0.35 * box * pixel,
-                                                     rng=1, bfactor=bfactor)
+    model = model or phantom_model(box, pixel, n_atoms=1500, fill=0.35, bfactor=bfactor)
     volume = atoms.gaussian_atom_volume(model, box, pixel)
     sim = simulate.simulate_particles(volume, n, box, pixel, rng=rng, snr=snr,
                                       shift_sigma=shift_sigma, backend="cpu")

@@ -64,7 +64,7 @@ def _simulated_errors():
     return errors
 
 
-simulated = simulated_fixture("tests.test_posterior_cuda")
+simulated = simulated_fixture(__name__)
 
 
 def test_auto_picks_cuda_under_simulator(simulated):

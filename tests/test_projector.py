@@ -7,13 +7,14 @@ differences, and exact circular shifts.
 import numpy as np
 import pytest
 
-from cryohess_plugin.core.synthetic import atoms, phantoms
+from cryohess_plugin.core.synthetic import atoms
 from cryohess_plugin.core import ctf, rotations
 from cryohess_plugin.core.errors import InvalidDataError, ShapeError
 from cryohess_plugin.core.kernels import projector_cpu
 from cryohess_plugin.core.projector import FourierSliceProjector, SliceOperator
 
 from .xmipp_reference import XMIPP_BSPLINE3, xmipp_projections
+from .helpers import phantom_model, relative_l2
 
 BOX, PIXEL = 64, 1.5
 # B = 400 Å² gives atoms of sigma ≈ 1.5 px: band-limited on this grid, so the
@@ -21,15 +22,11 @@ BOX, PIXEL = 64, 1.5
 BFACTOR = 400.0
 
 
-def relative_l2(value, reference):
-    return np.linalg.norm(value - reference) / np.linalg.norm(reference)
-
 
 @pytest.fixture(scope="module")
 def phantom():
     # Atoms out to 0.3 box: a molecule that fills the box as real particles do.
-    model = phantoms.random_protein_phantom(800, radius_angstrom=0.3 * BOX * PIXEL, rng=1,
-                                            bfactor=BFACTOR)
+    model = phantom_model(BOX, PIXEL, bfactor=BFACTOR)
     return model, atoms.gaussian_atom_volume(model, BOX, PIXEL)
 
 

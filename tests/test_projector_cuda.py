@@ -129,7 +129,7 @@ def _simulated_errors():
     return {"auto_backend": resolve_backend("auto"), **_kernel_errors(rng), **_api_errors(rng)}
 
 
-simulated = simulated_fixture("tests.test_projector_cuda")
+simulated = simulated_fixture(__name__)
 
 
 def test_auto_picks_cuda_under_simulator(simulated):

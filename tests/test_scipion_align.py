@@ -11,7 +11,7 @@ import numpy as np
 from pwem.constants import ALIGN_2D, ALIGN_PROJ
 from pwem.objects import SetOfParticles
 from pwem.protocols import ProtImportAverages, ProtImportParticles, ProtImportVolumes
-from pyworkflow.tests import BaseTest, setupTestProject
+from pyworkflow.tests import setupTestProject
 from pyworkflow.utils import magentaStr
 
 from cryohess_plugin import convert
@@ -23,8 +23,8 @@ from cryohess_plugin.core.projector import FourierSliceProjector
 from cryohess_plugin.protocols import (CryoHessProtAlignParticles, CryoHessProtAlignVolumes,
                                        CryoHessProtSimulate)
 from cryohess_plugin.viewers import CryoHessAlignParticlesViewer, CryoHessAlignVolumesViewer
+from .scipion_base import CryoHessTestCase
 
-from .scipion_runs import assertViewerPlots
 
 BOX = 32
 PIXEL = 2.5
@@ -43,7 +43,7 @@ def correlation(a, b):
     return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
 
 
-class TestAlignParticlesToVolume(BaseTest):
+class TestAlignParticlesToVolume(CryoHessTestCase):
     """Projection matching of simulated particles against the ground-truth map."""
 
     @classmethod
@@ -104,14 +104,14 @@ class TestAlignParticlesToVolume(BaseTest):
         self.assertGreater(np.median(ours / best), 0.9)
 
     def testViewerPlots(self):
-        assertViewerPlots(self, CryoHessAlignParticlesViewer, self.protAlign)
+        self.assertViewerPlots(CryoHessAlignParticlesViewer, self.protAlign)
 
     def testSummaryAndMethods(self):
         self.assertIn('60 particles aligned', ' '.join(self.protAlign.summary()))
         self.assertIn('Rangan', ' '.join(self.protAlign.methods()))
 
 
-class TestAlignParticlesTo2DReferences(BaseTest):
+class TestAlignParticlesTo2DReferences(CryoHessTestCase):
     """In-plane rotated, shifted copies of three references, without CTF."""
 
     ANGLES = np.deg2rad(np.arange(24) * 14.7 % 360)
@@ -167,10 +167,10 @@ class TestAlignParticlesTo2DReferences(BaseTest):
         self.assertTrue(any("WITHOUT CTF" in line for line in self.protAlign.summary()))
 
     def testViewerPlots(self):
-        assertViewerPlots(self, CryoHessAlignParticlesViewer, self.protAlign)
+        self.assertViewerPlots(CryoHessAlignParticlesViewer, self.protAlign)
 
 
-class TestAlignVolumes(BaseTest):
+class TestAlignVolumes(CryoHessTestCase):
     """Gaussian-atom maps of a rotated phantom are rotated back onto the reference."""
 
     ROTATIONS = rotations.euler_to_matrix(np.array([30.0, -100.0]), np.array([50.0, 120.0]),
@@ -222,10 +222,10 @@ class TestAlignVolumes(BaseTest):
                                                        self.ROTATIONS[moved].T), 1.0)
 
     def testViewerPlots(self):
-        assertViewerPlots(self, CryoHessAlignVolumesViewer, self.protAlign)
+        self.assertViewerPlots(CryoHessAlignVolumesViewer, self.protAlign)
 
 
-class TestAlignValidation(BaseTest):
+class TestAlignValidation(CryoHessTestCase):
     """Bad input is refused by _validate with a message naming the fix."""
 
     @classmethod

@@ -11,7 +11,7 @@ import numpy as np
 from pwem.constants import ALIGN_PROJ
 from pwem.objects import SetOfParticles
 from pwem.protocols import ProtImportParticles
-from pyworkflow.tests import BaseTest, setupTestProject
+from pyworkflow.tests import setupTestProject
 from pyworkflow.utils import magentaStr
 
 from cryohess_plugin import convert
@@ -23,9 +23,8 @@ from cryohess_plugin.demo import savePlots
 from cryohess_plugin.protocols import CryoHessProtFourierPosterior
 from cryohess_plugin.protocols.protocol_fourier_posterior import FULL
 from cryohess_plugin.viewers import CryoHessFourierPosteriorViewer
+from .scipion_base import CryoHessTestCase, ParticleValidationMixin
 
-from .particle_validation import ParticleValidationMixin
-from .scipion_runs import launchSimulation
 
 BOX = 32
 PIXEL = 2.5
@@ -52,14 +51,14 @@ def offsetPoses(truthRotations, truthShifts, rng=0):
             truthShifts + START_PIXELS * directions)
 
 
-class TestFourierPosterior(BaseTest):
+class TestFourierPosterior(CryoHessTestCase):
     """Half maps and pose refinement on uniform views; a missing cone on polar views."""
 
     @classmethod
     def setUpClass(cls):
         setupTestProject(cls)
         print(magentaStr("\n==> Fourier-slice posterior of particles with offset poses"))
-        cls.simUniform = launchSimulation(cls, 'uniform views', SIMULATION, snr=UNIFORM_SNR)
+        cls.simUniform = cls.launchSimulation('uniform views', SIMULATION, snr=UNIFORM_SNR)
         cls.offset = cls._importOffsetParticles()
         cls.refined = cls.newProtocol(CryoHessProtFourierPosterior, doHalfMaps=True,
                                       doRefinePoses=True, refineRounds=ROUNDS,
@@ -69,7 +68,7 @@ class TestFourierPosterior(BaseTest):
         cls.refined.setObjLabel('posterior - refined poses')
         cls.launchProtocol(cls.refined)
         print(magentaStr("\n==> Fourier-slice posterior of a polar cap of views"))
-        cls.simPolar = launchSimulation(cls, 'polar views', SIMULATION,
+        cls.simPolar = cls.launchSimulation('polar views', SIMULATION,
                                         viewDistribution=VIEWS_POLAR_CAP,
                                         viewAngle=CAP_DEGREES)
         cls.polar = cls.newProtocol(CryoHessProtFourierPosterior, doHalfMaps=False,
@@ -245,7 +244,7 @@ class TestFourierPosterior(BaseTest):
                 self.assertGreater(os.path.getsize(path), 1000, path)
 
 
-class TestFourierPosteriorValidation(ParticleValidationMixin, BaseTest):
+class TestFourierPosteriorValidation(ParticleValidationMixin, CryoHessTestCase):
     """Bad input is refused by _validate with a message naming the fix."""
     SIMULATION = SIMULATION
     PIXEL = PIXEL

@@ -8,7 +8,7 @@ import os
 import numpy as np
 from pwem.constants import ALIGN_PROJ
 from pwem.protocols import ProtSplitSet
-from pyworkflow.tests import BaseTest, setupTestProject
+from pyworkflow.tests import setupTestProject
 from pyworkflow.utils import magentaStr
 
 from cryohess_plugin import convert
@@ -21,6 +21,7 @@ from cryohess_plugin.core.rotations import projection_directions
 from cryohess_plugin.demo import savePlots
 from cryohess_plugin.protocols import CryoHessProtSimulate
 from cryohess_plugin.viewers import CryoHessSimulateViewer
+from .scipion_base import CryoHessTestCase
 
 BOX = 32
 PIXEL = 2.0
@@ -40,7 +41,7 @@ def writePdb(path, model):
         pdb.write("END\n")
 
 
-class TestCryoHessSimulate(BaseTest):
+class TestCryoHessSimulate(CryoHessTestCase):
     """A phantom data set with micrographs, a split of it and the viewer plots."""
 
     @classmethod
@@ -147,7 +148,7 @@ class TestCryoHessSimulate(BaseTest):
         self.assertEqual(self.protSim._citations(), ['Kreymer2023micrograph'])
 
 
-class TestCryoHessSimulateSources(BaseTest):
+class TestCryoHessSimulateSources(CryoHessTestCase):
     """Atomic model files with linear heterogeneity, rigid motion and a volume source."""
 
     @classmethod
@@ -202,7 +203,7 @@ class TestCryoHessSimulateSources(BaseTest):
         self.assertTrue(np.all(np.isfinite(arrays.images)))
 
 
-class TestCryoHessSimulateValidation(BaseTest):
+class TestCryoHessSimulateValidation(CryoHessTestCase):
     """``_validate`` explains what is wrong before anything runs."""
 
     @classmethod

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 from pyworkflow.object import Pointer
-from pyworkflow.tests import BaseTest, setupTestProject
+from pyworkflow.tests import setupTestProject
 from pyworkflow.utils import magentaStr
 
 from cryohess_plugin import convert
@@ -18,9 +18,8 @@ from cryohess_plugin.constants import (
 from cryohess_plugin.core import mrc
 from cryohess_plugin.protocols import CryoHessProtSoftModes
 from cryohess_plugin.viewers import CryoHessSoftModesViewer
+from .scipion_base import CryoHessTestCase, ParticleValidationMixin
 
-from .particle_validation import ParticleValidationMixin
-from .scipion_runs import assertViewerPlots, launchSimulation
 
 BOX = 32
 PIXEL = 2.5
@@ -40,15 +39,15 @@ def eigenvalues(protocol):
                      for mode in protocol.outputModes.iterItems(orderBy='id')])
 
 
-class TestSoftModes(BaseTest):
+class TestSoftModes(CryoHessTestCase):
     """Uniform views, a polar cap of views and an experiment design."""
 
     @classmethod
     def setUpClass(cls):
         setupTestProject(cls)
         print(magentaStr("\n==> Soft modes of uniform and polar-cap particles"))
-        cls.simUniform = launchSimulation(cls, 'uniform views', SIMULATION)
-        cls.simPolar = launchSimulation(cls, 'polar views', SIMULATION,
+        cls.simUniform = cls.launchSimulation('uniform views', SIMULATION)
+        cls.simPolar = cls.launchSimulation('polar views', SIMULATION,
                                         viewDistribution=VIEWS_POLAR_CAP,
                                         viewAngle=20.0)
         cls.uniform = cls._softModes('soft modes - uniform', cls.simUniform)
@@ -191,7 +190,7 @@ class TestSoftModes(BaseTest):
 
     def testViewerPlots(self):
         for protocol in (self.uniform, self.design):
-            assertViewerPlots(self, CryoHessSoftModesViewer, protocol,
+            self.assertViewerPlots(CryoHessSoftModesViewer, protocol,
                               'softmodes_%d' % protocol.getObjId())
 
     def testComparisonOfTwoRuns(self):
@@ -214,7 +213,7 @@ class TestSoftModes(BaseTest):
                             for e in viewer.validate()))
 
 
-class TestSoftModesValidation(ParticleValidationMixin, BaseTest):
+class TestSoftModesValidation(ParticleValidationMixin, CryoHessTestCase):
     """Bad input is refused by _validate with a message naming the fix."""
     SIMULATION = SIMULATION
     PIXEL = PIXEL

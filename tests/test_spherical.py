@@ -9,6 +9,7 @@ import scipy.special
 
 from cryohess_plugin.core import fourier, spherical
 from cryohess_plugin.core.errors import InvalidDataError
+from .helpers import gaussian_blobs
 
 #: (alpha, beta, gamma) in radians, including both poles of beta.
 ANGLES = [(0.7, 1.1, -0.4), (2.9, 0.0, 1.3), (-1.2, np.pi, 0.5), (0.3, 2.6, 4.0)]
@@ -66,15 +67,6 @@ def evaluate(shells, coefficients, points):
             harmonic = sign * legendre[..., l, abs(m)] * np.exp(1j * m * phi)
             out += coefficients[(slice(None), l, m % shells.n_orders) + extra] * harmonic
     return out
-
-
-def blob_volume(box, centres, sigmas, amplitudes):
-    z, y, x = np.meshgrid(*[fourier.frequencies(box)] * 3, indexing="ij")
-    volume = np.zeros((box,) * 3)
-    for (cx, cy, cz), sigma, amplitude in zip(centres, sigmas, amplitudes):
-        volume += amplitude * np.exp(-((x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2)
-                                     / (2 * sigma ** 2))
-    return volume
 
 
 def test_normalized_legendre_matches_scipy():
@@ -142,7 +134,7 @@ def test_shell_samples_are_the_transform_at_the_nodes():
     """The slice orientation of ShellGrid.slice_geometry against a direct DFT."""
     box = 24
     rng = np.random.default_rng(2)
-    volume = blob_volume(box, rng.uniform(-5, 5, (5, 3)), rng.uniform(1.5, 2.5, 5), np.ones(5))
+    volume = gaussian_blobs(box, rng.uniform(-5, 5, (5, 3)), rng.uniform(1.5, 2.5, 5), np.ones(5))
     shells = spherical.ShellGrid.from_max_frequency(box, 4.0)
     samples = spherical.SphericalTransform(shells, backend="cpu").samples(volume)
     kx, ky, kz = shells.frequencies()
@@ -166,11 +158,11 @@ def test_rotated_volume_has_rotated_coefficients():
     alpha, beta, gamma = 0.4, 2.1, -2.5
     rotation = spherical.landscape_rotation(alpha, beta, gamma)
     # V(R k) is the transform of v(R x): the density at r moves to Rᵀ r.
-    rotated = blob_volume(box, centres @ rotation, sigmas, amplitudes)
+    rotated = gaussian_blobs(box, centres @ rotation, sigmas, amplitudes)
     shells = spherical.ShellGrid.from_max_frequency(box, 6.0)
     transform = spherical.SphericalTransform(shells, backend="cpu")
     expected = spherical.rotate_coefficients(
-        transform.coefficients(blob_volume(box, centres, sigmas, amplitudes)), alpha, beta, gamma)
+        transform.coefficients(gaussian_blobs(box, centres, sigmas, amplitudes)), alpha, beta, gamma)
     actual = transform.coefficients(rotated)
     assert np.linalg.norm(actual - expected) < 5e-3 * np.linalg.norm(expected)
 

@@ -31,7 +31,7 @@ Approximations, both deliberate:
   the truth) are dropped, as the authors do;
 * pose binning: directions off the analysis grid move to the nearest grid
   direction (:func:`rebin`); the error shrinks with the grid spacing
-  (tests/test_soft_mode_analysis.py measures it);
+  (tests/test_softmodes_analysis.py measures it);
 * radial CTF: a group's CTF is that of its mean defocus (astigmatism averaged).
 
 Slices are BLAS GEMMs against real harmonics (below), not a hand-written

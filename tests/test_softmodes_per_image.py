@@ -11,7 +11,7 @@ from cryohess_plugin.core.errors import InvalidDataError
 from cryohess_plugin.core.projector import FourierSliceProjector
 from cryohess_plugin.core.softmodes.solver import lanczos_softest_modes
 
-from .test_spherical import blob_volume
+from .helpers import gaussian_blobs
 
 #: 2πK = L = 10: 11 shells, degrees up to 10, 22 ring angles.
 BOX, MAX_FREQUENCY, N_IMAGES, PIXEL_SIZE = 16, 3.1, 20, 4.0
@@ -99,7 +99,7 @@ def test_slice_matches_the_fourier_slice_projector():
     """Same pose convention as FourierSliceProjector.project_polar (Xmipp passive R)."""
     box = 32
     rng = np.random.default_rng(2)
-    volume = blob_volume(box, rng.uniform(-5, 5, (5, 3)), rng.uniform(1.8, 2.5, 5), np.ones(5))
+    volume = gaussian_blobs(box, rng.uniform(-5, 5, (5, 3)), rng.uniform(1.8, 2.5, 5), np.ones(5))
     shells = spherical.ShellGrid.from_max_frequency(box, 4.0)
     coefficients = spherical.SphericalTransform(shells, backend="cpu").coefficients(volume)
     n_angles = 2 * shells.max_degree + 2

@@ -1,15 +1,34 @@
-"""Scaffolding of the ``_validate`` tests of the protocols that take aligned particles."""
+"""What the end-to-end Scipion tests share: a base class with the simulated inputs and
+rendered viewer plots, and the bad-particle checks of protocols that take aligned particles."""
 import os
 
 from pwem.objects import SetOfParticles
 from pwem.protocols import ProtImportParticles
-from pyworkflow.tests import setupTestProject
+from pyworkflow.tests import BaseTest, setupTestProject
 
+from cryohess_plugin.demo import savePlots
 from cryohess_plugin.protocols import CryoHessProtSimulate
 
 
+class CryoHessTestCase(BaseTest):
+    """A headless Scipion project test with the cryohess launch and viewer helpers."""
+
+    @classmethod
+    def launchSimulation(cls, label, settings, **overrides):
+        """Run ``CryoHessProtSimulate`` with ``settings`` updated by ``overrides``."""
+        protocol = cls.newProtocol(CryoHessProtSimulate, **dict(settings, **overrides))
+        protocol.setObjLabel(label)
+        return cls.launchProtocol(protocol)
+
+    def assertViewerPlots(self, viewerClass, protocol, prefix=None):
+        """Every plot of the viewer renders to a non-trivial PNG."""
+        prefix = str(protocol.getObjId()) if prefix is None else prefix
+        for path in savePlots(viewerClass, self.proj, protocol, self.proj.path, prefix):
+            self.assertGreater(os.path.getsize(path), 1000, path)
+
+
 class ParticleValidationMixin:
-    """Bad particle input and the checks every such protocol makes, for a ``BaseTest``.
+    """Bad particle input and the checks every such protocol makes, for a test case.
 
     ``setUpClass`` simulates 6 particles and their volume from ``SIMULATION``
     (``small``), the same with a box 8 px larger (``large``) and at 3 Å/px

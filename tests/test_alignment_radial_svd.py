@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 
-from cryohess_plugin.core.synthetic import atoms, phantoms, simulate
+from cryohess_plugin.core.synthetic import simulate
 from cryohess_plugin.core import rotations
 from cryohess_plugin.core.errors import InvalidDataError, MissingMetadataError, ShapeError
 from cryohess_plugin.core.kernels import alignment_cpu
@@ -25,6 +25,7 @@ from cryohess_plugin.core.alignment.radial_svd import (RadialSVDAligner, choose_
 from cryohess_plugin.core.alignment.brute_force import rotated_inner_products
 
 from .cudasim import run_module_under_simulator
+from .helpers import phantom_volume
 
 BOX, PIXEL = 64, 1.5
 #: The paper's band, K = 48 radians per half box: R = 49 rings, Q = 98 angles.
@@ -44,9 +45,7 @@ def grid():
 
 @pytest.fixture(scope="module")
 def volume():
-    model = phantoms.random_protein_phantom(800, radius_angstrom=0.3 * BOX * PIXEL, rng=1,
-                                            bfactor=400.0)
-    return atoms.gaussian_atom_volume(model, BOX, PIXEL)
+    return phantom_volume(BOX, PIXEL)
 
 
 @pytest.fixture(scope="module")
@@ -372,7 +371,7 @@ def _cuda_comparison():
 
 @pytest.fixture(scope="module")
 def cuda_simulated():
-    return run_module_under_simulator("tests.test_radial_svd")
+    return run_module_under_simulator(__name__)
 
 
 @pytest.mark.parametrize("dtype, tolerance", [("float64", 1e-12), ("float32", 1e-5)])

@@ -12,10 +12,8 @@ from cryohess_plugin.core.synthetic.simulate import (noise_sigma_for_snr, place_
                                                      random_ctf_params, sample_rotations,
                                                      signal_variance, simulate_micrographs,
                                                      simulate_particles)
+from .helpers import relative_l2
 
-
-def relative_l2(a, b):
-    return np.linalg.norm(a - b) / np.linalg.norm(b)
 
 
 @pytest.fixture(scope="module")

@@ -96,7 +96,7 @@ def _simulated_errors():
     return errors
 
 
-simulated = simulated_fixture("tests.test_soft_modes_cuda")
+simulated = simulated_fixture(__name__)
 
 
 def test_sizes_are_tiny_and_the_backends_dispatch(simulated):

@@ -9,6 +9,7 @@ from cryohess_plugin.core.softmodes.solver import (lanczos_softest_modes, per_sh
                                                    perturbation_size, soft_variance,
                                                    softest_modes)
 from cryohess_plugin.core.spherical import shells_to_volume
+from .helpers import gaussian_blobs
 
 SIZE, N_NULL, N_MODES = 60, 3, 5
 
@@ -269,11 +270,10 @@ def test_soft_variance_and_per_shell_profile_closed_forms():
 BOX, MAX_FREQUENCY = 32, 8.0
 
 
-def gaussian_blobs(blobs, sigma=2.5):
+def blobs_volume(blobs, sigma=2.5):
     """Sum of isotropic Gaussians ``(amplitude, (x, y, z) offset from the centre)``."""
-    z, y, x = np.meshgrid(*[fourier.frequencies(BOX)] * 3, indexing="ij")
-    return sum(a * np.exp(-((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2)
-                          / (2 * sigma ** 2)) for a, c in blobs)
+    return gaussian_blobs(BOX, [c for _, c in blobs], [sigma] * len(blobs),
+                          [a for a, _ in blobs])
 
 
 @pytest.fixture(scope="module")
@@ -291,7 +291,7 @@ def low_pass(volume):
 @pytest.mark.parametrize("sigma, bound", [(2.5, 6e-3), (1.5, 5e-2)])
 def test_shells_to_volume_recovers_the_low_passed_volume(shells, sigma, bound):
     grid, transform = shells
-    volume = gaussian_blobs([(1.0, (3, -2, 1)), (0.7, (-5, 4, -2)), (-0.5, (0, 6, 5))], sigma)
+    volume = blobs_volume([(1.0, (3, -2, 1)), (0.7, (-5, 4, -2)), (-0.5, (0, 6, 5))], sigma)
     rebuilt = shells_to_volume(transform.coefficients(volume), grid)
     expected = low_pass(volume)
     # Measured: 3.0e-3 for sigma 2.5 (transform 5e-4 of its peak at f_max) and 3.7e-2
@@ -303,7 +303,7 @@ def test_shells_to_volume_recovers_the_low_passed_volume(shells, sigma, bound):
 def test_soft_variance_map_concentrates_on_a_planted_soft_mode(shells):
     grid, transform = shells
     centres = [(6, -3, 2), (-5, 5, -4), (0, -6, -6)]
-    modes = np.stack([transform.coefficients(gaussian_blobs([(1.0, c)])) for c in centres])
+    modes = np.stack([transform.coefficients(blobs_volume([(1.0, c)])) for c in centres])
     eigenvalues = np.array([1e-3, 1.0, 2.0])  # only the first mode is soft
     volumes = np.stack([shells_to_volume(mode, grid) for mode in modes])
     variance_map = soft_variance(volumes, eigenvalues)

@@ -11,10 +11,8 @@ from cryohess_plugin.core.synthetic.phantoms import (cyclic_phantom, random_prot
 from cryohess_plugin.core.rotations import euler_to_matrix, random_rotations
 
 from .xmipp_reference import xmipp_projections
+from .helpers import relative_l2
 
-
-def relative_l2(a, b):
-    return np.linalg.norm(a - b) / np.linalg.norm(b)
 
 
 def blob(n_atoms, spread, seed, bfactor_range):

@@ -12,7 +12,7 @@ from cryohess_plugin.core.alignment.volumes import (VolumeAligner, VolumeAlignme
                                                     rotate_volume, shift_grid)
 
 from .cudasim import run_module_under_simulator
-from .test_spherical import blob_volume
+from .helpers import gaussian_blobs
 
 BOX, PIXEL = 32, 3.0
 
@@ -76,9 +76,9 @@ def test_unreduced_landscape_matches_real_space_rotations():
     rng = np.random.default_rng(6)
     centres, sigmas, amplitudes = rng.uniform(-8, 8, (7, 3)), rng.uniform(2.5, 3.0, 7), \
         rng.uniform(0.5, 1.5, 7)
-    reference = blob_volume(BOX, centres, sigmas, amplitudes)
+    reference = gaussian_blobs(BOX, centres, sigmas, amplitudes)
     truth = rotations.random_rotations(1, rng)[0]
-    volume = blob_volume(BOX, centres @ truth.T, sigmas, amplitudes)
+    volume = gaussian_blobs(BOX, centres @ truth.T, sigmas, amplitudes)
     aligner = VolumeAligner(reference, max_frequency=8.0, backend="cpu")
     alpha, beta, gamma, values = aligner.landscape(volume, full_rank=True)
     picks = [np.unravel_index(np.argmax(values), values.shape)]
@@ -87,7 +87,7 @@ def test_unreduced_landscape_matches_real_space_rotations():
     for i, j, k in picks:
         rotation = spherical.landscape_rotation(alpha[i], beta[j], gamma[k])
         # rotate_volume(volume, R) moves the blob at R_true c to R R_true c: analytic.
-        moved = blob_volume(BOX, centres @ (rotation @ truth).T, sigmas, amplitudes)
+        moved = gaussian_blobs(BOX, centres @ (rotation @ truth).T, sigmas, amplitudes)
         errors.append(abs(values[i, j, k] - BOX ** 3 * np.sum(moved * reference)))
     assert max(errors) <= 1e-2 * values.max()
 
@@ -327,8 +327,8 @@ def _simulated_differences():
                                coefficients, outs[1])
         result[f"wigner_sum-{name}"] = relative(outs[1], outs[0])
 
-    volume = blob_volume(10, rng.uniform(-2, 2, (3, 3)), [1.5, 1.8, 2.0], [1.0, 0.7, 0.5])
-    moved = blob_volume(10, rng.uniform(-2, 2, (3, 3)), [1.5, 1.8, 2.0], [1.0, 0.7, 0.5])
+    volume = gaussian_blobs(10, rng.uniform(-2, 2, (3, 3)), [1.5, 1.8, 2.0], [1.0, 0.7, 0.5])
+    moved = gaussian_blobs(10, rng.uniform(-2, 2, (3, 3)), [1.5, 1.8, 2.0], [1.0, 0.7, 0.5])
     cpu, gpu = (VolumeAligner(volume, max_frequency=1.5, backend=backend)
                 for backend in ("cpu", "cuda"))
     result["backend"] = gpu.backend
@@ -342,7 +342,7 @@ def _simulated_differences():
 
 @pytest.fixture(scope="module")
 def simulated():
-    return run_module_under_simulator("tests.test_volume_alignment")
+    return run_module_under_simulator(__name__)
 
 
 def test_cuda_kernels_match_cpu_under_simulator(simulated):

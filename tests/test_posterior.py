@@ -10,7 +10,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from cryohess_plugin.core.synthetic import atoms, phantoms, simulate
+from cryohess_plugin.core.synthetic import simulate
 from cryohess_plugin.core import ctf, fourier, rotations
 from cryohess_plugin.core.errors import InvalidDataError, MissingMetadataError, ShapeError
 from cryohess_plugin.core.fourier import hermitian_fold, mirror
@@ -18,15 +18,14 @@ from cryohess_plugin.core.posterior.problem import PosteriorProblem, SpectraWrit
 from cryohess_plugin.core.posterior.fit import (fit_closed_form, fit_variational, log_likelihood,
                                                 propagate_noise)
 from cryohess_plugin.core.kernels import posterior_cpu
+from .helpers import phantom_volume
 
 BOX, PIXEL = 32, 3.0
 
 
 @pytest.fixture(scope="module")
 def volume():
-    model = phantoms.random_protein_phantom(300, radius_angstrom=0.3 * BOX * PIXEL, rng=1,
-                                            bfactor=400.0)
-    return atoms.gaussian_atom_volume(model, BOX, PIXEL)
+    return phantom_volume(BOX, PIXEL, n_atoms=300)
 
 
 def make_problem(volume, n, snr, rng, distribution="uniform", options=None):

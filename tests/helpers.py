@@ -1,0 +1,39 @@
+"""Helpers the core tests share: error measures, Gaussian blobs and atom phantoms."""
+import numpy as np
+
+from cryohess_plugin.core import fourier
+from cryohess_plugin.core.synthetic import atoms, phantoms
+
+
+def relative_l2(value, reference):
+    """``||value - reference|| / ||reference||``."""
+    return np.linalg.norm(value - reference) / np.linalg.norm(reference)
+
+
+def gaussian_blobs(box, centres, sigmas, weights):
+    """Sum of isotropic Gaussians in a ``box``-wide image or volume.
+
+    :param centres: ``(k, d)`` offsets from the box centre in pixels, ``(x, y)`` for an
+        image (``d = 2``) or ``(x, y, z)`` for a volume (``d = 3``).
+    :param sigmas: ``(k,)`` widths in pixels.  :param weights: ``(k,)`` amplitudes.
+    """
+    centres = np.atleast_2d(np.asarray(centres, dtype=np.float64))
+    dimension = centres.shape[1]
+    # Arrays index (z, y, x); reversed, the grid's axes are (x, y[, z]).
+    grid = np.meshgrid(*[fourier.frequencies(box)] * dimension, indexing="ij")[::-1]
+    out = np.zeros((box,) * dimension)
+    for centre, sigma, weight in zip(centres, sigmas, weights):
+        squared = sum((axis - c) ** 2 for axis, c in zip(grid, centre))
+        out += weight * np.exp(-squared / (2 * sigma ** 2))
+    return out
+
+
+def phantom_model(box, pixel, n_atoms=800, fill=0.3, rng=1, bfactor=400.0):
+    """Random Gaussian-atom protein whose atoms reach ``fill`` of the box, like a particle."""
+    return phantoms.random_protein_phantom(n_atoms, radius_angstrom=fill * box * pixel, rng=rng,
+                                           bfactor=bfactor)
+
+
+def phantom_volume(box, pixel, **options):
+    """The map of :func:`phantom_model` (same options) on a ``box``³ grid."""
+    return atoms.gaussian_atom_volume(phantom_model(box, pixel, **options), box, pixel)
