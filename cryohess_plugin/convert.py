@@ -44,7 +44,8 @@ from pwem.objects import (FSC, Acquisition, Coordinate, CTFModel, Micrograph, Pa
 
 from .core import mrc
 from .core.ctf import CTFParams
-from .core.errors import MissingMetadataError, SamplingMismatchError, ShapeError
+from .core.errors import (CryoHessError, InvalidDataError, MissingMetadataError,
+                          SamplingMismatchError, ShapeError)
 
 #: Relative tolerance when comparing pixel sizes of two inputs.
 SAMPLING_RTOL = 1e-3
@@ -258,9 +259,11 @@ def particles_to_arrays(partSet, need_ctf=False, need_alignment=None, columns=()
     values = {name: [] for name in columns}
     stacks = {}
     rows = (limit, skip) if limit is not None and skip else limit
+    locations = []
     for particle in partSet.iterItems(orderBy="id", limit=rows):
         if read_images:
             images.append(_particle_image(particle, stacks, whole_stacks=limit is None))
+            locations.append(location_text(particle))
         ids.append(particle.getObjId())
         if alignment != ALIGN_NONE:
             rotation, shift = pose_from_transform(particle.getTransform(), alignment)
@@ -275,6 +278,8 @@ def particles_to_arrays(partSet, need_ctf=False, need_alignment=None, columns=()
     shapes = {image.shape for image in images}
     if read_images and (len(shapes) != 1 or images[0].shape[0] != images[0].shape[1]):
         raise ShapeError(f"particles must be square images of one size, got {sorted(shapes)}")
+    if read_images:
+        _check_finite_particles(images, locations, ids)
     return ParticleArrays(
         images=np.stack(images).astype(np.float32, copy=False) if read_images else None,
         pixel_size=float(partSet.getSamplingRate()),
@@ -285,24 +290,46 @@ def particles_to_arrays(partSet, need_ctf=False, need_alignment=None, columns=()
         columns={name: np.asarray(v) for name, v in values.items()})
 
 
+def location_text(image):
+    """Where an image is, as Scipion and RELION show it: ``N@file`` with ``N`` from 1."""
+    index, filename = image.getLocation()
+    return f"{1 if index == NO_INDEX else index}@{image_file(filename)}"
+
+
+#: Bad particles named one by one in a message; the rest are counted.
+MAX_NAMED = 5
+
+
+def _check_finite_particles(images, locations, ids):
+    """:class:`InvalidDataError` naming every particle with NaN or infinite pixels."""
+    bad = [i for i, image in enumerate(images) if not np.isfinite(image).all()]
+    if not bad:
+        return
+    named = ", ".join(f"{locations[i]} (id {ids[i]})" for i in bad[:MAX_NAMED])
+    more = f" and {len(bad) - MAX_NAMED} more" if len(bad) > MAX_NAMED else ""
+    raise InvalidDataError(
+        f"{len(bad)} of {len(images)} particles contain NaN or infinite pixels: {named}{more}; "
+        "remove them (e.g. make a subset without them) or re-extract the particles")
+
+
 def image_location(image):
     """``(path, 0-based position)`` of a Scipion image's location in its file."""
     index, filename = image.getLocation()
     return image_file(filename), 0 if index == NO_INDEX else index - 1
 
 
-def read_image(image):
+def read_image(image, check_finite=True):
     """The 2-D array of one Scipion image (particle, average, micrograph), alone."""
-    return mrc.read_image(*image_location(image))
+    return mrc.read_image(*image_location(image), check_finite=check_finite)
 
 
 def _particle_image(particle, stacks, whole_stacks):
     """Image of one particle; whole stacks are read once and kept in ``stacks``."""
     if not whole_stacks:
-        return read_image(particle)
+        return read_image(particle, check_finite=False)
     path, position = image_location(particle)
     if path not in stacks:
-        stacks[path] = mrc.read_stack(path)
+        stacks[path] = mrc.read_stack(path, check_finite=False)
     stack = stacks[path]
     if not 0 <= position < stack.shape[0]:
         raise ShapeError(f"particle {particle.getObjId()} points to image {position + 1} of "
@@ -373,6 +400,46 @@ def arrays_to_particles(protocol, stack_path, pixel_size, count=None, rotations=
 
 
 # --------------------------- Volumes -------------------------------------------
+
+# --------------------------- Checks from file headers --------------------------
+
+def image_file_errors(imgSet, what="particles"):
+    """What is wrong with the files of a set of 2-D images, read from their headers only.
+
+    Missing, non-MRC or truncated files, images that are not square and locations
+    beyond the end of a stack, as messages naming the file and the fix.
+    """
+    errors = []
+    for row in imgSet.aggregate(['MAX'], '_index', ['_filename']):
+        path = image_file(row['_filename'])
+        last = max(1, int(row['MAX'] or 0))
+        try:
+            (count, height, width), _ = mrc.read_header(path)
+        except CryoHessError as error:
+            errors.append(f"The {what}' file is unusable: {error}.")
+            continue
+        if height != width:
+            errors.append(f"The {what} in {path} are {width} x {height} px; this needs "
+                          "square images: extract or crop them in a square box.")
+        if last > count:
+            errors.append(f"The {what} point to image {last}@{path}, but the file holds "
+                          f"{count} images: it is incomplete; copy or re-extract it.")
+    return errors
+
+
+def volume_file_errors(volume, what="volume"):
+    """What is wrong with a ``Volume``'s file, from its header: unreadable or truncated
+    files and maps that are not cubic, as messages naming ``what`` and the fix."""
+    path = image_file(volume.getFileName())
+    try:
+        shape, _ = mrc.read_header(path)
+    except CryoHessError as error:
+        return [f"The {what} is unusable: {error}."]
+    if len(set(shape)) != 1:
+        return [f"The {what} is {shape[2]} x {shape[1]} x {shape[0]} voxels; this needs a cubic "
+                "map: pad or crop it to a cube (e.g. xmipp3 - crop/resize volumes)."]
+    return []
+
 
 def volume_to_array(volume, pixel_size=None):
     """Read a Scipion ``Volume`` as a float32 ``(n, n, n)`` array.

@@ -93,9 +93,11 @@ class CryoHessProtAlignVolumes(CryoHessProtocolMixin, ProtAlignVolume):
     # --------------------------- INSERT steps functions ----------------------
     def _insertAllSteps(self):
         gpu = self._usesGpu()
-        steps = [self._insertFunctionStep(self.alignVolumeStep, index, needsGPU=gpu)
+        reads = ('inputVolumes', 'referenceVolume', 'maxResolution', 'rankMode', 'rankTolerance',
+                 'radialRank', 'degreeRank', 'refine', 'maxShift', 'shiftStep')
+        steps = [self._insertStep(self.alignVolumeStep, index, reads=reads, needsGPU=gpu)
                  for index in range(len(self._inputVolumeList()))]
-        self._insertFunctionStep(self.createOutputStep, prerequisites=steps, needsGPU=False)
+        self._insertStep(self.createOutputStep, after=steps)
 
     def _filenameTemplates(self):
         return {
@@ -104,7 +106,7 @@ class CryoHessProtAlignVolumes(CryoHessProtocolMixin, ProtAlignVolume):
         }
 
     # --------------------------- STEPS functions -----------------------------
-    def alignVolumeStep(self, index):
+    def alignVolumeStep(self, index, digest):
         """Align one volume (steps are independent, so several run in parallel)."""
         from cryohess_plugin.core import mrc
         from cryohess_plugin.core.alignment.volumes import VolumeAligner, rotate_volume
@@ -131,7 +133,7 @@ class CryoHessProtAlignVolumes(CryoHessProtocolMixin, ProtAlignVolume):
         self.info("Volume %d: score %.4f, ranks H_C, H_D = %s, %.1f s"
                   % (index + 1, result.score[0], tuple(result.ranks), seconds))
 
-    def createOutputStep(self):
+    def createOutputStep(self, digest):
         pixel = self.referenceVolume.get().getSamplingRate()
         volumes = self._createSetOfVolumes()
         volumes.setSamplingRate(pixel)

@@ -1,8 +1,13 @@
-"""What every cryohess protocol does the same way: devices, file names, results on disk."""
+"""What every cryohess protocol does the same way: devices, form blocks, steps that know
+what they depend on, file names, results on disk and the checks of their inputs."""
+import hashlib
+import json
 import os
 
 import numpy as np
 from pwem.constants import ALIGN_PROJ
+from pyworkflow.object import Pointer
+from pyworkflow.protocol.constants import MODE_RESUME
 import pyworkflow.protocol.params as params
 
 from cryohess_plugin import convert
@@ -18,6 +23,35 @@ class CryoHessProtocolMixin:
     plugin variable CRYOHESS_USE_GPU allows it and :meth:`_mayUseGpu` (a
     protocol may narrow it) agrees; otherwise on the CPU with the form's threads.
     """
+
+    # --------------------------- form blocks -------------------------------
+    @staticmethod
+    def _defineParticlesParam(form, help, **options):
+        """The ``inputParticles`` pointer with the protocol's own ``help``."""
+        form.addParam('inputParticles', params.PointerParam, pointerClass='SetOfParticles',
+                      label='Particles', help=help, **options)
+
+    @staticmethod
+    def _defineMicroscopeParams(form, condition=None):
+        """Voltage, spherical aberration and amplitude contrast of a planned or simulated
+        experiment (``condition``: when they are shown)."""
+        options = {} if condition is None else {'condition': condition}
+        form.addParam('voltage', params.FloatParam, default=300.0,
+                      validators=[params.Positive], label='Voltage (kV)',
+                      help="Acceleration voltage of the microscope.", **options)
+        form.addParam('sphericalAberration', params.FloatParam, default=2.7,
+                      validators=[params.GE(0.0)], label='Spherical aberration (mm)',
+                      help="Cs of the objective lens.", **options)
+        form.addParam('amplitudeContrast', params.FloatParam, default=0.1,
+                      validators=[params.Range(0.0, 0.99)], label='Amplitude contrast',
+                      help="Fraction of amplitude contrast, in [0, 1).", **options)
+
+    @staticmethod
+    def _defineBatchSizeParam(form, help, default=2000):
+        """``particlesPerBatch``: the size of the independent steps particles run in."""
+        form.addParam('particlesPerBatch', params.IntParam, default=default,
+                      expertLevel=params.LEVEL_ADVANCED, validators=[params.Positive],
+                      label='Particles per step', help=help)
 
     @staticmethod
     def _defineGpuParams(form, what):
@@ -62,6 +96,60 @@ class CryoHessProtocolMixin:
                 from numba import cuda
                 cuda.select_device(gpus[0])
 
+    # --------------------------- steps that know what they depend on --------
+    def _insertStep(self, func, *args, reads=(), after=(), needsGPU=False):
+        """Insert a function step that Continue re-runs exactly when what it reads changed.
+
+        The step is called with ``args`` and, last, a digest of ``args``, of the form
+        parameters named in ``reads`` (their values; for pointers the identity of the
+        object and of its file) and of the digests of the steps ``after`` it waits for.
+        Pyworkflow skips a finished step whose arguments are unchanged, so an edit of the
+        form re-runs the steps that read what was edited and every step downstream.
+
+        :returns: the step's index, for ``after`` of later steps.
+        """
+        if not hasattr(self, '_stepDigests'):
+            self._stepDigests = {}
+        record = [func.__name__, list(args), [self._paramIdentity(name) for name in reads],
+                  [self._stepDigests[index] for index in after]]
+        digest = hashlib.sha1(json.dumps(record, sort_keys=True, default=str)
+                              .encode()).hexdigest()[:16]
+        index = self._insertFunctionStep(func, *args, digest, prerequisites=list(after),
+                                         needsGPU=needsGPU)
+        self._stepDigests[index] = digest
+        return index
+
+    def _paramIdentity(self, name):
+        """What a step depends on in form parameter ``name``: its value or, for a pointer,
+        the object it points to and the size and modification time of its file."""
+        attribute = getattr(self, name)
+        if not isinstance(attribute, Pointer):
+            return [name, attribute.get()]
+        target = attribute.get()
+        if target is None:
+            return [name, None]
+        return [name, target.getClassName(), target.getObjId(), attribute.getExtended(),
+                _fileIdentity(target)]
+
+    def _validateContinue(self):
+        """The Restart message when Continue would keep an output that the current
+        settings no longer produce."""
+        if self.getRunMode() != MODE_RESUME:
+            return []
+        expected = self._expectedOutputs()
+        stale = [name for name, _ in self.iterOutputAttributes() if name not in expected]
+        if not stale:
+            return []
+        return ["This change needs Restart: with these settings the run no longer produces "
+                "%s, which Continue would leave in place. Choose Restart to run it anew."
+                % ", ".join(stale)]
+
+    def _expectedOutputs(self):
+        """Names of the outputs the current settings produce (every possible one unless a
+        protocol says otherwise)."""
+        outputs = self._possibleOutputs
+        return {member.name for member in outputs} if isinstance(outputs, type) else set(outputs)
+
     def _progressLog(self, prefix=""):
         """The core's ``progress`` callback: each :class:`Progress` event becomes one
         run-log line, after ``prefix`` (e.g. the batch it belongs to)."""
@@ -77,6 +165,38 @@ class CryoHessProtocolMixin:
         self._updateFilenamesDict(self._filenameTemplates())
         return super()._getFileName(key, **kwargs)
 
+    # --------------------------- particles in batches ----------------------
+    def _batches(self):
+        """``(first, count)`` of the particle batches that run as independent steps."""
+        size = self.inputParticles.get().getSize()
+        step = self.particlesPerBatch.get()
+        return [(first, min(step, size - first)) for first in range(0, size, step)]
+
+    def _copyParticles(self, ids, columns, poses=None, alignment=ALIGN_PROJ):
+        """A copy of the input particles with new columns and, optionally, new poses.
+
+        :param ids: ``(n,)`` particle ids, the row order of ``columns`` and ``poses``.
+        :param columns: ``{column name: (n, ...) values}`` written on every particle.
+        :param poses: None or ``(rotations (n, 3, 3), shifts (n, 2))`` in the core's
+            convention, stored as ``alignment``.
+        """
+        inputParticles = self.inputParticles.get()
+        particles = self._createSetOfParticles()
+        particles.copyInfo(inputParticles)
+        if poses is not None:
+            particles.setAlignment(alignment)
+        row = {int(partId): i for i, partId in enumerate(ids)}
+
+        def updateParticle(particle, _row=None):
+            i = row[particle.getObjId()]
+            if poses is not None:
+                particle.setTransform(convert.transform_from_pose(poses[0][i], poses[1][i],
+                                                                  alignment))
+            convert.set_columns(particle, columns, i)
+
+        particles.copyItems(inputParticles, updateItemCallback=updateParticle)
+        return particles
+
     @staticmethod
     def _saveNpz(path, **arrays):
         """Write an npz next to ``path`` and rename it, so a stopped run leaves
@@ -84,6 +204,14 @@ class CryoHessProtocolMixin:
         tmp = path + '.tmp.npz'
         np.savez(tmp, **arrays)
         os.replace(tmp, path)
+
+    def _validateParticleSelection(self, particles, what="particles"):
+        """The messages for no particles selected or an empty set."""
+        if particles is None:
+            return ["Select the %s." % what]
+        if particles.getSize() == 0:
+            return ["The set of %s is empty." % what]
+        return []
 
     def _validateMaxResolution(self, pixel):
         """The core's message when the form's max resolution is beyond Nyquist."""
@@ -124,3 +252,13 @@ class CryoHessProtocolMixin:
             errors.append("The particles have %g Å/px but the %s %g Å/px; resample one "
                           "of them." % (pixel, what, otherPixel))
         return errors
+
+
+def _fileIdentity(target):
+    """``[path, size, modification time]`` of the file behind a Scipion object (a set's
+    sqlite, a volume's map), or None when it has none on disk."""
+    path = convert.image_file(target.getFileName()) if hasattr(target, 'getFileName') else None
+    if not path or not os.path.exists(path):
+        return None
+    status = os.stat(path)
+    return [os.path.abspath(path), status.st_size, status.st_mtime_ns]
