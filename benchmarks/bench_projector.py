@@ -55,9 +55,9 @@ def run_xmipp(volume, angles, mode):
     return images, setup, time.perf_counter() - start
 
 
-def run_ours(volume, poses, kernel, batch):
+def run_ours(volume, poses, interpolation, batch):
     start = time.perf_counter()
-    projector = FourierSliceProjector(volume, kernel=kernel, dtype=np.float32)
+    projector = FourierSliceProjector(volume, interpolation=interpolation, dtype=np.float32)
     setup = time.perf_counter() - start
     projector.project(poses[:2])  # compile outside the timing
     images = np.empty((len(poses), BOX, BOX), dtype=np.float32)
@@ -92,11 +92,11 @@ def main():
     print(f"xmipp FourierProjector ({args.xmipp_interpolation}, padding 2): "
           f"{xmipp_rate:8.0f} proj/s, setup {xmipp_setup:.2f} s, "
           f"error median {np.median(xmipp_err):.1e} max {xmipp_err.max():.1e}")
-    for kernel in ("cubic", "linear"):
-        images, setup, elapsed = run_ours(volume, poses, kernel, args.batch)
+    for interpolation in ("cubic", "linear"):
+        images, setup, elapsed = run_ours(volume, poses, interpolation, args.batch)
         err = relative_errors(images[:checked], reference)
         rate = args.n / elapsed
-        print(f"cryohess {kernel:6s} (padding 2, float32): {rate:8.0f} proj/s, "
+        print(f"cryohess {interpolation:6s} (padding 2, float32): {rate:8.0f} proj/s, "
               f"setup {setup:.2f} s, error median {np.median(err):.1e} max {err.max():.1e}, "
               f"speed ratio {rate / xmipp_rate:5.2f}x")
     sys.stdout.flush()

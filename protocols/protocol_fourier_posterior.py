@@ -291,7 +291,7 @@ class CryoHessProtFourierPosterior(CryoHessProtocolMixin, ProtReconstruct3D):
                       % (history['steps'], history['batch_size']))
         self._saveNpz(self._getFileName('posterior', part=part), mean=posterior.mean,
                       variance=posterior.variance, priorVariance=posterior.prior_variance,
-                      noiseVariance=posterior.noise_variance, kernel=posterior.kernel,
+                      noiseVariance=posterior.noise_variance, interpolation=posterior.interpolation,
                       noisePower=posterior.noise_power, particles=problem.n_particles,
                       seconds=seconds)
         self.info("The %s posterior in %.1f s: noise variance %.4g per pixel"
@@ -584,7 +584,7 @@ class CryoHessProtFourierPosterior(CryoHessProtocolMixin, ProtReconstruct3D):
         from cryohess_plugin.core.posterior.result import FourierPosterior
         stored = np.load(self._getFileName('posterior', part=part))
         return FourierPosterior(stored['mean'], stored['variance'], stored['priorVariance'],
-                                float(stored['noiseVariance']), str(stored['kernel']),
+                                float(stored['noiseVariance']), str(stored['interpolation']),
                                 {'particles': int(stored['particles']),
                                  'seconds': float(stored['seconds'])},
                                 noise_power=stored['noisePower'])

@@ -75,11 +75,11 @@ def test_gather_is_the_transpose_of_the_density_kernel():
     kx, ky = rng.uniform(-6, 6, (2, 40))
     weights = rng.random((5, 40))
     grid = rng.random((16, 16, 16))
-    for kernel in (0, 1):
+    for interpolation in (0, 1):
         density = np.zeros((16, 16, 16))
-        posterior_cpu.sampling_density(weights, rows, kx, ky, kernel, density)
+        posterior_cpu.sampling_density(weights, rows, kx, ky, interpolation, density)
         gathered = np.empty((5, 40))
-        posterior_cpu.gather_squared(grid, rows, kx, ky, kernel, gathered)
+        posterior_cpu.gather_squared(grid, rows, kx, ky, interpolation, gathered)
         assert np.isclose(np.sum(gathered * weights), np.sum(density * grid), rtol=1e-12)
 
 

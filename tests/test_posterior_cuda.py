@@ -13,12 +13,12 @@ from .cudasim import print_result, simulated_fixture
 
 KERNELS = {"linear": 0, "cubic": 1}
 BOXES = (8, 9)
-CASES = [(kernel, box) for kernel in KERNELS for box in BOXES]
+CASES = [(interpolation, box) for interpolation in KERNELS for box in BOXES]
 TOLERANCE = 1e-12
 
 
-def case_name(what, kernel, box):
-    return f"{what}-{kernel}-box{box}"
+def case_name(what, interpolation, box):
+    return f"{what}-{interpolation}-box{box}"
 
 
 def _simulated_errors():
@@ -28,7 +28,7 @@ def _simulated_errors():
 
     rng = np.random.default_rng(11)
     errors = {"auto_backend": resolve_backend("auto")}
-    for kernel, box in CASES:
+    for interpolation, box in CASES:
         n, m = 3, 20
         rows = np.ascontiguousarray(rotations.random_rotations(n, rng)[:, :2, :])
         # Some samples reach past the grid edge, so the bounds checks are exercised.
@@ -37,14 +37,14 @@ def _simulated_errors():
         grid = rng.random((box,) * 3)
         start = rng.random((box,) * 3)
         cpu_density, cuda_density = start.copy(), start.copy()
-        posterior_cpu.sampling_density(weights, rows, kx, ky, KERNELS[kernel], cpu_density)
-        posterior_cuda.sampling_density(weights, rows, kx, ky, KERNELS[kernel], cuda_density)
-        errors[case_name("density", kernel, box)] = float(
+        posterior_cpu.sampling_density(weights, rows, kx, ky, KERNELS[interpolation], cpu_density)
+        posterior_cuda.sampling_density(weights, rows, kx, ky, KERNELS[interpolation], cuda_density)
+        errors[case_name("density", interpolation, box)] = float(
             np.abs(cuda_density - cpu_density).max() / np.abs(cpu_density - start).max())
         cpu_out, cuda_out = np.empty((n, m)), np.empty((n, m))
-        posterior_cpu.gather_squared(grid, rows, kx, ky, KERNELS[kernel], cpu_out)
-        posterior_cuda.gather_squared(grid, rows, kx, ky, KERNELS[kernel], cuda_out)
-        errors[case_name("gather", kernel, box)] = float(
+        posterior_cpu.gather_squared(grid, rows, kx, ky, KERNELS[interpolation], cpu_out)
+        posterior_cuda.gather_squared(grid, rows, kx, ky, KERNELS[interpolation], cuda_out)
+        errors[case_name("gather", interpolation, box)] = float(
             np.abs(cuda_out - cpu_out).max() / np.abs(cpu_out).max())
 
     # Dispatch: a problem on the CUDA backend uses the CUDA kernels and agrees with CPU.
@@ -71,14 +71,14 @@ def test_auto_picks_cuda_under_simulator(simulated):
     assert simulated["auto_backend"] == "cuda"
 
 
-@pytest.mark.parametrize("kernel, box", CASES)
-def test_cuda_sampling_density_matches_cpu(simulated, kernel, box):
-    assert simulated[case_name("density", kernel, box)] <= TOLERANCE
+@pytest.mark.parametrize("interpolation, box", CASES)
+def test_cuda_sampling_density_matches_cpu(simulated, interpolation, box):
+    assert simulated[case_name("density", interpolation, box)] <= TOLERANCE
 
 
-@pytest.mark.parametrize("kernel, box", CASES)
-def test_cuda_gather_squared_matches_cpu(simulated, kernel, box):
-    assert simulated[case_name("gather", kernel, box)] <= TOLERANCE
+@pytest.mark.parametrize("interpolation, box", CASES)
+def test_cuda_gather_squared_matches_cpu(simulated, interpolation, box):
+    assert simulated[case_name("gather", interpolation, box)] <= TOLERANCE
 
 
 def test_problem_dispatches_to_the_cuda_kernels(simulated):

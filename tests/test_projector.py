@@ -54,7 +54,7 @@ def test_linear_kernel_overcorrects_on_axis(phantom):
     """Documents why cubic is the default: trilinear+sinc² errs most on axis."""
     model, volume = phantom
     axis = rotations.euler_to_matrix(0, 0, 0)
-    linear = FourierSliceProjector(volume, kernel="linear", dtype=np.float64, backend="cpu")
+    linear = FourierSliceProjector(volume, interpolation="linear", dtype=np.float64, backend="cpu")
     error = relative_l2(linear.project(axis)[0],
                         atoms.gaussian_atom_projection(model, axis, BOX, PIXEL)[0])
     assert error > 1e-2
@@ -74,13 +74,13 @@ def test_projection_matches_xmipp_fourier_projector(phantom):
         assert relative_l2(a[::-1], b) > 0.1
 
 
-@pytest.mark.parametrize("kernel", ["cubic", "linear"])
+@pytest.mark.parametrize("interpolation", ["cubic", "linear"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_large_batches_equal_small_ones(kernel, dtype):
+def test_large_batches_equal_small_ones(interpolation, dtype):
     """Large batches visit samples cell by cell of the grid, small ones image by image."""
     rng = np.random.default_rng(4)
     box = 16
-    operator = SliceOperator(box, kernel=kernel, dtype=dtype, backend="cpu")
+    operator = SliceOperator(box, interpolation=interpolation, dtype=dtype, backend="cpu")
     grid = operator.volume_to_grid(rng.normal(size=(box,) * 3))
     n, small = projector_cpu._SORT_BATCH + 40, 32
     assert small < projector_cpu._SORT_MIN_IMAGES
@@ -144,7 +144,7 @@ def test_cubic_pose_derivatives_match_finite_differences(phantom):
 
 def test_linear_pose_derivatives_match_finite_differences(phantom):
     _, volume = phantom
-    projector = FourierSliceProjector(volume, kernel="linear", dtype=np.float64, backend="cpu")
+    projector = FourierSliceProjector(volume, interpolation="linear", dtype=np.float64, backend="cpu")
     poses = rotations.random_rotations(2, np.random.default_rng(3))
     # Trilinear is only C0: tiny steps keep most samples inside one cell.
     assert_derivatives_match(projector, poses, np.array([[1.3, -0.7], [0.2, 2.1]]),
@@ -154,7 +154,7 @@ def test_linear_pose_derivatives_match_finite_differences(phantom):
 def test_linear_rotation_gradient_at_identity_is_not_zero(phantom):
     """Floor/ceil corners (the authors' code) give exactly zero here; f, f + 1 do not."""
     _, volume = phantom
-    projector = FourierSliceProjector(volume, kernel="linear", dtype=np.float64, backend="cpu")
+    projector = FourierSliceProjector(volume, interpolation="linear", dtype=np.float64, backend="cpu")
     identity = rotations.euler_to_matrix(0, 0, 0)[None]
     analytic = projector.pose_derivatives(identity).d_rotation[0]
     step = 1e-6
@@ -261,5 +261,5 @@ def test_volume_of_another_box_is_refused():
 
 
 def test_unknown_kernel_is_refused():
-    with pytest.raises(ValueError, match="kernel"):
-        FourierSliceProjector(np.zeros((8, 8, 8)), kernel="sinc")
+    with pytest.raises(ValueError, match="interpolation"):
+        FourierSliceProjector(np.zeros((8, 8, 8)), interpolation="sinc")

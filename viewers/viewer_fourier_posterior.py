@@ -11,7 +11,7 @@ from cryohess_plugin.protocols import CryoHessProtFourierPosterior
 from cryohess_plugin.protocols.protocol_fourier_posterior import (
     FULL, OUTPUT_HALF_MAP_FSC)
 
-from .viewer_soft_modes import SECTION_AXES, SECTIONS, _colorbar, _image
+from .plotting import SECTION_AXES, SECTIONS, colorbar, imagePanel
 
 
 class CryoHessFourierPosteriorViewer(ProtocolViewer):
@@ -83,10 +83,10 @@ class CryoHessFourierPosteriorViewer(ProtocolViewer):
         for name, section in SECTIONS:
             horizontal, vertical = SECTION_AXES[name]
             normal = ({'x', 'y', 'z'} - set(name)).pop()
-            axes = _image(plotter, 'k%s = 0 plane' % normal, section(relative, centre),
+            axes = imagePanel(plotter, 'k%s = 0 plane' % normal, section(relative, centre),
                           colours,
                           axisNames=('k' + horizontal, 'k' + vertical), vmin=0.0, vmax=1.0)
-        _colorbar(plotter, axes.images[0], 'posterior variance / prior variance')
+        colorbar(plotter, axes.images[0], 'posterior variance / prior variance')
         return [plotter]
 
     def _showUncertainty(self, paramName=None):
@@ -99,15 +99,15 @@ class CryoHessFourierPosteriorViewer(ProtocolViewer):
                                       '(%d samples)' % self.protocol.numberOfSamples)
         limits = dict(vmin=mean.min(), vmax=mean.max())
         for name, section in SECTIONS:
-            _image(plotter, 'mean, %s slice' % name, section(mean, centre), 'gray',
+            imagePanel(plotter, 'mean, %s slice' % name, section(mean, centre), 'gray',
                    axisNames=SECTION_AXES[name], **limits)
         for name, section in SECTIONS:
-            axes = _image(plotter, 'std, %s slice (cyan: map contour)' % name,
+            axes = imagePanel(plotter, 'std, %s slice (cyan: map contour)' % name,
                           section(std, centre), 'magma', axisNames=SECTION_AXES[name],
                           vmin=0.0, vmax=std.max())
             axes.contour(section(mean, centre), levels=[level], colors='cyan',
                          linewidths=0.7)
-        _colorbar(plotter, axes.images[0], 'standard deviation (map units)',
+        colorbar(plotter, axes.images[0], 'standard deviation (map units)',
                   bottom=0.08, top=0.45)
         return [plotter]
 

@@ -9,11 +9,8 @@ from pyworkflow.viewer import DESKTOP_TKINTER, WEB_DJANGO, ProtocolViewer
 from cryohess_plugin import convert
 from cryohess_plugin.protocols import CryoHessProtSoftModes
 
-#: Central sections of a (z, y, x) volume: name and how to take it.
-SECTIONS = (('xy', lambda v, c: v[c]), ('xz', lambda v, c: v[:, c]),
-            ('yz', lambda v, c: v[:, :, c]))
-#: Horizontal and vertical axis of each section as ``_image`` shows it (origin lower left).
-SECTION_AXES = {'xy': ('x', 'y'), 'xz': ('x', 'z'), 'yz': ('y', 'z')}
+from .plotting import SECTION_AXES, SECTIONS, colorbar, imagePanel
+
 
 
 class CryoHessSoftModesViewer(ProtocolViewer):
@@ -135,10 +132,10 @@ class CryoHessSoftModesViewer(ProtocolViewer):
             for title, volume, cmap in columns:
                 image = section(volume, centre)
                 extent = dict(vmin=-limit, vmax=limit) if cmap == 'coolwarm' else grey
-                _image(plotter, '%s, %s slice' % (title, name), image, cmap, **extent)
+                imagePanel(plotter, '%s, %s slice' % (title, name), image, cmap, **extent)
             projection = mode.sum(axis=axis)
             bound = np.abs(projection).max() or 1.0
-            _image(plotter, 'ΔF projected along %s' % 'zyx'[axis], projection, 'coolwarm',
+            imagePanel(plotter, 'ΔF projected along %s' % 'zyx'[axis], projection, 'coolwarm',
                    vmin=-bound, vmax=bound)
         return [plotter]
 
@@ -151,11 +148,11 @@ class CryoHessSoftModesViewer(ProtocolViewer):
                             mainTitle='Sensitivity map Σ ε²ΔF² (bright: least pinned down; '
                                       'cyan: reference contour)')
         for name, section in SECTIONS:
-            axes = _image(plotter, '%s slice' % name, section(sensitivity, centre), 'magma',
+            axes = imagePanel(plotter, '%s slice' % name, section(sensitivity, centre), 'magma',
                           vmin=0.0, vmax=sensitivity.max(), axisNames=SECTION_AXES[name])
             axes.contour(section(reference, centre), levels=[level], colors='cyan',
                          linewidths=0.7)
-        _colorbar(plotter, axes.images[0], 'squared map change (map units²)')
+        colorbar(plotter, axes.images[0], 'squared map change (map units²)')
         return [plotter]
 
     def _showShellProfile(self, paramName=None):
@@ -250,7 +247,7 @@ class CryoHessSoftModesViewer(ProtocolViewer):
                                % (name, sectionName, sensitivity.max()), fontsize=8)
                 axes.set_xticks([])
                 axes.set_yticks([])
-        _colorbar(plotter, shown, 'sensitivity Σ ε²ΔF² (map units², one scale for all runs)',
+        colorbar(plotter, shown, 'sensitivity Σ ε²ΔF² (map units², one scale for all runs)',
                   bottom=0.08, top=0.62)
         return [plotter]
 
@@ -264,26 +261,3 @@ class CryoHessSoftModesViewer(ProtocolViewer):
         return [run for run in self.getProject().getRuns()
                 if isinstance(run, CryoHessProtSoftModes) and run.isFinished()
                 and run.getObjId() != ownId]
-
-
-def _colorbar(plotter, mappable, label, bottom=0.12, top=0.85):
-    """A colour bar in a margin on the right of the figure (the image panels keep
-    their aspect, so a bar taken from their space would overlap them).  The layout
-    is fixed here: the plotter would otherwise redo it when saving or showing."""
-    plotter.tightLayout()
-    plotter.tightLayoutOn = False
-    figure = plotter.getFigure()
-    figure.subplots_adjust(right=0.88)
-    bar = figure.add_axes([0.9, bottom, 0.015, top - bottom])
-    figure.colorbar(mappable, cax=bar, label=label)
-    return bar
-
-
-def _image(plotter, title, image, cmap, axisNames=('', ''), **limits):
-    """One image in the next subplot, without ticks; ``axisNames`` label its
-    horizontal and vertical axes; returns its axes."""
-    axes = plotter.createSubPlot(title, *axisNames)
-    axes.imshow(image, cmap=cmap, origin='lower', **limits)
-    axes.set_xticks([])
-    axes.set_yticks([])
-    return axes

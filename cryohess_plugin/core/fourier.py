@@ -253,7 +253,7 @@ def keys_cubic(u, a=-0.5):
     return np.where(u < 1, inner, np.where(u < 2, outer, 0.0))
 
 
-def kernel_transfer(position, kernel):
+def interpolation_transfer(position, interpolation):
     """Continuous Fourier transform of an interpolation kernel.
 
     Interpolating a Fourier grid with kernel ``h`` multiplies the real-space
@@ -262,12 +262,12 @@ def kernel_transfer(position, kernel):
     (deapodisation, "gridding correction") undoes that.
 
     :param position: ``x / n`` in cycles per grid step, array.
-    :param kernel: ``"linear"`` (``sinc^2``) or ``"cubic"`` (Keys, a = -0.5).
+    :param interpolation: ``"linear"`` (``sinc^2``) or ``"cubic"`` (Keys, a = -0.5).
     """
     f = np.asarray(position, dtype=np.float64)
-    if kernel == "linear":
+    if interpolation == "linear":
         return np.sinc(f) ** 2
-    if kernel == "cubic":
+    if interpolation == "cubic":
         # The kernel is even and piecewise cubic on [0, 1] and [1, 2]; 16-point
         # Gauss-Legendre is exact for the polynomial part times a smooth cosine
         # to double precision at |f| <= 1/2.
@@ -277,16 +277,16 @@ def kernel_transfer(position, kernel):
             u = lo + 0.5 * (nodes + 1.0)
             total += np.cos(2 * np.pi * f[..., None] * u) @ (0.5 * weights * keys_cubic(u))
         return 2.0 * total
-    raise ValueError(f"unknown interpolation kernel {kernel!r}; use 'linear' or 'cubic'")
+    raise ValueError(f"unknown interpolation {interpolation!r}; use 'linear' or 'cubic'")
 
 
-def deapodization(box, padded_size, kernel):
+def deapodization(box, padded_size, interpolation):
     """Separable deapodisation factor ``1 / H(x / padded_size)``, shape ``(box,)``.
 
     ``x`` runs over the positions of a centred ``box`` axis that is zero-padded
     to ``padded_size`` before the transform.
     """
-    return 1.0 / kernel_transfer(frequencies(box) / padded_size, kernel)
+    return 1.0 / interpolation_transfer(frequencies(box) / padded_size, interpolation)
 
 
 @dataclass(frozen=True)

@@ -121,7 +121,7 @@ def polar_transform(images, grid, backend="auto", dtype=np.float32):
     image's pose.
 
     As in the 3-D projector, each image is deapodised for the Keys cubic
-    kernel, its spectrum is taken on the 2x oversampled grid and the nodes are
+    interpolation, its spectrum is taken on the 2x oversampled grid and the nodes are
     interpolated from it.  Against the exact sum the relative error is below
     1e-3 for particles (content within about 0.3 box of the centre) and grows
     towards the box edge: about 3e-2 for white noise that fills the box.

@@ -15,7 +15,7 @@ Accuracy: the default is Keys cubic interpolation on a 2x padded grid,
 deapodised by the kernel's own transfer function.  Against analytic
 projections of Gaussian atoms this gives a uniform relative error of about
 3e-3 at every pose, on axis included; trilinear interpolation with the sinc²
-correction (``kernel="linear"``) is faster but over-corrects at grid nodes, so
+correction (``interpolation="linear"``) is faster but over-corrects at grid nodes, so
 near-axis poses err by several percent for molecules that fill the box
 (benchmarks/RESULTS.md has the numbers).
 
@@ -30,7 +30,7 @@ import numpy as np
 
 from . import fourier
 from .errors import InvalidDataError, ShapeError
-from .kernels import KERNEL_IDS, resolve_backend
+from .kernels import INTERPOLATIONS, resolve_backend
 from .kernels import projector_cpu
 from .rotations import validate_poses
 
@@ -63,32 +63,33 @@ class PoseDerivatives:
 
 
 class SliceOperator:
-    """Geometry of the projector: padded grid, kernel, precision and backend.
+    """Geometry of the projector: padded grid, interpolation, precision and backend.
 
     It holds no volume, so one operator serves forward projection of many
     volumes and back-projection alike.
 
     :param box: image and volume size ``D`` in pixels.
     :param padding: oversampling factor of the Fourier grid (2 by default).
-    :param kernel: ``"cubic"`` (Keys, default) or ``"linear"`` (trilinear).
+    :param interpolation: ``"cubic"`` (Keys, default) or ``"linear"`` (trilinear).
     :param dtype: ``np.float32`` (production) or ``np.float64`` (tests).
     :param backend: ``"auto"``, ``"cpu"`` or ``"cuda"`` (see :mod:`.kernels`).
     :param radius: frequency cut-off of projected images in cycles per box
         (default Nyquist, ``box / 2``).
     """
 
-    def __init__(self, box, padding=2, kernel="cubic", dtype=np.float32, backend="auto",
+    def __init__(self, box, padding=2, interpolation="cubic", dtype=np.float32, backend="auto",
                  radius=None):
-        if kernel not in KERNEL_IDS:
-            raise ValueError(f"kernel must be one of {sorted(KERNEL_IDS)}, got {kernel!r}")
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {sorted(INTERPOLATIONS)}, got "
+                             f"{interpolation!r}")
         if padding < 1 or int(padding) != padding:
             raise ValueError(f"padding must be a positive integer, got {padding}")
         self.dtype, self.complex_dtype = fourier.working_dtypes(dtype)
         self.box = int(box)
         self.padding = int(padding)
         self.padded_size = self.padding * self.box
-        self.kernel = kernel
-        self.kernel_id = KERNEL_IDS[kernel]
+        self.interpolation = interpolation
+        self.interpolation_id = INTERPOLATIONS[interpolation]
         self.backend = resolve_backend(backend)
         if self.backend == "cuda":
             from .kernels import projector_cuda as kernels
@@ -96,7 +97,7 @@ class SliceOperator:
             kernels = projector_cpu
         self._kernels = kernels
         self.half_plane = fourier.HalfPlane.disc(self.box, radius)
-        self._deapodization = fourier.deapodization(self.box, self.padded_size, kernel)
+        self._deapodization = fourier.deapodization(self.box, self.padded_size, interpolation)
 
     # ----------------------------------------------------------------- volume <-> grid
     def volume_to_grid(self, volume):
@@ -151,7 +152,7 @@ class SliceOperator:
         """
         rows, shifts, kx, ky, ctf = self._arguments(rotations, kx, ky, shifts, ctf)
         out = np.empty((rows.shape[0], kx.size), dtype=self.complex_dtype)
-        self._kernels.slice_forward(grid, rows, shifts, kx, ky, ctf, self.box, self.kernel_id, out)
+        self._kernels.slice_forward(grid, rows, shifts, kx, ky, ctf, self.box, self.interpolation_id, out)
         return out
 
     def slices_adjoint(self, values, rotations, kx, ky, shifts=None, ctf=None):
@@ -163,7 +164,7 @@ class SliceOperator:
                              f"got {values.shape}")
         size = self.padded_size
         grid = np.zeros((size, size, size), dtype=self.complex_dtype)
-        self._kernels.slice_adjoint(values, rows, shifts, kx, ky, ctf, self.box, self.kernel_id,
+        self._kernels.slice_adjoint(values, rows, shifts, kx, ky, ctf, self.box, self.interpolation_id,
                                     grid)
         return grid
 
@@ -178,7 +179,7 @@ class SliceOperator:
         n, m = rows.shape[0], kx.size
         raw = np.empty((n, m), dtype=np.complex128)
         grad = np.empty((n, m, 3), dtype=np.complex128)
-        self._kernels.slice_gradient(grid, rows, kx, ky, self.kernel_id, raw, grad)
+        self._kernels.slice_gradient(grid, rows, kx, ky, self.interpolation_id, raw, grad)
         phase = fourier.shift_phase(np.stack([kx, ky], -1), shifts, self.box)
         modulation = phase * (ctf if ctf.shape[0] else 1.0)
         values = raw * modulation
@@ -198,13 +199,13 @@ class FourierSliceProjector:
     """Projector bound to one volume: forward projection, adjoint and derivatives.
 
     :param volume: real ``(D, D, D)`` map, indexed ``(z, y, x)``.
-    :param padding, kernel, dtype, backend, radius: see :class:`SliceOperator`.
+    :param padding, interpolation, dtype, backend, radius: see :class:`SliceOperator`.
     """
 
-    def __init__(self, volume, padding=2, kernel="cubic", dtype=np.float32, backend="auto",
+    def __init__(self, volume, padding=2, interpolation="cubic", dtype=np.float32, backend="auto",
                  radius=None):
         volume = validate_volume(volume)
-        self.operator = SliceOperator(volume.shape[0], padding, kernel, dtype, backend, radius)
+        self.operator = SliceOperator(volume.shape[0], padding, interpolation, dtype, backend, radius)
         self.grid = self.operator.volume_to_grid(volume)
 
     @property

@@ -10,8 +10,8 @@ from ..errors import CryoHessError
 
 BACKENDS = ("auto", "cpu", "cuda")
 
-#: Interpolation kernels understood by the slice kernels.
-KERNEL_IDS = {"linear": 0, "cubic": 1}
+#: Interpolations the slice kernels understand, by name.
+INTERPOLATIONS = {"linear": 0, "cubic": 1}
 
 
 class BackendUnavailableError(CryoHessError, RuntimeError):

@@ -13,10 +13,10 @@ KEYS_A = -0.5
 
 
 @register_jitable(inline="always")
-def tap_weights(t, kernel):
+def tap_weights(t, interpolation):
     """Weights of taps ``f - 1, f, f + 1, f + 2`` at fractional offset ``t``."""
     s = 1.0 - t
-    if kernel == LINEAR:
+    if interpolation == LINEAR:
         return 0.0, s, t, 0.0
     # Keys' two cubic pieces factored at the taps: the outer piece
     # a (u - 1)(u - 2)^2 at u = 1 + t and u = 2 - t is a t s^2 and a s t^2.
@@ -29,9 +29,9 @@ def tap_weights(t, kernel):
 
 
 @register_jitable(inline="always")
-def tap_weight_derivatives(t, kernel):
+def tap_weight_derivatives(t, interpolation):
     """Derivatives of :func:`tap_weights` with respect to ``t``."""
-    if kernel == LINEAR:
+    if interpolation == LINEAR:
         return 0.0, -1.0, 1.0, 0.0
     a = KEYS_A
     u0, u3, s = 1.0 + t, 2.0 - t, 1.0 - t
@@ -43,25 +43,25 @@ def tap_weight_derivatives(t, kernel):
 
 
 @register_jitable(inline="always")
-def used_taps(kernel):
+def used_taps(interpolation):
     """Range ``lo, hi`` of the taps with non-zero weight (linear: the middle two)."""
-    return (1, 3) if kernel == LINEAR else (0, 4)
+    return (1, 3) if interpolation == LINEAR else (0, 4)
 
 
 @register_jitable(inline="always")
-def sample_taps(gx, gy, gz, kernel):
+def sample_taps(gx, gy, gz, interpolation):
     """First tap ``(x0, y0, z0)`` and the x, y, z weights of grid point ``(gx, gy, gz)``."""
     fx, fy, fz = math.floor(gx), math.floor(gy), math.floor(gz)
-    return (int(fx) - 1, int(fy) - 1, int(fz) - 1, tap_weights(gx - fx, kernel),
-            tap_weights(gy - fy, kernel), tap_weights(gz - fz, kernel))
+    return (int(fx) - 1, int(fy) - 1, int(fz) - 1, tap_weights(gx - fx, interpolation),
+            tap_weights(gy - fy, interpolation), tap_weights(gz - fz, interpolation))
 
 
 @register_jitable(inline="always")
-def sample_tap_derivatives(gx, gy, gz, kernel):
+def sample_tap_derivatives(gx, gy, gz, interpolation):
     """Derivatives of the x, y, z weights of :func:`sample_taps`."""
-    return (tap_weight_derivatives(gx - math.floor(gx), kernel),
-            tap_weight_derivatives(gy - math.floor(gy), kernel),
-            tap_weight_derivatives(gz - math.floor(gz), kernel))
+    return (tap_weight_derivatives(gx - math.floor(gx), interpolation),
+            tap_weight_derivatives(gy - math.floor(gy), interpolation),
+            tap_weight_derivatives(gz - math.floor(gz), interpolation))
 
 
 @register_jitable(inline="always")
@@ -74,14 +74,14 @@ def grid_position(i, j, rows, kx, ky, centre):
 
 
 @register_jitable(inline="always")
-def gather_squared_taps(grid, gx, gy, gz, kernel):
+def gather_squared_taps(grid, gx, gy, gz, interpolation):
     """``sum w^2 grid`` over the taps of grid point ``(gx, gy, gz)`` of a real ``grid``.
 
     Taps outside the grid read as zero, as in the slice kernels.
     """
     size = grid.shape[0]
-    lo, hi = used_taps(kernel)
-    x0, y0, z0, wx, wy, wz = sample_taps(gx, gy, gz, kernel)
+    lo, hi = used_taps(interpolation)
+    x0, y0, z0, wx, wy, wz = sample_taps(gx, gy, gz, interpolation)
     total = 0.0
     for c in range(lo, hi):
         z = z0 + c

@@ -18,21 +18,21 @@ from .interpolation import gather_squared_taps, grid_position, sample_taps, used
 from .projector_cpu import misses_slab, slab_bounds, slab_count
 
 
-def sampling_density(weights, rows, kx, ky, kernel, grid):
+def sampling_density(weights, rows, kx, ky, interpolation, grid):
     """Add ``sum_ij weights[i, j] * w_ij(voxel)^2`` into the real ``grid``.
 
     Threads own disjoint z-slabs (as :func:`.projector_cpu.slice_adjoint`), so
     the scatter needs no atomics.
     """
-    _slab_density(weights, rows, kx, ky, kernel, slab_count(grid.shape[0]), grid)
+    _slab_density(weights, rows, kx, ky, interpolation, slab_count(grid.shape[0]), grid)
 
 
 @njit(parallel=True, cache=True)
-def _slab_density(weights, rows, kx, ky, kernel, n_slabs, grid):
+def _slab_density(weights, rows, kx, ky, interpolation, n_slabs, grid):
     n, m = weights.shape
     size = grid.shape[0]
     centre = size // 2
-    lo, hi = used_taps(kernel)
+    lo, hi = used_taps(interpolation)
     for slab in prange(n_slabs):
         z_lo, z_hi = slab_bounds(slab, n_slabs, size)
         for i in range(n):
@@ -40,7 +40,7 @@ def _slab_density(weights, rows, kx, ky, kernel, n_slabs, grid):
                 if misses_slab(i, j, rows, kx, ky, centre, z_lo, z_hi):
                     continue
                 gx, gy, gz = grid_position(i, j, rows, kx, ky, centre)
-                x0, y0, z0, wx, wy, wz = sample_taps(gx, gy, gz, kernel)
+                x0, y0, z0, wx, wy, wz = sample_taps(gx, gy, gz, interpolation)
                 v = weights[i, j]
                 for c in range(lo, hi):
                     z = z0 + c
@@ -58,11 +58,11 @@ def _slab_density(weights, rows, kx, ky, kernel, n_slabs, grid):
 
 
 @njit(parallel=True, cache=True)
-def gather_squared(grid, rows, kx, ky, kernel, out):
+def gather_squared(grid, rows, kx, ky, interpolation, out):
     """``out[i, j] = sum_voxels w_ij(voxel)^2 * grid[voxel]`` for a real ``grid``."""
     n, m = out.shape
     centre = grid.shape[0] // 2
     for i in prange(n):
         for j in range(m):
             gx, gy, gz = grid_position(i, j, rows, kx, ky, centre)
-            out[i, j] = gather_squared_taps(grid, gx, gy, gz, kernel)
+            out[i, j] = gather_squared_taps(grid, gx, gy, gz, interpolation)

@@ -165,10 +165,10 @@ def _taps_inside(x0, y0, z0, size):
 
 
 @njit(cache=True)
-def _interpolate_edge(grid, x0, y0, z0, wx, wy, wz, kernel):
+def _interpolate_edge(grid, x0, y0, z0, wx, wy, wz, interpolation):
     """Interpolation when some taps fall outside the grid (they read as zero)."""
     size = grid.shape[0]
-    lo, hi = used_taps(kernel)
+    lo, hi = used_taps(interpolation)
     value = 0j
     for c in range(lo, hi):
         z = z0 + c
@@ -182,7 +182,7 @@ def _interpolate_edge(grid, x0, y0, z0, wx, wy, wz, kernel):
 
 
 @njit(inline="always", cache=True)
-def _interpolate(grid, flat, gx, gy, gz, kernel):
+def _interpolate(grid, flat, gx, gy, gz, interpolation):
     """Interpolated ``grid`` value at grid coordinates ``(gx, gy, gz)``.
 
     ``flat`` is the grid's real view (real and imaginary parts interleaved),
@@ -190,15 +190,15 @@ def _interpolate(grid, flat, gx, gy, gz, kernel):
     the grid's precision.
     """
     size = grid.shape[0]
-    x0, y0, z0, wx, wy, wz = sample_taps(gx, gy, gz, kernel)
+    x0, y0, z0, wx, wy, wz = sample_taps(gx, gy, gz, interpolation)
     if not _taps_inside(x0, y0, z0, size):
-        return _interpolate_edge(grid, x0, y0, z0, wx, wy, wz, kernel)
+        return _interpolate_edge(grid, x0, y0, z0, wx, wy, wz, interpolation)
     plane = 2 * size * size
     line = 2 * size
     base = z0 * plane + y0 * line + 2 * x0
     # Sum each z plane's rows with the y weights, then the planes with the z
     # weights: 4 + 4 weights to broadcast instead of 16 products.
-    if kernel == LINEAR:
+    if interpolation == LINEAR:
         # Taps 1 and 2 only: rows of 2 complex values from x0 + 1.
         acc = _zero_row(flat, 4)
         for c in range(1, 3):
@@ -219,12 +219,12 @@ def _interpolate(grid, flat, gx, gy, gz, kernel):
 
 
 @njit(inline="always", cache=True)
-def _prefetch_taps(flat, size, gx, gy, gz, kernel):
+def _prefetch_taps(flat, size, gx, gy, gz, interpolation):
     """Prefetch the tap rows of the sample at ``(gx, gy, gz)`` (a row may span two lines)."""
     x0, y0, z0 = int(math.floor(gx)) - 1, int(math.floor(gy)) - 1, int(math.floor(gz)) - 1
     if not _taps_inside(x0, y0, z0, size):
         return
-    lo, hi = used_taps(kernel)
+    lo, hi = used_taps(interpolation)
     plane = 2 * size * size
     line = 2 * size
     base = z0 * plane + y0 * line + 2 * x0
@@ -289,7 +289,7 @@ def _sample_at(s, order, m):
 
 
 @njit(parallel=True, cache=True)
-def _forward(grid, flat, rows, shifts, kx, ky, ctf, box, kernel, order, ahead, out):
+def _forward(grid, flat, rows, shifts, kx, ky, ctf, box, interpolation, order, ahead, out):
     """:func:`slice_forward` visiting samples in ``order`` (from :func:`_spatial_order`;
     image by image when empty), prefetching the taps ``ahead`` samples on when
     ``ahead > 0``."""
@@ -303,21 +303,21 @@ def _forward(grid, flat, rows, shifts, kx, ky, ctf, box, kernel, order, ahead, o
             if ahead > 0 and s + ahead < stop:
                 i, j = _sample_at(s + ahead, order, m)
                 gx, gy, gz = grid_position(i, j, rows, kx, ky, centre)
-                _prefetch_taps(flat, size, gx, gy, gz, kernel)
+                _prefetch_taps(flat, size, gx, gy, gz, interpolation)
             i, j = _sample_at(s, order, m)
             gx, gy, gz = grid_position(i, j, rows, kx, ky, centre)
-            value = _interpolate(grid, flat, gx, gy, gz, kernel)
+            value = _interpolate(grid, flat, gx, gy, gz, interpolation)
             mod_re, mod_im = sample_modulation(i, j, kx, ky, shifts, ctf, box)
             out[i, j] = value * complex(mod_re, mod_im)
 
 
-def slice_forward(grid, rows, shifts, kx, ky, ctf, box, kernel, out):
+def slice_forward(grid, rows, shifts, kx, ky, ctf, box, interpolation, out):
     """``out[i, j]`` = modulated interpolation of ``grid`` at sample ``j`` of image ``i``."""
     n = out.shape[0]
     grid = np.ascontiguousarray(grid)
     flat = grid.reshape(-1).view(grid.real.dtype)
     if n < _SORT_MIN_IMAGES:
-        _forward(grid, flat, rows, shifts, kx, ky, ctf, box, kernel, _NATURAL_ORDER, _AHEAD, out)
+        _forward(grid, flat, rows, shifts, kx, ky, ctf, box, interpolation, _NATURAL_ORDER, _AHEAD, out)
         return
     n_batches = -(-n // _SORT_BATCH)
     shares = numba.get_num_threads()
@@ -325,7 +325,7 @@ def slice_forward(grid, rows, shifts, kx, ky, ctf, box, kernel, out):
         part = slice(batch[0], batch[-1] + 1)
         order = _spatial_order(rows[part], kx, ky, grid.shape[0], min(shares, batch.size))
         _forward(grid, flat, rows[part], shifts[part], kx, ky, ctf[part] if ctf.shape[0] else ctf,
-                 box, kernel, order, 0, out[part])
+                 box, interpolation, order, 0, out[part])
 
 
 def slab_count(size):
@@ -350,22 +350,22 @@ def misses_slab(i, j, rows, kx, ky, centre, z_lo, z_hi):
     return z0 + 3 < z_lo or z0 >= z_hi
 
 
-def slice_adjoint(values, rows, shifts, kx, ky, ctf, box, kernel, grid):
+def slice_adjoint(values, rows, shifts, kx, ky, ctf, box, interpolation, grid):
     """Add the transpose of :func:`slice_forward` applied to ``values`` into ``grid``.
 
     Threads own disjoint z-slabs of the grid (:func:`slab_count`), so the
     scatter needs no atomics.
     """
-    _slab_adjoint(values, rows, shifts, kx, ky, ctf, box, kernel, slab_count(grid.shape[0]), grid)
+    _slab_adjoint(values, rows, shifts, kx, ky, ctf, box, interpolation, slab_count(grid.shape[0]), grid)
 
 
 @njit(parallel=True, cache=True)
-def _slab_adjoint(values, rows, shifts, kx, ky, ctf, box, kernel, n_slabs, grid):
+def _slab_adjoint(values, rows, shifts, kx, ky, ctf, box, interpolation, n_slabs, grid):
     """:func:`slice_adjoint` over ``n_slabs`` z-slabs, one task per slab."""
     n, m = values.shape
     size = grid.shape[0]
     centre = size // 2
-    lo, hi = used_taps(kernel)
+    lo, hi = used_taps(interpolation)
     for slab in prange(n_slabs):
         z_lo, z_hi = slab_bounds(slab, n_slabs, size)
         for i in range(n):
@@ -373,7 +373,7 @@ def _slab_adjoint(values, rows, shifts, kx, ky, ctf, box, kernel, n_slabs, grid)
                 if misses_slab(i, j, rows, kx, ky, centre, z_lo, z_hi):
                     continue
                 gx, gy, gz = grid_position(i, j, rows, kx, ky, centre)
-                x0, y0, z0, wx, wy, wz = sample_taps(gx, gy, gz, kernel)
+                x0, y0, z0, wx, wy, wz = sample_taps(gx, gy, gz, interpolation)
                 # Conjugate modulation: the adjoint of multiplying by a complex factor.
                 mod_re, mod_im = sample_modulation(i, j, kx, ky, shifts, ctf, box)
                 v = values[i, j] * complex(mod_re, -mod_im)
@@ -393,7 +393,7 @@ def _slab_adjoint(values, rows, shifts, kx, ky, ctf, box, kernel, n_slabs, grid)
 
 
 @njit(parallel=True, cache=True)
-def slice_gradient(grid, rows, kx, ky, kernel, values, gradients):
+def slice_gradient(grid, rows, kx, ky, interpolation, values, gradients):
     """Unmodulated samples and their gradients with respect to ``(gx, gy, gz)``.
 
     ``values[i, j]`` is the interpolated grid value and ``gradients[i, j, :]``
@@ -402,12 +402,12 @@ def slice_gradient(grid, rows, kx, ky, kernel, values, gradients):
     n, m = values.shape
     size = grid.shape[0]
     centre = size // 2
-    lo, hi = used_taps(kernel)
+    lo, hi = used_taps(interpolation)
     for i in prange(n):
         for j in range(m):
             gx, gy, gz = grid_position(i, j, rows, kx, ky, centre)
-            x0, y0, z0, wx, wy, wz = sample_taps(gx, gy, gz, kernel)
-            dx, dy, dz = sample_tap_derivatives(gx, gy, gz, kernel)
+            x0, y0, z0, wx, wy, wz = sample_taps(gx, gy, gz, interpolation)
+            dx, dy, dz = sample_tap_derivatives(gx, gy, gz, interpolation)
             value = 0j
             grad_x = 0j
             grad_y = 0j

@@ -26,7 +26,7 @@ def _kernels(real_dtype):
     real = numba.from_dtype(np.dtype(real_dtype))
 
     @cuda.jit
-    def forward(grid, rows, shifts, kx, ky, ctf, box, kernel, out):
+    def forward(grid, rows, shifts, kx, ky, ctf, box, interpolation, out):
         j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
         n = out.shape[0]
         m = out.shape[1] // 2
@@ -34,13 +34,13 @@ def _kernels(real_dtype):
             return
         size = grid.shape[0]
         centre = size // 2
-        lo, hi = used_taps(kernel)
+        lo, hi = used_taps(interpolation)
         # Weights in the grid's precision, as projector_cpu.interpolate does, so
         # single-precision grids are interpolated in single precision.
         weights = cuda.local.array(12, real)
         for i in range(cuda.blockIdx.y, n, cuda.gridDim.y):
             gx, gy, gz = grid_position(i, j, rows, kx, ky, centre)
-            x0, y0, z0, wx, wy, wz = sample_taps(gx, gy, gz, kernel)
+            x0, y0, z0, wx, wy, wz = sample_taps(gx, gy, gz, interpolation)
             for a in range(4):
                 weights[a] = wx[a]
                 weights[4 + a] = wy[a]
@@ -70,7 +70,7 @@ def _kernels(real_dtype):
             out[i, 2 * j + 1] = acc_re * mod_im + acc_im * mod_re
 
     @cuda.jit
-    def adjoint(values, rows, shifts, kx, ky, ctf, box, kernel, grid):
+    def adjoint(values, rows, shifts, kx, ky, ctf, box, interpolation, grid):
         j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
         n = values.shape[0]
         m = values.shape[1] // 2
@@ -78,10 +78,10 @@ def _kernels(real_dtype):
             return
         size = grid.shape[0]
         centre = size // 2
-        lo, hi = used_taps(kernel)
+        lo, hi = used_taps(interpolation)
         for i in range(cuda.blockIdx.y, n, cuda.gridDim.y):
             gx, gy, gz = grid_position(i, j, rows, kx, ky, centre)
-            x0, y0, z0, wx, wy, wz = sample_taps(gx, gy, gz, kernel)
+            x0, y0, z0, wx, wy, wz = sample_taps(gx, gy, gz, interpolation)
             # Conjugate modulation: the adjoint of multiplying by a complex factor.
             mod_re, mod_im = sample_modulation(i, j, kx, ky, shifts, ctf, box)
             val_re = values[i, 2 * j]
@@ -106,7 +106,7 @@ def _kernels(real_dtype):
                             cuda.atomic.add(grid, (z, y, 2 * x + 1), real(vzy_im * wx[a]))
 
     @cuda.jit
-    def gradient(grid, rows, kx, ky, kernel, values, gradients):
+    def gradient(grid, rows, kx, ky, interpolation, values, gradients):
         j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
         n = values.shape[0]
         m = values.shape[1] // 2
@@ -114,11 +114,11 @@ def _kernels(real_dtype):
             return
         size = grid.shape[0]
         centre = size // 2
-        lo, hi = used_taps(kernel)
+        lo, hi = used_taps(interpolation)
         for i in range(cuda.blockIdx.y, n, cuda.gridDim.y):
             gx, gy, gz = grid_position(i, j, rows, kx, ky, centre)
-            x0, y0, z0, wx, wy, wz = sample_taps(gx, gy, gz, kernel)
-            dx, dy, dz = sample_tap_derivatives(gx, gy, gz, kernel)
+            x0, y0, z0, wx, wy, wz = sample_taps(gx, gy, gz, interpolation)
+            dx, dy, dz = sample_tap_derivatives(gx, gy, gz, interpolation)
             # Double-precision accumulation, as in projector_cpu.slice_gradient.
             value_re = 0.0
             value_im = 0.0
@@ -183,7 +183,7 @@ def _common_inputs(rows, shifts, kx, ky, ctf):
     return (*to_device_float64(rows, shifts, kx, ky), cuda.to_device(np.ascontiguousarray(ctf)))
 
 
-def slice_forward(grid, rows, shifts, kx, ky, ctf, box, kernel, out):
+def slice_forward(grid, rows, shifts, kx, ky, ctf, box, interpolation, out):
     """``out[i, j]`` = modulated interpolation of ``grid`` at sample ``j`` of image ``i``."""
     n, m = out.shape
     if n == 0 or m == 0:
@@ -195,11 +195,11 @@ def slice_forward(grid, rows, shifts, kx, ky, ctf, box, kernel, out):
     d_out = cuda.device_array((n, 2 * m), dtype=np.finfo(out.dtype).dtype)
     blocks, threads = launch_shape(n, m)
     forward[blocks, threads](d_grid, d_rows, d_shifts, d_kx, d_ky, d_ctf, float(box),
-                             int(kernel), d_out)
+                             int(interpolation), d_out)
     _copy_back(d_out, out)
 
 
-def slice_adjoint(values, rows, shifts, kx, ky, ctf, box, kernel, grid):
+def slice_adjoint(values, rows, shifts, kx, ky, ctf, box, interpolation, grid):
     """Add the transpose of :func:`slice_forward` applied to ``values`` into ``grid``."""
     n, m = values.shape
     if n == 0 or m == 0:
@@ -212,11 +212,11 @@ def slice_adjoint(values, rows, shifts, kx, ky, ctf, box, kernel, grid):
     d_grid = cuda.to_device(grid_view)
     blocks, threads = launch_shape(n, m)
     adjoint[blocks, threads](d_values, d_rows, d_shifts, d_kx, d_ky, d_ctf, float(box),
-                             int(kernel), d_grid)
+                             int(interpolation), d_grid)
     _copy_back(d_grid, grid)
 
 
-def slice_gradient(grid, rows, kx, ky, kernel, values, gradients):
+def slice_gradient(grid, rows, kx, ky, interpolation, values, gradients):
     """Unmodulated samples and their gradients with respect to ``(gx, gy, gz)``.
 
     ``values`` ``(n, m)`` and ``gradients`` ``(n, m, 3)`` are complex128, as for
@@ -232,6 +232,6 @@ def slice_gradient(grid, rows, kx, ky, kernel, values, gradients):
     d_values = cuda.device_array((n, 2 * m), dtype=np.float64)
     d_gradients = cuda.device_array((n, m, 6), dtype=np.float64)
     blocks, threads = launch_shape(n, m)
-    gradient[blocks, threads](d_grid, d_rows, d_kx, d_ky, int(kernel), d_values, d_gradients)
+    gradient[blocks, threads](d_grid, d_rows, d_kx, d_ky, int(interpolation), d_values, d_gradients)
     _copy_back(d_values, values)
     _copy_back(d_gradients, gradients)

@@ -7,7 +7,7 @@ conventions of :mod:`.fourier` and :mod:`.projector`)::
 
 * ``V`` is the centred, non-unitary transform of the map on the *unpadded*
   ``D^3`` grid, read by trilinear interpolation (a :class:`.SliceOperator`
-  with ``padding=1``, ``kernel="linear"``): the paper's model, in which every
+  with ``padding=1``, ``interpolation="linear"``): the paper's model, in which every
   grid coefficient is a parameter.  The map is ``ifft(V)`` divided by the
   kernel's deapodisation, as :meth:`.SliceOperator.volume_to_grid` inverts.
 * ``N`` is the transform of white real-space noise of variance ``sigma^2``
@@ -284,7 +284,7 @@ def fit_closed_form(problem, noise_variance=None, prior_variance=None, em_iterat
             _normal_equations(problem, scale, prior, passes), data / scale, preconditioner,
             mean, cg_iterations,
             tolerance if round_ == rounds - 1 else max(tolerance, EM_TOLERANCE), report)
-        posterior = FourierPosterior(mean, variance, prior, noise, problem.kernel, history)
+        posterior = FourierPosterior(mean, variance, prior, noise, problem.interpolation, history)
         history["noise_variance"].append(noise)
         history["cg_residuals"].append(residuals)
         shells = np.atleast_1d(prior_shell)
@@ -390,7 +390,7 @@ def fit_variational(problem, noise_variance, prior_variance, batch_size=64, epoc
                    f"{steps_per_epoch} minibatches of {batch_size}")
     history = {"steps": t, "batch_size": batch_size, "elbo": elbos}
     return FourierPosterior(average if n_averaged else mean, 1.0 / precision, prior,
-                            scale / box ** 2, problem.kernel, history)
+                            scale / box ** 2, problem.interpolation, history)
 
 
 def log_likelihood(problem, posterior):

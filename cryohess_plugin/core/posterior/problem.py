@@ -53,17 +53,17 @@ class SpectraWriter:
     :param path: ``.npy`` file to create.
     :param count: number of particles ``n``.
     :param box: image size ``D``.
-    :param kernel: interpolation kernel of the model (sets the disc).
+    :param interpolation: interpolation kernel of the model (sets the disc).
     :param dtype: float precision of the stored spectra.
     """
 
-    def __init__(self, path, count, box, kernel="linear", dtype=np.float64):
-        if kernel not in _MARGIN:
-            raise ValueError(f"kernel must be one of {sorted(_MARGIN)}, got {kernel!r}")
+    def __init__(self, path, count, box, interpolation="linear", dtype=np.float64):
+        if interpolation not in _MARGIN:
+            raise ValueError(f"interpolation must be one of {sorted(_MARGIN)}, got {interpolation!r}")
         if count < 1:
             raise InvalidDataError("the particle stack is empty; select some particles")
         self.box, self.count = int(box), int(count)
-        self.half_plane = fourier.HalfPlane.disc(self.box, self.box / 2 - _MARGIN[kernel])
+        self.half_plane = fourier.HalfPlane.disc(self.box, self.box / 2 - _MARGIN[interpolation])
         complex_dtype = np.result_type(np.dtype(dtype), np.complex64)
         self.array = np.lib.format.open_memmap(str(path), mode="w+", dtype=complex_dtype,
                                                shape=(self.count, self.half_plane.size))
@@ -104,27 +104,27 @@ class SpectraWriter:
             self.array = None
 
 
-def write_spectra(path, images, kernel="linear", dtype=np.float64, batch_size=512):
+def write_spectra(path, images, interpolation="linear", dtype=np.float64, batch_size=512):
     """Half-plane spectra of ``images`` ``(n, D, D)`` (an array or memory map) to ``path``
     (``.npy``), ``batch_size`` images at a time; see :class:`SpectraWriter`."""
     images = np.asarray(images) if not isinstance(images, np.memmap) else images
     if images.ndim != 3 or images.shape[1] != images.shape[2]:
         raise ShapeError(f"images must be a stack (n, D, D) of square images, got shape "
                          f"{images.shape}")
-    with SpectraWriter(path, images.shape[0], images.shape[1], kernel, dtype) as writer:
+    with SpectraWriter(path, images.shape[0], images.shape[1], interpolation, dtype) as writer:
         for start in range(0, images.shape[0], int(batch_size)):
             writer.write(images[start:start + int(batch_size)])
     return path
 
 
-def _box_of_spectra(size, kernel):
+def _box_of_spectra(size, interpolation):
     """The image size whose model disc has ``size`` half-plane points."""
-    guess = int(round(2 * (np.sqrt(2 * size / np.pi) + _MARGIN[kernel])))
+    guess = int(round(2 * (np.sqrt(2 * size / np.pi) + _MARGIN[interpolation])))
     for box in range(max(guess - 4, 2), guess + 5):
-        if fourier.HalfPlane.disc(box, box / 2 - _MARGIN[kernel]).size == size:
+        if fourier.HalfPlane.disc(box, box / 2 - _MARGIN[interpolation]).size == size:
             return box
     raise ShapeError(f"{size} coefficients per particle match no image size's half-plane disc "
-                     f"({kernel} kernel); write spectra with write_spectra")
+                     f"({interpolation} interpolation); write spectra with write_spectra")
 
 
 def _open_array(value):
@@ -151,23 +151,23 @@ class PosteriorProblem:
     :param ctf: ``(n, m)`` CTF values at the operator's half-plane points
         (:meth:`ctf_frequencies`), an array, memory map or ``.npy`` path; or
         None for CTF-free data.
-    :param kernel: interpolation kernel of the model (``"linear"``: the paper's).
+    :param interpolation: interpolation kernel of the model (``"linear"``: the paper's).
     :param dtype: float precision of the spectra and grids.
     :param backend: backend of the slice operator.
     :param batch_size: images per pass of the slice kernels (and per read).
     """
 
-    def __init__(self, images, rotations, shifts=None, ctf=None, kernel="linear",
+    def __init__(self, images, rotations, shifts=None, ctf=None, interpolation="linear",
                  dtype=np.float64, backend="cpu", batch_size=512):
-        if kernel not in _MARGIN:
-            raise ValueError(f"kernel must be one of {sorted(_MARGIN)}, got {kernel!r}")
+        if interpolation not in _MARGIN:
+            raise ValueError(f"interpolation must be one of {sorted(_MARGIN)}, got {interpolation!r}")
         images = _open_array(images)
         is_spectra = images.ndim == 2 and np.iscomplexobj(images)
         if not is_spectra and (images.ndim != 3 or images.shape[1] != images.shape[2]):
             raise ShapeError(f"images must be a stack (n, D, D) of square images or their "
                              f"(n, m) half-plane spectra, got shape {images.shape}")
         n = images.shape[0]
-        box = _box_of_spectra(images.shape[1], kernel) if is_spectra else images.shape[1]
+        box = _box_of_spectra(images.shape[1], interpolation) if is_spectra else images.shape[1]
         if n < 1:
             raise InvalidDataError("the particle stack is empty; select some particles")
         if rotations is None:
@@ -180,8 +180,8 @@ class PosteriorProblem:
             if bad:
                 raise InvalidDataError(f"images contain {bad} NaN or infinite values; remove "
                                        "those particles")
-        self.operator = SliceOperator(box, padding=1, kernel=kernel, dtype=dtype,
-                                      backend=backend, radius=box / 2 - _MARGIN[kernel])
+        self.operator = SliceOperator(box, padding=1, interpolation=interpolation, dtype=dtype,
+                                      backend=backend, radius=box / 2 - _MARGIN[interpolation])
         hp = self.operator.half_plane
         if ctf is not None:
             ctf = _open_array(ctf)
@@ -193,7 +193,7 @@ class PosteriorProblem:
                 raise InvalidDataError("the CTF values contain NaN or infinite entries; "
                                        "re-estimate the CTF of those micrographs")
         self.box = box
-        self.kernel = kernel
+        self.interpolation = interpolation
         self.rotations = rotations
         self.shifts = shifts
         self.batch_size = int(batch_size)
@@ -219,9 +219,9 @@ class PosteriorProblem:
         self._kernels = kernels
 
     @staticmethod
-    def ctf_frequencies(box, kernel="linear"):
+    def ctf_frequencies(box, interpolation="linear"):
         """``(kx, ky)`` at which :class:`PosteriorProblem` expects CTF values."""
-        hp = fourier.HalfPlane.disc(box, box / 2 - _MARGIN[kernel])
+        hp = fourier.HalfPlane.disc(box, box / 2 - _MARGIN[interpolation])
         return hp.kx, hp.ky
 
     @property
@@ -351,7 +351,7 @@ class PosteriorProblem:
                                            * self.sample_weight)
             hp = self.half_plane
             self._kernels.sampling_density(weights, self._rows[p], hp.kx, hp.ky,
-                                           self.operator.kernel_id, density)
+                                           self.operator.interpolation_id, density)
         return density + mirror(density)
 
     def row_sums(self, part=None):
@@ -370,7 +370,7 @@ class PosteriorProblem:
         rows = self._rows[part]
         out = np.empty((rows.shape[0], hp.size))
         self._kernels.gather_squared(np.ascontiguousarray(variance, np.float64), rows, hp.kx,
-                                     hp.ky, self.operator.kernel_id, out)
+                                     hp.ky, self.operator.interpolation_id, out)
         if self._ctf_source is not None:
             out *= self._ctf(part) ** 2
         return out

@@ -16,7 +16,7 @@ class FourierPosterior:
     :param variance: real ``(D, D, D)`` complex variance ``E|V - mu|^2``.
     :param prior_variance: real ``(D, D, D)`` prior ``s0^2`` per coefficient.
     :param noise_variance: real-space noise variance ``sigma^2`` per pixel.
-    :param kernel: interpolation kernel of the model.
+    :param interpolation: interpolation kernel of the model.
     :param history: fit diagnostics (noise, residuals per iteration).
     :param noise_power: per-shell ``(D // 2 + 1,)`` power of the noise in
         :meth:`mean_map` (map domain, :func:`propagate_noise`), or None.
@@ -25,7 +25,7 @@ class FourierPosterior:
     variance: np.ndarray
     prior_variance: np.ndarray
     noise_variance: float
-    kernel: str = "linear"
+    interpolation: str = "linear"
     history: dict = field(default_factory=dict)
     noise_power: np.ndarray = None
 
@@ -34,7 +34,7 @@ class FourierPosterior:
         return self.mean.shape[0]
 
     def _deapodization(self):
-        d = fourier.deapodization(self.box, self.box, self.kernel)
+        d = fourier.deapodization(self.box, self.box, self.interpolation)
         return d[:, None, None] * d[None, :, None] * d[None, None, :]
 
     def grid_to_map(self, grid):

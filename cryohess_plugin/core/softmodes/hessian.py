@@ -56,7 +56,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.spatial
 
-from .. import rotations as rotations_module
+from .. import rotations as rot
 from ..ctf import CTFParams, ctf_stack
 from ..errors import InvalidDataError, ShapeError
 from ..kernels import resolve_backend
@@ -139,7 +139,7 @@ def hemisphere_grid(spacing_deg):
     """
     if not spacing_deg > 0:
         raise InvalidDataError(f"the direction grid spacing must be positive, got {spacing_deg}")
-    directions, weights = rotations_module.viewing_grid(spacing_deg)
+    directions, weights = rot.viewing_grid(spacing_deg)
     upper = directions[:, 2] > _EQUATOR
     equator = np.abs(directions[:, 2]) <= _EQUATOR
     return (np.concatenate([directions[upper], directions[equator]]),
@@ -185,8 +185,8 @@ def _defocus_groups(ctf_params, tolerance):
 
 def _assign_particles(rotations, ctf_params, defocus_tolerance, grid_spacing_deg):
     """Folded directions, defocus group of each particle, group CTFs and the direction grid."""
-    rotations, _ = rotations_module.validate_poses(rotations)
-    directions = fold_directions(rotations_module.projection_directions(rotations))
+    rotations, _ = rot.validate_poses(rotations)
+    directions = fold_directions(rot.projection_directions(rotations))
     if ctf_params is None:
         group, params = np.zeros(len(rotations), dtype=int), ()
     else:
@@ -395,7 +395,7 @@ class AccumulatedHessian:
                                    f"got {self.n_angles}")
         self.half = self.n_angles // 2
         self.harmonics = RealHarmonics(shells, layout)
-        rotations = rotations_module.rotations_for_directions(experiment.directions)
+        rotations = rot.rotations_for_directions(experiment.directions)
         self.rotations = rotations
         psi = 2 * np.pi * np.arange(self.half) / self.n_angles
         # Sample directions R_dᵀ e(ψ_q) of the half rings, (D, Q/2, 3).
@@ -463,9 +463,9 @@ class AccumulatedHessian:
         modes = [self.harmonics.to_columns(mode) for mode in rotation_modes]
         derivative_re, derivative_im = [], []
         for where, slices in self._mode_slices(modes):  # T(-i L_b F)
-            rot = self.rotations[where]
-            derivative_re.append(np.einsum("dab,bdqr->adqr", rot, np.stack([s[0] for s in slices])))
-            derivative_im.append(np.einsum("dab,bdqr->adqr", rot, np.stack([s[1] for s in slices])))
+            matrices = self.rotations[where]
+            derivative_re.append(np.einsum("dab,bdqr->adqr", matrices, np.stack([s[0] for s in slices])))
+            derivative_im.append(np.einsum("dab,bdqr->adqr", matrices, np.stack([s[1] for s in slices])))
         self._derivatives = (np.concatenate(derivative_re, axis=1),
                              np.concatenate(derivative_im, axis=1))  # (3, D, Q/2, R)
         u_re, u_im = self._derivatives

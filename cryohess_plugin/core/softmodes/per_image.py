@@ -78,7 +78,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import rotations as rotations_module
+from .. import rotations as rot
 from ..errors import InvalidDataError, ShapeError
 from ..polar import PolarGrid
 from ..spherical import angular_momentum, harmonics_at
@@ -309,21 +309,21 @@ class SoftModeProblem:
         cached = self._cache.get("expansion")
         if cached is not None and np.array_equal(cached["coeffs"], coeffs):
             return cached
-        rot = self.rotations
+        matrices = self.rotations
         weights = self._sample_weights / self.noise_sigma ** 2
         momenta = np.stack([angular_momentum(coeffs, axis) for axis in range(3)])
         second = np.stack([angular_momentum(momenta, axis) for axis in range(3)])  # [c, d] = L_c L_d
         slices = self._slice(np.concatenate([coeffs[None], momenta]))  # (4, J, R, Q)
         residuals = self.ctf * slices[0] - self.images_polar
         # S_a = C ∂_a T A = -i C Σ_b R[a, b] T(L_b A).
-        derivatives = -1j * self.ctf * np.einsum("jab,bjrq->ajrq", rot, slices[1:])
+        derivatives = -1j * self.ctf * np.einsum("jab,bjrq->ajrq", matrices, slices[1:])
         pose_gradient = np.einsum("rq,ajrq,jrq->ja", weights, derivatives.conj(), residuals).real
         pose_blocks = np.einsum("rq,ajrq,bjrq->jab", weights, derivatives.conj(), derivatives,
                                 optimize=True).real
         # The second derivatives are only contracted with the residuals: block by block.
         for images, second_slices in self._slice_blocks(second):  # (3, 3, b, R, Q)
             # S_ab = -1/2 C Σ_cd (R_ac R_bd + R_bc R_ad) T(L_c L_d A): the symmetrised flow.
-            mixed = np.einsum("jac,jbd,cdjrq->abjrq", rot[images], rot[images], second_slices,
+            mixed = np.einsum("jac,jbd,cdjrq->abjrq", matrices[images], matrices[images], second_slices,
                               optimize=True)
             second_derivatives = -0.5 * self.ctf[images] * (mixed + mixed.transpose(1, 0, 2, 3, 4))
             pose_blocks[images] += np.einsum("rq,abjrq,jrq->jab", weights,
@@ -359,7 +359,7 @@ class SoftModeProblem:
             expansion = problem._expansion(coeffs)
             step = -np.einsum("jab,jb->ja", expansion["pose_pinv"], expansion["pose_gradient"])
             problem = SoftModeProblem(self.shell_grid, self.images_polar,
-                                      rotations_module.perturb(problem.rotations, step),
+                                      rot.perturb(problem.rotations, step),
                                       self.ctf, self.noise_sigma, self.max_cache_bytes)
         return problem
 
