@@ -123,12 +123,15 @@ def acquisition_from_params(params, magnification=None):
                        amplitudeContrast=params.amplitude_contrast, magnification=magnification)
 
 
-def ctf_params_from_image(image, acquisition=None):
+def ctf_params_from_image(image, acquisition=None, phase_flipped=False):
     """:class:`CTFParams` of an image (particle or micrograph) with a CTF.
 
     :param image: Scipion image carrying a ``CTFModel``.
     :param acquisition: ``Acquisition`` to use; default the image's own.
+    :param phase_flipped: the image belongs to a phase-flipped set
+        (``isPhaseFlipped()``), so its CTF is ``|CTF|``.
     :raises MissingMetadataError: the image has no CTF or no acquisition values.
+    :raises InvalidDataError: the CTF is unusable (e.g. defocus 0), naming the image.
     """
     ctf = image.getCTF()
     if ctf is None or ctf.getDefocusU() is None:
@@ -143,10 +146,14 @@ def ctf_params_from_image(image, acquisition=None):
         raise MissingMetadataError(
             f"image {image.getObjId()} has no voltage, Cs or amplitude contrast in its "
             f"acquisition; import the data with the microscope parameters")
-    return CTFParams(defocus_u=ctf.getDefocusU(), defocus_v=ctf.getDefocusV(),
-                     defocus_angle=ctf.getDefocusAngle(), voltage=values[0],
-                     spherical_aberration=values[1], amplitude_contrast=values[2],
-                     phase_shift=ctf.getPhaseShift() or 0.0)
+    try:
+        return CTFParams(defocus_u=ctf.getDefocusU(), defocus_v=ctf.getDefocusV(),
+                         defocus_angle=ctf.getDefocusAngle(), voltage=values[0],
+                         spherical_aberration=values[1], amplitude_contrast=values[2],
+                         phase_shift=ctf.getPhaseShift() or 0.0, phase_flipped=phase_flipped)
+    except InvalidDataError as error:
+        raise InvalidDataError(f"image {location_text(image)} (id {image.getObjId()}): "
+                               f"{error}") from None
 
 
 # --------------------------- Extra columns -------------------------------------
@@ -255,6 +262,7 @@ def particles_to_arrays(partSet, need_ctf=False, need_alignment=None, columns=()
         raise MissingMetadataError("the particles have no CTF; estimate the CTF of the "
                                    "micrographs and extract the particles with it")
     alignment = _alignment_to_read(partSet, need_alignment)
+    phase_flipped = bool(partSet.isPhaseFlipped())
     images, ids, rotations, shifts, ctfs = [], [], [], [], []
     values = {name: [] for name in columns}
     stacks = {}
@@ -270,7 +278,7 @@ def particles_to_arrays(partSet, need_ctf=False, need_alignment=None, columns=()
             rotations.append(rotation)
             shifts.append(shift)
         if need_ctf:
-            ctfs.append(ctf_params_from_image(particle))
+            ctfs.append(ctf_params_from_image(particle, phase_flipped=phase_flipped))
         for name in columns:
             values[name].append(read_column(particle, name))
     if not ids:

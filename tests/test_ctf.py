@@ -1,13 +1,15 @@
 """CTF convention: against Xmipp's applyCTF and against closed-form results.
 
 Relation to Xmipp found by experiment (``xmippLib.applyCTF``) and asserted
-below: Xmipp's CTF is exactly the *negative* of ours (positive at low
-frequency); defocus sign, astigmatism angle (counter-clockwise from +x, x =
-column, y = row), amplitude contrast ``sqrt(1 - Q0^2) sin + Q0 cos`` and the
-wavelength constants are the same.  Xmipp's applyCTF ignores
+below: Xmipp's CTF equals ours, Scipion's sign (positive at low frequency, for
+white particles); defocus sign, astigmatism angle (counter-clockwise from +x,
+x = column, y = row), amplitude contrast ``sqrt(1 - Q0^2) sin + Q0 cos`` and
+the wavelength constants are the same.  Xmipp's applyCTF ignores
 ``MDL_CTF_PHASE_SHIFT`` (without a phase-plate radius), so phase shifts are
 only checked analytically.
 """
+from dataclasses import astuple
+
 import numpy as np
 import pytest
 
@@ -76,13 +78,13 @@ def random_blobs(box, seed):
 @pytest.mark.parametrize("box", [64, 65])
 @pytest.mark.parametrize("params", PARAM_SETS)
 @pytest.mark.parametrize("make_image", [band_limited_noise, random_blobs])
-def test_apply_ctf_is_minus_xmipp(box, params, make_image):
+def test_apply_ctf_equals_xmipp(box, params, make_image):
     image = make_image(box, seed=box)
     reference = xmipp_apply_ctf(image, params, PIXEL)
     ours = apply_ctf(image, params, PIXEL)
-    assert relative_l2(ours, -reference) < 1e-7
-    # The same sign would be wrong by about twice the norm.
-    assert relative_l2(ours, reference) > 1.9
+    assert relative_l2(ours, reference) < 1e-7
+    # The opposite sign would be wrong by about twice the norm.
+    assert relative_l2(ours, -reference) > 1.9
 
 
 @pytest.mark.parametrize("box", [64, 65])
@@ -91,7 +93,7 @@ def test_astigmatism_angle_has_xmipp_direction(box):
     params = PARAM_SETS[2]
     mirrored = CTFParams(params.defocus_u, params.defocus_v, -params.defocus_angle,
                          params.voltage, params.spherical_aberration, params.amplitude_contrast)
-    reference = -xmipp_apply_ctf(image, params, PIXEL)
+    reference = xmipp_apply_ctf(image, params, PIXEL)
     assert relative_l2(apply_ctf(image, params, PIXEL), reference) < 1e-7
     assert relative_l2(apply_ctf(image, mirrored, PIXEL), reference) > 0.3
 
@@ -140,7 +142,7 @@ def test_zeros_at_analytic_positions(amplitude):
 
 def test_low_frequency_sign_and_amplitude_contrast():
     params = CTFParams(15000.0, 12000.0, 30.0, 300.0, 2.7, 0.1)
-    assert evaluate_ctf(params, 0.0, 0.0, 128, 1.0) == pytest.approx(-0.1, abs=1e-15)
+    assert evaluate_ctf(params, 0.0, 0.0, 128, 1.0) == pytest.approx(0.1, abs=1e-15)
 
 
 def test_astigmatism_rotates_with_angle():
@@ -172,9 +174,9 @@ def test_phase_shift_90_turns_sin_into_cos():
     lam, s = electron_wavelength(300.0), k / (box * pixel)
     chi = np.pi * lam * 12000.0 * s ** 2 - np.pi / 2 * 2.7e7 * lam ** 3 * s ** 4
     np.testing.assert_allclose(evaluate_ctf(CTFParams(**params), k, 0.0, box, pixel),
-                               -np.sin(chi), atol=1e-12)
+                               np.sin(chi), atol=1e-12)
     np.testing.assert_allclose(evaluate_ctf(CTFParams(**params, phase_shift=90.0), k, 0.0, box,
-                                            pixel), -np.cos(chi), atol=1e-12)
+                                            pixel), np.cos(chi), atol=1e-12)
 
 
 def test_bfactor_envelope():
@@ -254,8 +256,35 @@ def test_parameter_rows_round_trip():
     params = [CTFParams(12000.0, 11000.0, 30.0, 300.0, 2.7, 0.1),
               CTFParams(20000.0, 20000.0, 0.0, 200.0, 2.0, 0.07, phase_shift=90.0, bfactor=50.0)]
     rows = ctf_module.params_to_rows(params)
-    assert rows.dtype == np.float64 and rows.shape == (2, 8)
-    np.testing.assert_array_equal(rows[1], [20000.0, 20000.0, 0.0, 200.0, 2.0, 0.07, 90.0, 50.0])
+    assert rows.dtype == np.float64 and rows.shape == (2, 9)
+    np.testing.assert_array_equal(rows[1], [20000.0, 20000.0, 0.0, 200.0, 2.0, 0.07, 90.0, 50.0, 0.0])
     assert ctf_module.params_from_rows(rows) == params
-    assert ctf_module.params_to_rows([]).shape == (0, 8)
+    assert ctf_module.params_to_rows([]).shape == (0, 9)
     assert ctf_module.params_from_rows(ctf_module.params_to_rows([])) == []
+
+
+def test_ctf_is_positive_at_low_frequency_for_white_particles():
+    """Scipion's sign: a white (positive-density) particle keeps its contrast at low frequency."""
+    params = PARAM_SETS[1]
+    k = np.linspace(0.5, 2.0, 4)
+    assert np.all(evaluate_ctf(params, k, 0 * k, 256, PIXEL) > 0)
+
+
+def test_phase_flipped_ctf_is_the_absolute_value():
+    params = PARAM_SETS[2]
+    flipped = CTFParams(*astuple(params)[:-1], phase_flipped=True)
+    ky, kx = np.meshgrid(np.arange(-32, 32), np.arange(-32, 32), indexing="ij")
+    values = evaluate_ctf(params, kx, ky, 64, PIXEL)
+    np.testing.assert_array_equal(evaluate_ctf(flipped, kx, ky, 64, PIXEL), np.abs(values))
+    assert np.any(values < 0)
+    stack = ctf_stack([params, flipped], kx.ravel(), ky.ravel(), 64, PIXEL)
+    np.testing.assert_array_equal(stack[1], np.abs(stack[0]))
+    assert ctf_module.params_from_rows(ctf_module.params_to_rows([flipped]))[0] == flipped
+
+
+@pytest.mark.parametrize("defocus", [0.0, -100.0])
+def test_unestimated_defocus_is_refused(defocus):
+    with pytest.raises(InvalidDataError, match="defocus must be positive.*estimate the CTF"):
+        CTFParams(defocus, defocus, 0.0, 300.0, 2.7, 0.1)
+    # In-focus imaging with a phase plate is a valid CTF.
+    CTFParams(0.0, 0.0, 0.0, 300.0, 2.7, 0.1, phase_shift=90.0)

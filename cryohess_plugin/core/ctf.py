@@ -11,13 +11,16 @@ The formula is the standard CTFFIND4 / RELION one:
 * ``defocus(theta) = 0.5 * (dU + dV + (dU - dV) * cos(2 (theta - angle)))``
   with underfocus positive and ``angle`` the direction of the U axis.
 * ``chi = pi * lambda * defocus * s^2 - pi / 2 * Cs * lambda^3 * s^4 + phase_shift``
-* ``CTF = -(sqrt(1 - A^2) * sin(chi) + A * cos(chi)) * exp(-B s^2 / 4)``
+* ``CTF = +(sqrt(1 - A^2) * sin(chi) + A * cos(chi)) * exp(-B s^2 / 4)``
 
-With this sign the CTF is negative at low frequency for underfocus, i.e.
-atoms appear dark, as in RELION and CTFFIND.  Xmipp's ``CTFDescription``
-(``xmippLib.applyCTF``) is exactly the negative of this CTF, with the same
-defocus, angle, amplitude-contrast and wavelength conventions
-(``tests/test_ctf.py`` checks it).
+This is Scipion's sign, positive at low frequency for underfocus: particles in
+Scipion projects are extracted with inverted contrast (white, positive
+density), and Xmipp, RELION and cryoSPARC model them with this CTF.  Xmipp's
+``CTFDescription`` (``xmippLib.applyCTF``) equals it, with the same defocus,
+angle, amplitude-contrast and wavelength conventions (``tests/test_ctf.py``
+checks it).  Phase-flipped particles (Scipion's ``isPhaseFlipped()``) were
+multiplied by the sign of their CTF, so their model is ``|CTF|``
+(``CTFParams.phase_flipped``).
 """
 import math
 from dataclasses import astuple, dataclass, fields
@@ -52,6 +55,8 @@ class CTFParams:
     :param amplitude_contrast: fraction ``A`` in ``[0, 1)``.
     :param phase_shift: additional phase (phase plate) in degrees.
     :param bfactor: envelope B-factor in Å², ``>= 0``; 0 means no envelope.
+    :param phase_flipped: the images were phase-flipped (multiplied by the sign of
+        this CTF), so their CTF is ``|CTF|``.
     """
     defocus_u: float
     defocus_v: float
@@ -61,9 +66,13 @@ class CTFParams:
     amplitude_contrast: float
     phase_shift: float = 0.0
     bfactor: float = 0.0
+    phase_flipped: bool = False
 
     def __post_init__(self):
+        object.__setattr__(self, "phase_flipped", bool(self.phase_flipped))
         for field in fields(self):
+            if field.name == "phase_flipped":
+                continue
             value = getattr(self, field.name)
             try:
                 value = float(value)
@@ -76,6 +85,12 @@ class CTFParams:
                     f"CTF parameter {field.name} is {value}; re-estimate the CTF or "
                     f"drop the particles without a valid CTF")
             object.__setattr__(self, field.name, value)
+        if min(self.defocus_u, self.defocus_v) <= 0 and self.phase_shift == 0:
+            raise InvalidDataError(
+                f"CTF defocus must be positive (underfocus, Å), got U = {self.defocus_u:g} and "
+                f"V = {self.defocus_v:g}; a defocus of 0 usually means the CTF was never "
+                f"estimated: estimate the CTF of the micrographs (e.g. CTFFIND) and assign it "
+                f"to the particles")
         if self.voltage <= 0:
             raise InvalidDataError(
                 f"CTF parameter voltage must be positive (kV), got {self.voltage}; "
@@ -137,7 +152,8 @@ def _ctf_values(p, s2, theta):
            + np.deg2rad(p["phase_shift"]))
     a = p["amplitude_contrast"]
     # exp(0) = 1 where bfactor is 0, so no envelope is applied there.
-    return -(np.sqrt(1 - a * a) * np.sin(chi) + a * np.cos(chi)) * np.exp(-p["bfactor"] * s2 / 4)
+    values = (np.sqrt(1 - a * a) * np.sin(chi) + a * np.cos(chi)) * np.exp(-p["bfactor"] * s2 / 4)
+    return np.where(p["phase_flipped"], np.abs(values), values)
 
 
 def evaluate_ctf(params, kx, ky, box, pixel_size):
