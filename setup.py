@@ -41,7 +41,7 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "scipion-em-relion"],
         "gpu": [],
     },
     entry_points={"pyworkflow.plugin": ["cryohess_plugin = cryohess_plugin"]},
