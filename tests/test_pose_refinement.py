@@ -1,4 +1,5 @@
-"""Local pose refinement by Levenberg-Marquardt on the likelihood (notes §3.4, §5, T15)."""
+"""Local pose refinement by Levenberg-Marquardt on the likelihood
+(``docs/methods/fourier_slice_posterior.md`` §3.4, §5)."""
 import numpy as np
 import pytest
 
@@ -56,7 +57,8 @@ def test_refinement_at_snr_0_1_from_5_degrees_and_2_pixels():
 
 
 def test_c7_local_refinement_fails_from_far_and_global_search_fixes_it():
-    """Notes T15 / Fig. 6.  Error is measured modulo the C7 group."""
+    """Symmetry mates (paper §6.4, Fig. 6; fourier_slice_posterior.md §5.3).  Error is
+    measured modulo the C7 group."""
     box, pixel = 48, 3.0
     model = phantoms.cyclic_phantom(7, 150, radius_angstrom=0.35 * box * pixel, rng=1,
                                     bfactor=100.0)

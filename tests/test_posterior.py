@@ -1,4 +1,4 @@
-"""Gaussian Fourier posterior (notes method_differentiable_fourier_slice.md, T9-T14).
+"""Gaussian Fourier posterior: the checks listed in ``docs/methods/fourier_slice_posterior.md`` §8.
 
 References: the diagonal of the normal operator (brute force), the
 variance law 1/(1/s0^2 + S/(D^2 sigma^2)) with the injected noise, a
@@ -96,8 +96,8 @@ def test_variance_follows_the_law_on_simulated_data(uniform):
     inside = sampled_region(BOX)
     error = np.abs(posterior.variance / law - 1)[inside]
     assert error.max() <= 0.05, error.max()
-    # Consequences (notes T9): variance grows with |k| for uniform views, and
-    # halves with twice the data where the data dominate the prior.
+    # Consequences (fourier_slice_posterior.md §4.5): variance grows with |k| for uniform
+    # views, and halves with twice the data where the data dominate the prior.
     assert np.all(np.diff(fourier.shell_average(posterior.relative_variance())[2:12]) > 0)
     half = fit_closed_form(problem.subset(np.arange(600)), sim.noise_sigma ** 2,
                            fourier.shell_average(posterior.prior_variance))
@@ -107,8 +107,9 @@ def test_variance_follows_the_law_on_simulated_data(uniform):
 
 
 def test_missing_cone_stays_at_the_prior(volume):
-    """Views within 15° of +z (notes T10): the cone around kz is never sampled;
-    the covered wedge is tight at high SNR and looser with more noise (Fig. 9)."""
+    """Views within 15° of +z (fourier_slice_posterior.md §4.5): the cone around kz is
+    never sampled; the covered wedge is tight at high SNR and looser with more noise
+    (paper Fig. 9)."""
     radius = fourier.radius_grid((BOX,) * 3)
     kz = fourier.frequencies(BOX)[:, None, None] * np.ones((1, BOX, BOX))
     polar = np.degrees(np.arccos(np.abs(kz) / np.maximum(radius, 1e-9)))
@@ -167,8 +168,8 @@ def test_propagated_noise_is_the_noise_in_the_mean_map(uniform):
 
 
 def test_single_fit_curve_tracks_the_half_map_fsc(uniform):
-    """Notes T11 / issue: one fit's curve crosses 0.5 and 0.143 within one shell of
-    the FSC of two half maps fitted to disjoint halves of the same data (mean maps,
+    """fourier_slice_posterior.md §4.4: one fit's curve crosses 0.5 and 0.143 within one
+    shell of the FSC of two half maps fitted to disjoint halves of the same data (mean maps,
     no mask, shells 0..D/2 of :func:`fourier.fourier_shell_correlation`).
 
     The paper's mean-field alpha = sum|mu|^2 / sum Var does not: it crosses 3-4
@@ -207,10 +208,20 @@ def test_held_out_likelihood_prefers_true_poses(volume, uniform):
     assert np.all(np.isfinite(right))
 
 
+def analytic_real_space_std(posterior):
+    """The exact voxel-wise standard deviation ``real_space_std`` estimates: a diagonal
+    Fourier posterior is stationary in real space, ``sqrt(sum_paired Var) / D^3``, divided
+    by the deapodisation (fourier_slice_posterior.md §4.5)."""
+    box = posterior.box
+    total = posterior.variance[fourier.paired(box)].sum()
+    d = fourier.deapodization(box, box, posterior.interpolation)
+    return np.sqrt(total) / box ** 3 / (d[:, None, None] * d[None, :, None] * d[None, None, :])
+
+
 def test_real_space_samples_match_the_analytic_uncertainty(uniform):
     _, _, posterior = uniform
     sampled = posterior.real_space_std(count=24, rng=0)
-    analytic = posterior.analytic_real_space_std()
+    analytic = analytic_real_space_std(posterior)
     centre = fourier.radius_grid((BOX,) * 3) < BOX / 4
     assert np.mean(sampled[centre]) == pytest.approx(np.mean(analytic[centre]), rel=0.05)
     maps = posterior.sample_maps(2, rng=1)
