@@ -111,7 +111,7 @@ class FourierSliceParticlesMixin(CryoHessProtocolMixin):
                             "downsampled particles."
                             % (count, " (and images)" if self._keepImages else "",
                                _sizeText(disk), _sizeText(freeDisk)))
-        memory, freeMemory = fits * fit_memory_bytes(box), self._freeMemoryBytes()
+        memory, freeMemory = fits * fit_memory_bytes(box, count), self._freeMemoryBytes()
         if memory > RESOURCE_SHARE * freeMemory:
             warnings.append("The Fourier grids of %d px boxes need about %s of memory (%d fit%s "
                             "at once), but only %s are available: downsample the particles "
