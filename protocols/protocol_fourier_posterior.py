@@ -53,13 +53,10 @@ class CryoHessProtFourierPosterior(FourierSliceParticlesMixin, ProtReconstruct3D
 
     # --------------------------- DEFINE param functions ----------------------
     def _defineParams(self, form):
-        self._defineGpuParams(form, "the Fourier-slice projections")
-        form.addSection(label='Input')
-        self._defineParticlesParam(
+        self._defineInput(
             form, "Particles with 3D alignment (ALIGN_PROJ, e.g. from a refinement, "
                   "'radial-SVD align particles' or 'Fourier-slice refine poses') and CTF. "
-                  "The input set is never modified.",
-            pointerCondition='hasAlignmentProj', important=True)
+                  "The input set is never modified.")
 
         form.addSection(label='Model')
         form.addParam('estimateNoise', params.BooleanParam, default=True,

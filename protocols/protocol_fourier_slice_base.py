@@ -25,6 +25,13 @@ class FourierSliceParticlesMixin(CryoHessProtocolMixin):
     #: Whether the images are kept beside the spectra (pose refinement reads them).
     _keepImages = False
 
+    def _defineInput(self, form, help):
+        """The GPU option, the Input section and the aligned particles with CTFs."""
+        self._defineGpuParams(form, "the Fourier-slice projections")
+        form.addSection(label='Input')
+        self._defineParticlesParam(form, help, pointerCondition='hasAlignmentProj',
+                                   important=True)
+
     def _particleTemplates(self):
         return {'input': self._getExtraPath('input_particles.npz'),
                 'posterior': self._getExtraPath('posterior_%(part)s.npz')}

@@ -38,13 +38,10 @@ class CryoHessProtRefinePoses(FourierSliceParticlesMixin, ProtRefine3D):
 
     # --------------------------- DEFINE param functions ----------------------
     def _defineParams(self, form):
-        self._defineGpuParams(form, "the Fourier-slice projections")
-        form.addSection(label='Input')
-        self._defineParticlesParam(
+        self._defineInput(
             form, "Particles with 3D alignment (ALIGN_PROJ, e.g. from a refinement or "
                   "'radial-SVD align particles') and CTF: the starting poses. The input "
-                  "set is never modified.",
-            pointerCondition='hasAlignmentProj', important=True)
+                  "set is never modified.")
         form.addParam('refinementReference', params.PointerParam, pointerClass='Volume',
                       allowsNull=True, label='Reference volume',
                       help="Map the poses are refined against in the first round, with "
