@@ -160,8 +160,7 @@ class CryoHessProtFourierPosterior(FourierSliceParticlesMixin, ProtReconstruct3D
         """Posterior of the particles of ``part``: all of them or one half set."""
         from cryohess_plugin.core.posterior import half_sets
         self._setDevices()
-        data = self._inputData()
-        problem = self._problem(data['rotations'], data['shifts'])
+        problem = self._problem()
         if part != FULL:
             problem = problem.subset(dict(zip((HALF_1, HALF_2),
                                               half_sets(problem.n_particles)))[part])
@@ -179,8 +178,7 @@ class CryoHessProtFourierPosterior(FourierSliceParticlesMixin, ProtReconstruct3D
         """Per-particle log-likelihood: held out with half maps, else under the full fit."""
         from cryohess_plugin.core.posterior import held_out_log_likelihood, log_likelihood
         self._setDevices()
-        data = self._inputData()
-        problem = self._problem(data['rotations'], data['shifts'])
+        problem = self._problem()
         if self.doHalfMaps:
             values = held_out_log_likelihood(problem, self._loadPosterior(HALF_1),
                                              self._loadPosterior(HALF_2))

@@ -80,9 +80,13 @@ class FourierSliceParticlesMixin(CryoHessProtocolMixin):
         """Ids, poses, CTF rows and pixel size of the converted particles."""
         return np.load(self._getFileName('input'))
 
-    def _problem(self, rotations, shifts):
-        """The core's posterior problem of the converted particles at these poses."""
-        return self._particleFiles().problem(rotations, shifts, backend=self._backend())
+    def _problem(self, poses=None):
+        """The core's posterior problem of the converted particles at ``poses``
+        (``(rotations, shifts)``; the input poses by default)."""
+        if poses is None:
+            data = self._inputData()
+            poses = data['rotations'], data['shifts']
+        return self._particleFiles().problem(*poses, backend=self._backend())
 
     def _loadPosterior(self, part):
         """The stored :class:`FourierPosterior` of a fit (history: particles, seconds)."""
