@@ -15,6 +15,7 @@ The package root holds the conventions every method shares, one owner each:
 * :mod:`.spherical`  spherical-harmonic shells of volumes
 * :mod:`.pose_refinement` local pose refinement on the likelihood
 * :mod:`.progress`   the progress events long computations report
+* :mod:`.storage`    result dataclasses as ``.npz`` files, one entry per field
 * :mod:`.errors`     the typed exceptions
 
 Each method lives in its own subpackage, whose ``__init__`` exports its public
