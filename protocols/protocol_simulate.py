@@ -3,6 +3,7 @@ import os
 from enum import Enum
 
 import numpy as np
+import psutil
 from pwem.constants import ALIGN_PROJ
 from pwem.objects import (SetOfCoordinates, SetOfCTF, SetOfMicrographs, SetOfParticles,
                           SetOfVolumes, Volume)
@@ -10,14 +11,17 @@ from pwem.protocols import EMProtocol
 from pyworkflow.constants import BETA
 from pyworkflow.object import Pointer
 import pyworkflow.protocol.params as params
+from pyworkflow.utils import prettySize
 
 from cryohess_plugin import convert
 from cryohess_plugin.constants import (CONFORMATION, DEFOCUS_GROUP, HETEROGENEITY_LINEAR,
                                        HETEROGENEITY_NONE, HETEROGENEITY_RIGID_REGION,
-                                       SOURCE_ATOMIC_MODEL, SOURCE_PHANTOM, SOURCE_VOLUME,
-                                       VIEWS_EQUATORIAL_BAND, VIEWS_POLAR_CAP,
-                                       VIEWS_TOP_PREFERENCE, VIEWS_UNIFORM)
-from cryohess_plugin.core.ctf import params_from_rows, params_to_rows
+                                       PHANTOM_ASYMMETRIC, PHANTOM_CYCLIC, SOURCE_ATOMIC_MODEL,
+                                       SOURCE_PHANTOM, SOURCE_VOLUME, VIEWS_EQUATORIAL_BAND,
+                                       VIEWS_POLAR_CAP, VIEWS_TOP_PREFERENCE, VIEWS_UNIFORM)
+from cryohess_plugin.core.ctf import params_from_rows
+from cryohess_plugin.core.errors import InvalidDataError
+from cryohess_plugin.core import synthetic
 
 from .protocol_base import CryoHessProtocolMixin
 
@@ -26,6 +30,17 @@ VIEW_DISTRIBUTIONS = {VIEWS_UNIFORM: "uniform", VIEWS_POLAR_CAP: "polar_cap",
                       VIEWS_EQUATORIAL_BAND: "equatorial_band",
                       VIEWS_TOP_PREFERENCE: "top_view_preference"}
 MIN_BOX = 16
+#: Warn when more particles than this reach past the edge of their box.
+EDGE_WARNING_FRACTION = 0.01
+#: The form parameters each step reads (those hidden by their condition are left out).
+STRUCTURE_PARAMS = ('source', 'phantomSymmetry', 'symmetryOrder', 'phantomAtoms',
+                    'phantomRadius', 'atomicModel', 'inputVolume', 'heterogeneity',
+                    'secondModel', 'domainFraction', 'hingeAngle', 'boxSize', 'samplingRate',
+                    'randomSeed')
+IMAGE_PARAMS = ('viewDistribution', 'viewAngle', 'topViewFraction', 'defocusMin', 'defocusMax',
+                'astigmatism', 'voltage', 'sphericalAberration', 'amplitudeContrast', 'snr')
+PARTICLE_PARAMS = ('numberOfParticles', 'shiftSigma', 'numberOfDefocusGroups')
+MICROGRAPH_PARAMS = ('numberOfMicrographs', 'particlesPerMicrograph', 'micrographSize')
 
 
 class outputs(Enum):
@@ -57,24 +72,35 @@ class CryoHessProtSimulate(CryoHessProtocolMixin, EMProtocol):
     def _defineParams(self, form):
         self._defineGpuParams(form, "the Fourier-slice projector (volume as ground truth; "
                                     "atomic models are always projected on the CPU)")
-
+        phantom = 'source == %d' % SOURCE_PHANTOM
         form.addSection(label='Structure')
         form.addParam('source', params.EnumParam, default=SOURCE_PHANTOM,
                       choices=['built-in phantom', 'atomic model file', 'volume'],
                       display=params.EnumParam.DISPLAY_HLIST, label='Ground truth from',
                       important=True,
-                      help="Built-in phantom: a compact asymmetric blob of atoms "
-                           "generated from the random seed.\n"
+                      help="Built-in phantom: a compact blob of atoms generated from the "
+                           "random seed, asymmetric or with C_n symmetry.\n"
                            "Atomic model file: a PDB or mmCIF file, projected "
                            "analytically as Gaussian atoms about its centroid.\n"
                            "Volume: an existing map, projected with the Fourier-slice "
                            "projector; its box and pixel size must match the ones below.")
-        form.addParam('phantomAtoms', params.IntParam, default=1000,
-                      condition='source == %d' % SOURCE_PHANTOM,
+        form.addParam('phantomSymmetry', params.EnumParam, default=PHANTOM_ASYMMETRIC,
+                      choices=['asymmetric', 'cyclic (C_n)'], condition=phantom,
+                      display=params.EnumParam.DISPLAY_HLIST, label='Phantom symmetry',
+                      help="Asymmetric: every view of the phantom is different.\n"
+                           "Cyclic (C_n): n copies of one asymmetric subunit around the z "
+                           "axis, unchanged by a rotation of 360/n degrees about z; a test "
+                           "case for symmetric particles, whose poses are defined only up "
+                           "to that rotation.")
+        form.addParam('symmetryOrder', params.IntParam, default=4,
+                      condition='%s and phantomSymmetry == %d' % (phantom, PHANTOM_CYCLIC),
+                      validators=[params.GE(2)], label='Symmetry order n',
+                      help="Number of subunits of the cyclic phantom; each has phantom "
+                           "atoms / n atoms.")
+        form.addParam('phantomAtoms', params.IntParam, default=1000, condition=phantom,
                       validators=[params.Positive], label='Phantom atoms',
                       help="Number of atoms of the built-in phantom.")
-        form.addParam('phantomRadius', params.FloatParam, default=20.0,
-                      condition='source == %d' % SOURCE_PHANTOM,
+        form.addParam('phantomRadius', params.FloatParam, default=20.0, condition=phantom,
                       validators=[params.Positive], label='Phantom radius (Å)',
                       help="Every atom of the phantom lies within this distance of its "
                            "centre. It must fit in the box: at most 0.45 x box x pixel size.")
@@ -147,15 +173,7 @@ class CryoHessProtSimulate(CryoHessProtocolMixin, EMProtocol):
                       validators=[params.Positive], label='Defocus groups',
                       help="Number of defocus groups (as many micrographs); consecutive "
                            "particles share a group and its CTF.")
-        form.addParam('voltage', params.FloatParam, default=300.0,
-                      validators=[params.Positive], label='Voltage (kV)',
-                      help="Acceleration voltage of the microscope.")
-        form.addParam('sphericalAberration', params.FloatParam, default=2.7,
-                      validators=[params.GE(0.0)], label='Spherical aberration (mm)',
-                      help="Cs of the objective lens.")
-        form.addParam('amplitudeContrast', params.FloatParam, default=0.1,
-                      validators=[params.Range(0.0, 0.99)], label='Amplitude contrast',
-                      help="Fraction of amplitude contrast, in [0, 1).")
+        self._defineMicroscopeParams(form)
         form.addParam('snr', params.FloatParam, default=0.1, label='SNR',
                       help="Signal-to-noise ratio: mean over particles of the variance "
                            "of the CTF-modulated image (whole box) divided by the "
@@ -170,9 +188,9 @@ class CryoHessProtSimulate(CryoHessProtocolMixin, EMProtocol):
                            "Linear between two models: particle i shows the atoms at "
                            "(1 - t_i) A + t_i B, A the atomic model above and B a second "
                            "model listing the same atoms.\n"
-                           "Rigid region motion: built-in phantom only; state B swings a "
-                           "domain of the phantom rigidly about a hinge, and particles "
-                           "interpolate between A and B.\n"
+                           "Rigid region motion: asymmetric built-in phantom only; state B "
+                           "swings a domain of the phantom rigidly about a hinge, and "
+                           "particles interpolate between A and B.\n"
                            "t_i is uniform in [0, 1] and stored in the column %s."
                            % CONFORMATION)
         form.addParam('secondModel', params.FileParam,
@@ -215,10 +233,15 @@ class CryoHessProtSimulate(CryoHessProtocolMixin, EMProtocol):
     # --------------------------- INSERT steps functions ----------------------
     def _insertAllSteps(self):
         gpu = self._usesGpu()
-        self._insertFunctionStep(self.simulateParticlesStep, needsGPU=gpu)
+        structure = self._shownParams(STRUCTURE_PARAMS)
+        images = structure + self._shownParams(IMAGE_PARAMS)
+        steps = [self._insertStep(self.writeGroundTruthStep, reads=structure),
+                 self._insertStep(self.simulateParticlesStep, reads=images + PARTICLE_PARAMS,
+                                  needsGPU=gpu)]
         if self.doMicrographs:
-            self._insertFunctionStep(self.simulateMicrographsStep, needsGPU=gpu)
-        self._insertFunctionStep(self.createOutputStep, needsGPU=False)
+            steps.append(self._insertStep(self.simulateMicrographsStep,
+                                          reads=images + MICROGRAPH_PARAMS, needsGPU=gpu))
+        self._insertStep(self.createOutputStep, after=steps)
 
     def _filenameTemplates(self):
         return {
@@ -231,73 +254,53 @@ class CryoHessProtSimulate(CryoHessProtocolMixin, EMProtocol):
         }
 
     # --------------------------- STEPS functions -----------------------------
-    def simulateParticlesStep(self):
-        from cryohess_plugin.core.synthetic import atoms, simulate
+    def writeGroundTruthStep(self, digest):
+        from cryohess_plugin.core import mrc
+        stateA, stateB = self._structure()
+        if isinstance(stateA, synthetic.AtomModel):
+            self.info("Ground truth: %d atoms" % stateA.n_atoms)
+        pixel = self.samplingRate.get()
+        mapA, mapB = synthetic.ground_truth_maps(stateA, stateB, self.boxSize.get(), pixel)
+        mrc.write_volume(self._getFileName('volume'), mapA, pixel, overwrite=True)
+        if mapB is not None:
+            mrc.write_volume(self._getFileName('volumeB'), mapB, pixel, overwrite=True)
+
+    def simulateParticlesStep(self, digest):
         from cryohess_plugin.core import mrc
         self._setDevices()
-        stateA, stateB = self._loadStructure()
+        stateA, stateB = self._structure()
         box, pixel = self.boxSize.get(), self.samplingRate.get()
-        if isinstance(stateA, atoms.AtomModel):
-            self.info("Ground truth: %d atoms" % stateA.n_atoms)
-            truth = atoms.gaussian_atom_volume(stateA, box, pixel)
-        else:
-            truth = stateA
-        mrc.write_volume(self._getFileName('volume'), truth, pixel, overwrite=True)
-        if stateB is not None:
-            mrc.write_volume(self._getFileName('volumeB'),
-                             atoms.gaussian_atom_volume(stateB, box, pixel,
-                                                        center=stateA.centroid()),
-                             pixel, overwrite=True)
         self.info("Simulating %d particles of %d px at %g Å/px, SNR %g"
                   % (self.numberOfParticles, box, pixel, self.snr))
-        sim = simulate.simulate_particles(
-            stateA, self.numberOfParticles.get(), box, pixel, rng=self._seed(1),
-            distribution=VIEW_DISTRIBUTIONS[self.viewDistribution.get()],
-            distribution_options=self._distributionOptions(),
-            shift_sigma=self.shiftSigma.get(),
-            defocus_range=(self.defocusMin.get(), self.defocusMax.get()),
-            n_groups=self.numberOfDefocusGroups.get(), astigmatism=self.astigmatism.get(),
-            backend=self._backend(),
-            heterogeneity=stateB, keep_clean=False, snr=self.snr.get(),
-            **self._microscope())
+        sim = synthetic.simulate_particles(
+            stateA, self.numberOfParticles.get(), box, pixel,
+            rng=self._seed(synthetic.PARTICLE_STREAM),
+            shift_sigma=self.shiftSigma.get(), n_groups=self.numberOfDefocusGroups.get(),
+            heterogeneity=stateB, keep_clean=False, **self._imageSettings())
         mrc.write_stack(self._getFileName('particles'), sim.images, pixel, overwrite=True)
-        conformation = (np.zeros(len(sim.images)) if stateB is None
-                        else np.asarray(sim.conformation))
-        np.savez(self._getFileName('particleTruth'), rotations=sim.rotations,
-                 shifts=sim.shifts, groups=sim.group_ids, conformation=conformation,
-                 ctfs=params_to_rows(sim.ctf_params),
-                 noiseSigma=sim.noise_sigma)
+        self._saveNpz(self._getFileName('particleTruth'), **sim.truth_arrays())
         self.info("Particles written to %s (noise sigma %.4g)"
                   % (self._getFileName('particles'), sim.noise_sigma))
 
-    def simulateMicrographsStep(self):
+    def simulateMicrographsStep(self, digest):
         from cryohess_plugin.core import mrc
-        from cryohess_plugin.core.synthetic import simulate
         self._setDevices()
-        stateA, _ = self._loadStructure()
-        size = self.micrographSize.get()
+        stateA, _ = self._structure()
+        size, pixel = self.micrographSize.get(), self.samplingRate.get()
         self.info("Simulating %d micrographs of %d x %d px with %d particles each"
                   % (self.numberOfMicrographs, size, size, self.particlesPerMicrograph))
-        sim = simulate.simulate_micrographs(
-            stateA, self.numberOfMicrographs.get(), self.boxSize.get(),
-            self.samplingRate.get(), shape=(size, size), rng=self._seed(2),
-            particles_per_micrograph=self.particlesPerMicrograph.get(), backend=self._backend(),
-            distribution=VIEW_DISTRIBUTIONS[self.viewDistribution.get()],
-            distribution_options=self._distributionOptions(),
-            defocus_range=(self.defocusMin.get(), self.defocusMax.get()),
-            astigmatism=self.astigmatism.get(), snr=self.snr.get(), keep_clean=False,
-            **self._microscope())
+        sim = synthetic.simulate_micrographs(
+            stateA, self.numberOfMicrographs.get(), self.boxSize.get(), pixel,
+            shape=(size, size), rng=self._seed(synthetic.MICROGRAPH_STREAM),
+            particles_per_micrograph=self.particlesPerMicrograph.get(), keep_clean=False,
+            **self._imageSettings())
         for index, micrograph in enumerate(sim.micrographs):
             mrc.write_stack(self._getFileName('micrograph', index=index), micrograph[None],
-                            self.samplingRate.get(), overwrite=True)
+                            pixel, overwrite=True)
             self.info("Micrograph %d/%d written" % (index + 1, len(sim.micrographs)))
-        np.savez(self._getFileName('micrographTruth'),
-                 coordinates=np.stack(sim.coordinates),
-                 rotations=np.stack(sim.rotations),
-                 ctfs=params_to_rows(sim.ctf_params),
-                 noiseSigma=sim.noise_sigma)
+        self._saveNpz(self._getFileName('micrographTruth'), **sim.truth_arrays())
 
-    def createOutputStep(self):
+    def createOutputStep(self, digest):
         pixel = self.samplingRate.get()
         volume = Volume(location=self._getFileName('volume'))
         volume.setSamplingRate(pixel)
@@ -336,17 +339,13 @@ class CryoHessProtSimulate(CryoHessProtocolMixin, EMProtocol):
             errors.append("The box size must be at least %d pixels." % MIN_BOX)
         if self.snr.get() is None or self.snr.get() <= 0:
             errors.append("The SNR must be positive (it is a ratio of variances).")
-        source = self.source.get()
-        if source == SOURCE_PHANTOM and box and pixel:
-            limit = 0.45 * box * pixel
-            if self.phantomRadius.get() > limit:
-                errors.append("The phantom radius (%g Å) does not fit in the box: use at "
-                              "most %.1f Å or a larger box." % (self.phantomRadius, limit))
+        source, heterogeneity = self.source.get(), self.heterogeneity.get()
+        if source == SOURCE_PHANTOM:
+            errors += self._validatePhantom(box, pixel)
         if source == SOURCE_ATOMIC_MODEL:
             errors += self._validateModelFile(self.atomicModel.get(), 'atomic model')
         if source == SOURCE_VOLUME:
             errors += self._validateVolume(box, pixel)
-        heterogeneity = self.heterogeneity.get()
         if heterogeneity == HETEROGENEITY_LINEAR:
             if source != SOURCE_ATOMIC_MODEL:
                 errors.append("Linear heterogeneity needs an atomic model file as the "
@@ -367,7 +366,31 @@ class CryoHessProtSimulate(CryoHessProtocolMixin, EMProtocol):
                           % (self.numberOfDefocusGroups, self.numberOfParticles))
         if self.doMicrographs:
             errors += self._validateMicrographs(box)
-        return errors
+        return errors + self._validateContinue()
+
+    def _warnings(self):
+        warnings = []
+        footprint = self._footprint()
+        disk = self._freeDisk()
+        if footprint.disk_bytes > disk:
+            warnings.append("The data set needs %s on disk but only %s are free in the "
+                            "project's folder: lower the number of particles or micrographs, "
+                            "or free some space." % (prettySize(footprint.disk_bytes),
+                                                     prettySize(disk)))
+        memory = self._availableMemory()
+        if footprint.memory_bytes > memory:
+            warnings.append("Simulating needs about %s of memory but only %s are available: "
+                            "lower the number of particles or the box size."
+                            % (prettySize(footprint.memory_bytes), prettySize(memory)))
+        box, shiftSigma = self.boxSize.get(), self.shiftSigma.get()
+        radius = self._particleRadius()
+        past = synthetic.fraction_past_box_edge(box, radius, shiftSigma)
+        if past > EDGE_WARNING_FRACTION:
+            warnings.append("About %.0f %% of the particles will reach past the edge of the "
+                            "%d px box (particle radius %.1f px, shift sigma %g px), where "
+                            "they are cut or wrap around: enlarge the box or lower the shift "
+                            "sigma." % (100 * past, box, radius, shiftSigma))
+        return warnings
 
     def _summary(self):
         summary = ["Ground truth: %s; box %d px at %g Å/px."
@@ -427,9 +450,12 @@ class CryoHessProtSimulate(CryoHessProtocolMixin, EMProtocol):
         return cites
 
     # --------------------------- UTILS functions -----------------------------
+    def _shownParams(self, names):
+        """The parameters among ``names`` that the form shows with the current settings."""
+        return tuple(name for name in names if self.evalParamCondition(name))
+
     def _seed(self, stream):
-        """Seed of one independent random stream (structure 0, particles 1, micrographs 2)."""
-        return np.random.SeedSequence([self.randomSeed.get(), stream])
+        return synthetic.stream_seed(self.randomSeed.get(), stream)
 
     def _mayUseGpu(self):
         """Only volumes go through the projector; atoms are projected on the CPU."""
@@ -438,52 +464,59 @@ class CryoHessProtSimulate(CryoHessProtocolMixin, EMProtocol):
     def _isHeterogeneous(self):
         return self.heterogeneity.get() != HETEROGENEITY_NONE
 
-    def _microscope(self):
-        return {'voltage': self.voltage.get(), 'cs': self.sphericalAberration.get(),
-                'amplitude_contrast': self.amplitudeContrast.get()}
+    def _symmetryOrder(self):
+        return self.symmetryOrder.get() if self.phantomSymmetry.get() == PHANTOM_CYCLIC else 1
 
-    def _distributionOptions(self):
+    def _expectedOutputs(self):
+        expected = {outputs.outputVolume.name, outputs.outputParticles.name}
+        if self._isHeterogeneous():
+            expected.add(outputs.outputVolumes.name)
+        if self.doMicrographs:
+            expected |= {outputs.outputMicrographs.name, outputs.outputCTF.name,
+                         outputs.outputCoordinates.name}
+        return expected
+
+    def _imageSettings(self):
+        """The core simulators' settings shared by particles and micrographs."""
         choice = self.viewDistribution.get()
-        if choice == VIEWS_POLAR_CAP:
-            return {'cap_deg': self.viewAngle.get()}
-        if choice == VIEWS_EQUATORIAL_BAND:
-            return {'band_deg': self.viewAngle.get()}
-        if choice == VIEWS_TOP_PREFERENCE:
-            return {'fraction': self.topViewFraction.get(), 'cap_deg': self.viewAngle.get()}
-        return {}
+        options = {VIEWS_POLAR_CAP: {'cap_deg': self.viewAngle.get()},
+                   VIEWS_EQUATORIAL_BAND: {'band_deg': self.viewAngle.get()},
+                   VIEWS_TOP_PREFERENCE: {'fraction': self.topViewFraction.get(),
+                                          'cap_deg': self.viewAngle.get()}}
+        return {'distribution': VIEW_DISTRIBUTIONS[choice],
+                'distribution_options': options.get(choice, {}),
+                'defocus_range': (self.defocusMin.get(), self.defocusMax.get()),
+                'astigmatism': self.astigmatism.get(), 'snr': self.snr.get(),
+                'voltage': self.voltage.get(), 'cs': self.sphericalAberration.get(),
+                'amplitude_contrast': self.amplitudeContrast.get(), 'backend': self._backend()}
 
-    def _loadStructure(self):
+    def _structure(self):
         """Ground truth: ``(state A, state B or None)``; atomic models or (A only) a map."""
-        from cryohess_plugin.core.synthetic import atoms, phantoms
         source, heterogeneity = self.source.get(), self.heterogeneity.get()
         if source == SOURCE_VOLUME:
             volume, _ = convert.volume_to_array(self.inputVolume.get(),
                                                 pixel_size=self.samplingRate.get())
             return volume, None
         if source == SOURCE_ATOMIC_MODEL:
-            stateA = atoms.read_atomic_model(self.atomicModel.get())
-            stateB = (atoms.read_atomic_model(self.secondModel.get())
+            stateB = (synthetic.read_atomic_model(self.secondModel.get())
                       if heterogeneity == HETEROGENEITY_LINEAR else None)
-            return stateA, stateB
-        if heterogeneity == HETEROGENEITY_RIGID_REGION:
-            return phantoms.two_state_phantom(
-                self.phantomAtoms.get(), self.phantomRadius.get(), rng=self._seed(0),
-                domain_fraction=self.domainFraction.get(),
-                hinge_angle_deg=self.hingeAngle.get())
-        return phantoms.random_protein_phantom(self.phantomAtoms.get(), self.phantomRadius.get(),
-                                               rng=self._seed(0)), None
+            return synthetic.read_atomic_model(self.atomicModel.get()), stateB
+        moving = heterogeneity == HETEROGENEITY_RIGID_REGION
+        return synthetic.phantom_states(
+            self.phantomAtoms.get(), self.phantomRadius.get(),
+            self._seed(synthetic.STRUCTURE_STREAM), symmetry_order=self._symmetryOrder(),
+            moving_fraction=self.domainFraction.get() if moving else None,
+            hinge_angle_deg=self.hingeAngle.get())
 
     def _createMicrographOutputs(self, microscope):
         truth = np.load(self._getFileName('micrographTruth'))
-        pixel = self.samplingRate.get()
         paths = [self._getFileName('micrograph', index=i)
                  for i in range(self.numberOfMicrographs.get())]
-        micSet = convert.arrays_to_micrographs(self, paths, pixel,
+        micSet = convert.arrays_to_micrographs(self, paths, self.samplingRate.get(),
                                                convert.acquisition_from_params(microscope))
         self._defineOutputs(**{outputs.outputMicrographs.name: micSet})
         micPointer = Pointer(self, extended=outputs.outputMicrographs.name)
-        ctfSet = convert.arrays_to_ctfs(self, micPointer,
-                                        params_from_rows(truth['ctfs']))
+        ctfSet = convert.arrays_to_ctfs(self, micPointer, params_from_rows(truth['ctfs']))
         coordSet = convert.arrays_to_coordinates(self, micPointer, list(truth['coordinates']),
                                                  self.boxSize.get())
         self._defineOutputs(**{outputs.outputCTF.name: ctfSet,
@@ -491,18 +524,70 @@ class CryoHessProtSimulate(CryoHessProtocolMixin, EMProtocol):
         self._defineSourceRelation(micPointer, ctfSet)
         self._defineSourceRelation(micPointer, coordSet)
 
+    def _footprint(self):
+        micrographs = self.doMicrographs.get()
+        return synthetic.data_set_footprint(
+            self.numberOfParticles.get(), self.boxSize.get(),
+            n_maps=2 if self._isHeterogeneous() else 1,
+            n_micrographs=self.numberOfMicrographs.get() if micrographs else 0,
+            micrograph_size=self.micrographSize.get(),
+            particles_per_micrograph=self.particlesPerMicrograph.get())
+
+    def _freeDisk(self):
+        """Bytes free on the disk of the project's folder."""
+        return psutil.disk_usage(self.getProject().getPath()).free
+
+    @staticmethod
+    def _availableMemory():
+        return psutil.virtual_memory().available
+
+    def _particleRadius(self):
+        """Radius (px) of the particle in its box: the phantom's, the atomic model's, or 0
+        for a volume (its extent is not known without reading it)."""
+        pixel = self.samplingRate.get()
+        source = self.source.get()
+        if source == SOURCE_PHANTOM:
+            return self.phantomRadius.get() / pixel
+        if source == SOURCE_ATOMIC_MODEL:
+            try:
+                return synthetic.read_atomic_model(self.atomicModel.get()).radius() / pixel
+            except (OSError, InvalidDataError):
+                return 0.0  # _validate reports the file
+        return 0.0
+
+    def _validatePhantom(self, box, pixel):
+        errors = []
+        if box and pixel and self.phantomRadius.get() > synthetic.max_radius(box, pixel):
+            errors.append("The phantom radius (%g Å) does not fit in the box: use at most "
+                          "%.1f Å or a larger box."
+                          % (self.phantomRadius, synthetic.max_radius(box, pixel)))
+        order = self._symmetryOrder()
+        if order > 1 and self.phantomAtoms.get() < order:
+            errors.append("A C%d phantom needs at least %d atoms (one per subunit)."
+                          % (order, order))
+        if order > 1 and self.heterogeneity.get() == HETEROGENEITY_RIGID_REGION:
+            errors.append("Rigid region motion is available for the asymmetric phantom "
+                          "only.")
+        return errors
+
     def _validateModelFile(self, path, what):
         if not path:
             return ["Give the %s file (PDB or mmCIF)." % what]
-        if not os.path.isfile(path):
+        try:
+            synthetic.check_atomic_model_file(path)
+        except FileNotFoundError:
             return ["The %s file %s does not exist." % (what, path)]
+        except InvalidDataError as error:
+            return ["The %s file is unusable: %s." % (what, error)]
         return []
 
     def _validateVolume(self, box, pixel):
         volume = self.inputVolume.get()
         if volume is None:
             return ["Select the ground-truth volume."]
-        errors = []
+        errors = convert.volume_file_errors(volume, "ground-truth volume")
+        if errors:
+            return errors
         volumePixel = volume.getSamplingRate()
         if pixel and not convert.same_sampling(volumePixel, pixel):
             errors.append("The volume's sampling rate (%g Å/px) does not match the pixel "
@@ -518,15 +603,14 @@ class CryoHessProtSimulate(CryoHessProtocolMixin, EMProtocol):
 
     def _validateMicrographs(self, box):
         size = self.micrographSize.get()
-        errors = []
         if box and size < box:
-            errors.append("The micrographs (%d px) are smaller than the box (%d px)."
-                          % (size, box))
-        elif box and self.particlesPerMicrograph.get() * box ** 2 > 0.5 * size ** 2:
-            errors.append("%d particles of %d px do not fit without overlap in a %d px "
-                          "micrograph; use fewer particles or larger micrographs."
-                          % (self.particlesPerMicrograph, box, size))
-        return errors
+            return ["The micrographs (%d px) are smaller than the box (%d px)." % (size, box)]
+        if box and (self.particlesPerMicrograph.get()
+                    > synthetic.max_particles_per_micrograph(size, box)):
+            return ["%d particles of %d px do not fit without overlap in a %d px micrograph; "
+                    "use fewer particles or larger micrographs."
+                    % (self.particlesPerMicrograph, box, size)]
+        return []
 
     def _sourceText(self):
         source = self.source.get()
@@ -534,6 +618,10 @@ class CryoHessProtSimulate(CryoHessProtocolMixin, EMProtocol):
             return "the atomic model %s" % os.path.basename(self.atomicModel.get() or '')
         if source == SOURCE_VOLUME:
             return "a volume"
+        order = self._symmetryOrder()
+        if order > 1:
+            return ("a built-in C%d phantom of %d subunits of %d atoms"
+                    % (order, order, self.phantomAtoms.get() // order))
         return "a built-in phantom of %d atoms" % self.phantomAtoms
 
     def _viewText(self):

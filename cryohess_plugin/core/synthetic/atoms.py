@@ -127,6 +127,10 @@ class AtomModel:
         """Unweighted mean position ``(3,)`` in Å."""
         return self.positions.mean(axis=0)
 
+    def radius(self):
+        """Largest distance (Å) of an atom's centre from the centroid."""
+        return float(np.linalg.norm(self.positions - self.centroid(), axis=1).max())
+
     def amplitudes(self):
         """Per-atom integrated amplitude ``f_e(0) * occupancy``, shape ``(n,)``."""
         table = {e: element_amplitude(e) for e in np.unique(self.elements)}
@@ -158,6 +162,43 @@ def _is_mmcif(path):
     return False
 
 
+def _existing_model_file(path):
+    """``path`` as a string, once it names a non-empty file."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"atomic model file not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise InvalidDataError(f"atomic model file is empty: {path}")
+    return path
+
+
+def check_atomic_model_file(path, max_line=65536):
+    """Check cheaply, without parsing it, that ``path`` looks like an atomic model.
+
+    Reads lines up to the first ``ATOM`` or ``HETATM`` record (PDB and mmCIF both
+    start their atom lines so), which is enough to tell a model from a missing,
+    empty, binary or unrelated file before :func:`read_atomic_model` parses it.
+
+    :param path: PDB or mmCIF file, optionally gzipped.
+    :param max_line: lines longer than this many bytes mean the file is not a model.
+    :raises FileNotFoundError: the file does not exist.
+    :raises InvalidDataError: the file is empty, unreadable, binary or has no atom record.
+    """
+    path = _existing_model_file(path)
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            while line := handle.readline(max_line):
+                if b"\0" in line or (len(line) == max_line and not line.endswith(b"\n")):
+                    raise InvalidDataError(f"{path} is not a text file; a PDB or mmCIF file "
+                                           "is expected")
+                if line.startswith((b"ATOM", b"HETATM")):
+                    return
+    except (OSError, EOFError) as exc:  # gzip reports a damaged file as either
+        raise InvalidDataError(f"cannot read atomic model {path}: {exc}") from exc
+    raise InvalidDataError(f"no ATOM or HETATM record in {path}; is it a PDB or mmCIF file?")
+
+
 def read_atomic_model(path, skip_hydrogens=True, skip_waters=True):
     """Read the first model of a PDB or mmCIF file (optionally gzipped) with Biopython.
 
@@ -176,11 +217,7 @@ def read_atomic_model(path, skip_hydrogens=True, skip_waters=True):
     """
     from Bio.PDB import MMCIFParser, PDBParser
 
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"atomic model file not found: {path}")
-    if os.path.getsize(path) == 0:
-        raise InvalidDataError(f"atomic model file is empty: {path}")
+    path = _existing_model_file(path)
     parser = MMCIFParser(QUIET=True) if _is_mmcif(path) else PDBParser(QUIET=True)
     try:
         with _open_text(path) as handle:
