@@ -3,7 +3,6 @@ import os
 from enum import Enum
 
 import numpy as np
-import psutil
 from pwem.constants import ALIGN_PROJ
 from pwem.objects import (SetOfCoordinates, SetOfCTF, SetOfMicrographs, SetOfParticles,
                           SetOfVolumes, Volume)
@@ -11,7 +10,6 @@ from pwem.protocols import EMProtocol
 from pyworkflow.constants import BETA
 from pyworkflow.object import Pointer
 import pyworkflow.protocol.params as params
-from pyworkflow.utils import prettySize
 
 from cryohess_plugin import convert
 from cryohess_plugin.constants import (CONFORMATION, DEFOCUS_GROUP, HETEROGENEITY_LINEAR,
@@ -21,7 +19,7 @@ from cryohess_plugin.constants import (CONFORMATION, DEFOCUS_GROUP, HETEROGENEIT
                                        VIEWS_POLAR_CAP, VIEWS_TOP_PREFERENCE, VIEWS_UNIFORM)
 from cryohess_plugin.core.ctf import params_from_rows
 from cryohess_plugin.core.errors import InvalidDataError
-from cryohess_plugin.core import synthetic
+from cryohess_plugin.core import mrc, synthetic
 
 from .protocol_base import CryoHessProtocolMixin
 
@@ -74,55 +72,50 @@ class CryoHessProtSimulate(CryoHessProtocolMixin, EMProtocol):
                                     "atomic models are always projected on the CPU)")
         phantom = 'source == %d' % SOURCE_PHANTOM
         form.addSection(label='Structure')
-        form.addParam('source', params.EnumParam, default=SOURCE_PHANTOM,
+        form.addParam('source', params.EnumParam, default=SOURCE_PHANTOM, important=True,
                       choices=['built-in phantom', 'atomic model file', 'volume'],
                       display=params.EnumParam.DISPLAY_HLIST, label='Ground truth from',
-                      important=True,
-                      help="Built-in phantom: a compact blob of atoms generated from the "
-                           "random seed, asymmetric or with C_n symmetry.\n"
-                           "Atomic model file: a PDB or mmCIF file, projected "
-                           "analytically as Gaussian atoms about its centroid.\n"
-                           "Volume: an existing map, projected with the Fourier-slice "
-                           "projector; its box and pixel size must match the ones below.")
+                      help="Built-in phantom: a compact blob of atoms generated from the random "
+                           "seed, asymmetric or with C_n symmetry.\n"
+                           "Atomic model file: a PDB or mmCIF file, projected analytically as "
+                           "Gaussian atoms about its centroid.\n"
+                           "Volume: an existing map, projected with the Fourier-slice projector; "
+                           "its box and pixel size must match the ones below.")
         form.addParam('phantomSymmetry', params.EnumParam, default=PHANTOM_ASYMMETRIC,
                       choices=['asymmetric', 'cyclic (C_n)'], condition=phantom,
                       display=params.EnumParam.DISPLAY_HLIST, label='Phantom symmetry',
                       help="Asymmetric: every view of the phantom is different.\n"
-                           "Cyclic (C_n): n copies of one asymmetric subunit around the z "
-                           "axis, unchanged by a rotation of 360/n degrees about z; a test "
-                           "case for symmetric particles, whose poses are defined only up "
-                           "to that rotation.")
-        form.addParam('symmetryOrder', params.IntParam, default=4,
+                           "Cyclic (C_n): n copies of one asymmetric subunit around the z axis, "
+                           "unchanged by a rotation of 360/n degrees about z: a test case for "
+                           "symmetric particles, whose poses are defined only up to it.")
+        form.addParam('symmetryOrder', params.IntParam, default=4, validators=[params.GE(2)],
                       condition='%s and phantomSymmetry == %d' % (phantom, PHANTOM_CYCLIC),
-                      validators=[params.GE(2)], label='Symmetry order n',
-                      help="Number of subunits of the cyclic phantom; each has phantom "
-                           "atoms / n atoms.")
+                      label='Symmetry order n',
+                      help="Subunits of the cyclic phantom; each has phantom atoms / n atoms.")
         form.addParam('phantomAtoms', params.IntParam, default=1000, condition=phantom,
                       validators=[params.Positive], label='Phantom atoms',
                       help="Number of atoms of the built-in phantom.")
         form.addParam('phantomRadius', params.FloatParam, default=20.0, condition=phantom,
                       validators=[params.Positive], label='Phantom radius (Å)',
-                      help="Every atom of the phantom lies within this distance of its "
-                           "centre. It must fit in the box: at most 0.45 x box x pixel size.")
-        form.addParam('atomicModel', params.FileParam,
+                      help="Every atom of the phantom lies within this distance of its centre. "
+                           "It must fit in the box: at most 0.45 x box x pixel size.")
+        form.addParam('atomicModel', params.FileParam, label='Atomic model (PDB/mmCIF)',
                       condition='source == %d' % SOURCE_ATOMIC_MODEL,
-                      label='Atomic model (PDB/mmCIF)',
                       help="Atomic model of the ground truth. Hydrogens and waters are "
                            "skipped; the map is centred on the model's centroid.")
         form.addParam('inputVolume', params.PointerParam, pointerClass='Volume',
                       condition='source == %d' % SOURCE_VOLUME, allowsNull=True,
-                      label='Volume',
-                      help="Ground-truth map; it must be cubic, with the box size and "
-                           "pixel size given below.")
-        form.addParam('boxSize', params.IntParam, default=64,
-                      validators=[params.GE(MIN_BOX)], label='Box size (px)',
-                      help="Size of the particle images and of the ground-truth map in "
-                           "pixels (at least %d)." % MIN_BOX)
+                      label='Volume', help="Ground-truth map; it must be cubic, with the box "
+                                           "size and pixel size given below.")
+        form.addParam('boxSize', params.IntParam, default=64, validators=[params.GE(MIN_BOX)],
+                      label='Box size (px)',
+                      help="Size of the particle images and of the ground-truth map in pixels "
+                           "(at least %d)." % MIN_BOX)
         form.addParam('samplingRate', params.FloatParam, default=1.5,
                       validators=[params.Positive], label='Pixel size (Å/px)',
                       help="Pixel size of the particles, the micrographs and the map.")
-        form.addParam('randomSeed', params.IntParam, default=0,
-                      validators=[params.GE(0)], label='Random seed',
+        form.addParam('randomSeed', params.IntParam, default=0, validators=[params.GE(0)],
+                      label='Random seed',
                       help="Seed of every random choice (phantom, poses, shifts, CTFs, "
                            "conformations, noise): the same seed gives the same data.")
 
@@ -131,43 +124,41 @@ class CryoHessProtSimulate(CryoHessProtocolMixin, EMProtocol):
                       validators=[params.Positive], label='Number of particles',
                       help="Number of particle images to simulate.")
         form.addParam('viewDistribution', params.EnumParam, default=VIEWS_UNIFORM,
-                      choices=['uniform', 'polar cap', 'equatorial band',
-                               'top-view preference'],
+                      choices=['uniform', 'polar cap', 'equatorial band', 'top-view preference'],
                       label='Viewing distribution',
                       help="Uniform: poses uniform on SO(3).\n"
-                           "Polar cap: viewing directions uniform within the angle "
-                           "below of the +z axis.\n"
-                           "Equatorial band: tilt uniform (by area) within the angle "
-                           "below of 90 degrees (side views).\n"
-                           "Top-view preference: a fraction of top views (polar cap of "
-                           "the angle below) mixed with uniform poses.\n"
+                           "Polar cap: viewing directions uniform within the angle below of "
+                           "the +z axis.\n"
+                           "Equatorial band: tilt uniform (by area) within the angle below of "
+                           "90 degrees (side views).\n"
+                           "Top-view preference: a fraction of top views (polar cap of the "
+                           "angle below) mixed with uniform poses.\n"
                            "The in-plane angle is always uniform.")
         form.addParam('viewAngle', params.FloatParam, default=30.0,
                       condition='viewDistribution != %d' % VIEWS_UNIFORM,
                       validators=[params.Range(0.0, 90.0)], label='Cap / band angle (deg)',
-                      help="Half-angle of the polar cap, or half-width of the equatorial "
-                           "band, in degrees.")
+                      help="Half-angle of the polar cap, or half-width of the equatorial band, "
+                           "in degrees.")
         form.addParam('topViewFraction', params.FloatParam, default=0.5,
                       condition='viewDistribution == %d' % VIEWS_TOP_PREFERENCE,
                       validators=[params.Range(0.0, 1.0)], label='Top-view fraction',
                       help="Fraction of the particles drawn from the polar cap.")
-        form.addParam('shiftSigma', params.FloatParam, default=2.0,
-                      validators=[params.GE(0.0)], label='Shift sigma (px)',
+        form.addParam('shiftSigma', params.FloatParam, default=2.0, validators=[params.GE(0.0)],
+                      label='Shift sigma (px)',
                       help="Standard deviation of each component of the particle-centre "
                            "offset, in pixels.")
 
         form.addSection(label='CTF and noise')
         form.addParam('defocusMin', params.FloatParam, default=10000.0,
                       validators=[params.GE(0.0)], label='Minimum defocus (Å)',
-                      help="Lower end of the mean defocus of the defocus groups "
-                           "(underfocus positive).")
+                      help="Lower end of the mean defocus of the defocus groups (underfocus "
+                           "positive).")
         form.addParam('defocusMax', params.FloatParam, default=25000.0,
                       validators=[params.GE(0.0)], label='Maximum defocus (Å)',
-                      help="Upper end of the mean defocus of the defocus groups; each "
-                           "group's defocus is uniform between the two.")
-        form.addParam('astigmatism', params.FloatParam, default=0.0,
-                      validators=[params.GE(0.0)], expertLevel=params.LEVEL_ADVANCED,
-                      label='Astigmatism (Å)',
+                      help="Upper end of the mean defocus of the defocus groups; each group's "
+                           "defocus is uniform between the two.")
+        form.addParam('astigmatism', params.FloatParam, default=0.0, validators=[params.GE(0.0)],
+                      expertLevel=params.LEVEL_ADVANCED, label='Astigmatism (Å)',
                       help="Defocus U minus defocus V; the astigmatism angle is random.")
         form.addParam('numberOfDefocusGroups', params.IntParam, default=10,
                       validators=[params.Positive], label='Defocus groups',
@@ -175,57 +166,51 @@ class CryoHessProtSimulate(CryoHessProtocolMixin, EMProtocol):
                            "particles share a group and its CTF.")
         self._defineMicroscopeParams(form)
         form.addParam('snr', params.FloatParam, default=0.1, label='SNR',
-                      help="Signal-to-noise ratio: mean over particles of the variance "
-                           "of the CTF-modulated image (whole box) divided by the "
-                           "variance of the white Gaussian noise. Must be positive.")
+                      help="Signal-to-noise ratio: mean over particles of the variance of the "
+                           "CTF-modulated image (whole box) divided by the variance of the "
+                           "white Gaussian noise. Must be positive.")
 
         form.addSection(label='Heterogeneity')
         form.addParam('heterogeneity', params.EnumParam, default=HETEROGENEITY_NONE,
                       choices=['none', 'linear between two models', 'rigid region motion'],
                       label='Heterogeneity',
-                      help="None: every particle shows the same structure "
-                           "(conformation 0).\n"
+                      help="None: every particle shows the same structure (conformation 0).\n"
                            "Linear between two models: particle i shows the atoms at "
-                           "(1 - t_i) A + t_i B, A the atomic model above and B a second "
-                           "model listing the same atoms.\n"
+                           "(1 - t_i) A + t_i B, A the atomic model above and B a second model "
+                           "listing the same atoms.\n"
                            "Rigid region motion: asymmetric built-in phantom only; state B "
-                           "swings a domain of the phantom rigidly about a hinge, and "
-                           "particles interpolate between A and B.\n"
-                           "t_i is uniform in [0, 1] and stored in the column %s."
-                           % CONFORMATION)
-        form.addParam('secondModel', params.FileParam,
+                           "swings a domain of the phantom rigidly about a hinge, and particles "
+                           "interpolate between A and B.\n"
+                           "t_i is uniform in [0, 1] and stored in the column %s." % CONFORMATION)
+        form.addParam('secondModel', params.FileParam, label='Second atomic model (PDB/mmCIF)',
                       condition='heterogeneity == %d' % HETEROGENEITY_LINEAR,
-                      label='Second atomic model (PDB/mmCIF)',
-                      help="Conformation B: the same atoms as the first model, in the "
-                           "same order, at other positions.")
+                      help="Conformation B: the same atoms as the first model, in the same "
+                           "order, at other positions.")
         form.addParam('domainFraction', params.FloatParam, default=0.3,
                       condition='heterogeneity == %d' % HETEROGENEITY_RIGID_REGION,
                       validators=[params.Range(0.01, 0.99)], label='Moving fraction',
                       help="Fraction of the phantom's atoms in the moving domain.")
-        form.addParam('hingeAngle', params.FloatParam, default=30.0,
+        form.addParam('hingeAngle', params.FloatParam, default=30.0, label='Hinge angle (deg)',
                       condition='heterogeneity == %d' % HETEROGENEITY_RIGID_REGION,
-                      label='Hinge angle (deg)',
                       help="Rotation of the moving domain in state B, in degrees.")
 
         form.addSection(label='Micrographs')
         form.addParam('doMicrographs', params.BooleanParam, default=False,
                       label='Simulate micrographs?',
-                      help="Also simulate micrographs: projections pasted at "
-                           "non-overlapping positions (no heterogeneity, no sub-pixel "
-                           "shifts), filtered by one CTF per micrograph and with white "
-                           "noise at the same SNR, measured on the particle windows. "
-                           "Outputs micrographs, their CTFs and the true coordinates.")
-        form.addParam('numberOfMicrographs', params.IntParam, default=3,
-                      condition='doMicrographs', validators=[params.Positive],
-                      label='Number of micrographs',
+                      help="Also simulate micrographs: projections pasted at non-overlapping "
+                           "positions (no heterogeneity, no sub-pixel shifts), filtered by one "
+                           "CTF per micrograph and with white noise at the same SNR, measured "
+                           "on the particle windows. Outputs micrographs, their CTFs and the "
+                           "true coordinates.")
+        form.addParam('numberOfMicrographs', params.IntParam, default=3, condition='doMicrographs',
+                      validators=[params.Positive], label='Number of micrographs',
                       help="Number of micrographs to simulate.")
         form.addParam('particlesPerMicrograph', params.IntParam, default=20,
                       condition='doMicrographs', validators=[params.Positive],
                       label='Particles per micrograph',
                       help="Particles in each micrograph, at least one box size apart.")
-        form.addParam('micrographSize', params.IntParam, default=512,
-                      condition='doMicrographs', validators=[params.Positive],
-                      label='Micrograph size (px)',
+        form.addParam('micrographSize', params.IntParam, default=512, condition='doMicrographs',
+                      validators=[params.Positive], label='Micrograph size (px)',
                       help="Width and height of the square micrographs in pixels.")
 
         form.addParallelSection(threads=2, mpi=0)
@@ -255,7 +240,6 @@ class CryoHessProtSimulate(CryoHessProtocolMixin, EMProtocol):
 
     # --------------------------- STEPS functions -----------------------------
     def writeGroundTruthStep(self, digest):
-        from cryohess_plugin.core import mrc
         stateA, stateB = self._structure()
         if isinstance(stateA, synthetic.AtomModel):
             self.info("Ground truth: %d atoms" % stateA.n_atoms)
@@ -266,7 +250,6 @@ class CryoHessProtSimulate(CryoHessProtocolMixin, EMProtocol):
             mrc.write_volume(self._getFileName('volumeB'), mapB, pixel, overwrite=True)
 
     def simulateParticlesStep(self, digest):
-        from cryohess_plugin.core import mrc
         self._setDevices()
         stateA, stateB = self._structure()
         box, pixel = self.boxSize.get(), self.samplingRate.get()
@@ -283,7 +266,6 @@ class CryoHessProtSimulate(CryoHessProtocolMixin, EMProtocol):
                   % (self._getFileName('particles'), sim.noise_sigma))
 
     def simulateMicrographsStep(self, digest):
-        from cryohess_plugin.core import mrc
         self._setDevices()
         stateA, _ = self._structure()
         size, pixel = self.micrographSize.get(), self.samplingRate.get()
@@ -369,19 +351,9 @@ class CryoHessProtSimulate(CryoHessProtocolMixin, EMProtocol):
         return errors + self._validateContinue()
 
     def _warnings(self):
-        warnings = []
         footprint = self._footprint()
-        disk = self._freeDisk()
-        if footprint.disk_bytes > disk:
-            warnings.append("The data set needs %s on disk but only %s are free in the "
-                            "project's folder: lower the number of particles or micrographs, "
-                            "or free some space." % (prettySize(footprint.disk_bytes),
-                                                     prettySize(disk)))
-        memory = self._availableMemory()
-        if footprint.memory_bytes > memory:
-            warnings.append("Simulating needs about %s of memory but only %s are available: "
-                            "lower the number of particles or the box size."
-                            % (prettySize(footprint.memory_bytes), prettySize(memory)))
+        warnings = self._resourceWarnings(footprint.disk_bytes, footprint.memory_bytes,
+                                          "lower the number of particles or micrographs")
         box, shiftSigma = self.boxSize.get(), self.shiftSigma.get()
         radius = self._particleRadius()
         past = synthetic.fraction_past_box_edge(box, radius, shiftSigma)
@@ -532,14 +504,6 @@ class CryoHessProtSimulate(CryoHessProtocolMixin, EMProtocol):
             n_micrographs=self.numberOfMicrographs.get() if micrographs else 0,
             micrograph_size=self.micrographSize.get(),
             particles_per_micrograph=self.particlesPerMicrograph.get())
-
-    def _freeDisk(self):
-        """Bytes free on the disk of the project's folder."""
-        return psutil.disk_usage(self.getProject().getPath()).free
-
-    @staticmethod
-    def _availableMemory():
-        return psutil.virtual_memory().available
 
     def _particleRadius(self):
         """Radius (px) of the particle in its box: the phantom's, the atomic model's, or 0
