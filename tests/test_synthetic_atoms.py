@@ -219,26 +219,20 @@ def test_cheap_model_check_accepts_what_the_reader_reads(tmp_path, name, text):
 
 
 def test_cheap_model_check_refuses_what_the_reader_refuses(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not found"):
-        check_atomic_model_file(tmp_path / "missing.pdb")
-    empty = tmp_path / "empty.pdb"
+    empty, remarks = tmp_path / "empty.pdb", tmp_path / "remarks.pdb"
+    binary, broken = tmp_path / "map.pdb", tmp_path / "broken.pdb.gz"
     empty.write_text("")
-    with pytest.raises(InvalidDataError, match="empty"):
-        check_atomic_model_file(empty)
-    remarks = tmp_path / "remarks.pdb"
     remarks.write_text("REMARK nothing here\nEND\n")
-    with pytest.raises(InvalidDataError, match="no ATOM or HETATM"):
-        check_atomic_model_file(remarks)
-    with pytest.raises(InvalidDataError):
-        read_atomic_model(remarks)
-    binary = tmp_path / "map.pdb"
     binary.write_bytes(np.arange(4096, dtype=np.float32).tobytes())
-    with pytest.raises(InvalidDataError, match="not a text file"):
-        check_atomic_model_file(binary)
-    broken = tmp_path / "broken.pdb.gz"
     broken.write_bytes(b"not gzip at all")
-    with pytest.raises(InvalidDataError, match="cannot read"):
-        check_atomic_model_file(broken)
+    cases = [(tmp_path / "missing.pdb", FileNotFoundError, "not found"),
+             (empty, InvalidDataError, "empty"), (remarks, InvalidDataError, "no ATOM or HETATM"),
+             (binary, InvalidDataError, "not a text file"), (broken, InvalidDataError, "cannot read")]
+    for path, error, message in cases:
+        with pytest.raises(error, match=message):
+            check_atomic_model_file(path)
+        with pytest.raises(error):
+            read_atomic_model(path)
 
 
 def test_model_radius_is_the_farthest_atom_from_the_centroid():
