@@ -4,8 +4,8 @@ a layer above its own or takes part in an import cycle.
 Layers, lowest first: the core (``cryohess_plugin.core``); the shared names
 (``constants``, ``headless``, ``bibtex``); the Scipion bridge (``convert``, ``plugin`` and
 the package itself); ``protocols``; ``viewers``; the ``demo``; the ``tests``.  Inside the
-core, ``kernels`` import nothing of the core but ``errors``, the root modules (shared
-conventions) import no method subpackage, and a method subpackage imports no other one (so
+core, the numba hot loops live in ``kernels``, which import nothing of the core but
+``errors``, the root modules (shared conventions) import no method subpackage, and a method subpackage imports no other one (so
 ``synthetic``, the simulator, is used by nobody in the core).  Imports are read from every
 module's source (also the ones inside functions); a package's implicit import of its
 parent's ``__init__`` is not an edge.
@@ -114,6 +114,8 @@ def layering_violations(sources):
             top = target.split(".")[0]
             if module.startswith(CORE) and top in SCIPION:
                 found.append(where + " (the core never imports Scipion)")
+            if module.startswith(CORE) and not module.startswith(KERNELS) and top == "numba":
+                found.append(where + " (numba hot loops live in kernels)")
             if top != PLUGIN:
                 continue
             if layer(target) > layer(module):
@@ -192,7 +194,7 @@ def test_the_checks_catch_forbidden_imports():
     add(CORE + ".fourier", "import pwem\nfrom cryohess_plugin import convert\n"
                            "from .synthetic import simulate")
     add(KERNELS + ".fourier_cpu", "from .. import rotations\nfrom ..fourier import fft2")
-    add(CORE + ".alignment.volumes", "from ..softmodes import analysis")
+    add(CORE + ".alignment.volumes", "from ..softmodes import analysis\nimport numba")
     add(PLUGIN + ".convert", "from cryohess_plugin.protocols import protocol_base")
     add(PLUGIN + ".protocols.protocol_simulate",
         "from cryohess_plugin.viewers import plotting")
@@ -202,6 +204,7 @@ def test_the_checks_catch_forbidden_imports():
                      "imports cryohess_plugin.core.synthetic.simulate (a core root module",
                      "kernels.fourier_cpu:", "imports cryohess_plugin.core.rotations (kernels",
                      "imports cryohess_plugin.core.softmodes.analysis (a method subpackage",
+                     "imports numba (numba hot loops live in kernels)",
                      "convert:", "imports cryohess_plugin.protocols.protocol_base (a higher",
                      "imports cryohess_plugin.viewers.plotting (a higher layer)"):
         assert expected in found, expected

@@ -39,10 +39,10 @@ import gzip
 import os
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
 from ..errors import InvalidDataError, ShapeError
+from ..kernels.atoms_cpu import splat_images, splat_volume
 
 #: Peng et al. (1996) five-Gaussian electron scattering factors
 #: ``element: ((a1..a5) Å, (b1..b5) Å²)``, fit for 0 <= s <= 6 Å⁻¹.
@@ -246,68 +246,6 @@ def read_atomic_model(path, skip_hydrogens=True, skip_waters=True):
                      np.array(bfactors, dtype=np.float64), np.array(occupancies, dtype=np.float64))
 
 
-@numba.njit(cache=True)
-def _window(centre, radius, n):
-    lo = max(0, int(np.ceil(centre - radius)))
-    hi = min(n - 1, int(np.floor(centre + radius)))
-    return lo, hi
-
-
-@numba.njit(cache=True)
-def _fill_profile(buffer, lo, hi, centre, sigma):
-    for i in range(lo, hi + 1):
-        d = (i - centre) / sigma
-        buffer[i] = np.exp(-0.5 * d * d)
-
-
-@numba.njit(cache=True)
-def _splat_volume(coords, weights, sigmas, cutoff, out):
-    n = out.shape[0]
-    gx = np.empty(n)
-    gy = np.empty(n)
-    gz = np.empty(n)
-    for a in range(coords.shape[0]):
-        s = sigmas[a]
-        x0, y0, z0 = coords[a, 0], coords[a, 1], coords[a, 2]
-        xl, xh = _window(x0, cutoff * s, n)
-        yl, yh = _window(y0, cutoff * s, n)
-        zl, zh = _window(z0, cutoff * s, n)
-        if xl > xh or yl > yh or zl > zh:
-            continue
-        _fill_profile(gx, xl, xh, x0, s)
-        _fill_profile(gy, yl, yh, y0, s)
-        _fill_profile(gz, zl, zh, z0, s)
-        w = weights[a]
-        for k in range(zl, zh + 1):
-            wz = w * gz[k]
-            for j in range(yl, yh + 1):
-                wzy = wz * gy[j]
-                for i in range(xl, xh + 1):
-                    out[k, j, i] += wzy * gx[i]
-
-
-@numba.njit(parallel=True, cache=True)
-def _splat_images(coords, weights, sigmas, cutoff, out):
-    n = out.shape[1]
-    for m in numba.prange(coords.shape[0]):
-        gx = np.empty(n)
-        gy = np.empty(n)
-        for a in range(coords.shape[1]):
-            s = sigmas[a]
-            x0, y0 = coords[m, a, 0], coords[m, a, 1]
-            xl, xh = _window(x0, cutoff * s, n)
-            yl, yh = _window(y0, cutoff * s, n)
-            if xl > xh or yl > yh:
-                continue
-            _fill_profile(gx, xl, xh, x0, s)
-            _fill_profile(gy, yl, yh, y0, s)
-            w = weights[a]
-            for j in range(yl, yh + 1):
-                wy = w * gy[j]
-                for i in range(xl, xh + 1):
-                    out[m, j, i] += wy * gx[i]
-
-
 def _check_grid(box, spacing):
     if int(box) != box or box < 1:
         raise InvalidDataError(f"box must be a positive integer, got {box}")
@@ -337,7 +275,7 @@ def gaussian_atom_volume(model, box, voxel_size, center=None, cutoff=DEFAULT_CUT
     sigmas = model.sigmas() / voxel_size
     weights = model.amplitudes() / (2.0 * np.pi * sigmas ** 2) ** 1.5
     out = np.zeros((box, box, box))
-    _splat_volume(np.ascontiguousarray(coords), weights, sigmas, float(cutoff), out)
+    splat_volume(np.ascontiguousarray(coords), weights, sigmas, float(cutoff), out)
     return out
 
 
@@ -383,7 +321,7 @@ def project_atom_positions(positions, amplitudes, sigmas, rotations, box, pixel_
     sigmas_px = np.asarray(sigmas, dtype=np.float64) / pixel_size
     weights = np.asarray(amplitudes, dtype=np.float64) / (2.0 * np.pi * sigmas_px ** 2)
     out = np.zeros((n, box, box))
-    _splat_images(np.ascontiguousarray(coords), weights, sigmas_px, float(cutoff), out)
+    splat_images(np.ascontiguousarray(coords), weights, sigmas_px, float(cutoff), out)
     return out
 
 
