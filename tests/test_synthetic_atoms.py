@@ -218,6 +218,23 @@ def test_cheap_model_check_accepts_what_the_reader_reads(tmp_path, name, text):
     assert read_atomic_model(zipped).n_atoms == read_atomic_model(path).n_atoms > 0
 
 
+def test_cheap_model_check_accepts_mmcif_rows_in_any_column_order(tmp_path):
+    header, rows = CIF_TEXT.split("ATOM", 1)
+    rows = ("ATOM" + rows).splitlines()
+    names = header.splitlines()[2:]
+    # _atom_site.id first: the atom rows now start with a number.
+    reordered = "\n".join(["data_test", "loop_"] + names[1:] + names[:1] + [
+        " ".join(row.split()[1:] + row.split()[:1]) for row in rows]) + "\n"
+    path = tmp_path / "reordered.cif"
+    path.write_text(reordered)
+    assert not any(line.startswith(("ATOM", "HETATM")) for line in reordered.splitlines())
+    check_atomic_model_file(path)
+    original = tmp_path / "original.cif"
+    original.write_text(CIF_TEXT)
+    np.testing.assert_array_equal(read_atomic_model(path).positions,
+                                  read_atomic_model(original).positions)
+
+
 def test_cheap_model_check_refuses_what_the_reader_refuses(tmp_path):
     empty, remarks = tmp_path / "empty.pdb", tmp_path / "remarks.pdb"
     binary, broken = tmp_path / "map.pdb", tmp_path / "broken.pdb.gz"
@@ -226,7 +243,8 @@ def test_cheap_model_check_refuses_what_the_reader_refuses(tmp_path):
     binary.write_bytes(np.arange(4096, dtype=np.float32).tobytes())
     broken.write_bytes(b"not gzip at all")
     cases = [(tmp_path / "missing.pdb", FileNotFoundError, "not found"),
-             (empty, InvalidDataError, "empty"), (remarks, InvalidDataError, "no ATOM or HETATM"),
+             (empty, InvalidDataError, "empty"),
+             (remarks, InvalidDataError, "no ATOM or HETATM record"),
              (binary, InvalidDataError, "not a text file"), (broken, InvalidDataError, "cannot read")]
     for path, error, message in cases:
         with pytest.raises(error, match=message):

@@ -175,9 +175,9 @@ def _existing_model_file(path):
 def check_atomic_model_file(path, max_line=65536):
     """Check cheaply, without parsing it, that ``path`` looks like an atomic model.
 
-    Reads lines up to the first ``ATOM`` or ``HETATM`` record (PDB and mmCIF both
-    start their atom lines so), which is enough to tell a model from a missing,
-    empty, binary or unrelated file before :func:`read_atomic_model` parses it.
+    Reads lines up to the first ``ATOM`` or ``HETATM`` record of a PDB file or the
+    ``_atom_site`` loop of an mmCIF file, which is enough to tell a model from a
+    missing, empty, binary or unrelated file before :func:`read_atomic_model` parses it.
 
     :param path: PDB or mmCIF file, optionally gzipped.
     :param max_line: lines longer than this many bytes mean the file is not a model.
@@ -192,11 +192,12 @@ def check_atomic_model_file(path, max_line=65536):
                 if b"\0" in line or (len(line) == max_line and not line.endswith(b"\n")):
                     raise InvalidDataError(f"{path} is not a text file; a PDB or mmCIF file "
                                            "is expected")
-                if line.startswith((b"ATOM", b"HETATM")):
+                if line.startswith((b"ATOM", b"HETATM", b"_atom_site.")):
                     return
     except (OSError, EOFError) as exc:  # gzip reports a damaged file as either
         raise InvalidDataError(f"cannot read atomic model {path}: {exc}") from exc
-    raise InvalidDataError(f"no ATOM or HETATM record in {path}; is it a PDB or mmCIF file?")
+    raise InvalidDataError(f"no ATOM or HETATM record nor _atom_site loop in {path}; is it a "
+                           "PDB or mmCIF file?")
 
 
 def read_atomic_model(path, skip_hydrogens=True, skip_waters=True):
