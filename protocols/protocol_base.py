@@ -5,10 +5,12 @@ import json
 import os
 
 import numpy as np
+import psutil
 from pwem.constants import ALIGN_PROJ
 from pyworkflow.object import Pointer
 from pyworkflow.protocol.constants import MODE_RESUME
 import pyworkflow.protocol.params as params
+from pyworkflow.utils import prettySize
 
 from cryohess_plugin import convert
 from cryohess_plugin.core.errors import InvalidDataError
@@ -121,8 +123,11 @@ class CryoHessProtocolMixin:
 
     def _paramIdentity(self, name):
         """What a step depends on in form parameter ``name``: its value or, for a pointer,
-        the object it points to and the size and modification time of its file."""
+        the object it points to and the size and modification time of its file (for a
+        file name, the size and modification time of that file)."""
         attribute = getattr(self, name)
+        if isinstance(self.getParam(name), params.PathParam):
+            return [name, attribute.get(), _pathIdentity(attribute.get())]
         if not isinstance(attribute, Pointer):
             return [name, attribute.get()]
         target = attribute.get()
@@ -205,6 +210,31 @@ class CryoHessProtocolMixin:
         np.savez(tmp, **arrays)
         os.replace(tmp, path)
 
+    def _resourceWarnings(self, diskBytes, memoryBytes, fix):
+        """The warnings for a run that needs more disk (in the project's folder) or more
+        memory than is free; ``fix`` ends each with the protocol's way to need less."""
+        warnings = []
+        disk = self._freeDisk()
+        if diskBytes > disk:
+            warnings.append("The run needs %s on disk but only %s are free in the project's "
+                            "folder: %s, or free some space."
+                            % (prettySize(diskBytes), prettySize(disk), fix))
+        memory = self._availableMemory()
+        if memoryBytes > memory:
+            warnings.append("The run needs about %s of memory but only %s are available: %s."
+                            % (prettySize(memoryBytes), prettySize(memory), fix))
+        return warnings
+
+    def _freeDisk(self):
+        """Bytes free on the disk of the project's folder."""
+        project = self.getProject()
+        return psutil.disk_usage(project.getPath() if project else os.getcwd()).free
+
+    @staticmethod
+    def _availableMemory():
+        """Bytes of memory available to a new run."""
+        return psutil.virtual_memory().available
+
     def _validateParticleSelection(self, particles, what="particles"):
         """The messages for no particles selected or an empty set."""
         if particles is None:
@@ -258,6 +288,11 @@ def _fileIdentity(target):
     """``[path, size, modification time]`` of the file behind a Scipion object (a set's
     sqlite, a volume's map), or None when it has none on disk."""
     path = convert.image_file(target.getFileName()) if hasattr(target, 'getFileName') else None
+    return _pathIdentity(path)
+
+
+def _pathIdentity(path):
+    """``[path, size, modification time]`` of a file, or None when there is none."""
     if not path or not os.path.exists(path):
         return None
     status = os.stat(path)
