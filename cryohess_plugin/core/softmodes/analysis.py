@@ -1,23 +1,27 @@
-"""Soft modes of a reconstruction for an experiment: what the images barely pin down (issue 4).
+"""Soft modes of a reconstruction for an experiment: what the images barely pin down.
 
-Method notes §§1.9, 2.5-2.7, 3, 4.  :func:`analyse_soft_modes` takes a
-volume and a :class:`.soft_mode_experiment.ViewingExperiment` (from
-particles' poses and CTFs, or from a viewing density) and returns the
+``docs/methods/hessian_soft_modes.md`` §1.9, §§2.5–2.7, §3 and §4.
+:func:`analyse_soft_modes` takes a volume and a :class:`.experiment.ViewingExperiment`
+(from particles' poses and CTFs, or from a viewing density) and returns the
 smallest eigenpairs of the Hessian of the negative log-likelihood in the
-accumulated form of :mod:`.soft_mode_experiment` (expected Hessian of
-noise-free templates, poses binned by viewing direction), with everything
-a user looks at (notes §4).
+accumulated form of :mod:`.hessian` (expected Hessian of noise-free templates,
+poses binned by viewing direction), with everything a user looks at (§4), in a
+:class:`SoftModeAnalysis` that owns its file (:meth:`SoftModeAnalysis.save`,
+:meth:`SoftModeAnalysis.load`, :meth:`SoftModeAnalysis.write_table`).  Also here:
+the noise level the analysis needs (:func:`estimate_noise_variance`,
+:func:`marginal_noise`, :func:`noise_variance_for_snr`), each particle's pose change
+(:class:`ParticleAssignment`) and the memory a run takes (:func:`analysis_memory`).
 
 Units.  The volume's transform is the core's centred, non-unitary one
-(:mod:`.fourier`), frequencies in cycles per box.  White image noise of
+(:mod:`..fourier`), frequencies in cycles per box.  White image noise of
 per-pixel variance ``s²`` has ``E|X(k)|² = N² s²`` at every integer frequency
 of an ``N``-pixel image, and ``Σ_x n² = N⁻² Σ_k |X|²``, so the likelihood's
-``σ²`` per unit area of the frequency plane (:mod:`.soft_modes`) is
-``σ² = N² s²``; the images must share the volume's pixel size.
+``σ²`` per unit area of the frequency plane (§1.3) is ``σ² = N² s²``; the
+images must share the volume's pixel size.
 
 Eigenvalues are of the NLL's Hessian (summed over images, ``1/σ²`` included)
 in the chosen metric ``W`` on the real coefficient vector: ``"riesz"``
-weights shell ``r`` by ``ρ_r = ∫ f df`` (the authors' choice, notes §3.1,
+weights shell ``r`` by ``ρ_r = ∫ f df`` (the authors' choice, §3.1,
 without their constant ``(4π)²√(π/2)``), ``"l2"`` by ``∫ f² df`` (the
 real-space L2 norm of the band-limited map times ``N³``, Plancherel).  They
 are Ritz values of a fixed-length Lanczos run (upper bounds of the true
@@ -29,28 +33,38 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import rotations as rot
 from ..ctf import ctf_stack
 from ..errors import InvalidDataError, SamplingMismatchError, ShapeError
 from ..progress import Reporter
 from ..projector import FourierSliceProjector, validate_volume
-from .hessian import (AccumulatedHessian, ViewingExperiment, experiment_from_distribution,
-                      experiment_from_poses, particle_assignment, rebin)
-from .solver import (lanczos_softest_modes, per_shell_profile, perturbation_size,
-                     soft_variance)
-from .layout import RealLayout
 from ..rotations import validate_poses
 from ..spherical import ShellGrid, SphericalTransform, shells_to_volume
+from ..synthetic.simulate import signal_variance
+from .experiment import (ViewingExperiment, experiment_from_distribution, experiment_from_poses,
+                         hemisphere_grid, particle_assignment, rebin)
+from .files import load_fields, save_fields
+from .hessian import BLOCK_BYTES, AccumulatedHessian
+from .layout import RealLayout
+from .solver import (lanczos_softest_modes, per_shell_profile, perturbation_size,
+                     soft_variance)
 
-__all__ = ["ViewingExperiment", "SoftModeAnalysis", "analyse_soft_modes", "auto_grid_spacing",
-           "estimate_noise_variance", "experiment_from_distribution", "experiment_from_poses",
-           "marginal_noise", "particle_assignment", "particle_pose_changes"]
+__all__ = ["ViewingExperiment", "SoftModeAnalysis", "ParticleAssignment", "analyse_soft_modes",
+           "analysis_memory", "auto_grid_spacing", "estimate_noise_variance",
+           "experiment_from_distribution", "experiment_from_poses", "marginal_noise",
+           "noise_variance_for_snr", "particle_assignment", "particle_pose_changes",
+           "pose_change_statistics"]
 
 METRICS = ("riesz", "l2")
-#: Analysis grid spacing in units of the notes' template spacing ``π / L`` (``0.5 / K``);
-#: the binning test measures the error this leaves.
+#: Analysis grid spacing in units of the authors' template spacing ``π / L`` (``0.5 / K``,
+#: ``docs/methods/hessian_soft_modes.md`` §1.9); the binning test measures the error this leaves.
 AUTO_SPACING_FRACTION = 0.5
 #: Pixel sizes closer than this (relative) are the same sampling.
 _PIXEL_TOLERANCE = 1e-3
+#: (direction, defocus group) pairs projected to turn an SNR into a noise variance.
+SNR_SAMPLE = 300
+#: Fields of :class:`SoftModeAnalysis` as large as the map, left out by a light load.
+VOLUME_FIELDS = ("mode_volumes", "sensitivity")
 
 
 @dataclass(frozen=True)
@@ -60,24 +74,23 @@ class SoftModeAnalysis:
     ``eigenvalues`` ``(n_modes,)`` of the NLL Hessian in ``metric`` (ascending Ritz values);
     ``perturbation`` ``ε`` at ``log_likelihood_ratio`` for W-unit modes (``inf`` where
     the eigenvalue is not positive); ``relative_change`` ``‖ε ΔF‖ / ‖F‖`` (real-space L2
-    of the band-limited maps); ``mode_volumes`` ``(n_modes, N, N, N)`` W-unit modes ``ΔF``;
-    ``sensitivity`` ``Σ_i ε_i² ΔF_i²`` per voxel (notes §4.6, finite ``ε`` only);
-    ``shell_frequencies`` ``(R,)`` 1/Å; ``shell_profile`` ``(n_modes, R)`` each W-unit mode's
-    L2 energy per shell; ``pose_changes`` ``(n_modes, D)`` ``|Δτ|`` in radians per experiment
-    direction at ``ε_i`` (the rotation of that direction's images when the map becomes
-    ``F + ε_i ΔF_i``, count-weighted RMS over defocus groups; zero for fixed poses or an
-    infinite ``ε``); ``group_pose_changes`` ``(n_modes, D, G)`` the same per defocus group
-    (a group's images in a direction all turn by that amount; groups without images in a
-    direction have the value they would have); ``ritz_history``
-    ``(iterations, iterations)`` NaN-padded; ``residuals``, ``converged``,
-    ``log_determinant`` from :func:`.soft_mode_solver.lanczos_softest_modes`;
-    ``max_degree`` ``L = 2πK``; ``n_directions`` the analysis grid's occupied directions.
+    of the band-limited maps); ``shell_frequencies`` ``(R,)`` 1/Å; ``shell_profile``
+    ``(n_modes, R)`` each W-unit mode's L2 energy per shell; ``pose_changes`` ``(n_modes, D)``
+    ``|Δτ|`` in radians per experiment direction at ``ε_i`` (the rotation of that
+    direction's images when the map becomes ``F + ε_i ΔF_i``, count-weighted RMS over
+    defocus groups; zero for fixed poses or an infinite ``ε``); ``group_pose_changes``
+    ``(n_modes, D, G)`` the same per defocus group (a group's images in a direction all
+    turn by that amount; groups without images in a direction have the value they would
+    have); ``ritz_history`` ``(iterations, iterations)`` NaN-padded; ``residuals``,
+    ``converged``, ``log_determinant`` from :func:`.solver.lanczos_softest_modes`;
+    ``max_degree`` ``L = 2πK``; ``n_directions`` the analysis grid's occupied directions;
+    ``mode_volumes`` ``(n_modes, N, N, N)`` W-unit modes ``ΔF``; ``sensitivity``
+    ``Σ_i ε_i² ΔF_i²`` per voxel (``docs/methods/hessian_soft_modes.md`` §4.6, finite
+    ``ε`` only).  The last two are None after ``load(path, volumes=False)``.
     """
     eigenvalues: np.ndarray
     perturbation: np.ndarray
     relative_change: np.ndarray
-    mode_volumes: np.ndarray
-    sensitivity: np.ndarray
     shell_frequencies: np.ndarray
     shell_profile: np.ndarray
     pose_changes: np.ndarray
@@ -92,7 +105,37 @@ class SoftModeAnalysis:
     implicit_poses: bool
     n_directions: int = 0
     grid_spacing_deg: float = float("nan")
+    log_likelihood_ratio: float = float(np.log(20))
     group_pose_changes: np.ndarray = None
+    mode_volumes: np.ndarray = None
+    sensitivity: np.ndarray = None
+
+    def save(self, path):
+        """Write every field to the npz ``path`` (atomically: the whole file or none)."""
+        save_fields(path, self)
+
+    @classmethod
+    def load(cls, path, volumes=True):
+        """The analysis :meth:`save` wrote; ``volumes=False`` skips the map-sized fields
+        (:data:`VOLUME_FIELDS`), for summaries that read only the spectrum."""
+        return load_fields(cls, path, skip=() if volumes else VOLUME_FIELDS)
+
+    def write_table(self, path):
+        """The eigenvalue table as text: one row per mode (eigenvalue, ε, relative change,
+        residual, converged) under a header with the band, images, noise and threshold."""
+        lines = ["# Hessian soft modes: 2πK = %d, %d images, noise variance %.6g, "
+                 "log-likelihood ratio %.6g"
+                 % (self.max_degree, round(self.n_images), self.noise_variance,
+                    self.log_likelihood_ratio),
+                 "# %4s %14s %14s %14s %14s %9s"
+                 % ('mode', 'eigenvalue', 'epsilon', 'rel_change', 'residual', 'converged')]
+        for index in range(len(self.eigenvalues)):
+            lines.append("  %4d %14.6e %14.6e %14.6e %14.6e %9s"
+                         % (index + 1, self.eigenvalues[index], self.perturbation[index],
+                            self.relative_change[index], self.residuals[index],
+                            bool(self.converged[index])))
+        with open(path, "w") as table:
+            table.write("\n".join(lines) + "\n")
 
 
 def auto_grid_spacing(max_degree):
@@ -141,7 +184,7 @@ def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, it
 
     :param volume: ``(N, N, N)`` real map.
     :param pixel_size: Å per voxel; the experiment's images must share it.
-    :param experiment: :class:`.soft_mode_experiment.ViewingExperiment`.
+    :param experiment: :class:`.experiment.ViewingExperiment`.
     :param resolution: Å; the shells reach ``N · pixel_size / resolution`` cycles per box
         and ``L = 2πK = ceil(π f_max)``.
     :param n_modes: soft modes returned.  :param iterations: Lanczos steps (at most).
@@ -151,12 +194,12 @@ def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, it
     :param log_likelihood_ratio: threshold of ``ε`` (default ``log 20``).
     :param metric: ``"riesz"`` or ``"l2"`` (module docstring).
     :param backend: ``"auto"``, ``"cpu"`` or ``"cuda"`` for the volume transforms and the
-        Hessian products (:class:`.soft_mode_experiment.AccumulatedHessian`).
+        Hessian products (:class:`.hessian.AccumulatedHessian`).
     :param progress: None or a callable taking :class:`.progress.Progress` events.
     :param grid_spacing_deg: ``"auto"`` (:func:`auto_grid_spacing`), a spacing in degrees
         to bin the experiment's directions on, or None to use them as given.
     :param memory_budget: bytes for cached harmonics
-        (:class:`.soft_mode_experiment.AccumulatedHessian`).
+        (:class:`.hessian.AccumulatedHessian`).
     :param rng: seed of the Lanczos start vector.
     :returns: :class:`SoftModeAnalysis`.
     """
@@ -209,7 +252,8 @@ def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, it
     mode_volumes = np.stack([
         shells_to_volume(layout.from_real_vector(v), shells, box=box, backend=backend)
         for v in modes.vectors]).astype(np.float32)
-    # Σ ε_i² ΔF_i² = 2 log LR Σ ΔF_i² / λ_i over the modes with a finite ε (notes §4.6).
+    # Σ ε_i² ΔF_i² = 2 log LR Σ ΔF_i² / λ_i over the modes with a finite ε
+    # (docs/methods/hessian_soft_modes.md §4.6).
     sensitivity = np.zeros(mode_volumes.shape[1:], dtype=np.float32)
     if positive.any():
         sensitivity[...] = 2 * log_likelihood_ratio * soft_variance(
@@ -239,18 +283,20 @@ def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, it
         converged=modes.converged, log_determinant=modes.log_determinant, max_degree=degree,
         n_images=experiment.n_images, noise_variance=float(noise_variance), metric=metric,
         implicit_poses=bool(implicit_poses), n_directions=binned.directions.shape[0],
+        log_likelihood_ratio=float(log_likelihood_ratio),
         grid_spacing_deg=float("nan") if spacing is None else float(spacing))
 
 
 def particle_pose_changes(group_pose_changes, direction, group):
-    """Each particle's largest pose change over the modes, radians (notes §4 item 3).
+    """Each particle's largest pose change over the modes, radians.
 
     A large ``|Δτ_j|`` flags a particle whose alignment a barely detectable change of
-    the map (``F ± ε_i ΔF_i``) would move: an untrustworthy pose (the paper's Fig. 9).
+    the map (``F ± ε_i ΔF_i``) would move: an untrustworthy pose (the paper's Fig. 9;
+    ``docs/methods/hessian_soft_modes.md`` §4.3).
 
     :param group_pose_changes: ``(n_modes, D, G)`` :attr:`SoftModeAnalysis.group_pose_changes`.
     :param direction, group: ``(J,)`` each particle's experiment direction and defocus group
-        (:func:`.soft_mode_experiment.particle_assignment`).
+        (:func:`.experiment.particle_assignment`).
     :returns: ``(J,)`` ``max_i |Δτ_j|`` at ``ε_i``, in radians.
     """
     changes = np.asarray(group_pose_changes, dtype=np.float64)
@@ -273,11 +319,12 @@ def estimate_noise_variance(volume, images, rotations, shifts, ctf_params, pixel
                             batch_size=256, backend="auto", per_image=False):
     """Per-pixel variance of ``image − CTF ⊙ projection(volume, pose)`` over all particles.
 
-    Each residual is mean-centred first (notes §2.3: a free offset per image).
+    Each residual is mean-centred first (a free offset per image,
+    ``docs/methods/hessian_soft_modes.md`` §2.3).
     Projections use :class:`.projector.FourierSliceProjector` in float64.
     With ``per_image`` the result is ``(J,)``: each particle's own noise
     variance ``Σ_x r² / (dof − 1)`` with ``dof = N² − 1`` (the maximiser of
-    its noise-marginalised likelihood, notes §2.3), for :func:`marginal_noise`.
+    its noise-marginalised likelihood, §2.3), for :func:`marginal_noise`.
 
     :param volume: ``(N, N, N)`` real map.  :param images: ``(J, N, N)`` real particles.
     :param rotations: ``(J, 3, 3)``.  :param shifts: ``(J, 2)`` core shifts in pixels, or None.
@@ -313,7 +360,7 @@ def estimate_noise_variance(volume, images, rotations, shifts, ctf_params, pixel
 
 
 def marginal_noise(per_image_variances):
-    """Noise variance and particle weights of the noise-marginalised likelihood (notes §2.3).
+    """Noise variance and particle weights of the noise-marginalised likelihood.
 
     Integrating each image's unknown ``σ`` out gives ``NLL = dof' Σ_j log ℓ_j``
     (``ℓ_j`` half the residual energy, ``dof' = (dof − 1) / 2``); its Hessian is
@@ -323,7 +370,8 @@ def marginal_noise(per_image_variances):
     So the low-temperature machinery applies with each particle weighted by
     its own precision: returns ``(σ̄², weights)`` with ``σ̄²`` the harmonic mean
     and ``weights = σ̄² / σ̂_j²`` (mean 1) for
-    :func:`.soft_mode_experiment.experiment_from_poses`.
+    :func:`.experiment.experiment_from_poses`
+    (``docs/methods/hessian_soft_modes.md`` §2.3).
     """
     variances = np.asarray(per_image_variances, dtype=np.float64)
     if variances.ndim != 1 or variances.size == 0 or not np.all(
@@ -333,3 +381,121 @@ def marginal_noise(per_image_variances):
                                "estimate_noise_variance(..., per_image=True)")
     mean = 1.0 / np.mean(1.0 / variances)
     return float(mean), mean / variances
+
+
+def noise_variance_for_snr(volume, experiment, snr, n_samples=SNR_SAMPLE, backend="auto", rng=0):
+    """Per-pixel noise variance at which the images of ``experiment`` have ``snr``.
+
+    The SNR is the mean variance over the box of CTF-modulated projections of ``volume``
+    divided by the noise variance, as for simulated data
+    (:func:`..synthetic.simulate.signal_variance`); the projections are at ``n_samples``
+    (direction, defocus group) pairs drawn with the experiment's counts (seed ``rng``).
+
+    :param volume: ``(N, N, N)`` real map.  :param experiment: :class:`.ViewingExperiment`
+        with the volume's pixel size.  :param snr: positive.
+    """
+    volume = validate_volume(volume)
+    if not (np.isfinite(snr) and snr > 0):
+        raise InvalidDataError(f"the SNR must be a positive number, got {snr}")
+    weights = experiment.counts / experiment.counts.sum()
+    picks = np.random.default_rng(rng).choice(weights.size, size=n_samples, p=weights.ravel())
+    direction, group = np.unravel_index(picks, weights.shape)
+    projector = FourierSliceProjector(volume, backend=backend)
+    ctfs = None
+    if experiment.ctf_params:
+        plane = projector.half_plane
+        ctfs = ctf_stack([experiment.ctf_params[g] for g in group], plane.kx, plane.ky,
+                         volume.shape[0], experiment.pixel_size)
+    poses = rot.rotations_for_directions(experiment.directions[direction])
+    return signal_variance(projector.project(poses, ctf=ctfs)) / snr
+
+
+@dataclass(frozen=True)
+class ParticleAssignment:
+    """Each particle's place in an experiment from poses, which gives its pose change.
+
+    ``ids`` ``(J,)`` the particles' own ids (e.g. Scipion's object ids); ``direction`` and
+    ``group`` ``(J,)`` their experiment direction and defocus group
+    (:func:`.experiment.particle_assignment`).
+    """
+    ids: np.ndarray
+    direction: np.ndarray
+    group: np.ndarray
+
+    @classmethod
+    def from_poses(cls, ids, rotations, ctf_params=None, defocus_tolerance=1000.0):
+        """The assignment of particles ``ids`` with the arguments of
+        :func:`.experiment.experiment_from_poses`."""
+        direction, group = particle_assignment(rotations, ctf_params, defocus_tolerance)
+        return cls(np.asarray(ids), direction, group)
+
+    def pose_changes_deg(self, analysis):
+        """``(J,)`` each particle's largest pose change over the modes of ``analysis``
+        (:func:`particle_pose_changes`), in degrees."""
+        return np.rad2deg(particle_pose_changes(analysis.group_pose_changes, self.direction,
+                                                self.group))
+
+    def save(self, path):
+        save_fields(path, self)
+
+    @classmethod
+    def load(cls, path):
+        return load_fields(cls, path)
+
+
+#: A particle whose pose turns by more than this (degrees) at a nearby volume has a
+#: fragile alignment.
+FRAGILE_POSE_CHANGE_DEG = 1.0
+
+
+@dataclass(frozen=True)
+class PoseChangeStatistics:
+    """What a set of particle pose changes (degrees) looks like: ``median``, ``top_percent``
+    (the 99th percentile), ``maximum`` and ``fragile_percent``, the percentage of particles
+    above ``fragile_deg``."""
+    median: float
+    top_percent: float
+    maximum: float
+    fragile_percent: float
+    fragile_deg: float
+
+    @classmethod
+    def of(cls, changes_deg, fragile_deg=FRAGILE_POSE_CHANGE_DEG):
+        changes = np.asarray(changes_deg, dtype=np.float64)
+        return cls(float(np.median(changes)), float(np.percentile(changes, 99)),
+                   float(changes.max()), 100.0 * float(np.mean(changes > fragile_deg)),
+                   float(fragile_deg))
+
+
+#: Copies of a map-sized complex array the volume transforms hold at once (FFT, padding).
+_VOLUME_WORK_COPIES = 4
+#: Bytes per mode volume while they are built: float64 volumes, their stack, the float32 copy.
+_MODE_VOLUME_BYTES = 8 + 8 + 4
+
+
+def analysis_memory(box, pixel_size, resolution, n_modes=8, iterations=64, n_groups=1,
+                    memory_budget=1 << 30):
+    """Bytes of memory :func:`analyse_soft_modes` takes at most, by its largest arrays.
+
+    With ``L = 2πK`` the band's degree, ``D ≈ 8 L² / π`` directions of the analysis grid,
+    ``Q/2 = L + 1`` ring samples and ``P = (L + 1)²`` harmonics: the cached harmonics
+    (``D (Q/2) P`` doubles, at most ``memory_budget``; beyond it one block is recomputed
+    per product), which grow like ``L⁵``; the pose-derivative slices and the slices they
+    are built from (``2 · 6 D (Q/2) R`` doubles for ``R`` shells); the Lanczos vectors and
+    products (``2 · iterations · n`` doubles, ``n`` real parameters); the mode volumes as
+    they are built and the volume transforms' work arrays (``box³`` each).
+    """
+    shells = ShellGrid.for_resolution(box, pixel_size, resolution)
+    degree = shells.max_degree
+    directions = hemisphere_grid(auto_grid_spacing(degree))[0].shape[0]
+    half = degree + 1
+    per_direction = half * (degree + 1) ** 2 * 8
+    harmonics = directions * per_direction
+    if harmonics > memory_budget:
+        harmonics = min(directions, max(1, BLOCK_BYTES // per_direction)) * per_direction
+    slices = 2 * 6 * directions * half * shells.n_shells * 8
+    pose_blocks = 2 * directions * n_groups * 9 * 8
+    parameters = int(np.sum((shells.degree_limits + 1) ** 2))
+    lanczos = (2 * min(iterations, parameters) + n_modes) * parameters * 8
+    volumes = (n_modes * _MODE_VOLUME_BYTES + _VOLUME_WORK_COPIES * 16) * box ** 3
+    return int(harmonics + slices + pose_blocks + lanczos + volumes)
