@@ -7,8 +7,8 @@ in ``docs/methods/hessian_soft_modes.md`` §2.5 and §2.7.
 Kernels:
 
 * :func:`_harmonics`: one thread per sample direction; the Legendre
-  recurrences of :func:`..spherical.normalized_legendre` and the real
-  combinations of :meth:`..softmodes.hessian.RealHarmonics.evaluate`
+  recurrences of :func:`.spherical.normalized_legendre` and the real
+  combinations of :meth:`.softmodes.hessian.RealHarmonics.evaluate`
   (even degrees real, odd degrees imaginary).
 * :func:`_gemm_nt` (slice: ``V = H Cᵀ``) and :func:`_gemm_tn` (adjoint slice:
   ``C += Zᵀ H``): tiled shared-memory matrix products.  They are written by

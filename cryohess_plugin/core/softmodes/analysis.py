@@ -1,9 +1,9 @@
 """Soft modes of a reconstruction for an experiment: what the images barely pin down.
 
-``docs/methods/hessian_soft_modes.md`` §1.9, §§2.5–2.7, §3 and §4.
-:func:`analyse_soft_modes` takes a volume and a :class:`.experiment.ViewingExperiment`
-(from particles' poses and CTFs, or from a viewing density) and returns the
-smallest eigenpairs of the Hessian of the negative log-likelihood in the
+``docs/methods/hessian_soft_modes.md`` §1.9, §§2.5–2.7, §3 and §4 (every § below is a
+section of that page).  :func:`analyse_soft_modes` takes a volume and a
+:class:`.experiment.ViewingExperiment` (from particles' poses and CTFs, or from a
+viewing density) and returns the smallest eigenpairs of the Hessian of the negative log-likelihood in the
 accumulated form of :mod:`.hessian` (expected Hessian of noise-free templates,
 poses binned by viewing direction), with everything a user looks at (§4), in a
 :class:`SoftModeAnalysis` that owns its file (:meth:`SoftModeAnalysis.save`,
@@ -13,7 +13,7 @@ the noise level the analysis needs (:func:`estimate_noise_variance`,
 (:class:`ParticleAssignment`) and the memory a run takes (:func:`analysis_memory`).
 
 Units.  The volume's transform is the core's centred, non-unitary one
-(:mod:`..fourier`), frequencies in cycles per box.  White image noise of
+(:mod:`.fourier`), frequencies in cycles per box.  White image noise of
 per-pixel variance ``s²`` has ``E|X(k)|² = N² s²`` at every integer frequency
 of an ``N``-pixel image, and ``Σ_x n² = N⁻² Σ_k |X|²``, so the likelihood's
 ``σ²`` per unit area of the frequency plane (§1.3) is ``σ² = N² s²``; the
@@ -57,7 +57,7 @@ __all__ = ["ViewingExperiment", "SoftModeAnalysis", "ParticleAssignment", "analy
 
 METRICS = ("riesz", "l2")
 #: Analysis grid spacing in units of the authors' template spacing ``π / L`` (``0.5 / K``,
-#: ``docs/methods/hessian_soft_modes.md`` §1.9); the binning test measures the error this leaves.
+#: §1.9); the binning test measures the error this leaves.
 AUTO_SPACING_FRACTION = 0.5
 #: Pixel sizes closer than this (relative) are the same sampling.
 _PIXEL_TOLERANCE = 1e-3
@@ -83,10 +83,12 @@ class SoftModeAnalysis:
     turn by that amount; groups without images in a direction have the value they would
     have); ``ritz_history`` ``(iterations, iterations)`` NaN-padded; ``residuals``,
     ``converged``, ``log_determinant`` from :func:`.solver.lanczos_softest_modes`;
-    ``max_degree`` ``L = 2πK``; ``n_directions`` the analysis grid's occupied directions;
-    ``mode_volumes`` ``(n_modes, N, N, N)`` W-unit modes ``ΔF``; ``sensitivity``
-    ``Σ_i ε_i² ΔF_i²`` per voxel (``docs/methods/hessian_soft_modes.md`` §4.6, finite
-    ``ε`` only).  The last two are None after ``load(path, volumes=False)``.
+    ``max_degree`` ``L = 2πK``; ``n_directions`` the analysis grid's occupied directions
+    and ``grid_spacing_deg`` its spacing (NaN: the experiment's own directions);
+    ``n_images``, ``noise_variance`` (per pixel), ``metric``, ``implicit_poses`` and
+    ``log_likelihood_ratio`` as the analysis was run; ``mode_volumes`` ``(n_modes, N, N, N)`` W-unit modes ``ΔF``; ``sensitivity``
+    ``Σ_i ε_i² ΔF_i²`` per voxel (§4.6, finite ``ε`` only); these two are None after
+    ``load(path, volumes=False)``.
     """
     eigenvalues: np.ndarray
     perturbation: np.ndarray
@@ -252,8 +254,7 @@ def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, it
     mode_volumes = np.stack([
         shells_to_volume(layout.from_real_vector(v), shells, box=box, backend=backend)
         for v in modes.vectors]).astype(np.float32)
-    # Σ ε_i² ΔF_i² = 2 log LR Σ ΔF_i² / λ_i over the modes with a finite ε
-    # (docs/methods/hessian_soft_modes.md §4.6).
+    # Σ ε_i² ΔF_i² = 2 log LR Σ ΔF_i² / λ_i over the modes with a finite ε (§4.6).
     sensitivity = np.zeros(mode_volumes.shape[1:], dtype=np.float32)
     if positive.any():
         sensitivity[...] = 2 * log_likelihood_ratio * soft_variance(
@@ -291,8 +292,8 @@ def particle_pose_changes(group_pose_changes, direction, group):
     """Each particle's largest pose change over the modes, radians.
 
     A large ``|Δτ_j|`` flags a particle whose alignment a barely detectable change of
-    the map (``F ± ε_i ΔF_i``) would move: an untrustworthy pose (the paper's Fig. 9;
-    ``docs/methods/hessian_soft_modes.md`` §4.3).
+    the map (``F ± ε_i ΔF_i``) would move: an untrustworthy pose (the paper's Fig. 9,
+    §4.3).
 
     :param group_pose_changes: ``(n_modes, D, G)`` :attr:`SoftModeAnalysis.group_pose_changes`.
     :param direction, group: ``(J,)`` each particle's experiment direction and defocus group
@@ -319,8 +320,7 @@ def estimate_noise_variance(volume, images, rotations, shifts, ctf_params, pixel
                             batch_size=256, backend="auto", per_image=False):
     """Per-pixel variance of ``image − CTF ⊙ projection(volume, pose)`` over all particles.
 
-    Each residual is mean-centred first (a free offset per image,
-    ``docs/methods/hessian_soft_modes.md`` §2.3).
+    Each residual is mean-centred first (a free offset per image, §2.3).
     Projections use :class:`.projector.FourierSliceProjector` in float64.
     With ``per_image`` the result is ``(J,)``: each particle's own noise
     variance ``Σ_x r² / (dof − 1)`` with ``dof = N² − 1`` (the maximiser of
@@ -370,8 +370,7 @@ def marginal_noise(per_image_variances):
     So the low-temperature machinery applies with each particle weighted by
     its own precision: returns ``(σ̄², weights)`` with ``σ̄²`` the harmonic mean
     and ``weights = σ̄² / σ̂_j²`` (mean 1) for
-    :func:`.experiment.experiment_from_poses`
-    (``docs/methods/hessian_soft_modes.md`` §2.3).
+    :func:`.experiment.experiment_from_poses` (§2.3).
     """
     variances = np.asarray(per_image_variances, dtype=np.float64)
     if variances.ndim != 1 or variances.size == 0 or not np.all(
@@ -388,7 +387,7 @@ def noise_variance_for_snr(volume, experiment, snr, n_samples=SNR_SAMPLE, backen
 
     The SNR is the mean variance over the box of CTF-modulated projections of ``volume``
     divided by the noise variance, as for simulated data
-    (:func:`..synthetic.simulate.signal_variance`); the projections are at ``n_samples``
+    (:func:`.synthetic.simulate.signal_variance`); the projections are at ``n_samples``
     (direction, defocus group) pairs drawn with the experiment's counts (seed ``rng``).
 
     :param volume: ``(N, N, N)`` real map.  :param experiment: :class:`.ViewingExperiment`

@@ -6,7 +6,7 @@ directions on the device), the pose-derivative slices ``U_a``, the pose blocks'
 pseudo-inverses, the counts, the squared CTFs and the ring weights.  A product uploads
 the ``(R, P)`` shell columns and downloads the ``(R, P)`` result (``pose_change``: the
 ``(D, G, 3)`` rotations) and nothing else.  The kernels are in
-:mod:`..kernels.soft_modes_cuda`; the formulas in ``docs/methods/hessian_soft_modes.md``
+:mod:`.kernels.soft_modes_cuda`; the formulas in ``docs/methods/hessian_soft_modes.md``
 §2.7.
 """
 import numpy as np
