@@ -166,9 +166,9 @@ class TestSoftModes(CryoHessTestCase):
     def testNoiseEstimate(self):
         """The estimate from the particles recovers the simulated noise."""
         truth = float(np.load(self.simUniform._getFileName('particleTruth'))['noiseSigma'])
-        estimate = self.uniform._noiseVariance()
+        estimate = self.uniform._noise().variance
         self.assertAlmostEqual(estimate / truth ** 2, 1.0, delta=0.2)
-        self.assertEqual(self.design._noiseVariance(), 0.25)
+        self.assertEqual(self.design._noise().variance, 0.25)
 
     def testDesignExperiment(self):
         experiment = self.design._experiment()

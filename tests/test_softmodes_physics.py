@@ -10,8 +10,7 @@ import pytest
 
 from cryohess_plugin.core.synthetic import atoms, phantoms
 from cryohess_plugin.core.ctf import CTFParams
-from cryohess_plugin.core.softmodes.analysis import (analyse_soft_modes,
-                                                     experiment_from_distribution)
+from cryohess_plugin.core.softmodes import analyse_soft_modes, experiment_from_distribution
 
 
 @pytest.fixture(scope="module")

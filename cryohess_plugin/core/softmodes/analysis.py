@@ -8,9 +8,9 @@ accumulated form of :mod:`.hessian` (expected Hessian of noise-free templates,
 poses binned by viewing direction), with everything a user looks at (§4), in a
 :class:`SoftModeAnalysis` that owns its file (:meth:`SoftModeAnalysis.save`,
 :meth:`SoftModeAnalysis.load`, :meth:`SoftModeAnalysis.write_table`).  Also here:
-the noise level the analysis needs (:func:`estimate_noise_variance`,
-:func:`marginal_noise`, :func:`noise_variance_for_snr`), each particle's pose change
-(:class:`ParticleAssignment`) and the memory a run takes (:func:`analysis_memory`).
+each particle's pose change (:class:`ParticleAssignment`, :class:`PoseChangeStatistics`)
+and what a run at a band costs (:func:`analysis_memory`, :func:`analysis_warnings`).
+The noise level it needs is in :mod:`.noise`.
 
 Units.  The volume's transform is the core's centred, non-unitary one
 (:mod:`.fourier`), frequencies in cycles per box.  White image noise of
@@ -33,27 +33,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import rotations as rot
-from ..ctf import ctf_stack
 from ..errors import InvalidDataError, SamplingMismatchError, ShapeError
+from ..fourier import bandwidth, frequency_for_resolution
 from ..progress import Reporter
-from ..projector import FourierSliceProjector, validate_volume
-from ..rotations import validate_poses
+from ..projector import validate_volume
 from ..spherical import ShellGrid, SphericalTransform, shells_to_volume
-from ..synthetic.simulate import signal_variance
-from .experiment import (ViewingExperiment, experiment_from_distribution, experiment_from_poses,
-                         hemisphere_grid, particle_assignment, rebin)
+from .experiment import ViewingExperiment, hemisphere_grid, particle_assignment, rebin
 from .files import load_fields, save_fields
 from .hessian import BLOCK_BYTES, AccumulatedHessian
+from .products import HARMONICS_BLOCK_SAMPLES
 from .layout import RealLayout
 from .solver import (lanczos_softest_modes, per_shell_profile, perturbation_size,
                      soft_variance)
 
-__all__ = ["ViewingExperiment", "SoftModeAnalysis", "ParticleAssignment", "analyse_soft_modes",
-           "analysis_memory", "auto_grid_spacing", "estimate_noise_variance",
-           "experiment_from_distribution", "experiment_from_poses", "marginal_noise",
-           "noise_variance_for_snr", "particle_assignment", "particle_pose_changes",
-           "pose_change_statistics"]
+__all__ = ["SoftModeAnalysis", "ParticleAssignment", "PoseChangeStatistics",
+           "analyse_soft_modes", "analysis_memory", "analysis_warnings", "auto_grid_spacing",
+           "particle_pose_changes"]
 
 METRICS = ("riesz", "l2")
 #: Analysis grid spacing in units of the authors' template spacing ``π / L`` (``0.5 / K``,
@@ -61,8 +56,6 @@ METRICS = ("riesz", "l2")
 AUTO_SPACING_FRACTION = 0.5
 #: Pixel sizes closer than this (relative) are the same sampling.
 _PIXEL_TOLERANCE = 1e-3
-#: (direction, defocus group) pairs projected to turn an SNR into a noise variance.
-SNR_SAMPLE = 300
 #: Fields of :class:`SoftModeAnalysis` as large as the map, left out by a light load.
 VOLUME_FIELDS = ("mode_volumes", "sensitivity")
 
@@ -121,6 +114,34 @@ class SoftModeAnalysis:
         """The analysis :meth:`save` wrote; ``volumes=False`` skips the map-sized fields
         (:data:`VOLUME_FIELDS`), for summaries that read only the spectrum."""
         return load_fields(cls, path, skip=() if volumes else VOLUME_FIELDS)
+
+    @property
+    def metric_name(self):
+        """The metric as a summary writes it."""
+        return {"riesz": "Riesz", "l2": "L2"}.get(self.metric, self.metric)
+
+    def spectrum_lines(self):
+        """The spectrum in words: poses, metric and threshold, what λ, ε and the relative
+        change mean, then one line per mode."""
+        lines = ["%s poses, %s metric; nearby volumes F ± εΔF at log-likelihood ratio %.4g "
+                 "(%.3g times less likely than F)."
+                 % ("Implicit" if self.implicit_poses else "Fixed", self.metric_name,
+                    self.log_likelihood_ratio, np.exp(self.log_likelihood_ratio)),
+                 "λ: Hessian eigenvalue per image (smaller: softer, less pinned down by the "
+                 "data); ε: size of the nearby volumes along the unit mode ΔF; ‖εΔF‖/‖F‖: how "
+                 "much they change the map."]
+        for index, (value, epsilon, change, converged) in enumerate(zip(
+                self.eigenvalues, self.perturbation, self.relative_change, self.converged)):
+            lines.append("Mode %d: λ = %.4g, ε = %.4g, ‖εΔF‖/‖F‖ = %.2f %%%s"
+                         % (index + 1, value, epsilon, 100 * change,
+                            "" if converged else " (not converged)"))
+        return lines
+
+    def nearby_volume(self, reference, index, sign):
+        """``F ± ε_i ΔF_i``: ``reference`` moved along mode ``index`` (from 0) by ``sign``
+        (+1 or -1) times its ``ε``, where the data are ``log_likelihood_ratio`` less likely
+        (§4.4); needs the mode volumes and a finite ``ε``."""
+        return reference + sign * float(self.perturbation[index]) * self.mode_volumes[index]
 
     def write_table(self, path):
         """The eigenvalue table as text: one row per mode (eigenvalue, ε, relative change,
@@ -191,7 +212,7 @@ def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, it
         and ``L = 2πK = ceil(π f_max)``.
     :param n_modes: soft modes returned.  :param iterations: Lanczos steps (at most).
     :param noise_variance: per-pixel variance of the images in the volume's units
-        (:func:`estimate_noise_variance`).
+        (:func:`.noise.estimate_noise_variance`).
     :param implicit_poses: poses follow the volume (reduced Hessian) or stay fixed.
     :param log_likelihood_ratio: threshold of ``ε`` (default ``log 20``).
     :param metric: ``"riesz"`` or ``"l2"`` (module docstring).
@@ -316,99 +337,6 @@ def particle_pose_changes(group_pose_changes, direction, group):
     return changes[:, direction, group].max(axis=0)
 
 
-def estimate_noise_variance(volume, images, rotations, shifts, ctf_params, pixel_size,
-                            batch_size=256, backend="auto", per_image=False):
-    """Per-pixel variance of ``image − CTF ⊙ projection(volume, pose)`` over all particles.
-
-    Each residual is mean-centred first (a free offset per image, §2.3).
-    Projections use :class:`.projector.FourierSliceProjector` in float64.
-    With ``per_image`` the result is ``(J,)``: each particle's own noise
-    variance ``Σ_x r² / (dof − 1)`` with ``dof = N² − 1`` (the maximiser of
-    its noise-marginalised likelihood, §2.3), for :func:`marginal_noise`.
-
-    :param volume: ``(N, N, N)`` real map.  :param images: ``(J, N, N)`` real particles.
-    :param rotations: ``(J, 3, 3)``.  :param shifts: ``(J, 2)`` core shifts in pixels, or None.
-    :param ctf_params: None or ``J`` :class:`.ctf.CTFParams`.  :param pixel_size: Å.
-    """
-    volume = validate_volume(volume)
-    images = np.asarray(images)
-    box = volume.shape[0]
-    if images.ndim != 3 or images.shape[1:] != (box, box) or images.shape[0] == 0:
-        raise ShapeError(f"images must be a non-empty (J, {box}, {box}) stack matching the "
-                         f"volume's box, got {images.shape}; resample the particles or the volume")
-    n = images.shape[0]
-    rotations, shifts = validate_poses(rotations, shifts, count=n)
-    if ctf_params is not None and len(ctf_params) != n:
-        raise ShapeError(f"{len(ctf_params)} CTFs for {n} images; give one CTF per image")
-    projector = FourierSliceProjector(volume, dtype=np.float64, backend=backend)
-    plane = projector.half_plane
-    energies = np.empty(n)
-    for start in range(0, n, batch_size):
-        where = slice(start, min(start + batch_size, n))
-        ctf = (None if ctf_params is None else
-               ctf_stack(list(ctf_params[where]), plane.kx, plane.ky, box, pixel_size))
-        residual = (np.asarray(images[where], dtype=np.float64)
-                    - projector.project(rotations[where], shifts[where], ctf))
-        if not np.all(np.isfinite(residual)):
-            raise InvalidDataError("images contain NaN or infinite values; remove those particles")
-        residual -= residual.mean(axis=(1, 2), keepdims=True)
-        energies[where] = np.sum(residual ** 2, axis=(1, 2))
-    dof = box * box - 1
-    if per_image:
-        return energies / (dof - 1)
-    return float(energies.sum() / (n * dof))
-
-
-def marginal_noise(per_image_variances):
-    """Noise variance and particle weights of the noise-marginalised likelihood.
-
-    Integrating each image's unknown ``σ`` out gives ``NLL = dof' Σ_j log ℓ_j``
-    (``ℓ_j`` half the residual energy, ``dof' = (dof − 1) / 2``); its Hessian is
-    ``Σ_j (dof' / ℓ_j) ∇²ℓ_j = Σ_j ∇²ℓ_j / σ̂_j²`` with ``σ̂_j²`` the
-    per-image estimate of :func:`estimate_noise_variance` (``per_image=True``),
-    up to a rank-one term per image whose expected size is ``2 / dof`` of it.
-    So the low-temperature machinery applies with each particle weighted by
-    its own precision: returns ``(σ̄², weights)`` with ``σ̄²`` the harmonic mean
-    and ``weights = σ̄² / σ̂_j²`` (mean 1) for
-    :func:`.experiment.experiment_from_poses` (§2.3).
-    """
-    variances = np.asarray(per_image_variances, dtype=np.float64)
-    if variances.ndim != 1 or variances.size == 0 or not np.all(
-            np.isfinite(variances) & (variances > 0)):
-        raise InvalidDataError("per-image noise variances must be a non-empty vector of finite "
-                               "positive numbers; estimate them with "
-                               "estimate_noise_variance(..., per_image=True)")
-    mean = 1.0 / np.mean(1.0 / variances)
-    return float(mean), mean / variances
-
-
-def noise_variance_for_snr(volume, experiment, snr, n_samples=SNR_SAMPLE, backend="auto", rng=0):
-    """Per-pixel noise variance at which the images of ``experiment`` have ``snr``.
-
-    The SNR is the mean variance over the box of CTF-modulated projections of ``volume``
-    divided by the noise variance, as for simulated data
-    (:func:`.synthetic.simulate.signal_variance`); the projections are at ``n_samples``
-    (direction, defocus group) pairs drawn with the experiment's counts (seed ``rng``).
-
-    :param volume: ``(N, N, N)`` real map.  :param experiment: :class:`.ViewingExperiment`
-        with the volume's pixel size.  :param snr: positive.
-    """
-    volume = validate_volume(volume)
-    if not (np.isfinite(snr) and snr > 0):
-        raise InvalidDataError(f"the SNR must be a positive number, got {snr}")
-    weights = experiment.counts / experiment.counts.sum()
-    picks = np.random.default_rng(rng).choice(weights.size, size=n_samples, p=weights.ravel())
-    direction, group = np.unravel_index(picks, weights.shape)
-    projector = FourierSliceProjector(volume, backend=backend)
-    ctfs = None
-    if experiment.ctf_params:
-        plane = projector.half_plane
-        ctfs = ctf_stack([experiment.ctf_params[g] for g in group], plane.kx, plane.ky,
-                         volume.shape[0], experiment.pixel_size)
-    poses = rot.rotations_for_directions(experiment.directions[direction])
-    return signal_variance(projector.project(poses, ctf=ctfs)) / snr
-
-
 @dataclass(frozen=True)
 class ParticleAssignment:
     """Each particle's place in an experiment from poses, which gives its pose change.
@@ -466,6 +394,10 @@ class PoseChangeStatistics:
                    float(fragile_deg))
 
 
+#: Complex ``(samples, P)`` arrays alive while a chunk of harmonics is evaluated (measured).
+_HARMONICS_WORK_COPIES = 8
+#: Real ``(directions, Q/2, R)`` arrays of one block alive in a product (slices, weighted).
+_PRODUCT_WORK_COPIES = 8
 #: Copies of a map-sized complex array the volume transforms hold at once (FFT, padding).
 _VOLUME_WORK_COPIES = 4
 #: Bytes per mode volume while they are built: float64 volumes, their stack, the float32 copy.
@@ -474,27 +406,69 @@ _MODE_VOLUME_BYTES = 8 + 8 + 4
 
 def analysis_memory(box, pixel_size, resolution, n_modes=8, iterations=64, n_groups=1,
                     memory_budget=1 << 30):
-    """Bytes of memory :func:`analyse_soft_modes` takes at most, by its largest arrays.
+    """Bytes of memory :func:`analyse_soft_modes` takes at most, from its largest arrays.
 
     With ``L = 2πK`` the band's degree, ``D ≈ 8 L² / π`` directions of the analysis grid,
-    ``Q/2 = L + 1`` ring samples and ``P = (L + 1)²`` harmonics: the cached harmonics
-    (``D (Q/2) P`` doubles, at most ``memory_budget``; beyond it one block is recomputed
-    per product), which grow like ``L⁵``; the pose-derivative slices and the slices they
-    are built from (``2 · 6 D (Q/2) R`` doubles for ``R`` shells); the Lanczos vectors and
-    products (``2 · iterations · n`` doubles, ``n`` real parameters); the mode volumes as
-    they are built and the volume transforms' work arrays (``box³`` each).
+    ``Q/2 = L + 1`` ring samples, ``P = (L + 1)²`` harmonics and ``R`` shells: the cached
+    harmonics (``D (Q/2) P`` doubles, which grow like ``L⁵``; beyond ``memory_budget`` a
+    block of directions is evaluated anew in every product instead) and the work of
+    evaluating them; the pose-derivative slices (``6 D (Q/2) R`` doubles, twice while
+    they are set up); the Lanczos vectors and products (``2 · iterations · n`` doubles for
+    ``n`` real parameters), the mode volumes as they are built and the volume transforms'
+    work arrays (``box³`` each).  The largest of the phases that hold them at once.
     """
     shells = ShellGrid.for_resolution(box, pixel_size, resolution)
     degree = shells.max_degree
     directions = hemisphere_grid(auto_grid_spacing(degree))[0].shape[0]
-    half = degree + 1
-    per_direction = half * (degree + 1) ** 2 * 8
-    harmonics = directions * per_direction
-    if harmonics > memory_budget:
-        harmonics = min(directions, max(1, BLOCK_BYTES // per_direction)) * per_direction
-    slices = 2 * 6 * directions * half * shells.n_shells * 8
-    pose_blocks = 2 * directions * n_groups * 9 * 8
+    half, columns = degree + 1, (degree + 1) ** 2
+    per_direction = half * columns * 8
+    stored = directions * per_direction
+    block = min(directions, max(1, BLOCK_BYTES // per_direction)) * per_direction
+    work = _HARMONICS_WORK_COPIES * HARMONICS_BLOCK_SAMPLES * columns * 16
+    if stored <= memory_budget:
+        caching, harmonics, per_product = stored + work, stored, 0
+    else:
+        caching, harmonics, per_product = 0, 0, block + max(work, block)
+    slices = 6 * directions * half * shells.n_shells * 8 + 2 * directions * n_groups * 9 * 8
+    # A product's slices of one block of directions and their weighted copies.
+    per_product += _PRODUCT_WORK_COPIES * block // columns * shells.n_shells
     parameters = int(np.sum((shells.degree_limits + 1) ** 2))
     lanczos = (2 * min(iterations, parameters) + n_modes) * parameters * 8
     volumes = (n_modes * _MODE_VOLUME_BYTES + _VOLUME_WORK_COPIES * 16) * box ** 3
-    return int(harmonics + slices + pose_blocks + lanczos + volumes)
+    setup = harmonics + 2 * slices + per_product
+    run = harmonics + slices + per_product + lanczos + volumes
+    return int(max(caching, setup, run))
+
+
+#: Bands below this 2πK say nothing about a map's modes (the authors start at 8).
+MIN_USEFUL_DEGREE = 4
+#: A run that needs more than this fraction of the machine's memory gets a warning.
+MEMORY_FRACTION = 0.5
+
+
+def analysis_warnings(box, pixel_size, resolution, n_modes=8, iterations=64,
+                      available_memory=None):
+    """What is wrong, though not fatal, with analysing a ``box``-voxel map of ``pixel_size``
+    Å up to ``resolution`` Å: a band too coarse to say anything (``2πK`` below
+    :data:`MIN_USEFUL_DEGREE`) and, given the machine's ``available_memory`` in bytes,
+    a run that needs more than :data:`MEMORY_FRACTION` of it (:func:`analysis_memory`).
+
+    :returns: messages naming the fix, empty when there is nothing to say.
+    """
+    degree = bandwidth(frequency_for_resolution(box, pixel_size, resolution))
+    warnings = []
+    if degree < MIN_USEFUL_DEGREE:
+        warnings.append(f"At {resolution:g} Å the band is 2πK = {degree}, too coarse to say "
+                        f"anything about the map's modes: choose a finer max resolution (2πK "
+                        f"is about π × {box * pixel_size:g} Å / resolution; the authors work "
+                        "at 2πK = 8 to 48).")
+    if available_memory:
+        memory = analysis_memory(box, pixel_size, resolution, n_modes, iterations)
+        if memory > MEMORY_FRACTION * available_memory:
+            warnings.append(f"At {resolution:g} Å (2πK = {degree}) the analysis needs about "
+                            f"{memory / 1e9:.1f} GB of memory, more than "
+                            f"{100 * MEMORY_FRACTION:.0f} % of this machine's "
+                            f"{available_memory / 1e9:.1f} GB: choose a coarser max "
+                            "resolution (the cached harmonics grow like (2πK)^5) or fewer "
+                            "modes.")
+    return warnings

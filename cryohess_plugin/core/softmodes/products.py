@@ -15,7 +15,7 @@ import numpy as np
 from ..kernels import resolve_backend
 
 #: Harmonics are evaluated for about this many ring samples at once (temporary memory).
-_HARMONICS_BLOCK_SAMPLES = 2048
+HARMONICS_BLOCK_SAMPLES = 2048
 
 
 class HessianProducts(ABC):
@@ -83,8 +83,8 @@ class HostProducts(HessianProducts):
 
     def _harmonics_block(self, start):
         samples = self._samples[start:start + self.block].reshape(-1, 3)
-        parts = [self.harmonics.evaluate(samples[i:i + _HARMONICS_BLOCK_SAMPLES])
-                 for i in range(0, samples.shape[0], _HARMONICS_BLOCK_SAMPLES)]
+        parts = [self.harmonics.evaluate(samples[i:i + HARMONICS_BLOCK_SAMPLES])
+                 for i in range(0, samples.shape[0], HARMONICS_BLOCK_SAMPLES)]
         return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
 
     def _blocks(self):
