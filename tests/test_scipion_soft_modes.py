@@ -154,7 +154,8 @@ class TestSoftModes(CryoHessTestCase):
                                    rtol=0.1)
 
     def testPolarViewsAreSofter(self):
-        """Missing side views leave a mode at least 5 times softer than uniform views (issue 4)."""
+        """Missing side views leave a mode at least 5 times softer than uniform views
+        (docs/methods/hessian_soft_modes.md §6)."""
         uniform, polar = eigenvalues(self.uniform), eigenvalues(self.polar)
         print("softest eigenvalue: uniform %.4g, polar %.4g (ratio %.1f)"
               % (uniform[0], polar[0], uniform[0] / polar[0]))
