@@ -60,8 +60,8 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
 
     # --------------------------- DEFINE param functions ----------------------
     def _defineParams(self, form):
-        self._defineGpuParams(form, "the volume transforms and projections (the Hessian "
-                                    "products run on BLAS)")
+        self._defineGpuParams(form, "the volume transforms, the projections and the "
+                                    "Hessian products")
         particles = 'experimentSource == %d' % EXPERIMENT_PARTICLES
         design = 'experimentSource == %d' % EXPERIMENT_DESIGN
         form.addSection(label='Input')
