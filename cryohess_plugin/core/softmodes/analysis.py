@@ -41,8 +41,8 @@ from ..spherical import ShellGrid, SphericalTransform, shells_to_volume
 from .experiment import ViewingExperiment, hemisphere_grid, particle_assignment, rebin
 from .files import load_fields, save_fields
 from .hessian import BLOCK_BYTES, AccumulatedHessian
-from .products import HARMONICS_BLOCK_SAMPLES
 from .layout import RealLayout
+from .products import HARMONICS_BLOCK_SAMPLES
 from .solver import (lanczos_softest_modes, per_shell_profile, perturbation_size,
                      soft_variance)
 

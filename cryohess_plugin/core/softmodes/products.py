@@ -21,6 +21,8 @@ HARMONICS_BLOCK_SAMPLES = 2048
 class HessianProducts(ABC):
     """Slices, Hessian-vector products and pose responses over blocks of directions.
 
+    Every backend is built with the same arguments (:func:`hessian_products`):
+
     :param samples: ``(D, Q/2, 3)`` half-ring sample directions.
     :param harmonics: :class:`.hessian.RealHarmonics`.
     :param block: directions per block.  :param cache: keep every block's harmonics
@@ -29,8 +31,7 @@ class HessianProducts(ABC):
     :param ring_weights: ``(R,)`` ``2 (2π/Q) ρ_r``.  :param noise_sigma2: ``σ²``.
     """
 
-    def __init__(self, samples, harmonics, block, cache, ctf_squared, counts, ring_weights,
-                 noise_sigma2):
+    def __init__(self, samples, harmonics, block):
         self.n_directions, self.half = samples.shape[0], samples.shape[1]
         self.block = int(block)
         self.harmonics = harmonics
@@ -71,8 +72,7 @@ class HostProducts(HessianProducts):
 
     def __init__(self, samples, harmonics, block, cache, ctf_squared, counts, ring_weights,
                  noise_sigma2):
-        super().__init__(samples, harmonics, block, cache, ctf_squared, counts, ring_weights,
-                         noise_sigma2)
+        super().__init__(samples, harmonics, block)
         self._samples = samples
         self.ctf_squared = ctf_squared
         self.counts = counts

@@ -31,8 +31,7 @@ class DeviceProducts(HessianProducts):
 
     def __init__(self, samples, harmonics, block, cache, ctf_squared, counts, ring_weights,
                  noise_sigma2):
-        super().__init__(samples, harmonics, block, cache, ctf_squared, counts, ring_weights,
-                         noise_sigma2)
+        super().__init__(samples, harmonics, block)
         self.n_even = harmonics.n_even
         self.n_odd = harmonics.degrees.size - harmonics.n_even
         self.max_degree = int(harmonics.degrees.max())
