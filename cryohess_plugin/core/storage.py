@@ -21,15 +21,18 @@ def _json_value(value):
     raise TypeError(f"{type(value).__name__} cannot be stored in a result file")
 
 
-def save_fields(path, result):
+def save_fields(path, result, **encoded):
     """Write the fields of the dataclass instance ``result`` to the ``.npz`` ``path``.
 
     The file is written under a temporary name and renamed, so a stopped run leaves
     the complete file or none.
+
+    :param encoded: ``{field: array}`` for fields that are neither arrays, numbers,
+        strings nor dicts (e.g. a tuple of parameter objects as rows).
     """
     entries = {}
     for field in dataclasses.fields(result):
-        value = getattr(result, field.name)
+        value = encoded.get(field.name, getattr(result, field.name))
         if value is None:
             continue
         entries[field.name] = (np.asarray(json.dumps(value, default=_json_value))
@@ -40,15 +43,23 @@ def save_fields(path, result):
     os.replace(temporary, path)
 
 
-def load_fields(cls, path):
-    """The dataclass ``cls`` read from a file of :func:`save_fields`."""
+def load_fields(cls, path, skip=(), **decoders):
+    """The dataclass ``cls`` read from a file of :func:`save_fields`.
+
+    Fields missing from the file, or named in ``skip`` (e.g. map-sized arrays a summary
+    does not need), take their defaults.
+
+    :param decoders: ``{field: function(array) -> value}`` undoing ``encoded``.
+    """
     with np.load(path) as stored:
         values = {}
         for field in dataclasses.fields(cls):
-            if field.name not in stored.files:
+            if field.name in skip or field.name not in stored.files:
                 continue
             value = stored[field.name]
-            if field.type is dict:
+            if field.name in decoders:
+                value = decoders[field.name](value)
+            elif field.type is dict:
                 value = json.loads(str(value))
             elif field.type in (float, int, str, bool):
                 value = field.type(value)

@@ -6,8 +6,9 @@ viewing experiment (image counts per direction and defocus group); :mod:`.noise`
 images' noise level; :mod:`.hessian` the experiment's accumulated Hessian, whose
 products run on the CPU (:mod:`.products`) or a CUDA device (:mod:`.products_cuda`),
 chosen once; :mod:`.solver` the eigensolver and the displayed quantities;
-:mod:`.layout` the real parametrisation of the shell coefficients; :mod:`.files` the
-results' npz files; and :mod:`.per_image` the slow per-image reference form.  The
+:mod:`.layout` the real parametrisation of the shell coefficients; and
+:mod:`.per_image` the slow per-image reference form.  Results are stored with
+:mod:`..storage`.  The
 method in our words: ``docs/methods/hessian_soft_modes.md``.
 """
 from .analysis import (FRAGILE_POSE_CHANGE_DEG, ParticleAssignment, PoseChangeStatistics,

@@ -39,7 +39,7 @@ from ..progress import Reporter
 from ..projector import validate_volume
 from ..spherical import ShellGrid, SphericalTransform, shells_to_volume
 from .experiment import ViewingExperiment, hemisphere_grid, particle_assignment, rebin
-from .files import load_fields, save_fields
+from ..storage import load_fields, save_fields
 from .hessian import BLOCK_BYTES, AccumulatedHessian
 from .layout import RealLayout
 from .products import HARMONICS_BLOCK_SAMPLES

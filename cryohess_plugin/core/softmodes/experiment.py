@@ -19,7 +19,7 @@ import scipy.spatial
 from .. import rotations as rot
 from ..ctf import CTFParams, params_from_rows, params_to_rows
 from ..errors import InvalidDataError, ShapeError
-from .files import load_fields, save_fields
+from ..storage import load_fields, save_fields
 
 #: Spacing of the direction grid of a viewing density when none is given, degrees.
 DEFAULT_DISTRIBUTION_SPACING_DEG = 3.0

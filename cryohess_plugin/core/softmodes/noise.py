@@ -19,7 +19,7 @@ from ..projector import FourierSliceProjector, validate_volume
 from ..rotations import validate_poses
 from ..synthetic.simulate import signal_variance
 from .experiment import experiment_from_poses
-from .files import load_fields, save_fields
+from ..storage import load_fields, save_fields
 
 #: (direction, defocus group) pairs projected to turn an SNR into a noise variance.
 SNR_SAMPLE = 300
