@@ -409,21 +409,35 @@ def image_file_errors(imgSet, what="particles"):
     Missing, non-MRC or truncated files, images that are not square and locations
     beyond the end of a stack, as messages naming the file and the fix.
     """
+    return [error for row in imgSet.aggregate(['MAX'], '_index', ['_filename'])
+            for error in _stack_file_errors(image_file(row['_filename']),
+                                            max(1, int(row['MAX'] or 0)), what)]
+
+
+def representative_file_errors(classes, what="2D classes"):
+    """:func:`image_file_errors` for the representatives of a ``SetOfClasses``."""
+    last = {}
+    for representative in classes.iterRepresentatives():
+        path, position = image_location(representative)
+        last[path] = max(last.get(path, 1), position + 1)
+    return [error for path, count in last.items()
+            for error in _stack_file_errors(path, count, what)]
+
+
+def _stack_file_errors(path, last, what):
+    """The messages of :func:`image_file_errors` for one file whose images up to
+    ``last`` (1-based) are used."""
+    try:
+        (count, height, width), _ = mrc.read_header(path)
+    except CryoHessError as error:
+        return [f"The {what}' file is unusable: {error}."]
     errors = []
-    for row in imgSet.aggregate(['MAX'], '_index', ['_filename']):
-        path = image_file(row['_filename'])
-        last = max(1, int(row['MAX'] or 0))
-        try:
-            (count, height, width), _ = mrc.read_header(path)
-        except CryoHessError as error:
-            errors.append(f"The {what}' file is unusable: {error}.")
-            continue
-        if height != width:
-            errors.append(f"The {what} in {path} are {width} x {height} px; this needs "
-                          "square images: extract or crop them in a square box.")
-        if last > count:
-            errors.append(f"The {what} point to image {last}@{path}, but the file holds "
-                          f"{count} images: it is incomplete; copy or re-extract it.")
+    if height != width:
+        errors.append(f"The {what} in {path} are {width} x {height} px; this needs "
+                      "square images: extract or crop them in a square box.")
+    if last > count:
+        errors.append(f"The {what} point to image {last}@{path}, but the file holds "
+                      f"{count} images: it is incomplete; copy or re-extract it.")
     return errors
 
 

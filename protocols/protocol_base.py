@@ -235,6 +235,20 @@ class CryoHessProtocolMixin:
         """Bytes of memory available to a new run."""
         return psutil.virtual_memory().available
 
+    def _inputLabel(self, pointer):
+        """The object behind ``pointer`` as the GUI names it: its own label, or the label of
+        the run that produced it and the output's name (``import volumes.outputVolume``)."""
+        target = pointer.get()
+        if target.getObjLabel():
+            return target.getObjLabel()
+        if pointer.hasExtended():
+            return "%s.%s" % (pointer.getObjValue().getRunName(), pointer.getExtended())
+        # A pointer set to the output itself (scripts, tests): find the run that owns it.
+        run = self.getProject().getProtocol(target.getObjParentId())
+        name = next(name for name, output in run.iterOutputAttributes()
+                    if output.getObjId() == target.getObjId())
+        return "%s.%s" % (run.getRunName(), name)
+
     def _validateParticleSelection(self, particles, what="particles"):
         """The messages for no particles selected or an empty set."""
         if particles is None:

@@ -8,9 +8,9 @@ from .brute_force import BruteForceAlignment, brute_force_align, rotated_inner_p
 from .radial_svd import (KERNEL_CENTRINGS, MIN_RANK, AlignmentResult, RadialSVDAligner,
                          choose_rank, group_ctfs, radial_kernel, rotations_from_alignment,
                          shift_grid)
-from .volumes import VolumeAligner, VolumeAlignmentResult, rotate_volume
+from .volumes import VolumeAligner, VolumeAlignmentResult, rotate_volume, shell_grid
 
 __all__ = ["BruteForceAlignment", "brute_force_align", "rotated_inner_products",
            "KERNEL_CENTRINGS", "MIN_RANK", "AlignmentResult", "RadialSVDAligner", "choose_rank",
            "group_ctfs", "radial_kernel", "rotations_from_alignment", "shift_grid",
-           "VolumeAligner", "VolumeAlignmentResult", "rotate_volume"]
+           "VolumeAligner", "VolumeAlignmentResult", "rotate_volume", "shell_grid"]

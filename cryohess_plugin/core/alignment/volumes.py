@@ -106,8 +106,9 @@ def rotate_volume(volume, rotation, shift=None):
                                           mode="constant", cval=0.0)
 
 
-def _shell_grid(box, max_frequency, resolution, pixel_size, max_degree):
-    """Shells from a band limit in cycles per box, or a resolution in Å, or the default."""
+def shell_grid(box, max_frequency=None, resolution=None, pixel_size=None, max_degree=None):
+    """The :class:`.spherical.ShellGrid` of :class:`VolumeAligner`: from a band limit in
+    cycles per box, or a resolution in Å, or the default band."""
     if resolution is None:
         if max_frequency is None:
             max_frequency = min(DEFAULT_BANDWIDTH / np.pi, box / 4)
@@ -177,7 +178,7 @@ class VolumeAligner:
         self.box = reference.shape[0]
         self.refine = bool(refine)
         self.shifts = shift_grid(max_shift, shift_step, dimensions=3)
-        self.shells = _shell_grid(self.box, max_frequency, resolution, pixel_size, max_degree)
+        self.shells = shell_grid(self.box, max_frequency, resolution, pixel_size, max_degree)
         self.backend = resolve_backend(backend)
         if self.backend == "cuda":
             from ..kernels import volume_cuda as kernels
