@@ -13,17 +13,19 @@ import pyworkflow.protocol.params as params
 from cryohess_plugin import convert
 from cryohess_plugin.constants import (ALIGN_SCORE, ALIGN_TEMPLATE, CTF_GROUP, RANK_FIXED,
                                        RANK_TOLERANCE, REFERENCE_2D, REFERENCE_VOLUME)
-from cryohess_plugin.core.alignment import AlignmentResult
-from cryohess_plugin.core.fourier import frequency_for_resolution
+from cryohess_plugin.core.alignment import (PAPER_MAX_FREQUENCY, AlignmentResult,
+                                            alignment_grid)
+from cryohess_plugin.core.rotations import viewing_grid
 
 from .protocol_base import CryoHessProtocolMixin
 
-#: Band of the radial-SVD paper's defaults (K = 48 rad per half box = 48 / pi cycles per box).
-PAPER_MAX_FREQUENCY = 48 / np.pi
 #: Fewer rings than this cannot tell views and in-plane angles apart (a warning).
 MIN_USEFUL_RINGS = 8
 #: References above this many bytes get a memory and disk warning.
 LARGE_REFERENCES = 1 << 30
+#: Memory of a batch step over the size of its references (measured: the loaded
+#: references, the aligner's ring coefficients and work arrays).
+STEP_MEMORY_FACTOR = 3.5
 
 
 class outputs(Enum):
@@ -153,31 +155,28 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
                 'ctfTolerance')
 
     def _filenameTemplates(self):
-        return {
-            'references': self._getExtraPath('references.npz'),
-            'batch': self._getExtraPath('alignment_batch_%(index)03d.npz'),
-        }
+        return {'references': self._getExtraPath('references.npz'),
+                'batch': self._getExtraPath('alignment_batch_%(index)03d.npz')}
 
     # --------------------------- STEPS functions -----------------------------
     def prepareReferencesStep(self, box, pixel, digest):
         """Polar transforms of the references on the particles' grid (``box`` px, ``pixel`` Å)."""
         from cryohess_plugin.core import polar
+        from cryohess_plugin.core.alignment import projection_templates
         self._setDevices()
         grid = self._grid(box, pixel)
         self.info("Polar grid: %d rings x %d angles up to %.2f Fourier pixels"
                   % (grid.n_rings, grid.n_angles, grid.max_frequency))
         started = time.perf_counter()
         if self._fromVolume():
-            from cryohess_plugin.core.projector import FourierSliceProjector
             volume, _ = convert.volume_to_array(self.inputVolume.get(), pixel)
-            rotations = self._templateRotations()
-            projector = FourierSliceProjector(volume, backend=self._backend())
-            templates = projector.project_polar(rotations, grid.radii, grid.n_angles)
+            templates, rotations = projection_templates(volume, grid, self.angularStep.get(),
+                                                        self._backend())
             extra = dict(rotations=rotations)
             self.info("%d projections of the reference on a %g-degree grid"
                       % (len(rotations), self.angularStep))
         else:
-            references = self._referenceArrays()
+            references = convert.references_to_arrays(self.inputReferences.get())
             templates = polar.polar_transform(references.images, grid, backend=self._backend())
             extra = dict(referenceIds=references.ids)
             self.info("%d 2D references" % len(templates))
@@ -212,12 +211,12 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
     def createOutputStep(self, digest):
         from cryohess_plugin.core.alignment import rotations_from_alignment
         from cryohess_plugin.core.rotations import in_plane_rotations
-        result, ids, _ = self._loadResults()
+        result, ids = self._loadResults()
         columns = {ALIGN_SCORE: result.score.astype(np.float64),
                    ALIGN_TEMPLATE: result.template.astype(np.int64) + 1,
                    CTF_GROUP: result.group.astype(np.int64)}
+        references = np.load(self._getFileName('references'))
         if self._fromVolume():
-            references = np.load(self._getFileName('references'))
             rotations = rotations_from_alignment(references['rotations'], result.template,
                                                  result.angle)
             particles = self._copyParticles(ids, columns, (rotations, result.shift), ALIGN_PROJ)
@@ -228,31 +227,14 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
         particles = self._copyParticles(ids, columns,
                                         (in_plane_rotations(result.angle), result.shift),
                                         ALIGN_2D)
-        classes = self._classes(particles, ids, result.template)
+        classes = convert.classify_particles(self._createSetOfClasses2D(particles), ids,
+                                             references['referenceIds'][result.template],
+                                             self.inputReferences.get())
         self._defineOutputs(**{outputs.outputParticles.name: particles,
                                outputs.outputClasses.name: classes})
         for output in (particles, classes):
             self._defineSourceRelation(self.inputParticles, output)
             self._defineSourceRelation(self.inputReferences, output)
-
-    def _classes(self, particles, ids, template):
-        """One class per 2-D reference, holding the particles assigned to it."""
-        references = self._referenceArrays(read_images=False)
-        byId = dict(zip(ids, references.ids[template]))
-        representatives = self._representatives()
-        classes = self._createSetOfClasses2D(particles)
-
-        def updateParticle(particle, row):
-            particle.setClassId(int(byId[particle.getObjId()]))
-
-        def updateClass(cls):
-            cls.setAlignment2D()
-            cls.setRepresentative(representatives[cls.getObjId()].clone())
-
-        classes.classifyItems(updateItemCallback=updateParticle,
-                              updateClassCallback=updateClass,
-                              itemDataIterator=iter(ids), doClone=True)
-        return classes
 
     # --------------------------- INFO functions ------------------------------
     def _validate(self):
@@ -263,7 +245,7 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
         errors = convert.image_file_errors(inputParticles, "particles")
         box, pixel = inputParticles.getXDim(), inputParticles.getSamplingRate()
         if self._fromVolume():
-            errors += self._validateVolume(box, pixel)
+            errors += self._validateReferenceVolume(self.inputVolume.get(), box, pixel)
         else:
             errors += self._validateReferences(box, pixel)
         errors += self._validateMaxResolution(pixel)
@@ -274,14 +256,6 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
                               "resolution; use H <= %d (H = R is the exact calculation)."
                               % (self.fixedRank, rings, rings))
         return errors + self._validateContinue()
-
-    def _validateVolume(self, box, pixel):
-        volume = self.inputVolume.get()
-        if volume is None:
-            return ["Select the reference volume."]
-        return (convert.volume_file_errors(volume, "reference volume")
-                or self._validateSameGeometry("reference volume", volume.getXDim(),
-                                              volume.getSamplingRate(), box, pixel))
 
     def _validateReferences(self, box, pixel):
         references = self.inputReferences.get()
@@ -314,40 +288,31 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
             return warnings
         grid = self._grid(box, pixel)
         if grid.n_rings < MIN_USEFUL_RINGS:
+            warnings.append(self._coarseBandWarning(
+                "%d rings x %d in-plane angles" % (grid.n_rings, grid.n_angles),
+                box * pixel / grid.max_frequency, box * pixel * np.pi / (MIN_USEFUL_RINGS - 1)))
+        count = len(viewing_grid(self.angularStep.get())[0]) if self._fromVolume() else 0
+        size = count * grid.n_rings * grid.n_angles * np.dtype(np.complex64).itemsize
+        if size > LARGE_REFERENCES:
             warnings.append(
-                "The search band has only %d rings x %d in-plane angles up to %.0f Å: too "
-                "coarse to tell views and angles apart (the poses would be close to random). "
-                "Set the max resolution to %.0f Å or finer (0 for the default band)."
-                % (grid.n_rings, grid.n_angles, box * pixel / grid.max_frequency,
-                   box * pixel * np.pi / (MIN_USEFUL_RINGS - 1)))
-        if self._fromVolume():
-            size = self._templateCount() * grid.n_rings * grid.n_angles * np.dtype(
-                np.complex64).itemsize
-            if size > LARGE_REFERENCES:
-                warnings.append(
-                    "A %g-degree grid gives %d projections: %.1f GB of references on disk "
-                    "and about %.1f GB of memory for every step that runs at once. Use a "
-                    "coarser angular step (7.5 degrees gives the paper's 993 directions)."
-                    % (self.angularStep, self._templateCount(), size / 1e9, 2 * size / 1e9))
-        maxShift, shiftStep = self.maxShift.get(), self.shiftStep.get()
-        if shiftStep > 0 and maxShift >= box / 2:
-            warnings.append(
-                "The max shift, %g px, moves particles out of their %d-px box and searches "
-                "about %d shifts (each costs a whole search); a few pixels are usual, at "
-                "most a quarter of the box." % (maxShift, box, np.pi * (maxShift / shiftStep)
-                                                ** 2))
+                "A %g-degree grid gives %d projections: %.1f GB of references on disk and "
+                "about %.0f GB of memory for every step that runs at once. Use a coarser "
+                "angular step (7.5 degrees gives the paper's 993 directions)."
+                % (self.angularStep, count, size / 1e9, STEP_MEMORY_FACTOR * size / 1e9))
+        if self.maxShift.get() >= box / 2:
+            warnings.append(self._shiftRangeWarning("particles", box, self.maxShift.get(),
+                                                    self.shiftStep.get(), 2))
         return warnings
 
     def _summary(self):
         if not self.hasAttribute(outputs.outputParticles.name):
             return ["Output not ready yet."]
-        result, ids, _ = self._loadResults()
-        ranks = sorted(set(int(h) for h in result.ranks))
+        result, ids = self._loadResults()
         summary = ["%d particles aligned against %s." % (len(ids), self._referenceText()),
                    "Principal rings H: %s of R = %d; %d CTF groups."
-                   % (", ".join(map(str, ranks)), result.eigenvalues.shape[-1],
-                      len(result.ranks)),
-                   "Mean score %.4g." % float(np.mean(result.score))]
+                   % (", ".join(map(str, sorted(set(result.ranks.tolist())))),
+                      result.eigenvalues.shape[-1], len(result.ranks)),
+                   "Mean score %.4g." % np.mean(result.score)]
         if not self._withCtf():
             summary.append("Aligned WITHOUT CTF (%s)."
                            % ("switched off" if not self.useCtf else "the particles have none"))
@@ -362,16 +327,13 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
                 "to %.1f Å, searching shifts up to %g px in steps of %g px%s."
                 % (self.inputParticles.get().getSize(), self._referenceText(),
                    grid.n_rings, grid.n_angles,
-                   grid.box * self._particlePixelSize() / grid.max_frequency,
+                   grid.box * self.inputParticles.get().getSamplingRate() / grid.max_frequency,
                    self.maxShift, self.shiftStep,
                    " with the particles' CTFs" if self._withCtf() else "")]
 
     # --------------------------- UTILS functions -----------------------------
     def _fromVolume(self):
         return self.referenceType.get() == REFERENCE_VOLUME
-
-    def _particlePixelSize(self):
-        return self.inputParticles.get().getSamplingRate()
 
     def _withCtf(self):
         return bool(self.useCtf) and self.inputParticles.get().hasCTF()
@@ -381,52 +343,14 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
 
     def _grid(self, box=None, pixel=None):
         """The polar grid of this run (from the form and the particles' geometry)."""
-        from cryohess_plugin.core.polar import PolarGrid
         inputParticles = self.inputParticles.get()
-        box = box or inputParticles.getXDim()
-        pixel = pixel or inputParticles.getSamplingRate()
-        resolution = self.maxResolution.get()
-        maxFrequency = (frequency_for_resolution(box, pixel, resolution) if resolution
-                        else PAPER_MAX_FREQUENCY)
-        return PolarGrid.from_max_frequency(box, min(maxFrequency, box / 2 - 1))
+        return alignment_grid(box or inputParticles.getXDim(),
+                              pixel or inputParticles.getSamplingRate(),
+                              self.maxResolution.get() or None)
 
     def _shifts(self):
         from cryohess_plugin.core.alignment import shift_grid
         return shift_grid(self.maxShift.get(), self.shiftStep.get())
-
-    def _templateRotations(self):
-        from cryohess_plugin.core import rotations
-        directions, _ = rotations.viewing_grid(self.angularStep.get())
-        return rotations.rotations_for_directions(directions)
-
-    def _templateCount(self):
-        from cryohess_plugin.core.rotations import viewing_grid
-        return len(viewing_grid(self.angularStep.get())[0])
-
-    def _referenceArrays(self, read_images=True):
-        references = self.inputReferences.get()
-        if isinstance(references, SetOfClasses2D):
-            ids = np.asarray([cls.getObjId() for cls in references.iterItems(orderBy='id')])
-            images = None
-            if read_images:
-                images = np.stack([convert.read_image(cls.getRepresentative())
-                                   for cls in references.iterItems(orderBy='id')])
-            return convert.ParticleArrays(images=images,
-                                          pixel_size=references.getSamplingRate(), ids=ids)
-        return convert.particles_to_arrays(references, need_alignment=False,
-                                           read_images=read_images)
-
-    def _representatives(self):
-        """Representative images of the classes, keyed by reference id."""
-        from pwem.objects import Particle
-        references = self.inputReferences.get()
-        result = {}
-        for item in references.iterItems(orderBy='id'):
-            image = item.getRepresentative() if isinstance(references, SetOfClasses2D) else item
-            representative = Particle(location=image.getLocation())
-            representative.setSamplingRate(references.getSamplingRate())
-            result[item.getObjId()] = representative
-        return result
 
     def _referenceText(self):
         if self._fromVolume():
@@ -434,9 +358,8 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
         return "%d 2D references" % self.inputReferences.get().getSize()
 
     def _loadResults(self):
-        """The batches' results in particle order: ``(AlignmentResult, ids, seconds)``."""
+        """The batches' results in particle order: ``(AlignmentResult, particle ids)``."""
         parts = [AlignmentResult.load(self._getFileName('batch', index=index))
                  for index in range(len(self._batches()))]
-        result = AlignmentResult.concatenate(part for part, _ in parts)
-        return (result, np.concatenate([extra['ids'] for _, extra in parts]),
-                np.array([float(extra['seconds']) for _, extra in parts]))
+        return (AlignmentResult.concatenate(part for part, _ in parts),
+                np.concatenate([extra['ids'] for _, extra in parts]))

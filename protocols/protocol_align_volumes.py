@@ -185,11 +185,9 @@ class CryoHessProtAlignVolumes(CryoHessProtocolMixin, ProtAlignVolume):
         shells = shell_grid(box, resolution=self.maxResolution.get() or None, pixel_size=pixel)
         warnings = []
         if shells.n_shells < MIN_USEFUL_SHELLS:
-            warnings.append(
-                "The search band has only %d shells up to %.0f Å: too coarse to tell "
-                "rotations apart. Set the max resolution to %.0f Å or finer (0 for the "
-                "default band)." % (shells.n_shells, box * pixel / shells.max_frequency,
-                                    box * pixel * np.pi / (MIN_USEFUL_SHELLS - 1)))
+            warnings.append(self._coarseBandWarning(
+                "%d shells" % shells.n_shells, box * pixel / shells.max_frequency,
+                box * pixel * np.pi / (MIN_USEFUL_SHELLS - 1)))
         degree = shells.max_degree
         tableBytes = 2 / 3 * degree ** 3 * (shells.n_orders // 2 + 1) * 8
         if tableBytes > LARGE_TABLES:
@@ -198,11 +196,8 @@ class CryoHessProtAlignVolumes(CryoHessProtocolMixin, ProtAlignVolume):
                 "tables and costs O(L^4) per volume; a coarser max resolution is much "
                 "cheaper." % (degree, tableBytes / 1e9))
         if self.maxShift.get() >= box / 2:
-            warnings.append(
-                "The max shift, %g px, moves the volumes out of their %d-px box and searches "
-                "about %d shifts, each a whole rotation search; a few pixels are usual."
-                % (self.maxShift, box, 4 / 3 * np.pi * (self.maxShift.get()
-                                                        / self.shiftStep.get()) ** 3))
+            warnings.append(self._shiftRangeWarning("volumes", box, self.maxShift.get(),
+                                                    self.shiftStep.get(), 3))
         return warnings
 
     def _summary(self):

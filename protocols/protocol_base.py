@@ -235,6 +235,23 @@ class CryoHessProtocolMixin:
         """Bytes of memory available to a new run."""
         return psutil.virtual_memory().available
 
+    @staticmethod
+    def _coarseBandWarning(band, resolution, needed):
+        """The warning for a search ``band`` (e.g. "2 rings x 4 in-plane angles") up to
+        ``resolution`` Å, too coarse to align; ``needed`` Å or finer would do."""
+        return ("The search band has only %s up to %.0f Å: too coarse to tell orientations "
+                "apart (the poses would be close to random). Set the max resolution to %.0f Å "
+                "or finer (0 for the default band)." % (band, resolution, needed))
+
+    @staticmethod
+    def _shiftRangeWarning(what, box, maxShift, step, dimensions):
+        """The warning for a shift search of ``what`` (e.g. "particles") that reaches beyond
+        half their ``box``: its size, about the ball's volume over the step's."""
+        count = (np.pi if dimensions == 2 else 4 / 3 * np.pi) * (maxShift / step) ** dimensions
+        return ("The max shift, %g px, moves the %s out of their %d-px box and searches about "
+                "%d shifts, each costing a whole search; a few pixels are usual, at most a "
+                "quarter of the box." % (maxShift, what, box, count))
+
     def _inputLabel(self, pointer):
         """The object behind ``pointer`` as the GUI names it: its own label, or the label of
         the run that produced it and the output's name (``import volumes.outputVolume``)."""
@@ -283,6 +300,16 @@ class CryoHessProtocolMixin:
                           "(e.g. CTFFIND) and extract the particles with it, or %s."
                           % noCtfFix)
         return errors
+
+    def _validateReferenceVolume(self, volume, box, pixel, what="reference volume"):
+        """Errors of the volume that particles of ``box`` px at ``pixel`` Å/px are compared
+        with: none selected, an unusable or non-cubic file (from its header), another box
+        or pixel size."""
+        if volume is None:
+            return ["Select the %s." % what]
+        return (convert.volume_file_errors(volume, what)
+                or self._validateSameGeometry(what, volume.getXDim(), volume.getSamplingRate(),
+                                              box, pixel))
 
     @staticmethod
     def _validateSameGeometry(what, otherBox, otherPixel, box, pixel):

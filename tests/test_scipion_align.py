@@ -383,7 +383,7 @@ class TestAlignValidation(CryoHessTestCase):
         self.assertMessage("only 2 rings x 4 in-plane angles", prot.warnings())
         prot, errors = self._errors(maxShift=500.0)
         self.assertEqual(errors, [])
-        self.assertMessage("moves particles out of their 32-px box", prot.warnings())
+        self.assertMessage("moves the particles out of their 32-px box", prot.warnings())
         for settings, fragment in ((dict(maxResolution=1000.0), "only 2 shells"),
                                    (dict(maxShift=500.0), "moves the volumes out")):
             prot = self.newProtocol(CryoHessProtAlignVolumes, **settings)

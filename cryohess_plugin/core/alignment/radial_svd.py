@@ -82,7 +82,7 @@ import scipy.fft
 
 from .. import rotations as rot
 from ..errors import InvalidDataError, MissingMetadataError, ShapeError
-from ..fourier import FFT_WORKERS, working_dtypes
+from ..fourier import FFT_WORKERS, frequency_for_resolution, working_dtypes
 from ..kernels import alignment_cpu, alignment_pruned_cpu, resolve_backend
 from ..kernels.alignment_cpu import SearchStatistics
 from ..progress import Reporter
@@ -91,6 +91,9 @@ from .result_files import SavedFields
 
 #: How the templates are centred before their kernel (:func:`radial_kernel`).
 KERNEL_CENTRINGS = ("template", "population")
+#: The paper's band, ``K = 48`` radians per half box, in cycles per box
+#: (``docs/methods/radial_svd_alignment.md`` §1.1).
+PAPER_MAX_FREQUENCY = 48 / np.pi
 #: Ranks chosen by tolerance never drop below this (``docs/methods/radial_svd_alignment.md``
 #: §2.3), for images and volumes alike.
 MIN_RANK = 4
@@ -179,6 +182,19 @@ class PrincipalRings:
     vectors: np.ndarray
     rank: int
     ctf: np.ndarray
+
+
+def alignment_grid(box, pixel_size=None, resolution=None):
+    """The :class:`.polar.PolarGrid` of an alignment of ``box``-pixel images.
+
+    Up to ``resolution`` Å (with ``pixel_size`` Å/px), or the paper's band
+    :data:`PAPER_MAX_FREQUENCY` by default, and at most ``box / 2 - 1`` cycles
+    per box, where the polar interpolation's taps still fall inside the image's
+    band (``docs/methods/radial_svd_alignment.md`` §5).
+    """
+    max_frequency = (frequency_for_resolution(box, pixel_size, resolution) if resolution
+                     else PAPER_MAX_FREQUENCY)
+    return PolarGrid.from_max_frequency(box, min(max_frequency, box / 2 - 1))
 
 
 def shift_grid(max_shift, step=1.0, dimensions=2):
@@ -305,6 +321,19 @@ def choose_rank(eigenvalues, tolerance=1e-2, min_rank=MIN_RANK):
     above = (np.count_nonzero(eigenvalues / eigenvalues[0] > tolerance)
              if eigenvalues[0] > 0 else 0)
     return int(min(max(above, min_rank), eigenvalues.size))
+
+
+def projection_templates(volume, grid, angular_step, backend="auto"):
+    """Polar templates of a map seen from the viewing grid of ``angular_step`` degrees.
+
+    :returns: ``(templates (n, R, Q), rotations (n, 3, 3))``, the rotations
+        projecting along each direction of :func:`.rotations.viewing_grid` with ``psi = 0``.
+    """
+    from ..projector import FourierSliceProjector
+    directions, _ = rot.viewing_grid(angular_step)
+    rotations = rot.rotations_for_directions(directions)
+    projector = FourierSliceProjector(volume, backend=backend)
+    return projector.project_polar(rotations, grid.radii, grid.n_angles), rotations
 
 
 def rotations_from_alignment(template_rotations, template_index, angle):
