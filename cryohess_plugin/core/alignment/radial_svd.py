@@ -52,10 +52,10 @@ score within 1e-4 of each other, below the error of a small ``H``.  So every
 image's ``refine_candidates`` best templates from the compressed search are
 scored again with all ``R`` rings, at all angles and shifts, and re-ranked: a
 few exact landscapes per image, a small cost next to the ``n_B`` compressed
-ones.  The scores :meth:`RadialSVDAligner.align` reports
-are then those of the full-rank landscape.  With refinement the images' rings
-are transformed once, all of them, and the search's compressed coefficients
-are projections of those (projection and FFT commute).
+ones.  The scores :meth:`RadialSVDAligner.align` reports are then those of the
+full-rank landscape.  With refinement the images' rings are transformed once,
+all of them, and the search's compressed coefficients are projections of those
+(projection and FFT commute).
 
 **CTF.**  Particles are grouped by their angularly averaged CTF
 (:func:`group_ctfs`); every group aligns against its templates multiplied by
@@ -447,8 +447,7 @@ class RadialSVDAligner:
 
     def __init__(self, grid, template_polar, rank=None, tolerance=1e-2, min_rank=MIN_RANK,
                  shifts=None, ctf_tolerance=5e-2, kernel_centring="template", dtype=np.float32,
-                 backend="auto",
-                 block_size=256, exact_zero_frequency=True, refine_candidates=4):
+                 backend="auto", block_size=256, exact_zero_frequency=True, refine_candidates=4):
         if not isinstance(grid, PolarGrid):
             raise TypeError(f"grid must be a PolarGrid, got {type(grid).__name__}")
         self.grid = grid
