@@ -12,7 +12,7 @@ import pyworkflow.protocol.params as params
 
 from cryohess_plugin import convert
 from cryohess_plugin.constants import ALIGN_SCORE, RANK_FIXED, RANK_TOLERANCE
-from cryohess_plugin.core.alignment import VolumeAlignmentResult, shell_grid
+from cryohess_plugin.core.alignment import VolumeAlignmentResult, shell_grid, table_bytes
 
 from .protocol_base import CryoHessProtocolMixin
 
@@ -188,13 +188,11 @@ class CryoHessProtAlignVolumes(CryoHessProtocolMixin, ProtAlignVolume):
             warnings.append(self._coarseBandWarning(
                 "%d shells" % shells.n_shells, box * pixel / shells.max_frequency,
                 box * pixel * np.pi / (MIN_USEFUL_SHELLS - 1)))
-        degree = shells.max_degree
-        tableBytes = 2 / 3 * degree ** 3 * (shells.n_orders // 2 + 1) * 8
-        if tableBytes > LARGE_TABLES:
+        if table_bytes(shells) > LARGE_TABLES:
             warnings.append(
                 "At this resolution (degree L = %d) every step holds %.1f GB of Wigner "
                 "tables and costs O(L^4) per volume; a coarser max resolution is much "
-                "cheaper." % (degree, tableBytes / 1e9))
+                "cheaper." % (shells.max_degree, table_bytes(shells) / 1e9))
         if self.maxShift.get() >= box / 2:
             warnings.append(self._shiftRangeWarning("volumes", box, self.maxShift.get(),
                                                     self.shiftStep.get(), 3))

@@ -261,10 +261,12 @@ class CryoHessProtocolMixin:
         if pointer.hasExtended():
             return "%s.%s" % (pointer.getObjValue().getRunName(), pointer.getExtended())
         # A pointer set to the output itself (scripts, tests): find the run that owns it.
-        run = self.getProject().getProtocol(target.getObjParentId())
-        name = next(name for name, output in run.iterOutputAttributes()
-                    if output.getObjId() == target.getObjId())
-        return "%s.%s" % (run.getRunName(), name)
+        project, parent = self.getProject(), target.getObjParentId()
+        run = project.getProtocol(parent) if project is not None and parent else None
+        for name, output in run.iterOutputAttributes() if run is not None else ():
+            if output.getObjId() == target.getObjId():
+                return "%s.%s" % (run.getRunName(), name)
+        return "%s %s" % (target.getClassName(), target.getObjId())
 
     def _validateParticleSelection(self, particles, what="particles"):
         """The messages for no particles selected or an empty set."""

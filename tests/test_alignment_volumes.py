@@ -11,7 +11,7 @@ from cryohess_plugin.core.errors import InvalidDataError, ShapeError
 from cryohess_plugin.core.projector import FourierSliceProjector
 from cryohess_plugin.core.alignment.radial_svd import shift_grid
 from cryohess_plugin.core.alignment.volumes import (VolumeAligner, VolumeAlignmentResult,
-                                                    rotate_volume)
+                                                    rotate_volume, table_bytes)
 
 from .cudasim import run_module_under_simulator
 from .helpers import gaussian_blobs
@@ -253,6 +253,18 @@ def test_kernels_and_ranks(aligner):
                                           > 1e-2 * aligner.degree_eigenvalues[0]))
     assert np.count_nonzero(aligner.degree_eigenvalues) <= aligner.shells.max_degree
     assert shift_grid(0.0, 1.0, dimensions=3).shape == (1, 3)
+
+
+def test_table_size_estimate_is_the_table(aligner, reference, tmp_path):
+    """The size the protocol warns about is the table the aligner keeps; a result saved
+    by its fields loads back."""
+    assert table_bytes(aligner.shells) == aligner._ragged_table.nbytes
+    result = aligner.align(reference)
+    result.save(str(tmp_path / "result.npz"), seconds=1.5)
+    loaded, extra = VolumeAlignmentResult.load(str(tmp_path / "result.npz"))
+    assert loaded.ranks == result.ranks and float(extra["seconds"]) == 1.5
+    for name in ("rotation", "shift", "score", "radial_eigenvalues", "degree_eigenvalues"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(result, name))
 
 
 def test_resolution_sets_the_band_limit(reference):

@@ -40,6 +40,7 @@ class TestAlignParticlesContinue(CryoHessTestCase):
                                               randomSeed=3)
         cls.otherMap = cls.launchSimulation('other map', SIMULATION, numberOfParticles=4,
                                             randomSeed=9)
+        cls.freshRuns = {}
 
     def _alignment(self, **overrides):
         settings = dict(SETTINGS, **overrides)
@@ -50,7 +51,12 @@ class TestAlignParticlesContinue(CryoHessTestCase):
         return prot
 
     def _fresh(self, **overrides):
-        return self.launchProtocol(self._alignment(**overrides))
+        """A finished run with these settings, run once for all the tests that need it."""
+        key = tuple(sorted((name, getattr(value, 'getObjId', lambda: value)())
+                           for name, value in overrides.items()))
+        if key not in self.freshRuns:
+            self.freshRuns[key] = self.launchProtocol(self._alignment(**overrides))
+        return self.freshRuns[key]
 
     def _continue(self, prot, **edits):
         for name, value in edits.items():

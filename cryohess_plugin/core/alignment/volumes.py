@@ -120,6 +120,21 @@ def shell_grid(box, max_frequency=None, resolution=None, pixel_size=None, max_de
     return spherical.ShellGrid.for_resolution(box, pixel_size, resolution, max_degree=max_degree)
 
 
+def _ragged_degrees(shells):
+    """First degree ``max(|m1|, m2)`` ``(N, N // 2 + 1)`` and number of degrees of every
+    order pair ``(m1, m2 >= 0)`` of the unreduced step 2 (:meth:`VolumeAligner._build_tables`)."""
+    half, degrees = shells.n_orders // 2 + 1, shells.max_degree + 1
+    first = np.maximum(np.abs(shells.orders)[:, None], np.arange(half)[None, :])
+    return first, np.clip(degrees - first, 0, None)
+
+
+def table_bytes(shells, dtype=np.float64):
+    """Bytes of the ``d^l(β)`` table that a :class:`VolumeAligner` on ``shells`` keeps for
+    the unreduced landscape, about ``(2/3) L³ n_β`` numbers."""
+    _, counts = _ragged_degrees(shells)
+    return int(counts.sum()) * (shells.n_orders // 2 + 1) * np.dtype(dtype).itemsize
+
+
 def _eigen_descending(kernel):
     values, vectors = np.linalg.eigh(kernel)
     return values[::-1], vectors[:, ::-1]
@@ -269,9 +284,8 @@ class VolumeAligner:
         ``offsets[i, j] ..`` of the ragged table ``(entries, n_β)``.
         """
         shells = self.shells
-        n, half, degrees = shells.n_orders, self.n_half, shells.max_degree + 1
-        first = np.maximum(np.abs(shells.orders)[:, None], np.arange(half)[None, :])
-        counts = np.clip(degrees - first, 0, None)
+        n, degrees = shells.n_orders, shells.max_degree + 1
+        first, counts = _ragged_degrees(shells)
         offsets = np.concatenate([[0], np.cumsum(counts.ravel())[:-1]]).reshape(counts.shape)
         ragged = np.zeros((int(counts.sum()), self.beta.size))
         for l in range(degrees):
