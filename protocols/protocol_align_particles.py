@@ -203,7 +203,8 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
                                pixel_size=particles.pixel_size,
                                progress=self._progressLog("Batch %d: " % (index + 1)))
         elapsed = time.perf_counter() - started
-        result.save(self._getFileName('batch', index=index), ids=particles.ids, seconds=elapsed)
+        result.ids = particles.ids
+        result.save(self._getFileName('batch', index=index))
         self.info("Batch %d: %d particles x %d references in %.1f s (H = %s)"
                   % (index + 1, count, len(templates), elapsed,
                      ", ".join(str(h) for h in result.ranks)))
@@ -211,7 +212,8 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
     def createOutputStep(self, digest):
         from cryohess_plugin.core.alignment import rotations_from_alignment
         from cryohess_plugin.core.rotations import in_plane_rotations
-        result, ids = self._loadResults()
+        result = self._loadResults()
+        ids = result.ids
         columns = {ALIGN_SCORE: result.score.astype(np.float64),
                    ALIGN_TEMPLATE: result.template.astype(np.int64) + 1,
                    CTF_GROUP: result.group.astype(np.int64)}
@@ -299,6 +301,8 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
                 "about %.0f GB of memory for every step that runs at once. Use a coarser "
                 "angular step (7.5 degrees gives the paper's 993 directions)."
                 % (self.angularStep, count, size / 1e9, STEP_MEMORY_FACTOR * size / 1e9))
+        warnings += self._resourceWarnings(size, STEP_MEMORY_FACTOR * size,
+                                           "use a coarser angular step")
         if self.maxShift.get() >= box / 2:
             warnings.append(self._shiftRangeWarning("particles", box, self.maxShift.get(),
                                                     self.shiftStep.get(), 2))
@@ -307,8 +311,9 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
     def _summary(self):
         if not self.hasAttribute(outputs.outputParticles.name):
             return ["Output not ready yet."]
-        result, ids = self._loadResults()
-        summary = ["%d particles aligned against %s." % (len(ids), self._referenceText()),
+        result = self._loadResults()
+        summary = ["%d particles aligned against %s."
+                   % (len(result.ids), self._referenceText()),
                    "Principal rings H: %s of R = %d; %d CTF groups."
                    % (", ".join(map(str, sorted(set(result.ranks.tolist())))),
                       result.eigenvalues.shape[-1], len(result.ranks)),
@@ -358,8 +363,7 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
         return "%d 2D references" % self.inputReferences.get().getSize()
 
     def _loadResults(self):
-        """The batches' results in particle order: ``(AlignmentResult, particle ids)``."""
-        parts = [AlignmentResult.load(self._getFileName('batch', index=index))
-                 for index in range(len(self._batches()))]
-        return (AlignmentResult.concatenate(part for part, _ in parts),
-                np.concatenate([extra['ids'] for _, extra in parts]))
+        """The batches' results in particle order, with the particles' ``ids``."""
+        return AlignmentResult.concatenate(
+            AlignmentResult.load(self._getFileName('batch', index=index))
+            for index in range(len(self._batches())))

@@ -132,7 +132,7 @@ class CryoHessProtAlignVolumes(CryoHessProtocolMixin, ProtAlignVolume):
         mrc.write_volume(self._getFileName('aligned', index=index), aligned, pixel,
                          overwrite=True)
         seconds = time.perf_counter() - started
-        result.save(self._getFileName('result', index=index), seconds=seconds)
+        result.save(self._getFileName('result', index=index))
         self.info("Volume %d: score %.4f, ranks H_C, H_D = %s, %.1f s"
                   % (index + 1, result.score[0], tuple(result.ranks), seconds))
 
@@ -230,7 +230,7 @@ class CryoHessProtAlignVolumes(CryoHessProtocolMixin, ProtAlignVolume):
 
     def _results(self):
         """The :class:`VolumeAlignmentResult` of every input volume, in input order."""
-        return [VolumeAlignmentResult.load(self._getFileName('result', index=index))[0]
+        return [VolumeAlignmentResult.load(self._getFileName('result', index=index))
                 for index in range(len(self._inputVolumeList()))]
 
     def _fixed(self, rank):

@@ -466,7 +466,10 @@ def test_result_files_batches_and_search_statistics(tmp_path, grid, templates):
     whole = aligner.align(images, ctfs, PIXEL, top_k=2)
     batches = [aligner.align(images[:4], ctfs[:4], PIXEL, top_k=2),
                aligner.align(images[4:], ctfs[4:], PIXEL, top_k=2)]
+    for batch, ids in zip(batches, (np.arange(4), np.arange(4, 6))):
+        batch.ids = ids
     joined = type(whole).concatenate(batches)
+    np.testing.assert_array_equal(joined.ids, np.arange(6))
     for name in ("template", "angle", "shift", "top_template"):
         np.testing.assert_array_equal(getattr(joined, name), getattr(whole, name))
     # Blocks of other sizes, and group means of other counts, round differently.
@@ -479,10 +482,10 @@ def test_result_files_batches_and_search_statistics(tmp_path, grid, templates):
     assert 0 < whole.statistics.evaluated <= whole.statistics.pairs
 
     path = str(tmp_path / "batch.npz")
-    whole.save(path, ids=np.arange(10, 16))
-    loaded, extra = type(whole).load(path)
-    np.testing.assert_array_equal(extra["ids"], np.arange(10, 16))
+    whole.ids = np.arange(10, 16)
+    whole.save(path)
+    loaded = type(whole).load(path)
     assert loaded.statistics == whole.statistics
     for name in ("template", "angle", "shift", "score", "group", "ranks", "eigenvalues",
-                 "group_ctf", "top_template", "top_angle", "top_shift", "top_score"):
+                 "group_ctf", "top_template", "top_angle", "top_shift", "top_score", "ids"):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(whole, name))

@@ -64,7 +64,7 @@ class CryoHessAlignParticlesViewer(ProtocolViewer):
 
     # --------------------------- SHOW functions ------------------------------
     def _showEigenvalues(self, paramName=None):
-        result, _ = self.protocol._loadResults()
+        result = self.protocol._loadResults()
         plotter = EmPlotter(mainTitle='Radial kernel spectra')
         axes = plotter.createSubPlot('%d CTF groups' % len(result.ranks),
                                      'index h', 'lambda_h / lambda_1')
@@ -80,7 +80,7 @@ class CryoHessAlignParticlesViewer(ProtocolViewer):
     def _showLandscape(self, paramName=None):
         subset = self._subset(self.particleNumber.get())
         index = self.particleNumber.get() - 1
-        result, _ = self.protocol._loadResults()
+        result = self.protocol._loadResults()
         template = int(result.template[index])
         rings = subset.aligner.grid.n_rings
         auto = int(result.ranks[result.group[index]])
@@ -181,7 +181,7 @@ class _Subset:
                                         shifts=protocol._shifts(),
                                         ctf_tolerance=protocol.ctfTolerance.get(),
                                         backend="cpu")
-        result, _ = protocol._loadResults()
+        result = protocol._loadResults()
         self.shifts = result.shift[:count]
 
     def landscapes(self, rank):

@@ -1,8 +1,7 @@
 """Rigid alignment with the radial-SVD (Rangan 2022): images against templates
 (:mod:`.radial_svd`), volumes against a reference over SO(3) with the degree-SVD
 (:mod:`.volumes`), and the slow real-space search they are tested against
-(:mod:`.brute_force`).  Results are saved and loaded by their own classes
-(:mod:`.result_files`).
+(:mod:`.brute_force`).
 """
 from .brute_force import BruteForceAlignment, brute_force_align, rotated_inner_products
 from .radial_svd import (KERNEL_CENTRINGS, MIN_RANK, PAPER_MAX_FREQUENCY, AlignmentResult,
@@ -13,6 +12,7 @@ from .volumes import VolumeAligner, VolumeAlignmentResult, rotate_volume, shell_
 
 __all__ = ["BruteForceAlignment", "brute_force_align", "rotated_inner_products",
            "KERNEL_CENTRINGS", "MIN_RANK", "PAPER_MAX_FREQUENCY", "AlignmentResult",
-           "RadialSVDAligner", "alignment_grid", "choose_rank", "group_ctfs", "projection_templates", "radial_kernel", "rotations_from_alignment", "shift_grid",
+           "RadialSVDAligner", "alignment_grid", "choose_rank", "group_ctfs",
+           "projection_templates", "radial_kernel", "rotations_from_alignment", "shift_grid",
            "VolumeAligner", "VolumeAlignmentResult", "rotate_volume", "shell_grid",
            "table_bytes"]

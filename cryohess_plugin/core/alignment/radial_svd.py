@@ -75,7 +75,7 @@ unknown positive contrast of the particle is profiled out
 (``max_alpha 2 alpha X - alpha^2 ||B||^2 = X^2 / ||B||^2``), so templates of
 different norms (different CTFs, views) compete fairly.
 """
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import numpy as np
 import scipy.fft
@@ -87,7 +87,7 @@ from ..kernels import alignment_cpu, alignment_pruned_cpu, resolve_backend
 from ..kernels.alignment_cpu import SearchStatistics
 from ..progress import Reporter
 from ..polar import PolarGrid, radial_ctf, shift_phases
-from .result_files import SavedFields
+from ..storage import load_fields, save_fields
 
 #: How the templates are centred before their kernel (:func:`radial_kernel`).
 KERNEL_CENTRINGS = ("template", "population")
@@ -107,7 +107,7 @@ _FFT_CHUNK = 32
 
 
 @dataclass
-class AlignmentResult(SavedFields):
+class AlignmentResult:
     """Best pose of every image; image ``i`` ≈ ``shift_t(R_angle template)``.
 
     :param template: ``(n,)`` index of the best template.
@@ -124,6 +124,8 @@ class AlignmentResult(SavedFields):
     :param statistics: :class:`.kernels.alignment_cpu.SearchStatistics` of the
         compressed search: the (image row, template) pairs compared and those
         whose angle DFT was evaluated (fewer when the search prunes).
+    :param ids: ``(n,)`` identifiers the caller gives the images (e.g. particle
+        ids), kept by :meth:`concatenate` and in the file; None unless set.
     """
     template: np.ndarray
     angle: np.ndarray
@@ -138,6 +140,17 @@ class AlignmentResult(SavedFields):
     top_shift: np.ndarray = None
     top_score: np.ndarray = None
     statistics: SearchStatistics = None
+    ids: np.ndarray = None
+
+    def save(self, path):
+        """Write the result to the ``.npz`` ``path``, one entry per field."""
+        save_fields(path, self, statistics=None if self.statistics is None
+                    else np.asarray(astuple(self.statistics)))
+
+    @classmethod
+    def load(cls, path):
+        """The result written by :meth:`save`."""
+        return load_fields(cls, path, statistics=lambda row: SearchStatistics(*row.tolist()))
 
     @classmethod
     def concatenate(cls, results):
@@ -155,7 +168,7 @@ class AlignmentResult(SavedFields):
 
         arrays = {name: joined(name) for name in
                   ("template", "angle", "shift", "score", "ranks", "eigenvalues", "group_ctf",
-                   "top_template", "top_angle", "top_shift", "top_score")}
+                   "top_template", "top_angle", "top_shift", "top_score", "ids")}
         statistics = [r.statistics for r in results]
         return cls(group=np.concatenate([r.group + offset for r, offset in zip(results, offsets)]),
                    statistics=None if None in statistics else sum(statistics, SearchStatistics()),

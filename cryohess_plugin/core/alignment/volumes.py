@@ -55,8 +55,8 @@ from ..fourier import working_dtypes
 from ..kernels import resolve_backend, volume_cpu
 from ..progress import Reporter
 from ..projector import validate_volume
+from ..storage import load_fields, save_fields
 from .radial_svd import choose_rank, shift_grid
-from .result_files import SavedFields
 
 #: Default bandwidth ``K = π f_max`` (the paper's 48, §5), capped at half Nyquist.
 DEFAULT_BANDWIDTH = 48.0
@@ -66,7 +66,7 @@ BAND_TOLERANCE = 1e-6
 
 
 @dataclass
-class VolumeAlignmentResult(SavedFields):
+class VolumeAlignmentResult:
     """Alignment of ``n`` volumes to one reference.
 
     ``rotate_volume(volumes[i], rotation[i], shift[i]) ≈ reference``.
@@ -77,6 +77,15 @@ class VolumeAlignmentResult(SavedFields):
     ranks: tuple  #: (H_C, H_D) used by the search
     radial_eigenvalues: np.ndarray  #: eigenvalues of C, descending
     degree_eigenvalues: np.ndarray  #: eigenvalues of D, descending
+
+    def save(self, path):
+        """Write the result to the ``.npz`` ``path``, one entry per field."""
+        save_fields(path, self)
+
+    @classmethod
+    def load(cls, path):
+        """The result written by :meth:`save`."""
+        return load_fields(cls, path, ranks=lambda ranks: tuple(ranks.tolist()))
 
 
 def rotate_volume(volume, rotation, shift=None):
