@@ -8,10 +8,10 @@ from cryohess_plugin.core.ctf import apply_ctf, params_from_rows
 from cryohess_plugin.core.errors import InvalidDataError, ShapeError
 from cryohess_plugin.core.synthetic.phantoms import random_protein_phantom, two_state_phantom
 from cryohess_plugin.core.rotations import projection_directions
+from cryohess_plugin.core.noise import noise_sigma_for_snr, signal_variance
 from cryohess_plugin.core.synthetic.simulate import (PARTICLE_STREAM, STRUCTURE_STREAM,
-                                                     ground_truth_maps, noise_sigma_for_snr,
-                                                     place_particles, random_ctf_params,
-                                                     sample_rotations, signal_variance,
+                                                     ground_truth_maps, place_particles,
+                                                     random_ctf_params, sample_rotations,
                                                      simulate_micrographs, simulate_particles,
                                                      stream_seed)
 from .helpers import relative_l2

@@ -51,13 +51,22 @@ from ..ctf import ctf_stack
 from ..errors import InvalidDataError
 from ..kernels import resolve_backend
 from ..spherical import harmonics_at
-from .products import hessian_products
+from .products import HostProducts
 
 #: Relative cut-off of the per-image 3x3 pose-block pseudo-inverse (as the authors' code).
 POSE_PINV_RCOND = 1e-6
 
 #: Directions are processed in blocks whose harmonics take about this many bytes.
 BLOCK_BYTES = 64 << 20
+
+
+def hessian_products(backend, *args):
+    """The :class:`.products.HessianProducts` of ``backend`` (``"cpu"``, ``"cuda"`` or
+    ``"auto"``, :func:`.kernels.resolve_backend`) built with ``args``."""
+    if resolve_backend(backend) == "cuda":
+        from .products_cuda import DeviceProducts
+        return DeviceProducts(*args)
+    return HostProducts(*args)
 
 
 class RealHarmonics:

@@ -17,7 +17,7 @@ from ..ctf import ctf_stack
 from ..errors import InvalidDataError, ShapeError
 from ..projector import FourierSliceProjector, validate_volume
 from ..rotations import validate_poses
-from ..synthetic.simulate import signal_variance
+from ..noise import signal_variance
 from .experiment import experiment_from_poses
 from ..storage import load_fields, save_fields
 
@@ -146,7 +146,7 @@ def noise_variance_for_snr(volume, experiment, snr, n_samples=SNR_SAMPLE, backen
 
     The SNR is the mean variance over the box of CTF-modulated projections of ``volume``
     divided by the noise variance, as for simulated data
-    (:func:`.synthetic.simulate.signal_variance`); the projections are at ``n_samples``
+    (:func:`..noise.signal_variance`); the projections are at ``n_samples``
     (direction, defocus group) pairs drawn with the experiment's counts (seed ``rng``).
 
     :param volume: ``(N, N, N)`` real map.  :param experiment: :class:`.ViewingExperiment`

@@ -2,7 +2,7 @@
 
 :class:`.hessian.AccumulatedHessian` holds the geometry (ring samples, real harmonics,
 squared CTFs, ring weights) and the pose blocks; every product with a volume change runs
-in a :class:`HessianProducts` that :func:`hessian_products` picks once from the backend
+in a :class:`HessianProducts` that :func:`.hessian.hessian_products` picks once from the backend
 (as the projector picks its kernels): :class:`HostProducts` here (NumPy BLAS) or
 :class:`.products_cuda.DeviceProducts` (``numba.cuda``).  Both take shell columns
 ``(R, P)`` (:meth:`.hessian.RealHarmonics.to_columns`) in and give host arrays out.
@@ -12,8 +12,6 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from ..kernels import resolve_backend
-
 #: Harmonics are evaluated for about this many ring samples at once (temporary memory).
 HARMONICS_BLOCK_SAMPLES = 2048
 
@@ -21,7 +19,7 @@ HARMONICS_BLOCK_SAMPLES = 2048
 class HessianProducts(ABC):
     """Slices, Hessian-vector products and pose responses over blocks of directions.
 
-    Every backend is built with the same arguments (:func:`hessian_products`):
+    Every backend is built with the same arguments (:func:`.hessian.hessian_products`):
 
     :param samples: ``(D, Q/2, 3)`` half-ring sample directions.
     :param harmonics: :class:`.hessian.RealHarmonics`.
@@ -56,15 +54,6 @@ class HessianProducts(ABC):
     @abstractmethod
     def pose_change(self, columns):
         """``(D, G, 3)`` first-order pose response to shell columns ``(R, P)``."""
-
-
-def hessian_products(backend, *args):
-    """The :class:`HessianProducts` of ``backend`` (``"cpu"``, ``"cuda"`` or ``"auto"``,
-    :func:`.kernels.resolve_backend`) built with ``args``."""
-    if resolve_backend(backend) == "cuda":
-        from .products_cuda import DeviceProducts
-        return DeviceProducts(*args)
-    return HostProducts(*args)
 
 
 class HostProducts(HessianProducts):

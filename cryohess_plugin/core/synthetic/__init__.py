@@ -14,8 +14,8 @@ from .planning import (Footprint, data_set_footprint, fraction_past_box_edge,
                        max_particles_per_micrograph)
 from .simulate import (DISTRIBUTIONS, MICROGRAPH_STREAM, PARTICLE_STREAM, STRUCTURE_STREAM,
                        MicrographSimulation, ParticleSimulation, ground_truth_maps,
-                       noise_sigma_for_snr, random_ctf_params, sample_rotations, signal_variance,
-                       simulate_micrographs, simulate_particles, stream_seed)
+                       random_ctf_params, sample_rotations, simulate_micrographs,
+                       simulate_particles, stream_seed)
 
 __all__ = ["atoms", "phantoms", "planning", "simulate", "AtomModel", "check_atomic_model_file",
            "gaussian_atom_projection", "gaussian_atom_volume", "project_atom_positions",
@@ -23,6 +23,5 @@ __all__ = ["atoms", "phantoms", "planning", "simulate", "AtomModel", "check_atom
            "random_protein_phantom", "two_state_phantom", "Footprint", "data_set_footprint",
            "fraction_past_box_edge", "max_particles_per_micrograph", "DISTRIBUTIONS",
            "MICROGRAPH_STREAM", "PARTICLE_STREAM", "STRUCTURE_STREAM", "MicrographSimulation",
-           "ParticleSimulation", "ground_truth_maps", "noise_sigma_for_snr",
-           "random_ctf_params", "sample_rotations", "signal_variance", "simulate_micrographs",
-           "simulate_particles", "stream_seed"]
+           "ParticleSimulation", "ground_truth_maps", "random_ctf_params", "sample_rotations",
+           "simulate_micrographs", "simulate_particles", "stream_seed"]

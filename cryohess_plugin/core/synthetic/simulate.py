@@ -30,6 +30,7 @@ from .. import rotations as rot
 from .atoms import AtomModel, gaussian_atom_volume, project_atom_positions
 from ..ctf import CTFParams, apply_ctf, ctf_stack, filter_images, params_to_rows
 from ..errors import InvalidDataError, ShapeError
+from ..noise import noise_sigma_for_snr, signal_variance
 from ..projector import FourierSliceProjector, validate_volume
 
 DISTRIBUTIONS = ("uniform", "polar_cap", "equatorial_band", "top_view_preference")
@@ -111,27 +112,6 @@ def sample_rotations(kind, n, rng, **options):
     if kind not in samplers:
         raise ValueError(f"unknown viewing distribution {kind!r}; use one of {DISTRIBUTIONS}")
     return samplers[kind](int(n), rng, **options)
-
-
-def signal_variance(clean_images):
-    """Mean over images of the per-image variance over all pixels, ``mean_i var(c_i)``.
-
-    :param clean_images: ``(n, box, box)`` (or ``(box, box)``) clean images.
-    """
-    clean = np.asarray(clean_images, dtype=np.float64)
-    return float(np.mean(np.var(clean.reshape((-1,) + clean.shape[-2:]), axis=(-2, -1))))
-
-
-def noise_sigma_for_snr(clean_images, snr):
-    """Standard deviation of white noise giving ``SNR = mean_i var(c_i) / sigma^2``.
-
-    :param clean_images: ``(n, box, box)`` clean (CTF-modulated) images.
-    :param snr: requested SNR, positive.
-    :returns: ``sigma = sqrt(mean_i var(c_i) / snr)``.
-    """
-    if not (np.isfinite(snr) and snr > 0):
-        raise InvalidDataError(f"SNR must be a positive finite number, got {snr}")
-    return float(np.sqrt(signal_variance(clean_images) / snr))
 
 
 def random_ctf_params(count, rng, defocus_range=(10000.0, 25000.0), astigmatism=0.0,
