@@ -38,10 +38,9 @@ import numpy as np
 from cryohess_plugin.core.synthetic import atoms, phantoms, simulate
 from cryohess_plugin.core import rotations
 from cryohess_plugin.core.polar import PolarGrid, polar_transform
-from cryohess_plugin.core.kernels import alignment_cpu
 from cryohess_plugin.core.projector import FourierSliceProjector
 from cryohess_plugin.core.alignment.radial_svd import (RadialSVDAligner, rotations_from_alignment,
-                                                       search_shifts)
+                                                       shift_grid)
 from cryohess_plugin.core.alignment.brute_force import rotated_inner_products
 
 BOX, PIXEL, BFACTOR = 128, 1.5, 400.0
@@ -104,7 +103,7 @@ def main():
     template_rotations = rotations.rotations_for_directions(directions)
     projector = FourierSliceProjector(volume, dtype=np.float32)
     template_polar = projector.project_polar(template_rotations, grid.radii, grid.n_angles)
-    shifts = search_shifts(args.max_shift, args.shift_step)
+    shifts = shift_grid(args.max_shift, args.shift_step)
     n_pairs = args.n * len(template_rotations)
 
     datasets = []
@@ -175,15 +174,14 @@ def main():
           f"{step_one(grid.n_rings)} at H = R; angle DFT {dft} for both; op-count bound on "
           f"the speed-up {(step_one(grid.n_rings) + dft) / (step_one(typical) + dft):.1f}x")
 
-    alignment_cpu.PRUNING_COUNTS[:] = 0
     tracemalloc.start()
-    end_to_end(particles, image_polar)
+    statistics = end_to_end(particles, image_polar).statistics
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    seen, evaluated = alignment_cpu.PRUNING_COUNTS
-    if seen:
-        print(f"pruned search (H <= R / 2, CPU): angle DFT evaluated for {evaluated / seen:.2%} "
-              f"of the (image, shift, template) pairs; the others were skipped on their bound")
+    if statistics.evaluated < statistics.pairs:
+        print(f"pruned search (H <= R / 2, CPU): angle DFT evaluated for "
+              f"{statistics.evaluated / statistics.pairs:.2%} of the (image, shift, template) "
+              f"pairs; the others were skipped on their bound")
     print(f"peak memory of one radial-SVD run (tracemalloc, arrays included): {peak / 2 ** 20:.0f} "
           f"MiB; input polar samples {image_polar.nbytes / 2 ** 20:.0f} MiB")
 

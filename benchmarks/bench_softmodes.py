@@ -31,9 +31,9 @@ import numpy as np
 from cryohess_plugin.core.synthetic import atoms, phantoms, simulate
 from cryohess_plugin.core.softmodes import RealLayout, per_image
 from cryohess_plugin.core import spherical
-from cryohess_plugin.core.softmodes.analysis import (analyse_soft_modes, auto_grid_spacing,
-                                                     experiment_from_poses)
-from cryohess_plugin.core.softmodes.hessian import AccumulatedHessian, rebin
+from cryohess_plugin.core.softmodes.analysis import analyse_soft_modes, auto_grid_spacing
+from cryohess_plugin.core.softmodes.experiment import experiment_from_poses, rebin
+from cryohess_plugin.core.softmodes.hessian import AccumulatedHessian
 
 BOX, PIXEL = 64, 2.0
 

@@ -3,7 +3,8 @@
 One reference and ``--n`` volumes (the reference's atomic phantom at random
 rotations, plus white Gaussian noise of ``--noise`` times the reference's
 standard deviation), box ``--box``, bandwidth ``K = π f_max = --bandwidth``
-(the notes' 48).  Every path runs in this process on the same volumes:
+(the paper's 48, ``docs/methods/radial_svd_alignment.md`` §5).  Every path runs
+in this process on the same volumes:
 
 * ``full, unreduced``: the exact landscape with the ragged sum over degrees
   ``l >= max(|m1|, |m2|)``, our exact baseline (what ``align(full_rank=True)``

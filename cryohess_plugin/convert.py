@@ -40,7 +40,7 @@ import numpy as np
 import pyworkflow.object as pwobj
 from pwem.constants import ALIGN_2D, ALIGN_NONE, ALIGN_PROJ, NO_INDEX
 from pwem.objects import (FSC, Acquisition, Coordinate, CTFModel, Micrograph, Particle,
-                          Transform, Volume)
+                          SetOfClasses2D, Transform, Volume)
 
 from .core import mrc
 from .core.ctf import CTFParams
@@ -298,6 +298,48 @@ def particles_to_arrays(partSet, need_ctf=False, need_alignment=None, columns=()
         columns={name: np.asarray(v) for name, v in values.items()})
 
 
+def references_to_arrays(references, read_images=True):
+    """:class:`ParticleArrays` of 2-D references, in id order: the images of a set of
+    averages (any set of 2-D images), or the representatives of a ``SetOfClasses2D``."""
+    if not isinstance(references, SetOfClasses2D):
+        return particles_to_arrays(references, need_alignment=False, read_images=read_images)
+    ids, images = [], []
+    for cls in references.iterItems(orderBy='id'):  # one item object, refilled per class
+        ids.append(cls.getObjId())
+        if read_images:
+            images.append(read_image(cls.getRepresentative()))
+    return ParticleArrays(images=np.stack(images) if read_images else None,
+                          pixel_size=references.getSamplingRate(), ids=np.asarray(ids))
+
+
+def classify_particles(classes, ids, reference_ids, references):
+    """Fill a new ``SetOfClasses2D`` with one class per 2-D reference that has particles.
+
+    :param classes: the empty set, made for the particles that go into it.
+    :param ids: ``(n,)`` particle ids; particle ``ids[i]`` joins the class of reference
+        ``reference_ids[i]`` (the class id is the reference's id).
+    :param references: the averages or classes the ids refer to; each class is
+        represented by its reference's image.
+    """
+    representatives = {}
+    for item in references.iterItems(orderBy='id'):
+        image = item.getRepresentative() if isinstance(references, SetOfClasses2D) else item
+        representatives[item.getObjId()] = Particle(location=image.getLocation())
+        representatives[item.getObjId()].setSamplingRate(references.getSamplingRate())
+    classOf = dict(zip(ids, reference_ids))
+
+    def updateParticle(particle, row):
+        particle.setClassId(int(classOf[particle.getObjId()]))
+
+    def updateClass(cls):
+        cls.setAlignment2D()
+        cls.setRepresentative(representatives[cls.getObjId()].clone())
+
+    classes.classifyItems(updateItemCallback=updateParticle, updateClassCallback=updateClass,
+                          itemDataIterator=iter(ids), doClone=True)
+    return classes
+
+
 def location_text(image):
     """Where an image is, as Scipion and RELION show it: ``N@file`` with ``N`` from 1."""
     index, filename = image.getLocation()
@@ -417,21 +459,35 @@ def image_file_errors(imgSet, what="particles"):
     Missing, non-MRC or truncated files, images that are not square and locations
     beyond the end of a stack, as messages naming the file and the fix.
     """
+    return [error for row in imgSet.aggregate(['MAX'], '_index', ['_filename'])
+            for error in _stack_file_errors(image_file(row['_filename']),
+                                            max(1, int(row['MAX'] or 0)), what)]
+
+
+def representative_file_errors(classes, what="2D classes"):
+    """:func:`image_file_errors` for the representatives of a ``SetOfClasses``."""
+    last = {}
+    for representative in classes.iterRepresentatives():
+        path, position = image_location(representative)
+        last[path] = max(last.get(path, 1), position + 1)
+    return [error for path, count in last.items()
+            for error in _stack_file_errors(path, count, what)]
+
+
+def _stack_file_errors(path, last, what):
+    """The messages of :func:`image_file_errors` for one file whose images up to
+    ``last`` (1-based) are used."""
+    try:
+        (count, height, width), _ = mrc.read_header(path)
+    except CryoHessError as error:
+        return [f"The {what}' file is unusable: {error}."]
     errors = []
-    for row in imgSet.aggregate(['MAX'], '_index', ['_filename']):
-        path = image_file(row['_filename'])
-        last = max(1, int(row['MAX'] or 0))
-        try:
-            (count, height, width), _ = mrc.read_header(path)
-        except CryoHessError as error:
-            errors.append(f"The {what}' file is unusable: {error}.")
-            continue
-        if height != width:
-            errors.append(f"The {what} in {path} are {width} x {height} px; this needs "
-                          "square images: extract or crop them in a square box.")
-        if last > count:
-            errors.append(f"The {what} point to image {last}@{path}, but the file holds "
-                          f"{count} images: it is incomplete; copy or re-extract it.")
+    if height != width:
+        errors.append(f"The {what} in {path} are {width} x {height} px; this needs "
+                      "square images: extract or crop them in a square box.")
+    if last > count:
+        errors.append(f"The {what} point to image {last}@{path}, but the file holds "
+                      f"{count} images: it is incomplete; copy or re-extract it.")
     return errors
 
 

@@ -141,19 +141,34 @@ def softModesStage(project, args, plotDir, done):
     return protocol
 
 
-def posteriorStage(project, args, plotDir, done):
-    """Stage 4: the Fourier-slice posterior of the aligned particles, refining their
-    grid poses locally, with half maps and the single-fit resolution curve."""
-    from cryohess_plugin.protocols import CryoHessProtFourierPosterior
-    from cryohess_plugin.viewers import CryoHessFourierPosteriorViewer
-    protocol = project.newProtocol(CryoHessProtFourierPosterior, doRefinePoses=True,
-                                   numberOfThreads=args.threads)
+def refineStage(project, args, plotDir, done):
+    """Stage 4: local refinement of the aligned particles' grid poses on the
+    Fourier-slice likelihood."""
+    from cryohess_plugin.protocols import CryoHessProtRefinePoses
+    from cryohess_plugin.viewers import CryoHessRefinePosesViewer
+    protocol = project.newProtocol(CryoHessProtRefinePoses, numberOfThreads=args.threads)
     protocol.inputParticles.set(done['align'].outputParticles)
-    protocol.setObjLabel("cryohess - Fourier posterior")
+    protocol.setObjLabel("cryohess - Fourier-slice refine poses")
     runProtocol(project, protocol)
     for line in protocol.summary():
         print("  " + line)
     printOrientationErrors(protocol.outputParticles, done['simulate'], gridStep=1.0)
+    for path in savePlots(CryoHessRefinePosesViewer, project, protocol, plotDir, "refine"):
+        print("  plot: %s" % path)
+    return protocol
+
+
+def posteriorStage(project, args, plotDir, done):
+    """Stage 5: the Fourier-slice posterior of the refined particles, with half maps and
+    the single-fit resolution curve."""
+    from cryohess_plugin.protocols import CryoHessProtFourierPosterior
+    from cryohess_plugin.viewers import CryoHessFourierPosteriorViewer
+    protocol = project.newProtocol(CryoHessProtFourierPosterior, numberOfThreads=args.threads)
+    protocol.inputParticles.set(done['refine'].outputParticles)
+    protocol.setObjLabel("cryohess - Fourier posterior")
+    runProtocol(project, protocol)
+    for line in protocol.summary():
+        print("  " + line)
     for path in savePlots(CryoHessFourierPosteriorViewer, project, protocol, plotDir,
                           "posterior"):
         print("  plot: %s" % path)
@@ -162,7 +177,7 @@ def posteriorStage(project, args, plotDir, done):
 
 #: (name, stage): each stage gets the protocols of the stages before it by name.
 STAGES = [('simulate', simulateStage), ('align', alignStage), ('softModes', softModesStage),
-          ('posterior', posteriorStage)]
+          ('refine', refineStage), ('posterior', posteriorStage)]
 
 
 def main(argv=None):

@@ -2,8 +2,10 @@
 from .protocol_align_particles import CryoHessProtAlignParticles
 from .protocol_align_volumes import CryoHessProtAlignVolumes
 from .protocol_fourier_posterior import CryoHessProtFourierPosterior
+from .protocol_refine_poses import CryoHessProtRefinePoses
 from .protocol_simulate import CryoHessProtSimulate
 from .protocol_soft_modes import CryoHessProtSoftModes
 
 __all__ = ["CryoHessProtAlignParticles", "CryoHessProtAlignVolumes",
-           "CryoHessProtFourierPosterior", "CryoHessProtSimulate", "CryoHessProtSoftModes"]
+           "CryoHessProtFourierPosterior", "CryoHessProtRefinePoses", "CryoHessProtSimulate",
+           "CryoHessProtSoftModes"]

@@ -13,12 +13,19 @@ import pyworkflow.protocol.params as params
 from cryohess_plugin import convert
 from cryohess_plugin.constants import (ALIGN_SCORE, ALIGN_TEMPLATE, CTF_GROUP, RANK_FIXED,
                                        RANK_TOLERANCE, REFERENCE_2D, REFERENCE_VOLUME)
-from cryohess_plugin.core.fourier import frequency_for_resolution
+from cryohess_plugin.core.alignment import (PAPER_MAX_FREQUENCY, AlignmentResult,
+                                            alignment_grid)
+from cryohess_plugin.core.rotations import viewing_grid
 
 from .protocol_base import CryoHessProtocolMixin
 
-#: Band of the radial-SVD paper's defaults (K = 48 rad per half box = 48 / pi cycles per box).
-PAPER_MAX_FREQUENCY = 48 / np.pi
+#: Fewer rings than this cannot tell views and in-plane angles apart (a warning).
+MIN_USEFUL_RINGS = 8
+#: References above this many bytes get a memory and disk warning.
+LARGE_REFERENCES = 1 << 30
+#: Memory of a batch step over the size of its references (measured: the loaded
+#: references, the aligner's ring coefficients and work arrays).
+STEP_MEMORY_FACTOR = 3.5
 
 
 class outputs(Enum):
@@ -49,11 +56,11 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
     def _defineParams(self, form):
         self._defineGpuParams(form, "the polar transform and the compressed inner products")
         form.addSection(label='Input')
-        form.addParam('inputParticles', params.PointerParam, pointerClass='SetOfParticles',
-                      important=True, label='Particles',
-                      help="Particles to align. Their CTF is used when present (turn it "
-                           "off below to ignore it); their current alignment is ignored "
-                           "and the input set is never modified.")
+        self._defineParticlesParam(
+            form, important=True,
+            help="Particles to align. Their CTF is used when present (turn it off below to "
+                 "ignore it); their current alignment is ignored and the input set is never "
+                 "modified.")
         form.addParam('referenceType', params.EnumParam, default=REFERENCE_VOLUME,
                       choices=['volume (projection matching)', '2D references'],
                       display=params.EnumParam.DISPLAY_HLIST, label='References',
@@ -117,64 +124,69 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
                       label='CTF group tolerance',
                       help="Particles whose ring-averaged CTFs differ by less than this "
                            "relative L2 distance share one radial kernel.")
-        form.addParam('particlesPerBatch', params.IntParam, default=2000,
-                      expertLevel=params.LEVEL_ADVANCED, validators=[params.Positive],
-                      label='Particles per step',
-                      help="Particles are aligned in independent steps of this size, "
-                           "which run in parallel with several threads (or GPUs) and let "
-                           "a stopped run continue where it stopped.")
+        self._defineBatchSizeParam(
+            form, help="Particles are aligned in independent steps of this size, which run "
+                       "in parallel with several threads (or GPUs) and let a stopped run "
+                       "continue where it stopped.")
         form.addParallelSection(threads=2, mpi=0)
 
     # --------------------------- INSERT steps functions ----------------------
     def _insertAllSteps(self):
         gpu = self._usesGpu()
-        prepare = self._insertFunctionStep(self.prepareReferencesStep, needsGPU=gpu)
-        batches = [self._insertFunctionStep(self.alignBatchStep, index, first, count,
-                                            prerequisites=[prepare], needsGPU=gpu)
+        particles = self.inputParticles.get()
+        prepare = self._insertStep(self.prepareReferencesStep, particles.getXDim(),
+                                   particles.getSamplingRate(), reads=self._referenceParams(),
+                                   needsGPU=gpu)
+        batches = [self._insertStep(self.alignBatchStep, index, first, count,
+                                    reads=self._searchParams(), after=[prepare], needsGPU=gpu)
                    for index, (first, count) in enumerate(self._batches())]
-        self._insertFunctionStep(self.createOutputStep, prerequisites=batches,
-                                 needsGPU=False)
+        self._insertStep(self.createOutputStep, after=batches)
+
+    def _referenceParams(self):
+        """The form parameters the references depend on (besides the particles' geometry)."""
+        if self._fromVolume():
+            return ('referenceType', 'inputVolume', 'angularStep', 'maxResolution')
+        return ('referenceType', 'inputReferences', 'maxResolution')
+
+    def _searchParams(self):
+        """The form parameters a batch's search depends on (besides its references)."""
+        rank = 'fixedRank' if self.rankMode.get() == RANK_FIXED else 'rankTolerance'
+        return ('inputParticles', 'maxShift', 'shiftStep', 'useCtf', 'rankMode', rank,
+                'ctfTolerance')
 
     def _filenameTemplates(self):
-        return {
-            'references': self._getExtraPath('references.npz'),
-            'batch': self._getExtraPath('alignment_batch_%(index)03d.npz'),
-        }
-
-    def _batches(self):
-        size = self.inputParticles.get().getSize()
-        step = self.particlesPerBatch.get()
-        return [(first, min(step, size - first)) for first in range(0, size, step)]
+        return {'references': self._getExtraPath('references.npz'),
+                'batch': self._getExtraPath('alignment_batch_%(index)03d.npz')}
 
     # --------------------------- STEPS functions -----------------------------
-    def prepareReferencesStep(self):
+    def prepareReferencesStep(self, box, pixel, digest):
+        """Polar transforms of the references on the particles' grid (``box`` px, ``pixel`` Å)."""
         from cryohess_plugin.core import polar
+        from cryohess_plugin.core.alignment import projection_templates
         self._setDevices()
-        grid = self._grid()
+        grid = self._grid(box, pixel)
         self.info("Polar grid: %d rings x %d angles up to %.2f Fourier pixels"
                   % (grid.n_rings, grid.n_angles, grid.max_frequency))
         started = time.perf_counter()
         if self._fromVolume():
-            from cryohess_plugin.core.projector import FourierSliceProjector
-            volume, _ = convert.volume_to_array(self.inputVolume.get(),
-                                                self._particlePixelSize())
-            rotations = self._templateRotations()
-            projector = FourierSliceProjector(volume, backend=self._backend())
-            templates = projector.project_polar(rotations, grid.radii, grid.n_angles)
+            volume, _ = convert.volume_to_array(self.inputVolume.get(), pixel)
+            templates, rotations = projection_templates(volume, grid, self.angularStep.get(),
+                                                        self._backend())
             extra = dict(rotations=rotations)
             self.info("%d projections of the reference on a %g-degree grid"
                       % (len(rotations), self.angularStep))
         else:
-            references = self._referenceArrays()
+            references = convert.references_to_arrays(self.inputReferences.get())
             templates = polar.polar_transform(references.images, grid, backend=self._backend())
             extra = dict(referenceIds=references.ids)
             self.info("%d 2D references" % len(templates))
         self._saveNpz(self._getFileName('references'), templates=templates, **extra)
         self.info("References ready in %.1f s" % (time.perf_counter() - started))
 
-    def alignBatchStep(self, index, first, count):
+    def alignBatchStep(self, index, first, count, digest):
+        """Align particles ``first .. first + count - 1`` (in id order) against the references."""
         from cryohess_plugin.core import polar
-        from cryohess_plugin.core.alignment.radial_svd import RadialSVDAligner
+        from cryohess_plugin.core.alignment import RadialSVDAligner
         self._setDevices()
         started = time.perf_counter()
         particles = convert.particles_to_arrays(
@@ -182,98 +194,60 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
             limit=count, skip=first)
         grid = self._grid()
         imagePolar = polar.polar_transform(particles.images, grid, backend=self._backend())
-        references = np.load(self._getFileName('references'))
+        templates = np.load(self._getFileName('references'))['templates']
         aligner = RadialSVDAligner(
-            grid, references['templates'], rank=self._fixedRank(),
-            tolerance=self.rankTolerance.get(), shifts=self._shifts(),
-            ctf_tolerance=self.ctfTolerance.get(), backend=self._backend())
+            grid, templates, rank=self._fixedRank(), tolerance=self.rankTolerance.get(),
+            shifts=self._shifts(), ctf_tolerance=self.ctfTolerance.get(),
+            backend=self._backend())
         result = aligner.align(imagePolar, ctf_params=particles.ctfs,
                                pixel_size=particles.pixel_size,
                                progress=self._progressLog("Batch %d: " % (index + 1)))
         elapsed = time.perf_counter() - started
-        self._saveNpz(self._getFileName('batch', index=index), ids=particles.ids,
-                      template=result.template, angle=result.angle, shift=result.shift,
-                      score=result.score, group=result.group, ranks=result.ranks,
-                      eigenvalues=result.eigenvalues, seconds=elapsed)
+        result.ids = particles.ids
+        result.save(self._getFileName('batch', index=index))
         self.info("Batch %d: %d particles x %d references in %.1f s (H = %s)"
-                  % (index + 1, count, len(references['templates']), elapsed,
+                  % (index + 1, count, len(templates), elapsed,
                      ", ".join(str(h) for h in result.ranks)))
 
-    def createOutputStep(self):
-        result = self._loadResults()
-        inputParticles = self.inputParticles.get()
-        if self._fromVolume():
-            self._createProjectionOutput(inputParticles, result)
-        else:
-            self._create2DOutput(inputParticles, result)
-
-    def _createProjectionOutput(self, inputParticles, result):
-        from cryohess_plugin.core.alignment.radial_svd import rotations_from_alignment
-        references = np.load(self._getFileName('references'))
-        rotations = rotations_from_alignment(references['rotations'], result['template'],
-                                             result['angle'])
-        particles = self._alignedParticles(inputParticles, result, rotations, ALIGN_PROJ)
-        self._defineOutputs(**{outputs.outputParticles.name: particles})
-        self._defineSourceRelation(self.inputParticles, particles)
-        self._defineSourceRelation(self.inputVolume, particles)
-
-    def _create2DOutput(self, inputParticles, result):
+    def createOutputStep(self, digest):
+        from cryohess_plugin.core.alignment import rotations_from_alignment
         from cryohess_plugin.core.rotations import in_plane_rotations
-        rotations = in_plane_rotations(result['angle'])
-        particles = self._alignedParticles(inputParticles, result, rotations, ALIGN_2D)
-        references = self._referenceArrays(read_images=False)
-        classes = self._createSetOfClasses2D(particles)
-        classIds = references.ids[result['template']]
-        byId = dict(zip(result['ids'], classIds))
-        representatives = self._representatives()
-
-        def updateParticle(particle, row):
-            particle.setClassId(int(byId[particle.getObjId()]))
-
-        def updateClass(cls):
-            cls.setAlignment2D()
-            cls.setRepresentative(representatives[cls.getObjId()].clone())
-
-        classes.classifyItems(updateItemCallback=updateParticle,
-                              updateClassCallback=updateClass,
-                              itemDataIterator=iter(result['ids']), doClone=True)
+        result = self._loadResults()
+        ids = result.ids
+        columns = {ALIGN_SCORE: result.score.astype(np.float64),
+                   ALIGN_TEMPLATE: result.template.astype(np.int64) + 1,
+                   CTF_GROUP: result.group.astype(np.int64)}
+        references = np.load(self._getFileName('references'))
+        if self._fromVolume():
+            rotations = rotations_from_alignment(references['rotations'], result.template,
+                                                 result.angle)
+            particles = self._copyParticles(ids, columns, (rotations, result.shift), ALIGN_PROJ)
+            self._defineOutputs(**{outputs.outputParticles.name: particles})
+            self._defineSourceRelation(self.inputParticles, particles)
+            self._defineSourceRelation(self.inputVolume, particles)
+            return
+        particles = self._copyParticles(ids, columns,
+                                        (in_plane_rotations(result.angle), result.shift),
+                                        ALIGN_2D)
+        classes = convert.classify_particles(self._createSetOfClasses2D(particles), ids,
+                                             references['referenceIds'][result.template],
+                                             self.inputReferences.get())
         self._defineOutputs(**{outputs.outputParticles.name: particles,
                                outputs.outputClasses.name: classes})
         for output in (particles, classes):
             self._defineSourceRelation(self.inputParticles, output)
             self._defineSourceRelation(self.inputReferences, output)
 
-    def _alignedParticles(self, inputParticles, result, rotations, alignment):
-        """A copy of the input particles with the new poses and the score columns."""
-        particles = self._createSetOfParticles()
-        particles.copyInfo(inputParticles)
-        particles.setAlignment(alignment)
-        row = {partId: i for i, partId in enumerate(result['ids'])}
-        columns = {ALIGN_SCORE: result['score'].astype(np.float64),
-                   ALIGN_TEMPLATE: result['template'].astype(np.int64) + 1,
-                   CTF_GROUP: result['group'].astype(np.int64)}
-
-        def updateParticle(particle, _row=None):
-            i = row[particle.getObjId()]
-            particle.setTransform(convert.transform_from_pose(rotations[i],
-                                                              result['shift'][i], alignment))
-            convert.set_columns(particle, columns, i)
-
-        particles.copyItems(inputParticles, updateItemCallback=updateParticle)
-        return particles
-
     # --------------------------- INFO functions ------------------------------
     def _validate(self):
-        errors = []
         inputParticles = self.inputParticles.get()
-        if inputParticles is None:
-            return ["Select the particles to align."]
-        if inputParticles.getSize() == 0:
-            return ["The set of particles is empty."]
-        box = inputParticles.getXDim()
-        pixel = inputParticles.getSamplingRate()
+        errors = self._validateParticleSelection(inputParticles)
+        if errors:
+            return errors
+        errors = convert.image_file_errors(inputParticles, "particles")
+        box, pixel = inputParticles.getXDim(), inputParticles.getSamplingRate()
         if self._fromVolume():
-            errors += self._validateVolume(box, pixel)
+            errors += self._validateReferenceVolume(self.inputVolume.get(), box, pixel)
         else:
             errors += self._validateReferences(box, pixel)
         errors += self._validateMaxResolution(pixel)
@@ -283,42 +257,67 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
                 errors.append("H = %d exceeds the number of rings R = %d at this "
                               "resolution; use H <= %d (H = R is the exact calculation)."
                               % (self.fixedRank, rings, rings))
-        if self.shiftStep.get() <= 0:
-            errors.append("The shift step must be positive.")
-        return errors
-
-    def _validateVolume(self, box, pixel):
-        volume = self.inputVolume.get()
-        if volume is None:
-            return ["Select the reference volume."]
-        return self._validateSameGeometry("reference volume", volume.getXDim(),
-                                          volume.getSamplingRate(), box, pixel)
+        return errors + self._validateContinue()
 
     def _validateReferences(self, box, pixel):
         references = self.inputReferences.get()
-        if references is None:
-            return ["Select the 2D references."]
-        if references.getSize() == 0:
-            return ["The set of 2D references is empty."]
-        return self._validateSameGeometry("2D references", references.getXDim(),
-                                          references.getSamplingRate(), box, pixel)
+        errors = self._validateParticleSelection(references, "2D references")
+        if errors:
+            return errors
+        if isinstance(references, SetOfClasses2D):
+            errors = convert.representative_file_errors(references, "2D classes")
+            referenceBox = references.getDimensions()[0]
+        else:
+            errors = convert.image_file_errors(references, "2D references")
+            referenceBox = references.getXDim()
+        return errors or self._validateSameGeometry("2D references", referenceBox,
+                                                    references.getSamplingRate(), box, pixel)
+
+    def _expectedOutputs(self):
+        if self._fromVolume():
+            return {outputs.outputParticles.name}
+        return {outputs.outputParticles.name, outputs.outputClasses.name}
 
     def _warnings(self):
-        if self.useCtf and not self.inputParticles.get().hasCTF():
-            return ["The particles have no CTF: they will be aligned without it."]
-        return []
+        inputParticles = self.inputParticles.get()
+        if inputParticles is None or not inputParticles.getSize():
+            return []
+        warnings = []
+        if self.useCtf and not inputParticles.hasCTF():
+            warnings.append("The particles have no CTF: they will be aligned without it.")
+        box, pixel = inputParticles.getXDim(), inputParticles.getSamplingRate()
+        if self._validateMaxResolution(pixel):
+            return warnings
+        grid = self._grid(box, pixel)
+        if grid.n_rings < MIN_USEFUL_RINGS:
+            warnings.append(self._coarseBandWarning(
+                "%d rings x %d in-plane angles" % (grid.n_rings, grid.n_angles),
+                box * pixel / grid.max_frequency, box * pixel * np.pi / (MIN_USEFUL_RINGS - 1)))
+        count = len(viewing_grid(self.angularStep.get())[0]) if self._fromVolume() else 0
+        size = count * grid.n_rings * grid.n_angles * np.dtype(np.complex64).itemsize
+        if size > LARGE_REFERENCES:
+            warnings.append(
+                "A %g-degree grid gives %d projections: %.1f GB of references on disk and "
+                "about %.0f GB of memory for every step that runs at once. Use a coarser "
+                "angular step (7.5 degrees gives the paper's 993 directions)."
+                % (self.angularStep, count, size / 1e9, STEP_MEMORY_FACTOR * size / 1e9))
+        warnings += self._resourceWarnings(size, STEP_MEMORY_FACTOR * size,
+                                           "use a coarser angular step")
+        if self.maxShift.get() >= box / 2:
+            warnings.append(self._shiftRangeWarning("particles", box, self.maxShift.get(),
+                                                    self.shiftStep.get(), 2))
+        return warnings
 
     def _summary(self):
         if not self.hasAttribute(outputs.outputParticles.name):
             return ["Output not ready yet."]
         result = self._loadResults()
-        ranks = sorted(set(int(h) for h in result['ranks']))
-        summary = ["%d particles aligned against %s." % (len(result['ids']),
-                                                          self._referenceText()),
+        summary = ["%d particles aligned against %s."
+                   % (len(result.ids), self._referenceText()),
                    "Principal rings H: %s of R = %d; %d CTF groups."
-                   % (", ".join(map(str, ranks)), result['eigenvalues'].shape[-1],
-                      len(result['ranks'])),
-                   "Mean score %.4g." % float(np.mean(result['score']))]
+                   % (", ".join(map(str, sorted(set(result.ranks.tolist())))),
+                      result.eigenvalues.shape[-1], len(result.ranks)),
+                   "Mean score %.4g." % np.mean(result.score)]
         if not self._withCtf():
             summary.append("Aligned WITHOUT CTF (%s)."
                            % ("switched off" if not self.useCtf else "the particles have none"))
@@ -333,16 +332,13 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
                 "to %.1f Å, searching shifts up to %g px in steps of %g px%s."
                 % (self.inputParticles.get().getSize(), self._referenceText(),
                    grid.n_rings, grid.n_angles,
-                   grid.box * self._particlePixelSize() / grid.max_frequency,
+                   grid.box * self.inputParticles.get().getSamplingRate() / grid.max_frequency,
                    self.maxShift, self.shiftStep,
                    " with the particles' CTFs" if self._withCtf() else "")]
 
     # --------------------------- UTILS functions -----------------------------
     def _fromVolume(self):
         return self.referenceType.get() == REFERENCE_VOLUME
-
-    def _particlePixelSize(self):
-        return self.inputParticles.get().getSamplingRate()
 
     def _withCtf(self):
         return bool(self.useCtf) and self.inputParticles.get().hasCTF()
@@ -352,48 +348,14 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
 
     def _grid(self, box=None, pixel=None):
         """The polar grid of this run (from the form and the particles' geometry)."""
-        from cryohess_plugin.core.polar import PolarGrid
         inputParticles = self.inputParticles.get()
-        box = box or inputParticles.getXDim()
-        pixel = pixel or inputParticles.getSamplingRate()
-        resolution = self.maxResolution.get()
-        maxFrequency = (frequency_for_resolution(box, pixel, resolution) if resolution
-                        else PAPER_MAX_FREQUENCY)
-        return PolarGrid.from_max_frequency(box, min(maxFrequency, box / 2 - 1))
+        return alignment_grid(box or inputParticles.getXDim(),
+                              pixel or inputParticles.getSamplingRate(),
+                              self.maxResolution.get() or None)
 
     def _shifts(self):
-        from cryohess_plugin.core.alignment.radial_svd import search_shifts
-        return search_shifts(self.maxShift.get(), self.shiftStep.get())
-
-    def _templateRotations(self):
-        from cryohess_plugin.core import rotations
-        directions, _ = rotations.viewing_grid(self.angularStep.get())
-        return rotations.rotations_for_directions(directions)
-
-    def _referenceArrays(self, read_images=True):
-        references = self.inputReferences.get()
-        if isinstance(references, SetOfClasses2D):
-            ids = np.asarray([cls.getObjId() for cls in references.iterItems(orderBy='id')])
-            images = None
-            if read_images:
-                images = np.stack([convert.read_image(cls.getRepresentative())
-                                   for cls in references.iterItems(orderBy='id')])
-            return convert.ParticleArrays(images=images,
-                                          pixel_size=references.getSamplingRate(), ids=ids)
-        return convert.particles_to_arrays(references, need_alignment=False,
-                                           read_images=read_images)
-
-    def _representatives(self):
-        """Representative images of the classes, keyed by reference id."""
-        from pwem.objects import Particle
-        references = self.inputReferences.get()
-        result = {}
-        for item in references.iterItems(orderBy='id'):
-            image = item.getRepresentative() if isinstance(references, SetOfClasses2D) else item
-            representative = Particle(location=image.getLocation())
-            representative.setSamplingRate(references.getSamplingRate())
-            result[item.getObjId()] = representative
-        return result
+        from cryohess_plugin.core.alignment import shift_grid
+        return shift_grid(self.maxShift.get(), self.shiftStep.get())
 
     def _referenceText(self):
         if self._fromVolume():
@@ -401,18 +363,7 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
         return "%d 2D references" % self.inputReferences.get().getSize()
 
     def _loadResults(self):
-        """The batches' results concatenated in particle order.
-
-        CTF groups are numbered per batch; here they become global indices into
-        the concatenated ``ranks`` and ``eigenvalues``.
-        """
-        parts = [np.load(self._getFileName('batch', index=index))
-                 for index in range(len(self._batches()))]
-        merged = {key: np.concatenate([p[key] for p in parts])
-                  for key in ('ids', 'template', 'angle', 'shift', 'score', 'ranks',
-                              'eigenvalues')}
-        offsets = np.cumsum([0] + [len(p['ranks']) for p in parts[:-1]])
-        merged['group'] = np.concatenate([p['group'] + offset
-                                          for p, offset in zip(parts, offsets)])
-        merged['seconds'] = np.array([float(p['seconds']) for p in parts])
-        return merged
+        """The batches' results in particle order, with the particles' ``ids``."""
+        return AlignmentResult.concatenate(
+            AlignmentResult.load(self._getFileName('batch', index=index))
+            for index in range(len(self._batches())))

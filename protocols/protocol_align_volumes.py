@@ -1,4 +1,5 @@
 """Alignment of volumes to a reference over SO(3) with the radial- and degree-SVD."""
+import os
 import time
 from enum import Enum
 
@@ -11,8 +12,14 @@ import pyworkflow.protocol.params as params
 
 from cryohess_plugin import convert
 from cryohess_plugin.constants import ALIGN_SCORE, RANK_FIXED, RANK_TOLERANCE
+from cryohess_plugin.core.alignment import VolumeAlignmentResult, shell_grid, table_bytes
 
 from .protocol_base import CryoHessProtocolMixin
+
+#: Fewer shells than this cannot tell rotations apart (a warning).
+MIN_USEFUL_SHELLS = 8
+#: Wigner tables above this many bytes get a memory warning.
+LARGE_TABLES = 1 << 30
 
 
 class outputs(Enum):
@@ -109,7 +116,7 @@ class CryoHessProtAlignVolumes(CryoHessProtocolMixin, ProtAlignVolume):
     def alignVolumeStep(self, index, digest):
         """Align one volume (steps are independent, so several run in parallel)."""
         from cryohess_plugin.core import mrc
-        from cryohess_plugin.core.alignment.volumes import VolumeAligner, rotate_volume
+        from cryohess_plugin.core.alignment import VolumeAligner, rotate_volume
         self._setDevices()
         started = time.perf_counter()
         reference, pixel = convert.volume_to_array(self.referenceVolume.get())
@@ -125,11 +132,7 @@ class CryoHessProtAlignVolumes(CryoHessProtocolMixin, ProtAlignVolume):
         mrc.write_volume(self._getFileName('aligned', index=index), aligned, pixel,
                          overwrite=True)
         seconds = time.perf_counter() - started
-        self._saveNpz(self._getFileName('result', index=index), rotation=result.rotation[0],
-                      shift=result.shift[0], score=result.score[0],
-                      ranks=np.asarray(result.ranks),
-                      radialEigenvalues=result.radial_eigenvalues,
-                      degreeEigenvalues=result.degree_eigenvalues, seconds=seconds)
+        result.save(self._getFileName('result', index=index))
         self.info("Volume %d: score %.4f, ranks H_C, H_D = %s, %.1f s"
                   % (index + 1, result.score[0], tuple(result.ranks), seconds))
 
@@ -137,14 +140,13 @@ class CryoHessProtAlignVolumes(CryoHessProtocolMixin, ProtAlignVolume):
         pixel = self.referenceVolume.get().getSamplingRate()
         volumes = self._createSetOfVolumes()
         volumes.setSamplingRate(pixel)
-        for index, source in enumerate(self._inputVolumeList()):
-            result = np.load(self._getFileName('result', index=index))
+        for index, (source, result) in enumerate(zip(self._inputVolumeList(), self._results())):
             volume = Volume(location=self._getFileName('aligned', index=index))
             volume.setSamplingRate(pixel)
             volume.setObjId(source.getObjId())
             volume.setObjLabel(source.getObjLabel())
-            volume.setTransform(convert.volume_transform(result['rotation'], result['shift']))
-            convert.set_columns(volume, {ALIGN_SCORE: [float(result['score'])]}, 0)
+            volume.setTransform(convert.volume_transform(result.rotation[0], result.shift[0]))
+            convert.set_columns(volume, {ALIGN_SCORE: result.score}, 0)
             volumes.append(volume)
         self._defineOutputs(**{outputs.outputVolumes.name: volumes})
         self._defineSourceRelation(self.inputVolumes, volumes)
@@ -158,30 +160,50 @@ class CryoHessProtAlignVolumes(CryoHessProtocolMixin, ProtAlignVolume):
         volumes = self._inputVolumeList()
         if not volumes:
             return ["The set of volumes is empty."]
-        errors = []
+        errors = convert.volume_file_errors(
+            reference, "reference %s" % self._inputLabel(self.referenceVolume))
+        readable = not errors
         box, pixel = reference.getXDim(), reference.getSamplingRate()
         for volume in volumes:
-            if volume.getXDim() != box:
-                errors.append("Volume %s is %d px wide but the reference %d px; resize one "
-                              "of them." % (volume.getObjLabel() or volume.getObjId(),
-                                            volume.getXDim(), box))
+            name = self._volumeName(volume)
+            fileErrors = convert.volume_file_errors(volume, "volume %s" % name)
+            errors += fileErrors
+            if readable and not fileErrors and volume.getXDim() != box:
+                errors.append("The volume %s is %d px wide but the reference %d px; resize "
+                              "one of them." % (name, volume.getXDim(), box))
             if not convert.same_sampling(volume.getSamplingRate(), pixel):
-                errors.append("Volume %s has %g Å/px but the reference %g Å/px; resample "
-                              "one of them." % (volume.getObjLabel() or volume.getObjId(),
-                                                volume.getSamplingRate(), pixel))
+                errors.append("The volume %s has %g Å/px but the reference %g Å/px; resample "
+                              "one of them." % (name, volume.getSamplingRate(), pixel))
         errors += self._validateMaxResolution(pixel)
-        return errors
+        return errors + self._validateContinue()
+
+    def _warnings(self):
+        reference = self.referenceVolume.get()
+        if reference is None or self._validateMaxResolution(reference.getSamplingRate()):
+            return []
+        box, pixel = reference.getXDim(), reference.getSamplingRate()
+        shells = shell_grid(box, resolution=self.maxResolution.get() or None, pixel_size=pixel)
+        warnings = []
+        if shells.n_shells < MIN_USEFUL_SHELLS:
+            warnings.append(self._coarseBandWarning(
+                "%d shells" % shells.n_shells, box * pixel / shells.max_frequency,
+                box * pixel * np.pi / (MIN_USEFUL_SHELLS - 1)))
+        if table_bytes(shells) > LARGE_TABLES:
+            warnings.append(
+                "At this resolution (degree L = %d) every step holds %.1f GB of Wigner "
+                "tables and costs O(L^4) per volume; a coarser max resolution is much "
+                "cheaper." % (shells.max_degree, table_bytes(shells) / 1e9))
+        if self.maxShift.get() >= box / 2:
+            warnings.append(self._shiftRangeWarning("volumes", box, self.maxShift.get(),
+                                                    self.shiftStep.get(), 3))
+        return warnings
 
     def _summary(self):
         if not self.hasAttribute(outputs.outputVolumes.name):
             return ["Output not ready yet."]
-        summary = []
-        for index in range(len(self._inputVolumeList())):
-            result = np.load(self._getFileName('result', index=index))
-            summary.append("Volume %d: correlation %.4f, shift %s px, ranks (H_C, H_D) %s."
-                           % (index + 1, result['score'], np.round(result['shift'], 2),
-                              tuple(int(h) for h in result['ranks'])))
-        return summary
+        return ["Volume %d: correlation %.4f, shift %s px, ranks (H_C, H_D) %s."
+                % (index + 1, result.score[0], np.round(result.shift[0], 2), result.ranks)
+                for index, result in enumerate(self._results())]
 
     def _methods(self):
         if not self.hasAttribute(outputs.outputVolumes.name):
@@ -197,6 +219,19 @@ class CryoHessProtAlignVolumes(CryoHessProtocolMixin, ProtAlignVolume):
         if isinstance(volumes, Volume):
             return [volumes]
         return [volume.clone() for volume in volumes.iterItems(orderBy='id')]
+
+    def _volumeName(self, volume):
+        """A volume of the input as the GUI shows it: its label, or its id and file in the
+        input set."""
+        if volume.getObjLabel() or isinstance(self.inputVolumes.get(), Volume):
+            return volume.getObjLabel() or self._inputLabel(self.inputVolumes)
+        return "%d (%s) of %s" % (volume.getObjId(), os.path.basename(
+            convert.image_file(volume.getFileName())), self._inputLabel(self.inputVolumes))
+
+    def _results(self):
+        """The :class:`VolumeAlignmentResult` of every input volume, in input order."""
+        return [VolumeAlignmentResult.load(self._getFileName('result', index=index))
+                for index in range(len(self._inputVolumeList()))]
 
     def _fixed(self, rank):
         return rank.get() if self.rankMode.get() == RANK_FIXED else None

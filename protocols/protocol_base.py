@@ -5,10 +5,12 @@ import json
 import os
 
 import numpy as np
+import psutil
 from pwem.constants import ALIGN_PROJ
 from pyworkflow.object import Pointer
 from pyworkflow.protocol.constants import MODE_RESUME
 import pyworkflow.protocol.params as params
+from pyworkflow.utils import prettySize
 
 from cryohess_plugin import convert
 from cryohess_plugin.core.errors import InvalidDataError
@@ -121,8 +123,11 @@ class CryoHessProtocolMixin:
 
     def _paramIdentity(self, name):
         """What a step depends on in form parameter ``name``: its value or, for a pointer,
-        the object it points to and the size and modification time of its file."""
+        the object it points to and the size and modification time of its file (for a
+        file name, the size and modification time of that file)."""
         attribute = getattr(self, name)
+        if isinstance(self.getParam(name), params.PathParam):
+            return [name, attribute.get(), _pathIdentity(attribute.get())]
         if not isinstance(attribute, Pointer):
             return [name, attribute.get()]
         target = attribute.get()
@@ -205,6 +210,64 @@ class CryoHessProtocolMixin:
         np.savez(tmp, **arrays)
         os.replace(tmp, path)
 
+    def _resourceWarnings(self, diskBytes, memoryBytes, fix):
+        """The warnings for a run that needs more disk (in the project's folder) or more
+        memory than is free; ``fix`` ends each with the protocol's way to need less."""
+        warnings = []
+        disk = self._freeDisk()
+        if diskBytes > disk:
+            warnings.append("The run needs %s on disk but only %s are free in the project's "
+                            "folder: %s, or free some space."
+                            % (prettySize(diskBytes), prettySize(disk), fix))
+        memory = self._availableMemory()
+        if memoryBytes > memory:
+            warnings.append("The run needs about %s of memory but only %s are available: %s."
+                            % (prettySize(memoryBytes), prettySize(memory), fix))
+        return warnings
+
+    def _freeDisk(self):
+        """Bytes free on the disk of the project's folder."""
+        project = self.getProject()
+        return psutil.disk_usage(project.getPath() if project else os.getcwd()).free
+
+    @staticmethod
+    def _availableMemory():
+        """Bytes of memory available to a new run."""
+        return psutil.virtual_memory().available
+
+    @staticmethod
+    def _coarseBandWarning(band, resolution, needed):
+        """The warning for a search ``band`` (e.g. "2 rings x 4 in-plane angles") up to
+        ``resolution`` Å, too coarse to align; ``needed`` Å or finer would do."""
+        return ("The search band has only %s up to %.0f Å: too coarse to tell orientations "
+                "apart (the poses would be close to random). Set the max resolution to %.0f Å "
+                "or finer (0 for the default band)." % (band, resolution, needed))
+
+    @staticmethod
+    def _shiftRangeWarning(what, box, maxShift, step, dimensions):
+        """The warning for a shift search of ``what`` (e.g. "particles") that reaches beyond
+        half their ``box``: its size, about the ball's volume over the step's."""
+        count = (np.pi if dimensions == 2 else 4 / 3 * np.pi) * (maxShift / step) ** dimensions
+        return ("The max shift, %g px, moves the %s out of their %d-px box and searches about "
+                "%d shifts, each costing a whole search; a few pixels are usual, at most a "
+                "quarter of the box." % (maxShift, what, box, count))
+
+    def _inputLabel(self, pointer):
+        """The object behind ``pointer`` as the GUI names it: its own label, or the label of
+        the run that produced it and the output's name (``import volumes.outputVolume``)."""
+        target = pointer.get()
+        if target.getObjLabel():
+            return target.getObjLabel()
+        if pointer.hasExtended():
+            return "%s.%s" % (pointer.getObjValue().getRunName(), pointer.getExtended())
+        # A pointer set to the output itself (scripts, tests): find the run that owns it.
+        project, parent = self.getProject(), target.getObjParentId()
+        run = project.getProtocol(parent) if project is not None and parent else None
+        for name, output in run.iterOutputAttributes() if run is not None else ():
+            if output.getObjId() == target.getObjId():
+                return "%s.%s" % (run.getRunName(), name)
+        return "%s %s" % (target.getClassName(), target.getObjId())
+
     def _validateParticleSelection(self, particles, what="particles"):
         """The messages for no particles selected or an empty set."""
         if particles is None:
@@ -240,6 +303,16 @@ class CryoHessProtocolMixin:
                           % noCtfFix)
         return errors
 
+    def _validateReferenceVolume(self, volume, box, pixel, what="reference volume"):
+        """Errors of the volume that particles of ``box`` px at ``pixel`` Å/px are compared
+        with: none selected, an unusable or non-cubic file (from its header), another box
+        or pixel size."""
+        if volume is None:
+            return ["Select the %s." % what]
+        return (convert.volume_file_errors(volume, what)
+                or self._validateSameGeometry(what, volume.getXDim(), volume.getSamplingRate(),
+                                              box, pixel))
+
     @staticmethod
     def _validateSameGeometry(what, otherBox, otherPixel, box, pixel):
         """Errors when ``what`` (e.g. "reference volume") and the particles, ``box`` px
@@ -258,6 +331,11 @@ def _fileIdentity(target):
     """``[path, size, modification time]`` of the file behind a Scipion object (a set's
     sqlite, a volume's map), or None when it has none on disk."""
     path = convert.image_file(target.getFileName()) if hasattr(target, 'getFileName') else None
+    return _pathIdentity(path)
+
+
+def _pathIdentity(path):
+    """``[path, size, modification time]`` of a file, or None when there is none."""
     if not path or not os.path.exists(path):
         return None
     status = os.stat(path)

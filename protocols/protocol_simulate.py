@@ -1,5 +1,4 @@
 """Simulated cryo-EM data sets with known ground truth."""
-import os
 from enum import Enum
 
 import numpy as np
@@ -9,23 +8,17 @@ from pwem.objects import (SetOfCoordinates, SetOfCTF, SetOfMicrographs, SetOfPar
 from pwem.protocols import EMProtocol
 from pyworkflow.constants import BETA
 from pyworkflow.object import Pointer
-import pyworkflow.protocol.params as params
 
 from cryohess_plugin import convert
 from cryohess_plugin.constants import (CONFORMATION, DEFOCUS_GROUP, HETEROGENEITY_LINEAR,
-                                       HETEROGENEITY_NONE, HETEROGENEITY_RIGID_REGION,
-                                       SOURCE_ATOMIC_MODEL, SOURCE_PHANTOM, SOURCE_VOLUME,
-                                       VIEWS_EQUATORIAL_BAND, VIEWS_POLAR_CAP,
-                                       VIEWS_TOP_PREFERENCE, VIEWS_UNIFORM)
-from cryohess_plugin.core.ctf import params_from_rows, params_to_rows
+                                       HETEROGENEITY_RIGID_REGION, SOURCE_ATOMIC_MODEL,
+                                       SOURCE_VOLUME)
+from cryohess_plugin.core import mrc, synthetic
+from cryohess_plugin.core.ctf import params_from_rows
 
 from .protocol_base import CryoHessProtocolMixin
-
-#: Viewing distributions of the core simulator, indexed by the form's choice.
-VIEW_DISTRIBUTIONS = {VIEWS_UNIFORM: "uniform", VIEWS_POLAR_CAP: "polar_cap",
-                      VIEWS_EQUATORIAL_BAND: "equatorial_band",
-                      VIEWS_TOP_PREFERENCE: "top_view_preference"}
-MIN_BOX = 16
+from .simulate_settings import (IMAGE_PARAMS, MICROGRAPH_PARAMS, PARTICLE_PARAMS,
+                                STRUCTURE_PARAMS, SimulationSettings)
 
 
 class outputs(Enum):
@@ -37,7 +30,7 @@ class outputs(Enum):
     outputCoordinates = SetOfCoordinates
 
 
-class CryoHessProtSimulate(CryoHessProtocolMixin, EMProtocol):
+class CryoHessProtSimulate(SimulationSettings, CryoHessProtocolMixin, EMProtocol):
     """Simulate a particle data set (and optionally micrographs) with known ground truth.
 
     The ground-truth structure is a built-in atomic phantom, an atomic model
@@ -53,172 +46,20 @@ class CryoHessProtSimulate(CryoHessProtocolMixin, EMProtocol):
     _devStatus = BETA
     _possibleOutputs = outputs
 
-    # --------------------------- DEFINE param functions ----------------------
-    def _defineParams(self, form):
-        self._defineGpuParams(form, "the Fourier-slice projector (volume as ground truth; "
-                                    "atomic models are always projected on the CPU)")
-
-        form.addSection(label='Structure')
-        form.addParam('source', params.EnumParam, default=SOURCE_PHANTOM,
-                      choices=['built-in phantom', 'atomic model file', 'volume'],
-                      display=params.EnumParam.DISPLAY_HLIST, label='Ground truth from',
-                      important=True,
-                      help="Built-in phantom: a compact asymmetric blob of atoms "
-                           "generated from the random seed.\n"
-                           "Atomic model file: a PDB or mmCIF file, projected "
-                           "analytically as Gaussian atoms about its centroid.\n"
-                           "Volume: an existing map, projected with the Fourier-slice "
-                           "projector; its box and pixel size must match the ones below.")
-        form.addParam('phantomAtoms', params.IntParam, default=1000,
-                      condition='source == %d' % SOURCE_PHANTOM,
-                      validators=[params.Positive], label='Phantom atoms',
-                      help="Number of atoms of the built-in phantom.")
-        form.addParam('phantomRadius', params.FloatParam, default=20.0,
-                      condition='source == %d' % SOURCE_PHANTOM,
-                      validators=[params.Positive], label='Phantom radius (Å)',
-                      help="Every atom of the phantom lies within this distance of its "
-                           "centre. It must fit in the box: at most 0.45 x box x pixel size.")
-        form.addParam('atomicModel', params.FileParam,
-                      condition='source == %d' % SOURCE_ATOMIC_MODEL,
-                      label='Atomic model (PDB/mmCIF)',
-                      help="Atomic model of the ground truth. Hydrogens and waters are "
-                           "skipped; the map is centred on the model's centroid.")
-        form.addParam('inputVolume', params.PointerParam, pointerClass='Volume',
-                      condition='source == %d' % SOURCE_VOLUME, allowsNull=True,
-                      label='Volume',
-                      help="Ground-truth map; it must be cubic, with the box size and "
-                           "pixel size given below.")
-        form.addParam('boxSize', params.IntParam, default=64,
-                      validators=[params.GE(MIN_BOX)], label='Box size (px)',
-                      help="Size of the particle images and of the ground-truth map in "
-                           "pixels (at least %d)." % MIN_BOX)
-        form.addParam('samplingRate', params.FloatParam, default=1.5,
-                      validators=[params.Positive], label='Pixel size (Å/px)',
-                      help="Pixel size of the particles, the micrographs and the map.")
-        form.addParam('randomSeed', params.IntParam, default=0,
-                      validators=[params.GE(0)], label='Random seed',
-                      help="Seed of every random choice (phantom, poses, shifts, CTFs, "
-                           "conformations, noise): the same seed gives the same data.")
-
-        form.addSection(label='Particles')
-        form.addParam('numberOfParticles', params.IntParam, default=1000,
-                      validators=[params.Positive], label='Number of particles',
-                      help="Number of particle images to simulate.")
-        form.addParam('viewDistribution', params.EnumParam, default=VIEWS_UNIFORM,
-                      choices=['uniform', 'polar cap', 'equatorial band',
-                               'top-view preference'],
-                      label='Viewing distribution',
-                      help="Uniform: poses uniform on SO(3).\n"
-                           "Polar cap: viewing directions uniform within the angle "
-                           "below of the +z axis.\n"
-                           "Equatorial band: tilt uniform (by area) within the angle "
-                           "below of 90 degrees (side views).\n"
-                           "Top-view preference: a fraction of top views (polar cap of "
-                           "the angle below) mixed with uniform poses.\n"
-                           "The in-plane angle is always uniform.")
-        form.addParam('viewAngle', params.FloatParam, default=30.0,
-                      condition='viewDistribution != %d' % VIEWS_UNIFORM,
-                      validators=[params.Range(0.0, 90.0)], label='Cap / band angle (deg)',
-                      help="Half-angle of the polar cap, or half-width of the equatorial "
-                           "band, in degrees.")
-        form.addParam('topViewFraction', params.FloatParam, default=0.5,
-                      condition='viewDistribution == %d' % VIEWS_TOP_PREFERENCE,
-                      validators=[params.Range(0.0, 1.0)], label='Top-view fraction',
-                      help="Fraction of the particles drawn from the polar cap.")
-        form.addParam('shiftSigma', params.FloatParam, default=2.0,
-                      validators=[params.GE(0.0)], label='Shift sigma (px)',
-                      help="Standard deviation of each component of the particle-centre "
-                           "offset, in pixels.")
-
-        form.addSection(label='CTF and noise')
-        form.addParam('defocusMin', params.FloatParam, default=10000.0,
-                      validators=[params.GE(0.0)], label='Minimum defocus (Å)',
-                      help="Lower end of the mean defocus of the defocus groups "
-                           "(underfocus positive).")
-        form.addParam('defocusMax', params.FloatParam, default=25000.0,
-                      validators=[params.GE(0.0)], label='Maximum defocus (Å)',
-                      help="Upper end of the mean defocus of the defocus groups; each "
-                           "group's defocus is uniform between the two.")
-        form.addParam('astigmatism', params.FloatParam, default=0.0,
-                      validators=[params.GE(0.0)], expertLevel=params.LEVEL_ADVANCED,
-                      label='Astigmatism (Å)',
-                      help="Defocus U minus defocus V; the astigmatism angle is random.")
-        form.addParam('numberOfDefocusGroups', params.IntParam, default=10,
-                      validators=[params.Positive], label='Defocus groups',
-                      help="Number of defocus groups (as many micrographs); consecutive "
-                           "particles share a group and its CTF.")
-        form.addParam('voltage', params.FloatParam, default=300.0,
-                      validators=[params.Positive], label='Voltage (kV)',
-                      help="Acceleration voltage of the microscope.")
-        form.addParam('sphericalAberration', params.FloatParam, default=2.7,
-                      validators=[params.GE(0.0)], label='Spherical aberration (mm)',
-                      help="Cs of the objective lens.")
-        form.addParam('amplitudeContrast', params.FloatParam, default=0.1,
-                      validators=[params.Range(0.0, 0.99)], label='Amplitude contrast',
-                      help="Fraction of amplitude contrast, in [0, 1).")
-        form.addParam('snr', params.FloatParam, default=0.1, label='SNR',
-                      help="Signal-to-noise ratio: mean over particles of the variance "
-                           "of the CTF-modulated image (whole box) divided by the "
-                           "variance of the white Gaussian noise. Must be positive.")
-
-        form.addSection(label='Heterogeneity')
-        form.addParam('heterogeneity', params.EnumParam, default=HETEROGENEITY_NONE,
-                      choices=['none', 'linear between two models', 'rigid region motion'],
-                      label='Heterogeneity',
-                      help="None: every particle shows the same structure "
-                           "(conformation 0).\n"
-                           "Linear between two models: particle i shows the atoms at "
-                           "(1 - t_i) A + t_i B, A the atomic model above and B a second "
-                           "model listing the same atoms.\n"
-                           "Rigid region motion: built-in phantom only; state B swings a "
-                           "domain of the phantom rigidly about a hinge, and particles "
-                           "interpolate between A and B.\n"
-                           "t_i is uniform in [0, 1] and stored in the column %s."
-                           % CONFORMATION)
-        form.addParam('secondModel', params.FileParam,
-                      condition='heterogeneity == %d' % HETEROGENEITY_LINEAR,
-                      label='Second atomic model (PDB/mmCIF)',
-                      help="Conformation B: the same atoms as the first model, in the "
-                           "same order, at other positions.")
-        form.addParam('domainFraction', params.FloatParam, default=0.3,
-                      condition='heterogeneity == %d' % HETEROGENEITY_RIGID_REGION,
-                      validators=[params.Range(0.01, 0.99)], label='Moving fraction',
-                      help="Fraction of the phantom's atoms in the moving domain.")
-        form.addParam('hingeAngle', params.FloatParam, default=30.0,
-                      condition='heterogeneity == %d' % HETEROGENEITY_RIGID_REGION,
-                      label='Hinge angle (deg)',
-                      help="Rotation of the moving domain in state B, in degrees.")
-
-        form.addSection(label='Micrographs')
-        form.addParam('doMicrographs', params.BooleanParam, default=False,
-                      label='Simulate micrographs?',
-                      help="Also simulate micrographs: projections pasted at "
-                           "non-overlapping positions (no heterogeneity, no sub-pixel "
-                           "shifts), filtered by one CTF per micrograph and with white "
-                           "noise at the same SNR, measured on the particle windows. "
-                           "Outputs micrographs, their CTFs and the true coordinates.")
-        form.addParam('numberOfMicrographs', params.IntParam, default=3,
-                      condition='doMicrographs', validators=[params.Positive],
-                      label='Number of micrographs',
-                      help="Number of micrographs to simulate.")
-        form.addParam('particlesPerMicrograph', params.IntParam, default=20,
-                      condition='doMicrographs', validators=[params.Positive],
-                      label='Particles per micrograph',
-                      help="Particles in each micrograph, at least one box size apart.")
-        form.addParam('micrographSize', params.IntParam, default=512,
-                      condition='doMicrographs', validators=[params.Positive],
-                      label='Micrograph size (px)',
-                      help="Width and height of the square micrographs in pixels.")
-
-        form.addParallelSection(threads=2, mpi=0)
+    # The form, its checks (_validate, _warnings) and the core arguments: SimulationSettings.
 
     # --------------------------- INSERT steps functions ----------------------
     def _insertAllSteps(self):
         gpu = self._usesGpu()
-        self._insertFunctionStep(self.simulateParticlesStep, needsGPU=gpu)
+        structure = self._shownParams(STRUCTURE_PARAMS)
+        images = structure + self._shownParams(IMAGE_PARAMS)
+        steps = [self._insertStep(self.writeGroundTruthStep, reads=structure),
+                 self._insertStep(self.simulateParticlesStep, reads=images + PARTICLE_PARAMS,
+                                  needsGPU=gpu)]
         if self.doMicrographs:
-            self._insertFunctionStep(self.simulateMicrographsStep, needsGPU=gpu)
-        self._insertFunctionStep(self.createOutputStep, needsGPU=False)
+            steps.append(self._insertStep(self.simulateMicrographsStep,
+                                          reads=images + MICROGRAPH_PARAMS, needsGPU=gpu))
+        self._insertStep(self.createOutputStep, after=steps)
 
     def _filenameTemplates(self):
         return {
@@ -231,73 +72,50 @@ class CryoHessProtSimulate(CryoHessProtocolMixin, EMProtocol):
         }
 
     # --------------------------- STEPS functions -----------------------------
-    def simulateParticlesStep(self):
-        from cryohess_plugin.core.synthetic import atoms, simulate
-        from cryohess_plugin.core import mrc
-        self._setDevices()
-        stateA, stateB = self._loadStructure()
-        box, pixel = self.boxSize.get(), self.samplingRate.get()
-        if isinstance(stateA, atoms.AtomModel):
+    def writeGroundTruthStep(self, digest):
+        stateA, stateB = self._structure()
+        if isinstance(stateA, synthetic.AtomModel):
             self.info("Ground truth: %d atoms" % stateA.n_atoms)
-            truth = atoms.gaussian_atom_volume(stateA, box, pixel)
-        else:
-            truth = stateA
-        mrc.write_volume(self._getFileName('volume'), truth, pixel, overwrite=True)
-        if stateB is not None:
-            mrc.write_volume(self._getFileName('volumeB'),
-                             atoms.gaussian_atom_volume(stateB, box, pixel,
-                                                        center=stateA.centroid()),
-                             pixel, overwrite=True)
+        pixel = self.samplingRate.get()
+        mapA, mapB = synthetic.ground_truth_maps(stateA, stateB, self.boxSize.get(), pixel)
+        mrc.write_volume(self._getFileName('volume'), mapA, pixel, overwrite=True)
+        if mapB is not None:
+            mrc.write_volume(self._getFileName('volumeB'), mapB, pixel, overwrite=True)
+
+    def simulateParticlesStep(self, digest):
+        self._setDevices()
+        stateA, stateB = self._structure()
+        box, pixel = self.boxSize.get(), self.samplingRate.get()
         self.info("Simulating %d particles of %d px at %g Å/px, SNR %g"
                   % (self.numberOfParticles, box, pixel, self.snr))
-        sim = simulate.simulate_particles(
-            stateA, self.numberOfParticles.get(), box, pixel, rng=self._seed(1),
-            distribution=VIEW_DISTRIBUTIONS[self.viewDistribution.get()],
-            distribution_options=self._distributionOptions(),
-            shift_sigma=self.shiftSigma.get(),
-            defocus_range=(self.defocusMin.get(), self.defocusMax.get()),
-            n_groups=self.numberOfDefocusGroups.get(), astigmatism=self.astigmatism.get(),
-            backend=self._backend(),
-            heterogeneity=stateB, keep_clean=False, snr=self.snr.get(),
-            **self._microscope())
+        sim = synthetic.simulate_particles(
+            stateA, self.numberOfParticles.get(), box, pixel,
+            rng=self._seed(synthetic.PARTICLE_STREAM),
+            shift_sigma=self.shiftSigma.get(), n_groups=self.numberOfDefocusGroups.get(),
+            heterogeneity=stateB, keep_clean=False, **self._imageSettings())
         mrc.write_stack(self._getFileName('particles'), sim.images, pixel, overwrite=True)
-        conformation = (np.zeros(len(sim.images)) if stateB is None
-                        else np.asarray(sim.conformation))
-        np.savez(self._getFileName('particleTruth'), rotations=sim.rotations,
-                 shifts=sim.shifts, groups=sim.group_ids, conformation=conformation,
-                 ctfs=params_to_rows(sim.ctf_params),
-                 noiseSigma=sim.noise_sigma)
+        self._saveNpz(self._getFileName('particleTruth'), **sim.truth_arrays())
         self.info("Particles written to %s (noise sigma %.4g)"
                   % (self._getFileName('particles'), sim.noise_sigma))
 
-    def simulateMicrographsStep(self):
-        from cryohess_plugin.core import mrc
-        from cryohess_plugin.core.synthetic import simulate
+    def simulateMicrographsStep(self, digest):
         self._setDevices()
-        stateA, _ = self._loadStructure()
-        size = self.micrographSize.get()
+        stateA, _ = self._structure()
+        size, pixel = self.micrographSize.get(), self.samplingRate.get()
         self.info("Simulating %d micrographs of %d x %d px with %d particles each"
                   % (self.numberOfMicrographs, size, size, self.particlesPerMicrograph))
-        sim = simulate.simulate_micrographs(
-            stateA, self.numberOfMicrographs.get(), self.boxSize.get(),
-            self.samplingRate.get(), shape=(size, size), rng=self._seed(2),
-            particles_per_micrograph=self.particlesPerMicrograph.get(), backend=self._backend(),
-            distribution=VIEW_DISTRIBUTIONS[self.viewDistribution.get()],
-            distribution_options=self._distributionOptions(),
-            defocus_range=(self.defocusMin.get(), self.defocusMax.get()),
-            astigmatism=self.astigmatism.get(), snr=self.snr.get(), keep_clean=False,
-            **self._microscope())
+        sim = synthetic.simulate_micrographs(
+            stateA, self.numberOfMicrographs.get(), self.boxSize.get(), pixel,
+            shape=(size, size), rng=self._seed(synthetic.MICROGRAPH_STREAM),
+            particles_per_micrograph=self.particlesPerMicrograph.get(), keep_clean=False,
+            **self._imageSettings())
         for index, micrograph in enumerate(sim.micrographs):
             mrc.write_stack(self._getFileName('micrograph', index=index), micrograph[None],
-                            self.samplingRate.get(), overwrite=True)
+                            pixel, overwrite=True)
             self.info("Micrograph %d/%d written" % (index + 1, len(sim.micrographs)))
-        np.savez(self._getFileName('micrographTruth'),
-                 coordinates=np.stack(sim.coordinates),
-                 rotations=np.stack(sim.rotations),
-                 ctfs=params_to_rows(sim.ctf_params),
-                 noiseSigma=sim.noise_sigma)
+        self._saveNpz(self._getFileName('micrographTruth'), **sim.truth_arrays())
 
-    def createOutputStep(self):
+    def createOutputStep(self, digest):
         pixel = self.samplingRate.get()
         volume = Volume(location=self._getFileName('volume'))
         volume.setSamplingRate(pixel)
@@ -329,46 +147,6 @@ class CryoHessProtSimulate(CryoHessProtocolMixin, EMProtocol):
             self._createMicrographOutputs(ctfs[0])
 
     # --------------------------- INFO functions ------------------------------
-    def _validate(self):
-        errors = []
-        box, pixel = self.boxSize.get(), self.samplingRate.get()
-        if box is None or box < MIN_BOX:
-            errors.append("The box size must be at least %d pixels." % MIN_BOX)
-        if self.snr.get() is None or self.snr.get() <= 0:
-            errors.append("The SNR must be positive (it is a ratio of variances).")
-        source = self.source.get()
-        if source == SOURCE_PHANTOM and box and pixel:
-            limit = 0.45 * box * pixel
-            if self.phantomRadius.get() > limit:
-                errors.append("The phantom radius (%g Å) does not fit in the box: use at "
-                              "most %.1f Å or a larger box." % (self.phantomRadius, limit))
-        if source == SOURCE_ATOMIC_MODEL:
-            errors += self._validateModelFile(self.atomicModel.get(), 'atomic model')
-        if source == SOURCE_VOLUME:
-            errors += self._validateVolume(box, pixel)
-        heterogeneity = self.heterogeneity.get()
-        if heterogeneity == HETEROGENEITY_LINEAR:
-            if source != SOURCE_ATOMIC_MODEL:
-                errors.append("Linear heterogeneity needs an atomic model file as the "
-                              "ground truth (conformation A).")
-            errors += self._validateModelFile(self.secondModel.get(), 'second atomic model')
-        if heterogeneity == HETEROGENEITY_RIGID_REGION and source != SOURCE_PHANTOM:
-            errors.append("Rigid region motion is available for the built-in phantom; for "
-                          "an atomic model give a second model and choose 'linear between "
-                          "two models'.")
-        if self.defocusMin.get() > self.defocusMax.get():
-            errors.append("The minimum defocus (%g Å) exceeds the maximum (%g Å)."
-                          % (self.defocusMin, self.defocusMax))
-        if 0.5 * self.astigmatism.get() > self.defocusMin.get():
-            errors.append("Half the astigmatism (%g Å) exceeds the minimum defocus: defocus "
-                          "V would be negative." % (0.5 * self.astigmatism.get()))
-        if self.numberOfDefocusGroups.get() > self.numberOfParticles.get():
-            errors.append("There are more defocus groups (%d) than particles (%d)."
-                          % (self.numberOfDefocusGroups, self.numberOfParticles))
-        if self.doMicrographs:
-            errors += self._validateMicrographs(box)
-        return errors
-
     def _summary(self):
         summary = ["Ground truth: %s; box %d px at %g Å/px."
                    % (self._sourceText(), self.boxSize, self.samplingRate),
@@ -428,113 +206,51 @@ class CryoHessProtSimulate(CryoHessProtocolMixin, EMProtocol):
 
     # --------------------------- UTILS functions -----------------------------
     def _seed(self, stream):
-        """Seed of one independent random stream (structure 0, particles 1, micrographs 2)."""
-        return np.random.SeedSequence([self.randomSeed.get(), stream])
+        return synthetic.stream_seed(self.randomSeed.get(), stream)
 
     def _mayUseGpu(self):
         """Only volumes go through the projector; atoms are projected on the CPU."""
         return self.source.get() == SOURCE_VOLUME
 
-    def _isHeterogeneous(self):
-        return self.heterogeneity.get() != HETEROGENEITY_NONE
+    def _expectedOutputs(self):
+        expected = {outputs.outputVolume.name, outputs.outputParticles.name}
+        if self._isHeterogeneous():
+            expected.add(outputs.outputVolumes.name)
+        if self.doMicrographs:
+            expected |= {outputs.outputMicrographs.name, outputs.outputCTF.name,
+                         outputs.outputCoordinates.name}
+        return expected
 
-    def _microscope(self):
-        return {'voltage': self.voltage.get(), 'cs': self.sphericalAberration.get(),
-                'amplitude_contrast': self.amplitudeContrast.get()}
-
-    def _distributionOptions(self):
-        choice = self.viewDistribution.get()
-        if choice == VIEWS_POLAR_CAP:
-            return {'cap_deg': self.viewAngle.get()}
-        if choice == VIEWS_EQUATORIAL_BAND:
-            return {'band_deg': self.viewAngle.get()}
-        if choice == VIEWS_TOP_PREFERENCE:
-            return {'fraction': self.topViewFraction.get(), 'cap_deg': self.viewAngle.get()}
-        return {}
-
-    def _loadStructure(self):
+    def _structure(self):
         """Ground truth: ``(state A, state B or None)``; atomic models or (A only) a map."""
-        from cryohess_plugin.core.synthetic import atoms, phantoms
         source, heterogeneity = self.source.get(), self.heterogeneity.get()
         if source == SOURCE_VOLUME:
             volume, _ = convert.volume_to_array(self.inputVolume.get(),
                                                 pixel_size=self.samplingRate.get())
             return volume, None
         if source == SOURCE_ATOMIC_MODEL:
-            stateA = atoms.read_atomic_model(self.atomicModel.get())
-            stateB = (atoms.read_atomic_model(self.secondModel.get())
+            stateB = (synthetic.read_atomic_model(self.secondModel.get())
                       if heterogeneity == HETEROGENEITY_LINEAR else None)
-            return stateA, stateB
-        if heterogeneity == HETEROGENEITY_RIGID_REGION:
-            return phantoms.two_state_phantom(
-                self.phantomAtoms.get(), self.phantomRadius.get(), rng=self._seed(0),
-                domain_fraction=self.domainFraction.get(),
-                hinge_angle_deg=self.hingeAngle.get())
-        return phantoms.random_protein_phantom(self.phantomAtoms.get(), self.phantomRadius.get(),
-                                               rng=self._seed(0)), None
+            return synthetic.read_atomic_model(self.atomicModel.get()), stateB
+        moving = heterogeneity == HETEROGENEITY_RIGID_REGION
+        return synthetic.phantom_states(
+            self.phantomAtoms.get(), self.phantomRadius.get(),
+            self._seed(synthetic.STRUCTURE_STREAM), symmetry_order=self._symmetryOrder(),
+            moving_fraction=self.domainFraction.get() if moving else None,
+            hinge_angle_deg=self.hingeAngle.get())
 
     def _createMicrographOutputs(self, microscope):
         truth = np.load(self._getFileName('micrographTruth'))
-        pixel = self.samplingRate.get()
         paths = [self._getFileName('micrograph', index=i)
                  for i in range(self.numberOfMicrographs.get())]
-        micSet = convert.arrays_to_micrographs(self, paths, pixel,
+        micSet = convert.arrays_to_micrographs(self, paths, self.samplingRate.get(),
                                                convert.acquisition_from_params(microscope))
         self._defineOutputs(**{outputs.outputMicrographs.name: micSet})
         micPointer = Pointer(self, extended=outputs.outputMicrographs.name)
-        ctfSet = convert.arrays_to_ctfs(self, micPointer,
-                                        params_from_rows(truth['ctfs']))
+        ctfSet = convert.arrays_to_ctfs(self, micPointer, params_from_rows(truth['ctfs']))
         coordSet = convert.arrays_to_coordinates(self, micPointer, list(truth['coordinates']),
                                                  self.boxSize.get())
         self._defineOutputs(**{outputs.outputCTF.name: ctfSet,
                                outputs.outputCoordinates.name: coordSet})
         self._defineSourceRelation(micPointer, ctfSet)
         self._defineSourceRelation(micPointer, coordSet)
-
-    def _validateModelFile(self, path, what):
-        if not path:
-            return ["Give the %s file (PDB or mmCIF)." % what]
-        if not os.path.isfile(path):
-            return ["The %s file %s does not exist." % (what, path)]
-        return []
-
-    def _validateVolume(self, box, pixel):
-        volume = self.inputVolume.get()
-        if volume is None:
-            return ["Select the ground-truth volume."]
-        errors = []
-        volumePixel = volume.getSamplingRate()
-        if pixel and not convert.same_sampling(volumePixel, pixel):
-            errors.append("The volume's sampling rate (%g Å/px) does not match the pixel "
-                          "size (%g Å/px); set the pixel size to %g or resample the volume."
-                          % (volumePixel, pixel, volumePixel))
-        dims = volume.getDim()
-        if dims is not None and box and dims[0] != box:
-            errors.append("The volume is %d px wide but the box size is %d px; set the box "
-                          "size to %d." % (dims[0], box, dims[0]))
-        if self.heterogeneity.get() != HETEROGENEITY_NONE:
-            errors.append("Heterogeneity is not available with a volume as ground truth.")
-        return errors
-
-    def _validateMicrographs(self, box):
-        size = self.micrographSize.get()
-        errors = []
-        if box and size < box:
-            errors.append("The micrographs (%d px) are smaller than the box (%d px)."
-                          % (size, box))
-        elif box and self.particlesPerMicrograph.get() * box ** 2 > 0.5 * size ** 2:
-            errors.append("%d particles of %d px do not fit without overlap in a %d px "
-                          "micrograph; use fewer particles or larger micrographs."
-                          % (self.particlesPerMicrograph, box, size))
-        return errors
-
-    def _sourceText(self):
-        source = self.source.get()
-        if source == SOURCE_ATOMIC_MODEL:
-            return "the atomic model %s" % os.path.basename(self.atomicModel.get() or '')
-        if source == SOURCE_VOLUME:
-            return "a volume"
-        return "a built-in phantom of %d atoms" % self.phantomAtoms
-
-    def _viewText(self):
-        return self.getEnumText('viewDistribution')

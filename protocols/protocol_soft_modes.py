@@ -5,31 +5,18 @@ from pwem.objects import SetOfParticles, SetOfVolumes, Volume
 from pwem.protocols import ProtAnalysis3D
 from pyworkflow.constants import BETA
 import pyworkflow.protocol.params as params
-from pyworkflow.utils import getFloatListFromValues
+from pyworkflow.utils import getFloatListFromValues, getMemoryAvailable
 
 from cryohess_plugin import convert
 from cryohess_plugin.constants import (
     DESIGN_DISTRIBUTIONS, DISTRIBUTION_UNIFORM, EXPERIMENT_DESIGN, EXPERIMENT_PARTICLES,
     NOISE_SIGMA, NOISE_SNR, SOFT_MODE_EIGENVALUE, SOFT_MODE_EPSILON, SOFT_MODE_INDEX,
     SOFT_MODE_POSE_CHANGE, SOFT_MODE_RELATIVE_CHANGE, SOFT_MODE_SIGN)
-from cryohess_plugin.core.ctf import CTFParams, params_from_rows, params_to_rows
+from cryohess_plugin.core.ctf import CTFParams
 
 from .protocol_base import CryoHessProtocolMixin
 
 METRICS = ['riesz', 'l2']
-
-#: Particles projected to turn an SNR into a noise variance.
-SNR_SAMPLE = 300
-
-#: Fields of the core's SoftModeAnalysis kept in the analysis npz.
-ANALYSIS_FIELDS = ('eigenvalues', 'perturbation', 'relative_change', 'mode_volumes',
-                   'sensitivity', 'shell_frequencies', 'shell_profile', 'pose_changes',
-                   'ritz_history', 'residuals', 'converged', 'log_determinant', 'max_degree',
-                   'n_images', 'noise_variance', 'metric', 'implicit_poses', 'n_directions',
-                   'grid_spacing_deg', 'group_pose_changes')
-
-#: Pose change (degrees) above which the summary counts a particle's alignment as fragile.
-POSE_CHANGE_FLAG_DEG = 1.0
 
 # Output names as plain strings, not an Enum: two Enum members with the same
 # class value would be aliases of one name.
@@ -37,6 +24,14 @@ OUTPUT_MODES = 'outputModes'
 OUTPUT_PERTURBED = 'outputPerturbed'
 OUTPUT_SENSITIVITY = 'outputSensitivity'
 OUTPUT_PARTICLES = 'outputParticles'
+
+#: Form parameters the experiment is built from, per experiment source.
+EXPERIMENT_READS = {
+    EXPERIMENT_PARTICLES: ('inputParticles', 'defocusTolerance'),
+    EXPERIMENT_DESIGN: ('viewDistribution', 'viewSpread', 'numberOfImages', 'defocusValues',
+                        'voltage', 'sphericalAberration', 'amplitudeContrast')}
+ANALYSIS_READS = ('maxResolution', 'numberOfModes', 'iterations', 'implicitPoses',
+                  'logLikelihoodRatio', 'metric')
 
 
 class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
@@ -65,8 +60,10 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
 
     # --------------------------- DEFINE param functions ----------------------
     def _defineParams(self, form):
-        self._defineGpuParams(form, "the volume transforms and projections (the Hessian "
-                                    "products run on BLAS)")
+        self._defineGpuParams(form, "the volume transforms, the projections and the "
+                                    "Hessian products")
+        particles = 'experimentSource == %d' % EXPERIMENT_PARTICLES
+        design = 'experimentSource == %d' % EXPERIMENT_DESIGN
         form.addSection(label='Input')
         form.addParam('inputVolume', params.PointerParam, pointerClass='Volume',
                       important=True, label='Reference volume',
@@ -82,80 +79,60 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
                            "and defocus values, without images (noise-free templates "
                            "weighted by viewing density, as the authors do), to see which "
                            "views or defocus values a data set would need.")
-        form.addParam('inputParticles', params.PointerParam, pointerClass='SetOfParticles',
-                      condition='experimentSource == %d' % EXPERIMENT_PARTICLES,
-                      allowsNull=True, label='Particles',
-                      help="Particles with 3D alignment (ALIGN_PROJ) and CTF, with the "
-                           "reference's box and pixel size. Their shifts are used only to "
-                           "estimate the noise.")
+        self._defineParticlesParam(
+            form, "Particles with 3D alignment (ALIGN_PROJ) and CTF, with the reference's "
+                  "box and pixel size. Their shifts are used only to estimate the noise.",
+            condition=particles, allowsNull=True)
         form.addParam('defocusTolerance', params.FloatParam, default=1000.0,
-                      condition='experimentSource == %d' % EXPERIMENT_PARTICLES,
-                      expertLevel=params.LEVEL_ADVANCED, validators=[params.Positive],
-                      label='Defocus grouping tolerance (Å)',
+                      condition=particles, expertLevel=params.LEVEL_ADVANCED,
+                      validators=[params.Positive], label='Defocus grouping tolerance (Å)',
                       help="Particles whose defocus values differ by less than this "
                            "share one CTF group of the experiment.")
         form.addParam('viewDistribution', params.EnumParam, default=DISTRIBUTION_UNIFORM,
-                      condition='experimentSource == %d' % EXPERIMENT_DESIGN,
-                      choices=DESIGN_DISTRIBUTIONS, label='Viewing distribution',
+                      condition=design, choices=DESIGN_DISTRIBUTIONS,
+                      label='Viewing distribution',
                       help="Uniform: every viewing direction equally likely.\n"
                            "Polar: directions concentrated around the poles (top views), "
                            "with the spread below.\n"
                            "Equatorial: directions concentrated around the equator (side "
                            "views), with the spread below.")
         form.addParam('viewSpread', params.FloatParam, default=20.0,
-                      condition='experimentSource == %d and viewDistribution != %d'
-                                % (EXPERIMENT_DESIGN, DISTRIBUTION_UNIFORM),
+                      condition='%s and viewDistribution != %d' % (design, DISTRIBUTION_UNIFORM),
                       validators=[params.Range(0.5, 90.0)], label='Spread (deg)',
                       help="Angular width (standard deviation, degrees) of the polar or "
                            "equatorial concentration of the views.")
-        form.addParam('numberOfImages', params.IntParam, default=1000,
-                      condition='experimentSource == %d' % EXPERIMENT_DESIGN,
+        form.addParam('numberOfImages', params.IntParam, default=1000, condition=design,
                       validators=[params.Positive], label='Number of images',
                       help="Number of images of the planned data set. The eigenvalues "
                            "grow with it, so the nearby volumes shrink as 1/sqrt(images).")
         form.addParam('defocusValues', params.NumericListParam, default='10000 15000 20000',
-                      condition='experimentSource == %d' % EXPERIMENT_DESIGN,
-                      label='Defocus values (Å)',
+                      condition=design, label='Defocus values (Å)',
                       help="Mean defocus of each defocus group, in Å (underfocus "
                            "positive), separated by spaces; the images are split evenly "
                            "among them. Leave empty for images without CTF.")
-        form.addParam('voltage', params.FloatParam, default=300.0,
-                      condition='experimentSource == %d' % EXPERIMENT_DESIGN,
-                      validators=[params.Positive], label='Voltage (kV)',
-                      help="Acceleration voltage of the planned experiment.")
-        form.addParam('sphericalAberration', params.FloatParam, default=2.7,
-                      condition='experimentSource == %d' % EXPERIMENT_DESIGN,
-                      validators=[params.GE(0.0)], label='Spherical aberration (mm)',
-                      help="Cs of the objective lens.")
-        form.addParam('amplitudeContrast', params.FloatParam, default=0.1,
-                      condition='experimentSource == %d' % EXPERIMENT_DESIGN,
-                      validators=[params.Range(0.0, 0.99)], label='Amplitude contrast',
-                      help="Fraction of amplitude contrast, in [0, 1).")
+        self._defineMicroscopeParams(form, condition=design)
 
         form.addSection(label='Noise')
-        form.addParam('estimateNoise', params.BooleanParam, default=True,
-                      condition='experimentSource == %d' % EXPERIMENT_PARTICLES,
+        form.addParam('estimateNoise', params.BooleanParam, default=True, condition=particles,
                       label='Estimate the noise from the particles?',
                       help="Estimate the per-pixel noise variance from the residuals of "
                            "the particles against CTF-modulated projections of the "
                            "reference at their poses. Turn off to give a noise level.")
         form.addParam('noiseParticles', params.IntParam, default=2000,
-                      condition='experimentSource == %d and estimateNoise'
-                                % EXPERIMENT_PARTICLES,
+                      condition='%s and estimateNoise' % particles,
                       expertLevel=params.LEVEL_ADVANCED, validators=[params.Positive],
                       label='Particles for the noise estimate',
                       help="The noise is estimated from this many particles (the first "
                            "ones of the set), which bounds the memory the images take.")
         form.addParam('marginaliseNoise', params.BooleanParam, default=False,
-                      condition='experimentSource == %d and estimateNoise'
-                                % EXPERIMENT_PARTICLES,
+                      condition='%s and estimateNoise' % particles,
                       label='Marginalise the noise per particle?',
                       help="Integrate every particle's unknown noise level out (the paper's "
                            "noise marginalisation): each particle then counts with its own "
                            "precision 1/σ_j², estimated from its residual, so noisier "
                            "particles (thick ice, poor micrographs) pin the map down less. "
                            "Reads every particle. No: one noise variance for all.")
-        noiseGiven = ('experimentSource == %d or not estimateNoise' % EXPERIMENT_DESIGN)
+        noiseGiven = '%s or not estimateNoise' % design
         form.addParam('noiseLevelType', params.EnumParam, default=NOISE_SNR,
                       condition=noiseGiven, choices=['SNR', 'noise standard deviation'],
                       display=params.EnumParam.DISPLAY_HLIST, label='Noise level as',
@@ -214,10 +191,20 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
 
     # --------------------------- INSERT steps functions ----------------------
     def _insertAllSteps(self):
-        self._insertFunctionStep(self.convertInputStep, needsGPU=False)
-        self._insertFunctionStep(self.noiseStep, needsGPU=self._usesGpu())
-        self._insertFunctionStep(self.analyseStep, needsGPU=self._usesGpu())
-        self._insertFunctionStep(self.createOutputStep, needsGPU=False)
+        gpu = self._usesGpu()
+        experiment = self._insertStep(self.convertInputStep, reads=(
+            'inputVolume', 'experimentSource') + EXPERIMENT_READS[self.experimentSource.get()])
+        noise = self._insertStep(self.noiseStep, reads=self._noiseReads(), after=[experiment],
+                                 needsGPU=gpu)
+        analysis = self._insertStep(self.analyseStep, reads=ANALYSIS_READS, after=[noise],
+                                    needsGPU=gpu)
+        self._insertStep(self.createOutputStep, after=[analysis])
+
+    def _noiseReads(self):
+        if self._fromParticles() and self.estimateNoise:
+            return 'estimateNoise', 'noiseParticles', 'marginaliseNoise'
+        level = 'noiseSigma' if self.noiseLevelType.get() == NOISE_SIGMA else 'snr'
+        return 'estimateNoise', 'noiseLevelType', level
 
     def _filenameTemplates(self):
         return {
@@ -233,88 +220,63 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
         }
 
     # --------------------------- STEPS functions -----------------------------
-    def convertInputStep(self):
+    def convertInputStep(self, digest):
         """The viewing experiment: directions, CTF groups and image counts."""
-        from cryohess_plugin.core.softmodes import analysis
+        from cryohess_plugin.core import softmodes
         pixel = self._pixelSize()
         if self._fromParticles():
             particles = self._particleArrays(read_images=False)
-            experiment = analysis.experiment_from_poses(
+            tolerance = self.defocusTolerance.get()
+            experiment = softmodes.experiment_from_poses(
                 particles.rotations, ctf_params=particles.ctfs, pixel_size=pixel,
-                defocus_tolerance=self.defocusTolerance.get())
-            direction, group = analysis.particle_assignment(
-                particles.rotations, ctf_params=particles.ctfs,
-                defocus_tolerance=self.defocusTolerance.get())
-            self._saveNpz(self._getFileName('particles'), ids=particles.ids,
-                          direction=direction, group=group)
+                defocus_tolerance=tolerance)
+            softmodes.ParticleAssignment.from_poses(
+                particles.ids, particles.rotations, particles.ctfs,
+                tolerance).save(self._getFileName('particles'))
         else:
-            experiment = analysis.experiment_from_distribution(
+            experiment = softmodes.experiment_from_distribution(
                 DESIGN_DISTRIBUTIONS[self.viewDistribution.get()], self.numberOfImages.get(),
                 spread_deg=self.viewSpread.get(), ctf_params=self._designCtfs(),
                 pixel_size=pixel)
-        self._saveExperiment(self._getFileName('experiment'), experiment)
+        experiment.save(self._getFileName('experiment'))
         self.info("Experiment: %g images over %d viewing directions, %s"
                   % (experiment.n_images, len(experiment.directions),
                      "%d CTF groups" % len(experiment.ctf_params) if experiment.ctf_params
                      else "no CTF"))
 
-    def noiseStep(self):
+    def noiseStep(self, digest):
         """Per-pixel noise variance: estimated from the particles or from the form."""
-        if self._marginalised():
-            self._marginaliseNoise()
-            return
-        if self._fromParticles() and self.estimateNoise:
-            from cryohess_plugin.core.softmodes.analysis import estimate_noise_variance
-            self._setDevices()
-            volume = self._referenceArray()
-            particles = self._particleArrays(read_images=True,
-                                             limit=self.noiseParticles.get())
-            variance = estimate_noise_variance(volume, particles.images,
-                                               particles.rotations, particles.shifts,
-                                               particles.ctfs, particles.pixel_size,
-                                               backend=self._backend())
-            how = ("estimated from the residuals of %d particles against the reference"
-                   % len(particles.images))
-        elif self.noiseLevelType.get() == NOISE_SIGMA:
-            variance = self.noiseSigma.get() ** 2
-            how = "given as a noise standard deviation of %g" % self.noiseSigma
-        else:
-            self._setDevices()
-            variance = self._signalVariance() / self.snr.get()
-            how = "set from an SNR of %g" % self.snr
-        self._saveNpz(self._getFileName('noise'), variance=float(variance), how=how)
-        self.info("Noise variance per pixel %.4g (%s)" % (variance, how))
-
-    def _marginaliseNoise(self):
-        """Per-particle noise variances; the experiment counts each particle by its precision."""
-        from cryohess_plugin.core.softmodes import analysis
+        from cryohess_plugin.core.softmodes import NoiseLevel
         self._setDevices()
-        particles = self._particleArrays(read_images=True)
-        variances = analysis.estimate_noise_variance(
-            self._referenceArray(), particles.images, particles.rotations, particles.shifts,
-            particles.ctfs, particles.pixel_size, backend=self._backend(), per_image=True)
-        variance, weights = analysis.marginal_noise(variances)
-        experiment = analysis.experiment_from_poses(
-            particles.rotations, ctf_params=particles.ctfs, pixel_size=self._pixelSize(),
-            defocus_tolerance=self.defocusTolerance.get(), weights=weights)
-        self._saveExperiment(self._getFileName('marginalExperiment'), experiment)
-        how = ("marginalised per particle: harmonic mean of %d particles' variances, which "
-               "span %.3g-%.3g" % (len(variances), variances.min(), variances.max()))
-        self._saveNpz(self._getFileName('noise'), variance=variance, how=how)
-        self.info("Noise variance per pixel %.4g (%s)" % (variance, how))
+        if self._fromParticles() and self.estimateNoise:
+            marginalise = self.marginaliseNoise.get()
+            particles = self._particleArrays(
+                read_images=True, limit=None if marginalise else self.noiseParticles.get())
+            noise, weighted = NoiseLevel.from_particles(
+                self._referenceArray(), particles, backend=self._backend(),
+                marginalise=marginalise, defocus_tolerance=self.defocusTolerance.get())
+            if weighted is not None:
+                weighted.save(self._getFileName('marginalExperiment'))
+        elif self.noiseLevelType.get() == NOISE_SIGMA:
+            noise = NoiseLevel.from_sigma(self.noiseSigma.get())
+        else:
+            noise = NoiseLevel.from_snr(self._referenceArray(), self._experiment(),
+                                        self.snr.get(), backend=self._backend())
+        noise.save(self._getFileName('noise'))
+        self.info("Noise variance per pixel %.4g (%s)" % (noise.variance, noise.how))
 
-    def analyseStep(self):
-        from cryohess_plugin.core.softmodes.analysis import analyse_soft_modes
+    def analyseStep(self, digest):
+        from cryohess_plugin.core.softmodes import analyse_soft_modes
         self._setDevices()
         analysis = analyse_soft_modes(
             self._referenceArray(), self._pixelSize(), self._experiment(),
             self.maxResolution.get(), n_modes=self.numberOfModes.get(),
-            iterations=self.iterations.get(), noise_variance=self._noiseVariance(),
+            iterations=self.iterations.get(), noise_variance=self._noise().variance,
             implicit_poses=self.implicitPoses.get(),
             log_likelihood_ratio=self.logLikelihoodRatio.get(),
-            metric=METRICS[self.metric.get()], backend=self._backend(), progress=self._progressLog())
-        self._saveNpz(self._getFileName('analysis'), **{
-            name: getattr(analysis, name) for name in ANALYSIS_FIELDS})
+            metric=METRICS[self.metric.get()], backend=self._backend(),
+            progress=self._progressLog())
+        analysis.save(self._getFileName('analysis'))
         self.info("Eigenvalues: %s" % ", ".join("%.4g" % v for v in analysis.eigenvalues))
         unsettled = np.flatnonzero(~np.asarray(analysis.converged, dtype=bool)) + 1
         if unsettled.size:
@@ -322,97 +284,82 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
                          "iterations for final numbers."
                          % (", ".join(map(str, unsettled)), self.iterations))
 
-    def createOutputStep(self):
-        analysis = self._loadAnalysis()
+    def createOutputStep(self, digest):
+        analysis = self._loadAnalysis(volumes=True)
+        analysis.write_table(self._getFileName('table'))
         reference = self._referenceArray()
-        pixel = self.inputVolume.get().getSamplingRate()
-        self._writeTable(analysis)
-
+        pixel = self._pixelSize()
         modes = self._createSetOfVolumes('modes')
         modes.setSamplingRate(pixel)
         perturbed = self._createSetOfVolumes('perturbed')
         perturbed.setSamplingRate(pixel)
-        for index, modeVolume in enumerate(analysis['mode_volumes']):
+        for index, modeVolume in enumerate(analysis.mode_volumes):
             number = index + 1
+            epsilon = float(analysis.perturbation[index])
             columns = {SOFT_MODE_INDEX: [number],
-                       SOFT_MODE_EIGENVALUE: [float(analysis['eigenvalues'][index])],
-                       SOFT_MODE_EPSILON: [float(analysis['perturbation'][index])],
-                       SOFT_MODE_RELATIVE_CHANGE: [float(analysis['relative_change'][index])]}
+                       SOFT_MODE_EIGENVALUE: [float(analysis.eigenvalues[index])],
+                       SOFT_MODE_EPSILON: [epsilon],
+                       SOFT_MODE_RELATIVE_CHANGE: [float(analysis.relative_change[index])]}
             mode = convert.array_to_volume(self._getFileName('mode', mode=number),
                                            modeVolume, pixel, overwrite=True)
             mode.setObjLabel("mode %d" % number)
             convert.set_columns(mode, columns, 0)
             modes.append(mode)
-            epsilon = float(analysis['perturbation'][index])
             if not np.isfinite(epsilon):
                 # A non-positive Ritz value has no ε: the mode is not pinned at all.
                 self.warning("Mode %d has eigenvalue %.4g: no nearby volumes (raise the "
                              "iterations or check the experiment)."
-                             % (number, analysis['eigenvalues'][index]))
+                             % (number, analysis.eigenvalues[index]))
                 continue
             for sign, name in ((1, 'plus'), (-1, 'minus')):
                 nearby = convert.array_to_volume(
                     self._getFileName('perturbed', mode=number, sign=name),
-                    reference + sign * epsilon * modeVolume, pixel, overwrite=True)
+                    analysis.nearby_volume(reference, index, sign), pixel, overwrite=True)
                 nearby.setObjLabel("mode %d %sε" % (number, '+' if sign > 0 else '-'))
                 convert.set_columns(nearby, dict(columns, **{SOFT_MODE_SIGN: [sign]}), 0)
                 perturbed.append(nearby)
         sensitivity = convert.array_to_volume(self._getFileName('sensitivity'),
-                                              analysis['sensitivity'], pixel, overwrite=True)
+                                              analysis.sensitivity, pixel, overwrite=True)
         sensitivity.setObjLabel("sensitivity Σ ε²ΔF²")
         outputs = {OUTPUT_MODES: modes, OUTPUT_PERTURBED: perturbed,
                    OUTPUT_SENSITIVITY: sensitivity}
         if self._fromParticles():
-            outputs[OUTPUT_PARTICLES] = self._outputParticles(analysis)
+            assignment = self._particleAssignment()
+            outputs[OUTPUT_PARTICLES] = self._copyParticles(
+                assignment.ids, {SOFT_MODE_POSE_CHANGE: assignment.pose_changes_deg(analysis)})
         self._defineOutputs(**outputs)
         sources = [self.inputVolume] + ([self.inputParticles] if self._fromParticles() else [])
         for source in sources:
             for output in outputs.values():
                 self._defineSourceRelation(source, output)
 
-    def _outputParticles(self, analysis):
-        """A copy of the input particles with their largest pose change over the modes."""
-        inputParticles = self.inputParticles.get()
-        row = {int(partId): i for i, partId in enumerate(self._loadParticleDirections()['ids'])}
-        columns = {SOFT_MODE_POSE_CHANGE: self._particlePoseChanges(analysis)}
-        particles = self._createSetOfParticles()
-        particles.copyInfo(inputParticles)
-
-        def updateParticle(particle, _row=None):
-            convert.set_columns(particle, columns, row[particle.getObjId()])
-
-        particles.copyItems(inputParticles, updateItemCallback=updateParticle)
-        return particles
-
     # --------------------------- INFO functions ------------------------------
     def _validate(self):
         volume = self.inputVolume.get()
         if volume is None:
             return ["Select the reference volume."]
-        pixel = volume.getSamplingRate()
-        errors = []
-        if self._fromParticles():
-            errors += self._validateParticles(volume)
-        else:
-            errors += self._validateDesign()
-        errors += self._validateMaxResolution(pixel)
+        errors = convert.volume_file_errors(volume, "reference volume")
+        errors += self._validateParticles(volume) if self._fromParticles() else self._validateDesign()
+        errors += self._validateMaxResolution(volume.getSamplingRate())
         if self.numberOfModes.get() >= self.iterations.get():
             errors.append("%d modes need more than %d Lanczos iterations; use at least %d "
                           "iterations (64 is the authors' choice) or fewer modes."
                           % (self.numberOfModes, self.iterations,
                              2 * self.numberOfModes.get()))
-        return errors
+        return errors + self._validateContinue()
 
     def _validateParticles(self, volume):
         particles = self.inputParticles.get()
         if particles is None:
             return ["Select the particles, or choose 'experiment design' to analyse a "
                     "viewing distribution without images."]
-        if particles.getSize() == 0:
-            return ["The set of particles is empty."]
+        errors = self._validateParticleSelection(particles)
+        if errors:
+            return errors
         return (self._validateAlignedParticles(
                     particles, "choose 'experiment design' with no defocus values to study "
                     "views without CTF")
+                + convert.image_file_errors(particles)
                 + self._validateSameGeometry("reference volume", volume.getXDim(),
                                              volume.getSamplingRate(), particles.getXDim(),
                                              particles.getSamplingRate()))
@@ -427,60 +374,56 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
             return ["The defocus values must be positive (underfocus, Å)."]
         return []
 
+    def _expectedOutputs(self):
+        outputs = {OUTPUT_MODES, OUTPUT_PERTURBED, OUTPUT_SENSITIVITY}
+        return outputs | {OUTPUT_PARTICLES} if self._fromParticles() else outputs
+
+    def _warnings(self):
+        from cryohess_plugin.core.softmodes import analysis_warnings
+        volume = self.inputVolume.get()
+        if volume is None or self._validateMaxResolution(volume.getSamplingRate()):
+            return []
+        return analysis_warnings(volume.getXDim(), volume.getSamplingRate(),
+                                 self.maxResolution.get(), self.numberOfModes.get(),
+                                 self.iterations.get(), getMemoryAvailable() * 2 ** 20)
+
     def _summary(self):
         if not self.hasAttribute(OUTPUT_MODES):
             return ["Output not ready yet."]
         analysis = self._loadAnalysis()
         summary = ["%s on %d viewing directions, 2πK = %d (max resolution %g Å), noise "
                    "variance %.4g per pixel (%s)."
-                   % (self._imagesText(analysis), int(analysis['n_directions']),
-                      int(analysis['max_degree']), self.maxResolution,
-                      float(analysis['noise_variance']), self._noiseText()),
-                   "%s poses, %s metric; nearby volumes F ± εΔF at log-likelihood ratio "
-                   "%.4g (%.3g times less likely than F)."
-                   % ("Implicit" if analysis['implicit_poses'] else "Fixed",
-                      _metricText(analysis), self.logLikelihoodRatio,
-                      np.exp(self.logLikelihoodRatio.get())),
-                   "λ: Hessian eigenvalue per image (smaller: softer, less pinned down by "
-                   "the data); ε: size of the nearby volumes along the unit mode ΔF; "
-                   "‖εΔF‖/‖F‖: how much they change the map."]
-        for index, (value, epsilon, change, converged) in enumerate(zip(
-                analysis['eigenvalues'], analysis['perturbation'],
-                analysis['relative_change'], analysis['converged'])):
-            summary.append("Mode %d: λ = %.4g, ε = %.4g, ‖εΔF‖/‖F‖ = %.2f %%%s"
-                           % (index + 1, value, epsilon, 100 * change,
-                              "" if converged else " (not converged)"))
+                   % (self._imagesText(analysis), analysis.n_directions, analysis.max_degree,
+                      self.maxResolution, analysis.noise_variance, self._noise().how)]
+        summary += analysis.spectrum_lines()
         if self._fromParticles():
             summary.append(self._poseChangeText(analysis))
-        if not np.all(analysis['converged']):
+        if not np.all(analysis.converged):
             summary.append("Modes marked 'not converged' may still move: raise the Lanczos "
                            "iterations (the Ritz values per iteration of the viewer show "
                            "whether they have settled).")
-        summary.append("Eigenvalue table: %s" % self._getFileName('table'))
-        return summary
+        return summary + ["Eigenvalue table: %s" % self._getFileName('table')]
 
     def _methods(self):
         if not self.hasAttribute(OUTPUT_MODES):
             return []
         analysis = self._loadAnalysis()
-        change = 100 * analysis['relative_change'][np.isfinite(analysis['relative_change'])]
+        change = 100 * analysis.relative_change[np.isfinite(analysis.relative_change)]
         text = ("The %d softest modes of the Hessian of the negative log-likelihood of the "
                 "images with respect to the map [Rangan2023hessian] were computed for the "
                 "reference volume from %s, up to a band limit 2πK = %d (%g Å), with %d "
                 "Lanczos iterations in the %s metric and %s. The "
                 "noise variance was %s (%.4g per pixel). The softest eigenvalue is %.4g."
-                % (len(analysis['eigenvalues']), self._imagesText(analysis),
-                   int(analysis['max_degree']), self.maxResolution, self.iterations,
-                   _metricText(analysis),
+                % (len(analysis.eigenvalues), self._imagesText(analysis), analysis.max_degree,
+                   self.maxResolution, self.iterations, analysis.metric_name,
                    "implicit poses (every image re-aligned to the changed map)"
-                   if analysis['implicit_poses'] else "fixed poses",
-                   self._noiseText(), float(analysis['noise_variance']),
-                   analysis['eigenvalues'][0]))
+                   if analysis.implicit_poses else "fixed poses",
+                   self._noise().how, analysis.noise_variance, analysis.eigenvalues[0]))
         if change.size:
             text += (" Nearby volumes F ± εΔF along each mode, %.3g times less likely than "
                      "F (log-likelihood ratio %.4g), differ from F by %.2g-%.2g %% "
                      "(relative L2 norm)."
-                     % (np.exp(self.logLikelihoodRatio.get()), self.logLikelihoodRatio,
+                     % (np.exp(analysis.log_likelihood_ratio), analysis.log_likelihood_ratio,
                         change.min(), change.max()))
         return [text]
 
@@ -505,101 +448,50 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
 
     def _designCtfs(self):
         """One CTF per defocus group of the design, or None without defocus values."""
-        defocus = self._defocusList()
-        if not defocus:
-            return None
-        return [CTFParams(value, value, 0.0, self.voltage.get(),
-                          self.sphericalAberration.get(), self.amplitudeContrast.get())
-                for value in defocus]
-
-    def _marginalised(self):
-        return self._fromParticles() and self.estimateNoise and self.marginaliseNoise
-
-    def _saveExperiment(self, path, experiment):
-        self._saveNpz(path, directions=experiment.directions, counts=experiment.counts,
-                      ctfs=params_to_rows(experiment.ctf_params), pixelSize=experiment.pixel_size)
+        return [CTFParams(value, value, 0.0, self.voltage.get(), self.sphericalAberration.get(),
+                          self.amplitudeContrast.get())
+                for value in self._defocusList()] or None
 
     def _experiment(self):
         """The experiment of the analysis (particle-weighted when the noise is marginalised)."""
-        from cryohess_plugin.core.softmodes.analysis import ViewingExperiment
-        stored = np.load(self._getFileName(
-            'marginalExperiment' if self._marginalised() else 'experiment'))
-        return ViewingExperiment(stored['directions'],
-                                 tuple(params_from_rows(stored['ctfs'])),
-                                 stored['counts'], float(stored['pixelSize']))
+        from cryohess_plugin.core.softmodes import ViewingExperiment
+        marginalised = self._fromParticles() and self.estimateNoise and self.marginaliseNoise
+        return ViewingExperiment.load(self._getFileName(
+            'marginalExperiment' if marginalised else 'experiment'))
 
-    def _noiseVariance(self):
-        return float(np.load(self._getFileName('noise'))['variance'])
+    def _noise(self):
+        from cryohess_plugin.core.softmodes import NoiseLevel
+        return NoiseLevel.load(self._getFileName('noise'))
 
-    def _signalVariance(self):
-        """Mean variance of CTF-modulated projections of the reference over the
-        experiment's views, from a fixed sample of (direction, CTF group) pairs."""
-        from cryohess_plugin.core import ctf, rotations
-        from cryohess_plugin.core.projector import FourierSliceProjector
-        from cryohess_plugin.core.synthetic.simulate import signal_variance
-        experiment = self._experiment()
-        weights = experiment.counts / experiment.counts.sum()
-        picks = np.random.default_rng(0).choice(weights.size, size=SNR_SAMPLE,
-                                                p=weights.ravel())
-        direction, group = np.unravel_index(picks, weights.shape)
-        volume = self._referenceArray()
-        projector = FourierSliceProjector(volume, backend=self._backend())
-        ctfStack = None
-        if experiment.ctf_params:
-            halfPlane = projector.half_plane
-            ctfStack = ctf.ctf_stack([experiment.ctf_params[g] for g in group], halfPlane.kx,
-                                     halfPlane.ky, volume.shape[0], experiment.pixel_size)
-        poses = rotations.rotations_for_directions(experiment.directions[direction])
-        return signal_variance(projector.project(poses, ctf=ctfStack))
+    def _loadAnalysis(self, volumes=False):
+        """The stored :class:`SoftModeAnalysis`; the mode volumes and sensitivity map only
+        with ``volumes``."""
+        from cryohess_plugin.core.softmodes import SoftModeAnalysis
+        return SoftModeAnalysis.load(self._getFileName('analysis'), volumes=volumes)
 
-    def _loadAnalysis(self):
-        return np.load(self._getFileName('analysis'))
-
-    def _loadParticleDirections(self):
-        """Each particle's id, experiment direction and defocus group (in id order)."""
-        return np.load(self._getFileName('particles'))
+    def _particleAssignment(self):
+        from cryohess_plugin.core.softmodes import ParticleAssignment
+        return ParticleAssignment.load(self._getFileName('particles'))
 
     def _particlePoseChanges(self, analysis=None):
         """``(J,)`` every particle's largest |Δτ| over the modes (degrees), in id order."""
-        from cryohess_plugin.core.softmodes.analysis import particle_pose_changes
-        analysis = self._loadAnalysis() if analysis is None else analysis
-        assignment = self._loadParticleDirections()
-        return np.rad2deg(particle_pose_changes(analysis['group_pose_changes'],
-                                                assignment['direction'], assignment['group']))
-
-    def _writeTable(self, analysis):
-        """The eigenvalue table as text, next to its npz."""
-        lines = ["# Hessian soft modes: 2πK = %d, %d images, noise variance %.6g, "
-                 "log-likelihood ratio %.6g"
-                 % (int(analysis['max_degree']), round(float(analysis['n_images'])),
-                    float(analysis['noise_variance']), self.logLikelihoodRatio.get()),
-                 "# %4s %14s %14s %14s %14s %9s"
-                 % ('mode', 'eigenvalue', 'epsilon', 'rel_change', 'residual', 'converged')]
-        for index in range(len(analysis['eigenvalues'])):
-            lines.append("  %4d %14.6e %14.6e %14.6e %14.6e %9s"
-                         % (index + 1, analysis['eigenvalues'][index],
-                            analysis['perturbation'][index],
-                            analysis['relative_change'][index],
-                            analysis['residuals'][index],
-                            bool(analysis['converged'][index])))
-        with open(self._getFileName('table'), 'w') as table:
-            table.write("\n".join(lines) + "\n")
+        return self._particleAssignment().pose_changes_deg(analysis or self._loadAnalysis())
 
     def _poseChangeText(self, analysis):
         """Summary line on the per-particle pose changes of outputParticles."""
-        if not analysis['implicit_poses']:
+        from cryohess_plugin.core.softmodes import PoseChangeStatistics
+        if not analysis.implicit_poses:
             return ("Particle pose changes (column %s of %s): zero, since this run kept "
                     "the poses fixed; run with implicit poses to get them."
                     % (SOFT_MODE_POSE_CHANGE, OUTPUT_PARTICLES))
-        changes = self._particlePoseChanges(analysis)
+        stats = PoseChangeStatistics.of(self._particlePoseChanges(analysis))
         return ("Particle pose changes (column %s of %s): the largest rotation of each "
                 "particle's pose over the modes when the map becomes F ± εΔF (per viewing "
                 "direction and defocus group); median %.3g°, top 1 %% above %.3g°, max "
                 "%.3g°; %.1f %% of the particles turn by more than %g° (their alignment "
                 "is fragile)."
-                % (SOFT_MODE_POSE_CHANGE, OUTPUT_PARTICLES, np.median(changes),
-                   np.percentile(changes, 99), changes.max(),
-                   100.0 * np.mean(changes > POSE_CHANGE_FLAG_DEG), POSE_CHANGE_FLAG_DEG))
+                % (SOFT_MODE_POSE_CHANGE, OUTPUT_PARTICLES, stats.median, stats.top_percent,
+                   stats.maximum, stats.fragile_percent, stats.fragile_deg))
 
     def _experimentText(self):
         if self._fromParticles():
@@ -611,16 +503,9 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
         return text + (", defocus %s Å" % " ".join("%g" % d for d in defocus) if defocus
                        else ", no CTF")
 
-    def _noiseText(self):
-        return str(np.load(self._getFileName('noise'))['how'])
-
     def _imagesText(self, analysis):
         """How many images of which experiment, e.g. "300 images (poses and CTFs ...)"."""
-        return "%d %simages (%s)" % (round(float(analysis['n_images'])),
+        return "%d %simages (%s)" % (round(analysis.n_images),
                                      "" if self._fromParticles() else "planned ",
                                      self._experimentText())
-
-
-def _metricText(analysis):
-    return {'riesz': 'Riesz', 'l2': 'L2'}.get(str(analysis['metric']), str(analysis['metric']))
 

@@ -1,10 +1,11 @@
-"""Radial-SVD alignment engine against independent references (notes §1-§3, §7).
+"""Radial-SVD alignment engine against independent references
+(``docs/methods/radial_svd_alignment.md`` §1-§3, checks listed in §7).
 
-References: the uncompressed Fourier-Bessel landscape written out in the test
-(T1), the kernel summed over all ``q != 0`` with complex arithmetic (T3),
-brute-force real-space rotations (:mod:`cryohess_plugin.core.alignment.brute_force`,
-T2), the projector itself (rotation convention), and the ground truth of
-simulated particles.  CUDA kernels are compared with the CPU ones on the
+References: the uncompressed Fourier-Bessel landscape written out in the test,
+the kernel summed over all ``q != 0`` with complex arithmetic, brute-force
+real-space rotations (:mod:`cryohess_plugin.core.alignment.brute_force`), the
+projector itself (rotation convention), and the ground truth of simulated
+particles.  CUDA kernels are compared with the CPU ones on the
 numba simulator in a child interpreter, as in ``test_projector_cuda.py``.
 """
 import json
@@ -15,13 +16,13 @@ import pytest
 from cryohess_plugin.core.synthetic import simulate
 from cryohess_plugin.core import rotations
 from cryohess_plugin.core.errors import InvalidDataError, MissingMetadataError, ShapeError
-from cryohess_plugin.core.kernels import alignment_cpu
+from cryohess_plugin.core.kernels import alignment_cpu, alignment_pruned_cpu
 from cryohess_plugin.core.polar import (PolarGrid, polar_transform, radial_ctf, ring_coefficients,
                                         shift_phases)
 from cryohess_plugin.core.projector import FourierSliceProjector
 from cryohess_plugin.core.alignment.radial_svd import (RadialSVDAligner, choose_rank, group_ctfs,
                                                        radial_kernel, rotations_from_alignment,
-                                                       search_shifts)
+                                                       shift_grid)
 from cryohess_plugin.core.alignment.brute_force import rotated_inner_products
 
 from .cudasim import run_module_under_simulator
@@ -63,7 +64,8 @@ def templates(grid, projector):
 
 
 def fourier_bessel_landscape(grid, image_polar, template_polar, ctf=None):
-    """Uncompressed ``<A, R_gamma (c B)>`` over the grid's angles, as in the notes (§1.4)."""
+    """Uncompressed ``<A, R_gamma (c B)>`` over the grid's angles
+    (``docs/methods/radial_svd_alignment.md`` §1.4)."""
     a = ring_coefficients(image_polar)
     b = ring_coefficients(template_polar)
     if ctf is not None:
@@ -81,16 +83,17 @@ def pose_agreement(first, second, n_angles):
     return (first.template == second.template) & (step <= 1)
 
 
-# ----------------------------------------------------------------------------- T1
-@pytest.mark.parametrize("variant, exact_zero", [("A", True), ("A", False), ("B", True)])
-def test_full_rank_reproduces_fourier_bessel_landscape(grid, projector, templates, variant,
+# ------------------------------------------------- full rank against the Fourier-Bessel sum
+@pytest.mark.parametrize("centring, exact_zero", [("template", True), ("template", False),
+                                                  ("population", True)])
+def test_full_rank_reproduces_fourier_bessel_landscape(grid, projector, templates, centring,
                                                        exact_zero):
     _, template_polar = templates
     subset = template_polar[::20]
     poses = rotations.random_rotations(6, np.random.default_rng(3))
     images = projector.project_polar(poses, grid.radii, grid.n_angles)
     aligner = RadialSVDAligner(grid, subset, rank=grid.n_rings, dtype=np.float64,
-                               kernel_variant=variant, exact_zero_frequency=exact_zero,
+                               kernel_centring=centring, exact_zero_frequency=exact_zero,
                                backend="cpu")
     assert relative_max(aligner.landscapes(images),
                         fourier_bessel_landscape(grid, images, subset)) <= 1e-10
@@ -127,7 +130,7 @@ def test_align_returns_the_maximum_of_the_normalised_landscape(grid, projector, 
 def test_refinement_gives_full_rank_scores_of_the_candidates(grid, projector, templates):
     _, template_polar = templates
     poses = rotations.random_rotations(8, np.random.default_rng(12))
-    shifts = search_shifts(1.0, 1.0)
+    shifts = shift_grid(1.0, 1.0)
     images = projector.project_polar(poses, grid.radii, grid.n_angles, shifts=[0.6, -0.3])
     aligner = RadialSVDAligner(grid, template_polar[::7], rank=4, shifts=shifts,
                                refine_candidates=6, dtype=np.float64, block_size=40,
@@ -147,7 +150,7 @@ def test_refinement_gives_full_rank_scores_of_the_candidates(grid, projector, te
     np.testing.assert_array_equal(result.template, best // (len(shifts) * grid.n_angles))
 
 
-# ----------------------------------------------------------------------------- T3
+# ----------------------------------------------------------------------------- the kernel
 def test_kernel_is_real_symmetric_psd_and_factorises_with_ctf(grid, templates):
     _, template_polar = templates
     subset = template_polar[::5]
@@ -172,10 +175,11 @@ def test_kernel_is_real_symmetric_psd_and_factorises_with_ctf(grid, templates):
     np.testing.assert_allclose(aligner.principal_rings(ctf).kernel, from_multiplied, rtol=0,
                                atol=1e-12 * np.abs(from_multiplied).max())
 
-    # Variant B adds the covariance of the rotational averages (q = 0) over templates.
+    # Centring on the population adds the covariance of the rotational averages (q = 0)
+    # over templates.
     zero = eta[None] * b[:, :, 0].real
     covariance = np.cov(zero, rowvar=False, bias=True)
-    np.testing.assert_allclose(radial_kernel(b, grid.weights, variant="B"),
+    np.testing.assert_allclose(radial_kernel(b, grid.weights, centring="population"),
                                full.real + covariance, rtol=0, atol=1e-12 * np.abs(full).max())
 
 
@@ -187,7 +191,7 @@ def test_rank_follows_the_tolerance():
     assert choose_rank(eigenvalues, 1e-2, min_rank=10) == 7
 
 
-# ----------------------------------------------------------------------------- T2
+# ----------------------------------------------------------- against real-space rotations
 def blob_images(count, rng):
     """Asymmetric Gaussian blobs (sigma >= 3.5 px): negligible spectrum beyond the grid's band."""
     rng = np.random.default_rng(rng)
@@ -242,7 +246,7 @@ def test_recovers_random_rotations_within_one_grid_step(grid, projector, templat
 
 def test_recovers_shifts_on_the_search_grid(grid, projector, templates):
     template_rotations, template_polar = templates
-    shifts = search_shifts(2.0, 1.0)
+    shifts = shift_grid(2.0, 1.0)
     rng = np.random.default_rng(7)
     truth = rotations.random_rotations(12, rng)
     true_shift = shifts[rng.integers(1, len(shifts), 12)]
@@ -267,9 +271,6 @@ def test_simulated_particles_at_automatic_rank(grid, templates, simulated):
     full = aligner.align(image_polar, particles.ctf_params, PIXEL, rank=grid.n_rings)
     assert len(automatic.ranks) == 5 and np.all(automatic.ranks < grid.n_rings // 2)
     np.testing.assert_array_equal(automatic.group, particles.group_ids)
-    spectra = aligner.kernel_spectra(particles.ctf_params, PIXEL)
-    np.testing.assert_array_equal(spectra.ranks, automatic.ranks)
-    np.testing.assert_allclose(spectra.eigenvalues, automatic.eigenvalues)
     assert np.mean(pose_agreement(automatic, full, grid.n_angles)) >= 0.99
     found = rotations_from_alignment(template_rotations, automatic.template, automatic.angle)
     error = rotations.angular_distance(found, particles.rotations)
@@ -291,14 +292,14 @@ def test_ctf_groups_by_radial_profile(grid):
     assert separate.profiles.shape[0] == 5
 
 
-def test_search_shifts():
-    shifts = search_shifts(2.0, 1.0)
+def test_shift_grid():
+    shifts = shift_grid(2.0, 1.0)
     assert shifts.shape == (13, 2)
     np.testing.assert_array_equal(shifts[0], [0, 0])
     assert np.all(np.hypot(*shifts.T) <= 2.0)
     assert np.all(np.diff(np.hypot(*shifts.T)) >= 0)
-    np.testing.assert_array_equal(search_shifts(0.0, 1.0), [[0.0, 0.0]])
-    assert len(search_shifts(1.0, 0.5)) == 13
+    np.testing.assert_array_equal(shift_grid(0.0, 1.0), [[0.0, 0.0]])
+    assert len(shift_grid(1.0, 0.5)) == 13
 
 
 def test_progress_reports_every_block(grid, templates):
@@ -355,7 +356,7 @@ def _cuda_comparison():
         results = {}
         for backend in ("cpu", "cuda"):
             aligner = RadialSVDAligner(grid, template_polar, rank=3, min_rank=1,
-                                       shifts=search_shifts(1.0, 1.0), dtype=dtype,
+                                       shifts=shift_grid(1.0, 1.0), dtype=dtype,
                                        refine_candidates=0, backend=backend, block_size=3)
             results[backend] = aligner.align(image_polar, top_k=3)
         cpu, gpu = results["cpu"], results["cuda"]
@@ -395,7 +396,7 @@ def test_pruned_search_equals_dense_search(grid, volume, templates, snr, rank):
                                             shift_sigma=1.0, snr=snr, keep_clean=False,
                                             backend="cpu")
     images = polar_transform(particles.images, grid, backend="cpu")
-    shifts = search_shifts(2.0, 1.0)
+    shifts = shift_grid(2.0, 1.0)
     aligner = RadialSVDAligner(grid, template_polar, rank=rank, shifts=shifts, backend="cpu",
                                dtype=np.float64)
     profile = aligner._groups(particles.ctf_params, PIXEL, len(images)).profiles[0]
@@ -407,18 +408,16 @@ def test_pruned_search_equals_dense_search(grid, volume, templates, snr, rank):
     coefficients = np.stack([c for c, _ in rows], axis=1).reshape((-1,) + rows[0][0].shape[1:])
     zero = np.stack([z for _, z in rows], axis=1).reshape(-1, rows[0][1].shape[1])
     tops = []
-    alignment_cpu.PRUNING_COUNTS[:] = 0
-    for pruned in (False, True):
-        prepared = aligner._prepare_templates(rings, alignment_cpu, len(coefficients), scale,
-                                              pruned=pruned)
+    for kernels in (alignment_cpu, alignment_pruned_cpu):
+        prepared = aligner._prepare_templates(rings, kernels, len(coefficients), scale)
         top = [np.full((len(images), 5), -np.inf), *np.zeros((3, len(images), 5), np.int64)]
-        alignment_cpu.search(prepared, coefficients, zero, len(shifts), *top)
+        statistics = kernels.search(prepared, coefficients, zero, len(shifts), *top)
         tops.append(top)
     (dense_score, *dense_pose), (pruned_score, *pruned_pose) = tops
     for dense, pruned in zip(dense_pose, pruned_pose):
         np.testing.assert_array_equal(pruned, dense)
     np.testing.assert_allclose(pruned_score, dense_score, rtol=1e-12)
-    seen, evaluated = alignment_cpu.PRUNING_COUNTS
+    seen, evaluated = statistics.pairs, statistics.evaluated
     assert seen == len(coefficients) * aligner.n_templates
     assert evaluated < 0.15 * seen
 
@@ -430,7 +429,7 @@ def test_pruned_search_is_exact_for_any_split_of_the_bound(grid, volume, templat
     exact, all Cauchy-Schwarz) without changing the top-k; image rows not a multiple of the
     kernel's row block go through the single-row path."""
     _, template_polar = templates
-    monkeypatch.setattr(alignment_cpu, "_BOUND_TAIL", tail)
+    monkeypatch.setattr(alignment_pruned_cpu, "_BOUND_TAIL", tail)
     particles = simulate.simulate_particles(volume, 7, BOX, PIXEL, rng=12, n_groups=1,
                                             snr=0.05, keep_clean=False, backend="cpu")
     images = polar_transform(particles.images, grid, backend="cpu")
@@ -440,18 +439,53 @@ def test_pruned_search_is_exact_for_any_split_of_the_bound(grid, volume, templat
     assert 2 * rings.rank <= grid.n_rings
     scale = aligner._template_scale(rings.ctf)
     coefficients, zero = aligner._compress(images, aligner._projections(rings))
-    assert len(coefficients) % alignment_cpu._ROWS != 0
+    assert len(coefficients) % alignment_pruned_cpu._ROWS != 0
     tops = []
-    for pruned in (False, True):
-        prepared = aligner._prepare_templates(rings, alignment_cpu, len(coefficients), scale,
-                                              pruned=pruned)
-        if pruned:
+    for kernels in (alignment_cpu, alignment_pruned_cpu):
+        prepared = aligner._prepare_templates(rings, kernels, len(coefficients), scale)
+        if kernels is alignment_pruned_cpu:
             n_freq = grid.n_angles // 2 - 1
             assert prepared.exact == (0 if tail == 1.0 else n_freq)
         top = [np.full((len(images), 3), -np.inf), *np.zeros((3, len(images), 3), np.int64)]
-        alignment_cpu.search(prepared, coefficients, zero, 1, *top)
+        kernels.search(prepared, coefficients, zero, 1, *top)
         tops.append(top)
     (dense_score, *dense_pose), (pruned_score, *pruned_pose) = tops
     for dense, pruned in zip(dense_pose, pruned_pose):
         np.testing.assert_array_equal(pruned, dense)
     np.testing.assert_allclose(pruned_score, dense_score, rtol=1e-12)
+
+
+def test_result_files_batches_and_search_statistics(tmp_path, grid, templates):
+    """Batches of one particle set give the poses of one run; a saved result loads back
+    field by field; the search reports the pairs it compared."""
+    _, template_polar = templates
+    aligner = RadialSVDAligner(grid, template_polar[:60], shifts=shift_grid(1.0, 1.0),
+                               backend="cpu", dtype=np.float64)
+    images = template_polar[100:106]
+    ctfs = simulate.random_ctf_params(2, 3) * 3
+    whole = aligner.align(images, ctfs, PIXEL, top_k=2)
+    batches = [aligner.align(images[:4], ctfs[:4], PIXEL, top_k=2),
+               aligner.align(images[4:], ctfs[4:], PIXEL, top_k=2)]
+    for batch, ids in zip(batches, (np.arange(4), np.arange(4, 6))):
+        batch.ids = ids
+    joined = type(whole).concatenate(batches)
+    np.testing.assert_array_equal(joined.ids, np.arange(6))
+    for name in ("template", "angle", "shift", "top_template"):
+        np.testing.assert_array_equal(getattr(joined, name), getattr(whole, name))
+    # Blocks of other sizes, and group means of other counts, round differently.
+    np.testing.assert_allclose(joined.top_score, whole.top_score, rtol=1e-12)
+    np.testing.assert_array_equal(joined.ranks[joined.group], whole.ranks[whole.group])
+    np.testing.assert_allclose(joined.eigenvalues[joined.group], whole.eigenvalues[whole.group],
+                               rtol=1e-10, atol=1e-12 * whole.eigenvalues.max())
+    assert joined.statistics == whole.statistics
+    assert whole.statistics.pairs == len(images) * 5 * 60
+    assert 0 < whole.statistics.evaluated <= whole.statistics.pairs
+
+    path = str(tmp_path / "batch.npz")
+    whole.ids = np.arange(10, 16)
+    whole.save(path)
+    loaded = type(whole).load(path)
+    assert loaded.statistics == whole.statistics
+    for name in ("template", "angle", "shift", "score", "group", "ranks", "eigenvalues",
+                 "group_ctf", "top_template", "top_angle", "top_shift", "top_score", "ids"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(whole, name))

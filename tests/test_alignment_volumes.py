@@ -1,4 +1,5 @@
-"""Volume alignment over SO(3) with the radial- and degree-SVD (notes section 4, T9)."""
+"""Volume alignment over SO(3) with the radial- and degree-SVD
+(``docs/methods/radial_svd_alignment.md`` §4, checks listed in §7)."""
 import json
 
 import numpy as np
@@ -8,8 +9,9 @@ from cryohess_plugin.core.synthetic import atoms, phantoms
 from cryohess_plugin.core import rotations, spherical
 from cryohess_plugin.core.errors import InvalidDataError, ShapeError
 from cryohess_plugin.core.projector import FourierSliceProjector
+from cryohess_plugin.core.alignment.radial_svd import shift_grid
 from cryohess_plugin.core.alignment.volumes import (VolumeAligner, VolumeAlignmentResult,
-                                                    rotate_volume, shift_grid)
+                                                    rotate_volume, table_bytes)
 
 from .cudasim import run_module_under_simulator
 from .helpers import gaussian_blobs
@@ -56,7 +58,7 @@ def relative(a, b):
 
 
 def test_full_rank_equals_unreduced_landscape(phantom, reference):
-    """T9: H_C = R and H_D = L + 1 reproduce the unreduced landscape."""
+    """H_C = R and H_D = L + 1 reproduce the unreduced landscape."""
     probe = VolumeAligner(reference, max_frequency=6.0, backend="cpu")
     full = VolumeAligner(reference, max_frequency=6.0, backend="cpu",
                          radial_rank=probe.shells.n_shells,
@@ -240,7 +242,7 @@ def test_rotate_volume_direction(phantom, reference):
 
 
 def test_kernels_and_ranks(aligner):
-    """T3: C and D are PSD; ranks follow the tolerance and never drop below 4."""
+    """C and D are PSD; ranks follow the tolerance and never drop below 4."""
     for values in (aligner.radial_eigenvalues, aligner.degree_eigenvalues):
         assert np.all(np.diff(values) <= 1e-12 * values[0])
         assert values[-1] >= -1e-12 * values[0]
@@ -250,7 +252,19 @@ def test_kernels_and_ranks(aligner):
     assert h_d == max(4, np.count_nonzero(aligner.degree_eigenvalues
                                           > 1e-2 * aligner.degree_eigenvalues[0]))
     assert np.count_nonzero(aligner.degree_eigenvalues) <= aligner.shells.max_degree
-    assert shift_grid(0.0, 1.0).shape == (1, 3)
+    assert shift_grid(0.0, 1.0, dimensions=3).shape == (1, 3)
+
+
+def test_table_size_estimate_is_the_table(aligner, reference, tmp_path):
+    """The size the protocol warns about is the table the aligner keeps; a result saved
+    by its fields loads back."""
+    assert table_bytes(aligner.shells) == aligner._ragged_table.nbytes
+    result = aligner.align(reference)
+    result.save(str(tmp_path / "result.npz"))
+    loaded = VolumeAlignmentResult.load(str(tmp_path / "result.npz"))
+    assert loaded.ranks == result.ranks
+    for name in ("rotation", "shift", "score", "radial_eigenvalues", "degree_eigenvalues"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(result, name))
 
 
 def test_resolution_sets_the_band_limit(reference):

@@ -3,14 +3,17 @@
 A plugin with an import error is silently dropped by Scipion's Domain, so
 these tests are the guard against a plugin that vanishes from the GUI.
 """
+import importlib
 import inspect
+import pkgutil
 
 import pwem
 import pyworkflow as pw
 import pytest
 from pyworkflow.gui.project.viewprotocols_extra import ProtocolTreeConfig
+from pyworkflow.protocol import Protocol
 from pyworkflow.utils import parseBibTex
-from pyworkflow.viewer import DESKTOP_TKINTER
+from pyworkflow.viewer import DESKTOP_TKINTER, Viewer
 
 import cryohess_plugin
 from cryohess_plugin import bibtex
@@ -42,9 +45,22 @@ def test_plugin_is_discovered():
     assert instance.getPath() == cryohess_plugin.__path__[0]
 
 
+def _definedClasses(package, base):
+    """Names of the ``base`` subclasses defined in the modules of ``package``."""
+    names = set()
+    for module in pkgutil.iter_modules(package.__path__, package.__name__ + '.'):
+        loaded = importlib.import_module(module.name)
+        names |= {name for name, cls in inspect.getmembers(loaded, inspect.isclass)
+                  if issubclass(cls, base) and cls.__module__ == loaded.__name__}
+    return names
+
+
 def test_package_exports_protocols_and_viewers():
     assert 'CryoHessProtSimulate' in PROTOCOL_NAMES
     assert 'CryoHessSimulateViewer' in VIEWER_NAMES
+    # Every protocol and viewer a module defines is exported, so Domain sees it.
+    assert _definedClasses(cryoProtocols, Protocol) == set(PROTOCOL_NAMES)
+    assert _definedClasses(cryoViewers, Viewer) == set(VIEWER_NAMES)
 
 
 @pytest.mark.parametrize('name', PROTOCOL_NAMES)

@@ -1,4 +1,5 @@
-"""Polar Fourier transform of images and the Fourier-Bessel landscape (notes §1, T2).
+"""Polar Fourier transform of images and the Fourier-Bessel landscape
+(``docs/methods/radial_svd_alignment.md`` §1, checks listed in §7).
 
 References: the exact direct sum ``sum_x I(x) exp(-2 pi i k.x / D)`` at the
 polar nodes, the projector's own polar slices, brute-force real-space
@@ -59,7 +60,7 @@ def random_blob_images(box, count, rng, radius=10.0, blobs=5):
 def landscape(a_polar, b_polar, grid):
     """``X(gamma_j) = <A, R_gamma_j B>`` over the grid's angles, in pixel units.
 
-    Notes §1.4: ``X^(q) = 2 pi sum_r w_r conj(a[r, q]) b[r, q]`` and
+    ``docs/methods/radial_svd_alignment.md`` §1.4: ``X^(q) = 2 pi sum_r w_r conj(a[r, q]) b[r, q]`` and
     ``X(gamma_j) = sum_q X^(q) exp(-i q gamma_j)`` (numpy's forward FFT).  With
     frequencies in cycles per box, Plancherel for the centred non-unitary DFT
     reads ``sum_x A B = D^-2 sum_k conj(A^) B^``; for band-limited images the
@@ -174,9 +175,9 @@ def test_polar_transform_rejects_bad_options(kwargs):
         polar_transform(np.zeros((1, 16, 16)), PolarGrid.from_max_frequency(16, 4), **kwargs)
 
 
-# --------------------------------------------------------------------------- T2 and conventions
+# ------------------------------------------- landscape against real-space rotations, conventions
 def test_fourier_bessel_landscape_equals_real_space_rotations():
-    """T2: ``X(gamma_j) / D^2 = sum_x A(x) B(R_{-gamma_j} x)`` within 1 %."""
+    """``X(gamma_j) / D^2 = sum_x A(x) B(R_{-gamma_j} x)`` within 1 %."""
     box = 64
     grid = PolarGrid.from_max_frequency(box, box / 4)
     images = random_blob_images(box, 2, rng=10)
@@ -187,7 +188,7 @@ def test_fourier_bessel_landscape_equals_real_space_rotations():
     brute_force = rotated_inner_products(images, templates, grid.angles)
     error = np.abs(fourier_bessel - brute_force).max() / np.abs(brute_force).max()
     assert error <= 1e-2
-    # The half spectrum gives the same real landscape (notes §1.4).
+    # The half spectrum gives the same real landscape (radial_svd_alignment.md §1.4).
     spectrum = 2 * np.pi * np.einsum("r,rq,rq->q", grid.weights,
                                      np.conj(ring_coefficients(a[0])),
                                      ring_coefficients(b[0]))

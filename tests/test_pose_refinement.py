@@ -1,4 +1,5 @@
-"""Local pose refinement by Levenberg-Marquardt on the likelihood (notes §3.4, §5, T15)."""
+"""Local pose refinement by Levenberg-Marquardt on the likelihood
+(``docs/methods/fourier_slice_posterior.md`` §3.4, §5)."""
 import numpy as np
 import pytest
 
@@ -6,7 +7,9 @@ from cryohess_plugin.core.synthetic import atoms, phantoms, simulate
 from cryohess_plugin.core import ctf, rotations
 from cryohess_plugin.core.errors import InvalidDataError, MissingMetadataError, ShapeError
 from cryohess_plugin.core.polar import PolarGrid, polar_transform
-from cryohess_plugin.core.pose_refinement import pose_errors, refine_candidates, refine_poses
+from cryohess_plugin.core.pose_refinement import (PoseRefinementResult, pose_errors,
+                                                  refine_candidates, refine_particle_poses,
+                                                  refine_poses, refinement_radii)
 from cryohess_plugin.core.projector import FourierSliceProjector
 from cryohess_plugin.core.alignment.radial_svd import RadialSVDAligner, rotations_from_alignment
 from .helpers import phantom_model
@@ -56,7 +59,8 @@ def test_refinement_at_snr_0_1_from_5_degrees_and_2_pixels():
 
 
 def test_c7_local_refinement_fails_from_far_and_global_search_fixes_it():
-    """Notes T15 / Fig. 6.  Error is measured modulo the C7 group."""
+    """Symmetry mates (paper §6.4, Fig. 6; fourier_slice_posterior.md §5.3).  Error is
+    measured modulo the C7 group."""
     box, pixel = 48, 3.0
     model = phantoms.cyclic_phantom(7, 150, radius_angstrom=0.35 * box * pixel, rng=1,
                                     bfactor=100.0)
@@ -101,3 +105,47 @@ def test_bad_input_raises_typed_errors():
         refine_poses(volume, bad, poses)
     with pytest.raises(ShapeError, match="candidates"):
         refine_candidates(volume, images, poses)
+
+
+def test_refinement_radii_go_coarse_to_fine_up_to_the_resolution():
+    assert refinement_radii(64, 2.0) == [7.75, 15.5, 31.0]
+    # 8 Å at 2 Å/px is 16 cycles per 64-px box.
+    assert refinement_radii(64, 2.0, 8.0) == pytest.approx([4.0, 8.0, 16.0])
+    # A resolution beyond Nyquist - 1 is capped there.
+    assert refinement_radii(64, 2.0, 4.05) == [7.75, 15.5, 31.0]
+
+
+def test_refine_particle_poses_uses_the_particles_ctf_and_radii():
+    """The protocols' entry point is refine_poses with the particles' CTF at the
+    projector's points and the coarse-to-fine radii of the max resolution."""
+    box, pixel = 32, 3.0
+    volume = atoms.gaussian_atom_volume(phantom_model(box, pixel, n_atoms=300, bfactor=100.0),
+                                        box, pixel)
+    sim = simulate.simulate_particles(volume, 4, box, pixel, rng=3, snr=None, backend="cpu")
+    projector = FourierSliceProjector(volume, dtype=np.float64, backend="cpu")
+    hp = projector.half_plane
+    values = ctf.ctf_stack(sim.ctf_params, hp.kx, hp.ky, box, pixel)
+    start_rot, start_shift = offset_poses(sim, 3.0, 1.0, 0)
+    options = dict(iterations=2, max_step_deg=4.0, max_shift_step=1.5)
+    result = refine_particle_poses(volume, sim.images, start_rot, start_shift, sim.ctf_params,
+                                   pixel, max_resolution=12.0, **options)
+    expected = refine_poses(projector, sim.images, start_rot, start_shift, values,
+                            radii=refinement_radii(box, pixel, 12.0), **options)
+    np.testing.assert_array_equal(result.rotations, expected.rotations)
+    np.testing.assert_array_equal(result.loss, expected.loss)
+
+
+def test_refinement_result_files_and_batches(tmp_path):
+    rng = np.random.default_rng(0)
+    parts = [PoseRefinementResult(rotations.random_rotations(n, rng), rng.normal(size=(n, 2)),
+                                  rng.random(n), rng.random(n), rng.integers(0, 9, n))
+             for n in (3, 4)]
+    merged = PoseRefinementResult.concatenate(parts)
+    merged.save(tmp_path / "poses.npz")
+    loaded = PoseRefinementResult.load(tmp_path / "poses.npz")
+    for name in ("rotations", "shifts", "loss_start", "loss", "accepted_steps"):
+        np.testing.assert_array_equal(getattr(loaded, name), np.concatenate(
+            [getattr(part, name) for part in parts]))
+    angle, shift = loaded.changes_from(loaded.rotations, loaded.shifts + [3.0, 4.0])
+    np.testing.assert_allclose(angle, 0.0, atol=1e-5)  # arccos near 1
+    np.testing.assert_allclose(shift, 5.0)

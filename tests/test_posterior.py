@@ -1,4 +1,4 @@
-"""Gaussian Fourier posterior (notes method_differentiable_fourier_slice.md, T9-T14).
+"""Gaussian Fourier posterior: the checks listed in ``docs/methods/fourier_slice_posterior.md`` §8.
 
 References: the diagonal of the normal operator (brute force), the
 variance law 1/(1/s0^2 + S/(D^2 sigma^2)) with the injected noise, a
@@ -14,8 +14,12 @@ from cryohess_plugin.core.synthetic import simulate
 from cryohess_plugin.core import ctf, fourier, rotations
 from cryohess_plugin.core.errors import InvalidDataError, MissingMetadataError, ShapeError
 from cryohess_plugin.core.fourier import hermitian_fold, mirror
+from cryohess_plugin.core.posterior import (FourierPosterior, ParticleFiles, fit_memory_bytes,
+                                            fit_posterior, half_sets, held_out_log_likelihood,
+                                            particle_file_bytes, write_particle_files)
 from cryohess_plugin.core.posterior.problem import PosteriorProblem, SpectraWriter, write_spectra
-from cryohess_plugin.core.posterior.fit import (fit_closed_form, fit_variational, log_likelihood,
+from cryohess_plugin.core.posterior.fit import (estimation_subset, fit_closed_form,
+                                                fit_variational, log_likelihood,
                                                 propagate_noise)
 from cryohess_plugin.core.kernels import posterior_cpu
 from .helpers import phantom_volume
@@ -96,8 +100,8 @@ def test_variance_follows_the_law_on_simulated_data(uniform):
     inside = sampled_region(BOX)
     error = np.abs(posterior.variance / law - 1)[inside]
     assert error.max() <= 0.05, error.max()
-    # Consequences (notes T9): variance grows with |k| for uniform views, and
-    # halves with twice the data where the data dominate the prior.
+    # Consequences (fourier_slice_posterior.md §4.5): variance grows with |k| for uniform
+    # views, and halves with twice the data where the data dominate the prior.
     assert np.all(np.diff(fourier.shell_average(posterior.relative_variance())[2:12]) > 0)
     half = fit_closed_form(problem.subset(np.arange(600)), sim.noise_sigma ** 2,
                            fourier.shell_average(posterior.prior_variance))
@@ -107,8 +111,9 @@ def test_variance_follows_the_law_on_simulated_data(uniform):
 
 
 def test_missing_cone_stays_at_the_prior(volume):
-    """Views within 15° of +z (notes T10): the cone around kz is never sampled;
-    the covered wedge is tight at high SNR and looser with more noise (Fig. 9)."""
+    """Views within 15° of +z (fourier_slice_posterior.md §4.5): the cone around kz is
+    never sampled; the covered wedge is tight at high SNR and looser with more noise
+    (paper Fig. 9)."""
     radius = fourier.radius_grid((BOX,) * 3)
     kz = fourier.frequencies(BOX)[:, None, None] * np.ones((1, BOX, BOX))
     polar = np.degrees(np.arccos(np.abs(kz) / np.maximum(radius, 1e-9)))
@@ -167,8 +172,8 @@ def test_propagated_noise_is_the_noise_in_the_mean_map(uniform):
 
 
 def test_single_fit_curve_tracks_the_half_map_fsc(uniform):
-    """Notes T11 / issue: one fit's curve crosses 0.5 and 0.143 within one shell of
-    the FSC of two half maps fitted to disjoint halves of the same data (mean maps,
+    """fourier_slice_posterior.md §4.4: one fit's curve crosses 0.5 and 0.143 within one
+    shell of the FSC of two half maps fitted to disjoint halves of the same data (mean maps,
     no mask, shells 0..D/2 of :func:`fourier.fourier_shell_correlation`).
 
     The paper's mean-field alpha = sum|mu|^2 / sum Var does not: it crosses 3-4
@@ -207,10 +212,20 @@ def test_held_out_likelihood_prefers_true_poses(volume, uniform):
     assert np.all(np.isfinite(right))
 
 
+def analytic_real_space_std(posterior):
+    """The exact voxel-wise standard deviation ``real_space_std`` estimates: a diagonal
+    Fourier posterior is stationary in real space, ``sqrt(sum_paired Var) / D^3``, divided
+    by the deapodisation (fourier_slice_posterior.md §4.5)."""
+    box = posterior.box
+    total = posterior.variance[fourier.paired(box)].sum()
+    d = fourier.deapodization(box, box, posterior.interpolation)
+    return np.sqrt(total) / box ** 3 / (d[:, None, None] * d[None, :, None] * d[None, None, :])
+
+
 def test_real_space_samples_match_the_analytic_uncertainty(uniform):
     _, _, posterior = uniform
     sampled = posterior.real_space_std(count=24, rng=0)
-    analytic = posterior.analytic_real_space_std()
+    analytic = analytic_real_space_std(posterior)
     centre = fourier.radius_grid((BOX,) * 3) < BOX / 4
     assert np.mean(sampled[centre]) == pytest.approx(np.mean(analytic[centre]), rel=0.05)
     maps = posterior.sample_maps(2, rng=1)
@@ -364,3 +379,102 @@ def test_closed_form_counts_its_passes(uniform):
     assert fit.history["passes"]["normal"] == len(calls)
     assert len(calls) > len(residuals) - converged  # the probe's solve is counted too
     assert fit.history["passes"]["adjoint"] == 3 and fit.history["passes"]["density"] == 1
+
+
+def test_posterior_file_round_trip(uniform, tmp_path):
+    """save/load keep every field of the posterior, its fit history included."""
+    _, _, posterior = uniform
+    posterior.save(tmp_path / "posterior.npz")
+    loaded = FourierPosterior.load(tmp_path / "posterior.npz")
+    for name in ("mean", "variance", "prior_variance", "noise_power"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(posterior, name))
+    assert loaded.noise_variance == posterior.noise_variance
+    assert loaded.interpolation == posterior.interpolation
+    assert loaded.history == posterior.history
+    assert loaded.history["passes"] == posterior.history["passes"]
+    assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_particle_files_hold_the_spectra_ctf_and_images(volume, tmp_path):
+    """Batches written to files equal the half-plane transform, the CTF evaluated at the
+    model's points and the images themselves; their size is what the estimate says."""
+    sim, in_memory = make_problem(volume, 30, 0.05, 12)
+    files = ParticleFiles.in_directory(str(tmp_path), images=True)
+    batches = (sim.images[first:first + 7] for first in range(0, 30, 7))
+    assert write_particle_files(files, batches, sim.ctf_params, PIXEL) == BOX
+    problem = files.problem(sim.rotations, sim.shifts)
+    assert problem.on_disk
+    np.testing.assert_array_equal(problem.spectra, in_memory.spectra)
+    np.testing.assert_array_equal(problem.ctf, in_memory.ctf)
+    np.testing.assert_array_equal(files.image_batch(10, 5), sim.images[10:15])
+    written = sum((tmp_path / name).stat().st_size
+                  for name in ("spectra.npy", "ctf_values.npy", "images.npy"))
+    assert 0 <= written - particle_file_bytes(30, BOX, images=True) <= 3 * 4096
+    assert particle_file_bytes(30, BOX) < particle_file_bytes(30, BOX, images=True)
+
+
+def test_stopped_conversion_leaves_no_particle_files(volume, tmp_path):
+    sim, _ = make_problem(volume, 10, 0.05, 13)
+
+    def stopped():
+        yield sim.images[:5]
+        raise KeyboardInterrupt
+
+    files = ParticleFiles.in_directory(str(tmp_path), images=True)
+    with pytest.raises(KeyboardInterrupt):
+        write_particle_files(files, stopped(), sim.ctf_params, PIXEL)
+    for path in (files.spectra, files.ctf, files.images):
+        assert not (tmp_path / path).exists(), path
+    with pytest.raises(MissingMetadataError, match="images"):
+        ParticleFiles.in_directory(str(tmp_path)).image_batch(0, 1)
+
+
+def test_fit_posterior_estimates_the_variational_fit_on_a_subset(uniform):
+    """The variational fit gets its noise and prior from a closed-form fit to evenly
+    spread particles, and its noise power from one probe; the closed form is unchanged."""
+    _, problem, _ = uniform
+    small = problem.subset(np.arange(200))
+    subset = estimation_subset(200, 50)
+    assert subset.size == 50 and subset[0] == 0 and subset[-1] == 199
+    np.testing.assert_array_equal(estimation_subset(20, 50), np.arange(20))
+    fitted = fit_posterior(small, method="variational", epochs=2, estimation_particles=50)
+    estimate = fit_closed_form(small.subset(subset), noise_probes=0)
+    expected = fit_variational(small, estimate.noise_variance, estimate.prior_variance,
+                               epochs=2)
+    expected.noise_power = propagate_noise(small, expected)
+    for name in ("mean", "variance", "noise_power"):
+        np.testing.assert_array_equal(getattr(fitted, name), getattr(expected, name))
+    closed = fit_posterior(small, em_iterations=2)
+    np.testing.assert_array_equal(closed.mean, fit_closed_form(small, em_iterations=2).mean)
+    with pytest.raises(ValueError, match="method"):
+        fit_posterior(small, method="gibbs")
+
+
+def test_held_out_likelihood_scores_each_half_under_the_other(uniform):
+    _, problem, posterior = uniform
+    small = problem.subset(np.arange(40))
+    rows_1, rows_2 = half_sets(40)
+    np.testing.assert_array_equal(np.sort(np.concatenate([rows_1, rows_2])), np.arange(40))
+    halves = [fit_closed_form(small.subset(rows), posterior.noise_variance,
+                              fourier.shell_average(posterior.prior_variance), noise_probes=0)
+              for rows in (rows_1, rows_2)]
+    values = held_out_log_likelihood(small, *halves)
+    np.testing.assert_array_equal(values[rows_1], log_likelihood(small.subset(rows_1), halves[1]))
+    np.testing.assert_array_equal(values[rows_2], log_likelihood(small.subset(rows_2), halves[0]))
+
+
+def test_fit_memory_estimate_bounds_the_traced_peak():
+    """fit_memory_bytes, which the protocols warn with, is above what a fit allocates
+    and not far above it."""
+    box = 24
+    rng = np.random.default_rng(0)
+    for n in (30, 600):  # one short batch; a full batch of 512 and a short one
+        problem = PosteriorProblem(rng.standard_normal((n, box, box)),
+                                   rotations.random_rotations(n, rng), rng.normal(0, 1, (n, 2)))
+        fit_closed_form(problem.subset(np.arange(5)), em_iterations=2, cg_iterations=2)
+        tracemalloc.start()
+        fit_closed_form(problem, em_iterations=2, cg_iterations=5)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        estimate = fit_memory_bytes(box, n)
+        assert 0.5 * estimate <= peak <= estimate, (n, peak, estimate)

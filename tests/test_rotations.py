@@ -81,10 +81,3 @@ def test_grid_spacing_follows_angular_step():
     nearest = np.degrees(np.arccos(np.clip(cosines.max(axis=1), -1, 1)))
     assert 5.0 < np.median(nearest) < 12.0
 
-
-def test_so3_grid_weights_and_size():
-    matrices, weights = rotations.so3_grid(15.0)
-    directions, _ = rotations.viewing_grid(15.0)
-    assert len(matrices) == len(directions) * 24
-    assert weights.sum() == pytest.approx(1.0, rel=1e-12)
-    assert np.abs(np.einsum("nij,nkj->nik", matrices, matrices) - np.eye(3)).max() < 1e-12

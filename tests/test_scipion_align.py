@@ -6,16 +6,21 @@ rotated Gaussian-atom maps (volumes).
 """
 import os
 import re
+import warnings
 
+import mrcfile
 import numpy as np
 from pwem.constants import ALIGN_2D, ALIGN_PROJ
 from pwem.objects import SetOfParticles
 from pwem.protocols import ProtImportAverages, ProtImportParticles, ProtImportVolumes
+from pyworkflow.protocol import getProtocolFromDb
+from pyworkflow.protocol.constants import MODE_RESTART, MODE_RESUME
 from pyworkflow.tests import setupTestProject
 from pyworkflow.utils import magentaStr
 
 from cryohess_plugin import convert
-from cryohess_plugin.constants import ALIGN_SCORE, ALIGN_TEMPLATE, CTF_GROUP, RANK_FIXED
+from cryohess_plugin.constants import (ALIGN_SCORE, ALIGN_TEMPLATE, CTF_GROUP, RANK_FIXED,
+                                       REFERENCE_2D, REFERENCE_VOLUME)
 from cryohess_plugin.core.synthetic import atoms
 from cryohess_plugin.core import ctf, mrc, rotations
 from cryohess_plugin.core.synthetic.phantoms import random_protein_phantom
@@ -135,6 +140,7 @@ class TestAlignParticlesTo2DReferences(CryoHessTestCase):
         folder = cls.proj.getTmpPath()
         mrc.write_stack(os.path.join(folder, 'references.mrcs'), references, PIXEL)
         mrc.write_stack(os.path.join(folder, 'particles.mrcs'), particles, PIXEL)
+        mrc.write_volume(os.path.join(folder, 'volume.mrc'), volume, PIXEL)
         cls.protRefs = cls.newProtocol(ProtImportAverages, filesPath=folder,
                                        filesPattern='references.mrcs', samplingRate=PIXEL)
         cls.launchProtocol(cls.protRefs)
@@ -146,6 +152,34 @@ class TestAlignParticlesTo2DReferences(CryoHessTestCase):
         cls.protAlign.inputParticles.set(cls.protParts.outputParticles)
         cls.protAlign.inputReferences.set(cls.protRefs.outputAverages)
         cls.launchProtocol(cls.protAlign)
+        cls.protVolume = cls.newProtocol(ProtImportVolumes, filesPath=folder,
+                                         filesPattern='volume.mrc', samplingRate=PIXEL)
+        cls.launchProtocol(cls.protVolume)
+
+    def testClassesAsReferences(self):
+        """2D classes (their representatives) are references too: the same classes again."""
+        prot = self.newProtocol(CryoHessProtAlignParticles, referenceType=REFERENCE_2D,
+                                maxShift=3.0, shiftStep=1.0, numberOfThreads=1)
+        prot.inputParticles.set(self.protParts.outputParticles)
+        prot.inputReferences.set(self.protAlign.outputClasses)
+        self.assertEqual(prot.validate(), [])
+        self.launchProtocol(prot)
+        arrays = convert.particles_to_arrays(prot.outputParticles, need_alignment=ALIGN_2D,
+                                             columns=(ALIGN_TEMPLATE,), read_images=False)
+        np.testing.assert_array_equal(arrays.columns[ALIGN_TEMPLATE] - 1, self.CLASSES)
+
+    def testSwitchToVolumeNeedsRestart(self):
+        """Continue after switching to a volume would keep the 2D classes: Restart is asked."""
+        prot = getProtocolFromDb(self.proj.path, self.protAlign.getDbPath(),
+                                 self.protAlign.getObjId())
+        prot.referenceType.set(REFERENCE_VOLUME)
+        prot.inputVolume.set(self.protVolume.outputVolume)
+        prot.runMode.set(MODE_RESUME)
+        errors = prot.validate()
+        self.assertTrue(any("needs Restart" in e and "outputClasses" in e for e in errors),
+                        errors)
+        prot.runMode.set(MODE_RESTART)
+        self.assertEqual(prot.validate(), [])
 
     def testAlignment2D(self):
         parts = self.protAlign.outputParticles
@@ -226,7 +260,8 @@ class TestAlignVolumes(CryoHessTestCase):
 
 
 class TestAlignValidation(CryoHessTestCase):
-    """Bad input is refused by _validate with a message naming the fix."""
+    """Bad input is refused by _validate, from file headers, with a message naming the fix;
+    expensive or useless settings get a warning."""
 
     @classmethod
     def setUpClass(cls):
@@ -237,11 +272,35 @@ class TestAlignValidation(CryoHessTestCase):
         cls.launchProtocol(cls.small)
         cls.large = cls.newProtocol(CryoHessProtSimulate, boxSize=BOX + 8, **common)
         cls.launchProtocol(cls.large)
+        folder = os.path.abspath(cls.proj.getTmpPath())
+        stack = mrc.read_stack(cls.small._getExtraPath('particles.mrcs'))
+        mrc.write_stack(os.path.join(folder, 'wide.mrcs'), np.zeros((3, BOX, BOX + 8)), PIXEL)
+        mrc.write_stack(os.path.join(folder, 'cut.mrcs'), stack, PIXEL)
+        stack[2, 5, 7] = np.nan  # particle 3
+        for name, data in (('with_nan.mrcs', stack), ('slab.mrc', np.zeros((BOX - 4, BOX, BOX)))):
+            with mrcfile.new(os.path.join(folder, name)) as written, warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # the NaN, on purpose
+                written.set_data(data.astype(np.float32))
+                written.voxel_size = PIXEL
+        cls.imported = {name: cls._importParticles(folder, name + '.mrcs', PIXEL)
+                        for name in ('with_nan', 'wide', 'cut')}
+        cls.coarse = cls._importParticles(folder, 'with_nan.mrcs', 3.0)
+        # Imports link the file: cut it after the import, as a copy stopped half way would.
+        os.truncate(os.path.join(folder, 'cut.mrcs'), 1024 + BOX * BOX * 4 * 3)
+        cls.slab = cls.newProtocol(ProtImportVolumes, filesPath=folder, filesPattern='slab.mrc',
+                                   samplingRate=PIXEL)
+        cls.launchProtocol(cls.slab)
 
-    def _errors(self, **kwargs):
-        prot = self.newProtocol(CryoHessProtAlignParticles, **kwargs)
-        prot.inputParticles.set(self.small.outputParticles)
-        prot.inputVolume.set(self.small.outputVolume)
+    @classmethod
+    def _importParticles(cls, folder, pattern, pixel):
+        protocol = cls.newProtocol(ProtImportParticles, filesPath=folder, filesPattern=pattern,
+                                   samplingRate=pixel)
+        return cls.launchProtocol(protocol).outputParticles
+
+    def _errors(self, particles=None, volume=None, **kwargs):
+        prot = self.newProtocol(CryoHessProtAlignParticles, numberOfThreads=1, **kwargs)
+        prot.inputParticles.set(particles or self.small.outputParticles)
+        prot.inputVolume.set(volume or self.small.outputVolume)
         return prot, prot.validate()
 
     def testValidInput(self):
@@ -277,3 +336,58 @@ class TestAlignValidation(CryoHessTestCase):
         prot.referenceVolume.set(self.small.outputVolume)
         errors = prot.validate()
         self.assertTrue(any("px wide" in e for e in errors), errors)
+        # Named as the GUI names it: the run's label and the output, not an object id.
+        self.assertTrue(any("%s.outputVolume" % self.large.getRunName() in e for e in errors),
+                        errors)
+
+    def assertMessage(self, fragment, messages):
+        self.assertTrue(any(fragment in message for message in messages), messages)
+
+    def testBadFilesFromHeaders(self):
+        """Non-square particles, a truncated stack and a non-cubic map are refused from their
+        headers; a pixel size that differs from the reference's too."""
+        self.assertMessage("needs square images",
+                           self._errors(particles=self.imported['wide'])[1])
+        self.assertMessage("truncated", self._errors(particles=self.imported['cut'])[1])
+        self.assertMessage("Å/px", self._errors(particles=self.coarse)[1])
+        _, errors = self._errors(volume=self.slab.outputVolume)
+        self.assertMessage("needs a cubic map", errors)
+        self.assertMessage("reference volume", errors)
+        for inputs in ((self.slab.outputVolume, self.small.outputVolume),
+                       (self.small.outputVolume, self.slab.outputVolume)):
+            prot = self.newProtocol(CryoHessProtAlignVolumes)
+            prot.inputVolumes.set(inputs[0])
+            prot.referenceVolume.set(inputs[1])
+            errors = prot.validate()
+            self.assertMessage("needs a cubic map", errors)
+            self.assertMessage("%s.outputVolume" % self.slab.getRunName(), errors)
+
+    def testNanParticleNamedByLocation(self):
+        """Particle 3 of the stack has a NaN pixel: the failure names 3@file and its id."""
+        prot, errors = self._errors(particles=self.imported['with_nan'])
+        self.assertEqual(errors, [])
+        self.proj.launchProtocol(prot, wait=True)
+        self.assertTrue(prot.isFailed())
+        message = prot.getErrorMessage()
+        self.assertIn("1 of 6 particles contain NaN", message)
+        self.assertRegex(message, r"pixels: 3@\S*with_nan\.mrcs \(id 3\);")
+
+    def testWarnings(self):
+        """Huge reference sets, bands too coarse to align and shifts beyond the box."""
+        self.assertEqual(self._errors()[0].warnings(), [])
+        prot, errors = self._errors(angularStep=0.5)
+        self.assertEqual(errors, [])
+        self.assertMessage("168615 projections: 6.5 GB of references", prot.warnings())
+        prot, errors = self._errors(maxResolution=1000.0)
+        self.assertEqual(errors, [])
+        self.assertMessage("only 2 rings x 4 in-plane angles", prot.warnings())
+        prot, errors = self._errors(maxShift=500.0)
+        self.assertEqual(errors, [])
+        self.assertMessage("moves the particles out of their 32-px box", prot.warnings())
+        for settings, fragment in ((dict(maxResolution=1000.0), "only 2 shells"),
+                                   (dict(maxShift=500.0), "moves the volumes out")):
+            prot = self.newProtocol(CryoHessProtAlignVolumes, **settings)
+            prot.inputVolumes.set(self.small.outputVolume)
+            prot.referenceVolume.set(self.small.outputVolume)
+            self.assertEqual(prot.validate(), [])
+            self.assertMessage(fragment, prot.warnings())

@@ -1,16 +1,21 @@
-"""The Fourier-slice posterior protocol and its viewer in a headless Scipion project.
+"""The Fourier-slice posterior and pose-refinement protocols and their viewers in a
+headless Scipion project.
 
 Simulated particles (32 px) with uniform views, their poses moved 3° and 1 px
-away from the truth (imported from a Scipion sqlite), fitted with half maps
-and pose refinement; and a polar cap of views (a missing cone) fitted alone by the
-minibatch variational fit.
+away from the truth (imported from a Scipion sqlite), refined and then fitted with
+half maps; a polar cap of views (a missing cone) fitted alone by the minibatch
+variational fit; a small set fitted, edited and continued.
 """
 import os
+import shutil
+from unittest import mock
 
+import mrcfile
 import numpy as np
 from pwem.constants import ALIGN_PROJ
-from pwem.objects import SetOfParticles
+from pwem.objects import SetOfParticles, Volume
 from pwem.protocols import ProtImportParticles
+from pyworkflow.protocol.constants import MODE_RESUME
 from pyworkflow.tests import setupTestProject
 from pyworkflow.utils import magentaStr
 
@@ -20,9 +25,10 @@ from cryohess_plugin.constants import (FIT_VARIATIONAL, LOG_LIKELIHOOD, REFINED_
 from cryohess_plugin.core import fourier, mrc, rotations
 from cryohess_plugin.core.pose_refinement import pose_errors
 from cryohess_plugin.demo import savePlots
-from cryohess_plugin.protocols import CryoHessProtFourierPosterior
-from cryohess_plugin.protocols.protocol_fourier_posterior import FULL
-from cryohess_plugin.viewers import CryoHessFourierPosteriorViewer
+from cryohess_plugin.protocols import CryoHessProtFourierPosterior, CryoHessProtRefinePoses
+from cryohess_plugin.protocols.protocol_fourier_posterior import (
+    FULL, OUTPUT_HALF_MAP_FSC, OUTPUT_SINGLE_FIT_FSC)
+from cryohess_plugin.viewers import CryoHessFourierPosteriorViewer, CryoHessRefinePosesViewer
 from .scipion_base import CryoHessTestCase, ParticleValidationMixin
 
 
@@ -52,19 +58,23 @@ def offsetPoses(truthRotations, truthShifts, rng=0):
 
 
 class TestFourierPosterior(CryoHessTestCase):
-    """Half maps and pose refinement on uniform views; a missing cone on polar views."""
+    """Pose refinement and half maps on uniform views; a missing cone on polar views."""
 
     @classmethod
     def setUpClass(cls):
         setupTestProject(cls)
-        print(magentaStr("\n==> Fourier-slice posterior of particles with offset poses"))
+        print(magentaStr("\n==> Pose refinement and posterior of particles with offset poses"))
         cls.simUniform = cls.launchSimulation('uniform views', SIMULATION, snr=UNIFORM_SNR)
         cls.offset = cls._importOffsetParticles()
+        cls.refinement = cls.newProtocol(CryoHessProtRefinePoses, refineRounds=ROUNDS,
+                                         particlesPerBatch=160, numberOfThreads=1)
+        cls.refinement.inputParticles.set(cls.offset.outputParticles)
+        cls.refinement.setObjLabel('refine offset poses')
+        cls.launchProtocol(cls.refinement)
         cls.refined = cls.newProtocol(CryoHessProtFourierPosterior, doHalfMaps=True,
-                                      doRefinePoses=True, refineRounds=ROUNDS,
                                       numberOfSamples=8,
                                       particlesPerBatch=160, numberOfThreads=1)
-        cls.refined.inputParticles.set(cls.offset.outputParticles)
+        cls.refined.inputParticles.set(cls.refinement.outputParticles)
         cls.refined.setObjLabel('posterior - refined poses')
         cls.launchProtocol(cls.refined)
         print(magentaStr("\n==> Fourier-slice posterior of a polar cap of views"))
@@ -139,7 +149,8 @@ class TestFourierPosterior(CryoHessTestCase):
         for fsc in (self.refined.outputSingleFitFsc, self.refined.outputHalfMapFsc,
                     self.polar.outputSingleFitFsc):
             self.assertGreater(convert.fsc_to_arrays(fsc)[1][:3].mean(), 0.9)
-        # One fit predicts the half-map FSC of the same data (issue 5).
+        # One fit predicts the half-map FSC of the same data
+        # (docs/methods/fourier_slice_posterior.md §4.4).
         single = convert.fsc_to_arrays(self.refined.outputSingleFitFsc)[1]
         halves = convert.fsc_to_arrays(self.refined.outputHalfMapFsc)[1]
         print("single-fit curve:", np.round(single, 3), "\nhalf-map FSC:   ", np.round(halves, 3))
@@ -187,7 +198,7 @@ class TestFourierPosterior(CryoHessTestCase):
         truth = np.load(self.simUniform._getFileName('particleTruth'))
         medians = []
         for round_ in range(1, ROUNDS + 1):
-            poses = np.load(self.refined._getFileName('poses', round=round_))
+            poses = np.load(self.refinement._getFileName('poses', round=round_))
             angle, _ = pose_errors(poses['rotations'], poses['shifts'], truth['rotations'],
                                    truth['shifts'])
             medians.append(np.median(angle))
@@ -196,7 +207,8 @@ class TestFourierPosterior(CryoHessTestCase):
         self.assertTrue(bool(self.refined._loadLikelihood()['heldOut']))
 
     def testMissingConeStaysAtThePrior(self):
-        """Views within 15° of the pole never sample the cone around kz (notes T10);
+        """Views within 15° of the pole never sample the cone around kz
+        (docs/methods/fourier_slice_posterior.md §4.5);
         the variational fit keeps the prior there as the closed form does."""
         relative = self.polar._loadPosterior(FULL).relative_variance()
         radius = fourier.radius_grid(relative.shape)
@@ -212,14 +224,17 @@ class TestFourierPosterior(CryoHessTestCase):
     def testSummaryAndMethods(self):
         summary = '\n'.join(self.refined.summary())
         for fragment in ('%d particles of %d px' % (PARTICLES, BOX), 'noise variance',
-                         'Single-fit curve', 'Half-map FSC', 'held out',
-                         'Pose refinement (%d rounds)' % ROUNDS):
+                         'Single-fit curve', 'Half-map FSC', 'held out'):
             self.assertIn(fragment, summary)
+        self.assertIn('Pose refinement (%d rounds)' % ROUNDS,
+                      '\n'.join(self.refinement.summary()))
         self.assertNotIn('Half-map FSC', '\n'.join(self.polar.summary()))
         methods = ' '.join(self.refined.methods())
         self.assertIn('Ullrich', methods)
         self.assertIn('half-map FSC', methods)
-        self.assertIn('Ullrich2019differentiable', self.refined._citations())
+        self.assertIn('Ullrich', ' '.join(self.refinement.methods()))
+        for protocol in (self.refined, self.refinement):
+            self.assertIn('Ullrich2019differentiable', protocol._citations())
 
     def testFourierVariancePlotShowsTheMissingCone(self):
         """The ky = 0 plane of the polar-cap run: grey (masked) beyond Nyquist, at the
@@ -236,42 +251,173 @@ class TestFourierPosterior(CryoHessTestCase):
         self.assertLess(image[centre, centre + BOX // 4], 0.5)  # on the kx axis
 
     def testViewerPlots(self):
-        for protocol, count in ((self.refined, 5), (self.polar, 4)):
-            paths = savePlots(CryoHessFourierPosteriorViewer, self.proj, protocol,
-                              self.proj.path, 'posterior_%d' % protocol.getObjId())
+        for viewer, protocol, count in ((CryoHessFourierPosteriorViewer, self.refined, 4),
+                                        (CryoHessRefinePosesViewer, self.refinement, 1),
+                                        (CryoHessFourierPosteriorViewer, self.polar, 4)):
+            paths = savePlots(viewer, self.proj, protocol, self.proj.path,
+                              'posterior_%d' % protocol.getObjId())
             self.assertEqual(len(paths), count)
             for path in paths:
                 self.assertGreater(os.path.getsize(path), 1000, path)
 
 
-class TestFourierPosteriorValidation(ParticleValidationMixin, CryoHessTestCase):
-    """Bad input is refused by _validate with a message naming the fix."""
+class FourierSliceValidationMixin(ParticleValidationMixin):
+    """The checks both Fourier-slice protocols make of their particles and resources;
+    ``PROTOCOL`` is the protocol class."""
     SIMULATION = SIMULATION
     PIXEL = PIXEL
+    PROTOCOL = None
 
-    def _errors(self, particles=None, reference=None, **kwargs):
-        protocol = self.newProtocol(CryoHessProtFourierPosterior, **kwargs)
+    def _errors(self, particles=None, **kwargs):
+        return self._protocol(particles, **kwargs).validate()
+
+    def _protocol(self, particles=None, **kwargs):
+        protocol = self.newProtocol(self.PROTOCOL, **kwargs)
         protocol.inputParticles.set(self.small.outputParticles if particles is None
                                     else particles)
+        return protocol
+
+    def testTruncatedParticleStack(self):
+        """A stack cut short is refused from its header, before anything runs."""
+        source = self.small.outputParticles
+        truncated = self.proj.getTmpPath('truncated_particles.mrcs')
+        shutil.copy(convert.image_file(source.getFirstItem().getFileName()), truncated)
+        with open(truncated, 'r+b') as handle:
+            handle.truncate(os.path.getsize(truncated) - 100)
+        particles = SetOfParticles(filename=self.proj.getTmpPath('truncated_particles.sqlite'))
+        particles.copyInfo(source)
+        particles.copyItems(source, updateItemCallback=lambda particle, _row=None:
+                            particle.setLocation(particle.getIndex(), truncated))
+        particles.write()
+        self.assertError("truncated", self._errors(particles=particles))
+
+    def testResourceWarnings(self):
+        """Files and Fourier grids beyond half the free disk and memory are warned about."""
+        self.assertEqual(self._protocol().warnings(), [])
+        with mock.patch.object(self.PROTOCOL, '_freeDiskBytes', return_value=2 ** 10), \
+                mock.patch.object(self.PROTOCOL, '_freeMemoryBytes', return_value=2 ** 10):
+            warnings = self._protocol().warnings()
+        self.assertEqual(len(warnings), 2, warnings)
+        self.assertError("on disk", warnings)
+        self.assertError("of memory", warnings)
+
+
+class TestFourierPosteriorValidation(FourierSliceValidationMixin, CryoHessTestCase):
+    """Bad input is refused by _validate with a message naming the fix."""
+    PROTOCOL = CryoHessProtFourierPosterior
+
+    def testValidInput(self):
+        self.assertEqual(self._errors(), [])
+
+    def testTooFewSamples(self):
+        self.assertTrue(self._errors(numberOfSamples=1))
+
+
+class TestRefinePosesValidation(FourierSliceValidationMixin, CryoHessTestCase):
+    """Bad input to the pose refinement is refused by _validate with a message naming the fix."""
+    PROTOCOL = CryoHessProtRefinePoses
+
+    def _errors(self, particles=None, reference=None, **kwargs):
+        protocol = self._protocol(particles, **kwargs)
         if reference is not None:
             protocol.refinementReference.set(reference)
         return protocol.validate()
 
     def testValidInput(self):
         self.assertEqual(self._errors(), [])
-        self.assertEqual(self._errors(doRefinePoses=True, maxResolution=10.0,
-                                      reference=self.small.outputVolume), [])
+        self.assertEqual(self._errors(maxResolution=10.0, reference=self.small.outputVolume), [])
 
     def testReferenceBoxDiffers(self):
-        errors = self._errors(doRefinePoses=True, reference=self.large.outputVolume)
+        errors = self._errors(reference=self.large.outputVolume)
         self.assertError("px wide", errors)
 
     def testReferencePixelSizeDiffers(self):
-        errors = self._errors(doRefinePoses=True, reference=self.coarse.outputVolume)
+        errors = self._errors(reference=self.coarse.outputVolume)
         self.assertError("resample", errors)
 
     def testResolutionBeyondNyquist(self):
-        self.assertError("Nyquist", self._errors(doRefinePoses=True, maxResolution=PIXEL))
+        self.assertError("Nyquist", self._errors(maxResolution=PIXEL))
 
-    def testTooFewSamples(self):
-        self.assertTrue(self._errors(numberOfSamples=1))
+    def testNonCubicReference(self):
+        path = self.proj.getTmpPath('flat_reference.mrc')
+        with mrcfile.new(path, overwrite=True) as handle:
+            handle.set_data(np.zeros((BOX - 4, BOX, BOX), np.float32))
+            handle.voxel_size = PIXEL
+        reference = Volume(location=path)
+        reference.setSamplingRate(PIXEL)
+        self.assertError("cubic", self._errors(reference=reference))
+
+
+class TestFourierPosteriorContinue(CryoHessTestCase):
+    """An edited form and Continue: exactly the steps that read the edit re-run, and the
+    result is a fresh run's; an edit that would leave a stale output needs Restart."""
+
+    @classmethod
+    def setUpClass(cls):
+        setupTestProject(cls)
+        print(magentaStr("\n==> Fourier-slice posterior: edit and continue"))
+        small = dict(SIMULATION, boxSize=24, numberOfParticles=40, phantomRadius=20.0)
+        cls.simulation = cls.launchSimulation('small set', small)
+        cls.edited = cls._launchPosterior('closed form, then variational')
+        cls.firstSteps = cls._stepTimes(cls.edited)
+        cls.edited.runMode.set(MODE_RESUME)
+        cls.launchProtocol(cls.edited)
+        cls.unchangedSteps = cls._stepTimes(cls.edited)
+        cls.edited.fitMethod.set(FIT_VARIATIONAL)
+        cls.edited.runMode.set(MODE_RESUME)
+        cls.launchProtocol(cls.edited)
+        cls.editedSteps = cls._stepTimes(cls.edited)
+        cls.fresh = cls._launchPosterior('variational', fitMethod=FIT_VARIATIONAL)
+
+    @classmethod
+    def _launchPosterior(cls, label, **settings):
+        protocol = cls.newProtocol(CryoHessProtFourierPosterior, numberOfSamples=4,
+                                   numberOfThreads=1, **settings)
+        protocol.inputParticles.set(cls.simulation.outputParticles)
+        protocol.setObjLabel(label)
+        return cls.launchProtocol(protocol)
+
+    @staticmethod
+    def _stepTimes(protocol):
+        return [(step.funcName.get(), step.endTime.get()) for step in protocol.loadSteps()]
+
+    def testContinueWithoutAnEditRerunsNothing(self):
+        self.assertEqual(self.unchangedSteps, self.firstSteps)
+
+    def testSwitchingTheFitRerunsTheFitsAndGivesAFreshRun(self):
+        names = [name for name, _ in self.firstSteps]
+        self.assertEqual(names, ['convertInputStep'] + ['fitStep'] * 3
+                         + ['logLikelihoodStep', 'createOutputStep'])
+        kept = [before == after for before, after in zip(self.firstSteps, self.editedSteps)]
+        self.assertEqual(kept, [True] + [False] * 5)
+        for part in (FULL, 'half1', 'half2'):
+            edited, fresh = (protocol._loadPosterior(part) for protocol in (self.edited,
+                                                                              self.fresh))
+            self.assertIn('elbo', edited.history)
+            for name in ('mean', 'variance', 'prior_variance', 'noise_power'):
+                np.testing.assert_array_equal(getattr(edited, name), getattr(fresh, name))
+            self.assertEqual(edited.noise_variance, fresh.noise_variance)
+        self.assertEqual(self.edited.summary(), self.fresh.summary())
+        self.assertIn('minibatch variational', self.edited.summary()[0])
+        for name in ('outputVolume', 'outputUncertainty'):
+            arrays = [convert.volume_to_array(getattr(protocol, name))[0]
+                      for protocol in (self.edited, self.fresh)]
+            np.testing.assert_array_equal(*arrays)
+        for name in (OUTPUT_SINGLE_FIT_FSC, OUTPUT_HALF_MAP_FSC):
+            curves = [convert.fsc_to_arrays(getattr(protocol, name))[1]
+                      for protocol in (self.edited, self.fresh)]
+            np.testing.assert_array_equal(*curves)
+        likelihoods = [[convert.read_column(particle, LOG_LIKELIHOOD)
+                        for particle in protocol.outputParticles.iterItems(orderBy='id')]
+                       for protocol in (self.edited, self.fresh)]
+        np.testing.assert_array_equal(*likelihoods)
+
+    def testHalfMapsOffNeedsRestart(self):
+        self.edited.doHalfMaps.set(False)
+        self.edited.runMode.set(MODE_RESUME)
+        try:
+            errors = self.edited.validate()
+        finally:
+            self.edited.doHalfMaps.set(True)
+        self.assertTrue(any("needs Restart" in error and OUTPUT_HALF_MAP_FSC in error
+                            for error in errors), errors)

@@ -7,20 +7,25 @@ import os
 
 import numpy as np
 from pwem.constants import ALIGN_PROJ
+from pwem.objects import Volume
 from pwem.protocols import ProtSplitSet
+from pyworkflow.protocol.constants import MODE_RESUME
 from pyworkflow.tests import setupTestProject
 from pyworkflow.utils import magentaStr
 
 from cryohess_plugin import convert
 from cryohess_plugin.constants import (CONFORMATION, DEFOCUS_GROUP, HETEROGENEITY_LINEAR,
-                                       HETEROGENEITY_RIGID_REGION, SOURCE_ATOMIC_MODEL,
-                                       SOURCE_PHANTOM, SOURCE_VOLUME, VIEWS_POLAR_CAP)
+                                       HETEROGENEITY_RIGID_REGION, PHANTOM_CYCLIC,
+                                       SOURCE_ATOMIC_MODEL, SOURCE_PHANTOM, SOURCE_VOLUME,
+                                       VIEWS_POLAR_CAP)
 from cryohess_plugin.core import mrc
+from cryohess_plugin.core.synthetic.atoms import gaussian_atom_volume
 from cryohess_plugin.core.synthetic.phantoms import random_protein_phantom
 from cryohess_plugin.core.rotations import projection_directions
 from cryohess_plugin.demo import savePlots
 from cryohess_plugin.protocols import CryoHessProtSimulate
 from cryohess_plugin.viewers import CryoHessSimulateViewer
+from .helpers import relative_l2
 from .scipion_base import CryoHessTestCase
 
 BOX = 32
@@ -203,6 +208,110 @@ class TestCryoHessSimulateSources(CryoHessTestCase):
         self.assertTrue(np.all(np.isfinite(arrays.images)))
 
 
+class TestCryoHessSimulateCyclic(CryoHessTestCase):
+    """The cyclic phantom: a ground truth with C_n symmetry about z."""
+
+    @classmethod
+    def setUpClass(cls):
+        setupTestProject(cls)
+
+    def testC4PhantomMapIsSymmetric(self):
+        print(magentaStr("\n==> Simulating a C4 phantom"))
+        # An odd box puts the symmetry axis (the centroid, voxel box // 2) on the array's
+        # centre, so a quarter turn of the map is np.rot90.
+        settings = dict(SMALL, boxSize=BOX + 1, numberOfParticles=6, numberOfDefocusGroups=2)
+        prot = self.newProtocol(CryoHessProtSimulate, phantomSymmetry=PHANTOM_CYCLIC,
+                                symmetryOrder=4, **settings)
+        self.launchProtocol(prot)
+        volume, _ = convert.volume_to_array(prot.outputVolume)
+        self.assertLess(relative_l2(np.rot90(volume, axes=(1, 2)), volume), 1e-5)
+        asymmetric = gaussian_atom_volume(random_protein_phantom(300, 18.0, rng=0), BOX + 1,
+                                          PIXEL)
+        self.assertGreater(relative_l2(np.rot90(asymmetric, axes=(1, 2)), asymmetric), 0.3)
+        self.assertSetSize(prot.outputParticles, 6)
+        self.assertIn('C4 phantom of 4 subunits of 75 atoms', ' '.join(prot.summary()))
+
+
+class TestCryoHessSimulateContinue(CryoHessTestCase):
+    """Continue re-runs exactly the steps an edit affects and gives a fresh run's output."""
+    SETTINGS = dict(SMALL, numberOfParticles=12, doMicrographs=True, numberOfMicrographs=2,
+                    particlesPerMicrograph=4, micrographSize=128)
+
+    @classmethod
+    def setUpClass(cls):
+        setupTestProject(cls)
+
+    @staticmethod
+    def _stepEnds(prot):
+        return [(step.funcName.get(), step.endTime.get()) for step in prot.loadSteps()]
+
+    def _continue(self, prot, **edits):
+        for name, value in edits.items():
+            getattr(prot, name).set(value)
+        prot.runMode.set(MODE_RESUME)
+        self.launchProtocol(prot)
+        return self._stepEnds(prot)
+
+    def _assertSameData(self, prot, fresh):
+        for name in sorted(os.listdir(fresh._getExtraPath())):
+            mine, theirs = prot._getExtraPath(name), fresh._getExtraPath(name)
+            if name.endswith('.npz'):
+                mineArrays, theirArrays = np.load(mine), np.load(theirs)
+                self.assertEqual(sorted(mineArrays.files), sorted(theirArrays.files))
+                for key in theirArrays.files:
+                    np.testing.assert_array_equal(mineArrays[key], theirArrays[key])
+            else:
+                np.testing.assert_array_equal(mrc.read_stack(mine), mrc.read_stack(theirs))
+        mineParts = convert.particles_to_arrays(prot.outputParticles, need_ctf=True)
+        theirParts = convert.particles_to_arrays(fresh.outputParticles, need_ctf=True)
+        np.testing.assert_array_equal(mineParts.images, theirParts.images)
+        np.testing.assert_array_equal(mineParts.rotations, theirParts.rotations)
+        self.assertEqual(mineParts.ctfs, theirParts.ctfs)
+        mineMics, _, _ = convert.micrographs_to_arrays(prot.outputMicrographs)
+        theirMics, _, _ = convert.micrographs_to_arrays(fresh.outputMicrographs)
+        np.testing.assert_array_equal(mineMics, theirMics)
+        mineCoords = convert.coordinates_to_arrays(prot.outputCoordinates)
+        theirCoords = convert.coordinates_to_arrays(fresh.outputCoordinates)
+        for mineMic, theirMic in zip(sorted(mineCoords), sorted(theirCoords)):
+            np.testing.assert_array_equal(mineCoords[mineMic], theirCoords[theirMic])
+
+    def testContinueAfterEditingTheSnr(self):
+        print(magentaStr("\n==> Simulating, then Continue without and with an edit"))
+        prot = self.newProtocol(CryoHessProtSimulate, **self.SETTINGS)
+        self.launchProtocol(prot)
+        first = self._stepEnds(prot)
+        self.assertEqual([name for name, _ in first],
+                         ['writeGroundTruthStep', 'simulateParticlesStep',
+                          'simulateMicrographsStep', 'createOutputStep'])
+        self.assertEqual(self._continue(prot), first)
+
+        edited = self._continue(prot, snr=0.3)
+        self.assertEqual(edited[0], first[0])
+        for (name, before), (_, after) in zip(first[1:], edited[1:]):
+            self.assertNotEqual(before, after, name)
+        fresh = self.newProtocol(CryoHessProtSimulate, **dict(self.SETTINGS, snr=0.3))
+        self.launchProtocol(fresh)
+        self._assertSameData(prot, fresh)
+
+        prot.doMicrographs.set(False)
+        prot.runMode.set(MODE_RESUME)
+        self.assertIn('needs Restart', ' '.join(prot.validate()))
+
+    def testEditedModelFileIsReRead(self):
+        print(magentaStr("\n==> Continue after rewriting the atomic model file"))
+        model = os.path.abspath('continue_model.pdb')
+        writePdb(model, random_protein_phantom(150, 14.0, rng=4))
+        settings = dict(SMALL, numberOfParticles=6, numberOfDefocusGroups=2)
+        prot = self.newProtocol(CryoHessProtSimulate, source=SOURCE_ATOMIC_MODEL,
+                                atomicModel=model, **settings)
+        self.launchProtocol(prot)
+        first = self._stepEnds(prot)
+        writePdb(model, random_protein_phantom(150, 14.0, rng=5))
+        edited = self._continue(prot)
+        for (name, before), (_, after) in zip(first, edited):
+            self.assertNotEqual(before, after, name)
+
+
 class TestCryoHessSimulateValidation(CryoHessTestCase):
     """``_validate`` explains what is wrong before anything runs."""
 
@@ -245,6 +354,65 @@ class TestCryoHessSimulateValidation(CryoHessTestCase):
     def testMicrographsTooSmall(self):
         self.assertIn('do not fit', self._errors(doMicrographs=True, micrographSize=64,
                                                  particlesPerMicrograph=10))
+
+    def testCyclicPhantom(self):
+        cyclic = dict(phantomSymmetry=PHANTOM_CYCLIC, symmetryOrder=7)
+        self.assertEqual(self._errors(**cyclic), '')
+        self.assertIn('at least 7 atoms', self._errors(phantomAtoms=5, **cyclic))
+        self.assertIn('asymmetric phantom only',
+                      self._errors(heterogeneity=HETEROGENEITY_RIGID_REGION, **cyclic))
+
+    def testModelFileThatIsNoModel(self):
+        text = os.path.abspath('notes.pdb')
+        with open(text, 'w') as handle:
+            handle.write("REMARK a model will follow\n")
+        errors = self._errors(source=SOURCE_ATOMIC_MODEL, atomicModel=text)
+        self.assertIn('atomic model file is unusable', errors)
+        self.assertIn('no ATOM or HETATM record', errors)
+        errors = self._errors(source=SOURCE_ATOMIC_MODEL, atomicModel=self.volumeFile)
+        self.assertIn('not a text file', errors)
+
+    def _volumeErrors(self, path):
+        volume = Volume(location=path)
+        volume.setSamplingRate(PIXEL)
+        prot = self.newProtocol(CryoHessProtSimulate, source=SOURCE_VOLUME, **SMALL)
+        prot.inputVolume.set(volume)
+        return ' '.join(prot.validate())
+
+    def testVolumeFileChecks(self):
+        good = os.path.abspath('good_volume.mrc')
+        mrc.write_volume(good, np.ones((BOX,) * 3, np.float32), PIXEL, overwrite=True)
+        self.assertEqual(self._volumeErrors(good), '')
+        flat = os.path.abspath('flat_volume.mrc')
+        mrc.write_stack(flat, np.ones((BOX // 2, BOX, BOX), np.float32), PIXEL, overwrite=True)
+        self.assertIn('needs a cubic map', self._volumeErrors(flat))
+        truncated = os.path.abspath('truncated_volume.mrc')
+        with open(good, 'rb') as source, open(truncated, 'wb') as target:
+            target.write(source.read()[:-1000])
+        errors = self._volumeErrors(truncated)
+        self.assertIn('The ground-truth volume is unusable', errors)
+        self.assertIn('truncated_volume.mrc', errors)
+        self.assertIn('is unusable', self._volumeErrors(os.path.abspath('missing.mrc')))
+
+    def _warnings(self, **kwargs):
+        prot = self.newProtocol(CryoHessProtSimulate, **dict(SMALL, **kwargs))
+        return prot, ' '.join(prot.warnings())
+
+    def testWarnings(self):
+        prot, warnings = self._warnings()
+        self.assertEqual(warnings, '')
+        # Box 32 px, phantom radius 9 px: a 6 px shift sigma moves many particles out.
+        self.assertIn('past the edge of the 32 px box', self._warnings(shiftSigma=6.0)[1])
+        model = os.path.abspath('big_model.pdb')
+        writePdb(model, random_protein_phantom(200, 15.0, rng=2))
+        _, warnings = self._warnings(source=SOURCE_ATOMIC_MODEL, atomicModel=model,
+                                     samplingRate=0.5)
+        self.assertIn('About 100 % of the particles will reach past the edge', warnings)
+        prot._freeDisk = lambda: 1000
+        prot._availableMemory = lambda: 2000
+        warnings = ' '.join(prot.warnings())
+        self.assertIn('only 1000 bytes are free in the project', warnings)
+        self.assertIn('of memory but only 2 kB are available', warnings)
 
     def testMismatchedSamplingRate(self):
         from pwem.protocols import ProtImportVolumes

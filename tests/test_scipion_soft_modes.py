@@ -5,9 +5,14 @@ same phantom, and an experiment design without images, at a coarse band
 (2πK about 10) so every run takes seconds.
 """
 import os
+import shutil
+from unittest import mock
 
+import mrcfile
 import numpy as np
+from pwem.objects import SetOfParticles, Volume
 from pyworkflow.object import Pointer
+from pyworkflow.protocol.constants import MODE_RESUME
 from pyworkflow.tests import setupTestProject
 from pyworkflow.utils import magentaStr
 
@@ -16,7 +21,7 @@ from cryohess_plugin.constants import (
     EXPERIMENT_DESIGN, NOISE_SIGMA, SOFT_MODE_EIGENVALUE, SOFT_MODE_EPSILON, SOFT_MODE_INDEX,
     SOFT_MODE_POSE_CHANGE, SOFT_MODE_SIGN, VIEWS_POLAR_CAP)
 from cryohess_plugin.core import mrc
-from cryohess_plugin.protocols import CryoHessProtSoftModes
+from cryohess_plugin.protocols import CryoHessProtSoftModes, protocol_soft_modes
 from cryohess_plugin.viewers import CryoHessSoftModesViewer
 from .scipion_base import CryoHessTestCase, ParticleValidationMixin
 
@@ -37,6 +42,16 @@ ANALYSIS = dict(maxResolution=RESOLUTION, numberOfModes=MODES, iterations=ITERAT
 def eigenvalues(protocol):
     return np.array([convert.read_column(mode, SOFT_MODE_EIGENVALUE)
                      for mode in protocol.outputModes.iterItems(orderBy='id')])
+
+
+def poseChanges(protocol):
+    return np.array([convert.read_column(particle, SOFT_MODE_POSE_CHANGE)
+                     for particle in protocol.outputParticles.iterItems(orderBy='id')])
+
+
+def stepEnds(protocol):
+    """The end time of every step, in order: a step Continue skips keeps its own."""
+    return [step.endTime.get() for step in protocol.loadSteps()]
 
 
 class TestSoftModes(CryoHessTestCase):
@@ -139,7 +154,8 @@ class TestSoftModes(CryoHessTestCase):
                                    rtol=0.1)
 
     def testPolarViewsAreSofter(self):
-        """Missing side views leave a mode at least 5 times softer than uniform views (issue 4)."""
+        """Missing side views leave a mode at least 5 times softer than uniform views
+        (docs/methods/hessian_soft_modes.md §6)."""
         uniform, polar = eigenvalues(self.uniform), eigenvalues(self.polar)
         print("softest eigenvalue: uniform %.4g, polar %.4g (ratio %.1f)"
               % (uniform[0], polar[0], uniform[0] / polar[0]))
@@ -166,9 +182,9 @@ class TestSoftModes(CryoHessTestCase):
     def testNoiseEstimate(self):
         """The estimate from the particles recovers the simulated noise."""
         truth = float(np.load(self.simUniform._getFileName('particleTruth'))['noiseSigma'])
-        estimate = self.uniform._noiseVariance()
+        estimate = self.uniform._noise().variance
         self.assertAlmostEqual(estimate / truth ** 2, 1.0, delta=0.2)
-        self.assertEqual(self.design._noiseVariance(), 0.25)
+        self.assertEqual(self.design._noise().variance, 0.25)
 
     def testDesignExperiment(self):
         experiment = self.design._experiment()
@@ -204,6 +220,35 @@ class TestSoftModes(CryoHessTestCase):
         plotter.savefig(path)
         plotter.close()
         self.assertGreater(os.path.getsize(path), 1000)
+
+    def testContinueRerunsWhatAnEditAffects(self):
+        """Continue without an edit re-runs nothing; 3 → 4 modes re-runs only the analysis
+        and the outputs, which then equal a fresh run with 4 modes; switching the
+        experiment to a design would leave outputParticles stale: Restart."""
+        protocol = self.newProtocol(CryoHessProtSoftModes,
+                                    **dict(ANALYSIS, numberOfModes=MODES - 1))
+        protocol.inputVolume.set(self.simUniform.outputVolume)
+        protocol.inputParticles.set(self.simUniform.outputParticles)
+        protocol.setObjLabel('soft modes - continued')
+        self.launchProtocol(protocol)
+        first = stepEnds(protocol)
+        self.assertEqual(len(first), 4)
+        protocol.runMode.set(MODE_RESUME)
+        self.launchProtocol(protocol)
+        self.assertEqual(stepEnds(protocol), first)
+        protocol.numberOfModes.set(MODES)
+        self.launchProtocol(protocol)
+        again = stepEnds(protocol)
+        self.assertEqual([a == b for a, b in zip(again, first)], [True, True, False, False])
+        np.testing.assert_allclose(eigenvalues(protocol), eigenvalues(self.uniform),
+                                   rtol=1e-12)
+        np.testing.assert_allclose(poseChanges(protocol), poseChanges(self.uniform),
+                                   rtol=1e-12)
+        self.assertEqual(protocol._validate(), [])
+        protocol.experimentSource.set(EXPERIMENT_DESIGN)
+        errors = protocol._validate()
+        self.assertTrue(any("needs Restart" in e and "outputParticles" in e for e in errors),
+                        errors)
 
     def testViewerRefusesMissingMode(self):
         viewer = CryoHessSoftModesViewer(project=self.proj, protocol=self.uniform)
@@ -248,3 +293,50 @@ class TestSoftModesValidation(ParticleValidationMixin, CryoHessTestCase):
     def testBadDefocusList(self):
         errors = self._errors(experimentSource=EXPERIMENT_DESIGN, defocusValues='12000 far')
         self.assertError("defocus values must be numbers", errors)
+
+    def testNonCubicVolume(self):
+        path = self.proj.getTmpPath('flat_volume.mrc')
+        with mrcfile.new(path, overwrite=True) as stored:
+            stored.set_data(np.zeros((BOX - 4, BOX, BOX), dtype=np.float32))
+            stored.voxel_size = PIXEL
+        volume = Volume(location=path)
+        volume.setSamplingRate(PIXEL)
+        errors = self._errors(volume=volume)
+        self.assertError("The reference volume is %d x %d x %d voxels; this needs a cubic "
+                         "map" % (BOX, BOX, BOX - 4), errors)
+        self.assertError("cubic map", self._errors(volume=volume,
+                                                   experimentSource=EXPERIMENT_DESIGN))
+
+    def testTruncatedStack(self):
+        """The last particles point past the end of a cut stack: refused from its header."""
+        source = self.small.outputParticles
+        path = self.proj.getTmpPath('cut_stack.mrcs')
+        shutil.copy(convert.image_file(source.getFirstItem().getFileName()), path)
+        with open(path, 'r+b') as stack:
+            stack.truncate(os.path.getsize(path) - BOX * BOX * 4)
+        truncated = SetOfParticles(filename=self.proj.getTmpPath('truncated.sqlite'))
+        truncated.copyInfo(source)
+        truncated.copyItems(source, updateItemCallback=lambda particle, row=None:
+                            particle.setLocation(particle.getIndex(), path))
+        truncated.write()
+        errors = self._errors(particles=truncated)
+        self.assertError("cut_stack.mrcs", errors)
+        self.assertError("truncated", errors)
+
+    def testWarnings(self):
+        """A band too coarse to say anything, and a run beyond the machine's memory."""
+        self.assertEqual(self._warnings(), [])
+        coarse = self._warnings(maxResolution=100.0)
+        self.assertEqual(len(coarse), 1)
+        self.assertIn("2πK = 3, too coarse", coarse[0])
+        with mock.patch.object(protocol_soft_modes, 'getMemoryAvailable', return_value=64):
+            heavy = self._warnings(maxResolution=8.0)
+        self.assertEqual(len(heavy), 1)
+        self.assertIn("needs about", heavy[0])
+        self.assertIn("choose a coarser max resolution", heavy[0])
+
+    def _warnings(self, **kwargs):
+        protocol = self.newProtocol(CryoHessProtSoftModes, **dict(ANALYSIS, **kwargs))
+        protocol.inputParticles.set(self.small.outputParticles)
+        protocol.inputVolume.set(self.small.outputVolume)
+        return protocol.warnings()

@@ -7,12 +7,13 @@ from cryohess_plugin.core import rotations, spherical
 from cryohess_plugin.core.softmodes import RealLayout, per_image
 from cryohess_plugin.core.ctf import CTFParams, ctf_stack
 from cryohess_plugin.core.errors import InvalidDataError, SamplingMismatchError, ShapeError
-from cryohess_plugin.core.softmodes.analysis import (analyse_soft_modes, estimate_noise_variance,
-                                                     marginal_noise, experiment_from_distribution,
-                                                     experiment_from_poses, particle_assignment,
-                                                     particle_pose_changes)
-from cryohess_plugin.core.softmodes.hessian import (AccumulatedHessian, ViewingExperiment,
-                                                    hemisphere_grid, rebin)
+from cryohess_plugin.core.softmodes.analysis import analyse_soft_modes, particle_pose_changes
+from cryohess_plugin.core.softmodes.experiment import (ViewingExperiment,
+                                                       experiment_from_distribution,
+                                                       experiment_from_poses, hemisphere_grid,
+                                                       particle_assignment, rebin)
+from cryohess_plugin.core.softmodes.hessian import AccumulatedHessian
+from cryohess_plugin.core.softmodes.noise import estimate_noise_variance, marginal_noise
 
 #: 2πK = L = 10: 11 shells, 22 ring angles.
 BOX, MAX_FREQUENCY, PIXEL_SIZE = 16, 3.1, 4.0

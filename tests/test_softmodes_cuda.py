@@ -25,7 +25,9 @@ def _simulated_errors():
     from cryohess_plugin.core.ctf import CTFParams
     from cryohess_plugin.core.kernels import soft_modes_cuda
     from cryohess_plugin.core.softmodes.analysis import analyse_soft_modes
-    from cryohess_plugin.core.softmodes.hessian import AccumulatedHessian, ViewingExperiment
+    from cryohess_plugin.core.softmodes.experiment import ViewingExperiment
+    from cryohess_plugin.core.softmodes.hessian import AccumulatedHessian
+    from cryohess_plugin.core.softmodes.products import HostProducts
 
     rng = np.random.default_rng(5)
     groups = (CTFParams(12000, 12000, 0, 300, 2.7, 0.1), CTFParams(22000, 22000, 0, 300, 2.7, 0.1))
@@ -47,18 +49,18 @@ def _simulated_errors():
     # No cache and blocks of four directions (two blocks, the last one short): the
     # harmonics are recomputed on the device into scratch at every product.
     per_direction = cpu.half * cpu.harmonics.index.shape[1] * 8
-    hessian._BLOCK_BYTES = 4 * per_direction
+    hessian.BLOCK_BYTES = 4 * per_direction
     on_device["recomputed"] = AccumulatedHessian(shells, volume_vector, layout, experiment,
                                                  PIXEL_SIZE, 0.7, memory_budget=0, backend="cuda")
-    hessian._BLOCK_BYTES = 64 << 20
-    recomputed = on_device["recomputed"]._device
+    hessian.BLOCK_BYTES = 64 << 20
+    recomputed = on_device["recomputed"].products
     errors["recomputed_layout"] = (recomputed._cache is None and recomputed.block == 4
-                                   and on_device["cached"]._device._cache is not None)
-    errors["dispatch"] = cpu._device is None and cpu._cache is not None
+                                   and on_device["cached"].products._cache is not None)
+    errors["dispatch"] = isinstance(cpu.products, HostProducts) and cpu.products._cache is not None
 
     # The harmonics kernel against RealHarmonics.evaluate.
-    even, odd = on_device["cached"]._device._cache[0]
-    expected = cpu._cache[0]
+    even, odd = on_device["cached"].products._cache[0]
+    expected = cpu.products._cache[0]
     errors["harmonics"] = max(relative(even.copy_to_host(), expected[0]),
                               relative(odd.copy_to_host(), expected[1]))
 

@@ -1,4 +1,5 @@
-"""Likelihood, gradient and Hessian-vector products of soft_modes (issue 4), float64."""
+"""Likelihood, gradient and Hessian-vector products of the slow per-image reference
+(softmodes/per_image.py; docs/methods/hessian_soft_modes.md §2 and §6), float64."""
 import numpy as np
 import pytest
 

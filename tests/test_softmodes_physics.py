@@ -1,4 +1,6 @@
-"""What the soft modes say about an experiment (issue 4 "Must show"), on a small phantom.
+"""What the soft modes say about an experiment, on a small phantom.
+
+The behaviours of docs/methods/hessian_soft_modes.md §6 ("Physics").
 
 Eigenvalues are Ritz values of a fixed Lanczos run: upper bounds of the true
 smallest eigenvalues.  The uniform runs converge; the polar ones do not
@@ -10,8 +12,7 @@ import pytest
 
 from cryohess_plugin.core.synthetic import atoms, phantoms
 from cryohess_plugin.core.ctf import CTFParams
-from cryohess_plugin.core.softmodes.analysis import (analyse_soft_modes,
-                                                     experiment_from_distribution)
+from cryohess_plugin.core.softmodes import analyse_soft_modes, experiment_from_distribution
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def test_polar_views_are_much_softer_than_uniform_views(polar_and_uniform):
     assert uniform.max_degree == 12
     assert np.isclose(uniform.n_images, 1000) and np.isclose(polar.n_images, 1000)
     assert uniform.converged[0]
-    # Measured: 0.0998 / 0.00025 ≈ 400 (notes claim 11: ≈ 25 for TRPV1 at 2πK = 48).
+    # Measured: 0.0998 / 0.00025 ≈ 400 (the paper reports ≈ 25 for TRPV1 at 2πK = 48).
     assert uniform.eigenvalues[0] > 5 * polar.eigenvalues[0]
     assert polar.relative_change[0] > 5 * uniform.relative_change[0]
 
@@ -56,13 +57,14 @@ def test_polar_soft_mode_is_invisible_along_the_pole(polar_and_uniform):
 
 
 def test_larger_defocus_gives_larger_soft_eigenvalues_at_low_resolution():
-    """Notes §6 claim 13 at 30 Å (every defocus inside the CTF's first lobe, as at 2πK = 32).
+    """The paper's "larger defocus stiffens the soft modes", at 30 Å (every defocus inside
+    the CTF's first lobe, as at 2πK = 32; docs/methods/hessian_soft_modes.md §6).
 
     What our simulation shows: the softest modes live in the innermost shells, where the
     CTF is about the amplitude contrast whatever the defocus, so larger defocus raises the
     soft eigenvalues only slightly (measured mean of the 5 softest after 150 steps:
     0.004988, 0.005086, 0.005152 at 10 000, 17 000, 23 000 Å).  The soft-subspace dimension
-    does not shrink here (reported to the lead).
+    does not shrink here.
     """
     model = phantoms.random_protein_phantom(2000, 45.0, rng=1)
     pixel = 4.0

@@ -1,4 +1,5 @@
-"""Spherical-harmonic shells, Wigner small-d and the coefficient rotation (T10)."""
+"""Spherical-harmonic shells, Wigner small-d and the coefficient rotation
+(``docs/methods/radial_svd_alignment.md`` §4.1, checks listed in §7)."""
 import math
 from decimal import Decimal, localcontext
 from fractions import Fraction
@@ -96,7 +97,7 @@ def test_wigner_d_matches_closed_form_and_stays_orthogonal():
     assert np.abs(grid - spherical.wigner_d(9, 2 * np.pi * np.arange(11) / 20)).max() < 1e-13
 
 
-def test_shell_grid_defaults_follow_the_notes():
+def test_shell_grid_defaults_follow_the_paper():
     shells = spherical.ShellGrid.from_max_frequency(64, 48 / np.pi)
     assert (shells.n_shells, shells.max_degree, shells.n_orders) == (49, 48, 98)
     assert shells.weights.sum() == pytest.approx((48 / np.pi) ** 3 / 3, rel=1e-12)
@@ -120,7 +121,7 @@ def test_analysis_inverts_synthesis():
 
 @pytest.mark.parametrize("alpha, beta, gamma", ANGLES)
 def test_coefficient_rotation_matches_brute_force(alpha, beta, gamma):
-    """T10: eq. (97) gives the coefficients of k -> V(R k), R = landscape_rotation(...)."""
+    """The paper's eq. (97) gives the coefficients of k -> V(R k), R = landscape_rotation(...)."""
     shells = spherical.ShellGrid.from_max_frequency(32, 3.0)
     coefficients = random_coefficients(shells, np.random.default_rng(1))
     rotation = spherical.landscape_rotation(alpha, beta, gamma)

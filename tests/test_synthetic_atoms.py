@@ -2,12 +2,15 @@
 import numpy as np
 import pytest
 
-from cryohess_plugin.core.synthetic.atoms import (AtomModel, SCATTERING_FACTORS, element_amplitude,
+import gzip
+
+from cryohess_plugin.core.synthetic.atoms import (AtomModel, SCATTERING_FACTORS,
+                                                  check_atomic_model_file, element_amplitude,
                                                   element_bfactor, gaussian_atom_projection,
                                                   gaussian_atom_volume, read_atomic_model)
 from cryohess_plugin.core.errors import InvalidDataError, ShapeError
-from cryohess_plugin.core.synthetic.phantoms import (cyclic_phantom, random_protein_phantom,
-                                                     two_state_phantom)
+from cryohess_plugin.core.synthetic.phantoms import (cyclic_phantom, max_radius, phantom_states,
+                                                     random_protein_phantom, two_state_phantom)
 from cryohess_plugin.core.rotations import euler_to_matrix, random_rotations
 
 from .xmipp_reference import xmipp_projections
@@ -203,6 +206,60 @@ def test_read_atomic_model_errors(tmp_path):
         read_atomic_model(only_water)
 
 
+@pytest.mark.parametrize("name, text", [("model.pdb", PDB_TEXT), ("model.cif", CIF_TEXT)])
+def test_cheap_model_check_accepts_what_the_reader_reads(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    check_atomic_model_file(path)
+    zipped = tmp_path / (name + ".gz")
+    with gzip.open(zipped, "wt") as handle:
+        handle.write(text)
+    check_atomic_model_file(zipped)
+    assert read_atomic_model(zipped).n_atoms == read_atomic_model(path).n_atoms > 0
+
+
+def test_cheap_model_check_accepts_mmcif_rows_in_any_column_order(tmp_path):
+    header, rows = CIF_TEXT.split("ATOM", 1)
+    rows = ("ATOM" + rows).splitlines()
+    names = header.splitlines()[2:]
+    # _atom_site.id first: the atom rows now start with a number.
+    reordered = "\n".join(["data_test", "loop_"] + names[1:] + names[:1] + [
+        " ".join(row.split()[1:] + row.split()[:1]) for row in rows]) + "\n"
+    path = tmp_path / "reordered.cif"
+    path.write_text(reordered)
+    assert not any(line.startswith(("ATOM", "HETATM")) for line in reordered.splitlines())
+    check_atomic_model_file(path)
+    original = tmp_path / "original.cif"
+    original.write_text(CIF_TEXT)
+    np.testing.assert_array_equal(read_atomic_model(path).positions,
+                                  read_atomic_model(original).positions)
+
+
+def test_cheap_model_check_refuses_what_the_reader_refuses(tmp_path):
+    empty, remarks = tmp_path / "empty.pdb", tmp_path / "remarks.pdb"
+    binary, broken = tmp_path / "map.pdb", tmp_path / "broken.pdb.gz"
+    empty.write_text("")
+    remarks.write_text("REMARK nothing here\nEND\n")
+    binary.write_bytes(np.arange(4096, dtype=np.float32).tobytes())
+    broken.write_bytes(b"not gzip at all")
+    cases = [(tmp_path / "missing.pdb", FileNotFoundError, "not found"),
+             (empty, InvalidDataError, "empty"),
+             (remarks, InvalidDataError, "no ATOM or HETATM record"),
+             (binary, InvalidDataError, "not a text file"), (broken, InvalidDataError, "cannot read")]
+    for path, error, message in cases:
+        with pytest.raises(error, match=message):
+            check_atomic_model_file(path)
+        with pytest.raises(error):
+            read_atomic_model(path)
+
+
+def test_model_radius_is_the_farthest_atom_from_the_centroid():
+    positions = np.array([[1.0, 2.0, 3.0], [3.0, 2.0, 3.0], [2.0, 2.0, 7.0], [2.0, 2.0, -1.0]])
+    model = AtomModel(positions, ["C"] * 4)
+    np.testing.assert_allclose(model.centroid(), [2.0, 2.0, 3.0])
+    assert model.radius() == pytest.approx(4.0)
+
+
 def test_random_protein_phantom_is_compact_asymmetric_and_deterministic():
     model = random_protein_phantom(2000, 20.0, rng=5)
     assert model.n_atoms == 2000
@@ -264,3 +321,37 @@ def test_two_state_phantom_moves_one_domain_rigidly():
         np.testing.assert_allclose(da, db, atol=1e-9)
     _, b2 = two_state_phantom(1000, 20.0, rng=4, domain_fraction=0.3, hinge_angle_deg=30.0)
     np.testing.assert_array_equal(b.positions, b2.positions)
+
+
+def test_phantom_states_choose_the_phantom():
+    seed = np.random.SeedSequence([7, 0])
+    plain, none = phantom_states(600, 18.0, seed)
+    assert none is None
+    np.testing.assert_array_equal(plain.positions,
+                                  random_protein_phantom(600, 18.0, np.random.SeedSequence([7, 0]))
+                                  .positions)
+    cyclic, _ = phantom_states(600, 18.0, seed, symmetry_order=7)
+    assert cyclic.n_atoms == 7 * (600 // 7)
+    reference = cyclic_phantom(7, 600 // 7, 18.0, np.random.SeedSequence([7, 0]))
+    np.testing.assert_array_equal(cyclic.positions, reference.positions)
+    state_a, state_b = phantom_states(600, 18.0, seed, moving_fraction=0.25, hinge_angle_deg=20.0)
+    ref_a, ref_b = two_state_phantom(600, 18.0, np.random.SeedSequence([7, 0]),
+                                     domain_fraction=0.25, hinge_angle_deg=20.0)
+    np.testing.assert_array_equal(state_a.positions, ref_a.positions)
+    np.testing.assert_array_equal(state_b.positions, ref_b.positions)
+    # The first state of the moving phantom is the plain phantom of the same seed.
+    np.testing.assert_array_equal(state_a.positions, plain.positions)
+    with pytest.raises(InvalidDataError, match="asymmetric phantom only"):
+        phantom_states(600, 18.0, seed, symmetry_order=3, moving_fraction=0.25)
+    with pytest.raises(InvalidDataError, match="at least 5 atoms"):
+        phantom_states(4, 18.0, seed, symmetry_order=5)
+
+
+def test_max_radius_keeps_the_phantom_map_inside_the_box():
+    box, pixel = 40, 1.5
+    radius = max_radius(box, pixel)
+    assert radius == pytest.approx(0.45 * box * pixel)
+    model = random_protein_phantom(800, radius, rng=3)
+    volume = gaussian_atom_volume(model, box, pixel)
+    # Nearly all the density lands in the box (the map sums to the atoms' amplitude).
+    assert volume.sum() == pytest.approx(model.amplitudes().sum(), rel=2e-3)

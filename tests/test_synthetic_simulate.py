@@ -4,14 +4,16 @@ import pytest
 
 from cryohess_plugin.core.synthetic.atoms import (AtomModel, gaussian_atom_projection,
                                                   gaussian_atom_volume)
-from cryohess_plugin.core.ctf import apply_ctf
+from cryohess_plugin.core.ctf import apply_ctf, params_from_rows
 from cryohess_plugin.core.errors import InvalidDataError, ShapeError
 from cryohess_plugin.core.synthetic.phantoms import random_protein_phantom, two_state_phantom
 from cryohess_plugin.core.rotations import projection_directions
-from cryohess_plugin.core.synthetic.simulate import (noise_sigma_for_snr, place_particles,
+from cryohess_plugin.core.noise import noise_sigma_for_snr, signal_variance
+from cryohess_plugin.core.synthetic.simulate import (PARTICLE_STREAM, STRUCTURE_STREAM,
+                                                     ground_truth_maps, place_particles,
                                                      random_ctf_params, sample_rotations,
-                                                     signal_variance, simulate_micrographs,
-                                                     simulate_particles)
+                                                     simulate_micrographs, simulate_particles,
+                                                     stream_seed)
 from .helpers import relative_l2
 
 
@@ -240,3 +242,51 @@ def test_cuda_backend_without_a_device_is_refused():
         pytest.skip("a CUDA device is present, so the request is valid here")
     with pytest.raises(BackendUnavailableError, match="GPU option off"):
         simulate_particles(np.zeros((16, 16, 16)), 2, 16, 2.0, backend="cuda")
+
+
+def test_ground_truth_maps_share_the_images_origin():
+    state_a, state_b = two_state_phantom(300, 12.0, rng=8, bfactor=150.0)
+    box, pixel_size = 32, 1.5
+    map_a, map_b = ground_truth_maps(state_a, state_b, box, pixel_size)
+    np.testing.assert_array_equal(map_a, gaussian_atom_volume(state_a, box, pixel_size))
+    # Particles of conformation t = 1 show B about A's centroid: so does B's map, whose sum
+    # along z is the untilted, unshifted image.
+    image_b = gaussian_atom_projection(state_b, np.eye(3), box, pixel_size,
+                                       center=state_a.centroid())[0]
+    assert relative_l2(map_b.sum(axis=0), image_b) < 1e-8
+    about_own_centre = gaussian_atom_projection(state_b, np.eye(3), box, pixel_size)[0]
+    assert relative_l2(about_own_centre, image_b) > 0.05
+    alone, none = ground_truth_maps(state_a, None, box, pixel_size)
+    assert none is None
+    np.testing.assert_array_equal(alone, map_a)
+    volume, none = ground_truth_maps(map_a, None, box, pixel_size)
+    assert volume is map_a and none is None
+    with pytest.raises(ShapeError):
+        ground_truth_maps(map_a, None, box + 2, pixel_size)
+
+
+def test_stream_seeds_are_reproducible_and_independent():
+    draw = lambda seed, stream: np.random.default_rng(stream_seed(seed, stream)).random(5)
+    np.testing.assert_array_equal(draw(3, PARTICLE_STREAM), draw(3, PARTICLE_STREAM))
+    assert not np.allclose(draw(3, PARTICLE_STREAM), draw(3, STRUCTURE_STREAM))
+    assert not np.allclose(draw(3, PARTICLE_STREAM), draw(4, PARTICLE_STREAM))
+
+
+def test_truth_arrays_hold_the_ground_truth(phantom):
+    sim = simulate_particles(phantom, 12, 32, 2.0, rng=6, n_groups=3, shift_sigma=1.0)
+    truth = sim.truth_arrays()
+    np.testing.assert_array_equal(truth["rotations"], sim.rotations)
+    np.testing.assert_array_equal(truth["shifts"], sim.shifts)
+    np.testing.assert_array_equal(truth["groups"], sim.group_ids)
+    np.testing.assert_array_equal(truth["conformation"], np.zeros(12))
+    assert params_from_rows(truth["ctfs"]) == sim.ctf_params
+    assert truth["noiseSigma"] == sim.noise_sigma
+    state_a, state_b = two_state_phantom(200, 12.0, rng=1)
+    mixed = simulate_particles(state_a, 6, 32, 2.0, rng=1, heterogeneity=state_b)
+    np.testing.assert_array_equal(mixed.truth_arrays()["conformation"], mixed.conformation)
+    mics = simulate_micrographs(phantom, 2, 32, 2.0, shape=(128, 128),
+                                particles_per_micrograph=3, rng=2)
+    truth = mics.truth_arrays()
+    assert truth["coordinates"].shape == (2, 3, 2) and truth["rotations"].shape == (2, 3, 3, 3)
+    np.testing.assert_array_equal(truth["coordinates"][1], mics.coordinates[1])
+    assert params_from_rows(truth["ctfs"]) == mics.ctf_params

@@ -66,9 +66,9 @@ class CryoHessAlignParticlesViewer(ProtocolViewer):
     def _showEigenvalues(self, paramName=None):
         result = self.protocol._loadResults()
         plotter = EmPlotter(mainTitle='Radial kernel spectra')
-        axes = plotter.createSubPlot('%d CTF groups' % len(result['ranks']),
+        axes = plotter.createSubPlot('%d CTF groups' % len(result.ranks),
                                      'index h', 'lambda_h / lambda_1')
-        for spectrum in result['eigenvalues']:
+        for spectrum in result.eigenvalues:
             axes.semilogy(np.arange(1, len(spectrum) + 1),
                           np.maximum(spectrum / spectrum[0], 1e-16), alpha=0.6)
         if self.protocol.rankMode.get() == 0:
@@ -81,9 +81,9 @@ class CryoHessAlignParticlesViewer(ProtocolViewer):
         subset = self._subset(self.particleNumber.get())
         index = self.particleNumber.get() - 1
         result = self.protocol._loadResults()
-        template = int(result['template'][index])
+        template = int(result.template[index])
         rings = subset.aligner.grid.n_rings
-        auto = int(result['ranks'][result['group'][index]])
+        auto = int(result.ranks[result.group[index]])
         gammas = np.rad2deg(subset.aligner.grid.angles)
         plotter = EmPlotter(mainTitle='Landscape of particle %d' % (index + 1))
         axes = plotter.createSubPlot('best reference %d' % (template + 1),
@@ -167,7 +167,7 @@ class _Subset:
 
     def __init__(self, protocol, count):
         from cryohess_plugin.core import polar
-        from cryohess_plugin.core.alignment.radial_svd import RadialSVDAligner
+        from cryohess_plugin.core.alignment import RadialSVDAligner
         particles = convert.particles_to_arrays(protocol.inputParticles.get(),
                                                 need_ctf=protocol._withCtf(),
                                                 need_alignment=False, limit=count)
@@ -182,7 +182,7 @@ class _Subset:
                                         ctf_tolerance=protocol.ctfTolerance.get(),
                                         backend="cpu")
         result = protocol._loadResults()
-        self.shifts = result['shift'][:count]
+        self.shifts = result.shift[:count]
 
     def landscapes(self, rank):
         """``(n, n_references, Q)`` scores at the assigned shifts with ``rank`` rings."""
@@ -228,23 +228,18 @@ class CryoHessAlignVolumesViewer(ProtocolViewer):
         return {'displaySpectra': self._showSpectra, 'displayScores': self._showScores,
                 'displaySlices': self._showSlices}
 
-    def _results(self):
-        return [np.load(self.protocol._getFileName('result', index=index))
-                for index in range(len(self.protocol._inputVolumeList()))]
-
     def _showSpectra(self, paramName=None):
-        result = self._results()[0]
+        result = self.protocol._results()[0]
         plotter = EmPlotter(x=1, y=2, mainTitle='Kernel spectra', figsize=(10, 4))
-        for key, title in (('radialEigenvalues', 'radial kernel C (shells)'),
-                           ('degreeEigenvalues', 'degree kernel D (degrees)')):
-            spectrum = result[key]
+        for spectrum, title in ((result.radial_eigenvalues, 'radial kernel C (shells)'),
+                                (result.degree_eigenvalues, 'degree kernel D (degrees)')):
             axes = plotter.createSubPlot(title, 'index', 'lambda / lambda_1')
             axes.semilogy(np.arange(1, len(spectrum) + 1),
                           np.maximum(spectrum / spectrum[0], 1e-16), 'o-')
         return [plotter]
 
     def _showScores(self, paramName=None):
-        scores = [float(result['score']) for result in self._results()]
+        scores = [float(result.score[0]) for result in self.protocol._results()]
         plotter = EmPlotter(mainTitle='Correlation with the reference')
         axes = plotter.createSubPlot('%d volumes' % len(scores), 'volume', 'correlation')
         axes.bar(np.arange(1, len(scores) + 1), scores)

@@ -1,4 +1,5 @@
-"""Plots of the Fourier-slice posterior: Fourier variance, uncertainty, resolution, likelihood."""
+"""Plots of the Fourier-slice posterior (Fourier variance, uncertainty, resolution,
+likelihood) and of the pose refinement (how far the poses moved)."""
 import matplotlib
 import numpy as np
 from pwem.viewers import EmPlotter
@@ -7,7 +8,7 @@ from pyworkflow.viewer import DESKTOP_TKINTER, WEB_DJANGO, ProtocolViewer
 
 from cryohess_plugin import convert
 from cryohess_plugin.core.fourier import FSC_THRESHOLDS
-from cryohess_plugin.protocols import CryoHessProtFourierPosterior
+from cryohess_plugin.protocols import CryoHessProtFourierPosterior, CryoHessProtRefinePoses
 from cryohess_plugin.protocols.protocol_fourier_posterior import (
     FULL, OUTPUT_HALF_MAP_FSC)
 
@@ -50,20 +51,12 @@ class CryoHessFourierPosteriorViewer(ProtocolViewer):
                       help="Distribution of the per-particle log-likelihood (held out "
                            "with half maps). A low tail flags particles the model "
                            "explains badly (junk, wrong poses).")
-        if self.protocol.doRefinePoses:
-            form.addParam('displayPoseChanges', params.LabelParam,
-                          label='Pose refinement changes',
-                          help="How far the refinement moved every particle's rotation "
-                               "(degrees) and shift (pixels).")
 
     def _getVisualizeDict(self):
-        shows = {'displayFourierVariance': self._showFourierVariance,
-                 'displayUncertainty': self._showUncertainty,
-                 'displayResolution': self._showResolution,
-                 'displayLikelihood': self._showLikelihood}
-        if self.protocol.doRefinePoses:
-            shows['displayPoseChanges'] = self._showPoseChanges
-        return shows
+        return {'displayFourierVariance': self._showFourierVariance,
+                'displayUncertainty': self._showUncertainty,
+                'displayResolution': self._showResolution,
+                'displayLikelihood': self._showLikelihood}
 
     # --------------------------- SHOW functions ------------------------------
     def _showFourierVariance(self, paramName=None):
@@ -113,7 +106,7 @@ class CryoHessFourierPosteriorViewer(ProtocolViewer):
 
     def _showResolution(self, paramName=None):
         posterior = self.protocol._loadPosterior(FULL)
-        shells = self.protocol._curveShells(posterior.box)
+        shells = posterior.curve_shells()
         frequencies = convert.shell_frequencies(shells, posterior.box,
                                                 self.protocol._pixelSize())
         plotter = EmPlotter(mainTitle='Single-fit resolution curves')
@@ -143,21 +136,38 @@ class CryoHessFourierPosteriorViewer(ProtocolViewer):
         axes = plotter.createSubPlot('%d particles (%s)' % (
             len(values), 'held out' if likelihood['heldOut'] else 'full posterior'),
             'log-likelihood (nats)', 'particles')
-        axes.hist(values, bins=min(50, max(5, len(values) // 10)))
+        axes.hist(values, bins=_bins(len(values)))
         return [plotter]
 
+
+class CryoHessRefinePosesViewer(ProtocolViewer):
+    """How far the local refinement moved the particles' poses."""
+    _label = 'viewer Fourier-slice refine poses'
+    _targets = [CryoHessProtRefinePoses]
+    _environments = [DESKTOP_TKINTER, WEB_DJANGO]
+
+    def _defineParams(self, form):
+        form.addSection(label='Visualization')
+        form.addParam('displayPoseChanges', params.LabelParam,
+                      label='Pose refinement changes',
+                      help="How far the refinement moved every particle's rotation "
+                           "(degrees) and shift (pixels) from its input pose.")
+
+    def _getVisualizeDict(self):
+        return {'displayPoseChanges': self._showPoseChanges}
+
     def _showPoseChanges(self, paramName=None):
-        refined = self.protocol._loadRefinement()
+        angle, shift = self.protocol._poseChanges()
         plotter = EmPlotter(x=1, y=2, figsize=(10, 4),
                             mainTitle='Change from the input poses after %d refinement rounds'
                                       % self.protocol._rounds())
-        bins = min(50, max(5, len(refined['angleChange']) // 10))
-        axes = plotter.createSubPlot('rotation (median %.3g deg)'
-                                     % np.median(refined['angleChange']), 'change (deg)',
-                                     'particles')
-        axes.hist(refined['angleChange'], bins=bins)
-        axes = plotter.createSubPlot('shift (median %.3g px)'
-                                     % np.median(refined['shiftChange']), 'change (px)',
-                                     'particles')
-        axes.hist(refined['shiftChange'], bins=bins)
+        for change, name, unit in ((angle, 'rotation', 'deg'), (shift, 'shift', 'px')):
+            axes = plotter.createSubPlot('%s (median %.3g %s)' % (name, np.median(change), unit),
+                                         'change (%s)' % unit, 'particles')
+            axes.hist(change, bins=_bins(len(change)))
         return [plotter]
+
+
+def _bins(count):
+    """Histogram bins for ``count`` particles."""
+    return min(50, max(5, count // 10))

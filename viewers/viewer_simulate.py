@@ -9,6 +9,8 @@ from cryohess_plugin.constants import CONFORMATION, DEFOCUS_GROUP
 from cryohess_plugin.core.rotations import direction_to_euler, projection_directions
 from cryohess_plugin.protocols import CryoHessProtSimulate
 
+from .plotting import imagePanel
+
 
 class CryoHessSimulateViewer(ProtocolViewer):
     """Matplotlib views of the ground truth of a simulated data set."""
@@ -54,11 +56,8 @@ class CryoHessSimulateViewer(ProtocolViewer):
         for image, partId, conformation, group in zip(
                 arrays.images, arrays.ids, arrays.columns[CONFORMATION],
                 arrays.columns[DEFOCUS_GROUP]):
-            axes = plotter.createSubPlot('#%d  group %d  t=%.2f' % (partId, group, conformation),
-                                         '', '')
-            axes.imshow(image, cmap='gray')
-            axes.set_xticks([])
-            axes.set_yticks([])
+            imagePanel(plotter, '#%d  group %d  t=%.2f' % (partId, group, conformation), image,
+                       'gray')
         return [plotter]
 
     def _showAngularDistribution(self, paramName=None):

@@ -7,6 +7,7 @@ import pyworkflow.protocol.params as params
 from pyworkflow.viewer import DESKTOP_TKINTER, WEB_DJANGO, ProtocolViewer
 
 from cryohess_plugin import convert
+from cryohess_plugin.core.softmodes import PoseChangeStatistics
 from cryohess_plugin.protocols import CryoHessProtSoftModes
 
 from .plotting import SECTION_AXES, SECTIONS, colorbar, imagePanel
@@ -82,7 +83,7 @@ class CryoHessSoftModesViewer(ProtocolViewer):
         return shows
 
     def _validate(self):
-        count = len(self.protocol._loadAnalysis()['eigenvalues'])
+        count = len(self.protocol._loadAnalysis().eigenvalues)
         if self.modeNumber.get() > count:
             return ["This run has %d modes; choose a mode from 1 to %d." % (count, count)]
         return []
@@ -90,16 +91,16 @@ class CryoHessSoftModesViewer(ProtocolViewer):
     # --------------------------- SHOW functions ------------------------------
     def _showSpectrum(self, paramName=None):
         analysis = self.protocol._loadAnalysis()
-        eigenvalues = analysis['eigenvalues']
+        eigenvalues = analysis.eigenvalues
         plotter = EmPlotter(x=1, y=2, mainTitle='Soft-mode spectrum', figsize=(10, 4))
         axes = plotter.createSubPlot('Softest eigenvalues (2πK = %d)'
-                                     % int(analysis['max_degree']), 'mode',
+                                     % analysis.max_degree, 'mode',
                                      'eigenvalue λ (smaller: softer)')
         axes.semilogy(np.arange(1, len(eigenvalues) + 1), eigenvalues, 'o-')
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes = plotter.createSubPlot('Ritz values per iteration', 'Lanczos iteration',
                                      'Ritz value')
-        history = analysis['ritz_history']
+        history = analysis.ritz_history
         iteration, _ = np.nonzero(np.isfinite(history) & (history > 0))
         axes.semilogy(iteration + 1, history[np.isfinite(history) & (history > 0)], '.',
                       markersize=3, color='tab:gray', label='Ritz values')
@@ -112,18 +113,18 @@ class CryoHessSoftModesViewer(ProtocolViewer):
 
     def _showMode(self, paramName=None):
         index = self.modeNumber.get() - 1
-        analysis = self.protocol._loadAnalysis()
+        analysis = self.protocol._loadAnalysis(volumes=True)
         reference, _ = convert.volume_to_array(self.protocol.inputVolume.get())
-        mode = analysis['mode_volumes'][index]
-        epsilon = float(analysis['perturbation'][index])
+        mode = analysis.mode_volumes[index]
+        epsilon = float(analysis.perturbation[index])
         centre = reference.shape[0] // 2
-        columns = (('F - εΔF', reference - epsilon * mode, 'gray'),
-                   ('F + εΔF', reference + epsilon * mode, 'gray'),
+        columns = (('F - εΔF', analysis.nearby_volume(reference, index, -1), 'gray'),
+                   ('F + εΔF', analysis.nearby_volume(reference, index, 1), 'gray'),
                    ('ΔF', mode, 'coolwarm'))
         plotter = EmPlotter(x=3, y=4, figsize=(10, 7.5),
                             mainTitle='Mode %d: λ = %.3g, ε = %.3g, ‖εΔF‖/‖F‖ = %.1f %%'
-                                      % (index + 1, analysis['eigenvalues'][index], epsilon,
-                                         100 * analysis['relative_change'][index]))
+                                      % (index + 1, analysis.eigenvalues[index], epsilon,
+                                         100 * analysis.relative_change[index]))
         limit = np.abs(mode).max() or 1.0
         # One grey scale for both nearby volumes, so their difference shows.
         grey = dict(vmin=min(columns[0][1].min(), columns[1][1].min()),
@@ -140,7 +141,7 @@ class CryoHessSoftModesViewer(ProtocolViewer):
         return [plotter]
 
     def _showSensitivity(self, paramName=None):
-        sensitivity = self.protocol._loadAnalysis()['sensitivity']
+        sensitivity = self.protocol._loadAnalysis(volumes=True).sensitivity
         reference, _ = convert.volume_to_array(self.protocol.inputVolume.get())
         centre = reference.shape[0] // 2
         level = reference.mean() + 2 * reference.std()
@@ -160,8 +161,8 @@ class CryoHessSoftModesViewer(ProtocolViewer):
         plotter = EmPlotter(mainTitle='Soft modes per resolution shell')
         axes = plotter.createSubPlot('Energy of each unit mode per shell',
                                      'frequency (1/Å)', 'squared L2 norm in the shell')
-        for index, profile in enumerate(analysis['shell_profile']):
-            axes.semilogy(analysis['shell_frequencies'], np.maximum(profile, 1e-300),
+        for index, profile in enumerate(analysis.shell_profile):
+            axes.semilogy(analysis.shell_frequencies, np.maximum(profile, 1e-300),
                           label='mode %d' % (index + 1))
         axes.legend(fontsize=7)
         return [plotter]
@@ -170,7 +171,7 @@ class CryoHessSoftModesViewer(ProtocolViewer):
         index = self.modeNumber.get() - 1
         analysis = self.protocol._loadAnalysis()
         directions = self.protocol._experiment().directions
-        change = np.rad2deg(analysis['pose_changes'][index])
+        change = np.rad2deg(analysis.pose_changes[index])
         azimuth = np.arctan2(directions[:, 1], directions[:, 0])
         tilt = np.arccos(np.clip(directions[:, 2], -1.0, 1.0))
         plotter = EmPlotter(x=1, y=2, figsize=(12, 4.5),
@@ -178,7 +179,7 @@ class CryoHessSoftModesViewer(ProtocolViewer):
                                       'when the map becomes F + εΔF, mode %d (ε = %.3g)\n'
                                       '(directions folded onto the upper hemisphere; dark: '
                                       'alignment most affected)'
-                                      % (index + 1, analysis['perturbation'][index]))
+                                      % (index + 1, analysis.perturbation[index]))
         axes = plotter.createSubPlot('seen from the equator', 'azimuth (deg)',
                                      'elevation (deg)', projection='mollweide')
         points = axes.scatter(azimuth, np.pi / 2 - tilt, c=change, s=12, cmap='viridis_r',
@@ -190,7 +191,7 @@ class CryoHessSoftModesViewer(ProtocolViewer):
                      vmin=change.min(), vmax=change.max())
         axes.set_rlim(0, 90)  # directions are folded onto the upper hemisphere
         plotter.getFigure().colorbar(points, ax=axes, label='|Δτ| (deg)')
-        if not analysis['implicit_poses']:
+        if not analysis.implicit_poses:
             plotter.getFigure().text(0.5, 0.5, 'This run kept the poses fixed: no pose '
                                      'changes (run with implicit poses to see them).',
                                      ha='center', va='center', fontsize=12,
@@ -198,20 +199,21 @@ class CryoHessSoftModesViewer(ProtocolViewer):
         return [plotter]
 
     def _showParticlePoseChanges(self, paramName=None):
-        changes = self.protocol._particlePoseChanges()
+        analysis = self.protocol._loadAnalysis()
+        changes = self.protocol._particlePoseChanges(analysis)
+        statistics = PoseChangeStatistics.of(changes)
         plotter = EmPlotter(mainTitle="Largest pose change of each particle over the %d modes "
-                                      "(map F ± εΔF)" % len(self.protocol._loadAnalysis()
-                                                           ['eigenvalues']))
+                                      "(map F ± εΔF)" % len(analysis.eigenvalues))
         axes = plotter.createSubPlot('%d particles (tail: least trustworthy alignments)'
                                      % changes.size, 'max |Δτ| over the modes (deg)',
                                      'particles')
         axes.hist(changes, bins=min(60, max(10, changes.size // 20)), color='tab:blue')
-        for value, name, style in ((np.median(changes), 'median', '--'),
-                                   (np.percentile(changes, 99), 'top 1 %', ':')):
+        for value, name, style in ((statistics.median, 'median', '--'),
+                                   (statistics.top_percent, 'top 1 %', ':')):
             axes.axvline(value, color='tab:red', linestyle=style,
                          label='%s %.3g°' % (name, value))
         axes.legend(fontsize=7)
-        if not self.protocol._loadAnalysis()['implicit_poses']:
+        if not analysis.implicit_poses:
             plotter.getFigure().text(0.5, 0.5, 'This run kept the poses fixed: no pose '
                                      'changes (run with implicit poses to see them).',
                                      ha='center', va='center', fontsize=12,
@@ -220,25 +222,25 @@ class CryoHessSoftModesViewer(ProtocolViewer):
 
     def _showComparison(self, paramName=None):
         runs = [self.protocol] + self._comparedRuns()
-        analyses = [run._loadAnalysis() for run in runs]
+        analyses = [run._loadAnalysis(volumes=True) for run in runs]
         names = ['%s (#%d)' % (run.getObjLabel(), run.getObjId()) for run in runs]
         plotter = EmPlotter(x=3, y=len(runs), figsize=(max(6, 3.2 * len(runs)), 9),
                             mainTitle='Soft modes of %d runs' % len(runs))
         figure = plotter.getFigure()
         axes = figure.add_subplot(3, 1, 1)
         for name, analysis in zip(names, analyses):
-            eigenvalues = analysis['eigenvalues']
+            eigenvalues = analysis.eigenvalues
             axes.semilogy(np.arange(1, len(eigenvalues) + 1), eigenvalues, 'o-', label=name)
         axes.set_xlabel('mode')
         axes.set_ylabel('eigenvalue λ (smaller: softer)')
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_title('Softest eigenvalues')
         axes.legend(fontsize=7)
-        vmax = max(float(analysis['sensitivity'].max()) for analysis in analyses) or 1.0
+        vmax = max(float(analysis.sensitivity.max()) for analysis in analyses) or 1.0
         scale = LogNorm(vmin=1e-3 * vmax, vmax=vmax)
         for row, (sectionName, section) in enumerate(SECTIONS[:2]):
             for column, (name, analysis) in enumerate(zip(names, analyses)):
-                sensitivity = analysis['sensitivity']
+                sensitivity = analysis.sensitivity
                 axes = figure.add_subplot(3, len(runs), (row + 1) * len(runs) + column + 1)
                 image = section(sensitivity, sensitivity.shape[0] // 2)
                 shown = axes.imshow(np.maximum(image, scale.vmin), cmap='magma', norm=scale,

@@ -153,15 +153,19 @@ def shell_index(shape):
     return np.rint(radius_grid(shape)).astype(np.int64)
 
 
-def shell_average(values, shape=None):
-    """Mean of ``values`` over each integer shell, for shells ``0 .. n // 2``."""
+def shell_sums(values):
+    """Sum of (the real part of) ``values`` over each integer shell ``0 .. n // 2``."""
     values = np.asarray(values)
-    shells = shell_index(values.shape if shape is None else shape)
+    shells = shell_index(values.shape)
     n_shells = min(values.shape) // 2 + 1
     inside = shells < n_shells
-    sums = np.bincount(shells[inside], weights=values[inside].real, minlength=n_shells)
-    counts = np.bincount(shells[inside], minlength=n_shells)
-    return sums / np.maximum(counts, 1)
+    return np.bincount(shells[inside], weights=values[inside].real, minlength=n_shells)
+
+
+def shell_average(values):
+    """Mean of (the real part of) ``values`` over each integer shell ``0 .. n // 2``."""
+    values = np.asarray(values)
+    return shell_sums(values) / np.maximum(shell_sums(np.ones(values.shape)), 1)
 
 
 def fourier_shell_correlation(volume_a, volume_b):

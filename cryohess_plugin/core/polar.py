@@ -1,10 +1,11 @@
 """Polar Fourier grids: the one owner of rings, quadrature and ring coefficients.
 
 Frequencies are in cycles per box, as everywhere in the core (:mod:`.fourier`).
-The radial-SVD notes (Rangan 2022) measure frequency ``K`` in radians per
+The radial-SVD paper (Rangan 2022) measures frequency ``K`` in radians per
 half-box; for an image whose support is the disc of radius ``box / 2`` the two
-are related by ``K = pi * f_max``.  Their defaults ``K = 48, R = 49, Q = 98``
-are ``R = ceil(K) + 1`` rings and ``Q = 2 R`` angles.
+are related by ``K = pi * f_max`` (``docs/methods/radial_svd_alignment.md``
+§1.1).  Its defaults ``K = 48, R = 49, Q = 98`` are ``R = ceil(K) + 1`` rings
+and ``Q = 2 R`` angles (§1.2 of that page).
 
 Ring ``r`` lies at radius ``radii[r]`` and angle ``2 pi j / Q``; the radii and
 ``weights`` are the Gauss-Jacobi rule for ``integral_0^f_max g(f) f df``.
@@ -40,7 +41,8 @@ class PolarGrid:
 
     @classmethod
     def from_max_frequency(cls, box, max_frequency, n_rings=None, n_angles=None):
-        """Grid on ``[0, max_frequency]`` cycles per box; defaults from the notes."""
+        """Grid on ``[0, max_frequency]`` cycles per box; default rings and angles as in
+        ``docs/methods/radial_svd_alignment.md`` §1.2."""
         validate_band(box, max_frequency)
         orders = bandwidth(max_frequency)
         n_rings = int(n_rings or orders + 1)

@@ -11,17 +11,21 @@ a Levenberg-Marquardt (damped Gauss-Newton) step on the 5 pose parameters,
 accepted only where the loss decreases.
 
 Local descent finds the optimum of the basin it starts in: for (near-)
-symmetric particles that may be a symmetry mate (notes §5, Fig. 6), so start
-from a global search (:mod:`.radial_svd`).  The disc radius grows over
-``radii`` (coarse to fine) so the basin is wide at the start.
+symmetric particles that may be a symmetry mate (paper §6.4, Fig. 6;
+``docs/methods/fourier_slice_posterior.md`` §5.3), so start from a global search
+(:mod:`.alignment.radial_svd`).  The disc radius grows over ``radii`` (coarse to
+fine, :func:`refinement_radii`) so the basin is wide at the start.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
+from . import ctf as ctf_model
 from . import rotations as rot
 from .errors import InvalidDataError, MissingMetadataError, ShapeError
+from .fourier import frequency_for_resolution
 from .projector import FourierSliceProjector
+from .storage import load_fields, save_fields
 
 _DAMPING_START = 1e-3
 
@@ -41,6 +45,26 @@ class PoseRefinementResult:
     loss_start: np.ndarray
     loss: np.ndarray
     accepted_steps: np.ndarray
+
+    def save(self, path):
+        """Write the result to the ``.npz`` ``path``, one entry per field."""
+        save_fields(path, self)
+
+    @classmethod
+    def load(cls, path):
+        """The result written by :meth:`save`."""
+        return load_fields(cls, path)
+
+    @classmethod
+    def concatenate(cls, parts):
+        """One result of consecutive batches of particles, in order."""
+        return cls(*(np.concatenate([getattr(part, field.name) for part in parts])
+                     for field in fields(cls)))
+
+    def changes_from(self, rotations, shifts):
+        """Angle (degrees) and shift (pixels) of every refined pose from ``rotations,
+        shifts`` (e.g. the starting poses), by :func:`pose_errors`."""
+        return pose_errors(self.rotations, self.shifts, rotations, shifts)
 
 
 def _losses(residual, weight):
@@ -110,16 +134,14 @@ def refine_poses(reference, images, rotations, shifts=None, ctf=None, radii=None
 
 def _descend(projector, spectra, rotations, shifts, ctf, weight, iterations, max_rot, max_shift):
     """Levenberg-Marquardt on ``(omega, t)`` for one batch at one disc radius."""
-    hp = projector.half_plane
-    op, grid = projector.operator, projector.grid
     n = spectra.shape[0]
     damping = np.full(n, _DAMPING_START)
     accepted = np.zeros(n, dtype=np.int64)
     for _ in range(iterations):
-        values, d_rot, d_shift = op.slice_gradients(grid, rotations, hp.kx, hp.ky, shifts, ctf)
-        residual = spectra - values
+        derivatives = projector.pose_derivatives(rotations, shifts, ctf, domain="fourier")
+        residual = spectra - derivatives.images
         loss = _losses(residual, weight)
-        jac = np.concatenate([d_rot, d_shift], axis=1)            # (n, 5, m)
+        jac = np.concatenate([derivatives.d_rotation, derivatives.d_shift], axis=1)  # (n, 5, m)
         # L = sum W |X - m|^2: gradient -2 Re J W conj(r), Gauss-Newton Hessian 2 Re J W J^H.
         gradient = -2 * np.einsum("nam,m,nm->na", jac, weight, np.conj(residual)).real
         hessian = 2 * np.einsum("nam,m,nbm->nab", jac, weight, np.conj(jac)).real
@@ -149,12 +171,50 @@ def pose_errors(rotations, shifts, true_rotations, true_shifts):
             np.linalg.norm(np.asarray(shifts) - np.asarray(true_shifts), axis=1))
 
 
+def refinement_radii(box, pixel_size, max_resolution=None):
+    """Disc radii (cycles per box) of coarse-to-fine refinement: 1/4, 1/2 and all of the
+    finest frequency, ``D/2 - 1`` or that of ``max_resolution`` (Å) if coarser."""
+    finest = box / 2 - 1
+    if max_resolution:
+        finest = min(finest, frequency_for_resolution(box, pixel_size, max_resolution))
+    return [finest / 4, finest / 2, finest]
+
+
+def refine_particle_poses(reference, images, rotations, shifts, ctf_params, pixel_size,
+                          max_resolution=None, iterations=8, max_step_deg=5.0,
+                          max_shift_step=2.0, backend="cpu"):
+    """Refine particle poses against a map with the particles' CTFs, coarse to fine.
+
+    The map is projected by the cubic, 2x padded float64 :class:`.FourierSliceProjector`;
+    the disc grows over :func:`refinement_radii` (``docs/methods/fourier_slice_posterior.md``
+    §5.2, §5.4).
+
+    :param reference: ``(D, D, D)`` map at the particles' pixel size.
+    :param images: ``(n, D, D)`` particle images.
+    :param rotations, shifts: ``(n, 3, 3)`` and ``(n, 2)`` starting poses.
+    :param ctf_params: one :class:`.ctf.CTFParams` per particle.
+    :param pixel_size: Å per pixel.
+    :param max_resolution: finest resolution compared (Å), or None for Nyquist.
+    :param iterations, max_step_deg, max_shift_step: see :func:`refine_poses`.
+    :param backend: backend of the projector.
+    :returns: :class:`PoseRefinementResult`.
+    """
+    projector = FourierSliceProjector(reference, dtype=np.float64, backend=backend)
+    hp = projector.half_plane
+    box = projector.box
+    values = ctf_model.ctf_stack(ctf_params, hp.kx, hp.ky, box, pixel_size)
+    return refine_poses(projector, images, rotations, shifts, values,
+                        radii=refinement_radii(box, pixel_size, max_resolution),
+                        iterations=iterations, max_step_deg=max_step_deg,
+                        max_shift_step=max_shift_step)
+
 
 def refine_candidates(reference, images, candidates, shifts=None, ctf=None, **options):
     """Refine several starting poses per particle and keep the one of lowest loss.
 
-    The remedy for multi-modal pose landscapes (notes §5): a global search
-    proposes its ``k`` best poses, local descent settles each.
+    The remedy for multi-modal pose landscapes (paper §6.4;
+    ``docs/methods/fourier_slice_posterior.md`` §5.3): a global search proposes its
+    ``k`` best poses, local descent settles each.
 
     :param candidates: ``(n, k, 3, 3)`` starting rotations.
     :param shifts: ``(n, k, 2)`` or ``(n, 2)`` starting shifts, or None.

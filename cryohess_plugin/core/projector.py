@@ -55,7 +55,9 @@ class PoseDerivatives:
 
     ``images`` ``(n, D, D)``; ``d_rotation`` ``(n, 3, D, D)`` with respect to
     the image-frame rotation vector (per radian); ``d_shift`` ``(n, 2, D, D)``
-    with respect to ``(tx, ty)`` (per pixel).
+    with respect to ``(tx, ty)`` (per pixel).  On the half plane
+    (:meth:`FourierSliceProjector.pose_derivatives` with ``domain="fourier"``) the
+    last axes ``(D, D)`` are the ``m`` half-plane points instead.
     """
     images: np.ndarray
     d_rotation: np.ndarray
@@ -259,10 +261,19 @@ class FourierSliceProjector:
         grid = self.operator.slices_adjoint(values, rotations, hp.kx, hp.ky, shifts, ctf)
         return self.operator.grid_to_volume_adjoint(grid)
 
-    def pose_derivatives(self, rotations, shifts=None, ctf=None):
-        """Projections and their derivatives with respect to rotation and shift."""
+    def pose_derivatives(self, rotations, shifts=None, ctf=None, domain="real"):
+        """Projections and their derivatives with respect to rotation and shift.
+
+        :param domain: ``"real"``: images ``(n, D, D)``; ``"fourier"``: their spectra
+            on the half plane ``(n, m)`` (what a likelihood on the half plane needs).
+        :returns: :class:`PoseDerivatives`.
+        """
+        if domain not in ("real", "fourier"):
+            raise ValueError(f"domain must be 'real' or 'fourier', got {domain!r}")
         hp = self.half_plane
         values, d_rotation, d_shift = self.operator.slice_gradients(
             self.grid, rotations, hp.kx, hp.ky, shifts, ctf)
+        if domain == "fourier":
+            return PoseDerivatives(values, d_rotation, d_shift)
         return PoseDerivatives(hp.synthesize(values), hp.synthesize(d_rotation),
                                hp.synthesize(d_shift))

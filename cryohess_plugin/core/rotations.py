@@ -220,21 +220,3 @@ def rotations_for_directions(directions):
     """Rotations ``(n, 3, 3)`` projecting along unit ``directions`` ``(n, 3)`` with ``psi = 0``."""
     rot, tilt = direction_to_euler(directions)
     return euler_to_matrix(rot, tilt, np.zeros_like(tilt))
-
-
-def so3_grid(angular_step_deg):
-    """A grid on SO(3): viewing directions times in-plane angles at one step.
-
-    Directions come from :func:`viewing_grid`, in-plane angles ``psi`` are
-    equally spaced in [0, 360).  The weights (quadrature for the Haar measure,
-    normalised to sum to 1) are the direction weights times ``1 / n_psi``.
-
-    :returns: ``(matrices (n, 3, 3), weights (n,))``.
-    """
-    directions, direction_weights = viewing_grid(angular_step_deg)
-    n_psi = max(3, round(360.0 / angular_step_deg))
-    rot, tilt = direction_to_euler(directions)
-    psi = 360.0 * np.arange(n_psi) / n_psi
-    matrices = euler_to_matrix(rot[:, None], tilt[:, None], psi[None, :]).reshape(-1, 3, 3)
-    weights = np.repeat(direction_weights / (4 * np.pi), n_psi) / n_psi
-    return matrices, weights

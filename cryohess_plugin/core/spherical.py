@@ -1,7 +1,8 @@
 """Spherical-harmonic shells of a volume's Fourier transform, and Wigner small-d.
 
-The owner of the 3-D conventions of the radial-/degree-SVD alignment (method
-notes, section 4.1), all checked by brute force in the tests:
+The owner of the 3-D conventions of the radial-/degree-SVD alignment
+(``docs/methods/radial_svd_alignment.md`` §4.1), all checked by brute force in
+the tests:
 
 * Frequency ``k = f (sin θ cos φ, sin θ sin φ, cos θ)`` in ``(kx, ky, kz)``
   order, ``f`` in cycles per box (:mod:`.fourier`).
@@ -9,17 +10,17 @@ notes, section 4.1), all checked by brute force in the tests:
   the Condon-Shortley phase (``scipy.special.sph_harm(m, l, φ, θ)``); the
   coefficients of shell ``r`` are ``A_l^m(f_r) = ∫ V(f_r k̂) conj(Y_l^m(k̂)) dk̂``.
 * Radial quadrature: Gauss-Jacobi for ``∫_0^f_max g(f) f² df`` (nodes
-  ``radii``, weights ``weights``, ``sum(weights) = f_max³ / 3``).  The notes'
-  bandwidth is ``K = π f_max`` (radians per half-box), with the defaults
-  ``R = ceil(K) + 1`` shells and maximum degree ``L = ceil(K)``; shell ``r``
-  keeps degrees ``l <= min(L, 1 + ceil(π f_r))``.
+  ``radii``, weights ``weights``, ``sum(weights) = f_max³ / 3``).  The paper's
+  bandwidth is ``K = π f_max`` (radians per half-box, §1.1 of that page), with
+  the defaults ``R = ceil(K) + 1`` shells and maximum degree ``L = ceil(K)``;
+  shell ``r`` keeps degrees ``l <= min(L, 1 + ceil(π f_r))``.
 * Wigner ``d^l_{m1 m2}(β) = <l m1| exp(-i β J_y) |l m2>``.  Coefficient
-  rotation (notes eq. 97): the function ``k ↦ V(R k)`` with
+  rotation (the paper's eq. (97)): the function ``k ↦ V(R k)`` with
   ``R = landscape_rotation(α, β, γ)`` has coefficients
   ``Σ_{m2} exp(-i m1 α) d^l_{m1 m2}(β) exp(-i m2 γ) A_l^{m2}``.
 
 Coefficient arrays are ``(..., R, L + 1, n_orders)`` complex with order ``m``
-at index ``m mod n_orders``; ``n_orders`` is the notes' ``M = 2 L + 1``
+at index ``m mod n_orders``; ``n_orders`` is the paper's ``M = 2 L + 1``
 rounded up to a fast FFT length (97 is prime: its FFTs are 6x slower than
 98's), and entries with ``|m| > l`` or ``l`` above the shell's limit are zero.
 """
@@ -118,7 +119,7 @@ def landscape_rotation(alpha, beta, gamma):
 
     ``R = Rz(γ) Ry(β) Rz(α)`` in the passive convention of :mod:`.rotations`,
     i.e. ``euler_to_matrix(α, β, γ)`` in degrees; it is the inverse of the
-    notes' active ``R_τ = Rz(α) Ry(β) Rz(γ)``.  Rotating coefficients by
+    paper's active ``R_τ = Rz(α) Ry(β) Rz(γ)`` (eq. (97)).  Rotating coefficients by
     :func:`rotate_coefficients` with these angles gives the coefficients of
     ``k ↦ V(R k)``.
     """
@@ -151,7 +152,8 @@ class ShellGrid:
 
     @classmethod
     def from_max_frequency(cls, box, max_frequency, n_shells=None, max_degree=None):
-        """Shells on ``[0, max_frequency]`` cycles per box; defaults from the notes."""
+        """Shells on ``[0, max_frequency]`` cycles per box; default shells and degree as in
+        ``docs/methods/radial_svd_alignment.md`` §4.1."""
         validate_band(box, max_frequency)
         n_shells = int(n_shells or bandwidth(max_frequency) + 1)
         max_degree = int(max_degree or bandwidth(max_frequency))
@@ -272,7 +274,7 @@ class ShellGrid:
 
 
 def rotate_coefficients(coefficients, alpha, beta, gamma):
-    """Coefficients of ``k ↦ V(R k)``, ``R = landscape_rotation(α, β, γ)`` (notes eq. 97).
+    """Coefficients of ``k ↦ V(R k)``, ``R = landscape_rotation(α, β, γ)`` (the paper's eq. (97)).
 
     :param coefficients: ``(..., L + 1, n_orders)`` (any leading axes, e.g. shells).
     """

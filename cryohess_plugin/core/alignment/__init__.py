@@ -4,11 +4,15 @@
 (:mod:`.brute_force`).
 """
 from .brute_force import BruteForceAlignment, brute_force_align, rotated_inner_products
-from .radial_svd import (AlignmentResult, RadialSVDAligner, choose_rank, group_ctfs,
-                         radial_kernel, rotations_from_alignment, search_shifts)
-from .volumes import VolumeAligner, VolumeAlignmentResult, rotate_volume, shift_grid
+from .radial_svd import (KERNEL_CENTRINGS, MIN_RANK, PAPER_MAX_FREQUENCY, AlignmentResult,
+                         RadialSVDAligner, alignment_grid, choose_rank, group_ctfs,
+                         projection_templates, radial_kernel, rotations_from_alignment,
+                         shift_grid)
+from .volumes import VolumeAligner, VolumeAlignmentResult, rotate_volume, shell_grid, table_bytes
 
 __all__ = ["BruteForceAlignment", "brute_force_align", "rotated_inner_products",
-           "AlignmentResult", "RadialSVDAligner", "choose_rank", "group_ctfs", "radial_kernel",
-           "rotations_from_alignment", "search_shifts", "VolumeAligner",
-           "VolumeAlignmentResult", "rotate_volume", "shift_grid"]
+           "KERNEL_CENTRINGS", "MIN_RANK", "PAPER_MAX_FREQUENCY", "AlignmentResult",
+           "RadialSVDAligner", "alignment_grid", "choose_rank", "group_ctfs",
+           "projection_templates", "radial_kernel", "rotations_from_alignment", "shift_grid",
+           "VolumeAligner", "VolumeAlignmentResult", "rotate_volume", "shell_grid",
+           "table_bytes"]

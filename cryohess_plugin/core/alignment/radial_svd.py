@@ -1,7 +1,8 @@
 """Radial-SVD alignment of particle images against templates (Rangan 2022, 2-D).
 
-Notation and formulas follow ``docs/method_radial_svd_alignment.md`` (§1-§3)
-with the errata fixed; frequencies are in cycles per box (:mod:`.polar`).
+Notation and formulas follow ``docs/methods/radial_svd_alignment.md`` §1-§3
+(with the paper's errata fixed, §8.1; section signs below are that page's);
+frequencies are in cycles per box (:mod:`.polar`).
 
 **Representation.**  An image is given by its polar Fourier samples
 ``P[r, j] = Ahat(radii[r], 2 pi j / Q)`` (:func:`.polar.polar_transform`,
@@ -22,10 +23,12 @@ product ``sum_x A(x) (R_gamma B)(x)`` of band-limited images.
 
 **Radial SVD.**  The kernel of a set of noise-free templates,
 ``C = (1 / N_B) Re sum_b Y_b Y_b^H`` with ``Y_b[r, q] = eta_r b[r, q]``
-over ``q != 0`` and ``eta_r = sqrt(w_r)`` (variant A, the paper's (83)+(85)),
-measures how well each combination of rings tells rotations apart.  Variant B
-subtracts the population mean of the ``q = 0`` term instead, which adds the
-across-template covariance of the rotational averages.  With ``U_H`` its top
+over ``q != 0`` and ``eta_r = sqrt(w_r)`` (each template centred on its own
+rotational average, ``centring="template"``: the paper's eqs. (83) and (85)),
+measures how well each combination of rings tells rotations apart.
+``centring="population"`` subtracts the population mean of the ``q = 0``
+term instead, which adds the across-template covariance of the rotational
+averages (``docs/methods/radial_svd_alignment.md`` §2.2).  With ``U_H`` its top
 ``H`` eigenvectors, ``atilde = U_H^T diag(eta) a`` and likewise ``btilde``,
 the landscape becomes ``(2 pi / D^2) sum_q exp(-i q gamma) sum_h
 conj(atilde[h, q]) btilde[h, q]``: ``H`` instead of ``R`` terms per
@@ -43,21 +46,23 @@ against ``4 H`` per frequency for the rest.  So by default
 (``exact_zero_frequency``) the ``q = 0`` term uses all rings and only
 ``q != 0`` is compressed; at ``H = R`` both choices are exact.
 
-**Refinement** (principal-mode marching, notes §2.3).  Views a few degrees
-apart can score within 1e-4 of each other, below the error of a small ``H``.
-So every image's ``refine_candidates`` best templates from the compressed
-search are scored again with all ``R`` rings, at all angles and shifts, and
-re-ranked: a few exact landscapes per image, a small cost next to the
-``n_B`` compressed ones.  The scores :meth:`RadialSVDAligner.align` reports
-are then those of the full-rank landscape.  With refinement the images' rings
-are transformed once, all of them, and the search's compressed coefficients
-are projections of those (projection and FFT commute).
+**Refinement** (principal-mode marching,
+``docs/methods/radial_svd_alignment.md`` §2.3).  Views a few degrees apart can
+score within 1e-4 of each other, below the error of a small ``H``.  So every
+image's ``refine_candidates`` best templates from the compressed search are
+scored again with all ``R`` rings, at all angles and shifts, and re-ranked: a
+few exact landscapes per image, a small cost next to the ``n_B`` compressed
+ones.  The scores :meth:`RadialSVDAligner.align` reports are then those of the
+full-rank landscape.  With refinement the images' rings are transformed once,
+all of them, and the search's compressed coefficients are projections of those
+(projection and FFT commute).
 
 **CTF.**  Particles are grouped by their angularly averaged CTF
 (:func:`group_ctfs`); every group aligns against its templates multiplied by
 the group's mean radial CTF ``c(k_r)``, with its own kernel
-``C_g = diag(c) C diag(c)`` (§1.6).  The radial average ignores astigmatism:
-the particle's CTF is taken as rotating with the template.
+``C_g = diag(c) C diag(c)`` (``docs/methods/radial_svd_alignment.md`` §1.6).
+The radial average ignores astigmatism: the particle's CTF is taken as
+rotating with the template.
 
 **Shifts.**  Each candidate core shift ``t`` (particle centre offset from the
 box centre, pixels) is undone on the polar samples before compression
@@ -70,19 +75,28 @@ unknown positive contrast of the particle is profiled out
 (``max_alpha 2 alpha X - alpha^2 ||B||^2 = X^2 / ||B||^2``), so templates of
 different norms (different CTFs, views) compete fairly.
 """
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import numpy as np
 import scipy.fft
 
 from .. import rotations as rot
 from ..errors import InvalidDataError, MissingMetadataError, ShapeError
-from ..fourier import FFT_WORKERS, working_dtypes
-from ..kernels import alignment_cpu, resolve_backend
+from ..fourier import FFT_WORKERS, frequency_for_resolution, working_dtypes
+from ..kernels import alignment_cpu, alignment_pruned_cpu, resolve_backend
+from ..kernels.alignment_cpu import SearchStatistics
 from ..progress import Reporter
 from ..polar import PolarGrid, radial_ctf, shift_phases
+from ..storage import load_fields, save_fields
 
-KERNEL_VARIANTS = ("A", "B")
+#: How the templates are centred before their kernel (:func:`radial_kernel`).
+KERNEL_CENTRINGS = ("template", "population")
+#: The paper's band, ``K = 48`` radians per half box, in cycles per box
+#: (``docs/methods/radial_svd_alignment.md`` §1.1).
+PAPER_MAX_FREQUENCY = 48 / np.pi
+#: Ranks chosen by tolerance never drop below this (``docs/methods/radial_svd_alignment.md``
+#: §2.3), for images and volumes alike.
+MIN_RANK = 4
 # Templates per chunk when their ring coefficients and kernel are computed.
 _TEMPLATE_CHUNK = 512
 # Images per chunk of the full-rank refinement.
@@ -107,6 +121,11 @@ class AlignmentResult:
     :param top_template, top_angle, top_shift, top_score: ``(n, k)`` the ``k``
         best templates, each at its best angle and shift, best first; None
         when ``top_k == 1``.
+    :param statistics: :class:`.kernels.alignment_cpu.SearchStatistics` of the
+        compressed search: the (image row, template) pairs compared and those
+        whose angle DFT was evaluated (fewer when the search prunes).
+    :param ids: ``(n,)`` identifiers the caller gives the images (e.g. particle
+        ids), kept by :meth:`concatenate` and in the file; None unless set.
     """
     template: np.ndarray
     angle: np.ndarray
@@ -120,6 +139,40 @@ class AlignmentResult:
     top_angle: np.ndarray = None
     top_shift: np.ndarray = None
     top_score: np.ndarray = None
+    statistics: SearchStatistics = None
+    ids: np.ndarray = None
+
+    def save(self, path):
+        """Write the result to the ``.npz`` ``path``, one entry per field."""
+        save_fields(path, self, statistics=None if self.statistics is None
+                    else np.asarray(astuple(self.statistics)))
+
+    @classmethod
+    def load(cls, path):
+        """The result written by :meth:`save`."""
+        return load_fields(cls, path, statistics=lambda row: SearchStatistics(*row.tolist()))
+
+    @classmethod
+    def concatenate(cls, results):
+        """One result of several (e.g. the batches of one particle set), in order.
+
+        CTF groups are numbered per result; here they index the concatenated
+        ``ranks``, ``eigenvalues`` and ``group_ctf``.
+        """
+        results = list(results)
+        offsets = np.cumsum([0] + [len(r.ranks) for r in results[:-1]])
+
+        def joined(name):
+            parts = [getattr(r, name) for r in results]
+            return None if any(p is None for p in parts) else np.concatenate(parts)
+
+        arrays = {name: joined(name) for name in
+                  ("template", "angle", "shift", "score", "ranks", "eigenvalues", "group_ctf",
+                   "top_template", "top_angle", "top_shift", "top_score", "ids")}
+        statistics = [r.statistics for r in results]
+        return cls(group=np.concatenate([r.group + offset for r, offset in zip(results, offsets)]),
+                   statistics=None if None in statistics else sum(statistics, SearchStatistics()),
+                   **arrays)
 
 
 @dataclass(frozen=True)
@@ -144,38 +197,46 @@ class PrincipalRings:
     ctf: np.ndarray
 
 
-@dataclass(frozen=True)
-class KernelSpectra:
-    """Spectra of the kernels of the CTF groups of a particle set (see :class:`AlignmentResult`)."""
-    group: np.ndarray
-    group_ctf: np.ndarray
-    eigenvalues: np.ndarray
-    ranks: np.ndarray
+def alignment_grid(box, pixel_size=None, resolution=None):
+    """The :class:`.polar.PolarGrid` of an alignment of ``box``-pixel images.
+
+    Up to ``resolution`` Å (with ``pixel_size`` Å/px), or the paper's band
+    :data:`PAPER_MAX_FREQUENCY` by default, and at most ``box / 2 - 1`` cycles
+    per box, where the polar interpolation's taps still fall inside the image's
+    band (``docs/methods/radial_svd_alignment.md`` §5).
+    """
+    max_frequency = (frequency_for_resolution(box, pixel_size, resolution) if resolution
+                     else PAPER_MAX_FREQUENCY)
+    return PolarGrid.from_max_frequency(box, min(max_frequency, box / 2 - 1))
 
 
-def search_shifts(max_shift, step=1.0):
-    """Candidate core shifts: a square grid of ``step`` pixels inside the disc ``|t| <= max_shift``.
+def shift_grid(max_shift, step=1.0, dimensions=2):
+    """Candidate shifts: a lattice of ``step`` pixels inside the ball ``|t| <= max_shift``.
 
-    :returns: ``(n_shifts, 2)`` float64 ``(tx, ty)``, ``(0, 0)`` first, then by
-        distance and angle.
+    The core shifts of particles (2-D) and the shifts of volumes (3-D).
+
+    :returns: ``(n_shifts, dimensions)`` float64 ``(tx, ty[, tz])`` pixels: the
+        zero shift first, then by length (so ties in a search go to the smallest
+        shift); equal lengths counter-clockwise from +x in the ``(x, y)`` plane,
+        then by ``z``.
     """
     max_shift, step = float(max_shift), float(step)
     if not np.isfinite(max_shift) or max_shift < 0:
         raise InvalidDataError(f"the maximum shift must be a finite number >= 0 pixels, got "
                                f"{max_shift}")
     if max_shift == 0:
-        return np.zeros((1, 2))
+        return np.zeros((1, dimensions))
     if not np.isfinite(step) or step <= 0:
         raise InvalidDataError(f"the shift step must be positive, got {step} pixels")
     count = int(np.floor(max_shift / step + 1e-9))
     offsets = step * np.arange(-count, count + 1)
-    tx, ty = (axis.ravel() for axis in np.meshgrid(offsets, offsets))
-    radius = np.hypot(tx, ty)
-    keep = radius <= max_shift * (1 + 1e-9)
-    tx, ty, radius = tx[keep], ty[keep], radius[keep]
-    angle = np.mod(np.arctan2(ty, tx), 2 * np.pi)
-    order = np.lexsort((angle, np.round(radius / step, 9)))
-    return np.stack([tx[order], ty[order]], axis=-1)
+    lattice = np.stack([axis.ravel() for axis in np.meshgrid(*[offsets] * dimensions)], -1)
+    length = np.linalg.norm(lattice, axis=1)
+    keep = length <= max_shift * (1 + 1e-9)
+    lattice, length = lattice[keep], length[keep]
+    angle = np.mod(np.arctan2(lattice[:, 1], lattice[:, 0]), 2 * np.pi)
+    order = np.lexsort((*lattice[:, :1:-1].T, angle, np.round(length / step, 9)))
+    return lattice[order]
 
 
 def group_ctfs(ctf_params, grid, pixel_size, tolerance=5e-2):
@@ -221,20 +282,23 @@ def group_ctfs(ctf_params, grid, pixel_size, tolerance=5e-2):
     return CTFGroups(labels, sums / np.bincount(group_of, counts)[:, None])
 
 
-def radial_kernel(coefficients, weights, variant="A"):
+def radial_kernel(coefficients, weights, centring="template"):
     """Kernel ``C`` ``(R, R)`` of templates from their ring coefficients ``(n, R, Q)``.
 
     ``C = (1/n) Re sum_b Y_b Y_b^H`` with ``Y_b[r, q] = sqrt(w_r) b[r, q]`` over
-    ``q != 0`` (variant A); variant B adds the covariance over templates of the
-    ``q = 0`` coefficients.  The coefficients must be those of real images
-    (Hermitian in ``q``, even ``Q``, as :func:`.polar.ring_coefficients` gives).
+    ``q != 0``: each template centred on its own rotational average
+    (``centring="template"``, the paper's eqs. (83) and (85)).
+    ``centring="population"`` centres them on the templates' mean rotational
+    average instead, which adds the covariance over templates of the ``q = 0``
+    coefficients.  The coefficients must be those of real images (Hermitian in
+    ``q``, even ``Q``, as :func:`.polar.ring_coefficients` gives).
     """
     coefficients = np.asarray(coefficients)
     half = coefficients[..., :coefficients.shape[-1] // 2].transpose(1, 0, 2)
-    return _kernel_from_half(half, weights, variant)
+    return _kernel_from_half(half, weights, centring)
 
 
-def _kernel_from_half(half, weights, variant):
+def _kernel_from_half(half, weights, centring):
     """:func:`radial_kernel` from ring-major ``(R, n, Q/2)``, ``q = 0 .. Q/2 - 1``.
 
     ``q`` and ``-q`` together give ``2 Re``.
@@ -252,7 +316,7 @@ def _kernel_from_half(half, weights, variant):
         stacked = stacked.reshape(n_rings, -1)
         kernel += 2 * (stacked @ stacked.T)
     kernel /= n
-    if variant == "B":
+    if centring == "population":
         zero = half[:, :, 0].real.T.astype(np.float64)
         mean = zero.mean(axis=0)
         kernel += zero.T @ zero / n - np.outer(mean, mean)
@@ -260,12 +324,29 @@ def _kernel_from_half(half, weights, variant):
     return kernel * eta[:, None] * eta[None, :]
 
 
-def choose_rank(eigenvalues, tolerance=1e-2, min_rank=4):
-    """``H = #{h : lambda_h / lambda_1 > tolerance}`` clamped to ``[min_rank, R]``."""
+def choose_rank(eigenvalues, tolerance=1e-2, min_rank=MIN_RANK):
+    """``H = #{h : lambda_h / lambda_1 > tolerance}`` clamped to ``[min_rank, R]``.
+
+    The rule of the images' ``H`` and of the volumes' ``H_C`` and ``H_D``
+    (``docs/methods/radial_svd_alignment.md`` §2.3).
+    """
     eigenvalues = np.asarray(eigenvalues)
     above = (np.count_nonzero(eigenvalues / eigenvalues[0] > tolerance)
              if eigenvalues[0] > 0 else 0)
     return int(min(max(above, min_rank), eigenvalues.size))
+
+
+def projection_templates(volume, grid, angular_step, backend="auto"):
+    """Polar templates of a map seen from the viewing grid of ``angular_step`` degrees.
+
+    :returns: ``(templates (n, R, Q), rotations (n, 3, 3))``, the rotations
+        projecting along each direction of :func:`.rotations.viewing_grid` with ``psi = 0``.
+    """
+    from ..projector import FourierSliceProjector
+    directions, _ = rot.viewing_grid(angular_step)
+    rotations = rot.rotations_for_directions(directions)
+    projector = FourierSliceProjector(volume, backend=backend)
+    return projector.project_polar(rotations, grid.radii, grid.n_angles), rotations
 
 
 def rotations_from_alignment(template_rotations, template_index, angle):
@@ -346,10 +427,11 @@ class RadialSVDAligner:
     :param tolerance: keep the eigenvalues above ``tolerance * lambda_1``.
     :param min_rank: lower bound of the automatic ``H``.
     :param shifts: ``(n_shifts, 2)`` candidate core shifts in pixels
-        (:func:`search_shifts`); None searches ``(0, 0)`` only.
+        (:func:`shift_grid`); None searches ``(0, 0)`` only.
     :param ctf_tolerance: relative distance within which radial CTFs share a
         group (:func:`group_ctfs`).
-    :param kernel_variant: ``"A"`` (the paper's, default) or ``"B"``.
+    :param kernel_centring: ``"template"`` (the paper's, default) or
+        ``"population"`` (:func:`radial_kernel`).
     :param exact_zero_frequency: compute the rotation-invariant term from all
         rings (module docstring); False compresses it too, as the paper does.
     :param refine_candidates: templates per image re-scored with all rings
@@ -364,7 +446,7 @@ class RadialSVDAligner:
         template) pairs, so small CTF groups still make large GEMMs.  The CPU
         keeps about ``150 * block_size^2 * 4`` bytes of work arrays (float32,
         ``Q`` about 100).
-    Below ``H = R / 2`` the CPU search prunes (:func:`.kernels.alignment_cpu.search`):
+    Below ``H = R / 2`` the CPU search prunes (:mod:`.kernels.alignment_pruned_cpu`):
     it computes every pair's compressed ``Xhat`` at the low angular
     frequencies (cheap at small ``H``; Cauchy-Schwarz for the weak high
     ones) and from it an exact upper bound of the pair's landscape, and evaluates the
@@ -376,16 +458,16 @@ class RadialSVDAligner:
     data-dependent walk per image that would idle most threads of a warp).
     """
 
-    def __init__(self, grid, template_polar, rank=None, tolerance=1e-2, min_rank=4, shifts=None,
-                 ctf_tolerance=5e-2, kernel_variant="A", dtype=np.float32, backend="auto",
-                 block_size=256, exact_zero_frequency=True, refine_candidates=4):
+    def __init__(self, grid, template_polar, rank=None, tolerance=1e-2, min_rank=MIN_RANK,
+                 shifts=None, ctf_tolerance=5e-2, kernel_centring="template", dtype=np.float32,
+                 backend="auto", block_size=256, exact_zero_frequency=True, refine_candidates=4):
         if not isinstance(grid, PolarGrid):
             raise TypeError(f"grid must be a PolarGrid, got {type(grid).__name__}")
         self.grid = grid
         template_polar = _validate_polar(template_polar, grid, "template_polar")
-        if kernel_variant not in KERNEL_VARIANTS:
-            raise ValueError(f"kernel_variant must be one of {KERNEL_VARIANTS}, got "
-                             f"{kernel_variant!r}")
+        if kernel_centring not in KERNEL_CENTRINGS:
+            raise ValueError(f"kernel_centring must be one of {KERNEL_CENTRINGS}, got "
+                             f"{kernel_centring!r}")
         if not 0 <= tolerance < 1:
             raise InvalidDataError(f"the rank tolerance must lie in [0, 1), got {tolerance}")
         if int(min_rank) < 1:
@@ -400,7 +482,7 @@ class RadialSVDAligner:
         self.min_rank = int(min_rank)
         self.shifts = self._checked_shifts(shifts)
         self.ctf_tolerance = float(ctf_tolerance)
-        self.kernel_variant = kernel_variant
+        self.kernel_centring = kernel_centring
         self.exact_zero_frequency = bool(exact_zero_frequency)
         if int(refine_candidates) != refine_candidates or refine_candidates < 0:
             raise InvalidDataError(f"refine_candidates must be an integer >= 0, got "
@@ -419,7 +501,7 @@ class RadialSVDAligner:
         # Ring-major (R, n_B, Q/2): compressing all templates is one GEMM.
         self._templates = self._half_coefficients(template_polar)
         self._template_energy = self._ring_energy(self._templates)
-        self._template_kernel = _kernel_from_half(self._templates, grid.weights, kernel_variant)
+        self._template_kernel = _kernel_from_half(self._templates, grid.weights, kernel_centring)
 
     @property
     def n_templates(self):
@@ -443,7 +525,7 @@ class RadialSVDAligner:
         shifts = np.asarray(shifts, dtype=np.float64)
         if shifts.ndim != 2 or shifts.shape[1] != 2 or shifts.shape[0] == 0:
             raise ShapeError(f"shifts must have shape (n_shifts, 2) with n_shifts >= 1, got "
-                             f"{shifts.shape}; build them with search_shifts")
+                             f"{shifts.shape}; build them with shift_grid")
         if not np.isfinite(shifts).all():
             raise InvalidDataError("the candidate shifts contain NaN or infinite values")
         return shifts
@@ -504,19 +586,6 @@ class RadialSVDAligner:
             rank = self._checked_rank(rank)
         return PrincipalRings(kernel, eigenvalues, vectors, rank, ctf)
 
-    def kernel_spectra(self, ctf_params=None, pixel_size=None, count=None):
-        """CTF groups of a particle set and the spectrum and rank of each group's kernel.
-
-        :param ctf_params: one :class:`.ctf.CTFParams` per particle, or None (one group).
-        :param count: number of particles when ``ctf_params`` is None.
-        """
-        count = len(ctf_params) if ctf_params is not None else (count or 1)
-        groups = self._groups(ctf_params, pixel_size, count)
-        rings = [self.principal_rings(profile) for profile in groups.profiles]
-        return KernelSpectra(groups.labels, groups.profiles,
-                             np.array([r.eigenvalues for r in rings]),
-                             np.array([r.rank for r in rings]))
-
     def _projections(self, rings):
         """``U_H^T diag(eta)`` ``(H, R)`` for ``q != 0`` and the ``q = 0`` counterpart ``(K, R)``.
 
@@ -562,22 +631,24 @@ class RadialSVDAligner:
             start += p.shape[0]
         return out
 
-    def _prepare_templates(self, rings, kernels, rows, scale, pruned=False, compressed=None):
+    def _prepare_templates(self, rings, kernels, rows, scale, compressed=None):
         """Templates of one group, CTF-multiplied and compressed, for a kernel module.
 
         Blocks hold ``block_size^2 / rows`` templates for image blocks of
         ``rows`` rows; ``scale`` ``(n_B,)`` multiplies each template's
-        landscape; ``pruned`` asks for the layout of the pruned search;
-        ``compressed`` the group's entry of :meth:`_compressed_templates`
-        when computed already.
+        landscape; ``compressed`` the group's entry of
+        :meth:`_compressed_templates` when computed already.
         """
         width = max(1, min(self.n_templates, self.block_size ** 2 // rows))
         if compressed is None:
             compressed = self._compressed_templates([rings])[0]
         compressed, zero = compressed
         return kernels.prepare_templates(compressed[:, :, 1:].transpose(1, 0, 2), zero, scale,
-                                         self.grid.n_angles, self._factor, width, self.dtype,
-                                         pruned=pruned)
+                                         self.grid.n_angles, self._factor, width, self.dtype)
+
+    def _search_kernels(self, pruned):
+        """Kernel module of one group's search: the pruned one on the CPU when ``pruned``."""
+        return alignment_pruned_cpu if pruned and self.backend == "cpu" else self._kernels
 
     # ----------------------------------------------------------------- alignment
     def align(self, image_polar, ctf_params=None, pixel_size=None, top_k=1, progress=None,
@@ -618,13 +689,15 @@ class RadialSVDAligner:
         # The pruned groups' templates (small H) are compressed together in one GEMM.
         compressed = dict(zip(np.flatnonzero(pruned), self._compressed_templates(
             [rings for rings, p in zip(all_rings, pruned) if p]) if any(pruned) else []))
+        statistics = SearchStatistics()
         for g, rings in enumerate(all_rings):
             eigenvalues[g], ranks[g] = rings.eigenvalues, rings.rank
             members = np.flatnonzero(groups.labels == g)
             template_scale = self._template_scale(rings.ctf)
-            templates = self._prepare_templates(rings, self._kernels,
+            kernels = self._search_kernels(pruned[g])
+            templates = self._prepare_templates(rings, kernels,
                                                 min(per_block, members.size) * n_shifts,
-                                                template_scale, pruned=pruned[g],
+                                                template_scale,
                                                 compressed=compressed.pop(g, None))
             projections = self._projections(rings)
             refine = self.refine_candidates > 0 and rings.rank < self.grid.n_rings
@@ -646,7 +719,7 @@ class RadialSVDAligner:
                     zero = np.stack([z for _, z in rows], axis=1).reshape(-1,
                                                                           rows[0][1].shape[1])
                 block = top.select(index)
-                self._kernels.search(templates, coefficients, zero, n_shifts, *block)
+                statistics += kernels.search(templates, coefficients, zero, n_shifts, *block)
                 if refine:
                     block = self._refine(full, rings.ctf, template_scale, block[1])
                 top.store(index, block)
@@ -656,11 +729,11 @@ class RadialSVDAligner:
                                  where=image_norm > 0)
         scores = top.score[:, :top_k].astype(np.float64) * inverse_norm[:, None]
         templates_found = top.template[:, :top_k]
-        angles = top.angle[:, :top_k] * (2 * np.pi / self.grid.n_angles)
+        angles = top.angle[:, :top_k] * self.grid.angular_step
         shifts = self.shifts[top.shift[:, :top_k]]
         result = AlignmentResult(templates_found[:, 0].copy(), angles[:, 0].copy(),
                                  shifts[:, 0].copy(), scores[:, 0].copy(), groups.labels, ranks,
-                                 eigenvalues, groups.profiles)
+                                 eigenvalues, groups.profiles, statistics=statistics)
         if top_k > 1:
             result.top_template, result.top_angle = templates_found, angles
             result.top_shift, result.top_score = shifts, scores

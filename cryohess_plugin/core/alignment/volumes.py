@@ -1,7 +1,8 @@
 """Volume-to-reference alignment over SO(3) with the radial- and degree-SVD.
 
 Rangan, "Radial-recombination for rigid rotational alignment of images and
-volumes" (2022), section 4; formulas and errata in the method notes, section 4.
+volumes" (2022), section 4; formulas in ``docs/methods/radial_svd_alignment.md``
+§4, the paper's errata in §8.1 (section signs below are that page's).
 Each volume ``A`` and the reference ``B`` become spherical-harmonic shells
 ``A_l^m(f_r)`` (:mod:`.spherical`).  The landscape
 
@@ -16,23 +17,23 @@ real-space product for maps band-limited to ``max_frequency``), is
   over ``l`` for every grid ``β`` (:func:`.kernels.volume_cpu.wigner_sum`),
   step 3 a 2-D FFT over ``(m1, m2)`` per ``β``.
 * **Compressed**: the radial kernel ``C`` (shells, ``η = √w``, ``l = 0``
-  excluded) keeps ``H_C`` principal shells, the degree kernel ``D`` (notes
-  eq. 116 with the corrected ``(1 - δ)`` prefactor) keeps ``H_D`` principal
+  excluded) keeps ``H_C`` principal shells, the degree kernel ``D`` (the paper's
+  eq. (116) with the corrected ``(1 - δ)`` prefactor, §4.4) keeps ``H_D`` principal
   degrees, so step 1 costs ``H_C`` instead of ``R`` and step 2 sums ``H_D``
   precomputed ``[v_zᵀ d](β)`` instead of ``L`` degrees
   (:func:`.kernels.volume_cpu.degree_sum`).  At ``H_C = R, H_D = L + 1`` it
   equals the unreduced landscape; below, it drops the constant ``l = 0`` term
   and approximates the rest while staying strongly correlated with it, so its
-  argmax lands on or next to the exact one (notes 4.3-4.5).
+  argmax lands on or next to the exact one (§4.3-§4.5).
   The kept principal degrees ``v_z`` vanish above a band ``L_c < L``
-  (:data:`BAND_TOLERANCE`; about ``L / 2`` at the notes' defaults), so the
+  (:data:`BAND_TOLERANCE`; about ``L / 2`` at the paper's ``K = 48``), so the
   compressed method keeps degrees and orders ``<= L_c`` only and, when the
   exact refinement follows, searches its landscape on its own grid of
   ``next_fast_len(2 L_c + 1)`` angles per axis (``search_orders``): step 2 and
   the FFTs shrink by about ``(L / L_c)³``.
 
 Grid: ``α_i = γ_i = 2 π i / N`` and ``β_j = 2 π j / N``, ``j = 0 .. N // 2``
-(``β`` in [0, π]; the notes' grid over [-π, π) repeats every rotation twice),
+(``β`` in [0, π]; the paper's grid over [-π, π) repeats every rotation twice, §4.2),
 ``N = n_orders >= 2 L + 1`` (:class:`.spherical.ShellGrid`).  The unreduced
 landscape is a trigonometric polynomial in ``(α, β, γ)`` (``d^l(β)`` has
 frequencies ``|λ| <= l``) whose coefficients follow from its ``X̂`` on the grid
@@ -54,10 +55,10 @@ from ..fourier import working_dtypes
 from ..kernels import resolve_backend, volume_cpu
 from ..progress import Reporter
 from ..projector import validate_volume
+from ..storage import load_fields, save_fields
+from .radial_svd import choose_rank, shift_grid
 
-#: Ranks chosen by tolerance never drop below this (notes 2.3).
-MIN_RANK = 4
-#: Default bandwidth ``K = π f_max`` (the notes' 48), capped at half Nyquist.
+#: Default bandwidth ``K = π f_max`` (the paper's 48, §5), capped at half Nyquist.
 DEFAULT_BANDWIDTH = 48.0
 #: The compressed landscape keeps degrees and orders up to the band ``L_c`` beyond
 #: which every kept principal degree ``v_z`` has at most this squared mass.
@@ -76,6 +77,15 @@ class VolumeAlignmentResult:
     ranks: tuple  #: (H_C, H_D) used by the search
     radial_eigenvalues: np.ndarray  #: eigenvalues of C, descending
     degree_eigenvalues: np.ndarray  #: eigenvalues of D, descending
+
+    def save(self, path):
+        """Write the result to the ``.npz`` ``path``, one entry per field."""
+        save_fields(path, self)
+
+    @classmethod
+    def load(cls, path):
+        """The result written by :meth:`save`."""
+        return load_fields(cls, path, ranks=lambda ranks: tuple(ranks.tolist()))
 
 
 def rotate_volume(volume, rotation, shift=None):
@@ -105,25 +115,9 @@ def rotate_volume(volume, rotation, shift=None):
                                           mode="constant", cval=0.0)
 
 
-def shift_grid(max_shift, step):
-    """3-D shifts ``(n, 3)`` on a cubic lattice of ``step`` pixels inside ``|t| <= max_shift``.
-
-    Sorted by length, so ties in the search go to the smallest shift.
-    """
-    if max_shift < 0 or step <= 0:
-        raise InvalidDataError(f"need max_shift >= 0 and shift_step > 0, got {max_shift} "
-                               f"and {step}")
-    count = int(np.floor(max_shift / step + 1e-9))
-    axis = step * np.arange(-count, count + 1)
-    grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
-    lengths = np.linalg.norm(grid, axis=1)
-    keep = lengths <= max_shift + 1e-9
-    order = np.argsort(lengths[keep], kind="stable")
-    return grid[keep][order]
-
-
-def _shell_grid(box, max_frequency, resolution, pixel_size, max_degree):
-    """Shells from a band limit in cycles per box, or a resolution in Å, or the default."""
+def shell_grid(box, max_frequency=None, resolution=None, pixel_size=None, max_degree=None):
+    """The :class:`.spherical.ShellGrid` of :class:`VolumeAligner`: from a band limit in
+    cycles per box, or a resolution in Å, or the default band."""
     if resolution is None:
         if max_frequency is None:
             max_frequency = min(DEFAULT_BANDWIDTH / np.pi, box / 4)
@@ -135,12 +129,29 @@ def _shell_grid(box, max_frequency, resolution, pixel_size, max_degree):
     return spherical.ShellGrid.for_resolution(box, pixel_size, resolution, max_degree=max_degree)
 
 
+def _ragged_degrees(shells):
+    """First degree ``max(|m1|, m2)`` ``(N, N // 2 + 1)`` and number of degrees of every
+    order pair ``(m1, m2 >= 0)`` of the unreduced step 2 (:meth:`VolumeAligner._build_tables`)."""
+    half, degrees = shells.n_orders // 2 + 1, shells.max_degree + 1
+    first = np.maximum(np.abs(shells.orders)[:, None], np.arange(half)[None, :])
+    return first, np.clip(degrees - first, 0, None)
+
+
+def table_bytes(shells, dtype=np.float64):
+    """Bytes of the ``d^l(β)`` table that a :class:`VolumeAligner` on ``shells`` keeps for
+    the unreduced landscape, about ``(2/3) L³ n_β`` numbers."""
+    _, counts = _ragged_degrees(shells)
+    return int(counts.sum()) * (shells.n_orders // 2 + 1) * np.dtype(dtype).itemsize
+
+
 def _eigen_descending(kernel):
     values, vectors = np.linalg.eigh(kernel)
     return values[::-1], vectors[:, ::-1]
 
 
-def _choose_rank(eigenvalues, tolerance, fixed, name, size):
+def _rank(eigenvalues, tolerance, fixed, name):
+    """The ``fixed`` rank, checked, or the one :func:`.radial_svd.choose_rank` chooses."""
+    size = eigenvalues.size
     if fixed is not None:
         if int(fixed) != fixed or not 1 <= fixed <= size:
             raise InvalidDataError(f"the {name} rank must be an integer in [1, {size}], got "
@@ -149,8 +160,7 @@ def _choose_rank(eigenvalues, tolerance, fixed, name, size):
     if eigenvalues[0] <= 0:
         raise InvalidDataError("the reference has no angular structure at this resolution "
                                "(its kernel is zero); check the map or raise the resolution")
-    count = int(np.count_nonzero(eigenvalues / eigenvalues[0] > tolerance))
-    return min(size, max(MIN_RANK, count))
+    return choose_rank(eigenvalues, tolerance)
 
 
 class VolumeAligner:
@@ -159,12 +169,14 @@ class VolumeAligner:
     :param reference: real ``(D, D, D)`` map.
     :param max_frequency: band limit in cycles per box; or give ``resolution``
         (Å) with ``pixel_size`` (Å/px).  Default ``min(48 / π, D / 4)``: the
-        notes' ``K = 48``, at most half Nyquist.
+        paper's ``K = 48``, at most half Nyquist
+        (``docs/methods/radial_svd_alignment.md`` §5).
     :param radial_rank, degree_rank: fixed ``H_C <= R`` and ``H_D <= L + 1``;
         by default the number of eigenvalues above ``tolerance`` times the
         largest, at least 4.
     :param max_shift, shift_step: translation search over the lattice
-        :func:`shift_grid` (pixels); ``max_shift = 0`` searches rotations only.
+        :func:`.radial_svd.shift_grid` (pixels, 3-D); ``max_shift = 0`` searches
+        rotations only.
     :param refine: refine the best grid rotation on the unreduced landscape.
     :param dtype: ``np.float64`` or ``np.float32`` (landscapes and tables).
     :param backend: ``"auto"``, ``"cpu"`` or ``"cuda"`` for the slice and landscape kernels.
@@ -189,8 +201,8 @@ class VolumeAligner:
             raise InvalidDataError(f"the rank tolerance must lie in (0, 1), got {tolerance}")
         self.box = reference.shape[0]
         self.refine = bool(refine)
-        self.shifts = shift_grid(max_shift, shift_step)
-        self.shells = _shell_grid(self.box, max_frequency, resolution, pixel_size, max_degree)
+        self.shifts = shift_grid(max_shift, shift_step, dimensions=3)
+        self.shells = shell_grid(self.box, max_frequency, resolution, pixel_size, max_degree)
         self.backend = resolve_backend(backend)
         if self.backend == "cuda":
             from ..kernels import volume_cuda as kernels
@@ -210,8 +222,8 @@ class VolumeAligner:
                                                     reference_coefficients).real)
 
         eta = np.sqrt(shells.weights)
-        # C and D are real Gram matrices of the reference (notes 4.3 and 4.4, with the
-        # η factors and the (1 - δ) prefactor of the errata).
+        # C and D are real Gram matrices of the reference (docs/methods/radial_svd_alignment.md
+        # §4.3-§4.4, with the η factors and the (1 - δ) prefactor of the errata, §8.1).
         angular = reference_coefficients[:, 1:].reshape(shells.n_shells, -1) * eta[:, None]
         radial = (angular.conj() @ angular.T).real
         weighted = np.moveaxis(reference_coefficients * eta[:, None, None], 1, 0)
@@ -220,10 +232,8 @@ class VolumeAligner:
         degree[0, :] = degree[:, 0] = 0.0
         self.radial_eigenvalues, radial_vectors = _eigen_descending(radial)
         self.degree_eigenvalues, degree_vectors = _eigen_descending(degree)
-        self.ranks = (_choose_rank(self.radial_eigenvalues, tolerance, radial_rank, "radial",
-                                   shells.n_shells),
-                      _choose_rank(self.degree_eigenvalues, tolerance, degree_rank, "degree",
-                                   degrees))
+        self.ranks = (_rank(self.radial_eigenvalues, tolerance, radial_rank, "radial"),
+                      _rank(self.degree_eigenvalues, tolerance, degree_rank, "degree"))
         self._radial_basis = np.ascontiguousarray(
             (radial_vectors[:, :self.ranks[0]] * eta[:, None]).T, dtype=self.dtype)  # u_h η_r
         kept = degree_vectors[:, :self.ranks[1]]
@@ -250,7 +260,7 @@ class VolumeAligner:
         """``L_c``: the kept principal degrees ``v_z`` vanish (to :data:`BAND_TOLERANCE`) above it.
 
         The principal degrees of a map concentrate on its low degrees (at the
-        notes' ``K = 48`` with ``H_D = 16`` they end near ``l = 25``), so the
+        paper's ``K = 48`` with ``H_D = 16`` they end near ``l = 25``), so the
         compressed landscape carries orders ``|m| <= L_c`` only: its step 2
         and its FFT run on a grid of ``next_fast_len(2 L_c + 1)`` angles
         instead of ``2 L + 1``.  At full degree rank ``L_c = L`` (exact).
@@ -283,9 +293,8 @@ class VolumeAligner:
         ``offsets[i, j] ..`` of the ragged table ``(entries, n_β)``.
         """
         shells = self.shells
-        n, half, degrees = shells.n_orders, self.n_half, shells.max_degree + 1
-        first = np.maximum(np.abs(shells.orders)[:, None], np.arange(half)[None, :])
-        counts = np.clip(degrees - first, 0, None)
+        n, degrees = shells.n_orders, shells.max_degree + 1
+        first, counts = _ragged_degrees(shells)
         offsets = np.concatenate([[0], np.cumsum(counts.ravel())[:-1]]).reshape(counts.shape)
         ragged = np.zeros((int(counts.sum()), self.beta.size))
         for l in range(degrees):

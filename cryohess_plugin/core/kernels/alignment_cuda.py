@@ -13,6 +13,13 @@ until all template blocks are done.
 numba.cuda has no FFT, so the real DFT over ``q`` is summed directly from
 precomputed cos/sin tables (``O(Q^2 / 4)`` per pair: as on the CPU, the sums
 of table row ``j`` give the four angles ``j, j + Q/2, Q - j, Q/2 - j``).
+
+There is no pruned twin of :mod:`.alignment_pruned_cpu`: the device
+evaluates every pair's angle DFT (one thread per pair, no compaction).  The
+CPU's pruning visits each image's templates in decreasing order of a bound
+and stops early, a sequential, data-dependent walk; on the device it would
+leave most threads of a warp idle rather than save work.  It does not change
+the result.
 """
 import functools
 import math
@@ -23,7 +30,7 @@ import numpy as np
 from numba import cuda
 
 from ..errors import InvalidDataError
-from .alignment_cpu import four_angles, four_values, insert_best
+from .alignment_cpu import SearchStatistics, four_angles, four_values, insert_best
 
 _THREADS = 128
 #: CUDA caps grid dimension y at 65535; kernels stride over the remaining images.
@@ -132,17 +139,8 @@ def _kernels(real_dtype):
     return pair_best, merge
 
 
-def prepare_templates(coefficients, zero, scale, n_angles, factor, block_width, dtype,
-                      pruned=False):
-    """Upload templates; arguments as :func:`.alignment_cpu.prepare_templates`.
-
-    ``pruned`` is accepted and ignored: the device evaluates every pair's
-    angle DFT (one thread per pair, no compaction).  The CPU's pruning visits
-    each image's templates in decreasing order of a bound and stops early, a
-    sequential, data-dependent walk; on the device it would leave most
-    threads of a warp idle rather than save work.  It does not change the
-    result.
-    """
+def prepare_templates(coefficients, zero, scale, n_angles, factor, block_width, dtype):
+    """Upload templates; arguments as :func:`.alignment_cpu.prepare_templates`."""
     half = n_angles // 2
     if half > MAX_HALF_ANGLES:
         raise InvalidDataError(
@@ -167,8 +165,9 @@ def search(templates, image_coefficients, image_zero, n_shifts, top_score, top_t
            top_angle, top_shift):
     """Device version of :func:`.alignment_cpu.search`; the top-k arrays are host arrays."""
     n_images = top_score.shape[0]
+    pairs = image_coefficients.shape[0] * templates.n_templates
     if n_images == 0:
-        return
+        return SearchStatistics(pairs, pairs)
     pair_best, merge = _kernels(templates.dtype)
 
     def upload(array):
@@ -194,3 +193,4 @@ def search(templates, image_coefficients, image_zero, n_shifts, top_score, top_t
                                                                *tops)
     for host, device in zip((top_score, top_template, top_angle, top_shift), tops):
         host[...] = device.copy_to_host()
+    return SearchStatistics(pairs, pairs)

@@ -1,19 +1,14 @@
-"""``numba.cuda`` path of the accumulated soft-mode Hessian (:mod:`..soft_mode_experiment`).
+"""``numba.cuda`` kernels of the accumulated soft-mode Hessian, and their launches.
 
-:class:`DeviceHessian` keeps on the device what every product reuses: the
-half-ring sample directions, the real harmonics at them (cached within the
-memory budget, else recomputed per block of directions by
-:func:`_harmonics` on the device), the pose-derivative slices ``U_a``, the
-pose blocks' pseudo-inverses, the counts, the squared CTFs and the ring
-weights.  A product uploads the ``(R, P)`` shell columns and downloads the
-``(R, P)`` result (``pose_change``: the ``(D, G, 3)`` rotations) and nothing
-else.
+The device products that call them (what stays on the device, block by block) are
+:class:`cryohess_plugin.core.softmodes.products_cuda.DeviceProducts`; the formulas are
+in ``docs/methods/hessian_soft_modes.md`` §2.5 and §2.7.
 
 Kernels:
 
 * :func:`_harmonics`: one thread per sample direction; the Legendre
-  recurrences of :func:`..spherical.normalized_legendre` and the real
-  combinations of :meth:`..soft_mode_experiment.RealHarmonics.evaluate`
+  recurrences of :func:`.spherical.normalized_legendre` and the real
+  combinations of :meth:`.softmodes.hessian.RealHarmonics.evaluate`
   (even degrees real, odd degrees imaginary).
 * :func:`_gemm_nt` (slice: ``V = H Cᵀ``) and :func:`_gemm_tn` (adjoint slice:
   ``C += Zᵀ H``): tiled shared-memory matrix products.  They are written by
@@ -23,6 +18,10 @@ Kernels:
   ``<U_a, V>`` per shell, the couplings and the ``3 x 3`` pseudo-inverse
   solves per (direction, group), the mixing back onto the slices and the
   ring weights ``/ σ²``, written in place over ``V``.
+
+Launches: :func:`evaluate_harmonics`, :func:`slice_product`,
+:func:`adjoint_product` and :func:`pose_algebra`; :func:`to_device` and
+:func:`device_array` allocate what they work on.
 """
 import math
 
@@ -230,139 +229,24 @@ def adjoint_product(values, harmonics, out):
         _gemm_tn[blocks, threads](values, harmonics, out)
 
 
-def _column_table(harmonics):
-    """``table[l, m, k]`` of :func:`_harmonics` for a :class:`RealHarmonics`."""
-    degree = int(harmonics.degrees.max())
-    table = np.zeros((degree + 1, degree + 1, 2), dtype=np.int64)
-    for p, (l, m, kind) in enumerate(zip(harmonics.degrees, harmonics.orders, harmonics.kinds)):
-        column = p if l % 2 == 0 else p - harmonics.n_even
-        table[l, m, max(kind - 1, 0)] = column
-    return table
+def to_device(array, dtype=np.float64):
+    """A contiguous device copy of host ``array`` in ``dtype``."""
+    return cuda.to_device(np.ascontiguousarray(array, dtype))
 
 
-class DeviceHessian:
-    """Device state and products of one :class:`..soft_mode_experiment.AccumulatedHessian`.
+def device_array(shape):
+    """An uninitialised float64 device array."""
+    return cuda.device_array(shape, np.float64)
 
-    :param samples: ``(D, Q/2, 3)`` half-ring sample directions.
-    :param harmonics: :class:`..soft_mode_experiment.RealHarmonics`.
-    :param block: directions per block.  :param cache: keep every block's harmonics.
-    :param ctf_squared: ``(G, R)``.  :param counts: ``(D, G)``.
-    :param ring_weights: ``(R,)``.  :param noise_sigma2: ``σ²``.
-    """
 
-    def __init__(self, samples, harmonics, block, cache, ctf_squared, counts, ring_weights,
-                 noise_sigma2):
-        self.n_directions, self.half = samples.shape[0], samples.shape[1]
-        self.block = int(block)
-        self.n_even = harmonics.n_even
-        self.n_odd = harmonics.degrees.size - harmonics.n_even
-        self.max_degree = int(harmonics.degrees.max())
-        self.n_shells = ctf_squared.shape[1]
-        self.n_groups = ctf_squared.shape[0]
-        self.inv_sigma2 = 1.0 / float(noise_sigma2)
-        self._samples = cuda.to_device(np.ascontiguousarray(samples.reshape(-1, 3), np.float64))
-        self._table = cuda.to_device(_column_table(harmonics))
-        self._ctf_squared = cuda.to_device(np.ascontiguousarray(ctf_squared, np.float64))
-        self._counts = cuda.to_device(np.ascontiguousarray(counts, np.float64))
-        self._ring_weights = cuda.to_device(np.ascontiguousarray(ring_weights, np.float64))
-        rows = self.block * self.half
-        self._scratch = None
-        self._cache = None
-        if cache:
-            self._cache = [self._evaluate(start, None) for start in self._starts()]
-        else:
-            self._scratch = (cuda.device_array((rows, self.n_even), np.float64),
-                             cuda.device_array((rows, self.n_odd), np.float64))
-        self._v = (cuda.device_array((rows, self.n_shells), np.float64),
-                   cuda.device_array((rows, self.n_shells), np.float64))
-        self._overlap = cuda.device_array((self.block, 3, self.n_shells), np.float64)
-        self._change = cuda.device_array((self.block, self.n_groups, 3), np.float64)
-        self._derivatives = self._pinv = None
+def evaluate_harmonics(samples, max_degree, table, even, odd):
+    """Real harmonics at device ``samples`` ``(n, 3)`` into ``even``, ``odd`` (:func:`_harmonics`)."""
+    rows = samples.shape[0]
+    _harmonics[(rows + THREADS - 1) // THREADS, THREADS](samples, max_degree, table, even, odd)
 
-    def _starts(self):
-        return range(0, self.n_directions, self.block)
 
-    def _evaluate(self, start, into):
-        """Harmonics of the block at ``start``, into the scratch ``into`` or new arrays."""
-        stop = min(start + self.block, self.n_directions)
-        rows = (stop - start) * self.half
-        if into is None:
-            into = (cuda.device_array((rows, self.n_even), np.float64),
-                    cuda.device_array((rows, self.n_odd), np.float64))
-        even, odd = into[0][:rows], into[1][:rows]
-        samples = self._samples[start * self.half:stop * self.half]
-        _harmonics[(rows + THREADS - 1) // THREADS, THREADS](samples, self.max_degree,
-                                                             self._table, even, odd)
-        return even, odd
-
-    def _blocks(self):
-        for k, start in enumerate(self._starts()):
-            stop = min(start + self.block, self.n_directions)
-            block = self._cache[k] if self._cache is not None else self._evaluate(
-                start, self._scratch)
-            yield start, stop, block
-
-    def _slice(self, block, even_columns, odd_columns, rows):
-        v_re, v_im = self._v[0][:rows], self._v[1][:rows]
-        slice_product(block[0], even_columns, v_re)
-        slice_product(block[1], odd_columns, v_im)
-        return v_re, v_im
-
-    def _upload_columns(self, columns):
-        return (cuda.to_device(np.ascontiguousarray(columns[:, :self.n_even])),
-                cuda.to_device(np.ascontiguousarray(columns[:, self.n_even:])))
-
-    def mode_slices(self, columns):
-        """Host ``(Re V, Im V)`` ``(D, Q/2, k)`` of stacked shell columns ``(k, P)``."""
-        even_columns, odd_columns = self._upload_columns(columns)
-        k = columns.shape[0]
-        shape = (-1, self.half, k)
-        real, imag = [], []
-        for start, stop, block in self._blocks():
-            rows = (stop - start) * self.half
-            v_re = cuda.device_array((rows, k), np.float64)
-            v_im = cuda.device_array((rows, k), np.float64)
-            slice_product(block[0], even_columns, v_re)
-            slice_product(block[1], odd_columns, v_im)
-            real.append(v_re.copy_to_host().reshape(shape))
-            imag.append(v_im.copy_to_host().reshape(shape))
-        return np.concatenate(real), np.concatenate(imag)
-
-    def set_poses(self, derivatives, pinv):
-        """Upload ``(Re U, Im U)`` ``(3, D, Q/2, R)`` and the pseudo-inverses ``(D, G, 3, 3)``."""
-        self._derivatives = tuple(cuda.to_device(np.ascontiguousarray(u, np.float64))
-                                  for u in derivatives)
-        self._pinv = cuda.to_device(np.ascontiguousarray(pinv, np.float64))
-
-    def _pose(self, start, stop, mode, v_re, v_im):
-        shape = (stop - start, self.half, self.n_shells)
-        u_re, u_im = self._derivatives
-        _pose[stop - start, THREADS](start, mode, v_re.reshape(shape), v_im.reshape(shape),
-                                     u_re, u_im, self._pinv, self._counts, self._ctf_squared,
-                                     self._ring_weights, self.inv_sigma2, self._overlap,
-                                     self._change)
-
-    def matvec(self, columns, implicit_poses):
-        """``(R, P)`` shell columns of the Hessian applied to shell columns ``(R, P)``."""
-        even_columns, odd_columns = self._upload_columns(columns)
-        out_even = cuda.to_device(np.zeros((self.n_shells, self.n_even)))
-        out_odd = cuda.to_device(np.zeros((self.n_shells, self.n_odd)))
-        mode = IMPLICIT_POSES if implicit_poses else FIXED_POSES
-        for start, stop, block in self._blocks():
-            rows = (stop - start) * self.half
-            v_re, v_im = self._slice(block, even_columns, odd_columns, rows)
-            self._pose(start, stop, mode, v_re, v_im)
-            adjoint_product(v_re, block[0], out_even)
-            adjoint_product(v_im, block[1], out_odd)
-        return np.concatenate([out_even.copy_to_host(), out_odd.copy_to_host()], axis=1)
-
-    def pose_change(self, columns):
-        """``(D, G, 3)`` pose response to shell columns ``(R, P)``."""
-        even_columns, odd_columns = self._upload_columns(columns)
-        parts = []
-        for start, stop, block in self._blocks():
-            rows = (stop - start) * self.half
-            v_re, v_im = self._slice(block, even_columns, odd_columns, rows)
-            self._pose(start, stop, POSE_CHANGE, v_re, v_im)
-            parts.append(self._change[:stop - start].copy_to_host())
-        return np.concatenate(parts)
+def pose_algebra(start, mode, v_re, v_im, u_re, u_im, pinv, counts, ctf_squared, ring_weights,
+                 inv_sigma2, overlap, change):
+    """The pose algebra of the ``v_re.shape[0]`` directions from ``start`` (:func:`_pose`)."""
+    _pose[v_re.shape[0], THREADS](start, mode, v_re, v_im, u_re, u_im, pinv, counts, ctf_squared,
+                                  ring_weights, inv_sigma2, overlap, change)

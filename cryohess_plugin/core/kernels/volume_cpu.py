@@ -1,4 +1,5 @@
-"""Numba CPU kernels of the SO(3) landscape (step 2 of the notes, section 4).
+"""Numba CPU kernels of the SO(3) landscape: step 2 of ``docs/methods/radial_svd_alignment.md``
+§4.2 (unreduced) and §4.5 (compressed).
 
 Both kernels fill ``out[b, i, j] = X̂(m1, m2; β_b)`` for every ``β`` of the
 grid, with ``m1`` at index ``i = m1 mod N`` and ``m2 = j >= 0`` (the other

@@ -4,9 +4,13 @@
 the slice model, :mod:`.result` the fitted posterior and its maps, :mod:`.fit` the
 closed-form, EM and variational fits, noise propagation and the likelihood.
 """
-from .fit import (fit_closed_form, fit_variational, log_likelihood, propagate_noise)
-from .problem import PosteriorProblem, SpectraWriter, write_spectra
+from .fit import (FIT_METHODS, fit_closed_form, fit_posterior, fit_variational, half_sets,
+                  held_out_log_likelihood, log_likelihood, propagate_noise)
+from .problem import (ParticleFiles, PosteriorProblem, SpectraWriter, fit_memory_bytes,
+                      particle_file_bytes, write_particle_files, write_spectra)
 from .result import FourierPosterior
 
-__all__ = ["fit_closed_form", "fit_variational", "log_likelihood", "propagate_noise",
-           "PosteriorProblem", "SpectraWriter", "write_spectra", "FourierPosterior"]
+__all__ = ["FIT_METHODS", "fit_closed_form", "fit_posterior", "fit_variational", "half_sets",
+           "held_out_log_likelihood", "log_likelihood", "propagate_noise", "ParticleFiles",
+           "PosteriorProblem", "SpectraWriter", "fit_memory_bytes", "particle_file_bytes",
+           "write_particle_files", "write_spectra", "FourierPosterior"]

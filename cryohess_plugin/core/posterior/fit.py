@@ -1,6 +1,6 @@
 """Gaussian posterior over a map's Fourier transform with known poses (Ullrich et al. 2019).
 
-Model (notes ``method_differentiable_fourier_slice.md`` §2, §4, in the
+Model (``docs/methods/fourier_slice_posterior.md`` §2, §4, in the
 conventions of :mod:`.fourier` and :mod:`.projector`)::
 
     X_n(k) = c_n(k) exp(-2 pi i k.t_n / D) V(R_n^T (kx, ky, 0)) + N_n(k)
@@ -17,7 +17,7 @@ conventions of :mod:`.fourier` and :mod:`.projector`)::
   the Hermitian mirror of every tap is on the grid.
 * Prior: ``V`` Hermitian (a real map), ``E|V_j|^2 = s0^2(shell)``.
 
-Posterior (mean field = diagonal, notes §4.2; ``Var`` is the complex
+Posterior (mean field = diagonal, ``fourier_slice_posterior.md`` §4.2; ``Var`` is the complex
 variance ``E|V_j - mu_j|^2``)::
 
     (herm(A^H W A) / (D^2 sigma^2) + 1 / s0^2) mu = herm(A^H W X) / (D^2 sigma^2)
@@ -25,8 +25,8 @@ variance ``E|V_j - mu_j|^2``)::
 
 where ``herm(B) = B + conj(mirror(B))`` folds the gradient onto Hermitian
 maps and ``S`` counts both ``k`` and ``-k`` (the sampling density).  In the
-paper's unitary units per real component this is the notes' ``1 / (1/s0^2
-+ 2 D S / sigma^2)``.  The mean is the exact MAP (conjugate gradients); the
+paper's unitary units per real component this is ``1 / (1/s0^2 + 2 D S /
+sigma^2)`` (§4.2).  The mean is the exact MAP (conjugate gradients); the
 variance ignores the correlations interpolation creates, as mean-field VI
 does.  Noise and per-shell prior variances are estimated by EM.
 
@@ -39,18 +39,18 @@ the FSC of mean maps propagates noise draws through the exact MAP solve
 power of the mean map per shell (:meth:`FourierPosterior.shell_snr`).
 
 The variational fit (:func:`fit_variational`) minimises the minibatch ELBO
-of eq 15 with the closed-form expected likelihood of notes §4.2 (no
-reparameterisation noise): a natural-gradient step on the precision and a
+of the paper's eq. (15) with the closed-form expected likelihood of §4.2 (no
+reparameterisation noise, §4.6): a natural-gradient step on the precision and a
 preconditioned, Polyak-averaged gradient step on the mean.
 """
 import numpy as np
 
-from .. import fourier
 from ..errors import InvalidDataError, ShapeError
-from ..fourier import hermitian_fold
+from ..fourier import hermitian_fold, shell_average, shell_sums
 from ..progress import Reporter
-from .problem import TINY, expand_shells, shell_sums
+from .problem import TINY, expand_shells
 from .result import FourierPosterior
+
 
 def _noise_scale(problem, noise_variance):
     return problem.box ** 2 * float(noise_variance)
@@ -101,7 +101,8 @@ def initial_noise_variance(problem):
 
 
 def estimate_noise_variance(problem, posterior):
-    """EM update of ``sigma^2`` (notes §4.3): mean ``E|X - A V|^2 / D^2`` per real coefficient."""
+    """EM update of ``sigma^2`` (``fourier_slice_posterior.md`` §4.3): mean ``E|X - A V|^2 / D^2``
+    per real coefficient."""
     power = problem.residual_power(posterior.mean, posterior.variance)
     return float(power.sum() / (problem.box ** 2 * problem.n_particles
                                 * problem.sample_weight.sum()))
@@ -109,12 +110,7 @@ def estimate_noise_variance(problem, posterior):
 
 def estimate_prior_variance(posterior):
     """EM update of the per-shell prior: shell mean of ``|mu|^2 + Var`` (shells 0..D/2)."""
-    shells = fourier.shell_index(posterior.mean.shape)
-    n_shells = posterior.box // 2 + 1
-    inside = shells < n_shells
-    power = np.abs(posterior.mean) ** 2 + posterior.variance
-    counts = np.bincount(shells[inside], minlength=n_shells)
-    mean_power = np.bincount(shells[inside], power[inside], n_shells) / np.maximum(counts, 1)
+    mean_power = shell_average(np.abs(posterior.mean) ** 2 + posterior.variance)
     return np.maximum(mean_power, mean_power.max() * 1e-12)
 
 
@@ -161,7 +157,7 @@ def propagate_noise(problem, posterior, probes=1, rng=0, cg_iterations=60,
     :param tolerance: relative CG residual of each probe's solve
         (:data:`PROBE_TOLERANCE`: well inside the probe's Monte-Carlo error).
     :param rows: :meth:`PosteriorProblem.row_sums` if already computed.
-    :param progress: callable ``(str) -> None`` told each probe's CG iterations
+    :param progress: :class:`.progress.Progress` events: each probe's CG iterations
         and residual (and long solves' residuals every 30 s), or None.
     :returns: ``(D // 2 + 1,)`` float64.
     """
@@ -240,7 +236,7 @@ def fit_closed_form(problem, noise_variance=None, prior_variance=None, em_iterat
         (one CG solve each) and leaves the mean-field curve.
     :param rng: seed of the noise probes (solved to the looser of ``tolerance``
         and :data:`PROBE_TOLERANCE`: their Monte-Carlo error dominates).
-    :param progress: callable ``(str) -> None`` told after each EM round the
+    :param progress: :class:`.progress.Progress` events: after each EM round the
         noise variance, the prior's range over shells, the CG iterations and
         residual (and a long solve's residual every 30 s), or None.
     :returns: :class:`FourierPosterior`; its history holds the noise variance
@@ -307,10 +303,11 @@ def fit_closed_form(problem, noise_variance=None, prior_variance=None, em_iterat
 
 def fit_variational(problem, noise_variance, prior_variance, batch_size=64, epochs=20,
                     step=0.3, rng=0, start=None, progress=None):
-    """Stochastic variational fit of the mean-field posterior in minibatches (eq 15).
+    """Stochastic variational fit of the mean-field posterior in minibatches (paper eq. (15)).
 
     Each step uses the minibatch ``B`` scaled by ``N / |B|`` and the
-    closed-form expected likelihood (notes §4.2):
+    closed-form expected likelihood (``docs/methods/fourier_slice_posterior.md`` §4.2,
+    §4.6):
 
     * precision ``lambda = 1 / Var``: natural-gradient step
       ``lambda <- (1 - r) lambda + r (1/s0^2 + (N/|B|) S_B / (D^2 sigma^2))``
@@ -326,7 +323,7 @@ def fit_variational(problem, noise_variance, prior_variance, batch_size=64, epoc
     :param step: mean step size (stable below about 1 with this preconditioner).
     :param rng: seed of the minibatch order.
     :param start: starting mean grid, or None for zero.
-    :param progress: callable ``(str) -> None`` told after each epoch its ELBO
+    :param progress: :class:`.progress.Progress` events: after each epoch its ELBO
         estimate and the change from the previous epoch, or None.
     :returns: :class:`FourierPosterior`; history holds the number of steps and
         ``elbo``, one estimate per epoch: the epoch's average of the minibatch
@@ -393,6 +390,60 @@ def fit_variational(problem, noise_variance, prior_variance, batch_size=64, epoc
                             scale / box ** 2, problem.interpolation, history)
 
 
+#: The fits :func:`fit_posterior` offers.
+FIT_METHODS = ("closed_form", "variational")
+
+
+def estimation_subset(count, size):
+    """Rows of at most ``size`` particles spread evenly over ``count``."""
+    return np.unique(np.linspace(0, count - 1, min(count, size)).astype(int))
+
+
+def fit_posterior(problem, noise_variance=None, prior_variance=None, method="closed_form",
+                  em_iterations=4, batch_size=64, epochs=20, estimation_particles=2000,
+                  progress=None):
+    """The posterior by the closed form or the minibatch variational fit.
+
+    The closed form estimates what is not given by EM (:func:`fit_closed_form`). The
+    variational fit needs the noise and the prior: what is not given comes from a
+    closed-form fit to ``estimation_particles`` particles spread evenly over the set
+    (:func:`estimation_subset`, no noise probes); afterwards one noise probe is
+    propagated (:func:`propagate_noise`), so that its single-fit resolution curve is the
+    closed form's (``docs/methods/fourier_slice_posterior.md`` §4.4, §4.6).
+
+    :param noise_variance: ``sigma^2`` per pixel, or None to estimate it.
+    :param prior_variance: scalar or per-shell ``s0^2``, or None to estimate it per shell.
+    :param method: one of :data:`FIT_METHODS`.
+    :param em_iterations: EM rounds of the closed form when something is estimated.
+    :param batch_size, epochs: of the variational fit (:func:`fit_variational`).
+    :param estimation_particles: particles of the variational fit's closed-form estimate.
+    :param progress: :class:`.progress.Progress` events of the fits, or None.
+    :returns: :class:`FourierPosterior`.
+    """
+    if method not in FIT_METHODS:
+        raise ValueError(f"method must be one of {FIT_METHODS}, got {method!r}")
+    if method == "closed_form":
+        return fit_closed_form(problem, noise_variance, prior_variance,
+                               em_iterations=em_iterations, progress=progress)
+    if noise_variance is None or prior_variance is None:
+        subset = estimation_subset(problem.n_particles, estimation_particles)
+        Reporter(progress)(f"Noise and prior from a closed-form fit to {len(subset)} particles")
+        estimate = fit_closed_form(problem.subset(subset), noise_variance, prior_variance,
+                                   em_iterations=em_iterations, noise_probes=0,
+                                   progress=progress)
+        noise_variance, prior_variance = estimate.noise_variance, estimate.prior_variance
+    posterior = fit_variational(problem, noise_variance, prior_variance, batch_size=batch_size,
+                                epochs=epochs, progress=progress)
+    posterior.noise_power = propagate_noise(problem, posterior, progress=progress)
+    return posterior
+
+
+def half_sets(count):
+    """Rows of the two half sets of ``count`` particles: alternate particles."""
+    rows = np.arange(count)
+    return rows[0::2], rows[1::2]
+
+
 def log_likelihood(problem, posterior):
     """Held-out log-likelihood of every particle under the posterior predictive.
 
@@ -419,3 +470,16 @@ def log_likelihood(problem, posterior):
         real_terms = -(residual.real ** 2) / (2 * v) - 0.5 * np.log(2 * np.pi * v)
         out[p] = np.where(dc, real_terms, complex_terms).sum(axis=1)
     return out
+
+
+def held_out_log_likelihood(problem, half_1, half_2):
+    """Log-likelihood of every particle under the posterior of the *other* half set.
+
+    :param half_1, half_2: posteriors fitted to the rows :func:`half_sets` gives.
+    :returns: ``(n,)`` float64 (:func:`log_likelihood`).
+    """
+    values = np.empty(problem.n_particles)
+    rows_1, rows_2 = half_sets(problem.n_particles)
+    values[rows_1] = log_likelihood(problem.subset(rows_1), half_2)
+    values[rows_2] = log_likelihood(problem.subset(rows_2), half_1)
+    return values

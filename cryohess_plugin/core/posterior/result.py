@@ -5,8 +5,10 @@ import numpy as np
 
 from .. import fourier
 from ..errors import InvalidDataError
-from ..fourier import hermitian_fold, paired
-from .problem import TINY, shell_sums
+from ..fourier import hermitian_fold, paired, shell_sums
+from ..storage import load_fields, save_fields
+from .problem import TINY
+
 
 @dataclass
 class FourierPosterior:
@@ -32,6 +34,15 @@ class FourierPosterior:
     @property
     def box(self):
         return self.mean.shape[0]
+
+    def save(self, path):
+        """Write the posterior to the ``.npz`` ``path`` (every field, history included)."""
+        save_fields(path, self)
+
+    @classmethod
+    def load(cls, path):
+        """The posterior written by :meth:`save`."""
+        return load_fields(cls, path)
 
     def _deapodization(self):
         d = fourier.deapodization(self.box, self.box, self.interpolation)
@@ -66,7 +77,8 @@ class FourierPosterior:
             signal power is the map's power minus that noise power (clipped
             at 0).  This is the SNR the half-map FSC of mean maps measures.
             ``"mean_field"``: the paper's ``alpha(f) = sum |mu|^2 / sum Var``
-            (notes eq 19) on the Fourier grid.  None: ``"noise"`` when
+            (paper eq. (19), ``docs/methods/fourier_slice_posterior.md`` §4.4) on
+            the Fourier grid.  None: ``"noise"`` when
             ``noise_power`` is set, else ``"mean_field"``.
 
         The mean-field ``alpha`` misjudges the noise of the mean twice: ``Var``
@@ -106,6 +118,22 @@ class FourierPosterior:
         alpha = self.shell_snr(method) / (2.0 if half_maps else 1.0)
         return alpha / (1.0 + alpha)
 
+    def curve_shells(self):
+        """Shells ``1 .. D/2 - 1`` of the reported resolution curves: the model's
+        frequency disc without the DC shell."""
+        return np.arange(1, self.box // 2)
+
+    def single_fit_curve(self):
+        """``(alpha/2) / (1 + alpha/2)`` (:meth:`resolution_curve`) over :meth:`curve_shells`,
+        the curve to compare with a half-map FSC."""
+        return self.resolution_curve(half_maps=True)[self.curve_shells()]
+
+    def half_map_fsc(self, other):
+        """FSC of the mean maps of this posterior and ``other`` (the two half sets) over
+        :meth:`curve_shells`."""
+        return fourier.fourier_shell_correlation(self.mean_map(),
+                                                 other.mean_map())[self.curve_shells()]
+
     def sample_grids(self, count, rng=0):
         """``count`` Hermitian Fourier grids drawn from the posterior, ``(count, D, D, D)``."""
         rng = np.random.default_rng(rng)
@@ -127,14 +155,10 @@ class FourierPosterior:
         """Voxel-wise standard deviation of ``count`` posterior samples (real space).
 
         A diagonal Fourier posterior is stationary in real space apart from
-        the deapodisation (notes §4.5): the map mostly shows where the
-        correction amplifies, so read it as a global uncertainty level.
+        the deapodisation (``docs/methods/fourier_slice_posterior.md`` §4.5): the map
+        mostly shows where the correction amplifies, so read it as a global
+        uncertainty level.
         """
         if count < 2:
             raise InvalidDataError(f"need at least 2 samples for a standard deviation, got {count}")
         return np.std(self.sample_maps(count, rng), axis=0, ddof=1)
-
-    def analytic_real_space_std(self):
-        """The exact voxel-wise standard deviation :meth:`real_space_std` estimates."""
-        total = self.variance[paired(self.box)].sum()
-        return np.sqrt(total) / self.box ** 3 / self._deapodization()

@@ -1,20 +1,31 @@
 """Softest modes of the Hessian of the cryo-EM log-likelihood (Rangan et al.).
 
-:mod:`.analysis` runs the method for an experiment (:func:`analyse_soft_modes`);
-:mod:`.hessian` holds the experiment and its accumulated Hessian, :mod:`.solver` the
-eigensolver and the displayed quantities, :mod:`.layout` the real parametrisation of
-the shell coefficients, and :mod:`.per_image` the slow per-image reference form.
+:mod:`.analysis` runs the method for an experiment (:func:`analyse_soft_modes`) and
+holds its result (:class:`SoftModeAnalysis`, with its file); :mod:`.experiment` the
+viewing experiment (image counts per direction and defocus group); :mod:`.noise` the
+images' noise level; :mod:`.hessian` the experiment's accumulated Hessian, whose
+products run on the CPU (:mod:`.products`) or a CUDA device (:mod:`.products_cuda`),
+chosen once; :mod:`.solver` the eigensolver and the displayed quantities;
+:mod:`.layout` the real parametrisation of the shell coefficients; and
+:mod:`.per_image` the slow per-image reference form.  Results are stored with
+:mod:`..storage`.  The
+method in our words: ``docs/methods/hessian_soft_modes.md``.
 """
-from .analysis import (SoftModeAnalysis, analyse_soft_modes, auto_grid_spacing,
-                       estimate_noise_variance, marginal_noise, particle_pose_changes)
-from .hessian import (AccumulatedHessian, ViewingExperiment, experiment_from_distribution,
-                      experiment_from_poses, particle_assignment, rebin)
+from .analysis import (FRAGILE_POSE_CHANGE_DEG, ParticleAssignment, PoseChangeStatistics,
+                       SoftModeAnalysis, analyse_soft_modes, analysis_memory, analysis_warnings,
+                       auto_grid_spacing, particle_pose_changes)
+from .experiment import (ViewingExperiment, experiment_from_distribution, experiment_from_poses,
+                         particle_assignment, rebin)
+from .hessian import AccumulatedHessian
 from .layout import RealLayout
+from .noise import NoiseLevel, estimate_noise_variance, marginal_noise, noise_variance_for_snr
 from .solver import (lanczos_softest_modes, per_shell_profile, perturbation_size,
                      soft_variance)
 
-__all__ = ["SoftModeAnalysis", "analyse_soft_modes", "auto_grid_spacing",
-           "estimate_noise_variance", "marginal_noise", "particle_pose_changes",
-           "AccumulatedHessian", "ViewingExperiment", "experiment_from_distribution",
-           "experiment_from_poses", "particle_assignment", "rebin", "RealLayout",
-           "lanczos_softest_modes", "per_shell_profile", "perturbation_size", "soft_variance"]
+__all__ = ["FRAGILE_POSE_CHANGE_DEG", "ParticleAssignment", "PoseChangeStatistics",
+           "SoftModeAnalysis", "analyse_soft_modes", "analysis_memory", "analysis_warnings",
+           "auto_grid_spacing", "particle_pose_changes", "NoiseLevel",
+           "estimate_noise_variance", "marginal_noise", "noise_variance_for_snr", "AccumulatedHessian", "ViewingExperiment",
+           "experiment_from_distribution", "experiment_from_poses", "particle_assignment",
+           "rebin", "RealLayout", "lanczos_softest_modes", "per_shell_profile",
+           "perturbation_size", "soft_variance"]

@@ -1,23 +1,27 @@
-"""Soft modes of a reconstruction for an experiment: what the images barely pin down (issue 4).
+"""Soft modes of a reconstruction for an experiment: what the images barely pin down.
 
-Method notes §§1.9, 2.5-2.7, 3, 4.  :func:`analyse_soft_modes` takes a
-volume and a :class:`.soft_mode_experiment.ViewingExperiment` (from
-particles' poses and CTFs, or from a viewing density) and returns the
-smallest eigenpairs of the Hessian of the negative log-likelihood in the
-accumulated form of :mod:`.soft_mode_experiment` (expected Hessian of
-noise-free templates, poses binned by viewing direction), with everything
-a user looks at (notes §4).
+``docs/methods/hessian_soft_modes.md`` §1.9, §§2.5–2.7, §3 and §4 (every § below is a
+section of that page).  :func:`analyse_soft_modes` takes a volume and a
+:class:`.experiment.ViewingExperiment` (from particles' poses and CTFs, or from a
+viewing density) and returns the smallest eigenpairs of the Hessian of the negative log-likelihood in the
+accumulated form of :mod:`.hessian` (expected Hessian of noise-free templates,
+poses binned by viewing direction), with everything a user looks at (§4), in a
+:class:`SoftModeAnalysis` that owns its file (:meth:`SoftModeAnalysis.save`,
+:meth:`SoftModeAnalysis.load`, :meth:`SoftModeAnalysis.write_table`).  Also here:
+each particle's pose change (:class:`ParticleAssignment`, :class:`PoseChangeStatistics`)
+and what a run at a band costs (:func:`analysis_memory`, :func:`analysis_warnings`).
+The noise level it needs is in :mod:`.noise`.
 
 Units.  The volume's transform is the core's centred, non-unitary one
 (:mod:`.fourier`), frequencies in cycles per box.  White image noise of
 per-pixel variance ``s²`` has ``E|X(k)|² = N² s²`` at every integer frequency
 of an ``N``-pixel image, and ``Σ_x n² = N⁻² Σ_k |X|²``, so the likelihood's
-``σ²`` per unit area of the frequency plane (:mod:`.soft_modes`) is
-``σ² = N² s²``; the images must share the volume's pixel size.
+``σ²`` per unit area of the frequency plane (§1.3) is ``σ² = N² s²``; the
+images must share the volume's pixel size.
 
 Eigenvalues are of the NLL's Hessian (summed over images, ``1/σ²`` included)
 in the chosen metric ``W`` on the real coefficient vector: ``"riesz"``
-weights shell ``r`` by ``ρ_r = ∫ f df`` (the authors' choice, notes §3.1,
+weights shell ``r`` by ``ρ_r = ∫ f df`` (the authors' choice, §3.1,
 without their constant ``(4π)²√(π/2)``), ``"l2"`` by ``∫ f² df`` (the
 real-space L2 norm of the band-limited map times ``N³``, Plancherel).  They
 are Ritz values of a fixed-length Lanczos run (upper bounds of the true
@@ -29,28 +33,31 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..ctf import ctf_stack
 from ..errors import InvalidDataError, SamplingMismatchError, ShapeError
+from ..fourier import bandwidth, frequency_for_resolution
 from ..progress import Reporter
-from ..projector import FourierSliceProjector, validate_volume
-from .hessian import (AccumulatedHessian, ViewingExperiment, experiment_from_distribution,
-                      experiment_from_poses, particle_assignment, rebin)
+from ..projector import validate_volume
+from ..spherical import ShellGrid, SphericalTransform, shells_to_volume
+from .experiment import ViewingExperiment, hemisphere_grid, particle_assignment, rebin
+from ..storage import load_fields, save_fields
+from .hessian import BLOCK_BYTES, AccumulatedHessian
+from .layout import RealLayout
+from .products import HARMONICS_BLOCK_SAMPLES
 from .solver import (lanczos_softest_modes, per_shell_profile, perturbation_size,
                      soft_variance)
-from .layout import RealLayout
-from ..rotations import validate_poses
-from ..spherical import ShellGrid, SphericalTransform, shells_to_volume
 
-__all__ = ["ViewingExperiment", "SoftModeAnalysis", "analyse_soft_modes", "auto_grid_spacing",
-           "estimate_noise_variance", "experiment_from_distribution", "experiment_from_poses",
-           "marginal_noise", "particle_assignment", "particle_pose_changes"]
+__all__ = ["SoftModeAnalysis", "ParticleAssignment", "PoseChangeStatistics",
+           "analyse_soft_modes", "analysis_memory", "analysis_warnings", "auto_grid_spacing",
+           "particle_pose_changes"]
 
 METRICS = ("riesz", "l2")
-#: Analysis grid spacing in units of the notes' template spacing ``π / L`` (``0.5 / K``);
-#: the binning test measures the error this leaves.
+#: Analysis grid spacing in units of the authors' template spacing ``π / L`` (``0.5 / K``,
+#: §1.9); the binning test measures the error this leaves.
 AUTO_SPACING_FRACTION = 0.5
 #: Pixel sizes closer than this (relative) are the same sampling.
 _PIXEL_TOLERANCE = 1e-3
+#: Fields of :class:`SoftModeAnalysis` as large as the map, left out by a light load.
+VOLUME_FIELDS = ("mode_volumes", "sensitivity")
 
 
 @dataclass(frozen=True)
@@ -60,24 +67,25 @@ class SoftModeAnalysis:
     ``eigenvalues`` ``(n_modes,)`` of the NLL Hessian in ``metric`` (ascending Ritz values);
     ``perturbation`` ``ε`` at ``log_likelihood_ratio`` for W-unit modes (``inf`` where
     the eigenvalue is not positive); ``relative_change`` ``‖ε ΔF‖ / ‖F‖`` (real-space L2
-    of the band-limited maps); ``mode_volumes`` ``(n_modes, N, N, N)`` W-unit modes ``ΔF``;
-    ``sensitivity`` ``Σ_i ε_i² ΔF_i²`` per voxel (notes §4.6, finite ``ε`` only);
-    ``shell_frequencies`` ``(R,)`` 1/Å; ``shell_profile`` ``(n_modes, R)`` each W-unit mode's
-    L2 energy per shell; ``pose_changes`` ``(n_modes, D)`` ``|Δτ|`` in radians per experiment
-    direction at ``ε_i`` (the rotation of that direction's images when the map becomes
-    ``F + ε_i ΔF_i``, count-weighted RMS over defocus groups; zero for fixed poses or an
-    infinite ``ε``); ``group_pose_changes`` ``(n_modes, D, G)`` the same per defocus group
-    (a group's images in a direction all turn by that amount; groups without images in a
-    direction have the value they would have); ``ritz_history``
-    ``(iterations, iterations)`` NaN-padded; ``residuals``, ``converged``,
-    ``log_determinant`` from :func:`.soft_mode_solver.lanczos_softest_modes`;
-    ``max_degree`` ``L = 2πK``; ``n_directions`` the analysis grid's occupied directions.
+    of the band-limited maps); ``shell_frequencies`` ``(R,)`` 1/Å; ``shell_profile``
+    ``(n_modes, R)`` each W-unit mode's L2 energy per shell; ``pose_changes`` ``(n_modes, D)``
+    ``|Δτ|`` in radians per experiment direction at ``ε_i`` (the rotation of that
+    direction's images when the map becomes ``F + ε_i ΔF_i``, count-weighted RMS over
+    defocus groups; zero for fixed poses or an infinite ``ε``); ``group_pose_changes``
+    ``(n_modes, D, G)`` the same per defocus group (a group's images in a direction all
+    turn by that amount; groups without images in a direction have the value they would
+    have); ``ritz_history`` ``(iterations, iterations)`` NaN-padded; ``residuals``,
+    ``converged``, ``log_determinant`` from :func:`.solver.lanczos_softest_modes`;
+    ``max_degree`` ``L = 2πK``; ``n_directions`` the analysis grid's occupied directions
+    and ``grid_spacing_deg`` its spacing (NaN: the experiment's own directions);
+    ``n_images``, ``noise_variance`` (per pixel), ``metric``, ``implicit_poses`` and
+    ``log_likelihood_ratio`` as the analysis was run; ``mode_volumes`` ``(n_modes, N, N, N)`` W-unit modes ``ΔF``; ``sensitivity``
+    ``Σ_i ε_i² ΔF_i²`` per voxel (§4.6, finite ``ε`` only); these two are None after
+    ``load(path, volumes=False)``.
     """
     eigenvalues: np.ndarray
     perturbation: np.ndarray
     relative_change: np.ndarray
-    mode_volumes: np.ndarray
-    sensitivity: np.ndarray
     shell_frequencies: np.ndarray
     shell_profile: np.ndarray
     pose_changes: np.ndarray
@@ -92,7 +100,65 @@ class SoftModeAnalysis:
     implicit_poses: bool
     n_directions: int = 0
     grid_spacing_deg: float = float("nan")
+    log_likelihood_ratio: float = float(np.log(20))
     group_pose_changes: np.ndarray = None
+    mode_volumes: np.ndarray = None
+    sensitivity: np.ndarray = None
+
+    def save(self, path):
+        """Write every field to the npz ``path`` (atomically: the whole file or none)."""
+        save_fields(path, self)
+
+    @classmethod
+    def load(cls, path, volumes=True):
+        """The analysis :meth:`save` wrote; ``volumes=False`` skips the map-sized fields
+        (:data:`VOLUME_FIELDS`), for summaries that read only the spectrum."""
+        return load_fields(cls, path, skip=() if volumes else VOLUME_FIELDS)
+
+    @property
+    def metric_name(self):
+        """The metric as a summary writes it."""
+        return {"riesz": "Riesz", "l2": "L2"}.get(self.metric, self.metric)
+
+    def spectrum_lines(self):
+        """The spectrum in words: poses, metric and threshold, what λ, ε and the relative
+        change mean, then one line per mode."""
+        lines = ["%s poses, %s metric; nearby volumes F ± εΔF at log-likelihood ratio %.4g "
+                 "(%.3g times less likely than F)."
+                 % ("Implicit" if self.implicit_poses else "Fixed", self.metric_name,
+                    self.log_likelihood_ratio, np.exp(self.log_likelihood_ratio)),
+                 "λ: Hessian eigenvalue per image (smaller: softer, less pinned down by the "
+                 "data); ε: size of the nearby volumes along the unit mode ΔF; ‖εΔF‖/‖F‖: how "
+                 "much they change the map."]
+        for index, (value, epsilon, change, converged) in enumerate(zip(
+                self.eigenvalues, self.perturbation, self.relative_change, self.converged)):
+            lines.append("Mode %d: λ = %.4g, ε = %.4g, ‖εΔF‖/‖F‖ = %.2f %%%s"
+                         % (index + 1, value, epsilon, 100 * change,
+                            "" if converged else " (not converged)"))
+        return lines
+
+    def nearby_volume(self, reference, index, sign):
+        """``F ± ε_i ΔF_i``: ``reference`` moved along mode ``index`` (from 0) by ``sign``
+        (+1 or -1) times its ``ε``, where the data are ``log_likelihood_ratio`` less likely
+        (§4.4); needs the mode volumes and a finite ``ε``."""
+        return reference + sign * float(self.perturbation[index]) * self.mode_volumes[index]
+
+    def write_table(self, path):
+        """The eigenvalue table as text: one row per mode (eigenvalue, ε, relative change,
+        residual, converged) under a header with the band, images, noise and threshold."""
+        lines = ["# Hessian soft modes: 2πK = %d, %d images, noise variance %.6g, "
+                 "log-likelihood ratio %.6g"
+                 % (self.max_degree, round(self.n_images), self.noise_variance,
+                    self.log_likelihood_ratio),
+                 "# %4s %14s %14s %14s %14s %9s"
+                 % ('mode', 'eigenvalue', 'epsilon', 'rel_change', 'residual', 'converged')]
+        for index in range(len(self.eigenvalues)):
+            lines.append("  %4d %14.6e %14.6e %14.6e %14.6e %9s"
+                         % (index + 1, self.eigenvalues[index], self.perturbation[index],
+                            self.relative_change[index], self.residuals[index],
+                            bool(self.converged[index])))
+        with open(path, "w") as table:
+            table.write("\n".join(lines) + "\n")
 
 
 def auto_grid_spacing(max_degree):
@@ -141,22 +207,22 @@ def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, it
 
     :param volume: ``(N, N, N)`` real map.
     :param pixel_size: Å per voxel; the experiment's images must share it.
-    :param experiment: :class:`.soft_mode_experiment.ViewingExperiment`.
+    :param experiment: :class:`.experiment.ViewingExperiment`.
     :param resolution: Å; the shells reach ``N · pixel_size / resolution`` cycles per box
         and ``L = 2πK = ceil(π f_max)``.
     :param n_modes: soft modes returned.  :param iterations: Lanczos steps (at most).
     :param noise_variance: per-pixel variance of the images in the volume's units
-        (:func:`estimate_noise_variance`).
+        (:func:`.noise.estimate_noise_variance`).
     :param implicit_poses: poses follow the volume (reduced Hessian) or stay fixed.
     :param log_likelihood_ratio: threshold of ``ε`` (default ``log 20``).
     :param metric: ``"riesz"`` or ``"l2"`` (module docstring).
     :param backend: ``"auto"``, ``"cpu"`` or ``"cuda"`` for the volume transforms and the
-        Hessian products (:class:`.soft_mode_experiment.AccumulatedHessian`).
+        Hessian products (:class:`.hessian.AccumulatedHessian`).
     :param progress: None or a callable taking :class:`.progress.Progress` events.
     :param grid_spacing_deg: ``"auto"`` (:func:`auto_grid_spacing`), a spacing in degrees
         to bin the experiment's directions on, or None to use them as given.
     :param memory_budget: bytes for cached harmonics
-        (:class:`.soft_mode_experiment.AccumulatedHessian`).
+        (:class:`.hessian.AccumulatedHessian`).
     :param rng: seed of the Lanczos start vector.
     :returns: :class:`SoftModeAnalysis`.
     """
@@ -209,7 +275,7 @@ def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, it
     mode_volumes = np.stack([
         shells_to_volume(layout.from_real_vector(v), shells, box=box, backend=backend)
         for v in modes.vectors]).astype(np.float32)
-    # Σ ε_i² ΔF_i² = 2 log LR Σ ΔF_i² / λ_i over the modes with a finite ε (notes §4.6).
+    # Σ ε_i² ΔF_i² = 2 log LR Σ ΔF_i² / λ_i over the modes with a finite ε (§4.6).
     sensitivity = np.zeros(mode_volumes.shape[1:], dtype=np.float32)
     if positive.any():
         sensitivity[...] = 2 * log_likelihood_ratio * soft_variance(
@@ -239,18 +305,20 @@ def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, it
         converged=modes.converged, log_determinant=modes.log_determinant, max_degree=degree,
         n_images=experiment.n_images, noise_variance=float(noise_variance), metric=metric,
         implicit_poses=bool(implicit_poses), n_directions=binned.directions.shape[0],
+        log_likelihood_ratio=float(log_likelihood_ratio),
         grid_spacing_deg=float("nan") if spacing is None else float(spacing))
 
 
 def particle_pose_changes(group_pose_changes, direction, group):
-    """Each particle's largest pose change over the modes, radians (notes §4 item 3).
+    """Each particle's largest pose change over the modes, radians.
 
     A large ``|Δτ_j|`` flags a particle whose alignment a barely detectable change of
-    the map (``F ± ε_i ΔF_i``) would move: an untrustworthy pose (the paper's Fig. 9).
+    the map (``F ± ε_i ΔF_i``) would move: an untrustworthy pose (the paper's Fig. 9,
+    §4.3).
 
     :param group_pose_changes: ``(n_modes, D, G)`` :attr:`SoftModeAnalysis.group_pose_changes`.
     :param direction, group: ``(J,)`` each particle's experiment direction and defocus group
-        (:func:`.soft_mode_experiment.particle_assignment`).
+        (:func:`.experiment.particle_assignment`).
     :returns: ``(J,)`` ``max_i |Δτ_j|`` at ``ε_i``, in radians.
     """
     changes = np.asarray(group_pose_changes, dtype=np.float64)
@@ -269,67 +337,138 @@ def particle_pose_changes(group_pose_changes, direction, group):
     return changes[:, direction, group].max(axis=0)
 
 
-def estimate_noise_variance(volume, images, rotations, shifts, ctf_params, pixel_size,
-                            batch_size=256, backend="auto", per_image=False):
-    """Per-pixel variance of ``image − CTF ⊙ projection(volume, pose)`` over all particles.
+@dataclass(frozen=True)
+class ParticleAssignment:
+    """Each particle's place in an experiment from poses, which gives its pose change.
 
-    Each residual is mean-centred first (notes §2.3: a free offset per image).
-    Projections use :class:`.projector.FourierSliceProjector` in float64.
-    With ``per_image`` the result is ``(J,)``: each particle's own noise
-    variance ``Σ_x r² / (dof − 1)`` with ``dof = N² − 1`` (the maximiser of
-    its noise-marginalised likelihood, notes §2.3), for :func:`marginal_noise`.
-
-    :param volume: ``(N, N, N)`` real map.  :param images: ``(J, N, N)`` real particles.
-    :param rotations: ``(J, 3, 3)``.  :param shifts: ``(J, 2)`` core shifts in pixels, or None.
-    :param ctf_params: None or ``J`` :class:`.ctf.CTFParams`.  :param pixel_size: Å.
+    ``ids`` ``(J,)`` the particles' own ids (e.g. Scipion's object ids); ``direction`` and
+    ``group`` ``(J,)`` their experiment direction and defocus group
+    (:func:`.experiment.particle_assignment`).
     """
-    volume = validate_volume(volume)
-    images = np.asarray(images)
-    box = volume.shape[0]
-    if images.ndim != 3 or images.shape[1:] != (box, box) or images.shape[0] == 0:
-        raise ShapeError(f"images must be a non-empty (J, {box}, {box}) stack matching the "
-                         f"volume's box, got {images.shape}; resample the particles or the volume")
-    n = images.shape[0]
-    rotations, shifts = validate_poses(rotations, shifts, count=n)
-    if ctf_params is not None and len(ctf_params) != n:
-        raise ShapeError(f"{len(ctf_params)} CTFs for {n} images; give one CTF per image")
-    projector = FourierSliceProjector(volume, dtype=np.float64, backend=backend)
-    plane = projector.half_plane
-    energies = np.empty(n)
-    for start in range(0, n, batch_size):
-        where = slice(start, min(start + batch_size, n))
-        ctf = (None if ctf_params is None else
-               ctf_stack(list(ctf_params[where]), plane.kx, plane.ky, box, pixel_size))
-        residual = (np.asarray(images[where], dtype=np.float64)
-                    - projector.project(rotations[where], shifts[where], ctf))
-        if not np.all(np.isfinite(residual)):
-            raise InvalidDataError("images contain NaN or infinite values; remove those particles")
-        residual -= residual.mean(axis=(1, 2), keepdims=True)
-        energies[where] = np.sum(residual ** 2, axis=(1, 2))
-    dof = box * box - 1
-    if per_image:
-        return energies / (dof - 1)
-    return float(energies.sum() / (n * dof))
+    ids: np.ndarray
+    direction: np.ndarray
+    group: np.ndarray
+
+    @classmethod
+    def from_poses(cls, ids, rotations, ctf_params=None, defocus_tolerance=1000.0):
+        """The assignment of particles ``ids`` with the arguments of
+        :func:`.experiment.experiment_from_poses`."""
+        direction, group = particle_assignment(rotations, ctf_params, defocus_tolerance)
+        return cls(np.asarray(ids), direction, group)
+
+    def pose_changes_deg(self, analysis):
+        """``(J,)`` each particle's largest pose change over the modes of ``analysis``
+        (:func:`particle_pose_changes`), in degrees."""
+        return np.rad2deg(particle_pose_changes(analysis.group_pose_changes, self.direction,
+                                                self.group))
+
+    def save(self, path):
+        save_fields(path, self)
+
+    @classmethod
+    def load(cls, path):
+        return load_fields(cls, path)
 
 
-def marginal_noise(per_image_variances):
-    """Noise variance and particle weights of the noise-marginalised likelihood (notes §2.3).
+#: A particle whose pose turns by more than this (degrees) at a nearby volume has a
+#: fragile alignment.
+FRAGILE_POSE_CHANGE_DEG = 1.0
 
-    Integrating each image's unknown ``σ`` out gives ``NLL = dof' Σ_j log ℓ_j``
-    (``ℓ_j`` half the residual energy, ``dof' = (dof − 1) / 2``); its Hessian is
-    ``Σ_j (dof' / ℓ_j) ∇²ℓ_j = Σ_j ∇²ℓ_j / σ̂_j²`` with ``σ̂_j²`` the
-    per-image estimate of :func:`estimate_noise_variance` (``per_image=True``),
-    up to a rank-one term per image whose expected size is ``2 / dof`` of it.
-    So the low-temperature machinery applies with each particle weighted by
-    its own precision: returns ``(σ̄², weights)`` with ``σ̄²`` the harmonic mean
-    and ``weights = σ̄² / σ̂_j²`` (mean 1) for
-    :func:`.soft_mode_experiment.experiment_from_poses`.
+
+@dataclass(frozen=True)
+class PoseChangeStatistics:
+    """What a set of particle pose changes (degrees) looks like: ``median``, ``top_percent``
+    (the 99th percentile), ``maximum`` and ``fragile_percent``, the percentage of particles
+    above ``fragile_deg``."""
+    median: float
+    top_percent: float
+    maximum: float
+    fragile_percent: float
+    fragile_deg: float
+
+    @classmethod
+    def of(cls, changes_deg, fragile_deg=FRAGILE_POSE_CHANGE_DEG):
+        changes = np.asarray(changes_deg, dtype=np.float64)
+        return cls(float(np.median(changes)), float(np.percentile(changes, 99)),
+                   float(changes.max()), 100.0 * float(np.mean(changes > fragile_deg)),
+                   float(fragile_deg))
+
+
+#: Complex ``(samples, P)`` arrays alive while a chunk of harmonics is evaluated (measured).
+_HARMONICS_WORK_COPIES = 8
+#: Real ``(directions, Q/2, R)`` arrays of one block alive in a product (slices, weighted).
+_PRODUCT_WORK_COPIES = 8
+#: Copies of a map-sized complex array the volume transforms hold at once (FFT, padding).
+_VOLUME_WORK_COPIES = 4
+#: Bytes per mode volume while they are built: float64 volumes, their stack, the float32 copy.
+_MODE_VOLUME_BYTES = 8 + 8 + 4
+
+
+def analysis_memory(box, pixel_size, resolution, n_modes=8, iterations=64, n_groups=1,
+                    memory_budget=1 << 30):
+    """Bytes of memory :func:`analyse_soft_modes` takes at most, from its largest arrays.
+
+    With ``L = 2πK`` the band's degree, ``D ≈ 8 L² / π`` directions of the analysis grid,
+    ``Q/2 = L + 1`` ring samples, ``P = (L + 1)²`` harmonics and ``R`` shells: the cached
+    harmonics (``D (Q/2) P`` doubles, which grow like ``L⁵``; beyond ``memory_budget`` a
+    block of directions is evaluated anew in every product instead) and the work of
+    evaluating them; the pose-derivative slices (``6 D (Q/2) R`` doubles, twice while
+    they are set up); the Lanczos vectors and products (``2 · iterations · n`` doubles for
+    ``n`` real parameters), the mode volumes as they are built and the volume transforms'
+    work arrays (``box³`` each).  The largest of the phases that hold them at once.
     """
-    variances = np.asarray(per_image_variances, dtype=np.float64)
-    if variances.ndim != 1 or variances.size == 0 or not np.all(
-            np.isfinite(variances) & (variances > 0)):
-        raise InvalidDataError("per-image noise variances must be a non-empty vector of finite "
-                               "positive numbers; estimate them with "
-                               "estimate_noise_variance(..., per_image=True)")
-    mean = 1.0 / np.mean(1.0 / variances)
-    return float(mean), mean / variances
+    shells = ShellGrid.for_resolution(box, pixel_size, resolution)
+    degree = shells.max_degree
+    directions = hemisphere_grid(auto_grid_spacing(degree))[0].shape[0]
+    half, columns = degree + 1, (degree + 1) ** 2
+    per_direction = half * columns * 8
+    stored = directions * per_direction
+    block = min(directions, max(1, BLOCK_BYTES // per_direction)) * per_direction
+    work = _HARMONICS_WORK_COPIES * HARMONICS_BLOCK_SAMPLES * columns * 16
+    if stored <= memory_budget:
+        caching, harmonics, per_product = stored + work, stored, 0
+    else:
+        caching, harmonics, per_product = 0, 0, block + max(work, block)
+    slices = 6 * directions * half * shells.n_shells * 8 + 2 * directions * n_groups * 9 * 8
+    # A product's slices of one block of directions and their weighted copies.
+    per_product += _PRODUCT_WORK_COPIES * block // columns * shells.n_shells
+    parameters = int(np.sum((shells.degree_limits + 1) ** 2))
+    lanczos = (2 * min(iterations, parameters) + n_modes) * parameters * 8
+    volumes = (n_modes * _MODE_VOLUME_BYTES + _VOLUME_WORK_COPIES * 16) * box ** 3
+    setup = harmonics + 2 * slices + per_product
+    run = harmonics + slices + per_product + lanczos + volumes
+    return int(max(caching, setup, run))
+
+
+#: Bands below this 2πK say nothing about a map's modes (the authors start at 8).
+MIN_USEFUL_DEGREE = 4
+#: A run that needs more than this fraction of the machine's memory gets a warning.
+MEMORY_FRACTION = 0.5
+
+
+def analysis_warnings(box, pixel_size, resolution, n_modes=8, iterations=64,
+                      available_memory=None):
+    """What is wrong, though not fatal, with analysing a ``box``-voxel map of ``pixel_size``
+    Å up to ``resolution`` Å: a band too coarse to say anything (``2πK`` below
+    :data:`MIN_USEFUL_DEGREE`) and, given the machine's ``available_memory`` in bytes,
+    a run that needs more than :data:`MEMORY_FRACTION` of it (:func:`analysis_memory`).
+
+    :returns: messages naming the fix, empty when there is nothing to say.
+    """
+    degree = bandwidth(frequency_for_resolution(box, pixel_size, resolution))
+    warnings = []
+    if degree < MIN_USEFUL_DEGREE:
+        warnings.append(f"At {resolution:g} Å the band is 2πK = {degree}, too coarse to say "
+                        f"anything about the map's modes: choose a finer max resolution (2πK "
+                        f"is about π × {box * pixel_size:g} Å / resolution; the authors work "
+                        "at 2πK = 8 to 48).")
+    if available_memory:
+        memory = analysis_memory(box, pixel_size, resolution, n_modes, iterations)
+        if memory > MEMORY_FRACTION * available_memory:
+            warnings.append(f"At {resolution:g} Å (2πK = {degree}) the analysis needs about "
+                            f"{memory / 1e9:.1f} GB of memory, more than "
+                            f"{100 * MEMORY_FRACTION:.0f} % of this machine's "
+                            f"{available_memory / 1e9:.1f} GB: choose a coarser max "
+                            "resolution (the cached harmonics grow like (2πK)^5) or fewer "
+                            "modes.")
+    return warnings

@@ -1,6 +1,9 @@
-"""Low-temperature likelihood of a volume's shell coefficients and its Hessian (issue 4).
+"""The slow reference: the per-image likelihood of a volume's shell coefficients and its Hessian.
 
-Method notes ``method_hessian_soft_modes.md`` §§1.7, 2.1-2.7.  First pass, CPU
+The deliberate reference form of ``docs/methods/hessian_soft_modes.md`` §1.7 and
+§§2.1–2.7 (every § below is a section of that page): it sums over every image, keeps
+the residual terms (the observed Hessian at the given poses) and is what the tests hold
+the accumulated Hessian (:mod:`.hessian`) against.  The analysis does not use it.  CPU
 (NumPy BLAS) only; there is no CUDA path.
 
 Model and conventions
@@ -16,7 +19,7 @@ Model and conventions
   is ``S_j(f, ψ) = C_j(f, ψ) V(f R_jᵀ (cos ψ, sin ψ, 0))`` (the projector's
   slice), so its samples are ``C_j ⊙ T_j A`` with
   ``(T_j A)(r, q) = Σ_{l,m} A_{r,l,m} Y_l^m(R_jᵀ e(ψ_q))``.
-* Likelihood (notes eq. 54, noise ``σ`` per unit area of the frequency plane
+* Likelihood (§2.1, the paper's eq. (54); noise ``σ`` per unit area of the frequency plane
   in cycles per box; constants dropped)::
 
       NLL(A, {R_j}) = 1 / (2 σ²) Σ_j Σ_r ρ_r (2π / Q) Σ_q |C_j T_j A − Ã_j|²
@@ -47,7 +50,7 @@ max_cache_bytes=DEFAULT_MAX_CACHE_BYTES)``
   (plain complex sums on both sides).
 * ``negative_log_likelihood(coeffs)``: the 2-D sum above.
 * ``accumulated_terms()`` → :class:`AccumulatedTerms` ``(m20, m11, m02)``, and
-  ``volumetric_negative_log_likelihood(coeffs, terms=None)``: the 3-D form (notes eq. 77).
+  ``volumetric_negative_log_likelihood(coeffs, terms=None)``: the 3-D form (§2.2, the paper's eq. (77)).
 * ``gradient(coeffs)``: ``(n,)`` real gradient with fixed poses.
 * ``pose_gradient(coeffs)``: ``(J, 3)``; ``refine_poses(coeffs, iterations=5)``: a new
   problem with Newton-refined poses (the reduced Hessian assumes optimal poses).
@@ -107,7 +110,7 @@ def ring_grid(shell_grid, n_angles):
 
 @dataclass(frozen=True)
 class AccumulatedTerms:
-    """Back-projected data moments per shell (notes eq. 79-81).
+    """Back-projected data moments per shell (§2.2, the paper's eqs. (79)–(81)).
 
     :param m20: ``(R, 2L + 1, n_orders_2)`` coefficients of ``Σ_j |C_j|²`` deposited on the
         great circles (degrees up to ``2L``, enough for ``∫ M20 |F|²``).
@@ -284,7 +287,7 @@ class SoftModeProblem:
         return AccumulatedTerms(m20=m20, m11=m11, m02=m02)
 
     def volumetric_negative_log_likelihood(self, coeffs, terms=None):
-        """3-D form ``1 / (2σ²) Σ_r ρ_r ∫ (M20 |F|² − 2 Re(M11† F) + M02) dΩ`` (notes eq. 77).
+        """3-D form ``1 / (2σ²) Σ_r ρ_r ∫ (M20 |F|² − 2 Re(M11† F) + M02) dΩ`` (§2.2, eq. (77)).
 
         ``∫ M20 |F|²`` is evaluated on a Gauss-Legendre x uniform sphere grid
         exact for degree ``4L`` (the product's degree).
@@ -351,8 +354,8 @@ class SoftModeProblem:
         """A new problem whose poses take ``iterations`` Newton steps towards the optimum at ``coeffs``.
 
         Step ``ω_j = -H_ττ⁺ g_j`` applied as :func:`.rotations.perturb`.  The
-        reduced Hessian assumes poses at their optimum (notes §7: refine
-        continuously, do not keep the gradient term).
+        reduced Hessian assumes poses at their optimum (§2.5 and §7.1: refine the
+        poses, do not keep the paper's gradient term).
         """
         problem = self
         for _ in range(iterations):
@@ -383,7 +386,7 @@ class SoftModeProblem:
         return -np.einsum("jab,jb->ja", expansion["pose_pinv"], coupling)
 
     def hessian_vector(self, coeffs, vector, implicit_poses=True):
-        """``(n,)`` Hessian-vector product in the real vector space (notes §2.7).
+        """``(n,)`` Hessian-vector product in the real vector space (§2.7, §1.6).
 
         ``implicit_poses=True``: reduced Hessian ``(H_FF − H_Fτ H_ττ⁺ H_τF) v``
         of the profile likelihood (poses re-optimised to first order);

@@ -1,37 +1,32 @@
 """Softest modes of a symmetric operator in a metric, and what a user looks at.
 
-Method notes, sections 3 and 4.  The solvers know nothing of the likelihood:
-they take a function ``matvec`` applying a symmetric positive semi-definite
-operator ``G`` (the Hessian's quadratic form, real coordinates) and solve
-``G x = λ W x`` for the smallest ``λ`` with a diagonal metric ``W``, with the
-given null-space vectors (the rigid rotations, notes 2.6) removed.
+``docs/methods/hessian_soft_modes.md`` §3 (the solver) and §4 (the displayed
+quantities); every § below is a section of that page.  The solver knows nothing of the likelihood: it takes a function
+``matvec`` applying a symmetric positive semi-definite operator ``G`` (the
+Hessian's quadratic form, real coordinates) and solves ``G x = λ W x`` for the
+smallest ``λ`` with a diagonal metric ``W``, with the given null-space vectors
+(the rigid rotations, §2.6) removed.
 
-Following notes 3.1 the generalised problem becomes the symmetric
+As in §3.1 the generalised problem becomes the symmetric
 ``B = W^{-1/2} G W^{-1/2}`` on the complement of ``W^{1/2} N``.  The
 complement is parametrised exactly by the Householder reflectors of a QR
 factorisation of ``W^{1/2} N``, so ``B`` is solved as an operator of
 dimension ``size - n_null`` and round-off cannot leak the null space back in.
 
-Two solvers of that operator:
-
-* :func:`lanczos_softest_modes`, the default for the soft-mode analysis and
-  the method of the paper (notes 3.1): a fixed number of symmetric Lanczos
-  steps with full re-orthogonalisation, returning the smallest Ritz values.
-  Its cost is known in advance, it never fails to return, and Ritz values
-  are upper bounds of the true eigenvalues, which is what "at least k times
-  softer" statements need; the residuals say which pairs converged.
-  Separated extreme Ritz values converge in 10-20 steps (notes claim 14);
-  where the soft end is a cluster near zero (polar-cap views) the run still
-  ends after the fixed steps, with Ritz values inside the cluster.
-* :func:`softest_modes`, ARPACK's implicitly restarted Lanczos
-  (``scipy.sparse.linalg.eigsh``), when eigenpairs converged to a tight
-  tolerance are needed and the soft end of the spectrum is well separated;
-  on clustered spectra it may take arbitrarily many operator applications.
+:func:`lanczos_softest_modes` is the method of the paper (§3.1): a fixed
+number of symmetric Lanczos steps with full re-orthogonalisation, returning
+the smallest Ritz values.  Its cost is known in advance, it never fails to
+return, and Ritz values are upper bounds of the true eigenvalues, which is
+what "at least k times softer" statements need; the residuals say which pairs
+converged, and with a tolerance the run stops as soon as the requested pairs
+have.  Separated extreme Ritz values converge in 10-20 steps (§6); where the
+soft end is a cluster near zero (polar-cap views) the run still ends after the
+fixed steps, with Ritz values inside the cluster.
 
 Complex shell coefficients go in as real pairs (e.g. ``a.view(np.float64)``),
 which keeps the real inner product ``Re Σ conj(a) b``.
 
-Display (notes 4): :func:`perturbation_size` gives ``ε`` at a log-likelihood
+Display (§4): :func:`perturbation_size` gives ``ε`` at a log-likelihood
 ratio of ``log 20``, :func:`soft_variance` the soft-subspace variance per
 coefficient or, applied to mode volumes, per voxel, :func:`per_shell_profile`
 sums any per-coefficient quantity per shell, and :func:`.spherical.shells_to_volume`
@@ -41,27 +36,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
-import scipy.sparse.linalg
 
-from ..errors import ConvergenceError, InvalidDataError, ShapeError
+from ..errors import InvalidDataError, ShapeError
 from ..progress import Reporter
-
-
-@dataclass(frozen=True)
-class SoftModes:
-    """Smallest eigenpairs of ``G x = λ W x`` off the null space.
-
-    ``eigenvalues`` ``(n_modes,)`` ascending; ``vectors`` ``(n_modes, size)``
-    W-orthonormal and W-orthogonal to the null space; ``iterations`` the
-    number of operator applications the solver used; ``residuals``
-    ``‖G x - λ W x‖_{W^-1}`` per mode; ``converged`` per mode, true where the
-    residual meets ARPACK's rule ``tolerance * max(|λ|, eps^(2/3))``.
-    """
-    eigenvalues: np.ndarray
-    vectors: np.ndarray
-    iterations: int
-    converged: np.ndarray
-    residuals: np.ndarray
 
 
 class _Complement:
@@ -130,7 +107,7 @@ def _validated_null_space(null_space, size):
 
 
 class _ProjectedOperator:
-    """``B = W^{-1/2} G W^{-1/2}`` in orthonormal coordinates ``z`` of the complement (notes 3.1).
+    """``B = W^{-1/2} G W^{-1/2}`` in orthonormal coordinates ``z`` of the complement (§3.1).
 
     A coordinate vector ``z`` stands for the volume vector
     ``x = W^{-1/2} Q [0; z]`` (:meth:`to_volume`), which is W-orthogonal to
@@ -167,53 +144,6 @@ class _ProjectedOperator:
         return self.complement.restrict(product / self.root)
 
 
-def softest_modes(matvec, size, n_modes, null_space=None, metric=None, max_iterations=None,
-                  tolerance=1e-10, rng=0):
-    """Smallest eigenpairs of ``G x = λ W x`` with ``x`` W-orthogonal to ``null_space`` (ARPACK).
-
-    Use it for converged pairs on a well-separated soft end; the soft-mode
-    analysis uses :func:`lanczos_softest_modes` (see the module docstring).
-
-    :param matvec: function ``x (size,) -> G x (size,)``, ``G`` symmetric PSD.
-    :param size: dimension of the real coordinate vectors.
-    :param n_modes: how many of the smallest eigenpairs to return.
-    :param null_space: ``(n_null, size)`` vectors removed from the Krylov space
-        and the result (any basis; they need not be orthonormal), or None.
-    :param metric: ``(size,)`` positive diagonal of ``W``, or None for the identity.
-    :param max_iterations: ARPACK's restart limit (None: its default, ``10 size``).
-    :param tolerance: relative accuracy of the Ritz pairs (ARPACK's ``tol``).
-    :param rng: seed or ``np.random.Generator`` of the start vector.
-    :raises ConvergenceError: when fewer than ``n_modes`` pairs converged.
-    """
-    size, n_modes = int(size), int(n_modes)
-    operator = _ProjectedOperator(matvec, size, null_space, metric)
-    dimension = operator.dimension
-    if not 1 <= n_modes < dimension:
-        raise InvalidDataError(f"n_modes must be between 1 and {dimension - 1} "
-                               f"(size {size} minus {operator.complement.n_null} null vectors, "
-                               f"minus 1), got {n_modes}")
-    linear_operator = scipy.sparse.linalg.LinearOperator(
-        (dimension,) * 2, matvec=lambda z: operator(np.ravel(z)), dtype=np.float64)
-    start = np.random.default_rng(rng).standard_normal(dimension)
-    try:
-        # 'SA' without shift-invert, as in notes 3.1: only products with G exist.
-        values, vectors = scipy.sparse.linalg.eigsh(
-            linear_operator, k=n_modes, which="SA", v0=start, maxiter=max_iterations,
-            tol=tolerance)
-    except scipy.sparse.linalg.ArpackNoConvergence as failure:
-        raise ConvergenceError(
-            f"only {len(failure.eigenvalues)} of {n_modes} soft modes converged after "
-            f"{operator.applications} operator applications; raise max_iterations or "
-            "tolerance") from None
-    iterations = operator.applications
-    order = np.argsort(values)
-    values, vectors = values[order], vectors[:, order]
-    residuals = np.array([np.linalg.norm(operator(vectors[:, i]) - values[i] * vectors[:, i])
-                          for i in range(n_modes)])
-    converged = residuals <= tolerance * np.maximum(np.abs(values), np.finfo(float).eps ** (2 / 3))
-    return SoftModes(values, operator.to_volume(vectors).T, iterations, converged, residuals)
-
-
 @dataclass(frozen=True)
 class LanczosModes:
     """Smallest Ritz pairs of ``G x = θ W x`` off the null space after a fixed Lanczos run.
@@ -225,7 +155,7 @@ class LanczosModes:
     residual is at most ``tolerance * max(|θ|, eps ‖T‖)``; ``ritz_history``
     ``(iterations, iterations)``, row ``k`` the ``k + 1`` Ritz values after
     step ``k + 1``, ascending, then NaN; ``log_determinant`` the estimate
-    ``dimension * mean(log θ)`` over all final Ritz values (notes 3.2: the
+    ``dimension * mean(log θ)`` over all final Ritz values (§3.2: the
     average log eigenvalue; exact ``Σ log λ`` when the run spans the whole
     complement; NaN when a Ritz value is not positive); ``iterations`` the
     number of operator applications (= Lanczos steps).
@@ -239,7 +169,7 @@ class LanczosModes:
     iterations: int
 
 
-#: A Lanczos coefficient ``β_k <= BREAKDOWN * ‖T‖`` means an invariant subspace (notes 3.1).
+#: A Lanczos coefficient ``β_k <= BREAKDOWN * ‖T‖`` means an invariant subspace (§3.1).
 BREAKDOWN = 1e-12
 
 
@@ -280,7 +210,7 @@ def _lanczos_start(operator, start, generator):
 
 def lanczos_softest_modes(matvec, size, n_modes, iterations=64, null_space=None, metric=None,
                           start=None, tolerance=1e-6, rng=0, progress=None):
-    """Smallest Ritz pairs of ``G x = θ W x`` after a fixed number of Lanczos steps (notes 3.1).
+    """Smallest Ritz pairs of ``G x = θ W x`` after a fixed number of Lanczos steps (§3.1).
 
     Symmetric Lanczos on ``B`` (module docstring) with full
     re-orthogonalisation, twice, against every previous Lanczos vector at
@@ -375,10 +305,11 @@ def lanczos_softest_modes(matvec, size, n_modes, iterations=64, null_space=None,
 
 def perturbation_size(eigenvalue, log_likelihood_ratio=np.log(20), noise_variance=1.0,
                       n_images=1):
-    """Amplitude ``ε`` of a W-unit mode that costs ``log_likelihood_ratio`` (notes 4.4).
+    """Amplitude ``ε`` of a W-unit mode that costs ``log_likelihood_ratio`` (§4.4).
 
     The negative log-likelihood changes by ``½ (n_images / noise_variance) λ ε²``
-    (notes section 7: keep the ½), so ``ε = sqrt(2 σ² log_LR / (J λ))``.  With the
+    (keeping the ½ the paper's eq. (125) drops, §7.1), so
+    ``ε = sqrt(2 σ² log_LR / (J λ))``.  With the
     defaults ``eigenvalue`` is already of the negative log-likelihood's Hessian;
     pass ``noise_variance`` ``σ̂²`` and ``n_images`` ``J`` for an eigenvalue of
     the per-image ``𝓛 = σ̂² NLL`` with image weights summing to one.
@@ -393,7 +324,7 @@ def perturbation_size(eigenvalue, log_likelihood_ratio=np.log(20), noise_varianc
 
 
 def soft_variance(modes, eigenvalues, count=None):
-    """``Σ_{i < count} |v_i|² / λ_i`` entry by entry (notes 4.6).
+    """``Σ_{i < count} |v_i|² / λ_i`` entry by entry (§4.6).
 
     The Laplace posterior's variance restricted to the soft subspace: a
     W-unit mode of eigenvalue ``λ`` has variance ``1 / λ`` along it.  Pass

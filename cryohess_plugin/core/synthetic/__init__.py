@@ -2,19 +2,26 @@
 
 The independent reference of the other methods' tests: atoms project analytically
 (:func:`gaussian_atom_projection`), so a simulated data set does not depend on the
-projector it validates.
+projector it validates.  :mod:`.planning` holds the limits and estimates of a planned
+data set, for checks made before it is simulated.
 """
-from . import atoms, phantoms, simulate
-from .atoms import (AtomModel, gaussian_atom_projection, gaussian_atom_volume,
-                    project_atom_positions, read_atomic_model)
-from .phantoms import random_protein_phantom, two_state_phantom
-from .simulate import (DISTRIBUTIONS, MicrographSimulation, ParticleSimulation,
-                       noise_sigma_for_snr, random_ctf_params, sample_rotations, signal_variance,
-                       simulate_micrographs, simulate_particles)
+from . import atoms, phantoms, planning, simulate
+from .atoms import (AtomModel, check_atomic_model_file, gaussian_atom_projection,
+                    gaussian_atom_volume, project_atom_positions, read_atomic_model)
+from .phantoms import (cyclic_phantom, max_radius, phantom_states, random_protein_phantom,
+                       two_state_phantom)
+from .planning import (Footprint, data_set_footprint, fraction_past_box_edge,
+                       max_particles_per_micrograph)
+from .simulate import (DISTRIBUTIONS, MICROGRAPH_STREAM, PARTICLE_STREAM, STRUCTURE_STREAM,
+                       MicrographSimulation, ParticleSimulation, ground_truth_maps,
+                       random_ctf_params, sample_rotations, simulate_micrographs,
+                       simulate_particles, stream_seed)
 
-__all__ = ["atoms", "phantoms", "simulate", "AtomModel", "gaussian_atom_projection",
-           "gaussian_atom_volume", "project_atom_positions", "read_atomic_model",
-           "random_protein_phantom", "two_state_phantom", "DISTRIBUTIONS",
-           "MicrographSimulation", "ParticleSimulation", "noise_sigma_for_snr",
-           "random_ctf_params", "sample_rotations", "signal_variance", "simulate_micrographs",
-           "simulate_particles"]
+__all__ = ["atoms", "phantoms", "planning", "simulate", "AtomModel", "check_atomic_model_file",
+           "gaussian_atom_projection", "gaussian_atom_volume", "project_atom_positions",
+           "read_atomic_model", "cyclic_phantom", "max_radius", "phantom_states",
+           "random_protein_phantom", "two_state_phantom", "Footprint", "data_set_footprint",
+           "fraction_past_box_edge", "max_particles_per_micrograph", "DISTRIBUTIONS",
+           "MICROGRAPH_STREAM", "PARTICLE_STREAM", "STRUCTURE_STREAM", "MicrographSimulation",
+           "ParticleSimulation", "ground_truth_maps", "random_ctf_params", "sample_rotations",
+           "simulate_micrographs", "simulate_particles", "stream_seed"]

@@ -39,10 +39,10 @@ import gzip
 import os
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
 from ..errors import InvalidDataError, ShapeError
+from ..kernels.atoms_cpu import splat_images, splat_volume
 
 #: Peng et al. (1996) five-Gaussian electron scattering factors
 #: ``element: ((a1..a5) Å, (b1..b5) Å²)``, fit for 0 <= s <= 6 Å⁻¹.
@@ -127,6 +127,10 @@ class AtomModel:
         """Unweighted mean position ``(3,)`` in Å."""
         return self.positions.mean(axis=0)
 
+    def radius(self):
+        """Largest distance (Å) of an atom's centre from the centroid."""
+        return float(np.linalg.norm(self.positions - self.centroid(), axis=1).max())
+
     def amplitudes(self):
         """Per-atom integrated amplitude ``f_e(0) * occupancy``, shape ``(n,)``."""
         table = {e: element_amplitude(e) for e in np.unique(self.elements)}
@@ -158,6 +162,44 @@ def _is_mmcif(path):
     return False
 
 
+def _existing_model_file(path):
+    """``path`` as a string, once it names a non-empty file."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"atomic model file not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise InvalidDataError(f"atomic model file is empty: {path}")
+    return path
+
+
+def check_atomic_model_file(path, max_line=65536):
+    """Check cheaply, without parsing it, that ``path`` looks like an atomic model.
+
+    Reads lines up to the first ``ATOM`` or ``HETATM`` record of a PDB file or the
+    ``_atom_site`` loop of an mmCIF file, which is enough to tell a model from a
+    missing, empty, binary or unrelated file before :func:`read_atomic_model` parses it.
+
+    :param path: PDB or mmCIF file, optionally gzipped.
+    :param max_line: lines longer than this many bytes mean the file is not a model.
+    :raises FileNotFoundError: the file does not exist.
+    :raises InvalidDataError: the file is empty, unreadable, binary or has no atom record.
+    """
+    path = _existing_model_file(path)
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            while line := handle.readline(max_line):
+                if b"\0" in line or (len(line) == max_line and not line.endswith(b"\n")):
+                    raise InvalidDataError(f"{path} is not a text file; a PDB or mmCIF file "
+                                           "is expected")
+                if line.startswith((b"ATOM", b"HETATM", b"_atom_site.")):
+                    return
+    except (OSError, EOFError) as exc:  # gzip reports a damaged file as either
+        raise InvalidDataError(f"cannot read atomic model {path}: {exc}") from exc
+    raise InvalidDataError(f"no ATOM or HETATM record nor _atom_site loop in {path}; is it a "
+                           "PDB or mmCIF file?")
+
+
 def read_atomic_model(path, skip_hydrogens=True, skip_waters=True):
     """Read the first model of a PDB or mmCIF file (optionally gzipped) with Biopython.
 
@@ -176,11 +218,7 @@ def read_atomic_model(path, skip_hydrogens=True, skip_waters=True):
     """
     from Bio.PDB import MMCIFParser, PDBParser
 
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"atomic model file not found: {path}")
-    if os.path.getsize(path) == 0:
-        raise InvalidDataError(f"atomic model file is empty: {path}")
+    path = _existing_model_file(path)
     parser = MMCIFParser(QUIET=True) if _is_mmcif(path) else PDBParser(QUIET=True)
     try:
         with _open_text(path) as handle:
@@ -207,68 +245,6 @@ def read_atomic_model(path, skip_hydrogens=True, skip_waters=True):
         raise InvalidDataError(f"no atoms left in {path} after skipping hydrogens and waters")
     return AtomModel(np.array(positions, dtype=np.float64), np.array(elements),
                      np.array(bfactors, dtype=np.float64), np.array(occupancies, dtype=np.float64))
-
-
-@numba.njit(cache=True)
-def _window(centre, radius, n):
-    lo = max(0, int(np.ceil(centre - radius)))
-    hi = min(n - 1, int(np.floor(centre + radius)))
-    return lo, hi
-
-
-@numba.njit(cache=True)
-def _fill_profile(buffer, lo, hi, centre, sigma):
-    for i in range(lo, hi + 1):
-        d = (i - centre) / sigma
-        buffer[i] = np.exp(-0.5 * d * d)
-
-
-@numba.njit(cache=True)
-def _splat_volume(coords, weights, sigmas, cutoff, out):
-    n = out.shape[0]
-    gx = np.empty(n)
-    gy = np.empty(n)
-    gz = np.empty(n)
-    for a in range(coords.shape[0]):
-        s = sigmas[a]
-        x0, y0, z0 = coords[a, 0], coords[a, 1], coords[a, 2]
-        xl, xh = _window(x0, cutoff * s, n)
-        yl, yh = _window(y0, cutoff * s, n)
-        zl, zh = _window(z0, cutoff * s, n)
-        if xl > xh or yl > yh or zl > zh:
-            continue
-        _fill_profile(gx, xl, xh, x0, s)
-        _fill_profile(gy, yl, yh, y0, s)
-        _fill_profile(gz, zl, zh, z0, s)
-        w = weights[a]
-        for k in range(zl, zh + 1):
-            wz = w * gz[k]
-            for j in range(yl, yh + 1):
-                wzy = wz * gy[j]
-                for i in range(xl, xh + 1):
-                    out[k, j, i] += wzy * gx[i]
-
-
-@numba.njit(parallel=True, cache=True)
-def _splat_images(coords, weights, sigmas, cutoff, out):
-    n = out.shape[1]
-    for m in numba.prange(coords.shape[0]):
-        gx = np.empty(n)
-        gy = np.empty(n)
-        for a in range(coords.shape[1]):
-            s = sigmas[a]
-            x0, y0 = coords[m, a, 0], coords[m, a, 1]
-            xl, xh = _window(x0, cutoff * s, n)
-            yl, yh = _window(y0, cutoff * s, n)
-            if xl > xh or yl > yh:
-                continue
-            _fill_profile(gx, xl, xh, x0, s)
-            _fill_profile(gy, yl, yh, y0, s)
-            w = weights[a]
-            for j in range(yl, yh + 1):
-                wy = w * gy[j]
-                for i in range(xl, xh + 1):
-                    out[m, j, i] += wy * gx[i]
 
 
 def _check_grid(box, spacing):
@@ -300,7 +276,7 @@ def gaussian_atom_volume(model, box, voxel_size, center=None, cutoff=DEFAULT_CUT
     sigmas = model.sigmas() / voxel_size
     weights = model.amplitudes() / (2.0 * np.pi * sigmas ** 2) ** 1.5
     out = np.zeros((box, box, box))
-    _splat_volume(np.ascontiguousarray(coords), weights, sigmas, float(cutoff), out)
+    splat_volume(np.ascontiguousarray(coords), weights, sigmas, float(cutoff), out)
     return out
 
 
@@ -346,7 +322,7 @@ def project_atom_positions(positions, amplitudes, sigmas, rotations, box, pixel_
     sigmas_px = np.asarray(sigmas, dtype=np.float64) / pixel_size
     weights = np.asarray(amplitudes, dtype=np.float64) / (2.0 * np.pi * sigmas_px ** 2)
     out = np.zeros((n, box, box))
-    _splat_images(np.ascontiguousarray(coords), weights, sigmas_px, float(cutoff), out)
+    splat_images(np.ascontiguousarray(coords), weights, sigmas_px, float(cutoff), out)
     return out
 
 

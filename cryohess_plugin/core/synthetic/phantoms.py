@@ -17,6 +17,9 @@ _ELEMENT_FRACTIONS = np.array([0.62, 0.17, 0.19, 0.02])
 _STEP = 1.5
 _CHAIN_LENGTH = 40
 DEFAULT_BFACTOR = 50.0
+#: Largest phantom radius as a fraction of the box edge: a phantom of diameter 0.9 box
+#: leaves its atoms' Gaussian tails inside the box.
+MAX_RADIUS_BOX_FRACTION = 0.45
 
 
 def _rotation_about(axis, angle):
@@ -159,3 +162,38 @@ def two_state_phantom(n_atoms=1000, radius_angstrom=20.0, rng=0, domain_fraction
     state_b = AtomModel(moved, state_a.elements.copy(), state_a.bfactors.copy(),
                         state_a.occupancies.copy())
     return state_a, state_b
+
+
+def max_radius(box, pixel_size):
+    """Largest phantom radius (Å) that fits a map of ``box`` pixels of ``pixel_size`` Å."""
+    return MAX_RADIUS_BOX_FRACTION * box * pixel_size
+
+
+def phantom_states(n_atoms, radius_angstrom, rng, symmetry_order=1, moving_fraction=None,
+                   hinge_angle_deg=30.0):
+    """The built-in phantom of a simulated data set and its second state, if any.
+
+    :param n_atoms: number of atoms; a cyclic phantom has ``symmetry_order`` subunits
+        of ``n_atoms // symmetry_order`` atoms.
+    :param radius_angstrom: outer radius of the phantom in Å.
+    :param rng: seed or :class:`numpy.random.Generator`.
+    :param symmetry_order: 1 for the asymmetric :func:`random_protein_phantom`, ``n > 1``
+        for :func:`cyclic_phantom` of order ``n``.
+    :param moving_fraction: None for one state; else the fraction of atoms in the
+        domain that :func:`two_state_phantom` swings by ``hinge_angle_deg`` (asymmetric
+        phantom only).
+    :returns: ``(state_a, state_b)``, :class:`AtomModel` and :class:`AtomModel` or None.
+    """
+    symmetry_order = int(symmetry_order)
+    if moving_fraction is not None:
+        if symmetry_order != 1:
+            raise InvalidDataError("a moving domain is available for the asymmetric phantom "
+                                   f"only, not with C{symmetry_order} symmetry")
+        return two_state_phantom(n_atoms, radius_angstrom, rng, domain_fraction=moving_fraction,
+                                 hinge_angle_deg=hinge_angle_deg)
+    if symmetry_order == 1:
+        return random_protein_phantom(n_atoms, radius_angstrom, rng), None
+    if n_atoms < symmetry_order:
+        raise InvalidDataError(f"{n_atoms} atoms cannot make {symmetry_order} subunits; use at "
+                               f"least {symmetry_order} atoms")
+    return cyclic_phantom(symmetry_order, n_atoms // symmetry_order, radius_angstrom, rng), None

@@ -27,12 +27,29 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import rotations as rot
-from .atoms import AtomModel, project_atom_positions
-from ..ctf import CTFParams, apply_ctf, ctf_stack, filter_images
+from .atoms import AtomModel, gaussian_atom_volume, project_atom_positions
+from ..ctf import CTFParams, apply_ctf, ctf_stack, filter_images, params_to_rows
 from ..errors import InvalidDataError, ShapeError
+from ..noise import noise_sigma_for_snr, signal_variance
 from ..projector import FourierSliceProjector, validate_volume
 
 DISTRIBUTIONS = ("uniform", "polar_cap", "equatorial_band", "top_view_preference")
+
+#: The independent random streams of one data set's seed (:func:`stream_seed`): the
+#: structure, the particles and the micrographs, so that changing the micrographs leaves
+#: the phantom and the particles of a seed unchanged.
+STRUCTURE_STREAM, PARTICLE_STREAM, MICROGRAPH_STREAM = 0, 1, 2
+
+
+def stream_seed(seed, stream):
+    """Seed of one independent random stream of a data set with seed ``seed``.
+
+    :param seed: the data set's non-negative integer seed.
+    :param stream: :data:`STRUCTURE_STREAM`, :data:`PARTICLE_STREAM` or
+        :data:`MICROGRAPH_STREAM`.
+    :returns: :class:`numpy.random.SeedSequence`, an ``rng`` for this module's functions.
+    """
+    return np.random.SeedSequence([int(seed), int(stream)])
 
 
 def _streams(rng, count):
@@ -97,27 +114,6 @@ def sample_rotations(kind, n, rng, **options):
     return samplers[kind](int(n), rng, **options)
 
 
-def signal_variance(clean_images):
-    """Mean over images of the per-image variance over all pixels, ``mean_i var(c_i)``.
-
-    :param clean_images: ``(n, box, box)`` (or ``(box, box)``) clean images.
-    """
-    clean = np.asarray(clean_images, dtype=np.float64)
-    return float(np.mean(np.var(clean.reshape((-1,) + clean.shape[-2:]), axis=(-2, -1))))
-
-
-def noise_sigma_for_snr(clean_images, snr):
-    """Standard deviation of white noise giving ``SNR = mean_i var(c_i) / sigma^2``.
-
-    :param clean_images: ``(n, box, box)`` clean (CTF-modulated) images.
-    :param snr: requested SNR, positive.
-    :returns: ``sigma = sqrt(mean_i var(c_i) / snr)``.
-    """
-    if not (np.isfinite(snr) and snr > 0):
-        raise InvalidDataError(f"SNR must be a positive finite number, got {snr}")
-    return float(np.sqrt(signal_variance(clean_images) / snr))
-
-
 def random_ctf_params(count, rng, defocus_range=(10000.0, 25000.0), astigmatism=0.0,
                       voltage=300.0, cs=2.7, amplitude_contrast=0.1):
     """CTF parameters of ``count`` micrographs (defocus groups).
@@ -151,6 +147,28 @@ def _as_source(source, box):
         raise ShapeError(f"volume box {volume.shape[0]} differs from the particle box {box}; "
                          "pass box equal to the volume size")
     return volume
+
+
+def ground_truth_maps(source, second_state, box, pixel_size):
+    """The maps of a data set's ground truth: ``(map of A, map of B or None)``.
+
+    An atomic model is sampled with :func:`.atoms.gaussian_atom_volume` about its
+    centroid, and a second state about the first one's centroid: the centre every
+    particle image of :func:`simulate_particles` is projected about, so the maps and
+    the images share their origin.  A volume is its own map.
+
+    :param source: :class:`.atoms.AtomModel` or ``(box, box, box)`` volume (state A).
+    :param second_state: None or an :class:`.atoms.AtomModel` listing A's atoms (state B).
+    :param box: edge of the maps in voxels.
+    :param pixel_size: Å per voxel.
+    :returns: ``(box, box, box)`` map of A and, with a second state, the map of B.
+    """
+    if not isinstance(source, AtomModel):
+        return _as_source(source, box), None
+    map_a = gaussian_atom_volume(source, box, pixel_size)
+    if second_state is None:
+        return map_a, None
+    return map_a, gaussian_atom_volume(second_state, box, pixel_size, center=source.centroid())
 
 
 def _atom_images(state_a, state_b, t, rotations, shifts, box, pixel_size):
@@ -190,6 +208,17 @@ class ParticleSimulation:
     snr: float
     conformation: np.ndarray
     clean_images: np.ndarray = None
+
+    def truth_arrays(self):
+        """The ground truth as the arrays of a data set's truth file.
+
+        :returns: ``{"rotations", "shifts", "groups": group_ids, "conformation": 0 for
+            every particle when homogeneous, "ctfs": rows of`` :func:`.ctf.params_to_rows`
+            ``, "noiseSigma"}``.
+        """
+        return {"rotations": self.rotations, "shifts": self.shifts, "groups": self.group_ids,
+                "conformation": np.nan_to_num(self.conformation, nan=0.0),
+                "ctfs": params_to_rows(self.ctf_params), "noiseSigma": self.noise_sigma}
 
 
 def simulate_particles(source, n, box, pixel_size, rng=0, distribution="uniform",
@@ -298,6 +327,15 @@ class MicrographSimulation:
     box: int
     snr: float
     clean_micrographs: np.ndarray = None
+
+    def truth_arrays(self):
+        """The ground truth as the arrays of a data set's micrograph truth file.
+
+        :returns: ``{"coordinates": (m, k, 2), "rotations": (m, k, 3, 3), "ctfs": rows of``
+            :func:`.ctf.params_to_rows` ``, "noiseSigma"}``.
+        """
+        return {"coordinates": np.stack(self.coordinates), "rotations": np.stack(self.rotations),
+                "ctfs": params_to_rows(self.ctf_params), "noiseSigma": self.noise_sigma}
 
 
 def place_particles(shape, count, box, min_distance, rng, max_attempts=None):
