@@ -146,11 +146,18 @@ def ctf_params_from_image(image, acquisition=None, phase_flipped=False):
         raise MissingMetadataError(
             f"image {image.getObjId()} has no voltage, Cs or amplitude contrast in its "
             f"acquisition; import the data with the microscope parameters")
+    phase_shift = ctf.getPhaseShift() or 0.0
+    if min(ctf.getDefocusU(), ctf.getDefocusV()) <= 0 and phase_shift == 0:
+        raise InvalidDataError(
+            f"image {location_text(image)} (id {image.getObjId()}) has a CTF defocus of "
+            f"U = {ctf.getDefocusU():g}, V = {ctf.getDefocusV():g} Å; a defocus of 0 means the "
+            "CTF was never estimated: estimate the CTF of the micrographs (e.g. CTFFIND) and "
+            "extract or assign the particles with it")
     try:
         return CTFParams(defocus_u=ctf.getDefocusU(), defocus_v=ctf.getDefocusV(),
                          defocus_angle=ctf.getDefocusAngle(), voltage=values[0],
                          spherical_aberration=values[1], amplitude_contrast=values[2],
-                         phase_shift=ctf.getPhaseShift() or 0.0, phase_flipped=phase_flipped)
+                         phase_shift=phase_shift, phase_flipped=phase_flipped)
     except InvalidDataError as error:
         raise InvalidDataError(f"image {location_text(image)} (id {image.getObjId()}): "
                                f"{error}") from None

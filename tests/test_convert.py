@@ -15,7 +15,8 @@ from cryohess_plugin import convert
 from cryohess_plugin.constants import CONFORMATION, DEFOCUS_GROUP
 from cryohess_plugin.core import mrc
 from cryohess_plugin.core.ctf import CTFParams, evaluate_ctf
-from cryohess_plugin.core.errors import MissingMetadataError, SamplingMismatchError
+from cryohess_plugin.core.errors import (InvalidDataError, MissingMetadataError,
+                                         SamplingMismatchError)
 from cryohess_plugin.core.rotations import euler_to_matrix
 
 RNG = np.random.default_rng(7)
@@ -143,6 +144,21 @@ def test_ctf_missing_is_reported():
     from pwem.objects import Particle
     with pytest.raises(MissingMetadataError):
         convert.ctf_params_from_image(Particle(), Acquisition(voltage=300.0))
+
+
+@pytest.mark.parametrize("defocus", [0.0, -100.0])
+def test_unestimated_defocus_is_refused_naming_the_particle(defocus):
+    from pwem.objects import Particle
+    params = CTFParams(defocus, defocus, 0.0, 300.0, 2.7, 0.1)
+    particle = Particle(location=(3, 'stack.mrcs'))
+    particle.setObjId(7)
+    particle.setCTF(convert.ctf_model_from_params(params))
+    with pytest.raises(InvalidDataError, match=r"3@stack.mrcs \(id 7\).*estimate the CTF"):
+        convert.ctf_params_from_image(particle, convert.acquisition_from_params(params))
+    # In-focus imaging with a phase plate is a valid CTF.
+    particle.setCTF(convert.ctf_model_from_params(CTFParams(0.0, 0.0, 0.0, 300.0, 2.7, 0.1,
+                                                            phase_shift=90.0)))
+    assert convert.ctf_params_from_image(particle, convert.acquisition_from_params(params))
 
 
 # --------------------------- Particles -----------------------------------------

@@ -280,11 +280,3 @@ def test_phase_flipped_ctf_is_the_absolute_value():
     stack = ctf_stack([params, flipped], kx.ravel(), ky.ravel(), 64, PIXEL)
     np.testing.assert_array_equal(stack[1], np.abs(stack[0]))
     assert ctf_module.params_from_rows(ctf_module.params_to_rows([flipped]))[0] == flipped
-
-
-@pytest.mark.parametrize("defocus", [0.0, -100.0])
-def test_unestimated_defocus_is_refused(defocus):
-    with pytest.raises(InvalidDataError, match="defocus must be positive.*estimate the CTF"):
-        CTFParams(defocus, defocus, 0.0, 300.0, 2.7, 0.1)
-    # In-focus imaging with a phase plate is a valid CTF.
-    CTFParams(0.0, 0.0, 0.0, 300.0, 2.7, 0.1, phase_shift=90.0)

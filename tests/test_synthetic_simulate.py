@@ -215,8 +215,8 @@ def test_micrographs_density_spacing_and_snr(phantom):
 
 
 def test_micrograph_particles_are_pasted_at_their_coordinates(phantom):
-    # With zero defocus and Cs the CTF is the constant -A, so the clean micrograph
-    # is -A times the pasted projections; the phantom (radius 14 Å + 6 sigma
+    # With zero defocus and Cs the CTF is the constant A, so the clean micrograph
+    # is A times the pasted projections; the phantom (radius 14 Å + 6 sigma
     # < box / 2) never reaches a neighbour's window.
     box, pixel_size, amplitude_contrast = 48, 1.5, 0.1
     sim = simulate_micrographs(phantom, 2, box, pixel_size, shape=(256, 320), rng=4,
@@ -224,15 +224,15 @@ def test_micrograph_particles_are_pasted_at_their_coordinates(phantom):
                                amplitude_contrast=amplitude_contrast, snr=None)
     half = box // 2
     for j in range(2):
-        expected = -amplitude_contrast * gaussian_atom_projection(phantom, sim.rotations[j],
+        expected = amplitude_contrast * gaussian_atom_projection(phantom, sim.rotations[j],
                                                                   box, pixel_size)
         for k, (x, y) in enumerate(sim.coordinates[j]):
             window = sim.micrographs[j, y - half:y - half + box, x - half:x - half + box]
             assert relative_l2(window, expected[k]) < 1e-5
         total = sim.micrographs[j].astype(np.float64).sum()
-        # Nothing else is on the micrograph: its sum is -A times the particles' mass.
+        # Nothing else is on the micrograph: its sum is A times the particles' mass.
         assert total == pytest.approx(expected.sum(), rel=1e-4)
-        assert total == pytest.approx(-amplitude_contrast * 6 * phantom.amplitudes().sum(),
+        assert total == pytest.approx(amplitude_contrast * 6 * phantom.amplitudes().sum(),
                                       rel=1e-4)
 
 

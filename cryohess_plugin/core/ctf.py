@@ -85,12 +85,6 @@ class CTFParams:
                     f"CTF parameter {field.name} is {value}; re-estimate the CTF or "
                     f"drop the particles without a valid CTF")
             object.__setattr__(self, field.name, value)
-        if min(self.defocus_u, self.defocus_v) <= 0 and self.phase_shift == 0:
-            raise InvalidDataError(
-                f"CTF defocus must be positive (underfocus, Å), got U = {self.defocus_u:g} and "
-                f"V = {self.defocus_v:g}; a defocus of 0 usually means the CTF was never "
-                f"estimated: estimate the CTF of the micrographs (e.g. CTFFIND) and assign it "
-                f"to the particles")
         if self.voltage <= 0:
             raise InvalidDataError(
                 f"CTF parameter voltage must be positive (kV), got {self.voltage}; "

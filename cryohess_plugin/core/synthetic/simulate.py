@@ -11,9 +11,10 @@ white Gaussian noise of standard deviation ``sigma``::
     SNR = mean_i( var(c_i) ) / sigma^2
 
 where ``var(c_i)`` is the variance of image ``i`` over all its pixels (the
-whole box, background included).  For micrographs the same formula is applied
-to the ``box x box`` windows of the clean, CTF-modulated micrograph centred on
-the particles.
+whole box, background included).  Particles may instead state it inside a band
+(``snr_band``) and have coloured noise (``noise_spectrum``), as :mod:`.noise` defines.
+For micrographs the whole-box formula is applied to the ``box x box`` windows of the
+clean, CTF-modulated micrograph centred on the particles.
 
 **Images.**  Volumes are projected with :class:`.projector.FourierSliceProjector`
 (voxel size = ``pixel_size``), CTF included.  Atomic models are projected
@@ -30,7 +31,7 @@ from .. import rotations as rot
 from .atoms import AtomModel, gaussian_atom_volume, project_atom_positions
 from ..ctf import CTFParams, apply_ctf, ctf_stack, filter_images, params_to_rows
 from ..errors import InvalidDataError, ShapeError
-from ..noise import noise_sigma_for_snr, signal_variance
+from ..noise import noise_images, noise_sigma_for_snr
 from ..projector import FourierSliceProjector, validate_volume
 
 DISTRIBUTIONS = ("uniform", "polar_cap", "equatorial_band", "top_view_preference")
@@ -191,12 +192,14 @@ class ParticleSimulation:
     :param shifts: ``(n, 2)`` true shifts ``(tx, ty)`` in pixels.
     :param ctf_params: length-``n`` list of :class:`.ctf.CTFParams`, one per particle.
     :param group_ids: ``(n,)`` int defocus group (micrograph) of each particle.
-    :param noise_sigma: standard deviation of the added white noise.
+    :param noise_sigma: per-pixel standard deviation of the added noise.
     :param pixel_size: Å per pixel.
-    :param snr: requested SNR (``inf`` when noise-free).
+    :param snr: requested SNR (``inf`` when noise-free), inside ``snr_band``.
     :param conformation: ``(n,)`` coordinate ``t`` in [0, 1], NaN when homogeneous.
     :param clean_images: ``(n, box, box)`` float32 CTF-modulated images before
         noise, or None.
+    :param snr_band: the band ``0 < |k| <= snr_band`` (cycles per box) the SNR is stated
+        in, or None for the whole box.
     """
     images: np.ndarray
     rotations: np.ndarray
@@ -208,6 +211,7 @@ class ParticleSimulation:
     snr: float
     conformation: np.ndarray
     clean_images: np.ndarray = None
+    snr_band: float = None
 
     def truth_arrays(self):
         """The ground truth as the arrays of a data set's truth file.
@@ -226,7 +230,7 @@ def simulate_particles(source, n, box, pixel_size, rng=0, distribution="uniform"
                        defocus_range=(10000.0, 25000.0), n_groups=10, astigmatism=0.0,
                        voltage=300.0, cs=2.7, amplitude_contrast=0.1, snr=0.1,
                        heterogeneity=None, keep_clean=True, batch_size=256,
-                       backend="auto"):
+                       backend="auto", snr_band=None, noise_spectrum=None):
     """Simulate a particle stack: project, modulate by the CTF, add white noise.
 
     :param source: ``(box, box, box)`` volume (voxel size ``pixel_size``) or an
@@ -244,6 +248,10 @@ def simulate_particles(source, n, box, pixel_size, rng=0, distribution="uniform"
     :param astigmatism: ``defocus_u - defocus_v`` in Å.
     :param voltage: kV.  :param cs: mm.  :param amplitude_contrast: fraction.
     :param snr: SNR as defined in the module docstring; None for no noise.
+    :param snr_band: state ``snr`` inside the band ``0 < |k| <= snr_band`` (cycles per
+        box, :func:`.noise.noise_sigma_for_snr`); None: over the whole box.
+    :param noise_spectrum: relative noise power ``S(|k|)`` (a function of the frequency
+        in cycles per box, :func:`.noise.noise_images`); None: white noise.
     :param heterogeneity: None, or a second :class:`.atoms.AtomModel` with the
         same atoms as ``source`` (which must then be an atomic model): particle
         ``i`` shows ``(1 - t_i) A + t_i B`` with ``t_i`` uniform in [0, 1];
@@ -294,11 +302,11 @@ def simulate_particles(source, n, box, pixel_size, rng=0, distribution="uniform"
     if snr is None:
         sigma, snr = 0.0, np.inf
     else:
-        sigma = noise_sigma_for_snr(images, snr)
-        images += noise_rng.standard_normal(images.shape, dtype=np.float32) * np.float32(sigma)
+        sigma = noise_sigma_for_snr(images, snr, snr_band, noise_spectrum)
+        images += noise_images(noise_rng, images.shape, sigma, noise_spectrum)
     return ParticleSimulation(images, rotations, shifts, [group_ctf[g] for g in group_ids],
                               group_ids, sigma, float(pixel_size), float(snr), conformation,
-                              clean_images)
+                              clean_images, snr_band)
 
 
 @dataclass
