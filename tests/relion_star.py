@@ -20,7 +20,7 @@ def write_relion_star(folder, simulation, name="particles", images=None):
     :returns: the path of the star file.
     """
     images = simulation.images if images is None else images
-    count, box = images.shape[0], images.shape[-1]
+    box = images.shape[-1]
     pixel = simulation.pixel_size
     stack = os.path.join(folder, name + ".mrcs")
     mrc.write_stack(stack, images, pixel, overwrite=True)
