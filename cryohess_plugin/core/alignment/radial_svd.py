@@ -81,6 +81,7 @@ import numpy as np
 import scipy.fft
 
 from .. import rotations as rot
+from ..contrast import polarity_from_scores
 from ..errors import InvalidDataError, MissingMetadataError, ShapeError
 from ..fourier import FFT_WORKERS, frequency_for_resolution, working_dtypes
 from ..kernels import alignment_cpu, alignment_pruned_cpu, resolve_backend
@@ -981,3 +982,24 @@ class RadialSVDAligner:
                 out[members] = np.divide(out[members], norms, out=np.zeros_like(out[members]),
                                          where=norms > 0)
         return out
+
+
+def polarity_against_templates(aligner, image_polar, ctf_params=None, pixel_size=None):
+    """Polarity of particles without poses: their best scores against the negated images'.
+
+    White particles (``docs/conventions.md``, "Contrast") match the templates
+    better than their negatives do; a search maximises the correlation, so a
+    dark particle also finds a positive best score, and only the comparison
+    with its negative tells the sign.  The images and their negatives are
+    aligned in one call of ``aligner`` (:meth:`RadialSVDAligner.align`, with
+    the images' CTFs).
+
+    :param image_polar: ``(n, R, Q)`` polar samples of a few particles (``n >= 2``).
+    :returns: :class:`.contrast.PolarityTest`; its ``check()`` raises
+        :class:`.contrast.PolarityError`, naming the fix, for dark particles.
+    """
+    image_polar = _validate_polar(image_polar, aligner.grid, "image_polar")
+    count = image_polar.shape[0]
+    ctfs = None if ctf_params is None else list(ctf_params) * 2
+    scores = aligner.align(np.concatenate([image_polar, -image_polar]), ctfs, pixel_size).score
+    return polarity_from_scores(scores[:count], scores[count:])
