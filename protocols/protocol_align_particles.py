@@ -1,4 +1,5 @@
 """Global alignment of particles with the radial-SVD (Rangan 2022)."""
+import os
 import time
 from enum import Enum
 
@@ -26,6 +27,8 @@ LARGE_REFERENCES = 1 << 30
 #: Memory of a batch step over the size of its references (measured: the loaded
 #: references, the aligner's ring coefficients and work arrays).
 STEP_MEMORY_FACTOR = 3.5
+#: The polarity check aligns this many particles (the first ones), as given and negated.
+POLARITY_PARTICLES = 100
 
 
 class outputs(Enum):
@@ -41,10 +44,13 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
     (output ``ALIGN_2D`` and one class per average).  Images and references are
     compared on a polar Fourier grid; the radial-SVD compresses its rings into
     the few "principal rings" that best tell in-plane angles apart, with one
-    radial kernel per group of similar CTFs, so each image-reference pair costs
-    O(Q (H + log Q)) for all Q in-plane angles instead of O(R Q).  The score is
-    the inner product with the CTF-modulated reference divided by the
-    reference's norm.
+    radial kernel per group of similar CTF power, so each image-reference pair
+    costs O(Q (H + log Q)) for all Q in-plane angles instead of O(R Q).  Each
+    particle is multiplied by its own CTF (astigmatism included) and compared
+    with the CTF-free references; the score is that inner product over the norms
+    of the particle and of the reference under the particle's CTF.  Before the
+    batches, the first particles are aligned as given and negated: particles that
+    look dark against the references stop the run with the fix.
     """
     _label = 'radial-SVD align particles'
     stepsExecutionMode = STEPS_PARALLEL
@@ -100,9 +106,10 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
                       validators=[params.Positive], label='Shift step (px)',
                       help="Spacing of the searched shifts.")
         form.addParam('useCtf', params.BooleanParam, default=True, label='Use CTF?',
-                      help="Modulate the references by the CTF of each group of "
-                           "particles. Particles without CTF are aligned without it "
-                           "(the summary says so).")
+                      help="Multiply every particle by its own CTF (astigmatism and phase "
+                           "shift included; |CTF| for phase-flipped sets) and compare it "
+                           "with the references, whose norms take the same CTF. Particles "
+                           "without CTF are aligned without it (the summary says so).")
         form.addParam('rankMode', params.EnumParam, default=RANK_TOLERANCE,
                       choices=['eigenvalue tolerance', 'fixed'],
                       display=params.EnumParam.DISPLAY_HLIST, label='Principal rings H',
@@ -122,8 +129,12 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
         form.addParam('ctfTolerance', params.FloatParam, default=5e-2,
                       expertLevel=params.LEVEL_ADVANCED, validators=[params.Positive],
                       label='CTF group tolerance',
-                      help="Particles whose ring-averaged CTFs differ by less than this "
-                           "relative L2 distance share one radial kernel.")
+                      help="Particles whose root-mean-square CTFs per ring differ by less "
+                           "than this relative L2 distance share one radial kernel and one "
+                           "compression of the references. Each particle's own CTF is "
+                           "used in every comparison and in the final scores whatever "
+                           "the grouping; a larger tolerance makes fewer groups (faster) "
+                           "and a coarser compression.")
         self._defineBatchSizeParam(
             form, help="Particles are aligned in independent steps of this size, which run "
                        "in parallel with several threads (or GPUs) and let a stopped run "
@@ -137,8 +148,12 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
         prepare = self._insertStep(self.prepareReferencesStep, particles.getXDim(),
                                    particles.getSamplingRate(), reads=self._referenceParams(),
                                    needsGPU=gpu)
+        polarity = self._insertStep(self.checkPolarityStep,
+                                    reads=('inputParticles', 'useCtf', 'maxShift', 'shiftStep'),
+                                    after=[prepare], needsGPU=gpu)
         batches = [self._insertStep(self.alignBatchStep, index, first, count,
-                                    reads=self._searchParams(), after=[prepare], needsGPU=gpu)
+                                    reads=self._searchParams(), after=[prepare, polarity],
+                                    needsGPU=gpu)
                    for index, (first, count) in enumerate(self._batches())]
         self._insertStep(self.createOutputStep, after=batches)
 
@@ -156,6 +171,7 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
 
     def _filenameTemplates(self):
         return {'references': self._getExtraPath('references.npz'),
+                'polarity': self._getExtraPath('polarity.npz'),
                 'batch': self._getExtraPath('alignment_batch_%(index)03d.npz')}
 
     # --------------------------- STEPS functions -----------------------------
@@ -182,6 +198,29 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
             self.info("%d 2D references" % len(templates))
         self._saveNpz(self._getFileName('references'), templates=templates, **extra)
         self.info("References ready in %.1f s" % (time.perf_counter() - started))
+
+    def checkPolarityStep(self, digest):
+        """Align the first particles as given and negated; stop if they look dark."""
+        from cryohess_plugin.core import polar
+        from cryohess_plugin.core.alignment import RadialSVDAligner, polarity_against_templates
+        from cryohess_plugin.core.storage import save_fields
+        self._setDevices()
+        particles = convert.particles_to_arrays(
+            self.inputParticles.get(), need_ctf=self._withCtf(), need_alignment=False,
+            limit=POLARITY_PARTICLES)
+        if len(particles.ids) < 2:
+            self.info("Polarity check skipped: it needs at least 2 particles")
+            return
+        grid = self._grid()
+        aligner = RadialSVDAligner(grid, np.load(self._getFileName('references'))['templates'],
+                                   shifts=self._shifts(), backend=self._backend())
+        test = polarity_against_templates(
+            aligner, polar.polar_transform(particles.images, grid, backend=self._backend()),
+            particles.ctfs, particles.pixel_size)
+        self.info("Polarity: the first %d particles against their negatives, z = %.1f"
+                  % (len(particles.ids), test.z_score))
+        test.check("particles")
+        save_fields(self._getFileName('polarity'), test)
 
     def alignBatchStep(self, index, first, count, digest):
         """Align particles ``first .. first + count - 1`` (in id order) against the references."""
@@ -321,6 +360,12 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
         if not self._withCtf():
             summary.append("Aligned WITHOUT CTF (%s)."
                            % ("switched off" if not self.useCtf else "the particles have none"))
+        elif self.inputParticles.get().isPhaseFlipped():
+            summary.append("The particles are phase-flipped: aligned with |CTF|.")
+        polarity = self._polarity()
+        if polarity is not None:
+            summary.append("Contrast checked: the first particles match the references better "
+                           "than their negatives (z = %.1f)." % polarity.z_score)
         return summary
 
     def _methods(self):
@@ -361,6 +406,13 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
         if self._fromVolume():
             return "projections of a volume on a %g-degree viewing grid" % self.angularStep
         return "%d 2D references" % self.inputReferences.get().getSize()
+
+    def _polarity(self):
+        """The polarity check's :class:`PolarityTest`, or None before it ran."""
+        from cryohess_plugin.core.contrast import PolarityTest
+        from cryohess_plugin.core.storage import load_fields
+        path = self._getFileName('polarity')
+        return load_fields(PolarityTest, path) if os.path.exists(path) else None
 
     def _loadResults(self):
         """The batches' results in particle order, with the particles' ``ids``."""
