@@ -46,11 +46,9 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
     the few "principal rings" that best tell in-plane angles apart, with one
     radial kernel per group of similar CTF power, so each image-reference pair
     costs O(Q (H + log Q)) for all Q in-plane angles instead of O(R Q).  Each
-    particle is multiplied by its own CTF (astigmatism included) and compared
-    with the CTF-free references; the score is that inner product over the norms
-    of the particle and of the reference under the particle's CTF.  Before the
-    batches, the first particles are aligned as given and negated: particles that
-    look dark against the references stop the run with the fix.
+    particle, multiplied by its own CTF (astigmatism included), is compared with
+    the CTF-free references.  First particles that look dark against the
+    references (checked against their negatives) stop the run with the fix.
     """
     _label = 'radial-SVD align particles'
     stepsExecutionMode = STEPS_PARALLEL
@@ -130,11 +128,8 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
                       expertLevel=params.LEVEL_ADVANCED, validators=[params.Positive],
                       label='CTF group tolerance',
                       help="Particles whose root-mean-square CTFs per ring differ by less "
-                           "than this relative L2 distance share one radial kernel and one "
-                           "compression of the references. Each particle's own CTF is "
-                           "used in every comparison and in the final scores whatever "
-                           "the grouping; a larger tolerance makes fewer groups (faster) "
-                           "and a coarser compression.")
+                           "than this relative L2 distance share one radial kernel; each "
+                           "particle's own CTF is used in every comparison.")
         self._defineBatchSizeParam(
             form, help="Particles are aligned in independent steps of this size, which run "
                        "in parallel with several threads (or GPUs) and let a stopped run "
@@ -201,52 +196,47 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
 
     def checkPolarityStep(self, digest):
         """Align the first particles as given and negated; stop if they look dark."""
-        from cryohess_plugin.core import polar
-        from cryohess_plugin.core.alignment import RadialSVDAligner, polarity_against_templates
+        from cryohess_plugin.core.alignment import polarity_against_templates
         from cryohess_plugin.core.storage import save_fields
-        self._setDevices()
-        particles = convert.particles_to_arrays(
-            self.inputParticles.get(), need_ctf=self._withCtf(), need_alignment=False,
-            limit=POLARITY_PARTICLES)
+        particles, imagePolar, aligner = self._particlesAndAligner(POLARITY_PARTICLES)
         if len(particles.ids) < 2:
             self.info("Polarity check skipped: it needs at least 2 particles")
             return
-        grid = self._grid()
-        aligner = RadialSVDAligner(grid, np.load(self._getFileName('references'))['templates'],
-                                   shifts=self._shifts(), backend=self._backend())
-        test = polarity_against_templates(
-            aligner, polar.polar_transform(particles.images, grid, backend=self._backend()),
-            particles.ctfs, particles.pixel_size)
+        test = polarity_against_templates(aligner, imagePolar, particles.ctfs,
+                                          particles.pixel_size)
         self.info("Polarity: the first %d particles against their negatives, z = %.1f"
                   % (len(particles.ids), test.z_score))
-        test.check("particles")
-        save_fields(self._getFileName('polarity'), test)
+        save_fields(self._getFileName('polarity'), test.check("particles"))
 
     def alignBatchStep(self, index, first, count, digest):
         """Align particles ``first .. first + count - 1`` (in id order) against the references."""
+        started = time.perf_counter()
+        particles, imagePolar, aligner = self._particlesAndAligner(
+            count, first, rank=self._fixedRank(), tolerance=self.rankTolerance.get(),
+            ctf_tolerance=self.ctfTolerance.get())
+        result = aligner.align(imagePolar, ctf_params=particles.ctfs,
+                               pixel_size=particles.pixel_size,
+                               progress=self._progressLog("Batch %d: " % (index + 1)))
+        result.ids = particles.ids
+        result.save(self._getFileName('batch', index=index))
+        self.info("Batch %d: %d particles x %d references in %.1f s (H = %s)"
+                  % (index + 1, count, aligner.n_templates, time.perf_counter() - started,
+                     ", ".join(str(h) for h in result.ranks)))
+
+    def _particlesAndAligner(self, count, first=0, **options):
+        """Particles ``first .. first + count - 1``, their polar samples, and an aligner
+        against the references with the form's shifts and ``options``."""
         from cryohess_plugin.core import polar
         from cryohess_plugin.core.alignment import RadialSVDAligner
         self._setDevices()
-        started = time.perf_counter()
         particles = convert.particles_to_arrays(
             self.inputParticles.get(), need_ctf=self._withCtf(), need_alignment=False,
             limit=count, skip=first)
         grid = self._grid()
-        imagePolar = polar.polar_transform(particles.images, grid, backend=self._backend())
-        templates = np.load(self._getFileName('references'))['templates']
-        aligner = RadialSVDAligner(
-            grid, templates, rank=self._fixedRank(), tolerance=self.rankTolerance.get(),
-            shifts=self._shifts(), ctf_tolerance=self.ctfTolerance.get(),
-            backend=self._backend())
-        result = aligner.align(imagePolar, ctf_params=particles.ctfs,
-                               pixel_size=particles.pixel_size,
-                               progress=self._progressLog("Batch %d: " % (index + 1)))
-        elapsed = time.perf_counter() - started
-        result.ids = particles.ids
-        result.save(self._getFileName('batch', index=index))
-        self.info("Batch %d: %d particles x %d references in %.1f s (H = %s)"
-                  % (index + 1, count, len(templates), elapsed,
-                     ", ".join(str(h) for h in result.ranks)))
+        aligner = RadialSVDAligner(grid, np.load(self._getFileName('references'))['templates'],
+                                   shifts=self._shifts(), backend=self._backend(), **options)
+        return (particles, polar.polar_transform(particles.images, grid, backend=self._backend()),
+                aligner)
 
     def createOutputStep(self, digest):
         from cryohess_plugin.core.alignment import rotations_from_alignment
@@ -362,10 +352,12 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
                            % ("switched off" if not self.useCtf else "the particles have none"))
         elif self.inputParticles.get().isPhaseFlipped():
             summary.append("The particles are phase-flipped: aligned with |CTF|.")
-        polarity = self._polarity()
-        if polarity is not None:
+        if os.path.exists(self._getFileName('polarity')):
+            from cryohess_plugin.core.contrast import PolarityTest
+            from cryohess_plugin.core.storage import load_fields
             summary.append("Contrast checked: the first particles match the references better "
-                           "than their negatives (z = %.1f)." % polarity.z_score)
+                           "than their negatives (z = %.1f)."
+                           % load_fields(PolarityTest, self._getFileName('polarity')).z_score)
         return summary
 
     def _methods(self):
@@ -406,13 +398,6 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
         if self._fromVolume():
             return "projections of a volume on a %g-degree viewing grid" % self.angularStep
         return "%d 2D references" % self.inputReferences.get().getSize()
-
-    def _polarity(self):
-        """The polarity check's :class:`PolarityTest`, or None before it ran."""
-        from cryohess_plugin.core.contrast import PolarityTest
-        from cryohess_plugin.core.storage import load_fields
-        path = self._getFileName('polarity')
-        return load_fields(PolarityTest, path) if os.path.exists(path) else None
 
     def _loadResults(self):
         """The batches' results in particle order, with the particles' ``ids``."""

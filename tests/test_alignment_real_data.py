@@ -105,7 +105,8 @@ def test_astigmatism_does_not_cost_accuracy(model):
     particles' atoms have 50 Å²), shifts of 0.5 px standard deviation searched to
     1.5 px, in-band SNR 0.15 (6 Å band, white noise). Paired comparisons of the same
     poses and noise seed; the standard error counts the particles on which two runs
-    disagree.
+    disagree.  (Measured: 0.822 without astigmatism, 0.816 with it, 0.732 swapped; the
+    former ring-averaged CTF gave 0.806, 2.6 standard errors below, and failed here.)
     """
     grid = alignment_grid(BOX, PIXEL, 6.0)
     template_rotations, templates = reference_templates(grid, 100.0)
