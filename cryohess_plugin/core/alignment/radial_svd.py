@@ -57,23 +57,33 @@ full-rank landscape.  With refinement the images' rings are transformed once,
 all of them, and the search's compressed coefficients are projections of those
 (projection and FFT commute).
 
-**CTF.**  Particles are grouped by their angularly averaged CTF
-(:func:`group_ctfs`); every group aligns against its templates multiplied by
-the group's mean radial CTF ``c(k_r)``, with its own kernel
-``C_g = diag(c) C diag(c)`` (``docs/methods/radial_svd_alignment.md`` §1.6).
-The radial average ignores astigmatism: the particle's CTF is taken as
-rotating with the template.
+**CTF** (``docs/methods/radial_svd_alignment.md`` §1.6).  The model of a
+particle is ``A = alpha C (R_gamma B) + noise`` with its own CTF ``C`` fixed in
+the image frame (astigmatism and all), and ``<A, C R_gamma B> = <C A, R_gamma
+B>``: every image is multiplied by its CTF at the polar nodes and compared with
+the CTF-free templates, an exact numerator.  Particles are grouped by their
+root-mean-square CTF per ring ``s`` (:func:`group_ctfs`); each group's kernel
+is ``diag(s) C diag(s)`` and its compression oblique, ``U_H^T diag(eta / s)``
+on the CTF-multiplied images and ``U_H^T diag(eta s)`` on the templates: their
+product is exact at ``H = R`` for any ``s``, the compression is the paper's for
+templates multiplied by ``s``, and dividing ``C A`` by ``s`` makes its noise
+white again on the rescaled rings.
 
 **Shifts.**  Each candidate core shift ``t`` (particle centre offset from the
 box centre, pixels) is undone on the polar samples before compression
 (:func:`.polar.shift_phases`); every (image, shift) pair is one row.
 
-**Score.**  ``X(gamma) / (||A|| ||c B||)``, norms from all rings (full rank,
-``q = 0`` included): the normalised cross-correlation, in ``[-1, 1]`` at full
-rank.  Per image it ranks poses as the Gaussian log-likelihood does once the
-unknown positive contrast of the particle is profiled out
-(``max_alpha 2 alpha X - alpha^2 ||B||^2 = X^2 / ||B||^2``), so templates of
-different norms (different CTFs, views) compete fairly.
+**Score.**  ``X(gamma) / (||A|| ||C R_gamma B||)``, norms from all rings (full
+rank, ``q = 0`` included): the normalised cross-correlation of the particle
+with the CTF-modulated, rotated template, in ``[-1, 1]`` at full rank.  Per
+image it ranks poses as the Gaussian log-likelihood does once the unknown
+positive contrast of the particle is profiled out (``max_alpha 2 alpha X -
+alpha^2 ||C R_gamma B||^2 = X^2 / ||C R_gamma B||^2``), so templates of
+different norms (views, CTFs) compete fairly.  With astigmatism
+``||C R_gamma B||`` depends on ``gamma``: the search uses the group's
+rotation-averaged norm ``||s B||``, and the refinement the exact one of each
+particle (:meth:`RadialSVDAligner._ctf_norms`), so it also runs at full rank
+when there are CTFs.
 """
 from dataclasses import astuple, dataclass
 
@@ -122,7 +132,8 @@ class AlignmentResult:
     :param group: ``(n,)`` CTF group of each image.
     :param ranks: ``(G,)`` number ``H`` of principal rings used per group.
     :param eigenvalues: ``(G, R)`` descending spectrum of the kernel of each group.
-    :param group_ctf: ``(G, R)`` mean radial CTF of each group (ones without CTF).
+    :param group_ctf: ``(G, R)`` root-mean-square CTF of each group on every ring (ones
+        without CTF).
     :param top_template, top_angle, top_shift, top_score: ``(n, k)`` the ``k``
         best templates, each at its best angle and shift, best first; None
         when ``top_k == 1``.
@@ -459,15 +470,16 @@ class RadialSVDAligner:
     :param grid: :class:`.polar.PolarGrid` of the polar samples.
     :param template_polar: ``(n_B, R, Q)`` complex polar samples of the
         CTF-free templates (e.g. ``project_polar`` of a volume, or
-        ``polar_transform`` of 2-D references).
+        ``polar_transform`` of 2-D references); the aligner keeps a reference
+        to them for the norms under astigmatic CTFs.
     :param rank: fixed number ``H`` of principal rings, or None to choose it
         per CTF group from ``tolerance``; ``H = R`` is the exact full-rank path.
     :param tolerance: keep the eigenvalues above ``tolerance * lambda_1``.
     :param min_rank: lower bound of the automatic ``H``.
     :param shifts: ``(n_shifts, 2)`` candidate core shifts in pixels
         (:func:`shift_grid`); None searches ``(0, 0)`` only.
-    :param ctf_tolerance: relative distance within which radial CTFs share a
-        group (:func:`group_ctfs`).
+    :param ctf_tolerance: relative distance within which root-mean-square CTFs
+        share a group (:func:`group_ctfs`).
     :param kernel_centring: ``"template"`` (the paper's, default) or
         ``"population"`` (:func:`radial_kernel`).
     :param exact_zero_frequency: compute the rotation-invariant term from all
