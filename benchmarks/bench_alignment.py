@@ -194,20 +194,24 @@ def main():
         timed.images.astype(np.float64), brute_images, grid.angles, shifts=shifts), 1, clock)
     brute_total = brute_time * len(template_rotations) / args.brute_templates
 
-    full_time = sum(timings["full rank (H = R)"][:2])
+    full_construct, full_search, full = timings["full rank (H = R)"]
+    full_time = full_construct + full_search
     print("\n| method | construction (s) | search (s) | total (s) | (particle, shift, template) "
-          "triples/s, all angles | speed-up vs full rank |")
-    print("|---|---|---|---|---|---|")
-    for name, (construct, search, _) in timings.items():
+          "triples/s, all angles | speed-up vs full rank | same template, angle and shift as "
+          "full rank |")
+    print("|---|---|---|---|---|---|---|")
+    for name, (construct, search, result) in timings.items():
         total = construct + search
+        same = np.mean((result.template == full.template) & (result.angle == full.angle)
+                       & np.all(result.shift == full.shift, axis=1))
         print(f"| {name} | {construct:.3f} | {search:.3f} | {total:.3f} | {n_pairs / search:.3g} | "
-              f"{full_time / total:.2f}x |")
+              f"{full_time / total:.2f}x | {same:.4f} |")
     print(f"| per-particle 2-D CTF on the rotated templates, all rings (extrapolated from "
           f"{args.template_side} particles x 1 shift) | - | - | {side_total:.0f} | "
-          f"{n_pairs / side_total:.3g} | {full_time / side_total:.4f}x |")
+          f"{n_pairs / side_total:.3g} | {full_time / side_total:.4f}x | - |")
     print(f"| brute force, real space, no CTF (extrapolated from {args.brute_templates} of "
           f"{len(template_rotations)} templates) | - | - | {brute_total:.0f} | "
-          f"{n_pairs / brute_total:.3g} | {full_time / brute_total:.4f}x |")
+          f"{n_pairs / brute_total:.3g} | {full_time / brute_total:.4f}x | - |")
     print(f"\ntemplate-side and image-side CTF landscapes differ by {side_difference:.1e} "
           "(relative, max)")
     ranks = timings["radial-SVD, automatic H"][2].ranks
