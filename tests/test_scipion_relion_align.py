@@ -2,16 +2,24 @@
 
 The test writes the star files itself (tests/relion_star.py) from particles
 simulated in the realistic regime: white particles with RELION-convention,
-astigmatic CTFs (1000 Å), off-centre by sub-pixel shifts within the searched
-disc, noise at SNR 0.1 inside the alignment band.  They are imported with
-pwem's ProtImportParticles (import from RELION) and aligned by
-CryoHessProtAlignParticles against a map that is not theirs: the particles are
-projections of Gaussian atoms at B = 50 Å², the reference map is made of the
-same atoms at B = 300 Å².  A phase-flipped copy (images multiplied by the sign
-of their CTF, imported with the "phase flipped" flag) aligns as well; the same
-stack with inverted contrast stops before its batches with the polarity message.
+astigmatic CTFs (1000 Å), picked off-centre by up to 3 px (Gaussian, 1.2 px
+per axis, those inside the protocol's default 3 px search), noise at SNR 0.1
+inside the alignment band, 5 Å here (19.2 cycles per box; about 0.03 over the
+whole box).  They are imported with pwem's ProtImportParticles (import from
+RELION) and aligned by CryoHessProtAlignParticles against a map that is not
+theirs: the particles are projections of Gaussian atoms at B = 50 Å², the
+reference map is made of the same atoms at B = 300 Å².  A phase-flipped copy
+(images multiplied by the sign of their CTF, imported with the "phase flipped"
+flag) aligns as well; the same stack with inverted contrast stops before its
+batches with the polarity message.
+
+Measured on the core path with six seeds: 92-98 % within two grid steps at 5 Å
+(mean 95 %).  In the protocol's default band (the radial-SVD paper's, 6.3 Å for
+this box) the same noise level stated in that band gives 78-91 % (mean 85 %):
+these small particles carry too little signal inside it for a safe margin.
 """
 import dataclasses
+import hashlib
 import os
 
 import numpy as np
@@ -30,8 +38,14 @@ from .relion_star import import_relion, write_relion_star
 from .scipion_base import CryoHessTestCase
 
 BOX, PIXEL = 64, 1.5
-MAX_SHIFT = 2.0
+MAX_SHIFT = 3.0  # px, the protocol's default
+RESOLUTION = 5.0  # Å, the alignment band
 GRID_STEP = 7.5  # degrees: the 993-direction grid
+
+
+def fileDigest(path):
+    with open(path, 'rb') as stream:
+        return hashlib.sha256(stream.read()).hexdigest()
 
 
 class TestAlignRelionParticles(CryoHessTestCase):
@@ -46,11 +60,10 @@ class TestAlignRelionParticles(CryoHessTestCase):
         cls.volume = cls.launchProtocol(cls.newProtocol(
             ProtImportVolumes, filesPath=folder, filesPattern='reference.mrc',
             samplingRate=PIXEL)).outputVolume
-        # The protocol's default band: the radial-SVD paper's, 6.3 Å here.
-        band = alignment_grid(BOX).max_frequency
+        band = alignment_grid(BOX, PIXEL, RESOLUTION).max_frequency
         simulation = simulate_particles(
             phantom_model(BOX, PIXEL, bfactor=50.0), 310, BOX, PIXEL, rng=7, n_groups=20,
-            astigmatism=1000.0, snr=0.1, snr_band=band, shift_sigma=0.6,
+            astigmatism=1000.0, snr=0.1, snr_band=band, shift_sigma=1.2,
             defocus_range=(10000.0, 25000.0), backend="cpu")
         inside = np.flatnonzero(np.linalg.norm(simulation.shifts, axis=1) <= MAX_SHIFT)
         cls.simulation = dataclasses.replace(
@@ -60,15 +73,17 @@ class TestAlignRelionParticles(CryoHessTestCase):
             conformation=simulation.conformation[inside])
         sim = cls.simulation
         flipped = phase_flip(sim.images, sim.ctf_params, PIXEL)
-        cls.runs = {}
+        cls.runs, cls.stacks = {}, {}
         for name, images, phaseFlipped in (('white', sim.images, False),
                                            ('flipped', flipped, True),
                                            ('inverted', -sim.images, False)):
             star = write_relion_star(folder, sim, name=name, images=images)
             particles = import_relion(cls, star, PIXEL, phaseFlipped).outputParticles
+            stack = particles.getFirstItem().getFileName()
+            cls.stacks[name] = (stack, fileDigest(stack))
             prot = cls.newProtocol(CryoHessProtAlignParticles, angularStep=GRID_STEP,
-                                   maxShift=MAX_SHIFT, shiftStep=1.0, particlesPerBatch=160,
-                                   numberOfThreads=1)
+                                   maxResolution=RESOLUTION, maxShift=MAX_SHIFT, shiftStep=1.0,
+                                   particlesPerBatch=160, numberOfThreads=1)
             prot.setObjLabel('align %s' % name)
             prot.inputParticles.set(particles)
             prot.inputVolume.set(cls.volume)
@@ -111,6 +126,8 @@ class TestAlignRelionParticles(CryoHessTestCase):
         message = prot.getErrorMessage()
         self.assertIn('look dark against these references', message)
         self.assertIn('invert their contrast', message)
-        # It stopped before the batches.
+        # It stopped before the batches, and the input stack is as it was.
         self.assertFalse(os.path.exists(prot._getFileName('batch', index=0)))
         self.assertFalse(prot.hasAttribute('outputParticles'))
+        stack, digest = self.stacks['inverted']
+        self.assertEqual(fileDigest(stack), digest)
