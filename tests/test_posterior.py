@@ -43,8 +43,9 @@ def make_problem(volume, n, snr, rng, distribution="uniform", options=None):
 
 @pytest.fixture(scope="module")
 def uniform(volume):
+    """White noise, fitted with the white noise model (one sigma^2 for every shell)."""
     sim, problem = make_problem(volume, 1200, 0.05, 2)
-    return sim, problem, fit_closed_form(problem)
+    return sim, problem, fit_closed_form(problem, noise_model="white")
 
 
 def sampled_region(box, margin=3):
@@ -372,7 +373,8 @@ def test_closed_form_counts_its_passes(uniform):
     prior = fourier.shell_average(posterior.prior_variance)
     calls = []
     normal = small.normal
-    small.normal = lambda grid, part=None: calls.append(1) or normal(grid, part)
+    small.normal = lambda grid, part=None, weights=None: calls.append(1) or normal(
+        grid, part, weights)
     fit = fit_closed_form(small, posterior.noise_variance, prior, noise_probes=1)
     residuals = fit.history["cg_residuals"][0]
     converged = residuals[-1] < 1e-4

@@ -17,7 +17,9 @@ class FourierPosterior:
     :param mean: complex ``(D, D, D)`` posterior mean ``mu`` (centred layout).
     :param variance: real ``(D, D, D)`` complex variance ``E|V - mu|^2``.
     :param prior_variance: real ``(D, D, D)`` prior ``s0^2`` per coefficient.
-    :param noise_variance: real-space noise variance ``sigma^2`` per pixel.
+    :param noise_variance: noise variance ``sigma^2`` per pixel: a float (white noise)
+        or a ``(D // 2 + 1,)`` array, one per image shell (coloured noise,
+        ``E|N(k)|^2 = D^2 sigma^2(shell)``).
     :param interpolation: interpolation kernel of the model.
     :param history: fit diagnostics (noise, residuals per iteration).
     :param noise_power: per-shell ``(D // 2 + 1,)`` power of the noise in
@@ -26,7 +28,7 @@ class FourierPosterior:
     mean: np.ndarray
     variance: np.ndarray
     prior_variance: np.ndarray
-    noise_variance: float
+    noise_variance: object
     interpolation: str = "linear"
     history: dict = field(default_factory=dict)
     noise_power: np.ndarray = None
@@ -42,7 +44,17 @@ class FourierPosterior:
     @classmethod
     def load(cls, path):
         """The posterior written by :meth:`save`."""
-        return load_fields(cls, path)
+        return load_fields(cls, path, noise_variance=_noise_from_file)
+
+    @property
+    def white_noise(self):
+        """Whether the noise is white (one ``sigma^2`` for every shell)."""
+        return np.ndim(self.noise_variance) == 0
+
+    def noise_shells(self):
+        """``sigma^2`` per image shell ``0 .. D/2`` (the same in every shell for white noise)."""
+        return np.broadcast_to(np.asarray(self.noise_variance, dtype=np.float64),
+                               (self.box // 2 + 1,)).copy()
 
     def _deapodization(self):
         d = fourier.deapodization(self.box, self.box, self.interpolation)
@@ -162,3 +174,8 @@ class FourierPosterior:
         if count < 2:
             raise InvalidDataError(f"need at least 2 samples for a standard deviation, got {count}")
         return np.std(self.sample_maps(count, rng), axis=0, ddof=1)
+
+
+def _noise_from_file(value):
+    """A stored ``noise_variance``: a float for white noise, else the per-shell array."""
+    return float(value) if value.ndim == 0 else value
