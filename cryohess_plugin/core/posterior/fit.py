@@ -363,7 +363,8 @@ def fit_closed_form(problem, noise_variance=None, prior_variance=None, em_iterat
             preconditioner, mean, cg_iterations,
             tolerance if round_ == rounds - 1 else max(tolerance, EM_TOLERANCE), report)
         posterior = FourierPosterior(mean, variance, prior, noise, problem.interpolation, history)
-        history["noise_variance"].append(noise)
+        # As the result file keeps it: per-shell noise as a list.
+        history["noise_variance"].append(noise if _white(noise) else noise.tolist())
         history["cg_residuals"].append(residuals)
         shells = np.atleast_1d(prior_shell)
         report(f"EM round {round_ + 1}/{rounds}: {_noise_text(noise)}, prior "
