@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import fourier
+from ..contrast import MapPolarity, solvent_contrast_weights
 from ..errors import InvalidDataError
 from ..fourier import hermitian_fold, paired, shell_sums
 from ..storage import load_fields, save_fields
@@ -67,6 +68,20 @@ class FourierPosterior:
     def mean_map(self):
         """Posterior-mean map ``(D, D, D)``, real space."""
         return self.grid_to_map(self.mean)
+
+    def polarity(self):
+        """:class:`.contrast.MapPolarity` of :meth:`mean_map`: its contrast against the
+        solvent and the posterior standard error of that contrast
+        (``docs/methods/fourier_slice_posterior.md`` §4.8).
+
+        The contrast is linear in the map, ``c = sum f map = Re sum_k conj(G_k) V_k / D^3``
+        with ``G`` the transform of ``f`` over the deapodisation, so under the diagonal
+        posterior its variance is ``sum_k |G_k|^2 Var_k / D^6``.
+        """
+        weights = solvent_contrast_weights(self.box)
+        transform = fourier.centred_fftn(weights / self._deapodization())
+        error = np.sqrt(np.sum(np.abs(transform) ** 2 * self.variance)) / self.box ** 3
+        return MapPolarity(float(np.sum(weights * self.mean_map())), float(error))
 
     def relative_variance(self):
         """``Var / s0^2``: 1 where no data constrain the coefficient, near 0 where dense."""
