@@ -24,7 +24,7 @@ from pyworkflow.utils import magentaStr
 from cryohess_plugin import convert
 from cryohess_plugin.constants import (FIT_VARIATIONAL, LOG_LIKELIHOOD, REFINED_ANGLE_CHANGE,
                                        REFINED_SHIFT_CHANGE, VIEWS_POLAR_CAP)
-from cryohess_plugin.core import fourier, mrc, rotations
+from cryohess_plugin.core import ctf, fourier, mrc, rotations
 from cryohess_plugin.core.pose_refinement import pose_errors
 from cryohess_plugin.core.synthetic import ParticleSimulation
 from cryohess_plugin.demo import savePlots
@@ -444,12 +444,18 @@ class TestFourierSliceRelionParticles(CryoHessTestCase):
         cls.relion = cls._importRelion(write_relion_star(folder, simulated), 'white')
         cls.dark = cls._importRelion(write_relion_star(folder, simulated, name='dark',
                                                        images=-simulated.images), 'dark')
+        cls.flipped = cls._importRelion(
+            write_relion_star(folder, simulated, name='flipped',
+                              images=_phaseFlipped(simulated)), 'phase-flipped',
+            phaseFlipped=True)
         truth, _ = convert.volume_to_array(cls.simulation.outputVolume)
         cls.bright = cls._importVolume(folder, 'bright.mrc', 3 * truth)
         cls.noiseMap = cls._importVolume(
             folder, 'noise.mrc', np.random.default_rng(0).standard_normal(truth.shape))
         cls.own = cls._posterior('simulator set', cls.simulation.outputParticles)
         cls.imported = cls._posterior('RELION set', cls.relion.outputParticles)
+        cls.importedFlipped = cls._posterior('phase-flipped RELION set',
+                                             cls.flipped.outputParticles)
         cls.refined = cls._refine('reference', cls.relion, cls.simulation.outputVolume)
         cls.refinedBright = cls._refine('reference x 3', cls.relion, cls.bright.outputVolume)
         cls.afterRefined = cls._posterior('refined', cls.refined.outputParticles)
@@ -466,11 +472,11 @@ class TestFourierSliceRelionParticles(CryoHessTestCase):
                                   cls.RELION['snr'], truth['conformation'])
 
     @classmethod
-    def _importRelion(cls, star, label):
+    def _importRelion(cls, star, label, phaseFlipped=False):
         protocol = cls.newProtocol(
             ProtImportParticles, importFrom=ProtImportParticles.IMPORT_FROM_RELION,
             starFile=star, samplingRate=PIXEL, voltage=300.0, sphericalAberration=2.7,
-            amplitudeContrast=0.1, haveDataBeenPhaseFlipped=False)
+            amplitudeContrast=0.1, haveDataBeenPhaseFlipped=phaseFlipped)
         protocol.setObjLabel('RELION star - %s' % label)
         return cls.launchProtocol(protocol)
 
@@ -525,6 +531,16 @@ class TestFourierSliceRelionParticles(CryoHessTestCase):
         for protocol in (self.imported, self.afterRefined):
             contrast, error = protocol._loadPosterior(FULL).history['polarity']
             self.assertGreater(contrast / error, 5)
+
+    def testPhaseFlippedParticlesUseTheAbsoluteCtf(self):
+        """Phase-flipped particles (each multiplied by the sign of its CTF) imported as
+        such are modelled with |CTF|: the likelihood is the unflipped one, so the map is
+        the same (to the float32 rounding of the images); the summary says so."""
+        flipped, imported = self._map(self.importedFlipped), self._map(self.imported)
+        self.assertLess(np.linalg.norm(flipped - imported) / np.linalg.norm(imported), 1e-4)
+        self.assertIn("phase-flipped: their CTF is used as |CTF|",
+                      '\n'.join(self.importedFlipped.summary()))
+        self.assertNotIn("|CTF|", '\n'.join(self.imported.summary()))
 
     def testReferenceScaleChangesNothing(self):
         """A reference three times brighter is put on the particles' scale: the refined
@@ -592,3 +608,12 @@ class TestFourierSliceRelionParticles(CryoHessTestCase):
                                     sqliteFile=path, samplingRate=PIXEL)
         protocol.setObjLabel('defocus %s' % label)
         return self.launchProtocol(protocol).outputParticles
+
+
+def _phaseFlipped(simulation):
+    """The simulation's images, each multiplied in Fourier space by the sign of its CTF."""
+    box = simulation.images.shape[-1]
+    ky, kx = fourier.real_filter_frequencies(box, box)
+    return np.stack([fourier.filter_real(image, np.sign(ctf.evaluate_ctf(
+        params, kx, ky, 1, simulation.pixel_size))) for image, params in
+        zip(simulation.images.astype(np.float64), simulation.ctf_params)]).astype(np.float32)
