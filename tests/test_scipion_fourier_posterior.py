@@ -255,9 +255,9 @@ class TestFourierPosterior(CryoHessTestCase):
         self.assertLess(image[centre, centre + BOX // 4], 0.5)  # on the kx axis
 
     def testViewerPlots(self):
-        for viewer, protocol, count in ((CryoHessFourierPosteriorViewer, self.refined, 4),
+        for viewer, protocol, count in ((CryoHessFourierPosteriorViewer, self.refined, 5),
                                         (CryoHessRefinePosesViewer, self.refinement, 1),
-                                        (CryoHessFourierPosteriorViewer, self.polar, 4)):
+                                        (CryoHessFourierPosteriorViewer, self.polar, 5)):
             paths = savePlots(viewer, self.proj, protocol, self.proj.path,
                               'posterior_%d' % protocol.getObjId())
             self.assertEqual(len(paths), count)
