@@ -194,10 +194,10 @@ def test_per_shell_noise_improves_the_held_out_likelihood(coloured):
     assert np.mean(gain > 0) >= 0.95 and np.median(gain) > 10, np.percentile(gain, [5, 50])
 
 
-def test_propagated_coloured_noise_is_the_noise_in_the_mean_map(coloured):
-    """Noise probes drawn from the per-shell model carry the noise actually in the mean map
-    (``mu(X) - mu(clean X)``), shell by shell within the probes' scatter."""
-    sim, problem, posterior, _ = coloured
+def noise_in_the_mean_map(sim, problem, posterior):
+    """The fit at ``posterior``'s noise and prior solved tightly, and the per-shell map
+    power of the noise actually in its mean, ``mu(X) - mu(clean X)`` (the mean is linear
+    in the data)."""
     prior = fourier.shell_average(posterior.prior_variance)
     noisy = fit_closed_form(problem, posterior.noise_variance, prior, cg_iterations=80,
                             tolerance=1e-6, noise_probes=0)
@@ -205,7 +205,15 @@ def test_propagated_coloured_noise_is_the_noise_in_the_mean_map(coloured):
     clean.spectra = problem.half_plane.transform(sim.clean_images).astype(problem.spectra.dtype)
     signal = fit_closed_form(clean, posterior.noise_variance, prior, cg_iterations=80,
                              tolerance=1e-6, noise_probes=0)
-    actual = noisy.map_shell_power(noisy.mean - signal.mean)
+    return noisy, noisy.map_shell_power(noisy.mean - signal.mean)
+
+
+def test_propagated_coloured_noise_is_the_noise_in_the_mean_map(coloured):
+    """Noise probes drawn from the per-shell model carry the noise actually in the mean map
+    (``mu(X) - mu(clean X)``), shell by shell within the probes' scatter."""
+    sim, problem, posterior, _ = coloured
+    noisy, actual = noise_in_the_mean_map(sim, problem, posterior)
+    prior = fourier.shell_average(posterior.prior_variance)
     probed = propagate_noise(problem, noisy, probes=4, rng=3)
     ratio = probed[4:BOX // 2 - 1] / actual[4:BOX // 2 - 1]
     assert np.all(np.abs(ratio - 1) <= 0.2), ratio
@@ -303,14 +311,7 @@ def test_propagated_noise_is_the_noise_in_the_mean_map(uniform):
     """The probe's map-domain noise power equals the power of ``mu(X) - mu(clean X)``
     (the mean is linear in the data), shell by shell within the probes' scatter."""
     sim, problem, posterior = uniform
-    prior = fourier.shell_average(posterior.prior_variance)
-    noisy = fit_closed_form(problem, posterior.noise_variance, prior, cg_iterations=80,
-                            tolerance=1e-6, noise_probes=0)
-    clean = problem.subset(np.arange(problem.n_particles))
-    clean.spectra = problem.half_plane.transform(sim.clean_images).astype(problem.spectra.dtype)
-    signal = fit_closed_form(clean, posterior.noise_variance, prior, cg_iterations=80,
-                             tolerance=1e-6, noise_probes=0)
-    actual = noisy.map_shell_power(noisy.mean - signal.mean)
+    noisy, actual = noise_in_the_mean_map(sim, problem, posterior)
     probed = propagate_noise(problem, noisy, probes=2, rng=3)
     shells = slice(4, BOX // 2 - 1)
     ratio = probed[shells] / actual[shells]

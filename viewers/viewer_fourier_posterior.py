@@ -110,11 +110,16 @@ class CryoHessFourierPosteriorViewer(ProtocolViewer):
                   bottom=0.08, top=0.45)
         return [plotter]
 
-    def _showResolution(self, paramName=None):
+    def _fullPosteriorShells(self):
+        """The full posterior, the shells of its curves (the model's disc without the DC)
+        and their frequencies in 1/Å."""
         posterior = self.protocol._loadPosterior(FULL)
         shells = posterior.curve_shells()
-        frequencies = convert.shell_frequencies(shells, posterior.box,
-                                                self.protocol._pixelSize())
+        return posterior, shells, convert.shell_frequencies(shells, posterior.box,
+                                                            self.protocol._pixelSize())
+
+    def _showResolution(self, paramName=None):
+        posterior, shells, frequencies = self._fullPosteriorShells()
         plotter = EmPlotter(mainTitle='Single-fit resolution curves')
         axes = plotter.createSubPlot('from the spectral-shell SNR α of one fit',
                                      'frequency (1/Å)', 'FSC')
@@ -136,11 +141,7 @@ class CryoHessFourierPosteriorViewer(ProtocolViewer):
         return [plotter]
 
     def _showNoise(self, paramName=None):
-        posterior = self.protocol._loadPosterior(FULL)
-        # Shells 1 .. D/2 - 1: the model's disc without the DC.
-        shells = posterior.curve_shells()
-        frequencies = convert.shell_frequencies(shells, posterior.box,
-                                                self.protocol._pixelSize())
+        posterior, shells, frequencies = self._fullPosteriorShells()
         plotter = EmPlotter(mainTitle='Noise spectrum of the particles')
         axes = plotter.createSubPlot('%s noise' % ('white' if posterior.white_noise
                                                    else 'per-shell'),
