@@ -502,7 +502,8 @@ class TestFourierSliceRelionParticles(CryoHessTestCase):
         protocol = cls.newProtocol(CryoHessProtRefinePoses, refineRounds=1,
                                    numberOfThreads=1)
         protocol.inputParticles.set(particlesImport.outputParticles)
-        protocol.refinementReference.set(reference)
+        if reference is not None:
+            protocol.refinementReference.set(reference)
         protocol.setObjLabel('refine - %s' % label)
         return cls.launchProtocol(protocol) if launch else protocol
 
@@ -561,12 +562,14 @@ class TestFourierSliceRelionParticles(CryoHessTestCase):
         self.assertIn("put on the particles' scale", '\n'.join(self.refined.summary()))
 
     def testDarkParticlesStopWithTheFix(self):
-        """Particles written dark: the posterior's map and the refinement's amplitude fit
-        both refuse them, naming the fix."""
-        message = self._failure(self._posterior('dark', self.dark.outputParticles,
-                                                launch=False))
-        self.assertIn("particles are dark", message)
-        self.assertIn("invert their contrast", message)
+        """Particles written dark: the posterior's map, the refinement's first reference
+        map and its amplitude fit against a given reference all refuse them, naming the
+        fix."""
+        for protocol in (self._posterior('dark', self.dark.outputParticles, launch=False),
+                         self._refine('dark, no reference', self.dark, None, launch=False)):
+            message = self._failure(protocol)
+            self.assertIn("particles are dark", message)
+            self.assertIn("invert their contrast", message)
         message = self._failure(self._refine('dark', self.dark,
                                              self.simulation.outputVolume, launch=False))
         self.assertIn("look dark against this map", message)
