@@ -42,8 +42,8 @@ class CryoHessProtFourierPosterior(FourierSliceParticlesMixin, ProtReconstruct3D
     missing cone stays at the prior).  The noise spectrum (per resolution
     shell, or white) and a per-shell prior are estimated by EM.  Particles must
     be white (protein brighter than the solvent): a mean map darker in its
-    middle than in its solvent stops the run.  Outputs: the posterior-mean map (with half
-    maps), its real-space standard deviation from posterior samples, the
+    middle than in its solvent stops the run.  Outputs: the posterior-mean map
+    (with half maps), its real-space standard deviation from posterior samples, the
     single-fit resolution curve (α/2)/(1+α/2) from the shell SNR α, the
     half-map FSC, and the particles with their log-likelihood (held out with
     half maps).  To refine the poses first, run 'Fourier-slice refine poses'.

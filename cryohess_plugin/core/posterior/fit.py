@@ -215,8 +215,9 @@ def propagate_noise(problem, posterior, probes=1, rng=0, cg_iterations=60,
 
     The MAP mean is linear in the data, ``mu = M X`` with ``M = (A^H W' A +
     1/s0^2)^-1 A^H W'`` (Hermitian-folded, ``W'`` the noise-weighted sample
-    weights of the module docstring), so its noise is ``M N``.  Each probe draws ``N`` from the noise model
-    (:func:`noise_spectra`), solves for ``M N`` with the same CG as the fit
+    weights of the module docstring), so its noise is ``M N``.  Each probe draws
+    ``N`` from the noise model (:func:`noise_spectra`), solves for ``M N`` with the
+    same CG as the fit
     and takes the power of its map per shell (:meth:`FourierPosterior.map_shell_power`);
     a shell of ``c`` coefficients gets a relative error of about
     ``1 / sqrt(c / 2)`` per probe.  Unlike the mean-field ``Var`` this keeps the
