@@ -162,6 +162,15 @@ def test_per_shell_noise_of_white_noise_is_flat(uniform):
                                                                 sim.noise_sigma ** 2))
     with pytest.raises(ShapeError, match="image shell"):
         fit_closed_form(problem, np.ones(BOX // 2), 1.0)
+    # Particles normalised to zero mean have no DC to estimate a noise from: shell 0
+    # takes the noise of shell 1, and the map is the white fit's.
+    images = sim.images[:300] - sim.images[:300].mean(axis=(1, 2), keepdims=True)
+    normalised = PosteriorProblem(images, sim.rotations[:300], sim.shifts[:300],
+                                  problem.ctf[:300])
+    per_shell = fit_closed_form(normalised, noise_probes=0)
+    assert per_shell.noise_variance[0] == per_shell.noise_variance[1]
+    white = fit_closed_form(normalised, noise_model="white", noise_probes=0)
+    assert relative(per_shell.mean_map(), white.mean_map()) <= 0.05
     with pytest.raises(ValueError, match="noise_model"):
         fit_closed_form(problem, noise_model="pink")
 

@@ -120,12 +120,18 @@ def _noise_text(noise_variance):
 
 def _per_shell(problem, power):
     """Per-shell ``sigma^2`` from the per-shell power ``E|N|^2`` (NaN where a shell has no
-    points: shells beyond the model's disc take the last measured one)."""
+    points: shells beyond the model's disc take the last measured one).
+
+    Shell 0 holds only the DC, one real number per image that the particles'
+    normalisation sets (often to zero): it takes the noise of shell 1, so that a DC
+    fitted exactly cannot drive its noise, and its weight, to extremes.
+    """
     power = np.asarray(power, dtype=np.float64).copy()
     for shell in range(1, power.size):
         if not np.isfinite(power[shell]):
             power[shell] = power[shell - 1]
-    return np.maximum(power, TINY) / problem.box ** 2
+    power[0] = power[1]
+    return np.maximum(power, max(power.max() * 1e-12, TINY)) / problem.box ** 2
 
 
 def initial_noise_variance(problem, noise_model="white"):
