@@ -34,6 +34,7 @@ import numpy as np
 
 from .ctf import ctf_stack
 from .errors import InvalidDataError, ShapeError
+from .fourier import radius_grid
 from .projector import FourierSliceProjector, validate_volume
 from .rotations import validate_poses
 
@@ -201,8 +202,7 @@ def solvent_contrast_weights(box):
     """Real-space weights ``f`` of the contrast of a centred ``box``-wide map against the
     solvent, ``sum f * map``: the mean inside the ball ``r < PARTICLE_RADIUS * D`` minus the
     mean beyond ``r > SOLVENT_RADIUS * D``."""
-    radius = np.sqrt(sum(axis ** 2 for axis in np.meshgrid(
-        *[np.arange(box) - box // 2] * 3, indexing="ij")))
+    radius = radius_grid((box,) * 3)
     inside, solvent = radius < PARTICLE_RADIUS * box, radius > SOLVENT_RADIUS * box
     return inside / inside.sum() - solvent / solvent.sum()
 
