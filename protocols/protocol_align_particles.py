@@ -190,7 +190,7 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
         self._setDevices()
         started = time.perf_counter()
         particles = convert.particles_to_arrays(
-            self.inputParticles.get(), need_ctf=self._withCtf(), need_alignment=False,
+            self._parallelStepSet(), need_ctf=self._withCtf(), need_alignment=False,
             limit=count, skip=first)
         grid = self._grid()
         imagePolar = polar.polar_transform(particles.images, grid, backend=self._backend())

@@ -82,7 +82,7 @@ import scipy.fft
 
 from .. import rotations as rot
 from ..errors import InvalidDataError, MissingMetadataError, ShapeError
-from ..fourier import FFT_WORKERS, frequency_for_resolution, working_dtypes
+from ..fourier import fft_workers, frequency_for_resolution, working_dtypes
 from ..kernels import alignment_cpu, alignment_pruned_cpu, resolve_backend
 from ..kernels.alignment_cpu import SearchStatistics
 from ..progress import Reporter
@@ -546,7 +546,7 @@ class RadialSVDAligner:
         for start in range(0, polar.shape[0], _FFT_CHUNK):
             part = scipy.fft.fft(polar[start:start + _FFT_CHUNK].astype(self.complex_dtype,
                                                                          copy=False),
-                                 axis=-1, norm="forward", workers=FFT_WORKERS)
+                                 axis=-1, norm="forward", workers=fft_workers())
             out[:, start:start + _FFT_CHUNK] = part[..., :n_angles // 2].transpose(1, 0, 2)
         return out
 
@@ -605,7 +605,7 @@ class RadialSVDAligner:
         n_angles = self.grid.n_angles
         polar = np.ascontiguousarray(polar, dtype=self.complex_dtype)
         rings = _project_rings(projection, polar)
-        coefficients = scipy.fft.fft(rings, axis=-1, workers=FFT_WORKERS)[..., 1:n_angles // 2]
+        coefficients = scipy.fft.fft(rings, axis=-1, workers=fft_workers())[..., 1:n_angles // 2]
         coefficients /= n_angles
         zero = polar.mean(axis=-1).real @ zero_projection.T
         return coefficients.astype(self.complex_dtype), zero
@@ -757,7 +757,7 @@ class RadialSVDAligner:
             part = polar[chunk, None].astype(self.complex_dtype, copy=False)
             shifted = part if phases is None else part * phases[None]
             out[chunk] = scipy.fft.fft(shifted, axis=-1, overwrite_x=phases is not None,
-                                       norm="forward", workers=FFT_WORKERS)[..., :half]
+                                       norm="forward", workers=fft_workers())[..., :half]
         return out
 
     def _compress_coefficients(self, full, projections):
