@@ -6,7 +6,7 @@ import re
 from pyworkflow.tests import setupTestProject
 
 from cryohess_plugin.core.kernels import cuda_available
-from cryohess_plugin.protocols import CryoHessProtAlignParticles, CryoHessProtSimulate
+from cryohess_plugin.protocols import CryoHessProtAlignParticles
 from .scipion_base import CryoHessTestCase
 
 
