@@ -223,7 +223,7 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
                                                  result.angle)
             particles = self._copyParticles(ids, columns, (rotations, result.shift), ALIGN_PROJ)
             self._defineOutputs(**{outputs.outputParticles.name: particles})
-            self._defineSourceRelation(self.inputParticles, particles)
+            self._defineTransformRelation(self.inputParticles, particles)
             self._defineSourceRelation(self.inputVolume, particles)
             return
         particles = self._copyParticles(ids, columns,
@@ -234,8 +234,9 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
                                              self.inputReferences.get())
         self._defineOutputs(**{outputs.outputParticles.name: particles,
                                outputs.outputClasses.name: classes})
+        self._defineTransformRelation(self.inputParticles, particles)
+        self._defineSourceRelation(self.inputParticles, classes)
         for output in (particles, classes):
-            self._defineSourceRelation(self.inputParticles, output)
             self._defineSourceRelation(self.inputReferences, output)
 
     # --------------------------- INFO functions ------------------------------

@@ -183,7 +183,7 @@ class CryoHessProtRefinePoses(FourierSliceParticlesMixin, ProtRefine3D):
                                         {REFINED_ANGLE_CHANGE: angle, REFINED_SHIFT_CHANGE: shift},
                                         poses=(refined.rotations, refined.shifts))
         self._defineOutputs(**{OUTPUT_PARTICLES: particles})
-        self._defineSourceRelation(self.inputParticles, particles)
+        self._defineTransformRelation(self.inputParticles, particles)
         if self._givenReference(1):
             self._defineSourceRelation(self.refinementReference, particles)
 
