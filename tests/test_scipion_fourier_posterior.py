@@ -297,10 +297,10 @@ class FourierSliceValidationMixin(ParticleValidationMixin):
 
     def testResourceWarnings(self):
         """Files and Fourier grids beyond half the free disk and memory are warned about."""
-        self.assertEqual(self._protocol().warnings(), [])
+        self.assertEqual(self._protocol()._warnings(), [])
         with mock.patch.object(self.PROTOCOL, '_freeDiskBytes', return_value=2 ** 10), \
                 mock.patch.object(self.PROTOCOL, '_freeMemoryBytes', return_value=2 ** 10):
-            warnings = self._protocol().warnings()
+            warnings = self._protocol()._warnings()
         self.assertEqual(len(warnings), 2, warnings)
         self.assertError("on disk", warnings)
         self.assertError("of memory", warnings)
