@@ -230,7 +230,7 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
         from cryohess_plugin.core.alignment import RadialSVDAligner
         self._setDevices()
         particles = convert.particles_to_arrays(
-            self.inputParticles.get(), need_ctf=self._withCtf(), need_alignment=False,
+            self._parallelStepSet(), need_ctf=self._withCtf(), need_alignment=False,
             limit=count, skip=first)
         grid = self._grid()
         aligner = RadialSVDAligner(grid, np.load(self._getFileName('references'))['templates'],
@@ -252,7 +252,7 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
                                                  result.angle)
             particles = self._copyParticles(ids, columns, (rotations, result.shift), ALIGN_PROJ)
             self._defineOutputs(**{outputs.outputParticles.name: particles})
-            self._defineSourceRelation(self.inputParticles, particles)
+            self._defineTransformRelation(self.inputParticles, particles)
             self._defineSourceRelation(self.inputVolume, particles)
             return
         particles = self._copyParticles(ids, columns,
@@ -263,8 +263,9 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
                                              self.inputReferences.get())
         self._defineOutputs(**{outputs.outputParticles.name: particles,
                                outputs.outputClasses.name: classes})
+        self._defineTransformRelation(self.inputParticles, particles)
+        self._defineSourceRelation(self.inputParticles, classes)
         for output in (particles, classes):
-            self._defineSourceRelation(self.inputParticles, output)
             self._defineSourceRelation(self.inputReferences, output)
 
     # --------------------------- INFO functions ------------------------------
