@@ -77,3 +77,37 @@ def landscape_metrics(estimate, exact, angle_axes=1):
     correlation = float(centred_estimate @ centred_exact / spread) if spread > 0 else 0.0
     return LandscapeMetrics(float(np.linalg.norm(estimate - exact) / exact_norm), correlation,
                             float(percentiles.mean()), percentiles)
+
+
+def image_rank_metrics(aligner, image_polar, ranks, ctf_params=None, pixel_size=None,
+                       shifts=None):
+    """:class:`LandscapeMetrics` of a :class:`.radial_svd.RadialSVDAligner`'s landscapes at each
+    rank ``H`` against its full-rank ones (the paper's Fig. 8).
+
+    The aligner's options apply (e.g. ``exact_zero_frequency=False`` for the paper's
+    form, which compresses the rotation-invariant term too).
+    """
+    def landscapes(rank):
+        return aligner.landscapes(image_polar, rank=rank, ctf_params=ctf_params,
+                                  pixel_size=pixel_size, shifts=shifts)
+
+    exact = landscapes(aligner.grid.n_rings)
+    return [landscape_metrics(landscapes(rank), exact) for rank in ranks]
+
+
+def volume_rank_metrics(aligner, volumes, ranks):
+    """:class:`LandscapeMetrics` of a :class:`.volumes.VolumeAligner`'s compressed landscapes
+    at ``H_C = H_D = H`` (each capped at its full rank) against the unreduced ones, over
+    the unreduced grid (the paper's Fig. 11).
+
+    :param volumes: ``(n, D, D, D)`` maps of the reference's box.
+    """
+    shells = aligner.shells
+    exact = np.stack([aligner.landscape(volume, full_rank=True)[3] for volume in volumes])
+    out = []
+    for rank in ranks:
+        compressed = aligner.with_ranks(min(rank, shells.n_shells),
+                                        min(rank, shells.max_degree + 1))
+        estimate = np.stack([compressed.landscape(volume)[3] for volume in volumes])
+        out.append(landscape_metrics(estimate, exact, angle_axes=3))
+    return out
