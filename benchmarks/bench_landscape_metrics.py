@@ -127,8 +127,8 @@ def plot(path, image_ranks, image_columns, volume_ranks, volume_metrics):
             axes[row, 1].plot(ranks, [m.correlation for m in metrics], "o-", label=name)
             axes[row, 2].plot(ranks, [m.backward_error for m in metrics], "o-", label=name)
         for column, label in enumerate(("relative Frobenius error", "correlation",
-                                        "mean backward-error percentile f")):
-            axes[row, column].set_title(f"{title}: {label}", fontsize=10)
+                                        "backward-error percentile f (mean)")):
+            axes[row, column].set_title(f"{title}:\n{label}", fontsize=10)
             axes[row, column].set_xlabel("H")
             axes[row, column].grid(alpha=0.3)
         axes[row, 2].set_ylim(0.5, 1.005)

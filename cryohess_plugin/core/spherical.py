@@ -325,11 +325,27 @@ class SphericalTransform:
             raise ShapeError(f"volume box {volume.shape[0]} differs from the shells' box "
                              f"{shells.box}; resample the volume to that box")
         if self.grid_box < shells.box:
-            spectrum = fourier.crop_centred(fourier.centred_fftn(volume), self.grid_box)
-            volume = fourier.centred_ifftn(spectrum).real
+            volume = self._cropped(volume)
         grid = self.operator.volume_to_grid(volume)
         values = self.operator.slices(grid, self._rotations, self._u, self._v)
         return np.moveaxis(values.reshape(shells.n_orders, shells.n_shells, shells.n_theta), 0, -1)
+
+    def _cropped(self, volume):
+        """``centred_ifftn(crop_centred(centred_fftn(volume), grid_box)).real`` from one real FFT.
+
+        The cropped spectrum's negative ``kz`` half comes from Hermitian symmetry of
+        the real volume's transform, so only ``rfftn`` runs on the large box.
+        """
+        box, size = volume.shape[0], self.grid_box
+        half = scipy.fft.rfftn(scipy.fft.ifftshift(volume), workers=fourier.FFT_WORKERS)
+        frequencies = scipy.fft.ifftshift(np.arange(-(size // 2), size - size // 2))
+        upper = frequencies >= 0
+        spectrum = np.empty((size,) * 3, dtype=half.dtype)
+        spectrum[:, :, upper] = half[np.ix_(frequencies % box, frequencies % box,
+                                            frequencies[upper])]
+        spectrum[:, :, ~upper] = np.conj(half[np.ix_(-frequencies % box, -frequencies % box,
+                                                     -frequencies[~upper])])
+        return scipy.fft.fftshift(scipy.fft.ifftn(spectrum, workers=fourier.FFT_WORKERS).real)
 
     def coefficients(self, volume):
         """Spherical-harmonic coefficients ``(R, L + 1, n_orders)`` of ``volume``."""
