@@ -1,5 +1,6 @@
 """Alignment of volumes to a reference over SO(3) with the radial- and degree-SVD."""
 import os
+import threading
 import time
 from enum import Enum
 
@@ -20,6 +21,8 @@ from .protocol_base import CryoHessProtocolMixin
 MIN_USEFUL_SHELLS = 8
 #: Wigner tables above this many bytes get a memory warning.
 LARGE_TABLES = 1 << 30
+#: Guards the construction of the aligner that the parallel steps of a run share.
+_ALIGNER_LOCK = threading.Lock()
 
 
 class outputs(Enum):
@@ -116,18 +119,12 @@ class CryoHessProtAlignVolumes(CryoHessProtocolMixin, ProtAlignVolume):
     def alignVolumeStep(self, index, digest):
         """Align one volume (steps are independent, so several run in parallel)."""
         from cryohess_plugin.core import mrc
-        from cryohess_plugin.core.alignment import VolumeAligner, rotate_volume
+        from cryohess_plugin.core.alignment import rotate_volume
         self._setDevices()
         started = time.perf_counter()
-        reference, pixel = convert.volume_to_array(self.referenceVolume.get())
+        pixel = self.referenceVolume.get().getSamplingRate()
         volume, _ = convert.volume_to_array(self._inputVolumeList()[index], pixel)
-        aligner = VolumeAligner(reference, resolution=self.maxResolution.get() or None,
-                                pixel_size=pixel, radial_rank=self._fixed(self.radialRank),
-                                degree_rank=self._fixed(self.degreeRank),
-                                tolerance=self.rankTolerance.get(),
-                                max_shift=self.maxShift.get(), shift_step=self.shiftStep.get(),
-                                refine=self.refine.get(), backend=self._backend())
-        result = aligner.align(volume)
+        result = self._sharedAligner().align(volume)
         aligned = rotate_volume(volume, result.rotation[0], result.shift[0])
         mrc.write_volume(self._getFileName('aligned', index=index), aligned, pixel,
                          overwrite=True)
@@ -232,6 +229,25 @@ class CryoHessProtAlignVolumes(CryoHessProtocolMixin, ProtAlignVolume):
         """The :class:`VolumeAlignmentResult` of every input volume, in input order."""
         return [VolumeAlignmentResult.load(self._getFileName('result', index=index))
                 for index in range(len(self._inputVolumeList()))]
+
+    def _sharedAligner(self):
+        """The one aligner of this run, built by the first step that needs it.
+
+        Its set-up (the reference's transform, kernels and Wigner tables) costs several
+        alignments of one volume, and every step would otherwise repeat it; the steps
+        only read it, so parallel steps share it.
+        """
+        from cryohess_plugin.core.alignment import VolumeAligner
+        with _ALIGNER_LOCK:
+            if getattr(self, '_aligner', None) is None:
+                reference, pixel = convert.volume_to_array(self.referenceVolume.get())
+                self._aligner = VolumeAligner(
+                    reference, resolution=self.maxResolution.get() or None, pixel_size=pixel,
+                    radial_rank=self._fixed(self.radialRank),
+                    degree_rank=self._fixed(self.degreeRank), tolerance=self.rankTolerance.get(),
+                    max_shift=self.maxShift.get(), shift_step=self.shiftStep.get(),
+                    refine=self.refine.get(), backend=self._backend())
+            return self._aligner
 
     def _fixed(self, rank):
         return rank.get() if self.rankMode.get() == RANK_FIXED else None
