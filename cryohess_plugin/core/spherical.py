@@ -96,22 +96,25 @@ def wigner_d(degree, beta):
     return ((vectors * phases[..., None, :]) @ vectors.conj().T).real
 
 
-def wigner_d_grid(degree, n_angles):
+def wigner_d_grid(degree, n_angles, nonnegative=False):
     """``d^l(β_j)`` for ``β_j = 2 π j / n_angles``, ``j = 0 .. n_angles // 2`` (``β`` in [0, π]).
 
     ``d^l(β) = Σ_λ c_λ exp(-i λ β)`` with ``c_λ = U[:, λ] U[:, λ]^H``, so the
     whole grid is one FFT over ``λ`` (needs ``n_angles >= 2 l + 1``).
 
-    :returns: ``(n_angles // 2 + 1, 2l + 1, 2l + 1)`` real.
+    :param nonnegative: only the columns ``m2 = 0 .. l`` (half the work).
+    :returns: ``(n_angles // 2 + 1, 2l + 1, 2l + 1)`` real, or ``(..., 2l + 1, l + 1)``.
     """
     if n_angles < 2 * degree + 1:
         raise InvalidDataError(f"{n_angles} angles cannot resolve degree {degree}")
     eigenvalues, vectors = wigner_eigensystem(degree)
     size = 2 * degree + 1
-    coefficients = np.zeros((n_angles, size, size), dtype=np.complex128)
+    columns = vectors.conj().T[:, degree:] if nonnegative else vectors.conj().T
+    coefficients = np.zeros((n_angles, size, columns.shape[1]), dtype=np.complex128)
     coefficients[eigenvalues.astype(np.int64) % n_angles] = (
-        vectors.T[:, :, None] * vectors.conj().T[:, None, :])
-    return scipy.fft.fft(coefficients, axis=0)[:n_angles // 2 + 1].real
+        vectors.T[:, :, None] * columns[:, None, :])
+    return scipy.fft.fft(coefficients, axis=0, workers=fourier.FFT_WORKERS)[
+        :n_angles // 2 + 1].real
 
 
 def landscape_rotation(alpha, beta, gamma):

@@ -292,7 +292,7 @@ class VolumeAligner:
             basis = self._degree_basis.astype(np.float64)  # (H_D, L_c + 1)
             table = np.zeros((n // 2 + 1, basis.shape[0], 2 * band + 1, band + 1))
             for l in range(band + 1):
-                d = spherical.wigner_d_grid(l, n)[:, :, l:]  # (β, m1 = -l..l, m2 = 0..l)
+                d = spherical.wigner_d_grid(l, n, nonnegative=True)  # (β, m1 = -l..l, m2 = 0..l)
                 table[:, :, band - l:band + l + 1, :l + 1] += \
                     basis[None, :, l, None, None] * d[:, None]
             self._compressed_tables[n] = self._kernels.upload(table.astype(self.dtype))
@@ -313,7 +313,7 @@ class VolumeAligner:
         for l in range(degrees):
             rows = (np.arange(-l, l + 1) % n)[:, None]
             cols = np.arange(l + 1)[None, :]
-            d = spherical.wigner_d_grid(l, n)[:, :, l:]  # (β, m1 = -l..l, m2 = 0..l)
+            d = spherical.wigner_d_grid(l, n, nonnegative=True)  # (β, m1 = -l..l, m2 = 0..l)
             ragged[offsets[rows, cols] + l - first[rows, cols]] = np.moveaxis(d, 0, -1)
         upload = self._kernels.upload
         self._ragged_table = upload(ragged.astype(self.dtype))
