@@ -1,7 +1,7 @@
 """Rigid alignment with the radial-SVD (Rangan 2022): images against templates
 (:mod:`.radial_svd`), volumes against a reference over SO(3) with the degree-SVD
-(:mod:`.volumes`), the paper's landscape metrics (:mod:`.metrics`), and the slow real-space search they are tested against
-(:mod:`.brute_force`).
+(:mod:`.volumes`), the paper's landscape metrics (:mod:`.metrics`), and the slow
+real-space search they are tested against (:mod:`.brute_force`).
 """
 from .metrics import LandscapeMetrics, backward_percentiles, landscape_metrics
 from .brute_force import BruteForceAlignment, brute_force_align, rotated_inner_products
