@@ -3,11 +3,13 @@ against direct computations, and the rank sweeps that feed them."""
 import numpy as np
 import pytest
 
-from cryohess_plugin.core.alignment.metrics import backward_percentiles, landscape_metrics
-from cryohess_plugin.core.alignment.volumes import VolumeAligner
-from cryohess_plugin.core.errors import InvalidDataError, ShapeError
 from cryohess_plugin.core import rotations
-from cryohess_plugin.core.alignment.volumes import rotate_volume
+from cryohess_plugin.core.alignment.metrics import (backward_percentiles, image_rank_metrics,
+                                                     landscape_metrics, volume_rank_metrics)
+from cryohess_plugin.core.alignment.radial_svd import RadialSVDAligner
+from cryohess_plugin.core.alignment.volumes import VolumeAligner, rotate_volume
+from cryohess_plugin.core.errors import InvalidDataError, ShapeError
+from cryohess_plugin.core.polar import PolarGrid, polar_transform
 
 from .helpers import phantom_volume
 
@@ -41,7 +43,8 @@ def test_metrics_equal_direct_numpy(shape, angle_axes):
 def test_metrics_of_the_exact_landscape_and_a_shifted_scaled_one():
     exact = np.random.default_rng(1).standard_normal((5, 7, 10))
     same = landscape_metrics(exact, exact)
-    assert (same.relative_error, same.correlation, same.backward_error) == (0.0, 1.0, 1.0)
+    assert same.relative_error == 0.0 and same.backward_error == 1.0
+    assert same.correlation == pytest.approx(1.0, abs=1e-12)
     # Dropping a constant (the l = 0 / q = 0 term) and rescaling: large error, same ranking.
     moved = landscape_metrics(0.2 * exact - 5.0, exact)
     assert moved.relative_error > 1
@@ -95,3 +98,45 @@ def test_rank_sweep_aligner_is_the_aligner_at_those_ranks(volume_pair):
     assert metrics.backward_error > 0.99
     with pytest.raises(InvalidDataError, match="radial rank"):
         aligner.with_ranks(shells.n_shells + 1, 2)
+
+
+def test_volume_rank_sweep_is_the_metrics_of_each_rank(volume_pair):
+    reference, volume = volume_pair
+    aligner = VolumeAligner(reference, backend="cpu")
+    full = aligner.shells.max_degree + 1
+    low, top = volume_rank_metrics(aligner, volume[None], [2, full + 5])
+    exact = aligner.landscape(volume, full_rank=True)[3][None]
+    direct = landscape_metrics(aligner.with_ranks(2, 2).landscape(volume)[3][None], exact,
+                               angle_axes=3)
+    assert low.relative_error == pytest.approx(direct.relative_error, rel=1e-12)
+    assert low.correlation == pytest.approx(direct.correlation, rel=1e-12)
+    assert low.backward_error == direct.backward_error
+    # A rank beyond both full ranks is capped at them: the unreduced landscape itself.
+    assert top.relative_error < 1e-10 and top.backward_error == 1.0
+
+
+def test_image_rank_sweep_is_the_metrics_of_each_rank():
+    box = 32
+    grid = PolarGrid.from_max_frequency(box, 6.0)
+    rng = np.random.default_rng(4)
+    y, x = (np.mgrid[:box, :box] - box // 2).astype(np.float64)
+
+    def blobs(count):
+        out = np.zeros((count, box, box))
+        for image in out:
+            for cx, cy, sigma in zip(*rng.uniform(-6, 6, (2, 4)), rng.uniform(2.0, 3.0, 4)):
+                image += np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * sigma ** 2))
+        return out
+
+    templates = polar_transform(blobs(6), grid, backend="cpu", dtype=np.float64)
+    images = polar_transform(blobs(3), grid, backend="cpu", dtype=np.float64)
+    aligner = RadialSVDAligner(grid, templates, exact_zero_frequency=False, dtype=np.float64,
+                               backend="cpu")
+    low, full = image_rank_metrics(aligner, images, [2, grid.n_rings])
+    exact = aligner.landscapes(images, rank=grid.n_rings)
+    direct = landscape_metrics(aligner.landscapes(images, rank=2), exact)
+    assert (low.relative_error, low.correlation, low.backward_error) == \
+        (direct.relative_error, direct.correlation, direct.backward_error)
+    assert low.relative_error > 1e-3  # rank 2 is a real approximation here
+    assert full.relative_error == 0.0 and full.backward_error == 1.0
+    assert full.correlation == pytest.approx(1.0, abs=1e-12)
