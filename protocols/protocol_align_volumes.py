@@ -235,18 +235,23 @@ class CryoHessProtAlignVolumes(CryoHessProtocolMixin, ProtAlignVolume):
 
         Its set-up (the reference's transform, kernels and Wigner tables) costs several
         alignments of one volume, and every step would otherwise repeat it; the steps
-        only read it, so parallel steps share it.
+        only read it, so parallel steps share it.  It is rebuilt when the reference file
+        or a setting it depends on changed.
         """
         from cryohess_plugin.core.alignment import VolumeAligner
+        referenceFile = convert.image_file(self.referenceVolume.get().getFileName())
+        settings = dict(resolution=self.maxResolution.get() or None,
+                        radial_rank=self._fixed(self.radialRank),
+                        degree_rank=self._fixed(self.degreeRank),
+                        tolerance=self.rankTolerance.get(), max_shift=self.maxShift.get(),
+                        shift_step=self.shiftStep.get(), refine=self.refine.get(),
+                        backend=self._backend())
+        key = (referenceFile, os.path.getmtime(referenceFile), tuple(sorted(settings.items())))
         with _ALIGNER_LOCK:
-            if getattr(self, '_aligner', None) is None:
+            if getattr(self, '_alignerKey', None) != key:
                 reference, pixel = convert.volume_to_array(self.referenceVolume.get())
-                self._aligner = VolumeAligner(
-                    reference, resolution=self.maxResolution.get() or None, pixel_size=pixel,
-                    radial_rank=self._fixed(self.radialRank),
-                    degree_rank=self._fixed(self.degreeRank), tolerance=self.rankTolerance.get(),
-                    max_shift=self.maxShift.get(), shift_step=self.shiftStep.get(),
-                    refine=self.refine.get(), backend=self._backend())
+                self._aligner = VolumeAligner(reference, pixel_size=pixel, **settings)
+                self._alignerKey = key
             return self._aligner
 
     def _fixed(self, rank):

@@ -266,6 +266,10 @@ class TestAlignVolumes(CryoHessTestCase):
         aligner = prot._sharedAligner()
         self.assertIs(prot._sharedAligner(), aligner)
         self.assertEqual(aligner.box, BOX)
+        prot.refine.set(not aligner.refine)  # a setting it depends on: a new aligner
+        other = prot._sharedAligner()
+        self.assertIsNot(other, aligner)
+        self.assertEqual(other.refine, not aligner.refine)
 
 
 class TestAlignValidation(CryoHessTestCase):
