@@ -246,13 +246,21 @@ class CryoHessProtAlignVolumes(CryoHessProtocolMixin, ProtAlignVolume):
                         tolerance=self.rankTolerance.get(), max_shift=self.maxShift.get(),
                         shift_step=self.shiftStep.get(), refine=self.refine.get(),
                         backend=self._backend())
-        key = (referenceFile, os.path.getmtime(referenceFile), tuple(sorted(settings.items())))
+        # CUDA tables live on one GPU: parallel steps bound to different GPUs get their own.
+        executor = getattr(self, '_stepsExecutor', None)
+        device = tuple(executor.getGpuList()[:1]) if executor and self._usesGpu() else ()
+        key = (referenceFile, os.path.getmtime(referenceFile), tuple(sorted(settings.items())),
+               device)
         with _ALIGNER_LOCK:
-            if getattr(self, '_alignerKey', None) != key:
+            if getattr(self, '_aligners', None) is None:
+                self._aligners = {}
+            if key not in self._aligners:
+                # Another reference file or setting: the aligners built before are stale.
+                for stale in [old for old in self._aligners if old[:3] != key[:3]]:
+                    del self._aligners[stale]
                 reference, pixel = convert.volume_to_array(self.referenceVolume.get())
-                self._aligner = VolumeAligner(reference, pixel_size=pixel, **settings)
-                self._alignerKey = key
-            return self._aligner
+                self._aligners[key] = VolumeAligner(reference, pixel_size=pixel, **settings)
+            return self._aligners[key]
 
     def _fixed(self, rank):
         return rank.get() if self.rankMode.get() == RANK_FIXED else None
