@@ -15,6 +15,7 @@ __all__ = ["LandscapeMetrics", "backward_percentiles", "landscape_metrics",
            "BruteForceAlignment", "brute_force_align", "rotated_inner_products",
            "KERNEL_CENTRINGS", "MIN_RANK", "PAPER_MAX_FREQUENCY", "AlignmentResult",
            "RadialSVDAligner", "alignment_grid", "choose_rank", "group_ctfs",
-           "polarity_against_templates", "projection_templates", "radial_kernel", "rotations_from_alignment", "shift_grid",
+           "polarity_against_templates", "projection_templates", "radial_kernel",
+           "rotations_from_alignment", "shift_grid",
            "VolumeAligner", "VolumeAlignmentResult", "rotate_volume", "shell_grid",
            "table_bytes"]
