@@ -263,6 +263,19 @@ class TestAlignVolumes(CryoHessTestCase):
     def testViewerPlots(self):
         self.assertViewerPlots(CryoHessAlignVolumesViewer, self.protAlign)
 
+    def testStepsShareOneAligner(self):
+        """The reference's set-up is paid once per run, not once per volume."""
+        prot = self.newProtocol(CryoHessProtAlignVolumes)
+        prot.inputVolumes.set(self.protVols.outputVolumes)
+        prot.referenceVolume.set(self.protRef.outputVolume)
+        aligner = prot._sharedAligner()
+        self.assertIs(prot._sharedAligner(), aligner)
+        self.assertEqual(aligner.box, BOX)
+        prot.refine.set(not aligner.refine)  # a setting it depends on: a new aligner
+        other = prot._sharedAligner()
+        self.assertIsNot(other, aligner)
+        self.assertEqual(other.refine, not aligner.refine)
+
 
 class TestAlignValidation(CryoHessTestCase):
     """Bad input is refused by _validate, from file headers, with a message naming the fix;
