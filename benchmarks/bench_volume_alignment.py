@@ -76,7 +76,7 @@ def limit_threads(threads):
     """Run numba, scipy's FFTs and BLAS on ``threads`` threads (both paths alike)."""
     from threadpoolctl import threadpool_limits
     numba.set_num_threads(threads)
-    fourier.FFT_WORKERS = threads
+    fourier.set_fft_workers(threads)
     threadpool_limits(threads)
 
 
@@ -196,7 +196,7 @@ def run(args):
           f"{exact.beta.size} x {shells.n_orders} (step {360 / shells.n_orders:.2f}°); "
           f"{args.n} volumes, noise {args.noise:g} x reference s.d., {args.dtype}, "
           f"backend {exact.backend}, threads: numba {numba.get_num_threads()}, FFT "
-          f"{fourier.FFT_WORKERS}, {args.clock} clock, fastest of {args.repeats}; load "
+          f"{fourier.fft_workers()}, {args.clock} clock, fastest of {args.repeats}; load "
           f"average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"spherical-harmonic transform of one volume (shared by all rows): "
           f"{transform_ms:.1f} ms")

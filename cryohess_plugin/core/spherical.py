@@ -113,7 +113,7 @@ def wigner_d_grid(degree, n_angles, nonnegative=False):
     coefficients = np.zeros((n_angles, size, columns.shape[1]), dtype=np.complex128)
     coefficients[eigenvalues.astype(np.int64) % n_angles] = (
         vectors.T[:, :, None] * columns[:, None, :])
-    return scipy.fft.fft(coefficients, axis=0, workers=fourier.FFT_WORKERS)[
+    return scipy.fft.fft(coefficients, axis=0, workers=fourier.fft_workers())[
         :n_angles // 2 + 1].real
 
 
@@ -340,7 +340,7 @@ class SphericalTransform:
         the real volume's transform, so only ``rfftn`` runs on the large box.
         """
         box, size = volume.shape[0], self.grid_box
-        half = scipy.fft.rfftn(scipy.fft.ifftshift(volume), workers=fourier.FFT_WORKERS)
+        half = scipy.fft.rfftn(scipy.fft.ifftshift(volume), workers=fourier.fft_workers())
         frequencies = scipy.fft.ifftshift(np.arange(-(size // 2), size - size // 2))
         upper = frequencies >= 0
         spectrum = np.empty((size,) * 3, dtype=half.dtype)
@@ -348,7 +348,7 @@ class SphericalTransform:
                                             frequencies[upper])]
         spectrum[:, :, ~upper] = np.conj(half[np.ix_(-frequencies % box, -frequencies % box,
                                                      -frequencies[~upper])])
-        return scipy.fft.fftshift(scipy.fft.ifftn(spectrum, workers=fourier.FFT_WORKERS).real)
+        return scipy.fft.fftshift(scipy.fft.ifftn(spectrum, workers=fourier.fft_workers()).real)
 
     def coefficients(self, volume):
         """Spherical-harmonic coefficients ``(R, L + 1, n_orders)`` of ``volume``."""

@@ -373,7 +373,7 @@ class VolumeAligner:
     def _grid_values(hat):
         """Step 3: ``X[β, α, γ]`` from ``X̂`` ``(n_β, n, n // 2 + 1)`` by a Hermitian 2-D FFT per ``β``."""
         n = hat.shape[1]
-        return scipy.fft.hfft2(hat, s=(n, n), axes=(1, 2), workers=fourier.FFT_WORKERS)
+        return scipy.fft.hfft2(hat, s=(n, n), axes=(1, 2), workers=fourier.fft_workers())
 
     def _samples(self, volume, name="volume"):
         """Shell samples of a validated volume of the reference's box."""
