@@ -5,7 +5,7 @@ import pytest
 from cryohess_plugin.core.synthetic import atoms, phantoms, simulate
 from cryohess_plugin.core import rotations, spherical
 from cryohess_plugin.core.softmodes import RealLayout, per_image
-from cryohess_plugin.core.ctf import CTFParams, ctf_stack
+from cryohess_plugin.core.ctf import CTFParams, ctf_stack, ring_mean_ctf_squared
 from cryohess_plugin.core.errors import InvalidDataError, SamplingMismatchError, ShapeError
 from cryohess_plugin.core.softmodes.analysis import analyse_soft_modes, particle_pose_changes
 from cryohess_plugin.core.softmodes.experiment import (ViewingExperiment,
@@ -83,6 +83,96 @@ def test_accumulated_operator_equals_the_per_image_hessian_on_grid_poses(setup, 
         binned = np.linalg.norm(operator.pose_change(vector), axis=-1)  # (D, G)
         index = np.argmax(np.abs(poses[:, 2, :] @ experiment.directions.T), axis=1)
         assert relative(binned[index, groups], per_image) < 1e-10
+
+
+def ring_average(params, radii, box, pixel, n_angles=720):
+    """``(n, R)`` CTF² averaged over ``n_angles`` directions of each ring, directly."""
+    angles = 2 * np.pi * np.arange(n_angles) / n_angles
+    kx = (np.asarray(radii)[:, None] * np.cos(angles)).ravel()
+    ky = (np.asarray(radii)[:, None] * np.sin(angles)).ravel()
+    values = ctf_stack(params, kx, ky, box, pixel) ** 2
+    return values.reshape(len(params), len(radii), n_angles).mean(axis=-1)
+
+
+def test_ring_mean_ctf_squared_is_the_direct_average_around_each_ring():
+    params = [CTFParams(15000, 14000, 33, 300, 2.7, 0.1),
+              CTFParams(20000, 18500, -70, 200, 2.0, 0.07, phase_shift=30, bfactor=50),
+              CTFParams(9000, 11000, 10, 300, 2.7, 0.1, phase_flipped=True)]
+    radii = np.linspace(0.5, 60.0, 40)
+    np.testing.assert_allclose(ring_mean_ctf_squared(params, radii, 128, 1.0),
+                               ring_average(params, radii, 128, 1.0), atol=1e-12)
+
+
+def test_group_ctf_squared_is_the_mean_over_its_particles_not_the_mean_defocus():
+    """At 6 Å, 1000 Å astigmatism and a 900 Å defocus spread in a group: the group's CTF²
+    is the weighted mean of its particles' ring averages; the CTF² of the mean defocus
+    is far off it."""
+    rng = np.random.default_rng(11)
+    defocus = rng.uniform(14000, 14900, 40)
+    params = [CTFParams(d + 500, d - 500, a, 300, 2.7, 0.1)
+              for d, a in zip(defocus, rng.uniform(0, 180, 40))]
+    params += [CTFParams(30000, 30000, 0, 300, 2.7, 0.1)] * 5  # a second group
+    weights = rng.uniform(0.5, 2.0, 45)
+    experiment = experiment_from_poses(simulate.uniform_rotations(45, rng), params,
+                                       pixel_size=1.0, weights=weights)
+    assert experiment.n_groups == 2
+    box, radius = 128, 128 / 6.0  # 6 Å
+    radii = np.array([radius / 2, radius])
+    direct = ring_average(params, radii, box, 1.0)
+    expected = [np.average(direct[:40], axis=0, weights=weights[:40]),
+                np.average(direct[40:], axis=0, weights=weights[40:])]
+    np.testing.assert_allclose(experiment.ctf_squared(radii, box, 1.0), expected, atol=1e-12)
+    # A planned experiment's groups are their own CTFs.
+    design = experiment_from_distribution("uniform", 100, ctf_params=params[:2], pixel_size=1.0)
+    np.testing.assert_allclose(design.ctf_squared(radii, box, 1.0), direct[:2], atol=1e-12)
+    # The CTF² of the group's mean defocus, radial: measured 47 % off at 6 Å.
+    mean_defocus = experiment.ctf_params[0]
+    assert mean_defocus.defocus_u == mean_defocus.defocus_v == pytest.approx(defocus.mean())
+    radial = ring_mean_ctf_squared([mean_defocus], radii, box, 1.0)[0]
+    assert abs(radial[1] / expected[0][1] - 1) > 0.12
+    # The members survive rebinning and the file.
+    binned, _ = rebin(experiment, 20.0)
+    np.testing.assert_allclose(binned.ctf_squared(radii, box, 1.0), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("implicit, bound", [(False, 1e-9), (True, 2e-2)])
+def test_accumulated_operator_with_astigmatic_particles_against_the_per_image_hessian(
+        setup, implicit, bound):
+    """Particles with astigmatic CTFs (1000 Å at 7.7 Å) and three defocus values in their
+    group, in every grid direction turned in-plane to each of the Q ring angles (the
+    in-plane average that the accumulated form takes in expectation): with fixed poses the
+    accumulated Hessian (the group's mean ring-averaged CTF²) is the per-image one with
+    each particle's 2-D CTF; with implicit poses it uses the mean CTF² in the pose blocks
+    too, which the per-image form takes per particle (measured 1.1e-2)."""
+    shells, layout, coefficients, volume_vector = setup
+    pixel = 1.5
+    directions, _ = hemisphere_grid(30.0)
+    base = rotations.rotations_for_directions(directions)
+    n_angles = 2 * shells.max_degree + 2
+    poses, params = [], []
+    for pose in base:
+        for mean in (12000.0, 12400.0, 12800.0):
+            for k in range(n_angles):
+                poses.append(rotations.in_plane_rotations(2 * np.pi * k / n_angles) @ pose)
+                params.append(CTFParams(mean + 500, mean - 500, 40.0, 300, 2.7, 0.1))
+    poses = np.array(poses)
+    experiment = experiment_from_poses(poses, params, pixel)
+    assert experiment.n_groups == 1 and experiment.directions.shape[0] == len(base)
+    operator = AccumulatedHessian(shells, volume_vector, layout, experiment, pixel,
+                                  noise_sigma2=0.7)
+    rng = np.random.default_rng(12)
+    ring = per_image.ring_grid(shells, n_angles)
+    ctf = ctf_stack(params, ring.kx, ring.ky, BOX, pixel).reshape(len(poses), shells.n_shells,
+                                                                  n_angles)
+    empty = np.zeros(ctf.shape, dtype=np.complex128)
+    templates = per_image.SoftModeProblem(shells, empty, poses, ctf).templates(coefficients)
+    problem = per_image.SoftModeProblem(shells, templates, poses, ctf, noise_sigma=np.sqrt(0.7))
+    # The group's CTF² differs from that of its mean defocus by up to 20 % on these shells.
+    radial = ring_mean_ctf_squared(experiment.ctf_params, shells.radii, BOX, pixel)
+    assert np.max(np.abs(radial / operator.ctf_squared - 1)) > 0.05
+    for vector in rng.standard_normal((2, layout.n_parameters)):
+        expected = problem.hessian_vector(coefficients, vector, implicit_poses=implicit)
+        assert relative(operator.matvec(vector, implicit), expected) < bound
 
 
 def test_ctf_scale_multiplies_the_hessian_by_its_square(setup):

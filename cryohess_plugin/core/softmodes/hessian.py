@@ -10,7 +10,9 @@ with ``Π_j`` the projector onto the image's three pose-derivative slices.
 With a radial CTF an image's term depends only on its viewing direction and
 its CTF: its in-plane angle rotates the ring (the ring quadrature with
 ``Q >= 2L + 1`` angles integrates every product exactly, so nothing
-changes), and ``d`` and ``−d`` read the same great circle.  So images are
+changes), and ``d`` and ``−d`` read the same great circle.  An astigmatic
+CTF turns with the in-plane angle, which is independent of the map, so its
+expected term is that of its ring-mean ``CTF²``.  So images are
 counted per viewing direction (folded onto one hemisphere) and defocus
 group, ``counts[d, g]`` (:class:`.experiment.ViewingExperiment`), and one
 product costs a slice and an adjoint slice per occupied direction, however
@@ -26,7 +28,9 @@ Approximations, all deliberate:
 * pose binning: directions off the analysis grid move to the nearest grid
   direction (:func:`.experiment.rebin`); the error shrinks with the grid
   spacing (tests/test_softmodes_analysis.py measures it);
-* radial CTF: a group's CTF is that of its mean defocus (astigmatism averaged).
+* one ``CTF²`` per defocus group: the mean over the group's particles of their
+  ring-mean ``CTF²`` (:meth:`.experiment.ViewingExperiment.ctf_squared`, exact for
+  ``H_FF`` with fixed poses; the pose blocks use the same mean).
 
 Slices are GEMMs against real harmonics (below): the harmonics at a
 direction's ring are shared by every shell, so a slice is one dense
@@ -47,7 +51,6 @@ fewer flops than a complex one, and only half of every ring is computed
 import numpy as np
 
 from .. import rotations as rot
-from ..ctf import ctf_stack
 from ..errors import InvalidDataError
 from ..kernels import resolve_backend
 from ..spherical import harmonics_at
@@ -177,20 +180,13 @@ class AccumulatedHessian:
         cache = n_directions * per_direction <= memory_budget
         # Ring weights 2 (2π/Q) ρ_r: half rings stand for whole ones.
         self._ring_weights = 2 * (2 * np.pi / self.n_angles) * shells.weights / shells.radii
-        self.ctf_squared = self._ctf_squared(experiment, shells, pixel_size)  # (G, R)
+        self.ctf_squared = experiment.ctf_squared(shells.radii, shells.box, pixel_size)  # (G, R)
         #: The backend's :class:`.products.HessianProducts`, which every product runs in.
         self.products = hessian_products(self.backend, samples, self.harmonics, block, cache,
                                          self.ctf_squared, experiment.counts,
                                          self._ring_weights, self.noise_sigma2)
         self._setup_poses(layout.rigid_rotation_modes(layout.from_real_vector(volume_vector)))
 
-    @staticmethod
-    def _ctf_squared(experiment, shells, pixel_size):
-        if not experiment.ctf_params:
-            return np.ones((1, shells.n_shells))
-        values = ctf_stack(experiment.ctf_params, shells.radii, np.zeros(shells.n_shells),
-                           shells.box, pixel_size)
-        return values ** 2
 
     def _setup_poses(self, rotation_modes):
         """Pose-derivative slices ``U_a = -i Σ_b R[a, b] T(L_b F)`` and the blocks' pinv."""
