@@ -12,7 +12,8 @@ from cryohess_plugin.core.softmodes.experiment import (ViewingExperiment,
                                                        experiment_from_distribution,
                                                        experiment_from_poses, hemisphere_grid,
                                                        particle_assignment, rebin)
-from cryohess_plugin.core.softmodes.hessian import AccumulatedHessian
+from cryohess_plugin.core.softmodes.hessian import AccumulatedHessian, RealHarmonics
+from cryohess_plugin.core.softmodes.products import degree_bands
 from cryohess_plugin.core.softmodes.noise import estimate_noise_variance, marginal_noise
 
 #: 2πK = L = 10: 11 shells, 22 ring angles.
@@ -83,6 +84,31 @@ def test_accumulated_operator_equals_the_per_image_hessian_on_grid_poses(setup, 
         binned = np.linalg.norm(operator.pose_change(vector), axis=-1)  # (D, G)
         index = np.argmax(np.abs(poses[:, 2, :] @ experiment.directions.T), axis=1)
         assert relative(binned[index, groups], per_image) < 1e-10
+
+
+def test_real_harmonics_expand_the_real_layout_like_the_complex_harmonics(setup):
+    """A real vector's transform at directions: Σ_p x_p h_p from the harmonics kernel
+    (even degrees real, odd imaginary) equals Σ_lm A_lm Y_lm of its coefficients
+    (spherical.harmonics_at), shell by shell; the degree bands of a slice change nothing."""
+    shells, layout, coefficients, volume_vector = setup
+    harmonics = RealHarmonics(shells, layout)
+    directions = np.random.default_rng(13).standard_normal((50, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    even, odd = harmonics.evaluate(directions)
+    columns = harmonics.to_columns(volume_vector)  # (R, P)
+    values = (even @ columns[:, :harmonics.n_even].T
+              + 1j * (odd @ columns[:, harmonics.n_even:].T))  # (50, R)
+    expected = np.einsum("dlm,rlm->dr", spherical.harmonics_at(directions, shells.max_degree,
+                                                               shells.n_orders),
+                         coefficients * shells.coefficient_mask())
+    assert relative(values, expected) < 1e-12
+    bands = degree_bands(harmonics.degrees[:harmonics.n_even], shells.degree_limits,
+                         min_columns=1)
+    assert len(bands) > 3 and bands[0][2] == 0
+    banded = np.zeros((50, shells.n_shells))
+    for start, stop, first in bands:
+        banded[:, first:] += even[:, start:stop] @ columns[first:, start:stop].T
+    assert relative(banded, values.real) < 1e-13
 
 
 def ring_average(params, radii, box, pixel, n_angles=720):

@@ -17,7 +17,7 @@ Kernels:
 * :func:`_pose`: one thread block per direction: the overlaps
   ``<U_a, V>`` per shell, the couplings and the ``3 x 3`` pseudo-inverse
   solves per (direction, group), the mixing back onto the slices and the
-  ring weights ``/ σ²``, written in place over ``V``.
+  ring weights, written in place over ``V`` (the shell weights hold ``1 / σ²``).
 
 Launches: :func:`evaluate_harmonics`, :func:`slice_product`,
 :func:`adjoint_product` and :func:`pose_algebra`; :func:`to_device` and
@@ -144,15 +144,15 @@ def _gemm_tn(a, b, c):
 
 
 @cuda.jit
-def _pose(start, mode, v_re, v_im, u_re, u_im, pinv, counts, ctf_squared, ring_weights,
-          inv_sigma2, overlap, change):
+def _pose(start, mode, v_re, v_im, u_re, u_im, pinv, counts, shell_weights, ring_weights,
+          overlap, change):
     """Pose algebra of direction ``start + blockIdx.x`` (module docstring), one block each.
 
     ``v_re``, ``v_im`` ``(d, Q/2, R)`` slices of the block; ``u_re``, ``u_im``
-    ``(3, D, Q/2, R)``; ``pinv`` ``(D, G, 3, 3)``; ``counts`` ``(D, G)``; ``ctf_squared``
-    ``(G, R)``; ``overlap`` ``(d, 3, R)`` and ``change`` ``(d, G, 3)`` scratch/output.
+    ``(3, D, Q/2, R)``; ``pinv`` ``(D, G, 3, 3)``; ``counts`` ``(D, G)``; ``shell_weights``
+    ``(G, R)`` (``C² / σ²``); ``overlap`` ``(d, 3, R)`` and ``change`` ``(d, G, 3)`` scratch/output.
     Modes: :data:`FIXED_POSES` and :data:`IMPLICIT_POSES` overwrite ``v`` with
-    ``z · w / σ²``; :data:`POSE_CHANGE` only writes ``change``.
+    ``z · w`` (the shell weights hold ``1 / σ²``); :data:`POSE_CHANGE` only writes ``change``.
     """
     local = cuda.blockIdx.x
     d = start + local
@@ -176,7 +176,7 @@ def _pose(start, mode, v_re, v_im, u_re, u_im, pinv, counts, ctf_squared, ring_w
             c1 = 0.0
             c2 = 0.0
             for r in range(shells):
-                w = ctf_squared[g, r]
+                w = shell_weights[g, r]
                 c0 += w * overlap[local, 0, r]
                 c1 += w * overlap[local, 1, r]
                 c2 += w * overlap[local, 2, r]
@@ -186,7 +186,7 @@ def _pose(start, mode, v_re, v_im, u_re, u_im, pinv, counts, ctf_squared, ring_w
         cuda.syncthreads()
     if mode == POSE_CHANGE:
         return
-    # z = (Σ_g c C²) V + Σ_a mixing_a U_a, times w_r / σ², one (q, r) per thread.
+    # z = (Σ_g c C²/σ²) V + Σ_a mixing_a U_a, times the ring weight, one (q, r) per thread.
     for item in range(tid, half * shells, step):
         q = item // shells
         r = item - q * shells
@@ -195,7 +195,7 @@ def _pose(start, mode, v_re, v_im, u_re, u_im, pinv, counts, ctf_squared, ring_w
         m1 = 0.0
         m2 = 0.0
         for g in range(groups):
-            weight = counts[d, g] * ctf_squared[g, r]
+            weight = counts[d, g] * shell_weights[g, r]
             evidence += weight
             if mode == IMPLICIT_POSES:
                 m0 += weight * change[local, g, 0]
@@ -206,7 +206,7 @@ def _pose(start, mode, v_re, v_im, u_re, u_im, pinv, counts, ctf_squared, ring_w
         if mode == IMPLICIT_POSES:
             z_re += m0 * u_re[0, d, q, r] + m1 * u_re[1, d, q, r] + m2 * u_re[2, d, q, r]
             z_im += m0 * u_im[0, d, q, r] + m1 * u_im[1, d, q, r] + m2 * u_im[2, d, q, r]
-        scale = ring_weights[r] * inv_sigma2
+        scale = ring_weights[r]
         v_re[local, q, r] = z_re * scale
         v_im[local, q, r] = z_im * scale
 
@@ -245,8 +245,8 @@ def evaluate_harmonics(samples, max_degree, table, even, odd):
     _harmonics[(rows + THREADS - 1) // THREADS, THREADS](samples, max_degree, table, even, odd)
 
 
-def pose_algebra(start, mode, v_re, v_im, u_re, u_im, pinv, counts, ctf_squared, ring_weights,
-                 inv_sigma2, overlap, change):
+def pose_algebra(start, mode, v_re, v_im, u_re, u_im, pinv, counts, shell_weights, ring_weights,
+                 overlap, change):
     """The pose algebra of the ``v_re.shape[0]`` directions from ``start`` (:func:`_pose`)."""
-    _pose[v_re.shape[0], THREADS](start, mode, v_re, v_im, u_re, u_im, pinv, counts, ctf_squared,
-                                  ring_weights, inv_sigma2, overlap, change)
+    _pose[v_re.shape[0], THREADS](start, mode, v_re, v_im, u_re, u_im, pinv, counts,
+                                  shell_weights, ring_weights, overlap, change)
