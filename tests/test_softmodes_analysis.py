@@ -261,7 +261,7 @@ def test_eigenvalues_scale_with_images_over_noise_and_epsilon_with_its_root(phan
     volume, pixel = phantom
     resolution = 32 * pixel / (10 / np.pi)  # L = 10
     runs = [analyse_soft_modes(volume, pixel, experiment_from_distribution(
-                "uniform", count, pixel_size=pixel), resolution, n_modes=3, iterations=30,
+                "uniform", count, pixel_size=pixel), resolution, n_modes=3,
                 noise_variance=noise, backend="cpu")
             for count, noise in ((500, 1.0), (2000, 2.0))]
     assert np.allclose(runs[1].eigenvalues / runs[0].eigenvalues, 2.0, rtol=1e-9)
@@ -277,21 +277,22 @@ def test_analysis_outputs_are_consistent(phantom):
     experiment = experiment_from_poses(poses, pixel_size=pixel)
     lines = []
     result = analyse_soft_modes(volume, pixel, experiment, 32 * pixel / (10 / np.pi), n_modes=3,
-                                iterations=24, backend="cpu",
+                                backend="cpu",
                                 progress=lambda event: lines.append(event.line()))
     assert result.max_degree == 10 and result.mode_volumes.shape == (3, 32, 32, 32)
     assert result.mode_volumes.dtype == np.float32 and result.sensitivity.shape == (32, 32, 32)
     assert np.all(np.diff(result.eigenvalues) >= 0) and result.eigenvalues[0] > 0
     assert result.pose_changes.shape == (3, 400) and np.all(result.pose_changes > 0)
-    assert result.ritz_history.shape == (24, 24)
+    assert result.ritz_history.shape[1] == 3 and result.converged.all()
     assert result.shell_profile.shape == (3, result.shell_frequencies.size)
     expected = np.tensordot(result.perturbation ** 2,
                             result.mode_volumes.astype(np.float64) ** 2, axes=1)
     assert relative(result.sensitivity, expected) < 1e-6
-    assert any(line.startswith("Lanczos step") for line in lines)
+    assert any(line.startswith("Eigensolver:") for line in lines)
+    assert any(line.startswith("Null space: 0 unsampled") for line in lines)
     assert any("binned on" in line for line in lines)
     fixed = analyse_soft_modes(volume, pixel, experiment, 32 * pixel / (10 / np.pi), n_modes=2,
-                               iterations=12, implicit_poses=False, metric="l2", backend="cpu")
+                               implicit_poses=False, metric="l2", backend="cpu")
     assert not fixed.implicit_poses and fixed.metric == "l2"
     assert np.all(fixed.pose_changes == 0) and fixed.eigenvalues[0] > 0
 
@@ -346,9 +347,11 @@ def test_particle_pose_changes_are_their_directions_values(phantom):
     params = [GROUPS[k % 3 == 0] for k in range(len(poses))]
     experiment = experiment_from_poses(poses, params, pixel_size=pixel, grid_spacing_deg=15.0)
     result = analyse_soft_modes(volume, pixel, experiment, 32 * pixel / (10 / np.pi), n_modes=2,
-                                iterations=12, backend="cpu")
+                                backend="cpu")
     changes = result.group_pose_changes
-    assert changes.shape == (2,) + experiment.counts.shape and np.all(changes > 0)
+    assert len(result.eigenvalues) >= 2 and result.converged.all()
+    assert changes.shape == (len(result.eigenvalues),) + experiment.counts.shape
+    assert np.all(changes > 0)
     share = experiment.counts / experiment.counts.sum(axis=1, keepdims=True)
     np.testing.assert_allclose(np.sqrt(np.sum(share * changes ** 2, axis=2)),
                                result.pose_changes, rtol=1e-12)

@@ -166,10 +166,12 @@ class AccumulatedHessian:
         it they are recomputed at every product (on the device with ``"cuda"``).
     :param backend: ``"cpu"`` (BLAS), ``"cuda"`` or ``"auto"``
         (:func:`.kernels.resolve_backend`) for the products (:attr:`products`).
+    :param group_scales: None or ``(G,)`` each defocus group's amplitude relative to the
+        map (its images are ``a_g C P F``): its CTF² is multiplied by ``a_g²``.
     """
 
     def __init__(self, shells, volume_vector, layout, experiment, pixel_size, noise_sigma2=1.0,
-                 n_angles=None, memory_budget=1 << 30, backend="cpu"):
+                 n_angles=None, memory_budget=1 << 30, backend="cpu", group_scales=None):
         self.backend = resolve_backend(backend)
         self.shells = shells
         self.experiment = experiment
@@ -197,6 +199,13 @@ class AccumulatedHessian:
         # Ring weights 2 (2π/Q) ρ_r: half rings stand for whole ones.
         self._ring_weights = 2 * (2 * np.pi / self.n_angles) * shells.weights / shells.radii
         self.ctf_squared = experiment.ctf_squared(shells.radii, shells.box, pixel_size)  # (G, R)
+        if group_scales is not None:
+            scales = np.asarray(group_scales, dtype=np.float64).reshape(-1)
+            if scales.shape != (self.ctf_squared.shape[0],) or not np.all(
+                    np.isfinite(scales) & (scales > 0)):
+                raise InvalidDataError(f"group_scales must be {self.ctf_squared.shape[0]} "
+                                       "positive amplitudes, one per defocus group")
+            self.ctf_squared = self.ctf_squared * scales[:, None] ** 2
         #: ``(G, R)`` what an image of group ``g`` weighs on shell ``r``: ``C²_{g,r} / σ²_r``.
         self.shell_weights = self.ctf_squared / self.noise_sigma2
         #: The backend's :class:`.products.HessianProducts`, which every product runs in.

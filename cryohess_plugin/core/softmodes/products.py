@@ -12,10 +12,6 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-#: Harmonics are evaluated for about this many ring samples at once (temporary memory).
-HARMONICS_BLOCK_SAMPLES = 2048
-
-
 class HessianProducts(ABC):
     """Slices, Hessian-vector products and pose responses over blocks of directions.
 
