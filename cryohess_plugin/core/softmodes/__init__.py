@@ -12,22 +12,25 @@ chosen once; :mod:`.solver` the eigensolver and the displayed quantities;
 :mod:`..storage`.  The
 method in our words: ``docs/methods/hessian_soft_modes.md``.
 """
-from .analysis import (EXPERIMENT_STATEMENT, FRAGILE_POSE_CHANGE_DEG, ParticleAssignment, PoseChangeStatistics,
-                       SoftModeAnalysis, analyse_soft_modes, analysis_memory, analysis_warnings,
-                       auto_grid_spacing, particle_pose_changes)
+from .analysis import (EXPERIMENT_STATEMENT, FRAGILE_POSE_CHANGE_DEG, ParticleAssignment,
+                       PoseChangeStatistics, SoftModeAnalysis, analyse_soft_modes,
+                       analysis_memory, analysis_warnings, auto_grid_spacing,
+                       particle_pose_changes)
 from .experiment import (ViewingExperiment, experiment_from_distribution, experiment_from_poses,
                          particle_assignment, rebin)
 from .hessian import AccumulatedHessian
 from .layout import RealLayout
-from .noise import NoiseLevel, estimate_noise_variance, marginal_noise, noise_variance_for_snr
+from .noise import (MapScale, NoiseLevel, estimate_noise_variance, marginal_noise,
+                    noise_variance_for_snr)
 from .sampling import NULL_THRESHOLD, SampledCoordinates, SamplingSpectrum
 from .solver import (MetricCoordinates, ProjectedOperator, per_shell_profile, perturbation_size,
                      soft_variance, softest_modes, stochastic_log_determinant)
 
 __all__ = ["FRAGILE_POSE_CHANGE_DEG", "ParticleAssignment", "PoseChangeStatistics",
            "SoftModeAnalysis", "analyse_soft_modes", "analysis_memory", "analysis_warnings",
-           "auto_grid_spacing", "particle_pose_changes", "NoiseLevel",
-           "estimate_noise_variance", "marginal_noise", "noise_variance_for_snr", "AccumulatedHessian", "ViewingExperiment",
+           "auto_grid_spacing", "particle_pose_changes", "MapScale", "NoiseLevel",
+           "estimate_noise_variance", "marginal_noise", "noise_variance_for_snr",
+           "AccumulatedHessian", "ViewingExperiment",
            "experiment_from_distribution", "experiment_from_poses", "particle_assignment",
            "rebin", "RealLayout", "NULL_THRESHOLD", "SampledCoordinates", "SamplingSpectrum",
            "MetricCoordinates", "ProjectedOperator", "softest_modes",
