@@ -13,6 +13,8 @@ from cryohess_plugin.core.softmodes.experiment import (ViewingExperiment,
                                                        experiment_from_poses, hemisphere_grid,
                                                        particle_assignment, rebin)
 from cryohess_plugin.core.softmodes.hessian import AccumulatedHessian, RealHarmonics
+from cryohess_plugin.core.softmodes.sampling import (NULL_THRESHOLD, SampledCoordinates,
+                                                     SamplingSpectrum)
 from cryohess_plugin.core.softmodes.products import degree_bands
 from cryohess_plugin.core.softmodes.noise import estimate_noise_variance, marginal_noise
 
@@ -109,6 +111,77 @@ def test_real_harmonics_expand_the_real_layout_like_the_complex_harmonics(setup)
     for start, stop, first in bands:
         banded[:, first:] += even[:, start:stop] @ columns[first:, start:stop].T
     assert relative(banded, values.real) < 1e-13
+
+
+def test_sampling_operator_diagonalises_the_fixed_pose_hessian(setup):
+    """Without CTF, at unit noise and one group, the fixed-pose Hessian in the sampled
+    coordinates is exactly their diagonal (the great-circle density integrates every
+    product of the band exactly); the coordinates are a W-isometry and restrict is the
+    transpose of embed."""
+    shells, layout, _, volume_vector = setup
+    rng = np.random.default_rng(14)
+    directions = rng.standard_normal((25, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    experiment = ViewingExperiment(directions, (), rng.uniform(0.5, 2.0, (25, 1)), PIXEL_SIZE)
+    operator = AccumulatedHessian(shells, volume_vector, layout, experiment, PIXEL_SIZE)
+    ring = shells.weights / shells.radii
+    metric = ring[operator.harmonics.shell_of_parameter]
+    spectrum = SamplingSpectrum(operator.harmonics, experiment.directions,
+                                experiment.counts[:, 0])
+    coordinates = SampledCoordinates(spectrum, metric, ring)
+    assert coordinates.dimension == layout.n_parameters  # 25 directions sample every shell
+    basis = coordinates.embed(np.eye(coordinates.dimension))
+    np.testing.assert_allclose(basis @ (metric[:, None] * basis.T), np.eye(coordinates.dimension),
+                               atol=1e-12)
+    hessian = coordinates.restrict(operator.matmat(basis, implicit_poses=False))
+    np.testing.assert_allclose(hessian, np.diag(coordinates.diagonal),
+                               atol=1e-10 * coordinates.diagonal.max())
+    vector = rng.standard_normal(layout.n_parameters)
+    z = rng.standard_normal(coordinates.dimension)
+    assert coordinates.restrict(vector)[0] @ z == pytest.approx(vector @ coordinates.embed(z)[0],
+                                                              rel=1e-12)
+
+
+def test_null_space_is_what_the_views_leave_unsampled(setup):
+    """Views within 25° of the pole: on each shell, the unsampled components are the fixed-
+    pose Hessian's eigenvalues below the threshold (dense, shell by shell), around the
+    pole; uniform views leave none."""
+    shells, layout, _, volume_vector = setup
+    poses = simulate.sample_rotations("polar_cap", 400, 15, cap_deg=25.0)
+    experiment = experiment_from_poses(poses, pixel_size=PIXEL_SIZE)
+    operator = AccumulatedHessian(shells, volume_vector, layout, experiment, PIXEL_SIZE)
+    spectrum = SamplingSpectrum(operator.harmonics, experiment.directions,
+                                experiment.counts[:, 0])
+    hessian = operator.matmat(np.eye(layout.n_parameters), implicit_poses=False)
+    shell_of = operator.harmonics.shell_of_parameter
+    expected = []
+    for r in range(shells.n_shells):
+        block = hessian[np.ix_(shell_of == r, shell_of == r)]
+        values = np.linalg.eigvalsh((block + block.T) / 2)
+        expected.append(int(np.sum(values <= NULL_THRESHOLD * values.max())))
+    assert spectrum.null_counts().tolist() == expected and sum(expected) > 20
+    region = spectrum.region()
+    assert abs(region.axis[2]) > np.cos(np.deg2rad(10)) and 20 < region.half_angle_deg < 65
+    assert 0 < region.fraction < 0.5 and "missing cone" in region.describe()
+    uniform = experiment_from_poses(simulate.sample_rotations("uniform", 400, 15),
+                                    pixel_size=PIXEL_SIZE)
+    full = SamplingSpectrum(operator.harmonics, uniform.directions, uniform.counts[:, 0])
+    assert full.null_counts().sum() == 0 and full.region().fraction == 0
+
+
+def test_unconverged_pairs_are_flagged_and_give_no_bound(phantom):
+    """A budget too small for the tolerance: the pairs short of it have no ε, no relative
+    change, no share of the sensitivity map, and the summary says so."""
+    volume, pixel = phantom
+    experiment = experiment_from_distribution("polar", 500, spread_deg=10, pixel_size=pixel)
+    result = analyse_soft_modes(volume, pixel, experiment, 32 * pixel / (10 / np.pi),
+                                n_modes=4, max_products=10, backend="cpu", log_determinant=None)
+    assert result.products == 10 and not result.converged.any()
+    assert np.all(np.isnan(result.perturbation)) and np.all(np.isnan(result.relative_change))
+    assert np.all(result.sensitivity == 0) and np.all(result.group_pose_changes == 0)
+    lines = [line for line in result.spectrum_lines() if line.startswith("Mode ")]
+    assert len(lines) == 4 and all("NOT CONVERGED" in line and "no bound" in line
+                                   for line in lines)
 
 
 def ring_average(params, radii, box, pixel, n_angles=720):
