@@ -119,7 +119,7 @@ def test_noise_for_an_snr_matches_the_analytic_projection_of_a_gaussian():
     # Measured: 2e-3 relative (the projector's cubic interpolation).
     assert variance == pytest.approx(image.var() / 0.5, rel=1e-2)
     noise = NoiseLevel.from_snr(volume, experiment, 0.5, backend="cpu")
-    assert noise.variance == variance and noise.how == "set from an SNR of 0.5"
+    assert noise.variance == variance and noise.how == "set from an SNR of 0.5 (white)"
 
 
 def test_noise_level_round_trips_through_its_file(tmp_path):
