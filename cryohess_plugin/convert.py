@@ -136,8 +136,9 @@ def ctf_params_from_image(image, acquisition=None, phase_flipped=False):
     ctf = image.getCTF()
     if ctf is None or ctf.getDefocusU() is None:
         raise MissingMetadataError(
-            f"image {image.getObjId()} has no CTF; estimate the CTF (e.g. CTFFIND) and "
-            f"use particles extracted with it")
+            f"image {location_text(image)} (id {image.getObjId()}) has no CTF (no defocus "
+            f"value, e.g. a NaN the database cannot hold); estimate the CTF (e.g. CTFFIND) "
+            f"and use particles extracted with it")
     acquisition = acquisition if acquisition is not None else image.getAcquisition()
     values = None if acquisition is None else (acquisition.getVoltage(),
                                                acquisition.getSphericalAberration(),

@@ -21,10 +21,10 @@ from .scipion_base import CryoHessTestCase
 BOX, PIXEL = 32, 3.0
 
 
-def importRelion(testCase, star, phaseFlipped=False):
+def importRelion(testCase, star, phaseFlipped=False, pixel=PIXEL):
     protocol = testCase.newProtocol(
         ProtImportParticles, importFrom=ProtImportParticles.IMPORT_FROM_RELION, starFile=star,
-        samplingRate=PIXEL, voltage=300.0, sphericalAberration=2.7, amplitudeContrast=0.1,
+        samplingRate=pixel, voltage=300.0, sphericalAberration=2.7, amplitudeContrast=0.1,
         haveDataBeenPhaseFlipped=phaseFlipped)
     return testCase.launchProtocol(protocol)
 

@@ -6,10 +6,8 @@ in ``docs/methods/hessian_soft_modes.md`` §2.5 and §2.7.
 
 Kernels:
 
-* :func:`_harmonics`: one thread per sample direction; the Legendre
-  recurrences of :func:`.spherical.normalized_legendre` and the real
-  combinations of :meth:`.softmodes.hessian.RealHarmonics.evaluate`
-  (even degrees real, odd degrees imaginary).
+* :func:`_harmonics`: one thread per sample direction running the CPU kernel's
+  per-sample routine (:func:`.soft_modes_cpu.sample_harmonics`).
 * :func:`_gemm_nt` (slice: ``V = H Cᵀ``) and :func:`_gemm_tn` (adjoint slice:
   ``C += Zᵀ H``): tiled shared-memory matrix products.  They are written by
   hand because ``numba.cuda`` has no BLAS binding and CuPy (cuBLAS) is not a
@@ -23,10 +21,11 @@ Launches: :func:`evaluate_harmonics`, :func:`slice_product`,
 :func:`adjoint_product` and :func:`pose_algebra`; :func:`to_device` and
 :func:`device_array` allocate what they work on.
 """
-import math
 
 import numpy as np
 from numba import cuda
+
+from .soft_modes_cpu import sample_harmonics
 
 #: Tile edge of the matrix-product kernels (TILE x TILE threads per block).
 TILE = 16
@@ -34,9 +33,6 @@ TILE = 16
 THREADS = 64
 #: CUDA caps grid dimension y at 65535.
 _MAX_BLOCKS_Y = 65535
-
-_SQRT2 = math.sqrt(2.0)
-_INV_SQRT_4PI = 1.0 / math.sqrt(4 * math.pi)
 
 #: Modes of :func:`_pose`.
 FIXED_POSES, IMPLICIT_POSES, POSE_CHANGE = 0, 1, 2
@@ -50,46 +46,8 @@ def _harmonics(samples, max_degree, table, even, odd):
     for ``m = 0``) and kind ``b`` (``k = 1``) in ``even`` (even ``l``) or ``odd``.
     """
     i = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
-    if i >= samples.shape[0]:
-        return
-    # Clamps by comparison: builtin min/max on floats fail numba's CUDA typing here.
-    x = samples[i, 2]
-    if x > 1.0:
-        x = 1.0
-    elif x < -1.0:
-        x = -1.0
-    sin_squared = 1.0 - x * x
-    sin_theta = math.sqrt(sin_squared) if sin_squared > 0.0 else 0.0
-    phi = math.atan2(samples[i, 1], samples[i, 0])
-    sectoral = _INV_SQRT_4PI
-    for m in range(max_degree + 1):
-        if m > 0:
-            sectoral = -math.sqrt((2 * m + 1) / (2 * m)) * sin_theta * sectoral
-        c = math.cos(m * phi)
-        s = math.sin(m * phi)
-        before = 0.0
-        value = sectoral
-        for l in range(m, max_degree + 1):
-            if l == m + 1:
-                before = value
-                value = math.sqrt(2 * m + 3) * x * sectoral
-            elif l > m + 1:
-                a = math.sqrt((4 * l * l - 1) / (l * l - m * m))
-                b = math.sqrt(((l - 1) ** 2 - m * m) / (4 * (l - 1) ** 2 - 1))
-                value, before = a * (x * value - b * before), value
-            if m == 0:
-                # i^l Y_l^0: real (-1)^(l/2) for even l, imaginary (-1)^((l-1)/2) for odd.
-                sign = 1.0 if (l // 2) % 2 == 0 else -1.0
-                if l % 2 == 0:
-                    even[i, table[l, 0, 0]] = sign * value
-                else:
-                    odd[i, table[l, 0, 0]] = sign * value
-            elif l % 2 == 0:
-                even[i, table[l, m, 0]] = _SQRT2 * value * c
-                even[i, table[l, m, 1]] = -_SQRT2 * value * s
-            else:
-                odd[i, table[l, m, 0]] = _SQRT2 * value * s
-                odd[i, table[l, m, 1]] = _SQRT2 * value * c
+    if i < samples.shape[0]:
+        sample_harmonics(samples, i, max_degree, table, even, odd)
 
 
 # Hand-written matrix products: numba.cuda has no BLAS binding and CuPy (cuBLAS) is not a
