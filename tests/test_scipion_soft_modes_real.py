@@ -134,7 +134,8 @@ class TestSoftModesOnImportedParticles(CryoHessTestCase):
         """Scipion's database stores a NaN defocus as no value: that particle has no CTF."""
         for name, value, fragment in (("zero", 0.0, "a defocus of 0 means the CTF was never "
                                                     "estimated"),
-                                      ("nan", float("nan"), "has no CTF (its defocus is missing or NaN)")):
+                                      ("nan", float("nan"),
+                                       "has no CTF (its defocus is missing or NaN)")):
             ctfs = list(self.arrays.ctf_params)
             ctfs[2] = SimpleNamespace(**dict(vars(ctfs[2]), defocus_u=value, defocus_v=value))
             star = write_relion_star(self.proj.getTmpPath(), SimpleNamespace(
