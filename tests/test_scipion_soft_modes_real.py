@@ -19,9 +19,8 @@ from cryohess_plugin import convert
 from cryohess_plugin.core import mrc
 from cryohess_plugin.protocols import CryoHessProtSoftModes
 
-from .relion_star import write_relion_star
+from .relion_star import import_relion, write_relion_star
 from .scipion_base import CryoHessTestCase
-from .test_scipion_relion_import import importRelion
 from .test_scipion_soft_modes import ANALYSIS, PIXEL, SIMULATION, eigenvalues
 
 
@@ -43,10 +42,9 @@ class TestSoftModesOnImportedParticles(CryoHessTestCase):
         cls.simulation = cls.launchSimulation('uniform views', SIMULATION)
         cls.arrays = simulationOf(cls.simulation.outputParticles)
         folder = cls.proj.getTmpPath()
-        cls.relion = importRelion(cls, write_relion_star(folder, cls.arrays),
-                                  pixel=PIXEL).outputParticles
+        cls.relion = import_relion(cls, write_relion_star(folder, cls.arrays), PIXEL).outputParticles
         darkStar = write_relion_star(folder, cls.arrays, name="dark", images=-cls.arrays.images)
-        cls.dark = importRelion(cls, darkStar, pixel=PIXEL).outputParticles
+        cls.dark = import_relion(cls, darkStar, PIXEL).outputParticles
         cls.native = cls._softModes('soft modes - simulated set', cls.simulation.outputParticles,
                                     cls.simulation.outputVolume)
         cls.imported = cls._softModes('soft modes - RELION import', cls.relion,
@@ -140,7 +138,7 @@ class TestSoftModesOnImportedParticles(CryoHessTestCase):
             ctfs[2] = SimpleNamespace(**dict(vars(ctfs[2]), defocus_u=value, defocus_v=value))
             star = write_relion_star(self.proj.getTmpPath(), SimpleNamespace(
                 **dict(vars(self.arrays), ctf_params=ctfs)), name="defocus_" + name)
-            particles = importRelion(self, star, pixel=PIXEL).outputParticles
+            particles = import_relion(self, star, PIXEL).outputParticles
             protocol = self._softModes('soft modes - defocus %s' % name, particles,
                                        self.simulation.outputVolume, launch=False)
             self.assertStopsWithoutOutput(protocol, "3@", "defocus_%s.mrcs" % name, fragment)
