@@ -42,7 +42,8 @@ class TestSoftModesOnImportedParticles(CryoHessTestCase):
         cls.simulation = cls.launchSimulation('uniform views', SIMULATION)
         cls.arrays = simulationOf(cls.simulation.outputParticles)
         folder = cls.proj.getTmpPath()
-        cls.relion = import_relion(cls, write_relion_star(folder, cls.arrays), PIXEL).outputParticles
+        star = write_relion_star(folder, cls.arrays)
+        cls.relion = import_relion(cls, star, PIXEL).outputParticles
         darkStar = write_relion_star(folder, cls.arrays, name="dark", images=-cls.arrays.images)
         cls.dark = import_relion(cls, darkStar, PIXEL).outputParticles
         cls.native = cls._softModes('soft modes - simulated set', cls.simulation.outputParticles,
