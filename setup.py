@@ -32,7 +32,7 @@ setup(
     python_requires=">=3.9",
     packages=list(PACKAGES),
     package_dir=PACKAGES,
-    package_data={"cryohess_plugin": ["protocols.conf", "logo.png"]},
+    package_data={"cryohess_plugin": ["protocols.conf", "logo.png", "templates/*.json.template"]},
     install_requires=[
         "scipion-pyworkflow>=3.11",
         "scipion-em>=3.11",

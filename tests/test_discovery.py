@@ -91,6 +91,14 @@ def test_every_protocol_is_in_the_menu():
     assert set(PROTOCOL_NAMES) <= values
 
 
+def test_every_protocol_is_also_in_a_standard_group():
+    """Besides our own section, each protocol is where pwem's menu puts its kind of work."""
+    tree = ProtocolTreeConfig.load(pwem.Domain, pw.Config.SCIPION_PROTOCOLS)
+    standard = [child for child in tree['Protocols SPA'].childs if child.text != 'cryohess']
+    values = {value for section in standard for value in _menuValues(section)}
+    assert set(PROTOCOL_NAMES) <= values
+
+
 def test_bibtex_keys_parse():
     entries = parseBibTex(bibtex.__doc__)
     assert list(entries) == BIBTEX_KEYS
