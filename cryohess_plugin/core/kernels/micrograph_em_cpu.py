@@ -1,52 +1,72 @@
 """Numba CPU kernel of micrograph EM: per-patch posteriors over (rotation, shift) states.
 
 The E-step of ``docs/methods/micrograph_em.md`` §5 turns the cross-correlations of a
-block of patches with every shifted projection into posteriors.  For patch ``p`` and state
-``j = k·S + s`` (rotation ``k``, non-empty shift ``s``) the log-weight is
+block of patches of one micrograph with every shifted projection into posterior weights.
+The correlations are laid out ``corr[k, p, s]`` (rotation ``k``, patch ``p``, non-empty
+shift ``s``), as the batched GEMM over rotations writes them.  The log-weight of state
+``(k, s)`` is ``offset[k, s] + scale · corr[k, p, s]`` with ``offset = log(ρ_s / K) -
+energy[k, s] / (2σ²)`` and ``scale = 1 / σ²`` (the patch's own ``|I_p|²`` cancels); the
+empty state has ``log_empty``.
 
-    log_prior[s] + (2 c[p, j] - energy[j]) / (2 σ_p²),
-
-the empty state has ``log_empty``; the posterior is the softmax over all of them (the
-patch's own ``|I_p|²`` cancels).  :func:`patch_posteriors` overwrites ``corr`` with the
-posteriors and writes each patch's log normaliser and posterior of "empty".
-:mod:`.micrograph_em_cuda` has the same function for the CUDA backend.
+:func:`patch_weights` overwrites ``corr`` with ``exp(log-weight - best_p)`` and returns
+per patch ``best_p`` and the total ``Z_p`` of those weights (empty included): the
+posteriors are ``corr / Z_p`` and ``log p(I_p) + |I_p|²/(2σ²) + const = best_p + log Z_p``.
+:mod:`.micrograph_em_cuda` has the same function for the CUDA backend.  The
+exponentials are NumPy's (SIMD); Numba's scalar ``exp`` costs about four times as much.
 """
-import math
+from concurrent.futures import ThreadPoolExecutor
 
-from numba import njit, prange
+import numpy as np
+from numba import config, njit, prange
+
+#: NumPy's ufuncs release the GIL, so the exponentials run on Numba's thread count.
+_POOL = ThreadPoolExecutor(max_workers=max(1, config.NUMBA_NUM_THREADS))
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def patch_posteriors(corr, energy, log_prior, log_empty, inv_sigma2, log_norm, empty):
-    """In place: ``corr`` ``(n, K·S)`` float32 correlations → posteriors.
-
-    :param energy: ``(K·S,)`` visible energies of the shifted projections.
-    :param log_prior: ``(S,)`` ``log(ρ_s / K)``.
-    :param log_empty: ``log ρ_empty``.
-    :param inv_sigma2: ``(n,)`` ``1 / σ²`` of each patch's micrograph.
-    :param log_norm: ``(n,)`` out, ``log Σ_states exp(log-weight)``.
-    :param empty: ``(n,)`` out, posterior of the empty state.
-    """
-    n, states = corr.shape
-    shifts = log_prior.shape[0]
-    rotations = states // shifts
+def _log_weights(corr, offset, scale, log_empty, best):
+    """``corr <- offset + scale · corr`` and ``best[p]``, the maximum over patch ``p``'s
+    states (empty included)."""
+    rotations, n, shifts = corr.shape
     for p in prange(n):
-        half = 0.5 * inv_sigma2[p]
-        best = log_empty
+        top = log_empty
         for k in range(rotations):
-            base = k * shifts
+            row = corr[k, p]
+            base = offset[k]
             for s in range(shifts):
-                value = log_prior[s] + (2.0 * corr[p, base + s] - energy[base + s]) * half
-                corr[p, base + s] = value
-                if value > best:
-                    best = value
-        total = math.exp(log_empty - best)
-        for j in range(states):
-            weight = math.exp(corr[p, j] - best)
-            corr[p, j] = weight
-            total += weight
-        scale = 1.0 / total
-        for j in range(states):
-            corr[p, j] *= scale
-        log_norm[p] = best + math.log(total)
-        empty[p] = math.exp(log_empty - best) * scale
+                value = base[s] + scale * row[s]
+                row[s] = value
+                top = max(top, value)
+        best[p] = top
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _totals(corr, log_empty, best, totals):
+    rotations, n, shifts = corr.shape
+    for p in prange(n):
+        total = np.exp(log_empty - best[p])
+        for k in range(rotations):
+            row = corr[k, p]
+            for s in range(shifts):
+                total += row[s]
+        totals[p] = total
+
+
+def patch_weights(corr, offset, scale, log_empty, best, totals):
+    """In place: ``corr`` ``(K, n, S)`` correlations → ``exp(log-weight - best)``.
+
+    :param offset: ``(K, S)`` ``log(ρ_s / K) - energy[k, s] / (2σ²)``, in ``corr``'s dtype.
+    :param scale: ``1 / σ²``.
+    :param log_empty: ``log ρ_empty``.
+    :param best: ``(n,)`` out, each patch's largest log-weight.
+    :param totals: ``(n,)`` out, each patch's sum of weights (empty included).
+    """
+    _log_weights(corr, offset, corr.dtype.type(scale), float(log_empty), best)
+    centre = best.astype(corr.dtype)[:, None]
+
+    def exponentiate(part):
+        part -= centre
+        np.exp(part, out=part)
+
+    list(_POOL.map(exponentiate, np.array_split(corr, _POOL._max_workers, axis=0)))
+    _totals(corr, float(log_empty), best, totals)

@@ -3,17 +3,17 @@
 ``docs/methods/micrograph_em.md`` §5.  For a block of patches ``X`` ``(n, L²)`` of one
 micrograph the cross-correlations with every shifted projection are one GEMM,
 ``C = X Yᵀ`` with ``Y`` ``(K·S, L²)`` the projections of the current volume (with the
-micrograph's CTF) at every non-empty shift (:func:`.patches.shifted_stack`).  The kernel
-(:mod:`..kernels.micrograph_em_cpu`) turns ``C`` into posteriors ``π``; the M-step's
-statistics are then ``W = Σ_p π`` (state weights), ``G = πᵀ X`` (a second GEMM, the
-patch-frame sums that :func:`.patches.back_shift` turns into ``b_ω``), the empty mass
-and ``Σ_p |I_p|²``, all per micrograph.  Nothing of size patches × states is kept beyond
-one block.
+micrograph's CTF) at every non-empty shift (:func:`.patches.shifted_stack`), batched over
+rotations so it comes out ``(K, n, S)``.  The kernel (:mod:`..kernels.micrograph_em_cpu`)
+turns it into posteriors ``π``; the M-step's statistics are then ``W = Σ_p π`` (state
+weights), ``b_k = Σ_{p,s} π[k, p, s] (C T_s Z)ᵀ I_p`` (a second GEMM against the
+back-shifted patches, :func:`.patches.back_shifted_patches`), the empty mass and
+``Σ_p |I_p|²``, all per micrograph.  Nothing of size patches × states is kept beyond one
+block.
 """
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.linalg.blas
 
 from ..errors import InvalidDataError
 from ..kernels import resolve_backend
@@ -77,15 +77,6 @@ def _kernels(backend):
     return micrograph_em_cpu
 
 
-def _accumulate(weights_block, patches_block, sums):
-    """``sums += weights_blockᵀ @ patches_block`` in place (BLAS with ``beta = 1``)."""
-    gemm = scipy.linalg.blas.sgemm if sums.dtype == np.float32 else scipy.linalg.blas.dgemm
-    out = gemm(1.0, weights_block.T, patches_block.T, trans_b=True, beta=1.0, c=sums,
-               overwrite_c=True)
-    if out is not sums:  # BLAS could not write in place (never for F-ordered sums)
-        sums[...] = out
-
-
 def expectation(patch_set, indices, operator, model, ctfs=None, accumulate=True,
                 maximum_a_posteriori=False, dtype=np.float32, backend="cpu", block=BLOCK):
     """Posteriors of the patches ``indices`` under ``model``.
@@ -124,42 +115,44 @@ def expectation(patch_set, indices, operator, model, ctfs=None, accumulate=True,
             raise InvalidDataError(f"the noise variance of micrograph {micrograph + 1} is "
                                    f"{variance}; it must be positive")
         projections = operator.project(model.coefficients, ctf)
-        stack = np.ascontiguousarray(
-            patch_model.shifted_stack(projections, dtype).reshape(-1, pixels))
-        energy = np.einsum("ij,ij->i", stack, stack, dtype=np.float64).astype(dtype)
-        weights = np.zeros(stack.shape[0])
-        sums = np.zeros((stack.shape[0], pixels), dtype=dtype, order="F")
+        count = operator.count
+        stack = patch_model.shifted_stack(projections, dtype).reshape(count, n_shifts, pixels)
+        energy = np.einsum("ksj,ksj->ks", stack, stack, dtype=np.float64).astype(dtype)
+        stack = np.ascontiguousarray(stack.transpose(0, 2, 1))  # (K, L², S)
+        offset = (log_prior[None, :] - energy / (2 * variance)).astype(dtype)
+        weights = np.zeros((count, n_shifts))
+        back = np.zeros((count, pixels))
         empty_sum = energy_sum = 0.0
         for start in range(0, positions.size, block):
             where = positions[start:start + block]
-            data = patch_set.patches[indices[where]].reshape(-1, pixels).astype(dtype)
-            correlations = data @ stack.T
-            norm = np.empty(where.size)
-            empty_block = np.empty(where.size)
-            inverse = np.full(where.size, 1.0 / variance)
-            kernels.patch_posteriors(correlations, energy, log_prior, log_empty, inverse,
-                                     norm, empty_block)
+            chosen = patch_set.patches[indices[where]].astype(dtype)
+            data = chosen.reshape(-1, pixels)
+            correlations = np.matmul(data, stack)  # (K, n, S)
+            best = np.empty(where.size)
+            totals = np.empty(where.size)
+            kernels.patch_weights(correlations, offset, 1.0 / variance, log_empty, best,
+                                  totals)
+            inverse = 1.0 / totals
             squared = np.einsum("ij,ij->i", data, data, dtype=np.float64)
-            log_likelihood[where] = (norm - squared / (2 * variance)
+            log_likelihood[where] = (best + np.log(totals) - squared / (2 * variance)
                                      - 0.5 * pixels * np.log(2 * np.pi * variance))
-            empty[where] = empty_block
+            empty[where] = np.exp(log_empty - best) * inverse
             if accumulate:
-                weights += correlations.sum(axis=0, dtype=np.float64)
-                _accumulate(correlations, data, sums)
-                empty_sum += empty_block.sum()
+                scales = inverse.astype(dtype)
+                weights += np.matmul(scales[None, None, :], correlations)[:, 0, :]
+                moved = patch_model.back_shifted_patches(chosen * scales[:, None, None])
+                back += correlations.reshape(count, -1) @ moved.reshape(-1, pixels)
+                empty_sum += empty[where].sum()
                 energy_sum += squared.sum()
             if maximum_a_posteriori:
-                by_shift = correlations.reshape(where.size, -1, n_shifts)
-                marginal = by_shift.sum(axis=1, dtype=np.float64)
-                best = marginal.argmax(axis=1)
-                map_state[where] = best
-                map_mass[where] = marginal[np.arange(where.size), best]
-                map_rotation[where] = by_shift[np.arange(where.size), :, best].argmax(axis=1)
+                marginal = np.einsum("kps,p->ps", correlations, inverse)
+                best_shift = marginal.argmax(axis=1)
+                rows = np.arange(where.size)
+                map_state[where] = best_shift
+                map_mass[where] = marginal[rows, best_shift]
+                map_rotation[where] = correlations[:, rows, best_shift].argmax(axis=0)
         if accumulate:
-            count = operator.count
-            back = patch_model.back_shift(
-                np.asarray(sums, dtype=np.float64).reshape(count, n_shifts, box, box), box)
             statistics[int(micrograph)] = MicrographStatistics(
-                positions.size, weights.reshape(count, n_shifts), back, empty_sum, energy_sum)
+                positions.size, weights, back.reshape(count, box, box), empty_sum, energy_sum)
     return Expectation(indices, log_likelihood, empty, statistics, map_state, map_mass,
                        map_rotation)

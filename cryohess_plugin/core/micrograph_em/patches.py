@@ -81,6 +81,22 @@ def shifted_stack(projections, dtype=np.float32):
     return out.reshape(count, values.size ** 2, box, box)
 
 
+def back_shifted_patches(patches):
+    """``(C T_s Z)ᵀ I`` of every patch ``(n, L, L)`` at every non-empty shift: the patch
+    moved into the projection frame, zero where the shift shows nothing, ``(n, S, L, L)``.
+    Pixel ``(u, v)`` holds ``Z I[(u - sy) mod 2L, (v - sx) mod 2L]``, read as windows of
+    the zero-padded patch tiled twice."""
+    patches = np.asarray(patches)
+    count, box = patches.shape[0], patches.shape[1]
+    padded = np.zeros((count, 2 * box, 2 * box), dtype=patches.dtype)
+    padded[:, :box, :box] = patches
+    tiled = np.tile(padded, (1, 2, 2))
+    windows = np.lib.stride_tricks.sliding_window_view(tiled, (box, box), axis=(1, 2))
+    start = 2 * box - axis_shifts(box)
+    out = windows[:, start[:, None], start[None, :]]
+    return out.reshape(count, -1, box, box)
+
+
 def back_shift(patch_sums, box):
     """Adjoint of :func:`shifted_stack`: ``(K, S, L, L)`` patch-frame sums to the
     projection frame ``(K, L, L)`` (the ``b_ω`` of ``docs/methods/micrograph_em.md`` §5)."""

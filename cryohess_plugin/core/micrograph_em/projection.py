@@ -125,7 +125,9 @@ class ProjectionOperator:
     def project(self, coefficients, ctf=None):
         """Projections ``(K, L, L)`` of the volume of ``coefficients`` at every rotation."""
         box = self.box
-        spectra = self.slices @ (np.asarray(coefficients, np.float64) * self._phases)
+        weighted = np.asarray(coefficients, np.float64) * self._phases
+        # Two real products: a complex one would copy the real slices to complex first.
+        spectra = self.slices @ weighted.real + 1j * (self.slices @ weighted.imag)
         spectra = spectra.reshape(-1, box, box)
         if ctf is not None:
             spectra = spectra * np.asarray(ctf)[None]

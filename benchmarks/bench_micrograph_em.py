@@ -1,0 +1,109 @@
+"""Micrograph EM: the cost of one iteration (E-step, M-step) and its growth in S, K, patches, L.
+
+One iteration of the paper's size is a minibatch of 14 796 patches (5 % of four 2992²
+micrographs), K = 552 rotations, l_max 10, L = 11 (``docs/methods/micrograph_em.md``
+§11).  The patches are Gaussian noise plus the projections of a random volume: the cost
+does not depend on the content.  Run from the repository root::
+
+    NUMBA_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 python benchmarks/bench_micrograph_em.py paper
+    NUMBA_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 python benchmarks/bench_micrograph_em.py growth
+    NUMBA_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 python benchmarks/bench_micrograph_em.py box
+    python benchmarks/bench_micrograph_em.py recovery   # C1/C3/C8 at full size, minutes
+    python benchmarks/bench_micrograph_em.py picking    # C9 curves over SNR
+
+``paper``: one iteration at full size with its split; ``growth``: per-iteration time
+against the number of patches, K and S (the minibatch fraction of a fixed data set);
+``box``: L = 11, 15, 21 at a fixed working resolution share (l_max at each L's limit
+or 10) for the cost in L.
+"""
+import os
+import sys
+import time
+
+import numpy as np
+
+from cryohess_plugin.core.micrograph_em.basis import SphericalBesselBasis
+from cryohess_plugin.core.micrograph_em.estep import Model, expectation
+from cryohess_plugin.core.micrograph_em.mstep import (solve_volume, update_noise,
+                                                      update_shift_prior, volume_system)
+from cryohess_plugin.core.micrograph_em.patches import PatchSet
+from cryohess_plugin.core.micrograph_em.projection import ProjectionOperator, quaternion_grid
+
+
+def random_patches(count, box, rng):
+    """``count`` noise patches of one micrograph in a :class:`PatchSet`."""
+    patches = rng.standard_normal((count, box, box)).astype(np.float32)
+    zeros = np.zeros(count, dtype=np.int64)
+    return PatchSet(patches, zeros, zeros, zeros, 1.0, 1.0, np.array([[box, box]]))
+
+
+def one_iteration(box, degree, resolution, count, rng, repeat=1):
+    """Seconds of ``(E-step, M-step)`` of one iteration over ``count`` patches, after a
+    warm-up (compilation, the cached projection matrices of the stage)."""
+    basis = SphericalBesselBasis.create(box, degree)
+    operator = ProjectionOperator(basis, quaternion_grid(resolution))
+    shifts = (2 * box - 1) ** 2
+    model = Model(rng.standard_normal(basis.size), np.full(shifts, 0.5 / shifts), 0.5,
+                  np.array([1.0]))
+    patch_set = random_patches(count, box, rng)
+    warm = expectation(patch_set, np.arange(min(count, 64)), operator, model)
+    volume_system(operator, warm.statistics)
+    timings = []
+    for _ in range(repeat):
+        tick = time.perf_counter()
+        expected = expectation(patch_set, np.arange(count), operator, model)
+        middle = time.perf_counter()
+        matrix, vector = volume_system(operator, expected.statistics)
+        coefficients, _ = solve_volume(matrix, vector)
+        update_shift_prior(expected.statistics)
+        update_noise(operator, coefficients, expected.statistics, model.noise_variance)
+        timings.append((middle - tick, time.perf_counter() - middle))
+    return np.min(np.array(timings), axis=0), operator.count, basis.size
+
+
+def machine():
+    load = os.getloadavg()
+    return (f"{os.cpu_count()} cores, NUMBA_NUM_THREADS={os.environ.get('NUMBA_NUM_THREADS')},"
+            f" OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}, load average "
+            f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min)")
+
+
+def paper():
+    rng = np.random.default_rng(0)
+    (estep, mstep), count, size = one_iteration(11, 10, 25, 14796, rng)
+    print(f"| paper size: 14 796 patches, K = {count}, l_max 10 (d = {size}), L = 11 "
+          f"| {estep:.1f} | {mstep:.1f} | {estep + mstep:.1f} |")
+    print(machine())
+
+
+def growth():
+    rng = np.random.default_rng(0)
+    print("| varied | value | E-step (s) | M-step (s) | total (s) |")
+    print("|---|---|---|---|---|")
+    for count in (1000, 2000, 4000):
+        (e, m), _, _ = one_iteration(11, 10, 25, count, rng)
+        print(f"| patches (K = 552) | {count} | {e:.2f} | {m:.2f} | {e + m:.2f} |")
+    for resolution in (15, 20, 25, 32):
+        (e, m), k, _ = one_iteration(11, 10, resolution, 1000, rng)
+        print(f"| K (1000 patches) | {k} | {e:.2f} | {m:.2f} | {e + m:.2f} |")
+    total = 59184  # one 2992² micrograph's patches
+    for fraction in (0.01, 0.02, 0.05):
+        count = int(fraction * total)
+        (e, m), _, _ = one_iteration(11, 10, 25, count, rng)
+        print(f"| S (of {total} patches) | {fraction} ({count} patches) | {e:.2f} | {m:.2f} "
+              f"| {e + m:.2f} |")
+    print(machine())
+
+
+def box():
+    rng = np.random.default_rng(0)
+    print("| L | l_max | d | E-step per 1000 patches (s) | M-step (s) |")
+    print("|---|---|---|---|---|")
+    for size, degree in ((11, 10), (15, 10), (15, 14), (21, 10)):
+        (e, m), _, d = one_iteration(size, degree, 25, 1000, rng)
+        print(f"| {size} | {degree} | {d} | {e:.2f} | {m:.2f} |")
+    print(machine())
+
+
+if __name__ == "__main__":
+    {"paper": paper, "growth": growth, "box": box}[sys.argv[1]]()
