@@ -14,6 +14,7 @@ PACKAGES = {
     "cryohess_plugin.core.alignment": "cryohess_plugin/core/alignment",
     "cryohess_plugin.core.softmodes": "cryohess_plugin/core/softmodes",
     "cryohess_plugin.core.posterior": "cryohess_plugin/core/posterior",
+    "cryohess_plugin.core.micrograph_em": "cryohess_plugin/core/micrograph_em",
     "cryohess_plugin.protocols": "protocols",
     "cryohess_plugin.viewers": "viewers",
     "cryohess_plugin.tests": "tests",

@@ -20,7 +20,8 @@ import numpy as np
 from numba import config, njit, prange
 
 #: NumPy's ufuncs release the GIL, so the exponentials run on Numba's thread count.
-_POOL = ThreadPoolExecutor(max_workers=max(1, config.NUMBA_NUM_THREADS))
+_WORKERS = max(1, config.NUMBA_NUM_THREADS)
+_POOL = ThreadPoolExecutor(max_workers=_WORKERS)
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -68,5 +69,5 @@ def patch_weights(corr, offset, scale, log_empty, best, totals):
         part -= centre
         np.exp(part, out=part)
 
-    list(_POOL.map(exponentiate, np.array_split(corr, _POOL._max_workers, axis=0)))
+    list(_POOL.map(exponentiate, np.array_split(corr, _WORKERS, axis=0)))
     _totals(corr, float(log_empty), best, totals)
