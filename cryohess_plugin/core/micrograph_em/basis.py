@@ -175,17 +175,21 @@ class SphericalBesselBasis:
         """The basis at frequencies ``points`` ``(n, 3)``: ``(n, d)`` complex."""
         return self.real_values(points) * self.phases()
 
-    def grid_points(self):
-        """``(kx, ky, kz)`` of every voxel of the centred ``L³`` grid in ``(z, y, x)`` order."""
-        k = fourier.frequencies(self.box).astype(np.float64)
+    def grid_points(self, size=None):
+        """``(kx, ky, kz)`` of every voxel of the centred ``size³`` grid (default ``L``) in
+        ``(z, y, x)`` order, in cycles per box."""
+        k = fourier.frequencies(size or self.box).astype(np.float64)
         kz, ky, kx = np.meshgrid(k, k, k, indexing="ij")
         return np.stack([kx.ravel(), ky.ravel(), kz.ravel()], -1)
 
-    def to_volume(self, coefficients):
-        """The real ``(L, L, L)`` volume of ``coefficients`` (centred inverse transform)."""
-        spectrum = self.evaluate(self.grid_points()) @ np.asarray(coefficients, np.float64)
-        volume = fourier.centred_ifftn(spectrum.reshape((self.box,) * 3))
-        return volume.real
+    def to_volume(self, coefficients, size=None):
+        """The real volume of ``coefficients`` (centred inverse transform) on ``L³`` voxels,
+        or on ``size³`` finer voxels over the same box (zero-padded spectrum, voxel values
+        kept: the map at a smaller pixel size)."""
+        size = size or self.box
+        spectrum = self.evaluate(self.grid_points(size)) @ np.asarray(coefficients, np.float64)
+        volume = fourier.centred_ifftn(spectrum.reshape((size,) * 3))
+        return volume.real * (size / self.box) ** 3
 
     def fit_matrix(self):
         """The real least-squares matrix of :meth:`from_volume` (real and imaginary parts

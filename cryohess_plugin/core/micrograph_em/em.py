@@ -83,7 +83,8 @@ class EMState:
     ``history`` holds per iteration: ``stage``, ``degree``, ``batch_loglik`` (minibatch
     mean log-likelihood at the previous model), ``heldout_loglik`` (at the new model),
     ``empty_mass``, ``noise`` (mean variance), ``condition`` (of ``A``), ``change``
-    (relative change of the coefficients), ``estep_seconds``, ``mstep_seconds``.
+    (relative change of the coefficients), ``estep_seconds``, ``mstep_seconds``;
+    ``stages`` the coefficients each finished stage ended with (``{"0": [...], ...}``).
     """
     start: int
     stage: int
@@ -98,6 +99,7 @@ class EMState:
     finished: bool
     rng: dict
     history: dict = field(default_factory=dict)
+    stages: dict = field(default_factory=dict)
 
     def model(self):
         return Model(self.coefficients, self.shift_prior, self.empty_mass, self.noise_variance)
@@ -249,6 +251,7 @@ def run_start(patch_set, settings, start=0, seed=0, ctfs=None, state=None, rotat
                 or stage_iterations >= settings.iterations[state.stage]):
             if np.isfinite(state.best_heldout) and state.best_coefficients.size == size:
                 state.coefficients = state.best_coefficients.copy()
+            state.stages[str(state.stage)] = state.coefficients.tolist()
             state.stage += 1
             state.stale = 0
             state.best_heldout = -np.inf
@@ -284,6 +287,7 @@ class MicrographEMResult:
     start_coefficients: np.ndarray
     start_scores: np.ndarray
     history: dict = field(default_factory=dict)
+    stages: dict = field(default_factory=dict)
 
     def save(self, path):
         save_fields(path, self)
@@ -308,7 +312,8 @@ def combine_starts(states, pixel_size, box):
     return MicrographEMResult(box, degree, float(pixel_size), chosen.coefficients,
                               basis.to_volume(chosen.coefficients), chosen.shift_prior,
                               chosen.empty_mass, chosen.noise_variance, best,
-                              np.stack([s.coefficients for s in states]), scores, history)
+                              np.stack([s.coefficients for s in states]), scores, history,
+                              dict(chosen.stages))
 
 
 def max_degree_of(box, size):

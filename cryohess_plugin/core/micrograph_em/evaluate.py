@@ -56,6 +56,24 @@ def align_coefficients(basis, reference, estimate, resolution=25):
     return Alignment(aligned, rotation, reflected, _correlation(aligned, reference), fsc)
 
 
+def resample_volume(volume, pixel_size, box, working_pixel):
+    """A map of ``pixel_size`` Å resampled to ``box³`` voxels of ``working_pixel`` Å about
+    its centre (Fourier crop or pad to the new pixel size, then a centred crop or pad),
+    to compare it with an estimate (e.g. a reference chosen in the viewer)."""
+    volume = np.asarray(volume, dtype=np.float64)
+    size = volume.shape[0]
+    resized = max(1, int(round(size * pixel_size / working_pixel)))
+    spectrum = fourier.centred_fftn(volume)
+    if resized < size:
+        spectrum = fourier.crop_centred(spectrum, resized)
+    else:
+        spectrum = fourier.pad_centred(spectrum, resized)
+    image = fourier.centred_ifftn(spectrum).real * (resized / size) ** 3
+    if resized >= box:
+        return fourier.crop_centred(image, box)
+    return fourier.pad_centred(image, box)
+
+
 def pairwise_fsc(basis, estimates, resolution=25):
     """The minimum over shells ``1 .. L // 2 - 1`` of the FSC of every aligned pair:
     ``(starts, starts)`` (diagonal 1)."""

@@ -198,6 +198,35 @@ class PatchSet:
         return np.stack([self.row[indices], self.col[indices]], -1) * self.box
 
 
+#: The paper's patch size, used when no working resolution is asked for.
+DEFAULT_PATCH_SIZE = 11
+
+
+def working_geometry(diameter, pixel_size, resolution=None, minimum=7):
+    """Patch size and binning for particles of ``diameter`` Å in micrographs of
+    ``pixel_size`` Å (``docs/methods/micrograph_em.md`` §4): the working pixel is half the
+    target ``resolution`` (Å; None: the one that makes the particle 11 px wide), and the
+    patch is the smallest odd number of working pixels that holds the particle.
+
+    :returns: ``(patch size L, binning factor >= 1, working pixel size Å)``.
+    """
+    if not diameter > 0:
+        raise InvalidDataError(f"the particle diameter must be positive, got {diameter} Å")
+    working = diameter / DEFAULT_PATCH_SIZE if not resolution else resolution / 2.0
+    if working < pixel_size * (1 - 1e-9):
+        raise InvalidDataError(
+            f"a working pixel of {working:.3g} Å is finer than the micrographs' {pixel_size:g} "
+            f"Å: ask for a resolution of at least {2 * pixel_size:g} Å (Nyquist)")
+    box = int(np.ceil(diameter / working - 1e-9))
+    box += 1 - box % 2
+    if box < minimum:
+        raise InvalidDataError(
+            f"a {diameter:g} Å particle at {working:.3g} Å per working pixel is a {box} px "
+            f"patch; the method needs at least {minimum} px: ask for a finer resolution "
+            f"(at most {2 * diameter / minimum:.3g} Å) or check the diameter")
+    return box, max(1.0, working / pixel_size), working
+
+
 def check_micrograph(micrograph, name):
     """A finite 2-D float array, or :class:`InvalidDataError` naming ``name``."""
     micrograph = np.asarray(micrograph)

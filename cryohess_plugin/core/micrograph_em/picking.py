@@ -45,7 +45,9 @@ def pick_patches(patch_set, operator, model, ctfs=None, indices=None, backend="c
 
 def pick_centres(patch_set, picks, indices=None):
     """Particle centres of the picks: ``(micrograph, x, y, score)`` rows in *binned*
-    micrograph pixels, score ``1 - P(empty)``, merged within half a box per micrograph."""
+    micrograph pixels, score ``1 - P(empty)``, merged within half a box per micrograph;
+    a pick whose centre falls outside its micrograph (a particle cut by the edge) is left
+    out, as no box could be extracted around it."""
     indices = np.arange(patch_set.count) if indices is None else np.asarray(indices)
     box = patch_set.box
     chosen = np.flatnonzero(picks.picked)
@@ -53,6 +55,9 @@ def pick_centres(patch_set, picks, indices=None):
     shift = picks.shift[chosen]
     offset = np.where(shift < box, -shift, 2 * box - shift)  # projection corner in patch
     centres = origins + offset + box // 2
+    shapes = patch_set.shapes[patch_set.micrograph[indices[chosen]]]
+    inside = np.all((centres >= 0) & (centres < shapes), axis=1)
+    chosen, centres = chosen[inside], centres[inside]
     rows = np.column_stack([patch_set.micrograph[indices[chosen]], centres[:, 1],
                             centres[:, 0], 1.0 - picks.empty[chosen]])
     return merge_picks(rows, box / 2)
