@@ -5,10 +5,14 @@ they are; Continue after a stop; the viewer; and the bad inputs its validation r
 Runs under pytest (``tests/conftest.py`` sets up Scipion) and under
 ``scipion3 tests cryohess_plugin.tests.test_scipion_micrograph_em``.
 """
+import glob
 import os
+import signal
+import time
 
 import numpy as np
 from pwem.objects import SetOfMicrographs
+from pyworkflow.protocol import getProtocolFromDb
 from pyworkflow.protocol.constants import MODE_RESUME
 from pyworkflow.tests import setupTestProject
 
@@ -112,27 +116,44 @@ class TestCryoHessMicrographEM(CryoHessTestCase):
         self.assertTrue(lines[0].startswith("start iteration stage degree"))
         self.assertEqual({line.split()[0] for line in lines[1:]}, {'1', '2'})
 
-    def testContinueAfterAStopResumesTheIteration(self):
-        protocol = self._launchEM('micrograph EM, continued', numberOfStarts=1,
-                                  doPicking=False)
-        finished = [step.getObjId() for step in protocol.loadSteps()]
-        # Cut the run short: the start's checkpoint goes back to its second iteration and
-        # the start step is marked as never finished, as after a kill.
+    def testKilledRunContinuesFromItsLastIteration(self):
+        """Killed during its start, Continue resumes from the saved iteration and ends as
+        an uninterrupted run; Continue again re-runs nothing."""
         from cryohess_plugin.core.micrograph_em import EMState
-        checkpoint = [p for p in os.listdir(protocol._getExtraPath())
-                      if p.startswith('start_00_')][0]
-        path = protocol._getExtraPath(checkpoint)
-        state = EMState.load(path)
-        total = state.iteration
-        self.assertEqual(total, len(state.history['stage']))
-        steps = protocol.loadSteps()
-        startStep = [s for s in steps if s.funcName.get() == 'runStartStep'][0]
-        ended = {s.getObjId(): s.endTime.get() for s in steps}
+        settings = dict(numberOfStarts=1, doPicking=False, stageIterations='4 4',
+                        batchFraction=0.3)
+        protocol = self._newEM(**settings)
+        protocol.setObjLabel('micrograph EM, killed')
+        self.proj.launchProtocol(protocol, wait=False)
+        deadline = time.time() + 300
+        state = None
+        while state is None or state.iteration < 2:
+            self.assertLess(time.time(), deadline, "the start never reached iteration 2")
+            time.sleep(0.05)
+            saved = glob.glob(protocol._getExtraPath('start_00_*.npz'))
+            try:
+                state = EMState.load(saved[0]) if saved else None
+            except (OSError, ValueError, KeyError):  # caught mid-rename
+                state = None
+        running = getProtocolFromDb(self.proj.path, protocol.getDbPath(), protocol.getObjId())
+        os.kill(running.getPid(), signal.SIGKILL)
+        time.sleep(0.5)
+        self.proj._updateProtocol(protocol)
+        self.assertFalse(protocol.isFinished())
         protocol.runMode.set(MODE_RESUME)
         self.launchProtocol(protocol)
-        rerun = {s.getObjId(): s.endTime.get() for s in protocol.loadSteps()}
-        self.assertEqual(rerun, ended)  # nothing changed: nothing re-runs
-        self.assertTrue(finished and startStep is not None)
+        with open(protocol.getLogPaths()[0]) as log:
+            self.assertIn("Start 1 continues from iteration", log.read())
+        fresh = self._launchEM('micrograph EM, uninterrupted', **settings)
+        resumed = EMState.load(protocol._getFileName('start', start=0))
+        whole = EMState.load(fresh._getFileName('start', start=0))
+        self.assertEqual(resumed.iteration, whole.iteration)
+        np.testing.assert_allclose(resumed.coefficients, whole.coefficients, rtol=1e-5,
+                                   atol=1e-6 * np.abs(whole.coefficients).max())
+        ended = [step.endTime.get() for step in protocol.loadSteps()]
+        protocol.runMode.set(MODE_RESUME)
+        self.launchProtocol(protocol)
+        self.assertEqual([step.endTime.get() for step in protocol.loadSteps()], ended)
 
     def testViewerPlots(self):
         self.assertViewerPlots(CryoHessMicrographEMViewer, self.protEM)
