@@ -115,7 +115,7 @@ def back_shift(patch_sums, box):
 
 def visibility_weights(weights, box):
     """``M_k = Σ_s W[k, s] 1_{V(s)}``: ``(K, L, L)`` from state weights ``(K, S)``, the
-    per-rotation masks of the volume M-step (``docs/methods/micrograph_em.md`` §5)."""
+    per-rotation masks of the volume M-step (``docs/methods/micrograph_em.md`` §6.2)."""
     weights = np.asarray(weights, dtype=np.float64)
     values = axis_shifts(box)
     rows = np.zeros((values.size, box))

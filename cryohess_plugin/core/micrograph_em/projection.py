@@ -34,7 +34,7 @@ def _colon(start, step, stop):
 
 def quaternion_grid(resolution):
     """The near-uniform rotation grid of hyperspherical quaternion angles (``docs/methods/
-    micrograph_em.md`` §3.2): 76, 299, 552, 4484 rotations at resolution 15, 20, 25, 50.
+    micrograph_em.md`` §3): 76, 299, 552, 4484 rotations at resolution 15, 20, 25, 50.
 
     :returns: ``(K, 3, 3)`` rotation matrices.
     """
