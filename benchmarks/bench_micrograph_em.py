@@ -107,16 +107,20 @@ def box():
 
 
 
-def blob_volume(box, rng):
-    """A smooth asymmetric test volume: four Gaussian blobs inside the ball."""
+def blob_volume(box, rng, count=10, sigma=1.0):
+    """A test volume like a small molecule at this sampling: ``count`` Gaussian blobs of
+    ``sigma`` px inside the ball of radius ``0.35 box``, so every Fourier shell up to
+    Nyquist holds signal (a few smooth blobs would leave the outer shells empty, and an
+    FSC there would measure noise)."""
     grid = (np.arange(box) - box // 2).astype(np.float64)
     z, y, x = np.meshgrid(grid, grid, grid, indexing="ij")
     volume = np.zeros((box,) * 3)
-    scale = box / 7
-    for weight in (1.0, 0.8, 0.6, 0.9):
-        centre = rng.uniform(-1.6, 1.6, 3) * scale
+    for _ in range(count):
+        direction = rng.standard_normal(3)
+        centre = direction / np.linalg.norm(direction) * 0.35 * box * rng.random() ** (1 / 3)
+        weight = rng.uniform(0.5, 1.0)
         volume += weight * np.exp(-((x - centre[0]) ** 2 + (y - centre[1]) ** 2
-                                    + (z - centre[2]) ** 2) / (2 * scale ** 2))
+                                    + (z - centre[2]) ** 2) / (2 * sigma ** 2))
     return volume
 
 
@@ -138,15 +142,17 @@ def model_micrographs(basis, truth, count, size, pixel, snr, ctf, rng=1):
                                 snr_definition="energy")
 
 
-def recovery():
+def recovery(which="both"):
     """C1, C3, C8 at L = 11, l_max 10, K = 552, SNR 3.5 by Eq. (4), noise estimated; then
-    with a CTF per micrograph (defocus 1-2.5 µm)."""
+    with a CTF per micrograph (defocus 1-2.5 µm).  ``which``: "plain", "ctf" or "both"."""
     from cryohess_plugin.core.micrograph_em import (EMSettings, align_coefficients, ctf_image,
                                                     cut_patches, pairwise_fsc, run_start)
     box = 11
     basis = SphericalBesselBasis.create(box, 10)
     truth = basis.from_volume(blob_volume(box, np.random.default_rng(3)))
-    for ctf, count, size, pixel, starts in ((False, 1, 990, 5.0, 3), (True, 4, 495, 10.0, 1)):
+    cases = {"plain": (False, 1, 990, 5.0, 3), "ctf": (True, 4, 495, 10.0, 1)}
+    for ctf, count, size, pixel, starts in [cases[name] for name in cases
+                                            if which in (name, "both")]:
         tick = time.perf_counter()
         sim = model_micrographs(basis, truth, count, size, pixel, 3.5, ctf)
         patch_set = cut_patches(sim.micrographs, box, pixel)
@@ -204,4 +210,4 @@ def picking():
 
 if __name__ == "__main__":
     {"paper": paper, "growth": growth, "box": box, "recovery": recovery,
-     "picking": picking}[sys.argv[1]]()
+     "picking": picking}[sys.argv[1]](*sys.argv[2:])
