@@ -1,5 +1,4 @@
 """Micrograph EM: an ab-initio map from whole micrographs, without particle picking."""
-import glob
 import os
 import shutil
 
@@ -155,10 +154,8 @@ class CryoHessProtMicrographEM(CryoHessProtocolMixin, EMProtocol):
         patch_set = patch_model.cut_patches(
             [convert.read_image(mic, check_finite=False) for mic in mics], box,
             self._pixelSize(), binning, names=[mic.getMicName() for mic in mics],
-            subtract_mean=True)
-        self._saveNpz(self._getFileName('patches', batch=first), patches=patch_set.patches,
-                      micrograph=patch_set.micrograph + first, row=patch_set.row,
-                      col=patch_set.col, shapes=patch_set.shapes)
+            subtract_mean=True, first=first)
+        patch_set.save(self._getFileName('patches', batch=first))
         self.info("Micrographs %d-%d: %d patches of %d px (binning %.3g)"
                   % (first + 1, first + count, patch_set.count, box, binning))
 
@@ -188,7 +185,7 @@ class CryoHessProtMicrographEM(CryoHessProtocolMixin, EMProtocol):
         mrc.write_volume(self._getFileName('volumeFull'),
                          result.basis().to_volume(result.coefficients, full),
                          working * box / full, overwrite=True)
-        self._writeConvergence(result)
+        result.write_table(self._getFileName('convergence'))
         self.info("Best start %d (held-out log-likelihood per patch %s)"
                   % (result.best_start + 1, np.round(result.start_scores, 3)))
 
@@ -360,13 +357,9 @@ class CryoHessProtMicrographEM(CryoHessProtocolMixin, EMProtocol):
         return [float(v) for v in str(getattr(self, name).get()).replace(',', ' ').split()]
 
     def _patchSet(self):
-        parts = [np.load(path) for path in sorted(glob.glob(self._getExtraPath('patches_*.npz')))]
-        box, binning, working = self._geometry()
-        return patch_model.PatchSet(
-            np.concatenate([p['patches'] for p in parts]),
-            np.concatenate([p['micrograph'] for p in parts]),
-            np.concatenate([p['row'] for p in parts]), np.concatenate([p['col'] for p in parts]),
-            working, binning, np.concatenate([p['shapes'] for p in parts]))
+        return patch_model.PatchSet.concatenate(
+            patch_model.PatchSet.load(self._getFileName('patches', batch=first))
+            for first, _ in self._micrographBatches())
 
     def _ctfImages(self):
         """Per micrograph the ``(L, L)`` CTF at the working pixel size, or None."""
@@ -377,15 +370,3 @@ class CryoHessProtMicrographEM(CryoHessProtocolMixin, EMProtocol):
         return [ctf_image(p, box, working)
                 for p in convert.micrograph_ctfs(self.ctfRelations.get(),
                                                  self.inputMicrographs.get())]
-
-    def _writeConvergence(self, result):
-        """The convergence table: one line per start and iteration."""
-        keys = ('stage', 'degree', 'batch_loglik', 'heldout_loglik', 'empty_mass', 'noise',
-                'condition', 'estep_seconds', 'mstep_seconds')
-        with open(self._getFileName('convergence'), 'w') as table:
-            table.write("start iteration " + " ".join(keys) + "\n")
-            for start in range(len(result.start_scores)):
-                history = {key: result.history["start%d_%s" % (start + 1, key)] for key in keys}
-                for i in range(len(history['stage'])):
-                    table.write("%d %d " % (start + 1, i + 1) + " ".join(
-                        "%.6g" % history[key][i] for key in keys) + "\n")

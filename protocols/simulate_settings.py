@@ -7,8 +7,8 @@ import pyworkflow.protocol.params as params
 from cryohess_plugin import convert
 from cryohess_plugin.constants import (CONFORMATION, HETEROGENEITY_LINEAR, HETEROGENEITY_NONE,
                                        HETEROGENEITY_RIGID_REGION, PHANTOM_ASYMMETRIC,
-                                       PHANTOM_CYCLIC, PLACEMENT_ARBITRARY,
-                                       PLACEMENT_MIN_DISTANCE, PLACEMENT_SEPARATED, SNR_ENERGY,
+                                       PHANTOM_CYCLIC, PLACEMENT_MIN_DISTANCE,
+                                       PLACEMENT_SEPARATED, SNR_ENERGY,
                                        SNR_VARIANCE, SOURCE_ATOMIC_MODEL, SOURCE_PHANTOM,
                                        SOURCE_VOLUME, VIEWS_EQUATORIAL_BAND, VIEWS_POLAR_CAP,
                                        VIEWS_TOP_PREFERENCE, VIEWS_UNIFORM)

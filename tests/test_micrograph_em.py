@@ -12,7 +12,7 @@ from scipy.special import logsumexp, sph_harm
 from cryohess_plugin.core import fourier
 from cryohess_plugin.core.errors import InvalidDataError
 from cryohess_plugin.core.micrograph_em import (EMSettings, EMState, Model, ProjectionOperator,
-                                                SphericalBesselBasis, align_coefficients,
+                                                SphericalBesselBasis,
                                                 cut_patches, empty_f1, expectation,
                                                 fourier_bin, initial_noise_variance,
                                                 nonempty_shifts, pick_centres, pick_patches,

@@ -157,10 +157,16 @@ class CryoHessMicrographEMViewer(ProtocolViewer):
                       for c in coordinates.iterItems() if c.getMicId() == mic.getObjId()]
             scores = [float(getattr(c, PICK_SCORE)) for c in coordinates.iterItems()]
             if points:
+                from matplotlib.collections import PatchCollection
+                from matplotlib.patches import Circle
                 x, y, score = np.array(points).T
-                drawn = axes.scatter(x, y, s=(radius * 72.0 / 100) ** 2, c=score,
-                                     cmap='plasma', vmin=0.5, vmax=1.0, facecolors='none')
-                axes.figure.colorbar(drawn, ax=axes, label='score 1 - P(empty)')
+                circles = PatchCollection([Circle((cx, cy), radius) for cx, cy in zip(x, y)],
+                                          cmap='plasma', facecolors='none', linewidths=1.2)
+                circles.set_array(score)
+                circles.set_clim(0.5, 1.0)
+                circles.set_facecolor('none')
+                axes.add_collection(circles)
+                axes.figure.colorbar(circles, ax=axes, label='score 1 - P(empty)')
         histogram = plotter.createSubPlot('Scores of all picks', 'Score', 'Picks')
         if scores:
             histogram.hist(scores, bins=20, range=(0.5, 1.0))

@@ -299,6 +299,21 @@ class MicrographEMResult:
     def basis(self):
         return SphericalBesselBasis.create(self.box, self.max_degree)
 
+    #: The columns of :meth:`write_table`.
+    TABLE_COLUMNS = ('stage', 'degree', 'batch_loglik', 'heldout_loglik', 'empty_mass',
+                     'noise', 'condition', 'estep_seconds', 'mstep_seconds')
+
+    def write_table(self, path):
+        """The convergence table as text: one line per start and iteration."""
+        with open(path, "w") as table:
+            table.write("start iteration " + " ".join(self.TABLE_COLUMNS) + "\n")
+            for start in range(len(self.start_scores)):
+                columns = [self.history[f"start{start + 1}_{key}"]
+                           for key in self.TABLE_COLUMNS]
+                for i, row in enumerate(zip(*columns)):
+                    table.write(f"{start + 1} {i + 1} "
+                                + " ".join(f"{value:.6g}" for value in row) + "\n")
+
 
 def combine_starts(states, pixel_size, box):
     """The :class:`MicrographEMResult` of finished starts (best held-out score wins)."""

@@ -21,6 +21,7 @@ import scipy.fft
 
 from .. import fourier
 from ..errors import InvalidDataError
+from ..storage import load_fields, save_fields
 
 
 def axis_shifts(box):
@@ -192,6 +193,24 @@ class PatchSet:
     def n_micrographs(self):
         return self.shapes.shape[0]
 
+    def save(self, path):
+        save_fields(path, self)
+
+    @classmethod
+    def load(cls, path):
+        return load_fields(cls, path)
+
+    @classmethod
+    def concatenate(cls, parts):
+        """One set of the patches of ``parts`` (sets of disjoint micrographs, whose
+        ``micrograph`` indices already count across all of them)."""
+        parts = list(parts)
+        first = parts[0]
+        return cls(*(np.concatenate([getattr(p, name) for p in parts])
+                     for name in ("patches", "micrograph", "row", "col")),
+                   first.pixel_size, first.binning,
+                   np.concatenate([p.shapes for p in parts]))
+
     def origins(self, indices=None):
         """``(n, 2)`` top-left ``(y, x)`` pixel of patches in their binned micrograph."""
         indices = np.arange(self.count) if indices is None else np.asarray(indices)
@@ -239,7 +258,8 @@ def check_micrograph(micrograph, name):
     return micrograph
 
 
-def cut_patches(micrographs, box, pixel_size, binning=1.0, names=None, subtract_mean=False):
+def cut_patches(micrographs, box, pixel_size, binning=1.0, names=None, subtract_mean=False,
+                first=0):
     """Bin micrographs by ``binning`` (:func:`fourier_bin`) and cut them into patches.
 
     :param micrographs: sequence of 2-D arrays at the original pixel size.
@@ -248,6 +268,7 @@ def cut_patches(micrographs, box, pixel_size, binning=1.0, names=None, subtract_
     :param names: what to call each micrograph in messages (default ``micrograph k``).
     :param subtract_mean: remove each binned micrograph's mean (real micrographs have an
         arbitrary offset; the model's background is zero).
+    :param first: index of the first micrograph in a larger set (patches cut in batches).
     :returns: :class:`PatchSet`.
     """
     patches, owner, rows, cols, shapes = [], [], [], [], []
@@ -266,7 +287,7 @@ def cut_patches(micrographs, box, pixel_size, binning=1.0, names=None, subtract_
         r, c = np.meshgrid(np.arange(n_rows), np.arange(n_cols), indexing="ij")
         rows.append(r.ravel())
         cols.append(c.ravel())
-        owner.append(np.full(n_rows * n_cols, index))
+        owner.append(np.full(n_rows * n_cols, first + index))
         shapes.append(binned.shape)
     return PatchSet(np.concatenate(patches), np.concatenate(owner), np.concatenate(rows),
                     np.concatenate(cols), float(pixel_size * binning), float(binning),

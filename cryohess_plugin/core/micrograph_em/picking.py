@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .estep import Model, expectation
+from .estep import expectation
 from .patches import nonempty_shifts
 
 

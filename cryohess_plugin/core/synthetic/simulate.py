@@ -527,7 +527,7 @@ def simulate_micrographs(source, n_micrographs, box, pixel_size, shape=(1024, 10
             return images if params is None else apply_ctf(images, params, pixel_size)
     half = box // 2
     micrographs = np.zeros((n_micrographs, height, width), dtype=np.float32)
-    coordinates, all_rotations, particles = [], [], []
+    coordinates, all_rotations = [], []
     for j in range(n_micrographs):
         if separation is None:
             centres = place_particles((height, width), count, box, min_distance, place_rng)
