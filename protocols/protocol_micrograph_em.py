@@ -143,6 +143,7 @@ class CryoHessProtMicrographEM(CryoHessProtocolMixin, EMProtocol):
             'volume': self._getExtraPath('volume_working.mrc'),
             'volumeFull': self._getExtraPath('volume.mrc'),
             'convergence': self._getExtraPath('convergence.txt'),
+            'chimerax': self._getExtraPath('volume.cxc'),
             'picks': self._getExtraPath('picks_%(batch)03d.npz'),
         }
 
@@ -186,6 +187,10 @@ class CryoHessProtMicrographEM(CryoHessProtocolMixin, EMProtocol):
                          result.basis().to_volume(result.coefficients, full),
                          working * box / full, overwrite=True)
         result.write_table(self._getFileName('convergence'))
+        with open(self._getFileName('chimerax'), 'w') as script:
+            # A surface at the map's mean plus two standard deviations, then fit to view.
+            level = float(result.volume.mean() + 2 * result.volume.std())
+            script.write("open volume.mrc\nvolume #1 style surface level %.6g\nview\n" % level)
         self.info("Best start %d (held-out log-likelihood per patch %s)"
                   % (result.best_start + 1, np.round(result.start_scores, 3)))
 

@@ -71,6 +71,8 @@ class TestCryoHessMicrographEM(CryoHessTestCase):
         # The full-size map is the working map on a finer grid: same mean voxel value.
         self.assertAlmostEqual(float(data.mean()), float(working.mean()), delta=1e-3 * abs(
             working).max())
+        with open(self.protEM._getFileName('chimerax')) as script:
+            self.assertTrue(script.read().startswith("open volume.mrc\nvolume #1 style surface"))
         summary = "\n".join(self.protEM.summary())
         self.assertIn("Patches of 11 px at 4 Å/px (micrographs binned by 2)", summary)
 
