@@ -8,8 +8,11 @@ does not depend on the content.  Run from the repository root::
     NUMBA_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 python benchmarks/bench_micrograph_em.py paper
     NUMBA_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 python benchmarks/bench_micrograph_em.py growth
     NUMBA_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 python benchmarks/bench_micrograph_em.py box
-    python benchmarks/bench_micrograph_em.py recovery   # C1/C3/C8 at full size, minutes
+    python benchmarks/bench_micrograph_em.py recovery both 4  # C1/C3/C8 at L = 11, 4 processes
     python benchmarks/bench_micrograph_em.py picking    # C9 curves over SNR
+
+Add ``--short`` to any of them for a smoke run of a few seconds to a minute (small sizes,
+few iterations; its numbers are not results).
 
 ``paper``: one iteration at full size with its split; ``growth``: per-iteration time
 against the number of patches, K and S (the minibatch fraction of a fixed data set);
@@ -38,8 +41,10 @@ def random_patches(count, box, rng):
 
 
 def one_iteration(box, degree, resolution, count, rng, repeat=1):
-    """Seconds of ``(E-step, M-step)`` of one iteration over ``count`` patches, after a
-    warm-up (compilation, the cached projection matrices of the stage)."""
+    """Wall seconds of ``(E-step, M-step)`` of one iteration over ``count`` patches, after
+    a warm-up (compilation, the cached projection matrices of the stage), and the process's
+    CPU seconds of both (all threads: on a shared machine the wall time is inflated by
+    other jobs, the CPU time much less)."""
     basis = SphericalBesselBasis.create(box, degree)
     operator = ProjectionOperator(basis, quaternion_grid(resolution))
     shifts = (2 * box - 1) ** 2
@@ -50,14 +55,15 @@ def one_iteration(box, degree, resolution, count, rng, repeat=1):
     volume_system(operator, warm.statistics)
     timings = []
     for _ in range(repeat):
-        tick = time.perf_counter()
+        tick, cpu = time.perf_counter(), time.process_time()
         expected = expectation(patch_set, np.arange(count), operator, model)
-        middle = time.perf_counter()
+        middle, cpu_middle = time.perf_counter(), time.process_time()
         matrix, vector = volume_system(operator, expected.statistics)
         coefficients, _ = solve_volume(matrix, vector)
         update_shift_prior(expected.statistics)
         update_noise(operator, coefficients, expected.statistics, model.noise_variance)
-        timings.append((middle - tick, time.perf_counter() - middle))
+        timings.append((middle - tick, time.perf_counter() - middle,
+                        cpu_middle - cpu, time.process_time() - cpu_middle))
     return np.min(np.array(timings), axis=0), operator.count, basis.size
 
 
@@ -68,43 +74,55 @@ def machine():
             f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min)")
 
 
-def paper():
+def paper(short=False):
     rng = np.random.default_rng(0)
-    (estep, mstep), count, size = one_iteration(11, 10, 25, 14796, rng)
-    print(f"| paper size: 14 796 patches, K = {count}, l_max 10 (d = {size}), L = 11 "
-          f"| {estep:.1f} | {mstep:.1f} | {estep + mstep:.1f} |")
+    patches = 500 if short else 14796
+    (estep, mstep, estep_cpu, mstep_cpu), count, size = one_iteration(11, 10, 25, patches, rng)
+    print("| size | E-step wall (s) | M-step wall (s) | total wall (s) | E-step CPU (s) | "
+          "M-step CPU (s) |")
+    print("|---|---|---|---|---|---|")
+    print(f"| {patches} patches, K = {count}, l_max 10 (d = {size}), L = 11 "
+          f"| {estep:.1f} | {mstep:.1f} | {estep + mstep:.1f} | {estep_cpu:.1f} "
+          f"| {mstep_cpu:.1f} |")
     print(machine())
 
 
-def growth():
+def growth(short=False):
     rng = np.random.default_rng(0)
-    print("| varied | value | E-step (s) | M-step (s) | total (s) |")
-    print("|---|---|---|---|---|")
+    scale = 0.1 if short else 1.0
+    print("| varied | value | E-step wall (s) | M-step wall (s) | E-step CPU (s) | "
+          "M-step CPU (s) |")
+    print("|---|---|---|---|---|---|")
+
+    def row(varied, value, timings):
+        e, m, e_cpu, m_cpu = timings
+        print(f"| {varied} | {value} | {e:.2f} | {m:.2f} | {e_cpu:.2f} | {m_cpu:.2f} |")
+
+    small = int(1000 * scale)
     for count in (1000, 2000, 4000):
-        (e, m), _, _ = one_iteration(11, 10, 25, count, rng)
-        print(f"| patches (K = 552) | {count} | {e:.2f} | {m:.2f} | {e + m:.2f} |")
+        timings, _, _ = one_iteration(11, 10, 25, int(count * scale), rng)
+        row("patches (K = 552)", int(count * scale), timings)
     for resolution in (15, 20, 25, 32):
-        (e, m), k, _ = one_iteration(11, 10, resolution, 1000, rng)
-        print(f"| K (1000 patches) | {k} | {e:.2f} | {m:.2f} | {e + m:.2f} |")
+        timings, k, _ = one_iteration(11, 10, resolution, small, rng)
+        row(f"K ({small} patches)", k, timings)
     total = 59184  # one 2992² micrograph's patches
     for fraction in (0.01, 0.02, 0.05):
-        count = int(fraction * total)
-        (e, m), _, _ = one_iteration(11, 10, 25, count, rng)
-        print(f"| S (of {total} patches) | {fraction} ({count} patches) | {e:.2f} | {m:.2f} "
-              f"| {e + m:.2f} |")
+        count = int(fraction * total * scale)
+        timings, _, _ = one_iteration(11, 10, 25, count, rng)
+        row(f"S (of {int(total * scale)} patches)", f"{fraction} ({count} patches)", timings)
     print(machine())
 
 
-def box():
+def box(short=False):
     rng = np.random.default_rng(0)
-    print("| L | l_max | d | E-step per 1000 patches (s) | M-step (s) |")
-    print("|---|---|---|---|---|")
+    count = 100 if short else 1000
+    print(f"| L | l_max | d | E-step per {count} patches, wall (s) | M-step wall (s) | "
+          "E-step CPU (s) | M-step CPU (s) |")
+    print("|---|---|---|---|---|---|---|")
     for size, degree in ((11, 10), (15, 10), (15, 14), (21, 10)):
-        (e, m), _, d = one_iteration(size, degree, 25, 1000, rng)
-        print(f"| {size} | {degree} | {d} | {e:.2f} | {m:.2f} |")
+        (e, m, e_cpu, m_cpu), _, d = one_iteration(size, degree, 25, count, rng)
+        print(f"| {size} | {degree} | {d} | {e:.2f} | {m:.2f} | {e_cpu:.2f} | {m_cpu:.2f} |")
     print(machine())
-
-
 
 
 def blob_volume(box, rng, count=10, sigma=1.0):
@@ -142,40 +160,71 @@ def model_micrographs(basis, truth, count, size, pixel, snr, ctf, rng=1):
                                 snr_definition="energy")
 
 
-def recovery(which="both"):
+def _run_start(label, patch_set, settings, start, ctfs):
+    """One start in a worker process, its iterations reported on stderr as they end."""
+    from cryohess_plugin.core.micrograph_em import run_start
+
+    def checkpoint(state):
+        print(f"  [{label} start {start + 1}] iteration {state.iteration}, stage "
+              f"{state.stage}, held-out {state.best_heldout:.4f}", file=sys.stderr, flush=True)
+
+    return run_start(patch_set, settings, start, 0, ctfs, checkpoint=checkpoint)
+
+
+def recovery(which="both", processes=1, short=False):
     """C1, C3, C8 at L = 11, l_max 10, K = 552, SNR 3.5 by Eq. (4), noise estimated; then
-    with a CTF per micrograph (defocus 1-2.5 µm).  ``which``: "plain", "ctf" or "both"."""
+    with a CTF per micrograph (defocus 1-2.5 µm).  ``which``: "plain", "ctf" or "both";
+    ``processes``: the starts and cases run side by side in that many single-threaded
+    processes.  Each start's result is printed as soon as it ends."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
     from cryohess_plugin.core.micrograph_em import (EMSettings, align_coefficients, ctf_image,
-                                                    cut_patches, pairwise_fsc, run_start)
+                                                    cut_patches, pairwise_fsc)
     box = 11
     basis = SphericalBesselBasis.create(box, 10)
     truth = basis.from_volume(blob_volume(box, np.random.default_rng(3)))
-    cases = {"plain": (False, 1, 990, 5.0, 3), "ctf": (True, 4, 495, 10.0, 1)}
-    for ctf, count, size, pixel, starts in [cases[name] for name in cases
-                                            if which in (name, "both")]:
-        tick = time.perf_counter()
-        sim = model_micrographs(basis, truth, count, size, pixel, 3.5, ctf)
-        patch_set = cut_patches(sim.micrographs, box, pixel)
-        ctfs = [ctf_image(p, box, pixel) for p in sim.ctf_params] if ctf else None
-        settings = EMSettings(batch_fraction=0.1, held_out=500)
-        states = [run_start(patch_set, settings, start, 0, ctfs) for start in range(starts)]
-        best = int(np.argmax([s.best_heldout for s in states]))
-        aligned = align_coefficients(basis, truth, states[best].coefficients)
-        true_empty = 1 - sim.density() * ((2 * box - 1) / box) ** 2
-        print(f"CTF per micrograph: {ctf}; {patch_set.count} patches, {starts} starts, "
-              f"{time.perf_counter() - tick:.0f} s, iterations per start "
-              f"{[len(s.history['stage']) for s in states]}")
-        print(f"  FSC of the best start (shells 0-5): {np.round(aligned.fsc, 3).tolist()}")
-        print(f"  empty mass {states[best].empty_mass:.4f}, simulator's {true_empty:.4f}; "
-              f"noise variance {np.round(states[best].noise_variance, 4).tolist()}, true "
-              f"{sim.noise_sigma ** 2:.4f}")
-        if starts > 1:
-            pairs = pairwise_fsc(basis, [s.coefficients for s in states])
-            print(f"  pairwise min FSC over shells 1-4: {np.round(pairs, 3).tolist()}")
+    # (CTF, micrographs, side, Å/px, starts): 3600 patches in either case.
+    cases = {"plain": (False, 1, 660, 5.0, 3), "ctf": (True, 4, 330, 10.0, 1)}
+    settings = EMSettings(batch_fraction=0.2, held_out=300)
+    if short:
+        cases = {"plain": (False, 1, 198, 5.0, 2), "ctf": (True, 2, 198, 10.0, 1)}
+        settings = EMSettings(iterations=(2, 1, 1), batch_fraction=0.2, held_out=50)
+    tick = time.perf_counter()
+    jobs, data = {}, {}
+    with ProcessPoolExecutor(max_workers=int(processes)) as pool:
+        for name in [n for n in cases if which in (n, "both")]:
+            ctf, count, size, pixel, starts = cases[name]
+            sim = model_micrographs(basis, truth, count, size, pixel, 3.5, ctf)
+            patch_set = cut_patches(sim.micrographs, box, pixel)
+            ctfs = [ctf_image(p, box, pixel) for p in sim.ctf_params] if ctf else None
+            data[name] = (sim, patch_set, {})
+            for start in range(starts):
+                jobs[pool.submit(_run_start, name, patch_set, settings, start, ctfs)] = (
+                    name, start)
+        for job in as_completed(jobs):
+            name, start = jobs[job]
+            sim, patch_set, states = data[name]
+            state = states[start] = job.result()
+            fsc = align_coefficients(basis, truth, state.coefficients).fsc
+            true_empty = 1 - sim.density() * ((2 * box - 1) / box) ** 2
+            print(f"{name} start {start + 1} ({patch_set.count} patches, CTF per micrograph "
+                  f"{cases[name][0]}), after {time.perf_counter() - tick:.0f} s: "
+                  f"{len(state.history['stage'])} iterations, degree "
+                  f"{state.history['degree'][-1]}, held-out {state.best_heldout:.4f}", flush=True)
+            print(f"  FSC to the truth (shells 0-5): {np.round(fsc, 3).tolist()}")
+            print(f"  empty mass {state.empty_mass:.4f}, simulator's {true_empty:.4f}; noise "
+                  f"variance {np.round(state.noise_variance, 4).tolist()}, true "
+                  f"{sim.noise_sigma ** 2:.4f}", flush=True)
+    for name, (sim, patch_set, states) in data.items():
+        if len(states) > 1:
+            ordered = [states[k] for k in sorted(states)]
+            best = int(np.argmax([s.best_heldout for s in ordered]))
+            pairs = pairwise_fsc(basis, [s.coefficients for s in ordered])
+            print(f"{name}: best start {best + 1}; pairwise min FSC over shells 1-4 of the "
+                  f"starts: {np.round(pairs, 3).tolist()}")
     print(machine())
 
 
-def picking():
+def picking(short=False):
     """C9: Algorithm 2 with the true volume over SNR (Eq. (4)): F1 of "empty" against the
     simulator's placement, its always-empty baseline, the F1 against the patches that hold
     signal (clean energy above the noise of one pixel row), and the share of half-visible
@@ -189,8 +238,8 @@ def picking():
     print("| SNR | F1 empty | always-empty F1 | F1 empty (signal-holding truth) | shift "
           "accuracy ±1 px |")
     print("|---|---|---|---|---|")
-    for snr in np.logspace(-2, 2, 9):
-        sim = model_micrographs(basis, truth, 1, 495, 5.0, snr, False, rng=7)
+    for snr in np.logspace(-2, 2, 3 if short else 9):
+        sim = model_micrographs(basis, truth, 1, 198 if short else 495, 5.0, snr, False, rng=7)
         patch_set = cut_patches(sim.micrographs, box, 5.0)
         states = true_states(sim.top_left(0), patch_set.origins(), box)
         empty = np.all(states == box, axis=1)
@@ -209,5 +258,6 @@ def picking():
 
 
 if __name__ == "__main__":
+    arguments = [a for a in sys.argv[2:] if a != "--short"]
     {"paper": paper, "growth": growth, "box": box, "recovery": recovery,
-     "picking": picking}[sys.argv[1]](*sys.argv[2:])
+     "picking": picking}[sys.argv[1]](*arguments, short="--short" in sys.argv)
