@@ -1,6 +1,7 @@
 """CryoHessProtMicrographEM in a headless Scipion project: simulated micrographs → the
-protocol → a map and picks that RELION's coordinate writer and a box extraction take as
-they are; Continue after a stop; the viewer; and the bad inputs its validation refuses.
+protocol → a map and picks that the RELION plugin's extraction writes out as they are (its
+coordinate writer; the relion_preprocess binary is not installed); Continue after a stop;
+the viewer; and the bad inputs its validation refuses.
 
 Runs under pytest (``tests/conftest.py`` sets up Scipion) and under
 ``scipion3 tests cryohess_plugin.tests.test_scipion_micrograph_em``.
