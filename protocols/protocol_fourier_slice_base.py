@@ -1,6 +1,7 @@
 """What the Fourier-slice protocols (posterior, pose refinement) share: the particles as
 the core's spectra files, their poses, the posterior fits and the checks of their input
 and of the disk and memory a run needs."""
+import json
 import os
 import shutil
 import time
@@ -56,9 +57,12 @@ class FourierSliceParticlesMixin(CryoHessProtocolMixin):
                   % (len(particles.ids), box, particles.pixel_size,
                      os.path.getsize(self._particleFiles().spectra) / 2 ** 20))
 
-    def _fitPosterior(self, problem, path, label, **options):
+    def _fitPosterior(self, problem, path, label, checkPolarity=False, **options):
         """Fit the posterior of ``problem`` (``options`` of :func:`fit_posterior`), log it
-        and store it with the particle count and seconds in its history."""
+        and store it with the particle count and seconds in its history.  With
+        ``checkPolarity`` a map darker in its middle than in its solvent stops the run
+        (:class:`PolarityError`, nothing saved) and one that cannot tell is warned about;
+        the contrast is kept in the history."""
         from cryohess_plugin.core.posterior import fit_posterior
         self.info("Fitting the %s posterior to %d particles" % (label, problem.n_particles))
         started = time.perf_counter()
@@ -68,9 +72,27 @@ class FourierSliceParticlesMixin(CryoHessProtocolMixin):
             self.info("  %d minibatch steps of %d particles"
                       % (posterior.history['steps'], posterior.history['batch_size']))
         posterior.history.update(particles=problem.n_particles, seconds=seconds)
+        if checkPolarity:
+            polarity = posterior.polarity().check()
+            self.info("  Contrast of the mean map against its solvent: %.3g ± %.2g (z = %.1f)"
+                      % (polarity.contrast, polarity.standard_error, polarity.z_score))
+            if polarity.warning():
+                self.warning(polarity.warning())
+            posterior.history.update(polarity=[polarity.contrast, polarity.standard_error])
         posterior.save(path)
-        self.info("The %s posterior in %.1f s: noise variance %.4g per pixel"
-                  % (label, seconds, posterior.noise_variance))
+        facts = dict(particles=problem.n_particles, box=posterior.box,
+                     noise=self._noiseText(posterior),
+                     contrast=self._contrastTexts(posterior))
+        with open(_factsPath(path), 'w') as factsFile:
+            json.dump(facts, factsFile)
+        self.info("The %s posterior in %.1f s: %s" % (label, seconds, facts['noise']))
+
+    def _posteriorFacts(self, part):
+        """What the summary and methods say of a stored posterior (particles, box, noise
+        and contrast texts), kept beside it: selecting a run in the GUI reads no
+        map-sized arrays."""
+        with open(_factsPath(self._getFileName('posterior', part=part))) as factsFile:
+            return json.load(factsFile)
 
     def _particleFiles(self):
         from cryohess_plugin.core.posterior import ParticleFiles
@@ -95,6 +117,27 @@ class FourierSliceParticlesMixin(CryoHessProtocolMixin):
 
     def _pixelSize(self):
         return self.inputParticles.get().getSamplingRate()
+
+    @staticmethod
+    def _noiseText(posterior):
+        """The noise of a posterior in words: one variance, or its range over the shells."""
+        if posterior.white_noise:
+            return "white noise variance %.4g per pixel" % posterior.noise_variance
+        shells = posterior.noise_shells()
+        return ("noise variance per shell from %.4g (shell 1) to %.4g (shell %d) per pixel"
+                % (shells[1], shells[-2], shells.size - 2))
+
+    def _contrastTexts(self, posterior=None):
+        """Summary lines on the particles' contrast: |CTF| for a phase-flipped set, and
+        the warning when the polarity check of ``posterior``'s map could not tell."""
+        from cryohess_plugin.core.contrast import MapPolarity
+        texts = []
+        if self.inputParticles.get().isPhaseFlipped():
+            texts.append("The particles are phase-flipped: their CTF is used as |CTF|.")
+        polarity = None if posterior is None else posterior.history.get('polarity')
+        if polarity is not None and MapPolarity(*polarity).warning():
+            texts.append(MapPolarity(*polarity).warning())
+        return texts
 
     def _validateParticles(self):
         """Errors of the particle input: selection, poses and CTFs, and their files."""
@@ -150,3 +193,8 @@ class FourierSliceParticlesMixin(CryoHessProtocolMixin):
 def _sizeText(size):
     """A byte count in GiB or MiB."""
     return "%.1f GiB" % (size / 2 ** 30) if size >= 2 ** 30 else "%.0f MiB" % (size / 2 ** 20)
+
+
+def _factsPath(posteriorPath):
+    """The summary facts file beside a stored posterior."""
+    return posteriorPath[:-len('.npz')] + '_facts.json'

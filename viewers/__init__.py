@@ -4,8 +4,9 @@ from .viewer_fourier_posterior import CryoHessFourierPosteriorViewer, CryoHessRe
 from .viewer_micrograph_em import CryoHessMicrographEMViewer
 from .viewer_simulate import CryoHessSimulateViewer
 from .viewer_soft_modes import CryoHessSoftModesViewer
+from .viewer_volume import CryoHessVolumeViewer
 
 __all__ = ["CryoHessAlignParticlesViewer", "CryoHessAlignVolumesViewer",
            "CryoHessFourierPosteriorViewer", "CryoHessMicrographEMViewer",
-           "CryoHessRefinePosesViewer",
-           "CryoHessSimulateViewer", "CryoHessSoftModesViewer"]
+           "CryoHessRefinePosesViewer", "CryoHessSimulateViewer", "CryoHessSoftModesViewer",
+           "CryoHessVolumeViewer"]
