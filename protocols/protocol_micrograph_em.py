@@ -336,7 +336,10 @@ class CryoHessProtMicrographEM(CryoHessProtocolMixin, EMProtocol):
         return self.inputMicrographs.get()
 
     def _micrographs(self):
-        return [mic.clone() for mic in self.inputMicrographs.get().iterItems(orderBy='id')]
+        """The input micrographs in id order, read through their own database connection
+        (batch steps run side by side)."""
+        return [mic.clone() for mic in
+                self._parallelStepSet('inputMicrographs').iterItems(orderBy='id')]
 
     def _micrographBatches(self):
         count, step = len(self._micrographs()), self.micrographsPerStep.get()
@@ -373,5 +376,5 @@ class CryoHessProtMicrographEM(CryoHessProtocolMixin, EMProtocol):
         from cryohess_plugin.core.micrograph_em import ctf_image
         box, _, working = self._geometry()
         return [ctf_image(p, box, working)
-                for p in convert.micrograph_ctfs(self.ctfRelations.get(),
-                                                 self.inputMicrographs.get())]
+                for p in convert.micrograph_ctfs(self._parallelStepSet('ctfRelations'),
+                                                 self._parallelStepSet('inputMicrographs'))]

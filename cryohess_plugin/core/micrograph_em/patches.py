@@ -153,11 +153,11 @@ def fourier_bin(image, factor):
         raise InvalidDataError(f"the binning factor must be >= 1, got {factor}")
     height, width = image.shape
     new_h, new_w = max(1, int(round(height / factor))), max(1, int(round(width / factor)))
-    spectrum = scipy.fft.rfft2(image, workers=fourier.FFT_WORKERS)
+    spectrum = scipy.fft.rfft2(image, workers=fourier.fft_workers())
     keep_y = new_h // 2
     rows = np.concatenate([np.arange(0, new_h - keep_y), np.arange(height - keep_y, height)])
     cropped = spectrum[rows, :new_w // 2 + 1]
-    out = scipy.fft.irfft2(cropped, s=(new_h, new_w), workers=fourier.FFT_WORKERS)
+    out = scipy.fft.irfft2(cropped, s=(new_h, new_w), workers=fourier.fft_workers())
     return out * (new_h * new_w / (height * width))
 
 
