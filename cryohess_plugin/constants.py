@@ -78,3 +78,13 @@ NOISE_WHITE = 1
 LOG_LIKELIHOOD = "_cryohess_logLikelihood"
 REFINED_ANGLE_CHANGE = "_cryohess_refinedAngleChange"
 REFINED_SHIFT_CHANGE = "_cryohess_refinedShiftChange"
+
+# Micrograph placement of the simulation (protocols/simulate_settings.py)
+PLACEMENT_MIN_DISTANCE = 0
+PLACEMENT_SEPARATED = 1
+PLACEMENT_ARBITRARY = 2
+SNR_VARIANCE = 0
+SNR_ENERGY = 1
+
+# Micrograph EM pick score column (protocols/protocol_micrograph_em.py)
+PICK_SCORE = "_cryohess_pickScore"

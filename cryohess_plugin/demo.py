@@ -175,9 +175,59 @@ def posteriorStage(project, args, plotDir, done):
     return protocol
 
 
+def micrographEMStage(project, args, plotDir, done):
+    """Stage 6: a map straight from simulated micrographs of the same phantom, with well
+    separated particles, by micrograph EM; prints its FSC to the ground truth."""
+    from cryohess_plugin.constants import PLACEMENT_SEPARATED, SNR_ENERGY
+    from cryohess_plugin.protocols import CryoHessProtMicrographEM, CryoHessProtSimulate
+    from cryohess_plugin.viewers import CryoHessMicrographEMViewer
+    simulation = project.newProtocol(
+        CryoHessProtSimulate, boxSize=args.box, samplingRate=1.5, numberOfParticles=10,
+        numberOfDefocusGroups=2, snr=1.0, doMicrographs=True, numberOfMicrographs=4,
+        micrographSize=1024, micrographPlacement=PLACEMENT_SEPARATED, micrographDensity=0.4,
+        micrographSnr=SNR_ENERGY, numberOfThreads=args.threads)
+    simulation.setObjLabel("cryohess - simulate separated micrographs")
+    runProtocol(project, simulation)
+    protocol = project.newProtocol(
+        CryoHessProtMicrographEM, particleDiameter=2.4 * simulation.phantomRadius.get(),
+        stageIterations='10 6 6', batchFraction=0.2, numberOfStarts=2,
+        numberOfThreads=args.threads)
+    protocol.inputMicrographs.set(simulation.outputMicrographs)
+    protocol.ctfRelations.set(simulation.outputCTF)
+    protocol.setObjLabel("cryohess - micrograph EM")
+    runProtocol(project, protocol)
+    for line in protocol.summary():
+        print("  " + line)
+    printMapFsc(protocol, simulation.outputVolume)
+    for path in savePlots(CryoHessMicrographEMViewer, project, protocol, plotDir,
+                          "micrograph_em"):
+        print("  plot: %s" % path)
+    return protocol
+
+
+def printMapFsc(protocol, truthVolume):
+    """The FSC of a micrograph EM map to the ground truth, after the best rotation and
+    reflection, at the working pixel size."""
+    import numpy as np
+    from cryohess_plugin import convert
+    from cryohess_plugin.core.micrograph_em import (MicrographEMResult, align_coefficients,
+                                                    resample_volume)
+    result = MicrographEMResult.load(protocol._getFileName('result'))
+    basis = result.basis()
+    truth, pixel = convert.volume_to_array(truthVolume)
+    reference = basis.from_volume(resample_volume(truth, pixel, result.box, result.pixel_size))
+    alignment = align_coefficients(basis, reference, result.coefficients)
+    shells = np.arange(alignment.fsc.size) / (result.box * result.pixel_size)
+    print("  FSC to the ground truth (%s): %s" % (
+        "mirrored" if alignment.reflected else "same hand",
+        ", ".join("%.3f at %.0f Å" % (value, 1 / f) if f else "%.3f" % value
+                  for value, f in zip(alignment.fsc, shells))))
+
+
 #: (name, stage): each stage gets the protocols of the stages before it by name.
 STAGES = [('simulate', simulateStage), ('align', alignStage), ('softModes', softModesStage),
-          ('refine', refineStage), ('posterior', posteriorStage)]
+          ('refine', refineStage), ('posterior', posteriorStage),
+          ('micrographEM', micrographEMStage)]
 
 
 def main(argv=None):
