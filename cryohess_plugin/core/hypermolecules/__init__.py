@@ -6,13 +6,19 @@ with its own state), sampled jointly with every particle's state, shift, contras
 posterior uncertainty.
 """
 from .basis import MAX_STATE_DIMENSION, StateBasis, fourier_resample, soft_ball, working_box
+from .diagnostics import (HyperMoleculeResult, effective_sample_size, split_rhat,
+                          summarize_chains)
+from .evaluation import (interval_coverage, matched_true_states, rank_correlation,
+                         true_state_on_sampled_scale)
 from .data import ParticleData, prepare_particles
 from .likelihood import BandLikelihood
 from .model import Component, HyperMolecule, validate_components
-from .sampler import (Chain, ChainState, HyperMoleculeProblem, SamplerSettings, map_series,
-                      run_chain, total_map)
+from .sampler import (Chain, ChainState, HyperMoleculeProblem, SamplerSettings, langevin_step,
+                      map_series, run_chain, total_map)
 
 __all__ = ["MAX_STATE_DIMENSION", "StateBasis", "fourier_resample", "soft_ball", "working_box",
-           "ParticleData", "prepare_particles", "BandLikelihood", "Component", "HyperMolecule",
+           "HyperMoleculeResult", "effective_sample_size", "split_rhat",
+           "summarize_chains", "interval_coverage", "matched_true_states", "rank_correlation",
+           "true_state_on_sampled_scale", "ParticleData", "prepare_particles", "BandLikelihood", "Component", "HyperMolecule",
            "validate_components", "Chain", "ChainState", "HyperMoleculeProblem",
-           "SamplerSettings", "map_series", "run_chain", "total_map"]
+           "SamplerSettings", "langevin_step", "map_series", "run_chain", "total_map"]

@@ -39,8 +39,9 @@ class StateBasis:
         if order < 1:
             raise InvalidDataError(f"the state basis order must be at least 1, got {order}")
         self.dimension, self.order = dimension, order
-        self.indices = np.array(list(itertools.product(range(order), repeat=dimension)),
-                                dtype=np.int64).reshape(-1, dimension)
+        combinations = list(itertools.product(range(order), repeat=dimension))
+        self.indices = np.array(combinations, dtype=np.int64).reshape(len(combinations),
+                                                                      dimension)
 
     @property
     def size(self):

@@ -124,7 +124,12 @@ class HyperMolecule:
 
     @property
     def coefficient_count(self):
-        return sum(self.coefficients[i].size for i in self.owners)
+        """Free real coefficients: the in-band frequencies of every coefficient map."""
+        in_band = int(np.count_nonzero(np.abs(np.fft.fftfreq(self.size) * self.size)[:, None, None]
+                                       ** 2 + (np.fft.fftfreq(self.size) * self.size)[None, :, None]
+                                       ** 2 + (np.fft.fftfreq(self.size) * self.size)[None, None, :]
+                                       ** 2 <= self.band ** 2))
+        return in_band * sum(self.coefficients[i].shape[0] for i in self.owners)
 
     # ------------------------------------------------------------------ slices
     def grids(self, coefficients=None):

@@ -246,7 +246,7 @@ def total_map(model, states, coefficients=None):
             # V_c(r) = V_m(Gᵀ r); arrays are (z, y, x), G acts on (x, y, z).
             flip = np.eye(3)[::-1]
             matrix = flip @ g.T @ flip
-            volume = affine_transform(volume, matrix, offset=centre - matrix @ centre, order=1)
+            volume = affine_transform(volume, matrix, offset=centre - matrix @ centre, order=3)
         out += volume
     return out
 
