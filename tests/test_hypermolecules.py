@@ -285,3 +285,19 @@ def test_bad_input_gets_messages_naming_the_fix():
         hm.HyperMoleculeProblem(data, [hm.Component("all", 4)]).validate()
     with pytest.raises(InvalidDataError, match="cannot support a state basis of order 3"):
         hm.HyperMoleculeProblem(data, [hm.Component("all", 1)], order=3).validate()
+
+
+def test_a_stopped_chain_continues_from_its_checkpoint_exactly(tmp_path):
+    rng = np.random.default_rng(10)
+    model, data, tau, contrast, shifts, sigma = simulated_from_model(rng, n=120, band=6.0)
+    problem = hm.HyperMoleculeProblem(data, [hm.Component("all", 1)], order=2,
+                                      interpolation="linear", backend="cpu")
+    settings = hm.SamplerSettings(sweeps=8, burn_in=4, checkpoint_every=3)
+    whole = hm.run_chain(problem, settings, 0, checkpoint=str(tmp_path / "whole.npz"))
+    stopped = hm.SamplerSettings(sweeps=6, burn_in=4, checkpoint_every=3)
+    hm.run_chain(problem, stopped, 0, checkpoint=str(tmp_path / "part.npz"))
+    continued = hm.run_chain(problem, settings, 0, checkpoint=str(tmp_path / "part.npz"))
+    assert continued.sweep == whole.sweep == 8
+    assert np.allclose(continued.states, whole.states)
+    assert np.allclose(continued.coefficients, whole.coefficients)
+    assert np.allclose(continued.map_sum, whole.map_sum)

@@ -196,6 +196,7 @@ class ChainState:
     contrast_sum: np.ndarray
     shift_sum: np.ndarray
     map_size: int
+    hessian_profiles: np.ndarray = None
 
     def save(self, path):
         save_fields(path, self)
@@ -390,7 +391,9 @@ class Chain:
             return
         self._set_noise(st.noise_power)
         self._refresh_slices()
-        self._precondition(measure=True)
+        resumed = (st.hessian_profiles is not None and band == st.band and self.hessian is None
+                   and not starting)
+        self._precondition(measure=not resumed)
 
     def _update_noise(self):
         """Per-shell noise from the current residuals (shells outside the band keep theirs)."""
@@ -440,7 +443,9 @@ class Chain:
         for t, (c, m, q) in enumerate(model.terms):
             weights[:, t] = 1.0 if q == 0 else 0.0
         self.weights = weights
-        hessian = self._shell_hessian(weights, only_constant=True)
+        radius = np.rint(radial_frequencies(model.size)).astype(np.int64)
+        hessian = {key: profile[radius] for key, profile in
+                   self._shell_hessian(weights, only_constant=True).items()}
         for _ in range(3):
             self.grids = model.grids()
             self.slices = model.slices(self.grids, self.state.rotations, self.likelihood.kx,
@@ -453,7 +458,8 @@ class Chain:
         self.state.noise_power = np.zeros(0)
 
     def _shell_hessian(self, weights, only_constant=False):
-        """Per-shell data precision ``H_{m,q}(|k|)`` on the rfftn layout, by one probe each."""
+        """Per-shell data precision ``H_{m,q}`` (integer shells of the working box), by one
+        Hessian probe each."""
         model, st = self.model, self.state
         rng = np.random.default_rng([self.settings.seed, self.index, st.sweep, 7])
         rows = np.arange(self.data.count)
@@ -491,15 +497,19 @@ class Chain:
                 counts = np.bincount(radius.ravel(), minlength=shells)
                 first = int(np.argmax(counts >= MIN_SHELL_VOXELS))
                 per_shell[:first] = per_shell[first]
-                out[(m, q)] = per_shell[radius] + 1e-12
+                out[(m, q)] = per_shell
         return out
 
     def _precondition(self, measure=False):
         """Prior precisions and the MALA precisions ``β H + λ_q`` at this band."""
         model, st = self.model, self.state
         beta = self.settings.temperature(st.sweep)
-        if measure or self.hessian is None:
-            self.hessian = self._shell_hessian(self.weights)
+        radius = np.rint(radial_frequencies(model.size)).astype(np.int64)
+        if measure or st.hessian_profiles is None:
+            profiles = self._shell_hessian(self.weights)
+            st.hessian_profiles = np.stack([profiles[key] for key in sorted(profiles)])
+        keys = sorted((m, q) for m in model.owners for q in range(model.coefficients[m].shape[0]))
+        self.hessian = {key: st.hessian_profiles[i][radius] + 1e-12 for i, key in enumerate(keys)}
         self.prior_precision, self.filters = {}, {}
         for m in model.owners:
             roughness = model.bases[m].roughness()
