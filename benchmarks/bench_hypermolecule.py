@@ -92,6 +92,18 @@ def recovery(args):
         if np.isfinite(matched[index]):
             resolutions.append((result.tau_grid[index], matched[index], resolution(
                 result.mean_maps[0, index], truth_map(a, b, matched[index]))))
+    print(f"\nparticles {args.n}, box {BOX}, band {args.band}, order {args.order}, chains "
+          f"{args.chains}, sweeps {args.sweeps} (burn-in {args.burn_in})")
+    print(f"wall time {elapsed:.0f} s ({elapsed / 60:.1f} min), peak traced memory {peak:.0f} MiB, "
+          f"load average {os.getloadavg()[0]:.2f}")
+    print(f"|Spearman rho| {abs(rho):.3f}")
+    for g, t, value in resolutions:
+        print(f"map at tau {g:.2f} (true state {t:.2f}): FSC 0.5 at {value:.2f} A")
+    print(f"90 % intervals holding the truth: {100 * coverage:.1f} %")
+    print("split R-hat:", {k: round(v, 3) for k, v in result.rhat.items() if not k.startswith("tau")},
+          "worst (tracked tau included)", round(result.worst_rhat(), 3))
+    print("ESS:", {k: round(v) for k, v in result.ess.items() if not k.startswith("tau")},
+          flush=True)
     # The same particle count, noise and band in a single state (the middle one).
     middle = state_model(a, b, 0.5)
     single = simulate.simulate_particles(middle, args.n, BOX, PIXEL, rng=2, snr=SNR,
@@ -103,19 +115,8 @@ def recovery(args):
     single_result = run_chains(single_problem, single_settings, 1, log=False)
     reference = resolution(single_result.mean_maps[0, 0],
                            gaussian_atom_volume(middle, BOX, PIXEL, center=a.centroid()))
-    print(f"\nparticles {args.n}, box {BOX}, band {args.band}, order {args.order}, chains "
-          f"{args.chains}, sweeps {args.sweeps} (burn-in {args.burn_in})")
-    print(f"wall time {elapsed:.0f} s ({elapsed / 60:.1f} min), peak traced memory {peak:.0f} MiB, "
-          f"load average {os.getloadavg()[0]:.2f}")
-    print(f"|Spearman rho| {abs(rho):.3f}")
-    for g, t, value in resolutions:
-        print(f"map at tau {g:.2f} (true state {t:.2f}): FSC 0.5 at {value:.2f} A")
     print(f"single state, same count: FSC 0.5 at {reference:.2f} A; limit 1.5x = "
           f"{1.5 * reference:.2f} A")
-    print(f"90 % intervals holding the truth: {100 * coverage:.1f} %")
-    print("split R-hat:", {k: round(v, 3) for k, v in result.rhat.items() if not k.startswith("tau")},
-          "worst", round(result.worst_rhat(), 3))
-    print("ESS:", {k: round(v) for k, v in result.ess.items() if not k.startswith("tau")})
 
 
 def sweep_time(n, box, order, dimension, band, sweeps=3):

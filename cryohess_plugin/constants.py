@@ -74,3 +74,11 @@ PRIOR_FIXED = 1
 LOG_LIKELIHOOD = "_cryohess_logLikelihood"
 REFINED_ANGLE_CHANGE = "_cryohess_refinedAngleChange"
 REFINED_SHIFT_CHANGE = "_cryohess_refinedShiftChange"
+
+# ---------------------------- Hyper-molecule columns --------------------------
+# Per particle: posterior mean and spread of the state τ (one value per state axis).
+HYPER_TAU_MEAN = "_cryohess_tauMean"
+HYPER_TAU_STD = "_cryohess_tauStd"
+# Per output map: its series (moving part and axis) and its state τ.
+HYPER_SERIES = "_cryohess_hyperSeries"
+HYPER_TAU = "_cryohess_tau"

@@ -1,9 +1,11 @@
 """cryohess viewers; every class here is registered by Scipion's Domain."""
 from .viewer_align import CryoHessAlignParticlesViewer, CryoHessAlignVolumesViewer
 from .viewer_fourier_posterior import CryoHessFourierPosteriorViewer, CryoHessRefinePosesViewer
+from .viewer_hyper_molecule import CryoHessHyperMoleculeViewer
 from .viewer_simulate import CryoHessSimulateViewer
 from .viewer_soft_modes import CryoHessSoftModesViewer
 
 __all__ = ["CryoHessAlignParticlesViewer", "CryoHessAlignVolumesViewer",
-           "CryoHessFourierPosteriorViewer", "CryoHessRefinePosesViewer",
+           "CryoHessFourierPosteriorViewer", "CryoHessHyperMoleculeViewer",
+           "CryoHessRefinePosesViewer",
            "CryoHessSimulateViewer", "CryoHessSoftModesViewer"]

@@ -79,8 +79,6 @@ class HyperMoleculeResult:
     """
     tau_grid: np.ndarray
     series: np.ndarray
-    mean_maps: np.ndarray
-    std_maps: np.ndarray
     tau_mean: np.ndarray
     tau_std: np.ndarray
     tau_interval: np.ndarray
@@ -93,6 +91,8 @@ class HyperMoleculeResult:
     traces: dict
     component_names: np.ndarray
     samples: int
+    mean_maps: np.ndarray = None
+    std_maps: np.ndarray = None
 
     def save(self, path):
         save_fields(path, self)

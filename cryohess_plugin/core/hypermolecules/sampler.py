@@ -45,10 +45,15 @@ TRACKED_PARTICLES = 8
 MIN_PARTICLES_PER_STATE_FUNCTION = 50
 #: Voxels a shell needs for its own Hessian-probe value.
 MIN_SHELL_VOXELS = 50
+#: Power iterations of the spectral start.
+SPECTRAL_ITERATIONS = 12
 #: Sweeps between re-estimates of the per-shell noise during burn-in.
 NOISE_EVERY = 10
 #: Largest MALA step (Crank–Nicolson factor ``ρ = 1 - ε²/2 = 0.5``).
 MAX_MALA_STEP = 1.0
+#: Largest proposal scales the adaptation may reach (a τ step beyond the unit interval
+#: only re-draws it uniformly).
+MAX_STEPS = {"mala": MAX_MALA_STEP, "tau": 0.5}
 
 
 @dataclass
@@ -72,6 +77,8 @@ class SamplerSettings:
         proposals (escapes from local modes).
     :param warmup: share of burn-in whose coefficient updates are preconditioned gradient
         steps without noise (a search for the posterior's bulk, not sampling).
+    :param spectral_start: start the states from the leading heterogeneity directions of
+        the residuals (else uniformly at random).
     :param grid_points: states per axis of the gridded τ proposal used during burn-in.
     :param map_count: maps along every state axis.
     :param checkpoint_every: sweeps between saved chain states.
@@ -97,6 +104,7 @@ class SamplerSettings:
     global_rotation_probability: float = 0.05
     global_tau_probability: float = 0.1
     warmup: float = 0.4
+    spectral_start: bool = True
     grid_points: int = 16
     map_count: int = 10
     checkpoint_every: int = 10
@@ -388,6 +396,8 @@ class Chain:
             self._set_noise(np.ones(int(np.ceil(self.data.band)) + 1))
             self._refresh_slices()
             self._update_noise()
+            if starting and self.settings.spectral_start:
+                self._spectral_start()
             return
         self._set_noise(st.noise_power)
         self._refresh_slices()
@@ -456,6 +466,58 @@ class Chain:
                 step = radial_filter(gradient[m][0], model.band_mask / (h + 1e-2 * h.max()))
                 model.coefficients[m][0] += step
         self.state.noise_power = np.zeros(0)
+
+    def _spectral_start(self):
+        """Starting states from the leading heterogeneity directions (burn-in only).
+
+        For each heterogeneous component, the directions ``v`` of its coefficient maps
+        that explain most residual variance beyond the noise, ``max vᵀ C v`` with
+        ``C = Σ_i J_iᵀ W (r_i r_iᵀ - W⁻¹) W J_i`` (residuals ``r_i`` of the homogeneous
+        start, ``W`` the noise precision), by preconditioned power iteration with one
+        direction per state axis; particle ``i``'s state on axis ``a`` starts at the rank
+        of its score ``⟨J_i v_a, r_i⟩_W``, jittered per chain.  This is a starting point,
+        not a move of the chain (docs/methods/hyper_molecules.md §5).
+        """
+        model, st = self.model, self.state
+        rng = np.random.default_rng([self.settings.seed, self.index, 11])
+        kx, ky = self.likelihood.kx, self.likelihood.ky
+        constant = np.array([1.0 if q == 0 else 0.0 for _, _, q in model.terms])
+        weights = constant[None, :] * np.exp(st.log_contrast)[:, None]
+        residual = self.likelihood.weighted_residuals(self.slices, weights, st.shifts)
+        zero = np.zeros_like(self.likelihood.spectra)
+        for c, cols in self.columns.items():
+            m = model.owner(c)
+            term = [t for t, (tc, _, q) in enumerate(model.terms) if tc == c and q == 0][0]
+            one_hot = np.zeros_like(weights)
+            one_hot[:, term] = np.exp(st.log_contrast)
+            precondition = model.band_mask / self.hessian[(m, 0)]
+            directions = []
+            for axis in range(cols.stop - cols.start):
+                v = model.limit(model.masks[m] * rng.standard_normal((model.size,) * 3))
+                for _ in range(SPECTRAL_ITERATIONS):
+                    for previous in directions:
+                        v -= np.sum(v * previous) * previous
+                    v /= np.linalg.norm(v)
+                    probe = {o: np.zeros_like(model.coefficients[o]) for o in model.owners}
+                    probe[m][0] = v
+                    slices = model.slices(model.grids(probe), st.rotations, kx, ky)
+                    scores = np.einsum("nm,nm->n", np.conj(slices[:, term]), residual).real
+                    saved, self.likelihood.spectra = self.likelihood.spectra, zero
+                    try:
+                        noise = -self.likelihood.weighted_residuals(slices, one_hot, st.shifts)
+                    finally:
+                        self.likelihood.spectra = saved
+                    applied = model.gradient(residual * scores[:, None] - noise, one_hot,
+                                             st.rotations, kx, ky)[m][0]
+                    v = radial_filter(applied, precondition)
+                v /= np.linalg.norm(v)
+                directions.append(v)
+                ranks = np.argsort(np.argsort(scores)) / max(len(scores) - 1, 1)
+                jitter = 0.05 * rng.standard_normal(len(scores))
+                st.states[:, cols.start + axis] = reflect_unit(ranks + jitter)
+        self.weights = self._weights(st.states, st.log_contrast)
+        self.log_likelihood = self.likelihood.log_likelihoods(self.slices, self.weights,
+                                                              st.shifts)
 
     def _shell_hessian(self, weights, only_constant=False):
         """Per-shell data precision ``H_{m,q}`` (integer shells of the working box), by one
@@ -680,7 +742,7 @@ class Chain:
     def _adapt(self, name, rate, target):
         if np.isfinite(rate):
             step = self.state.steps[name] * np.exp(rate - target)
-            self.state.steps[name] = float(min(step, MAX_MALA_STEP) if name == "mala" else step)
+            self.state.steps[name] = float(min(step, MAX_STEPS.get(name, np.inf)))
 
     def _record(self):
         st, model = self.state, self.model
@@ -723,6 +785,10 @@ class Chain:
             if beta != self.filter_temperature:
                 self._precondition()
             warming = st.sweep < s.warmup * s.burn_in
+            if warming:
+                # Coefficients first: they follow the states (from the spectral start) before
+                # the states move against them.
+                self._search_coefficients(beta)
             if st.sweep < s.settle_start:
                 self._move_states_gridded(rng, beta)
             rates = {"tau": self._move_states(rng, beta)}
@@ -733,9 +799,7 @@ class Chain:
             if s.sample_rotations:
                 rates["rotation"] = self._move_rotations(rng, beta)
             self._current_gradient = None
-            if warming:
-                self._search_coefficients(beta)
-            else:
+            if not warming:
                 rates["mala"] = self._move_coefficients(rng, beta)
             if st.sweep < s.burn_in:
                 for name, rate in rates.items():
