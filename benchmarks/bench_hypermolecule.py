@@ -13,7 +13,7 @@ intervals; split R-hat and ESS; wall time and peak memory.
 particle count, the state-basis order (coefficients) and the state dimension d at a fixed
 number of coefficients, at 64 px and one 128-px case; peak memory by tracemalloc.
 
-    python benchmarks/bench_hypermolecule.py recovery [--n 5000] [--chains 2] [--sweeps 120]
+    python benchmarks/bench_hypermolecule.py recovery [--n 5000] [--chains 2] [--sweeps 160]
     python benchmarks/bench_hypermolecule.py speed
 """
 import argparse
@@ -160,8 +160,8 @@ def main():
     parser.add_argument("mode", choices=("recovery", "speed"))
     parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--chains", type=int, default=2)
-    parser.add_argument("--sweeps", type=int, default=120)
-    parser.add_argument("--burn-in", type=int, default=70)
+    parser.add_argument("--sweeps", type=int, default=160)
+    parser.add_argument("--burn-in", type=int, default=100)
     parser.add_argument("--band", type=float, default=16.0)
     parser.add_argument("--order", type=int, default=3)
     args = parser.parse_args()

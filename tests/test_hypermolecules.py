@@ -271,6 +271,43 @@ def test_state_basis_is_orthonormal_and_reverses_with_signs():
     assert np.allclose(basis.values(1 - tau), values * basis.reversal_signs())
 
 
+def test_work_per_sweep_does_not_depend_on_the_state_dimension(monkeypatch):
+    """At a fixed number of coefficient maps (d = 1, Q = 4 against d = 2, Q = 2) a sweep after
+    burn-in makes the same kernel passes over the same numbers of values: the cost of the
+    sampler does not grow with d (docs/methods/hyper_molecules.md §8)."""
+    rng = np.random.default_rng(11)
+    images = rng.normal(size=(220, 16, 16))
+    data = hm.prepare_particles(images, [CTF] * 220, PIXEL, 5.0,
+                                rotations.random_rotations(220, rng))
+    work = {}
+
+    def counted(name, function):
+        def wrapper(*args, **kwargs):
+            out = function(*args, **kwargs)
+            work.setdefault(name, []).append(np.size(out))
+            return out
+        return wrapper
+
+    counts = {}
+    for dimension, order in ((1, 4), (2, 2)):
+        problem = hm.HyperMoleculeProblem(data, [hm.Component("all", dimension)], order=order,
+                                          backend="cpu")
+        settings = hm.SamplerSettings(sweeps=3, burn_in=2, band_fractions=(1.0,))
+        chain = hm.Chain(problem, settings, 0)
+        chain.run()
+        with monkeypatch.context() as patch:
+            for owner, name in ((hm.BandLikelihood, "log_likelihoods"),
+                                (hm.BandLikelihood, "weighted_residuals"),
+                                (hm.HyperMolecule, "slices"), (hm.HyperMolecule, "gradient")):
+                patch.setattr(owner, name, counted(name, getattr(owner, name)))
+            work.clear()
+            chain.settings = hm.SamplerSettings(sweeps=4, burn_in=2, band_fractions=(1.0,))
+            chain.run()
+        counts[dimension] = {name: sorted(sizes) for name, sizes in work.items()}
+    assert counts[1] == counts[2]
+    assert counts[1]["log_likelihoods"]
+
+
 # ---------------------------------------------------------------- bad input
 def test_bad_input_gets_messages_naming_the_fix():
     rng = np.random.default_rng(9)

@@ -45,6 +45,8 @@ TRACKED_PARTICLES = 8
 MIN_PARTICLES_PER_STATE_FUNCTION = 50
 #: Voxels a shell needs for its own Hessian-probe value.
 MIN_SHELL_VOXELS = 50
+#: Relative scales of the τ random walk, one drawn per particle and proposal.
+TAU_SCALES = np.array([0.125, 0.5, 2.0])
 #: Power iterations of the spectral start.
 SPECTRAL_ITERATIONS = 12
 #: Sweeps between re-estimates of the per-shell noise during burn-in.
@@ -590,9 +592,13 @@ class Chain:
         rates = []
         for c, cols in self.columns.items():
             proposal = st.states.copy()
+            n, d = st.states.shape[0], cols.stop - cols.start
+            # Each particle's scale is drawn from {1/8, 1/2, 2} x the step, independently of
+            # its state (so the proposal stays symmetric): particles whose τ posterior is much
+            # sharper or wider than typical still move.
+            scales = st.steps["tau"] * TAU_SCALES[rng.integers(0, len(TAU_SCALES), n)]
             local = reflect_unit(st.states[:, cols]
-                                 + st.steps["tau"] * rng.standard_normal((st.states.shape[0],
-                                                                          cols.stop - cols.start)))
+                                 + scales[:, None] * rng.standard_normal((n, d)))
             fresh = rng.random(st.states.shape[0]) < s.global_tau_probability
             local[fresh] = rng.random((int(fresh.sum()), cols.stop - cols.start))
             proposal[:, cols] = local
@@ -740,8 +746,12 @@ class Chain:
 
     # ------------------------------------------------------------------ the run
     def _adapt(self, name, rate, target):
+        """Robbins–Monro on the log step; from the settle phase on with a gain decaying as
+        ``1 / √k`` (acceptances far from equilibrium are near 1 and would inflate it)."""
         if np.isfinite(rate):
-            step = self.state.steps[name] * np.exp(rate - target)
+            settled = self.state.sweep - self.settings.settle_start
+            gain = 1.0 if settled < 0 else 1.0 / np.sqrt(1.0 + settled)
+            step = self.state.steps[name] * np.exp(gain * (rate - target))
             self.state.steps[name] = float(min(step, MAX_STEPS.get(name, np.inf)))
 
     def _record(self):

@@ -243,7 +243,8 @@ def simulate_particles(source, n, box, pixel_size, rng=0, distribution="uniform"
     """Simulate a particle stack: project, modulate by the CTF, add white noise.
 
     :param source: ``(box, box, box)`` volume (voxel size ``pixel_size``) or an
-        :class:`.atoms.AtomModel` (projected about its centroid).
+        :class:`.atoms.AtomModel` (projected about its centroid); None with a model that
+        has its own states (``heterogeneity``).
     :param n: number of particles.
     :param box: image size in pixels.
     :param pixel_size: Å per pixel.
@@ -275,10 +276,9 @@ def simulate_particles(source, n, box, pixel_size, rng=0, distribution="uniform"
     n, box = int(n), int(box)
     if n < 1 or n_groups < 1:
         raise InvalidDataError(f"need n >= 1 particles and n_groups >= 1, got {n}, {n_groups}")
+    source = heterogeneity.reference if _is_trajectory(heterogeneity) else source
     source = _as_source(source, box)
-    if _is_trajectory(heterogeneity):
-        source = heterogeneity.reference
-    elif heterogeneity is not None:
+    if heterogeneity is not None and not _is_trajectory(heterogeneity):
         if not isinstance(source, AtomModel) or not isinstance(heterogeneity, AtomModel):
             raise InvalidDataError("heterogeneity needs two atomic models (source and "
                                    "heterogeneity), not a volume")
