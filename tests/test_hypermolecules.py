@@ -5,7 +5,7 @@ import pytest
 
 from cryohess_plugin.core import fourier, rotations
 from cryohess_plugin.core import hypermolecules as hm
-from cryohess_plugin.core.ctf import CTFParams, ctf_stack
+from cryohess_plugin.core.ctf import CTFParams, apply_ctf, ctf_stack
 from cryohess_plugin.core.errors import InvalidDataError, MissingMetadataError, ShapeError
 from cryohess_plugin.core.projector import SliceOperator
 from cryohess_plugin.core.synthetic import AtomModel, gaussian_atom_projection
@@ -306,6 +306,32 @@ def test_work_per_sweep_does_not_depend_on_the_state_dimension(monkeypatch):
         counts[dimension] = {name: sorted(sizes) for name, sizes in work.items()}
     assert counts[1] == counts[2]
     assert counts[1]["log_likelihoods"]
+
+
+def test_pretzel_arms_are_c2_copies_that_swing_independently():
+    from cryohess_plugin.core.synthetic import simulate
+    from cryohess_plugin.core.synthetic.pretzel import C2_Z, pretzel
+    shape = pretzel(swing_deg=50.0)
+    states = np.array([[0.0, 1.0], [0.3, 0.3]])
+    positions = shape.positions_at(states)
+    ring, arms = shape.ring.shape[0], shape.arm.shape[0]
+    first, second = positions[:, ring:ring + arms], positions[:, ring + arms:]
+    # Same state: the second arm is the first one turned by C2.
+    assert np.allclose(second[1], first[1] @ C2_Z.T)
+    # The swing between t = 0 and t = 1 is 50 degrees about the hinge.
+    ends = shape.arm_positions(np.array([0.0, 1.0])) - shape.hinge
+    cosine = np.sum(ends[0, -1] * ends[1, -1]) / np.linalg.norm(ends[0, -1]) ** 2
+    assert np.isclose(np.degrees(np.arccos(cosine)), 50.0)
+    sim = simulate.simulate_particles(None, 4, 32, 2.0, rng=0, heterogeneity=shape, snr=None,
+                                      backend="cpu")
+    assert sim.conformation.shape == (4, 2)
+    model = shape.model(sim.conformation[0])
+    direct = apply_ctf(gaussian_atom_projection(model, sim.rotations[0], 32, 2.0,
+                                                center=shape.reference.centroid()),
+                       sim.ctf_params[0], 2.0)[0]
+    assert relative_l2(sim.clean_images[0], direct) < 1e-5
+    masks = shape.masks(32, 2.0)
+    assert all(mask.shape == (32,) * 3 and mask.max() == 1.0 for mask in masks)
 
 
 # ---------------------------------------------------------------- bad input

@@ -53,11 +53,12 @@ class TestHyperMolecule(CryoHessTestCase):
         with mrcfile.open(convert.image_file(first.getFileName())) as handle:
             self.assertEqual(handle.data.shape, (BOX,) * 3)
             self.assertTrue(np.isfinite(handle.data).all())
-        particles = list(self.hyper.outputParticles.iterItems(orderBy='id'))
-        self.assertEqual(len(particles), SIMULATION['numberOfParticles'])
-        mean = np.array([np.atleast_1d(convert.read_column(p, HYPER_TAU_MEAN))[0] for p in particles])
-        spread = np.array([np.atleast_1d(convert.read_column(p, HYPER_TAU_STD))[0] for p in particles])
-        truth = np.array([convert.read_column(p, CONFORMATION) for p in particles])
+        columns = [(np.atleast_1d(convert.read_column(p, HYPER_TAU_MEAN))[0],
+                    np.atleast_1d(convert.read_column(p, HYPER_TAU_STD))[0],
+                    convert.read_column(p, CONFORMATION))
+                   for p in self.hyper.outputParticles.iterItems(orderBy='id')]
+        self.assertEqual(len(columns), SIMULATION['numberOfParticles'])
+        mean, spread, truth = np.array(columns).T
         self.assertTrue(np.all((mean >= 0) & (mean <= 1)) and np.all(spread > 0))
         self.assertGreater(abs(rank_correlation(mean, truth)), 0.6)
         self.assertTrue(os.path.exists(self.hyper._getFileName('morph', series=0)))
