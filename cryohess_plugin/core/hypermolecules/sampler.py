@@ -81,7 +81,8 @@ class SamplerSettings:
         steps without noise (a search for the posterior's bulk, not sampling).
     :param spectral_start: start the states from the leading heterogeneity directions of
         the residuals (else uniformly at random).
-    :param grid_points: states per axis of the gridded τ proposal used during burn-in.
+    :param grid_points: states in the grid of the gridded τ proposal (``⌊G^{1/d}⌋`` per axis),
+        made every sweep except while the step sizes settle.
     :param map_count: maps along every state axis.
     :param checkpoint_every: sweeps between saved chain states.
     :param seed: seed of the data set's chains; chain ``c`` uses ``(seed, c)``.
@@ -621,7 +622,8 @@ class Chain:
         n = st.states.shape[0]
         for c, cols in self.columns.items():
             d = cols.stop - cols.start
-            per_axis = max(2, int(round(self.settings.grid_points ** (1.0 / d))))
+            # At most grid_points evaluations whatever d, so the cost does not grow with d.
+            per_axis = max(2, int(np.floor(self.settings.grid_points ** (1.0 / d) + 1e-9)))
             centres = (np.arange(per_axis) + 0.5) / per_axis
             grid = np.stack(np.meshgrid(*([centres] * d), indexing="ij"), -1).reshape(-1, d)
             scores = np.empty((n, grid.shape[0]))
@@ -799,7 +801,8 @@ class Chain:
                 # Coefficients first: they follow the states (from the spectral start) before
                 # the states move against them.
                 self._search_coefficients(beta)
-            if st.sweep < s.settle_start:
+            if st.sweep < s.settle_start or st.sweep >= s.burn_in:
+                # Not while the step sizes settle, so they adapt to the random walk alone.
                 self._move_states_gridded(rng, beta)
             rates = {"tau": self._move_states(rng, beta)}
             if s.sample_shifts:

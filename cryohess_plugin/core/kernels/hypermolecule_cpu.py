@@ -19,11 +19,13 @@ enters only as a phase, so a shift proposal reuses the slices.
 import math
 
 from numba import njit, prange
+from numba.extending import register_jitable
 
 
-@njit(cache=True, inline="always")
-def _modulated_model(data, slices, weights, ctf, shifts, kx, ky, box, i, j):
-    """``(modulation, model)`` of sample ``j`` of image ``i`` (see the module docstring)."""
+@register_jitable(inline="always")
+def modulated_model(data, slices, weights, ctf, shifts, kx, ky, box, i, j):
+    """``(modulation, model)`` of sample ``j`` of image ``i`` (see the module docstring);
+    compiled into the CPU kernels here and the CUDA kernels of :mod:`.hypermolecule_cuda`."""
     angle = -2.0 * math.pi * (kx[j] * shifts[i, 0] + ky[j] * shifts[i, 1]) / box
     modulation = ctf[i, j] * complex(math.cos(angle), math.sin(angle))
     combined = 0j
@@ -39,7 +41,7 @@ def log_likelihoods(data, slices, weights, ctf, shifts, kx, ky, box, precision, 
     for i in prange(n):
         total = 0.0
         for j in range(m):
-            _, model = _modulated_model(data, slices, weights, ctf, shifts, kx, ky, box, i, j)
+            _, model = modulated_model(data, slices, weights, ctf, shifts, kx, ky, box, i, j)
             residual = data[i, j] - model
             total += precision[j] * (residual.real ** 2 + residual.imag ** 2)
         out[i] = -total
@@ -51,6 +53,6 @@ def weighted_residuals(data, slices, weights, ctf, shifts, kx, ky, box, precisio
     n, m = data.shape
     for i in prange(n):
         for j in range(m):
-            modulation, model = _modulated_model(data, slices, weights, ctf, shifts, kx, ky,
+            modulation, model = modulated_model(data, slices, weights, ctf, shifts, kx, ky,
                                                  box, i, j)
             out[i, j] = precision[j] * modulation.conjugate() * (data[i, j] - model)

@@ -5,24 +5,13 @@ the host output arrays).  :func:`log_likelihoods` takes one thread per image (th
 over its frequencies stays in one thread, in float64); :func:`weighted_residuals` one
 thread per sample ``j`` of an image ``i``.
 """
-import math
-
 import numpy as np
 from numba import cuda
 
 from .cuda_launch import launch_shape
+from .hypermolecule_cpu import modulated_model
 
 THREADS_PER_IMAGE_BLOCK = 64
-
-
-@cuda.jit(device=True)
-def _modulated_model(data, slices, weights, ctf, shifts, kx, ky, box, i, j):
-    angle = -2.0 * math.pi * (kx[j] * shifts[i, 0] + ky[j] * shifts[i, 1]) / box
-    modulation = ctf[i, j] * complex(math.cos(angle), math.sin(angle))
-    combined = 0j
-    for q in range(weights.shape[1]):
-        combined += weights[i, q] * slices[i, q, j]
-    return modulation, modulation * combined
 
 
 @cuda.jit
@@ -33,7 +22,7 @@ def _log_likelihoods(data, slices, weights, ctf, shifts, kx, ky, box, precision,
         return
     total = 0.0
     for j in range(m):
-        _, model = _modulated_model(data, slices, weights, ctf, shifts, kx, ky, box, i, j)
+        _, model = modulated_model(data, slices, weights, ctf, shifts, kx, ky, box, i, j)
         residual = data[i, j] - model
         total += precision[j] * (residual.real ** 2 + residual.imag ** 2)
     out[i] = -total
@@ -46,7 +35,7 @@ def _weighted_residuals(data, slices, weights, ctf, shifts, kx, ky, box, precisi
     if j >= m:
         return
     for i in range(cuda.blockIdx.y, n, cuda.gridDim.y):
-        modulation, model = _modulated_model(data, slices, weights, ctf, shifts, kx, ky, box,
+        modulation, model = modulated_model(data, slices, weights, ctf, shifts, kx, ky, box,
                                              i, j)
         out[i, j] = precision[j] * modulation.conjugate() * (data[i, j] - model)
 
