@@ -27,6 +27,10 @@ number of coefficients, at 64 px and one 128-px case; peak memory by tracemalloc
     python benchmarks/bench_hypermolecule.py aligned [--n 5000]
     python benchmarks/bench_hypermolecule.py pretzel [--n 5000]
     python benchmarks/bench_hypermolecule.py speed
+    python benchmarks/bench_hypermolecule.py recovery --short   (any mode: a quick smoke run)
+
+``--short`` (or ``CRYOHESS_BENCH_SHORT=1``) shrinks every mode to a few hundred particles
+and a few sweeps, to check that the script runs; its numbers mean nothing.
 """
 import argparse
 import os
@@ -194,6 +198,13 @@ def pretzel(args):
     print("split R-hat worst", round(result.worst_rhat(), 3))
 
 
+#: (box, particles, order, d) of the speed mode: particles, coefficients (order), d at a
+#: fixed number of coefficient maps (order 4, d = 1 against order 2, d = 2), and 128 px.
+SPEED_CASES = [(64, 2500, 3, 1), (64, 5000, 3, 1), (64, 10000, 3, 1), (64, 5000, 2, 1),
+               (64, 5000, 5, 1), (64, 5000, 4, 1), (64, 5000, 2, 2), (128, 2500, 3, 1)]
+SHORT_SPEED_CASES = [(64, 200, 2, 1), (64, 200, 2, 2)]
+
+
 def sweep_time(n, box, order, dimension, band, sweeps=3):
     a, b = phantom(box, PIXEL * BOX / box)
     sim = simulate.simulate_particles(a, n, box, PIXEL * BOX / box, rng=1, heterogeneity=b,
@@ -218,11 +229,10 @@ def sweep_time(n, box, order, dimension, band, sweeps=3):
 
 
 def speed(args):
+    cases = SHORT_SPEED_CASES if args.short else SPEED_CASES
     print(f"load average {os.getloadavg()[0]:.2f}, NUMBA_NUM_THREADS="
           f"{os.environ.get('NUMBA_NUM_THREADS', 'all')}")
     print("box  n      order d  coefficients  frequencies  s/sweep  peak MiB")
-    cases = [(64, 2500, 3, 1), (64, 5000, 3, 1), (64, 10000, 3, 1), (64, 5000, 2, 1),
-             (64, 5000, 5, 1), (64, 5000, 4, 1), (64, 5000, 2, 2), (128, 2500, 3, 1)]
     for box, n, order, dimension in cases:
         band = 16.0 * box / BOX
         seconds, count, points, peak = sweep_time(n, box, order, dimension, band)
@@ -239,7 +249,12 @@ def main():
     parser.add_argument("--burn-in", type=int, default=100)
     parser.add_argument("--band", type=float, default=16.0)
     parser.add_argument("--order", type=int, default=3)
+    parser.add_argument("--short", action="store_true",
+                        default=bool(os.environ.get("CRYOHESS_BENCH_SHORT")),
+                        help="a quick smoke run: few particles and sweeps")
     args = parser.parse_args()
+    if args.short:
+        args.n, args.chains, args.sweeps, args.burn_in = 300, 1, 8, 5
     {"recovery": recovery, "aligned": aligned, "pretzel": pretzel, "speed": speed}[args.mode](args)
 
 

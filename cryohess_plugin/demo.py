@@ -176,7 +176,7 @@ def posteriorStage(project, args, plotDir, done):
 
 
 def hyperMoleculeStage(project, args, plotDir, done):
-    """Stage 6: a continuously moving domain (its own simulated data set) sampled as a
+    """Stage 7 (after the micrograph stage 6): a continuously moving domain (its own simulated data set) sampled as a
     hyper-molecule; prints the rank correlation of the particles' τ with the truth."""
     import numpy as np
     from cryohess_plugin import convert
