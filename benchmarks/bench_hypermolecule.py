@@ -95,9 +95,9 @@ def recovery(args):
     settings = hm.SamplerSettings(sweeps=args.sweeps, burn_in=args.burn_in, seed=0)
     problem = hm.HyperMoleculeProblem(data, [hm.Component("molecule", 1)], order=args.order)
     tracemalloc.start()
-    start = time.time()
+    start, cpu = time.time(), time.process_time()
     result = run_chains(problem, settings, args.chains)
-    elapsed = time.time() - start
+    elapsed, cpu = time.time() - start, time.process_time() - cpu
     peak = tracemalloc.get_traced_memory()[1] / 2 ** 20
     tracemalloc.stop()
     tau = result.tau_mean[:, 0]
@@ -111,7 +111,8 @@ def recovery(args):
                 result.mean_maps[0, index], truth_map(a, b, matched[index]))))
     print(f"\nparticles {args.n}, box {BOX}, band {args.band}, order {args.order}, chains "
           f"{args.chains}, sweeps {args.sweeps} (burn-in {args.burn_in})")
-    print(f"wall time {elapsed:.0f} s ({elapsed / 60:.1f} min), peak traced memory {peak:.0f} MiB, "
+    print(f"wall time {elapsed:.0f} s ({elapsed / 60:.1f} min), CPU time {cpu:.0f} s, "
+          f"peak traced memory {peak:.0f} MiB, "
           f"load average {os.getloadavg()[0]:.2f}")
     print(f"|Spearman rho| {abs(rho):.3f}")
     for g, t, value in resolutions:
@@ -119,7 +120,7 @@ def recovery(args):
     print(f"90 % intervals holding the truth: {100 * coverage:.1f} %")
     print("split R-hat:", {k: round(v, 3) for k, v in result.rhat.items() if not k.startswith("tau")},
           "worst (tracked tau included)", round(result.worst_rhat(), 3))
-    print("ESS:", {k: round(v) for k, v in result.ess.items() if not k.startswith("tau")},
+    print("ESS:", {k: f"{v:.0f}" for k, v in result.ess.items() if not k.startswith("tau")},
           flush=True)
     # The same particle count, noise and band in a single state (the middle one).
     middle = state_model(a, b, 0.5)
