@@ -40,7 +40,7 @@ def recovery():
 
 def test_states_are_recovered_by_rank(recovery):
     _, _, sim, result = recovery
-    # 0.92 at 2 000 particles and 0.945 at 5 000 with longer runs (benchmarks/RESULTS.md).
+    # 0.934 at 2 000 particles, band 16, 100 sweeps (benchmarks/RESULTS.md).
     assert abs(hm.rank_correlation(result.tau_mean[:, 0], sim.conformation)) >= 0.75
 
 
