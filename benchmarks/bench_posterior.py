@@ -7,7 +7,9 @@ phantom.  In the same process and on the same data:
   the unit every fit is made of;
 * the closed form (:func:`fit_closed_form` with fixed noise and prior: CG
   iterations plus the sampling density);
-* the closed form with EM estimation of noise and per-shell prior;
+* the closed form with EM estimation of the noise per shell (the default) and the
+  per-shell prior, and the same with white noise (one variance: the data term,
+  sampling density and gridding weights are computed once instead of every round);
 * the minibatch variational fit (:func:`fit_variational`, ``--epochs``).
 
 The baseline pass reads a random grid: a grid of zeros from ``np.zeros`` is
@@ -94,9 +96,12 @@ def main():
     problem, prepare = timed(lambda: PosteriorProblem(sim.images, sim.rotations, sim.shifts,
                                                       values, dtype=np.dtype(args.dtype)))
     grid = np.zeros((box,) * 3, np.complex128)
-    # Warm the kernels (compilation) before timing.
+    # Warm the kernels (compilation) before timing, those of the EM fits too.
     problem.subset(np.arange(4)).normal(grid)
     problem.subset(np.arange(4)).sampling_density()
+    for noise_model in ("per_shell", "white"):
+        fit_closed_form(problem.subset(np.arange(4)), em_iterations=2, cg_iterations=2,
+                        noise_model=noise_model)
     _, zero_pass = timed(lambda: problem.normal(grid))
     noise = np.random.default_rng(3).standard_normal((2,) + grid.shape)
     grid = (noise[0] + 1j * noise[1]) * 1e-2
@@ -107,6 +112,7 @@ def main():
     print(f"{'baseline: one forward+adjoint':<32}{one_pass:>10.2f}{rate:>14.0f}{1:>8}{1:>8.1f}")
     print(f"{'  (same, grid of zeros)':<32}{zero_pass:>10.2f}{args.n / zero_pass:>14.0f}")
     estimated, seconds = timed(lambda: fit_closed_form(problem))
+    white, seconds_white = timed(lambda: fit_closed_form(problem, noise_model="white"))
     fixed_prior = fourier.shell_average(estimated.prior_variance)
     fixed, seconds_fixed = timed(lambda: fit_closed_form(problem, estimated.noise_variance,
                                                          fixed_prior))
@@ -114,9 +120,12 @@ def main():
                                                 cg_iterations=1, tolerance=0.999))
     print(f"{'closed form (fixed noise, prior)':<32}{seconds_fixed:>10.2f}"
           f"{args.n / seconds_fixed:>14.0f}{passes(fixed):>8.1f}{seconds_fixed / one_pass:>8.1f}")
-    print(f"{'closed form + EM (noise, prior)':<32}{seconds:>10.2f}{args.n / seconds:>14.0f}"
+    print(f"{'closed form + EM, noise per shell':<32}{seconds:>10.2f}{args.n / seconds:>14.0f}"
           f"{passes(estimated):>8.1f}{seconds / one_pass:>8.1f}")
-    for label, fit in (("fixed", fixed), ("EM", estimated)):
+    print(f"{'closed form + EM, white noise':<32}{seconds_white:>10.2f}"
+          f"{args.n / seconds_white:>14.0f}{passes(white):>8.1f}"
+          f"{seconds_white / one_pass:>8.1f}")
+    for label, fit in (("fixed", fixed), ("EM per shell", estimated), ("EM white", white)):
         print(f"  {label}: CG iterations per round "
               f"{[len(r) for r in fit.history['cg_residuals']]}, passes {fit.history['passes']}")
     variational, seconds_vi = timed(lambda: fit_variational(

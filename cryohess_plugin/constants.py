@@ -70,6 +70,10 @@ FIT_VARIATIONAL = 1
 PRIOR_PER_SHELL = 0
 PRIOR_FIXED = 1
 
+# How an estimated noise varies: one variance per image shell (coloured) or one (white).
+NOISE_PER_SHELL = 0
+NOISE_WHITE = 1
+
 # Columns of the output particles.
 LOG_LIKELIHOOD = "_cryohess_logLikelihood"
 REFINED_ANGLE_CHANGE = "_cryohess_refinedAngleChange"

@@ -134,10 +134,13 @@ def ctf_params_from_image(image, acquisition=None, phase_flipped=False):
     :raises InvalidDataError: the CTF is unusable (e.g. defocus 0), naming the image.
     """
     ctf = image.getCTF()
-    if ctf is None or ctf.getDefocusU() is None:
+    if ctf is None or ctf.getDefocusU() is None or ctf.getDefocusV() is None:
+        # A NaN defocus reads back from the set's SQLite as a missing one.
+        where = (f"{location_text(image)} (id {image.getObjId()})" if image.getFileName()
+                 else f"{image.getObjId()}")
         raise MissingMetadataError(
-            f"image {image.getObjId()} has no CTF; estimate the CTF (e.g. CTFFIND) and "
-            f"use particles extracted with it")
+            f"image {where} has no CTF (its defocus is missing or NaN); estimate the CTF "
+            f"(e.g. CTFFIND) and use particles extracted with it")
     acquisition = acquisition if acquisition is not None else image.getAcquisition()
     values = None if acquisition is None else (acquisition.getVoltage(),
                                                acquisition.getSphericalAberration(),

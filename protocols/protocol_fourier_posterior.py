@@ -8,7 +8,8 @@ import pyworkflow.protocol.params as params
 
 from cryohess_plugin import convert
 from cryohess_plugin.constants import (FIT_CLOSED_FORM, FIT_VARIATIONAL, LOG_LIKELIHOOD,
-                                       PRIOR_FIXED, PRIOR_PER_SHELL)
+                                       NOISE_PER_SHELL, NOISE_WHITE, PRIOR_FIXED,
+                                       PRIOR_PER_SHELL)
 from cryohess_plugin.core.fourier import FSC_THRESHOLDS, resolution_at
 
 from .protocol_fourier_slice_base import FourierSliceParticlesMixin
@@ -26,19 +27,23 @@ FULL, HALF_1, HALF_2 = 'full', 'half1', 'half2'
 PART_TEXT = {FULL: 'full', HALF_1: 'half-set 1', HALF_2: 'half-set 2'}
 FIT_TEXT = {FIT_CLOSED_FORM: 'closed-form', FIT_VARIATIONAL: 'minibatch variational'}
 FIT_METHOD = {FIT_CLOSED_FORM: 'closed_form', FIT_VARIATIONAL: 'variational'}
+NOISE_MODEL = {NOISE_PER_SHELL: 'per_shell', NOISE_WHITE: 'white'}
 
 
 class CryoHessProtFourierPosterior(FourierSliceParticlesMixin, ProtReconstruct3D):
     """Posterior mean and uncertainty of a map from particles with known poses.
 
     The Fourier-slice model of Ullrich et al. (2019): every particle is a
-    CTF-modulated central slice of the map's Fourier transform plus white
-    noise, with a Gaussian prior on every Fourier coefficient.  With known
-    poses the mean-field posterior is Gaussian: its mean is the MAP map and
-    its per-coefficient variance says where Fourier space is under-sampled
-    (a missing cone stays at the prior).  The noise level and a per-shell
-    prior are estimated by EM.  Outputs: the posterior-mean map (with half
-    maps), its real-space standard deviation from posterior samples, the
+    CTF-modulated central slice of the map's Fourier transform (each particle's
+    own, astigmatic CTF; |CTF| for phase-flipped particles) plus Gaussian noise,
+    with a Gaussian prior on every Fourier coefficient.  With known poses the
+    mean-field posterior is Gaussian: its mean is the MAP map and its
+    per-coefficient variance says where Fourier space is under-sampled (a
+    missing cone stays at the prior).  The noise spectrum (per resolution
+    shell, or white) and a per-shell prior are estimated by EM.  Particles must
+    be white (protein brighter than the solvent): a mean map darker in its
+    middle than in its solvent stops the run.  Outputs: the posterior-mean map
+    (with half maps), its real-space standard deviation from posterior samples, the
     single-fit resolution curve (α/2)/(1+α/2) from the shell SNR α, the
     half-map FSC, and the particles with their log-likelihood (held out with
     half maps).  To refine the poses first, run 'Fourier-slice refine poses'.
@@ -61,9 +66,17 @@ class CryoHessProtFourierPosterior(FourierSliceParticlesMixin, ProtReconstruct3D
         form.addSection(label='Model')
         form.addParam('estimateNoise', params.BooleanParam, default=True,
                       label='Estimate the noise?',
-                      help="Estimate the per-pixel variance of the white noise by EM "
-                           "(mean expected residual power under the posterior). No: give "
-                           "its standard deviation below.")
+                      help="Estimate the noise by EM from the expected residual power "
+                           "under the posterior, per resolution shell or white (below). "
+                           "No: give the standard deviation of white noise below.")
+        form.addParam('noiseModel', params.EnumParam, default=NOISE_PER_SHELL,
+                      choices=['per shell', 'white'], condition='estimateNoise',
+                      display=params.EnumParam.DISPLAY_HLIST, label='Noise spectrum',
+                      help="Per shell: one noise variance for every resolution shell of "
+                           "the images, as the detector's transfer and the ice colour the "
+                           "noise of real particles (coloured noise).\n"
+                           "White: one noise variance for every shell, the special case "
+                           "for noise that is white.")
         form.addParam('noiseSigma', params.FloatParam, default=1.0,
                       condition='not estimateNoise', validators=[params.Positive],
                       label='Noise standard deviation',
@@ -81,9 +94,10 @@ class CryoHessProtFourierPosterior(FourierSliceParticlesMixin, ProtReconstruct3D
                       condition='priorType == %d' % PRIOR_FIXED,
                       validators=[params.Positive], label='Prior variance',
                       help="Prior variance E|V(k)|² of every Fourier coefficient of the "
-                           "map (non-unitary DFT of the map, in the units of the "
-                           "particles: a map of N voxels with per-voxel variance v has "
-                           "E|V(k)|² of about N·v).")
+                           "map, in image units² (the non-unitary DFT of a map on the "
+                           "particles' scale: a map of N voxels with per-voxel variance v, "
+                           "in the units of the particle images, has E|V(k)|² of about "
+                           "N·v).")
         form.addParam('emIterations', params.IntParam, default=4,
                       condition='estimateNoise or priorType == %d' % PRIOR_PER_SHELL,
                       expertLevel=params.LEVEL_ADVANCED, validators=[params.Positive],
@@ -168,6 +182,8 @@ class CryoHessProtFourierPosterior(FourierSliceParticlesMixin, ProtReconstruct3D
         prior = self.priorVariance.get() if self.priorType.get() == PRIOR_FIXED else None
         self._fitPosterior(problem, self._getFileName('posterior', part=part),
                            "%s (%s)" % (PART_TEXT[part], FIT_TEXT[self.fitMethod.get()]),
+                           checkPolarity=part == FULL,
+                           noise_model=NOISE_MODEL[self.noiseModel.get()],
                            noise_variance=noise, prior_variance=prior,
                            method=FIT_METHOD[self.fitMethod.get()],
                            em_iterations=self.emIterations.get(),
@@ -240,13 +256,14 @@ class CryoHessProtFourierPosterior(FourierSliceParticlesMixin, ProtReconstruct3D
         if not self.hasAttribute(OUTPUT_VOLUME):
             return ["Output not ready yet."]
         full = self._loadPosterior(FULL)
-        summary = ["%d particles of %d px at %g Å/px, %s fit: noise variance %.4g per pixel "
-                   "(%s; image units²), prior %s."
+        summary = ["%d particles of %d px at %g Å/px, %s fit: %s (%s; image units²), "
+                   "prior %s."
                    % (full.history['particles'], full.box, self._pixelSize(),
-                      FIT_TEXT[self.fitMethod.get()], full.noise_variance,
-                      "estimated" if self.estimateNoise else "given", self._priorText()),
-                   "Single-fit curve (α/2)/(1+α/2): %s." % self._crossingText(
-                       OUTPUT_SINGLE_FIT_FSC)]
+                      FIT_TEXT[self.fitMethod.get()], self._noiseText(full),
+                      "estimated" if self.estimateNoise else "given", self._priorText())]
+        summary += self._contrastTexts(full)
+        summary.append("Single-fit curve (α/2)/(1+α/2): %s."
+                       % self._crossingText(OUTPUT_SINGLE_FIT_FSC))
         if self.hasAttribute(OUTPUT_HALF_MAP_FSC):
             summary.append("Half-map FSC: %s." % self._crossingText(OUTPUT_HALF_MAP_FSC))
         likelihood = self._loadLikelihood()['logLikelihood']
@@ -261,11 +278,11 @@ class CryoHessProtFourierPosterior(FourierSliceParticlesMixin, ProtReconstruct3D
         full = self._loadPosterior(FULL)
         text = ("The mean-field Gaussian posterior over the Fourier coefficients of the "
                 "map given %d particles with known poses and CTFs was computed with the "
-                "Fourier-slice model of [Ullrich2019differentiable] (%s fit, noise "
-                "variance %.4g per pixel %s, prior %s). The single-fit resolution curve "
-                "(α/2)/(1+α/2) from the spectral-shell SNR α gives %s."
+                "Fourier-slice model of [Ullrich2019differentiable] (%s fit, %s %s, prior "
+                "%s). The single-fit resolution curve (α/2)/(1+α/2) from the "
+                "spectral-shell SNR α gives %s."
                 % (full.history['particles'], FIT_TEXT[self.fitMethod.get()],
-                   full.noise_variance, "estimated by EM" if self.estimateNoise else "given",
+                   self._noiseText(full), "estimated by EM" if self.estimateNoise else "given",
                    self._priorText(), self._crossingText(OUTPUT_SINGLE_FIT_FSC)))
         if self.hasAttribute(OUTPUT_HALF_MAP_FSC):
             text += (" Two half maps fitted independently to alternate particles gave a "
@@ -285,7 +302,7 @@ class CryoHessProtFourierPosterior(FourierSliceParticlesMixin, ProtReconstruct3D
     def _fitReads(self):
         """The form parameters the fits read with the current settings."""
         reads = ['estimateNoise', 'priorType', 'fitMethod']
-        reads += [] if self.estimateNoise else ['noiseSigma']
+        reads += ['noiseModel'] if self.estimateNoise else ['noiseSigma']
         reads += ['priorVariance'] if self.priorType.get() == PRIOR_FIXED else []
         reads += ['emIterations'] if self._estimates() else []
         if self.fitMethod.get() == FIT_VARIATIONAL:
@@ -298,7 +315,7 @@ class CryoHessProtFourierPosterior(FourierSliceParticlesMixin, ProtReconstruct3D
 
     def _priorText(self):
         if self.priorType.get() == PRIOR_FIXED:
-            return "fixed at %g" % self.priorVariance
+            return "fixed at %g image units² (E|V(k)|² of the map's DFT)" % self.priorVariance
         return "estimated per shell"
 
     def _likelihoodText(self):

@@ -56,9 +56,12 @@ class FourierSliceParticlesMixin(CryoHessProtocolMixin):
                   % (len(particles.ids), box, particles.pixel_size,
                      os.path.getsize(self._particleFiles().spectra) / 2 ** 20))
 
-    def _fitPosterior(self, problem, path, label, **options):
+    def _fitPosterior(self, problem, path, label, checkPolarity=False, **options):
         """Fit the posterior of ``problem`` (``options`` of :func:`fit_posterior`), log it
-        and store it with the particle count and seconds in its history."""
+        and store it with the particle count and seconds in its history.  With
+        ``checkPolarity`` a map darker in its middle than in its solvent stops the run
+        (:class:`PolarityError`, nothing saved) and one that cannot tell is warned about;
+        the contrast is kept in the history."""
         from cryohess_plugin.core.posterior import fit_posterior
         self.info("Fitting the %s posterior to %d particles" % (label, problem.n_particles))
         started = time.perf_counter()
@@ -68,9 +71,16 @@ class FourierSliceParticlesMixin(CryoHessProtocolMixin):
             self.info("  %d minibatch steps of %d particles"
                       % (posterior.history['steps'], posterior.history['batch_size']))
         posterior.history.update(particles=problem.n_particles, seconds=seconds)
+        if checkPolarity:
+            polarity = posterior.polarity().check()
+            self.info("  Contrast of the mean map against its solvent: %.3g ± %.2g (z = %.1f)"
+                      % (polarity.contrast, polarity.standard_error, polarity.z_score))
+            if polarity.warning():
+                self.warning(polarity.warning())
+            posterior.history.update(polarity=[polarity.contrast, polarity.standard_error])
         posterior.save(path)
-        self.info("The %s posterior in %.1f s: noise variance %.4g per pixel"
-                  % (label, seconds, posterior.noise_variance))
+        self.info("The %s posterior in %.1f s: %s" % (label, seconds,
+                                                       self._noiseText(posterior)))
 
     def _particleFiles(self):
         from cryohess_plugin.core.posterior import ParticleFiles
@@ -95,6 +105,27 @@ class FourierSliceParticlesMixin(CryoHessProtocolMixin):
 
     def _pixelSize(self):
         return self.inputParticles.get().getSamplingRate()
+
+    @staticmethod
+    def _noiseText(posterior):
+        """The noise of a posterior in words: one variance, or its range over the shells."""
+        if posterior.white_noise:
+            return "white noise variance %.4g per pixel" % posterior.noise_variance
+        shells = posterior.noise_shells()
+        return ("noise variance per shell from %.4g (shell 1) to %.4g (shell %d) per pixel"
+                % (shells[1], shells[-2], shells.size - 2))
+
+    def _contrastTexts(self, posterior=None):
+        """Summary lines on the particles' contrast: |CTF| for a phase-flipped set, and
+        the warning when the polarity check of ``posterior``'s map could not tell."""
+        from cryohess_plugin.core.contrast import MapPolarity
+        texts = []
+        if self.inputParticles.get().isPhaseFlipped():
+            texts.append("The particles are phase-flipped: their CTF is used as |CTF|.")
+        polarity = None if posterior is None else posterior.history.get('polarity')
+        if polarity is not None and MapPolarity(*polarity).warning():
+            texts.append(MapPolarity(*polarity).warning())
+        return texts
 
     def _validateParticles(self):
         """Errors of the particle input: selection, poses and CTFs, and their files."""

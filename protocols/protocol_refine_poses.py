@@ -22,12 +22,15 @@ class CryoHessProtRefinePoses(FourierSliceParticlesMixin, ProtRefine3D):
 
     Each particle's pose descends by damped Gauss-Newton (Levenberg-Marquardt)
     steps on the white-noise likelihood of its image under a reference map
-    (the Fourier-slice model of Ullrich et al. 2019, with the particle's CTF),
-    comparing coarse frequencies first and finer ones later.  Rounds repeat
-    it against the posterior mean at the previous round's poses, so a map
-    blurred by the starting errors sharpens round by round.  Local descent
-    stays in the basin it starts in: start from a global alignment.  Output:
-    the particles with the refined poses and their change from the input.
+    (the Fourier-slice model of Ullrich et al. 2019, with the particle's own,
+    astigmatic CTF; |CTF| for phase-flipped particles), comparing coarse
+    frequencies first and finer ones later.  A given reference is first put
+    on the particles' scale by their fitted amplitude against it (dark
+    particles, or a map they do not show, stop the run).  Rounds repeat it
+    against the posterior mean at the previous round's poses, so a map blurred
+    by the starting errors sharpens round by round.  Local descent stays in
+    the basin it starts in: start from a global alignment.  Output: the
+    particles with the refined poses and their change from the input.
     """
     _label = 'Fourier-slice refine poses'
     _devStatus = BETA
@@ -45,8 +48,13 @@ class CryoHessProtRefinePoses(FourierSliceParticlesMixin, ProtRefine3D):
         form.addParam('refinementReference', params.PointerParam, pointerClass='Volume',
                       allowsNull=True, label='Reference volume',
                       help="Map the poses are refined against in the first round, with "
-                           "the particles' box and pixel size. Empty: the posterior mean "
-                           "at the input poses.")
+                           "the particles' box and pixel size, on any scale: it is put on "
+                           "the particles' scale by their amplitude fitted against its "
+                           "projections at the input poses (in the band of the first, "
+                           "coarsest refinement stage). White particles are expected "
+                           "(protein brighter than the solvent): particles that look dark "
+                           "against it, or whose amplitude is within noise of zero, stop "
+                           "the run. Empty: the posterior mean at the input poses.")
         form.addSection(label='Refinement')
         form.addParam('refineRounds', params.IntParam, default=3,
                       validators=[params.Positive], label='Rounds',
@@ -55,7 +63,7 @@ class CryoHessProtRefinePoses(FourierSliceParticlesMixin, ProtRefine3D):
                            "round against the reference volume when one is given), so a "
                            "map blurred by the starting errors sharpens round by round. "
                            "The posterior is the closed-form fit with the noise and a "
-                           "per-shell prior estimated by EM (the 'Fourier-slice "
+                           "prior per resolution shell estimated by EM (the 'Fourier-slice "
                            "posterior' defaults).")
         form.addParam('refineIterations', params.IntParam, default=8,
                       validators=[params.Positive], label='Iterations per resolution',
@@ -86,7 +94,10 @@ class CryoHessProtRefinePoses(FourierSliceParticlesMixin, ProtRefine3D):
         reads = ('refineIterations', 'maxResolution', 'maxAngularStep', 'maxShiftStep')
         for round_ in range(1, self.refineRounds.get() + 1):
             if self._givenReference(round_):
-                reference, roundReads = posesReady, reads + ('refinementReference',)
+                reference = self._insertStep(self.scaleReferenceStep,
+                                             reads=('refinementReference', 'maxResolution'),
+                                             after=[posesReady], needsGPU=gpu)
+                roundReads = reads + ('refinementReference',)
             else:
                 reference = self._insertStep(self.fitReferenceStep, round_,
                                              after=[posesReady], needsGPU=gpu)
@@ -100,16 +111,38 @@ class CryoHessProtRefinePoses(FourierSliceParticlesMixin, ProtRefine3D):
     def _filenameTemplates(self):
         return dict(self._particleTemplates(),
                     refineBatch=self._getExtraPath('refinement_round%(round)d_batch%(index)03d.npz'),
-                    poses=self._getExtraPath('poses_round%(round)d.npz'))
+                    poses=self._getExtraPath('poses_round%(round)d.npz'),
+                    scaledReference=self._getExtraPath('reference_on_particle_scale.npz'))
 
     # --------------------------- STEPS functions -----------------------------
+    def scaleReferenceStep(self, digest):
+        """The given reference on the particles' scale: their amplitude against it at the
+        input poses, checked (dark particles or an insignificant fit stop the run)."""
+        from cryohess_plugin.core.pose_refinement import reference_on_particle_scale
+        self._setDevices()
+        data = self._inputData()
+        reference = convert.volume_to_array(self.refinementReference.get(),
+                                            self._pixelSize())[0]
+        scaled, fit = reference_on_particle_scale(
+            reference, self._particleFiles().image_batch(0, len(data['ids'])),
+            data['rotations'], data['shifts'], params_from_rows(data['ctfs']),
+            float(data['pixelSize']), max_resolution=self.maxResolution.get(),
+            backend=self._backend())
+        self._saveNpz(self._getFileName('scaledReference'), reference=scaled,
+                      amplitude=fit.amplitude_all, standardError=fit.standard_error_all,
+                      groupAmplitudes=fit.amplitude)
+        self.info("The particles' amplitude against the reference: %.4g ± %.2g (z = %.1f; "
+                  "%d defocus groups, %.4g to %.4g); the reference is scaled by it"
+                  % (fit.amplitude_all, fit.standard_error_all, fit.z_score, fit.amplitude.size,
+                     fit.amplitude.min(), fit.amplitude.max()))
+
     def fitReferenceStep(self, round_, digest):
         """The posterior mean at the poses after round ``round_ - 1``: the reference of
-        round ``round_``."""
+        round ``round_`` (the first round's map is checked for dark particles)."""
         self._setDevices()
         self._fitPosterior(self._problem(self._poses(round_ - 1)),
                            self._getFileName('posterior', part=_referencePart(round_)),
-                           "round %d reference" % round_)
+                           "round %d reference" % round_, checkPolarity=round_ == 1)
 
     def refineBatchStep(self, round_, index, first, count, digest):
         from cryohess_plugin.core.pose_refinement import refine_particle_poses
@@ -178,10 +211,17 @@ class CryoHessProtRefinePoses(FourierSliceParticlesMixin, ProtRefine3D):
             return ["Output not ready yet."]
         refined = self._loadRefinement()
         angle, shift = self._poseChanges()
-        return ["Pose refinement (%d rounds) of %d particles: median change %.3g deg and "
-                "%.3g px; in the last round the loss fell for %.1f %% of the particles."
-                % (self._rounds(), len(angle), np.median(angle), np.median(shift),
-                   100 * np.mean(refined.loss < refined.loss_start))]
+        summary = ["Pose refinement (%d rounds) of %d particles: median change %.3g deg and "
+                   "%.3g px; in the last round the loss fell for %.1f %% of the particles."
+                   % (self._rounds(), len(angle), np.median(angle), np.median(shift),
+                      100 * np.mean(refined.loss < refined.loss_start))]
+        if self._givenReference(1):
+            scale = np.load(self._getFileName('scaledReference'))
+            summary.append("The reference volume was put on the particles' scale: their "
+                           "fitted amplitude against it is %.4g ± %.2g." %
+                           (scale['amplitude'], scale['standardError']))
+        return summary + self._contrastTexts(
+            None if self._givenReference(1) else self._loadPosterior(_referencePart(1)))
 
     def _methods(self):
         if not self.hasAttribute(OUTPUT_PARTICLES):
@@ -226,8 +266,7 @@ class CryoHessProtRefinePoses(FourierSliceParticlesMixin, ProtRefine3D):
 
     def _reference(self, round_):
         if self._givenReference(round_):
-            return convert.volume_to_array(self.refinementReference.get(),
-                                           self._pixelSize())[0]
+            return np.load(self._getFileName('scaledReference'))['reference']
         return self._loadPosterior(_referencePart(round_)).mean_map()
 
 

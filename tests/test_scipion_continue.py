@@ -124,7 +124,8 @@ class TestAlignParticlesContinue(CryoHessTestCase):
                                                 particlesPerBatch=30))
         # The references did not depend on the batch size and were kept.
         self.assertEqual(self._endTimes(prot)[0], references)
-        self.assertEqual(len(prot.loadSteps()), 1 + 3 + 1)
+        # References, polarity check, three batches, output.
+        self.assertEqual(len(prot.loadSteps()), 1 + 1 + 3 + 1)
 
     def testKillEditContinue(self):
         """(d) killed after two batches, max shift 3 -> 0 px: every batch searches 0 px."""

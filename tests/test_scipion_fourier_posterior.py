@@ -4,7 +4,9 @@ headless Scipion project.
 Simulated particles (32 px) with uniform views, their poses moved 3° and 1 px
 away from the truth (imported from a Scipion sqlite), refined and then fitted with
 half maps; a polar cap of views (a missing cone) fitted alone by the minibatch
-variational fit; a small set fitted, edited and continued.
+variational fit; a small set fitted, edited and continued; astigmatic, off-centre
+particles written as a RELION 3.1 star file and imported through Scipion's RELION
+import, with bad input (dark particles, a map they do not show, CTFs without defocus).
 """
 import os
 import shutil
@@ -14,7 +16,7 @@ import mrcfile
 import numpy as np
 from pwem.constants import ALIGN_PROJ
 from pwem.objects import SetOfParticles, Volume
-from pwem.protocols import ProtImportParticles
+from pwem.protocols import ProtImportParticles, ProtImportVolumes
 from pyworkflow.protocol.constants import MODE_RESUME
 from pyworkflow.tests import setupTestProject
 from pyworkflow.utils import magentaStr
@@ -22,13 +24,15 @@ from pyworkflow.utils import magentaStr
 from cryohess_plugin import convert
 from cryohess_plugin.constants import (FIT_VARIATIONAL, LOG_LIKELIHOOD, REFINED_ANGLE_CHANGE,
                                        REFINED_SHIFT_CHANGE, VIEWS_POLAR_CAP)
-from cryohess_plugin.core import fourier, mrc, rotations
+from cryohess_plugin.core import ctf, fourier, mrc, rotations
 from cryohess_plugin.core.pose_refinement import pose_errors
+from cryohess_plugin.core.synthetic import ParticleSimulation
 from cryohess_plugin.demo import savePlots
 from cryohess_plugin.protocols import CryoHessProtFourierPosterior, CryoHessProtRefinePoses
 from cryohess_plugin.protocols.protocol_fourier_posterior import (
     FULL, OUTPUT_HALF_MAP_FSC, OUTPUT_SINGLE_FIT_FSC)
 from cryohess_plugin.viewers import CryoHessFourierPosteriorViewer, CryoHessRefinePosesViewer
+from .relion_star import write_relion_star
 from .scipion_base import CryoHessTestCase, ParticleValidationMixin
 
 
@@ -251,9 +255,9 @@ class TestFourierPosterior(CryoHessTestCase):
         self.assertLess(image[centre, centre + BOX // 4], 0.5)  # on the kx axis
 
     def testViewerPlots(self):
-        for viewer, protocol, count in ((CryoHessFourierPosteriorViewer, self.refined, 4),
+        for viewer, protocol, count in ((CryoHessFourierPosteriorViewer, self.refined, 5),
                                         (CryoHessRefinePosesViewer, self.refinement, 1),
-                                        (CryoHessFourierPosteriorViewer, self.polar, 4)):
+                                        (CryoHessFourierPosteriorViewer, self.polar, 5)):
             paths = savePlots(viewer, self.proj, protocol, self.proj.path,
                               'posterior_%d' % protocol.getObjId())
             self.assertEqual(len(paths), count)
@@ -396,7 +400,7 @@ class TestFourierPosteriorContinue(CryoHessTestCase):
             self.assertIn('elbo', edited.history)
             for name in ('mean', 'variance', 'prior_variance', 'noise_power'):
                 np.testing.assert_array_equal(getattr(edited, name), getattr(fresh, name))
-            self.assertEqual(edited.noise_variance, fresh.noise_variance)
+            np.testing.assert_array_equal(edited.noise_variance, fresh.noise_variance)
         self.assertEqual(self.edited.summary(), self.fresh.summary())
         self.assertIn('minibatch variational', self.edited.summary()[0])
         for name in ('outputVolume', 'outputUncertainty'):
@@ -421,3 +425,198 @@ class TestFourierPosteriorContinue(CryoHessTestCase):
             self.edited.doHalfMaps.set(True)
         self.assertTrue(any("needs Restart" in error and OUTPUT_HALF_MAP_FSC in error
                             for error in errors), errors)
+
+
+class TestFourierSliceRelionParticles(CryoHessTestCase):
+    """Particles as RELION writes them (white, RELION's CTF, astigmatic, off centre),
+    imported through Scipion's RELION import: the posterior and the refinement run on
+    them as on the simulator's own set; a reference on any scale gives the same result;
+    bad input stops with its message before any output is written."""
+    RELION = dict(SIMULATION, numberOfParticles=150, astigmatism=800.0, shiftSigma=2.0)
+
+    @classmethod
+    def setUpClass(cls):
+        setupTestProject(cls)
+        print(magentaStr("\n==> Fourier-slice protocols on RELION-imported particles"))
+        cls.simulation = cls.launchSimulation('astigmatic, off-centre', cls.RELION)
+        folder = cls.proj.getTmpPath()
+        simulated = cls._simulatedSet()
+        cls.relion = cls._importRelion(write_relion_star(folder, simulated), 'white')
+        cls.dark = cls._importRelion(write_relion_star(folder, simulated, name='dark',
+                                                       images=-simulated.images), 'dark')
+        cls.flipped = cls._importRelion(
+            write_relion_star(folder, simulated, name='flipped',
+                              images=_phaseFlipped(simulated)), 'phase-flipped',
+            phaseFlipped=True)
+        truth, _ = convert.volume_to_array(cls.simulation.outputVolume)
+        cls.bright = cls._importVolume(folder, 'bright.mrc', 3 * truth)
+        cls.noiseMap = cls._importVolume(
+            folder, 'noise.mrc', np.random.default_rng(0).standard_normal(truth.shape))
+        cls.own = cls._posterior('simulator set', cls.simulation.outputParticles)
+        cls.imported = cls._posterior('RELION set', cls.relion.outputParticles)
+        cls.importedFlipped = cls._posterior('phase-flipped RELION set',
+                                             cls.flipped.outputParticles)
+        cls.refined = cls._refine('reference', cls.relion, cls.simulation.outputVolume)
+        cls.refinedBright = cls._refine('reference x 3', cls.relion, cls.bright.outputVolume)
+        cls.afterRefined = cls._posterior('refined', cls.refined.outputParticles)
+        cls.afterBright = cls._posterior('refined x 3', cls.refinedBright.outputParticles)
+
+    @classmethod
+    def _simulatedSet(cls):
+        """The simulator's particles, poses and CTFs as a ParticleSimulation."""
+        arrays = convert.particles_to_arrays(cls.simulation.outputParticles, need_ctf=True,
+                                             need_alignment=ALIGN_PROJ)
+        truth = np.load(cls.simulation._getFileName('particleTruth'))
+        return ParticleSimulation(arrays.images, arrays.rotations, arrays.shifts, arrays.ctfs,
+                                  truth['groups'], float(truth['noiseSigma']), PIXEL,
+                                  cls.RELION['snr'], truth['conformation'])
+
+    @classmethod
+    def _importRelion(cls, star, label, phaseFlipped=False):
+        protocol = cls.newProtocol(
+            ProtImportParticles, importFrom=ProtImportParticles.IMPORT_FROM_RELION,
+            starFile=star, samplingRate=PIXEL, voltage=300.0, sphericalAberration=2.7,
+            amplitudeContrast=0.1, haveDataBeenPhaseFlipped=phaseFlipped)
+        protocol.setObjLabel('RELION star - %s' % label)
+        return cls.launchProtocol(protocol)
+
+    @classmethod
+    def _importVolume(cls, folder, name, array):
+        convert.array_to_volume(os.path.join(folder, name), array.astype(np.float32), PIXEL,
+                                overwrite=True)
+        protocol = cls.newProtocol(ProtImportVolumes, filesPath=folder, filesPattern=name,
+                                   samplingRate=PIXEL)
+        protocol.setObjLabel(name)
+        return cls.launchProtocol(protocol)
+
+    @classmethod
+    def _posterior(cls, label, particles, launch=True):
+        protocol = cls.newProtocol(CryoHessProtFourierPosterior, doHalfMaps=False,
+                                   numberOfSamples=2, numberOfThreads=1)
+        protocol.inputParticles.set(particles)
+        protocol.setObjLabel('posterior - %s' % label)
+        return cls.launchProtocol(protocol) if launch else protocol
+
+    @classmethod
+    def _refine(cls, label, particlesImport, reference, launch=True):
+        protocol = cls.newProtocol(CryoHessProtRefinePoses, refineRounds=1,
+                                   numberOfThreads=1)
+        protocol.inputParticles.set(particlesImport.outputParticles)
+        if reference is not None:
+            protocol.refinementReference.set(reference)
+        protocol.setObjLabel('refine - %s' % label)
+        return cls.launchProtocol(protocol) if launch else protocol
+
+    def _failure(self, protocol):
+        """The error message of a run that must fail, which must have no outputs."""
+        with self.assertRaises(Exception):
+            self.launchProtocol(protocol)
+        self.assertTrue(protocol.isFailed())
+        self.assertEqual(list(protocol.iterOutputAttributes()), [])
+        return protocol.getErrorMessage()
+
+    def _map(self, protocol):
+        return convert.volume_to_array(protocol.outputVolume, PIXEL)[0]
+
+    def testImportedParticlesGiveTheSimulatorSetsPosterior(self):
+        """The same map from the imported set as from the simulator's own, within the
+        rounding of the star file's six decimals; positive and like the ground truth."""
+        imported, own = self._map(self.imported), self._map(self.own)
+        difference = np.linalg.norm(imported - own) / np.linalg.norm(own)
+        truth, _ = convert.volume_to_array(self.simulation.outputVolume, PIXEL)
+        correlation = np.corrcoef(imported.ravel(), truth.ravel())[0, 1]
+        print("RELION set against the simulator's: relative difference %.2g; correlation "
+              "with the truth %.3f" % (difference, correlation))
+        self.assertLess(difference, 1e-4)
+        self.assertGreater(correlation, 0.8)
+        for protocol in (self.imported, self.afterRefined):
+            contrast, error = protocol._loadPosterior(FULL).history['polarity']
+            self.assertGreater(contrast / error, 5)
+
+    def testPhaseFlippedParticlesUseTheAbsoluteCtf(self):
+        """Phase-flipped particles (each multiplied by the sign of its CTF) imported as
+        such are modelled with |CTF|: the likelihood is the unflipped one, so the map is
+        the same (to the float32 rounding of the images); the summary says so."""
+        flipped, imported = self._map(self.importedFlipped), self._map(self.imported)
+        self.assertLess(np.linalg.norm(flipped - imported) / np.linalg.norm(imported), 1e-4)
+        self.assertIn("phase-flipped: their CTF is used as |CTF|",
+                      '\n'.join(self.importedFlipped.summary()))
+        self.assertNotIn("|CTF|", '\n'.join(self.imported.summary()))
+
+    def testReferenceScaleChangesNothing(self):
+        """A reference three times brighter is put on the particles' scale: the refined
+        poses and the posterior map afterwards are the same (within 1 %)."""
+        poses = [convert.particles_to_arrays(protocol.outputParticles,
+                                             need_alignment=ALIGN_PROJ, read_images=False)
+                 for protocol in (self.refined, self.refinedBright)]
+        angle, shift = pose_errors(poses[1].rotations, poses[1].shifts, poses[0].rotations,
+                                   poses[0].shifts)
+        change, shiftChange = self.refined._poseChanges()
+        self.assertLessEqual(angle.max(), 0.01 * np.median(change))
+        self.assertLessEqual(shift.max(), 0.01 * np.median(shiftChange))
+        maps = [self._map(protocol) for protocol in (self.afterRefined, self.afterBright)]
+        self.assertLessEqual(np.linalg.norm(maps[1] - maps[0]) / np.linalg.norm(maps[0]), 0.01)
+        amplitudes = [float(np.load(protocol._getFileName('scaledReference'))['amplitude'])
+                      for protocol in (self.refined, self.refinedBright)]
+        self.assertAlmostEqual(amplitudes[0] / amplitudes[1], 3.0, places=6)
+        self.assertIn("put on the particles' scale", '\n'.join(self.refined.summary()))
+
+    def testDarkParticlesStopWithTheFix(self):
+        """Particles written dark: the posterior's map, the refinement's first reference
+        map and its amplitude fit against a given reference all refuse them, naming the
+        fix."""
+        for protocol in (self._posterior('dark', self.dark.outputParticles, launch=False),
+                         self._refine('dark, no reference', self.dark, None, launch=False)):
+            message = self._failure(protocol)
+            self.assertIn("particles are dark", message)
+            self.assertIn("invert their contrast", message)
+        message = self._failure(self._refine('dark', self.dark,
+                                             self.simulation.outputVolume, launch=False))
+        self.assertIn("look dark against this map", message)
+        self.assertIn("invert their contrast", message)
+
+    def testMapTheParticlesDoNotShowStops(self):
+        message = self._failure(self._refine('noise map', self.relion,
+                                             self.noiseMap.outputVolume, launch=False))
+        self.assertIn("do not show this map", message)
+
+    def testCtfWithoutDefocusStops(self):
+        """A particle whose CTF has defocus 0, or NaN, stops the conversion naming it
+        (3@file, id 3), before any particle file is written."""
+        for label, value, fragment in (('zero', 0.0, 'defocus of U = 0'),
+                                       ('NaN', float('nan'), 'no CTF')):
+            particles = self._withDefocus(label, value)
+            protocol = self._posterior('defocus %s' % label, particles, launch=False)
+            message = self._failure(protocol)
+            self.assertIn(fragment, message)
+            self.assertIn("3@", message)
+            self.assertFalse(os.path.exists(protocol._getExtraPath('spectra.npy')))
+
+    def _withDefocus(self, label, value):
+        """The RELION set with particle 3's defocus set to ``value``, imported."""
+        source = self.relion.outputParticles
+        path = self.proj.getTmpPath('defocus_%s.sqlite' % label)
+        particles = SetOfParticles(filename=path)
+        particles.copyInfo(source)
+
+        def setDefocus(particle, _row=None):
+            if particle.getObjId() == 3:
+                particle.getCTF().setStandardDefocus(value, value, 0.0)
+
+        particles.copyItems(source, updateItemCallback=setDefocus)
+        particles.write()
+        particles.close()
+        protocol = self.newProtocol(ProtImportParticles,
+                                    importFrom=ProtImportParticles.IMPORT_FROM_SCIPION,
+                                    sqliteFile=path, samplingRate=PIXEL)
+        protocol.setObjLabel('defocus %s' % label)
+        return self.launchProtocol(protocol).outputParticles
+
+
+def _phaseFlipped(simulation):
+    """The simulation's images, each multiplied in Fourier space by the sign of its CTF."""
+    box = simulation.images.shape[-1]
+    ky, kx = fourier.real_filter_frequencies(box, box)
+    return np.stack([fourier.filter_real(image, np.sign(ctf.evaluate_ctf(
+        params, kx, ky, 1, simulation.pixel_size))) for image, params in
+        zip(simulation.images.astype(np.float64), simulation.ctf_params)]).astype(np.float32)

@@ -1,5 +1,5 @@
 """Plots of the Fourier-slice posterior (Fourier variance, uncertainty, resolution,
-likelihood) and of the pose refinement (how far the poses moved)."""
+noise spectrum, likelihood) and of the pose refinement (how far the poses moved)."""
 import matplotlib
 import numpy as np
 from pwem.viewers import EmPlotter
@@ -46,6 +46,11 @@ class CryoHessFourierPosteriorViewer(ProtocolViewer):
                            "α/(1+α) (full map) and (α/2)/(1+α/2) (comparable with a "
                            "half-map FSC), with the half-map FSC when half maps were "
                            "fitted, and the 0.143 and 0.5 thresholds.")
+        form.addParam('displayNoise', params.LabelParam, label='Noise spectrum',
+                      help="The noise variance per pixel of every resolution shell of "
+                           "the images, as the fit used it: estimated per shell by EM "
+                           "(falling with frequency where the detector's transfer and the "
+                           "ice colour the noise) or one white level.")
         form.addParam('displayLikelihood', params.LabelParam,
                       label='Log-likelihood histogram',
                       help="Distribution of the per-particle log-likelihood (held out "
@@ -56,6 +61,7 @@ class CryoHessFourierPosteriorViewer(ProtocolViewer):
         return {'displayFourierVariance': self._showFourierVariance,
                 'displayUncertainty': self._showUncertainty,
                 'displayResolution': self._showResolution,
+                'displayNoise': self._showNoise,
                 'displayLikelihood': self._showLikelihood}
 
     # --------------------------- SHOW functions ------------------------------
@@ -104,11 +110,16 @@ class CryoHessFourierPosteriorViewer(ProtocolViewer):
                   bottom=0.08, top=0.45)
         return [plotter]
 
-    def _showResolution(self, paramName=None):
+    def _fullPosteriorShells(self):
+        """The full posterior, the shells of its curves (the model's disc without the DC)
+        and their frequencies in 1/Å."""
         posterior = self.protocol._loadPosterior(FULL)
         shells = posterior.curve_shells()
-        frequencies = convert.shell_frequencies(shells, posterior.box,
-                                                self.protocol._pixelSize())
+        return posterior, shells, convert.shell_frequencies(shells, posterior.box,
+                                                            self.protocol._pixelSize())
+
+    def _showResolution(self, paramName=None):
+        posterior, shells, frequencies = self._fullPosteriorShells()
         plotter = EmPlotter(mainTitle='Single-fit resolution curves')
         axes = plotter.createSubPlot('from the spectral-shell SNR α of one fit',
                                      'frequency (1/Å)', 'FSC')
@@ -127,6 +138,15 @@ class CryoHessFourierPosteriorViewer(ProtocolViewer):
                           va='bottom', color='gray', fontsize=8)
         axes.set_ylim(-0.1, 1.05)
         axes.legend()
+        return [plotter]
+
+    def _showNoise(self, paramName=None):
+        posterior, shells, frequencies = self._fullPosteriorShells()
+        plotter = EmPlotter(mainTitle='Noise spectrum of the particles')
+        axes = plotter.createSubPlot('%s noise' % ('white' if posterior.white_noise
+                                                   else 'per-shell'),
+                                     'frequency (1/Å)', 'noise variance per pixel')
+        axes.semilogy(frequencies, posterior.noise_shells()[shells], '.-')
         return [plotter]
 
     def _showLikelihood(self, paramName=None):

@@ -19,6 +19,14 @@ particles' scale where a method needs both on one scale.
 
 For particles without poses :func:`polarity_from_scores` compares best alignment
 scores of the images as given and negated.
+
+Without a map to compare with, a map reconstructed from the particles shows their
+polarity itself: protein is denser than the solvent, so the low-resolution density of a
+centred map is higher in its middle than at the edges of the box.  :class:`MapPolarity`
+holds that contrast, the mean density in the ball ``r < D/4`` minus the mean beyond
+``r > 0.45 D`` (:func:`solvent_contrast_weights`), with its standard error.  It assumes a
+centred particle whose middle is not mostly solvent (a hollow shell such as a capsid
+with an empty interior could read as dark).
 """
 from dataclasses import dataclass
 
@@ -26,6 +34,7 @@ import numpy as np
 
 from .ctf import ctf_stack
 from .errors import InvalidDataError, ShapeError
+from .fourier import radius_grid
 from .projector import FourierSliceProjector, validate_volume
 from .rotations import validate_poses
 
@@ -34,6 +43,10 @@ SIGNIFICANCE = 5.0
 
 #: Particles projected per batch (bounds the memory of the spectra).
 _BATCH = 256
+
+#: The particle's middle and the solvent of a centred map, as fractions of the box: the
+#: ball ``r < D/4`` and the region ``r > 0.45 D`` (the box's corners included).
+PARTICLE_RADIUS, SOLVENT_RADIUS = 0.25, 0.45
 
 _FIX_DARK = ("invert their contrast (e.g. with 'xmipp3 - preprocess particles', option "
              "'Invert contrast', or RELION's 'Invert contrast' at extraction) and run again")
@@ -183,3 +196,52 @@ def polarity_from_scores(scores, negated_scores):
     difference = scores - negated_scores
     return PolarityTest(float(difference.mean()),
                         float(difference.std(ddof=1) / np.sqrt(difference.size)))
+
+
+def solvent_contrast_weights(box):
+    """Real-space weights ``f`` of the contrast of a centred ``box``-wide map against the
+    solvent, ``sum f * map``: the mean inside the ball ``r < PARTICLE_RADIUS * D`` minus the
+    mean beyond ``r > SOLVENT_RADIUS * D``."""
+    radius = radius_grid((box,) * 3)
+    inside, solvent = radius < PARTICLE_RADIUS * box, radius > SOLVENT_RADIUS * box
+    return inside / inside.sum() - solvent / solvent.sum()
+
+
+@dataclass(frozen=True)
+class MapPolarity:
+    """Contrast of a map against its solvent (:func:`solvent_contrast_weights`).
+
+    :param contrast: mean density of the particle's middle minus that of the solvent;
+        positive for white particles.
+    :param standard_error: its standard error (e.g. under a posterior over the map).
+    """
+    contrast: float
+    standard_error: float
+
+    @property
+    def z_score(self):
+        return self.contrast / max(self.standard_error, np.finfo(float).tiny)
+
+    @property
+    def significant(self):
+        """Whether the sign of the contrast is beyond noise."""
+        return abs(self.z_score) >= SIGNIFICANCE
+
+    def check(self, what="particles"):
+        """The contrast, or :class:`PolarityError` when the map is significantly darker in
+        its middle than in its solvent."""
+        if self.z_score <= -SIGNIFICANCE:
+            raise PolarityError(
+                f"the {what} are dark: the map reconstructed from them is darker in its "
+                f"middle than in its solvent (contrast {self.contrast:.3g} ± "
+                f"{self.standard_error:.2g}, z = {self.z_score:.1f}); {_FIX_DARK}")
+        return self
+
+    def warning(self, what="particles"):
+        """A warning when the contrast cannot tell the polarity, else None."""
+        if self.significant:
+            return None
+        return (f"The polarity of the {what} could not be checked: the map's contrast against "
+                f"its solvent, {self.contrast:.3g} ± {self.standard_error:.2g} (z = "
+                f"{self.z_score:.1f}), is within noise. If the map looks dark (protein darker "
+                f"than the solvent), {_FIX_DARK}.")

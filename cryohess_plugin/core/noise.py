@@ -118,21 +118,30 @@ def noise_images(rng, shape, sigma, spectrum=None, dtype=np.float32):
     return (shaped * sigma).astype(dtype, copy=False)
 
 
-def shell_noise_power(residual_spectra, kx, ky, n_shells):
+def shell_noise_power(residual_spectra, kx, ky, n_shells, extra_power=None):
     """Per integer shell, the mean of ``|R(k)|²`` over residual spectra (the noise power
     ``E|N(k)|²`` of the non-unitary transform; ``D² s²`` everywhere for white noise).
 
     :param residual_spectra: ``(n, m)`` complex residuals (data minus model) at the
         frequencies ``(kx, ky)`` ``(m,)`` in cycles per box (e.g. a half plane).
     :param n_shells: shells ``0 .. n_shells - 1``; shells without points get NaN.
+    :param extra_power: ``(n, m)`` power added to each ``|R(k)|²``, or None: e.g. the
+        variance an uncertain model adds, for the *expected* residual power under a
+        posterior.
     """
     residual_spectra = np.asarray(residual_spectra)
     if residual_spectra.ndim != 2 or residual_spectra.shape[1] != np.size(kx):
         raise ShapeError(f"residual spectra must be (n, {np.size(kx)}), got "
                          f"{residual_spectra.shape}")
+    if extra_power is not None and np.shape(extra_power) != residual_spectra.shape:
+        raise ShapeError(f"extra power must have the residuals' shape "
+                         f"{residual_spectra.shape}, got {np.shape(extra_power)}")
     shells = np.rint(np.hypot(kx, ky)).astype(np.int64)
     inside = shells < n_shells
-    power = np.mean(np.abs(residual_spectra[:, inside]) ** 2, axis=0)
+    power = np.abs(residual_spectra[:, inside]) ** 2
+    if extra_power is not None:
+        power = power + np.asarray(extra_power)[:, inside]
+    power = np.mean(power, axis=0)
     sums = np.bincount(shells[inside], power, n_shells)
     counts = np.bincount(shells[inside], minlength=n_shells)
     return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)

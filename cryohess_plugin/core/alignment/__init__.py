@@ -6,13 +6,13 @@
 from .brute_force import BruteForceAlignment, brute_force_align, rotated_inner_products
 from .radial_svd import (KERNEL_CENTRINGS, MIN_RANK, PAPER_MAX_FREQUENCY, AlignmentResult,
                          RadialSVDAligner, alignment_grid, choose_rank, group_ctfs,
-                         projection_templates, radial_kernel, rotations_from_alignment,
-                         shift_grid)
+                         polarity_against_templates, projection_templates, radial_kernel,
+                         rotations_from_alignment, shift_grid)
 from .volumes import VolumeAligner, VolumeAlignmentResult, rotate_volume, shell_grid, table_bytes
 
 __all__ = ["BruteForceAlignment", "brute_force_align", "rotated_inner_products",
            "KERNEL_CENTRINGS", "MIN_RANK", "PAPER_MAX_FREQUENCY", "AlignmentResult",
            "RadialSVDAligner", "alignment_grid", "choose_rank", "group_ctfs",
-           "projection_templates", "radial_kernel", "rotations_from_alignment", "shift_grid",
+           "polarity_against_templates", "projection_templates", "radial_kernel", "rotations_from_alignment", "shift_grid",
            "VolumeAligner", "VolumeAlignmentResult", "rotate_volume", "shell_grid",
            "table_bytes"]

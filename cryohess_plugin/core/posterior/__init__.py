@@ -2,15 +2,16 @@
 
 :mod:`.problem` holds the data (spectra in memory or in ``.npy`` files, poses, CTFs) and
 the slice model, :mod:`.result` the fitted posterior and its maps, :mod:`.fit` the
-closed-form, EM and variational fits, noise propagation and the likelihood.
+closed-form, EM (noise per shell or white, per-shell prior) and variational fits, noise
+propagation and the likelihood.
 """
-from .fit import (FIT_METHODS, fit_closed_form, fit_posterior, fit_variational, half_sets,
-                  held_out_log_likelihood, log_likelihood, propagate_noise)
+from .fit import (FIT_METHODS, NOISE_MODELS, fit_closed_form, fit_posterior, fit_variational,
+                  half_sets, held_out_log_likelihood, log_likelihood, propagate_noise)
 from .problem import (ParticleFiles, PosteriorProblem, SpectraWriter, fit_memory_bytes,
                       particle_file_bytes, write_particle_files, write_spectra)
 from .result import FourierPosterior
 
-__all__ = ["FIT_METHODS", "fit_closed_form", "fit_posterior", "fit_variational", "half_sets",
-           "held_out_log_likelihood", "log_likelihood", "propagate_noise", "ParticleFiles",
+__all__ = ["FIT_METHODS", "NOISE_MODELS", "fit_closed_form", "fit_posterior",
+           "fit_variational", "half_sets", "held_out_log_likelihood", "log_likelihood", "propagate_noise", "ParticleFiles",
            "PosteriorProblem", "SpectraWriter", "fit_memory_bytes", "particle_file_bytes",
            "write_particle_files", "write_spectra", "FourierPosterior"]

@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import ctf as ctf_model
 from .. import fourier
+from .. import noise as noise_model
 from ..errors import InvalidDataError, MissingMetadataError, ShapeError
 from ..progress import Reporter
 from ..fourier import hermitian_fold, mirror
@@ -319,6 +320,9 @@ class PosteriorProblem:
                 self._source[part] = hp.transform(images[part])
         # The DC coefficient is real: half the weight of a complex one (module docstring).
         self.sample_weight = np.where((hp.kx == 0) & (hp.ky == 0), 0.5, 1.0)
+        # The image shell of every point, the index into per-shell noise (0 .. D/2).
+        self.point_shells = np.minimum(np.rint(np.hypot(hp.kx, hp.ky)).astype(np.int64),
+                                       box // 2)
         # The same weights (0.5 and 1, exact) in the operator's precision, so that
         # weighting a batch's complex64 values makes no complex128 temporary.
         self._weight = self.sample_weight.astype(self.operator.dtype)
@@ -338,6 +342,30 @@ class PosteriorProblem:
     @property
     def n_particles(self):
         return self.rotations.shape[0]
+
+    @property
+    def n_shells(self):
+        """Image shells ``0 .. D/2`` of per-shell noise."""
+        return self.box // 2 + 1
+
+    def point_noise(self, noise_variance):
+        """``E|N(k)|² = D² sigma²(shell of k)`` at every half-plane point, ``(m,)``.
+
+        :param noise_variance: ``sigma²`` per pixel, a number (white noise) or one per
+            image shell ``0 .. D/2`` (coloured noise).
+        """
+        noise_variance = np.asarray(noise_variance, dtype=np.float64)
+        if noise_variance.ndim == 0:
+            return np.full(self.half_plane.size, self.box ** 2 * float(noise_variance))
+        if noise_variance.shape != (self.n_shells,):
+            raise ShapeError(f"per-shell noise must have one value per image shell 0 .. "
+                             f"{self.box // 2}, shape ({self.n_shells},); got "
+                             f"{noise_variance.shape}")
+        return self.box ** 2 * noise_variance[self.point_shells]
+
+    def noise_weights(self, noise_variance):
+        """``W / E|N(k)|²`` at every half-plane point: the likelihood's weights."""
+        return self.sample_weight / self.point_noise(noise_variance)
 
     @property
     def half_plane(self):
@@ -425,52 +453,60 @@ class PosteriorProblem:
         return self.operator.slices(grid, self.rotations[part], hp.kx, hp.ky,
                                     self.shifts[part], self._operator_ctf(part))
 
-    def _scatter(self, values, part, total):
-        """Add ``A^H (W values)`` (not yet Hermitian-folded) into the complex128 ``total``."""
+    def _point_weights(self, weights):
+        """Per-point weights in the operator's precision: ``W`` by default."""
+        return self._weight if weights is None else np.asarray(weights, self.operator.dtype)
+
+    def _scatter(self, values, part, total, weights=None):
+        """Add ``A^H (weights values)`` (not yet Hermitian-folded) into the complex128
+        ``total``; ``weights`` ``(m,)`` default to ``W``."""
         hp = self.half_plane
-        weighted = np.asarray(values, self.operator.complex_dtype) * self._weight
+        weighted = np.asarray(values, self.operator.complex_dtype) * self._point_weights(weights)
         total += self.operator.slices_adjoint(weighted, self.rotations[part], hp.kx, hp.ky,
                                               self.shifts[part], self._operator_ctf(part))
         return total
 
-    def adjoint(self, values, part):
-        """``herm(A^H (W values))`` for particles ``part`` (a complex grid)."""
+    # Every operator takes per-point ``weights`` ``(m,)``, ``W`` by default; the fits pass
+    # :meth:`noise_weights`, ``W / E|N(k)|²``, the weights of the likelihood.
+    def adjoint(self, values, part, weights=None):
+        """``herm(A^H (weights values))`` for particles ``part`` (a complex grid)."""
         return hermitian_fold(self._scatter(values, part,
-                                            np.zeros((self.box,) * 3, np.complex128)))
+                                            np.zeros((self.box,) * 3, np.complex128), weights))
 
-    def data_term(self, part=None):
+    def data_term(self, part=None, weights=None):
         """``herm(A^H W X)`` over the particles ``part`` (all by default)."""
         total = np.zeros((self.box,) * 3, np.complex128)
         for p in self.batches(part):
-            self._scatter(self.spectra_batch(p), p, total)
+            self._scatter(self.spectra_batch(p), p, total, weights)
         # The fold is linear: once for the sum, not once per batch.
         return hermitian_fold(total)
 
-    def normal(self, grid, part=None):
+    def normal(self, grid, part=None, weights=None):
         """``herm(A^H W A grid)`` over the particles ``part``."""
         grid = grid.astype(self.operator.complex_dtype)
         total = np.zeros((self.box,) * 3, np.complex128)
         for p in self.batches(part):
-            self._scatter(self.forward(grid, p), p, total)
+            self._scatter(self.forward(grid, p), p, total, weights)
         return hermitian_fold(total)
 
-    def sampling_density(self, part=None):
+    def sampling_density(self, part=None, weights=None):
         """``S_j = sum c^2 W w^2`` over ``k`` and ``-k`` (real grid)."""
+        weights = self.sample_weight if weights is None else weights
         density = np.zeros((self.box,) * 3)
         for p in self.batches(part):
-            weights = np.ascontiguousarray(self._ctf_squared(p, self._count(p))
-                                           * self.sample_weight)
+            values = np.ascontiguousarray(self._ctf_squared(p, self._count(p)) * weights)
             hp = self.half_plane
-            self._kernels.sampling_density(weights, self._rows[p], hp.kx, hp.ky,
+            self._kernels.sampling_density(values, self._rows[p], hp.kx, hp.ky,
                                            self.operator.interpolation_id, density)
         return density + mirror(density)
 
-    def row_sums(self, part=None):
+    def row_sums(self, part=None, weights=None):
         """``herm(A^H W c^2)`` without shifts: the gridding weights, a preconditioner."""
+        weights = self.sample_weight if weights is None else weights
         density = np.zeros((self.box,) * 3, np.complex128)
         hp = self.half_plane
         for p in self.batches(part):
-            values = (self._ctf_squared(p, self._count(p)) * self.sample_weight).astype(
+            values = (self._ctf_squared(p, self._count(p)) * weights).astype(
                 self.operator.complex_dtype)
             density += self.operator.slices_adjoint(values, self.rotations[p], hp.kx, hp.ky)
         return np.maximum(hermitian_fold(density).real, 0.0)
@@ -486,15 +522,36 @@ class PosteriorProblem:
             out *= self._ctf(part) ** 2
         return out
 
+    def _residuals(self, mean, part):
+        """``X - A mean`` of the particles ``part``, ``(len(part), m)``; ``X`` when ``mean``
+        is None."""
+        if mean is None:
+            return self.spectra_batch(part)
+        return self.spectra_batch(part) - self.forward(
+            mean.astype(self.operator.complex_dtype), part)
+
     def residual_power(self, mean, variance=None, part=None):
         """Per-particle ``sum_k W E|X - A V|^2`` under the posterior ``(mean, variance)``."""
         index = np.arange(self.n_particles) if part is None else np.asarray(part)
         out = np.empty(index.size)
         for start in range(0, index.size, self.batch_size):
             p = index[start:start + self.batch_size]
-            residual = self.spectra_batch(p) - self.forward(mean.astype(self.operator.complex_dtype), p)
-            power = np.abs(residual) ** 2
+            power = np.abs(self._residuals(mean, p)) ** 2
             if variance is not None:
                 power = power + self.gathered_variance(variance, p)
             out[start:start + p.size] = power @ self.sample_weight
         return out
+
+    def shell_residual_power(self, mean, variance=None):
+        """Per image shell ``0 .. D/2``, the mean of ``E|X(k) - (A V)(k)|^2`` over the
+        particles and the shell's points under the posterior ``(mean, variance)``
+        (:func:`.noise.shell_noise_power`; ``mean`` None: of the data ``|X|^2``); shells
+        without points are NaN."""
+        hp = self.half_plane
+        total = np.zeros(self.n_shells)
+        for p in self.batches():
+            extra = None if variance is None else self.gathered_variance(variance, p)
+            # Shell means of per-point means: batches combine weighted by their size.
+            total += self._count(p) * noise_model.shell_noise_power(
+                self._residuals(mean, p), hp.kx, hp.ky, self.n_shells, extra)
+        return total / self.n_particles

@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import fourier
+from ..contrast import MapPolarity, solvent_contrast_weights
 from ..errors import InvalidDataError
 from ..fourier import hermitian_fold, paired, shell_sums
 from ..storage import load_fields, save_fields
@@ -17,7 +18,9 @@ class FourierPosterior:
     :param mean: complex ``(D, D, D)`` posterior mean ``mu`` (centred layout).
     :param variance: real ``(D, D, D)`` complex variance ``E|V - mu|^2``.
     :param prior_variance: real ``(D, D, D)`` prior ``s0^2`` per coefficient.
-    :param noise_variance: real-space noise variance ``sigma^2`` per pixel.
+    :param noise_variance: noise variance ``sigma^2`` per pixel: a float (white noise)
+        or a ``(D // 2 + 1,)`` array, one per image shell (coloured noise,
+        ``E|N(k)|^2 = D^2 sigma^2(shell)``).
     :param interpolation: interpolation kernel of the model.
     :param history: fit diagnostics (noise, residuals per iteration).
     :param noise_power: per-shell ``(D // 2 + 1,)`` power of the noise in
@@ -26,7 +29,7 @@ class FourierPosterior:
     mean: np.ndarray
     variance: np.ndarray
     prior_variance: np.ndarray
-    noise_variance: float
+    noise_variance: object
     interpolation: str = "linear"
     history: dict = field(default_factory=dict)
     noise_power: np.ndarray = None
@@ -42,7 +45,17 @@ class FourierPosterior:
     @classmethod
     def load(cls, path):
         """The posterior written by :meth:`save`."""
-        return load_fields(cls, path)
+        return load_fields(cls, path, noise_variance=_noise_from_file)
+
+    @property
+    def white_noise(self):
+        """Whether the noise is white (one ``sigma^2`` for every shell)."""
+        return np.ndim(self.noise_variance) == 0
+
+    def noise_shells(self):
+        """``sigma^2`` per image shell ``0 .. D/2`` (the same in every shell for white noise)."""
+        return np.broadcast_to(np.asarray(self.noise_variance, dtype=np.float64),
+                               (self.box // 2 + 1,)).copy()
 
     def _deapodization(self):
         d = fourier.deapodization(self.box, self.box, self.interpolation)
@@ -55,6 +68,20 @@ class FourierPosterior:
     def mean_map(self):
         """Posterior-mean map ``(D, D, D)``, real space."""
         return self.grid_to_map(self.mean)
+
+    def polarity(self):
+        """:class:`.contrast.MapPolarity` of :meth:`mean_map`: its contrast against the
+        solvent and the posterior standard error of that contrast
+        (``docs/methods/fourier_slice_posterior.md`` §4.8).
+
+        The contrast is linear in the map, ``c = sum f map = Re sum_k conj(G_k) V_k / D^3``
+        with ``G`` the transform of ``f`` over the deapodisation, so under the diagonal
+        posterior its variance is ``sum_k |G_k|^2 Var_k / D^6``.
+        """
+        weights = solvent_contrast_weights(self.box)
+        transform = fourier.centred_fftn(weights / self._deapodization())
+        error = np.sqrt(np.sum(np.abs(transform) ** 2 * self.variance)) / self.box ** 3
+        return MapPolarity(float(np.sum(weights * self.mean_map())), float(error))
 
     def relative_variance(self):
         """``Var / s0^2``: 1 where no data constrain the coefficient, near 0 where dense."""
@@ -162,3 +189,8 @@ class FourierPosterior:
         if count < 2:
             raise InvalidDataError(f"need at least 2 samples for a standard deviation, got {count}")
         return np.std(self.sample_maps(count, rng), axis=0, ddof=1)
+
+
+def _noise_from_file(value):
+    """A stored ``noise_variance``: a float for white noise, else the per-shell array."""
+    return float(value) if value.ndim == 0 else value
