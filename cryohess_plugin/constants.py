@@ -88,3 +88,11 @@ SNR_ENERGY = 1
 
 # Micrograph EM pick score column (protocols/protocol_micrograph_em.py)
 PICK_SCORE = "_cryohess_pickScore"
+
+# ---------------------------- Hyper-molecule columns --------------------------
+# Per particle: posterior mean and spread of the state τ (one value per state axis).
+HYPER_TAU_MEAN = "_cryohess_tauMean"
+HYPER_TAU_STD = "_cryohess_tauStd"
+# Per output map: its series (moving part and axis) and its state τ.
+HYPER_SERIES = "_cryohess_hyperSeries"
+HYPER_TAU = "_cryohess_tau"

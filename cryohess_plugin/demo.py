@@ -205,6 +205,40 @@ def micrographEMStage(project, args, plotDir, done):
     return protocol
 
 
+def hyperMoleculeStage(project, args, plotDir, done):
+    """Stage 7: a continuously moving domain (its own simulated data set) sampled as a
+    hyper-molecule; prints the rank correlation of the particles' τ with the truth."""
+    import numpy as np
+    from cryohess_plugin import convert
+    from cryohess_plugin.constants import (CONFORMATION, HETEROGENEITY_RIGID_REGION,
+                                           HYPER_TAU_MEAN)
+    from cryohess_plugin.core.hypermolecules import rank_correlation
+    from cryohess_plugin.protocols import CryoHessProtHyperMolecule, CryoHessProtSimulate
+    from cryohess_plugin.viewers import CryoHessHyperMoleculeViewer
+    simulation = project.newProtocol(
+        CryoHessProtSimulate, boxSize=args.box, samplingRate=2.0,
+        numberOfParticles=max(args.particles, 2000), numberOfDefocusGroups=10, snr=0.1,
+        heterogeneity=HETEROGENEITY_RIGID_REGION, domainFraction=0.35, hingeAngle=40.0,
+        numberOfThreads=args.threads)
+    simulation.setObjLabel("cryohess - simulate a moving domain")
+    runProtocol(project, simulation)
+    protocol = project.newProtocol(CryoHessProtHyperMolecule, chains=2, sweeps=100, burnIn=60,
+                                   numberOfThreads=args.threads)
+    protocol.inputParticles.set(simulation.outputParticles)
+    protocol.setObjLabel("cryohess - hyper-molecule")
+    runProtocol(project, protocol)
+    for line in protocol.summary():
+        print("  " + line)
+    pairs = np.array([(np.atleast_1d(convert.read_column(p, HYPER_TAU_MEAN))[0],
+                       convert.read_column(p, CONFORMATION))
+                      for p in protocol.outputParticles.iterItems(orderBy='id')])
+    print("  rank correlation of τ with the true conformation: Spearman ρ = %.3f"
+          % rank_correlation(pairs[:, 0], pairs[:, 1]))
+    for path in savePlots(CryoHessHyperMoleculeViewer, project, protocol, plotDir, "hyper"):
+        print("  plot: %s" % path)
+    return protocol
+
+
 def printMapFsc(protocol, truthVolume):
     """The FSC of a micrograph EM map to the ground truth, after the best rotation and
     reflection, at the working pixel size."""
@@ -227,7 +261,7 @@ def printMapFsc(protocol, truthVolume):
 #: (name, stage): each stage gets the protocols of the stages before it by name.
 STAGES = [('simulate', simulateStage), ('align', alignStage), ('softModes', softModesStage),
           ('refine', refineStage), ('posterior', posteriorStage),
-          ('micrographEM', micrographEMStage)]
+          ('micrographEM', micrographEMStage), ('hyperMolecule', hyperMoleculeStage)]
 
 
 def main(argv=None):

@@ -151,6 +151,11 @@ def _as_source(source, box):
     return volume
 
 
+def _is_trajectory(heterogeneity):
+    """True for a model with its own states (e.g. :class:`.pretzel.Pretzel`)."""
+    return hasattr(heterogeneity, "positions_at")
+
+
 def ground_truth_maps(source, second_state, box, pixel_size):
     """The maps of a data set's ground truth: ``(map of A, map of B or None)``.
 
@@ -174,9 +179,12 @@ def ground_truth_maps(source, second_state, box, pixel_size):
 
 
 def _atom_images(state_a, state_b, t, rotations, shifts, box, pixel_size):
-    """Analytic projections of ``(1 - t) A + t B`` (or of ``A``) about A's centroid."""
+    """Analytic projections of ``(1 - t) A + t B`` (or of ``A``, or of a trajectory's
+    atoms at states ``t``) about A's centroid."""
     centred = state_a.positions - state_a.centroid()
-    if state_b is None:
+    if _is_trajectory(state_b):
+        positions = state_b.positions_at(t) - state_a.centroid()
+    elif state_b is None:
         positions = centred
     else:
         positions = centred[None] + t[:, None, None] * (state_b.positions - state_a.positions)[None]
@@ -196,7 +204,8 @@ class ParticleSimulation:
     :param noise_sigma: per-pixel standard deviation of the added noise.
     :param pixel_size: Å per pixel.
     :param snr: requested SNR (``inf`` when noise-free), inside ``snr_band``.
-    :param conformation: ``(n,)`` coordinate ``t`` in [0, 1], NaN when homogeneous.
+    :param conformation: ``(n,)`` coordinate ``t`` in [0, 1], NaN when homogeneous; ``(n, d)``
+        for a model with its own states (:class:`.pretzel.Pretzel`).
     :param clean_images: ``(n, box, box)`` float32 CTF-modulated images before
         noise, or None.
     :param snr_band: the band ``0 < |k| <= snr_band`` (cycles per box) the SNR is stated
@@ -235,7 +244,8 @@ def simulate_particles(source, n, box, pixel_size, rng=0, distribution="uniform"
     """Simulate a particle stack: project, modulate by the CTF, add white noise.
 
     :param source: ``(box, box, box)`` volume (voxel size ``pixel_size``) or an
-        :class:`.atoms.AtomModel` (projected about its centroid).
+        :class:`.atoms.AtomModel` (projected about its centroid); None with a model that
+        has its own states (``heterogeneity``).
     :param n: number of particles.
     :param box: image size in pixels.
     :param pixel_size: Å per pixel.
@@ -256,7 +266,9 @@ def simulate_particles(source, n, box, pixel_size, rng=0, distribution="uniform"
     :param heterogeneity: None, or a second :class:`.atoms.AtomModel` with the
         same atoms as ``source`` (which must then be an atomic model): particle
         ``i`` shows ``(1 - t_i) A + t_i B`` with ``t_i`` uniform in [0, 1];
-        amplitudes and widths are those of ``A``.
+        amplitudes and widths are those of ``A``; or a model with its own states
+        (:class:`.pretzel.Pretzel`, whose middle state replaces ``source``): particle ``i``
+        shows it at states ``t_i`` uniform in ``[0, 1]^d`` (``conformation`` is ``(n, d)``).
     :param keep_clean: also return the noise-free images.
     :param backend: where volumes are projected: ``"auto"``, ``"cpu"`` or ``"cuda"``.
     :param batch_size: particles projected at once (memory bound).
@@ -265,8 +277,9 @@ def simulate_particles(source, n, box, pixel_size, rng=0, distribution="uniform"
     n, box = int(n), int(box)
     if n < 1 or n_groups < 1:
         raise InvalidDataError(f"need n >= 1 particles and n_groups >= 1, got {n}, {n_groups}")
+    source = heterogeneity.reference if _is_trajectory(heterogeneity) else source
     source = _as_source(source, box)
-    if heterogeneity is not None:
+    if heterogeneity is not None and not _is_trajectory(heterogeneity):
         if not isinstance(source, AtomModel) or not isinstance(heterogeneity, AtomModel):
             raise InvalidDataError("heterogeneity needs two atomic models (source and "
                                    "heterogeneity), not a volume")
@@ -280,7 +293,10 @@ def simulate_particles(source, n, box, pixel_size, rng=0, distribution="uniform"
     group_ctf = random_ctf_params(n_groups, ctf_rng, defocus_range, astigmatism, voltage, cs,
                                   amplitude_contrast)
     group_ids = np.arange(n) * n_groups // n
-    conformation = state_rng.random(n) if heterogeneity is not None else np.full(n, np.nan)
+    if _is_trajectory(heterogeneity):
+        conformation = state_rng.random((n, heterogeneity.state_dimension))
+    else:
+        conformation = state_rng.random(n) if heterogeneity is not None else np.full(n, np.nan)
 
     images = np.empty((n, box, box), dtype=np.float32)
     if isinstance(source, AtomModel):
