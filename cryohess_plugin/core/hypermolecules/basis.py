@@ -120,8 +120,8 @@ def radial_filter(volumes, multiplier):
     volumes = np.asarray(volumes, dtype=np.float64)
     size = volumes.shape[-1]
     axes = (-3, -2, -1)
-    spectrum = scipy.fft.rfftn(volumes, axes=axes, workers=fourier.FFT_WORKERS) * multiplier
-    return scipy.fft.irfftn(spectrum, s=(size,) * 3, axes=axes, workers=fourier.FFT_WORKERS)
+    spectrum = scipy.fft.rfftn(volumes, axes=axes, workers=fourier.fft_workers()) * multiplier
+    return scipy.fft.irfftn(spectrum, s=(size,) * 3, axes=axes, workers=fourier.fft_workers())
 
 
 def soft_ball(size, radius, centre=None, edge=2.0):
