@@ -214,7 +214,6 @@ SHORT_SPEED_CASES = [(64, 200, 4, 1), (64, 200, 2, 2)]
 
 
 def calibration(args):
-    from cryohess_plugin.core import rotations
     from cryohess_plugin.core.ctf import ctf_stack
     box, pixel, band = 32, 4.0, 8.0
     a, b = phantom(box, pixel)

@@ -18,10 +18,8 @@ acceptance and re-estimates the per-shell noise from the residuals; after burn-i
 that is frozen and samples are recorded.  The chain state is saved every few sweeps, so a
 stopped run continues where it stopped, with the same random numbers.
 """
-import dataclasses
-import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
