@@ -134,14 +134,25 @@ class CryoHessProtocolMixin:
     def warnings(self):
         return self._gpuWarnings() + super().warnings()
 
-    def _setDevices(self):
-        """Threads of this step's numba kernels, FFTs and BLAS calls; bind the step's
-        thread to its first GPU, if any; say in the run log where the step runs."""
-        import numba
-        threads = max(1, min(self._stepThreads(), numba.config.NUMBA_NUM_THREADS))
-        numba.set_num_threads(threads)
+    def _stepStarted(self, step):
+        """Bound the FFT and BLAS threads of this process by a step's threads before any
+        step runs: every process of a run, whichever steps it runs (a continued run may
+        run only the last), computes with the same threads, hence the same rounding."""
+        threads = self._libraryThreads()
         set_fft_workers(threads)
         threadpool_limits(threads, user_api='blas')
+        super()._stepStarted(step)
+
+    def _libraryThreads(self):
+        import numba
+        return max(1, min(self._stepThreads(), numba.config.NUMBA_NUM_THREADS))
+
+    def _setDevices(self):
+        """Threads of this step's numba kernels; bind the step's thread to its first GPU,
+        if any; say in the run log where the step runs."""
+        import numba
+        threads = self._libraryThreads()
+        numba.set_num_threads(threads)
         gpus = self._stepsExecutor.getGpuList() if self._gpuDeviceUsable() else []
         if gpus and not cudasim_active():
             from numba import cuda
