@@ -1,0 +1,367 @@
+"""Translations by the factorised translation kernel (FTK; Rangan, Spivak, Andén, Barnett,
+Inverse Problems 36 (2020) 024001), combined with the radial-SVD search.
+
+Notation as :mod:`.radial_svd` (``docs/methods/radial_svd_alignment.md`` §1 and
+§3): polar samples ``P[r, j] = Ahat(k_r, psi_j)``, ring coefficients
+``a[r, q] = fft(P)[q] / Q``, frequencies ``k`` in cycles per box ``D``.
+
+**Translation in the ring coefficients.**  Re-centring a particle found at
+the core shift ``t = rho (cos omega, sin omega)`` pixels multiplies its
+spectrum by ``exp(+2 pi i k.t / D) = exp(i z cos(psi - omega))`` with
+``z = 2 pi k rho / D`` (:func:`.polar.shift_phases`); by Jacobi-Anger it is a
+convolution over the angular frequency (§3 of the page; the FTK paper §2):
+
+    a_t[r, q] = sum_p i^p J_p(z_r) exp(-i p omega) a[r, q - p].
+
+**Factorisation** (the FTK paper §3).  For each Bessel order ``p >= 0`` the
+kernel ``J_p(2 pi k rho / D)`` over the rings ``k_r`` (weights ``w_r``) and
+the disc ``0 <= rho <= max_shift`` (Gauss-Jacobi nodes of ``rho d rho``,
+weights ``u_d``) is factorised by the SVD of
+``sqrt(w_r) J_p(2 pi k_r rho_d / D) sqrt(u_d)``; the left vectors ``U_pl``
+whose singular values exceed ``tolerance`` times the largest of all orders
+are kept (``J_-p = (-1)^p J_p`` reuses them).  Any shift radius then has the
+factors ``e_pl(rho) = sum_r U_pl[r] sqrt(w_r) J_p(z_r(rho))``, and
+``sqrt(w_r) J_p(z_r(rho)) ~= sum_l U_pl[r] e_pl(rho)`` with the error the
+discarded singular values bound.  The number of terms grows with the band
+times the disc's radius, not with the number of shifts.
+
+**Landscape over shifts.**  With the CTF-multiplied template ``b``, the
+landscape ``X(gamma, t) = f sum_q exp(-i q gamma) Xhat(q, t)`` of
+:mod:`.radial_svd` (``f = 2 pi / D^2``) has
+
+    Xhat(q, t) = sum_p (-i)^p exp(i p omega) sum_l e_pl(rho) G_pl(q),
+    G_pl(q) = sum_r conj(U_pl[r] a[r, q - p]) sqrt(w_r) c_r b[r, q]:
+
+one product per term and pair (independent of the shift), then for each
+radius a weighted sum over the terms and a 2-D FFT over ``(p, q)``, which
+gives every in-plane angle ``gamma_j`` and every direction ``omega_m`` of the
+ring at once (:class:`PolarShifts`: ``n_omega`` equispaced directions per
+radius; orders alias onto ``p mod n_omega``, exactly, at those directions).
+
+**Search** (:func:`align_translations`).  A radial-SVD search on a coarse
+shift lattice (:func:`.radial_svd.shift_grid`, pruned at the automatic
+``H``) keeps each image's best templates; the FTK then scores those
+candidates at full rank over the whole sub-pixel disc of shifts and every
+in-plane angle.  The cost of the fine shifts is paid for a few templates per
+image instead of all of them: it grows with the candidates, not with the
+templates times the shifts.
+
+**Default shift range.**  Picks are off by a few percent of the box, so the
+default disc (:func:`default_max_shift`) is :data:`SHIFT_RANGE_FRACTION` of
+the box (6.4 px at 128 px, 12.8 px at 256 px), searched every
+:data:`DEFAULT_SHIFT_STEP` pixel.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.fft
+import scipy.special
+
+from ..errors import InvalidDataError, ShapeError
+from ..fourier import FFT_WORKERS, working_dtypes
+from ..kernels import resolve_backend, translations_cpu
+from ..polar import PolarGrid
+from ..progress import Reporter
+from .radial_svd import AlignmentResult
+
+#: Default radius of the searched shift disc, as a fraction of the box.
+SHIFT_RANGE_FRACTION = 0.05
+#: Default spacing of the searched shifts, pixels (sub-pixel).
+DEFAULT_SHIFT_STEP = 0.5
+#: Default spacing of the coarse lattice of the candidate search, pixels.
+DEFAULT_COARSE_STEP = 2.0
+#: Default singular-value tolerance of the factorisation.
+DEFAULT_TOLERANCE = 1e-3
+# Image-candidate pairs per batch of the FTK landscapes.
+_PAIR_CHUNK = 64
+
+
+def default_max_shift(box):
+    """Default shift-search radius in pixels for a ``box``-pixel particle."""
+    return SHIFT_RANGE_FRACTION * float(box)
+
+
+@dataclass(frozen=True)
+class PolarShifts:
+    """Shifts on rings: radii ``rho_d = d * step`` and ``n_omega[d]`` directions each.
+
+    Ring ``d`` holds the shifts ``rho_d (cos, sin)(2 pi m / n_omega[d])``,
+    ``m = 0 .. n_omega[d] - 1``, at ``shifts[offsets[d] + m]``; directions
+    are spaced at most ``step`` pixels apart (the centre is one shift).
+    """
+    radii: np.ndarray
+    n_omega: np.ndarray
+    step: float
+
+    @classmethod
+    def disc(cls, max_shift, step=DEFAULT_SHIFT_STEP):
+        """The disc ``|t| <= max_shift`` pixels with spacing ``step``."""
+        max_shift, step = float(max_shift), float(step)
+        if not np.isfinite(max_shift) or max_shift < 0:
+            raise InvalidDataError(f"the maximum shift must be a finite number >= 0 pixels, "
+                                   f"got {max_shift}")
+        if not np.isfinite(step) or step <= 0:
+            raise InvalidDataError(f"the shift step must be positive, got {step} pixels")
+        radii = step * np.arange(int(np.floor(max_shift / step + 1e-9)) + 1)
+        n_omega = np.array([1] + [scipy.fft.next_fast_len(int(np.ceil(2 * np.pi * rho / step)))
+                                  for rho in radii[1:]], dtype=np.int64)
+        return cls(radii, n_omega, step)
+
+    @property
+    def max_shift(self):
+        return float(self.radii[-1])
+
+    @property
+    def offsets(self):
+        return np.concatenate([[0], np.cumsum(self.n_omega)])
+
+    @property
+    def shifts(self):
+        """``(n, 2)`` core shifts ``(tx, ty)`` in pixels, ring by ring."""
+        return np.concatenate([
+            rho * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+            for rho, count in zip(self.radii, self.n_omega)
+            for angles in [2 * np.pi * np.arange(count) / count]])
+
+    def __len__(self):
+        return int(self.n_omega.sum())
+
+
+@dataclass(frozen=True)
+class TranslationFactorization:
+    """Low-rank factors of the Bessel-expanded translation kernel (module docstring).
+
+    :param grid: the polar grid of the rings.
+    :param max_shift: radius of the disc of shifts, pixels.
+    :param orders: ``(T,)`` Bessel order ``p`` of each term (both signs).
+    :param ring_vectors: ``(T, R)`` left singular vectors ``U_pl[r]``.
+    :param singular_values: ``(T,)``.
+    """
+    grid: PolarGrid
+    max_shift: float
+    tolerance: float
+    orders: np.ndarray
+    ring_vectors: np.ndarray
+    singular_values: np.ndarray
+
+    @classmethod
+    def build(cls, grid, max_shift, tolerance=DEFAULT_TOLERANCE):
+        """Factorise the kernel of ``grid``'s rings over the disc ``|t| <= max_shift``."""
+        if not isinstance(grid, PolarGrid):
+            raise TypeError(f"grid must be a PolarGrid, got {type(grid).__name__}")
+        max_shift = float(max_shift)
+        if not np.isfinite(max_shift) or max_shift < 0:
+            raise InvalidDataError(f"the maximum shift must be a finite number >= 0 pixels, "
+                                   f"got {max_shift}")
+        if not 0 < tolerance < 1:
+            raise InvalidDataError(f"the factorisation tolerance must lie in (0, 1), got "
+                                   f"{tolerance}")
+        z_max = 2 * np.pi * grid.max_frequency * max_shift / grid.box
+        # Nodes enough for the oscillation of J_p(z) on [0, z_max]; orders past
+        # z_max + 30 are below 1e-16 there.
+        nodes, node_weights = scipy.special.roots_jacobi(int(np.ceil(z_max)) + 24, 0, 1)
+        radii = max_shift * (1 + nodes) / 2
+        radial_weights = (max_shift / 2) ** 2 * node_weights
+        row = np.sqrt(grid.weights)[:, None]
+        column = np.sqrt(radial_weights)[None, :]
+        z = 2 * np.pi * np.outer(grid.radii, radii) / grid.box
+        spectra = []
+        for p in range(int(np.ceil(z_max)) + 31):
+            vectors, values, _ = np.linalg.svd(row * scipy.special.jv(p, z) * column,
+                                               full_matrices=False)
+            spectra.append((p, vectors, values))
+        largest = max(values[0] for _, _, values in spectra)
+        orders, vectors, values = [], [], []
+        for p, left, singular in spectra:
+            keep = singular > tolerance * largest
+            for sign in ((1,) if p == 0 else (1, -1)):
+                orders.extend([sign * p] * int(keep.sum()))
+                vectors.append(left[:, keep].T)
+                values.append(singular[keep])
+        return cls(grid, max_shift, float(tolerance), np.array(orders, dtype=np.int64),
+                   np.concatenate(vectors), np.concatenate(values))
+
+    @property
+    def n_terms(self):
+        return self.orders.size
+
+    def radial_factors(self, radii):
+        """``e_pl(rho)`` ``(n_radii, T)`` at shift radii ``radii`` (pixels)."""
+        radii = np.atleast_1d(np.asarray(radii, dtype=np.float64))
+        if np.any(radii > self.max_shift * (1 + 1e-9)):
+            raise InvalidDataError(f"shift radii up to {radii.max():.3g} px lie outside the "
+                                   f"factorised disc of {self.max_shift:.3g} px")
+        grid = self.grid
+        z = 2 * np.pi * np.outer(radii, grid.radii) / grid.box
+        out = np.empty((radii.size, self.n_terms))
+        magnitudes = np.abs(self.orders)
+        for p in np.unique(magnitudes):
+            terms = magnitudes == p
+            bessel = scipy.special.jv(p, z) * np.sqrt(grid.weights)[None, :]
+            out[:, terms] = bessel @ self.ring_vectors[terms].T
+        # J_-p = (-1)^p J_p.
+        return out * np.where((self.orders < 0) & (self.orders % 2 == 1), -1.0, 1.0)
+
+    def translate(self, coefficients, shifts):
+        """Ring coefficients ``(R, Q)`` re-centred by each of ``shifts`` ``(n, 2)``: ``(n, R, Q)``.
+
+        The factorised form of multiplying the polar samples by
+        :func:`.polar.shift_phases` (a reference for tests; the search uses
+        :func:`translation_spectra`).
+        """
+        coefficients = np.asarray(coefficients)
+        shifts = np.atleast_2d(np.asarray(shifts, dtype=np.float64))
+        rho = np.hypot(shifts[:, 0], shifts[:, 1])
+        omega = np.arctan2(shifts[:, 1], shifts[:, 0])
+        factors = self.radial_factors(rho)
+        weights = np.sqrt(self.grid.weights)
+        out = np.zeros((shifts.shape[0],) + coefficients.shape, dtype=np.complex128)
+        for t, p in enumerate(self.orders):
+            bessel = self.ring_vectors[t][None, :] * factors[:, t, None] / weights[None, :]
+            phase = (1j ** p) * np.exp(-1j * p * omega)
+            out += (phase[:, None] * bessel)[..., None] * np.roll(coefficients, p, axis=-1)
+        return out
+
+
+def translation_spectra(factorization, image_coefficients, template_half, candidates,
+                        template_weights, dtype=np.complex64):
+    """Per-term spectra ``G[pair, t, q]`` of each image against its candidate templates.
+
+    :param image_coefficients: ``(n, R, Q)`` full ring coefficients of the images.
+    :param template_half: ``(R, n_B, Q/2)`` template coefficients ``q = 0 .. Q/2 - 1``.
+    :param candidates: ``(n, k)`` template indices.
+    :param template_weights: ``(n, R)`` ``sqrt(w_r) c_r`` of each image's CTF.
+    :returns: ``(n k, T, Q/2)`` complex.
+    """
+    n_images, n_rings, n_angles = image_coefficients.shape
+    half = n_angles // 2
+    kept = candidates.shape[1]
+    vectors = factorization.ring_vectors.astype(dtype)
+    # Z[i, q, t, r] = U_t[r] a_i[r, q - p_t], shifted coefficients of every term.
+    q_index = (np.arange(half)[:, None] - factorization.orders[None, :]) % n_angles
+    shifted = image_coefficients.astype(dtype)[:, :, q_index]           # (n, R, Q/2, T)
+    shifted = shifted.transpose(0, 2, 3, 1) * vectors[None, None]       # (n, Q/2, T, R)
+    chosen = template_half[:, candidates].astype(dtype)                 # (R, n, k, Q/2)
+    chosen = chosen * template_weights.T[:, :, None, None].astype(dtype)
+    chosen = chosen.transpose(1, 3, 0, 2)                               # (n, Q/2, R, k)
+    spectra = np.matmul(shifted.conj(), chosen)                         # (n, Q/2, T, k)
+    return np.ascontiguousarray(spectra.transpose(0, 3, 2, 1).reshape(n_images * kept, -1, half))
+
+
+def shift_landscapes(factorization, spectra, shifts, radius_index, backend="cpu"):
+    """Landscapes ``(pairs, Q, n_omega)`` over angles and the directions of one ring of shifts.
+
+    ``X[i, j, m] = Re[Xhat(0) + 2 sum_{q >= 1} Xhat(q) exp(-2 pi i q j / Q)]``
+    at the shift ``radii[d] (cos, sin)(2 pi m / n_omega[d])`` (without the
+    factor ``f``), from :func:`translation_spectra`.
+    """
+    pairs, _, half = spectra.shape
+    n_omega = int(shifts.n_omega[radius_index])
+    factors = factorization.radial_factors(shifts.radii[radius_index])[0]
+    orders = factorization.orders
+    weights = (factors * (-1j) ** orders).astype(spectra.dtype)
+    combined = np.zeros((pairs, half, n_omega), dtype=spectra.dtype)
+    columns = np.mod(orders, n_omega).astype(np.int64)
+    if resolve_backend(backend) == "cuda":
+        from ..kernels import translations_cuda as kernels
+    else:
+        kernels = translations_cpu
+    kernels.combine_terms(spectra, weights, columns, combined)
+    # sum_p F[q, p] exp(+i p omega_m): an inverse FFT over the orders.
+    directions = scipy.fft.ifft(combined, axis=-1, norm="forward", workers=FFT_WORKERS)
+    directions[:, 1:] *= 2
+    return scipy.fft.fft(directions, n=2 * half, axis=1, workers=FFT_WORKERS).real
+
+
+def align_translations(aligner, template_polar, image_polar, shifts, factorization=None,
+                       candidates=8, ctf_params=None, pixel_size=None, progress=None,
+                       backend="cpu"):
+    """Best template, angle and sub-pixel shift of every image: coarse search, then the FTK.
+
+    :param aligner: :class:`.radial_svd.RadialSVDAligner` built with the coarse
+        shift lattice (``shift_grid(max_shift, DEFAULT_COARSE_STEP)``); its
+        search keeps each image's ``candidates`` best templates.
+    :param template_polar: ``(n_B, R, Q)`` the polar samples the aligner was built on.
+    :param shifts: :class:`PolarShifts`, the fine disc the FTK scores.
+    :param factorization: :class:`TranslationFactorization` over at least the
+        disc of ``shifts``; None builds one at :data:`DEFAULT_TOLERANCE`.
+    :returns: :class:`.radial_svd.AlignmentResult`; ``shift`` on the fine
+        disc, ``score`` the full-rank normalised correlation.
+    """
+    if not isinstance(shifts, PolarShifts):
+        raise TypeError(f"shifts must be PolarShifts, got {type(shifts).__name__}")
+    grid = aligner.grid
+    if factorization is None:
+        factorization = TranslationFactorization.build(grid, shifts.max_shift)
+    elif factorization.grid != grid or factorization.max_shift < shifts.max_shift * (1 - 1e-9):
+        raise InvalidDataError(
+            f"the factorisation covers {factorization.max_shift:.3g} px on its own grid; the "
+            f"search needs {shifts.max_shift:.3g} px on the aligner's grid: build it with "
+            "TranslationFactorization.build(aligner.grid, shifts.max_shift)")
+    image_polar = np.asarray(image_polar)
+    if image_polar.ndim != 3 or image_polar.shape[1:] != (grid.n_rings, grid.n_angles):
+        raise ShapeError(f"image_polar must have shape (n, {grid.n_rings}, {grid.n_angles}), "
+                         f"got {image_polar.shape}")
+    kept = int(min(max(1, candidates), aligner.n_templates))
+    coarse = aligner.align(image_polar, ctf_params, pixel_size, top_k=kept)
+    chosen = coarse.top_template if kept > 1 else coarse.template[:, None]
+    _, complex_dtype = working_dtypes(aligner.dtype)
+    template_polar = np.asarray(template_polar)
+    if template_polar.shape != (aligner.n_templates, grid.n_rings, grid.n_angles):
+        raise ShapeError(f"template_polar must be the aligner's {aligner.n_templates} templates "
+                         f"of shape ({grid.n_rings}, {grid.n_angles}), got {template_polar.shape}")
+    template_half = _half_coefficients(template_polar, complex_dtype)
+    weights = np.sqrt(grid.weights)
+    profiles = coarse.group_ctf[coarse.group]                         # (n, R)
+    template_norms = _template_norms(template_half, grid)
+    report = Reporter(progress)
+    count = image_polar.shape[0]
+    best = [np.full(count, -np.inf), np.zeros(count, np.int64), np.zeros(count, np.int64),
+            np.zeros(count, np.int64)]
+    flat_offsets = shifts.offsets
+    per_chunk = max(1, _PAIR_CHUNK // kept)
+    for start in range(0, count, per_chunk):
+        index = np.arange(start, min(count, start + per_chunk))
+        coefficients = scipy.fft.fft(image_polar[index].astype(complex_dtype), axis=-1,
+                                     norm="forward", workers=FFT_WORKERS)
+        coefficients[..., grid.n_angles // 2] = 0
+        image_norm = np.sqrt(np.einsum("r,nrq->n", grid.weights, np.abs(coefficients) ** 2))
+        spectra = translation_spectra(factorization, coefficients, template_half,
+                                      chosen[index], weights[None, :] * profiles[index],
+                                      complex_dtype)
+        cands = chosen[index]
+        norm = image_norm[:, None] * np.sqrt(
+            np.einsum("rnk,nr->nk", template_norms[:, cands], profiles[index] ** 2))
+        scale = np.divide(1.0, norm, out=np.zeros_like(norm), where=norm > 0).reshape(-1)
+        for d in range(shifts.radii.size):
+            landscape = shift_landscapes(factorization, spectra, shifts, d, backend)
+            flat = landscape.reshape(landscape.shape[0], -1)
+            position = flat.argmax(axis=1)
+            score = (flat[np.arange(flat.shape[0]), position] * scale).reshape(index.size, kept)
+            pick = score.argmax(axis=1)
+            value = score[np.arange(index.size), pick]
+            better = value > best[0][index]
+            where = index[better]
+            pos = position.reshape(index.size, kept)[better, pick[better]]
+            best[0][where] = value[better]
+            best[1][where] = cands[better, pick[better]]
+            best[2][where] = pos // landscape.shape[2]
+            best[3][where] = flat_offsets[d] + pos % landscape.shape[2]
+        report("Images aligned over shifts", int(index[-1]) + 1, count)
+    all_shifts = shifts.shifts
+    return AlignmentResult(best[1], best[2] * grid.angular_step, all_shifts[best[3]], best[0],
+                           coarse.group, coarse.ranks, coarse.eigenvalues, coarse.group_ctf)
+
+
+def _half_coefficients(polar, dtype):
+    """Ring-major coefficients ``q = 0 .. Q/2 - 1`` ``(R, n_B, Q/2)`` of polar samples."""
+    half = polar.shape[-1] // 2
+    coefficients = scipy.fft.fft(polar.astype(dtype, copy=False), axis=-1, norm="forward",
+                                 workers=FFT_WORKERS)[..., :half]
+    return np.ascontiguousarray(coefficients.transpose(1, 0, 2))
+
+
+def _template_norms(template_half, grid):
+    """``w_r sum_q |b[r, q]|^2`` over all ``q`` but Nyquist, ``(R, n_B)``, from halves."""
+    energy = 2 * np.sum(np.abs(template_half) ** 2, axis=-1) - np.abs(template_half[..., 0]) ** 2
+    return grid.weights[:, None] * energy
