@@ -249,9 +249,9 @@ def translation_spectra(factorization, image_coefficients, template_half, candid
 
 
 def shift_landscapes(factorization, spectra, shifts, radius_index, backend="cpu"):
-    """Landscapes ``(pairs, Q, n_omega)`` over angles and the directions of one ring of shifts.
+    """Landscapes ``(pairs, n_omega, Q)`` over the directions of one ring of shifts and angles.
 
-    ``X[i, j, m] = Re[Xhat(0) + 2 sum_{q >= 1} Xhat(q) exp(-2 pi i q j / Q)]``
+    ``X[i, m, j] = Re[Xhat(0) + 2 sum_{q >= 1} Xhat(q) exp(-2 pi i q j / Q)]``
     at the shift ``radii[d] (cos, sin)(2 pi m / n_omega[d])`` (without the
     factor ``f``), from :func:`translation_spectra`.
     """
@@ -267,10 +267,13 @@ def shift_landscapes(factorization, spectra, shifts, radius_index, backend="cpu"
     else:
         kernels = translations_cpu
     kernels.combine_terms(spectra, weights, columns, combined)
-    # sum_p F[q, p] exp(+i p omega_m): an inverse FFT over the orders.
-    directions = scipy.fft.ifft(combined, axis=-1, norm="forward", workers=FFT_WORKERS)
-    directions[:, 1:] *= 2
-    return scipy.fft.fft(directions, n=2 * half, axis=1, workers=FFT_WORKERS).real
+    # sum_p F[q, p] exp(+i p omega_m): an inverse FFT over the orders; then the
+    # real landscape of the Hermitian angular spectrum (Nyquist bin zero).
+    directions = scipy.fft.ifft(combined, axis=-1, norm="forward", overwrite_x=True,
+                                workers=FFT_WORKERS)
+    padded = np.zeros((pairs, n_omega, half + 1), dtype=spectra.dtype)
+    padded[..., :half] = directions.transpose(0, 2, 1)
+    return scipy.fft.hfft(padded, n=2 * half, axis=-1, overwrite_x=True, workers=FFT_WORKERS)
 
 
 def align_translations(aligner, template_polar, image_polar, shifts, factorization=None,
@@ -345,8 +348,8 @@ def align_translations(aligner, template_polar, image_polar, shifts, factorizati
             pos = position.reshape(index.size, kept)[better, pick[better]]
             best[0][where] = value[better]
             best[1][where] = cands[better, pick[better]]
-            best[2][where] = pos // landscape.shape[2]
-            best[3][where] = flat_offsets[d] + pos % landscape.shape[2]
+            best[2][where] = pos % landscape.shape[2]
+            best[3][where] = flat_offsets[d] + pos // landscape.shape[2]
         report("Images aligned over shifts", int(index[-1]) + 1, count)
     all_shifts = shifts.shifts
     return AlignmentResult(best[1], best[2] * grid.angular_step, all_shifts[best[3]], best[0],

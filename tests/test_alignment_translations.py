@@ -1,0 +1,251 @@
+"""Translations by the factorised translation kernel (FTK) against independent references
+(``docs/methods/radial_svd_alignment.md`` §3; Rangan, Spivak, Andén, Barnett,
+Inverse Problems 36 (2020) 024001).
+
+References: the closed-form Fourier transform of shifted Gaussian blobs, the
+Bessel functions themselves, landscapes of explicitly shifted images (the
+polar samples multiplied by :func:`.polar.shift_phases`, written out here as a
+Fourier-Bessel sum), the explicit shift loop of :class:`.RadialSVDAligner`
+(every shift one image row) and the ground truth of projections.  The CUDA
+combination kernel is compared with the CPU one on the numba simulator.
+"""
+import numpy as np
+import pytest
+import scipy.special
+
+from cryohess_plugin.core import rotations
+from cryohess_plugin.core.errors import InvalidDataError, ShapeError
+from cryohess_plugin.core.kernels import translations_cpu
+from cryohess_plugin.core.polar import PolarGrid, ring_coefficients, shift_phases
+from cryohess_plugin.core.projector import FourierSliceProjector
+from cryohess_plugin.core.synthetic import simulate
+from cryohess_plugin.core.alignment.radial_svd import RadialSVDAligner, shift_grid
+from cryohess_plugin.core.alignment.translations import (
+    PolarShifts, TranslationFactorization, align_translations, default_max_shift,
+    shift_landscapes, translation_spectra)
+from cryohess_plugin.core.polar import polar_transform
+
+from .cudasim import print_result, run_module_under_simulator
+from .helpers import phantom_volume
+
+BOX, PIXEL = 64, 1.5
+MAX_FREQUENCY = 48 / np.pi
+
+
+@pytest.fixture(scope="module")
+def grid():
+    return PolarGrid.from_max_frequency(BOX, MAX_FREQUENCY)
+
+
+@pytest.fixture(scope="module")
+def factorization(grid):
+    return TranslationFactorization.build(grid, 5.0)
+
+
+@pytest.fixture(scope="module")
+def volume():
+    return phantom_volume(BOX, PIXEL)
+
+
+@pytest.fixture(scope="module")
+def projector(volume):
+    return FourierSliceProjector(volume, dtype=np.float64, backend="cpu")
+
+
+@pytest.fixture(scope="module")
+def templates(grid, projector):
+    directions, _ = rotations.viewing_grid_993()
+    template_rotations = rotations.rotations_for_directions(directions)
+    return template_rotations, projector.project_polar(template_rotations, grid.radii,
+                                                       grid.n_angles)
+
+
+def weighted_error(grid, value, reference):
+    weights = np.sqrt(grid.weights)[:, None]
+    return np.linalg.norm(weights * (value - reference)) / np.linalg.norm(weights * reference)
+
+
+def blob_polar(grid, offset):
+    """Closed-form polar samples of six Gaussian blobs moved by ``offset`` pixels."""
+    state = np.random.default_rng(3)
+    centres = state.uniform(-12, 12, (6, 2)) + offset
+    sigmas, heights = state.uniform(1.5, 3, 6), state.uniform(0.5, 1, 6)
+    k = np.stack([grid.kx, grid.ky], -1)
+    values = sum(h * 2 * np.pi * s ** 2 * np.exp(-2 * np.pi ** 2 * s ** 2 * (k ** 2).sum(-1)
+                                                 / grid.box ** 2)
+                 * np.exp(-2j * np.pi * (k @ c) / grid.box)
+                 for c, s, h in zip(centres, sigmas, heights))
+    return values.reshape(grid.n_rings, grid.n_angles)
+
+
+@pytest.mark.parametrize("shift", [(0.3, 0.2), (3.0, -2.5), (-3.5, 3.5), (5.0, 0.0)])
+def test_factorised_translation_recentres_shifted_blobs_in_closed_form(grid, factorization,
+                                                                       shift):
+    shift = np.array(shift)
+    moved = ring_coefficients(blob_polar(grid, shift))
+    centred = ring_coefficients(blob_polar(grid, 0.0))
+    recentred = factorization.translate(moved, shift[None])[0]
+    assert weighted_error(grid, recentred, centred) <= 2e-3
+
+
+def test_factors_reproduce_the_bessel_kernel_within_the_tolerance(grid):
+    errors = []
+    for tolerance in (1e-2, 1e-3, 1e-4):
+        factorization = TranslationFactorization.build(grid, 5.0, tolerance)
+        radii = np.linspace(0, 5.0, 23)
+        factors = factorization.radial_factors(radii)
+        z = 2 * np.pi * np.outer(radii, grid.radii) / grid.box
+        worst = 0.0
+        for p in range(-25, 26):
+            terms = factorization.orders == p
+            exact = scipy.special.jv(p, z) * np.sqrt(grid.weights)
+            approx = factors[:, terms] @ factorization.ring_vectors[terms]
+            worst = max(worst, np.abs(approx - exact).max())
+        errors.append(worst)
+        assert worst <= 5 * tolerance, (tolerance, worst)
+    assert errors[0] > errors[1] > errors[2]
+
+
+def test_terms_grow_far_slower_than_the_shifts():
+    grid = PolarGrid.from_max_frequency(128, MAX_FREQUENCY)
+    factorization = TranslationFactorization.build(grid, 10.0)
+    shifts = PolarShifts.disc(10.0, 0.5)
+    assert len(shifts) > 1000
+    assert factorization.n_terms < len(shifts) / 10
+
+
+def test_polar_shift_disc_covers_the_disc_at_the_step():
+    shifts = PolarShifts.disc(4.0, 0.5)
+    points = shifts.shifts
+    assert len(points) == len(shifts) and np.all(points[0] == 0)
+    assert np.hypot(*points.T).max() <= 4.0 + 1e-12
+    # Every point of the disc lies within one step of a searched shift.
+    rng = np.random.default_rng(0)
+    radius, angle = 4.0 * np.sqrt(rng.uniform(size=2000)), rng.uniform(0, 2 * np.pi, 2000)
+    probe = radius[:, None] * np.stack([np.cos(angle), np.sin(angle)], 1)
+    nearest = np.min(np.linalg.norm(probe[:, None] - points[None], axis=-1), axis=1)
+    assert nearest.max() <= 0.5
+    assert default_max_shift(128) == pytest.approx(6.4) and default_max_shift(256) == 12.8
+
+
+def explicit_landscapes(grid, image_polar, template_polar, shifts, ctf):
+    """``<T_-t A, R_gamma (c B)>`` (no factor ``2 pi / D^2``) of explicitly shifted images:
+    ``(n_shifts, Q)`` for one image and one template."""
+    shifted = ring_coefficients(image_polar[None] * shift_phases(grid, shifts))
+    b = ring_coefficients(template_polar) * ctf[:, None]
+    xhat = np.einsum("r,srq,rq->sq", grid.weights, shifted.conj(), b)
+    return np.fft.fft(xhat, axis=-1).real
+
+
+def test_ftk_landscapes_equal_explicitly_shifted_landscapes(grid, factorization, projector,
+                                                           templates):
+    _, template_polar = templates
+    rng = np.random.default_rng(5)
+    truth = rotations.random_rotations(2, rng)
+    image_polar = projector.project_polar(truth, grid.radii, grid.n_angles,
+                                          shifts=np.array([[1.7, -2.2], [-3.1, 0.4]]))
+    candidates = np.array([[10, 500], [993 - 1, 77]])
+    ctf = 0.5 + 0.5 * np.cos(grid.radii / 3)
+    coefficients = ring_coefficients(image_polar)
+    template_half = ring_coefficients(template_polar)[..., :grid.n_angles // 2].transpose(1, 0, 2)
+    spectra = translation_spectra(factorization, coefficients, template_half, candidates,
+                                  np.sqrt(grid.weights)[None] * ctf[None], np.complex128)
+    shifts = PolarShifts.disc(5.0, 0.5)
+    for d in (0, 3, 10):
+        landscapes = shift_landscapes(factorization, spectra, shifts, d)
+        ring = shifts.shifts[shifts.offsets[d]:shifts.offsets[d + 1]]
+        for pair, (i, k) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+            reference = explicit_landscapes(grid, image_polar[i], template_polar[candidates[i, k]],
+                                            ring, ctf)
+            error = np.abs(landscapes[pair] - reference).max() / np.abs(reference).max()
+            assert error <= 3e-3, (d, pair, error)
+
+
+def test_recovers_subpixel_shifts_of_projections(grid, projector, templates):
+    template_rotations, template_polar = templates
+    fine = PolarShifts.disc(4.0, 0.5)
+    rng = np.random.default_rng(11)
+    true_shift = fine.shifts[rng.integers(1, len(fine), 10)]
+    picked = rng.integers(0, len(template_rotations), 10)
+    images = projector.project_polar(template_rotations[picked], grid.radii, grid.n_angles,
+                                     shifts=true_shift)
+    coarse = RadialSVDAligner(grid, template_polar, shifts=shift_grid(4.0, 2.0), backend="cpu")
+    result = align_translations(coarse, template_polar, images, fine)
+    np.testing.assert_array_equal(result.template, picked)
+    np.testing.assert_allclose(result.angle, 0.0, atol=1e-12)
+    np.testing.assert_allclose(result.shift, true_shift, atol=1e-9)
+    np.testing.assert_allclose(result.score, 1.0, atol=2e-3)
+
+
+def test_same_poses_as_the_explicit_shift_loop(grid, volume, templates):
+    """Noisy CTF-modulated particles with random shifts: the FTK after the coarse
+    search gives the explicit loop's template, angle and fine shift."""
+    _, template_polar = templates
+    particles = simulate.simulate_particles(volume, 100, BOX, PIXEL, rng=8, n_groups=3,
+                                            shift_sigma=2.0, snr=0.1, keep_clean=False,
+                                            backend="cpu")
+    image_polar = polar_transform(particles.images, grid, backend="cpu")
+    fine = PolarShifts.disc(5.0, 0.5)
+    explicit = RadialSVDAligner(grid, template_polar, shifts=fine.shifts, backend="cpu").align(
+        image_polar, particles.ctf_params, PIXEL)
+    coarse = RadialSVDAligner(grid, template_polar, shifts=shift_grid(5.0, 1.0), backend="cpu")
+    ftk = align_translations(coarse, template_polar, image_polar, fine,
+                             ctf_params=particles.ctf_params, pixel_size=PIXEL)
+    steps = np.abs(np.round((explicit.angle - ftk.angle) / grid.angular_step)) % grid.n_angles
+    same = ((explicit.template == ftk.template)
+            & (np.minimum(steps, grid.n_angles - steps) <= 1)
+            & (np.linalg.norm(explicit.shift - ftk.shift, axis=1) <= fine.step * 1.5))
+    assert same.mean() >= 0.99, same.mean()
+    np.testing.assert_array_equal(ftk.group, explicit.group)
+
+
+def test_bad_input_raises_typed_errors(grid, templates):
+    _, template_polar = templates
+    with pytest.raises(InvalidDataError, match="maximum shift"):
+        PolarShifts.disc(-1.0)
+    with pytest.raises(InvalidDataError, match="step"):
+        PolarShifts.disc(3.0, 0.0)
+    with pytest.raises(InvalidDataError, match="tolerance"):
+        TranslationFactorization.build(grid, 3.0, tolerance=0.0)
+    small = TranslationFactorization.build(grid, 2.0)
+    with pytest.raises(InvalidDataError, match="outside the factorised disc"):
+        small.radial_factors([3.0])
+    coarse = RadialSVDAligner(grid, template_polar[:20], backend="cpu")
+    images = template_polar[:2]
+    with pytest.raises(InvalidDataError, match="TranslationFactorization.build"):
+        align_translations(coarse, template_polar[:20], images, PolarShifts.disc(3.0), small)
+    with pytest.raises(ShapeError, match="template_polar"):
+        align_translations(coarse, template_polar[:21], images, PolarShifts.disc(1.0))
+    with pytest.raises(TypeError, match="PolarShifts"):
+        align_translations(coarse, template_polar[:20], images, np.zeros((3, 2)))
+
+
+def _cuda_comparison():
+    from cryohess_plugin.core.kernels import translations_cuda
+
+    rng = np.random.default_rng(9)
+    errors = {}
+    for name, dtype in (("complex64", np.complex64), ("complex128", np.complex128)):
+        spectra = (rng.standard_normal((5, 7, 6)) + 1j * rng.standard_normal((5, 7, 6))).astype(dtype)
+        factors = (rng.standard_normal(7) + 1j * rng.standard_normal(7)).astype(dtype)
+        columns = np.array([0, 1, 4, 1, 3, 0, 2], dtype=np.int64)
+        cpu = np.zeros((5, 6, 5), dtype)
+        gpu = np.zeros((5, 6, 5), dtype)
+        translations_cpu.combine_terms(spectra, factors, columns, cpu)
+        translations_cuda.combine_terms(spectra, factors, columns, gpu)
+        reference = np.zeros((5, 6, 5), np.complex128)
+        for t in range(7):
+            reference[:, :, columns[t]] += factors[t] * spectra[:, t, :]
+        errors[name] = [float(np.abs(cpu - reference).max() / np.abs(reference).max()),
+                        float(np.abs(gpu - reference).max() / np.abs(reference).max())]
+    return errors
+
+
+def test_cuda_combination_matches_cpu_under_simulator():
+    errors = run_module_under_simulator("tests.test_alignment_translations")
+    assert max(errors["complex64"]) <= 1e-6
+    assert max(errors["complex128"]) <= 1e-13
+
+
+if __name__ == "__main__":
+    print_result(_cuda_comparison())
