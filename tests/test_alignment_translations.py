@@ -21,7 +21,8 @@ from cryohess_plugin.core.projector import FourierSliceProjector
 from cryohess_plugin.core.synthetic import simulate
 from cryohess_plugin.core.alignment.radial_svd import RadialSVDAligner, shift_grid
 from cryohess_plugin.core.alignment.translations import (
-    PolarShifts, TranslationFactorization, align_translations, default_max_shift,
+    PolarShifts, TranslationFactorization, align_translations, coarse_shift_step,
+    default_max_shift,
     shift_landscapes, translation_spectra)
 from cryohess_plugin.core.polar import polar_transform
 
@@ -128,6 +129,10 @@ def test_polar_shift_disc_covers_the_disc_at_the_step():
     assert default_max_shift(128) == pytest.approx(6.4) and default_max_shift(256) == 12.8
 
 
+def test_coarse_step_is_a_quarter_of_the_band_period(grid):
+    assert coarse_shift_step(grid) == pytest.approx(BOX / MAX_FREQUENCY / 4)
+
+
 def explicit_landscapes(grid, image_polar, template_polar, shifts, ctf):
     """``<T_-t A, R_gamma (c B)>`` (no factor ``2 pi / D^2``) of explicitly shifted images:
     ``(n_shifts, Q)`` for one image and one template."""
@@ -188,7 +193,8 @@ def test_same_poses_as_the_explicit_shift_loop(grid, volume, templates):
     fine = PolarShifts.disc(5.0, 0.5)
     explicit = RadialSVDAligner(grid, template_polar, shifts=fine.shifts, backend="cpu").align(
         image_polar, particles.ctf_params, PIXEL)
-    coarse = RadialSVDAligner(grid, template_polar, shifts=shift_grid(5.0, 1.0), backend="cpu")
+    coarse = RadialSVDAligner(grid, template_polar, shifts=shift_grid(5.0, coarse_shift_step(grid)),
+                              backend="cpu")
     ftk = align_translations(coarse, template_polar, image_polar, fine,
                              ctf_params=particles.ctf_params, pixel_size=PIXEL)
     steps = np.abs(np.round((explicit.angle - ftk.angle) / grid.angular_step)) % grid.n_angles
