@@ -87,11 +87,11 @@ def main():
     parser.add_argument("--compression", action="store_true",
                         help="also the compression-alone rows (no shifts)")
     parser.add_argument("--quick", action="store_true",
-                        help="64 particles, 100 templates, 4 px disc: a smoke test")
+                        help="64 particles, 100 templates, 5 px disc: a smoke test")
     args = parser.parse_args()
     n_templates = None
     if args.quick:
-        args.n, args.groups, args.max_shift, n_templates = 64, 2, 4.0, 100
+        args.n, args.groups, args.max_shift, args.shift_sigma, n_templates = 64, 2, 5.0, 1.5, 100
 
     model = phantoms.random_protein_phantom(6000, radius_angstrom=0.3 * BOX * PIXEL, rng=0,
                                             bfactor=BFACTOR)
@@ -180,13 +180,14 @@ def compression_rows(grid, template_polar, image_polar, ctf):
         reference = times["full rank, pruned"]
         pairs = image_polar.shape[0] * automatic.n_templates
         for name, (seconds, result) in times.items():
-            compression = reference[0] / seconds if name.startswith("automatic") else 1.0
-            pruning = (times["full rank, dense"][0] / seconds
-                       if name == "full rank, pruned" else float("nan"))
+            compression = (f"{reference[0] / seconds:.2f}x" if name.startswith("automatic")
+                           else "-")
+            pruning = (f"{times['full rank, dense'][0] / seconds:.2f}x"
+                       if name == "full rank, pruned" else "-")
             same = np.mean((result.template == reference[1].template)
                            & (result.angle == reference[1].angle))
             print(f"| {count} | {name} | {seconds:.2f} | {pairs / seconds:.3g} | "
-                  f"{compression:.2f}x | {pruning:.2f}x | {same:.4f} |")
+                  f"{compression} | {pruning} | {same:.4f} |")
     numba.set_num_threads(threads)
 
 
