@@ -23,7 +23,8 @@ from cryohess_plugin.core.alignment.radial_svd import RadialSVDAligner, shift_gr
 from cryohess_plugin.core.alignment.translations import (
     PolarShifts, TranslationFactorization, align_translations, coarse_shift_step,
     default_max_shift,
-    shift_landscapes, translation_spectra)
+    shift_landscapes, translation_aware_kernel, translation_spectra)
+from cryohess_plugin.core.alignment.radial_svd import radial_kernel
 from cryohess_plugin.core.polar import polar_transform
 
 from .cudasim import print_result, run_module_under_simulator
@@ -224,6 +225,36 @@ def test_bad_input_raises_typed_errors(grid, templates):
         align_translations(coarse, template_polar[:21], images, PolarShifts.disc(1.0))
     with pytest.raises(TypeError, match="PolarShifts"):
         align_translations(coarse, template_polar[:20], images, np.zeros((3, 2)))
+
+
+def test_translation_aware_kernel_is_the_shift_average(grid, templates):
+    """Against the objective's average over Gaussian shifts by 2-D Gauss-Hermite quadrature
+    of explicitly shifted templates, and the plain kernel at zero spread."""
+    _, template_polar = templates
+    chosen = template_polar[::199]
+    sigma = 1.5
+    nodes, weights = np.polynomial.hermite_e.hermegauss(24)
+    weights = weights / weights.sum()
+    offsets = sigma * np.stack(np.meshgrid(nodes, nodes, indexing="ij"), -1).reshape(-1, 2)
+    pair_weights = np.outer(weights, weights).reshape(-1)
+    eta = np.sqrt(grid.weights)
+    second = np.zeros((grid.n_rings, grid.n_rings), complex)
+    mean = np.zeros((len(chosen), grid.n_rings), complex)
+    phases = shift_phases(grid, offsets)
+    for b, template in enumerate(chosen):
+        shifted = ring_coefficients(template[None] * phases) * eta[None, :, None]
+        rows = (shifted * np.sqrt(pair_weights)[:, None, None]).transpose(1, 0, 2).reshape(
+            grid.n_rings, -1)
+        second += rows.conj() @ rows.T
+        mean[b] = np.einsum("s,sr->r", pair_weights, shifted[..., 0])
+    reference = (second - mean.conj().T @ mean).real / len(chosen)
+    kernel = translation_aware_kernel(chosen, grid, sigma)
+    assert np.abs(kernel - reference).max() <= 1e-6 * np.abs(reference).max()
+    assert np.allclose(kernel, kernel.T) and np.linalg.eigvalsh(kernel).min() >= -1e-10 * np.abs(
+        kernel).max()
+    plain = radial_kernel(ring_coefficients(chosen), grid.weights)
+    unshifted = translation_aware_kernel(chosen, grid, 0.0)
+    assert np.abs(unshifted - plain).max() <= 1e-10 * np.abs(plain).max()
 
 
 def _cuda_comparison():

@@ -10,7 +10,8 @@ from .radial_svd import (KERNEL_CENTRINGS, MIN_RANK, PAPER_MAX_FREQUENCY, Alignm
                          projection_templates, radial_kernel, rotations_from_alignment,
                          shift_grid)
 from .translations import (SHIFT_RANGE_FRACTION, PolarShifts, TranslationFactorization,
-                           align_translations, coarse_shift_step, default_max_shift)
+                           align_translations, coarse_shift_step, default_max_shift,
+                           translation_aware_kernel)
 from .volumes import VolumeAligner, VolumeAlignmentResult, rotate_volume, shell_grid, table_bytes
 
 __all__ = ["BruteForceAlignment", "brute_force_align", "rotated_inner_products",
@@ -18,5 +19,6 @@ __all__ = ["BruteForceAlignment", "brute_force_align", "rotated_inner_products",
            "RadialSVDAligner", "alignment_grid", "choose_rank", "group_ctfs",
            "projection_templates", "radial_kernel", "rotations_from_alignment", "shift_grid",
            "SHIFT_RANGE_FRACTION", "PolarShifts", "TranslationFactorization",
-           "align_translations", "coarse_shift_step", "default_max_shift", "VolumeAligner",
+           "align_translations", "coarse_shift_step", "default_max_shift", "translation_aware_kernel",
+           "VolumeAligner",
            "VolumeAlignmentResult", "rotate_volume", "shell_grid", "table_bytes"]

@@ -46,6 +46,20 @@ in-plane angle.  The cost of the fine shifts is paid for a few templates per
 image instead of all of them: it grows with the candidates, not with the
 templates times the shifts.
 
+**Translation-aware kernel** (the radial-SVD paper's Discussion, eqs.
+(118)-(121); ``docs/methods/radial_svd_alignment.md`` §3.4).  When particles
+are only roughly centred, the principal rings should tell rotations apart
+under random shifts too: averaging the kernel's objective over independent
+isotropic Gaussian shifts (s.d. ``sigma`` px per axis) as well as rotations
+gives, for a template's ring coefficients ``b``,
+
+    C[r, r'] = eta_r eta_r' Re[E+(r, r') sum_q conj(b[r, q]) b[r', q]
+                               - E-(r) E-(r') conj(b[r, 0]) b[r', 0]],
+
+``E+(r, r') = exp(-(2 pi sigma / D)^2 (k_r - k_r')^2 / 2)``,
+``E-(r) = exp(-(2 pi sigma k_r / D)^2 / 2)`` (:func:`translation_aware_kernel`);
+``sigma = 0`` is the kernel of :func:`.radial_svd.radial_kernel`.
+
 **Default shift range.**  Picks are off by a few percent of the box, so the
 default disc (:func:`default_max_shift`) is :data:`SHIFT_RANGE_FRACTION` of
 the box (6.4 px at 128 px, 12.8 px at 256 px), searched every
@@ -236,6 +250,36 @@ class TranslationFactorization:
         return out
 
 
+def translation_aware_kernel(template_polar, grid, shift_sigma):
+    """Radial kernel ``(R, R)`` of CTF-free templates under random shifts (module docstring).
+
+    :param template_polar: ``(n_B, R, Q)`` polar samples of the templates.
+    :param shift_sigma: s.d. of the particles' shifts per axis, pixels.
+    :returns: the template-averaged kernel, real symmetric positive semi-definite.
+    """
+    if not np.isfinite(shift_sigma) or shift_sigma < 0:
+        raise InvalidDataError(f"the shift s.d. must be a finite number >= 0 pixels, got "
+                               f"{shift_sigma}")
+    template_polar = np.asarray(template_polar)
+    if template_polar.ndim != 3 or template_polar.shape[1:] != (grid.n_rings, grid.n_angles):
+        raise ShapeError(f"template_polar must have shape (n, {grid.n_rings}, {grid.n_angles}), "
+                         f"got {template_polar.shape}")
+    scaled = 2 * np.pi * shift_sigma * grid.radii / grid.box
+    spread = np.exp(-0.5 * (scaled[:, None] - scaled[None, :]) ** 2)
+    decay = np.exp(-0.5 * scaled ** 2)
+    kernel = np.zeros((grid.n_rings, grid.n_rings))
+    eta = np.sqrt(grid.weights)
+    for start in range(0, template_polar.shape[0], 256):
+        coefficients = scipy.fft.fft(template_polar[start:start + 256].astype(np.complex128),
+                                     axis=-1, norm="forward", workers=FFT_WORKERS)
+        coefficients[..., grid.n_angles // 2] = 0
+        flat = coefficients.transpose(1, 0, 2).reshape(grid.n_rings, -1) * eta[:, None]
+        zero = coefficients[..., 0].T * eta[:, None]
+        kernel += (spread * (flat.conj() @ flat.T)).real
+        kernel -= (np.outer(decay, decay) * (zero.conj() @ zero.T)).real
+    return kernel / template_polar.shape[0]
+
+
 def translation_spectra(factorization, image_coefficients, template_half, candidates,
                         template_weights, dtype=np.complex64):
     """Per-term spectra ``G[pair, t, q]`` of each image against its candidate templates.
@@ -290,8 +334,7 @@ def shift_landscapes(factorization, spectra, shifts, radius_index, backend="cpu"
 
 
 def align_translations(aligner, template_polar, image_polar, shifts, factorization=None,
-                       candidates=8, ctf_params=None, pixel_size=None, progress=None,
-                       backend="cpu"):
+                       candidates=8, ctf_params=None, pixel_size=None, progress=None):
     """Best template, angle and sub-pixel shift of every image: coarse search, then the FTK.
 
     :param aligner: :class:`.radial_svd.RadialSVDAligner` built with the coarse
@@ -302,7 +345,8 @@ def align_translations(aligner, template_polar, image_polar, shifts, factorizati
     :param factorization: :class:`TranslationFactorization` over at least the
         disc of ``shifts``; None builds one at :data:`DEFAULT_TOLERANCE`.
     :returns: :class:`.radial_svd.AlignmentResult`; ``shift`` on the fine
-        disc, ``score`` the full-rank normalised correlation.
+        disc, ``score`` the full-rank normalised correlation.  Both stages run
+        on the aligner's backend (the FFTs on the CPU).
     """
     if not isinstance(shifts, PolarShifts):
         raise TypeError(f"shifts must be PolarShifts, got {type(shifts).__name__}")
@@ -350,7 +394,7 @@ def align_translations(aligner, template_polar, image_polar, shifts, factorizati
             np.einsum("rnk,nr->nk", template_norms[:, cands], profiles[index] ** 2))
         scale = np.divide(1.0, norm, out=np.zeros_like(norm), where=norm > 0).reshape(-1)
         for d in range(shifts.radii.size):
-            landscape = shift_landscapes(factorization, spectra, shifts, d, backend)
+            landscape = shift_landscapes(factorization, spectra, shifts, d, aligner.backend)
             flat = landscape.reshape(landscape.shape[0], -1)
             position = flat.argmax(axis=1)
             score = (flat[np.arange(flat.shape[0]), position] * scale).reshape(index.size, kept)
