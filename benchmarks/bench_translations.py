@@ -28,7 +28,9 @@ then the same pair on one thread.
                                             [--explicit-images 1024] [--compression] [--quick]
 """
 import argparse
+import cProfile
 import os
+import pstats
 import time
 
 import numba
@@ -189,6 +191,20 @@ def compression_rows(grid, template_polar, image_polar, ctf):
             print(f"| {count} | {name} | {seconds:.2f} | {pairs / seconds:.3g} | "
                   f"{compression} | {pruning} | {same:.4f} |")
     numba.set_num_threads(threads)
+    time_split(automatic, image_polar, ctf)
+
+
+def time_split(aligner, image_polar, ctf):
+    """Where the automatic-H search spends its time (cProfile, own time per function)."""
+    profile = cProfile.Profile()
+    profile.runcall(aligner.align, image_polar, ctf, PIXEL)
+    stats = pstats.Stats(profile).stats
+    total = sum(entry[2] for entry in stats.values())
+    rows = sorted(((entry[2], f"{name[2]} ({os.path.basename(name[0])})")
+                   for name, entry in stats.items()), reverse=True)[:8]
+    print(f"\nautomatic H, time split of one search ({total:.2f} s of own time, cProfile):")
+    for seconds, name in rows:
+        print(f"  {seconds / total:6.1%}  {name}")
 
 
 if __name__ == "__main__":
