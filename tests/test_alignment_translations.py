@@ -16,50 +16,22 @@ import scipy.special
 from cryohess_plugin.core import rotations
 from cryohess_plugin.core.errors import InvalidDataError, ShapeError
 from cryohess_plugin.core.kernels import translations_cpu
-from cryohess_plugin.core.polar import PolarGrid, ring_coefficients, shift_phases
-from cryohess_plugin.core.projector import FourierSliceProjector
+from cryohess_plugin.core.polar import PolarGrid, polar_transform, ring_coefficients, shift_phases
 from cryohess_plugin.core.synthetic import simulate
-from cryohess_plugin.core.alignment.radial_svd import RadialSVDAligner, shift_grid
+from cryohess_plugin.core.alignment.radial_svd import RadialSVDAligner, radial_kernel, shift_grid
 from cryohess_plugin.core.alignment.translations import (
     PolarShifts, TranslationFactorization, align_translations, coarse_shift_step,
-    default_max_shift,
-    shift_landscapes, translation_aware_kernel, translation_spectra)
-from cryohess_plugin.core.alignment.radial_svd import radial_kernel
-from cryohess_plugin.core.polar import polar_transform
+    default_max_shift, shift_landscapes, translation_aware_kernel, translation_spectra)
 
 from .cudasim import print_result, run_module_under_simulator
-from .helpers import phantom_volume
-
-BOX, PIXEL = 64, 1.5
-MAX_FREQUENCY = 48 / np.pi
-
-
-@pytest.fixture(scope="module")
-def grid():
-    return PolarGrid.from_max_frequency(BOX, MAX_FREQUENCY)
+# The radial-SVD tests' data: 64 px phantom, the paper's band, the 993 projections.
+from .test_alignment_radial_svd import (BOX, MAX_FREQUENCY, PIXEL,  # noqa: F401 (fixtures)
+                                        grid, projector, templates, volume)
 
 
 @pytest.fixture(scope="module")
 def factorization(grid):
     return TranslationFactorization.build(grid, 5.0)
-
-
-@pytest.fixture(scope="module")
-def volume():
-    return phantom_volume(BOX, PIXEL)
-
-
-@pytest.fixture(scope="module")
-def projector(volume):
-    return FourierSliceProjector(volume, dtype=np.float64, backend="cpu")
-
-
-@pytest.fixture(scope="module")
-def templates(grid, projector):
-    directions, _ = rotations.viewing_grid_993()
-    template_rotations = rotations.rotations_for_directions(directions)
-    return template_rotations, projector.project_polar(template_rotations, grid.radii,
-                                                       grid.n_angles)
 
 
 def weighted_error(grid, value, reference):
