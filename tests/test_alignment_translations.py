@@ -21,7 +21,8 @@ from cryohess_plugin.core.synthetic import simulate
 from cryohess_plugin.core.alignment.radial_svd import RadialSVDAligner, radial_kernel, shift_grid
 from cryohess_plugin.core.alignment.translations import (
     PolarShifts, TranslationFactorization, align_translations, coarse_shift_step,
-    default_max_shift, shift_landscapes, translation_aware_kernel, translation_spectra)
+    angle_landscapes, default_max_shift, direction_spectra, shift_weights,
+    translation_aware_kernel, translation_spectra, _pruned_best)
 
 from .cudasim import print_result, run_module_under_simulator
 # The radial-SVD tests' data: 64 px phantom, the paper's band, the 993 projections.
@@ -129,14 +130,23 @@ def test_ftk_landscapes_equal_explicitly_shifted_landscapes(grid, factorization,
     spectra = translation_spectra(factorization, coefficients, template_half, candidates,
                                   np.sqrt(grid.weights)[None] * ctf[None], np.complex128)
     shifts = PolarShifts.disc(5.0, 0.5)
-    for d in (0, 3, 10):
-        landscapes = shift_landscapes(factorization, spectra, shifts, d)
-        ring = shifts.shifts[shifts.offsets[d]:shifts.offsets[d + 1]]
-        for pair, (i, k) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
-            reference = explicit_landscapes(grid, image_polar[i], template_polar[candidates[i, k]],
-                                            ring, ctf)
-            error = np.abs(landscapes[pair] - reference).max() / np.abs(reference).max()
-            assert error <= 3e-3, (d, pair, error)
+    landscapes = angle_landscapes(direction_spectra(spectra, shift_weights(factorization, shifts)))
+    for pair, (i, k) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        reference = explicit_landscapes(grid, image_polar[i], template_polar[candidates[i, k]],
+                                        shifts.shifts, ctf)
+        error = np.abs(landscapes[pair] - reference).max() / np.abs(reference).max()
+        assert error <= 3e-3, (pair, error)
+    # The pruned maximum (bound, then the angle FFT of the rows that reach the best) is the
+    # maximum of all landscapes, with a different scale per pair.
+    scale = np.array([1.0, 0.8, 1.3, 0.9])
+    directions = direction_spectra(spectra, shift_weights(factorization, shifts))
+    score, rank, angle, shift, evaluated = _pruned_best(directions, scale, 2, translations_cpu)
+    scaled = (landscapes * scale[:, None, None]).reshape(2, 2, -1, grid.n_angles)
+    for i in range(2):
+        flat = scaled[i].reshape(-1)
+        assert score[i] == pytest.approx(flat.max(), rel=1e-12)
+        assert np.unravel_index(flat.argmax(), scaled[i].shape) == (rank[i], shift[i], angle[i])
+    assert evaluated < 4 * len(shifts) / 2
 
 
 def test_recovers_subpixel_shifts_of_projections(grid, projector, templates):
@@ -167,7 +177,7 @@ def test_same_poses_as_the_explicit_shift_loop(grid, volume, templates):
     explicit = RadialSVDAligner(grid, template_polar, shifts=fine.shifts, backend="cpu").align(
         image_polar, particles.ctf_params, PIXEL)
     coarse = RadialSVDAligner(grid, template_polar, shifts=shift_grid(5.0, coarse_shift_step(grid)),
-                              backend="cpu")
+                              refine_candidates=0, backend="cpu")
     ftk = align_translations(coarse, template_polar, image_polar, fine,
                              ctf_params=particles.ctf_params, pixel_size=PIXEL)
     steps = np.abs(np.round((explicit.angle - ftk.angle) / grid.angular_step)) % grid.n_angles
@@ -235,22 +245,21 @@ def _cuda_comparison():
     rng = np.random.default_rng(9)
     errors = {}
     for name, dtype in (("complex64", np.complex64), ("complex128", np.complex128)):
-        spectra = (rng.standard_normal((5, 7, 6)) + 1j * rng.standard_normal((5, 7, 6))).astype(dtype)
-        factors = (rng.standard_normal(7) + 1j * rng.standard_normal(7)).astype(dtype)
-        columns = np.array([0, 1, 4, 1, 3, 0, 2], dtype=np.int64)
-        cpu = np.zeros((5, 6, 5), dtype)
-        gpu = np.zeros((5, 6, 5), dtype)
-        translations_cpu.combine_terms(spectra, factors, columns, cpu)
-        translations_cuda.combine_terms(spectra, factors, columns, gpu)
-        reference = np.zeros((5, 6, 5), np.complex128)
-        for t in range(7):
-            reference[:, :, columns[t]] += factors[t] * spectra[:, t, :]
-        errors[name] = [float(np.abs(cpu - reference).max() / np.abs(reference).max()),
-                        float(np.abs(gpu - reference).max() / np.abs(reference).max())]
+        spectra = (rng.standard_normal((5, 7, 6))
+                   + 1j * rng.standard_normal((5, 7, 6))).astype(dtype)
+        scale = rng.uniform(0.5, 2, 5).astype(spectra.real.dtype)
+        cpu = np.empty((5, 7), spectra.real.dtype)
+        gpu = np.empty((5, 7), spectra.real.dtype)
+        translations_cpu.shift_bounds(spectra, scale, cpu)
+        translations_cuda.shift_bounds(spectra, scale, gpu)
+        magnitudes = np.abs(spectra.astype(np.complex128))
+        reference = (2 * magnitudes.sum(-1) - magnitudes[..., 0]) * scale[:, None]
+        errors[name] = [float(np.abs(cpu - reference).max() / reference.max()),
+                        float(np.abs(gpu - reference).max() / reference.max())]
     return errors
 
 
-def test_cuda_combination_matches_cpu_under_simulator():
+def test_cuda_bounds_match_cpu_under_simulator():
     errors = run_module_under_simulator("tests.test_alignment_translations")
     assert max(errors["complex64"]) <= 1e-6
     assert max(errors["complex128"]) <= 1e-13

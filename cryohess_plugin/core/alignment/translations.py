@@ -33,10 +33,10 @@ landscape ``X(gamma, t) = f sum_q exp(-i q gamma) Xhat(q, t)`` of
     G_pl(q) = sum_r conj(U_pl[r] a[r, q - p]) sqrt(w_r) c_r b[r, q]:
 
 one product per term and pair (independent of the shift), then for each
-radius a weighted sum over the terms and a 2-D FFT over ``(p, q)``, which
-gives every in-plane angle ``gamma_j`` and every direction ``omega_m`` of the
-ring at once (:class:`PolarShifts`: ``n_omega`` equispaced directions per
-radius; orders alias onto ``p mod n_omega``, exactly, at those directions).
+shift a weighted sum over the terms (one matrix product for all shifts,
+:func:`shift_weights`, :func:`direction_spectra`) and a Hermitian FFT over
+``q`` for all angles (:func:`angle_landscapes`), computed only where the bound
+of the landscape can reach the image's best (:func:`_pruned_best`).
 
 **Search** (:func:`align_translations`).  A radial-SVD search on a coarse
 shift lattice (:func:`.radial_svd.shift_grid`, pruned at the automatic
@@ -76,6 +76,7 @@ from ..fourier import FFT_WORKERS, working_dtypes
 from ..kernels import resolve_backend, translations_cpu
 from ..polar import PolarGrid
 from ..progress import Reporter
+from ..kernels.alignment_cpu import SearchStatistics
 from .radial_svd import AlignmentResult
 
 #: Default radius of the searched shift disc, as a fraction of the box.
@@ -305,31 +306,34 @@ def translation_spectra(factorization, image_coefficients, template_half, candid
     return np.ascontiguousarray(spectra.transpose(0, 3, 2, 1).reshape(n_images * kept, -1, half))
 
 
-def shift_landscapes(factorization, spectra, shifts, radius_index, backend="cpu"):
-    """Landscapes ``(pairs, n_omega, Q)`` over the directions of one ring of shifts and angles.
-
-    ``X[i, m, j] = Re[Xhat(0) + 2 sum_{q >= 1} Xhat(q) exp(-2 pi i q j / Q)]``
-    at the shift ``radii[d] (cos, sin)(2 pi m / n_omega[d])`` (without the
-    factor ``f``), from :func:`translation_spectra`.
-    """
-    pairs, _, half = spectra.shape
-    n_omega = int(shifts.n_omega[radius_index])
-    factors = factorization.radial_factors(shifts.radii[radius_index])[0]
+def shift_weights(factorization, shifts):
+    """``W[s, t] = (-i)^p_t exp(i p_t omega_s) e_t(rho_s)`` ``(S, T)``: terms to shifts."""
+    points = shifts.shifts
+    rho = np.hypot(points[:, 0], points[:, 1])
+    omega = np.arctan2(points[:, 1], points[:, 0])
     orders = factorization.orders
-    weights = (factors * (-1j) ** orders).astype(spectra.dtype)
-    combined = np.zeros((pairs, half, n_omega), dtype=spectra.dtype)
-    columns = np.mod(orders, n_omega).astype(np.int64)
-    if resolve_backend(backend) == "cuda":
-        from ..kernels import translations_cuda as kernels
-    else:
-        kernels = translations_cpu
-    kernels.combine_terms(spectra, weights, columns, combined)
-    # sum_p F[q, p] exp(+i p omega_m): an inverse FFT over the orders; then the
-    # real landscape of the Hermitian angular spectrum (Nyquist bin zero).
-    directions = scipy.fft.ifft(combined, axis=-1, norm="forward", overwrite_x=True,
-                                workers=FFT_WORKERS)
-    padded = np.zeros((pairs, n_omega, half + 1), dtype=spectra.dtype)
-    padded[..., :half] = directions.transpose(0, 2, 1)
+    return (factorization.radial_factors(rho) * (-1j) ** orders[None, :]
+            * np.exp(1j * np.outer(omega, orders)))
+
+
+def direction_spectra(spectra, weights):
+    """Angular spectra ``Xhat(q; t)`` ``(pairs, S, Q/2)`` at every shift (module docstring).
+
+    :param spectra: ``(pairs, T, Q/2)`` from :func:`translation_spectra`.
+    :param weights: ``(S, T)`` from :func:`shift_weights`.
+    """
+    return np.matmul(weights.astype(spectra.dtype)[None], spectra)
+
+
+def angle_landscapes(angular_spectra):
+    """``Re[Xhat(0) + 2 sum_{q >= 1} Xhat(q) exp(-2 pi i q j / Q)]`` over the ``Q`` angles.
+
+    :param angular_spectra: ``(..., Q/2)`` complex ``Xhat(q)``, ``q = 0 .. Q/2 - 1``.
+    :returns: ``(..., Q)`` real (the Hermitian FFT; the Nyquist bin is zero).
+    """
+    half = angular_spectra.shape[-1]
+    padded = np.zeros(angular_spectra.shape[:-1] + (half + 1,), dtype=angular_spectra.dtype)
+    padded[..., :half] = angular_spectra
     return scipy.fft.hfft(padded, n=2 * half, axis=-1, overwrite_x=True, workers=FFT_WORKERS)
 
 
@@ -339,14 +343,18 @@ def align_translations(aligner, template_polar, image_polar, shifts, factorizati
 
     :param aligner: :class:`.radial_svd.RadialSVDAligner` built with the coarse
         shift lattice (``shift_grid(max_shift, coarse_shift_step(grid))``); its
-        search keeps each image's ``candidates`` best templates.
+        search keeps each image's ``candidates`` best templates.  Build it with
+        ``refine_candidates=0``: the FTK scores the candidates at full rank
+        anyway, and the coarse refinement would double the coarse stage's cost.
     :param template_polar: ``(n_B, R, Q)`` the polar samples the aligner was built on.
     :param shifts: :class:`PolarShifts`, the fine disc the FTK scores.
     :param factorization: :class:`TranslationFactorization` over at least the
         disc of ``shifts``; None builds one at :data:`DEFAULT_TOLERANCE`.
     :returns: :class:`.radial_svd.AlignmentResult`; ``shift`` on the fine
-        disc, ``score`` the full-rank normalised correlation.  Both stages run
-        on the aligner's backend (the FFTs on the CPU).
+        disc, ``score`` the full-rank normalised correlation, ``statistics``
+        the FTK stage's (image, candidate, shift) rows and how many of them
+        passed the bound of :func:`_pruned_best` to get the angle FFT.  Both
+        stages run on the aligner's backend (the FFTs on the CPU).
     """
     if not isinstance(shifts, PolarShifts):
         raise TypeError(f"shifts must be PolarShifts, got {type(shifts).__name__}")
@@ -378,7 +386,9 @@ def align_translations(aligner, template_polar, image_polar, shifts, factorizati
     count = image_polar.shape[0]
     best = [np.full(count, -np.inf), np.zeros(count, np.int64), np.zeros(count, np.int64),
             np.zeros(count, np.int64)]
-    flat_offsets = shifts.offsets
+    shift_to_terms = shift_weights(factorization, shifts)
+    bounds = _bound_kernels(aligner.backend)
+    evaluated = 0
     per_chunk = max(1, _PAIR_CHUNK // kept)
     for start in range(0, count, per_chunk):
         index = np.arange(start, min(count, start + per_chunk))
@@ -393,24 +403,54 @@ def align_translations(aligner, template_polar, image_polar, shifts, factorizati
         norm = image_norm[:, None] * np.sqrt(
             np.einsum("rnk,nr->nk", template_norms[:, cands], profiles[index] ** 2))
         scale = np.divide(1.0, norm, out=np.zeros_like(norm), where=norm > 0).reshape(-1)
-        for d in range(shifts.radii.size):
-            landscape = shift_landscapes(factorization, spectra, shifts, d, aligner.backend)
-            flat = landscape.reshape(landscape.shape[0], -1)
-            position = flat.argmax(axis=1)
-            score = (flat[np.arange(flat.shape[0]), position] * scale).reshape(index.size, kept)
-            pick = score.argmax(axis=1)
-            value = score[np.arange(index.size), pick]
-            better = value > best[0][index]
-            where = index[better]
-            pos = position.reshape(index.size, kept)[better, pick[better]]
-            best[0][where] = value[better]
-            best[1][where] = cands[better, pick[better]]
-            best[2][where] = pos % landscape.shape[2]
-            best[3][where] = flat_offsets[d] + pos // landscape.shape[2]
+        directions = direction_spectra(spectra, shift_to_terms)           # (pairs, S, Q/2)
+        found = _pruned_best(directions, scale, kept, bounds)
+        evaluated += found[-1]
+        best[0][index], template_rank, best[2][index], best[3][index] = found[:4]
+        best[1][index] = cands[np.arange(index.size), template_rank]
         report("Images aligned over shifts", int(index[-1]) + 1, count)
-    all_shifts = shifts.shifts
-    return AlignmentResult(best[1], best[2] * grid.angular_step, all_shifts[best[3]], best[0],
-                           coarse.group, coarse.ranks, coarse.eigenvalues, coarse.group_ctf)
+    statistics = SearchStatistics(pairs=count * kept * len(shifts), evaluated=int(evaluated))
+    return AlignmentResult(best[1], best[2] * grid.angular_step, shifts.shifts[best[3]], best[0],
+                           coarse.group, coarse.ranks, coarse.eigenvalues, coarse.group_ctf,
+                           statistics=statistics)
+
+
+def _bound_kernels(backend):
+    if resolve_backend(backend) == "cuda":
+        from ..kernels import translations_cuda
+        return translations_cuda
+    return translations_cpu
+
+
+def _pruned_best(directions, scale, kept, kernels):
+    """Best score, candidate, angle and shift of each image, exact, from the angular spectra.
+
+    :param directions: ``(n k, S, Q/2)`` ``Xhat(q; t)`` of each (image, candidate)
+        pair at every shift (:func:`direction_spectra`, rings concatenated).
+    :param scale: ``(n k,)`` ``1 / (||A|| ||c B||)``.
+    :param kernels: the kernel module of the bounds (CPU or CUDA).
+    ``scale (|Xhat(0)| + 2 sum_q |Xhat(q)|)`` bounds a (pair, shift)'s
+    landscape over all angles (as ``docs/methods/radial_svd_alignment.md``
+    §2.7); every image first scores each pair's shift of largest bound, and
+    only the (pair, shift) rows whose bound reaches the best of those get the
+    angle FFT.  :returns: score, candidate rank, angle index, shift index
+    ``(n,)`` and the number of rows evaluated.
+    """
+    pairs, n_shifts, _ = directions.shape
+    bound = np.empty((pairs, n_shifts), dtype=directions.real.dtype)
+    kernels.shift_bounds(directions, scale.astype(bound.dtype), bound)
+    strongest = bound.argmax(axis=1)
+    first = angle_landscapes(directions[np.arange(pairs), strongest]).max(axis=-1) * scale
+    threshold = first.reshape(-1, kept).max(axis=1)
+    # Float32 rounding of the bound and the FFT stays far below this margin.
+    pair, shift = np.nonzero(bound * (1 + 1e-4) >= np.repeat(threshold, kept)[:, None])
+    landscapes = angle_landscapes(directions[pair, shift]) * scale[pair, None]
+    angle = landscapes.argmax(axis=1)
+    value = landscapes[np.arange(pair.size), angle]
+    image = pair // kept
+    order = np.lexsort((-value, image))
+    winner = order[np.flatnonzero(np.diff(image[order], prepend=-1))]
+    return value[winner], pair[winner] % kept, angle[winner], shift[winner], pair.size
 
 
 def _half_coefficients(polar, dtype):

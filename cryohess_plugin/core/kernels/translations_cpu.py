@@ -1,27 +1,27 @@
-"""Numba CPU kernel of the factorised translation kernel (:mod:`..alignment.translations`).
+"""Numba CPU kernel of the FTK search (:mod:`..alignment.translations`).
 
-:func:`combine_terms` turns the per-term spectra of image-template pairs into
-the angular spectra of one ring of shifts: term ``t`` (Bessel order ``p_t``)
-adds ``factors[t] * G[pair, t, q]`` to column ``p_t mod n_omega`` of
-``out[pair, q]``.  Orders that alias onto the same column are summed, which is
-exact on the ``n_omega`` equispaced shift directions of the ring.
+:func:`shift_bounds` bounds the landscape of every (pair, shift) row over all
+in-plane angles: ``|X(gamma)| <= scale (|Xhat(0)| + 2 sum_{q >= 1} |Xhat(q)|)``
+for ``X(gamma) = Re[Xhat(0) + 2 sum_q Xhat(q) exp(-i q gamma)]``.
 """
+import math
+
 from numba import njit, prange
 
 
 @njit(parallel=True, cache=True)
-def combine_terms(spectra, factors, columns, out):
-    """``out[i, q, columns[t]] += factors[t] * spectra[i, t, q]`` for every term ``t``.
+def shift_bounds(spectra, scale, out):
+    """``out[i, s] = scale[i] (|spectra[i, s, 0]| + 2 sum_{q >= 1} |spectra[i, s, q]|)``.
 
-    :param spectra: ``(pairs, terms, M)`` complex per-term spectra.
-    :param factors: ``(terms,)`` complex weights of the terms at one shift radius.
-    :param columns: ``(terms,)`` int64 column of each term (its order mod ``n_omega``).
-    :param out: ``(pairs, M, n_omega)`` complex, zeroed by the caller.
+    :param spectra: ``(pairs, S, M)`` complex angular spectra.
+    :param scale: ``(pairs,)`` real.
+    :param out: ``(pairs, S)`` real.
     """
-    pairs, terms, n_freq = spectra.shape
+    pairs, n_shifts, n_freq = spectra.shape
     for i in prange(pairs):
-        for t in range(terms):
-            weight = factors[t]
-            column = columns[t]
+        for s in range(n_shifts):
+            row = spectra[i, s]
+            total = -0.5 * math.hypot(row[0].real, row[0].imag)
             for q in range(n_freq):
-                out[i, q, column] += weight * spectra[i, t, q]
+                total += math.hypot(row[q].real, row[q].imag)
+            out[i, s] = 2 * total * scale[i]

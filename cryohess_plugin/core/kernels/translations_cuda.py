@@ -1,11 +1,11 @@
-"""``numba.cuda`` twin of :func:`.translations_cpu.combine_terms`.
+"""``numba.cuda`` twin of :func:`.translations_cpu.shift_bounds`.
 
-Same contract, host NumPy arrays in and the result added into the host
-``out``.  One thread owns one ``(pair, q)`` row of ``out`` and loops over the
-terms, so no two threads write the same element.  Complex arrays travel as
-real views (real and imaginary parts interleaved along the last axis).
+Same contract, host NumPy arrays in and the result written into the host
+``out``.  One thread computes one (pair, shift) row.  Complex arrays travel
+as real views (real and imaginary parts interleaved along the last axis).
 """
 import functools
+import math
 
 import numba
 import numpy as np
@@ -16,40 +16,33 @@ from .cuda_launch import MAX_BLOCKS_Y, THREADS
 
 @functools.lru_cache(maxsize=None)
 def _kernel(real_dtype):
-    """The combination kernel for spectra of real precision ``real_dtype``."""
+    """The bound kernel for spectra of real precision ``real_dtype``."""
     real = numba.from_dtype(np.dtype(real_dtype))
 
     @cuda.jit
-    def combine(spectra, factors, columns, out):
-        q = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
-        n_freq = spectra.shape[2] // 2
-        if q >= n_freq:
+    def bounds(spectra, scale, out):
+        s = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        if s >= spectra.shape[1]:
             return
+        n_freq = spectra.shape[2] // 2
         for i in range(cuda.blockIdx.y, spectra.shape[0], cuda.gridDim.y):
-            for t in range(spectra.shape[1]):
-                s_re = spectra[i, t, 2 * q]
-                s_im = spectra[i, t, 2 * q + 1]
-                f_re = real(factors[t, 0])
-                f_im = real(factors[t, 1])
-                c = columns[t]
-                out[i, q, 2 * c] += f_re * s_re - f_im * s_im
-                out[i, q, 2 * c + 1] += f_re * s_im + f_im * s_re
+            total = real(-0.5) * math.hypot(spectra[i, s, 0], spectra[i, s, 1])
+            for q in range(n_freq):
+                total += math.hypot(spectra[i, s, 2 * q], spectra[i, s, 2 * q + 1])
+            out[i, s] = real(2) * total * scale[i]
 
-    return combine
+    return bounds
 
 
-def combine_terms(spectra, factors, columns, out):
-    """``out[i, q, columns[t]] += factors[t] * spectra[i, t, q]`` for every term ``t``."""
-    pairs, _, n_freq = spectra.shape
-    if pairs == 0 or n_freq == 0:
+def shift_bounds(spectra, scale, out):
+    """``out[i, s] = scale[i] (|spectra[i, s, 0]| + 2 sum_{q >= 1} |spectra[i, s, q]|)``."""
+    pairs, n_shifts, _ = spectra.shape
+    if pairs == 0 or n_shifts == 0:
         return
-    spectra_view = np.ascontiguousarray(spectra).view(spectra.real.dtype)
-    factor_view = np.ascontiguousarray(factors, dtype=np.complex128).view(np.float64)
-    combine = _kernel(spectra_view.dtype)
-    d_out = cuda.to_device(np.ascontiguousarray(out).view(out.real.dtype))
-    blocks = ((n_freq + THREADS - 1) // THREADS, min(pairs, MAX_BLOCKS_Y))
-    combine[blocks, THREADS](cuda.to_device(spectra_view),
-                             cuda.to_device(factor_view.reshape(-1, 2)),
-                             cuda.to_device(np.ascontiguousarray(columns, dtype=np.int64)),
-                             d_out)
-    out[...] = d_out.copy_to_host().view(out.dtype)
+    view = np.ascontiguousarray(spectra).view(spectra.real.dtype)
+    bounds = _kernel(view.dtype)
+    d_out = cuda.device_array(out.shape, dtype=out.dtype)
+    blocks = ((n_shifts + THREADS - 1) // THREADS, min(pairs, MAX_BLOCKS_Y))
+    bounds[blocks, THREADS](cuda.to_device(view),
+                            cuda.to_device(np.ascontiguousarray(scale, dtype=out.dtype)), d_out)
+    out[...] = d_out.copy_to_host()
