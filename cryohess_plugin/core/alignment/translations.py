@@ -309,10 +309,10 @@ def translation_spectra(factorization, image_coefficients, template_half, candid
 def shift_weights(factorization, shifts):
     """``W[s, t] = (-i)^p_t exp(i p_t omega_s) e_t(rho_s)`` ``(S, T)``: terms to shifts."""
     points = shifts.shifts
-    rho = np.hypot(points[:, 0], points[:, 1])
     omega = np.arctan2(points[:, 1], points[:, 0])
+    ring = np.repeat(np.arange(shifts.radii.size), shifts.n_omega)
     orders = factorization.orders
-    return (factorization.radial_factors(rho) * (-1j) ** orders[None, :]
+    return (factorization.radial_factors(shifts.radii)[ring] * (-1j) ** orders[None, :]
             * np.exp(1j * np.outer(omega, orders)))
 
 

@@ -21,7 +21,7 @@ def shift_bounds(spectra, scale, out):
     for i in prange(pairs):
         for s in range(n_shifts):
             row = spectra[i, s]
-            total = -0.5 * math.hypot(row[0].real, row[0].imag)
+            total = -0.5 * math.sqrt(row[0].real * row[0].real + row[0].imag * row[0].imag)
             for q in range(n_freq):
-                total += math.hypot(row[q].real, row[q].imag)
+                total += math.sqrt(row[q].real * row[q].real + row[q].imag * row[q].imag)
             out[i, s] = 2 * total * scale[i]
