@@ -353,8 +353,9 @@ def align_translations(aligner, template_polar, image_polar, shifts, factorizati
         disc of ``shifts``; None builds one at :data:`DEFAULT_TOLERANCE`.
     :returns: :class:`.radial_svd.AlignmentResult`; ``shift`` on the fine
         disc, ``score`` the full-rank normalised correlation, ``statistics``
-        the FTK stage's (image, candidate, shift) rows and how many of them
-        passed the bound of :func:`_pruned_best` to get the angle FFT.  Both
+        the FTK stage's (image, candidate, shift) rows and how many of them got
+        the angle FFT (each pair's row of largest bound, then those passing the
+        bound of :func:`_pruned_best`).  Both
         stages run on the aligner's backend (the FFTs on the CPU).
     """
     if not isinstance(shifts, PolarShifts):
@@ -435,7 +436,8 @@ def _pruned_best(directions, scale, kept, kernels):
     §2.7); every image first scores each pair's shift of largest bound, and
     only the (pair, shift) rows whose bound reaches the best of those get the
     angle FFT.  :returns: score, candidate rank, angle index, shift index
-    ``(n,)`` and the number of rows evaluated.
+    ``(n,)`` and the number of angle FFTs (one per pair for the threshold, then
+    one per passing row).
     """
     pairs, n_shifts, _ = directions.shape
     bound = np.empty((pairs, n_shifts), dtype=directions.real.dtype)
@@ -451,7 +453,7 @@ def _pruned_best(directions, scale, kept, kernels):
     image = pair // kept
     order = np.lexsort((-value, image))
     winner = order[np.flatnonzero(np.diff(image[order], prepend=-1))]
-    return value[winner], pair[winner] % kept, angle[winner], shift[winner], pair.size
+    return value[winner], pair[winner] % kept, angle[winner], shift[winner], pairs + pair.size
 
 
 def _half_coefficients(polar, dtype):
