@@ -42,21 +42,12 @@ from cryohess_plugin.core.polar import PolarGrid, polar_transform
 from cryohess_plugin.core.projector import FourierSliceProjector
 from cryohess_plugin.core.synthetic import atoms, phantoms, simulate
 from cryohess_plugin.core.alignment.radial_svd import RadialSVDAligner, shift_grid
+from bench_alignment import best_time
 from cryohess_plugin.core.alignment.translations import (PolarShifts, TranslationFactorization,
                                                          align_translations, coarse_shift_step)
 
 BOX, PIXEL, BFACTOR = 128, 1.5, 400.0
 MAX_FREQUENCY = 48 / np.pi
-
-
-def timed(function, repeats=1):
-    """Smallest wall time of ``repeats`` calls, and the last result."""
-    best, result = np.inf, None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = function()
-        best = min(best, time.perf_counter() - start)
-    return best, result
 
 
 def agreement(first, second, n_angles, tolerance):
@@ -130,24 +121,25 @@ def main():
     align_translations(warm, template_polar, image_polar[:4], fine, candidates=args.candidates,
                        ctf_params=ctf[:4], pixel_size=PIXEL)
 
-    factorization_time, factorization = timed(
-        lambda: TranslationFactorization.build(grid, args.max_shift))
-    coarse_build, coarse = timed(lambda: RadialSVDAligner(grid, template_polar,
-                                                          shifts=coarse_shifts,
-                                                          refine_candidates=0))
-    ftk_search, ftk = timed(lambda: align_translations(
-        coarse, template_polar, image_polar, fine, factorization, args.candidates, ctf, PIXEL))
+    factorization_time, factorization = best_time(
+        lambda: TranslationFactorization.build(grid, args.max_shift), 1)
+    coarse_build, coarse = best_time(
+        lambda: RadialSVDAligner(grid, template_polar, shifts=coarse_shifts, refine_candidates=0),
+        1)
+    ftk_search, ftk = best_time(lambda: align_translations(
+        coarse, template_polar, image_polar, fine, factorization, args.candidates, ctf, PIXEL), 1)
     ftk_total = factorization_time + coarse_build + ftk_search
 
     count = min(args.n, args.explicit_images or args.n)
-    explicit_build, explicit_aligner = timed(lambda: RadialSVDAligner(grid, template_polar,
-                                                                      shifts=fine.shifts))
-    explicit_search, explicit = timed(lambda: explicit_aligner.align(
-        image_polar[:count], ctf[:count], PIXEL))
+    explicit_build, explicit_aligner = best_time(
+        lambda: RadialSVDAligner(grid, template_polar, shifts=fine.shifts), 1)
+    explicit_search, explicit = best_time(lambda: explicit_aligner.align(
+        image_polar[:count], ctf[:count], PIXEL), 1)
     explicit_total = explicit_build + explicit_search * args.n / count
 
     pairs = args.n * n_b
-    coarse_search, _ = timed(lambda: coarse.align(image_polar, ctf, PIXEL, top_k=args.candidates))
+    coarse_search, _ = best_time(
+        lambda: coarse.align(image_polar, ctf, PIXEL, top_k=args.candidates), 1)
     print(f"\nFTK: factorisation {factorization.n_terms} terms ({factorization_time:.2f} s); "
           f"coarse aligner {coarse_build:.2f} s; search (coarse + FTK) {ftk_search:.2f} s, of "
           f"which the coarse search alone {coarse_search:.2f} s (timed again separately); "
@@ -189,7 +181,7 @@ def compression_rows(grid, template_polar, image_polar, ctf, repeats):
         for name, aligner in (("automatic H, pruned", automatic),
                               ("full rank, pruned", full_pruned),
                               ("full rank, dense", full_dense)):
-            times[name] = timed(lambda: aligner.align(image_polar, ctf, PIXEL), repeats)
+            times[name] = best_time(lambda: aligner.align(image_polar, ctf, PIXEL), repeats)
         reference = times["full rank, pruned"]
         pairs = image_polar.shape[0] * automatic.n_templates
         for name, (seconds, result) in times.items():
