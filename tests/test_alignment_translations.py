@@ -256,6 +256,18 @@ def _cuda_comparison():
         reference = (2 * magnitudes.sum(-1) - magnitudes[..., 0]) * scale[:, None]
         errors[name] = [float(np.abs(cpu - reference).max() / reference.max()),
                         float(np.abs(gpu - reference).max() / reference.max())]
+    # The whole search with a CUDA aligner (tiny: the simulator is slow).
+    grid = PolarGrid.from_max_frequency(24, 3.0)
+    templates = np.array([blob_polar(grid, offset) for offset in ((0, 0), (1, -2), (-3, 1))])
+    images = np.array([blob_polar(grid, offset) for offset in ((1.5, 0.0), (1.0, -2.5))])
+    results = []
+    for backend in ("cpu", "cuda"):
+        coarse = RadialSVDAligner(grid, templates, shifts=shift_grid(2.0, coarse_shift_step(grid)),
+                                  refine_candidates=0, backend=backend)
+        result = align_translations(coarse, templates, images, PolarShifts.disc(2.0), candidates=2)
+        results.append(np.concatenate([result.template, result.angle, result.shift.ravel(),
+                                       result.score]))
+    errors["search"] = float(np.abs(results[0] - results[1]).max())
     return errors
 
 
@@ -263,6 +275,7 @@ def test_cuda_bounds_match_cpu_under_simulator():
     errors = run_module_under_simulator("tests.test_alignment_translations")
     assert max(errors["complex64"]) <= 1e-6
     assert max(errors["complex128"]) <= 1e-13
+    assert errors["search"] <= 1e-5
 
 
 if __name__ == "__main__":
