@@ -1,4 +1,5 @@
 """Global alignment of particles with the radial-SVD (Rangan 2022)."""
+import os
 import time
 from enum import Enum
 
@@ -26,6 +27,8 @@ LARGE_REFERENCES = 1 << 30
 #: Memory of a batch step over the size of its references (measured: the loaded
 #: references, the aligner's ring coefficients and work arrays).
 STEP_MEMORY_FACTOR = 3.5
+#: The polarity check aligns this many particles (the first ones), as given and negated.
+POLARITY_PARTICLES = 100
 
 
 class outputs(Enum):
@@ -41,10 +44,11 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
     (output ``ALIGN_2D`` and one class per average).  Images and references are
     compared on a polar Fourier grid; the radial-SVD compresses its rings into
     the few "principal rings" that best tell in-plane angles apart, with one
-    radial kernel per group of similar CTFs, so each image-reference pair costs
-    O(Q (H + log Q)) for all Q in-plane angles instead of O(R Q).  The score is
-    the inner product with the CTF-modulated reference divided by the
-    reference's norm.
+    radial kernel per group of similar CTF power, so each image-reference pair
+    costs O(Q (H + log Q)) for all Q in-plane angles instead of O(R Q).  Each
+    particle, multiplied by its own CTF (astigmatism included), is compared with
+    the CTF-free references.  First particles that look dark against the
+    references (checked against their negatives) stop the run with the fix.
     """
     _label = 'radial-SVD align particles'
     stepsExecutionMode = STEPS_PARALLEL
@@ -100,9 +104,10 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
                       validators=[params.Positive], label='Shift step (px)',
                       help="Spacing of the searched shifts.")
         form.addParam('useCtf', params.BooleanParam, default=True, label='Use CTF?',
-                      help="Modulate the references by the CTF of each group of "
-                           "particles. Particles without CTF are aligned without it "
-                           "(the summary says so).")
+                      help="Multiply every particle by its own CTF (astigmatism and phase "
+                           "shift included; |CTF| for phase-flipped sets) and compare it "
+                           "with the references, whose norms take the same CTF. Particles "
+                           "without CTF are aligned without it (the summary says so).")
         form.addParam('rankMode', params.EnumParam, default=RANK_TOLERANCE,
                       choices=['eigenvalue tolerance', 'fixed'],
                       display=params.EnumParam.DISPLAY_HLIST, label='Principal rings H',
@@ -122,8 +127,9 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
         form.addParam('ctfTolerance', params.FloatParam, default=5e-2,
                       expertLevel=params.LEVEL_ADVANCED, validators=[params.Positive],
                       label='CTF group tolerance',
-                      help="Particles whose ring-averaged CTFs differ by less than this "
-                           "relative L2 distance share one radial kernel.")
+                      help="Particles whose root-mean-square CTFs per ring differ by less "
+                           "than this relative L2 distance share one radial kernel; each "
+                           "particle's own CTF is used in every comparison.")
         self._defineBatchSizeParam(
             form, help="Particles are aligned in independent steps of this size, which run "
                        "in parallel with several threads (or GPUs) and let a stopped run "
@@ -137,8 +143,12 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
         prepare = self._insertStep(self.prepareReferencesStep, particles.getXDim(),
                                    particles.getSamplingRate(), reads=self._referenceParams(),
                                    needsGPU=gpu)
+        polarity = self._insertStep(self.checkPolarityStep,
+                                    reads=('inputParticles', 'useCtf', 'maxShift', 'shiftStep'),
+                                    after=[prepare], needsGPU=gpu)
         batches = [self._insertStep(self.alignBatchStep, index, first, count,
-                                    reads=self._searchParams(), after=[prepare], needsGPU=gpu)
+                                    reads=self._searchParams(), after=[prepare, polarity],
+                                    needsGPU=gpu)
                    for index, (first, count) in enumerate(self._batches())]
         self._insertStep(self.createOutputStep, after=batches)
 
@@ -156,6 +166,7 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
 
     def _filenameTemplates(self):
         return {'references': self._getExtraPath('references.npz'),
+                'polarity': self._getExtraPath('polarity.npz'),
                 'batch': self._getExtraPath('alignment_batch_%(index)03d.npz')}
 
     # --------------------------- STEPS functions -----------------------------
@@ -183,31 +194,49 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
         self._saveNpz(self._getFileName('references'), templates=templates, **extra)
         self.info("References ready in %.1f s" % (time.perf_counter() - started))
 
+    def checkPolarityStep(self, digest):
+        """Align the first particles as given and negated; stop if they look dark."""
+        from cryohess_plugin.core.alignment import polarity_against_templates
+        from cryohess_plugin.core.storage import save_fields
+        particles, imagePolar, aligner = self._particlesAndAligner(POLARITY_PARTICLES)
+        if len(particles.ids) < 2:
+            self.info("Polarity check skipped: it needs at least 2 particles")
+            return
+        test = polarity_against_templates(aligner, imagePolar, particles.ctfs,
+                                          particles.pixel_size)
+        self.info("Polarity: the first %d particles against their negatives, z = %.1f"
+                  % (len(particles.ids), test.z_score))
+        save_fields(self._getFileName('polarity'), test.check("particles"))
+
     def alignBatchStep(self, index, first, count, digest):
         """Align particles ``first .. first + count - 1`` (in id order) against the references."""
-        from cryohess_plugin.core import polar
-        from cryohess_plugin.core.alignment import RadialSVDAligner
-        self._setDevices()
         started = time.perf_counter()
-        particles = convert.particles_to_arrays(
-            self.inputParticles.get(), need_ctf=self._withCtf(), need_alignment=False,
-            limit=count, skip=first)
-        grid = self._grid()
-        imagePolar = polar.polar_transform(particles.images, grid, backend=self._backend())
-        templates = np.load(self._getFileName('references'))['templates']
-        aligner = RadialSVDAligner(
-            grid, templates, rank=self._fixedRank(), tolerance=self.rankTolerance.get(),
-            shifts=self._shifts(), ctf_tolerance=self.ctfTolerance.get(),
-            backend=self._backend())
+        particles, imagePolar, aligner = self._particlesAndAligner(
+            count, first, rank=self._fixedRank(), tolerance=self.rankTolerance.get(),
+            ctf_tolerance=self.ctfTolerance.get())
         result = aligner.align(imagePolar, ctf_params=particles.ctfs,
                                pixel_size=particles.pixel_size,
                                progress=self._progressLog("Batch %d: " % (index + 1)))
-        elapsed = time.perf_counter() - started
         result.ids = particles.ids
         result.save(self._getFileName('batch', index=index))
         self.info("Batch %d: %d particles x %d references in %.1f s (H = %s)"
-                  % (index + 1, count, len(templates), elapsed,
+                  % (index + 1, count, aligner.n_templates, time.perf_counter() - started,
                      ", ".join(str(h) for h in result.ranks)))
+
+    def _particlesAndAligner(self, count, first=0, **options):
+        """Particles ``first .. first + count - 1``, their polar samples, and an aligner
+        against the references with the form's shifts and ``options``."""
+        from cryohess_plugin.core import polar
+        from cryohess_plugin.core.alignment import RadialSVDAligner
+        self._setDevices()
+        particles = convert.particles_to_arrays(
+            self._parallelStepSet(), need_ctf=self._withCtf(), need_alignment=False,
+            limit=count, skip=first)
+        grid = self._grid()
+        aligner = RadialSVDAligner(grid, np.load(self._getFileName('references'))['templates'],
+                                   shifts=self._shifts(), backend=self._backend(), **options)
+        return (particles, polar.polar_transform(particles.images, grid, backend=self._backend()),
+                aligner)
 
     def createOutputStep(self, digest):
         from cryohess_plugin.core.alignment import rotations_from_alignment
@@ -223,7 +252,7 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
                                                  result.angle)
             particles = self._copyParticles(ids, columns, (rotations, result.shift), ALIGN_PROJ)
             self._defineOutputs(**{outputs.outputParticles.name: particles})
-            self._defineSourceRelation(self.inputParticles, particles)
+            self._defineTransformRelation(self.inputParticles, particles)
             self._defineSourceRelation(self.inputVolume, particles)
             return
         particles = self._copyParticles(ids, columns,
@@ -234,8 +263,9 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
                                              self.inputReferences.get())
         self._defineOutputs(**{outputs.outputParticles.name: particles,
                                outputs.outputClasses.name: classes})
+        self._defineTransformRelation(self.inputParticles, particles)
+        self._defineSourceRelation(self.inputParticles, classes)
         for output in (particles, classes):
-            self._defineSourceRelation(self.inputParticles, output)
             self._defineSourceRelation(self.inputReferences, output)
 
     # --------------------------- INFO functions ------------------------------
@@ -321,6 +351,14 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
         if not self._withCtf():
             summary.append("Aligned WITHOUT CTF (%s)."
                            % ("switched off" if not self.useCtf else "the particles have none"))
+        elif self.inputParticles.get().isPhaseFlipped():
+            summary.append("The particles are phase-flipped: aligned with |CTF|.")
+        if os.path.exists(self._getFileName('polarity')):
+            from cryohess_plugin.core.contrast import PolarityTest
+            from cryohess_plugin.core.storage import load_fields
+            summary.append("Contrast checked: the first particles match the references better "
+                           "than their negatives (z = %.1f)."
+                           % load_fields(PolarityTest, self._getFileName('polarity')).z_score)
         return summary
 
     def _methods(self):

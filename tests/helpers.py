@@ -2,6 +2,7 @@
 import numpy as np
 
 from cryohess_plugin.core import fourier
+from cryohess_plugin.core.ctf import evaluate_ctf
 from cryohess_plugin.core.synthetic import atoms, phantoms
 
 
@@ -37,3 +38,15 @@ def phantom_model(box, pixel, n_atoms=800, fill=0.3, rng=1, bfactor=400.0):
 def phantom_volume(box, pixel, **options):
     """The map of :func:`phantom_model` (same options) on a ``box``³ grid."""
     return atoms.gaussian_atom_volume(phantom_model(box, pixel, **options), box, pixel)
+
+
+def phase_flip(images, ctf_params, pixel_size):
+    """``images`` ``(n, D, D)`` multiplied by the sign of their CTFs (one per image), as
+    phase-flipping programs write them: their CTF is then ``|CTF|``."""
+    images = np.asarray(images)
+    ky, kx = fourier.real_filter_frequencies(*images.shape[-2:])
+    out = np.empty(images.shape, dtype=np.float64)
+    for i, (image, params) in enumerate(zip(images, ctf_params)):
+        # Frequencies in cycles per pixel are cycles per box for a box of one pixel.
+        out[i] = fourier.filter_real(image, np.sign(evaluate_ctf(params, kx, ky, 1, pixel_size)))
+    return out.astype(images.dtype, copy=False)

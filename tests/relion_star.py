@@ -7,6 +7,7 @@ that centres the particle, minus the core's shift ``t`` (``docs/conventions.md``
 import os
 
 import numpy as np
+from pwem.protocols import ProtImportParticles
 
 from cryohess_plugin.core import mrc
 from cryohess_plugin.core.rotations import matrix_to_euler
@@ -48,3 +49,14 @@ def write_relion_star(folder, simulation, name="particles", images=None):
     with open(path, "w") as star:
         star.write("\n".join(lines) + "\n")
     return path
+
+
+def import_relion(test_case, star, pixel_size, phase_flipped=False):
+    """Import the star file of :func:`write_relion_star` with pwem's RELION import in
+    ``test_case``'s project, as data from RELION (300 kV, Cs 2.7 mm, amplitude contrast
+    0.1, optionally phase-flipped); returns the finished import protocol."""
+    protocol = test_case.newProtocol(
+        ProtImportParticles, importFrom=ProtImportParticles.IMPORT_FROM_RELION, starFile=star,
+        samplingRate=pixel_size, voltage=300.0, sphericalAberration=2.7, amplitudeContrast=0.1,
+        haveDataBeenPhaseFlipped=phase_flipped)
+    return test_case.launchProtocol(protocol)

@@ -17,8 +17,8 @@ from cryohess_plugin.core.synthetic import simulate
 from cryohess_plugin.core import rotations
 from cryohess_plugin.core.errors import InvalidDataError, MissingMetadataError, ShapeError
 from cryohess_plugin.core.kernels import alignment_cpu, alignment_pruned_cpu
-from cryohess_plugin.core.polar import (PolarGrid, polar_transform, radial_ctf, ring_coefficients,
-                                        shift_phases)
+from cryohess_plugin.core.polar import (PolarGrid, ctf_on_grid, polar_transform,
+                                        ring_coefficients, shift_phases)
 from cryohess_plugin.core.projector import FourierSliceProjector
 from cryohess_plugin.core.alignment.radial_svd import (RadialSVDAligner, choose_rank, group_ctfs,
                                                        radial_kernel, rotations_from_alignment,
@@ -63,13 +63,11 @@ def templates(grid, projector):
                                                        grid.n_angles)
 
 
-def fourier_bessel_landscape(grid, image_polar, template_polar, ctf=None):
-    """Uncompressed ``<A, R_gamma (c B)>`` over the grid's angles
+def fourier_bessel_landscape(grid, image_polar, template_polar):
+    """Uncompressed ``<A, R_gamma B>`` over the grid's angles
     (``docs/methods/radial_svd_alignment.md`` §1.4)."""
     a = ring_coefficients(image_polar)
     b = ring_coefficients(template_polar)
-    if ctf is not None:
-        b = b * ctf[None, :, None]
     xhat = 2 * np.pi * np.einsum("r,arq,brq->abq", grid.weights, a.conj(), b) / grid.box ** 2
     landscape = np.fft.fft(xhat, axis=-1)
     assert np.abs(landscape.imag).max() <= 1e-12 * np.abs(landscape).max()
@@ -97,11 +95,11 @@ def test_full_rank_reproduces_fourier_bessel_landscape(grid, projector, template
                                backend="cpu")
     assert relative_max(aligner.landscapes(images),
                         fourier_bessel_landscape(grid, images, subset)) <= 1e-10
-    # With a CTF: one group, templates multiplied by its radial profile.
-    ctf_params = simulate.random_ctf_params(1, 2) * len(images)
-    profile = radial_ctf(ctf_params[:1], grid, PIXEL)[0]
+    # With astigmatic CTFs: every image multiplied by its own CTF, whatever its group.
+    ctf_params = simulate.random_ctf_params(3, 2, astigmatism=1000.0) * 2
+    ctf = ctf_on_grid(ctf_params, grid, PIXEL)
     assert relative_max(aligner.landscapes(images, ctf_params=ctf_params, pixel_size=PIXEL),
-                        fourier_bessel_landscape(grid, images, subset, profile)) <= 1e-10
+                        fourier_bessel_landscape(grid, ctf * images, subset)) <= 1e-10
 
 
 def test_align_returns_the_maximum_of_the_normalised_landscape(grid, projector, templates):
@@ -170,7 +168,7 @@ def test_kernel_is_real_symmetric_psd_and_factorises_with_ctf(grid, templates):
     assert rings.eigenvalues.min() >= -1e-12 * rings.eigenvalues[0]
     assert np.all(np.diff(rings.eigenvalues) <= 0)
 
-    ctf = radial_ctf(simulate.random_ctf_params(1, 5), grid, PIXEL)[0]
+    ctf = group_ctfs(simulate.random_ctf_params(1, 5, astigmatism=800.0), grid, PIXEL).profiles[0]
     from_multiplied = radial_kernel(ctf[None, :, None] * b, grid.weights)
     np.testing.assert_allclose(aligner.principal_rings(ctf).kernel, from_multiplied, rtol=0,
                                atol=1e-12 * np.abs(from_multiplied).max())
@@ -278,16 +276,18 @@ def test_simulated_particles_at_automatic_rank(grid, templates, simulated):
 
 
 # ----------------------------------------------------------------------------- groups
-def test_ctf_groups_by_radial_profile(grid):
-    base = simulate.random_ctf_params(3, 9)
+def test_ctf_groups_by_ring_power(grid):
+    base = simulate.random_ctf_params(3, 9, astigmatism=600.0)
     nudged = [type(p)(p.defocus_u + 1.0, p.defocus_v + 1.0, p.defocus_angle, p.voltage,
                       p.spherical_aberration, p.amplitude_contrast) for p in base]
     params = [base[0], base[1], nudged[0], base[2], base[1], nudged[2]]
     groups = group_ctfs(params, grid, PIXEL)
     np.testing.assert_array_equal(groups.labels, [0, 1, 0, 2, 1, 2])
-    profiles = radial_ctf(params, grid, PIXEL)
-    np.testing.assert_allclose(groups.profiles[0], profiles[[0, 2]].mean(axis=0))
-    np.testing.assert_allclose(groups.profiles[1], profiles[1])
+    ctf = ctf_on_grid(params, grid, PIXEL)
+    np.testing.assert_array_equal(groups.tables[groups.index], ctf)
+    power = np.mean(ctf ** 2, axis=-1)
+    np.testing.assert_allclose(groups.profiles[0], np.sqrt(power[[0, 2]].mean(axis=0)))
+    np.testing.assert_allclose(groups.profiles[1], np.sqrt(power[1]))
     separate = group_ctfs(params, grid, PIXEL, tolerance=0.0)
     assert separate.profiles.shape[0] == 5
 
@@ -399,8 +399,9 @@ def test_pruned_search_equals_dense_search(grid, volume, templates, snr, rank):
     shifts = shift_grid(2.0, 1.0)
     aligner = RadialSVDAligner(grid, template_polar, rank=rank, shifts=shifts, backend="cpu",
                                dtype=np.float64)
-    profile = aligner._groups(particles.ctf_params, PIXEL, len(images)).profiles[0]
-    rings = aligner.principal_rings(profile)
+    groups = aligner._groups(particles.ctf_params, PIXEL, len(images))
+    images = images * groups.tables[groups.index]
+    rings = aligner.principal_rings(groups.profiles[0])
     assert 2 * rings.rank <= grid.n_rings
     scale = aligner._template_scale(rings.ctf)
     phases = shift_phases(grid, shifts)
@@ -434,10 +435,11 @@ def test_pruned_search_is_exact_for_any_split_of_the_bound(grid, volume, templat
                                             snr=0.05, keep_clean=False, backend="cpu")
     images = polar_transform(particles.images, grid, backend="cpu")
     aligner = RadialSVDAligner(grid, template_polar, backend="cpu", dtype=np.float64)
-    profile = aligner._groups(particles.ctf_params, PIXEL, len(images)).profiles[0]
-    rings = aligner.principal_rings(profile)
+    groups = aligner._groups(particles.ctf_params, PIXEL, len(images))
+    rings = aligner.principal_rings(groups.profiles[0])
     assert 2 * rings.rank <= grid.n_rings
     scale = aligner._template_scale(rings.ctf)
+    images = images * groups.tables[groups.index]
     coefficients, zero = aligner._compress(images, aligner._projections(rings))
     assert len(coefficients) % alignment_pruned_cpu._ROWS != 0
     tops = []

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from cryohess_plugin.core.synthetic import atoms
-from cryohess_plugin.core import fourier, polar, rotations
+from cryohess_plugin.core import ctf, fourier, polar, rotations
 from cryohess_plugin.core.errors import InvalidDataError, ShapeError
-from cryohess_plugin.core.polar import PolarGrid, polar_transform, ring_coefficients, shift_phases
+from cryohess_plugin.core.polar import (PolarGrid, ctf_on_grid, polar_transform, ring_coefficients,
+                                        shift_phases)
 from cryohess_plugin.core.projector import FourierSliceProjector
 from cryohess_plugin.core.alignment.brute_force import (brute_force_align, rotate_and_shift,
                                                         rotated_inner_products)
@@ -238,6 +239,40 @@ def test_rotate_and_shift_turns_x_towards_y_then_moves():
     expected = gaussian_blobs(box, [[0.0 + 3.0, 8.0 - 2.0]], [2.0], [1.0])
     np.testing.assert_allclose(rotate_and_shift(template, np.pi / 2, (3.0, -2.0)), expected,
                                atol=3e-3)
+
+
+def test_ctf_on_grid_equals_the_ctf_at_the_nodes():
+    """Every CTF term (astigmatism, phase plate, envelope, phase flip) at the polar nodes:
+    the float64 values are those of ``ctf_stack``, the float32 ones within 1e-6."""
+    grid = PolarGrid.from_max_frequency(64, 20.0)
+    params = [ctf.CTFParams(21000.0, 19500.0, 37.0, 300.0, 2.7, 0.1),
+              ctf.CTFParams(9000.0, 8000.0, 120.0, 200.0, 2.0, 0.07, phase_shift=60.0,
+                            bfactor=40.0),
+              ctf.CTFParams(15000.0, 14000.0, -20.0, 300.0, 2.7, 0.1, phase_flipped=True)]
+    exact = ctf.ctf_stack(params, grid.kx, grid.ky, grid.box, PIXEL)
+    values = ctf_on_grid(params, grid, PIXEL)
+    np.testing.assert_allclose(values.reshape(3, -1), exact, rtol=0, atol=1e-12)
+    single = ctf_on_grid(params, grid, PIXEL, dtype=np.float32)
+    assert single.dtype == np.float32
+    assert np.abs(single.reshape(3, -1) - exact).max() <= 1e-6
+    assert np.all(single[2] >= 0)
+
+
+def test_rotated_inner_products_with_each_images_ctf():
+    """With CTFs, every posed template is multiplied by the image's CTF (apply_ctf) before
+    the product, and ``normalized`` divides by the norm of that product's template."""
+    images = random_blob_images(32, 2, rng=6, radius=4.0)
+    templates = random_blob_images(32, 2, rng=7, radius=4.0)
+    params = [ctf.CTFParams(12000.0, 10000.0, 30.0, 300.0, 2.7, 0.1),
+              ctf.CTFParams(20000.0, 20000.0, 0.0, 300.0, 2.7, 0.1)]
+    scores = rotated_inner_products(images, templates, [0.7], ctf_params=params,
+                                    pixel_size=PIXEL, normalized=True)
+    for i, j in np.ndindex(2, 2):
+        posed = ctf.apply_ctf(rotate_and_shift(templates[j], 0.7), params[i], PIXEL)
+        np.testing.assert_allclose(scores[i, j, 0],
+                                   np.sum(images[i] * posed) / np.linalg.norm(posed))
+    with pytest.raises(ShapeError, match="one per image"):
+        rotated_inner_products(images, templates, [0.7], ctf_params=params[:1], pixel_size=PIXEL)
 
 
 def test_rotated_inner_products_shapes_and_values():

@@ -7,7 +7,6 @@ converter reads must be the simulation's, so the conventions of
 docs/conventions.md agree with RELION's and Scipion's.
 """
 import numpy as np
-from pwem.protocols import ProtImportParticles
 from pyworkflow.tests import setupTestProject
 
 from cryohess_plugin import convert
@@ -15,18 +14,14 @@ from cryohess_plugin.core.rotations import angular_distance
 from cryohess_plugin.core.synthetic import simulate_particles
 
 from .helpers import phantom_volume
-from .relion_star import write_relion_star
+from .relion_star import import_relion, write_relion_star
 from .scipion_base import CryoHessTestCase
 
 BOX, PIXEL = 32, 3.0
 
 
 def importRelion(testCase, star, phaseFlipped=False):
-    protocol = testCase.newProtocol(
-        ProtImportParticles, importFrom=ProtImportParticles.IMPORT_FROM_RELION, starFile=star,
-        samplingRate=PIXEL, voltage=300.0, sphericalAberration=2.7, amplitudeContrast=0.1,
-        haveDataBeenPhaseFlipped=phaseFlipped)
-    return testCase.launchProtocol(protocol)
+    return import_relion(testCase, star, PIXEL, phaseFlipped)
 
 
 class TestRelionImport(CryoHessTestCase):

@@ -40,6 +40,9 @@ _RELATIVISTIC_FACTOR = 0.978466e-6
 # ctf_stack works on blocks of particles of about this many values, so its
 # float64 temporaries stay near 64 MiB.
 _BLOCK_ELEMENTS = 2 ** 23
+# ctf_rings takes this many particles at once: its float64 temporaries stay in the
+# cache (3x faster than one block of 1024 at the alignment's 49 x 49 half rings).
+_RING_BLOCK = 64
 
 
 @dataclass(frozen=True)
@@ -187,6 +190,46 @@ def ctf_stack(params_list, kx, ky, box, pixel_size, dtype=np.float64):
     for start in range(0, len(params_list), block):
         columns = _parameter_columns(params_list[start:start + block])
         out[start:start + block] = _ctf_values(columns, s2, theta)
+    return out
+
+
+def ctf_rings(params_list, radii, angles, box, pixel_size, dtype=np.float64):
+    """CTF of many particles on rings: ``(n, len(radii), len(angles))``.
+
+    The values of :func:`ctf_stack` at ``k = radii[r] (cos, sin)(angles[j])``
+    (cycles per box), with ``|k|`` taken once per ring and the direction once
+    per angle (the polar grids of the alignment).  ``dtype=np.float64`` gives
+    the arithmetic of :func:`ctf_stack`.  ``np.float32`` folds the amplitude
+    contrast into the phase (``sqrt(1 - A^2) sin chi + A cos chi = sin(chi +
+    arcsin A)``), reduces the phase modulo ``2 pi`` in float64 and takes its
+    sine in float32, numpy's vectorised single-precision sine (about 40x
+    faster than the double-precision one per value): absolute error below 1e-6.
+    """
+    s2, _ = _polar(np.asarray(radii, dtype=np.float64), 0.0, box, pixel_size)
+    theta = np.asarray(angles, dtype=np.float64)
+    if s2.ndim != 1 or theta.ndim != 1:
+        raise ShapeError(f"radii and angles must be 1-D, got {s2.shape} and {theta.shape}")
+    dtype = np.dtype(dtype)
+    out = np.empty((len(params_list), s2.size, theta.size), dtype=dtype)
+    for start in range(0, len(params_list), _RING_BLOCK):
+        p = {name: values[:, :, None] for name, values in
+             _parameter_columns(params_list[start:start + _RING_BLOCK]).items()}
+        if dtype == np.float64:
+            out[start:start + _RING_BLOCK] = _ctf_values(p, s2[:, None], theta[None, :])
+            continue
+        wavelength = electron_wavelength(p["voltage"])
+        defocus = 0.5 * (p["defocus_u"] + p["defocus_v"]
+                         + (p["defocus_u"] - p["defocus_v"])
+                         * np.cos(2 * (theta[None, None, :] - np.deg2rad(p["defocus_angle"]))))
+        chi = (np.pi * wavelength * s2[:, None]) * defocus
+        chi += (np.deg2rad(p["phase_shift"]) + np.arcsin(p["amplitude_contrast"])
+                - 0.5 * np.pi * p["spherical_aberration"] * 1e7 * wavelength ** 3
+                * s2[:, None] ** 2)
+        chi -= (2 * np.pi) * np.round(chi * (0.5 / np.pi))
+        values = np.sin(chi.astype(np.float32)) * np.exp(-p["bfactor"] * s2[:, None] / 4).astype(
+            np.float32)
+        out[start:start + _RING_BLOCK] = np.where(p["phase_flipped"].astype(bool), np.abs(values),
+                                                  values)
     return out
 
 

@@ -18,7 +18,7 @@ import scipy.fft
 
 from . import fourier
 from .fourier import bandwidth, frequency_for_resolution, radial_quadrature, validate_band
-from .ctf import ctf_stack
+from .ctf import ctf_rings
 from .errors import InvalidDataError, ShapeError
 from .kernels import polar_cpu, resolve_backend
 
@@ -107,10 +107,16 @@ def shift_phases(grid, shifts):
     return phases.reshape(len(shifts), grid.n_rings, grid.n_angles)
 
 
-def radial_ctf(ctf_params, grid, pixel_size):
-    """Angular average of each particle's CTF on every ring: ``(n, R)`` float64."""
-    values = ctf_stack(ctf_params, grid.kx, grid.ky, grid.box, pixel_size)
-    return values.reshape(len(ctf_params), grid.n_rings, grid.n_angles).mean(axis=-1)
+def ctf_on_grid(ctf_params, grid, pixel_size, dtype=np.float64):
+    """Each particle's CTF at the nodes of ``grid``: ``(n, R, Q)``.
+
+    The CTF is even (``C(-k) = C(k)``), so the half ring ``j < Q / 2`` is
+    evaluated (:func:`.ctf.ctf_rings`, float32 or float64 as ``dtype``) and
+    repeated on the antipodal half.
+    """
+    half = ctf_rings(ctf_params, grid.radii, grid.angles[:grid.n_angles // 2], grid.box,
+                     pixel_size, dtype)
+    return np.concatenate([half, half], axis=-1)
 
 
 def polar_transform(images, grid, backend="auto", dtype=np.float32):
@@ -228,7 +234,7 @@ class _OversampledWindow:
         along_x = (flat @ self.x_transform).view(self.complex_dtype).reshape(n, box, -1)
         along_x *= self.y_deapodization
         spectra = scipy.fft.fft(along_x, n=self.size, axis=1, overwrite_x=True,
-                                workers=fourier.FFT_WORKERS)
+                                workers=fourier.fft_workers())
         # C order for the kernel, whatever layout the FFT returned.
         windows = np.empty((n, self.rows.size, spectra.shape[2]), dtype=self.complex_dtype)
         return np.multiply(spectra[:, self.rows], self.row_phase, out=windows)

@@ -16,7 +16,9 @@ i.e. rotated counter-clockwise by ``gamma`` (radians) about the centre in
 the (x, y) plane, so that the +x axis turns towards +y, then moved by
 ``t = (tx, ty)`` pixels (the particle-centre offset of the core's shifts).
 Scores are raw inner products ``sum_x A(x) B_{gamma, t}(x)``, whose argmax is
-the maximum-likelihood pose under white Gaussian noise.
+the maximum-likelihood pose under white Gaussian noise.  With CTFs, each
+image's CTF multiplies every posed template, ``C_i (B_{gamma, t})``: the
+per-particle 2-D CTF, fixed in the image frame (:func:`.ctf.apply_ctf`).
 
 Interpolation is SciPy's cubic B-spline (``order=3``) with zeros outside the
 box: it is independent of the Keys-kernel Fourier interpolation under test,
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.ndimage
 
+from ..ctf import apply_ctf
 from ..errors import InvalidDataError, ShapeError
 
 _MODE = "grid-constant"
@@ -58,18 +61,26 @@ def rotate_and_shift(image, angle, shift=(0.0, 0.0)):
     return _transform(coefficients, angle, np.asarray(shift, dtype=np.float64))
 
 
-def rotated_inner_products(images, templates, angles, shifts=None):
+def rotated_inner_products(images, templates, angles, shifts=None, ctf_params=None,
+                           pixel_size=None, normalized=False):
     """Inner products of every image with every rotated (and shifted) template.
 
     :param images: real ``(nA, D, D)``.
     :param templates: real ``(nB, D, D)``.
     :param angles: ``(n_angles,)`` rotation angles in radians.
     :param shifts: ``(n_shifts, 2)`` offsets ``(tx, ty)`` in pixels, or None.
+    :param ctf_params: None, or one :class:`.ctf.CTFParams` per image that
+        multiplies every posed template before the product (with ``pixel_size`` Å).
+    :param normalized: divide each product by the norm of its (CTF-multiplied)
+        posed template.
     :returns: float64 ``(nA, nB, n_angles)``, or ``(nA, nB, n_angles, n_shifts)``
         with shifts: ``sum_x A(x) B_{gamma, t}(x)``.
     """
     images, templates, angles, shift_list = _validate(images, templates, angles, shifts)
-    scores = np.stack([_template_scores(images, template, angles, shift_list)
+    if ctf_params is not None and len(ctf_params) != len(images):
+        raise ShapeError(f"{len(ctf_params)} CTFs for {len(images)} images; give one per image")
+    scores = np.stack([_template_scores(images, template, angles, shift_list, ctf_params,
+                                        pixel_size, normalized)
                        for template in templates], axis=1)
     return scores if shifts is not None else scores[..., 0]
 
@@ -108,14 +119,34 @@ def brute_force_align(images, templates, angles, shifts=None, template_weights=N
     return BruteForceAlignment(best_template, angles[best_angle], shift_list[best_shift], best)
 
 
-def _template_scores(images, template, angles, shifts):
+def _template_scores(images, template, angles, shifts, ctf_params=None, pixel_size=None,
+                     normalized=False):
     """``(nA, n_angles, n_shifts)`` inner products of ``images`` with one template's poses."""
     coefficients = scipy.ndimage.spline_filter(template, order=3, mode=_MODE)
     posed = np.stack([_transform(coefficients, angle, shift)
                       for angle in angles for shift in shifts])
     flat_images = images.reshape(images.shape[0], -1)
-    scores = flat_images @ posed.reshape(posed.shape[0], -1).T
+    if ctf_params is None:
+        scores = _products(flat_images, posed.reshape(posed.shape[0], -1), normalized)
+    else:
+        scores = np.empty((images.shape[0], posed.shape[0]))
+        distinct = {}
+        for i, params in enumerate(ctf_params):
+            distinct.setdefault(params, []).append(i)
+        for params, members in distinct.items():
+            filtered = apply_ctf(posed, params, pixel_size).reshape(posed.shape[0], -1)
+            scores[members] = _products(flat_images[members], filtered, normalized)
     return scores.reshape(images.shape[0], len(angles), len(shifts))
+
+
+def _products(flat_images, flat_posed, normalized):
+    """``(n, poses)`` products of image rows with posed templates, over their norms if
+    ``normalized`` (0 for an empty template)."""
+    scores = flat_images @ flat_posed.T
+    if normalized:
+        norms = np.linalg.norm(flat_posed, axis=1)
+        scores = np.divide(scores, norms, out=np.zeros_like(scores), where=norms > 0)
+    return scores
 
 
 def _transform(coefficients, angle, shift):

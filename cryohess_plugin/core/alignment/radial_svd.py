@@ -57,23 +57,33 @@ full-rank landscape.  With refinement the images' rings are transformed once,
 all of them, and the search's compressed coefficients are projections of those
 (projection and FFT commute).
 
-**CTF.**  Particles are grouped by their angularly averaged CTF
-(:func:`group_ctfs`); every group aligns against its templates multiplied by
-the group's mean radial CTF ``c(k_r)``, with its own kernel
-``C_g = diag(c) C diag(c)`` (``docs/methods/radial_svd_alignment.md`` §1.6).
-The radial average ignores astigmatism: the particle's CTF is taken as
-rotating with the template.
+**CTF** (``docs/methods/radial_svd_alignment.md`` §1.6).  The model of a
+particle is ``A = alpha C (R_gamma B) + noise`` with its own CTF ``C`` fixed in
+the image frame (astigmatism and all), and ``<A, C R_gamma B> = <C A, R_gamma
+B>``: every image is multiplied by its CTF at the polar nodes and compared with
+the CTF-free templates, an exact numerator.  Particles are grouped by their
+root-mean-square CTF per ring ``s`` (:func:`group_ctfs`); each group's kernel
+is ``diag(s) C diag(s)`` and its compression oblique, ``U_H^T diag(eta / s)``
+on the CTF-multiplied images and ``U_H^T diag(eta s)`` on the templates: their
+product is exact at ``H = R`` for any ``s``, the compression is the paper's for
+templates multiplied by ``s``, and dividing ``C A`` by ``s`` makes its noise
+white again on the rescaled rings.
 
 **Shifts.**  Each candidate core shift ``t`` (particle centre offset from the
 box centre, pixels) is undone on the polar samples before compression
 (:func:`.polar.shift_phases`); every (image, shift) pair is one row.
 
-**Score.**  ``X(gamma) / (||A|| ||c B||)``, norms from all rings (full rank,
-``q = 0`` included): the normalised cross-correlation, in ``[-1, 1]`` at full
-rank.  Per image it ranks poses as the Gaussian log-likelihood does once the
-unknown positive contrast of the particle is profiled out
-(``max_alpha 2 alpha X - alpha^2 ||B||^2 = X^2 / ||B||^2``), so templates of
-different norms (different CTFs, views) compete fairly.
+**Score.**  ``X(gamma) / (||A|| ||C R_gamma B||)``, norms from all rings (full
+rank, ``q = 0`` included): the normalised cross-correlation of the particle
+with the CTF-modulated, rotated template, in ``[-1, 1]`` at full rank.  Per
+image it ranks poses as the Gaussian log-likelihood does once the unknown
+positive contrast of the particle is profiled out (``max_alpha 2 alpha X -
+alpha^2 ||C R_gamma B||^2 = X^2 / ||C R_gamma B||^2``), so templates of
+different norms (views, CTFs) compete fairly.  With astigmatism
+``||C R_gamma B||`` depends on ``gamma``: the search uses the group's
+rotation-averaged norm ``||s B||``, and the refinement the exact one of each
+particle (:meth:`RadialSVDAligner._ctf_norms`), so it also runs at full rank
+when there are CTFs.
 """
 from dataclasses import astuple, dataclass
 
@@ -81,12 +91,13 @@ import numpy as np
 import scipy.fft
 
 from .. import rotations as rot
+from ..contrast import polarity_from_scores
 from ..errors import InvalidDataError, MissingMetadataError, ShapeError
-from ..fourier import FFT_WORKERS, frequency_for_resolution, working_dtypes
+from ..fourier import fft_workers, frequency_for_resolution, working_dtypes
 from ..kernels import alignment_cpu, alignment_pruned_cpu, resolve_backend
 from ..kernels.alignment_cpu import SearchStatistics
 from ..progress import Reporter
-from ..polar import PolarGrid, radial_ctf, shift_phases
+from ..polar import PolarGrid, ctf_on_grid, shift_phases
 from ..storage import load_fields, save_fields
 
 #: How the templates are centred before their kernel (:func:`radial_kernel`).
@@ -104,6 +115,10 @@ _REFINE_CHUNK = 128
 # Images or templates per batch of ring FFTs: input and output stay in the
 # L2 cache (10-15 % faster than batches of 128).
 _FFT_CHUNK = 32
+# A group's root-mean-square CTF is floored at this fraction of its maximum
+# before the images are divided by it (``_Projections``): only rings the CTF
+# all but removes are raised, and the product stays exact at ``H = R``.
+_CTF_FLOOR = 1e-3
 
 
 @dataclass
@@ -117,7 +132,8 @@ class AlignmentResult:
     :param group: ``(n,)`` CTF group of each image.
     :param ranks: ``(G,)`` number ``H`` of principal rings used per group.
     :param eigenvalues: ``(G, R)`` descending spectrum of the kernel of each group.
-    :param group_ctf: ``(G, R)`` mean radial CTF of each group (ones without CTF).
+    :param group_ctf: ``(G, R)`` root-mean-square CTF of each group on every ring (ones
+        without CTF).
     :param top_template, top_angle, top_shift, top_score: ``(n, k)`` the ``k``
         best templates, each at its best angle and shift, best first; None
         when ``top_k == 1``.
@@ -177,9 +193,17 @@ class AlignmentResult:
 
 @dataclass(frozen=True)
 class CTFGroups:
-    """Particles grouped by radial CTF: ``labels`` ``(n,)``, mean ``profiles`` ``(G, R)``."""
+    """Particles grouped by their CTF power (:func:`group_ctfs`).
+
+    ``labels`` ``(n,)`` the group of each particle; ``profiles`` ``(G, R)``
+    the root-mean-square CTF of each group on every ring; ``index`` ``(n,)``
+    the distinct CTF of each particle and ``tables`` ``(m, R, Q)`` those CTFs
+    at the grid's nodes (None without CTF).
+    """
     labels: np.ndarray
     profiles: np.ndarray
+    index: np.ndarray = None
+    tables: np.ndarray = None
 
 
 @dataclass(frozen=True)
@@ -188,13 +212,29 @@ class PrincipalRings:
 
     ``kernel`` ``(R, R)``; ``eigenvalues`` ``(R,)`` descending; ``vectors``
     ``(R, R)`` the matching eigenvectors as columns; ``rank`` the ``H`` used;
-    ``ctf`` ``(R,)`` the radial CTF the templates are multiplied by.
+    ``ctf`` ``(R,)`` the group's root-mean-square CTF on every ring (floored at
+    :data:`_CTF_FLOOR` of its maximum), the weight of the kernel, the
+    compression and the search's template norms.
     """
     kernel: np.ndarray
     eigenvalues: np.ndarray
     vectors: np.ndarray
     rank: int
     ctf: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Projections:
+    """The real maps of one group (:meth:`RadialSVDAligner._projections`).
+
+    ``image`` ``(H, R)`` and ``image_zero`` ``(K, R)`` act on the ring
+    coefficients of CTF-multiplied images, ``template`` and ``template_zero``
+    on those of CTF-free templates.
+    """
+    image: np.ndarray
+    image_zero: np.ndarray
+    template: np.ndarray
+    template_zero: np.ndarray
 
 
 def alignment_grid(box, pixel_size=None, resolution=None):
@@ -239,16 +279,23 @@ def shift_grid(max_shift, step=1.0, dimensions=2):
     return lattice[order]
 
 
-def group_ctfs(ctf_params, grid, pixel_size, tolerance=5e-2):
-    """Group particles whose radial CTFs differ by at most ``tolerance``.
+def group_ctfs(ctf_params, grid, pixel_size, tolerance=5e-2, dtype=np.float64):
+    """Each particle's CTF on the grid, and groups of particles of similar CTF power.
 
-    Distinct parameter sets are visited in order of first appearance; each joins
-    the first group whose representative (its first member) is within
-    ``tolerance`` in relative L2 distance on the rings, weighted by the
-    quadrature (the disc's area), or starts a new group.  A group's profile is
-    the mean radial CTF of its particles.
+    Every distinct parameter set's CTF is evaluated at the grid's nodes
+    (:func:`.polar.ctf_on_grid`) and its root-mean-square over the angles of
+    every ring, ``s[r] = sqrt(mean_j C[r, j]^2)``, computed.  Distinct sets
+    are visited in order of first appearance; each joins the first group
+    whose representative (its first member) is within ``tolerance`` in
+    relative L2 distance of ``s`` on the rings, weighted by the quadrature
+    (the disc's area), or starts a new group.  A group's profile is the root
+    mean square over its particles (``sqrt`` of the mean ``s^2``): it weights
+    the group's kernel and compression and its templates' norms in the search
+    (``docs/methods/radial_svd_alignment.md`` §1.6), while every image is
+    multiplied by its own CTF.
 
     :param ctf_params: one :class:`.ctf.CTFParams` per particle.
+    :param dtype: precision of the CTF values (:func:`.ctf.ctf_rings`).
     :returns: :class:`CTFGroups`.
     """
     if pixel_size is None or not np.isfinite(pixel_size) or pixel_size <= 0:
@@ -258,7 +305,9 @@ def group_ctfs(ctf_params, grid, pixel_size, tolerance=5e-2):
         raise InvalidDataError(f"the CTF grouping tolerance must be >= 0, got {tolerance}")
     distinct = {}
     index = np.array([distinct.setdefault(params, len(distinct)) for params in ctf_params])
-    profiles = radial_ctf(list(distinct), grid, pixel_size)
+    tables = ctf_on_grid(list(distinct), grid, pixel_size, dtype)
+    power = np.mean(np.square(tables, dtype=np.float64), axis=-1)
+    profiles = np.sqrt(power)
     weights = grid.weights
 
     def norm(values):
@@ -275,11 +324,11 @@ def group_ctfs(ctf_params, grid, pixel_size, tolerance=5e-2):
                 continue
         group_of[u] = len(representatives)
         representatives.append(profile)
-    labels = group_of[index]
     counts = np.bincount(index, minlength=len(profiles)).astype(np.float64)
     sums = np.zeros((len(representatives), grid.n_rings))
-    np.add.at(sums, group_of, counts[:, None] * profiles)
-    return CTFGroups(labels, sums / np.bincount(group_of, counts)[:, None])
+    np.add.at(sums, group_of, counts[:, None] * power)
+    return CTFGroups(group_of[index], np.sqrt(sums / np.bincount(group_of, counts)[:, None]),
+                     index, tables)
 
 
 def radial_kernel(coefficients, weights, centring="template"):
@@ -421,15 +470,16 @@ class RadialSVDAligner:
     :param grid: :class:`.polar.PolarGrid` of the polar samples.
     :param template_polar: ``(n_B, R, Q)`` complex polar samples of the
         CTF-free templates (e.g. ``project_polar`` of a volume, or
-        ``polar_transform`` of 2-D references).
+        ``polar_transform`` of 2-D references); the aligner keeps a reference
+        to them for the norms under astigmatic CTFs.
     :param rank: fixed number ``H`` of principal rings, or None to choose it
         per CTF group from ``tolerance``; ``H = R`` is the exact full-rank path.
     :param tolerance: keep the eigenvalues above ``tolerance * lambda_1``.
     :param min_rank: lower bound of the automatic ``H``.
     :param shifts: ``(n_shifts, 2)`` candidate core shifts in pixels
         (:func:`shift_grid`); None searches ``(0, 0)`` only.
-    :param ctf_tolerance: relative distance within which radial CTFs share a
-        group (:func:`group_ctfs`).
+    :param ctf_tolerance: relative distance within which root-mean-square CTFs
+        share a group (:func:`group_ctfs`).
     :param kernel_centring: ``"template"`` (the paper's, default) or
         ``"population"`` (:func:`radial_kernel`).
     :param exact_zero_frequency: compute the rotation-invariant term from all
@@ -501,6 +551,10 @@ class RadialSVDAligner:
         # Ring-major (R, n_B, Q/2): compressing all templates is one GEMM.
         self._templates = self._half_coefficients(template_polar)
         self._template_energy = self._ring_energy(self._templates)
+        # Kept for the ring coefficients of |B|^2 that astigmatic CTFs need
+        # (_template_power), computed on the first such call.
+        self._template_polar = template_polar
+        self._power_coefficients = None
         self._template_kernel = _kernel_from_half(self._templates, grid.weights, kernel_centring)
 
     @property
@@ -536,18 +590,25 @@ class RadialSVDAligner:
         if len(ctf_params) != count:
             raise ShapeError(f"got {len(ctf_params)} CTFs for {count} images; give one CTF per "
                              "image, or None to align without CTF")
-        return group_ctfs(ctf_params, self.grid, pixel_size, self.ctf_tolerance)
+        return group_ctfs(ctf_params, self.grid, pixel_size, self.ctf_tolerance, self.dtype)
 
     # ----------------------------------------------------------------- representation
-    def _half_coefficients(self, polar):
-        """Ring coefficients ``q = 0 .. Q/2 - 1`` of polar samples, ring-major ``(R, n, Q/2)``."""
-        n_angles = self.grid.n_angles
-        out = np.empty((polar.shape[1], polar.shape[0], n_angles // 2), dtype=self.complex_dtype)
+    def _half_coefficients(self, polar, power=False):
+        """Ring coefficients ``q = 0 .. Q/2 - 1`` ring-major ``(R, n, Q/2)`` of polar samples,
+        or with ``power`` of their squared moduli ``|P[r, j]|^2`` (samples real or complex)."""
+        half = self.grid.n_angles // 2
+        out = np.empty((polar.shape[1], polar.shape[0], half), dtype=self.complex_dtype)
         for start in range(0, polar.shape[0], _FFT_CHUNK):
-            part = scipy.fft.fft(polar[start:start + _FFT_CHUNK].astype(self.complex_dtype,
-                                                                         copy=False),
-                                 axis=-1, norm="forward", workers=FFT_WORKERS)
-            out[:, start:start + _FFT_CHUNK] = part[..., :n_angles // 2].transpose(1, 0, 2)
+            part = polar[start:start + _FFT_CHUNK]
+            if power:
+                squared = (np.square(part.real, dtype=self.dtype)
+                           + np.square(part.imag, dtype=self.dtype) if np.iscomplexobj(part)
+                           else np.square(part, dtype=self.dtype))
+                part = scipy.fft.rfft(squared, axis=-1, norm="forward", workers=fft_workers())
+            else:
+                part = scipy.fft.fft(part.astype(self.complex_dtype, copy=False), axis=-1,
+                                     norm="forward", workers=fft_workers())
+            out[:, start:start + _FFT_CHUNK] = part[..., :half].transpose(1, 0, 2)
         return out
 
     @staticmethod
@@ -559,23 +620,71 @@ class RadialSVDAligner:
         """:meth:`_ring_energy` from polar samples: Parseval, minus the Nyquist bin."""
         return alignment_cpu.polar_energy(polar)
 
+    @property
+    def _template_power(self):
+        """Ring coefficients ``(R, n_B, Q/2)`` of the templates' ``|B|^2``."""
+        if self._power_coefficients is None:
+            self._power_coefficients = self._half_coefficients(self._template_polar, power=True)
+        return self._power_coefficients
+
     def _norms(self, energy, ctf):
         """Full-rank norms ``sqrt(2 pi / D^2 sum_r w_r c_r^2 E_r)`` of ring energies ``(n, R)``."""
         # Not a BLAS matrix-vector product: that small product woke BLAS threads,
         # which waited for cores held by numba's spinning threads (~1 ms a call).
         return np.sqrt(self._factor * np.einsum("nr,r->n", energy, self.grid.weights * ctf ** 2))
 
+    def _angle_landscape(self, xhat):
+        """``X(gamma_j)`` ``(..., Q)`` from ``Xhat`` ``q = 0 .. Q/2 - 1`` ``(..., Q/2)``.
+
+        ``q`` and ``-q`` together; times the landscape's factor ``2 pi / D^2``.
+        """
+        n_angles = self.grid.n_angles
+        spectrum = np.zeros(xhat.shape[:-1] + (n_angles,), xhat.dtype)
+        spectrum[..., 0] = xhat[..., 0].real
+        spectrum[..., 1:n_angles // 2] = 2 * xhat[..., 1:]
+        # A few hundred short transforms: one thread (handing them to a second
+        # one cost more than it saved, ~3 ms per run on 2 cores).
+        return scipy.fft.fft(spectrum, axis=-1, workers=1).real * self._factor
+
+    def _ctf_norms(self, power, candidates):
+        """``||C_i R_gamma B_t||`` ``(n, k, Q)`` (or ``(n, k, 1)``) of each image's CTF with
+        its ``candidates`` ``(n, k)``.
+
+        ``||C R_gamma B||^2 = (2 pi / D^2) sum_r w_r mean_j C[r, j]^2
+        |B[r, j - gamma]|^2``, a circular correlation over the angles of ``C^2``
+        and ``|B|^2``, is evaluated like a landscape from their ring
+        coefficients, ``power`` ``(n, R, Q/2)`` (:meth:`_ctf_power`).  Radial
+        CTFs give ``power`` ``(n, R)``, the ring means of ``C^2``, and norms
+        that do not depend on ``gamma``: ``(2 pi / D^2) sum_r w_r mean_j
+        C[r, j]^2 E_t[r]``.
+        """
+        if power.ndim == 2:
+            energy = self._template_energy[candidates] * self.grid.weights
+            return np.sqrt(self._factor * np.einsum("nr,nkr->nk", power, energy))[..., None]
+        xhat = alignment_cpu.candidate_spectra(power[:, None], self.grid.weights,
+                                               self._template_power, candidates)
+        return np.sqrt(np.maximum(self._angle_landscape(xhat)[:, 0], 0))
+
     # ----------------------------------------------------------------- kernel
     def principal_rings(self, ctf_profile=None, rank=None):
-        """Kernel, spectrum and rank for templates multiplied by ``ctf_profile`` ``(R,)``.
+        """Kernel, spectrum and rank of templates weighted by the CTF profile ``(R,)``.
+
+        The kernel of :func:`radial_kernel` of the templates multiplied by
+        ``s = ctf_profile`` on every ring, ``diag(s) C diag(s)``: the profile is
+        a group's root-mean-square CTF (:func:`group_ctfs`), floored at
+        :data:`_CTF_FLOOR` of its maximum.
 
         :param rank: ``H`` to use, or None for the aligner's rank (fixed or automatic).
         """
         ctf = (np.ones(self.grid.n_rings) if ctf_profile is None
                else np.asarray(ctf_profile, dtype=np.float64))
         if ctf.shape != (self.grid.n_rings,):
-            raise ShapeError(f"the radial CTF must have shape ({self.grid.n_rings},), got "
+            raise ShapeError(f"the CTF profile must have shape ({self.grid.n_rings},), got "
                              f"{ctf.shape}")
+        if not (np.all(ctf >= 0) and ctf.max() > 0):
+            raise InvalidDataError("the CTF profile is a root-mean-square CTF: it must be >= 0 "
+                                   "and not zero on every ring; check the particles' CTFs")
+        ctf = np.maximum(ctf, _CTF_FLOOR * ctf.max())
         kernel = ctf[:, None] * self._template_kernel * ctf[None, :]
         eigenvalues, vectors = np.linalg.eigh(kernel)
         eigenvalues, vectors = eigenvalues[::-1], vectors[:, ::-1]
@@ -587,31 +696,39 @@ class RadialSVDAligner:
         return PrincipalRings(kernel, eigenvalues, vectors, rank, ctf)
 
     def _projections(self, rings):
-        """``U_H^T diag(eta)`` ``(H, R)`` for ``q != 0`` and the ``q = 0`` counterpart ``(K, R)``.
+        """The real maps of one group from ring coefficients to compressed ones.
 
-        Both act on CTF-free ring coefficients; ``q = 0`` keeps all rings
-        (``diag(eta)``) with :attr:`exact_zero_frequency`.
+        ``docs/methods/radial_svd_alignment.md`` §2.4: with ``U_H`` the
+        group's principal rings and ``s`` its profile, CTF-multiplied images
+        take ``U_H^T diag(eta / s)`` and CTF-free templates ``U_H^T diag(eta
+        s)``, so the compressed product approximates ``sum_r w_r conj(c a_r)
+        b_r`` and equals it at ``H = R``.  ``q = 0`` keeps all rings
+        (``diag(eta)`` on both sides) with :attr:`exact_zero_frequency`.
         """
-        projection = np.ascontiguousarray(rings.vectors[:, :rings.rank].T * self._eta[None, :])
-        return projection, (np.diag(self._eta) if self.exact_zero_frequency else projection)
+        basis = rings.vectors[:, :rings.rank].T * self._eta[None, :]
+        image = np.ascontiguousarray(basis / rings.ctf[None, :])
+        template = np.ascontiguousarray(basis * rings.ctf[None, :])
+        if self.exact_zero_frequency:
+            return _Projections(image, np.diag(self._eta), template, np.diag(self._eta))
+        return _Projections(image, image, template, template)
 
     def _compress(self, polar, projections):
         """Coefficients ``(n, H, Q/2 - 1)`` of ``q = 1 .. Q/2 - 1`` and ``(n, K)`` of ``q = 0``.
 
-        The rings are projected first and then transformed over the angles
-        (the two commute), so only ``H`` rings go through the FFT.
+        ``polar`` are CTF-multiplied image samples.  The rings are projected
+        first and then transformed over the angles (the two commute), so only
+        ``H`` rings go through the FFT.
         """
-        projection, zero_projection = projections
         n_angles = self.grid.n_angles
         polar = np.ascontiguousarray(polar, dtype=self.complex_dtype)
-        rings = _project_rings(projection, polar)
-        coefficients = scipy.fft.fft(rings, axis=-1, workers=FFT_WORKERS)[..., 1:n_angles // 2]
+        rings = _project_rings(projections.image, polar)
+        coefficients = scipy.fft.fft(rings, axis=-1, workers=fft_workers())[..., 1:n_angles // 2]
         coefficients /= n_angles
-        zero = polar.mean(axis=-1).real @ zero_projection.T
+        zero = polar.mean(axis=-1).real @ projections.image_zero.T
         return coefficients.astype(self.complex_dtype), zero
 
     def _compressed_templates(self, rings_list):
-        """CTF-multiplied, compressed templates of several groups from one GEMM.
+        """Compressed templates of several groups from one GEMM.
 
         The template coefficients (tens of MB) are read once for all groups
         instead of once per group.  :returns: per group ``(H, n_B, Q/2)``
@@ -619,20 +736,19 @@ class RadialSVDAligner:
         """
         n_rings, n_templates, half = self._templates.shape
         stacked = [self._projections(rings) for rings in rings_list]
-        projection = np.concatenate([p * rings.ctf[None, :]
-                                     for (p, _), rings in zip(stacked, rings_list)])
+        projection = np.concatenate([p.template for p in stacked])
         compressed = _project_rings(projection, self._templates.reshape(n_rings, -1))
         compressed = compressed.reshape(-1, n_templates, half)
         zero_coefficients = self._templates[:, :, 0].real.T
         out, start = [], 0
-        for (p, zero_projection), rings in zip(stacked, rings_list):
-            zero = zero_coefficients @ (zero_projection * rings.ctf[None, :]).T
-            out.append((compressed[start:start + p.shape[0]], zero))
-            start += p.shape[0]
+        for p in stacked:
+            out.append((compressed[start:start + p.template.shape[0]],
+                        zero_coefficients @ p.template_zero.T))
+            start += p.template.shape[0]
         return out
 
     def _prepare_templates(self, rings, kernels, rows, scale, compressed=None):
-        """Templates of one group, CTF-multiplied and compressed, for a kernel module.
+        """Templates of one group, compressed, for a kernel module.
 
         Blocks hold ``block_size^2 / rows`` templates for image blocks of
         ``rows`` rows; ``scale`` ``(n_B,)`` multiplies each template's
@@ -672,6 +788,7 @@ class RadialSVDAligner:
                                    f"templates, got {top_k}")
         top_k = int(top_k)
         groups = self._groups(ctf_params, pixel_size, count)
+        power = self._ctf_power(groups)
         n_shifts = self.shifts.shape[0]
         phases = shift_phases(self.grid, self.shifts).astype(self.complex_dtype)
         # Only the zero shift (the default): no phases to multiply by.
@@ -700,18 +817,24 @@ class RadialSVDAligner:
                                                 template_scale,
                                                 compressed=compressed.pop(g, None))
             projections = self._projections(rings)
-            refine = self.refine_candidates > 0 and rings.rank < self.grid.n_rings
+            # The search's norms are the group's; the refinement scores with each
+            # image's own CTF, so it also runs at full rank when there is one.
+            refine = self.refine_candidates > 0 and (rings.rank < self.grid.n_rings
+                                                     or power is not None)
             for start in range(0, members.size, per_block):
                 index = members[start:start + per_block]
                 polar = image_polar[index]
                 image_norm[index] = self._norms(self._image_energy(polar),
                                                 np.ones(self.grid.n_rings))
+                ctf = None if groups.tables is None else groups.tables[groups.index[index]]
                 if refine:
                     # The refinement needs every ring's coefficients: transform all
                     # rings once and compress those (projection and FFT commute).
-                    full = self._full_coefficients(polar, None if identity else phases)
+                    full = self._full_coefficients(polar, ctf, None if identity else phases)
                     coefficients, zero = self._compress_coefficients(full, projections)
                 else:
+                    if ctf is not None:
+                        polar = polar * ctf
                     rows = [self._compress(polar if identity else polar * phase, projections)
                             for phase in phases]
                     coefficients = np.stack([c for c, _ in rows], axis=1).reshape(
@@ -721,7 +844,9 @@ class RadialSVDAligner:
                 block = top.select(index)
                 statistics += kernels.search(templates, coefficients, zero, n_shifts, *block)
                 if refine:
-                    block = self._refine(full, rings.ctf, template_scale, block[1])
+                    block = self._refine(full, None if power is None
+                                         else power[groups.index[index]], template_scale,
+                                         block[1])
                 top.store(index, block)
                 done += index.size
                 report("Images aligned", done, count)
@@ -739,14 +864,30 @@ class RadialSVDAligner:
             result.top_shift, result.top_score = shifts, scores
         return result
 
+    def _ctf_power(self, groups):
+        """The squared CTFs that :meth:`_ctf_norms` needs, one per distinct CTF.
+
+        Their ring coefficients ``(m, R, Q/2)`` when some CTF is astigmatic,
+        else (``C^2`` constant on every ring) their ring means ``(m, R)``;
+        None without CTF.
+        """
+        if groups.tables is None:
+            return None
+        tables = groups.tables
+        if np.all(tables == tables[..., :1]):
+            return np.mean(np.square(tables, dtype=np.float64), axis=-1)
+        return np.ascontiguousarray(
+            self._half_coefficients(tables, power=True).transpose(1, 0, 2))
+
     def _template_scale(self, ctf):
-        """``1 / ||c B||`` of every template (0 for empty templates)."""
+        """``1 / ||c B||`` of every template (0 for empty templates) for a radial ``c``."""
         norms = self._norms(self._template_energy, ctf)
         return np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
 
-    def _full_coefficients(self, polar, phases):
+    def _full_coefficients(self, polar, ctf, phases):
         """Ring coefficients ``q = 0 .. Q/2 - 1`` ``(n, S, R, Q/2)`` of the shifted images.
 
+        ``ctf`` ``(n, R, Q)`` multiplies the images first (None: no CTF);
         ``phases`` None: the zero shift only (``S = 1``).
         """
         half = self.grid.n_angles // 2
@@ -755,9 +896,12 @@ class RadialSVDAligner:
         for start in range(0, polar.shape[0], _FFT_CHUNK):
             chunk = slice(start, start + _FFT_CHUNK)
             part = polar[chunk, None].astype(self.complex_dtype, copy=False)
+            if ctf is not None:
+                part = part * ctf[chunk, None]
             shifted = part if phases is None else part * phases[None]
-            out[chunk] = scipy.fft.fft(shifted, axis=-1, overwrite_x=phases is not None,
-                                       norm="forward", workers=FFT_WORKERS)[..., :half]
+            out[chunk] = scipy.fft.fft(shifted, axis=-1,
+                                       overwrite_x=ctf is not None or phases is not None,
+                                       norm="forward", workers=fft_workers())[..., :half]
         return out
 
     def _compress_coefficients(self, full, projections):
@@ -765,38 +909,35 @@ class RadialSVDAligner:
 
         Projecting the coefficients equals transforming the projected rings.
         """
-        projection, zero_projection = projections
         rows = full.shape[0] * full.shape[1]
-        compressed = _project_rings(projection, full)[..., 1:]
-        zero = full[..., 0].real.reshape(rows, -1) @ zero_projection.T
+        compressed = _project_rings(projections.image, full)[..., 1:]
+        zero = full[..., 0].real.reshape(rows, -1) @ projections.image_zero.T
         return compressed.reshape((rows,) + compressed.shape[2:]), zero
 
-    def _refine(self, full, ctf, template_scale, candidates):
+    def _refine(self, full, power, template_scale, candidates):
         """Full-rank scores of each image's ``candidates`` ``(n, k)``, re-ranked.
 
-        The same landscape as the compressed search with ``H = R``, evaluated
-        per (image, candidate) at every shift and angle, from the images'
-        :meth:`_full_coefficients` ``full``.
+        The landscape with ``H = R``, evaluated per (image, candidate) at every
+        shift and angle from the images' :meth:`_full_coefficients` ``full``,
+        over ``||C_i R_gamma B||`` from each image's CTF ``power``
+        (:meth:`_ctf_norms`) or, without CTF, times ``template_scale``.
         :returns: score, template, angle and shift arrays ``(n, k)``, best first.
         """
         n_angles = self.grid.n_angles
-        half = n_angles // 2
         n_images, kept = candidates.shape
         out = [np.empty((n_images, kept), dtype) for dtype in
                (self.dtype, np.int64, np.int64, np.int64)]
-        weights = self.grid.weights * ctf
         for start in range(0, n_images, _REFINE_CHUNK):
             chunk = slice(start, start + _REFINE_CHUNK)
-            images = full[chunk]
             chosen = candidates[chunk]
-            xhat = alignment_cpu.candidate_spectra(images, weights, self._templates, chosen)
-            spectrum = np.zeros(xhat.shape[:-1] + (n_angles,), xhat.dtype)
-            spectrum[..., 0] = xhat[..., 0].real
-            spectrum[..., 1:half] = 2 * xhat[..., 1:]
-            # A few hundred short transforms: one thread (handing them to a second
-            # one cost more than it saved, ~3 ms per run on 2 cores).
-            landscape = scipy.fft.fft(spectrum, axis=-1, workers=1).real * self._factor
-            landscape *= template_scale[chosen][:, None, :, None]
+            landscape = self._angle_landscape(alignment_cpu.candidate_spectra(
+                full[chunk], self.grid.weights, self._templates, chosen))
+            if power is None:
+                landscape *= template_scale[chosen][:, None, :, None]
+            else:
+                norms = self._ctf_norms(power[chunk], chosen)[:, None]
+                landscape = np.divide(landscape, norms, out=np.zeros_like(landscape),
+                                      where=norms > 0)
             flat = landscape.transpose(0, 2, 1, 3).reshape(len(chosen), kept, -1)
             best = flat.argmax(axis=-1)
             score = np.take_along_axis(flat, best[..., None], -1)[..., 0]
@@ -809,9 +950,10 @@ class RadialSVDAligner:
                    normalized=False):
         """Full landscapes ``(n, n_B, Q)`` over the ``Q`` angles, for small inputs.
 
-        ``X[i, b, j] = <A_i, R_{gamma_j} (c B_b)>`` (the real-space inner product,
-        compressed to ``H`` rings), or the score of :meth:`align` with
-        ``normalized``.
+        ``X[i, b, j] = <C_i A_i, R_{gamma_j} B_b> = <A_i, C_i R_{gamma_j} B_b>``
+        (the real-space inner product, compressed to ``H`` rings, with each
+        image's own CTF ``C_i``), or with ``normalized`` the score of
+        :meth:`align`'s refinement, ``X / (||A_i|| ||C_i R_{gamma_j} B_b||)``.
 
         :param rank: ``H``; None uses the aligner's (fixed or automatic per group).
         :param shifts: None, one core shift ``(2,)`` or one per image ``(n, 2)``,
@@ -820,22 +962,56 @@ class RadialSVDAligner:
         image_polar = _validate_polar(image_polar, self.grid, "image_polar")
         count = image_polar.shape[0]
         groups = self._groups(ctf_params, pixel_size, count)
+        power = self._ctf_power(groups)
         if shifts is not None:
             shifts = np.broadcast_to(np.asarray(shifts, dtype=np.float64), (count, 2))
         out = np.empty((count, self.n_templates, self.grid.n_angles), dtype=self.dtype)
+        every_template = np.arange(self.n_templates)
         for g, profile in enumerate(groups.profiles):
             rings = self.principal_rings(profile, rank)
             members = np.flatnonzero(groups.labels == g)
-            scale = self._template_scale(rings.ctf) if normalized else np.ones(self.n_templates)
-            templates = self._prepare_templates(rings, alignment_cpu, members.size, scale)
+            templates = self._prepare_templates(rings, alignment_cpu, members.size,
+                                                np.ones(self.n_templates))
             polar = image_polar[members]
+            if groups.tables is not None:
+                polar = polar * groups.tables[groups.index[members]]
             if shifts is not None:
                 polar = polar * shift_phases(self.grid, shifts[members])
             coefficients, zero = self._compress(polar, self._projections(rings))
             out[members] = alignment_cpu.landscapes(templates, coefficients, zero)
-            if normalized:
-                norm = self._norms(self._image_energy(image_polar[members]),
-                                   np.ones(self.grid.n_rings))
-                out[members] *= np.divide(1.0, norm, out=np.zeros_like(norm),
-                                          where=norm > 0)[:, None, None].astype(self.dtype)
+            if not normalized:
+                continue
+            norm = self._norms(self._image_energy(image_polar[members]),
+                               np.ones(self.grid.n_rings))
+            out[members] *= np.divide(1.0, norm, out=np.zeros_like(norm),
+                                      where=norm > 0)[:, None, None].astype(self.dtype)
+            if power is None:
+                out[members] *= self._template_scale(rings.ctf)[None, :, None].astype(self.dtype)
+            else:
+                norms = self._ctf_norms(power[groups.index[members]],
+                                        np.broadcast_to(every_template, (members.size,
+                                                                         self.n_templates)))
+                out[members] = np.divide(out[members], norms, out=np.zeros_like(out[members]),
+                                         where=norms > 0)
         return out
+
+
+def polarity_against_templates(aligner, image_polar, ctf_params=None, pixel_size=None):
+    """Polarity of particles without poses: their best scores against the negated images'.
+
+    White particles (``docs/conventions.md``, "Contrast") match the templates
+    better than their negatives do; a search maximises the correlation, so a
+    dark particle also finds a positive best score, and only the comparison
+    with its negative tells the sign.  The images and their negatives are
+    aligned in one call of ``aligner`` (:meth:`RadialSVDAligner.align`, with
+    the images' CTFs).
+
+    :param image_polar: ``(n, R, Q)`` polar samples of a few particles (``n >= 2``).
+    :returns: :class:`.contrast.PolarityTest`; its ``check()`` raises
+        :class:`.contrast.PolarityError`, naming the fix, for dark particles.
+    """
+    image_polar = _validate_polar(image_polar, aligner.grid, "image_polar")
+    count = image_polar.shape[0]
+    ctfs = None if ctf_params is None else list(ctf_params) * 2
+    scores = aligner.align(np.concatenate([image_polar, -image_polar]), ctfs, pixel_size).score
+    return polarity_from_scores(scores[:count], scores[count:])

@@ -47,7 +47,7 @@ image instead of all of them: it grows with the candidates, not with the
 templates times the shifts.
 
 **Translation-aware kernel** (the radial-SVD paper's Discussion, eqs.
-(118)-(121); ``docs/methods/radial_svd_alignment.md`` §3.4).  When particles
+(118)-(121); ``docs/methods/radial_svd_alignment.md`` §3.5).  When particles
 are only roughly centred, the principal rings should tell rotations apart
 under random shifts too: averaging the kernel's objective over independent
 isotropic Gaussian shifts (s.d. ``sigma`` px per axis) as well as rotations
