@@ -60,6 +60,16 @@ gives, for a template's ring coefficients ``b``,
 ``E-(r) = exp(-(2 pi sigma k_r / D)^2 / 2)`` (:func:`translation_aware_kernel`);
 ``sigma = 0`` is the kernel of :func:`.radial_svd.radial_kernel`.
 
+**CTF** (``docs/methods/radial_svd_alignment.md`` §1.6).  Every particle is
+multiplied by its own CTF at the polar nodes and compared with the CTF-free
+templates: ``<T_-t A, C R_gamma B> = <C T_-t A, R_gamma B>`` (both are
+multiplications of the spectrum), an exact numerator.  The score divides by
+``||A||`` and by ``||C R_gamma B||`` averaged over ``gamma``,
+``sqrt(f sum_r w_r s_r^2 E_r(B))`` with the particle's root-mean-square CTF
+``s_r`` per ring: exact for radial CTFs; with astigmatism the true norm varies
+with ``gamma`` by about 0.5 % (§1.6 of the page), which the explicit loop's
+refinement takes into account and this search does not.
+
 **Default shift range.**  Picks are off by a few percent of the box, so the
 default disc (:func:`default_max_shift`) is :data:`SHIFT_RANGE_FRACTION` of
 the box (6.4 px at 128 px, 12.8 px at 256 px), searched every
@@ -72,9 +82,9 @@ import scipy.fft
 import scipy.special
 
 from ..errors import InvalidDataError, ShapeError
-from ..fourier import FFT_WORKERS, working_dtypes
+from ..fourier import fft_workers, working_dtypes
 from ..kernels import resolve_backend, translations_cpu
-from ..polar import PolarGrid
+from ..polar import PolarGrid, ctf_on_grid
 from ..kernels.alignment_cpu import SearchStatistics
 from ..progress import Reporter
 from .radial_svd import AlignmentResult
@@ -273,7 +283,7 @@ def translation_aware_kernel(template_polar, grid, shift_sigma):
     eta = np.sqrt(grid.weights)
     for start in range(0, template_polar.shape[0], 256):
         coefficients = scipy.fft.fft(template_polar[start:start + 256].astype(np.complex128),
-                                     axis=-1, norm="forward", workers=FFT_WORKERS)
+                                     axis=-1, norm="forward", workers=fft_workers())
         coefficients[..., grid.n_angles // 2] = 0
         flat = coefficients.transpose(1, 0, 2).reshape(grid.n_rings, -1) * eta[:, None]
         zero = coefficients[..., 0].T * eta[:, None]
@@ -335,7 +345,7 @@ def angle_landscapes(angular_spectra):
     half = angular_spectra.shape[-1]
     padded = np.zeros(angular_spectra.shape[:-1] + (half + 1,), dtype=angular_spectra.dtype)
     padded[..., :half] = angular_spectra
-    return scipy.fft.hfft(padded, n=2 * half, axis=-1, overwrite_x=True, workers=FFT_WORKERS)
+    return scipy.fft.hfft(padded, n=2 * half, axis=-1, overwrite_x=True, workers=fft_workers())
 
 
 def align_translations(aligner, template_polar, image_polar, shifts, factorization=None,
@@ -382,7 +392,10 @@ def align_translations(aligner, template_polar, image_polar, shifts, factorizati
     _, complex_dtype = working_dtypes(aligner.dtype)
     template_half = _half_coefficients(template_polar, complex_dtype)
     template_norms = _template_norms(template_half, grid)
-    profiles = coarse.group_ctf[coarse.group]                         # (n, R)
+    # Each particle's own CTF on the image side (docs/methods/radial_svd_alignment.md §1.6):
+    # <T_-t A, C R B> = <C T_-t A, R B>, against the CTF-free templates.
+    ctf = None if ctf_params is None else ctf_on_grid(ctf_params, grid, pixel_size,
+                                                      aligner.dtype)
     shift_to_terms = shift_weights(factorization, shifts)
     bounds = _bound_kernels(aligner.backend)
     report = Reporter(progress)
@@ -394,16 +407,22 @@ def align_translations(aligner, template_polar, image_polar, shifts, factorizati
     for start in range(0, count, per_chunk):
         index = np.arange(start, min(count, start + per_chunk))
         candidates_here = chosen[index]
-        coefficients = scipy.fft.fft(image_polar[index].astype(complex_dtype), axis=-1,
-                                     norm="forward", workers=FFT_WORKERS)
-        coefficients[..., grid.n_angles // 2] = 0
-        image_norm = np.sqrt(np.einsum("r,nrq->n", grid.weights, np.abs(coefficients) ** 2))
-        spectra = translation_spectra(factorization, coefficients, template_half,
+        polar = image_polar[index].astype(complex_dtype)
+        image_norm = np.sqrt(np.einsum("r,nrq->n", grid.weights,
+                                       np.abs(_full_coefficients(polar)) ** 2))
+        if ctf is None:
+            power = np.ones((index.size, grid.n_rings))
+        else:
+            polar *= ctf[index]
+            power = np.mean(ctf[index].astype(np.float64) ** 2, axis=-1)
+        spectra = translation_spectra(factorization, _full_coefficients(polar), template_half,
                                       candidates_here,
-                                      np.sqrt(grid.weights)[None, :] * profiles[index],
+                                      np.broadcast_to(np.sqrt(grid.weights), (index.size,
+                                                                              grid.n_rings)),
                                       complex_dtype)
+        # ||C R_gamma B|| averaged over gamma: exact for radial CTFs (module docstring).
         norm = image_norm[:, None] * np.sqrt(
-            np.einsum("rnk,nr->nk", template_norms[:, candidates_here], profiles[index] ** 2))
+            np.einsum("rnk,nr->nk", template_norms[:, candidates_here], power))
         scale = np.divide(1.0, norm, out=np.zeros_like(norm), where=norm > 0).reshape(-1)
         directions = direction_spectra(spectra, shift_to_terms)           # (pairs, S, Q/2)
         score[index], rank, angle[index], shift[index], rows = _pruned_best(directions, scale,
@@ -456,11 +475,18 @@ def _pruned_best(directions, scale, kept, kernels):
     return value[winner], pair[winner] % kept, angle[winner], shift[winner], pairs + pair.size
 
 
+def _full_coefficients(polar):
+    """Ring coefficients ``(n, R, Q)`` of polar samples, Nyquist bin zeroed."""
+    coefficients = scipy.fft.fft(polar, axis=-1, norm="forward", workers=fft_workers())
+    coefficients[..., polar.shape[-1] // 2] = 0
+    return coefficients
+
+
 def _half_coefficients(polar, dtype):
     """Ring-major coefficients ``q = 0 .. Q/2 - 1`` ``(R, n_B, Q/2)`` of polar samples."""
     half = polar.shape[-1] // 2
     coefficients = scipy.fft.fft(polar.astype(dtype, copy=False), axis=-1, norm="forward",
-                                 workers=FFT_WORKERS)[..., :half]
+                                 workers=fft_workers())[..., :half]
     return np.ascontiguousarray(coefficients.transpose(1, 0, 2))
 
 
