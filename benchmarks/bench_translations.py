@@ -122,24 +122,25 @@ def main():
                        ctf_params=ctf[:4], pixel_size=PIXEL)
 
     factorization_time, factorization = best_time(
-        lambda: TranslationFactorization.build(grid, args.max_shift), 1)
+        lambda: TranslationFactorization.build(grid, args.max_shift), 1, time.perf_counter)
     coarse_build, coarse = best_time(
         lambda: RadialSVDAligner(grid, template_polar, shifts=coarse_shifts, refine_candidates=0),
-        1)
+        1, time.perf_counter)
     ftk_search, ftk = best_time(lambda: align_translations(
-        coarse, template_polar, image_polar, fine, factorization, args.candidates, ctf, PIXEL), 1)
+        coarse, template_polar, image_polar, fine, factorization, args.candidates, ctf, PIXEL),
+        1, time.perf_counter)
     ftk_total = factorization_time + coarse_build + ftk_search
 
     count = min(args.n, args.explicit_images or args.n)
     explicit_build, explicit_aligner = best_time(
-        lambda: RadialSVDAligner(grid, template_polar, shifts=fine.shifts), 1)
+        lambda: RadialSVDAligner(grid, template_polar, shifts=fine.shifts), 1, time.perf_counter)
     explicit_search, explicit = best_time(lambda: explicit_aligner.align(
-        image_polar[:count], ctf[:count], PIXEL), 1)
+        image_polar[:count], ctf[:count], PIXEL), 1, time.perf_counter)
     explicit_total = explicit_build + explicit_search * args.n / count
 
     pairs = args.n * n_b
     coarse_search, _ = best_time(
-        lambda: coarse.align(image_polar, ctf, PIXEL, top_k=args.candidates), 1)
+        lambda: coarse.align(image_polar, ctf, PIXEL, top_k=args.candidates), 1, time.perf_counter)
     print(f"\nFTK: factorisation {factorization.n_terms} terms ({factorization_time:.2f} s); "
           f"coarse aligner {coarse_build:.2f} s; search (coarse + FTK) {ftk_search:.2f} s, of "
           f"which the coarse search alone {coarse_search:.2f} s (timed again separately); "
@@ -181,7 +182,8 @@ def compression_rows(grid, template_polar, image_polar, ctf, repeats):
         for name, aligner in (("automatic H, pruned", automatic),
                               ("full rank, pruned", full_pruned),
                               ("full rank, dense", full_dense)):
-            times[name] = best_time(lambda: aligner.align(image_polar, ctf, PIXEL), repeats)
+            times[name] = best_time(lambda: aligner.align(image_polar, ctf, PIXEL), repeats,
+                                    time.perf_counter)
         reference = times["full rank, pruned"]
         pairs = image_polar.shape[0] * automatic.n_templates
         for name, (seconds, result) in times.items():
