@@ -25,12 +25,13 @@ factors ``e_pl(rho) = sum_r U_pl[r] sqrt(w_r) J_p(z_r(rho))``, and
 discarded singular values bound.  The number of terms grows with the band
 times the disc's radius, not with the number of shifts.
 
-**Landscape over shifts.**  With the CTF-multiplied template ``b``, the
+**Landscape over shifts.**  With the CTF-free template ``b`` and ``a`` the
+ring coefficients of the CTF-multiplied particle (**CTF** below), the
 landscape ``X(gamma, t) = f sum_q exp(-i q gamma) Xhat(q, t)`` of
 :mod:`.radial_svd` (``f = 2 pi / D^2``) has
 
     Xhat(q, t) = sum_p (-i)^p exp(i p omega) sum_l e_pl(rho) G_pl(q),
-    G_pl(q) = sum_r conj(U_pl[r] a[r, q - p]) sqrt(w_r) c_r b[r, q]:
+    G_pl(q) = sum_r conj(U_pl[r] a[r, q - p]) sqrt(w_r) b[r, q]:
 
 one product per term and pair (independent of the shift), then for each
 shift a weighted sum over the terms (one matrix product for all shifts,
