@@ -78,3 +78,21 @@ NOISE_WHITE = 1
 LOG_LIKELIHOOD = "_cryohess_logLikelihood"
 REFINED_ANGLE_CHANGE = "_cryohess_refinedAngleChange"
 REFINED_SHIFT_CHANGE = "_cryohess_refinedShiftChange"
+
+# Micrograph placement of the simulation (protocols/simulate_settings.py)
+PLACEMENT_MIN_DISTANCE = 0
+PLACEMENT_SEPARATED = 1
+PLACEMENT_ARBITRARY = 2
+SNR_VARIANCE = 0
+SNR_ENERGY = 1
+
+# Micrograph EM pick score column (protocols/protocol_micrograph_em.py)
+PICK_SCORE = "_cryohess_pickScore"
+
+# ---------------------------- Hyper-molecule columns --------------------------
+# Per particle: posterior mean and spread of the state τ (one value per state axis).
+HYPER_TAU_MEAN = "_cryohess_tauMean"
+HYPER_TAU_STD = "_cryohess_tauStd"
+# Per output map: its series (moving part and axis) and its state τ.
+HYPER_SERIES = "_cryohess_hyperSeries"
+HYPER_TAU = "_cryohess_tau"

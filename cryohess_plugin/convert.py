@@ -646,7 +646,7 @@ def micrographs_to_arrays(micSet):
     return arrays, np.asarray(ids, dtype=np.int64), float(micSet.getSamplingRate())
 
 
-def arrays_to_coordinates(protocol, micSet, positions, boxSize, suffix=""):
+def arrays_to_coordinates(protocol, micSet, positions, boxSize, suffix="", columns=None):
     """Create a ``SetOfCoordinates`` from particle centres.
 
     :param micSet: the (saved) ``SetOfMicrographs`` the coordinates refer to, or
@@ -655,20 +655,43 @@ def arrays_to_coordinates(protocol, micSet, positions, boxSize, suffix=""):
         of centres ``(x, y)`` = (column, row) in pixels from the micrograph's
         first pixel, as Xmipp/Scipion coordinates.
     :param boxSize: particle box in pixels.
+    :param columns: ``{column name: one (k,) array per micrograph}`` of extra values.
     :returns: the new ``SetOfCoordinates``.
     """
+    columns = columns or {}
     coordSet = protocol._createSetOfCoordinates(micSet, suffix)
     coordSet.setBoxSize(boxSize)
     mics = _items(micSet)
     if len(mics) != len(positions):
         raise ShapeError(f"{len(positions)} coordinate arrays for {len(mics)} micrographs")
-    for mic, centres in zip(mics, positions):
-        for x, y in np.asarray(centres, dtype=np.float64).reshape(-1, 2):
+    for index, (mic, centres) in enumerate(zip(mics, positions)):
+        values = {name: per_micrograph[index] for name, per_micrograph in columns.items()}
+        for row, (x, y) in enumerate(np.asarray(centres, dtype=np.float64).reshape(-1, 2)):
             coord = Coordinate()
             coord.setMicrograph(mic)
             coord.setPosition(int(round(x)), int(round(y)))
+            set_columns(coord, values, row)
             coordSet.append(coord)
     return coordSet
+
+
+def micrograph_ctfs(ctfSet, micSet):
+    """The :class:`CTFParams` of every micrograph of ``micSet`` (id order) from a
+    ``SetOfCTF`` (matched by micrograph name, as Scipion's CTF relation does), with the
+    microscope values of ``micSet``'s acquisition; None for a micrograph without one."""
+    byName = {}
+    for ctf in ctfSet.iterItems():
+        byName[ctf.getMicrograph().getMicName()] = ctf.clone()
+    acquisition = micSet.getAcquisition()
+    out = []
+    for mic in micSet.iterItems(orderBy="id"):
+        ctf = byName.get(mic.getMicName())
+        if ctf is None:
+            out.append(None)
+            continue
+        mic.setCTF(ctf)
+        out.append(ctf_params_from_image(mic, acquisition))
+    return out
 
 
 def coordinates_to_arrays(coordSet):

@@ -175,9 +175,93 @@ def posteriorStage(project, args, plotDir, done):
     return protocol
 
 
+def micrographEMStage(project, args, plotDir, done):
+    """Stage 6: a map straight from simulated micrographs of the same phantom, with well
+    separated particles, by micrograph EM; prints its FSC to the ground truth."""
+    from cryohess_plugin.constants import PLACEMENT_SEPARATED, SNR_ENERGY
+    from cryohess_plugin.protocols import CryoHessProtMicrographEM, CryoHessProtSimulate
+    from cryohess_plugin.viewers import CryoHessMicrographEMViewer
+    simulation = project.newProtocol(
+        CryoHessProtSimulate, boxSize=args.box, samplingRate=1.5, numberOfParticles=10,
+        numberOfDefocusGroups=2, snr=1.0, doMicrographs=True, numberOfMicrographs=4,
+        micrographSize=1024, micrographPlacement=PLACEMENT_SEPARATED, micrographDensity=0.4,
+        micrographSnr=SNR_ENERGY, numberOfThreads=args.threads)
+    simulation.setObjLabel("cryohess - simulate separated micrographs")
+    runProtocol(project, simulation)
+    protocol = project.newProtocol(
+        CryoHessProtMicrographEM, particleDiameter=2.4 * simulation.phantomRadius.get(),
+        stageIterations='10 6 6', batchFraction=0.2, numberOfStarts=2,
+        numberOfThreads=args.threads)
+    protocol.inputMicrographs.set(simulation.outputMicrographs)
+    protocol.ctfRelations.set(simulation.outputCTF)
+    protocol.setObjLabel("cryohess - micrograph EM")
+    runProtocol(project, protocol)
+    for line in protocol.summary():
+        print("  " + line)
+    printMapFsc(protocol, simulation.outputVolume)
+    for path in savePlots(CryoHessMicrographEMViewer, project, protocol, plotDir,
+                          "micrograph_em"):
+        print("  plot: %s" % path)
+    return protocol
+
+
+def hyperMoleculeStage(project, args, plotDir, done):
+    """Stage 7: a continuously moving domain (its own simulated data set) sampled as a
+    hyper-molecule; prints the rank correlation of the particles' τ with the truth."""
+    import numpy as np
+    from cryohess_plugin import convert
+    from cryohess_plugin.constants import (CONFORMATION, HETEROGENEITY_RIGID_REGION,
+                                           HYPER_TAU_MEAN)
+    from cryohess_plugin.core.hypermolecules import rank_correlation
+    from cryohess_plugin.protocols import CryoHessProtHyperMolecule, CryoHessProtSimulate
+    from cryohess_plugin.viewers import CryoHessHyperMoleculeViewer
+    simulation = project.newProtocol(
+        CryoHessProtSimulate, boxSize=args.box, samplingRate=2.0,
+        numberOfParticles=max(args.particles, 2000), numberOfDefocusGroups=10, snr=0.1,
+        heterogeneity=HETEROGENEITY_RIGID_REGION, domainFraction=0.35, hingeAngle=40.0,
+        numberOfThreads=args.threads)
+    simulation.setObjLabel("cryohess - simulate a moving domain")
+    runProtocol(project, simulation)
+    protocol = project.newProtocol(CryoHessProtHyperMolecule, chains=2, sweeps=100, burnIn=60,
+                                   numberOfThreads=args.threads)
+    protocol.inputParticles.set(simulation.outputParticles)
+    protocol.setObjLabel("cryohess - hyper-molecule")
+    runProtocol(project, protocol)
+    for line in protocol.summary():
+        print("  " + line)
+    pairs = np.array([(np.atleast_1d(convert.read_column(p, HYPER_TAU_MEAN))[0],
+                       convert.read_column(p, CONFORMATION))
+                      for p in protocol.outputParticles.iterItems(orderBy='id')])
+    print("  rank correlation of τ with the true conformation: Spearman ρ = %.3f"
+          % rank_correlation(pairs[:, 0], pairs[:, 1]))
+    for path in savePlots(CryoHessHyperMoleculeViewer, project, protocol, plotDir, "hyper"):
+        print("  plot: %s" % path)
+    return protocol
+
+
+def printMapFsc(protocol, truthVolume):
+    """The FSC of a micrograph EM map to the ground truth, after the best rotation and
+    reflection, at the working pixel size."""
+    import numpy as np
+    from cryohess_plugin import convert
+    from cryohess_plugin.core.micrograph_em import (MicrographEMResult, align_coefficients,
+                                                    resample_volume)
+    result = MicrographEMResult.load(protocol._getFileName('result'))
+    basis = result.basis()
+    truth, pixel = convert.volume_to_array(truthVolume)
+    reference = basis.from_volume(resample_volume(truth, pixel, result.box, result.pixel_size))
+    alignment = align_coefficients(basis, reference, result.coefficients)
+    shells = np.arange(alignment.fsc.size) / (result.box * result.pixel_size)
+    print("  FSC to the ground truth (%s): %s" % (
+        "mirrored" if alignment.reflected else "same hand",
+        ", ".join("%.3f at %.0f Å" % (value, 1 / f) if f else "%.3f" % value
+                  for value, f in zip(alignment.fsc, shells))))
+
+
 #: (name, stage): each stage gets the protocols of the stages before it by name.
 STAGES = [('simulate', simulateStage), ('align', alignStage), ('softModes', softModesStage),
-          ('refine', refineStage), ('posterior', posteriorStage)]
+          ('refine', refineStage), ('posterior', posteriorStage),
+          ('micrographEM', micrographEMStage), ('hyperMolecule', hyperMoleculeStage)]
 
 
 def main(argv=None):

@@ -11,8 +11,8 @@ from pyworkflow.object import Pointer
 
 from cryohess_plugin import convert
 from cryohess_plugin.constants import (CONFORMATION, DEFOCUS_GROUP, HETEROGENEITY_LINEAR,
-                                       HETEROGENEITY_RIGID_REGION, SOURCE_ATOMIC_MODEL,
-                                       SOURCE_VOLUME)
+                                       HETEROGENEITY_RIGID_REGION, PLACEMENT_MIN_DISTANCE,
+                                       SOURCE_ATOMIC_MODEL, SOURCE_VOLUME)
 from cryohess_plugin.core import mrc, synthetic
 from cryohess_plugin.core.ctf import params_from_rows
 
@@ -102,13 +102,15 @@ class CryoHessProtSimulate(SimulationSettings, CryoHessProtocolMixin, EMProtocol
         self._setDevices()
         stateA, _ = self._structure()
         size, pixel = self.micrographSize.get(), self.samplingRate.get()
-        self.info("Simulating %d micrographs of %d x %d px with %d particles each"
-                  % (self.numberOfMicrographs, size, size, self.particlesPerMicrograph))
+        self.info("Simulating %d micrographs of %d x %d px (%s)"
+                  % (self.numberOfMicrographs, size, size,
+                     self.getEnumText('micrographPlacement')))
         sim = synthetic.simulate_micrographs(
             stateA, self.numberOfMicrographs.get(), self.boxSize.get(), pixel,
-            shape=(size, size), rng=self._seed(synthetic.MICROGRAPH_STREAM),
-            particles_per_micrograph=self.particlesPerMicrograph.get(), keep_clean=False,
-            **self._imageSettings())
+            shape=(size, size), rng=self._seed(synthetic.MICROGRAPH_STREAM), keep_clean=False,
+            **dict(self._imageSettings(), **self._micrographSettings()))
+        self.info("Placed %s particles (density %.3f)"
+                  % ([len(c) for c in sim.coordinates], sim.density()))
         for index, micrograph in enumerate(sim.micrographs):
             mrc.write_stack(self._getFileName('micrograph', index=index), micrograph[None],
                             pixel, overwrite=True)
@@ -158,9 +160,9 @@ class CryoHessProtSimulate(SimulationSettings, CryoHessProtocolMixin, EMProtocol
             summary.append("Heterogeneity: %s (column %s)."
                            % (self.getEnumText('heterogeneity'), CONFORMATION))
         if self.doMicrographs:
-            summary.append("%d micrographs of %d px with %d particles each."
+            summary.append("%d micrographs of %d px, particles %s."
                            % (self.numberOfMicrographs, self.micrographSize,
-                              self.particlesPerMicrograph))
+                              self._placementText()))
         if not self.hasAttribute(outputs.outputParticles.name):
             summary.append("Output not ready yet.")
         return summary
@@ -187,11 +189,11 @@ class CryoHessProtSimulate(SimulationSettings, CryoHessProtocolMixin, EMProtocol
                            "two states, a continuum of states as in the hyper-molecule "
                            "framework [Lederman2020hyper].")
         if self.doMicrographs:
-            methods.append("We also simulated %d micrographs of %d x %d pixels with %d "
-                           "non-overlapping particles each, following the micrograph "
-                           "formation model of [Kreymer2023micrograph]."
+            methods.append("We also simulated %d micrographs of %d x %d pixels with %s, "
+                           "following the micrograph formation model of "
+                           "[Kreymer2023micrograph]."
                            % (self.numberOfMicrographs, self.micrographSize,
-                              self.micrographSize, self.particlesPerMicrograph))
+                              self.micrographSize, self._placementText()))
         return methods
 
     def _citations(self):
@@ -221,6 +223,12 @@ class CryoHessProtSimulate(SimulationSettings, CryoHessProtocolMixin, EMProtocol
                          outputs.outputCoordinates.name}
         return expected
 
+    def _placementText(self):
+        if self.micrographPlacement.get() == PLACEMENT_MIN_DISTANCE:
+            return "%d non-overlapping particles each" % self.particlesPerMicrograph
+        return "particles %s at target density %g" % (
+            self.getEnumText('micrographPlacement'), self.micrographDensity)
+
     def _structure(self):
         """Ground truth: ``(state A, state B or None)``; atomic models or (A only) a map."""
         source, heterogeneity = self.source.get(), self.heterogeneity.get()
@@ -248,8 +256,9 @@ class CryoHessProtSimulate(SimulationSettings, CryoHessProtocolMixin, EMProtocol
         self._defineOutputs(**{outputs.outputMicrographs.name: micSet})
         micPointer = Pointer(self, extended=outputs.outputMicrographs.name)
         ctfSet = convert.arrays_to_ctfs(self, micPointer, params_from_rows(truth['ctfs']))
-        coordSet = convert.arrays_to_coordinates(self, micPointer, list(truth['coordinates']),
-                                                 self.boxSize.get())
+        placed = [centres[:count] for centres, count in zip(truth['coordinates'],
+                                                            truth['counts'])]
+        coordSet = convert.arrays_to_coordinates(self, micPointer, placed, self.boxSize.get())
         self._defineOutputs(**{outputs.outputCTF.name: ctfSet,
                                outputs.outputCoordinates.name: coordSet})
         # Extraction protocols offer the CTFs of micrographs through this relation.

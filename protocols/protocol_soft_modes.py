@@ -17,6 +17,8 @@ from cryohess_plugin.core.ctf import CTFParams
 from .protocol_base import CryoHessProtocolMixin
 
 METRICS = ['riesz', 'l2']
+#: Lanczos steps of each log-determinant probe.
+LOG_DETERMINANT_STEPS = 30
 
 # Output names as plain strings, not an Enum: two Enum members with the same
 # class value would be aliases of one name.
@@ -30,8 +32,8 @@ EXPERIMENT_READS = {
     EXPERIMENT_PARTICLES: ('inputParticles', 'defocusTolerance'),
     EXPERIMENT_DESIGN: ('viewDistribution', 'viewSpread', 'numberOfImages', 'defocusValues',
                         'voltage', 'sphericalAberration', 'amplitudeContrast')}
-ANALYSIS_READS = ('maxResolution', 'numberOfModes', 'iterations', 'implicitPoses',
-                  'logLikelihoodRatio', 'metric')
+ANALYSIS_READS = ('maxResolution', 'numberOfModes', 'maxProducts', 'tolerance', 'implicitPoses',
+                  'logLikelihoodRatio', 'metric', 'logDetProbes')
 
 
 class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
@@ -39,11 +41,14 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
 
     The softest eigenvectors of the Hessian of the negative log-likelihood of
     the images, with every image's pose following the volume (implicit
-    poses), are the volume changes the data constrain least.  The experiment
-    is a set of aligned particles with CTF (their poses and defocus values;
-    the noise is estimated from the particles against projections of the
-    reference) or, for experiment design, a viewing distribution, a number of
-    images and defocus values without images.  Outputs: the soft modes
+    poses), are the volume changes the data constrain least.  The Hessian is
+    the accumulated one of the experiment (its views, image counts, CTFs and
+    noise) around the given map.  The experiment is a set of aligned particles
+    with CTF (their poses and defocus values; the map is put on the particles'
+    scale by fitting their amplitude, and the noise spectrum is estimated from
+    their residuals) or, for experiment design, a viewing distribution, a
+    number of images and defocus values without images.  Fourier components
+    no view samples are reported as a null space.  Outputs: the soft modes
     (W-unit volumes), the nearby volumes ``F ± ε·mode`` at which the data are
     20 times less likely, a sensitivity map (``Σ ε_i² ΔF_i²``: where the
     nearby volumes move the map most) and the eigenvalue table.  From
@@ -115,15 +120,18 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
         form.addSection(label='Noise')
         form.addParam('estimateNoise', params.BooleanParam, default=True, condition=particles,
                       label='Estimate the noise from the particles?',
-                      help="Estimate the per-pixel noise variance from the residuals of "
-                           "the particles against CTF-modulated projections of the "
-                           "reference at their poses. Turn off to give a noise level.")
+                      help="Estimate the noise power per resolution shell (coloured noise) "
+                           "from the residuals of the particles against CTF-modulated "
+                           "projections of the reference at their poses, on the particles' "
+                           "scale. Turn off to give a white noise level.")
         form.addParam('noiseParticles', params.IntParam, default=2000,
-                      condition='%s and estimateNoise' % particles,
+                      condition=particles,
                       expertLevel=params.LEVEL_ADVANCED, validators=[params.Positive],
-                      label='Particles for the noise estimate',
-                      help="The noise is estimated from this many particles (the first "
-                           "ones of the set), which bounds the memory the images take.")
+                      label='Particles for the scale and noise',
+                      help="The particles' amplitude against the map (which puts the map "
+                           "on their scale and stops dark particles) and the noise are "
+                           "fitted on this many particles (the first ones of the set), "
+                           "which bounds the memory the images take.")
         form.addParam('marginaliseNoise', params.BooleanParam, default=False,
                       condition='%s and estimateNoise' % particles,
                       label='Marginalise the noise per particle?',
@@ -137,10 +145,11 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
                       condition=noiseGiven, choices=['SNR', 'noise standard deviation'],
                       display=params.EnumParam.DISPLAY_HLIST, label='Noise level as',
                       help="SNR: the noise variance is the mean variance of the "
-                           "CTF-modulated projections of the reference (whole box) "
-                           "divided by the SNR, as in 'simulate data set'.\n"
+                           "CTF-modulated projections of the reference (whole box, on the "
+                           "particles' scale) divided by the SNR, as in 'simulate data "
+                           "set'.\n"
                            "Noise standard deviation: per pixel, in the units of the "
-                           "reference map's projections.")
+                           "particles (experiment design: of the reference's projections).")
         form.addParam('snr', params.FloatParam, default=0.1,
                       condition='(%s) and noiseLevelType == %d' % (noiseGiven, NOISE_SNR),
                       validators=[params.Positive], label='SNR',
@@ -151,7 +160,8 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
                       condition='(%s) and noiseLevelType == %d' % (noiseGiven, NOISE_SIGMA),
                       validators=[params.Positive], label='Noise standard deviation',
                       help="Standard deviation of the white noise per pixel, in the units "
-                           "of the projections of the reference.")
+                           "of the particles (experiment design: of the reference's "
+                           "projections).")
 
         form.addSection(label='Analysis')
         form.addParam('maxResolution', params.FloatParam, default=20.0,
@@ -162,12 +172,20 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
                            "The authors work at 2πK = 8 to 48; the summary shows it.")
         form.addParam('numberOfModes', params.IntParam, default=8,
                       validators=[params.Positive], label='Number of modes',
-                      help="How many of the softest modes are computed.")
-        form.addParam('iterations', params.IntParam, default=64,
-                      validators=[params.Positive], label='Lanczos iterations',
-                      help="Size of the Krylov space of the eigensolver (Hessian-vector "
-                           "products). 64 as the authors at 2πK = 32; it must exceed the "
-                           "number of modes.")
+                      help="How many of the softest modes are computed (more when the last "
+                           "one belongs to a subspace of nearly equal eigenvalues).")
+        form.addParam('maxProducts', params.IntParam, default=800,
+                      validators=[params.Positive], label='Hessian products (budget)',
+                      help="The most Hessian-vector products the eigensolver may spend. It "
+                           "stops earlier once every mode has converged; modes still short "
+                           "of the tolerance are marked 'not converged' and get no nearby "
+                           "volumes. About 100 per mode is ample for uniform views; "
+                           "preferred views may need more.")
+        form.addParam('tolerance', params.FloatParam, default=1e-3,
+                      expertLevel=params.LEVEL_ADVANCED, validators=[params.Positive],
+                      label='Residual tolerance',
+                      help="A mode has converged when its residual ‖Hx - λWx‖ is at most "
+                           "this fraction of its eigenvalue λ.")
         form.addParam('implicitPoses', params.BooleanParam, default=True,
                       label='Implicit poses?',
                       help="Yes: every image's pose follows the volume (the reduced "
@@ -187,6 +205,11 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
                            "authors'): shells weighted by f df, the real-space L2 norm "
                            "with a 1/|k| weight. L2: shells weighted by f² df, the "
                            "real-space L2 norm of the band-limited map.")
+        form.addParam('logDetProbes', params.IntParam, default=4,
+                      expertLevel=params.LEVEL_ADVANCED, validators=[params.GE(0)],
+                      label='Log-determinant probes',
+                      help="Random probes of the stochastic Lanczos quadrature that "
+                           "estimates log det H (30 Hessian products each); 0 skips it.")
         form.addParallelSection(threads=2, mpi=0)
 
     # --------------------------- INSERT steps functions ----------------------
@@ -201,15 +224,17 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
         self._insertStep(self.createOutputStep, after=[analysis])
 
     def _noiseReads(self):
+        fit = ('noiseParticles',) if self._fromParticles() else ()
         if self._fromParticles() and self.estimateNoise:
-            return 'estimateNoise', 'noiseParticles', 'marginaliseNoise'
+            return fit + ('estimateNoise', 'marginaliseNoise')
         level = 'noiseSigma' if self.noiseLevelType.get() == NOISE_SIGMA else 'snr'
-        return 'estimateNoise', 'noiseLevelType', level
+        return fit + ('estimateNoise', 'noiseLevelType', level)
 
     def _filenameTemplates(self):
         return {
             'experiment': self._getExtraPath('experiment.npz'),
             'noise': self._getExtraPath('noise.npz'),
+            'scale': self._getExtraPath('map_scale.npz'),
             'marginalExperiment': self._getExtraPath('experiment_marginalised.npz'),
             'particles': self._getExtraPath('particle_directions.npz'),
             'analysis': self._getExtraPath('soft_modes.npz'),
@@ -245,44 +270,62 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
                      else "no CTF"))
 
     def noiseStep(self, digest):
-        """Per-pixel noise variance: estimated from the particles or from the form."""
-        from cryohess_plugin.core.softmodes import NoiseLevel
+        """The map's scale on the particles (a polarity check) and the noise: fitted to
+        the particles or from the form."""
+        from cryohess_plugin.core.softmodes import MapScale, NoiseLevel
         self._setDevices()
-        if self._fromParticles() and self.estimateNoise:
-            marginalise = self.marginaliseNoise.get()
+        reference = self._referenceArray()
+        experiment = self._experiment(marginalised=False)
+        groups = max(len(experiment.ctf_params), 1)
+        if self._fromParticles():
+            marginalise = bool(self.estimateNoise.get() and self.marginaliseNoise.get())
             particles = self._particleArrays(
                 read_images=True, limit=None if marginalise else self.noiseParticles.get())
+            tolerance = self.defocusTolerance.get()
+            scale = MapScale.from_particles(reference, particles, groups, tolerance,
+                                            backend=self._backend())
+        else:
+            scale = MapScale.unit(groups)
+        if self._fromParticles() and self.estimateNoise:
             noise, weighted = NoiseLevel.from_particles(
-                self._referenceArray(), particles, backend=self._backend(),
-                marginalise=marginalise, defocus_tolerance=self.defocusTolerance.get())
+                reference, particles, scale.particle_amplitudes(particles, tolerance),
+                backend=self._backend(), marginalise=marginalise, defocus_tolerance=tolerance)
             if weighted is not None:
                 weighted.save(self._getFileName('marginalExperiment'))
         elif self.noiseLevelType.get() == NOISE_SIGMA:
             noise = NoiseLevel.from_sigma(self.noiseSigma.get())
         else:
-            noise = NoiseLevel.from_snr(self._referenceArray(), self._experiment(),
+            noise = NoiseLevel.from_snr(scale.map_scale * reference, experiment,
                                         self.snr.get(), backend=self._backend())
+        scale.save(self._getFileName('scale'))
         noise.save(self._getFileName('noise'))
+        self.info("Map scale %.4g (%s)" % (scale.map_scale, scale.how))
         self.info("Noise variance per pixel %.4g (%s)" % (noise.variance, noise.how))
 
     def analyseStep(self, digest):
         from cryohess_plugin.core.softmodes import analyse_soft_modes
         self._setDevices()
+        noise, scale = self._noise(), self._scale()
+        probes = self.logDetProbes.get()
         analysis = analyse_soft_modes(
             self._referenceArray(), self._pixelSize(), self._experiment(),
             self.maxResolution.get(), n_modes=self.numberOfModes.get(),
-            iterations=self.iterations.get(), noise_variance=self._noise().variance,
+            max_products=self.maxProducts.get(), tolerance=self.tolerance.get(),
+            noise_variance=noise.variance, noise_spectrum=noise.spectrum,
             implicit_poses=self.implicitPoses.get(),
             log_likelihood_ratio=self.logLikelihoodRatio.get(),
             metric=METRICS[self.metric.get()], backend=self._backend(),
-            progress=self._progressLog())
+            progress=self._progressLog(), map_scale=scale.map_scale,
+            group_scales=scale.group_scales,
+            log_determinant=(probes, LOG_DETERMINANT_STEPS) if probes else None,
+            memory_budget=self._harmonicsBudget())
         analysis.save(self._getFileName('analysis'))
         self.info("Eigenvalues: %s" % ", ".join("%.4g" % v for v in analysis.eigenvalues))
         unsettled = np.flatnonzero(~np.asarray(analysis.converged, dtype=bool)) + 1
         if unsettled.size:
-            self.warning("Modes %s have not converged in %d Lanczos iterations; raise the "
-                         "iterations for final numbers."
-                         % (", ".join(map(str, unsettled)), self.iterations))
+            self.warning("Modes %s have not converged to a relative residual of %g in %d "
+                         "Hessian products: they get no nearby volumes; raise the budget."
+                         % (", ".join(map(str, unsettled)), self.tolerance, analysis.products))
 
     def createOutputStep(self, digest):
         analysis = self._loadAnalysis(volumes=True)
@@ -302,14 +345,12 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
                        SOFT_MODE_RELATIVE_CHANGE: [float(analysis.relative_change[index])]}
             mode = convert.array_to_volume(self._getFileName('mode', mode=number),
                                            modeVolume, pixel, overwrite=True)
-            mode.setObjLabel("mode %d" % number)
+            mode.setObjLabel("mode %d" % number if analysis.converged[index]
+                             else "mode %d (not converged)" % number)
             convert.set_columns(mode, columns, 0)
             modes.append(mode)
             if not np.isfinite(epsilon):
-                # A non-positive Ritz value has no ε: the mode is not pinned at all.
-                self.warning("Mode %d has eigenvalue %.4g: no nearby volumes (raise the "
-                             "iterations or check the experiment)."
-                             % (number, analysis.eigenvalues[index]))
+                # Unconverged, or a non-positive eigenvalue: no ε, so no nearby volumes.
                 continue
             for sign, name in ((1, 'plus'), (-1, 'minus')):
                 nearby = convert.array_to_volume(
@@ -341,11 +382,11 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
         errors = convert.volume_file_errors(volume, "reference volume")
         errors += self._validateParticles(volume) if self._fromParticles() else self._validateDesign()
         errors += self._validateMaxResolution(volume.getSamplingRate())
-        if self.numberOfModes.get() >= self.iterations.get():
-            errors.append("%d modes need more than %d Lanczos iterations; use at least %d "
-                          "iterations (64 is the authors' choice) or fewer modes."
-                          % (self.numberOfModes, self.iterations,
-                             2 * self.numberOfModes.get()))
+        needed = self.numberOfModes.get() + max(4, self.numberOfModes.get() // 2)
+        if self.maxProducts.get() < needed:
+            errors.append("%d modes need a budget of at least %d Hessian products (the "
+                          "eigensolver starts from %d vectors); use about 100 per mode or "
+                          "fewer modes." % (self.numberOfModes, needed, needed))
         return errors + self._validateContinue()
 
     def _validateParticles(self, volume):
@@ -385,7 +426,7 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
             return []
         return analysis_warnings(volume.getXDim(), volume.getSamplingRate(),
                                  self.maxResolution.get(), self.numberOfModes.get(),
-                                 self.iterations.get(), getMemoryAvailable() * 2 ** 20)
+                                 getMemoryAvailable() * 2 ** 20)
 
     def _summary(self):
         if not self.hasAttribute(OUTPUT_MODES):
@@ -394,14 +435,13 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
         summary = ["%s on %d viewing directions, 2πK = %d (max resolution %g Å), noise "
                    "variance %.4g per pixel (%s)."
                    % (self._imagesText(analysis), analysis.n_directions, analysis.max_degree,
-                      self.maxResolution, analysis.noise_variance, self._noise().how)]
+                      self.maxResolution, analysis.noise_variance, self._noise().how),
+                   "Map scale: the map times %.4g is on the images' scale (%s); ε, the modes "
+                   "and the sensitivity map are on that scale, the nearby volumes on the "
+                   "map's own." % (analysis.map_scale, self._scale().how)]
         summary += analysis.spectrum_lines()
         if self._fromParticles():
             summary.append(self._poseChangeText(analysis))
-        if not np.all(analysis.converged):
-            summary.append("Modes marked 'not converged' may still move: raise the Lanczos "
-                           "iterations (the Ritz values per iteration of the viewer show "
-                           "whether they have settled).")
         return summary + ["Eigenvalue table: %s" % self._getFileName('table')]
 
     def _methods(self):
@@ -409,15 +449,18 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
             return []
         analysis = self._loadAnalysis()
         change = 100 * analysis.relative_change[np.isfinite(analysis.relative_change)]
-        text = ("The %d softest modes of the Hessian of the negative log-likelihood of the "
-                "images with respect to the map [Rangan2023hessian] were computed for the "
-                "reference volume from %s, up to a band limit 2πK = %d (%g Å), with %d "
-                "Lanczos iterations in the %s metric and %s. The "
+        text = ("The %d softest modes of the accumulated Hessian of the negative "
+                "log-likelihood of the images with respect to the map [Rangan2023hessian] "
+                "were computed for the reference volume from %s, up to a band limit 2πK = %d "
+                "(%g Å), by a preconditioned block Davidson eigensolver to a relative "
+                "residual of %g (%d of them converged, in %d Hessian products) in the %s "
+                "metric and %s, off a null space of %d unsampled Fourier components. The "
                 "noise variance was %s (%.4g per pixel). The softest eigenvalue is %.4g."
                 % (len(analysis.eigenvalues), self._imagesText(analysis), analysis.max_degree,
-                   self.maxResolution, self.iterations, analysis.metric_name,
+                   self.maxResolution, analysis.tolerance, int(np.sum(analysis.converged)),
+                   analysis.products, analysis.metric_name,
                    "implicit poses (every image re-aligned to the changed map)"
-                   if analysis.implicit_poses else "fixed poses",
+                   if analysis.implicit_poses else "fixed poses", analysis.null_dimension,
                    self._noise().how, analysis.noise_variance, analysis.eigenvalues[0]))
         if change.size:
             text += (" Nearby volumes F ± εΔF along each mode, %.3g times less likely than "
@@ -452,16 +495,27 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
                           self.amplitudeContrast.get())
                 for value in self._defocusList()] or None
 
-    def _experiment(self):
-        """The experiment of the analysis (particle-weighted when the noise is marginalised)."""
+    def _experiment(self, marginalised=None):
+        """The experiment of the analysis (particle-weighted when the noise is marginalised;
+        ``marginalised=False``: the one of the input step)."""
         from cryohess_plugin.core.softmodes import ViewingExperiment
-        marginalised = self._fromParticles() and self.estimateNoise and self.marginaliseNoise
+        if marginalised is None:
+            marginalised = bool(self._fromParticles() and self.estimateNoise.get()
+                                and self.marginaliseNoise.get())
         return ViewingExperiment.load(self._getFileName(
             'marginalExperiment' if marginalised else 'experiment'))
 
     def _noise(self):
         from cryohess_plugin.core.softmodes import NoiseLevel
         return NoiseLevel.load(self._getFileName('noise'))
+
+    def _scale(self):
+        from cryohess_plugin.core.softmodes import MapScale
+        return MapScale.load(self._getFileName('scale'))
+
+    def _harmonicsBudget(self):
+        """Bytes of cached harmonics: a third of the memory available now, at least 1 GiB."""
+        return max(1 << 30, getMemoryAvailable() * 2 ** 20 // 3)
 
     def _loadAnalysis(self, volumes=False):
         """The stored :class:`SoftModeAnalysis`; the mode volumes and sensitivity map only

@@ -26,7 +26,7 @@ from cryohess_plugin.core.posterior.fit import (estimation_subset, fit_closed_fo
                                                 fit_variational, log_likelihood,
                                                 propagate_noise)
 from cryohess_plugin.core.kernels import posterior_cpu
-from .helpers import phantom_model, phantom_volume
+from .helpers import phantom_model, phantom_volume, relative_l2
 
 BOX, PIXEL = 32, 3.0
 
@@ -601,21 +601,38 @@ def test_per_shell_posterior_file_round_trip(coloured, tmp_path):
 
 
 def test_particle_files_hold_the_spectra_ctf_and_images(volume, tmp_path):
-    """Batches written to files equal the half-plane transform, the CTF evaluated at the
-    model's points and the images themselves; their size is what the estimate says."""
+    """Batches written to files equal the half-plane transform (in complex64), the CTF
+    evaluated at the model's points and the images themselves; their size is what the
+    estimate says, and the posterior fitted from them is the in-memory one."""
     sim, in_memory = make_problem(volume, 30, 0.05, 12)
     files = ParticleFiles.in_directory(str(tmp_path), images=True)
     batches = (sim.images[first:first + 7] for first in range(0, 30, 7))
     assert write_particle_files(files, batches, sim.ctf_params, PIXEL) == BOX
     problem = files.problem(sim.rotations, sim.shifts)
     assert problem.on_disk
-    np.testing.assert_array_equal(problem.spectra, in_memory.spectra)
-    np.testing.assert_array_equal(problem.ctf, in_memory.ctf)
+    spectra = np.asarray(problem.spectra)
+    assert spectra.dtype == np.complex64
+    np.testing.assert_allclose(spectra, in_memory.spectra,
+                               atol=1e-6 * np.abs(in_memory.spectra).max())
+    np.testing.assert_array_equal(np.asarray(problem.ctf), in_memory.ctf)
+    np.testing.assert_array_equal(np.asarray(problem.subset([3, 7]).ctf), in_memory.ctf[[3, 7]])
     np.testing.assert_array_equal(files.image_batch(10, 5), sim.images[10:15])
     written = sum((tmp_path / name).stat().st_size
-                  for name in ("spectra.npy", "ctf_values.npy", "images.npy"))
+                  for name in ("spectra.npy", "ctf_params.npz", "images.npy"))
     assert 0 <= written - particle_file_bytes(30, BOX, images=True) <= 3 * 4096
     assert particle_file_bytes(30, BOX) < particle_file_bytes(30, BOX, images=True)
+    from_files = fit_closed_form(problem, noise_variance=0.05, prior_variance=1.0)
+    from_memory = fit_closed_form(in_memory, noise_variance=0.05, prior_variance=1.0)
+    assert relative_l2(from_files.mean, from_memory.mean) < 1e-6
+
+
+def test_particle_files_take_a_third_of_the_disk_of_values_in_double_precision():
+    """At 256 px a particle's files are its complex64 spectrum and nine CTF parameters:
+    a third of a complex128 spectrum with float64 CTF values at every point (plus the
+    parameters' 72 bytes, 0.02 % of it)."""
+    points = fourier.HalfPlane.disc(256, 256 / 2 - 1).size
+    values_in_double = points * (16 + 8)
+    assert particle_file_bytes(1, 256) <= values_in_double / 3 + 72
 
 
 def test_stopped_conversion_leaves_no_particle_files(volume, tmp_path):

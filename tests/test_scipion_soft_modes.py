@@ -31,11 +31,11 @@ PIXEL = 2.5
 PARTICLES = 300
 RESOLUTION = 25.0  # Å: 2πK about π x 80 Å / 25 Å = 10
 MODES = 4
-ITERATIONS = 20
+MAX_PRODUCTS = 400
 SIMULATION = dict(boxSize=BOX, samplingRate=PIXEL, numberOfParticles=PARTICLES,
                   numberOfDefocusGroups=3, phantomAtoms=400, phantomRadius=30.0, snr=1.0,
                   shiftSigma=1.0, randomSeed=5, numberOfThreads=1)
-ANALYSIS = dict(maxResolution=RESOLUTION, numberOfModes=MODES, iterations=ITERATIONS,
+ANALYSIS = dict(maxResolution=RESOLUTION, numberOfModes=MODES, maxProducts=MAX_PRODUCTS,
                 numberOfThreads=1)
 
 
@@ -150,8 +150,9 @@ class TestSoftModes(CryoHessTestCase):
         single = float(np.load(self.uniform._getFileName('noise'))['variance'])
         marginal = float(np.load(self.marginal._getFileName('noise'))['variance'])
         self.assertAlmostEqual(marginal / single, 1.0, delta=0.05)
-        np.testing.assert_allclose(eigenvalues(self.marginal), eigenvalues(self.uniform),
-                                   rtol=0.1)
+        # The first modes; a run may report one more when its last subspace goes on.
+        np.testing.assert_allclose(eigenvalues(self.marginal)[:MODES],
+                                   eigenvalues(self.uniform)[:MODES], rtol=0.1)
 
     def testPolarViewsAreSofter(self):
         """Missing side views leave a mode at least 5 times softer than uniform views
@@ -287,8 +288,9 @@ class TestSoftModesValidation(ParticleValidationMixin, CryoHessTestCase):
     def testResolutionBeyondNyquist(self):
         self.assertError("Nyquist", self._errors(maxResolution=PIXEL))
 
-    def testModesNeedMoreIterations(self):
-        self.assertError("Lanczos iterations", self._errors(numberOfModes=8, iterations=8))
+    def testModesNeedMoreProducts(self):
+        self.assertError("budget of at least 12 Hessian products",
+                         self._errors(numberOfModes=8, maxProducts=8))
 
     def testBadDefocusList(self):
         errors = self._errors(experimentSource=EXPERIMENT_DESIGN, defocusValues='12000 far')

@@ -5,14 +5,17 @@ import pytest
 from cryohess_plugin.core.synthetic import atoms, phantoms, simulate
 from cryohess_plugin.core import rotations, spherical
 from cryohess_plugin.core.softmodes import RealLayout, per_image
-from cryohess_plugin.core.ctf import CTFParams, ctf_stack
+from cryohess_plugin.core.ctf import CTFParams, ctf_stack, ring_mean_ctf_squared
 from cryohess_plugin.core.errors import InvalidDataError, SamplingMismatchError, ShapeError
 from cryohess_plugin.core.softmodes.analysis import analyse_soft_modes, particle_pose_changes
 from cryohess_plugin.core.softmodes.experiment import (ViewingExperiment,
                                                        experiment_from_distribution,
                                                        experiment_from_poses, hemisphere_grid,
                                                        particle_assignment, rebin)
-from cryohess_plugin.core.softmodes.hessian import AccumulatedHessian
+from cryohess_plugin.core.softmodes.hessian import AccumulatedHessian, RealHarmonics
+from cryohess_plugin.core.softmodes.sampling import (NULL_THRESHOLD, SampledCoordinates,
+                                                     SamplingSpectrum)
+from cryohess_plugin.core.softmodes.products import degree_bands
 from cryohess_plugin.core.softmodes.noise import estimate_noise_variance, marginal_noise
 
 #: 2πK = L = 10: 11 shells, 22 ring angles.
@@ -85,6 +88,192 @@ def test_accumulated_operator_equals_the_per_image_hessian_on_grid_poses(setup, 
         assert relative(binned[index, groups], per_image) < 1e-10
 
 
+def test_real_harmonics_expand_the_real_layout_like_the_complex_harmonics(setup):
+    """A real vector's transform at directions: Σ_p x_p h_p from the harmonics kernel
+    (even degrees real, odd imaginary) equals Σ_lm A_lm Y_lm of its coefficients
+    (spherical.harmonics_at), shell by shell; the degree bands of a slice change nothing."""
+    shells, layout, coefficients, volume_vector = setup
+    harmonics = RealHarmonics(shells, layout)
+    directions = np.random.default_rng(13).standard_normal((50, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    even, odd = harmonics.evaluate(directions)
+    columns = harmonics.to_columns(volume_vector)  # (R, P)
+    values = (even @ columns[:, :harmonics.n_even].T
+              + 1j * (odd @ columns[:, harmonics.n_even:].T))  # (50, R)
+    expected = np.einsum("dlm,rlm->dr", spherical.harmonics_at(directions, shells.max_degree,
+                                                               shells.n_orders),
+                         coefficients * shells.coefficient_mask())
+    assert relative(values, expected) < 1e-12
+    bands = degree_bands(harmonics.degrees[:harmonics.n_even], shells.degree_limits,
+                         min_columns=1)
+    assert len(bands) > 3 and bands[0][2] == 0
+    banded = np.zeros((50, shells.n_shells))
+    for start, stop, first in bands:
+        banded[:, first:] += even[:, start:stop] @ columns[first:, start:stop].T
+    assert relative(banded, values.real) < 1e-13
+
+
+def test_sampling_operator_diagonalises_the_fixed_pose_hessian(setup):
+    """Without CTF, at unit noise and one group, the fixed-pose Hessian in the sampled
+    coordinates is exactly their diagonal (the great-circle density integrates every
+    product of the band exactly); the coordinates are a W-isometry and restrict is the
+    transpose of embed."""
+    shells, layout, _, volume_vector = setup
+    rng = np.random.default_rng(14)
+    directions = rng.standard_normal((25, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    experiment = ViewingExperiment(directions, (), rng.uniform(0.5, 2.0, (25, 1)), PIXEL_SIZE)
+    operator = AccumulatedHessian(shells, volume_vector, layout, experiment, PIXEL_SIZE)
+    ring = shells.weights / shells.radii
+    metric = ring[operator.harmonics.shell_of_parameter]
+    spectrum = SamplingSpectrum(operator.harmonics, experiment.directions,
+                                experiment.counts[:, 0])
+    coordinates = SampledCoordinates(spectrum, metric, ring)
+    assert coordinates.dimension == layout.n_parameters  # 25 directions sample every shell
+    basis = coordinates.embed(np.eye(coordinates.dimension))
+    np.testing.assert_allclose(basis @ (metric[:, None] * basis.T), np.eye(coordinates.dimension),
+                               atol=1e-12)
+    hessian = coordinates.restrict(operator.matmat(basis, implicit_poses=False))
+    np.testing.assert_allclose(hessian, np.diag(coordinates.diagonal),
+                               atol=1e-10 * coordinates.diagonal.max())
+    vector = rng.standard_normal(layout.n_parameters)
+    z = rng.standard_normal(coordinates.dimension)
+    assert coordinates.restrict(vector)[0] @ z == pytest.approx(vector @ coordinates.embed(z)[0],
+                                                              rel=1e-12)
+
+
+def test_null_space_is_what_the_views_leave_unsampled(setup):
+    """Views within 25° of the pole: on each shell, the unsampled components are the fixed-
+    pose Hessian's eigenvalues below the threshold (dense, shell by shell), around the
+    pole; uniform views leave none."""
+    shells, layout, _, volume_vector = setup
+    poses = simulate.sample_rotations("polar_cap", 400, 15, cap_deg=25.0)
+    experiment = experiment_from_poses(poses, pixel_size=PIXEL_SIZE)
+    operator = AccumulatedHessian(shells, volume_vector, layout, experiment, PIXEL_SIZE)
+    spectrum = SamplingSpectrum(operator.harmonics, experiment.directions,
+                                experiment.counts[:, 0])
+    hessian = operator.matmat(np.eye(layout.n_parameters), implicit_poses=False)
+    shell_of = operator.harmonics.shell_of_parameter
+    expected = []
+    for r in range(shells.n_shells):
+        block = hessian[np.ix_(shell_of == r, shell_of == r)]
+        values = np.linalg.eigvalsh((block + block.T) / 2)
+        expected.append(int(np.sum(values <= NULL_THRESHOLD * values.max())))
+    assert spectrum.null_counts().tolist() == expected and sum(expected) > 20
+    region = spectrum.region()
+    assert abs(region.axis[2]) > np.cos(np.deg2rad(10)) and 20 < region.half_angle_deg < 65
+    assert 0 < region.fraction < 0.5 and "missing cone" in region.describe()
+    uniform = experiment_from_poses(simulate.sample_rotations("uniform", 400, 15),
+                                    pixel_size=PIXEL_SIZE)
+    full = SamplingSpectrum(operator.harmonics, uniform.directions, uniform.counts[:, 0])
+    assert full.null_counts().sum() == 0 and full.region().fraction == 0
+
+
+def test_unconverged_pairs_are_flagged_and_give_no_bound(phantom):
+    """A budget too small for the tolerance: the pairs short of it have no ε, no relative
+    change, no share of the sensitivity map, and the summary says so."""
+    volume, pixel = phantom
+    experiment = experiment_from_distribution("polar", 500, spread_deg=10, pixel_size=pixel)
+    result = analyse_soft_modes(volume, pixel, experiment, 32 * pixel / (10 / np.pi),
+                                n_modes=4, max_products=10, backend="cpu", log_determinant=None)
+    assert result.products == 10 and not result.converged.any()
+    assert np.all(np.isnan(result.perturbation)) and np.all(np.isnan(result.relative_change))
+    assert np.all(result.sensitivity == 0) and np.all(result.group_pose_changes == 0)
+    lines = [line for line in result.spectrum_lines() if line.startswith("Mode ")]
+    assert len(lines) == 4 and all("NOT CONVERGED" in line and "no bound" in line
+                                   for line in lines)
+
+
+def ring_average(params, radii, box, pixel, n_angles=720):
+    """``(n, R)`` CTF² averaged over ``n_angles`` directions of each ring, directly."""
+    angles = 2 * np.pi * np.arange(n_angles) / n_angles
+    kx = (np.asarray(radii)[:, None] * np.cos(angles)).ravel()
+    ky = (np.asarray(radii)[:, None] * np.sin(angles)).ravel()
+    values = ctf_stack(params, kx, ky, box, pixel) ** 2
+    return values.reshape(len(params), len(radii), n_angles).mean(axis=-1)
+
+
+def test_ring_mean_ctf_squared_is_the_direct_average_around_each_ring():
+    params = [CTFParams(15000, 14000, 33, 300, 2.7, 0.1),
+              CTFParams(20000, 18500, -70, 200, 2.0, 0.07, phase_shift=30, bfactor=50),
+              CTFParams(9000, 11000, 10, 300, 2.7, 0.1, phase_flipped=True)]
+    radii = np.linspace(0.5, 60.0, 40)
+    np.testing.assert_allclose(ring_mean_ctf_squared(params, radii, 128, 1.0),
+                               ring_average(params, radii, 128, 1.0), atol=1e-12)
+
+
+def test_group_ctf_squared_is_the_mean_over_its_particles_not_the_mean_defocus():
+    """At 6 Å, 1000 Å astigmatism and a 900 Å defocus spread in a group: the group's CTF²
+    is the weighted mean of its particles' ring averages; the CTF² of the mean defocus
+    is far off it."""
+    rng = np.random.default_rng(11)
+    defocus = rng.uniform(14000, 14900, 40)
+    params = [CTFParams(d + 500, d - 500, a, 300, 2.7, 0.1)
+              for d, a in zip(defocus, rng.uniform(0, 180, 40))]
+    params += [CTFParams(30000, 30000, 0, 300, 2.7, 0.1)] * 5  # a second group
+    weights = rng.uniform(0.5, 2.0, 45)
+    experiment = experiment_from_poses(simulate.uniform_rotations(45, rng), params,
+                                       pixel_size=1.0, weights=weights)
+    assert experiment.n_groups == 2
+    box, radius = 128, 128 / 6.0  # 6 Å
+    radii = np.array([radius / 2, radius])
+    direct = ring_average(params, radii, box, 1.0)
+    expected = [np.average(direct[:40], axis=0, weights=weights[:40]),
+                np.average(direct[40:], axis=0, weights=weights[40:])]
+    np.testing.assert_allclose(experiment.ctf_squared(radii, box, 1.0), expected, atol=1e-12)
+    # A planned experiment's groups are their own CTFs.
+    design = experiment_from_distribution("uniform", 100, ctf_params=params[:2], pixel_size=1.0)
+    np.testing.assert_allclose(design.ctf_squared(radii, box, 1.0), direct[:2], atol=1e-12)
+    # The CTF² of the group's mean defocus, radial: measured 47 % off at 6 Å.
+    mean_defocus = experiment.ctf_params[0]
+    assert mean_defocus.defocus_u == mean_defocus.defocus_v == pytest.approx(defocus.mean())
+    radial = ring_mean_ctf_squared([mean_defocus], radii, box, 1.0)[0]
+    assert abs(radial[1] / expected[0][1] - 1) > 0.12
+    # The members survive rebinning and the file.
+    binned, _ = rebin(experiment, 20.0)
+    np.testing.assert_allclose(binned.ctf_squared(radii, box, 1.0), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("implicit, bound", [(False, 1e-9), (True, 2e-2)])
+def test_accumulated_operator_with_astigmatic_particles_against_the_per_image_hessian(
+        setup, implicit, bound):
+    """Particles with astigmatic CTFs (1000 Å at 7.7 Å) and three defocus values in their
+    group, in every grid direction turned in-plane to each of the Q ring angles (the
+    in-plane average that the accumulated form takes in expectation): with fixed poses the
+    accumulated Hessian (the group's mean ring-averaged CTF²) is the per-image one with
+    each particle's 2-D CTF; with implicit poses it uses the mean CTF² in the pose blocks
+    too, which the per-image form takes per particle (measured 1.1e-2)."""
+    shells, layout, coefficients, volume_vector = setup
+    pixel = 1.5
+    directions, _ = hemisphere_grid(30.0)
+    base = rotations.rotations_for_directions(directions)
+    n_angles = 2 * shells.max_degree + 2
+    poses, params = [], []
+    for pose in base:
+        for mean in (12000.0, 12400.0, 12800.0):
+            for k in range(n_angles):
+                poses.append(rotations.in_plane_rotations(2 * np.pi * k / n_angles) @ pose)
+                params.append(CTFParams(mean + 500, mean - 500, 40.0, 300, 2.7, 0.1))
+    poses = np.array(poses)
+    experiment = experiment_from_poses(poses, params, pixel)
+    assert experiment.n_groups == 1 and experiment.directions.shape[0] == len(base)
+    operator = AccumulatedHessian(shells, volume_vector, layout, experiment, pixel,
+                                  noise_sigma2=0.7)
+    rng = np.random.default_rng(12)
+    ring = per_image.ring_grid(shells, n_angles)
+    ctf = ctf_stack(params, ring.kx, ring.ky, BOX, pixel).reshape(len(poses), shells.n_shells,
+                                                                  n_angles)
+    empty = np.zeros(ctf.shape, dtype=np.complex128)
+    templates = per_image.SoftModeProblem(shells, empty, poses, ctf).templates(coefficients)
+    problem = per_image.SoftModeProblem(shells, templates, poses, ctf, noise_sigma=np.sqrt(0.7))
+    # The group's CTF² differs from that of its mean defocus by up to 20 % on these shells.
+    radial = ring_mean_ctf_squared(experiment.ctf_params, shells.radii, BOX, pixel)
+    assert np.max(np.abs(radial / operator.ctf_squared - 1)) > 0.05
+    for vector in rng.standard_normal((2, layout.n_parameters)):
+        expected = problem.hessian_vector(coefficients, vector, implicit_poses=implicit)
+        assert relative(operator.matvec(vector, implicit), expected) < bound
+
+
 def test_ctf_scale_multiplies_the_hessian_by_its_square(setup):
     shells, layout, coefficients, volume_vector = setup
     rng = np.random.default_rng(2)
@@ -145,7 +334,7 @@ def test_eigenvalues_scale_with_images_over_noise_and_epsilon_with_its_root(phan
     volume, pixel = phantom
     resolution = 32 * pixel / (10 / np.pi)  # L = 10
     runs = [analyse_soft_modes(volume, pixel, experiment_from_distribution(
-                "uniform", count, pixel_size=pixel), resolution, n_modes=3, iterations=30,
+                "uniform", count, pixel_size=pixel), resolution, n_modes=3,
                 noise_variance=noise, backend="cpu")
             for count, noise in ((500, 1.0), (2000, 2.0))]
     assert np.allclose(runs[1].eigenvalues / runs[0].eigenvalues, 2.0, rtol=1e-9)
@@ -161,21 +350,22 @@ def test_analysis_outputs_are_consistent(phantom):
     experiment = experiment_from_poses(poses, pixel_size=pixel)
     lines = []
     result = analyse_soft_modes(volume, pixel, experiment, 32 * pixel / (10 / np.pi), n_modes=3,
-                                iterations=24, backend="cpu",
+                                backend="cpu",
                                 progress=lambda event: lines.append(event.line()))
     assert result.max_degree == 10 and result.mode_volumes.shape == (3, 32, 32, 32)
     assert result.mode_volumes.dtype == np.float32 and result.sensitivity.shape == (32, 32, 32)
     assert np.all(np.diff(result.eigenvalues) >= 0) and result.eigenvalues[0] > 0
     assert result.pose_changes.shape == (3, 400) and np.all(result.pose_changes > 0)
-    assert result.ritz_history.shape == (24, 24)
+    assert result.ritz_history.shape[1] == 3 and result.converged.all()
     assert result.shell_profile.shape == (3, result.shell_frequencies.size)
     expected = np.tensordot(result.perturbation ** 2,
                             result.mode_volumes.astype(np.float64) ** 2, axes=1)
     assert relative(result.sensitivity, expected) < 1e-6
-    assert any(line.startswith("Lanczos step") for line in lines)
+    assert any(line.startswith("Eigensolver:") for line in lines)
+    assert any(line.startswith("Null space: 0 unsampled") for line in lines)
     assert any("binned on" in line for line in lines)
     fixed = analyse_soft_modes(volume, pixel, experiment, 32 * pixel / (10 / np.pi), n_modes=2,
-                               iterations=12, implicit_poses=False, metric="l2", backend="cpu")
+                               implicit_poses=False, metric="l2", backend="cpu")
     assert not fixed.implicit_poses and fixed.metric == "l2"
     assert np.all(fixed.pose_changes == 0) and fixed.eigenvalues[0] > 0
 
@@ -230,9 +420,11 @@ def test_particle_pose_changes_are_their_directions_values(phantom):
     params = [GROUPS[k % 3 == 0] for k in range(len(poses))]
     experiment = experiment_from_poses(poses, params, pixel_size=pixel, grid_spacing_deg=15.0)
     result = analyse_soft_modes(volume, pixel, experiment, 32 * pixel / (10 / np.pi), n_modes=2,
-                                iterations=12, backend="cpu")
+                                backend="cpu")
     changes = result.group_pose_changes
-    assert changes.shape == (2,) + experiment.counts.shape and np.all(changes > 0)
+    assert len(result.eigenvalues) >= 2 and result.converged.all()
+    assert changes.shape == (len(result.eigenvalues),) + experiment.counts.shape
+    assert np.all(changes > 0)
     share = experiment.counts / experiment.counts.sum(axis=1, keepdims=True)
     np.testing.assert_allclose(np.sqrt(np.sum(share * changes ** 2, axis=2)),
                                result.pose_changes, rtol=1e-12)

@@ -88,8 +88,8 @@ def _simulated_errors():
     volume = rng.standard_normal((BOX,) * 3)
     results = {backend: analyse_soft_modes(volume, PIXEL_SIZE, experiment,
                                            BOX * PIXEL_SIZE / MAX_FREQUENCY, n_modes=2,
-                                           iterations=6, backend=backend,
-                                           grid_spacing_deg=None)
+                                           max_products=60, log_determinant=(2, 4),
+                                           backend=backend, grid_spacing_deg=None)
                for backend in ("cpu", "cuda")}
     errors["analysis_eigenvalues"] = relative(results["cuda"].eigenvalues,
                                               results["cpu"].eigenvalues)

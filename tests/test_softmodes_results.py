@@ -8,7 +8,7 @@ import pytest
 
 from cryohess_plugin.core.ctf import CTFParams
 from cryohess_plugin.core.softmodes import (
-    NoiseLevel, ParticleAssignment, PoseChangeStatistics, SoftModeAnalysis, ViewingExperiment,
+    EXPERIMENT_STATEMENT, NoiseLevel, ParticleAssignment, PoseChangeStatistics, SoftModeAnalysis, ViewingExperiment,
     analyse_soft_modes, analysis_memory, analysis_warnings, experiment_from_distribution,
     experiment_from_poses, noise_variance_for_snr, particle_pose_changes)
 from cryohess_plugin.core.synthetic import simulate
@@ -26,7 +26,7 @@ def run():
     ctfs = [GROUPS[i % 2] for i in range(200)]
     experiment = experiment_from_poses(poses, ctfs, pixel_size=PIXEL)
     analysis = analyse_soft_modes(volume, PIXEL, experiment, BOX * PIXEL / (10 / np.pi),
-                                  n_modes=3, iterations=16, log_likelihood_ratio=2.5,
+                                  n_modes=3, log_likelihood_ratio=2.5,
                                   backend="cpu")
     return volume, poses, ctfs, experiment, analysis
 
@@ -67,8 +67,12 @@ def test_eigenvalue_table_and_nearby_volumes(run, tmp_path):
     np.testing.assert_array_equal(
         nearby, volume - analysis.perturbation[1] * analysis.mode_volumes[1])
     lines = analysis.spectrum_lines()
-    assert lines[0].startswith("Implicit poses, Riesz metric")
-    assert len(lines) == 2 + 3 and lines[-1].startswith("Mode 3: λ = ")
+    assert lines[0] == EXPERIMENT_STATEMENT
+    assert lines[1].startswith("Implicit poses, Riesz metric")
+    assert lines[2].startswith("Null space: none")
+    modes = [line for line in lines if line.startswith("Mode ")]
+    assert len(modes) == 3 and modes[-1].startswith("Mode 3: λ = ")
+    assert lines[-1].startswith("log det H = ")
 
 
 @pytest.mark.parametrize("ctf", [True, False])
@@ -115,7 +119,7 @@ def test_noise_for_an_snr_matches_the_analytic_projection_of_a_gaussian():
     # Measured: 2e-3 relative (the projector's cubic interpolation).
     assert variance == pytest.approx(image.var() / 0.5, rel=1e-2)
     noise = NoiseLevel.from_snr(volume, experiment, 0.5, backend="cpu")
-    assert noise.variance == variance and noise.how == "set from an SNR of 0.5"
+    assert noise.variance == variance and noise.how == "set from an SNR of 0.5 (white)"
 
 
 def test_noise_level_round_trips_through_its_file(tmp_path):
@@ -141,11 +145,11 @@ def test_memory_estimate_bounds_the_traced_peak(resolution, budget):
     experiment = experiment_from_distribution("uniform", 500, ctf_params=GROUPS[:1],
                                               pixel_size=PIXEL)
     peak = traced_peak(lambda: analyse_soft_modes(
-        volume, PIXEL, experiment, resolution, n_modes=4, iterations=12, backend="cpu",
+        volume, PIXEL, experiment, resolution, n_modes=4, backend="cpu",
         memory_budget=budget))
-    estimate = analysis_memory(BOX, PIXEL, resolution, n_modes=4, iterations=12,
+    estimate = analysis_memory(BOX, PIXEL, resolution, n_modes=4,
                                memory_budget=budget)
-    # Measured: estimate / peak = 1.07 and 1.26 (the grid's every direction is counted).
+    # Measured: estimate / peak = 1.01 and 1.12.
     assert peak <= 1.05 * estimate and estimate <= 1.5 * peak
 
 

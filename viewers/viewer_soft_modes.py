@@ -1,4 +1,6 @@
 """Plots of the Hessian soft modes: spectrum, modes, sensitivity, poses and run comparisons."""
+import textwrap
+
 from matplotlib.colors import LogNorm
 from matplotlib.ticker import MaxNLocator
 import numpy as np
@@ -7,7 +9,7 @@ import pyworkflow.protocol.params as params
 from pyworkflow.viewer import DESKTOP_TKINTER, WEB_DJANGO, ProtocolViewer
 
 from cryohess_plugin import convert
-from cryohess_plugin.core.softmodes import PoseChangeStatistics
+from cryohess_plugin.core.softmodes import EXPERIMENT_STATEMENT, PoseChangeStatistics
 from cryohess_plugin.protocols import CryoHessProtSoftModes
 
 from .plotting import SECTION_AXES, SECTIONS, colorbar, imagePanel
@@ -25,9 +27,12 @@ class CryoHessSoftModesViewer(ProtocolViewer):
         form.addSection(label='Visualization')
         form.addParam('displaySpectrum', params.LabelParam, label='Eigenvalue spectrum',
                       help="Eigenvalues of the softest modes (smaller: softer, less "
-                           "constrained by the data) and the Lanczos diagnostic: the Ritz "
-                           "values at every iteration, whose lowest ones settle on the "
-                           "eigenvalues.")
+                           "constrained by the data), with the modes that did not converge "
+                           "and the subspaces of nearly equal eigenvalues marked, and the "
+                           "eigensolver's diagnostic: the Ritz values at every iteration, "
+                           "which settle on the eigenvalues. The accumulated Hessian "
+                           "describes the experiment (views, counts, CTFs, noise) around "
+                           "the given map.")
         form.addParam('modeNumber', params.IntParam, default=1,
                       validators=[params.Positive], label='Mode',
                       help="Soft mode (1 is the softest) shown by the mode and pose plots.")
@@ -40,7 +45,8 @@ class CryoHessSoftModesViewer(ProtocolViewer):
                            "outputPerturbed (open them with Scipion's volume viewers).")
         form.addParam('displaySensitivity', params.LabelParam, label='Sensitivity map',
                       help="Central slices of the per-voxel sensitivity Σ_i ε_i² ΔF_i², "
-                           "the squared change of the nearby volumes summed over the modes "
+                           "the squared change of the nearby volumes summed over the "
+                           "converged modes (on the particles' scale) "
                            "(ε² grows as 1/λ): high where the data pin the map down least. "
                            "The reference's contour is drawn for orientation.")
         form.addParam('displayShellProfile', params.LabelParam, label='Per-shell profile',
@@ -92,23 +98,40 @@ class CryoHessSoftModesViewer(ProtocolViewer):
     def _showSpectrum(self, paramName=None):
         analysis = self.protocol._loadAnalysis()
         eigenvalues = analysis.eigenvalues
-        plotter = EmPlotter(x=1, y=2, mainTitle='Soft-mode spectrum', figsize=(10, 4))
-        axes = plotter.createSubPlot('Softest eigenvalues (2πK = %d)'
-                                     % analysis.max_degree, 'mode',
+        converged = np.asarray(analysis.converged, dtype=bool)
+        number = np.arange(1, len(eigenvalues) + 1)
+        plotter = EmPlotter(x=1, y=2, figsize=(11, 4.8),
+                            mainTitle='Soft-mode spectrum, 2πK = %d: %d of %d modes converged; '
+                                      'null space of %d unsampled components'
+                                      % (analysis.max_degree, converged.sum(),
+                                         len(eigenvalues), analysis.null_dimension))
+        axes = plotter.createSubPlot('Softest eigenvalues', 'mode',
                                      'eigenvalue λ (smaller: softer)')
-        axes.semilogy(np.arange(1, len(eigenvalues) + 1), eigenvalues, 'o-')
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axes = plotter.createSubPlot('Ritz values per iteration', 'Lanczos iteration',
-                                     'Ritz value')
-        history = analysis.ritz_history
-        iteration, _ = np.nonzero(np.isfinite(history) & (history > 0))
-        axes.semilogy(iteration + 1, history[np.isfinite(history) & (history > 0)], '.',
-                      markersize=3, color='tab:gray', label='Ritz values')
-        for number, value in enumerate(eigenvalues):
-            axes.axhline(value, color='tab:red', linewidth=0.5,
-                         label='final eigenvalues' if number == 0 else None)
+        axes.semilogy(number, eigenvalues, '-', color='tab:blue', linewidth=0.8)
+        axes.semilogy(number[converged], eigenvalues[converged], 'o', color='tab:blue',
+                      label='converged')
+        if not converged.all():
+            axes.semilogy(number[~converged], eigenvalues[~converged], 'o', mfc='none',
+                          color='tab:red', label='not converged (no bound, no ε)')
+        labels = np.asarray(analysis.clusters if analysis.clusters is not None else number)
+        spans = [number[labels == label] for label in np.unique(labels)]
+        for index, members in enumerate(span for span in spans if span.size > 1):
+            axes.axvspan(members[0] - 0.3, members[-1] + 0.3, color='tab:orange', alpha=0.2,
+                         label=None if index else 'one soft subspace')
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.legend(fontsize=7, loc='lower right')
+        axes = plotter.createSubPlot('Ritz values per solver iteration', 'iteration',
+                                     'Ritz value')
+        history = np.asarray(analysis.ritz_history)
+        for column in range(history.shape[1]):
+            axes.semilogy(np.arange(1, history.shape[0] + 1), history[:, column], '-',
+                          linewidth=0.7, color='tab:gray')
+        for value in eigenvalues:
+            axes.axhline(value, color='tab:red', linewidth=0.4)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        plotter.getFigure().text(0.5, 0.01, textwrap.fill(EXPERIMENT_STATEMENT, 150),
+                                 ha='center', va='bottom', fontsize=7)
+        plotter.getFigure().subplots_adjust(bottom=0.2)
         return [plotter]
 
     def _showMode(self, paramName=None):
@@ -118,13 +141,18 @@ class CryoHessSoftModesViewer(ProtocolViewer):
         mode = analysis.mode_volumes[index]
         epsilon = float(analysis.perturbation[index])
         centre = reference.shape[0] // 2
-        columns = (('F - εΔF', analysis.nearby_volume(reference, index, -1), 'gray'),
-                   ('F + εΔF', analysis.nearby_volume(reference, index, 1), 'gray'),
+        if np.isfinite(epsilon):
+            nearby = [analysis.nearby_volume(reference, index, sign) for sign in (-1, 1)]
+            title = ('Mode %d: λ = %.3g, ε = %.3g, ‖εΔF‖/‖F‖ = %.1f %%'
+                     % (index + 1, analysis.eigenvalues[index], epsilon,
+                        100 * analysis.relative_change[index]))
+        else:
+            nearby = [reference, reference]
+            title = ('Mode %d did not converge: no ε, the nearby volumes show F itself'
+                     % (index + 1))
+        columns = (('F - εΔF', nearby[0], 'gray'), ('F + εΔF', nearby[1], 'gray'),
                    ('ΔF', mode, 'coolwarm'))
-        plotter = EmPlotter(x=3, y=4, figsize=(10, 7.5),
-                            mainTitle='Mode %d: λ = %.3g, ε = %.3g, ‖εΔF‖/‖F‖ = %.1f %%'
-                                      % (index + 1, analysis.eigenvalues[index], epsilon,
-                                         100 * analysis.relative_change[index]))
+        plotter = EmPlotter(x=3, y=4, figsize=(10, 7.5), mainTitle=title)
         limit = np.abs(mode).max() or 1.0
         # One grey scale for both nearby volumes, so their difference shows.
         grey = dict(vmin=min(columns[0][1].min(), columns[1][1].min()),

@@ -26,6 +26,7 @@ import math
 from dataclasses import astuple, dataclass, fields
 
 import numpy as np
+import scipy.special
 
 from . import fourier
 from .errors import InvalidDataError, ShapeError
@@ -137,16 +138,21 @@ def _parameter_columns(params_list):
             for field in fields(CTFParams)}
 
 
-def _ctf_values(p, s2, theta):
-    """The CTF formula of the module docstring; ``p`` maps field names to broadcastable values."""
+def _chi(p, s2, defocus):
+    """Phase ``chi`` at squared frequencies ``s2`` for a ``defocus`` (Å); ``p`` as below."""
     wavelength = electron_wavelength(p["voltage"])
     cs = p["spherical_aberration"] * 1e7  # mm -> Å
+    return (np.pi * wavelength * defocus * s2
+            - 0.5 * np.pi * cs * wavelength ** 3 * s2 ** 2
+            + np.deg2rad(p["phase_shift"]))
+
+
+def _ctf_values(p, s2, theta):
+    """The CTF formula of the module docstring; ``p`` maps field names to broadcastable values."""
     defocus = 0.5 * (p["defocus_u"] + p["defocus_v"]
                      + (p["defocus_u"] - p["defocus_v"])
                      * np.cos(2 * (theta - np.deg2rad(p["defocus_angle"]))))
-    chi = (np.pi * wavelength * defocus * s2
-           - 0.5 * np.pi * cs * wavelength ** 3 * s2 ** 2
-           + np.deg2rad(p["phase_shift"]))
+    chi = _chi(p, s2, defocus)
     a = p["amplitude_contrast"]
     # exp(0) = 1 where bfactor is 0, so no envelope is applied there.
     values = (np.sqrt(1 - a * a) * np.sin(chi) + a * np.cos(chi)) * np.exp(-p["bfactor"] * s2 / 4)
@@ -191,6 +197,32 @@ def ctf_stack(params_list, kx, ky, box, pixel_size, dtype=np.float64):
         columns = _parameter_columns(params_list[start:start + block])
         out[start:start + block] = _ctf_values(columns, s2, theta)
     return out
+
+
+def ring_mean_ctf_squared(params_list, radii, box, pixel_size):
+    """Mean of ``CTF²`` around each ring ``|k| = radii`` (cycles per box), astigmatism included.
+
+    With ``sin α = A`` the CTF is ``sin(χ + α) E`` (``E`` the envelope), so
+    ``CTF² = E² (1 − cos(2χ + 2α)) / 2``; around a ring ``χ = χ̄ + κ cos 2(θ − θ_U)``
+    with ``χ̄`` the phase of the mean defocus and ``κ = π λ s² (dU − dV) / 2``, and the
+    ring mean of ``cos(c + 2κ cos φ)`` is ``J₀(2κ) cos c``.  Phase flipping does not change
+    ``CTF²``.  This is the exact ring average, not the CTF² of the mean defocus.
+
+    :param params_list: ``n`` :class:`CTFParams`.
+    :param radii: ``(R,)`` ring radii in cycles per box.
+    :returns: ``(n, R)`` float64.
+    """
+    radii = np.asarray(radii, dtype=np.float64)
+    if radii.ndim != 1:
+        raise ShapeError(f"radii must be 1-D, got shape {radii.shape}")
+    s2, _ = _polar(radii, np.zeros_like(radii), box, pixel_size)
+    p = _parameter_columns(params_list)
+    mean_chi = _chi(p, s2, 0.5 * (p["defocus_u"] + p["defocus_v"]))
+    swing = np.pi * electron_wavelength(p["voltage"]) * s2 * 0.5 * (p["defocus_u"]
+                                                                    - p["defocus_v"])
+    alpha = np.arcsin(p["amplitude_contrast"])
+    envelope = np.exp(-p["bfactor"] * s2 / 2)
+    return envelope * 0.5 * (1 - scipy.special.j0(2 * swing) * np.cos(2 * mean_chi + 2 * alpha))
 
 
 def ctf_rings(params_list, radii, angles, box, pixel_size, dtype=np.float64):

@@ -96,6 +96,17 @@ def noise_sigma_for_snr(clean_images, snr, max_frequency=None, spectrum=None):
     return float(np.sqrt(signal_variance(clean_images, max_frequency) / (snr * fraction)))
 
 
+def noise_sigma_for_energy_snr(clean_images, snr):
+    """Per-pixel noise standard deviation for an SNR stated as mean energy per pixel,
+    ``SNR = mean_i |c_i|_F² / (D² σ²)`` (Eq. (4) of Kreymer, Singer & Bendory, over the
+    ``D × D`` particle boxes; the mean square rather than the variance, so a particle's
+    mean counts as signal)."""
+    if not (np.isfinite(snr) and snr > 0):
+        raise InvalidDataError(f"SNR must be a positive finite number, got {snr}")
+    clean = np.asarray(clean_images, dtype=np.float64)
+    return float(np.sqrt(np.mean(clean ** 2) / snr))
+
+
 def snr_in_band(clean_images, sigma, max_frequency=None, spectrum=None):
     """The SNR of noise of per-pixel standard deviation ``sigma`` on these images, over
     the whole box or inside a band (the inverse of :func:`noise_sigma_for_snr`)."""

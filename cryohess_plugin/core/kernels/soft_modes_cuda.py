@@ -6,10 +6,8 @@ in ``docs/methods/hessian_soft_modes.md`` §2.5 and §2.7.
 
 Kernels:
 
-* :func:`_harmonics`: one thread per sample direction; the Legendre
-  recurrences of :func:`.spherical.normalized_legendre` and the real
-  combinations of :meth:`.softmodes.hessian.RealHarmonics.evaluate`
-  (even degrees real, odd degrees imaginary).
+* :func:`_harmonics`: one thread per sample direction running the CPU kernel's
+  per-sample routine (:func:`.soft_modes_cpu.sample_harmonics`).
 * :func:`_gemm_nt` (slice: ``V = H Cᵀ``) and :func:`_gemm_tn` (adjoint slice:
   ``C += Zᵀ H``): tiled shared-memory matrix products.  They are written by
   hand because ``numba.cuda`` has no BLAS binding and CuPy (cuBLAS) is not a
@@ -17,16 +15,17 @@ Kernels:
 * :func:`_pose`: one thread block per direction: the overlaps
   ``<U_a, V>`` per shell, the couplings and the ``3 x 3`` pseudo-inverse
   solves per (direction, group), the mixing back onto the slices and the
-  ring weights ``/ σ²``, written in place over ``V``.
+  ring weights, written in place over ``V`` (the shell weights hold ``1 / σ²``).
 
 Launches: :func:`evaluate_harmonics`, :func:`slice_product`,
 :func:`adjoint_product` and :func:`pose_algebra`; :func:`to_device` and
 :func:`device_array` allocate what they work on.
 """
-import math
 
 import numpy as np
 from numba import cuda
+
+from .soft_modes_cpu import sample_harmonics
 
 #: Tile edge of the matrix-product kernels (TILE x TILE threads per block).
 TILE = 16
@@ -34,9 +33,6 @@ TILE = 16
 THREADS = 64
 #: CUDA caps grid dimension y at 65535.
 _MAX_BLOCKS_Y = 65535
-
-_SQRT2 = math.sqrt(2.0)
-_INV_SQRT_4PI = 1.0 / math.sqrt(4 * math.pi)
 
 #: Modes of :func:`_pose`.
 FIXED_POSES, IMPLICIT_POSES, POSE_CHANGE = 0, 1, 2
@@ -50,46 +46,8 @@ def _harmonics(samples, max_degree, table, even, odd):
     for ``m = 0``) and kind ``b`` (``k = 1``) in ``even`` (even ``l``) or ``odd``.
     """
     i = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
-    if i >= samples.shape[0]:
-        return
-    # Clamps by comparison: builtin min/max on floats fail numba's CUDA typing here.
-    x = samples[i, 2]
-    if x > 1.0:
-        x = 1.0
-    elif x < -1.0:
-        x = -1.0
-    sin_squared = 1.0 - x * x
-    sin_theta = math.sqrt(sin_squared) if sin_squared > 0.0 else 0.0
-    phi = math.atan2(samples[i, 1], samples[i, 0])
-    sectoral = _INV_SQRT_4PI
-    for m in range(max_degree + 1):
-        if m > 0:
-            sectoral = -math.sqrt((2 * m + 1) / (2 * m)) * sin_theta * sectoral
-        c = math.cos(m * phi)
-        s = math.sin(m * phi)
-        before = 0.0
-        value = sectoral
-        for l in range(m, max_degree + 1):
-            if l == m + 1:
-                before = value
-                value = math.sqrt(2 * m + 3) * x * sectoral
-            elif l > m + 1:
-                a = math.sqrt((4 * l * l - 1) / (l * l - m * m))
-                b = math.sqrt(((l - 1) ** 2 - m * m) / (4 * (l - 1) ** 2 - 1))
-                value, before = a * (x * value - b * before), value
-            if m == 0:
-                # i^l Y_l^0: real (-1)^(l/2) for even l, imaginary (-1)^((l-1)/2) for odd.
-                sign = 1.0 if (l // 2) % 2 == 0 else -1.0
-                if l % 2 == 0:
-                    even[i, table[l, 0, 0]] = sign * value
-                else:
-                    odd[i, table[l, 0, 0]] = sign * value
-            elif l % 2 == 0:
-                even[i, table[l, m, 0]] = _SQRT2 * value * c
-                even[i, table[l, m, 1]] = -_SQRT2 * value * s
-            else:
-                odd[i, table[l, m, 0]] = _SQRT2 * value * s
-                odd[i, table[l, m, 1]] = _SQRT2 * value * c
+    if i < samples.shape[0]:
+        sample_harmonics(samples, i, max_degree, table, even, odd)
 
 
 # Hand-written matrix products: numba.cuda has no BLAS binding and CuPy (cuBLAS) is not a
@@ -144,15 +102,15 @@ def _gemm_tn(a, b, c):
 
 
 @cuda.jit
-def _pose(start, mode, v_re, v_im, u_re, u_im, pinv, counts, ctf_squared, ring_weights,
-          inv_sigma2, overlap, change):
+def _pose(start, mode, v_re, v_im, u_re, u_im, pinv, counts, shell_weights, ring_weights,
+          overlap, change):
     """Pose algebra of direction ``start + blockIdx.x`` (module docstring), one block each.
 
     ``v_re``, ``v_im`` ``(d, Q/2, R)`` slices of the block; ``u_re``, ``u_im``
-    ``(3, D, Q/2, R)``; ``pinv`` ``(D, G, 3, 3)``; ``counts`` ``(D, G)``; ``ctf_squared``
-    ``(G, R)``; ``overlap`` ``(d, 3, R)`` and ``change`` ``(d, G, 3)`` scratch/output.
+    ``(3, D, Q/2, R)``; ``pinv`` ``(D, G, 3, 3)``; ``counts`` ``(D, G)``; ``shell_weights``
+    ``(G, R)`` (``C² / σ²``); ``overlap`` ``(d, 3, R)`` and ``change`` ``(d, G, 3)`` scratch/output.
     Modes: :data:`FIXED_POSES` and :data:`IMPLICIT_POSES` overwrite ``v`` with
-    ``z · w / σ²``; :data:`POSE_CHANGE` only writes ``change``.
+    ``z · w`` (the shell weights hold ``1 / σ²``); :data:`POSE_CHANGE` only writes ``change``.
     """
     local = cuda.blockIdx.x
     d = start + local
@@ -176,7 +134,7 @@ def _pose(start, mode, v_re, v_im, u_re, u_im, pinv, counts, ctf_squared, ring_w
             c1 = 0.0
             c2 = 0.0
             for r in range(shells):
-                w = ctf_squared[g, r]
+                w = shell_weights[g, r]
                 c0 += w * overlap[local, 0, r]
                 c1 += w * overlap[local, 1, r]
                 c2 += w * overlap[local, 2, r]
@@ -186,7 +144,7 @@ def _pose(start, mode, v_re, v_im, u_re, u_im, pinv, counts, ctf_squared, ring_w
         cuda.syncthreads()
     if mode == POSE_CHANGE:
         return
-    # z = (Σ_g c C²) V + Σ_a mixing_a U_a, times w_r / σ², one (q, r) per thread.
+    # z = (Σ_g c C²/σ²) V + Σ_a mixing_a U_a, times the ring weight, one (q, r) per thread.
     for item in range(tid, half * shells, step):
         q = item // shells
         r = item - q * shells
@@ -195,7 +153,7 @@ def _pose(start, mode, v_re, v_im, u_re, u_im, pinv, counts, ctf_squared, ring_w
         m1 = 0.0
         m2 = 0.0
         for g in range(groups):
-            weight = counts[d, g] * ctf_squared[g, r]
+            weight = counts[d, g] * shell_weights[g, r]
             evidence += weight
             if mode == IMPLICIT_POSES:
                 m0 += weight * change[local, g, 0]
@@ -206,7 +164,7 @@ def _pose(start, mode, v_re, v_im, u_re, u_im, pinv, counts, ctf_squared, ring_w
         if mode == IMPLICIT_POSES:
             z_re += m0 * u_re[0, d, q, r] + m1 * u_re[1, d, q, r] + m2 * u_re[2, d, q, r]
             z_im += m0 * u_im[0, d, q, r] + m1 * u_im[1, d, q, r] + m2 * u_im[2, d, q, r]
-        scale = ring_weights[r] * inv_sigma2
+        scale = ring_weights[r]
         v_re[local, q, r] = z_re * scale
         v_im[local, q, r] = z_im * scale
 
@@ -245,8 +203,8 @@ def evaluate_harmonics(samples, max_degree, table, even, odd):
     _harmonics[(rows + THREADS - 1) // THREADS, THREADS](samples, max_degree, table, even, odd)
 
 
-def pose_algebra(start, mode, v_re, v_im, u_re, u_im, pinv, counts, ctf_squared, ring_weights,
-                 inv_sigma2, overlap, change):
+def pose_algebra(start, mode, v_re, v_im, u_re, u_im, pinv, counts, shell_weights, ring_weights,
+                 overlap, change):
     """The pose algebra of the ``v_re.shape[0]`` directions from ``start`` (:func:`_pose`)."""
-    _pose[v_re.shape[0], THREADS](start, mode, v_re, v_im, u_re, u_im, pinv, counts, ctf_squared,
-                                  ring_weights, inv_sigma2, overlap, change)
+    _pose[v_re.shape[0], THREADS](start, mode, v_re, v_im, u_re, u_im, pinv, counts,
+                                  shell_weights, ring_weights, overlap, change)

@@ -7,11 +7,11 @@ propagation and the likelihood.
 """
 from .fit import (FIT_METHODS, NOISE_MODELS, fit_closed_form, fit_posterior, fit_variational,
                   half_sets, held_out_log_likelihood, log_likelihood, propagate_noise)
-from .problem import (ParticleFiles, PosteriorProblem, SpectraWriter, fit_memory_bytes,
+from .problem import (CTFTable, ParticleFiles, PosteriorProblem, SpectraWriter, fit_memory_bytes,
                       particle_file_bytes, write_particle_files, write_spectra)
 from .result import FourierPosterior
 
 __all__ = ["FIT_METHODS", "NOISE_MODELS", "fit_closed_form", "fit_posterior",
-           "fit_variational", "half_sets", "held_out_log_likelihood", "log_likelihood", "propagate_noise", "ParticleFiles",
+           "fit_variational", "half_sets", "held_out_log_likelihood", "log_likelihood", "propagate_noise", "CTFTable", "ParticleFiles",
            "PosteriorProblem", "SpectraWriter", "fit_memory_bytes", "particle_file_bytes",
            "write_particle_files", "write_spectra", "FourierPosterior"]

@@ -5,7 +5,7 @@ The model and its conventions are described in :mod:`.fit`.
 """
 import itertools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -116,13 +116,60 @@ def write_spectra(path, images, interpolation="linear", dtype=np.float64, batch_
     return path
 
 
+class CTFTable:
+    """The CTF values ``(n, m)`` of particles at the model's half-plane points
+    (:meth:`PosteriorProblem.ctf_frequencies`), evaluated from each particle's parameters
+    when a batch is read: a particle's CTF costs a few numbers in memory and on disk, not
+    ``m`` values.  Indexing gives the table of those rows; ``np.asarray`` the values.
+
+    :param rows: ``(n, fields)`` CTF parameters (:func:`.ctf.params_to_rows`).
+    """
+    ndim = 2
+
+    def __init__(self, rows, box, pixel_size, interpolation="linear"):
+        self.rows = np.asarray(rows, dtype=np.float64)
+        self.box, self.pixel_size, self.interpolation = int(box), float(pixel_size), interpolation
+        self._kx, self._ky = PosteriorProblem.ctf_frequencies(self.box, interpolation)
+
+    @property
+    def shape(self):
+        return (self.rows.shape[0], self._kx.size)
+
+    def __len__(self):
+        return self.rows.shape[0]
+
+    def __getitem__(self, rows):
+        return CTFTable(self.rows[rows].reshape(-1, self.rows.shape[1]), self.box,
+                        self.pixel_size, self.interpolation)
+
+    def __array__(self, dtype=None, copy=None):
+        values = ctf_model.ctf_stack(ctf_model.params_from_rows(self.rows), self._kx,
+                                     self._ky, self.box, self.pixel_size)
+        return values if dtype is None else values.astype(dtype, copy=False)
+
+    def save(self, path):
+        """Write the table to the ``.npz`` ``path`` (under a temporary name, then renamed)."""
+        temporary = path + ".tmp.npz"
+        np.savez(temporary, rows=self.rows, box=self.box, pixel_size=self.pixel_size,
+                 interpolation=self.interpolation)
+        os.replace(temporary, path)
+
+    @classmethod
+    def load(cls, path):
+        """The table written by :meth:`save`."""
+        with np.load(path) as stored:
+            return cls(stored["rows"], int(stored["box"]), float(stored["pixel_size"]),
+                       str(stored["interpolation"]))
+
+
 @dataclass(frozen=True)
 class ParticleFiles:
     """The ``.npy`` files a particle stack is converted to (:func:`write_particle_files`).
 
-    :param spectra: complex ``(n, m)`` half-plane spectra at
+    :param spectra: complex64 ``(n, m)`` half-plane spectra at
         :meth:`PosteriorProblem.ctf_frequencies` (:class:`SpectraWriter`).
-    :param ctf: float64 ``(n, m)`` CTF values at the same points.
+    :param ctf: ``.npz`` of the particles' CTF parameters (:class:`CTFTable`), a few
+        numbers per particle instead of ``m`` values.
     :param images: float32 ``(n, D, D)`` images, or None when not kept (pose refinement
         needs them: it compares on its own frequency disc).
     """
@@ -132,14 +179,15 @@ class ParticleFiles:
 
     @classmethod
     def in_directory(cls, directory, images=False):
-        """``spectra.npy``, ``ctf_values.npy`` and, with ``images``, ``images.npy``."""
+        """``spectra.npy``, ``ctf_params.npz`` and, with ``images``, ``images.npy``."""
         return cls(os.path.join(directory, "spectra.npy"),
-                   os.path.join(directory, "ctf_values.npy"),
+                   os.path.join(directory, "ctf_params.npz"),
                    os.path.join(directory, "images.npy") if images else None)
 
     def problem(self, rotations, shifts=None, backend="cpu"):
         """The :class:`PosteriorProblem` of these files, read as memory maps."""
-        return PosteriorProblem(self.spectra, rotations, shifts, self.ctf, backend=backend)
+        return PosteriorProblem(self.spectra, rotations, shifts, CTFTable.load(self.ctf),
+                                backend=backend)
 
     def image_batch(self, first, count):
         """Images ``first .. first + count - 1``, read from the memory-mapped images file."""
@@ -151,7 +199,7 @@ class ParticleFiles:
 
 def write_particle_files(files, image_batches, ctf_params, pixel_size, interpolation="linear",
                          progress=None):
-    """Write the spectra, CTF values and (if ``files.images``) images of a particle stack.
+    """Write the spectra, CTF parameters and (if ``files.images``) images of a particle stack.
 
     Batches are transformed and written one at a time, so no step holds every image.
     Every file is written under a temporary name and renamed once all are complete: a
@@ -171,38 +219,35 @@ def write_particle_files(files, image_batches, ctf_params, pixel_size, interpola
     batches = iter(image_batches)
     first = np.asarray(next(batches))
     box = first.shape[1]
-    kx, ky = PosteriorProblem.ctf_frequencies(box, interpolation)
-    paths = [path for path in (files.spectra, files.ctf, files.images) if path is not None]
+    paths = [path for path in (files.spectra, files.images) if path is not None]
     temporary = {path: path + ".tmp.npy" for path in paths}
-    ctf_values = np.lib.format.open_memmap(temporary[files.ctf], mode="w+", dtype=np.float64,
-                                           shape=(count, kx.size))
     images_out = None if files.images is None else np.lib.format.open_memmap(
         temporary[files.images], mode="w+", dtype=np.float32, shape=(count, box, box))
     report = Reporter(progress)
     done = 0
-    with SpectraWriter(temporary[files.spectra], count, box, interpolation) as writer:
+    with SpectraWriter(temporary[files.spectra], count, box, interpolation,
+                       dtype=np.float32) as writer:
         for images in itertools.chain([first], batches):
             rows = slice(done, done + len(images))
             writer.write(images)
             if images_out is not None:
                 images_out[rows] = images
-            ctf_values[rows] = ctf_model.ctf_stack(ctf_params[rows], kx, ky, box, pixel_size)
             done += len(images)
             report("Converted particles", done, count)
-    for array in (ctf_values, images_out):
-        if array is not None:
-            array.flush()
-    del ctf_values, images_out
+    if images_out is not None:
+        images_out.flush()
+    del images_out
+    CTFTable(ctf_model.params_to_rows(ctf_params), box, pixel_size, interpolation).save(files.ctf)
     for path in paths:
         os.replace(temporary[path], path)
     return box
 
 
-def particle_file_bytes(count, box, images=False, interpolation="linear", dtype=np.float64):
+def particle_file_bytes(count, box, images=False, interpolation="linear"):
     """Disk space of :func:`write_particle_files` for ``count`` particles of ``box`` px."""
     points = fourier.HalfPlane.disc(box, box / 2 - _MARGIN[interpolation]).size
-    complex_bytes = np.result_type(np.dtype(dtype), np.complex64).itemsize
-    total = count * points * (complex_bytes + np.dtype(np.float64).itemsize)
+    total = count * (points * np.dtype(np.complex64).itemsize
+                     + len(fields(ctf_model.CTFParams)) * np.dtype(np.float64).itemsize)
     if images:
         total += count * box * box * np.dtype(np.float32).itemsize
     return total
@@ -261,8 +306,8 @@ class PosteriorProblem:
     :param rotations: ``(n, 3, 3)`` (:mod:`.rotations` convention).
     :param shifts: ``(n, 2)`` particle offsets in pixels, or None.
     :param ctf: ``(n, m)`` CTF values at the operator's half-plane points
-        (:meth:`ctf_frequencies`), an array, memory map or ``.npy`` path; or
-        None for CTF-free data.
+        (:meth:`ctf_frequencies`): an array, memory map, ``.npy`` path or
+        :class:`CTFTable`; or None for CTF-free data.
     :param interpolation: interpolation kernel of the model (``"linear"``: the paper's).
     :param dtype: float precision of the spectra and grids.
     :param backend: backend of the slice operator.
@@ -296,12 +341,13 @@ class PosteriorProblem:
                                       backend=backend, radius=box / 2 - _MARGIN[interpolation])
         hp = self.operator.half_plane
         if ctf is not None:
-            ctf = _open_array(ctf)
+            ctf = ctf if isinstance(ctf, CTFTable) else _open_array(ctf)
             if ctf.shape != (n, hp.size):
                 raise ShapeError(f"ctf must hold the CTF of every image at the {hp.size} "
                                  f"half-plane points, shape ({n}, {hp.size}); got {ctf.shape}. "
                                  "Evaluate it at PosteriorProblem.ctf_frequencies(box)")
-            if not isinstance(ctf, np.memmap) and not np.isfinite(ctf).all():
+            if isinstance(ctf, np.ndarray) and not isinstance(ctf, np.memmap) \
+                    and not np.isfinite(ctf).all():
                 raise InvalidDataError("the CTF values contain NaN or infinite entries; "
                                        "re-estimate the CTF of those micrographs")
         self.box = box

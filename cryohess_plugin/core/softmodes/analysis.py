@@ -3,31 +3,33 @@
 ``docs/methods/hessian_soft_modes.md`` §1.9, §§2.5–2.7, §3 and §4 (every § below is a
 section of that page).  :func:`analyse_soft_modes` takes a volume and a
 :class:`.experiment.ViewingExperiment` (from particles' poses and CTFs, or from a
-viewing density) and returns the smallest eigenpairs of the Hessian of the negative log-likelihood in the
-accumulated form of :mod:`.hessian` (expected Hessian of noise-free templates,
-poses binned by viewing direction), with everything a user looks at (§4), in a
-:class:`SoftModeAnalysis` that owns its file (:meth:`SoftModeAnalysis.save`,
-:meth:`SoftModeAnalysis.load`, :meth:`SoftModeAnalysis.write_table`).  Also here:
-each particle's pose change (:class:`ParticleAssignment`, :class:`PoseChangeStatistics`)
-and what a run at a band costs (:func:`analysis_memory`, :func:`analysis_warnings`).
-The noise level it needs is in :mod:`.noise`.
+viewing density) and returns the softest eigenpairs of the Hessian of the negative
+log-likelihood in the accumulated form of :mod:`.hessian` (the expected Hessian of the
+experiment's views, counts, CTFs and noise around the given map, poses binned by viewing
+direction), with everything a user looks at (§4), in a :class:`SoftModeAnalysis` that
+owns its file (:meth:`SoftModeAnalysis.save`, :meth:`SoftModeAnalysis.load`,
+:meth:`SoftModeAnalysis.write_table`).  Also here: each particle's pose change
+(:class:`ParticleAssignment`, :class:`PoseChangeStatistics`) and what a run at a band
+costs (:func:`analysis_memory`, :func:`analysis_warnings`).  The noise level it needs is
+in :mod:`.noise`.
 
 Units.  The volume's transform is the core's centred, non-unitary one
 (:mod:`.fourier`), frequencies in cycles per box.  White image noise of
 per-pixel variance ``s²`` has ``E|X(k)|² = N² s²`` at every integer frequency
 of an ``N``-pixel image, and ``Σ_x n² = N⁻² Σ_k |X|²``, so the likelihood's
-``σ²`` per unit area of the frequency plane (§1.3) is ``σ² = N² s²``; the
-images must share the volume's pixel size.
+``σ²`` per unit area of the frequency plane (§1.3) is ``σ² = N² s²``, times the
+noise's relative power spectrum on each shell when it is coloured; the images must
+share the volume's pixel size.
 
 Eigenvalues are of the NLL's Hessian (summed over images, ``1/σ²`` included)
 in the chosen metric ``W`` on the real coefficient vector: ``"riesz"``
 weights shell ``r`` by ``ρ_r = ∫ f df`` (the authors' choice, §3.1,
 without their constant ``(4π)²√(π/2)``), ``"l2"`` by ``∫ f² df`` (the
-real-space L2 norm of the band-limited map times ``N³``, Plancherel).  They
-are Ritz values of a fixed-length Lanczos run (upper bounds of the true
-smallest eigenvalues; ``residuals`` says how far each is from converged).
-With implicit poses the three rigid rotations (exact null modes) are
-projected out.
+real-space L2 norm of the band-limited map times ``N³``, Plancherel).  They are
+solved for off a null space: the three rigid rotations (implicit poses) and the Fourier
+components the views do not sample (:mod:`.sampling`), whose dimension and region are
+reported instead of an ``ε``.  Pairs that do not reach the residual tolerance are
+flagged and get no ``ε``.
 """
 from dataclasses import dataclass
 
@@ -42,13 +44,15 @@ from .experiment import ViewingExperiment, hemisphere_grid, particle_assignment,
 from ..storage import load_fields, save_fields
 from .hessian import BLOCK_BYTES, AccumulatedHessian
 from .layout import RealLayout
-from .products import HARMONICS_BLOCK_SAMPLES
-from .solver import (lanczos_softest_modes, per_shell_profile, perturbation_size,
-                     soft_variance)
+from .sampling import (NULL_THRESHOLD, POINT_BLOCK, SampledCoordinates, SamplingSpectrum,
+                       sphere_grid)
+from .solver import (CLUSTER_GAP, MIN_SEARCH_SPACE, ProjectedOperator, per_shell_profile,
+                     perturbation_size, soft_variance, softest_modes,
+                     stochastic_log_determinant)
 
 __all__ = ["SoftModeAnalysis", "ParticleAssignment", "PoseChangeStatistics",
            "analyse_soft_modes", "analysis_memory", "analysis_warnings", "auto_grid_spacing",
-           "particle_pose_changes"]
+           "particle_pose_changes", "EXPERIMENT_STATEMENT"]
 
 METRICS = ("riesz", "l2")
 #: Analysis grid spacing in units of the authors' template spacing ``π / L`` (``0.5 / K``,
@@ -58,29 +62,49 @@ AUTO_SPACING_FRACTION = 0.5
 _PIXEL_TOLERANCE = 1e-3
 #: Fields of :class:`SoftModeAnalysis` as large as the map, left out by a light load.
 VOLUME_FIELDS = ("mode_volumes", "sensitivity")
+#: Relative residual every reported pair must reach (§3.1).
+DEFAULT_TOLERANCE = 1e-3
+#: Probes and Lanczos steps of the log-determinant (§3.3).
+DEFAULT_LOG_DETERMINANT = (4, 30)
+#: What the Hessian describes, said wherever its numbers are shown.
+EXPERIMENT_STATEMENT = ("The accumulated Hessian describes this experiment (its views, image "
+                        "counts, CTFs and noise) around the given map: the modes are the map "
+                        "changes these images would distinguish least from it, not errors "
+                        "measured in the map.")
 
 
 @dataclass(frozen=True)
 class SoftModeAnalysis:
     """Result of :func:`analyse_soft_modes`.
 
-    ``eigenvalues`` ``(n_modes,)`` of the NLL Hessian in ``metric`` (ascending Ritz values);
-    ``perturbation`` ``ε`` at ``log_likelihood_ratio`` for W-unit modes (``inf`` where
-    the eigenvalue is not positive); ``relative_change`` ``‖ε ΔF‖ / ‖F‖`` (real-space L2
-    of the band-limited maps); ``shell_frequencies`` ``(R,)`` 1/Å; ``shell_profile``
-    ``(n_modes, R)`` each W-unit mode's L2 energy per shell; ``pose_changes`` ``(n_modes, D)``
-    ``|Δτ|`` in radians per experiment direction at ``ε_i`` (the rotation of that
-    direction's images when the map becomes ``F + ε_i ΔF_i``, count-weighted RMS over
-    defocus groups; zero for fixed poses or an infinite ``ε``); ``group_pose_changes``
-    ``(n_modes, D, G)`` the same per defocus group (a group's images in a direction all
-    turn by that amount; groups without images in a direction have the value they would
-    have); ``ritz_history`` ``(iterations, iterations)`` NaN-padded; ``residuals``,
-    ``converged``, ``log_determinant`` from :func:`.solver.lanczos_softest_modes`;
+    ``eigenvalues`` ``(m,)`` of the NLL Hessian in ``metric`` (ascending Ritz values, off
+    the null space); ``converged`` where the relative ``residuals`` reach ``tolerance``;
+    ``clusters`` ``(m,)`` the soft subspace of each mode (equal labels: eigenvalues too
+    close to tell the modes apart, one subspace; ``open_cluster``: the last subspace may
+    go on beyond the modes computed); ``perturbation`` ``ε`` at ``log_likelihood_ratio``
+    for W-unit modes, NaN where the pair did not converge (no bound) and ``inf`` where the
+    eigenvalue is not positive; ``relative_change`` ``‖ε ΔF‖ / ‖F‖`` (real-space L2 of the
+    band-limited maps, NaN likewise); ``shell_frequencies`` ``(R,)`` 1/Å; ``shell_profile``
+    ``(m, R)`` each W-unit mode's L2 energy per shell; ``pose_changes`` ``(m, D)`` ``|Δτ|``
+    in radians per experiment direction at ``ε_i`` (count-weighted RMS over defocus
+    groups; zero for fixed poses or without a finite ``ε``); ``group_pose_changes``
+    ``(m, D, G)`` the same per defocus group; ``ritz_history`` ``(iterations, n_modes)``
+    the wanted Ritz values after every solver iteration; ``products`` Hessian products
+    spent; ``log_determinant`` of the Hessian (metric ``W``) on the complement of the null
+    space, by stochastic Lanczos quadrature, with ``log_determinant_error`` (NaN when not
+    computed) over ``complement_dimension`` parameters; ``null_dimension`` the unsampled
+    components (``null_per_shell`` ``(R,)``), in the region ``null_region_fraction`` of
+    the directions within ``null_region_half_angle_deg`` of ``null_region_axis``, of
+    ``n_parameters`` real parameters;
     ``max_degree`` ``L = 2πK``; ``n_directions`` the analysis grid's occupied directions
     and ``grid_spacing_deg`` its spacing (NaN: the experiment's own directions);
-    ``n_images``, ``noise_variance`` (per pixel), ``metric``, ``implicit_poses`` and
-    ``log_likelihood_ratio`` as the analysis was run; ``mode_volumes`` ``(n_modes, N, N, N)`` W-unit modes ``ΔF``; ``sensitivity``
-    ``Σ_i ε_i² ΔF_i²`` per voxel (§4.6, finite ``ε`` only); these two are None after
+    ``n_images``, ``noise_variance`` (per pixel, white-equivalent), ``noise_power``
+    ``(R,)`` the likelihood's ``σ²`` at each shell, ``metric``, ``implicit_poses``,
+    ``log_likelihood_ratio`` and ``tolerance`` as the analysis was run; ``map_scale`` the
+    factor that put the input map on the images' scale (the analysed map is the input
+    times it; ``ε``, the mode volumes and the sensitivity are on that scale);
+    ``mode_volumes`` ``(m, N, N, N)`` W-unit modes ``ΔF``; ``sensitivity``
+    ``Σ_i ε_i² ΔF_i²`` per voxel over the converged modes (§4.6); these two are None after
     ``load(path, volumes=False)``.
     """
     eigenvalues: np.ndarray
@@ -101,6 +125,20 @@ class SoftModeAnalysis:
     n_directions: int = 0
     grid_spacing_deg: float = float("nan")
     log_likelihood_ratio: float = float(np.log(20))
+    clusters: np.ndarray = None
+    open_cluster: bool = False
+    tolerance: float = DEFAULT_TOLERANCE
+    products: int = 0
+    log_determinant_error: float = float("nan")
+    complement_dimension: int = 0
+    null_dimension: int = 0
+    n_parameters: int = 0
+    null_per_shell: np.ndarray = None
+    null_region_fraction: float = 0.0
+    null_region_axis: np.ndarray = None
+    null_region_half_angle_deg: float = 0.0
+    noise_power: np.ndarray = None
+    map_scale: float = 1.0
     group_pose_changes: np.ndarray = None
     mode_volumes: np.ndarray = None
     sensitivity: np.ndarray = None
@@ -120,43 +158,99 @@ class SoftModeAnalysis:
         """The metric as a summary writes it."""
         return {"riesz": "Riesz", "l2": "L2"}.get(self.metric, self.metric)
 
+    def _subspaces(self):
+        """``[(first, last)]`` mode indices (from 0) of each soft subspace of several modes."""
+        labels = np.asarray(self.clusters if self.clusters is not None
+                            else np.arange(len(self.eigenvalues)))
+        spans = []
+        for label in np.unique(labels):
+            members = np.flatnonzero(labels == label)
+            if members.size > 1:
+                spans.append((int(members[0]), int(members[-1])))
+        return spans
+
+    def null_text(self):
+        """The null space in words."""
+        if not self.null_dimension:
+            return ("Null space: none; every Fourier component in the band is sampled by "
+                    "some view.")
+        axis = np.asarray(self.null_region_axis)
+        return ("Null space: %d of %d Fourier components (real parameters) are not sampled "
+                "by these views (sampling below %.0e of the best-sampled on their shell), in "
+                "%.0f %% of the directions of frequency space, within %.0f° of the axis "
+                "(%.2f, %.2f, %.2f) at both ends (a missing cone). The data say nothing about "
+                "them: no ε is given for them, and the modes below are W-orthogonal to them."
+                % (self.null_dimension, self.n_parameters, NULL_THRESHOLD,
+                   100 * self.null_region_fraction, self.null_region_half_angle_deg,
+                   axis[0], axis[1], axis[2]))
+
     def spectrum_lines(self):
-        """The spectrum in words: poses, metric and threshold, what λ, ε and the relative
-        change mean, then one line per mode."""
-        lines = ["%s poses, %s metric; nearby volumes F ± εΔF at log-likelihood ratio %.4g "
+        """The spectrum in words: what the Hessian describes, poses, metric and threshold,
+        the null space, what λ, ε and the relative change mean, then one line per mode
+        (unconverged ones without ε) and the soft subspaces."""
+        lines = [EXPERIMENT_STATEMENT,
+                 "%s poses, %s metric; nearby volumes F ± εΔF at log-likelihood ratio %.4g "
                  "(%.3g times less likely than F)."
                  % ("Implicit" if self.implicit_poses else "Fixed", self.metric_name,
                     self.log_likelihood_ratio, np.exp(self.log_likelihood_ratio)),
-                 "λ: Hessian eigenvalue per image (smaller: softer, less pinned down by the "
-                 "data); ε: size of the nearby volumes along the unit mode ΔF; ‖εΔF‖/‖F‖: how "
-                 "much they change the map."]
-        for index, (value, epsilon, change, converged) in enumerate(zip(
-                self.eigenvalues, self.perturbation, self.relative_change, self.converged)):
-            lines.append("Mode %d: λ = %.4g, ε = %.4g, ‖εΔF‖/‖F‖ = %.2f %%%s"
-                         % (index + 1, value, epsilon, 100 * change,
-                            "" if converged else " (not converged)"))
+                 self.null_text(),
+                 "λ: Hessian eigenvalue (smaller: softer, less pinned down by the data); "
+                 "ε: size of the nearby volumes along the unit mode ΔF; ‖εΔF‖/‖F‖: how much "
+                 "they change the map. Modes converged to a relative residual of %.0e in %d "
+                 "Hessian products." % (self.tolerance, self.products)]
+        for index, (value, epsilon, change, residual, converged) in enumerate(zip(
+                self.eigenvalues, self.perturbation, self.relative_change, self.residuals,
+                self.converged)):
+            if converged:
+                lines.append("Mode %d: λ = %.4g, ε = %.4g, ‖εΔF‖/‖F‖ = %.2f %%"
+                             % (index + 1, value, epsilon, 100 * change))
+            else:
+                lines.append("Mode %d: NOT CONVERGED (relative residual %.2g > %.0e): its Ritz "
+                             "value %.4g is no bound and gives no ε; raise the Hessian "
+                             "products." % (index + 1, residual, self.tolerance, value))
+        for first, last in self._subspaces():
+            lines.append("Modes %d-%d form one soft subspace (eigenvalues within %.0f %% of "
+                         "each other): only the subspace is determined, not its individual "
+                         "modes." % (first + 1, last + 1, 100 * CLUSTER_GAP))
+        if self.open_cluster:
+            lines.append("The last subspace may go on beyond mode %d: ask for more modes to "
+                         "see all of it." % len(self.eigenvalues))
+        if np.isfinite(self.log_determinant):
+            lines.append("log det H = %.6g ± %.2g over the %d sampled parameters (stochastic "
+                         "Lanczos quadrature)." % (self.log_determinant,
+                                                  self.log_determinant_error,
+                                                  self.complement_dimension))
         return lines
 
     def nearby_volume(self, reference, index, sign):
-        """``F ± ε_i ΔF_i``: ``reference`` moved along mode ``index`` (from 0) by ``sign``
-        (+1 or -1) times its ``ε``, where the data are ``log_likelihood_ratio`` less likely
-        (§4.4); needs the mode volumes and a finite ``ε``."""
-        return reference + sign * float(self.perturbation[index]) * self.mode_volumes[index]
+        """``F ± ε_i ΔF_i`` on the input map's scale: ``reference`` moved along mode
+        ``index`` (from 0) by ``sign`` (+1 or -1) times its ``ε`` (divided by
+        ``map_scale``), where the data are ``log_likelihood_ratio`` less likely (§4.4);
+        needs the mode volumes and a finite ``ε``."""
+        return reference + sign * float(self.perturbation[index]) / self.map_scale \
+            * self.mode_volumes[index]
 
     def write_table(self, path):
         """The eigenvalue table as text: one row per mode (eigenvalue, ε, relative change,
-        residual, converged) under a header with the band, images, noise and threshold."""
+        relative residual, converged, subspace) under a header with the band, images,
+        noise, threshold, null space and log-determinant."""
         lines = ["# Hessian soft modes: 2πK = %d, %d images, noise variance %.6g, "
-                 "log-likelihood ratio %.6g"
+                 "log-likelihood ratio %.6g, tolerance %.0e, %d products"
                  % (self.max_degree, round(self.n_images), self.noise_variance,
-                    self.log_likelihood_ratio),
-                 "# %4s %14s %14s %14s %14s %9s"
-                 % ('mode', 'eigenvalue', 'epsilon', 'rel_change', 'residual', 'converged')]
+                    self.log_likelihood_ratio, self.tolerance, self.products),
+                 "# null space: %d unsampled components; log det over the other %d: %.6g "
+                 "± %.2g" % (self.null_dimension, self.complement_dimension,
+                             self.log_determinant, self.log_determinant_error),
+                 "# %4s %14s %14s %14s %14s %9s %8s"
+                 % ('mode', 'eigenvalue', 'epsilon', 'rel_change', 'residual', 'converged',
+                    'subspace')]
+        clusters = (self.clusters if self.clusters is not None
+                    else np.arange(len(self.eigenvalues)))
         for index in range(len(self.eigenvalues)):
-            lines.append("  %4d %14.6e %14.6e %14.6e %14.6e %9s"
+            lines.append("  %4d %14.6e %14.6e %14.6e %14.6e %9s %8d"
                          % (index + 1, self.eigenvalues[index], self.perturbation[index],
                             self.relative_change[index], self.residuals[index],
-                            bool(self.converged[index])))
+                            bool(self.converged[index]), clusters[index] + 1))
         with open(path, "w") as table:
             table.write("\n".join(lines) + "\n")
 
@@ -166,8 +260,8 @@ def auto_grid_spacing(max_degree):
     return AUTO_SPACING_FRACTION * 180.0 / max_degree
 
 
-def _validate(volume, pixel_size, experiment, resolution, n_modes, iterations, noise_variance,
-              metric, log_likelihood_ratio):
+def _validate(volume, pixel_size, experiment, resolution, n_modes, noise_variance, metric,
+              log_likelihood_ratio, map_scale):
     volume = validate_volume(volume)
     if not (np.isfinite(pixel_size) and pixel_size > 0):
         raise InvalidDataError(f"pixel_size must be positive (Å), got {pixel_size}")
@@ -191,18 +285,37 @@ def _validate(volume, pixel_size, experiment, resolution, n_modes, iterations, n
                                "estimate it with estimate_noise_variance")
     if metric not in METRICS:
         raise InvalidDataError(f"metric must be one of {METRICS}, got {metric!r}")
-    if not 1 <= int(n_modes) <= int(iterations):
-        raise InvalidDataError(f"need 1 <= n_modes <= iterations, got {n_modes} modes and "
-                               f"{iterations} iterations; raise iterations")
+    if int(n_modes) < 1:
+        raise InvalidDataError(f"need at least one mode, got {n_modes}")
     if not log_likelihood_ratio > 0:
         raise InvalidDataError(f"log_likelihood_ratio must be positive, got {log_likelihood_ratio}")
+    if not (np.isfinite(map_scale) and map_scale > 0):
+        raise InvalidDataError(f"map_scale must be positive, got {map_scale}; a negative "
+                               "amplitude means dark particles (contrast.fit_amplitude)")
     return volume
 
 
-def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, iterations=64,
-                       noise_variance=1.0, implicit_poses=True, log_likelihood_ratio=np.log(20),
-                       metric="riesz", backend="auto", progress=None, grid_spacing_deg="auto",
-                       memory_budget=1 << 30, rng=0):
+def _noise_power(shells, noise_variance, noise_spectrum):
+    """``(R,)`` the likelihood's ``σ²`` at the shell radii: ``N² s²`` times the relative
+    spectrum (interpolated from its integer shells; white when None)."""
+    white = shells.box ** 2 * float(noise_variance)
+    if noise_spectrum is None:
+        return np.full(shells.n_shells, white)
+    spectrum = np.asarray(noise_spectrum, dtype=np.float64)
+    known = np.flatnonzero(np.isfinite(spectrum) & (spectrum > 0))
+    if spectrum.ndim != 1 or known.size < 2:
+        raise InvalidDataError("the noise spectrum needs positive values on at least two "
+                               "shells; estimate it with NoiseLevel.from_particles")
+    return white * np.interp(shells.radii, known.astype(float), spectrum[known])
+
+
+def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, max_products=None,
+                       tolerance=DEFAULT_TOLERANCE, noise_variance=1.0, noise_spectrum=None,
+                       implicit_poses=True, log_likelihood_ratio=np.log(20), metric="riesz",
+                       backend="auto", progress=None, grid_spacing_deg="auto",
+                       memory_budget=1 << 30, rng=0, null_threshold=NULL_THRESHOLD,
+                       log_determinant=DEFAULT_LOG_DETERMINANT, map_scale=1.0,
+                       group_scales=None):
     """Softest modes of ``volume`` for ``experiment`` (module docstring).
 
     :param volume: ``(N, N, N)`` real map.
@@ -210,9 +323,14 @@ def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, it
     :param experiment: :class:`.experiment.ViewingExperiment`.
     :param resolution: Å; the shells reach ``N · pixel_size / resolution`` cycles per box
         and ``L = 2πK = ceil(π f_max)``.
-    :param n_modes: soft modes returned.  :param iterations: Lanczos steps (at most).
-    :param noise_variance: per-pixel variance of the images in the volume's units
-        (:func:`.noise.estimate_noise_variance`).
+    :param n_modes: soft modes wanted (more come back when the last one's subspace goes on).
+    :param max_products: budget of Hessian products of the eigensolver (default
+        ``100 n_modes``); pairs short of ``tolerance`` when it is spent are flagged.
+    :param tolerance: relative residual of a converged pair.
+    :param noise_variance: per-pixel variance of the images (white-equivalent) on the
+        images' scale (:class:`.noise.NoiseLevel`).
+    :param noise_spectrum: None (white noise) or the noise's relative power per integer
+        shell ``0, 1, …`` in cycles per box (:attr:`.noise.NoiseLevel.spectrum`).
     :param implicit_poses: poses follow the volume (reduced Hessian) or stay fixed.
     :param log_likelihood_ratio: threshold of ``ε`` (default ``log 20``).
     :param metric: ``"riesz"`` or ``"l2"`` (module docstring).
@@ -223,16 +341,24 @@ def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, it
         to bin the experiment's directions on, or None to use them as given.
     :param memory_budget: bytes for cached harmonics
         (:class:`.hessian.AccumulatedHessian`).
-    :param rng: seed of the Lanczos start vector.
+    :param rng: seed of the eigensolver's start vectors and the log-determinant's probes.
+    :param null_threshold: relative sampling below which a component is unsampled
+        (:mod:`.sampling`).
+    :param log_determinant: ``(probes, steps)`` of the log-determinant, or None to skip it.
+    :param map_scale: the images' amplitude over the map's (:func:`.contrast.fit_amplitude`):
+        the analysis runs on ``map_scale · volume``, the images' scale.
+    :param group_scales: None or ``(G,)`` each defocus group's fitted amplitude over
+        ``map_scale``; its CTF² is multiplied by the square.
     :returns: :class:`SoftModeAnalysis`.
     """
-    volume = _validate(volume, pixel_size, experiment, resolution, n_modes, iterations,
-                       noise_variance, metric, log_likelihood_ratio)
+    volume = _validate(volume, pixel_size, experiment, resolution, n_modes, noise_variance,
+                       metric, log_likelihood_ratio, map_scale)
     say = Reporter(progress)
     box = volume.shape[0]
     shells = ShellGrid.for_resolution(box, pixel_size, resolution)
     degree = shells.max_degree
-    coefficients = SphericalTransform(shells, np.float64, backend).coefficients(volume)
+    coefficients = SphericalTransform(shells, np.float64, backend).coefficients(
+        float(map_scale) * volume)
     layout = RealLayout(shells)
     volume_vector = layout.to_real_vector(coefficients)
     say(f"Shells: {shells.n_shells} up to {shells.max_frequency:.2f} cycles/box "
@@ -243,9 +369,10 @@ def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, it
         binned, bins = experiment, np.arange(experiment.directions.shape[0])
     else:
         binned, bins = rebin(experiment, float(spacing))
-    sigma2 = box ** 2 * float(noise_variance)
-    operator = AccumulatedHessian(shells, volume_vector, layout, binned, pixel_size, sigma2,
-                                  memory_budget=memory_budget, backend=backend)
+    noise_power = _noise_power(shells, noise_variance, noise_spectrum)
+    operator = AccumulatedHessian(shells, volume_vector, layout, binned, pixel_size, noise_power,
+                                  memory_budget=memory_budget, backend=backend,
+                                  group_scales=group_scales)
     say(f"Experiment: {experiment.n_images:.0f} images, {experiment.directions.shape[0]} "
         f"directions binned on {binned.directions.shape[0]} grid directions"
         + (f" ({spacing:.2f}°)" if spacing is not None else "")
@@ -253,21 +380,31 @@ def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, it
 
     shell_of = operator.harmonics.shell_of_parameter
     l2_weights = shells.weights[shell_of]
-    weights = l2_weights / shells.radii[shell_of] if metric == "riesz" else l2_weights
+    ring = shells.weights / shells.radii
+    weights = ring[shell_of] if metric == "riesz" else l2_weights
+    counts = binned.counts
+    share = counts.sum(axis=0) / counts.sum()
+    spectrum = SamplingSpectrum(operator.harmonics, binned.directions, counts.sum(axis=1),
+                                null_threshold)
+    coordinates = SampledCoordinates(spectrum, weights, ring * (share @ operator.shell_weights))
+    null_per_shell = spectrum.null_counts()
+    region = spectrum.region()
     null_space = layout.rigid_rotation_modes(coefficients) if implicit_poses else None
+    projected = ProjectedOperator(lambda x: operator.matmat(x, implicit_poses), coordinates,
+                                  null_space)
+    say(f"Null space: {int(null_per_shell.sum())} unsampled components"
+        + (f" ({region.describe()})" if null_per_shell.sum() else "")
+        + f"; {projected.dimension} sampled parameters")
 
     def report(event):
-        say(f"Lanczos step: smallest Ritz value {event.values[0]:.6g}", event.done,
-            event.total, event.values)
+        say(event.message, event.done, event.total, event.values)
 
-    modes = lanczos_softest_modes(lambda v: operator.matvec(v, implicit_poses),
-                                  layout.n_parameters, n_modes, iterations=iterations,
-                                  null_space=null_space, metric=weights, rng=rng,
-                                  progress=report)
-    eigenvalues = modes.eigenvalues
-    positive = eigenvalues > 0
-    epsilon = np.full(eigenvalues.shape, np.inf)
-    epsilon[positive] = perturbation_size(eigenvalues[positive], log_likelihood_ratio)
+    modes = softest_modes(projected, n_modes, tolerance=tolerance, max_products=max_products,
+                          rng=rng, progress=report)
+    eigenvalues, converged = modes.eigenvalues, modes.converged
+    usable = converged & (eigenvalues > 0)
+    epsilon = np.where(converged, np.inf, np.nan)
+    epsilon[usable] = perturbation_size(eigenvalues[usable], log_likelihood_ratio)
     reference_norm = np.sqrt(volume_vector @ (l2_weights * volume_vector))
     mode_norms = np.sqrt(np.einsum("in,n,in->i", modes.vectors, l2_weights, modes.vectors))
     relative = epsilon * mode_norms / reference_norm
@@ -275,38 +412,49 @@ def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, it
     mode_volumes = np.stack([
         shells_to_volume(layout.from_real_vector(v), shells, box=box, backend=backend)
         for v in modes.vectors]).astype(np.float32)
-    # Σ ε_i² ΔF_i² = 2 log LR Σ ΔF_i² / λ_i over the modes with a finite ε (§4.6).
+    # Σ ε_i² ΔF_i² = 2 log LR Σ ΔF_i² / λ_i over the converged modes (§4.6).
     sensitivity = np.zeros(mode_volumes.shape[1:], dtype=np.float32)
-    if positive.any():
+    if usable.any():
         sensitivity[...] = 2 * log_likelihood_ratio * soft_variance(
-            mode_volumes[positive].astype(np.float64), eigenvalues[positive])
+            mode_volumes[usable].astype(np.float64), eigenvalues[usable])
     profile = np.stack([per_shell_profile(l2_weights * v ** 2, shell_of, shells.n_shells)
                         for v in modes.vectors])
 
-    counts = experiment.counts
-    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), np.finfo(float).tiny)
-    group_changes = np.zeros((len(eigenvalues),) + counts.shape)
-    for i, vector in enumerate(modes.vectors if implicit_poses else ()):
-        magnitude = np.linalg.norm(operator.pose_change(vector), axis=-1)  # (D_bin, G)
-        group_changes[i] = (epsilon[i] if positive[i] else 0.0) * magnitude[bins]
-    pose_changes = np.sqrt(np.sum(share[None] * group_changes ** 2, axis=2))
+    counts_in = experiment.counts
+    share_in = counts_in / np.maximum(counts_in.sum(axis=1, keepdims=True), np.finfo(float).tiny)
+    group_changes = np.zeros((len(eigenvalues),) + counts_in.shape)
+    if implicit_poses and usable.any():
+        magnitudes = np.linalg.norm(operator.pose_changes(modes.vectors[usable]), axis=-1)
+        group_changes[usable] = epsilon[usable, None, None] * magnitudes[:, bins]
+    pose_changes = np.sqrt(np.sum(share_in[None] * group_changes ** 2, axis=2))
 
-    history = np.full((iterations, iterations), np.nan)
-    used = modes.ritz_history.shape[0]
-    history[:used, :used] = modes.ritz_history
+    determinant, determinant_error = float("nan"), float("nan")
+    if log_determinant is not None:
+        estimate = stochastic_log_determinant(projected, *log_determinant, rng=rng)
+        determinant, determinant_error = estimate.value, estimate.standard_error
+        say(f"log det H = {determinant:.6g} ± {determinant_error:.2g} over "
+            f"{projected.dimension} parameters ({estimate.probes} probes, {estimate.steps} "
+            "Lanczos steps)")
     say(f"Soft eigenvalues: {np.array2string(eigenvalues, precision=4)}; "
-        f"{modes.iterations} operator applications")
+        f"{int(converged.sum())} of {len(eigenvalues)} converged in {modes.products} products")
     return SoftModeAnalysis(
         eigenvalues=eigenvalues, perturbation=epsilon, relative_change=relative,
         mode_volumes=mode_volumes, sensitivity=sensitivity,
         shell_frequencies=shells.radii / (box * pixel_size), shell_profile=profile,
-        pose_changes=pose_changes, group_pose_changes=group_changes, ritz_history=history,
-        residuals=modes.residuals,
-        converged=modes.converged, log_determinant=modes.log_determinant, max_degree=degree,
-        n_images=experiment.n_images, noise_variance=float(noise_variance), metric=metric,
-        implicit_poses=bool(implicit_poses), n_directions=binned.directions.shape[0],
-        log_likelihood_ratio=float(log_likelihood_ratio),
-        grid_spacing_deg=float("nan") if spacing is None else float(spacing))
+        pose_changes=pose_changes, group_pose_changes=group_changes,
+        ritz_history=modes.history, residuals=modes.residuals, converged=converged,
+        clusters=modes.clusters, open_cluster=modes.open_cluster, tolerance=float(tolerance),
+        products=int(modes.products), log_determinant=determinant,
+        log_determinant_error=determinant_error, complement_dimension=int(projected.dimension),
+        null_dimension=int(null_per_shell.sum()), n_parameters=int(layout.n_parameters),
+        null_per_shell=null_per_shell,
+        null_region_fraction=region.fraction, null_region_axis=region.axis,
+        null_region_half_angle_deg=region.half_angle_deg, max_degree=degree,
+        n_images=experiment.n_images, noise_variance=float(noise_variance),
+        noise_power=noise_power, metric=metric, implicit_poses=bool(implicit_poses),
+        n_directions=binned.directions.shape[0], log_likelihood_ratio=float(log_likelihood_ratio),
+        grid_spacing_deg=float("nan") if spacing is None else float(spacing),
+        map_scale=float(map_scale))
 
 
 def particle_pose_changes(group_pose_changes, direction, group):
@@ -394,50 +542,59 @@ class PoseChangeStatistics:
                    float(fragile_deg))
 
 
-#: Complex ``(samples, P)`` arrays alive while a chunk of harmonics is evaluated (measured).
-_HARMONICS_WORK_COPIES = 8
-#: Real ``(directions, Q/2, R)`` arrays of one block alive in a product (slices, weighted).
-_PRODUCT_WORK_COPIES = 8
+#: Real ``(rows, k, R)`` arrays of one block of directions alive in a product (slices,
+#: weighted slices, their band products).
+_PRODUCT_WORK_COPIES = 6
 #: Copies of a map-sized complex array the volume transforms hold at once (FFT, padding).
 _VOLUME_WORK_COPIES = 4
 #: Bytes per mode volume while they are built: float64 volumes, their stack, the float32 copy.
 _MODE_VOLUME_BYTES = 8 + 8 + 4
 
 
-def analysis_memory(box, pixel_size, resolution, n_modes=8, iterations=64, n_groups=1,
-                    memory_budget=1 << 30):
+def analysis_memory(box, pixel_size, resolution, n_modes=8, n_groups=1, memory_budget=1 << 30,
+                    log_determinant=DEFAULT_LOG_DETERMINANT):
     """Bytes of memory :func:`analyse_soft_modes` takes at most, from its largest arrays.
 
     With ``L = 2πK`` the band's degree, ``D ≈ 8 L² / π`` directions of the analysis grid,
-    ``Q/2 = L + 1`` ring samples, ``P = (L + 1)²`` harmonics and ``R`` shells: the cached
-    harmonics (``D (Q/2) P`` doubles, which grow like ``L⁵``; beyond ``memory_budget`` a
-    block of directions is evaluated anew in every product instead) and the work of
-    evaluating them; the pose-derivative slices (``6 D (Q/2) R`` doubles, twice while
-    they are set up); the Lanczos vectors and products (``2 · iterations · n`` doubles for
-    ``n`` real parameters), the mode volumes as they are built and the volume transforms'
-    work arrays (``box³`` each).  The largest of the phases that hold them at once.
+    ``Q/2 = L + 1`` ring samples, ``P = (L + 1)²`` harmonics, ``R`` shells and ``n`` real
+    parameters: the cached harmonics (``D (Q/2) P`` doubles, which grow like ``L⁵``; beyond
+    ``memory_budget`` a block of directions is evaluated anew in every product instead);
+    the pose-derivative slices (``6 D (Q/2) R`` doubles, twice while they are set up); a
+    product's work on a block of directions for the eigensolver's first block of vectors;
+    the sampling operator (its sphere grid's harmonics, the density's harmonics of degree
+    ``2L``, and the eigenvectors of every degree limit, kept twice); the eigensolver's
+    search space and products (``2 max(6 (n_modes + guard), 160) n`` doubles), the
+    log-determinant's Lanczos vectors, and, after the products, the mode volumes and the
+    volume transforms' work arrays (``box³`` each).  The largest of the phases that hold
+    them at once.
     """
     shells = ShellGrid.for_resolution(box, pixel_size, resolution)
-    degree = shells.max_degree
+    degree, radii = shells.max_degree, shells.n_shells
     directions = hemisphere_grid(auto_grid_spacing(degree))[0].shape[0]
     half, columns = degree + 1, (degree + 1) ** 2
     per_direction = half * columns * 8
     stored = directions * per_direction
-    block = min(directions, max(1, BLOCK_BYTES // per_direction)) * per_direction
-    work = _HARMONICS_WORK_COPIES * HARMONICS_BLOCK_SAMPLES * columns * 16
-    if stored <= memory_budget:
-        caching, harmonics, per_product = stored + work, stored, 0
-    else:
-        caching, harmonics, per_product = 0, 0, block + max(work, block)
-    slices = 6 * directions * half * shells.n_shells * 8 + 2 * directions * n_groups * 9 * 8
-    # A product's slices of one block of directions and their weighted copies.
-    per_product += _PRODUCT_WORK_COPIES * block // columns * shells.n_shells
+    rows = min(directions, max(1, BLOCK_BYTES // per_direction)) * half
+    harmonics = stored if stored <= memory_budget else 0
+    recomputed = 0 if harmonics else rows * columns * 8
+    slices = 6 * directions * half * radii * 8 + 2 * directions * n_groups * 9 * 8
+    wanted = n_modes + max(4, n_modes // 2)
+    product = _PRODUCT_WORK_COPIES * rows * wanted * radii * 8
     parameters = int(np.sum((shells.degree_limits + 1) ** 2))
-    lanczos = (2 * min(iterations, parameters) + n_modes) * parameters * 8
-    volumes = (n_modes * _MODE_VOLUME_BYTES + _VOLUME_WORK_COPIES * 16) * box ** 3
-    setup = harmonics + 2 * slices + per_product
-    run = harmonics + slices + per_product + lanczos + volumes
-    return int(max(caching, setup, run))
+    grid = sphere_grid(4 * degree)[0].shape[0]
+    density = 2 * POINT_BLOCK * (2 * degree + 1) * (4 * degree + 1) * 16
+    even = np.arange(0, degree + 1, 2)
+    bases = 0
+    for limit in np.unique(shells.degree_limits):
+        size_even = int(np.sum(2 * even[even <= limit] + 1))
+        bases += 2 * 8 * (size_even ** 2 + ((limit + 1) ** 2 - size_even) ** 2)
+    sampling = grid * columns * 8 + max(density, columns ** 2 * 8 // 2 + bases)
+    probes, steps = log_determinant or (0, 0)
+    solver = (2 * max(6 * wanted, MIN_SEARCH_SPACE) + probes * steps) * parameters * 8
+    volumes = (wanted * _MODE_VOLUME_BYTES + _VOLUME_WORK_COPIES * 16) * box ** 3
+    setup = harmonics + 2 * slices + recomputed + product
+    run = harmonics + slices + recomputed + max(product, volumes) + bases + solver
+    return int(max(setup, harmonics + slices + sampling, run))
 
 
 #: Bands below this 2πK say nothing about a map's modes (the authors start at 8).
@@ -446,8 +603,7 @@ MIN_USEFUL_DEGREE = 4
 MEMORY_FRACTION = 0.5
 
 
-def analysis_warnings(box, pixel_size, resolution, n_modes=8, iterations=64,
-                      available_memory=None):
+def analysis_warnings(box, pixel_size, resolution, n_modes=8, available_memory=None):
     """What is wrong, though not fatal, with analysing a ``box``-voxel map of ``pixel_size``
     Å up to ``resolution`` Å: a band too coarse to say anything (``2πK`` below
     :data:`MIN_USEFUL_DEGREE`) and, given the machine's ``available_memory`` in bytes,
@@ -463,7 +619,7 @@ def analysis_warnings(box, pixel_size, resolution, n_modes=8, iterations=64,
                         f"is about π × {box * pixel_size:g} Å / resolution; the authors work "
                         "at 2πK = 8 to 48).")
     if available_memory:
-        memory = analysis_memory(box, pixel_size, resolution, n_modes, iterations)
+        memory = analysis_memory(box, pixel_size, resolution, n_modes)
         if memory > MEMORY_FRACTION * available_memory:
             warnings.append(f"At {resolution:g} Å (2πK = {degree}) the analysis needs about "
                             f"{memory / 1e9:.1f} GB of memory, more than "

@@ -11,13 +11,14 @@ and its directions binned on a grid (:func:`rebin`).  An image's term of the acc
 Hessian depends only on its viewing direction and its CTF (§2.5), so ``d`` and ``−d`` are
 folded onto one hemisphere and particles are grouped by defocus.
 """
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.spatial
 
 from .. import rotations as rot
-from ..ctf import CTFParams, params_from_rows, params_to_rows
+from ..ctf import CTFParams, params_from_rows, params_to_rows, ring_mean_ctf_squared
 from ..errors import InvalidDataError, ShapeError
 from ..storage import load_fields, save_fields
 
@@ -33,16 +34,24 @@ class ViewingExperiment:
 
     :param directions: ``(D, 3)`` unit viewing directions (image-plane normals
         ``R_jᵀ e_z``), folded onto the hemisphere ``z >= 0``.
-    :param ctf_params: ``G`` :class:`.ctf.CTFParams` (one per defocus group,
-        radial: the analysis uses ``defocus_u`` and ``defocus_v``'s mean), or ``()``.
+    :param ctf_params: ``G`` :class:`.ctf.CTFParams` (one per defocus group: a planned
+        group's CTF, or a radial CTF at the mean defocus of a group of particles), or ``()``.
     :param counts: ``(D, max(G, 1))`` non-negative image counts (or viewing-density
         weights scaled to the number of images).
     :param pixel_size: Å, of the images whose CTF and noise this is.
+    :param member_ctfs: for an experiment of particles, every particle's own
+        :class:`.ctf.CTFParams` (astigmatism included), else ``()``; with
+        ``member_groups`` ``(J,)`` their defocus groups and ``member_weights`` ``(J,)``
+        their weights in ``counts``, they give each group's exact mean ``CTF²``
+        (:meth:`ctf_squared`).
     """
     directions: np.ndarray
     ctf_params: tuple
     counts: np.ndarray
     pixel_size: float
+    member_ctfs: tuple = ()
+    member_groups: np.ndarray = None
+    member_weights: np.ndarray = None
 
     def __post_init__(self):
         directions = np.asarray(self.directions, dtype=np.float64).reshape(-1, 3)
@@ -65,6 +74,27 @@ class ViewingExperiment:
         object.__setattr__(self, "counts", counts)
         object.__setattr__(self, "ctf_params", params)
         object.__setattr__(self, "pixel_size", float(self.pixel_size))
+        self._set_members(params)
+
+    def _set_members(self, params):
+        members = tuple(self.member_ctfs or ())
+        count = len(members)
+        groups = (np.zeros(count, dtype=np.int64) if self.member_groups is None
+                  else np.asarray(self.member_groups, dtype=np.int64).reshape(-1))
+        weights = np.ones(count) if self.member_weights is None else np.asarray(
+            self.member_weights, dtype=np.float64).reshape(-1)
+        if count and not (params and all(isinstance(p, CTFParams) for p in members)):
+            raise InvalidDataError("member_ctfs need CTFParams and the experiment's group CTFs")
+        if groups.shape != (count,) or weights.shape != (count,):
+            raise ShapeError(f"member_groups and member_weights must have one entry per member "
+                             f"CTF ({count}), got {groups.shape} and {weights.shape}")
+        if count and (groups.min() < 0 or groups.max() >= len(params)
+                      or not np.all(np.isfinite(weights) & (weights > 0))):
+            raise InvalidDataError("member groups must index the group CTFs and member weights "
+                                   "must be positive")
+        object.__setattr__(self, "member_ctfs", members)
+        object.__setattr__(self, "member_groups", groups)
+        object.__setattr__(self, "member_weights", weights)
 
     @property
     def n_images(self):
@@ -74,14 +104,36 @@ class ViewingExperiment:
     def n_groups(self):
         return self.counts.shape[1]
 
+    def ctf_squared(self, radii, box, pixel_size):
+        """``(G, R)`` each defocus group's mean ``CTF²`` around the rings ``|k| = radii``
+        (cycles per ``box``-voxel box of ``pixel_size`` Å): the weighted mean over the
+        group's particles of their ring-mean ``CTF²`` (:func:`.ctf.ring_mean_ctf_squared`,
+        astigmatism included), or the group CTF's own for a planned experiment; ones
+        without CTF.  Not the ``CTF²`` of the group's mean defocus
+        (``docs/methods/hessian_soft_modes.md`` §2.5).
+        """
+        radii = np.asarray(radii, dtype=np.float64)
+        if not self.ctf_params:
+            return np.ones((1, radii.size))
+        if not self.member_ctfs:
+            return ring_mean_ctf_squared(self.ctf_params, radii, box, pixel_size)
+        values = ring_mean_ctf_squared(self.member_ctfs, radii, box, pixel_size)
+        totals = np.zeros((len(self.ctf_params), radii.size))
+        np.add.at(totals, self.member_groups, self.member_weights[:, None] * values)
+        weights = np.bincount(self.member_groups, self.member_weights,
+                              minlength=len(self.ctf_params))
+        return totals / np.maximum(weights, np.finfo(float).tiny)[:, None]
+
     def save(self, path):
         """Write the experiment to the npz ``path`` (the CTFs as :func:`.ctf.params_to_rows`)."""
-        save_fields(path, self, ctf_params=params_to_rows(self.ctf_params))
+        save_fields(path, self, ctf_params=params_to_rows(self.ctf_params),
+                    member_ctfs=params_to_rows(self.member_ctfs))
 
     @classmethod
     def load(cls, path):
         """The experiment :meth:`save` wrote to ``path``."""
-        return load_fields(cls, path, ctf_params=lambda rows: tuple(params_from_rows(rows)))
+        rows = lambda values: tuple(params_from_rows(values))  # noqa: E731
+        return load_fields(cls, path, ctf_params=rows, member_ctfs=rows)
 
 
 def fold_directions(directions):
@@ -171,8 +223,10 @@ def experiment_from_poses(rotations, ctf_params=None, pixel_size=1.0, defocus_to
 
     :param rotations: ``(J, 3, 3)`` :mod:`.rotations` matrices.
     :param ctf_params: None, or ``J`` :class:`.ctf.CTFParams`; particles whose mean defocus
-        lies within ``defocus_tolerance`` Å of their group's smallest share a radial CTF
-        at the group's mean defocus (astigmatism averaged).
+        lies within ``defocus_tolerance`` Å of their group's smallest form a defocus group,
+        whose ``CTF²`` is the mean of its particles' ring-mean ``CTF²``
+        (:meth:`ViewingExperiment.ctf_squared`; the group's ``ctf_params`` entry, a radial
+        CTF at its mean defocus, only names it).
     :param pixel_size: Å, of the particles.
     :param grid_spacing_deg: None keeps every distinct (folded) direction; a spacing bins
         them on :func:`hemisphere_grid` (``analyse_soft_modes`` bins anyway, see its
@@ -190,7 +244,10 @@ def experiment_from_poses(rotations, ctf_params=None, pixel_size=1.0, defocus_to
         raise InvalidDataError(f"weights must be {len(directions)} finite positive numbers, one "
                                "per particle")
     directions_out, counts, _ = _bin(directions, group, max(len(params), 1), grid, weights)
-    return ViewingExperiment(directions_out, params, counts, pixel_size)
+    members = tuple(ctf_params) if params else ()
+    return ViewingExperiment(directions_out, params, counts, pixel_size, member_ctfs=members,
+                             member_groups=group if members else None,
+                             member_weights=weights if members else None)
 
 
 def particle_assignment(rotations, ctf_params=None, defocus_tolerance=1000.0,
@@ -256,5 +313,5 @@ def rebin(experiment, spacing_deg):
     occupied, bin_index = np.unique(bins, return_inverse=True)
     counts = np.zeros((occupied.size, experiment.n_groups))
     np.add.at(counts, bin_index, experiment.counts)
-    return (ViewingExperiment(grid[occupied], experiment.ctf_params, counts,
-                              experiment.pixel_size), bin_index)
+    return (dataclasses.replace(experiment, directions=grid[occupied], counts=counts),
+            bin_index)

@@ -10,7 +10,9 @@ with ``Π_j`` the projector onto the image's three pose-derivative slices.
 With a radial CTF an image's term depends only on its viewing direction and
 its CTF: its in-plane angle rotates the ring (the ring quadrature with
 ``Q >= 2L + 1`` angles integrates every product exactly, so nothing
-changes), and ``d`` and ``−d`` read the same great circle.  So images are
+changes), and ``d`` and ``−d`` read the same great circle.  An astigmatic
+CTF turns with the in-plane angle, which is independent of the map, so its
+expected term is that of its ring-mean ``CTF²``.  So images are
 counted per viewing direction (folded onto one hemisphere) and defocus
 group, ``counts[d, g]`` (:class:`.experiment.ViewingExperiment`), and one
 product costs a slice and an adjoint slice per occupied direction, however
@@ -26,7 +28,9 @@ Approximations, all deliberate:
 * pose binning: directions off the analysis grid move to the nearest grid
   direction (:func:`.experiment.rebin`); the error shrinks with the grid
   spacing (tests/test_softmodes_analysis.py measures it);
-* radial CTF: a group's CTF is that of its mean defocus (astigmatism averaged).
+* one ``CTF²`` per defocus group: the mean over the group's particles of their
+  ring-mean ``CTF²`` (:meth:`.experiment.ViewingExperiment.ctf_squared`, exact for
+  ``H_FF`` with fixed poses; the pose blocks use the same mean).
 
 Slices are GEMMs against real harmonics (below): the harmonics at a
 direction's ring are shared by every shell, so a slice is one dense
@@ -47,10 +51,9 @@ fewer flops than a complex one, and only half of every ring is computed
 import numpy as np
 
 from .. import rotations as rot
-from ..ctf import ctf_stack
 from ..errors import InvalidDataError
 from ..kernels import resolve_backend
-from ..spherical import harmonics_at
+from ..kernels.soft_modes_cpu import real_harmonics
 from .products import HostProducts
 
 #: Relative cut-off of the per-image 3x3 pose-block pseudo-inverse (as the authors' code).
@@ -100,6 +103,7 @@ class RealHarmonics:
         self._positions = self.index[valid]
         self.shell_of_parameter = np.empty(self.size, dtype=int)
         self.shell_of_parameter[self._positions] = self._rows
+        self._table = self.column_table()
 
     def extract(self, coefficients):
         """Real coordinates ``(..., R, P)`` of real-volume coefficients ``(..., R, L + 1, M)``."""
@@ -122,17 +126,28 @@ class RealHarmonics:
         out[self._positions] = columns[self._rows, self._columns]
         return out
 
+    def column_table(self):
+        """``table[l, m, k]``: the column of harmonic ``(l, m)`` of kind ``a`` (``k = 0``,
+        kind ``0`` for ``m = 0``) or ``b`` (``k = 1``) in the even or odd block, as the
+        harmonics kernels (:mod:`.kernels.soft_modes_cpu`, :mod:`.kernels.soft_modes_cuda`)
+        read it."""
+        degree = self.shells.max_degree
+        table = np.zeros((degree + 1, degree + 1, 2), dtype=np.int64)
+        for p, (l, m, kind) in enumerate(zip(self.degrees, self.orders, self.kinds)):
+            table[l, m, max(kind - 1, 0)] = p if l % 2 == 0 else p - self.n_even
+        return table
+
     def evaluate(self, directions):
-        """``(Re h_even, Im h_odd)`` at directions ``(n, 3)``: ``(n, n_even)``, ``(n, rest)``."""
-        shells = self.shells
-        y = harmonics_at(directions, shells.max_degree, shells.n_orders)
-        sign = (-1.0) ** (self.degrees + self.orders)
-        plus, minus = y[:, self.degrees, self.orders], y[:, self.degrees, -self.orders]
-        h = np.where(self.kinds == 0, 1j ** self.degrees * plus,
-                     np.where(self.kinds == 1, (plus + sign * minus) / np.sqrt(2),
-                              1j * (plus - sign * minus) / np.sqrt(2)))
-        return (np.ascontiguousarray(h[:, :self.n_even].real),
-                np.ascontiguousarray(h[:, self.n_even:].imag))
+        """``(Re h_even, Im h_odd)`` at directions ``(n, 3)``: ``(n, n_even)``, ``(n, rest)``.
+
+        ``h_p`` is ``i^l Y_l^0`` for ``m = 0`` and ``(Y_l^m ± (-1)^{l+m} Y_l^{-m}) / √2``
+        (times ``i`` for kind ``b``) otherwise: real for even ``l``, imaginary for odd.
+        """
+        directions = np.ascontiguousarray(directions, dtype=np.float64).reshape(-1, 3)
+        even = np.zeros((directions.shape[0], self.n_even))
+        odd = np.zeros((directions.shape[0], self.degrees.size - self.n_even))
+        real_harmonics(directions, self.shells.max_degree, self._table, even, odd)
+        return even, odd
 
 
 class AccumulatedHessian:
@@ -144,20 +159,26 @@ class AccumulatedHessian:
     :param experiment: :class:`.experiment.ViewingExperiment` (directions are used as given).
     :param pixel_size: Å per voxel of the volume (sets the CTF's physical frequencies).
     :param noise_sigma2: the likelihood's ``σ²`` (per unit area of the frequency plane in
-        cycles per box, ``docs/methods/hessian_soft_modes.md`` §1.3).
+        cycles per box, ``docs/methods/hessian_soft_modes.md`` §1.3): one number (white
+        noise) or ``(R,)``, the noise power at each shell (coloured noise).
     :param n_angles: ring samples ``Q`` (even, ``>= 2L + 1``; default ``2L + 2``).
     :param memory_budget: bytes for caching the harmonics (host or device memory); beyond
         it they are recomputed at every product (on the device with ``"cuda"``).
     :param backend: ``"cpu"`` (BLAS), ``"cuda"`` or ``"auto"``
         (:func:`.kernels.resolve_backend`) for the products (:attr:`products`).
+    :param group_scales: None or ``(G,)`` each defocus group's amplitude relative to the
+        map (its images are ``a_g C P F``): its CTF² is multiplied by ``a_g²``.
     """
 
     def __init__(self, shells, volume_vector, layout, experiment, pixel_size, noise_sigma2=1.0,
-                 n_angles=None, memory_budget=1 << 30, backend="cpu"):
+                 n_angles=None, memory_budget=1 << 30, backend="cpu", group_scales=None):
         self.backend = resolve_backend(backend)
         self.shells = shells
         self.experiment = experiment
-        self.noise_sigma2 = float(noise_sigma2)
+        self.noise_sigma2 = np.broadcast_to(np.asarray(noise_sigma2, dtype=np.float64),
+                                            (shells.n_shells,)).copy()
+        if not np.all(np.isfinite(self.noise_sigma2) & (self.noise_sigma2 > 0)):
+            raise InvalidDataError("the noise power must be finite and positive on every shell")
         degree = shells.max_degree
         self.n_angles = int(n_angles or 2 * degree + 2)
         if self.n_angles % 2 or self.n_angles < 2 * degree + 1:
@@ -177,48 +198,63 @@ class AccumulatedHessian:
         cache = n_directions * per_direction <= memory_budget
         # Ring weights 2 (2π/Q) ρ_r: half rings stand for whole ones.
         self._ring_weights = 2 * (2 * np.pi / self.n_angles) * shells.weights / shells.radii
-        self.ctf_squared = self._ctf_squared(experiment, shells, pixel_size)  # (G, R)
+        self.ctf_squared = experiment.ctf_squared(shells.radii, shells.box, pixel_size)  # (G, R)
+        if group_scales is not None:
+            scales = np.asarray(group_scales, dtype=np.float64).reshape(-1)
+            if scales.shape != (self.ctf_squared.shape[0],) or not np.all(
+                    np.isfinite(scales) & (scales > 0)):
+                raise InvalidDataError(f"group_scales must be {self.ctf_squared.shape[0]} "
+                                       "positive amplitudes, one per defocus group")
+            self.ctf_squared = self.ctf_squared * scales[:, None] ** 2
+        #: ``(G, R)`` what an image of group ``g`` weighs on shell ``r``: ``C²_{g,r} / σ²_r``.
+        self.shell_weights = self.ctf_squared / self.noise_sigma2
         #: The backend's :class:`.products.HessianProducts`, which every product runs in.
         self.products = hessian_products(self.backend, samples, self.harmonics, block, cache,
-                                         self.ctf_squared, experiment.counts,
-                                         self._ring_weights, self.noise_sigma2)
+                                         self.shell_weights, experiment.counts,
+                                         self._ring_weights)
         self._setup_poses(layout.rigid_rotation_modes(layout.from_real_vector(volume_vector)))
 
-    @staticmethod
-    def _ctf_squared(experiment, shells, pixel_size):
-        if not experiment.ctf_params:
-            return np.ones((1, shells.n_shells))
-        values = ctf_stack(experiment.ctf_params, shells.radii, np.zeros(shells.n_shells),
-                           shells.box, pixel_size)
-        return values ** 2
 
     def _setup_poses(self, rotation_modes):
         """Pose-derivative slices ``U_a = -i Σ_b R[a, b] T(L_b F)`` and the blocks' pinv."""
-        modes = [self.harmonics.to_columns(mode) for mode in rotation_modes]
+        modes = np.stack([self.harmonics.to_columns(mode) for mode in rotation_modes])
         derivative_re, derivative_im = [], []
-        for where, slices in self.products.mode_slices(modes):  # T(-i L_b F)
+        for where, v_re, v_im in self.products.mode_slices(modes):  # T(-i L_b F)
             matrices = self.rotations[where]
-            derivative_re.append(np.einsum("dab,bdqr->adqr", matrices, np.stack([s[0] for s in slices])))
-            derivative_im.append(np.einsum("dab,bdqr->adqr", matrices, np.stack([s[1] for s in slices])))
+            derivative_re.append(np.einsum("dab,dqbr->adqr", matrices, v_re))
+            derivative_im.append(np.einsum("dab,dqbr->adqr", matrices, v_im))
         derivatives = (np.concatenate(derivative_re, axis=1),
                        np.concatenate(derivative_im, axis=1))  # (3, D, Q/2, R)
         u_re, u_im = derivatives
-        gram = (np.einsum("adqr,bdqr->drab", u_re, u_re)
-                + np.einsum("adqr,bdqr->drab", u_im, u_im))
+        gram = (np.einsum("adqr,bdqr->drab", u_re, u_re, optimize=True)
+                + np.einsum("adqr,bdqr->drab", u_im, u_im, optimize=True))
         gram *= self._ring_weights[None, :, None, None]
-        # Per (direction, group) blocks without 1/σ² and counts: both cancel in Δτ.
-        blocks = np.einsum("gr,drab->dgab", self.ctf_squared, gram)
+        # Per (direction, group) blocks without the counts, which cancel in Δτ.
+        blocks = np.einsum("gr,drab->dgab", self.shell_weights, gram)
         blocks = (blocks + blocks.transpose(0, 1, 3, 2)) / 2
         self.pose_blocks = blocks
         self.products.set_poses(derivatives,
                                 np.linalg.pinv(blocks, rcond=POSE_PINV_RCOND, hermitian=True))
 
+    def _columns(self, vectors):
+        vectors = np.asarray(vectors, dtype=np.float64)
+        return np.stack([self.harmonics.to_columns(v) for v in vectors.reshape(-1, vectors.shape[-1])])
+
+    def matmat(self, vectors, implicit_poses=True):
+        """``(k, n)`` Hessian-vector products of the NLL (sum over images) with each row
+        of ``vectors`` ``(k, n)``, in one pass over the harmonics."""
+        out = self.products.matvec(self._columns(vectors), implicit_poses)
+        return np.stack([self.harmonics.from_columns(c) for c in out])
+
     def matvec(self, vector, implicit_poses=True):
-        """``(n,)`` Hessian-vector product of the NLL (sum over images, ``1/σ²``)."""
-        columns = self.harmonics.to_columns(np.asarray(vector, dtype=np.float64))
-        return self.harmonics.from_columns(self.products.matvec(columns, implicit_poses))
+        """``(n,)`` Hessian-vector product of the NLL (sum over images)."""
+        return self.matmat(np.asarray(vector)[None], implicit_poses)[0]
+
+    def pose_changes(self, vectors):
+        """``(k, D, G, 3)`` first-order image-frame rotations ``Δτ`` implied by the volume
+        changes ``vectors`` ``(k, n)``."""
+        return self.products.pose_change(self._columns(vectors))
 
     def pose_change(self, vector):
         """``(D, G, 3)`` first-order image-frame rotation ``Δτ`` implied by a volume change."""
-        columns = self.harmonics.to_columns(np.asarray(vector, dtype=np.float64))
-        return self.products.pose_change(columns)
+        return self.pose_changes(np.asarray(vector)[None])[0]

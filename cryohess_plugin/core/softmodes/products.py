@@ -1,20 +1,16 @@
 """The products of the accumulated Hessian on one backend: one interface, chosen once.
 
 :class:`.hessian.AccumulatedHessian` holds the geometry (ring samples, real harmonics,
-squared CTFs, ring weights) and the pose blocks; every product with a volume change runs
-in a :class:`HessianProducts` that :func:`.hessian.hessian_products` picks once from the backend
-(as the projector picks its kernels): :class:`HostProducts` here (NumPy BLAS) or
-:class:`.products_cuda.DeviceProducts` (``numba.cuda``).  Both take shell columns
-``(R, P)`` (:meth:`.hessian.RealHarmonics.to_columns`) in and give host arrays out.
-Formulas: ``docs/methods/hessian_soft_modes.md`` §2.5 and §2.7.
+squared CTFs over the noise, ring weights) and the pose blocks; every product with volume
+changes runs in a :class:`HessianProducts` that :func:`.hessian.hessian_products` picks
+once from the backend (as the projector picks its kernels): :class:`HostProducts` here
+(NumPy BLAS) or :class:`.products_cuda.DeviceProducts` (``numba.cuda``).  Both take stacks
+of shell columns ``(k, R, P)`` (:meth:`.hessian.RealHarmonics.to_columns`) in and give host
+arrays out.  Formulas: ``docs/methods/hessian_soft_modes.md`` §2.5 and §2.7.
 """
 from abc import ABC, abstractmethod
 
 import numpy as np
-
-#: Harmonics are evaluated for about this many ring samples at once (temporary memory).
-HARMONICS_BLOCK_SAMPLES = 2048
-
 
 class HessianProducts(ABC):
     """Slices, Hessian-vector products and pose responses over blocks of directions.
@@ -25,8 +21,9 @@ class HessianProducts(ABC):
     :param harmonics: :class:`.hessian.RealHarmonics`.
     :param block: directions per block.  :param cache: keep every block's harmonics
         (else they are recomputed at every product).
-    :param ctf_squared: ``(G, R)``.  :param counts: ``(D, G)`` image counts.
-    :param ring_weights: ``(R,)`` ``2 (2π/Q) ρ_r``.  :param noise_sigma2: ``σ²``.
+    :param shell_weights: ``(G, R)`` ``C²_{g,r} / σ²_r``, each group's mean squared CTF over
+        the shell's noise power.  :param counts: ``(D, G)`` image counts.
+    :param ring_weights: ``(R,)`` ``2 (2π/Q) ρ_r``.
     """
 
     def __init__(self, samples, harmonics, block):
@@ -39,8 +36,8 @@ class HessianProducts(ABC):
 
     @abstractmethod
     def mode_slices(self, modes):
-        """Per block of directions ``(where, [(Re V, Im V)])``: the ``(d, Q/2, R)`` slices
-        of each of the shell columns ``modes`` on the block's half rings."""
+        """Per block of directions ``(where, Re V, Im V)``: the ``(d, Q/2, k, R)`` slices of
+        the stack of shell columns ``modes`` ``(k, R, P)`` on the block's half rings."""
 
     @abstractmethod
     def set_poses(self, derivatives, pinv):
@@ -49,32 +46,67 @@ class HessianProducts(ABC):
 
     @abstractmethod
     def matvec(self, columns, implicit_poses):
-        """``(R, P)`` shell columns of the Hessian applied to shell columns ``(R, P)``."""
+        """``(k, R, P)`` shell columns of the Hessian applied to each of ``(k, R, P)``."""
 
     @abstractmethod
     def pose_change(self, columns):
-        """``(D, G, 3)`` first-order pose response to shell columns ``(R, P)``."""
+        """``(k, D, G, 3)`` first-order pose responses to shell columns ``(k, R, P)``."""
+
+
+#: Degree bands are merged up to at least this many columns: narrower GEMMs run slower per
+#: flop than the flops they save (measured at 2πK = 32).
+MIN_BAND_COLUMNS = 128
+
+
+def degree_bands(degrees, limits, min_columns=MIN_BAND_COLUMNS):
+    """Column ranges and the shells that read them: ``[(start, stop, first_shell)]``.
+
+    ``degrees`` ``(p,)`` the degree of each column of a block (ascending), ``limits``
+    ``(R,)`` the shells' degree limits (ascending with the radius): columns of degrees in
+    ``(l_{j-1}, l_j]`` are read by the shells from the first one whose limit is ``l_j``
+    on, so a slice costs about ``Σ_r (l_r + 1)²`` products per sample instead of
+    ``R (L + 1)²``.  Consecutive bands are merged up to ``min_columns`` columns (the
+    merged band is read by the shells of its first part; columns beyond a shell's limit
+    hold zeros there, so the result is the same).
+    """
+    bands, start, stop, first = [], 0, 0, None
+    for limit in np.unique(limits):
+        stop = int(np.searchsorted(degrees, limit, side="right"))
+        if stop <= start:
+            continue
+        if first is None:
+            first = int(np.searchsorted(limits, limit))
+        if stop - start >= min_columns:
+            bands.append((start, stop, first))
+            start, first = stop, None
+    if first is not None:
+        bands.append((start, stop, first))
+    return bands
 
 
 class HostProducts(HessianProducts):
-    """The products as NumPy BLAS GEMMs against host harmonics (the CPU backend)."""
+    """The products as NumPy BLAS GEMMs against host harmonics (the CPU backend).
 
-    def __init__(self, samples, harmonics, block, cache, ctf_squared, counts, ring_weights,
-                 noise_sigma2):
+    A slice multiplies each block of harmonic columns (:func:`degree_bands`) only with the
+    shells whose degree limit reaches it; the ``k`` columns of a stack share every pass
+    over the harmonics.
+    """
+
+    def __init__(self, samples, harmonics, block, cache, shell_weights, counts, ring_weights):
         super().__init__(samples, harmonics, block)
         self._samples = samples
-        self.ctf_squared = ctf_squared
+        self.shell_weights = shell_weights
         self.counts = counts
         self._ring_weights = ring_weights
-        self.noise_sigma2 = noise_sigma2
+        limits = harmonics.shells.degree_limits
+        n_even = harmonics.n_even
+        self._bands = (degree_bands(harmonics.degrees[:n_even], limits),
+                       degree_bands(harmonics.degrees[n_even:], limits))
         self._cache = [self._harmonics_block(start) for start in self._starts()] if cache else None
         self._derivatives = self._pose_pinv = None
 
     def _harmonics_block(self, start):
-        samples = self._samples[start:start + self.block].reshape(-1, 3)
-        parts = [self.harmonics.evaluate(samples[i:i + HARMONICS_BLOCK_SAMPLES])
-                 for i in range(0, samples.shape[0], HARMONICS_BLOCK_SAMPLES)]
-        return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+        return self.harmonics.evaluate(self._samples[start:start + self.block].reshape(-1, 3))
 
     def _blocks(self):
         for k, start in enumerate(self._starts()):
@@ -82,53 +114,64 @@ class HostProducts(HessianProducts):
             yield slice(start, start + self.block), block
 
     def _slice(self, block, columns):
-        """``(Re V, Im V)`` ``(d, Q/2, R)`` of shell columns ``(R, P)`` on a block's half rings."""
-        even, odd = block
+        """``(Re V, Im V)`` ``(d, Q/2, k, R)`` of shell columns ``(k, R, P)`` on a block."""
         n_even = self.harmonics.n_even
-        shape = (-1, self.half, columns.shape[0])
-        return ((even @ columns[:, :n_even].T).reshape(shape),
-                (odd @ columns[:, n_even:].T).reshape(shape))
+        parts = []
+        for harmonics, bands, part in zip(block, self._bands,
+                                          (columns[..., :n_even], columns[..., n_even:])):
+            values = np.zeros((harmonics.shape[0],) + columns.shape[:2])
+            for start, stop, first in bands:
+                # (S, b) x (b, k R'): the band's columns for the shells that reach it.
+                values[:, :, first:] += (harmonics[:, start:stop]
+                                         @ part[:, first:, start:stop].reshape(-1, stop - start).T
+                                         ).reshape(harmonics.shape[0], columns.shape[0], -1)
+            parts.append(values.reshape(-1, self.half, columns.shape[0], columns.shape[1]))
+        return parts
 
-    def _slice_adjoint(self, block, real, imag):
-        """Transpose of :meth:`_slice`: ``(R, P)`` columns of ``(d, Q/2, R)`` values."""
-        even, odd = block
-        shells = real.shape[-1]
-        return np.concatenate([real.reshape(-1, shells).T @ even,
-                               imag.reshape(-1, shells).T @ odd], axis=1)
+    def _slice_adjoint(self, block, real, imag, out):
+        """Add the transpose of :meth:`_slice` of ``(d, Q/2, k, R)`` values to ``out``."""
+        n_even = self.harmonics.n_even
+        for harmonics, bands, values, offset in zip(block, self._bands, (real, imag),
+                                                    (0, n_even)):
+            flat = values.reshape(harmonics.shape[0], -1, values.shape[-1])
+            for start, stop, first in bands:
+                product = flat[:, :, first:].reshape(harmonics.shape[0], -1).T @ harmonics[:, start:stop]
+                out[:, first:, offset + start:offset + stop] += product.reshape(
+                    flat.shape[1], -1, stop - start)
 
     def mode_slices(self, modes):
         for where, block in self._blocks():
-            yield where, [self._slice(block, mode) for mode in modes]
+            yield (where, *self._slice(block, modes))
 
     def set_poses(self, derivatives, pinv):
         self._derivatives, self._pose_pinv = derivatives, pinv
 
     def _pose_response(self, v_re, v_im, where):
-        """``Δτ`` ``(d, G, 3)`` of the block's directions for the slices ``V`` of ``ΔF``."""
+        """``Δτ`` ``(k, d, G, 3)`` of the block's directions for the slices ``V``."""
         u_re, u_im = self._derivatives[0][:, where], self._derivatives[1][:, where]
-        overlap = (np.einsum("adqr,dqr->dar", u_re, v_re)
-                   + np.einsum("adqr,dqr->dar", u_im, v_im)) * self._ring_weights
-        coupling = np.einsum("gr,dar->dga", self.ctf_squared, overlap)
-        return -np.einsum("dgab,dgb->dga", self._pose_pinv[where], coupling)
+        overlap = (np.einsum("adqr,dqkr->kdar", u_re, v_re, optimize=True)
+                   + np.einsum("adqr,dqkr->kdar", u_im, v_im, optimize=True)) * self._ring_weights
+        coupling = np.einsum("gr,kdar->kdga", self.shell_weights, overlap, optimize=True)
+        return -np.einsum("dgab,kdgb->kdga", self._pose_pinv[where], coupling, optimize=True)
 
     def matvec(self, columns, implicit_poses):
         counts = self.counts
         out = np.zeros(columns.shape)
         for where, block in self._blocks():
             v_re, v_im = self._slice(block, columns)
-            evidence = counts[where] @ self.ctf_squared  # (d, R): Σ_g c C²
-            z_re, z_im = evidence[:, None, :] * v_re, evidence[:, None, :] * v_im
+            evidence = (counts[where] @ self.shell_weights) * self._ring_weights  # (d, R)
+            z_re, z_im = evidence[:, None, None, :] * v_re, evidence[:, None, None, :] * v_im
             if implicit_poses:
                 change = self._pose_response(v_re, v_im, where)
-                mixing = np.einsum("dg,gr,dga->adr", counts[where], self.ctf_squared, change)
+                mixing = np.einsum("dg,gr,kdga->dakr", counts[where], self.shell_weights, change,
+                                   optimize=True) * self._ring_weights
                 u_re, u_im = self._derivatives[0][:, where], self._derivatives[1][:, where]
-                z_re += np.einsum("adr,adqr->dqr", mixing, u_re)
-                z_im += np.einsum("adr,adqr->dqr", mixing, u_im)
-            weights = self._ring_weights / self.noise_sigma2
-            out += self._slice_adjoint(block, z_re * weights, z_im * weights)
+                z_re += np.einsum("dakr,adqr->dqkr", mixing, u_re, optimize=True)
+                z_im += np.einsum("dakr,adqr->dqkr", mixing, u_im, optimize=True)
+            self._slice_adjoint(block, z_re, z_im, out)
         return out
 
     def pose_change(self, columns):
         parts = [self._pose_response(*self._slice(block, columns), where)
                  for where, block in self._blocks()]
-        return np.concatenate(parts)
+        return np.concatenate(parts, axis=1)

@@ -3,7 +3,8 @@
 The device keeps what every product reuses: the half-ring sample directions, the real
 harmonics at them (cached within the memory budget, else recomputed per block of
 directions on the device), the pose-derivative slices ``U_a``, the pose blocks'
-pseudo-inverses, the counts, the squared CTFs and the ring weights.  A product uploads
+pseudo-inverses, the counts, the shell weights (squared CTFs over the noise) and the ring
+weights.  A product uploads
 the ``(R, P)`` shell columns and downloads the ``(R, P)`` result (``pose_change``: the
 ``(D, G, 3)`` rotations) and nothing else.  The kernels are in
 :mod:`.kernels.soft_modes_cuda`; the formulas in ``docs/methods/hessian_soft_modes.md``
@@ -15,32 +16,19 @@ from ..kernels import soft_modes_cuda as kernels
 from .products import HessianProducts
 
 
-def _column_table(harmonics):
-    """``table[l, m, k]``: the column of harmonic ``(l, m)`` of kind ``a`` (``k = 0``, kind
-    ``0`` for ``m = 0``) or ``b`` (``k = 1``) in the even or odd block of ``harmonics``."""
-    degree = int(harmonics.degrees.max())
-    table = np.zeros((degree + 1, degree + 1, 2), dtype=np.int64)
-    for p, (l, m, kind) in enumerate(zip(harmonics.degrees, harmonics.orders, harmonics.kinds)):
-        column = p if l % 2 == 0 else p - harmonics.n_even
-        table[l, m, max(kind - 1, 0)] = column
-    return table
-
-
 class DeviceProducts(HessianProducts):
     """The products as ``numba.cuda`` kernels on device-resident state (module docstring)."""
 
-    def __init__(self, samples, harmonics, block, cache, ctf_squared, counts, ring_weights,
-                 noise_sigma2):
+    def __init__(self, samples, harmonics, block, cache, shell_weights, counts, ring_weights):
         super().__init__(samples, harmonics, block)
         self.n_even = harmonics.n_even
         self.n_odd = harmonics.degrees.size - harmonics.n_even
         self.max_degree = int(harmonics.degrees.max())
-        self.n_shells = ctf_squared.shape[1]
-        self.n_groups = ctf_squared.shape[0]
-        self.inv_sigma2 = 1.0 / float(noise_sigma2)
+        self.n_shells = shell_weights.shape[1]
+        self.n_groups = shell_weights.shape[0]
         self._samples = kernels.to_device(samples.reshape(-1, 3))
-        self._table = kernels.to_device(_column_table(harmonics), np.int64)
-        self._ctf_squared = kernels.to_device(ctf_squared)
+        self._table = kernels.to_device(harmonics.column_table(), np.int64)
+        self._shell_weights = kernels.to_device(shell_weights)
         self._counts = kernels.to_device(counts)
         self._ring_weights = kernels.to_device(ring_weights)
         rows = self.block * self.half
@@ -104,13 +92,13 @@ class DeviceProducts(HessianProducts):
 
     def mode_slices(self, modes):
         # All modes in one pass of GEMMs, then cut into the host's blocks of directions.
-        shells = modes[0].shape[0]
-        real, imag = self._stacked_slices(np.concatenate(modes))  # (D, Q/2, k R)
+        count, shells = modes.shape[:2]
+        real, imag = self._stacked_slices(modes.reshape(count * shells, -1))  # (D, Q/2, k R)
+        shape = (self.n_directions, self.half, count, shells)
+        real, imag = real.reshape(shape), imag.reshape(shape)
         for start in self._starts():
             where = slice(start, start + self.block)
-            yield where, [(real[where, :, b * shells:(b + 1) * shells],
-                           imag[where, :, b * shells:(b + 1) * shells])
-                          for b in range(len(modes))]
+            yield where, real[where], imag[where]
 
     def set_poses(self, derivatives, pinv):
         self._derivatives = tuple(kernels.to_device(u) for u in derivatives)
@@ -120,10 +108,10 @@ class DeviceProducts(HessianProducts):
         shape = (stop - start, self.half, self.n_shells)
         u_re, u_im = self._derivatives
         kernels.pose_algebra(start, mode, v_re.reshape(shape), v_im.reshape(shape), u_re, u_im,
-                             self._pinv, self._counts, self._ctf_squared, self._ring_weights,
-                             self.inv_sigma2, self._overlap, self._change)
+                             self._pinv, self._counts, self._shell_weights, self._ring_weights,
+                             self._overlap, self._change)
 
-    def matvec(self, columns, implicit_poses):
+    def _matvec(self, columns, implicit_poses):
         even_columns, odd_columns = self._upload_columns(columns)
         out_even = kernels.to_device(np.zeros((self.n_shells, self.n_even)))
         out_odd = kernels.to_device(np.zeros((self.n_shells, self.n_odd)))
@@ -136,7 +124,10 @@ class DeviceProducts(HessianProducts):
             kernels.adjoint_product(v_im, block[1], out_odd)
         return np.concatenate([out_even.copy_to_host(), out_odd.copy_to_host()], axis=1)
 
-    def pose_change(self, columns):
+    def matvec(self, columns, implicit_poses):
+        return np.stack([self._matvec(c, implicit_poses) for c in columns])
+
+    def _pose_change(self, columns):
         even_columns, odd_columns = self._upload_columns(columns)
         parts = []
         for start, stop, block in self._blocks():
@@ -145,3 +136,6 @@ class DeviceProducts(HessianProducts):
             self._pose(start, stop, kernels.POSE_CHANGE, v_re, v_im)
             parts.append(self._change[:stop - start].copy_to_host())
         return np.concatenate(parts)
+
+    def pose_change(self, columns):
+        return np.stack([self._pose_change(c) for c in columns])

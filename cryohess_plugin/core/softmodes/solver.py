@@ -1,30 +1,25 @@
-"""Softest modes of a symmetric operator in a metric, and what a user looks at.
+"""Softest modes of a symmetric operator in a metric, its log-determinant, and what a user
+looks at.
 
 ``docs/methods/hessian_soft_modes.md`` §3 (the solver) and §4 (the displayed
-quantities); every § below is a section of that page.  The solver knows nothing of the likelihood: it takes a function
-``matvec`` applying a symmetric positive semi-definite operator ``G`` (the
-Hessian's quadratic form, real coordinates) and solves ``G x = λ W x`` for the
-smallest ``λ`` with a diagonal metric ``W``, with the given null-space vectors
-(the rigid rotations, §2.6) removed.
+quantities); every § below is a section of that page.  The solver knows nothing of the
+likelihood: it takes a function ``matmat`` applying a symmetric positive semi-definite
+operator ``G`` (the Hessian's quadratic form, real coordinates) to a stack of vectors and
+solves ``G x = θ W x`` for the smallest ``θ`` with a diagonal metric ``W``, off a null
+space: given vectors (the rigid rotations, §2.6) and, through ``coordinates``, the
+components the experiment does not sample (:mod:`.sampling`).
 
-As in §3.1 the generalised problem becomes the symmetric
-``B = W^{-1/2} G W^{-1/2}`` on the complement of ``W^{1/2} N``.  The
-complement is parametrised exactly by the Householder reflectors of a QR
-factorisation of ``W^{1/2} N``, so ``B`` is solved as an operator of
-dimension ``size - n_null`` and round-off cannot leak the null space back in.
+:class:`ProjectedOperator` is ``B = W^{-1/2} G W^{-1/2}`` in orthonormal coordinates of
+that complement: the coordinates' own (:class:`MetricCoordinates`, or
+:class:`.sampling.SampledCoordinates`), then the Householder reflectors of a QR of the
+null vectors, so round-off cannot leak the null space back in.
 
-:func:`lanczos_softest_modes` is the method of the paper (§3.1): a fixed
-number of symmetric Lanczos steps with full re-orthogonalisation, returning
-the smallest Ritz values.  Its cost is known in advance, it never fails to
-return, and Ritz values are upper bounds of the true eigenvalues, which is
-what "at least k times softer" statements need; the residuals say which pairs
-converged, and with a tolerance the run stops as soon as the requested pairs
-have.  Separated extreme Ritz values converge in 10-20 steps (§6); where the
-soft end is a cluster near zero (polar-cap views) the run still ends after the
-fixed steps, with Ritz values inside the cluster.
-
-Complex shell coefficients go in as real pairs (e.g. ``a.view(np.float64)``),
-which keeps the real inner product ``Re Σ conj(a) b``.
+:func:`softest_modes` is a block Davidson method with thick restarts, preconditioned by
+the coordinates' diagonal of the fixed-pose Hessian, run until every wanted pair meets a
+relative residual tolerance or a budget of products is spent (§3.1).  Eigenvalues that
+cluster are reported as one soft subspace; pairs short of the tolerance are flagged, not
+bounds.  :func:`stochastic_log_determinant` estimates ``log det B`` by stochastic Lanczos
+quadrature (§3.3).
 
 Display (§4): :func:`perturbation_size` gives ``ε`` at a log-likelihood
 ratio of ``log 20``, :func:`soft_variance` the soft-subspace variance per
@@ -106,201 +101,319 @@ def _validated_null_space(null_space, size):
     return null_space
 
 
-class _ProjectedOperator:
-    """``B = W^{-1/2} G W^{-1/2}`` in orthonormal coordinates ``z`` of the complement (§3.1).
+class MetricCoordinates:
+    """Coordinates ``z = W^{1/2} x`` of all real parameters (no unsampled components).
 
-    A coordinate vector ``z`` stands for the volume vector
-    ``x = W^{-1/2} Q [0; z]`` (:meth:`to_volume`), which is W-orthogonal to
-    the null space; ``applications`` counts the products with ``G``.
+    The interface :class:`ProjectedOperator` reads (shared with
+    :class:`.sampling.SampledCoordinates`): :meth:`embed` ``x = W^{-1/2} z`` of row
+    stacks, its transpose :meth:`restrict`, :meth:`of_volume` (the coordinates of a
+    volume's W-orthogonal projection), ``dimension`` and ``diagonal`` (the preconditioner's
+    diagonal in these coordinates, None for none).
     """
 
-    def __init__(self, matvec, size, null_space, metric):
-        self.matvec = matvec
-        self.size = size
-        self.root = np.sqrt(_validated_metric(metric, size))
-        self.complement = _Complement(_validated_null_space(null_space, size) * self.root, size)
+    def __init__(self, metric, size):
+        self._root = np.sqrt(_validated_metric(metric, size))
+        self.size = self.dimension = int(size)
+        self.diagonal = None
+
+    def embed(self, z):
+        return np.atleast_2d(z) / self._root
+
+    def restrict(self, vectors):
+        return np.atleast_2d(vectors) / self._root
+
+    def of_volume(self, vectors):
+        return np.atleast_2d(vectors) * self._root
+
+
+class ProjectedOperator:
+    """``B = W^{-1/2} G W^{-1/2}`` on the complement of a null space, in orthonormal
+    coordinates ``y`` (module docstring), applied to row stacks ``(k, dimension)``.
+
+    :param matmat: ``(k, size) -> (k, size)`` products with ``G``.
+    :param coordinates: :class:`MetricCoordinates` or :class:`.sampling.SampledCoordinates`.
+    :param null_space: ``(n_null, size)`` volume vectors removed (any basis; only their
+        parts inside the coordinates' span count), or None.
+    """
+
+    def __init__(self, matmat, coordinates, null_space=None):
+        self.matmat = matmat
+        self.coordinates = coordinates
+        self.size = coordinates.size
+        null = _validated_null_space(null_space, self.size)
+        inside = coordinates.of_volume(null) if null.shape[0] else null[:, :0]
+        if inside.shape[0]:
+            _, values, rows = np.linalg.svd(inside, full_matrices=False)
+            inside = rows[values > 1e-8 * max(values.max(), np.finfo(float).tiny)]
+        self.complement = _Complement(inside, coordinates.dimension)
         self.applications = 0
 
     @property
     def dimension(self):
         return self.complement.dimension
 
-    def to_volume(self, z):
-        """``x = W^{-1/2} Q [0; z]`` for ``z`` ``(dimension,)`` or ``(dimension, n)``."""
-        return (self.complement.embed(z).T / self.root).T
+    def _from(self, y):
+        return self.complement.embed(np.atleast_2d(y).T).T
 
-    def from_volume(self, x):
-        """Coordinates of the W-orthogonal projection of ``x`` off the null space."""
-        return self.complement.restrict(self.root * x)
+    def _to(self, z):
+        return self.complement.restrict(np.atleast_2d(z).T).T
 
-    def __call__(self, z):
-        self.applications += 1
-        product = np.asarray(self.matvec(self.to_volume(z)), dtype=np.float64)
-        if product.shape != (self.size,):
-            raise ShapeError(f"matvec returned shape {product.shape}, expected ({self.size},)")
+    def to_volume(self, y):
+        """``(k, size)`` volume vectors of coordinates ``(k, dimension)`` (W-orthonormal
+        rows for orthonormal ``y``)."""
+        return self.coordinates.embed(self._from(y))
+
+    def from_volume(self, vectors):
+        """Coordinates of the W-orthogonal projections of volume vectors ``(k, size)``."""
+        return self._to(self.coordinates.of_volume(vectors))
+
+    def precondition(self, residuals):
+        """The residuals ``(k, dimension)`` divided by the coordinates' diagonal (as is
+        without one)."""
+        diagonal = self.coordinates.diagonal
+        if diagonal is None:
+            return np.array(residuals, dtype=np.float64)
+        floor = np.finfo(float).eps * max(diagonal.max(), np.finfo(float).tiny)
+        return self._to(self._from(residuals) / np.maximum(diagonal, floor))
+
+    def __call__(self, y):
+        y = np.atleast_2d(y)
+        self.applications += y.shape[0]
+        volumes = self.to_volume(y)
+        product = np.asarray(self.matmat(volumes), dtype=np.float64)
+        if product.shape != volumes.shape:
+            raise ShapeError(f"matmat returned shape {product.shape}, expected {volumes.shape}")
         if not np.all(np.isfinite(product)):
             raise InvalidDataError("the operator returned NaN or infinite values; check the "
                                    "Hessian-vector product at the current volume and poses")
-        return self.complement.restrict(product / self.root)
+        return self._to(self.coordinates.restrict(product))
+
+
+#: The search space grows to at least this many vectors before a thick restart.
+MIN_SEARCH_SPACE = 160
+
+#: Ritz values closer than this (relative gap) form one soft subspace: with residuals at
+#: a tolerance of 1e-3 their individual vectors are not determined to better than ~10 %.
+CLUSTER_GAP = 1e-2
 
 
 @dataclass(frozen=True)
-class LanczosModes:
-    """Smallest Ritz pairs of ``G x = θ W x`` off the null space after a fixed Lanczos run.
+class SoftestModes:
+    """Softest eigenpairs of ``G x = θ W x`` off the null space (:func:`softest_modes`).
 
-    ``eigenvalues`` ``(n_modes,)`` ascending smallest Ritz values (upper bounds
-    of the smallest eigenvalues); ``vectors`` ``(n_modes, size)`` W-orthonormal
-    Ritz vectors, W-orthogonal to the null space; ``residuals`` ``(n_modes,)``
-    ``‖G x - θ W x‖_{W^-1}`` of the projected problem; ``converged`` where the
-    residual is at most ``tolerance * max(|θ|, eps ‖T‖)``; ``ritz_history``
-    ``(iterations, iterations)``, row ``k`` the ``k + 1`` Ritz values after
-    step ``k + 1``, ascending, then NaN; ``log_determinant`` the estimate
-    ``dimension * mean(log θ)`` over all final Ritz values (§3.2: the
-    average log eigenvalue; exact ``Σ log λ`` when the run spans the whole
-    complement; NaN when a Ritz value is not positive); ``iterations`` the
-    number of operator applications (= Lanczos steps).
+    ``eigenvalues`` ``(m,)`` ascending Ritz values (upper bounds of the eigenvalues of
+    ``B``, by interlacing); ``vectors`` ``(m, size)`` W-orthonormal, W-orthogonal to the
+    null space; ``residuals`` ``(m,)`` relative ``‖B y − θ y‖ / θ``; ``converged`` where
+    that is at most the tolerance; ``clusters`` ``(m,)`` the soft subspace of each pair
+    (equal labels: eigenvalues within :data:`CLUSTER_GAP` of each other, one subspace
+    whose individual vectors are arbitrary); ``history`` ``(iterations, n_wanted)`` the
+    wanted Ritz values after every iteration; ``products`` the operator applications;
+    ``dimension`` that of the complement.  ``m`` is the number asked for, or more when
+    the last one's cluster goes on; ``open_cluster``: that cluster reaches the last pair
+    computed, so it may go on beyond them.
     """
     eigenvalues: np.ndarray
     vectors: np.ndarray
     residuals: np.ndarray
     converged: np.ndarray
-    ritz_history: np.ndarray
-    log_determinant: float
-    iterations: int
+    clusters: np.ndarray
+    history: np.ndarray
+    products: int
+    dimension: int
+    open_cluster: bool = False
 
 
-#: A Lanczos coefficient ``β_k <= BREAKDOWN * ‖T‖`` means an invariant subspace (§3.1).
-BREAKDOWN = 1e-12
+def cluster_labels(values, gap=CLUSTER_GAP):
+    """Label of the soft subspace of each of ascending ``values`` (:data:`CLUSTER_GAP`)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return np.zeros(0, dtype=int)
+    steps = np.diff(values) > gap * np.maximum(np.abs(values[1:]), np.finfo(float).tiny)
+    return np.concatenate([[0], np.cumsum(steps)]).astype(int)
 
 
-def _orthogonalised(vector, basis):
-    """``vector`` minus its projection on the orthonormal rows of ``basis``, twice.
-
-    One classical Gram-Schmidt pass loses orthogonality in proportion to the
-    cancellation; a second pass restores it to rounding ("twice is enough").
-    The returned overlaps are the first pass's plus the second's.
-    """
-    overlaps = np.zeros(basis.shape[0])
+def _orthonormal_rows(block, basis):
+    """Rows of ``block`` orthogonalised against the orthonormal rows of ``basis`` (twice)
+    and among themselves; rows that vanish are dropped."""
     for _ in range(2):
-        correction = basis @ vector
-        vector = vector - correction @ basis
-        overlaps += correction
-    return vector, overlaps
+        block = block - (block @ basis.T) @ basis
+    norms = np.linalg.norm(block, axis=1)
+    block = block[norms > 1e-10 * max(norms.max(initial=0.0), np.finfo(float).tiny)]
+    if block.shape[0] == 0:
+        return block
+    q, r = np.linalg.qr(block.T)
+    keep = np.abs(np.diagonal(r)) > 1e-10 * np.abs(np.diagonal(r)).max()
+    block = q[:, keep].T
+    return block - (block @ basis.T) @ basis
 
 
-def _unit_random(generator, basis):
-    vector, _ = _orthogonalised(generator.standard_normal(basis.shape[1]), basis)
-    return vector / np.linalg.norm(vector)
+def softest_modes(operator, n_modes, tolerance=1e-3, max_products=None, block=4, guard=None,
+                  start=None, rng=0, progress=None):
+    """Softest eigenpairs of ``G x = θ W x`` off the null space, to a residual tolerance.
 
+    A block Davidson method (§3.1) on a :class:`ProjectedOperator`: the search space starts
+    from ``n_modes + guard`` random vectors (and ``start``), and every iteration adds the
+    preconditioned residuals of up to ``block`` unconverged Ritz pairs, softest first,
+    until the wanted pairs (and the rest of the last one's subspace) meet the tolerance and
+    the next pair is known well enough to tell whether it belongs to that subspace;
+    when it holds ``max(6 (n_modes + guard), 160)`` vectors it restarts thick, from the
+    ``2 (n_modes + guard)`` softest Ritz vectors.  With the identity as preconditioner the
+    space is a block Krylov space (Lanczos' convergence); with the fixed-pose Hessian's
+    diagonal in the sampling eigenbasis (:class:`.sampling.SampledCoordinates`) the
+    clustered, ill-conditioned soft end of preferred views converges in a few hundred
+    products.  Written here rather than with ``scipy.sparse.linalg.lobpcg``: LOBPCG
+    applies the operator to its whole block at every iteration, which measured 3–5 times
+    the products of this method on the soft-mode operators (§3.1).
 
-def _lanczos_start(operator, start, generator):
-    if start is None:
-        return _unit_random(generator, np.zeros((0, operator.dimension)))
-    start = np.asarray(start, dtype=np.float64)
-    if start.shape != (operator.size,):
-        raise ShapeError(f"start must be a vector of shape ({operator.size},), got {start.shape}")
-    if not np.all(np.isfinite(start)):
-        raise InvalidDataError("start contains NaN or infinite values")
-    vector = operator.from_volume(start)
-    norm = np.linalg.norm(vector)
-    if norm <= 1e-12 * np.linalg.norm(operator.root * start):
-        raise InvalidDataError("start lies in the null space (or is zero); pass another vector")
-    return vector / norm
-
-
-def lanczos_softest_modes(matvec, size, n_modes, iterations=64, null_space=None, metric=None,
-                          start=None, tolerance=1e-6, rng=0, progress=None):
-    """Smallest Ritz pairs of ``G x = θ W x`` after a fixed number of Lanczos steps (§3.1).
-
-    Symmetric Lanczos on ``B`` (module docstring) with full
-    re-orthogonalisation, twice, against every previous Lanczos vector at
-    every step.  A coefficient ``β_k <= 1e-12 ‖T‖`` (an invariant subspace)
-    restarts the recurrence from a random vector orthogonal to all previous
-    ones, so the basis keeps growing and repeated eigenvalues are found.
-    The run stops before ``iterations`` steps when the ``n_modes`` smallest
-    Ritz pairs meet the residual test by the estimate ``|β_k s_{k,i}|``
-    (last components of the eigenvectors ``s_i`` of ``T``), unless a
-    restart happened: then exact pairs of the closed blocks pass the test
-    while copies of a repeated eigenvalue may still be missing, so every
-    step is run.
-
-    Returned residuals are true ones at no extra operator application: the
-    products ``B v_k`` are kept, and by linearity ``B (V s) = (B V) s``.
-    Memory: two ``(iterations, size)`` arrays.
-
-    :param matvec: function ``x (size,) -> G x (size,)``, ``G`` symmetric (PSD for the bounds).
-    :param size: dimension of the real coordinate vectors.
-    :param n_modes: how many of the smallest Ritz pairs to return.
-    :param iterations: number of Lanczos steps (operator applications), capped at the
-        dimension of the complement of the null space (where the Ritz pairs are exact).
-    :param null_space: ``(n_null, size)`` vectors removed (any basis), or None.
-    :param metric: ``(size,)`` positive diagonal of ``W``, or None for the identity.
-    :param start: ``(size,)`` start vector (the authors use a randomly rotated copy of the
-        volume), W-projected off the null space; None for a random one from ``rng``.
-    :param tolerance: relative residual of the convergence test (0 runs every step).
-    :param rng: seed or ``np.random.Generator`` of the random start and restart vectors.
+    :param operator: :class:`ProjectedOperator` (``G`` symmetric PSD, the metric and the
+        null space in its coordinates).
+    :param n_modes: pairs wanted.
+    :param tolerance: relative residual ``‖B y − θ y‖ / θ`` every wanted pair must reach.
+    :param max_products: budget of operator applications (default ``100 n_modes``).
+    :param block: residuals added per iteration.  :param guard: extra pairs carried along
+        (default ``max(4, n_modes // 2)``), so the wanted ones converge and clusters show.
+    :param start: ``(size,)`` or ``(j, size)`` volume vectors included in the start space.
+    :param rng: seed or generator of the random start vectors.
     :param progress: None or a callable taking a :class:`.progress.Progress` after every
-        step, whose ``values`` are the step's Ritz values.
-    :returns: :class:`LanczosModes`.
+        iteration, whose ``values`` are the wanted Ritz values.
+    :returns: :class:`SoftestModes`.
     """
-    size, n_modes, iterations = int(size), int(n_modes), int(iterations)
-    operator = _ProjectedOperator(matvec, size, null_space, metric)
-    if iterations < 1:
-        raise InvalidDataError(f"iterations must be at least 1, got {iterations}")
-    steps = min(iterations, operator.dimension)
-    if not 1 <= n_modes <= steps:
-        raise InvalidDataError(
-            f"n_modes must be between 1 and {steps} (the iterations, at most the dimension "
-            f"{operator.dimension} of the complement of the null space), got {n_modes}")
-    if not np.isfinite(tolerance) or tolerance < 0:
-        raise InvalidDataError(f"tolerance must be finite and non-negative, got {tolerance}")
+    n_modes, size, coordinates = int(n_modes), operator.size, operator.coordinates
+    dimension = operator.dimension
+    if not 1 <= n_modes <= dimension:
+        raise InvalidDataError(f"n_modes must be between 1 and {dimension} (the dimension of "
+                               f"the complement of the null space), got {n_modes}")
+    if not (np.isfinite(tolerance) and tolerance > 0):
+        raise InvalidDataError(f"tolerance must be a positive number, got {tolerance}")
+    guard = max(4, n_modes // 2) if guard is None else int(guard)
+    wanted = min(n_modes + guard, dimension)
+    max_products = 100 * n_modes if max_products is None else int(max_products)
+    if max_products < wanted:
+        raise InvalidDataError(f"max_products {max_products} cannot even start {wanted} vectors "
+                               f"({n_modes} modes and {guard} guard vectors); raise it")
+    block = max(1, int(block))
+    limit = min(dimension, max(6 * wanted, MIN_SEARCH_SPACE))
+    keep = min(dimension, 2 * wanted)
     generator = np.random.default_rng(rng)
     report = Reporter(progress)
-    basis = np.zeros((steps, operator.dimension))
-    products = np.zeros((steps, operator.dimension))
-    alpha, beta = np.zeros(steps), np.zeros(steps)
-    history = np.full((steps, steps), np.nan)
-    vector = _lanczos_start(operator, start, generator)
-    restarted = False
+
+    initial = generator.standard_normal((wanted, dimension))
+    if start is not None:
+        start = np.atleast_2d(np.asarray(start, dtype=np.float64))
+        if start.shape[1:] != (size,):
+            raise ShapeError(f"start must be a vector of shape ({size},) or a stack of them, "
+                             f"got {start.shape}")
+        if not np.all(np.isfinite(start)):
+            raise InvalidDataError("start contains NaN or infinite values")
+        given = operator.from_volume(start)
+        if np.linalg.norm(given) <= 1e-12 * np.linalg.norm(coordinates.of_volume(start)):
+            raise InvalidDataError("start lies in the null space (or is zero); pass another "
+                                   "vector")
+        initial = np.concatenate([given, initial])[:wanted]
+    basis = _orthonormal_rows(initial, np.zeros((0, dimension)))
+    products = operator(basis)
+    history = []
+    while True:
+        small = basis @ products.T
+        values, weights = scipy.linalg.eigh((small + small.T) / 2)
+        count = min(wanted, values.size)
+        ritz = weights[:, :count].T @ basis
+        residual = weights[:, :count].T @ products - values[:count, None] * ritz
+        relative = np.linalg.norm(residual, axis=1) / np.maximum(
+            np.abs(values[:count]), np.finfo(float).tiny)
+        done = relative <= tolerance
+        labels = cluster_labels(values[:count])
+        # The wanted pairs and the rest of the last one's cluster, when it ends in view.
+        end = int(np.searchsorted(labels, labels[n_modes - 1], side="right"))
+        reported = end if end < count or count == dimension else n_modes
+        history.append(values[:n_modes])
+        report(f"Eigensolver: {operator.applications} products, "
+               f"{int(done[:reported].sum())} of {reported} pairs within {tolerance:g}",
+               operator.applications, max_products, values[:n_modes])
+        pending = np.flatnonzero(~done)[:block]
+        room = max_products - operator.applications
+        # The pair after the last reported one must be known to a relative residual of
+        # CLUSTER_GAP: then its Ritz value is within the gap of an eigenvalue, and a copy
+        # of the last subspace's eigenvalue that the space still mixes shows by joining it.
+        boundary = reported >= count or relative[reported] <= max(tolerance, CLUSTER_GAP)
+        if done[:reported].all() and boundary or pending.size == 0 or room <= 0:
+            break
+        if basis.shape[0] == dimension:
+            break
+        pending = pending[:room]
+        corrections = operator.precondition(residual[pending])
+        if basis.shape[0] + pending.size > limit:
+            basis, products = weights[:, :keep].T @ basis, weights[:, :keep].T @ products
+        corrections = _orthonormal_rows(corrections, basis)
+        if corrections.shape[0] == 0:
+            corrections = _orthonormal_rows(generator.standard_normal((1, dimension)), basis)
+        basis = np.concatenate([basis, corrections])
+        products = np.concatenate([products, operator(corrections)])
+    return SoftestModes(eigenvalues=values[:reported],
+                        vectors=operator.to_volume(ritz[:reported]),
+                        residuals=relative[:reported], converged=done[:reported],
+                        clusters=labels[:reported], history=np.array(history),
+                        products=operator.applications, dimension=dimension,
+                        open_cluster=bool(end >= count and count < dimension))
+
+
+@dataclass(frozen=True)
+class LogDeterminant:
+    """``log det B`` on the complement of the null space by stochastic Lanczos quadrature:
+    ``value`` (the mean over probes), ``standard_error`` (their spread over the root of
+    their number), ``probes`` and ``steps``, and ``dimension``."""
+    value: float
+    standard_error: float
+    probes: int
+    steps: int
+    dimension: int
+
+
+def stochastic_log_determinant(operator, probes=4, steps=30, rng=0):
+    """``log det`` of a symmetric positive definite :class:`ProjectedOperator` (§3.3).
+
+    Stochastic Lanczos quadrature: for each Rademacher probe ``z`` (``‖z‖² = n``), ``steps``
+    Lanczos steps from ``z / ‖z‖`` (full re-orthogonalisation) give a tridiagonal ``T`` with
+    eigenpairs ``(θ_k, s_k)``, and ``zᵀ log(B) z ≈ n Σ_k s_k[0]² log θ_k`` (Gauss
+    quadrature of the probe's spectral measure); the estimate is the mean over the
+    probes.  The probes run side by side, one block product per step.
+
+    :returns: :class:`LogDeterminant` (NaN when a Ritz value is not positive).
+    """
+    dimension = operator.dimension
+    probes, steps = int(probes), min(int(steps), dimension)
+    if probes < 1 or steps < 1:
+        raise InvalidDataError(f"need at least one probe and one step, got {probes} and {steps}")
+    generator = np.random.default_rng(rng)
+    vectors = np.zeros((probes, steps, dimension))
+    vectors[:, 0] = generator.choice([-1.0, 1.0], size=(probes, dimension)) / np.sqrt(dimension)
+    alpha, beta = np.zeros((probes, steps)), np.zeros((probes, steps))
+    length = np.full(probes, steps)
     for step in range(steps):
-        basis[step] = vector
-        products[step] = operator(vector)
-        alpha[step] = vector @ products[step]
-        residual = products[step] - alpha[step] * vector
-        if step:
-            residual -= beta[step - 1] * basis[step - 1]
-        residual, overlaps = _orthogonalised(residual, basis[:step + 1])
-        alpha[step] += overlaps[step]
-        ritz_values, ritz_vectors = scipy.linalg.eigh_tridiagonal(alpha[:step + 1], beta[:step])
-        history[step, :step + 1] = ritz_values
-        report(f"Lanczos step {step + 1}", step + 1, steps, ritz_values)
-        if step + 1 == steps:
-            break
-        scale = np.abs(ritz_values).max()
-        coupling = np.linalg.norm(residual)
-        if coupling <= BREAKDOWN * scale:
-            restarted = True
-            vector = _unit_random(generator, basis[:step + 1])
-            continue
-        estimates = coupling * np.abs(ritz_vectors[-1, :n_modes])
-        threshold = tolerance * np.maximum(np.abs(ritz_values[:n_modes]),
-                                           np.finfo(float).eps * scale)
-        if not restarted and step + 1 >= n_modes and np.all(estimates <= threshold):
-            break
-        beta[step] = coupling
-        vector = residual / coupling
-    used = step + 1
-    values, weights = ritz_values[:n_modes], ritz_vectors[:, :n_modes]
-    coordinates = basis[:used].T @ weights
-    residuals = np.linalg.norm(products[:used].T @ weights - values * coordinates, axis=0)
-    scale = np.abs(ritz_values).max()
-    converged = residuals <= tolerance * np.maximum(np.abs(values), np.finfo(float).eps * scale)
-    log_determinant = (operator.dimension * float(np.mean(np.log(ritz_values)))
-                       if ritz_values[0] > 0 else float("nan"))
-    return LanczosModes(eigenvalues=values, vectors=operator.to_volume(coordinates).T,
-                        residuals=residuals, converged=converged,
-                        ritz_history=history[:used, :used], log_determinant=log_determinant,
-                        iterations=operator.applications)
+        active = np.flatnonzero(length > step)
+        current = vectors[active, step]
+        product = operator(current)
+        for row, p in enumerate(active):
+            w = product[row]
+            alpha[p, step] = w @ current[row]
+            for _ in range(2):  # full re-orthogonalisation, twice
+                w = w - (vectors[p, :step + 1] @ w) @ vectors[p, :step + 1]
+            norm = np.linalg.norm(w)
+            if step + 1 == steps:
+                continue
+            if norm <= 1e-12 * max(np.abs(alpha[p, :step + 1]).max(), np.finfo(float).tiny):
+                length[p] = step + 1  # an invariant subspace: the quadrature is exact
+                continue
+            beta[p, step] = norm
+            vectors[p, step + 1] = w / norm
+    estimates = np.empty(probes)
+    for p in range(probes):
+        values, weights = scipy.linalg.eigh_tridiagonal(alpha[p, :length[p]],
+                                                        beta[p, :length[p] - 1])
+        estimates[p] = (dimension * np.sum(weights[0] ** 2 * np.log(values))
+                        if values[0] > 0 else np.nan)
+    error = float(estimates.std(ddof=1) / np.sqrt(probes)) if probes > 1 else float("nan")
+    return LogDeterminant(float(estimates.mean()), error, probes, steps, dimension)
 
 
 def perturbation_size(eigenvalue, log_likelihood_ratio=np.log(20), noise_variance=1.0,

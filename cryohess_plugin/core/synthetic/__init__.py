@@ -5,11 +5,12 @@ The independent reference of the other methods' tests: atoms project analyticall
 projector it validates.  :mod:`.planning` holds the limits and estimates of a planned
 data set, for checks made before it is simulated.
 """
-from . import atoms, phantoms, planning, simulate
+from . import atoms, phantoms, planning, pretzel, simulate
 from .atoms import (AtomModel, check_atomic_model_file, gaussian_atom_projection,
                     gaussian_atom_volume, project_atom_positions, read_atomic_model)
 from .phantoms import (cyclic_phantom, max_radius, phantom_states, random_protein_phantom,
                        two_state_phantom)
+from .pretzel import Pretzel
 from .planning import (Footprint, data_set_footprint, fraction_past_box_edge,
                        max_particles_per_micrograph)
 from .simulate import (DISTRIBUTIONS, MICROGRAPH_STREAM, PARTICLE_STREAM, STRUCTURE_STREAM,
@@ -17,7 +18,7 @@ from .simulate import (DISTRIBUTIONS, MICROGRAPH_STREAM, PARTICLE_STREAM, STRUCT
                        random_ctf_params, sample_rotations, simulate_micrographs,
                        simulate_particles, stream_seed)
 
-__all__ = ["atoms", "phantoms", "planning", "simulate", "AtomModel", "check_atomic_model_file",
+__all__ = ["atoms", "phantoms", "planning", "pretzel", "simulate", "Pretzel", "AtomModel", "check_atomic_model_file",
            "gaussian_atom_projection", "gaussian_atom_volume", "project_atom_positions",
            "read_atomic_model", "cyclic_phantom", "max_radius", "phantom_states",
            "random_protein_phantom", "two_state_phantom", "Footprint", "data_set_footprint",

@@ -14,7 +14,8 @@ where ``var(c_i)`` is the variance of image ``i`` over all its pixels (the
 whole box, background included).  Particles may instead state it inside a band
 (``snr_band``) and have coloured noise (``noise_spectrum``), as :mod:`.noise` defines.
 For micrographs the whole-box formula is applied to the ``box x box`` windows of the
-clean, CTF-modulated micrograph centred on the particles.
+clean, CTF-modulated micrograph centred on the particles (or, with
+``snr_definition="energy"``, the paper's Eq. (4) of micrograph EM, :mod:`..noise`).
 
 **Images.**  Volumes are projected with :class:`.projector.FourierSliceProjector`
 (voxel size = ``pixel_size``), CTF included.  Atomic models are projected
@@ -31,7 +32,7 @@ from .. import rotations as rot
 from .atoms import AtomModel, gaussian_atom_volume, project_atom_positions
 from ..ctf import CTFParams, apply_ctf, ctf_stack, filter_images, params_to_rows
 from ..errors import InvalidDataError, ShapeError
-from ..noise import noise_images, noise_sigma_for_snr
+from ..noise import noise_images, noise_sigma_for_energy_snr, noise_sigma_for_snr
 from ..projector import FourierSliceProjector, validate_volume
 
 DISTRIBUTIONS = ("uniform", "polar_cap", "equatorial_band", "top_view_preference")
@@ -150,6 +151,11 @@ def _as_source(source, box):
     return volume
 
 
+def _is_trajectory(heterogeneity):
+    """True for a model with its own states (e.g. :class:`.pretzel.Pretzel`)."""
+    return hasattr(heterogeneity, "positions_at")
+
+
 def ground_truth_maps(source, second_state, box, pixel_size):
     """The maps of a data set's ground truth: ``(map of A, map of B or None)``.
 
@@ -173,9 +179,12 @@ def ground_truth_maps(source, second_state, box, pixel_size):
 
 
 def _atom_images(state_a, state_b, t, rotations, shifts, box, pixel_size):
-    """Analytic projections of ``(1 - t) A + t B`` (or of ``A``) about A's centroid."""
+    """Analytic projections of ``(1 - t) A + t B`` (or of ``A``, or of a trajectory's
+    atoms at states ``t``) about A's centroid."""
     centred = state_a.positions - state_a.centroid()
-    if state_b is None:
+    if _is_trajectory(state_b):
+        positions = state_b.positions_at(t) - state_a.centroid()
+    elif state_b is None:
         positions = centred
     else:
         positions = centred[None] + t[:, None, None] * (state_b.positions - state_a.positions)[None]
@@ -195,7 +204,8 @@ class ParticleSimulation:
     :param noise_sigma: per-pixel standard deviation of the added noise.
     :param pixel_size: Å per pixel.
     :param snr: requested SNR (``inf`` when noise-free), inside ``snr_band``.
-    :param conformation: ``(n,)`` coordinate ``t`` in [0, 1], NaN when homogeneous.
+    :param conformation: ``(n,)`` coordinate ``t`` in [0, 1], NaN when homogeneous; ``(n, d)``
+        for a model with its own states (:class:`.pretzel.Pretzel`).
     :param clean_images: ``(n, box, box)`` float32 CTF-modulated images before
         noise, or None.
     :param snr_band: the band ``0 < |k| <= snr_band`` (cycles per box) the SNR is stated
@@ -234,7 +244,8 @@ def simulate_particles(source, n, box, pixel_size, rng=0, distribution="uniform"
     """Simulate a particle stack: project, modulate by the CTF, add white noise.
 
     :param source: ``(box, box, box)`` volume (voxel size ``pixel_size``) or an
-        :class:`.atoms.AtomModel` (projected about its centroid).
+        :class:`.atoms.AtomModel` (projected about its centroid); None with a model that
+        has its own states (``heterogeneity``).
     :param n: number of particles.
     :param box: image size in pixels.
     :param pixel_size: Å per pixel.
@@ -255,7 +266,9 @@ def simulate_particles(source, n, box, pixel_size, rng=0, distribution="uniform"
     :param heterogeneity: None, or a second :class:`.atoms.AtomModel` with the
         same atoms as ``source`` (which must then be an atomic model): particle
         ``i`` shows ``(1 - t_i) A + t_i B`` with ``t_i`` uniform in [0, 1];
-        amplitudes and widths are those of ``A``.
+        amplitudes and widths are those of ``A``; or a model with its own states
+        (:class:`.pretzel.Pretzel`, whose middle state replaces ``source``): particle ``i``
+        shows it at states ``t_i`` uniform in ``[0, 1]^d`` (``conformation`` is ``(n, d)``).
     :param keep_clean: also return the noise-free images.
     :param backend: where volumes are projected: ``"auto"``, ``"cpu"`` or ``"cuda"``.
     :param batch_size: particles projected at once (memory bound).
@@ -264,8 +277,9 @@ def simulate_particles(source, n, box, pixel_size, rng=0, distribution="uniform"
     n, box = int(n), int(box)
     if n < 1 or n_groups < 1:
         raise InvalidDataError(f"need n >= 1 particles and n_groups >= 1, got {n}, {n_groups}")
+    source = heterogeneity.reference if _is_trajectory(heterogeneity) else source
     source = _as_source(source, box)
-    if heterogeneity is not None:
+    if heterogeneity is not None and not _is_trajectory(heterogeneity):
         if not isinstance(source, AtomModel) or not isinstance(heterogeneity, AtomModel):
             raise InvalidDataError("heterogeneity needs two atomic models (source and "
                                    "heterogeneity), not a volume")
@@ -279,7 +293,10 @@ def simulate_particles(source, n, box, pixel_size, rng=0, distribution="uniform"
     group_ctf = random_ctf_params(n_groups, ctf_rng, defocus_range, astigmatism, voltage, cs,
                                   amplitude_contrast)
     group_ids = np.arange(n) * n_groups // n
-    conformation = state_rng.random(n) if heterogeneity is not None else np.full(n, np.nan)
+    if _is_trajectory(heterogeneity):
+        conformation = state_rng.random((n, heterogeneity.state_dimension))
+    else:
+        conformation = state_rng.random(n) if heterogeneity is not None else np.full(n, np.nan)
 
     images = np.empty((n, box, box), dtype=np.float32)
     if isinstance(source, AtomModel):
@@ -324,6 +341,10 @@ class MicrographSimulation:
     :param box: particle box in pixels.
     :param snr: requested SNR (``inf`` when noise-free).
     :param clean_micrographs: ``(m, H, W)`` float32 before noise, or None.
+    :param target_count: particles per micrograph asked for (the separation rule may
+        place fewer: ``coordinates`` has those placed).
+    :param ctf_applied: False when the micrographs have no CTF (``ctf_params`` are then
+        what a CTF estimation would have been given, unused).
     """
     micrographs: np.ndarray
     coordinates: list
@@ -335,6 +356,18 @@ class MicrographSimulation:
     box: int
     snr: float
     clean_micrographs: np.ndarray = None
+    target_count: int = None
+    ctf_applied: bool = True
+
+    def top_left(self, micrograph):
+        """``(k, 2)`` top-left pixel ``(y, x)`` of micrograph ``micrograph``'s particle boxes."""
+        centres = np.asarray(self.coordinates[micrograph])
+        return centres[:, ::-1] - self.box // 2
+
+    def density(self):
+        """Share of the micrograph area covered by particle boxes, ``γ = T L² / N²``."""
+        area = self.micrographs.shape[1] * self.micrographs.shape[2]
+        return float(np.mean([len(c) for c in self.coordinates]) * self.box ** 2 / area)
 
     def truth_arrays(self):
         """The ground truth as the arrays of a data set's micrograph truth file.
@@ -342,7 +375,13 @@ class MicrographSimulation:
         :returns: ``{"coordinates": (m, k, 2), "rotations": (m, k, 3, 3), "ctfs": rows of``
             :func:`.ctf.params_to_rows` ``, "noiseSigma"}``.
         """
-        return {"coordinates": np.stack(self.coordinates), "rotations": np.stack(self.rotations),
+        counts = np.array([len(c) for c in self.coordinates])
+        padded = np.full((len(counts), counts.max(initial=0), 2), -1, dtype=np.int64)
+        poses = np.zeros((len(counts), counts.max(initial=0), 3, 3))
+        for j, (centres, rotations) in enumerate(zip(self.coordinates, self.rotations)):
+            padded[j, :len(centres)] = centres
+            poses[j, :len(centres)] = rotations
+        return {"coordinates": padded, "rotations": poses, "counts": counts,
                 "ctfs": params_to_rows(self.ctf_params), "noiseSigma": self.noise_sigma}
 
 
@@ -386,12 +425,50 @@ def place_particles(shape, count, box, min_distance, rng, max_attempts=None):
     return placed
 
 
+def place_separated(shape, count, box, separation, rng, attempts=None):
+    """Particle boxes by random sequential placement under a separation rule.
+
+    The paper's regime (Kreymer, Singer & Bendory, §II, with its Eq. (5) read as "or"):
+    each accepted particle reserves the ``separation²`` square at its box's top-left
+    corner; a candidate corner, uniform over the corners whose square fits, is accepted
+    when its square is free, i.e. when ``max(|Δx|, |Δy|) >= separation`` to every accepted
+    corner.  ``separation = 2 box - 1`` leaves at most one particle in any ``box²`` tile of
+    the micrograph; ``separation = box`` only forbids overlap ("arbitrary spacing").
+    Stops after ``attempts`` candidates (default ``4 count``), so fewer than ``count`` may
+    be placed.
+
+    :returns: ``(k, 2)`` int64 particle centres ``(x, y)`` (top-left plus ``box // 2``).
+    """
+    rng = np.random.default_rng(rng)
+    height, width = shape
+    separation = int(separation)
+    if separation < box:
+        raise InvalidDataError(f"the separation ({separation} px) must be at least the box "
+                               f"({box} px): particles may not overlap")
+    if height < separation or width < separation:
+        raise InvalidDataError(f"micrograph {shape} is smaller than the separation square "
+                               f"{separation}")
+    attempts = 4 * count if attempts is None else attempts
+    taken = np.zeros((height, width), dtype=bool)
+    corners = []
+    for _ in range(int(attempts)):
+        if len(corners) == count:
+            break
+        y = int(rng.integers(0, height - separation + 1))
+        x = int(rng.integers(0, width - separation + 1))
+        if not taken[y:y + separation, x:x + separation].any():
+            taken[y:y + separation, x:x + separation] = True
+            corners.append((x, y))
+    return np.array(corners, dtype=np.int64).reshape(-1, 2) + box // 2
+
+
 def simulate_micrographs(source, n_micrographs, box, pixel_size, shape=(1024, 1024), rng=0,
                          particles_per_micrograph=None, area_fraction=0.25, min_distance=None,
                          distribution="uniform", distribution_options=None,
                          defocus_range=(10000.0, 25000.0), astigmatism=0.0, voltage=300.0,
                          cs=2.7, amplitude_contrast=0.1, snr=0.1, keep_clean=True,
-                         backend="auto"):
+                         backend="auto", separation=None, projector=None, ctf=True,
+                         ctf_per_particle=False, snr_definition="variance"):
     """Simulate micrographs: projections pasted at non-overlapping positions, CTF, noise.
 
     Each particle's projection (``box x box``, centred at its integer
@@ -400,6 +477,15 @@ def simulate_micrographs(source, n_micrographs, box, pixel_size, shape=(1024, 10
     and white noise at the SNR of the module docstring (measured on the
     particle windows of the clean micrographs, all micrographs together) is
     added.
+
+    The micrograph-EM regime (``docs/methods/micrograph_em.md`` §10): ``separation``
+    places particles by :func:`place_separated` (``2 box - 1``: well separated; ``box``:
+    arbitrary spacing), with ``area_fraction`` the target density ``γ = T box² / (H W)``;
+    ``ctf_per_particle`` filters each particle's box by the CTF instead of the whole
+    micrograph (the patch model's forward operator); ``snr_definition="energy"`` states the
+    SNR as the paper's Eq. (4), mean ``|I_t|²_F / (box² σ²)`` over the particle boxes;
+    ``projector`` replaces the projection of ``source`` by any forward model (e.g. the
+    basis of :mod:`..micrograph_em`, for data that follow it exactly).
 
     :param source: ``(box, box, box)`` volume or :class:`.atoms.AtomModel`.
     :param n_micrographs: number of micrographs ``m``.
@@ -418,11 +504,22 @@ def simulate_micrographs(source, n_micrographs, box, pixel_size, shape=(1024, 10
     :param snr: SNR, or None for no noise.
     :param keep_clean: also return the noise-free micrographs.
     :param backend: where volumes are projected: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    :param separation: None (centres ``min_distance`` apart, all placed) or the side of the
+        square each particle reserves (:func:`place_separated`).
+    :param projector: None, or ``projector(rotations (n, 3, 3), ctf_params or None)`` →
+        ``(n, box, box)`` projections with that CTF applied; ``source`` may then be None.
+    :param ctf: apply the micrographs' CTFs (False: the paper's CTF-free model).
+    :param ctf_per_particle: filter each particle box, not the whole micrograph.
+    :param snr_definition: ``"variance"`` (module docstring) or ``"energy"`` (Eq. (4)).
     :returns: :class:`MicrographSimulation`.
     """
     box = int(box)
     height, width = (int(s) for s in shape)
-    source = _as_source(source, box)
+    if snr_definition not in ("variance", "energy"):
+        raise ValueError(f"snr_definition must be 'variance' or 'energy', got "
+                         f"{snr_definition!r}")
+    if projector is None:
+        source = _as_source(source, box)
     count = (int(particles_per_micrograph) if particles_per_micrograph is not None
              else int(round(area_fraction * height * width / box ** 2)))
     if count < 1:
@@ -432,22 +529,36 @@ def simulate_micrographs(source, n_micrographs, box, pixel_size, shape=(1024, 10
     pose_rng, ctf_rng, place_rng, noise_rng = _streams(rng, 4)
     ctf_params = random_ctf_params(n_micrographs, ctf_rng, defocus_range, astigmatism, voltage,
                                    cs, amplitude_contrast)
-    projector = (None if isinstance(source, AtomModel)
-                 else FourierSliceProjector(source, backend=backend))
+    if projector is None and not isinstance(source, AtomModel):
+        volume_projector = FourierSliceProjector(source, backend=backend)
+        half_plane = volume_projector.half_plane
+
+        def projector(poses, params):
+            table = None if params is None else ctf_stack(
+                [params], half_plane.kx, half_plane.ky, box, pixel_size)
+            return volume_projector.project(poses, ctf=table)
+    elif projector is None:
+        def projector(poses, params):
+            images = _atom_images(source, None, None, poses, None, box, pixel_size)
+            return images if params is None else apply_ctf(images, params, pixel_size)
     half = box // 2
     micrographs = np.zeros((n_micrographs, height, width), dtype=np.float32)
     coordinates, all_rotations = [], []
     for j in range(n_micrographs):
-        centres = place_particles((height, width), count, box, min_distance, place_rng)
-        poses = sample_rotations(distribution, count, pose_rng, **(distribution_options or {}))
-        if projector is None:
-            projections = _atom_images(source, None, None, poses, None, box, pixel_size)
+        if separation is None:
+            centres = place_particles((height, width), count, box, min_distance, place_rng)
         else:
-            projections = projector.project(poses)
+            centres = place_separated((height, width), count, box, separation, place_rng)
+        poses = sample_rotations(distribution, len(centres), pose_rng,
+                                 **(distribution_options or {}))
+        per_particle = ctf_params[j] if ctf and ctf_per_particle else None
+        projections = np.asarray(projector(poses, per_particle), dtype=np.float64)
         canvas = np.zeros((height, width))
         for (x, y), projection in zip(centres, projections):
             canvas[y - half:y - half + box, x - half:x - half + box] += projection
-        micrographs[j] = filter_images(canvas, ctf_params[j], pixel_size)
+        if ctf and not ctf_per_particle:
+            canvas = filter_images(canvas, ctf_params[j], pixel_size)
+        micrographs[j] = canvas
         coordinates.append(centres)
         all_rotations.append(poses)
 
@@ -457,9 +568,11 @@ def simulate_micrographs(source, n_micrographs, box, pixel_size, shape=(1024, 10
     else:
         windows = np.stack([micrographs[j, y - half:y - half + box, x - half:x - half + box]
                             for j, centres in enumerate(coordinates) for x, y in centres])
-        sigma = noise_sigma_for_snr(windows, snr)
+        sigma = (noise_sigma_for_energy_snr(windows, snr) if snr_definition == "energy"
+                 else noise_sigma_for_snr(windows, snr))
         noise = noise_rng.standard_normal(micrographs.shape, dtype=np.float32)
         micrographs += noise * np.float32(sigma)
     defocus = np.array([0.5 * (p.defocus_u + p.defocus_v) for p in ctf_params])
     return MicrographSimulation(micrographs, coordinates, all_rotations, ctf_params, defocus,
-                                sigma, float(pixel_size), box, float(snr), clean)
+                                sigma, float(pixel_size), box, float(snr), clean, count,
+                                bool(ctf))
