@@ -7,7 +7,7 @@ Bessel functions themselves, landscapes of explicitly shifted images (the
 polar samples multiplied by :func:`.polar.shift_phases`, written out here as a
 Fourier-Bessel sum), the explicit shift loop of :class:`.RadialSVDAligner`
 (every shift one image row) and the ground truth of projections.  The CUDA
-combination kernel is compared with the CPU one on the numba simulator.
+kernel is compared with the CPU one in ``test_translations_cuda.py``.
 """
 import numpy as np
 import pytest
@@ -24,7 +24,6 @@ from cryohess_plugin.core.alignment.translations import (
     angle_landscapes, default_max_shift, direction_spectra, shift_weights,
     translation_aware_kernel, translation_spectra, _pruned_best)
 
-from .cudasim import print_result, run_module_under_simulator
 # The radial-SVD tests' data: 64 px phantom, the paper's band, the 993 projections.
 from .test_alignment_radial_svd import (BOX, MAX_FREQUENCY, PIXEL,  # noqa: F401 (fixtures)
                                         grid, projector, templates, volume)
@@ -237,46 +236,3 @@ def test_translation_aware_kernel_is_the_shift_average(grid, templates):
     plain = radial_kernel(ring_coefficients(chosen), grid.weights)
     unshifted = translation_aware_kernel(chosen, grid, 0.0)
     assert np.abs(unshifted - plain).max() <= 1e-10 * np.abs(plain).max()
-
-
-def _cuda_comparison():
-    from cryohess_plugin.core.kernels import translations_cuda
-
-    rng = np.random.default_rng(9)
-    errors = {}
-    for name, dtype in (("complex64", np.complex64), ("complex128", np.complex128)):
-        spectra = (rng.standard_normal((5, 7, 6))
-                   + 1j * rng.standard_normal((5, 7, 6))).astype(dtype)
-        scale = rng.uniform(0.5, 2, 5).astype(spectra.real.dtype)
-        cpu = np.empty((5, 7), spectra.real.dtype)
-        gpu = np.empty((5, 7), spectra.real.dtype)
-        translations_cpu.shift_bounds(spectra, scale, cpu)
-        translations_cuda.shift_bounds(spectra, scale, gpu)
-        magnitudes = np.abs(spectra.astype(np.complex128))
-        reference = (2 * magnitudes.sum(-1) - magnitudes[..., 0]) * scale[:, None]
-        errors[name] = [float(np.abs(cpu - reference).max() / reference.max()),
-                        float(np.abs(gpu - reference).max() / reference.max())]
-    # The whole search with a CUDA aligner (tiny: the simulator is slow).
-    grid = PolarGrid.from_max_frequency(24, 3.0)
-    templates = np.array([blob_polar(grid, offset) for offset in ((0, 0), (1, -2), (-3, 1))])
-    images = np.array([blob_polar(grid, offset) for offset in ((1.5, 0.0), (1.0, -2.5))])
-    results = []
-    for backend in ("cpu", "cuda"):
-        coarse = RadialSVDAligner(grid, templates, shifts=shift_grid(2.0, coarse_shift_step(grid)),
-                                  refine_candidates=0, backend=backend)
-        result = align_translations(coarse, templates, images, PolarShifts.disc(2.0), candidates=2)
-        results.append(np.concatenate([result.template, result.angle, result.shift.ravel(),
-                                       result.score]))
-    errors["search"] = float(np.abs(results[0] - results[1]).max())
-    return errors
-
-
-def test_cuda_bounds_match_cpu_under_simulator():
-    errors = run_module_under_simulator("tests.test_alignment_translations")
-    assert max(errors["complex64"]) <= 1e-6
-    assert max(errors["complex128"]) <= 1e-13
-    assert errors["search"] <= 1e-5
-
-
-if __name__ == "__main__":
-    print_result(_cuda_comparison())
