@@ -204,7 +204,8 @@ def reference_on_particle_scale(reference, images, rotations, shifts, ctf_params
     :param reference: ``(D, D, D)`` map at the particles' pixel size.
     :param images: ``(n, D, D)`` particles (an array or a memory map).
     :param rotations, shifts: ``(n, 3, 3)`` and ``(n, 2)`` poses.
-    :param ctf_params: one :class:`.ctf.CTFParams` per particle.
+    :param ctf_params: one :class:`.ctf.CTFParams` per particle, or None for particles
+        without CTF (one group).
     :param pixel_size: Å per pixel.
     :param max_resolution: finest resolution compared (Å), or None for Nyquist.
     :returns: ``(scaled map, AmplitudeFit)``.
@@ -213,7 +214,11 @@ def reference_on_particle_scale(reference, images, rotations, shifts, ctf_params
     """
     reference = np.asarray(reference, dtype=np.float64)
     box = reference.shape[-1]
-    _, groups = np.unique(ctf_model.params_to_rows(ctf_params), axis=0, return_inverse=True)
+    if ctf_params is None:
+        groups = np.zeros(len(images), dtype=np.int64)
+    else:
+        _, groups = np.unique(ctf_model.params_to_rows(ctf_params), axis=0,
+                              return_inverse=True)
     fit = fit_amplitude(reference, images, rotations, shifts, ctf_params, pixel_size,
                         groups=np.ravel(groups),
                         max_frequency=refinement_radii(box, pixel_size, max_resolution)[0],
@@ -233,7 +238,8 @@ def refine_particle_poses(reference, images, rotations, shifts, ctf_params, pixe
     :param reference: ``(D, D, D)`` map at the particles' pixel size.
     :param images: ``(n, D, D)`` particle images.
     :param rotations, shifts: ``(n, 3, 3)`` and ``(n, 2)`` starting poses.
-    :param ctf_params: one :class:`.ctf.CTFParams` per particle.
+    :param ctf_params: one :class:`.ctf.CTFParams` per particle, or None for particles
+        without CTF.
     :param pixel_size: Å per pixel.
     :param max_resolution: finest resolution compared (Å), or None for Nyquist.
     :param iterations, max_step_deg, max_shift_step: see :func:`refine_poses`.
@@ -243,11 +249,40 @@ def refine_particle_poses(reference, images, rotations, shifts, ctf_params, pixe
     projector = FourierSliceProjector(reference, dtype=np.float64, backend=backend)
     hp = projector.half_plane
     box = projector.box
-    values = ctf_model.ctf_stack(ctf_params, hp.kx, hp.ky, box, pixel_size)
+    values = (None if ctf_params is None
+              else ctf_model.ctf_stack(ctf_params, hp.kx, hp.ky, box, pixel_size))
     return refine_poses(projector, images, rotations, shifts, values,
                         radii=refinement_radii(box, pixel_size, max_resolution),
                         iterations=iterations, max_step_deg=max_step_deg,
                         max_shift_step=max_shift_step)
+
+
+def refine_search_poses(reference, images, rotations, shifts, ctf_params, pixel_size,
+                        max_resolution=None, iterations=8, backend="cpu"):
+    """Continuous poses from the grid poses of a global search (projection matching).
+
+    A search assigns each particle the nearest of its viewing directions, in-plane
+    angles and shifts, so its error is spread up to half a grid step; local descent
+    from there (:func:`refine_particle_poses`) lifts the quantisation
+    (``docs/methods/fourier_slice_posterior.md`` §5.2).  The map comes on any scale:
+    it is first put on the particles' (:func:`reference_on_particle_scale`, which also
+    stops dark particles and maps the particles do not show).
+
+    :param reference: ``(D, D, D)`` map at the particles' pixel size, on any scale.
+    :param images: ``(n, D, D)`` particle images.
+    :param rotations, shifts: ``(n, 3, 3)`` and ``(n, 2)`` poses found by the search.
+    :param ctf_params: one :class:`.ctf.CTFParams` per particle, or None.
+    :param pixel_size: Å per pixel.
+    :param max_resolution: finest resolution compared (Å), or None for Nyquist.
+    :param iterations: descent steps at each of the three disc radii.
+    :param backend: backend of the projectors.
+    :returns: ``(PoseRefinementResult, AmplitudeFit)``.
+    """
+    scaled, fit = reference_on_particle_scale(reference, images, rotations, shifts, ctf_params,
+                                              pixel_size, max_resolution, backend=backend)
+    return refine_particle_poses(scaled, images, rotations, shifts, ctf_params, pixel_size,
+                                 max_resolution=max_resolution, iterations=iterations,
+                                 backend=backend), fit
 
 
 def refine_candidates(reference, images, candidates, shifts=None, ctf=None, **options):
