@@ -269,7 +269,8 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
         result, fit = refine_search_poses(
             volume, particles.images, rotations, shifts, particles.ctfs, particles.pixel_size,
             max_resolution=self.refineResolution.get() or None,
-            iterations=self.refineIterations.get(), backend=self._backend())
+            iterations=self.refineIterations.get(), backend=self._backend(),
+            progress=self._progressLog("Batch %d refinement: " % (index + 1)))
         result.save(self._getFileName('refined', index=index))
         angle, shift = result.changes_from(rotations, shifts)
         self.info("Batch %d refined in %.1f s: loss lowered for %d of %d particles, median "

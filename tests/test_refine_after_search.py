@@ -50,9 +50,12 @@ def test_refinement_beats_half_the_grid_step(searched):
     particles, found, shifts = searched
     volume = atoms.gaussian_atom_volume(phantom_model(BOX, PIXEL, bfactor=REFERENCE_BFACTOR),
                                         BOX, PIXEL)
+    events = []
     refined, fit = refine_search_poses(7.0 * volume, particles.images, found, shifts,
-                                       particles.ctf_params, PIXEL)
+                                       particles.ctf_params, PIXEL, progress=events.append)
     assert fit.z_score > 10
+    # One event per stage of the coarse-to-fine schedule, the last at the whole disc.
+    assert [(event.done, event.total) for event in events] == [(1, 3), (2, 3), (3, 3)]
     grid_error = np.median(rotations.angular_distance(found, particles.rotations))
     error = np.median(rotations.angular_distance(refined.rotations, particles.rotations))
     assert error < GRID_STEP / 2 and error < grid_error - 1.0, (grid_error, error)
