@@ -31,13 +31,14 @@ numbers.
     python benchmarks/bench_volume_alignment.py [--box 64] [--bandwidth 48] [--n 8]
 """
 import argparse
+import os
 import time
 
 import numba
 import numpy as np
 
 from cryohess_plugin.core.synthetic import atoms, phantoms
-from cryohess_plugin.core import rotations, spherical
+from cryohess_plugin.core import fourier, rotations, spherical
 from cryohess_plugin.core.alignment.volumes import VolumeAligner
 
 PIXEL = 2.0
@@ -61,7 +62,48 @@ def add_arguments(parser):
                         help="wall-clock time, or CPU time of all threads (robust when other "
                              "jobs share the cores)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for numba, the FFTs and BLAS alike (default: all)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print where align's time goes (cProfile) for the exact and "
+                             "the automatic-rank path")
+    parser.add_argument("--short", action="store_true",
+                        help="smoke test: box 32, K = 12, 2 volumes, H = 4 only, one repeat")
     return parser
+
+
+def limit_threads(threads):
+    """Run numba, scipy's FFTs and BLAS on ``threads`` threads (both paths alike)."""
+    from threadpoolctl import threadpool_limits
+    numba.set_num_threads(threads)
+    fourier.set_fft_workers(threads)
+    threadpool_limits(threads)
+
+
+def stage_times(aligner, volumes, full_rank, repeats, clock):
+    """ms per volume of align's stages: transform, grid search, refinement (incl. its X̂)."""
+    coefficients, transform = fastest(
+        lambda: [aligner.shells.analyze(aligner._samples(v)) for v in volumes], repeats, clock)
+    found, search = fastest(lambda: [aligner._search(c, full_rank) for c in coefficients],
+                            repeats, clock)
+
+    def refine():
+        for c, (_, angles, hat) in zip(coefficients, found):
+            aligner._refine(hat if full_rank else aligner._unreduced_hat(c), angles)
+
+    _, refinement = fastest(refine, repeats, clock)
+    return [1e3 * t / len(volumes) for t in (transform, search, refinement)]
+
+
+def print_profile(name, aligner, volumes, full_rank):
+    import cProfile
+    import pstats
+    profile = cProfile.Profile()
+    profile.enable()
+    aligner.align(volumes, full_rank=full_rank)
+    profile.disable()
+    print(f"\ncProfile of align, {name}, {len(volumes)} volumes (internal time):")
+    pstats.Stats(profile).sort_stats("tottime").print_stats(12)
 
 
 def make_data(box, n, noise, seed):
@@ -131,6 +173,10 @@ def time_search(aligner, coefficients, full_rank, repeats, clock):
 
 def run(args):
     """Run the benchmark for parsed ``args`` (see :func:`add_arguments`); returns the rows."""
+    if args.short:
+        args.box, args.bandwidth, args.n, args.ranks, args.repeats = 32, 12.0, 2, [4], 1
+    if args.threads:
+        limit_threads(args.threads)
     dtype = np.dtype(args.dtype)
     reference, volumes, truths = make_data(args.box, args.n, args.noise, args.seed)
     f_max = args.bandwidth / np.pi
@@ -149,8 +195,9 @@ def run(args):
           f"{shells.n_shells} shells, L = {shells.max_degree}, grid {shells.n_orders} x "
           f"{exact.beta.size} x {shells.n_orders} (step {360 / shells.n_orders:.2f}°); "
           f"{args.n} volumes, noise {args.noise:g} x reference s.d., {args.dtype}, "
-          f"backend {exact.backend}, numba threads {numba.get_num_threads()}, "
-          f"{args.clock} clock, fastest of {args.repeats}")
+          f"backend {exact.backend}, threads: numba {numba.get_num_threads()}, FFT "
+          f"{fourier.fft_workers()}, {args.clock} clock, fastest of {args.repeats}; load "
+          f"average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"spherical-harmonic transform of one volume (shared by all rows): "
           f"{transform_ms:.1f} ms")
 
@@ -171,6 +218,9 @@ def run(args):
         result, end_to_end = fastest(lambda: aligner.align(volumes, full_rank=full_rank),
                                      args.repeats, args.clock)
         end_to_end /= len(volumes)
+        stages = stage_times(aligner, volumes, full_rank, args.repeats, args.clock)
+        if args.profile and name in ("full, unreduced", "compressed, auto"):
+            print_profile(name, aligner, volumes, full_rank)
         if full_rank:
             baseline = dict(landscapes=landscapes, optima=grid_rotations)
         row = dict(
@@ -181,19 +231,20 @@ def run(args):
             argmax_offset_deg=rotations.angular_distance(grid_rotations, baseline["optima"]),
             correlation=np.mean([np.corrcoef(a.ravel(), b.ravel())[0, 1]
                                  for a, b in zip(landscapes, baseline["landscapes"])]),
-            align_ms=1e3 * end_to_end,
+            align_ms=1e3 * end_to_end, stages_ms=stages,
             refined_error_deg=rotations.angular_distance(result.rotation, truths),
             score=result.score)
         rows.append(row)
     for row in rows:
         row["speedup_unreduced"] = rows[0]["search_ms"] / row["search_ms"]
         row["speedup_dense"] = rows[1]["search_ms"] / row["search_ms"]
+        row["align_speedup"] = rows[0]["align_ms"] / row["align_ms"]
 
     print()
     print("| path | H_C, H_D | band L_c | grid step ° | set-up s | search ms/vol | vs unreduced | "
           "vs dense | grid error ° (median / max) | off exact grid optimum ° (max) | corr. | "
-          "align ms/vol | refined error ° (median / max) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "align ms/vol | align vs exact | refined error ° (median / max) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['name']} | {row['ranks'][0]}, {row['ranks'][1]} | {row['band']} | "
               f"{row['step_deg']:.2f} | {row['setup_s']:.2f} | "
@@ -201,8 +252,17 @@ def run(args):
               f"{row['speedup_dense']:.2f}x | {np.median(row['grid_error_deg']):.2f} / "
               f"{row['grid_error_deg'].max():.2f} | {row['argmax_offset_deg'].max():.2f} | "
               f"{row['correlation']:.4f} | {row['align_ms']:.1f} | "
+              f"{row['align_speedup']:.2f}x | "
               f"{np.median(row['refined_error_deg']):.3f} / "
               f"{row['refined_error_deg'].max():.3f} |")
+    print("\nWhere align's time goes (ms per volume; each stage timed alone):\n")
+    print("| path | transform (samples + analysis) | grid search | refinement (its X̂ + "
+          "Newton) | sum |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        transform, search, refinement = row["stages_ms"]
+        print(f"| {row['name']} | {transform:.1f} | {search:.1f} | {refinement:.1f} | "
+              f"{transform + search + refinement:.1f} |")
     return rows
 
 

@@ -4,7 +4,7 @@ The Scipion ``Plugin`` class is loaded on first access, so the numerical core
 (``cryohess_plugin.core``) can be imported without pyworkflow or pwem.
 """
 __version__ = "0.1.0"
-_logo = ""
+_logo = "logo.png"
 _references = ["Rangan2022radial", "Rangan2023hessian", "Kreymer2023micrograph",
                "Ullrich2019differentiable", "Lederman2020hyper"]
 

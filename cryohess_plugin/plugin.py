@@ -14,6 +14,7 @@ class Plugin(pwem.Plugin):
     # (Plugin.getName / getPath), which must be the package itself.
     __module__ = "cryohess_plugin"
     _pathVars = []
+    _url = "https://pypi.org/project/scipion-em-cryohess/"
 
     @classmethod
     def _defineVariables(cls):

@@ -282,7 +282,7 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
     def _particles(self, count, first=0):
         """Particles ``first .. first + count - 1`` (in id order) with the CTFs this run uses."""
         return convert.particles_to_arrays(
-            self.inputParticles.get(), need_ctf=self._withCtf(), need_alignment=False,
+            self._parallelStepSet(), need_ctf=self._withCtf(), need_alignment=False,
             limit=count, skip=first)
 
     def _particlesAndAligner(self, count, first=0, **options):
@@ -315,7 +315,7 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
                 poses = (refined.rotations, refined.shifts)
             particles = self._copyParticles(ids, columns, poses, ALIGN_PROJ)
             self._defineOutputs(**{outputs.outputParticles.name: particles})
-            self._defineSourceRelation(self.inputParticles, particles)
+            self._defineTransformRelation(self.inputParticles, particles)
             self._defineSourceRelation(self.inputVolume, particles)
             return
         particles = self._copyParticles(ids, columns,
@@ -326,8 +326,9 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
                                              self.inputReferences.get())
         self._defineOutputs(**{outputs.outputParticles.name: particles,
                                outputs.outputClasses.name: classes})
+        self._defineTransformRelation(self.inputParticles, particles)
+        self._defineSourceRelation(self.inputParticles, classes)
         for output in (particles, classes):
-            self._defineSourceRelation(self.inputParticles, output)
             self._defineSourceRelation(self.inputReferences, output)
 
     # --------------------------- INFO functions ------------------------------

@@ -1,5 +1,6 @@
 """Alignment of volumes to a reference over SO(3) with the radial- and degree-SVD."""
 import os
+import threading
 import time
 from enum import Enum
 
@@ -20,6 +21,8 @@ from .protocol_base import CryoHessProtocolMixin
 MIN_USEFUL_SHELLS = 8
 #: Wigner tables above this many bytes get a memory warning.
 LARGE_TABLES = 1 << 30
+#: Guards the construction of the aligner that the parallel steps of a run share.
+_ALIGNER_LOCK = threading.Lock()
 
 
 class outputs(Enum):
@@ -116,18 +119,12 @@ class CryoHessProtAlignVolumes(CryoHessProtocolMixin, ProtAlignVolume):
     def alignVolumeStep(self, index, digest):
         """Align one volume (steps are independent, so several run in parallel)."""
         from cryohess_plugin.core import mrc
-        from cryohess_plugin.core.alignment import VolumeAligner, rotate_volume
+        from cryohess_plugin.core.alignment import rotate_volume
         self._setDevices()
         started = time.perf_counter()
-        reference, pixel = convert.volume_to_array(self.referenceVolume.get())
+        pixel = self.referenceVolume.get().getSamplingRate()
         volume, _ = convert.volume_to_array(self._inputVolumeList()[index], pixel)
-        aligner = VolumeAligner(reference, resolution=self.maxResolution.get() or None,
-                                pixel_size=pixel, radial_rank=self._fixed(self.radialRank),
-                                degree_rank=self._fixed(self.degreeRank),
-                                tolerance=self.rankTolerance.get(),
-                                max_shift=self.maxShift.get(), shift_step=self.shiftStep.get(),
-                                refine=self.refine.get(), backend=self._backend())
-        result = aligner.align(volume)
+        result = self._sharedAligner().align(volume)
         aligned = rotate_volume(volume, result.rotation[0], result.shift[0])
         mrc.write_volume(self._getFileName('aligned', index=index), aligned, pixel,
                          overwrite=True)
@@ -232,6 +229,38 @@ class CryoHessProtAlignVolumes(CryoHessProtocolMixin, ProtAlignVolume):
         """The :class:`VolumeAlignmentResult` of every input volume, in input order."""
         return [VolumeAlignmentResult.load(self._getFileName('result', index=index))
                 for index in range(len(self._inputVolumeList()))]
+
+    def _sharedAligner(self):
+        """The one aligner of this run, built by the first step that needs it.
+
+        Its set-up (the reference's transform, kernels and Wigner tables) costs several
+        alignments of one volume, and every step would otherwise repeat it; the steps
+        only read it, so parallel steps share it.  It is rebuilt when the reference file
+        or a setting it depends on changed.
+        """
+        from cryohess_plugin.core.alignment import VolumeAligner
+        referenceFile = convert.image_file(self.referenceVolume.get().getFileName())
+        settings = dict(resolution=self.maxResolution.get() or None,
+                        radial_rank=self._fixed(self.radialRank),
+                        degree_rank=self._fixed(self.degreeRank),
+                        tolerance=self.rankTolerance.get(), max_shift=self.maxShift.get(),
+                        shift_step=self.shiftStep.get(), refine=self.refine.get(),
+                        backend=self._backend())
+        # CUDA tables live on one GPU: parallel steps bound to different GPUs get their own.
+        executor = getattr(self, '_stepsExecutor', None)
+        device = tuple(executor.getGpuList()[:1]) if executor and self._usesGpu() else ()
+        key = (referenceFile, os.path.getmtime(referenceFile), tuple(sorted(settings.items())),
+               device)
+        with _ALIGNER_LOCK:
+            if getattr(self, '_aligners', None) is None:
+                self._aligners = {}
+            if key not in self._aligners:
+                # Another reference file or setting: the aligners built before are stale.
+                for stale in [old for old in self._aligners if old[:3] != key[:3]]:
+                    del self._aligners[stale]
+                reference, pixel = convert.volume_to_array(self.referenceVolume.get())
+                self._aligners[key] = VolumeAligner(reference, pixel_size=pixel, **settings)
+            return self._aligners[key]
 
     def _fixed(self, rank):
         return rank.get() if self.rankMode.get() == RANK_FIXED else None

@@ -6,16 +6,23 @@ import os
 
 import numpy as np
 import psutil
+from threadpoolctl import threadpool_limits
 from pwem.constants import ALIGN_PROJ
 from pyworkflow.object import Pointer
 from pyworkflow.protocol.constants import MODE_RESUME
 import pyworkflow.protocol.params as params
-from pyworkflow.utils import prettySize
+import pyworkflow as pw
+from pyworkflow.utils import getListFromRangeString, prettySize
 
 from cryohess_plugin import convert
 from cryohess_plugin.core.errors import InvalidDataError
-from cryohess_plugin.core.fourier import frequency_for_resolution
+from cryohess_plugin.core.fourier import frequency_for_resolution, set_fft_workers
+from cryohess_plugin.core.kernels import cudasim_active
 from cryohess_plugin.plugin import Plugin
+
+# Device numbers as the GPU IDs of the form mean them (pyworkflow's convention), set
+# before numba first initialises CUDA in this process.
+os.environ.setdefault('CUDA_DEVICE_ORDER', pw.Config.CUDA_DEVICE_ORDER)
 
 
 class CryoHessProtocolMixin:
@@ -87,16 +94,71 @@ class CryoHessProtocolMixin:
             return 1
         return threads
 
+    def _gpuDeviceUsable(self):
+        """Whether this protocol's steps will really run on a GPU: the form and the
+        plugin variable allow it and numba finds a CUDA device."""
+        from cryohess_plugin.core.kernels import cuda_available
+        return self._usesGpu() and cuda_available()
+
+    def _gpuWarnings(self):
+        """The warning that 'Use GPU' is on but the steps will run on the CPU."""
+        if not self._usesGpu() or self._gpuDeviceUsable():
+            return []
+        return ["'Use GPU' is on but numba finds no usable CUDA device, so every step runs "
+                "on the CPU with %d thread(s). To use a GPU, install the plugin's gpu extra "
+                "(pip install \"scipion-em-cryohess[gpu]\") and check the device with "
+                "python -c 'from numba import cuda; cuda.detect()'." % self._stepThreads()]
+
+    def _validateGpuList(self):
+        """GPU ids as pyworkflow reads them (e.g. '0 1' or '0-3'), and present here."""
+        if not self.usesGpu():
+            return []
+        try:
+            ids = getListFromRangeString(self.gpuList.get())
+        except ValueError:
+            ids = None
+        if not ids or any(gpu < 0 for gpu in ids):
+            return ["GPU IDs '%s' are not a list of device numbers such as '0' or '0 1'."
+                    % self.gpuList.get()]
+        if self._gpuDeviceUsable() and not cudasim_active():
+            from numba import cuda
+            missing = sorted(set(ids) - set(range(len(cuda.gpus))))
+            if missing:
+                return ["GPU IDs %s do not exist: this machine has %d CUDA device(s), "
+                        "numbered from 0 in PCI bus order." % (missing, len(cuda.gpus))]
+        return []
+
+    def validate(self):
+        return super().validate() + self._validateGpuList()
+
+    def warnings(self):
+        return self._gpuWarnings() + super().warnings()
+
     def _setDevices(self):
-        """CPU threads for this step; bind this step's thread to its first GPU, if any."""
+        """Threads of this step's numba kernels, FFTs and BLAS calls; bind the step's
+        thread to its first GPU, if any; say in the run log where the step runs."""
         import numba
-        numba.set_num_threads(max(1, min(self._stepThreads(), numba.config.NUMBA_NUM_THREADS)))
-        if self._usesGpu():
-            from cryohess_plugin.core.kernels import cuda_available
-            gpus = self._stepsExecutor.getGpuList()
-            if gpus and cuda_available():
-                from numba import cuda
-                cuda.select_device(gpus[0])
+        threads = max(1, min(self._stepThreads(), numba.config.NUMBA_NUM_THREADS))
+        numba.set_num_threads(threads)
+        set_fft_workers(threads)
+        threadpool_limits(threads, user_api='blas')
+        gpus = self._stepsExecutor.getGpuList() if self._gpuDeviceUsable() else []
+        if gpus and not cudasim_active():
+            from numba import cuda
+            cuda.select_device(gpus[0])
+            self.info("This step runs its kernels on GPU %d (%s)."
+                      % (gpus[0], cuda.get_current_device().name.decode(errors='replace')))
+        else:
+            self.info("This step runs on the CPU with %d thread(s)." % threads)
+
+    def _parallelStepSet(self, name='inputParticles'):
+        """The input set ``name`` opened afresh for a step that runs beside others: the
+        set behind the form's pointer is shared by the step threads, and its database
+        cursor cannot serve two of them at once."""
+        shared = getattr(self, name).get()
+        own = shared.getClass()(filename=shared.getFileName())
+        own.loadAllProperties()
+        return own
 
     # --------------------------- steps that know what they depend on --------
     def _insertStep(self, func, *args, reads=(), after=(), needsGPU=False):
@@ -117,7 +179,7 @@ class CryoHessProtocolMixin:
         digest = hashlib.sha1(json.dumps(record, sort_keys=True, default=str)
                               .encode()).hexdigest()[:16]
         index = self._insertFunctionStep(func, *args, digest, prerequisites=list(after),
-                                         needsGPU=needsGPU)
+                                         needsGPU=needsGPU and self._gpuDeviceUsable())
         self._stepDigests[index] = digest
         return index
 

@@ -255,13 +255,13 @@ class CryoHessProtFourierPosterior(FourierSliceParticlesMixin, ProtReconstruct3D
     def _summary(self):
         if not self.hasAttribute(OUTPUT_VOLUME):
             return ["Output not ready yet."]
-        full = self._loadPosterior(FULL)
+        full = self._posteriorFacts(FULL)
         summary = ["%d particles of %d px at %g Å/px, %s fit: %s (%s; image units²), "
                    "prior %s."
-                   % (full.history['particles'], full.box, self._pixelSize(),
-                      FIT_TEXT[self.fitMethod.get()], self._noiseText(full),
+                   % (full['particles'], full['box'], self._pixelSize(),
+                      FIT_TEXT[self.fitMethod.get()], full['noise'],
                       "estimated" if self.estimateNoise else "given", self._priorText())]
-        summary += self._contrastTexts(full)
+        summary += full['contrast']
         summary.append("Single-fit curve (α/2)/(1+α/2): %s."
                        % self._crossingText(OUTPUT_SINGLE_FIT_FSC))
         if self.hasAttribute(OUTPUT_HALF_MAP_FSC):
@@ -275,14 +275,14 @@ class CryoHessProtFourierPosterior(FourierSliceParticlesMixin, ProtReconstruct3D
     def _methods(self):
         if not self.hasAttribute(OUTPUT_VOLUME):
             return []
-        full = self._loadPosterior(FULL)
+        full = self._posteriorFacts(FULL)
         text = ("The mean-field Gaussian posterior over the Fourier coefficients of the "
                 "map given %d particles with known poses and CTFs was computed with the "
                 "Fourier-slice model of [Ullrich2019differentiable] (%s fit, %s %s, prior "
                 "%s). The single-fit resolution curve (α/2)/(1+α/2) from the "
                 "spectral-shell SNR α gives %s."
-                % (full.history['particles'], FIT_TEXT[self.fitMethod.get()],
-                   self._noiseText(full), "estimated by EM" if self.estimateNoise else "given",
+                % (full['particles'], FIT_TEXT[self.fitMethod.get()],
+                   full['noise'], "estimated by EM" if self.estimateNoise else "given",
                    self._priorText(), self._crossingText(OUTPUT_SINGLE_FIT_FSC)))
         if self.hasAttribute(OUTPUT_HALF_MAP_FSC):
             text += (" Two half maps fitted independently to alternate particles gave a "

@@ -1,6 +1,7 @@
 """What the Fourier-slice protocols (posterior, pose refinement) share: the particles as
 the core's spectra files, their poses, the posterior fits and the checks of their input
 and of the disk and memory a run needs."""
+import json
 import os
 import shutil
 import time
@@ -79,8 +80,19 @@ class FourierSliceParticlesMixin(CryoHessProtocolMixin):
                 self.warning(polarity.warning())
             posterior.history.update(polarity=[polarity.contrast, polarity.standard_error])
         posterior.save(path)
-        self.info("The %s posterior in %.1f s: %s" % (label, seconds,
-                                                       self._noiseText(posterior)))
+        facts = dict(particles=problem.n_particles, box=posterior.box,
+                     noise=self._noiseText(posterior),
+                     contrast=self._contrastTexts(posterior))
+        with open(_factsPath(path), 'w') as factsFile:
+            json.dump(facts, factsFile)
+        self.info("The %s posterior in %.1f s: %s" % (label, seconds, facts['noise']))
+
+    def _posteriorFacts(self, part):
+        """What the summary and methods say of a stored posterior (particles, box, noise
+        and contrast texts), kept beside it: selecting a run in the GUI reads no
+        map-sized arrays."""
+        with open(_factsPath(self._getFileName('posterior', part=part))) as factsFile:
+            return json.load(factsFile)
 
     def _particleFiles(self):
         from cryohess_plugin.core.posterior import ParticleFiles
@@ -181,3 +193,8 @@ class FourierSliceParticlesMixin(CryoHessProtocolMixin):
 def _sizeText(size):
     """A byte count in GiB or MiB."""
     return "%.1f GiB" % (size / 2 ** 30) if size >= 2 ** 30 else "%.0f MiB" % (size / 2 ** 20)
+
+
+def _factsPath(posteriorPath):
+    """The summary facts file beside a stored posterior."""
+    return posteriorPath[:-len('.npz')] + '_facts.json'

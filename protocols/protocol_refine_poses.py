@@ -183,7 +183,7 @@ class CryoHessProtRefinePoses(FourierSliceParticlesMixin, ProtRefine3D):
                                         {REFINED_ANGLE_CHANGE: angle, REFINED_SHIFT_CHANGE: shift},
                                         poses=(refined.rotations, refined.shifts))
         self._defineOutputs(**{OUTPUT_PARTICLES: particles})
-        self._defineSourceRelation(self.inputParticles, particles)
+        self._defineTransformRelation(self.inputParticles, particles)
         if self._givenReference(1):
             self._defineSourceRelation(self.refinementReference, particles)
 
@@ -220,8 +220,9 @@ class CryoHessProtRefinePoses(FourierSliceParticlesMixin, ProtRefine3D):
             summary.append("The reference volume was put on the particles' scale: their "
                            "fitted amplitude against it is %.4g ± %.2g." %
                            (scale['amplitude'], scale['standardError']))
-        return summary + self._contrastTexts(
-            None if self._givenReference(1) else self._loadPosterior(_referencePart(1)))
+        if self._givenReference(1):
+            return summary + self._contrastTexts()
+        return summary + self._posteriorFacts(_referencePart(1))['contrast']
 
     def _methods(self):
         if not self.hasAttribute(OUTPUT_PARTICLES):

@@ -252,5 +252,6 @@ class CryoHessProtSimulate(SimulationSettings, CryoHessProtocolMixin, EMProtocol
                                                  self.boxSize.get())
         self._defineOutputs(**{outputs.outputCTF.name: ctfSet,
                                outputs.outputCoordinates.name: coordSet})
-        self._defineSourceRelation(micPointer, ctfSet)
+        # Extraction protocols offer the CTFs of micrographs through this relation.
+        self._defineCtfRelation(micPointer, ctfSet)
         self._defineSourceRelation(micPointer, coordSet)

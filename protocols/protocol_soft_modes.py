@@ -82,7 +82,7 @@ class CryoHessProtSoftModes(CryoHessProtocolMixin, ProtAnalysis3D):
         self._defineParticlesParam(
             form, "Particles with 3D alignment (ALIGN_PROJ) and CTF, with the reference's "
                   "box and pixel size. Their shifts are used only to estimate the noise.",
-            condition=particles, allowsNull=True)
+            condition=particles, allowsNull=True, pointerCondition='hasAlignmentProj')
         form.addParam('defocusTolerance', params.FloatParam, default=1000.0,
                       condition=particles, expertLevel=params.LEVEL_ADVANCED,
                       validators=[params.Positive], label='Defocus grouping tolerance (Å)',

@@ -25,9 +25,15 @@ def run_child(args, simulator=True, timeout=300):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+#: Set to 1 to run every CUDA comparison on the real device instead of the simulator
+#: (tests/gpu/test_on_device.py does, on a machine with an NVIDIA GPU).
+ON_DEVICE = os.environ.get("CRYOHESS_CUDA_ON_DEVICE") == "1"
+
+
 def run_module_under_simulator(module):
-    """Run test module ``module`` (its ``__main__`` prints the JSON) on the simulator."""
-    return run_child(["-m", module])
+    """Run test module ``module`` (its ``__main__`` prints the JSON) on the simulator, or
+    on the device with ``CRYOHESS_CUDA_ON_DEVICE=1``."""
+    return run_child(["-m", module], simulator=not ON_DEVICE, timeout=900 if ON_DEVICE else 300)
 
 
 def simulated_fixture(module):

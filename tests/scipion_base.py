@@ -1,9 +1,12 @@
 """What the end-to-end Scipion tests share: a base class with the simulated inputs and
 rendered viewer plots, and the bad-particle checks of protocols that take aligned particles."""
 import os
+import signal
+import time
 
 from pwem.objects import SetOfParticles
 from pwem.protocols import ProtImportParticles
+from pyworkflow.protocol import getProtocolFromDb
 from pyworkflow.tests import BaseTest, setupTestProject
 
 from cryohess_plugin.demo import savePlots
@@ -19,6 +22,23 @@ class CryoHessTestCase(BaseTest):
         protocol = cls.newProtocol(CryoHessProtSimulate, **dict(settings, **overrides))
         protocol.setObjLabel(label)
         return cls.launchProtocol(protocol)
+
+    def killWhenWritten(self, protocol, fileKey, timeout=120, **fileArgs):
+        """Launch ``protocol`` and SIGKILL its process as soon as its file ``fileKey``
+        (``_getFileName(fileKey, **fileArgs)``) exists; the run must be left unfinished."""
+        self.proj.launchProtocol(protocol, wait=False)
+        path = protocol._getFileName(fileKey, **fileArgs)  # its run folder is known now
+        deadline = time.time() + timeout
+        while not os.path.exists(path):
+            self.assertLess(time.time(), deadline, "%s was never written" % path)
+            time.sleep(0.02)
+        running = getProtocolFromDb(self.proj.path, protocol.getDbPath(), protocol.getObjId())
+        os.kill(running.getPid(), signal.SIGKILL)
+        time.sleep(0.5)
+        self.proj._updateProtocol(protocol)
+        steps = protocol.loadSteps()
+        self.assertLess(sum(step.isFinished() for step in steps), len(steps),
+                        "the run was not interrupted")
 
     def assertViewerPlots(self, viewerClass, protocol, prefix=None):
         """Every plot of the viewer renders to a non-trivial PNG."""

@@ -19,6 +19,7 @@ import cryohess_plugin
 from cryohess_plugin import bibtex
 import cryohess_plugin.protocols as cryoProtocols
 import cryohess_plugin.viewers as cryoViewers
+from cryohess_plugin.viewers import CryoHessVolumeViewer
 
 PROTOCOL_NAMES = [name for name, cls in inspect.getmembers(cryoProtocols, inspect.isclass)
                   if name.startswith('CryoHessProt')]
@@ -75,15 +76,26 @@ def test_protocol_is_registered(name):
 def test_viewer_is_registered(name):
     viewer = pwem.Domain.getViewers()[name]
     assert viewer is getattr(cryoViewers, name)
-    assert all(target.__name__ in PROTOCOL_NAMES for target in viewer._targets)
-    # What the GUI asks when a protocol's results are opened.
+    # What the GUI asks when a protocol's results, or one of its output maps, are opened.
     for target in viewer._targets:
-        assert viewer in pwem.Domain.findViewers(target.getClassName(), DESKTOP_TKINTER)
+        if target.__name__ in PROTOCOL_NAMES:
+            assert viewer in pwem.Domain.findViewers(target.getClassName(), DESKTOP_TKINTER)
+        else:
+            assert viewer is CryoHessVolumeViewer
+            assert viewer in pwem.Domain.findViewers(target(), DESKTOP_TKINTER)
 
 
 def test_every_protocol_is_in_the_menu():
     tree = ProtocolTreeConfig.load(pwem.Domain, pw.Config.SCIPION_PROTOCOLS)
     values = set(_menuValues(tree['Protocols SPA']))
+    assert set(PROTOCOL_NAMES) <= values
+
+
+def test_every_protocol_is_also_in_a_standard_group():
+    """Besides our own section, each protocol is where pwem's menu puts its kind of work."""
+    tree = ProtocolTreeConfig.load(pwem.Domain, pw.Config.SCIPION_PROTOCOLS)
+    standard = [child for child in tree['Protocols SPA'].childs if child.text != 'cryohess']
+    values = {value for section in standard for value in _menuValues(section)}
     assert set(PROTOCOL_NAMES) <= values
 
 

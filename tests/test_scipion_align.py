@@ -13,6 +13,7 @@ import numpy as np
 from pwem.constants import ALIGN_2D, ALIGN_PROJ
 from pwem.objects import SetOfParticles
 from pwem.protocols import ProtImportAverages, ProtImportParticles, ProtImportVolumes
+from pyworkflow.object import RELATION_TRANSFORM
 from pyworkflow.protocol import getProtocolFromDb
 from pyworkflow.protocol.constants import MODE_RESTART, MODE_RESUME
 from pyworkflow.tests import setupTestProject
@@ -110,6 +111,10 @@ class TestAlignParticlesToVolume(CryoHessTestCase):
 
     def testViewerPlots(self):
         self.assertViewerPlots(CryoHessAlignParticlesViewer, self.protAlign)
+
+    def testPosedParticlesAreATransformOfTheInput(self):
+        relations = self.proj.mapper.getRelationsByCreator(self.protAlign)
+        self.assertIn(RELATION_TRANSFORM, [relation['name'] for relation in relations])
 
     def testSummaryAndMethods(self):
         self.assertIn('60 particles aligned', ' '.join(self.protAlign.summary()))
@@ -261,6 +266,19 @@ class TestAlignVolumes(CryoHessTestCase):
     def testViewerPlots(self):
         self.assertViewerPlots(CryoHessAlignVolumesViewer, self.protAlign)
 
+    def testStepsShareOneAligner(self):
+        """The reference's set-up is paid once per run, not once per volume."""
+        prot = self.newProtocol(CryoHessProtAlignVolumes)
+        prot.inputVolumes.set(self.protVols.outputVolumes)
+        prot.referenceVolume.set(self.protRef.outputVolume)
+        aligner = prot._sharedAligner()
+        self.assertIs(prot._sharedAligner(), aligner)
+        self.assertEqual(aligner.box, BOX)
+        prot.refine.set(not aligner.refine)  # a setting it depends on: a new aligner
+        other = prot._sharedAligner()
+        self.assertIsNot(other, aligner)
+        self.assertEqual(other.refine, not aligner.refine)
+
 
 class TestAlignValidation(CryoHessTestCase):
     """Bad input is refused by _validate, from file headers, with a message naming the fix;
@@ -377,7 +395,8 @@ class TestAlignValidation(CryoHessTestCase):
 
     def testWarnings(self):
         """Huge reference sets, bands too coarse to align and shifts beyond the box."""
-        self.assertEqual(self._errors()[0].warnings(), [])
+        # The settings' own warnings: a CPU-only machine adds the 'Use GPU' one.
+        self.assertEqual(self._errors()[0]._warnings(), [])
         prot, errors = self._errors(angularStep=0.5)
         self.assertEqual(errors, [])
         self.assertMessage("168615 projections: 6.5 GB of references", prot.warnings())

@@ -4,9 +4,6 @@ Every case compares the poses and scores of each particle with those of a fresh 
 with the final settings (same batches, so the same arithmetic: bit for bit), and
 checks which steps ran again from the steps' end times.
 """
-import os
-import signal
-import time
 
 import numpy as np
 from pwem.constants import ALIGN_PROJ
@@ -89,18 +86,7 @@ class TestAlignParticlesContinue(CryoHessTestCase):
 
     def _killAfterTwoBatches(self, prot):
         """Launch ``prot``, SIGKILL its process once its second batch is written."""
-        self.proj.launchProtocol(prot, wait=False)
-        second = prot._getFileName('batch', index=1)
-        deadline = time.time() + KILL_TIMEOUT
-        while not os.path.exists(second):
-            self.assertLess(time.time(), deadline, "the second batch was never written")
-            time.sleep(0.02)
-        running = getProtocolFromDb(self.proj.path, prot.getDbPath(), prot.getObjId())
-        os.kill(running.getPid(), signal.SIGKILL)
-        time.sleep(0.5)
-        self.proj._updateProtocol(prot)
-        finished = [step for step in prot.loadSteps() if step.isFinished()]
-        self.assertLess(len(finished), len(prot.loadSteps()), "the run was not interrupted")
+        self.killWhenWritten(prot, 'batch', KILL_TIMEOUT, index=1)
 
     def testEditsThenContinue(self):
         """(e) no edit re-runs nothing; (a) a coarser angular step, (b) another reference map,

@@ -6,7 +6,7 @@ Runs under pytest (``tests/conftest.py`` sets up Scipion) and under
 import os
 
 import numpy as np
-from pwem.constants import ALIGN_PROJ
+from pwem.constants import ALIGN_PROJ, RELATION_CTF
 from pwem.objects import Volume
 from pwem.protocols import ProtSplitSet
 from pyworkflow.protocol.constants import MODE_RESUME
@@ -59,6 +59,12 @@ class TestCryoHessSimulate(CryoHessTestCase):
                                       particlesPerMicrograph=5, micrographSize=160,
                                       randomSeed=3, **SMALL)
         cls.launchProtocol(cls.protSim)
+
+    def testExtractionFindsTheCtfs(self):
+        """Extraction protocols look for a micrograph's CTF through RELATION_CTF."""
+        related = self.proj.getRelatedObjects(RELATION_CTF, self.protSim.outputMicrographs,
+                                               refresh=True)
+        self.assertIn(self.protSim.outputCTF.getObjId(), [pointer.get().getObjId() for pointer in related])
 
     def testParticles(self):
         parts = self.protSim.outputParticles
@@ -396,7 +402,7 @@ class TestCryoHessSimulateValidation(CryoHessTestCase):
 
     def _warnings(self, **kwargs):
         prot = self.newProtocol(CryoHessProtSimulate, **dict(SMALL, **kwargs))
-        return prot, ' '.join(prot.warnings())
+        return prot, ' '.join(prot._warnings())  # without the machine's 'Use GPU' warning
 
     def testWarnings(self):
         prot, warnings = self._warnings()

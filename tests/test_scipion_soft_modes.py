@@ -339,4 +339,4 @@ class TestSoftModesValidation(ParticleValidationMixin, CryoHessTestCase):
         protocol = self.newProtocol(CryoHessProtSoftModes, **dict(ANALYSIS, **kwargs))
         protocol.inputParticles.set(self.small.outputParticles)
         protocol.inputVolume.set(self.small.outputVolume)
-        return protocol.warnings()
+        return protocol._warnings()  # the settings' own, without the machine's 'Use GPU' one

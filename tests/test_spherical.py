@@ -95,6 +95,8 @@ def test_wigner_d_matches_closed_form_and_stays_orthogonal():
     assert np.abs(spherical.wigner_d(60, 0.4) @ spherical.wigner_d(60, 0.7) - d).max() < 1e-12
     grid = spherical.wigner_d_grid(9, 20)
     assert np.abs(grid - spherical.wigner_d(9, 2 * np.pi * np.arange(11) / 20)).max() < 1e-13
+    np.testing.assert_array_equal(spherical.wigner_d_grid(9, 20, nonnegative=True),
+                                  grid[:, :, 9:])
 
 
 def test_shell_grid_defaults_follow_the_paper():

@@ -3,7 +3,8 @@ from .viewer_align import CryoHessAlignParticlesViewer, CryoHessAlignVolumesView
 from .viewer_fourier_posterior import CryoHessFourierPosteriorViewer, CryoHessRefinePosesViewer
 from .viewer_simulate import CryoHessSimulateViewer
 from .viewer_soft_modes import CryoHessSoftModesViewer
+from .viewer_volume import CryoHessVolumeViewer
 
 __all__ = ["CryoHessAlignParticlesViewer", "CryoHessAlignVolumesViewer",
            "CryoHessFourierPosteriorViewer", "CryoHessRefinePosesViewer",
-           "CryoHessSimulateViewer", "CryoHessSoftModesViewer"]
+           "CryoHessSimulateViewer", "CryoHessSoftModesViewer", "CryoHessVolumeViewer"]

@@ -13,6 +13,10 @@ from cryohess_plugin.core.rotations import direction_to_euler, projection_direct
 from cryohess_plugin.protocols import CryoHessProtAlignParticles, CryoHessProtAlignVolumes
 
 
+#: Ranks H = H_C = H_D of the volume viewer's landscape metrics (then the full rank).
+RANK_SWEEP = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+
+
 class CryoHessAlignParticlesViewer(ProtocolViewer):
     """How the radial-SVD compressed the search and what it assigned."""
     _label = 'viewer radial-SVD alignment'
@@ -223,10 +227,22 @@ class CryoHessAlignVolumesViewer(ProtocolViewer):
         form.addParam('displaySlices', params.LabelParam, label='Central slices',
                       help="Central xy, xz and yz slices of the reference and of every "
                            "aligned volume.")
+        form.addParam('metricsVolumes', params.IntParam, default=4,
+                      validators=[params.Positive], label='Volumes for the rank metrics',
+                      help="The landscape metrics against H use this many input volumes "
+                           "(the first ones).")
+        form.addParam('displayRankMetrics', params.LabelParam,
+                      label='Landscape accuracy versus H (paper Fig. 11)',
+                      help="Relative Frobenius error, correlation and mean backward-error "
+                           "percentile of the compressed landscapes (H principal shells and "
+                           "degrees) against the unreduced ones, computed now on the input "
+                           "volumes. A low error is not needed: the correlation and the "
+                           "percentile near 1 say the compressed search finds the right "
+                           "rotation.")
 
     def _getVisualizeDict(self):
         return {'displaySpectra': self._showSpectra, 'displayScores': self._showScores,
-                'displaySlices': self._showSlices}
+                'displaySlices': self._showSlices, 'displayRankMetrics': self._showRankMetrics}
 
     def _showSpectra(self, paramName=None):
         result = self.protocol._results()[0]
@@ -260,4 +276,28 @@ class CryoHessAlignVolumesViewer(ProtocolViewer):
                 axes.imshow(section, cmap='gray')
                 axes.set_xticks([])
                 axes.set_yticks([])
+        return [plotter]
+
+    def _showRankMetrics(self, paramName=None):
+        from cryohess_plugin.core.alignment import VolumeAligner
+        from cryohess_plugin.core.alignment.metrics import volume_rank_metrics
+        reference, pixel = convert.volume_to_array(self.protocol.referenceVolume.get())
+        chosen = self.protocol._inputVolumeList()[:self.metricsVolumes.get()]
+        volumes = np.stack([convert.volume_to_array(volume, pixel)[0] for volume in chosen])
+        aligner = VolumeAligner(reference, resolution=self.protocol.maxResolution.get() or None,
+                                pixel_size=pixel)
+        full = max(aligner.shells.n_shells, aligner.shells.max_degree + 1)
+        ranks = [rank for rank in RANK_SWEEP if rank < full] + [full]
+        metrics = volume_rank_metrics(aligner, volumes, ranks)
+        plotter = EmPlotter(x=1, y=3, mainTitle='Compressed against unreduced landscapes, '
+                            '%d volumes' % len(volumes), figsize=(12, 4))
+        for values, label in (([m.relative_error for m in metrics], 'relative Frobenius error'),
+                              ([m.correlation for m in metrics], 'correlation'),
+                              ([m.backward_error for m in metrics],
+                               'mean backward-error percentile')):
+            axes = plotter.createSubPlot(label, 'H = H_C = H_D', label)
+            axes.plot(ranks, values, 'o-')
+            axes.axvline(max(aligner.ranks), color='k', linestyle='--',
+                         label='automatic ranks %s' % (aligner.ranks,))
+            axes.legend()
         return [plotter]

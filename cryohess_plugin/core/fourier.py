@@ -26,8 +26,18 @@ import scipy.special
 from .errors import InvalidDataError
 from .kernels import fourier_cpu
 
-#: Threads of every scipy FFT in the core.
-FFT_WORKERS = os.cpu_count() or 1
+_fft_workers = os.cpu_count() or 1
+
+
+def fft_workers():
+    """Threads of every scipy FFT in the core (all cores unless a caller limited them)."""
+    return _fft_workers
+
+
+def set_fft_workers(count):
+    """Limit the threads of the core's FFTs (a protocol step sets its own thread count)."""
+    global _fft_workers
+    _fft_workers = max(1, int(count))
 
 #: The complex dtype that goes with each real working precision.
 COMPLEX_DTYPES = {np.dtype(np.float32): np.dtype(np.complex64),
@@ -101,14 +111,14 @@ def centred_fftn(x, axes=None):
     """Centred, non-unitary forward FFT over ``axes`` (default: all)."""
     axes = tuple(range(np.ndim(x))) if axes is None else tuple(axes)
     shifted = scipy.fft.ifftshift(x, axes=axes)
-    return scipy.fft.fftshift(scipy.fft.fftn(shifted, axes=axes, workers=FFT_WORKERS), axes=axes)
+    return scipy.fft.fftshift(scipy.fft.fftn(shifted, axes=axes, workers=fft_workers()), axes=axes)
 
 
 def centred_ifftn(spectrum, axes=None):
     """Inverse of :func:`centred_fftn` (carries the ``1 / n^d`` factor)."""
     axes = tuple(range(np.ndim(spectrum))) if axes is None else tuple(axes)
     shifted = scipy.fft.ifftshift(spectrum, axes=axes)
-    return scipy.fft.fftshift(scipy.fft.ifftn(shifted, axes=axes, workers=FFT_WORKERS), axes=axes)
+    return scipy.fft.fftshift(scipy.fft.ifftn(shifted, axes=axes, workers=fft_workers()), axes=axes)
 
 
 def real_filter_frequencies(height, width):
@@ -132,8 +142,8 @@ def filter_real(images, multiplier):
     images = np.asarray(images)
     height, width = images.shape[-2:]
     dtype = images.dtype if images.dtype == np.float32 else np.float64
-    spectrum = scipy.fft.rfft2(images, workers=FFT_WORKERS) * multiplier
-    out = scipy.fft.irfft2(spectrum, s=(height, width), workers=FFT_WORKERS)
+    spectrum = scipy.fft.rfft2(images, workers=fft_workers()) * multiplier
+    out = scipy.fft.irfft2(spectrum, s=(height, width), workers=fft_workers())
     return out.astype(dtype, copy=False)
 
 
@@ -345,12 +355,12 @@ class HalfPlane:
         scale = np.where(self.kx == 0, self.multiplicity, 1.0) * self.centring
         fourier_cpu.scatter_rows(flat_values, scale.astype(dtype), self.flat_index, half)
         half = half.reshape(-1, self.box, self.box // 2 + 1)
-        images = scipy.fft.irfft2(half, s=(self.box, self.box), workers=FFT_WORKERS)
+        images = scipy.fft.irfft2(half, s=(self.box, self.box), workers=fft_workers())
         return images.reshape(values.shape[:-1] + (self.box, self.box))
 
     def _gather(self, images, factor):
         images = np.asarray(images)
-        spectra = scipy.fft.rfft2(images.reshape(-1, self.box, self.box), workers=FFT_WORKERS)
+        spectra = scipy.fft.rfft2(images.reshape(-1, self.box, self.box), workers=fft_workers())
         spectra = spectra.reshape(spectra.shape[0], -1)
         out = np.empty((spectra.shape[0], self.size), dtype=spectra.dtype)
         fourier_cpu.gather_rows(spectra, factor.astype(spectra.dtype), self.flat_index, out)

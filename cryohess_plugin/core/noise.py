@@ -112,9 +112,9 @@ def noise_images(rng, shape, sigma, spectrum=None, dtype=np.float32):
     white = rng.standard_normal(shape, dtype=np.float32 if dtype == np.float32 else np.float64)
     if spectrum is None:
         return (white * sigma).astype(dtype, copy=False)
-    shaped = scipy.fft.irfft2(scipy.fft.rfft2(white, workers=fourier.FFT_WORKERS)
+    shaped = scipy.fft.irfft2(scipy.fft.rfft2(white, workers=fourier.fft_workers())
                               * np.sqrt(_relative_power(box, spectrum)), s=shape[-2:],
-                              workers=fourier.FFT_WORKERS)
+                              workers=fourier.fft_workers())
     return (shaped * sigma).astype(dtype, copy=False)
 
 

@@ -234,7 +234,7 @@ class _OversampledWindow:
         along_x = (flat @ self.x_transform).view(self.complex_dtype).reshape(n, box, -1)
         along_x *= self.y_deapodization
         spectra = scipy.fft.fft(along_x, n=self.size, axis=1, overwrite_x=True,
-                                workers=fourier.FFT_WORKERS)
+                                workers=fourier.fft_workers())
         # C order for the kernel, whatever layout the FFT returned.
         windows = np.empty((n, self.rows.size, spectra.shape[2]), dtype=self.complex_dtype)
         return np.multiply(spectra[:, self.rows], self.row_phase, out=windows)

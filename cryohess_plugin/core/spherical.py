@@ -96,22 +96,25 @@ def wigner_d(degree, beta):
     return ((vectors * phases[..., None, :]) @ vectors.conj().T).real
 
 
-def wigner_d_grid(degree, n_angles):
+def wigner_d_grid(degree, n_angles, nonnegative=False):
     """``d^l(β_j)`` for ``β_j = 2 π j / n_angles``, ``j = 0 .. n_angles // 2`` (``β`` in [0, π]).
 
     ``d^l(β) = Σ_λ c_λ exp(-i λ β)`` with ``c_λ = U[:, λ] U[:, λ]^H``, so the
     whole grid is one FFT over ``λ`` (needs ``n_angles >= 2 l + 1``).
 
-    :returns: ``(n_angles // 2 + 1, 2l + 1, 2l + 1)`` real.
+    :param nonnegative: only the columns ``m2 = 0 .. l`` (half the work).
+    :returns: ``(n_angles // 2 + 1, 2l + 1, 2l + 1)`` real, or ``(..., 2l + 1, l + 1)``.
     """
     if n_angles < 2 * degree + 1:
         raise InvalidDataError(f"{n_angles} angles cannot resolve degree {degree}")
     eigenvalues, vectors = wigner_eigensystem(degree)
     size = 2 * degree + 1
-    coefficients = np.zeros((n_angles, size, size), dtype=np.complex128)
+    columns = vectors.conj().T[:, degree:] if nonnegative else vectors.conj().T
+    coefficients = np.zeros((n_angles, size, columns.shape[1]), dtype=np.complex128)
     coefficients[eigenvalues.astype(np.int64) % n_angles] = (
-        vectors.T[:, :, None] * vectors.conj().T[:, None, :])
-    return scipy.fft.fft(coefficients, axis=0)[:n_angles // 2 + 1].real
+        vectors.T[:, :, None] * columns[:, None, :])
+    return scipy.fft.fft(coefficients, axis=0, workers=fourier.fft_workers())[
+        :n_angles // 2 + 1].real
 
 
 def landscape_rotation(alpha, beta, gamma):
@@ -325,11 +328,27 @@ class SphericalTransform:
             raise ShapeError(f"volume box {volume.shape[0]} differs from the shells' box "
                              f"{shells.box}; resample the volume to that box")
         if self.grid_box < shells.box:
-            spectrum = fourier.crop_centred(fourier.centred_fftn(volume), self.grid_box)
-            volume = fourier.centred_ifftn(spectrum).real
+            volume = self._cropped(volume)
         grid = self.operator.volume_to_grid(volume)
         values = self.operator.slices(grid, self._rotations, self._u, self._v)
         return np.moveaxis(values.reshape(shells.n_orders, shells.n_shells, shells.n_theta), 0, -1)
+
+    def _cropped(self, volume):
+        """``centred_ifftn(crop_centred(centred_fftn(volume), grid_box)).real`` from one real FFT.
+
+        The cropped spectrum's negative ``kz`` half comes from Hermitian symmetry of
+        the real volume's transform, so only ``rfftn`` runs on the large box.
+        """
+        box, size = volume.shape[0], self.grid_box
+        half = scipy.fft.rfftn(scipy.fft.ifftshift(volume), workers=fourier.fft_workers())
+        frequencies = scipy.fft.ifftshift(np.arange(-(size // 2), size - size // 2))
+        upper = frequencies >= 0
+        spectrum = np.empty((size,) * 3, dtype=half.dtype)
+        spectrum[:, :, upper] = half[np.ix_(frequencies % box, frequencies % box,
+                                            frequencies[upper])]
+        spectrum[:, :, ~upper] = np.conj(half[np.ix_(-frequencies % box, -frequencies % box,
+                                                     -frequencies[~upper])])
+        return scipy.fft.fftshift(scipy.fft.ifftn(spectrum, workers=fourier.fft_workers()).real)
 
     def coefficients(self, volume):
         """Spherical-harmonic coefficients ``(R, L + 1, n_orders)`` of ``volume``."""

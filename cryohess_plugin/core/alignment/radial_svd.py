@@ -93,7 +93,7 @@ import scipy.fft
 from .. import rotations as rot
 from ..contrast import polarity_from_scores
 from ..errors import InvalidDataError, MissingMetadataError, ShapeError
-from ..fourier import FFT_WORKERS, frequency_for_resolution, working_dtypes
+from ..fourier import fft_workers, frequency_for_resolution, working_dtypes
 from ..kernels import alignment_cpu, alignment_pruned_cpu, resolve_backend
 from ..kernels.alignment_cpu import SearchStatistics
 from ..progress import Reporter
@@ -604,10 +604,10 @@ class RadialSVDAligner:
                 squared = (np.square(part.real, dtype=self.dtype)
                            + np.square(part.imag, dtype=self.dtype) if np.iscomplexobj(part)
                            else np.square(part, dtype=self.dtype))
-                part = scipy.fft.rfft(squared, axis=-1, norm="forward", workers=FFT_WORKERS)
+                part = scipy.fft.rfft(squared, axis=-1, norm="forward", workers=fft_workers())
             else:
                 part = scipy.fft.fft(part.astype(self.complex_dtype, copy=False), axis=-1,
-                                     norm="forward", workers=FFT_WORKERS)
+                                     norm="forward", workers=fft_workers())
             out[:, start:start + _FFT_CHUNK] = part[..., :half].transpose(1, 0, 2)
         return out
 
@@ -722,7 +722,7 @@ class RadialSVDAligner:
         n_angles = self.grid.n_angles
         polar = np.ascontiguousarray(polar, dtype=self.complex_dtype)
         rings = _project_rings(projections.image, polar)
-        coefficients = scipy.fft.fft(rings, axis=-1, workers=FFT_WORKERS)[..., 1:n_angles // 2]
+        coefficients = scipy.fft.fft(rings, axis=-1, workers=fft_workers())[..., 1:n_angles // 2]
         coefficients /= n_angles
         zero = polar.mean(axis=-1).real @ projections.image_zero.T
         return coefficients.astype(self.complex_dtype), zero
@@ -901,7 +901,7 @@ class RadialSVDAligner:
             shifted = part if phases is None else part * phases[None]
             out[chunk] = scipy.fft.fft(shifted, axis=-1,
                                        overwrite_x=ctf is not None or phases is not None,
-                                       norm="forward", workers=FFT_WORKERS)[..., :half]
+                                       norm="forward", workers=fft_workers())[..., :half]
         return out
 
     def _compress_coefficients(self, full, projections):

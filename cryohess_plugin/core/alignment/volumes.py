@@ -42,6 +42,7 @@ with its exact gradient, and the score is its value there over the norms.
 Without refinement the score is the same exact value at the grid rotation,
 from eq. (97) applied to the reference.
 """
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,7 +50,7 @@ import scipy.fft
 import scipy.ndimage
 import scipy.optimize
 
-from .. import spherical
+from .. import fourier, spherical
 from ..errors import InvalidDataError, ShapeError
 from ..fourier import working_dtypes
 from ..kernels import resolve_backend, volume_cpu
@@ -230,21 +231,26 @@ class VolumeAligner:
         weighted = weighted.reshape(degrees, -1)
         degree = (weighted.conj() @ weighted.T).real
         degree[0, :] = degree[:, 0] = 0.0
-        self.radial_eigenvalues, radial_vectors = _eigen_descending(radial)
-        self.degree_eigenvalues, degree_vectors = _eigen_descending(degree)
-        self.ranks = (_rank(self.radial_eigenvalues, tolerance, radial_rank, "radial"),
-                      _rank(self.degree_eigenvalues, tolerance, degree_rank, "degree"))
-        self._radial_basis = np.ascontiguousarray(
-            (radial_vectors[:, :self.ranks[0]] * eta[:, None]).T, dtype=self.dtype)  # u_h η_r
-        kept = degree_vectors[:, :self.ranks[1]]
-        self.band = self._compressed_band(kept)
-        band = self.band
-        self._degree_basis = np.ascontiguousarray(kept[:band + 1].T, dtype=self.dtype)  # v_z[l]
+        self.radial_eigenvalues, self._radial_vectors = _eigen_descending(radial)
+        self.degree_eigenvalues, self._degree_vectors = _eigen_descending(degree)
         self.alpha = 2 * np.pi * np.arange(n) / n
         self.beta = 2 * np.pi * np.arange(n // 2 + 1) / n
+        self._set_ranks(_rank(self.radial_eigenvalues, tolerance, radial_rank, "radial"),
+                        _rank(self.degree_eigenvalues, tolerance, degree_rank, "degree"))
+        self._build_tables()
+
+    def _set_ranks(self, radial_rank, degree_rank):
+        """The compressed method's principal shells, degrees, band and reference at these ranks."""
+        self.ranks = (radial_rank, degree_rank)
+        eta = np.sqrt(self.shells.weights)
+        self._radial_basis = np.ascontiguousarray(
+            (self._radial_vectors[:, :radial_rank] * eta[:, None]).T, dtype=self.dtype)  # u_h η_r
+        kept = self._degree_vectors[:, :degree_rank]
+        self.band = band = self._compressed_band(kept)
+        self._degree_basis = np.ascontiguousarray(kept[:band + 1].T, dtype=self.dtype)  # v_z[l]
         # The compressed method only touches degrees and orders up to the band:
         # m1 = -L_c .. L_c at row m1 + L_c, m2 = 0 .. L_c.
-        self._band_orders = np.arange(-band, band + 1) % n
+        self._band_orders = np.arange(-band, band + 1) % self.shells.n_orders
         compressed_reference = self._compress(
             self._reference[:, :band + 1][:, :, self._band_orders[band:]])  # (H_C, l, m2)
         self._compressed_reference = np.ascontiguousarray(
@@ -253,7 +259,14 @@ class VolumeAligner:
         #: compressed landscape's own sampling grid, ``>= 2 L_c + 1``.
         self.search_orders = scipy.fft.next_fast_len(2 * band + 1)
         self._compressed_tables = {}
-        self._build_tables()
+
+    def with_ranks(self, radial_rank, degree_rank):
+        """This aligner at fixed ranks ``(H_C, H_D)``, sharing the reference's transform,
+        kernels and unreduced tables (cheap: for sweeps over the rank)."""
+        other = copy.copy(self)
+        other._set_ranks(_rank(self.radial_eigenvalues, None, radial_rank, "radial"),
+                         _rank(self.degree_eigenvalues, None, degree_rank, "degree"))
+        return other
 
     # ------------------------------------------------------------------ set-up
     def _compressed_band(self, kept):
@@ -279,7 +292,7 @@ class VolumeAligner:
             basis = self._degree_basis.astype(np.float64)  # (H_D, L_c + 1)
             table = np.zeros((n // 2 + 1, basis.shape[0], 2 * band + 1, band + 1))
             for l in range(band + 1):
-                d = spherical.wigner_d_grid(l, n)[:, :, l:]  # (β, m1 = -l..l, m2 = 0..l)
+                d = spherical.wigner_d_grid(l, n, nonnegative=True)  # (β, m1 = -l..l, m2 = 0..l)
                 table[:, :, band - l:band + l + 1, :l + 1] += \
                     basis[None, :, l, None, None] * d[:, None]
             self._compressed_tables[n] = self._kernels.upload(table.astype(self.dtype))
@@ -300,7 +313,7 @@ class VolumeAligner:
         for l in range(degrees):
             rows = (np.arange(-l, l + 1) % n)[:, None]
             cols = np.arange(l + 1)[None, :]
-            d = spherical.wigner_d_grid(l, n)[:, :, l:]  # (β, m1 = -l..l, m2 = 0..l)
+            d = spherical.wigner_d_grid(l, n, nonnegative=True)  # (β, m1 = -l..l, m2 = 0..l)
             ragged[offsets[rows, cols] + l - first[rows, cols]] = np.moveaxis(d, 0, -1)
         upload = self._kernels.upload
         self._ragged_table = upload(ragged.astype(self.dtype))
@@ -360,7 +373,7 @@ class VolumeAligner:
     def _grid_values(hat):
         """Step 3: ``X[β, α, γ]`` from ``X̂`` ``(n_β, n, n // 2 + 1)`` by a Hermitian 2-D FFT per ``β``."""
         n = hat.shape[1]
-        return scipy.fft.hfft2(hat, s=(n, n), axes=(1, 2), workers=-1)
+        return scipy.fft.hfft2(hat, s=(n, n), axes=(1, 2), workers=fourier.fft_workers())
 
     def _samples(self, volume, name="volume"):
         """Shell samples of a validated volume of the reference's box."""

@@ -18,9 +18,14 @@ class BackendUnavailableError(CryoHessError, RuntimeError):
     """CUDA was requested but no CUDA device is usable."""
 
 
+def cudasim_active():
+    """True when numba's CUDA simulator stands in for a device (tests of the CUDA kernels)."""
+    return os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+
+
 def cuda_available():
     """True when numba can run CUDA kernels here (a device, or the simulator)."""
-    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+    if cudasim_active():
         return True
     try:
         from numba import cuda
