@@ -15,8 +15,9 @@ from cryohess_plugin import convert
 from cryohess_plugin.constants import (ALIGN_SCORE, ALIGN_TEMPLATE, CTF_GROUP, RANK_FIXED,
                                        RANK_TOLERANCE, REFERENCE_2D, REFERENCE_VOLUME,
                                        REFINED_ANGLE_CHANGE, REFINED_SHIFT_CHANGE)
-from cryohess_plugin.core.alignment import (PAPER_MAX_FREQUENCY, AlignmentResult,
-                                            alignment_grid)
+from cryohess_plugin.core.alignment import (DEFAULT_SHIFT_STEP, PAPER_MAX_FREQUENCY,
+                                            SHIFT_RANGE_FRACTION, AlignmentResult,
+                                            alignment_grid, resolve_max_shift)
 from cryohess_plugin.core.rotations import viewing_grid
 
 from .protocol_base import CryoHessProtocolMixin
@@ -101,12 +102,20 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
                            "band, %.1f Fourier pixels (K = 48), capped at Nyquist. The "
                            "number of rings R and of in-plane angles Q follow from it "
                            "(R = ceil(pi f) + 1, Q = 2 R)." % PAPER_MAX_FREQUENCY)
-        form.addParam('maxShift', params.FloatParam, default=3.0,
-                      validators=[params.GE(0.0)], label='Max shift (px)',
-                      help="Particle-centre offsets up to this radius are searched.")
-        form.addParam('shiftStep', params.FloatParam, default=1.0,
+        form.addParam('maxShift', params.FloatParam, default=-1.0,
+                      validators=[params.GE(-1.0)], label='Max shift (px)',
+                      help="Particle-centre offsets up to this radius are searched. -1 "
+                           "(default): %g %% of the box, as picks are usually off by a few "
+                           "percent of it (6.4 px at 128 px, 12.8 px at 256 px). A radial-SVD "
+                           "search over a coarse lattice of shifts (a quarter of the band's "
+                           "shortest period apart) picks each particle's best few references; "
+                           "the factorised translation kernel (FTK) then scores them over the "
+                           "whole disc at the shift step below and every in-plane angle. 0 "
+                           "searches the centred particles only."
+                           % (100 * SHIFT_RANGE_FRACTION))
+        form.addParam('shiftStep', params.FloatParam, default=DEFAULT_SHIFT_STEP,
                       validators=[params.Positive], label='Shift step (px)',
-                      help="Spacing of the searched shifts.")
+                      help="Spacing of the shifts the FTK scores (sub-pixel by default).")
         form.addParam('useCtf', params.BooleanParam, default=True, label='Use CTF?',
                       help="Multiply every particle by its own CTF (astigmatism and phase "
                            "shift included; |CTF| for phase-flipped sets) and compare it "
@@ -233,11 +242,11 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
         """Align the first particles as given and negated; stop if they look dark."""
         from cryohess_plugin.core.alignment import polarity_against_templates
         from cryohess_plugin.core.storage import save_fields
-        particles, imagePolar, aligner = self._particlesAndAligner(POLARITY_PARTICLES)
+        particles, imagePolar, search = self._particlesAndSearch(POLARITY_PARTICLES)
         if len(particles.ids) < 2:
             self.info("Polarity check skipped: it needs at least 2 particles")
             return
-        test = polarity_against_templates(aligner, imagePolar, particles.ctfs,
+        test = polarity_against_templates(search, imagePolar, particles.ctfs,
                                           particles.pixel_size)
         self.info("Polarity: the first %d particles against their negatives, z = %.1f"
                   % (len(particles.ids), test.z_score))
@@ -246,16 +255,16 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
     def alignBatchStep(self, index, first, count, digest):
         """Align particles ``first .. first + count - 1`` (in id order) against the references."""
         started = time.perf_counter()
-        particles, imagePolar, aligner = self._particlesAndAligner(
+        particles, imagePolar, search = self._particlesAndSearch(
             count, first, rank=self._fixedRank(), tolerance=self.rankTolerance.get(),
             ctf_tolerance=self.ctfTolerance.get())
-        result = aligner.align(imagePolar, ctf_params=particles.ctfs,
-                               pixel_size=particles.pixel_size,
-                               progress=self._progressLog("Batch %d: " % (index + 1)))
+        result = search.align(imagePolar, ctf_params=particles.ctfs,
+                              pixel_size=particles.pixel_size,
+                              progress=self._progressLog("Batch %d: " % (index + 1)))
         result.ids = particles.ids
         result.save(self._getFileName('batch', index=index))
         self.info("Batch %d: %d particles x %d references in %.1f s (H = %s)"
-                  % (index + 1, count, aligner.n_templates, time.perf_counter() - started,
+                  % (index + 1, count, search.n_templates, time.perf_counter() - started,
                      ", ".join(str(h) for h in result.ranks)))
 
     def refineBatchStep(self, index, first, count, digest):
@@ -285,18 +294,19 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
             self._parallelStepSet(), need_ctf=self._withCtf(), need_alignment=False,
             limit=count, skip=first)
 
-    def _particlesAndAligner(self, count, first=0, **options):
-        """Particles ``first .. first + count - 1``, their polar samples, and an aligner
-        against the references with the form's shifts and ``options``."""
+    def _particlesAndSearch(self, count, first=0, **options):
+        """Particles ``first .. first + count - 1``, their polar samples, and the search
+        against the references over the form's shifts, with aligner ``options``."""
         from cryohess_plugin.core import polar
-        from cryohess_plugin.core.alignment import RadialSVDAligner
+        from cryohess_plugin.core.alignment import ParticleSearch
         self._setDevices()
         particles = self._particles(count, first)
         grid = self._grid()
-        aligner = RadialSVDAligner(grid, np.load(self._getFileName('references'))['templates'],
-                                   shifts=self._shifts(), backend=self._backend(), **options)
+        search = ParticleSearch(grid, np.load(self._getFileName('references'))['templates'],
+                                self._maxShift(), self.shiftStep.get(),
+                                backend=self._backend(), **options)
         return (particles, polar.polar_transform(particles.images, grid, backend=self._backend()),
-                aligner)
+                search)
 
     def createOutputStep(self, digest):
         from cryohess_plugin.core.rotations import in_plane_rotations
@@ -396,8 +406,8 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
                 % (self.angularStep, count, size / 1e9, STEP_MEMORY_FACTOR * size / 1e9))
         warnings += self._resourceWarnings(size, STEP_MEMORY_FACTOR * size,
                                            "use a coarser angular step")
-        if self.maxShift.get() >= box / 2:
-            warnings.append(self._shiftRangeWarning("particles", box, self.maxShift.get(),
+        if self._maxShift(box) >= box / 2:
+            warnings.append(self._shiftRangeWarning("particles", box, self._maxShift(box),
                                                     self.shiftStep.get(), 2))
         return warnings
 
@@ -441,7 +451,7 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
                 % (self.inputParticles.get().getSize(), self._referenceText(),
                    grid.n_rings, grid.n_angles,
                    grid.box * self.inputParticles.get().getSamplingRate() / grid.max_frequency,
-                   self.maxShift, self.shiftStep,
+                   self._maxShift(), self.shiftStep,
                    " with the particles' CTFs" if self._withCtf() else "")
                 + self._refinementMethods()]
 
@@ -471,9 +481,10 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
                               pixel or inputParticles.getSamplingRate(),
                               self.maxResolution.get() or None)
 
-    def _shifts(self):
-        from cryohess_plugin.core.alignment import shift_grid
-        return shift_grid(self.maxShift.get(), self.shiftStep.get())
+    def _maxShift(self, box=None):
+        """The searched shift radius in pixels: the form's, or its default for the box."""
+        return resolve_max_shift(self.maxShift.get(),
+                                 box or self.inputParticles.get().getXDim())
 
     def _referenceText(self):
         if self._fromVolume():

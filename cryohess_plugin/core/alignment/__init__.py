@@ -10,9 +10,9 @@ from .radial_svd import (KERNEL_CENTRINGS, MIN_RANK, PAPER_MAX_FREQUENCY, Alignm
                          RadialSVDAligner, alignment_grid, choose_rank, group_ctfs,
                          polarity_against_templates, projection_templates, radial_kernel,
                          rotations_from_alignment, shift_grid)
-from .translations import (SHIFT_RANGE_FRACTION, PolarShifts, TranslationFactorization,
-                           align_translations, coarse_shift_step, default_max_shift,
-                           translation_aware_kernel)
+from .translations import (DEFAULT_SHIFT_STEP, SHIFT_RANGE_FRACTION, ParticleSearch, PolarShifts,
+                           TranslationFactorization, align_translations, coarse_shift_step,
+                           default_max_shift, resolve_max_shift, translation_aware_kernel)
 from .volumes import VolumeAligner, VolumeAlignmentResult, rotate_volume, shell_grid, table_bytes
 
 __all__ = ["LandscapeMetrics", "backward_percentiles", "landscape_metrics",
@@ -21,8 +21,8 @@ __all__ = ["LandscapeMetrics", "backward_percentiles", "landscape_metrics",
            "RadialSVDAligner", "alignment_grid", "choose_rank", "group_ctfs",
            "polarity_against_templates", "projection_templates", "radial_kernel",
            "rotations_from_alignment", "shift_grid",
-           "SHIFT_RANGE_FRACTION", "PolarShifts", "TranslationFactorization",
-           "align_translations", "coarse_shift_step", "default_max_shift",
+           "DEFAULT_SHIFT_STEP", "SHIFT_RANGE_FRACTION", "ParticleSearch", "PolarShifts", "TranslationFactorization",
+           "align_translations", "coarse_shift_step", "default_max_shift", "resolve_max_shift",
            "translation_aware_kernel",
            "VolumeAligner", "VolumeAlignmentResult", "rotate_volume", "shell_grid",
            "table_bytes"]

@@ -1003,7 +1003,8 @@ def polarity_against_templates(aligner, image_polar, ctf_params=None, pixel_size
     better than their negatives do; a search maximises the correlation, so a
     dark particle also finds a positive best score, and only the comparison
     with its negative tells the sign.  The images and their negatives are
-    aligned in one call of ``aligner`` (:meth:`RadialSVDAligner.align`, with
+    aligned in one call of ``aligner`` (:meth:`RadialSVDAligner.align`, or
+    :meth:`.translations.ParticleSearch.align` for the search a run uses, with
     the images' CTFs).
 
     :param image_polar: ``(n, R, Q)`` polar samples of a few particles (``n >= 2``).

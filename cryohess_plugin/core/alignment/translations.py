@@ -88,7 +88,7 @@ from ..kernels import resolve_backend, translations_cpu
 from ..polar import PolarGrid, ctf_on_grid
 from ..kernels.alignment_cpu import SearchStatistics
 from ..progress import Reporter
-from .radial_svd import AlignmentResult
+from .radial_svd import AlignmentResult, RadialSVDAligner, shift_grid
 
 #: Default radius of the searched shift disc, as a fraction of the box.
 SHIFT_RANGE_FRACTION = 0.05
@@ -119,6 +119,55 @@ def coarse_shift_step(grid):
 def default_max_shift(box):
     """Default shift-search radius in pixels for a ``box``-pixel particle."""
     return SHIFT_RANGE_FRACTION * float(box)
+
+
+def resolve_max_shift(max_shift, box):
+    """The searched radius in pixels: ``max_shift``, or :func:`default_max_shift` of the
+    ``box`` when ``max_shift`` is negative (the protocols' "default" value)."""
+    return default_max_shift(box) if max_shift < 0 else float(max_shift)
+
+
+class ParticleSearch:
+    """Best template, in-plane angle and shift of particles within ``max_shift`` pixels.
+
+    With ``max_shift > 0`` the search of :func:`align_translations`: a radial-SVD
+    search over the coarse lattice (``shift_grid(max_shift, coarse_shift_step(grid))``,
+    no full-rank re-scoring there) picks each image's candidates, and the FTK scores
+    them over the disc ``PolarShifts.disc(max_shift, shift_step)``.  With
+    ``max_shift == 0`` the radial-SVD search at the zero shift alone.
+
+    :param options: further arguments of :class:`.radial_svd.RadialSVDAligner`
+        (rank, tolerance, ctf_tolerance, backend, ...).
+    """
+
+    def __init__(self, grid, template_polar, max_shift, shift_step=DEFAULT_SHIFT_STEP,
+                 **options):
+        self.grid = grid
+        self.template_polar = np.asarray(template_polar)
+        self.max_shift = float(max_shift)
+        if self.max_shift > 0:
+            self.shifts = PolarShifts.disc(self.max_shift, shift_step)
+            self.aligner = RadialSVDAligner(
+                grid, self.template_polar, refine_candidates=0,
+                shifts=shift_grid(self.max_shift, coarse_shift_step(grid)), **options)
+        else:
+            self.shifts = None
+            self.aligner = RadialSVDAligner(grid, self.template_polar,
+                                            shifts=shift_grid(self.max_shift), **options)
+
+    @property
+    def n_templates(self):
+        return self.aligner.n_templates
+
+    def align(self, image_polar, ctf_params=None, pixel_size=None, progress=None):
+        """:class:`.radial_svd.AlignmentResult` of ``image_polar`` ``(n, R, Q)``, each image
+        with its own CTF (``ctf_params``, or None for none)."""
+        if self.shifts is None:
+            return self.aligner.align(image_polar, ctf_params=ctf_params,
+                                      pixel_size=pixel_size, progress=progress)
+        return align_translations(self.aligner, self.template_polar, image_polar, self.shifts,
+                                  ctf_params=ctf_params, pixel_size=pixel_size,
+                                  progress=progress)
 
 
 @dataclass(frozen=True)
