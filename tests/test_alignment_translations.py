@@ -20,9 +20,10 @@ from cryohess_plugin.core.polar import PolarGrid, polar_transform, ring_coeffici
 from cryohess_plugin.core.synthetic import simulate
 from cryohess_plugin.core.alignment.radial_svd import RadialSVDAligner, radial_kernel, shift_grid
 from cryohess_plugin.core.alignment.translations import (
-    PolarShifts, TranslationFactorization, align_translations, coarse_shift_step,
-    angle_landscapes, default_max_shift, direction_spectra, shift_weights,
-    translation_aware_kernel, translation_spectra, _pruned_best)
+    ParticleSearch, PolarShifts, TranslationFactorization, align_translations,
+    coarse_shift_step, angle_landscapes, default_max_shift, direction_spectra,
+    resolve_max_shift, shift_weights, translation_aware_kernel, translation_spectra,
+    _pruned_best)
 
 # The radial-SVD tests' data: 64 px phantom, the paper's band, the 993 projections.
 from .test_alignment_radial_svd import (BOX, MAX_FREQUENCY, PIXEL,  # noqa: F401 (fixtures)
@@ -162,6 +163,34 @@ def test_recovers_subpixel_shifts_of_projections(grid, projector, templates):
     np.testing.assert_allclose(result.angle, 0.0, atol=1e-12)
     np.testing.assert_allclose(result.shift, true_shift, atol=1e-9)
     np.testing.assert_allclose(result.score, 1.0, atol=2e-3)
+
+
+def test_particle_search_resolves_the_default_disc_and_finds_subpixel_shifts(
+        grid, projector, templates):
+    """The protocols' search: -1 is 5 % of the box; its FTK finds the projections'
+    sub-pixel shifts, and 0 is the centred radial-SVD search unchanged."""
+    template_rotations, template_polar = templates
+    assert resolve_max_shift(-1.0, BOX) == pytest.approx(0.05 * BOX)
+    assert resolve_max_shift(2.5, BOX) == 2.5
+    search = ParticleSearch(grid, template_polar, resolve_max_shift(-1.0, BOX), 0.5,
+                            backend="cpu")
+    assert search.aligner.refine_candidates == 0
+    np.testing.assert_allclose(search.aligner.shifts,
+                               shift_grid(0.05 * BOX, coarse_shift_step(grid)))
+    rng = np.random.default_rng(12)
+    true_shift = search.shifts.shifts[rng.integers(1, len(search.shifts), 8)]
+    picked = rng.integers(0, len(template_rotations), 8)
+    images = projector.project_polar(template_rotations[picked], grid.radii, grid.n_angles,
+                                     shifts=true_shift)
+    result = search.align(images)
+    np.testing.assert_array_equal(result.template, picked)
+    np.testing.assert_allclose(result.shift, true_shift, atol=1e-9)
+    centred = projector.project_polar(template_rotations[picked], grid.radii, grid.n_angles)
+    unshifted = ParticleSearch(grid, template_polar, 0.0, 0.5, backend="cpu").align(centred)
+    plain = RadialSVDAligner(grid, template_polar, backend="cpu").align(centred)
+    np.testing.assert_array_equal(unshifted.template, plain.template)
+    np.testing.assert_array_equal(unshifted.score, plain.score)
+    np.testing.assert_array_equal(unshifted.shift, 0.0)
 
 
 def test_same_poses_as_the_explicit_shift_loop(grid, volume, templates):

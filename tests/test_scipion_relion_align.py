@@ -38,7 +38,7 @@ from .relion_star import import_relion, write_relion_star
 from .scipion_base import CryoHessTestCase
 
 BOX, PIXEL = 64, 1.5
-MAX_SHIFT = 3.0  # px, the protocol's default
+MAX_SHIFT = 3.0  # px, the searched radius; picks lie within it
 RESOLUTION = 5.0  # Å, the alignment band
 GRID_STEP = 7.5  # degrees: the 993-direction grid
 

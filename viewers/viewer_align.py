@@ -171,7 +171,7 @@ class _Subset:
 
     def __init__(self, protocol, count):
         from cryohess_plugin.core import polar
-        from cryohess_plugin.core.alignment import RadialSVDAligner
+        from cryohess_plugin.core.alignment import ParticleSearch
         particles = convert.particles_to_arrays(protocol.inputParticles.get(),
                                                 need_ctf=protocol._withCtf(),
                                                 need_alignment=False, limit=count)
@@ -181,10 +181,12 @@ class _Subset:
         self.pixelSize = particles.pixel_size
         templates = np.load(protocol._getFileName('references'))['templates']
         self.referenceCount = len(templates)
-        self.aligner = RadialSVDAligner(grid, templates, tolerance=protocol.rankTolerance.get(),
-                                        shifts=protocol._shifts(),
-                                        ctf_tolerance=protocol.ctfTolerance.get(),
-                                        backend="cpu")
+        # The run's radial-SVD stage (its coarse shift lattice), the one H drives.
+        self.aligner = ParticleSearch(grid, templates, protocol._maxShift(),
+                                      protocol.shiftStep.get(),
+                                      tolerance=protocol.rankTolerance.get(),
+                                      ctf_tolerance=protocol.ctfTolerance.get(),
+                                      backend="cpu").aligner
         result = protocol._loadResults()
         self.shifts = result.shift[:count]
 
