@@ -10,6 +10,16 @@
   url = "https://arxiv.org/abs/2202.07235"
 }
 
+@article{Rangan2020factorization,
+  title = "Factorization of the translation kernel for fast rigid image alignment",
+  author = "Rangan, Aaditya and Spivak, Marina and And{\'e}n, Joakim and Barnett, Alex",
+  journal = "Inverse Problems",
+  volume = "36",
+  number = "2",
+  pages = "024001",
+  year = "2020"
+}
+
 @article{Rangan2023hessian,
   title = "Estimating the tails of the spectrum of the {Hessian} of the log-likelihood for
            ab-initio single-particle reconstruction in electron cryomicroscopy",

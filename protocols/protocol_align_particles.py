@@ -47,7 +47,11 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
     compared on a polar Fourier grid; the radial-SVD compresses its rings into
     the few "principal rings" that best tell in-plane angles apart, with one
     radial kernel per group of similar CTF power, so each image-reference pair
-    costs O(Q (H + log Q)) for all Q in-plane angles instead of O(R Q).  Each
+    costs O(Q (H + log Q)) for all Q in-plane angles instead of O(R Q).  Shifts
+    within a disc (5 % of the box by default) are searched in two stages: the
+    radial-SVD over a coarse lattice of shifts picks each particle's best few
+    references, and the factorised translation kernel scores them over the
+    whole disc at sub-pixel steps.  Each
     particle, multiplied by its own CTF (astigmatism included), is compared with
     the CTF-free references.  First particles that look dark against the
     references (checked against their negatives) stop the run with the fix.
@@ -59,7 +63,7 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
     stepsExecutionMode = STEPS_PARALLEL
     _devStatus = BETA
     _possibleOutputs = outputs
-    _references = ['Rangan2022radial', 'Ullrich2019differentiable']
+    _references = ['Rangan2022radial', 'Rangan2020factorization', 'Ullrich2019differentiable']
 
     # --------------------------- DEFINE param functions ----------------------
     def _defineParams(self, form):
@@ -447,13 +451,18 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
         grid = self._grid()
         return ["%d particles were aligned against %s with the radial-SVD "
                 "[Rangan2022radial] on a polar grid of %d rings and %d in-plane angles up "
-                "to %.1f Å, searching shifts up to %g px in steps of %g px%s."
+                "to %.1f Å, %s%s."
                 % (self.inputParticles.get().getSize(), self._referenceText(),
                    grid.n_rings, grid.n_angles,
                    grid.box * self.inputParticles.get().getSamplingRate() / grid.max_frequency,
-                   self._maxShift(), self.shiftStep,
-                   " with the particles' CTFs" if self._withCtf() else "")
+                   self._shiftMethods(), " with the particles' CTFs" if self._withCtf() else "")
                 + self._refinementMethods()]
+
+    def _shiftMethods(self):
+        if not self._maxShift():
+            return "at the particles' centres"
+        return ("searching shifts up to %g px in steps of %g px by the factorised translation "
+                "kernel [Rangan2020factorization]" % (self._maxShift(), self.shiftStep))
 
     def _refinementMethods(self):
         if not self._refines():

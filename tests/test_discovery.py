@@ -25,8 +25,8 @@ PROTOCOL_NAMES = [name for name, cls in inspect.getmembers(cryoProtocols, inspec
                   if name.startswith('CryoHessProt')]
 VIEWER_NAMES = [name for name, cls in inspect.getmembers(cryoViewers, inspect.isclass)
                 if name.startswith('CryoHess') and name.endswith('Viewer')]
-BIBTEX_KEYS = ['Rangan2022radial', 'Rangan2023hessian', 'Kreymer2023micrograph',
-               'Ullrich2019differentiable', 'Lederman2020hyper']
+BIBTEX_KEYS = ['Rangan2022radial', 'Rangan2020factorization', 'Rangan2023hessian',
+               'Kreymer2023micrograph', 'Ullrich2019differentiable', 'Lederman2020hyper']
 
 
 def _menuValues(node):
