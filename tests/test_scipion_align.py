@@ -395,6 +395,21 @@ class TestAlignValidation(CryoHessTestCase):
         self.assertIn("1 of 6 particles contain NaN", message)
         self.assertRegex(message, r"pixels: 3@\S*with_nan\.mrcs \(id 3\);")
 
+    def testDefaultShiftRangeFollowsTheBox(self):
+        """maxShift -1 (the default) searches 5 % of the box at 0.5 px, by the FTK, and the
+        run reports the radius it searched."""
+        prot, errors = self._errors(angularStep=15.0, localRefinement=False)
+        self.assertEqual(errors, [])
+        self.assertEqual((prot.maxShift.get(), prot.shiftStep.get()), (-1.0, 0.5))
+        self.assertAlmostEqual(prot._maxShift(), 0.05 * BOX)
+        self.assertAlmostEqual(self._errors(maxShift=2.0)[0]._maxShift(), 2.0)
+        self.launchProtocol(prot)
+        arrays = convert.particles_to_arrays(prot.outputParticles, need_alignment=ALIGN_PROJ,
+                                             read_images=False)
+        self.assertLessEqual(np.linalg.norm(arrays.shifts, axis=1).max(), 0.05 * BOX + 1e-9)
+        self.assertIn("shifts up to 1.6 px in steps of 0.5 px by the factorised translation",
+                      ' '.join(prot.methods()))
+
     def testWarnings(self):
         """Huge reference sets, bands too coarse to align and shifts beyond the box."""
         # The settings' own warnings: a CPU-only machine adds the 'Use GPU' one.
