@@ -94,16 +94,19 @@ def simulateStage(project, args, plotDir, done):
     return protocol
 
 
-def printOrientationErrors(particles, simulation, gridStep):
-    """Compare the assigned orientations with the simulation's ground truth."""
+def printOrientationErrors(particles, simulation, gridStep, what="", rotations=None):
+    """Compare the assigned orientations (those of ``particles``, or ``rotations``) with
+    the simulation's ground truth."""
     import numpy as np
     from cryohess_plugin import convert
     from cryohess_plugin.core.rotations import angular_distance
-    assigned = convert.particles_to_arrays(particles, need_alignment=True, read_images=False)
+    if rotations is None:
+        rotations = convert.particles_to_arrays(particles, need_alignment=True,
+                                                read_images=False).rotations
     truth = np.load(simulation._getFileName('particleTruth'))
-    error = angular_distance(assigned.rotations, truth['rotations'])
-    print("  orientation error vs ground truth: median %.1f deg; %.1f %% within one grid "
-          "step (%g deg)" % (np.median(error), 100 * np.mean(error <= gridStep), gridStep))
+    error = angular_distance(rotations, truth['rotations'])
+    print("  orientation error vs ground truth%s: median %.2f deg; %.1f %% within one grid "
+          "step (%g deg)" % (what, np.median(error), 100 * np.mean(error <= gridStep), gridStep))
 
 
 def alignStage(project, args, plotDir, done):
@@ -118,7 +121,11 @@ def alignStage(project, args, plotDir, done):
     runProtocol(project, protocol)
     for line in protocol.summary():
         print("  " + line)
-    printOrientationErrors(protocol.outputParticles, simulation, protocol.angularStep.get())
+    step = protocol.angularStep.get()
+    printOrientationErrors(None, simulation, step, " on the search's grid",
+                           protocol._gridPoses(protocol._loadResults())[0])
+    printOrientationErrors(protocol.outputParticles, simulation, step,
+                           " after local refinement")
     for path in savePlots(CryoHessAlignParticlesViewer, project, protocol, plotDir, "align"):
         print("  plot: %s" % path)
     return protocol

@@ -13,7 +13,8 @@ import pyworkflow.protocol.params as params
 
 from cryohess_plugin import convert
 from cryohess_plugin.constants import (ALIGN_SCORE, ALIGN_TEMPLATE, CTF_GROUP, RANK_FIXED,
-                                       RANK_TOLERANCE, REFERENCE_2D, REFERENCE_VOLUME)
+                                       RANK_TOLERANCE, REFERENCE_2D, REFERENCE_VOLUME,
+                                       REFINED_ANGLE_CHANGE, REFINED_SHIFT_CHANGE)
 from cryohess_plugin.core.alignment import (PAPER_MAX_FREQUENCY, AlignmentResult,
                                             alignment_grid)
 from cryohess_plugin.core.rotations import viewing_grid
@@ -49,12 +50,15 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
     particle, multiplied by its own CTF (astigmatism included), is compared with
     the CTF-free references.  First particles that look dark against the
     references (checked against their negatives) stop the run with the fix.
+    Against a volume, each particle's grid pose is then refined locally (an
+    option, on by default): continuous rotation and shift by damped
+    Gauss-Newton descent on the likelihood, with the particle's CTF.
     """
     _label = 'radial-SVD align particles'
     stepsExecutionMode = STEPS_PARALLEL
     _devStatus = BETA
     _possibleOutputs = outputs
-    _references = ['Rangan2022radial']
+    _references = ['Rangan2022radial', 'Ullrich2019differentiable']
 
     # --------------------------- DEFINE param functions ----------------------
     def _defineParams(self, form):
@@ -130,6 +134,28 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
                       help="Particles whose root-mean-square CTFs per ring differ by less "
                            "than this relative L2 distance share one radial kernel; each "
                            "particle's own CTF is used in every comparison.")
+        form.addSection(label='Local refinement')
+        refining = 'referenceType == %d and localRefinement' % REFERENCE_VOLUME
+        form.addParam('localRefinement', params.BooleanParam, default=True,
+                      condition='referenceType == %d' % REFERENCE_VOLUME,
+                      label='Refine poses locally?',
+                      help="After the global search, refine every particle's rotation and "
+                           "shift continuously (damped Gauss-Newton steps on the likelihood "
+                           "of its image under the reference volume, with its own CTF, the "
+                           "projector's derivatives giving the steps), so the poses are not "
+                           "quantised to the viewing grid, the in-plane angles and the shift "
+                           "lattice. The volume is first put on the particles' scale by their "
+                           "fitted amplitude against it. Each batch is refined in its own "
+                           "step as soon as its search is done.")
+        form.addParam('refineIterations', params.IntParam, default=8, condition=refining,
+                      validators=[params.Positive], label='Iterations per resolution',
+                      help="Descent steps at each of the three resolution limits of the "
+                           "refinement (1/4, 1/2 and all of its max resolution's frequency).")
+        form.addParam('refineResolution', params.FloatParam, default=0.0, condition=refining,
+                      validators=[params.GE(0.0)], label='Refinement max resolution (Å)',
+                      help="Finest resolution the refinement compares. 0: Nyquist (one "
+                           "Fourier pixel below); the frequencies the volume lacks carry no "
+                           "weight in the steps, so the default suits most maps.")
         self._defineBatchSizeParam(
             form, help="Particles are aligned in independent steps of this size, which run "
                        "in parallel with several threads (or GPUs) and let a stopped run "
@@ -150,6 +176,14 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
                                     reads=self._searchParams(), after=[prepare, polarity],
                                     needsGPU=gpu)
                    for index, (first, count) in enumerate(self._batches())]
+        # After every batch step, so that switching the refinement keeps the searches; each
+        # waits only for its own batch.
+        if self._refines():
+            batches = [self._insertStep(self.refineBatchStep, index, first, count,
+                                        reads=('refineIterations', 'refineResolution'),
+                                        after=[batch], needsGPU=gpu)
+                       for batch, (index, (first, count)) in zip(batches,
+                                                                 enumerate(self._batches()))]
         self._insertStep(self.createOutputStep, after=batches)
 
     def _referenceParams(self):
@@ -167,7 +201,8 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
     def _filenameTemplates(self):
         return {'references': self._getExtraPath('references.npz'),
                 'polarity': self._getExtraPath('polarity.npz'),
-                'batch': self._getExtraPath('alignment_batch_%(index)03d.npz')}
+                'batch': self._getExtraPath('alignment_batch_%(index)03d.npz'),
+                'refined': self._getExtraPath('refinement_batch_%(index)03d.npz')}
 
     # --------------------------- STEPS functions -----------------------------
     def prepareReferencesStep(self, box, pixel, digest):
@@ -223,15 +258,40 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
                   % (index + 1, count, aligner.n_templates, time.perf_counter() - started,
                      ", ".join(str(h) for h in result.ranks)))
 
+    def refineBatchStep(self, index, first, count, digest):
+        """Refine the grid poses of particles ``first .. first + count - 1`` locally."""
+        from cryohess_plugin.core.pose_refinement import refine_search_poses
+        self._setDevices()
+        started = time.perf_counter()
+        particles = self._particles(count, first)
+        rotations, shifts = self._gridPoses(self._loadResults([index]))
+        volume, _ = convert.volume_to_array(self.inputVolume.get(), particles.pixel_size)
+        result, fit = refine_search_poses(
+            volume, particles.images, rotations, shifts, particles.ctfs, particles.pixel_size,
+            max_resolution=self.refineResolution.get() or None,
+            iterations=self.refineIterations.get(), backend=self._backend(),
+            progress=self._progressLog("Batch %d refinement: " % (index + 1)))
+        result.save(self._getFileName('refined', index=index))
+        angle, shift = result.changes_from(rotations, shifts)
+        self.info("Batch %d refined in %.1f s: loss lowered for %d of %d particles, median "
+                  "change %.3g deg and %.3g px (amplitude against the volume %.4g, z = %.1f)"
+                  % (index + 1, time.perf_counter() - started,
+                     np.count_nonzero(result.loss < result.loss_start), count,
+                     np.median(angle), np.median(shift), fit.amplitude_all, fit.z_score))
+
+    def _particles(self, count, first=0):
+        """Particles ``first .. first + count - 1`` (in id order) with the CTFs this run uses."""
+        return convert.particles_to_arrays(
+            self._parallelStepSet(), need_ctf=self._withCtf(), need_alignment=False,
+            limit=count, skip=first)
+
     def _particlesAndAligner(self, count, first=0, **options):
         """Particles ``first .. first + count - 1``, their polar samples, and an aligner
         against the references with the form's shifts and ``options``."""
         from cryohess_plugin.core import polar
         from cryohess_plugin.core.alignment import RadialSVDAligner
         self._setDevices()
-        particles = convert.particles_to_arrays(
-            self._parallelStepSet(), need_ctf=self._withCtf(), need_alignment=False,
-            limit=count, skip=first)
+        particles = self._particles(count, first)
         grid = self._grid()
         aligner = RadialSVDAligner(grid, np.load(self._getFileName('references'))['templates'],
                                    shifts=self._shifts(), backend=self._backend(), **options)
@@ -239,7 +299,6 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
                 aligner)
 
     def createOutputStep(self, digest):
-        from cryohess_plugin.core.alignment import rotations_from_alignment
         from cryohess_plugin.core.rotations import in_plane_rotations
         result = self._loadResults()
         ids = result.ids
@@ -248,9 +307,13 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
                    CTF_GROUP: result.group.astype(np.int64)}
         references = np.load(self._getFileName('references'))
         if self._fromVolume():
-            rotations = rotations_from_alignment(references['rotations'], result.template,
-                                                 result.angle)
-            particles = self._copyParticles(ids, columns, (rotations, result.shift), ALIGN_PROJ)
+            poses = self._gridPoses(result)
+            if self._refines():
+                refined = self._loadRefined()
+                columns[REFINED_ANGLE_CHANGE], columns[REFINED_SHIFT_CHANGE] = \
+                    refined.changes_from(*poses)
+                poses = (refined.rotations, refined.shifts)
+            particles = self._copyParticles(ids, columns, poses, ALIGN_PROJ)
             self._defineOutputs(**{outputs.outputParticles.name: particles})
             self._defineTransformRelation(self.inputParticles, particles)
             self._defineSourceRelation(self.inputVolume, particles)
@@ -348,6 +411,13 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
                    % (", ".join(map(str, sorted(set(result.ranks.tolist())))),
                       result.eigenvalues.shape[-1], len(result.ranks)),
                    "Mean score %.4g." % np.mean(result.score)]
+        if self._refines():
+            refined = self._loadRefined()
+            angle, shift = refined.changes_from(*self._gridPoses(result))
+            summary.append("Poses refined locally from the grid: median change %.3g deg and "
+                           "%.3g px; the loss fell for %.1f %% of the particles."
+                           % (np.median(angle), np.median(shift),
+                              100 * np.mean(refined.loss < refined.loss_start)))
         if not self._withCtf():
             summary.append("Aligned WITHOUT CTF (%s)."
                            % ("switched off" if not self.useCtf else "the particles have none"))
@@ -372,7 +442,17 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
                    grid.n_rings, grid.n_angles,
                    grid.box * self.inputParticles.get().getSamplingRate() / grid.max_frequency,
                    self.maxShift, self.shiftStep,
-                   " with the particles' CTFs" if self._withCtf() else "")]
+                   " with the particles' CTFs" if self._withCtf() else "")
+                + self._refinementMethods()]
+
+    def _refinementMethods(self):
+        if not self._refines():
+            return ""
+        return (" Each pose was then refined locally by damped Gauss-Newton descent on the "
+                "likelihood of the Fourier-slice model [Ullrich2019differentiable], %d steps at each of three resolution "
+                "limits up to %s, against the volume on the particles' fitted scale."
+                % (self.refineIterations, "%g Å" % self.refineResolution.get()
+                   if self.refineResolution.get() else "Nyquist"))
 
     # --------------------------- UTILS functions -----------------------------
     def _fromVolume(self):
@@ -400,8 +480,26 @@ class CryoHessProtAlignParticles(CryoHessProtocolMixin, ProtAlign2D):
             return "projections of a volume on a %g-degree viewing grid" % self.angularStep
         return "%d 2D references" % self.inputReferences.get().getSize()
 
-    def _loadResults(self):
-        """The batches' results in particle order, with the particles' ``ids``."""
+    def _loadResults(self, indices=None):
+        """The results of the batches ``indices`` (all by default) in particle order, with
+        the particles' ``ids``."""
         return AlignmentResult.concatenate(
             AlignmentResult.load(self._getFileName('batch', index=index))
-            for index in range(len(self._batches())))
+            for index in (range(len(self._batches())) if indices is None else indices))
+
+    def _refines(self):
+        return self._fromVolume() and bool(self.localRefinement)
+
+    def _gridPoses(self, result):
+        """Rotations and shifts of the search's ``result`` (poses on the grid)."""
+        from cryohess_plugin.core.alignment import rotations_from_alignment
+        references = np.load(self._getFileName('references'))
+        return (rotations_from_alignment(references['rotations'], result.template,
+                                         result.angle), result.shift)
+
+    def _loadRefined(self):
+        """The locally refined poses of every particle (a :class:`PoseRefinementResult`)."""
+        from cryohess_plugin.core.pose_refinement import PoseRefinementResult
+        return PoseRefinementResult.concatenate(
+            [PoseRefinementResult.load(self._getFileName('refined', index=index))
+             for index in range(len(self._batches()))])

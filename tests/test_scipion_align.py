@@ -119,6 +119,9 @@ class TestAlignParticlesToVolume(CryoHessTestCase):
     def testSummaryAndMethods(self):
         self.assertIn('60 particles aligned', ' '.join(self.protAlign.summary()))
         self.assertIn('Rangan', ' '.join(self.protAlign.methods()))
+        # Local refinement is on by default.
+        self.assertIn('Poses refined locally', ' '.join(self.protAlign.summary()))
+        self.assertIn('Gauss-Newton', ' '.join(self.protAlign.methods()))
 
 
 class TestAlignParticlesTo2DReferences(CryoHessTestCase):

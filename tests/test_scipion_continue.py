@@ -19,9 +19,10 @@ from .scipion_base import CryoHessTestCase
 
 SIMULATION = dict(boxSize=32, samplingRate=2.5, numberOfDefocusGroups=3, phantomAtoms=300,
                   phantomRadius=25.0, snr=10.0, shiftSigma=1.0, numberOfThreads=1)
-#: The settings every alignment starts from; a case edits some of them.
+#: The settings every alignment starts from; a case edits some of them (the local
+#: refinement is switched on by the case that tests it).
 SETTINGS = dict(angularStep=15.0, maxShift=2.0, shiftStep=1.0, particlesPerBatch=20,
-                numberOfThreads=1)
+                localRefinement=False, numberOfThreads=1)
 #: Seconds a killed run may take to write its second batch.
 KILL_TIMEOUT = 120
 
@@ -132,3 +133,35 @@ class TestAlignParticlesContinue(CryoHessTestCase):
         # The steps finished before the kill were not run again.
         ends = self._endTimes(prot)
         self.assertEqual({i: ends[i] for i in finished}, finished)
+
+    def testRefinementSwitchedOnEditedOff(self):
+        """(g) local refinement switched on re-runs only the refinement steps and the output,
+        fewer iterations only those again, switched off only the output; each time the
+        output of a fresh run, and the searches are never repeated."""
+        prot = self._alignment()
+        self.launchProtocol(prot)
+        searchSteps = 2 + len(prot._batches())
+        searched = self._endTimes(prot)[:searchSteps]
+
+        self._continue(prot, localRefinement=True)
+        refined = self._endTimes(prot)
+        self.assertEqual(refined[:searchSteps], searched)
+        self.assertEqual(len(refined), searchSteps + len(prot._batches()) + 1)
+        self.assertSameOutput(prot, self._fresh(localRefinement=True))
+        # Shifts off the search's lattice.
+        self.assertTrue(np.any(self._output(prot).shifts % 1.0))
+        self.assertIn("refined locally", " ".join(prot.summary()))
+        self.assertIn("Gauss-Newton", " ".join(prot.methods()))
+
+        self._continue(prot, refineIterations=4)
+        ends = self._endTimes(prot)
+        self.assertEqual(ends[:searchSteps], searched)
+        self.assertTrue(all(a != b for a, b in zip(ends[searchSteps:], refined[searchSteps:])))
+        self.assertSameOutput(prot, self._fresh(localRefinement=True, refineIterations=4))
+
+        self._continue(prot, localRefinement=False)
+        ends = self._endTimes(prot)
+        self.assertEqual(ends[:searchSteps], searched)
+        self.assertEqual(len(ends), searchSteps + 1)
+        self.assertSameOutput(prot, self._fresh())
+        self.assertNotIn("refined locally", " ".join(prot.summary()))

@@ -30,6 +30,7 @@ from . import rotations as rot
 from .contrast import fit_amplitude
 from .errors import InvalidDataError, MissingMetadataError, ShapeError
 from .fourier import frequency_for_resolution
+from .progress import Reporter
 from .projector import FourierSliceProjector
 from .storage import load_fields, save_fields
 
@@ -78,7 +79,8 @@ def _losses(residual, weight):
 
 
 def refine_poses(reference, images, rotations, shifts=None, ctf=None, radii=None,
-                 iterations=8, max_step_deg=5.0, max_shift_step=2.0, batch_size=256):
+                 iterations=8, max_step_deg=5.0, max_shift_step=2.0, batch_size=256,
+                 progress=None):
     """Refine rotations and shifts of ``images`` against a ``reference`` map.
 
     :param reference: ``(D, D, D)`` map or a :class:`.FourierSliceProjector` of it.
@@ -91,6 +93,8 @@ def refine_poses(reference, images, rotations, shifts=None, ctf=None, radii=None
     :param max_step_deg: largest rotation step per iteration (trust region).
     :param max_shift_step: largest shift step per iteration in pixels.
     :param batch_size: particles refined together.
+    :param progress: callback of :class:`.progress.Progress` events, one per stage of
+        each group of ``batch_size`` particles.
     :returns: :class:`PoseRefinementResult`.
     """
     projector = (reference if isinstance(reference, FourierSliceProjector)
@@ -121,6 +125,8 @@ def refine_poses(reference, images, rotations, shifts=None, ctf=None, radii=None
     loss_start, loss_end = np.empty(n), np.empty(n)
     accepted = np.zeros(n, dtype=np.int64)
     max_rot = np.deg2rad(max_step_deg)
+    report = Reporter(progress)
+    stages = len(radii) * -(-n // batch_size)
     for start in range(0, n, batch_size):
         part = slice(start, min(start + batch_size, n))
         spectra = hp.transform(images[part])
@@ -133,6 +139,9 @@ def refine_poses(reference, images, rotations, shifts=None, ctf=None, radii=None
                                            weight, iterations, max_rot, max_shift_step)
             out_rot[part], out_shift[part] = rot_p, shift_p
             accepted[part] += acc
+            report(f"particles {part.start + 1}-{part.stop}: {iterations} steps up to "
+                   f"{r_max:.1f} Fourier pixels, {np.count_nonzero(acc)} moved",
+                   start // batch_size * len(radii) + radii.index(r_max) + 1, stages)
         model = projector.project_fourier(out_rot[part], out_shift[part], c)
         loss_end[part] = _losses(spectra - model, final_weight)
     return PoseRefinementResult(out_rot, out_shift, loss_start, loss_end, accepted)
@@ -204,7 +213,8 @@ def reference_on_particle_scale(reference, images, rotations, shifts, ctf_params
     :param reference: ``(D, D, D)`` map at the particles' pixel size.
     :param images: ``(n, D, D)`` particles (an array or a memory map).
     :param rotations, shifts: ``(n, 3, 3)`` and ``(n, 2)`` poses.
-    :param ctf_params: one :class:`.ctf.CTFParams` per particle.
+    :param ctf_params: one :class:`.ctf.CTFParams` per particle, or None for particles
+        without CTF (one group).
     :param pixel_size: Å per pixel.
     :param max_resolution: finest resolution compared (Å), or None for Nyquist.
     :returns: ``(scaled map, AmplitudeFit)``.
@@ -213,7 +223,11 @@ def reference_on_particle_scale(reference, images, rotations, shifts, ctf_params
     """
     reference = np.asarray(reference, dtype=np.float64)
     box = reference.shape[-1]
-    _, groups = np.unique(ctf_model.params_to_rows(ctf_params), axis=0, return_inverse=True)
+    if ctf_params is None:
+        groups = np.zeros(len(images), dtype=np.int64)
+    else:
+        _, groups = np.unique(ctf_model.params_to_rows(ctf_params), axis=0,
+                              return_inverse=True)
     fit = fit_amplitude(reference, images, rotations, shifts, ctf_params, pixel_size,
                         groups=np.ravel(groups),
                         max_frequency=refinement_radii(box, pixel_size, max_resolution)[0],
@@ -223,7 +237,7 @@ def reference_on_particle_scale(reference, images, rotations, shifts, ctf_params
 
 def refine_particle_poses(reference, images, rotations, shifts, ctf_params, pixel_size,
                           max_resolution=None, iterations=8, max_step_deg=5.0,
-                          max_shift_step=2.0, backend="cpu"):
+                          max_shift_step=2.0, backend="cpu", progress=None):
     """Refine particle poses against a map with the particles' CTFs, coarse to fine.
 
     The map is projected by the cubic, 2x padded float64 :class:`.FourierSliceProjector`;
@@ -233,21 +247,53 @@ def refine_particle_poses(reference, images, rotations, shifts, ctf_params, pixe
     :param reference: ``(D, D, D)`` map at the particles' pixel size.
     :param images: ``(n, D, D)`` particle images.
     :param rotations, shifts: ``(n, 3, 3)`` and ``(n, 2)`` starting poses.
-    :param ctf_params: one :class:`.ctf.CTFParams` per particle.
+    :param ctf_params: one :class:`.ctf.CTFParams` per particle, or None for particles
+        without CTF.
     :param pixel_size: Å per pixel.
     :param max_resolution: finest resolution compared (Å), or None for Nyquist.
     :param iterations, max_step_deg, max_shift_step: see :func:`refine_poses`.
     :param backend: backend of the projector.
+    :param progress: callback of :class:`.progress.Progress` events.
     :returns: :class:`PoseRefinementResult`.
     """
     projector = FourierSliceProjector(reference, dtype=np.float64, backend=backend)
     hp = projector.half_plane
     box = projector.box
-    values = ctf_model.ctf_stack(ctf_params, hp.kx, hp.ky, box, pixel_size)
+    values = (None if ctf_params is None
+              else ctf_model.ctf_stack(ctf_params, hp.kx, hp.ky, box, pixel_size))
     return refine_poses(projector, images, rotations, shifts, values,
                         radii=refinement_radii(box, pixel_size, max_resolution),
                         iterations=iterations, max_step_deg=max_step_deg,
-                        max_shift_step=max_shift_step)
+                        max_shift_step=max_shift_step, progress=progress)
+
+
+def refine_search_poses(reference, images, rotations, shifts, ctf_params, pixel_size,
+                        max_resolution=None, iterations=8, backend="cpu", progress=None):
+    """Continuous poses from the grid poses of a global search (projection matching).
+
+    A search assigns each particle the nearest of its viewing directions, in-plane
+    angles and shifts, so its error is spread up to half a grid step; local descent
+    from there (:func:`refine_particle_poses`) lifts the quantisation
+    (``docs/methods/fourier_slice_posterior.md`` §5.2).  The map comes on any scale:
+    it is first put on the particles' (:func:`reference_on_particle_scale`, which also
+    stops dark particles and maps the particles do not show).
+
+    :param reference: ``(D, D, D)`` map at the particles' pixel size, on any scale.
+    :param images: ``(n, D, D)`` particle images.
+    :param rotations, shifts: ``(n, 3, 3)`` and ``(n, 2)`` poses found by the search.
+    :param ctf_params: one :class:`.ctf.CTFParams` per particle, or None.
+    :param pixel_size: Å per pixel.
+    :param max_resolution: finest resolution compared (Å), or None for Nyquist.
+    :param iterations: descent steps at each of the three disc radii.
+    :param backend: backend of the projectors.
+    :param progress: callback of :class:`.progress.Progress` events.
+    :returns: ``(PoseRefinementResult, AmplitudeFit)``.
+    """
+    scaled, fit = reference_on_particle_scale(reference, images, rotations, shifts, ctf_params,
+                                              pixel_size, max_resolution, backend=backend)
+    return refine_particle_poses(scaled, images, rotations, shifts, ctf_params, pixel_size,
+                                 max_resolution=max_resolution, iterations=iterations,
+                                 backend=backend, progress=progress), fit
 
 
 def refine_candidates(reference, images, candidates, shifts=None, ctf=None, **options):
