@@ -23,8 +23,9 @@ from .layout import RealLayout
 from .noise import (MapScale, NoiseLevel, estimate_noise_variance, marginal_noise,
                     noise_variance_for_snr)
 from .sampling import NULL_THRESHOLD, SampledCoordinates, SamplingSpectrum
-from .solver import (MetricCoordinates, ProjectedOperator, per_shell_profile, perturbation_size,
-                     soft_variance, softest_modes, stochastic_log_determinant)
+from .solver import (MetricCoordinates, ProjectedOperator, default_guard, per_shell_profile,
+                     perturbation_size, soft_variance, softest_modes,
+                     stochastic_log_determinant)
 
 __all__ = ["FRAGILE_POSE_CHANGE_DEG", "ParticleAssignment", "PoseChangeStatistics",
            "SoftModeAnalysis", "analyse_soft_modes", "analysis_memory", "analysis_warnings",
@@ -33,6 +34,6 @@ __all__ = ["FRAGILE_POSE_CHANGE_DEG", "ParticleAssignment", "PoseChangeStatistic
            "AccumulatedHessian", "ViewingExperiment",
            "experiment_from_distribution", "experiment_from_poses", "particle_assignment",
            "rebin", "RealLayout", "NULL_THRESHOLD", "SampledCoordinates", "SamplingSpectrum",
-           "MetricCoordinates", "ProjectedOperator", "softest_modes",
+           "MetricCoordinates", "ProjectedOperator", "default_guard", "softest_modes",
            "stochastic_log_determinant", "per_shell_profile", "perturbation_size",
            "soft_variance", "EXPERIMENT_STATEMENT"]

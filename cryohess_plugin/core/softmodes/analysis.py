@@ -46,8 +46,8 @@ from .hessian import BLOCK_BYTES, AccumulatedHessian
 from .layout import RealLayout
 from .sampling import (NULL_THRESHOLD, POINT_BLOCK, SampledCoordinates, SamplingSpectrum,
                        sphere_grid)
-from .solver import (CLUSTER_GAP, MIN_SEARCH_SPACE, ProjectedOperator, per_shell_profile,
-                     perturbation_size, soft_variance, softest_modes,
+from .solver import (CLUSTER_GAP, MIN_SEARCH_SPACE, ProjectedOperator, default_guard,
+                     per_shell_profile, perturbation_size, soft_variance, softest_modes,
                      stochastic_log_determinant)
 
 __all__ = ["SoftModeAnalysis", "ParticleAssignment", "PoseChangeStatistics",
@@ -578,7 +578,7 @@ def analysis_memory(box, pixel_size, resolution, n_modes=8, n_groups=1, memory_b
     harmonics = stored if stored <= memory_budget else 0
     recomputed = 0 if harmonics else rows * columns * 8
     slices = 6 * directions * half * radii * 8 + 2 * directions * n_groups * 9 * 8
-    wanted = n_modes + max(4, n_modes // 2)
+    wanted = n_modes + default_guard(n_modes)
     product = _PRODUCT_WORK_COPIES * rows * wanted * radii * 8
     parameters = int(np.sum((shells.degree_limits + 1) ** 2))
     grid = sphere_grid(4 * degree)[0].shape[0]

@@ -247,6 +247,12 @@ def _orthonormal_rows(block, basis):
     return block - (block @ basis.T) @ basis
 
 
+def default_guard(n_modes):
+    """Extra pairs :func:`softest_modes` carries along by default: ``n_modes`` plus these
+    are the vectors it starts from, so its budget of products must cover them."""
+    return max(4, n_modes // 2)
+
+
 def softest_modes(operator, n_modes, tolerance=1e-3, max_products=None, block=4, guard=None,
                   start=None, rng=0, progress=None):
     """Softest eigenpairs of ``G x = θ W x`` off the null space, to a residual tolerance.
@@ -271,7 +277,7 @@ def softest_modes(operator, n_modes, tolerance=1e-3, max_products=None, block=4,
     :param tolerance: relative residual ``‖B y − θ y‖ / θ`` every wanted pair must reach.
     :param max_products: budget of operator applications (default ``100 n_modes``).
     :param block: residuals added per iteration.  :param guard: extra pairs carried along
-        (default ``max(4, n_modes // 2)``), so the wanted ones converge and clusters show.
+        (default :func:`default_guard`), so the wanted ones converge and clusters show.
     :param start: ``(size,)`` or ``(j, size)`` volume vectors included in the start space.
     :param rng: seed or generator of the random start vectors.
     :param progress: None or a callable taking a :class:`.progress.Progress` after every
@@ -285,7 +291,7 @@ def softest_modes(operator, n_modes, tolerance=1e-3, max_products=None, block=4,
                                f"the complement of the null space), got {n_modes}")
     if not (np.isfinite(tolerance) and tolerance > 0):
         raise InvalidDataError(f"tolerance must be a positive number, got {tolerance}")
-    guard = max(4, n_modes // 2) if guard is None else int(guard)
+    guard = default_guard(n_modes) if guard is None else int(guard)
     wanted = min(n_modes + guard, dimension)
     max_products = 100 * n_modes if max_products is None else int(max_products)
     if max_products < wanted:
