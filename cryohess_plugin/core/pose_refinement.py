@@ -32,13 +32,13 @@ from .errors import InvalidDataError, MissingMetadataError, ShapeError
 from .fourier import frequency_for_resolution
 from .progress import Reporter
 from .projector import FourierSliceProjector
-from .storage import load_fields, save_fields
+from .storage import StoredFields
 
 _DAMPING_START = 1e-3
 
 
 @dataclass
-class PoseRefinementResult:
+class PoseRefinementResult(StoredFields):
     """Refined poses and the loss before and after.
 
     :param rotations: ``(n, 3, 3)`` refined rotations.
@@ -52,15 +52,6 @@ class PoseRefinementResult:
     loss_start: np.ndarray
     loss: np.ndarray
     accepted_steps: np.ndarray
-
-    def save(self, path):
-        """Write the result to the ``.npz`` ``path``, one entry per field."""
-        save_fields(path, self)
-
-    @classmethod
-    def load(cls, path):
-        """The result written by :meth:`save`."""
-        return load_fields(cls, path)
 
     @classmethod
     def concatenate(cls, parts):

@@ -65,3 +65,17 @@ def load_fields(cls, path, skip=(), **decoders):
                 value = field.type(value)
             values[field.name] = value
     return cls(**values)
+
+
+class StoredFields:
+    """``save``/``load`` for a result dataclass whose fields need no encoding: every
+    field to one ``.npz`` (:func:`save_fields`), read back by :func:`load_fields`."""
+
+    def save(self, path):
+        """Write every field to the ``.npz`` ``path``."""
+        save_fields(path, self)
+
+    @classmethod
+    def load(cls, path):
+        """The result written by :meth:`save`."""
+        return load_fields(cls, path)

@@ -19,14 +19,14 @@ from .. import fourier
 from ..ctf import ctf_stack
 from ..errors import InvalidDataError, MissingMetadataError, ShapeError
 from ..rotations import validate_poses
-from ..storage import load_fields, save_fields
+from ..storage import StoredFields
 
 #: Particles transformed at once while preparing the data.
 _BATCH = 1024
 
 
 @dataclass
-class ParticleData:
+class ParticleData(StoredFields):
     """The particles inside the band, in the form the likelihood uses.
 
     :param spectra: ``(n, m)`` complex64 half-plane transforms at ``0 < |k| < band``.
@@ -58,13 +58,6 @@ class ParticleData:
     def inside(self, band):
         """Mask of the points with ``|k| < band``."""
         return np.hypot(self.kx, self.ky) < band
-
-    def save(self, path):
-        save_fields(path, self)
-
-    @classmethod
-    def load(cls, path):
-        return load_fields(cls, path)
 
 
 def prepare_particles(images, ctf_params, pixel_size, band, rotations, shifts=None):

@@ -26,7 +26,7 @@ import numpy as np
 from .. import rotations as rot
 from ..errors import InvalidDataError
 from ..progress import Reporter
-from ..storage import load_fields, save_fields
+from ..storage import StoredFields
 from .basis import fourier_resample, radial_filter, radial_frequencies, reflect_unit
 from ..noise import shell_noise_power
 from .data import shell_precision
@@ -183,7 +183,7 @@ class HyperMoleculeProblem:
 
 
 @dataclass
-class ChainState:
+class ChainState(StoredFields):
     """Everything a chain needs to continue, and what it has recorded so far."""
     chain: int
     sweep: int
@@ -206,13 +206,6 @@ class ChainState:
     shift_sum: np.ndarray
     map_size: int
     hessian_profiles: np.ndarray = None
-
-    def save(self, path):
-        save_fields(path, self)
-
-    @classmethod
-    def load(cls, path):
-        return load_fields(cls, path)
 
 
 def state_columns(model):

@@ -19,7 +19,7 @@ import scipy.stats
 
 from ..errors import InvalidDataError
 from ..progress import Reporter
-from ..storage import load_fields, save_fields
+from ..storage import StoredFields
 from .basis import SphericalBesselBasis, max_usable_degree
 from .estep import Model, expectation
 from .mstep import solve_volume, update_noise, update_shift_prior, volume_system
@@ -77,7 +77,7 @@ class EMSettings:
 
 
 @dataclass
-class EMState:
+class EMState(StoredFields):
     """One start's progress, saved after every iteration so a stopped run continues.
 
     ``history`` holds per iteration: ``stage``, ``degree``, ``batch_loglik`` (minibatch
@@ -103,13 +103,6 @@ class EMState:
 
     def model(self):
         return Model(self.coefficients, self.shift_prior, self.empty_mass, self.noise_variance)
-
-    def save(self, path):
-        save_fields(path, self)
-
-    @classmethod
-    def load(cls, path):
-        return load_fields(cls, path)
 
 
 def initial_noise_variance(patch_set):
@@ -267,7 +260,7 @@ def run_start(patch_set, settings, start=0, seed=0, ctfs=None, state=None, rotat
 
 
 @dataclass
-class MicrographEMResult:
+class MicrographEMResult(StoredFields):
     """The outcome of :func:`run_micrograph_em`: the best start and all starts' finals.
 
     :param coefficients: ``(d,)`` of the best start (highest final held-out score).
@@ -288,13 +281,6 @@ class MicrographEMResult:
     start_scores: np.ndarray
     history: dict = field(default_factory=dict)
     stages: dict = field(default_factory=dict)
-
-    def save(self, path):
-        save_fields(path, self)
-
-    @classmethod
-    def load(cls, path):
-        return load_fields(cls, path)
 
     def basis(self):
         return SphericalBesselBasis.create(self.box, self.max_degree)

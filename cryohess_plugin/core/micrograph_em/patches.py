@@ -21,7 +21,7 @@ import scipy.fft
 
 from .. import fourier
 from ..errors import InvalidDataError
-from ..storage import load_fields, save_fields
+from ..storage import StoredFields
 
 
 def axis_shifts(box):
@@ -162,7 +162,7 @@ def fourier_bin(image, factor):
 
 
 @dataclass
-class PatchSet:
+class PatchSet(StoredFields):
     """The patches of a set of micrographs at the working pixel size.
 
     :param patches: ``(N, L, L)`` float32.
@@ -192,13 +192,6 @@ class PatchSet:
     @property
     def n_micrographs(self):
         return self.shapes.shape[0]
-
-    def save(self, path):
-        save_fields(path, self)
-
-    @classmethod
-    def load(cls, path):
-        return load_fields(cls, path)
 
     @classmethod
     def concatenate(cls, parts):

@@ -41,7 +41,7 @@ from ..progress import Reporter
 from ..projector import validate_volume
 from ..spherical import ShellGrid, SphericalTransform, shells_to_volume
 from .experiment import ViewingExperiment, hemisphere_grid, particle_assignment, rebin
-from ..storage import load_fields, save_fields
+from ..storage import StoredFields, load_fields, save_fields
 from .hessian import BLOCK_BYTES, AccumulatedHessian
 from .layout import RealLayout
 from .sampling import (NULL_THRESHOLD, POINT_BLOCK, SampledCoordinates, SamplingSpectrum,
@@ -486,7 +486,7 @@ def particle_pose_changes(group_pose_changes, direction, group):
 
 
 @dataclass(frozen=True)
-class ParticleAssignment:
+class ParticleAssignment(StoredFields):
     """Each particle's place in an experiment from poses, which gives its pose change.
 
     ``ids`` ``(J,)`` the particles' own ids (e.g. Scipion's object ids); ``direction`` and
@@ -509,13 +509,6 @@ class ParticleAssignment:
         (:func:`particle_pose_changes`), in degrees."""
         return np.rad2deg(particle_pose_changes(analysis.group_pose_changes, self.direction,
                                                 self.group))
-
-    def save(self, path):
-        save_fields(path, self)
-
-    @classmethod
-    def load(cls, path):
-        return load_fields(cls, path)
 
 
 #: A particle whose pose turns by more than this (degrees) at a nearby volume has a

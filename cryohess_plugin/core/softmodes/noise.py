@@ -24,7 +24,7 @@ from ..errors import InvalidDataError, ShapeError
 from ..noise import shell_noise_power, signal_variance
 from ..projector import FourierSliceProjector, validate_volume
 from ..rotations import validate_poses
-from ..storage import load_fields, save_fields
+from ..storage import StoredFields
 from .experiment import experiment_from_poses, particle_assignment
 
 #: (direction, defocus group) pairs projected to turn an SNR into a noise variance.
@@ -32,7 +32,7 @@ SNR_SAMPLE = 300
 
 
 @dataclass(frozen=True)
-class MapScale:
+class MapScale(StoredFields):
     """The particles' amplitude against the map: what puts the map on their scale (§2.3).
 
     ``map_scale`` the amplitude fitted to all particles at once (the analysed map is the
@@ -45,13 +45,6 @@ class MapScale:
     standard_error: float
     group_scales: np.ndarray
     how: str
-
-    def save(self, path):
-        save_fields(path, self)
-
-    @classmethod
-    def load(cls, path):
-        return load_fields(cls, path)
 
     @classmethod
     def unit(cls, n_groups, how="the map's own scale (no particles to fit)"):
@@ -88,7 +81,7 @@ class MapScale:
 
 
 @dataclass(frozen=True)
-class NoiseLevel:
+class NoiseLevel(StoredFields):
     """The images' noise on their own scale (§2.3): the per-pixel ``variance`` (of white
     noise of the same power), ``how`` it was obtained (a phrase for summaries, e.g. "set
     from an SNR of 0.1") and its ``spectrum``, the relative power ``E|N(k)|² / (D² s²)``
@@ -97,13 +90,6 @@ class NoiseLevel:
     variance: float
     how: str
     spectrum: np.ndarray = None
-
-    def save(self, path):
-        save_fields(path, self)
-
-    @classmethod
-    def load(cls, path):
-        return load_fields(cls, path)
 
     @classmethod
     def from_particles(cls, volume, particles, amplitudes=None, backend="auto",
