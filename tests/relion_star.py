@@ -51,12 +51,15 @@ def write_relion_star(folder, simulation, name="particles", images=None):
     return path
 
 
-def import_relion(test_case, star, pixel_size, phase_flipped=False):
+def import_relion(test_case, star, pixel_size, phase_flipped=False, label=None):
     """Import the star file of :func:`write_relion_star` with pwem's RELION import in
     ``test_case``'s project, as data from RELION (300 kV, Cs 2.7 mm, amplitude contrast
-    0.1, optionally phase-flipped); returns the finished import protocol."""
+    0.1, optionally phase-flipped), named ``label`` if given; returns the finished import
+    protocol."""
     protocol = test_case.newProtocol(
         ProtImportParticles, importFrom=ProtImportParticles.IMPORT_FROM_RELION, starFile=star,
         samplingRate=pixel_size, voltage=300.0, sphericalAberration=2.7, amplitudeContrast=0.1,
         haveDataBeenPhaseFlipped=phase_flipped)
+    if label is not None:
+        protocol.setObjLabel(label)
     return test_case.launchProtocol(protocol)

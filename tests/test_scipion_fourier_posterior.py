@@ -24,7 +24,7 @@ from pyworkflow.utils import magentaStr
 from cryohess_plugin import convert
 from cryohess_plugin.constants import (FIT_VARIATIONAL, LOG_LIKELIHOOD, REFINED_ANGLE_CHANGE,
                                        REFINED_SHIFT_CHANGE, VIEWS_POLAR_CAP)
-from cryohess_plugin.core import ctf, fourier, mrc, rotations
+from cryohess_plugin.core import fourier, mrc, rotations
 from cryohess_plugin.core.pose_refinement import pose_errors
 from cryohess_plugin.core.synthetic import ParticleSimulation
 from cryohess_plugin.demo import savePlots
@@ -32,7 +32,8 @@ from cryohess_plugin.protocols import CryoHessProtFourierPosterior, CryoHessProt
 from cryohess_plugin.protocols.protocol_fourier_posterior import (
     FULL, OUTPUT_HALF_MAP_FSC, OUTPUT_SINGLE_FIT_FSC)
 from cryohess_plugin.viewers import CryoHessFourierPosteriorViewer, CryoHessRefinePosesViewer
-from .relion_star import write_relion_star
+from .helpers import phase_flip
+from .relion_star import import_relion, write_relion_star
 from .scipion_base import CryoHessTestCase, ParticleValidationMixin
 
 
@@ -479,12 +480,7 @@ class TestFourierSliceRelionParticles(CryoHessTestCase):
 
     @classmethod
     def _importRelion(cls, star, label, phaseFlipped=False):
-        protocol = cls.newProtocol(
-            ProtImportParticles, importFrom=ProtImportParticles.IMPORT_FROM_RELION,
-            starFile=star, samplingRate=PIXEL, voltage=300.0, sphericalAberration=2.7,
-            amplitudeContrast=0.1, haveDataBeenPhaseFlipped=phaseFlipped)
-        protocol.setObjLabel('RELION star - %s' % label)
-        return cls.launchProtocol(protocol)
+        return import_relion(cls, star, PIXEL, phaseFlipped, label='RELION star - %s' % label)
 
     @classmethod
     def _importVolume(cls, folder, name, array):
@@ -621,8 +617,5 @@ class TestFourierSliceRelionParticles(CryoHessTestCase):
 
 def _phaseFlipped(simulation):
     """The simulation's images, each multiplied in Fourier space by the sign of its CTF."""
-    box = simulation.images.shape[-1]
-    ky, kx = fourier.real_filter_frequencies(box, box)
-    return np.stack([fourier.filter_real(image, np.sign(ctf.evaluate_ctf(
-        params, kx, ky, 1, simulation.pixel_size))) for image, params in
-        zip(simulation.images.astype(np.float64), simulation.ctf_params)]).astype(np.float32)
+    return phase_flip(simulation.images.astype(np.float64), simulation.ctf_params,
+                      simulation.pixel_size).astype(np.float32)
