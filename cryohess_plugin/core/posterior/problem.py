@@ -493,23 +493,26 @@ class PosteriorProblem:
         return np.ones((count, hp.size)) if self._ctf_source is None else self._ctf(part) ** 2
 
     # ------------------------------------------------------------- operators
-    def forward(self, grid, part):
-        """Model spectra ``(len(part), m)`` of ``grid`` for particles ``part``."""
+    def forward(self, grid, part, ctf=None):
+        """Model spectra ``(len(part), m)`` of ``grid`` for particles ``part``; ``ctf``:
+        their :meth:`_operator_ctf`, when the caller already has it."""
         hp = self.half_plane
+        ctf = self._operator_ctf(part) if ctf is None else ctf
         return self.operator.slices(grid, self.rotations[part], hp.kx, hp.ky,
-                                    self.shifts[part], self._operator_ctf(part))
+                                    self.shifts[part], ctf)
 
     def _point_weights(self, weights):
         """Per-point weights in the operator's precision: ``W`` by default."""
         return self._weight if weights is None else np.asarray(weights, self.operator.dtype)
 
-    def _scatter(self, values, part, total, weights=None):
+    def _scatter(self, values, part, total, weights=None, ctf=None):
         """Add ``A^H (weights values)`` (not yet Hermitian-folded) into the complex128
-        ``total``; ``weights`` ``(m,)`` default to ``W``."""
+        ``total``; ``weights`` ``(m,)`` default to ``W``; ``ctf`` as in :meth:`forward`."""
         hp = self.half_plane
         weighted = np.asarray(values, self.operator.complex_dtype) * self._point_weights(weights)
+        ctf = self._operator_ctf(part) if ctf is None else ctf
         total += self.operator.slices_adjoint(weighted, self.rotations[part], hp.kx, hp.ky,
-                                              self.shifts[part], self._operator_ctf(part))
+                                              self.shifts[part], ctf)
         return total
 
     # Every operator takes per-point ``weights`` ``(m,)``, ``W`` by default; the fits pass
@@ -532,7 +535,9 @@ class PosteriorProblem:
         grid = grid.astype(self.operator.complex_dtype)
         total = np.zeros((self.box,) * 3, np.complex128)
         for p in self.batches(part):
-            self._scatter(self.forward(grid, p), p, total, weights)
+            # One CTF evaluation per batch serves the slice and its adjoint.
+            ctf = self._operator_ctf(p)
+            self._scatter(self.forward(grid, p, ctf), p, total, weights, ctf)
         return hermitian_fold(total)
 
     def sampling_density(self, part=None, weights=None):
