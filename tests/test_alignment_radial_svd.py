@@ -423,6 +423,35 @@ def test_pruned_search_equals_dense_search(grid, volume, templates, snr, rank):
     assert evaluated < 0.15 * seen
 
 
+@pytest.mark.parametrize("refine", [0, 4])
+def test_pruning_always_gives_the_full_rank_assignments_of_the_dense_search(grid, volume,
+                                                                            templates, refine):
+    """``pruning="always"`` at full rank (the exact baseline of the compression) keeps every
+    pose of evaluating every pair (``"never"``) on noisy, astigmatic, shifted particles in two
+    CTF groups, while it evaluates the angle DFT of a few pairs only; the default prunes
+    only below ``H = R / 2``."""
+    _, template_polar = templates
+    particles = simulate.simulate_particles(volume, 24, BOX, PIXEL, rng=13, n_groups=2,
+                                            shift_sigma=1.0, snr=0.1, astigmatism=800.0,
+                                            keep_clean=False, backend="cpu")
+    images = polar_transform(particles.images, grid, backend="cpu")
+    results = {}
+    for pruning in ("always", "never", "auto"):
+        aligner = RadialSVDAligner(grid, template_polar, rank=grid.n_rings, pruning=pruning,
+                                   shifts=shift_grid(1.0, 1.0), refine_candidates=refine,
+                                   backend="cpu", dtype=np.float64)
+        results[pruning] = aligner.align(images, particles.ctf_params, PIXEL, top_k=3)
+    pruned, dense = results["always"], results["never"]
+    for name in ("top_template", "top_angle", "top_shift"):
+        np.testing.assert_array_equal(getattr(pruned, name), getattr(dense, name))
+    np.testing.assert_allclose(pruned.top_score, dense.top_score, rtol=1e-12)
+    assert dense.statistics.evaluated == dense.statistics.pairs
+    assert pruned.statistics.evaluated < 0.2 * pruned.statistics.pairs
+    assert results["auto"].statistics.evaluated == results["auto"].statistics.pairs
+    with pytest.raises(ValueError, match="pruning"):
+        RadialSVDAligner(grid, template_polar[:4], pruning="sometimes")
+
+
 @pytest.mark.parametrize("tail", [0.0, 1.0])
 def test_pruned_search_is_exact_for_any_split_of_the_bound(grid, volume, templates, tail,
                                                            monkeypatch):

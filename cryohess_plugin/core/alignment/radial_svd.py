@@ -102,6 +102,9 @@ from ..storage import load_fields, save_fields
 
 #: How the templates are centred before their kernel (:func:`radial_kernel`).
 KERNEL_CENTRINGS = ("template", "population")
+#: When the CPU search prunes (:class:`RadialSVDAligner`, ``pruning``): below ``H = R / 2``
+#: (``"auto"``), at every rank, full rank included (``"always"``), or never.
+PRUNING_MODES = ("auto", "always", "never")
 #: The paper's band, ``K = 48`` radians per half box, in cycles per box
 #: (``docs/methods/radial_svd_alignment.md`` §1.1).
 PAPER_MAX_FREQUENCY = 48 / np.pi
@@ -496,7 +499,12 @@ class RadialSVDAligner:
         template) pairs, so small CTF groups still make large GEMMs.  The CPU
         keeps about ``150 * block_size^2 * 4`` bytes of work arrays (float32,
         ``Q`` about 100).
-    Below ``H = R / 2`` the CPU search prunes (:mod:`.kernels.alignment_pruned_cpu`):
+    :param pruning: when the CPU search prunes (below): ``"auto"`` below
+        ``H = R / 2``, ``"always"`` at every rank (full rank included: the exact
+        baseline that compression is measured against), ``"never"`` evaluates
+        every pair.  The poses are the same in every mode; only the time
+        differs.  The CUDA kernels never prune.
+    By default (``pruning="auto"``), below ``H = R / 2`` the CPU search prunes (:mod:`.kernels.alignment_pruned_cpu`):
     it computes every pair's compressed ``Xhat`` at the low angular
     frequencies (cheap at small ``H``; Cauchy-Schwarz for the weak high
     ones) and from it an exact upper bound of the pair's landscape, and evaluates the
@@ -504,13 +512,17 @@ class RadialSVDAligner:
     bound reaches the image's top-k, visited in decreasing order of bound
     (well under 1 % of them, with or without noise); same poses as
     evaluating every pair.  At higher rank, full rank included, the dense
-    GEMMs are used.  The CUDA kernels evaluate every pair (the pruning is a
-    data-dependent walk per image that would idle most threads of a warp).
+    GEMMs are used: there the bounds cost as much as the dense products they
+    would save (full rank, pruned: 2.05x faster than dense on two threads, 1.26x
+    on one, ``benchmarks/RESULTS.md``).  The CUDA kernels evaluate every pair
+    (the pruning is a data-dependent walk per image that would idle most
+    threads of a warp).
     """
 
     def __init__(self, grid, template_polar, rank=None, tolerance=1e-2, min_rank=MIN_RANK,
                  shifts=None, ctf_tolerance=5e-2, kernel_centring="template", dtype=np.float32,
-                 backend="auto", block_size=256, exact_zero_frequency=True, refine_candidates=4):
+                 backend="auto", block_size=256, exact_zero_frequency=True, refine_candidates=4,
+                 pruning="auto"):
         if not isinstance(grid, PolarGrid):
             raise TypeError(f"grid must be a PolarGrid, got {type(grid).__name__}")
         self.grid = grid
@@ -526,6 +538,9 @@ class RadialSVDAligner:
             raise InvalidDataError(f"block_size must be at least 1, got {block_size}")
         if ctf_tolerance < 0:
             raise InvalidDataError(f"the CTF grouping tolerance must be >= 0, got {ctf_tolerance}")
+        if pruning not in PRUNING_MODES:
+            raise ValueError(f"pruning must be one of {PRUNING_MODES}, got {pruning!r}")
+        self.pruning = pruning
         self.dtype, self.complex_dtype = working_dtypes(dtype)
         self.rank = None if rank is None else self._checked_rank(rank)
         self.tolerance = float(tolerance)
@@ -762,9 +777,11 @@ class RadialSVDAligner:
         return kernels.prepare_templates(compressed[:, :, 1:].transpose(1, 0, 2), zero, scale,
                                          self.grid.n_angles, self._factor, width, self.dtype)
 
-    def _search_kernels(self, pruned):
-        """Kernel module of one group's search: the pruned one on the CPU when ``pruned``."""
-        return alignment_pruned_cpu if pruned and self.backend == "cpu" else self._kernels
+    def _prunes(self, rank):
+        """Whether the search of a group of rank ``rank`` prunes (:attr:`pruning`)."""
+        if self.backend != "cpu" or self.pruning == "never":
+            return False
+        return self.pruning == "always" or 2 * rank <= self.grid.n_rings
 
     # ----------------------------------------------------------------- alignment
     def align(self, image_polar, ctf_params=None, pixel_size=None, top_k=1, progress=None,
@@ -802,16 +819,18 @@ class RadialSVDAligner:
         ranks = np.empty(n_groups, dtype=np.int64)
         done = 0
         all_rings = [self.principal_rings(profile, rank) for profile in groups.profiles]
-        pruned = [2 * rings.rank <= self.grid.n_rings for rings in all_rings]
-        # The pruned groups' templates (small H) are compressed together in one GEMM.
-        compressed = dict(zip(np.flatnonzero(pruned), self._compressed_templates(
-            [rings for rings, p in zip(all_rings, pruned) if p]) if any(pruned) else []))
+        pruned = [self._prunes(rings.rank) for rings in all_rings]
+        # The templates of the pruned groups of small H are compressed together in
+        # one GEMM (at large H, all groups' at once would take hundreds of MB).
+        batched = [p and 2 * rings.rank <= self.grid.n_rings for rings, p in zip(all_rings, pruned)]
+        compressed = dict(zip(np.flatnonzero(batched), self._compressed_templates(
+            [rings for rings, b in zip(all_rings, batched) if b]) if any(batched) else []))
         statistics = SearchStatistics()
         for g, rings in enumerate(all_rings):
             eigenvalues[g], ranks[g] = rings.eigenvalues, rings.rank
             members = np.flatnonzero(groups.labels == g)
             template_scale = self._template_scale(rings.ctf)
-            kernels = self._search_kernels(pruned[g])
+            kernels = alignment_pruned_cpu if pruned[g] else self._kernels
             templates = self._prepare_templates(rings, kernels,
                                                 min(per_block, members.size) * n_shifts,
                                                 template_scale,
