@@ -452,6 +452,52 @@ def test_pruning_always_gives_the_full_rank_assignments_of_the_dense_search(grid
         RadialSVDAligner(grid, template_polar[:4], pruning="sometimes")
 
 
+def test_search_band_keeps_the_energy_of_the_compressed_templates(grid, volume, templates):
+    """The compressed search's angular band leaves out at most ``band_tolerance`` of the
+    compressed templates' energy, full rank keeps every frequency; the kernels (dense and
+    pruned) then compute exactly the band-limited landscape on all ``Q`` angles."""
+    _, template_polar = templates
+    aligner = RadialSVDAligner(grid, template_polar, backend="cpu", dtype=np.float64)
+    rings = aligner.principal_rings()
+    compressed, zero = aligner._compressed_templates([rings])[0]
+    half = grid.n_angles // 2
+    band = aligner._search_band(compressed, rings.rank)
+    assert 2 <= band < half
+    energy = np.sum(np.abs(compressed[:, :, 1:]) ** 2, axis=(0, 1))
+    assert energy[band - 1:].sum() <= aligner.band_tolerance * energy.sum()
+    assert energy[band - 2:].sum() > aligner.band_tolerance * energy.sum()
+    assert aligner._search_band(compressed, grid.n_rings) == half
+    unbanded = RadialSVDAligner(grid, template_polar[:4], band_tolerance=0, backend="cpu")
+    assert unbanded._search_band(compressed, rings.rank) == half
+
+    particles = simulate.simulate_particles(volume, 9, BOX, PIXEL, rng=14, n_groups=1,
+                                            snr=0.1, keep_clean=False, backend="cpu")
+    images = polar_transform(particles.images, grid, backend="cpu")
+    projections = aligner._projections(rings)
+    coefficients, image_zero = aligner._compress(images, projections, band)
+    assert coefficients.shape[-1] == band - 1
+    scale = np.ones(aligner.n_templates)
+    prepared = aligner._prepare_templates(rings, alignment_cpu, len(images), scale,
+                                          (compressed, zero), band)
+    landscapes = alignment_cpu.landscapes(prepared, coefficients, image_zero)
+    # The band-limited sum written out: q = 0 and 2 Re over 1 <= q < band.
+    xhat = np.einsum("ihq,hbq->ibq", coefficients.conj(), compressed[:, :, 1:band])
+    gamma = grid.angles
+    q = np.arange(1, band)
+    expected = (image_zero @ zero.T)[..., None] + 2 * np.einsum(
+        "ibq,qj->ibj", xhat, np.exp(-1j * q[:, None] * gamma[None])).real
+    assert relative_max(landscapes, aligner._factor * expected) <= 1e-10
+    tops = []
+    for kernels in (alignment_cpu, alignment_pruned_cpu):
+        prepared = aligner._prepare_templates(rings, kernels, len(images), scale,
+                                              (compressed, zero), band)
+        top = [np.full((len(images), 3), -np.inf), *np.zeros((3, len(images), 3), np.int64)]
+        kernels.search(prepared, coefficients, image_zero, 1, *top)
+        tops.append(top)
+    for dense, pruned in zip(*tops):
+        np.testing.assert_allclose(pruned, dense, rtol=1e-12)
+
+
 @pytest.mark.parametrize("tail", [0.0, 1.0])
 def test_pruned_search_is_exact_for_any_split_of_the_bound(grid, volume, templates, tail,
                                                            monkeypatch):
