@@ -452,6 +452,31 @@ def test_pruning_always_gives_the_full_rank_assignments_of_the_dense_search(grid
         RadialSVDAligner(grid, template_polar[:4], pruning="sometimes")
 
 
+def test_automatic_pruning_turns_dense_without_changing_the_poses(grid, volume, templates,
+                                                                monkeypatch):
+    """``pruning="auto"`` runs a call's later CTF groups dense once a pruned group evaluated
+    more than its share of pairs; the poses stay those of either search."""
+    from cryohess_plugin.core.alignment import radial_svd
+    _, template_polar = templates
+    particles = simulate.simulate_particles(volume, 30, BOX, PIXEL, rng=15, n_groups=3,
+                                            snr=0.05, keep_clean=False, backend="cpu")
+    images = polar_transform(particles.images, grid, backend="cpu")
+    monkeypatch.setattr(radial_svd, "_PRUNED_SHARE", 0.0)
+    results = {pruning: RadialSVDAligner(grid, template_polar, pruning=pruning,
+                                         refine_candidates=0, ctf_tolerance=0, backend="cpu",
+                                         dtype=np.float64).align(images, particles.ctf_params,
+                                                                 PIXEL, top_k=3)
+               for pruning in ("auto", "always", "never")}
+    assert len(results["auto"].ranks) > 1
+    for name in ("top_template", "top_angle", "top_shift"):
+        np.testing.assert_array_equal(getattr(results["auto"], name),
+                                      getattr(results["never"], name))
+        np.testing.assert_array_equal(getattr(results["always"], name),
+                                      getattr(results["never"], name))
+    evaluated = {pruning: result.statistics.evaluated for pruning, result in results.items()}
+    assert evaluated["always"] < evaluated["auto"] < evaluated["never"]
+
+
 def test_search_band_keeps_the_energy_of_the_compressed_templates(grid, volume, templates):
     """The compressed search's angular band leaves out at most ``band_tolerance`` of the
     compressed templates' energy, full rank keeps every frequency; the kernels (dense and
