@@ -961,15 +961,22 @@ class RadialSVDAligner:
         half = self.grid.n_angles // 2
         n_shifts = 1 if phases is None else phases.shape[0]
         out = np.empty((polar.shape[0], n_shifts, polar.shape[1], half), self.complex_dtype)
+        # One work array for every chunk: the shifted copies (tens of MB a chunk)
+        # would otherwise be fresh memory, page faults and all, every time.
+        work = np.empty((min(_FFT_CHUNK, polar.shape[0]), n_shifts) + polar.shape[1:],
+                        self.complex_dtype)
         for start in range(0, polar.shape[0], _FFT_CHUNK):
             chunk = slice(start, start + _FFT_CHUNK)
             part = polar[chunk, None].astype(self.complex_dtype, copy=False)
             if ctf is not None:
                 part = part * ctf[chunk, None]
-            shifted = part if phases is None else part * phases[None]
-            out[chunk] = scipy.fft.fft(shifted, axis=-1,
-                                       overwrite_x=ctf is not None or phases is not None,
-                                       norm="forward", workers=fft_workers())[..., :half]
+            shifted = work[:part.shape[0]]
+            if phases is None:
+                shifted[...] = part
+            else:
+                np.multiply(part, phases[None], out=shifted)
+            out[chunk] = scipy.fft.fft(shifted, axis=-1, overwrite_x=True, norm="forward",
+                                       workers=fft_workers())[..., :half]
         return out
 
     def _compress_coefficients(self, full, projections, band=None):
