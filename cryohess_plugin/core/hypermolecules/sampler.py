@@ -8,6 +8,8 @@ One sweep is a composition of Metropolis–Hastings updates, each leaving the po
   (random walk; the slices are reused, only the phase changes), the log-contrast
   (random walk under a normal prior) and, when asked, the rotation (a left so(3) random
   walk, or with a small probability a fresh uniform rotation);
+* the states of all particles jointly with the coefficients: monotone warps of ``τ`` with
+  the matching re-expansion of the coefficients (:mod:`.reparametrisation`);
 * the coefficients: one preconditioned MALA step with the gradient from the projector's
   adjoint; the preconditioner is a per-shell filter ``1 / (β H(|k|) + λ_q)`` with the data
   precision ``H`` measured by a Hessian probe, so all frequencies move at one pace.
@@ -32,6 +34,7 @@ from ..noise import shell_noise_power
 from .data import shell_precision
 from .likelihood import BandLikelihood
 from .model import HyperMolecule
+from .reparametrisation import FAMILIES, propose_warp
 
 #: Target acceptance of the random-walk proposals and of MALA during burn-in.
 RANDOM_WALK_ACCEPTANCE, MALA_ACCEPTANCE = 0.3, 0.57
@@ -53,7 +56,7 @@ NOISE_EVERY = 10
 MAX_MALA_STEP = 1.0
 #: Largest proposal scales the adaptation may reach (a τ step beyond the unit interval
 #: only re-draws it uniformly).
-MAX_STEPS = {"mala": MAX_MALA_STEP, "tau": 0.5}
+MAX_STEPS = {"mala": MAX_MALA_STEP, "tau": 0.5, "warp": 2.0}
 
 
 @dataclass
@@ -75,6 +78,9 @@ class SamplerSettings:
         proposal scales (adapted during burn-in).
     :param global_rotation_probability, global_tau_probability: share of fresh uniform
         proposals (escapes from local modes).
+    :param reparametrise: make the joint warp moves of the states and the coefficients
+        (one per warp family and sweep, after the warm-up).
+    :param warp_step: starting scale of the warp parameter ``θ`` (adapted during burn-in).
     :param warmup: share of burn-in whose coefficient updates are preconditioned gradient
         steps without noise (a search for the posterior's bulk, not sampling).
     :param spectral_start: start the states from the leading heterogeneity directions of
@@ -104,6 +110,8 @@ class SamplerSettings:
     mala_step: float = 0.5
     global_rotation_probability: float = 0.05
     global_tau_probability: float = 0.1
+    reparametrise: bool = True
+    warp_step: float = 0.05
     warmup: float = 0.4
     spectral_start: bool = True
     grid_points: int = 16
@@ -309,6 +317,7 @@ class Chain:
             self.state = ChainState.load(checkpoint)
         else:
             self.state = self._initial_state()
+        self.state.steps.setdefault("warp", settings.warp_step)
         self.model = None
         self.hessian = None
 
@@ -336,7 +345,8 @@ class Chain:
             states=states, shifts=data.shifts.copy(), log_contrast=np.zeros(n),
             rotations=data.rotations.copy(),
             steps={"tau": s.tau_step, "shift": s.shift_step, "contrast": s.contrast_step,
-                   "rotation": np.deg2rad(s.rotation_step_deg), "mala": s.mala_step},
+                   "rotation": np.deg2rad(s.rotation_step_deg), "mala": s.mala_step,
+                   "warp": s.warp_step},
             noise_power=np.zeros(0) if noise is None else noise, prior_scale=0.0,
             rng_state=rng.bit_generator.state, traces={},
             tau_samples=np.zeros((0, n, self.state_size), np.float32),
@@ -679,6 +689,48 @@ class Chain:
         self.log_likelihood[accept] = new[accept]
         return float(accept[~fresh].mean()) if (~fresh).any() else 0.0
 
+    def _move_warps(self, rng, beta):
+        """Joint warps of every particle's state and the coefficients (docs/methods/
+        hyper_molecules.md §5.5): one proposal per warp family and owner, a random axis,
+        ``θ ~ N(0, step²)``; the slices follow the coefficients linearly, so nothing is
+        re-projected."""
+        model, st = self.model, self.state
+        rates = []
+        maps = sum(model.coefficients[m].shape[0] for m in model.owners)
+        voxels = model.coefficient_count // maps
+        for m in model.owners:
+            users = [c for c in self.columns if model.owner(c) == m]
+            if not users:
+                continue
+            for family in FAMILIES:
+                axis = int(rng.integers(0, model.components[m].state_dimension))
+                theta = st.steps["warp"] * rng.standard_normal()
+                moved, coefficients, matrix, log_jacobian = propose_warp(
+                    [st.states[:, self.columns[c]] for c in users], model.coefficients[m],
+                    model.bases[m], family, axis, theta, voxels)
+                states = st.states.copy()
+                slices = self.slices.copy()
+                combine = matrix.astype(np.complex64)
+                for c, values in zip(users, moved):
+                    states[:, self.columns[c]] = values
+                    terms = [t for t, (tc, _, _) in enumerate(model.terms) if tc == c]
+                    slices[:, terms] = np.einsum("qp,npm->nqm", combine, self.slices[:, terms])
+                proposal = dict(model.coefficients)
+                proposal[m] = coefficients
+                weights = self._weights(states, st.log_contrast)
+                new = self.likelihood.log_likelihoods(slices, weights, st.shifts)
+                log_ratio = (beta * (new.sum() - self.log_likelihood.sum())
+                             + self.log_prior(proposal) - self.log_prior(model.coefficients)
+                             + log_jacobian)
+                accepted = bool(np.log(rng.random()) < log_ratio)
+                if accepted:
+                    model.coefficients = proposal
+                    st.states, self.slices, self.weights = states, slices, weights
+                    self.log_likelihood = new
+                    self.grids = model.grids()
+                rates.append(float(np.exp(min(log_ratio, 0.0))))
+        return float(np.mean(rates)) if rates else np.nan
+
     def log_prior(self, coefficients):
         return -0.5 * sum(float(np.sum(self.prior_precision[m][:, None, None, None]
                                         * coefficients[m] ** 2)) for m in self.model.owners)
@@ -802,6 +854,8 @@ class Chain:
                 rates["contrast"] = self._move_contrast(rng, beta)
             if s.sample_rotations:
                 rates["rotation"] = self._move_rotations(rng, beta)
+            if s.reparametrise and not warming and self.columns:
+                rates["warp"] = self._move_warps(rng, beta)
             self._current_gradient = None
             if not warming:
                 rates["mala"] = self._move_coefficients(rng, beta)
