@@ -131,7 +131,7 @@ def test_warp_move_in_a_chain_matches_re_projection():
     from the warped coefficients, and the chain's cached log-likelihood stays the one
     recomputed from scratch."""
     rng = np.random.default_rng(9)
-    model, data, tau, contrast, shifts, sigma = simulated_from_model(rng, n=80, sigma=0.05)
+    model, data, tau, contrast, shifts, sigma = simulated_from_model(rng, n=120, sigma=0.05)
     problem = hm.HyperMoleculeProblem(data, [hm.Component("all", 1)], order=2,
                                       interpolation="linear", backend="cpu")
     chain = hm.Chain(problem, hm.SamplerSettings(sweeps=2, burn_in=1, warp_step=0.02), 0)
