@@ -201,3 +201,31 @@ def test_reflection_step_samples_a_known_gaussian(iterations, mismatch):
     assert abs(ratio.mean() - 1.0) < 0.1
     projected = samples @ np.linalg.eigh(covariance)[1][:, -1]
     assert abs(projected.var() / np.linalg.eigh(covariance)[0][-1] - 1.0) < 0.2
+
+
+def test_exact_coefficient_draw_in_a_chain_matches_its_gaussian():
+    """In a chain: the perturbation noise has the covariance of the precision product
+    (``Var vᵀw = vᵀQv``), and with a converged solve the reflected draw is accepted almost
+    surely, which holds only if ``Q``, ``b`` and the noise match the chain's own
+    log-posterior."""
+    rng = np.random.default_rng(13)
+    model, data, tau, contrast, shifts, sigma = simulated_from_model(rng, n=120, sigma=0.05)
+    problem = hm.HyperMoleculeProblem(data, [hm.Component("all", 1)], order=2,
+                                      interpolation="linear", backend="cpu")
+    settings = hm.SamplerSettings(sweeps=2, burn_in=1, coefficient_draw="exact",
+                                  solver_iterations=60)
+    chain = hm.Chain(problem, settings, 0)
+    chain._build(data.band)
+    chain.state.states = tau.copy()
+    chain.state.log_contrast = np.log(contrast)
+    chain.state.shifts = shifts.copy()
+    chain._refresh_slices()
+    chain._precondition()
+    beta = 0.7
+    probe = chain._vector({0: chain.model.limit(rng.standard_normal(
+        chain.model.coefficients[0].shape))})
+    expected = probe @ chain._precision_product(probe, beta)
+    projections = [probe @ chain._conditional_noise(rng, beta) for _ in range(150)]
+    assert abs(np.var(projections) / expected - 1.0) < 0.3
+    rates = [chain._move_coefficients_exact(rng, beta) for _ in range(3)]
+    assert min(rates) > 0.9

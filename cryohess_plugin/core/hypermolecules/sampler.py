@@ -11,7 +11,9 @@ One sweep is a composition of Metropolis–Hastings updates, each leaving the po
 * the states of all particles jointly with the coefficients: monotone warps of ``τ`` with
   the matching re-expansion of the coefficients (:mod:`.reparametrisation`);
 * the coefficients: one preconditioned MALA step with the gradient from the projector's
-  adjoint; the preconditioner is a per-shell filter ``1 / (β H(|k|) + λ_q)`` with the data
+  adjoint, or (``coefficient_draw="exact"``) a draw from their Gaussian conditional by
+  perturbation–optimisation with a Metropolis–Hastings correction of the solver's error
+  (:mod:`.conditional`); the preconditioner is a per-shell filter ``1 / (β H(|k|) + λ_q)`` with the data
   precision ``H`` measured by a Hessian probe, so all frequencies move at one pace.
 
 Burn-in marches the band up (coarse to fine), raises the likelihood's temperature from
@@ -34,6 +36,7 @@ from ..noise import shell_noise_power
 from .data import shell_precision
 from .likelihood import BandLikelihood
 from .model import HyperMolecule
+from .conditional import conjugate_gradient, reflection_step
 from .reparametrisation import FAMILIES, propose_warp
 
 #: Target acceptance of the random-walk proposals and of MALA during burn-in.
@@ -81,6 +84,9 @@ class SamplerSettings:
     :param reparametrise: make the joint warp moves of the states and the coefficients
         (one per warp family and sweep, after the warm-up).
     :param warp_step: starting scale of the warp parameter ``θ`` (adapted during burn-in).
+    :param coefficient_draw: ``"langevin"`` (one preconditioned Langevin step per sweep)
+        or ``"exact"`` (a conditional draw, :mod:`.conditional`).
+    :param solver_iterations: conjugate-gradient steps of an exact draw.
     :param warmup: share of burn-in whose coefficient updates are preconditioned gradient
         steps without noise (a search for the posterior's bulk, not sampling).
     :param spectral_start: start the states from the leading heterogeneity directions of
@@ -112,6 +118,8 @@ class SamplerSettings:
     global_tau_probability: float = 0.1
     reparametrise: bool = True
     warp_step: float = 0.05
+    coefficient_draw: str = "langevin"
+    solver_iterations: int = 20
     warmup: float = 0.4
     spectral_start: bool = True
     grid_points: int = 16
@@ -129,6 +137,9 @@ class SamplerSettings:
             raise InvalidDataError("the initial temperature must lie in (0, 1]")
         if not self.band_fractions or any(not 0 < f <= 1 for f in self.band_fractions):
             raise InvalidDataError("band fractions must lie in (0, 1]")
+        if self.coefficient_draw not in ("langevin", "exact") or self.solver_iterations < 1:
+            raise InvalidDataError("the coefficient draw must be 'langevin' or 'exact', with at "
+                                   "least one solver iteration")
         return self
 
     @property
@@ -789,6 +800,92 @@ class Chain:
             self._current_gradient = evaluated["gradient"]
         return rate
 
+    def _maps(self, flat):
+        """``{owner: coefficient maps}`` of a flat vector (the inverse of :meth:`_flat`)."""
+        out, start = {}, 0
+        for m in self.model.owners:
+            shape = self.model.coefficients[m].shape
+            count = int(np.prod(shape))
+            out[m] = flat[start:start + count].reshape(shape)
+            start += count
+        return out
+
+    def _vector(self, maps):
+        return np.concatenate([maps[m].ravel() for m in self.model.owners])
+
+    def _adjoint_of(self, spectra):
+        """``2 Aᵀ W s`` for spectra ``s`` at the current latents, in the band."""
+        model, st = self.model, self.state
+        saved, self.likelihood.spectra = self.likelihood.spectra, spectra
+        try:
+            residual = self.likelihood.weighted_residuals(self.slices, np.zeros_like(self.weights),
+                                                          st.shifts)
+        finally:
+            self.likelihood.spectra = saved
+        gradient = model.gradient(2.0 * residual, self.weights, st.rotations,
+                                  self.likelihood.kx, self.likelihood.ky)
+        return {m: model.limit(gradient[m]) for m in model.owners}
+
+    def _precision_product(self, flat, beta):
+        """``(2β AᵀWA + Λ) v`` restricted to the band (the conditional precision)."""
+        model, st = self.model, self.state
+        maps = self._maps(flat)
+        slices = model.slices(model.grids(maps), st.rotations, self.likelihood.kx,
+                              self.likelihood.ky)
+        data = self._adjoint_of(self.likelihood.model_spectra(slices, self.weights, st.shifts)
+                                .astype(np.complex64))
+        return self._vector({m: model.limit(beta * data[m] + self.prior_precision[m][
+            :, None, None, None] * maps[m]) for m in model.owners})
+
+    def _conditional_noise(self, rng, beta):
+        """``w ~ N(0, 2β AᵀWA + Λ)`` in the band: the adjoint of complex noise of variance
+        ``1 / (2βW)`` per real part, plus prior noise."""
+        model = self.model
+        shape = self.likelihood.spectra.shape
+        deviation = 1.0 / np.sqrt(2.0 * beta * self.likelihood.precision.astype(np.float64))
+        data = deviation * (rng.standard_normal(shape) + 1j * rng.standard_normal(shape))
+        maps = self._adjoint_of(data.astype(np.complex64))
+        return self._vector({m: model.limit(beta * maps[m] + np.sqrt(self.prior_precision[m])[
+            :, None, None, None] * rng.standard_normal(maps[m].shape)) for m in model.owners})
+
+    def _move_coefficients_exact(self, rng, beta):
+        """A draw of the coefficients from their Gaussian conditional (:func:`.conditional.
+        reflection_step`): ``Q = 2β AᵀWA + Λ``, ``b = 2β AᵀWY``, the noise ``w ~ N(0, Q)`` as
+        the adjoint of data-like noise plus prior noise, the solve preconditioned by the
+        per-shell filter of the Langevin step."""
+        model, st = self.model, self.state
+        linear = self._vector({m: beta * v for m, v in
+                               self._adjoint_of(self.likelihood.spectra).items()})
+
+        def apply(flat):
+            return self._precision_product(flat, beta)
+
+        def precondition(flat):
+            maps = self._maps(flat)
+            return self._vector({m: self._filtered(maps[m], m, 1.0) for m in model.owners})
+
+        evaluated = {}
+
+        def log_target(flat):
+            coefficients = self._maps(flat)
+            grids = model.grids(coefficients)
+            slices = model.slices(grids, st.rotations, self.likelihood.kx, self.likelihood.ky)
+            values = self.likelihood.log_likelihoods(slices, self.weights, st.shifts)
+            evaluated.update(grids=grids, slices=slices, values=values)
+            return beta * values.sum() + self.log_prior(coefficients)
+
+        log_current = beta * self.log_likelihood.sum() + self.log_prior(model.coefficients)
+        proposal, _, accepted, rate = reflection_step(
+            self._flat(model), log_current, log_target, apply, linear,
+            lambda generator: self._conditional_noise(generator, beta),
+            lambda c: conjugate_gradient(apply, c, precondition, self.settings.solver_iterations),
+            rng)
+        if accepted:
+            model.coefficients = {m: v.copy() for m, v in self._maps(proposal).items()}
+            self.grids, self.slices = evaluated["grids"], evaluated["slices"]
+            self.log_likelihood = evaluated["values"]
+        return rate
+
     # ------------------------------------------------------------------ the run
     def _adapt(self, name, rate, target):
         """Robbins–Monro on the log step; from the settle phase on with a gain decaying as
@@ -857,10 +954,14 @@ class Chain:
             if s.reparametrise and not warming and self.columns:
                 rates["warp"] = self._move_warps(rng, beta)
             self._current_gradient = None
-            if not warming:
+            if not warming and s.coefficient_draw == "exact":
+                rates["exact"] = self._move_coefficients_exact(rng, beta)
+            elif not warming:
                 rates["mala"] = self._move_coefficients(rng, beta)
             if st.sweep < s.burn_in:
                 for name, rate in rates.items():
+                    if name not in st.steps:
+                        continue
                     self._adapt(name, rate, MALA_ACCEPTANCE if name == "mala"
                                 else RANDOM_WALK_ACCEPTANCE)
             st.sweep += 1
