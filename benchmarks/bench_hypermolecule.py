@@ -103,7 +103,9 @@ def recovery(args):
     print(f"simulated {args.n} particles in {time.time() - start:.0f} s; {data.kx.size} "
           f"frequencies inside the band {args.band}", flush=True)
     settings = hm.SamplerSettings(sweeps=args.sweeps, burn_in=args.burn_in, seed=0,
-                                  reparametrise=not args.no_warps)
+                                  reparametrise=not args.no_warps,
+                                  coefficient_draw=args.draw,
+                                  solver_iterations=args.solver_iterations)
     problem = hm.HyperMoleculeProblem(data, [hm.Component("molecule", 1)], order=args.order)
     tracemalloc.start()
     start, cpu = time.time(), time.process_time()
@@ -172,7 +174,9 @@ def aligned(args):
     data = hm.prepare_particles(sim.images, sim.ctf_params, PIXEL, args.band, rotations,
                                 found.shift)
     settings = hm.SamplerSettings(sweeps=args.sweeps, burn_in=args.burn_in, seed=0,
-                                  sample_rotations=True, reparametrise=not args.no_warps)
+                                  sample_rotations=True, reparametrise=not args.no_warps,
+                                  coefficient_draw=args.draw,
+                                  solver_iterations=args.solver_iterations)
     problem = hm.HyperMoleculeProblem(data, [hm.Component("molecule", 1)], order=args.order)
     start = time.time()
     result = run_chains(problem, settings, args.chains)
@@ -197,7 +201,9 @@ def pretzel(args):
                   hm.Component("arm copy", 1, shares=1, symmetry=C2_Z)]
     problem = hm.HyperMoleculeProblem(data, components, order=args.order)
     settings = hm.SamplerSettings(sweeps=args.sweeps, burn_in=args.burn_in, seed=0,
-                                  reparametrise=not args.no_warps)
+                                  reparametrise=not args.no_warps,
+                                  coefficient_draw=args.draw,
+                                  solver_iterations=args.solver_iterations)
     start = time.time()
     result = run_chains(problem, settings, args.chains)
     print(f"\npretzel, particles {args.n}, box {box}, band {band}, chains {args.chains}, "
@@ -249,7 +255,9 @@ def calibration(args):
     problem = hm.HyperMoleculeProblem(data, [hm.Component("molecule", 1)], order=2,
                                       backend="cpu")
     settings = hm.SamplerSettings(sweeps=args.sweeps, burn_in=args.burn_in, seed=0,
-                                  reparametrise=not args.no_warps)
+                                  reparametrise=not args.no_warps,
+                                  coefficient_draw=args.draw,
+                                  solver_iterations=args.solver_iterations)
     start, cpu = time.time(), time.process_time()
     result = run_chains(problem, settings, args.chains, log=False)
     mean, interval = result.tau_mean[:, 0], result.tau_interval[:, 0]
@@ -319,6 +327,10 @@ def main():
                         help="recovery mode: skip the single-state reference run")
     parser.add_argument("--no-warps", action="store_true",
                         help="switch the joint warp moves of states and coefficients off")
+    parser.add_argument("--draw", choices=("langevin", "exact"), default="langevin",
+                        help="coefficient update: a Langevin step or an exact conditional draw")
+    parser.add_argument("--solver-iterations", type=int, default=20,
+                        help="conjugate-gradient steps of an exact conditional draw")
     parser.add_argument("--short", action="store_true",
                         default=bool(os.environ.get("CRYOHESS_BENCH_SHORT")),
                         help="a quick smoke run: few particles and sweeps")
