@@ -103,7 +103,7 @@ def recovery(args):
     print(f"simulated {args.n} particles in {time.time() - start:.0f} s; {data.kx.size} "
           f"frequencies inside the band {args.band}", flush=True)
     settings = hm.SamplerSettings(sweeps=args.sweeps, burn_in=args.burn_in, seed=0,
-                                  reparametrise=not args.no_warps,
+                                  reparametrise=args.warps,
                                   coefficient_draw=args.draw,
                                   solver_iterations=args.solver_iterations)
     problem = hm.HyperMoleculeProblem(data, [hm.Component("molecule", 1)], order=args.order)
@@ -174,7 +174,7 @@ def aligned(args):
     data = hm.prepare_particles(sim.images, sim.ctf_params, PIXEL, args.band, rotations,
                                 found.shift)
     settings = hm.SamplerSettings(sweeps=args.sweeps, burn_in=args.burn_in, seed=0,
-                                  sample_rotations=True, reparametrise=not args.no_warps,
+                                  sample_rotations=True, reparametrise=args.warps,
                                   coefficient_draw=args.draw,
                                   solver_iterations=args.solver_iterations)
     problem = hm.HyperMoleculeProblem(data, [hm.Component("molecule", 1)], order=args.order)
@@ -201,7 +201,7 @@ def pretzel(args):
                   hm.Component("arm copy", 1, shares=1, symmetry=C2_Z)]
     problem = hm.HyperMoleculeProblem(data, components, order=args.order)
     settings = hm.SamplerSettings(sweeps=args.sweeps, burn_in=args.burn_in, seed=0,
-                                  reparametrise=not args.no_warps,
+                                  reparametrise=args.warps,
                                   coefficient_draw=args.draw,
                                   solver_iterations=args.solver_iterations)
     start = time.time()
@@ -255,7 +255,7 @@ def calibration(args):
     problem = hm.HyperMoleculeProblem(data, [hm.Component("molecule", 1)], order=2,
                                       backend="cpu")
     settings = hm.SamplerSettings(sweeps=args.sweeps, burn_in=args.burn_in, seed=0,
-                                  reparametrise=not args.no_warps,
+                                  reparametrise=args.warps,
                                   coefficient_draw=args.draw,
                                   solver_iterations=args.solver_iterations)
     start, cpu = time.time(), time.process_time()
@@ -325,8 +325,8 @@ def main():
     parser.add_argument("--snr", type=float, default=1.0, help="calibration mode only")
     parser.add_argument("--skip-single", action="store_true",
                         help="recovery mode: skip the single-state reference run")
-    parser.add_argument("--no-warps", action="store_true",
-                        help="switch the joint warp moves of states and coefficients off")
+    parser.add_argument("--warps", action="store_true",
+                        help="make the joint warp moves of states and coefficients")
     parser.add_argument("--draw", choices=("langevin", "exact"), default="langevin",
                         help="coefficient update: a Langevin step or an exact conditional draw")
     parser.add_argument("--solver-iterations", type=int, default=20,

@@ -134,7 +134,8 @@ def test_warp_move_in_a_chain_matches_re_projection():
     model, data, tau, contrast, shifts, sigma = simulated_from_model(rng, n=120, sigma=0.05)
     problem = hm.HyperMoleculeProblem(data, [hm.Component("all", 1)], order=2,
                                       interpolation="linear", backend="cpu")
-    chain = hm.Chain(problem, hm.SamplerSettings(sweeps=2, burn_in=1, warp_step=0.02), 0)
+    chain = hm.Chain(problem, hm.SamplerSettings(sweeps=2, burn_in=1, reparametrise=True,
+                                                 warp_step=0.02), 0)
     chain._build(data.band)
     chain.model.coefficients = {0: model.coefficients[0].copy()}
     chain.state.states = tau.copy()

@@ -82,7 +82,8 @@ class SamplerSettings:
     :param global_rotation_probability, global_tau_probability: share of fresh uniform
         proposals (escapes from local modes).
     :param reparametrise: make the joint warp moves of the states and the coefficients
-        (one per warp family and sweep, after the warm-up).
+        (one per warp family and sweep, after the warm-up; off by default, see
+        docs/methods/hyper_molecules.md §5.5 on what they do with Langevin steps).
     :param warp_step: starting scale of the warp parameter ``θ`` (adapted during burn-in).
     :param coefficient_draw: ``"langevin"`` (one preconditioned Langevin step per sweep)
         or ``"exact"`` (a conditional draw, :mod:`.conditional`).
@@ -116,7 +117,7 @@ class SamplerSettings:
     mala_step: float = 0.5
     global_rotation_probability: float = 0.05
     global_tau_probability: float = 0.1
-    reparametrise: bool = True
+    reparametrise: bool = False
     warp_step: float = 0.05
     coefficient_draw: str = "langevin"
     solver_iterations: int = 20
