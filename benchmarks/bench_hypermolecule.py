@@ -329,7 +329,7 @@ def main():
                         help="make the joint warp moves of states and coefficients")
     parser.add_argument("--draw", choices=("langevin", "exact"), default="langevin",
                         help="coefficient update: a Langevin step or an exact conditional draw")
-    parser.add_argument("--solver-iterations", type=int, default=20,
+    parser.add_argument("--solver-iterations", type=int, default=40,
                         help="conjugate-gradient steps of an exact conditional draw")
     parser.add_argument("--short", action="store_true",
                         default=bool(os.environ.get("CRYOHESS_BENCH_SHORT")),

@@ -120,7 +120,7 @@ class SamplerSettings:
     reparametrise: bool = False
     warp_step: float = 0.05
     coefficient_draw: str = "langevin"
-    solver_iterations: int = 20
+    solver_iterations: int = 40
     warmup: float = 0.4
     spectral_start: bool = True
     grid_points: int = 16
