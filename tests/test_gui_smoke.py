@@ -8,8 +8,10 @@ is up, opens everything in turn through the window's own actions ("new protocol"
 "analyze results", an output's viewer) and writes ``SHOT_DIR/manifest.json``.
 
 Needs the Debian packages ``xvfb``, ``imagemagick`` and ``xdotool``, and the X libraries of
-the Qt set viewer (README, "Set viewer libraries"); ``.ci/run`` installs them.  Without them
-the test fails under CI (``CI=true``) and is skipped elsewhere.
+the Qt set viewer (README, "GUI prerequisites"); ``.ci/run`` installs them.  Without the
+packages the test fails under CI (``CI=true``) and is skipped elsewhere.  The screenshots
+stay in the test project's ``screenshots/``; ``CRYOHESS_GUI_SCREENSHOTS=DIR`` copies them and
+the GUI's log to ``DIR``.
 """
 import json
 import os
@@ -31,7 +33,7 @@ SETTLE_MS = 400
 #: Seconds the Qt set viewer (a separate process) gets to show its window.
 SET_VIEWER_TIMEOUT = 30
 #: Lines of the GUI process's output that mean something went wrong.
-FAILURE = re.compile(r'Traceback|\bERROR\b|Error:|Exception|could not|Could not|Aborted')
+FAILURE = re.compile(r'Traceback|\bERROR\b|Error:|Exception|Warning|could not|Could not|Aborted')
 
 
 def _missingTools():
@@ -176,7 +178,9 @@ if __name__ != '__main__':
                 handle.write(log)
             keep = os.environ.get('CRYOHESS_GUI_SCREENSHOTS')
             if keep and os.path.isdir(cls.shots):
-                shutil.copytree(cls.shots, keep, dirs_exist_ok=True)
+                shutil.rmtree(keep, ignore_errors=True)
+                shutil.copytree(cls.shots, keep)
+                shutil.copy(os.path.join(cls.outputPath, 'gui.log'), keep)
             return log, returnCode
 
         def _manifest(self):
@@ -343,46 +347,51 @@ class GuiDriver:
             yield QUIT
             self.manifest['viewers'][viewerClass.__name__] = plots
 
-        volumes = [output for run in runs for _, output in run.iterOutputAttributes()
+        volumes = [(run, name, output) for run in runs
+                   for name, output in run.iterOutputAttributes()
                    if CryoHessVolumeViewer in domain.findViewers(output, DESKTOP_TKINTER)]
         shown = []
-        for output in volumes[:2]:
-            viewer = CryoHessVolumeViewer(project=project, parent=self.window)
-            yield OPEN, lambda: viewer.visualize(output)
-            yield 'map_%s' % output.getObjName()
+        for run, name, output in volumes[:2]:                # an output's right-click menu
+            viewer = CryoHessVolumeViewer(project=project, protocol=run, parent=self.window)
+            yield OPEN, lambda: viewer.visualize(output, windows=self.window)
+            yield 'run%d_%s' % (run.getObjId(), name)
             plt.close('all')
-            shown.append(output.getObjName())
+            shown.append(name)
         self.manifest['viewers'][CryoHessVolumeViewer.__name__] = shown
 
-        yield from self._setViewer(project, domain, runs[0].outputParticles)
+        yield from self._setViewer(project, domain, runs[0])
 
-    def _setViewer(self, project, domain, particles):
+    def _setViewer(self, project, domain, run):
         """Scipion's Qt set viewer, a separate process, shows the simulated particles."""
         from pyworkflow.viewer import DESKTOP_TKINTER
+        particles = run.outputParticles
         viewerClass = domain.findViewers(particles, DESKTOP_TKINTER)[0]
-        before = set(self._windows())
-        yield OPEN, lambda: viewerClass(project=project, parent=self.window).visualize(particles)
+        viewer = viewerClass(project=project, protocol=run, parent=self.window)
+        started = []
+        popen = subprocess.Popen
+
+        def remember(*args, **kwargs):
+            started.append(popen(*args, **kwargs))
+            return started[-1]
+        subprocess.Popen = remember
+        try:
+            yield OPEN, lambda: viewer.visualize(particles, windows=self.window)
+        finally:
+            subprocess.Popen = popen
+        process, = started
         deadline = time.time() + SET_VIEWER_TIMEOUT
-        new = []
-        while not new and time.time() < deadline:
-            self.root.update()
+        shown = []
+        while not shown and process.poll() is None and time.time() < deadline:
             time.sleep(0.5)
-            new = [w for w in self._windows() if w not in before]
-        assert new, "the set viewer (%s) showed no window" % viewerClass.__name__
+            shown = subprocess.run(['xdotool', 'search', '--onlyvisible', '--pid',
+                                    str(process.pid)], capture_output=True).stdout.split()
+        assert shown, ("the set viewer (%s, %s) showed no window; its exit code: %s"
+                       % (viewerClass.__name__, ' '.join(process.args), process.poll()))
         time.sleep(2.0)  # the table fills after the window maps
         yield 'set_viewer'
+        process.terminate()
+        process.wait()
         self.manifest['setViewer'] = True
-        for window in new:
-            pid = subprocess.run(['xdotool', 'getwindowpid', window], capture_output=True,
-                                 text=True).stdout.strip()
-            if pid and int(pid) != os.getpid():
-                os.kill(int(pid), 15)
-
-    @staticmethod
-    def _windows():
-        found = subprocess.run(['xdotool', 'search', '--onlyvisible', '--name', '.'],
-                               capture_output=True, text=True)
-        return found.stdout.split()
 
 
 def main(projectName, shotDir):
