@@ -21,8 +21,7 @@ import subprocess
 import sys
 import time
 import traceback
-
-import pytest
+import unittest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = {'Xvfb': 'xvfb', 'import': 'imagemagick', 'xdotool': 'xdotool'}
@@ -104,7 +103,7 @@ if __name__ != '__main__':
                            "%s; .ci/run installs them)" % (', '.join(missing), ' '.join(missing)))
                 if os.environ.get('CI') == 'true':
                     raise RuntimeError(message)
-                raise pytest.skip.Exception(message, allow_module_level=True)
+                raise unittest.SkipTest(message)
             setupTestProject(cls)
             cls.runs = cls._launchRuns()
             cls.shots = os.path.join(cls.outputPath, 'screenshots')
@@ -153,15 +152,20 @@ if __name__ != '__main__':
         @classmethod
         def _runGui(cls):
             """Run the GUI process on a fresh X display; returns its output and exit code."""
-            display = ':%d' % (100 + os.getpid() % 400)
-            server = subprocess.Popen(['Xvfb', display, '-screen', '0', '1600x1000x24',
-                                       '-nolisten', 'tcp'],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            # Xvfb picks a free display (other X servers may run here) and writes its number.
+            readEnd, writeEnd = os.pipe()
+            server = subprocess.Popen(['Xvfb', '-displayfd', str(writeEnd), '-screen', '0',
+                                       '1600x1000x24', '-nolisten', 'tcp'],
+                                      pass_fds=(writeEnd,), stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL)
+            os.close(writeEnd)
+            with os.fdopen(readEnd) as pipe:
+                display = ':' + pipe.readline().strip()
+            assert display != ':', "Xvfb did not start"
             env = dict(os.environ, DISPLAY=display, MPLBACKEND='TkAgg',
                        PYTHONPATH=os.pathsep.join(filter(None, [REPO,
                                                                 os.environ.get('PYTHONPATH')])))
             try:
-                time.sleep(1.0)
                 gui = subprocess.run(
                     [sys.executable, '-O', '-m', 'tests.test_gui_smoke', cls.projName, cls.shots],
                     cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -243,12 +247,25 @@ class GuiDriver:
         self.forms = []
         os.makedirs(shotDir, exist_ok=True)
         self.root.report_callback_exception = self._callbackException
+        self._reportDialogs()
         show = FormWindow.show
 
         def rememberForm(form, *args, **kwargs):
             self.forms.append(form)
             return show(form, *args, **kwargs)
         FormWindow.show = rememberForm
+
+    @staticmethod
+    def _reportDialogs():
+        """Error and warning dialogs print their message instead (a modal dialog would
+        wait for a click)."""
+        from pyworkflow.gui import dialog
+
+        def report(kind):
+            return lambda title, msg, parent, **kwargs: print(
+                '%s: dialog "%s": %s' % (kind, title, msg), file=sys.stderr)
+        dialog.showError = report('Error')
+        dialog.showWarning = report('Warning')
 
     def start(self):
         self.actions = self._actions()
