@@ -209,8 +209,15 @@ if __name__ != '__main__':
             for viewer, plots in manifest['viewers'].items():
                 self.assertTrue(plots, viewer)
 
-        def testSetViewerShowsTheParticles(self):
-            self.assertTrue(self._manifest()['setViewer'])
+        def testSetViewerShowsOurColumns(self):
+            from cryohess_plugin.constants import CONFORMATION, DEFOCUS_GROUP, SOFT_MODE_INDEX
+            self.assertEqual(self._manifest()['setViewer'], ['outputParticles', 'outputModes'])
+            # What the viewer's process was told to show, as it logs it.
+            particles, modes = [line.split('Visible labels:')[1].split()
+                                for line in self.log.splitlines() if 'Visible labels:' in line]
+            self.assertIn(CONFORMATION, particles)
+            self.assertIn(DEFOCUS_GROUP, particles)
+            self.assertIn(SOFT_MODE_INDEX, modes)
 
         def testScreenshotsShowWindows(self):
             from PIL import Image
@@ -241,7 +248,7 @@ class GuiDriver:
         self.window = window
         self.root = window.root
         self.shotDir = shotDir
-        self.manifest = dict(newForms=[], runForms=[], viewers={}, setViewer=False,
+        self.manifest = dict(newForms=[], runForms=[], viewers={}, setViewer=[],
                              screenshots=[])
         self.failed = False
         self.forms = []
@@ -376,12 +383,15 @@ class GuiDriver:
             shown.append(name)
         self.manifest['viewers'][CryoHessVolumeViewer.__name__] = shown
 
-        yield from self._setViewer(project, domain, runs[0])
+        simulation, softModes = runs[0], runs[2]
+        yield from self._setViewer(project, domain, simulation, 'outputParticles')
+        yield from self._setViewer(project, domain, softModes, 'outputModes')
 
-    def _setViewer(self, project, domain, run):
-        """Scipion's Qt set viewer, a separate process, shows the simulated particles."""
+    def _setViewer(self, project, domain, run, outputName):
+        """Scipion's Qt set viewer, a separate process, shows the set ``outputName`` of
+        ``run`` (all its columns in view)."""
         from pyworkflow.viewer import DESKTOP_TKINTER
-        particles = run.outputParticles
+        particles = getattr(run, outputName)
         viewerClass = domain.findViewers(particles, DESKTOP_TKINTER)[0]
         viewer = viewerClass(project=project, protocol=run, parent=self.window)
         started = []
@@ -404,11 +414,13 @@ class GuiDriver:
                                     str(process.pid)], capture_output=True).stdout.split()
         assert shown, ("the set viewer (%s, %s) showed no window; its exit code: %s"
                        % (viewerClass.__name__, ' '.join(process.args), process.poll()))
+        subprocess.run(['xdotool', 'windowmove', shown[0], '0', '0', 'windowsize', shown[0],
+                        '1600', '1000'], check=True)
         time.sleep(2.0)  # the table fills after the window maps
-        yield 'set_viewer'
+        yield 'run%d_%s_set_viewer' % (run.getObjId(), outputName)
         process.terminate()
         process.wait()
-        self.manifest['setViewer'] = True
+        self.manifest['setViewer'].append(outputName)
 
 
 def main(projectName, shotDir):
