@@ -25,8 +25,8 @@ import unittest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = {'Xvfb': 'xvfb', 'import': 'imagemagick', 'xdotool': 'xdotool'}
-#: Seconds the whole GUI session may take.
-GUI_TIMEOUT = 180
+#: Seconds the whole GUI session may take (about one on a quiet machine; this is for a hang).
+GUI_TIMEOUT = 600
 #: Milliseconds a new window gets to draw itself before its screenshot.
 SETTLE_MS = 400
 #: Seconds the Qt set viewer (a separate process) gets to show its window.
@@ -188,7 +188,10 @@ if __name__ != '__main__':
             return log, returnCode
 
         def _manifest(self):
-            with open(os.path.join(self.shots, 'manifest.json')) as handle:
+            path = os.path.join(self.shots, 'manifest.json')
+            self.assertTrue(os.path.exists(path), "the GUI process ended (%s) before it wrote "
+                            "its manifest:\n%s" % (self.returnCode, self.log))
+            with open(path) as handle:
                 return json.load(handle)
 
         def testGuiProcessRaisesNothing(self):
