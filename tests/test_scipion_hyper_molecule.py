@@ -100,8 +100,6 @@ class TestHyperMoleculeValidation(ParticleValidationMixin, CryoHessTestCase):
 
     def testOrderTheDataCannotSupport(self):
         self.assertError("cannot support a state basis of order 3", self._errors(stateOrder=3))
-        # One map still needs its particles: the sampler refuses it at run time otherwise.
-        self.assertError("cannot support a state basis of order 1", self._errors(stateOrder=1))
 
     def testMaskOfAnotherBox(self):
         errors = self._errors(masks=[self._mask(BOX + 8)], stateOrder=1)
