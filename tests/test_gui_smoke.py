@@ -25,7 +25,7 @@ import unittest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = {'Xvfb': 'xvfb', 'import': 'imagemagick', 'xdotool': 'xdotool'}
-#: Seconds the whole GUI session may take (about one on a quiet machine; this is for a hang).
+#: Seconds the whole GUI session may take (4 minutes at a load of 20 on 2 cores): a hang.
 GUI_TIMEOUT = 600
 #: Milliseconds a new window gets to draw itself before its screenshot.
 SETTLE_MS = 400
@@ -49,6 +49,7 @@ if __name__ != '__main__':
 
     from .scipion_base import CryoHessTestCase
 
+    # 50 particles: the fewest the hyper-molecule sampler takes.
     SIMULATION = dict(boxSize=24, samplingRate=2.0, numberOfParticles=50, numberOfDefocusGroups=2,
                       phantomAtoms=200, phantomRadius=14.0, snr=10.0, doMicrographs=True,
                       numberOfMicrographs=2, micrographSize=352,
