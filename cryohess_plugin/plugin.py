@@ -16,6 +16,11 @@ class Plugin(pwem.Plugin):
     _pathVars = []
     _url = "https://pypi.org/project/scipion-em-cryohess/"
 
+    def getName(self):
+        """The name users read: the menu of all protocols, and every protocol's label
+        ("cryohess - simulate data set"), as in our menu section and citations."""
+        return "cryohess"
+
     @classmethod
     def _defineVariables(cls):
         cls._defineVar(CRYOHESS_USE_GPU, CRYOHESS_USE_GPU_DEFAULT,

@@ -42,7 +42,7 @@ def test_plugin_is_discovered():
     assert issubclass(plugin.Plugin, pwem.Plugin)
     assert plugin.Plugin.validateInstallation() == []
     instance = plugin._pluginInstance
-    assert instance.getName() == 'cryohess_plugin'
+    assert instance.getName() == 'cryohess'
     assert instance.getPath() == cryohess_plugin.__path__[0]
 
 

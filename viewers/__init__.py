@@ -1,4 +1,5 @@
 """cryohess viewers; every class here is registered by Scipion's Domain."""
+from . import set_columns  # noqa: F401  (our columns visible in the set viewer)
 from .viewer_align import CryoHessAlignParticlesViewer, CryoHessAlignVolumesViewer
 from .viewer_fourier_posterior import CryoHessFourierPosteriorViewer, CryoHessRefinePosesViewer
 from .viewer_micrograph_em import CryoHessMicrographEMViewer

@@ -124,9 +124,13 @@ class CryoHessHyperMoleculeViewer(ProtocolViewer):
         name = self.referenceColumn.get()
         reference = np.array([np.atleast_1d(convert.read_column(p, name))[0]
                               for p in particles.iterItems(orderBy='id')])
-        rho = rank_correlation(result.tau_mean[:, 0], reference)
-        plotter = EmPlotter(x=1, y=1, figsize=(6.5, 5.5),
-                            mainTitle='τ against %s: Spearman ρ = %.3f' % (name, rho))
+        if np.ptp(reference) == 0 or np.ptp(result.tau_mean[:, 0]) == 0:
+            # e.g. the conformation of a simulation without heterogeneity
+            title = 'τ against %s: one of them is constant, no rank correlation' % name
+        else:
+            title = 'τ against %s: Spearman ρ = %.3f' % (
+                name, rank_correlation(result.tau_mean[:, 0], reference))
+        plotter = EmPlotter(x=1, y=1, figsize=(6.5, 5.5), mainTitle=title)
         axes = plotter.createSubPlot('', name, 'posterior mean τ (axis 1)')
         axes.errorbar(reference, result.tau_mean[:, 0], yerr=result.tau_std[:, 0], fmt='.',
                       markersize=2, alpha=0.5, elinewidth=0.5)

@@ -134,7 +134,11 @@ class CryoHessMicrographEMViewer(ProtocolViewer):
             frequency = np.arange(alignment.fsc.size) / (result.box * result.pixel_size)
             axes.plot(frequency, alignment.fsc, marker='o', label='%s (correlation %.3f%s)' % (
                 label, alignment.correlation, ', mirrored' if alignment.reflected else ''))
-        axes.legend(fontsize=8)
+        if pairs:
+            axes.legend(fontsize=8)
+        else:
+            axes.text(0.5, 0.5, 'The run had one start: choose a reference volume to compare '
+                      'with.', ha='center', transform=axes.transAxes)
         for threshold in fourier.FSC_THRESHOLDS:
             axes.axhline(threshold, color='gray', linestyle=':')
         axes.set_ylim(-0.1, 1.05)

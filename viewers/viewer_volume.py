@@ -17,6 +17,7 @@ class CryoHessVolumeViewer(Viewer):
     """Orthogonal sections of a map with a slider through each axis, and its projections
     along the same axes, on one colour scale."""
     _label = 'cryohess map sections'
+    _name = _label  # what an output's right-click menu offers
     _targets = [Volume, SetOfVolumes]
     _environments = [DESKTOP_TKINTER]
 
