@@ -44,7 +44,8 @@ class TestCryoHessMicrographEM(CryoHessTestCase):
     def setUpClass(cls):
         setupTestProject(cls)
         cls.protSim = cls.launchSimulation('simulate separated micrographs', SIMULATION)
-        cls.protEM = cls._launchEM('micrograph EM')
+        cls.protEM = cls._launchEM('micrograph EM',
+                                   referenceCoordinates=cls.protSim.outputCoordinates)
 
     @classmethod
     def _launchEM(cls, label, **overrides):
@@ -53,8 +54,10 @@ class TestCryoHessMicrographEM(CryoHessTestCase):
         return cls.launchProtocol(protocol)
 
     @classmethod
-    def _newEM(cls, micrographs=None, ctf=True, **overrides):
+    def _newEM(cls, micrographs=None, ctf=True, referenceCoordinates=None, **overrides):
         protocol = cls.newProtocol(CryoHessProtMicrographEM, **dict(EM, **overrides))
+        if referenceCoordinates is not None:
+            protocol.referenceCoordinates.set(referenceCoordinates)
         protocol.inputMicrographs.set(micrographs or cls.protSim.outputMicrographs)
         if ctf:
             protocol.ctfRelations.set(cls.protSim.outputCTF)
@@ -102,6 +105,39 @@ class TestCryoHessMicrographEM(CryoHessTestCase):
             x, y = coord.getPosition()
             self.assertTrue(0 <= x < 352 and 0 <= y < 352)
             self.assertTrue(0.5 < float(getattr(coord, PICK_SCORE)) <= 1.0)
+
+    def testRelionExtractionTakesTheCoordinatesAndCtfs(self):
+        """RELION's extraction protocol takes our picks and the simulator's CTFs as they
+        are: its input checks pass, pwem's loader pairs every pick with its micrograph and
+        CTF, and the files it hands relion_preprocess hold our coordinates and defoci (the
+        binary is not installed here: its command is captured, not run)."""
+        from relion.protocols import ProtRelionExtractParticles
+        coordinates = self.protEM.outputCoordinates
+        prot = self.newProtocol(ProtRelionExtractParticles, boxSize=22, doNormalize=False)
+        prot.inputCoordinates.set(coordinates)
+        prot.ctfRelations.set(self.protSim.outputCTF)
+        self.assertEqual(prot.validate(), [])
+        self.proj.saveProtocol(prot)
+        prot.makePathsAndClean()
+        prot._insertAllSteps()
+        picked = convert.coordinates_to_arrays(coordinates)
+        self.assertEqual(sorted(prot.coordDict), sorted(picked))
+        commands = []
+        prot.runJob = lambda program, args, **kwargs: commands.append((program, args))
+        mics = list(prot.micDict.values())
+        prot._extractMicrographList(mics, *prot._getExtractArgs())
+        self.assertTrue(commands[-1][0].endswith('relion_preprocess'))
+        self.assertIn('--extract_size 22', commands[-1][1])
+        from emtable import Table
+        defoci = {ctf.getMicrograph().getMicName(): ctf.getDefocusU()
+                  for ctf in self.protSim.outputCTF.iterItems()}
+        micTable = Table(fileName=prot._getPath(prot._getMicsStar(mics)), tableName='micrographs')
+        self.assertEqual(len(micTable), len(mics))
+        for row, mic in zip(micTable, mics):
+            self.assertAlmostEqual(float(row.rlnDefocusU), defoci[mic.getMicName()], places=1)
+            table = Table(fileName=prot._getMicPos(mic))
+            xy = np.array([[float(r.rlnCoordinateX), float(r.rlnCoordinateY)] for r in table])
+            np.testing.assert_array_equal(xy, picked[mic.getObjId()])
 
     def testPicksFindTheSimulatedParticles(self):
         truth = np.load(self.protSim._getFileName('micrographTruth'))
@@ -160,6 +196,17 @@ class TestCryoHessMicrographEM(CryoHessTestCase):
 
     def testViewerPlots(self):
         self.assertViewerPlots(CryoHessMicrographEMViewer, self.protEM)
+        viewer = CryoHessMicrographEMViewer(project=self.proj, protocol=self.protEM)
+        self.assertIn('displayPickingCurves', viewer._getVisualizeDict())
+
+    def testPickingCurvesAgainstTheSimulatedCoordinates(self):
+        """The run given the simulator's coordinates writes the picking curves: the SNR
+        falls from the data's, and the picks beat chance at the data's SNR."""
+        from cryohess_plugin.core.micrograph_em import PickingCurves
+        curves = PickingCurves.load(self.protEM._getFileName('pickingCurves'))
+        self.assertTrue(np.all(np.diff(curves.snr) < 0))
+        self.assertGreater(curves.shift_accuracy[0], curves.shift_accuracy[-1])
+        self.assertGreater(curves.f1_nonempty[0], 0.6)
 
     # --------------------------- bad input -----------------------------------
     def _errors(self, **kwargs):
