@@ -10,13 +10,15 @@ does not depend on the content.  Run from the repository root::
     NUMBA_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 python benchmarks/bench_micrograph_em.py box
     python benchmarks/bench_micrograph_em.py recovery both 4 STATES  # C1/C3/C8 at L = 11
     python benchmarks/bench_micrograph_em.py recovery_report STATES  # the saved starts
+    python benchmarks/bench_micrograph_em.py recovery_from_truth 0.15 5  # diagnosis
     python benchmarks/bench_micrograph_em.py picking    # C9 curves over SNR
 
 Add ``--short`` to any of them for a smoke run of a few seconds to a minute (small sizes,
 few iterations; its numbers are not results).
 
 ``paper``: one iteration at full size with its split; ``growth``: per-iteration time
-against the number of patches, K and S (the minibatch fraction of a fixed data set);
+against the number of patches, K and S (the minibatch fraction of a fixed data set; an
+argument ``patches``, ``K`` or ``S`` runs those rows alone);
 ``box``: L = 11, 15, 21 at a fixed working resolution share (l_max at each L's limit
 or 10) for the cost in L.
 """
@@ -26,6 +28,7 @@ import time
 
 import numpy as np
 
+from cryohess_plugin.core.micrograph_em import run_start
 from cryohess_plugin.core.micrograph_em.basis import SphericalBesselBasis
 from cryohess_plugin.core.micrograph_em.estep import Model, expectation
 from cryohess_plugin.core.micrograph_em.mstep import (solve_volume, update_noise,
@@ -88,7 +91,8 @@ def paper(short=False):
     print(machine())
 
 
-def growth(short=False):
+def growth(which="all", short=False):
+    """``which``: "patches", "K", "S" or "all" of the rows."""
     rng = np.random.default_rng(0)
     scale = 0.1 if short else 1.0
     print("| varied | value | E-step wall (s) | M-step wall (s) | E-step CPU (s) | "
@@ -100,14 +104,15 @@ def growth(short=False):
         print(f"| {varied} | {value} | {e:.2f} | {m:.2f} | {e_cpu:.2f} | {m_cpu:.2f} |")
 
     small = int(1000 * scale)
-    for count in (1000, 2000, 4000, 8000, 14796):
+    for count in (1000, 2000, 4000, 8000, 14796) if which in ("all", "patches") else ():
         timings, _, _ = one_iteration(11, 10, 25, int(count * scale), rng)
         row("patches (K = 552)", int(count * scale), timings)
-    for resolution in ((15, 20, 25) if short else (15, 20, 25, 32, 50)):
+    resolutions = (15, 20, 25) if short else (15, 20, 25, 32, 50)
+    for resolution in resolutions if which in ("all", "K") else ():
         timings, k, _ = one_iteration(11, 10, resolution, small, rng)
         row(f"K ({small} patches)", k, timings)
     total = 59184  # one 2992² micrograph's patches
-    for fraction in (0.01, 0.02, 0.05, 0.1):
+    for fraction in (0.01, 0.02, 0.05, 0.1) if which in ("all", "S") else ():
         count = int(fraction * total * scale)
         timings, _, _ = one_iteration(11, 10, 25, count, rng)
         row(f"S (of {int(total * scale)} patches)", f"{fraction} ({count} patches)", timings)
@@ -164,7 +169,6 @@ def model_micrographs(basis, truth, count, size, pixel, snr, ctf, rng=1):
 def _run_start(label, patch_set, settings, start, ctfs, states_dir=None):
     """One start in a worker process, its iterations reported on stderr as they end (and
     its state saved in ``states_dir``, when given, to read a run stopped early)."""
-    from cryohess_plugin.core.micrograph_em import run_start
 
     def checkpoint(state):
         if states_dir:
@@ -270,6 +274,44 @@ def recovery(which="both", processes=1, states_dir=None, short=False):
     print(machine())
 
 
+def recovery_from_truth(fraction="1.0", iterations="5", short=False):
+    """Diagnosis of :func:`recovery`: EM at l_max 10 started from the true map, on the same
+    3600 patches, with minibatches of ``fraction``: the FSC to the truth per iteration
+    shows what the data and the minibatch size allow, whatever the initialisation."""
+    from cryohess_plugin.core import fourier
+    from cryohess_plugin.core.micrograph_em import (EMSettings, EMState,
+                                                    initial_noise_variance)
+    basis, truth, cases, _ = _recovery_problem(short)
+    sim, patch_set, _ = _recovery_data(basis, truth, cases["plain"])
+    box = basis.box
+    true_empty = 1 - sim.density() * ((2 * box - 1) / box) ** 2
+    noise = initial_noise_variance(patch_set)
+    print(f"{patch_set.count} patches, {len(sim.coordinates[0])} particles, empty mass "
+          f"{true_empty:.4f}, noise variance {sim.noise_sigma ** 2:.4f} (first estimate "
+          f"{noise[0]:.4f})")
+    settings = EMSettings(schedule=(10,), iterations=(int(iterations),),
+                          batch_fraction=float(fraction), held_out=200, patience=100)
+    shifts = (2 * box - 1) ** 2
+    state = EMState(0, 0, 0, truth.copy(), np.full(shifts, 0.5 / shifts), 0.5, noise,
+                    -np.inf, truth.copy(), 0, False,
+                    np.random.default_rng(5).bit_generator.state, {})
+    reference = basis.to_volume(truth)
+
+    def checkpoint(current):
+        fsc = fourier.fourier_shell_correlation(reference,
+                                                basis.to_volume(current.coefficients))
+        if current.finished:
+            print(f"  kept (the best held-out iterate): FSC {np.round(fsc, 3).tolist()}")
+            return
+        print(f"  iteration {current.iteration}: held-out "
+              f"{current.history['heldout_loglik'][-1]:.4f}, empty mass "
+              f"{current.empty_mass:.3f}, noise {current.noise_variance[0]:.4f}, FSC "
+              f"(shells 0-5) {np.round(fsc, 3).tolist()}", flush=True)
+
+    run_start(patch_set, settings, 0, 0, state=state, checkpoint=checkpoint)
+    print(machine())
+
+
 def recovery_report(states_dir, short=False):
     """:func:`recovery`'s report from the states its starts saved in ``states_dir``."""
     from cryohess_plugin.core.micrograph_em import EMState
@@ -323,4 +365,5 @@ def picking(short=False):
 if __name__ == "__main__":
     arguments = [a for a in sys.argv[2:] if a != "--short"]
     {"paper": paper, "growth": growth, "box": box, "recovery": recovery,
-     "recovery_report": recovery_report, "picking": picking}[sys.argv[1]](*arguments, short="--short" in sys.argv)
+     "recovery_report": recovery_report, "recovery_from_truth": recovery_from_truth,
+     "picking": picking}[sys.argv[1]](*arguments, short="--short" in sys.argv)

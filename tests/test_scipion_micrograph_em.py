@@ -10,6 +10,7 @@ import glob
 import os
 import signal
 import time
+import zipfile
 
 import numpy as np
 from pwem.objects import SetOfMicrographs
@@ -172,7 +173,7 @@ class TestCryoHessMicrographEM(CryoHessTestCase):
             saved = glob.glob(protocol._getExtraPath('start_00_*.npz'))
             try:
                 state = EMState.load(saved[0]) if saved else None
-            except (OSError, ValueError, KeyError):  # caught mid-rename
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # caught mid-write
                 state = None
         running = getProtocolFromDb(self.proj.path, protocol.getDbPath(), protocol.getObjId())
         os.kill(running.getPid(), signal.SIGKILL)
