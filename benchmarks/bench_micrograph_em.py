@@ -8,14 +8,17 @@ does not depend on the content.  Run from the repository root::
     NUMBA_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 python benchmarks/bench_micrograph_em.py paper
     NUMBA_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 python benchmarks/bench_micrograph_em.py growth
     NUMBA_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 python benchmarks/bench_micrograph_em.py box
-    python benchmarks/bench_micrograph_em.py recovery both 4  # C1/C3/C8 at L = 11, 4 processes
+    python benchmarks/bench_micrograph_em.py recovery both 4 STATES  # C1/C3/C8 at L = 11
+    python benchmarks/bench_micrograph_em.py recovery_report STATES  # the saved starts
+    python benchmarks/bench_micrograph_em.py recovery_from_truth 0.15 5  # diagnosis
     python benchmarks/bench_micrograph_em.py picking    # C9 curves over SNR
 
 Add ``--short`` to any of them for a smoke run of a few seconds to a minute (small sizes,
 few iterations; its numbers are not results).
 
 ``paper``: one iteration at full size with its split; ``growth``: per-iteration time
-against the number of patches, K and S (the minibatch fraction of a fixed data set);
+against the number of patches, K and S (the minibatch fraction of a fixed data set; an
+argument ``patches``, ``K`` or ``S`` runs those rows alone);
 ``box``: L = 11, 15, 21 at a fixed working resolution share (l_max at each L's limit
 or 10) for the cost in L.
 """
@@ -25,6 +28,7 @@ import time
 
 import numpy as np
 
+from cryohess_plugin.core.micrograph_em import run_start
 from cryohess_plugin.core.micrograph_em.basis import SphericalBesselBasis
 from cryohess_plugin.core.micrograph_em.estep import Model, expectation
 from cryohess_plugin.core.micrograph_em.mstep import (solve_volume, update_noise,
@@ -87,7 +91,8 @@ def paper(short=False):
     print(machine())
 
 
-def growth(short=False):
+def growth(which="all", short=False):
+    """``which``: "patches", "K", "S" or "all" of the rows."""
     rng = np.random.default_rng(0)
     scale = 0.1 if short else 1.0
     print("| varied | value | E-step wall (s) | M-step wall (s) | E-step CPU (s) | "
@@ -99,14 +104,15 @@ def growth(short=False):
         print(f"| {varied} | {value} | {e:.2f} | {m:.2f} | {e_cpu:.2f} | {m_cpu:.2f} |")
 
     small = int(1000 * scale)
-    for count in (1000, 2000, 4000):
+    for count in (1000, 2000, 4000, 8000, 14796) if which in ("all", "patches") else ():
         timings, _, _ = one_iteration(11, 10, 25, int(count * scale), rng)
         row("patches (K = 552)", int(count * scale), timings)
-    for resolution in (15, 20, 25, 32):
+    resolutions = (15, 20, 25) if short else (15, 20, 25, 32, 50)
+    for resolution in resolutions if which in ("all", "K") else ():
         timings, k, _ = one_iteration(11, 10, resolution, small, rng)
         row(f"K ({small} patches)", k, timings)
     total = 59184  # one 2992² micrograph's patches
-    for fraction in (0.01, 0.02, 0.05):
+    for fraction in (0.01, 0.02, 0.05, 0.1) if which in ("all", "S") else ():
         count = int(fraction * total * scale)
         timings, _, _ = one_iteration(11, 10, 25, count, rng)
         row(f"S (of {int(total * scale)} patches)", f"{fraction} ({count} patches)", timings)
@@ -160,70 +166,167 @@ def model_micrographs(basis, truth, count, size, pixel, snr, ctf, rng=1):
                                 snr_definition="energy")
 
 
-def _run_start(label, patch_set, settings, start, ctfs):
-    """One start in a worker process, its iterations reported on stderr as they end."""
-    from cryohess_plugin.core.micrograph_em import run_start
+def _run_start(label, patch_set, settings, start, ctfs, states_dir=None):
+    """One start in a worker process, its iterations reported on stderr as they end (and
+    its state saved in ``states_dir``, when given, to read a run stopped early)."""
 
     def checkpoint(state):
-        print(f"  [{label} start {start + 1}] iteration {state.iteration}, stage "
-              f"{state.stage}, held-out {state.best_heldout:.4f}", file=sys.stderr, flush=True)
+        if states_dir:
+            state.save(os.path.join(states_dir, f"{label}_start{start + 1}.npz"))
+        history = state.history
+        print(f"  [{label} start {start + 1}] iteration {state.iteration}, degree "
+              f"{history['degree'][-1]:.0f}, held-out {history['heldout_loglik'][-1]:.4f}, "
+              f"empty mass {state.empty_mass:.3f}", file=sys.stderr, flush=True)
 
     return run_start(patch_set, settings, start, 0, ctfs, checkpoint=checkpoint)
 
 
-def recovery(which="both", processes=1, short=False):
-    """C1, C3, C8 at L = 11, l_max 10, K = 552, SNR 3.5 by Eq. (4), noise estimated; then
-    with a CTF per micrograph (defocus 1-2.5 µm).  ``which``: "plain", "ctf" or "both";
-    ``processes``: the starts and cases run side by side in that many single-threaded
-    processes.  Each start's result is printed as soon as it ends."""
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from cryohess_plugin.core.micrograph_em import (EMSettings, align_coefficients, ctf_image,
-                                                    cut_patches, pairwise_fsc)
+def _recovery_problem(short=False):
+    """``(basis, truth, cases, settings)`` of :func:`recovery`: ``cases`` maps a name to
+    ``(CTF per micrograph, micrographs, side, Å/px, starts)``, 3600 patches in either."""
+    from cryohess_plugin.core.micrograph_em import EMSettings
     box = 11
     basis = SphericalBesselBasis.create(box, 10)
     truth = basis.from_volume(blob_volume(box, np.random.default_rng(3)))
-    # (CTF, micrographs, side, Å/px, starts): 3600 patches in either case.
     cases = {"plain": (False, 1, 660, 5.0, 3), "ctf": (True, 4, 330, 10.0, 1)}
     # The paper's schedule 6 → 8 → 10 with fewer iterations per stage than its 20 / 10 / 10
-    # (held-out stopping usually ends a stage earlier anyway).
-    settings = EMSettings(iterations=(8, 6, 6), batch_fraction=0.15, held_out=200)
+    # (held-out stopping usually ends a stage earlier anyway).  Minibatches grow with the
+    # degree, to the whole training set in the last stage: from the truth, 15 % minibatches
+    # (540 patches, about 70 particles' worth) leave the l_max 10 M-step so noisy that the
+    # FSC at shells 4-5 falls to 0.6 / 0.4, while full batches keep it above 0.87 / 0.64.
+    settings = EMSettings(iterations=(8, 5, 4), batch_fraction=(0.3, 0.5, 1.0),
+                          held_out=150)
     if short:
         cases = {"plain": (False, 1, 198, 5.0, 2), "ctf": (True, 2, 198, 10.0, 1)}
-        settings = EMSettings(iterations=(2, 1, 1), batch_fraction=0.2, held_out=50)
+        settings = EMSettings(iterations=(2, 1, 1), batch_fraction=(0.2, 0.2, 1.0),
+                              held_out=50)
+    return basis, truth, cases, settings
+
+
+def _recovery_data(basis, truth, case):
+    """``(simulation, patch set, CTF images or None)`` of one case of :func:`recovery`."""
+    from cryohess_plugin.core.micrograph_em import ctf_image, cut_patches
+    ctf, count, size, pixel, _ = case
+    sim = model_micrographs(basis, truth, count, size, pixel, 3.5, ctf)
+    patch_set = cut_patches(sim.micrographs, basis.box, pixel)
+    ctfs = [ctf_image(p, basis.box, pixel) for p in sim.ctf_params] if ctf else None
+    return sim, patch_set, ctfs
+
+
+def _report_start(label, state, sim, patch_set, basis, truth):
+    """One start's FSC to the truth (final and per finished stage), empty mass, noise."""
+    from cryohess_plugin.core.micrograph_em import align_coefficients
+    box = basis.box
+
+    def fsc_of(coefficients):
+        padded = np.zeros(basis.size)
+        padded[:len(coefficients)] = coefficients
+        return np.round(align_coefficients(basis, truth, padded).fsc, 3).tolist()
+
+    true_empty = 1 - sim.density() * ((2 * box - 1) / box) ** 2
+    print(f"{label} ({patch_set.count} patches): {len(state.history['stage'])} iterations, "
+          f"degree {state.history['degree'][-1]:.0f}, finished {state.finished}, held-out "
+          f"{state.history['heldout_loglik'][-1]:.4f}", flush=True)
+    print(f"  FSC to the truth (shells 0-5): {fsc_of(state.coefficients)}")
+    for stage, coefficients in sorted(state.stages.items()):
+        print(f"  end of stage {int(stage) + 1}: FSC {fsc_of(coefficients)}")
+    print(f"  empty mass {state.empty_mass:.4f}, simulator's {true_empty:.4f}; noise variance "
+          f"{np.round(state.noise_variance, 4).tolist()}, true {sim.noise_sigma ** 2:.4f}",
+          flush=True)
+
+
+def _report_agreement(name, states, basis):
+    """The best start by held-out score and the pairwise agreement of the starts (C3)."""
+    from cryohess_plugin.core.micrograph_em import pairwise_fsc
+    if len(states) > 1:
+        best = int(np.argmax([s.history["heldout_loglik"][-1] for s in states]))
+        pairs = pairwise_fsc(basis, [s.coefficients for s in states])
+        print(f"{name}: best start {best + 1}; pairwise min FSC over shells 1-4 of the "
+              f"starts: {np.round(pairs, 3).tolist()}")
+
+
+def recovery(which="both", processes=1, states_dir=None, short=False):
+    """C1, C3, C8 at L = 11, l_max 10, K = 552, SNR 3.5 by Eq. (4), noise estimated; then
+    with a CTF per micrograph (defocus 1-2.5 µm).  ``which``: "plain", "ctf" or "both";
+    ``processes``: the starts and cases run side by side in that many single-threaded
+    processes; ``states_dir``: where each start saves its state after every iteration
+    (``recovery_report`` reads them, e.g. of a run stopped early).  Each start's result is
+    printed as soon as it ends."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    basis, truth, cases, settings = _recovery_problem(short)
     tick = time.perf_counter()
     jobs, data = {}, {}
     with ProcessPoolExecutor(max_workers=int(processes)) as pool:
         for name in [n for n in cases if which in (n, "both")]:
-            ctf, count, size, pixel, starts = cases[name]
-            sim = model_micrographs(basis, truth, count, size, pixel, 3.5, ctf)
-            patch_set = cut_patches(sim.micrographs, box, pixel)
-            ctfs = [ctf_image(p, box, pixel) for p in sim.ctf_params] if ctf else None
+            sim, patch_set, ctfs = _recovery_data(basis, truth, cases[name])
             data[name] = (sim, patch_set, {})
-            for start in range(starts):
-                jobs[pool.submit(_run_start, name, patch_set, settings, start, ctfs)] = (
-                    name, start)
+            for start in range(cases[name][4]):
+                jobs[pool.submit(_run_start, name, patch_set, settings, start, ctfs,
+                                 states_dir)] = (name, start)
         for job in as_completed(jobs):
             name, start = jobs[job]
             sim, patch_set, states = data[name]
-            state = states[start] = job.result()
-            fsc = align_coefficients(basis, truth, state.coefficients).fsc
-            true_empty = 1 - sim.density() * ((2 * box - 1) / box) ** 2
-            print(f"{name} start {start + 1} ({patch_set.count} patches, CTF per micrograph "
-                  f"{cases[name][0]}), after {time.perf_counter() - tick:.0f} s: "
-                  f"{len(state.history['stage'])} iterations, degree "
-                  f"{state.history['degree'][-1]}, held-out {state.best_heldout:.4f}", flush=True)
-            print(f"  FSC to the truth (shells 0-5): {np.round(fsc, 3).tolist()}")
-            print(f"  empty mass {state.empty_mass:.4f}, simulator's {true_empty:.4f}; noise "
-                  f"variance {np.round(state.noise_variance, 4).tolist()}, true "
-                  f"{sim.noise_sigma ** 2:.4f}", flush=True)
-    for name, (sim, patch_set, states) in data.items():
-        if len(states) > 1:
-            ordered = [states[k] for k in sorted(states)]
-            best = int(np.argmax([s.best_heldout for s in ordered]))
-            pairs = pairwise_fsc(basis, [s.coefficients for s in ordered])
-            print(f"{name}: best start {best + 1}; pairwise min FSC over shells 1-4 of the "
-                  f"starts: {np.round(pairs, 3).tolist()}")
+            states[start] = job.result()
+            _report_start(f"{name} start {start + 1}, after {time.perf_counter() - tick:.0f} s",
+                          states[start], sim, patch_set, basis, truth)
+    for name, (_, _, states) in data.items():
+        _report_agreement(name, [states[k] for k in sorted(states)], basis)
     print(machine())
+
+
+def recovery_from_truth(fraction="1.0", iterations="5", short=False):
+    """Diagnosis of :func:`recovery`: EM at l_max 10 started from the true map, on the same
+    3600 patches, with minibatches of ``fraction``: the FSC to the truth per iteration
+    shows what the data and the minibatch size allow, whatever the initialisation."""
+    from cryohess_plugin.core import fourier
+    from cryohess_plugin.core.micrograph_em import (EMSettings, EMState,
+                                                    initial_noise_variance)
+    basis, truth, cases, _ = _recovery_problem(short)
+    sim, patch_set, _ = _recovery_data(basis, truth, cases["plain"])
+    box = basis.box
+    true_empty = 1 - sim.density() * ((2 * box - 1) / box) ** 2
+    noise = initial_noise_variance(patch_set)
+    print(f"{patch_set.count} patches, {len(sim.coordinates[0])} particles, empty mass "
+          f"{true_empty:.4f}, noise variance {sim.noise_sigma ** 2:.4f} (first estimate "
+          f"{noise[0]:.4f})")
+    settings = EMSettings(schedule=(10,), iterations=(int(iterations),),
+                          batch_fraction=float(fraction), held_out=200, patience=100)
+    shifts = (2 * box - 1) ** 2
+    state = EMState(0, 0, 0, truth.copy(), np.full(shifts, 0.5 / shifts), 0.5, noise,
+                    -np.inf, truth.copy(), 0, False,
+                    np.random.default_rng(5).bit_generator.state, {})
+    reference = basis.to_volume(truth)
+
+    def checkpoint(current):
+        fsc = fourier.fourier_shell_correlation(reference,
+                                                basis.to_volume(current.coefficients))
+        if current.finished:
+            print(f"  kept (the best held-out iterate): FSC {np.round(fsc, 3).tolist()}")
+            return
+        print(f"  iteration {current.iteration}: held-out "
+              f"{current.history['heldout_loglik'][-1]:.4f}, empty mass "
+              f"{current.empty_mass:.3f}, noise {current.noise_variance[0]:.4f}, FSC "
+              f"(shells 0-5) {np.round(fsc, 3).tolist()}", flush=True)
+
+    run_start(patch_set, settings, 0, 0, state=state, checkpoint=checkpoint)
+    print(machine())
+
+
+def recovery_report(states_dir, short=False):
+    """:func:`recovery`'s report from the states its starts saved in ``states_dir``."""
+    from cryohess_plugin.core.micrograph_em import EMState
+    basis, truth, cases, _ = _recovery_problem(short)
+    for name, case in cases.items():
+        paths = [os.path.join(states_dir, f"{name}_start{start + 1}.npz")
+                 for start in range(case[4])]
+        states = [EMState.load(path) for path in paths if os.path.exists(path)]
+        if not states:
+            continue
+        sim, patch_set, _ = _recovery_data(basis, truth, case)
+        for state in states:
+            _report_start(f"{name} start {state.start + 1}", state, sim, patch_set, basis,
+                          truth)
+        _report_agreement(name, states, basis)
 
 
 def picking(short=False):
@@ -262,4 +365,5 @@ def picking(short=False):
 if __name__ == "__main__":
     arguments = [a for a in sys.argv[2:] if a != "--short"]
     {"paper": paper, "growth": growth, "box": box, "recovery": recovery,
+     "recovery_report": recovery_report, "recovery_from_truth": recovery_from_truth,
      "picking": picking}[sys.argv[1]](*arguments, short="--short" in sys.argv)

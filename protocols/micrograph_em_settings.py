@@ -12,7 +12,8 @@ from cryohess_plugin.core.errors import CryoHessError
 GEOMETRY_PARAMS = ('inputMicrographs', 'particleDiameter', 'workingResolution')
 EM_PARAMS = GEOMETRY_PARAMS + ('useCtf', 'ctfRelations', 'rotationResolution',
                                'degreeSchedule', 'stageIterations', 'batchFraction',
-                               'heldOutPatches', 'estimateNoise', 'randomSeed')
+                               'lastStageBatchFraction', 'heldOutPatches', 'estimateNoise',
+                               'randomSeed')
 
 
 class MicrographEMSettings:
@@ -62,6 +63,15 @@ class MicrographEMSettings:
         form.addParam('batchFraction', params.FloatParam, default=0.05,
                       validators=[params.Range(0.0001, 1.0)], label='Minibatch fraction',
                       help="Share of the patches each iteration uses (fresh each time).")
+        form.addParam('lastStageBatchFraction', params.FloatParam, default=0.0,
+                      validators=[params.Range(0.0, 1.0)],
+                      label='Minibatch fraction of the last stage',
+                      expertLevel=params.LEVEL_ADVANCED,
+                      help="Share of the patches each iteration of the last stage uses; 0: "
+                           "the minibatch fraction above. The map is solved from one "
+                           "minibatch, so a small one leaves it noisy at high frequency: 1 "
+                           "(every training patch) makes the last stage full EM, at the "
+                           "cost of 1 / (minibatch fraction) minibatch iterations each.")
         form.addParam('heldOutPatches', params.IntParam, default=1000,
                       validators=[params.GE(0)], label='Held-out patches',
                       expertLevel=params.LEVEL_ADVANCED,
@@ -84,6 +94,14 @@ class MicrographEMSettings:
                       label='Pick particles?',
                       help="Mark every patch whose posterior of 'empty' is below one half "
                            "and output the particle centres with 1 - P(empty) as score.")
+        form.addParam('referenceCoordinates', params.PointerParam,
+                      pointerClass='SetOfCoordinates', allowsNull=True,
+                      label='Reference coordinates (optional)',
+                      help="Known particle positions in these micrographs (e.g. the "
+                           "simulator's): the posterior picks are scored against them (F1 "
+                           "of 'holds a particle' and of 'empty', share of shifts found "
+                           "within 1 px) at the data's SNR and at lower SNRs made by adding "
+                           "noise, for the viewer's picking curves.")
         form.addParam('micrographsPerStep', params.IntParam, default=20,
                       validators=[params.Positive], label='Micrographs per step',
                       expertLevel=params.LEVEL_ADVANCED,
@@ -163,10 +181,16 @@ class MicrographEMSettings:
         from cryohess_plugin.core.micrograph_em import EMSettings
         return EMSettings(schedule=tuple(int(v) for v in self._numbers('degreeSchedule')),
                           iterations=tuple(int(v) for v in self._numbers('stageIterations')),
-                          batch_fraction=self.batchFraction.get(),
+                          batch_fraction=self._batchFractions(),
                           rotation_resolution=self.rotationResolution.get(),
                           held_out=self.heldOutPatches.get(),
                           estimate_noise=self.estimateNoise.get(), backend=self._backend())
+
+    def _batchFractions(self):
+        """The minibatch fraction of every stage."""
+        stages = len(self._numbers('degreeSchedule'))
+        last = self.lastStageBatchFraction.get() or self.batchFraction.get()
+        return (self.batchFraction.get(),) * max(stages - 1, 0) + (last,)
 
     def _numbers(self, name):
         return [float(v) for v in str(getattr(self, name).get()).replace(',', ' ').split()]

@@ -52,6 +52,9 @@ class CryoHessProtMicrographEM(MicrographEMSettings, CryoHessProtocolMixin, EMPr
         if self.doPicking:
             picks = [self._insertStep(self.pickStep, first, count, after=[select],
                                       needsGPU=gpu) for first, count in batches]
+        if self.referenceCoordinates.get() is not None:
+            self._insertStep(self.pickingCurvesStep, reads=('referenceCoordinates',),
+                             after=[select], needsGPU=gpu)
         self._insertStep(self.createOutputStep, after=[select] + picks)
 
     def _filenameTemplates(self):
@@ -65,6 +68,7 @@ class CryoHessProtMicrographEM(MicrographEMSettings, CryoHessProtocolMixin, EMPr
             'convergence': self._getExtraPath('convergence.txt'),
             'chimerax': self._getExtraPath('volume.cxc'),
             'picks': self._getExtraPath('picks_%(batch)03d.npz'),
+            'pickingCurves': self._getExtraPath('picking_curves.npz'),
         }
 
     # --------------------------- STEPS functions -----------------------------
@@ -116,24 +120,35 @@ class CryoHessProtMicrographEM(MicrographEMSettings, CryoHessProtocolMixin, EMPr
 
     def pickStep(self, first, count, digest):
         """Posterior picks of the micrographs ``first .. first + count - 1``."""
-        from cryohess_plugin.core.micrograph_em import (MicrographEMResult, Model,
-                                                        ProjectionOperator, pick_centres,
-                                                        pick_patches, quaternion_grid)
+        from cryohess_plugin.core.micrograph_em import pick_centres, pick_patches
         self._setDevices()
-        result = MicrographEMResult.load(self._getFileName('result'))
         patch_set = self._patchSet()
         mine = np.flatnonzero((patch_set.micrograph >= first)
                               & (patch_set.micrograph < first + count))
-        operator = ProjectionOperator(result.basis(),
-                                      quaternion_grid(self.rotationResolution.get()))
-        model = Model(result.coefficients, result.shift_prior, result.empty_mass,
-                      result.noise_variance)
+        operator, model = self._resultModel()
         picks = pick_patches(patch_set, operator, model, self._ctfImages(), mine,
                              backend=self._backend())
         rows = pick_centres(patch_set, picks, mine)
         rows[:, 1:3] *= patch_set.binning  # binned to original pixels
         self._saveNpz(self._getFileName('picks', batch=first), rows=rows)
         self.info("Micrographs %d-%d: %d picks" % (first + 1, first + count, len(rows)))
+
+    def pickingCurvesStep(self, digest):
+        """The posterior picks scored against the reference coordinates over SNR."""
+        from cryohess_plugin.core.micrograph_em import picking_curves, reference_states
+        self._setDevices()
+        patch_set = self._patchSet()
+        found = convert.coordinates_to_arrays(self._parallelStepSet('referenceCoordinates'))
+        centres = [found.get(mic.getObjId(), np.zeros((0, 2))) for mic in self._micrographs()]
+        operator, model = self._resultModel()
+        curves = picking_curves(patch_set, operator, model,
+                                reference_states(patch_set, centres), self._ctfImages(),
+                                backend=self._backend())
+        curves.save(self._getFileName('pickingCurves'))
+        self.info("Picks against %d reference particles: F1 of 'holds a particle' %.3f, "
+                  "shifts within 1 px %.3f at the data's SNR %.3g"
+                  % (sum(len(c) for c in centres), curves.f1_nonempty[0],
+                     curves.shift_accuracy[0], curves.snr[0]))
 
     def createOutputStep(self, digest):
         box, binning, working = self._geometry()
@@ -210,6 +225,16 @@ class CryoHessProtMicrographEM(MicrographEMSettings, CryoHessProtocolMixin, EMPr
         return patch_model.PatchSet.concatenate(
             patch_model.PatchSet.load(self._getFileName('patches', batch=first))
             for first, _ in self._micrographBatches())
+
+    def _resultModel(self):
+        """The projection operator and the model of the selected start."""
+        from cryohess_plugin.core.micrograph_em import (MicrographEMResult, Model,
+                                                        ProjectionOperator, quaternion_grid)
+        result = MicrographEMResult.load(self._getFileName('result'))
+        operator = ProjectionOperator(result.basis(),
+                                      quaternion_grid(self.rotationResolution.get()))
+        return operator, Model(result.coefficients, result.shift_prior, result.empty_mass,
+                               result.noise_variance)
 
     def _ctfImages(self):
         """Per micrograph the ``(L, L)`` CTF at the working pixel size, or None."""

@@ -5,6 +5,8 @@ brute-force sums of the paper's equations, EM driver, picking and the simulator'
 (projections against our projector), §4 (shifts), §5-§6 (E-step and the A, y identities),
 §7 (EM), §8 (picking), §10 (simulator).
 """
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy.special import logsumexp, sph_harm
@@ -15,8 +17,9 @@ from cryohess_plugin.core.micrograph_em import (EMSettings, EMState, Model, Proj
                                                 SphericalBesselBasis,
                                                 cut_patches, empty_f1, expectation,
                                                 fourier_bin, initial_noise_variance,
-                                                nonempty_shifts, pick_centres, pick_patches,
-                                                quaternion_grid, radial_counts, run_start,
+                                                model_snr, nonempty_shifts, pick_centres,
+                                                pick_patches, picking_curves, quaternion_grid,
+                                                radial_counts, reference_states, run_start,
                                                 shift_accuracy, true_states, volume_system)
 from cryohess_plugin.core.micrograph_em import patches as patch_model
 from cryohess_plugin.core.micrograph_em.basis import max_usable_degree, real_harmonics
@@ -374,6 +377,38 @@ def test_settings_are_checked():
         EMSettings(schedule=(4, 6), iterations=(1, 1)).check(7)
     with pytest.raises(InvalidDataError, match="must not decrease"):
         EMSettings(schedule=(4, 3), iterations=(1, 1)).check(7)
+    with pytest.raises(InvalidDataError, match="one per stage"):
+        EMSettings(schedule=(3, 4), iterations=(1, 1), batch_fraction=(0.5,)).check(7)
+    with pytest.raises(InvalidDataError, match=r"must lie in \(0, 1\]"):
+        EMSettings(schedule=(3, 4), iterations=(1, 1), batch_fraction=(0.5, 1.5)).check(7)
+    assert EMSettings(schedule=(3, 4), iterations=(1, 1),
+                      batch_fraction=0.2).stage_fractions() == (0.2, 0.2)
+
+
+def test_a_full_batch_stage_is_one_em_step_on_every_training_patch():
+    """With fraction 1 the iteration's M-step reads every training patch: the volume is
+    the solution of the system of the E-step on all of them at the previous model."""
+    _, _, sim = _model_data(size=140)
+    patch_set = cut_patches(sim.micrographs, 7, 2.5)
+    settings = EMSettings(schedule=(2, 3), iterations=(1, 1), batch_fraction=(0.3, 1.0),
+                          rotation_resolution=15, held_out=40, estimate_noise=False,
+                          dtype="float64")
+    saved = []
+    run_start(patch_set, settings, seed=4, checkpoint=lambda s: saved.append(
+        EMState(**{k: getattr(s, k) for k in s.__dataclass_fields__})))
+    from cryohess_plugin.core.micrograph_em.em import split_patches
+    from cryohess_plugin.core.micrograph_em.mstep import solve_volume
+    training, _ = split_patches(patch_set.count, 40, 4)
+    first = saved[0]
+    basis = SphericalBesselBasis.create(7, 3)
+    operator = ProjectionOperator(basis, quaternion_grid(15))
+    grown = np.zeros(basis.size)
+    grown[:first.coefficients.size] = first.coefficients
+    model = Model(grown, first.shift_prior, first.empty_mass, first.noise_variance)
+    expected = expectation(patch_set, training, operator, model, dtype=np.float64)
+    matrix, vector = volume_system(operator, expected.statistics)
+    np.testing.assert_allclose(saved[1].coefficients, solve_volume(matrix, vector)[0],
+                               rtol=1e-8, atol=1e-10 * np.abs(grown).max())
 
 
 # ----------------------------------------------------------------- picking (§8)
@@ -404,6 +439,34 @@ def test_picking_finds_the_particles_at_high_snr():
     centres = pick_centres(patch_set, picks)
     found = np.array([np.min(np.hypot(*(centres[:, 1:3] - c).T)) for c in sim.coordinates[0]])
     assert np.mean(found <= 1.5) > 0.9 and len(centres) < 1.3 * len(sim.coordinates[0])
+
+
+def test_picking_curves_fall_with_the_snr():
+    """Algorithm 2 scored against the simulator's centres given as reference coordinates
+    (original pixels of a micrograph binned by 2): high at the data's SNR, near chance
+    after noise lowers it ten-thousandfold."""
+    box = 7
+    basis, truth, sim = _model_data(snr=100.0, size=280, seed=5)
+    # As if cut from a micrograph of twice the sampling binned by 2.
+    patch_set = dataclasses.replace(cut_patches(sim.micrographs, box, 2.5), binning=2.0)
+    states = reference_states(patch_set, [2 * np.asarray(sim.coordinates[0])])
+    np.testing.assert_array_equal(states, true_states(sim.top_left(0), patch_set.origins(),
+                                                      box))
+    operator = ProjectionOperator(basis, quaternion_grid(20))
+    nonempty = 1 - np.mean(np.all(states == box, axis=1))
+    shifts = (2 * box - 1) ** 2
+    model = Model(truth, np.full(shifts, nonempty / shifts), 1 - nonempty,
+                  np.array([sim.noise_sigma ** 2]))
+    assert model_snr(operator, model) == pytest.approx(100.0, rel=0.1)  # Eq. (4)
+    curves = picking_curves(patch_set, operator, model, states, factors=(1.0, 1e4),
+                            limit=1000)
+    assert curves.patches == 1000
+    np.testing.assert_allclose(curves.snr[0] / curves.snr[1], 1e4)
+    assert curves.f1_nonempty[0] > 0.8 and curves.shift_accuracy[0] > 0.85
+    assert curves.f1_empty[0] > 0.8
+    assert curves.shift_accuracy[1] < 0.2
+    assert curves.f1_nonempty[1] < curves.f1_nonempty[0] - 0.1
+    assert curves.f1_empty[1] < curves.always_empty_f1
 
 
 def test_picking_scores():

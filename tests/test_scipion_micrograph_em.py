@@ -10,6 +10,7 @@ import glob
 import os
 import signal
 import time
+import zipfile
 
 import numpy as np
 from pwem.objects import SetOfMicrographs
@@ -44,7 +45,8 @@ class TestCryoHessMicrographEM(CryoHessTestCase):
     def setUpClass(cls):
         setupTestProject(cls)
         cls.protSim = cls.launchSimulation('simulate separated micrographs', SIMULATION)
-        cls.protEM = cls._launchEM('micrograph EM')
+        cls.protEM = cls._launchEM('micrograph EM',
+                                   referenceCoordinates=cls.protSim.outputCoordinates)
 
     @classmethod
     def _launchEM(cls, label, **overrides):
@@ -53,8 +55,10 @@ class TestCryoHessMicrographEM(CryoHessTestCase):
         return cls.launchProtocol(protocol)
 
     @classmethod
-    def _newEM(cls, micrographs=None, ctf=True, **overrides):
+    def _newEM(cls, micrographs=None, ctf=True, referenceCoordinates=None, **overrides):
         protocol = cls.newProtocol(CryoHessProtMicrographEM, **dict(EM, **overrides))
+        if referenceCoordinates is not None:
+            protocol.referenceCoordinates.set(referenceCoordinates)
         protocol.inputMicrographs.set(micrographs or cls.protSim.outputMicrographs)
         if ctf:
             protocol.ctfRelations.set(cls.protSim.outputCTF)
@@ -103,6 +107,44 @@ class TestCryoHessMicrographEM(CryoHessTestCase):
             self.assertTrue(0 <= x < 352 and 0 <= y < 352)
             self.assertTrue(0.5 < float(getattr(coord, PICK_SCORE)) <= 1.0)
 
+    def testRelionExtractionTakesTheCoordinatesAndCtfs(self):
+        """RELION's extraction protocol takes our picks and the simulator's CTFs as they
+        are: its input checks pass, pwem's loader pairs every pick with its micrograph and
+        CTF, and the files it hands relion_preprocess hold our coordinates and defoci (the
+        binary is not installed here: its command is captured, not run)."""
+        from relion.protocols import ProtRelionExtractParticles
+        coordinates = self.protEM.outputCoordinates
+        prot = self.newProtocol(ProtRelionExtractParticles, boxSize=22, doInvert=False,
+                                doNormalize=False)
+        prot.inputCoordinates.set(coordinates)
+        prot.ctfRelations.set(self.protSim.outputCTF)
+        # The one complaint: RELION itself is not installed (its paths block follows).
+        errors = prot.validate()
+        installation = [e.startswith('Missing paths') for e in errors].index(True)
+        self.assertEqual(errors[:installation], [])
+        self.assertIn('RELION_HOME', errors[installation + 1])
+        self.proj.saveProtocol(prot)
+        prot.makePathsAndClean()
+        prot._insertAllSteps()
+        picked = convert.coordinates_to_arrays(coordinates)
+        self.assertEqual(sorted(prot.coordDict), sorted(picked))
+        commands = []
+        prot.runJob = lambda program, args, **kwargs: commands.append((program, args))
+        mics = list(prot.micDict.values())
+        prot._extractMicrographList(mics, *prot._getExtractArgs())
+        self.assertIn('relion_preprocess', commands[-1][0])  # (its MPI build, by default)
+        self.assertIn('--extract_size 22', commands[-1][1])
+        from emtable import Table
+        defoci = {ctf.getMicrograph().getMicName(): ctf.getDefocusU()
+                  for ctf in self.protSim.outputCTF.iterItems()}
+        micTable = Table(fileName=prot._getPath(prot._getMicsStar(mics)), tableName='micrographs')
+        self.assertEqual(len(micTable), len(mics))
+        for row, mic in zip(micTable, mics):
+            self.assertAlmostEqual(float(row.rlnDefocusU), defoci[mic.getMicName()], places=1)
+            table = Table(fileName=prot._getMicPos(mic))
+            xy = np.array([[float(r.rlnCoordinateX), float(r.rlnCoordinateY)] for r in table])
+            np.testing.assert_array_equal(xy, picked[mic.getObjId()])
+
     def testPicksFindTheSimulatedParticles(self):
         truth = np.load(self.protSim._getFileName('micrographTruth'))
         found = convert.coordinates_to_arrays(self.protEM.outputCoordinates)
@@ -136,7 +178,7 @@ class TestCryoHessMicrographEM(CryoHessTestCase):
             saved = glob.glob(protocol._getExtraPath('start_00_*.npz'))
             try:
                 state = EMState.load(saved[0]) if saved else None
-            except (OSError, ValueError, KeyError):  # caught mid-rename
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # caught mid-write
                 state = None
         running = getProtocolFromDb(self.proj.path, protocol.getDbPath(), protocol.getObjId())
         os.kill(running.getPid(), signal.SIGKILL)
@@ -160,6 +202,17 @@ class TestCryoHessMicrographEM(CryoHessTestCase):
 
     def testViewerPlots(self):
         self.assertViewerPlots(CryoHessMicrographEMViewer, self.protEM)
+        viewer = CryoHessMicrographEMViewer(project=self.proj, protocol=self.protEM)
+        self.assertIn('displayPickingCurves', viewer._getVisualizeDict())
+
+    def testPickingCurvesAgainstTheSimulatedCoordinates(self):
+        """The run given the simulator's coordinates writes the picking curves: the SNR
+        falls from the data's, and the picks beat chance at the data's SNR."""
+        from cryohess_plugin.core.micrograph_em import PickingCurves
+        curves = PickingCurves.load(self.protEM._getFileName('pickingCurves'))
+        self.assertTrue(np.all(np.diff(curves.snr) < 0))
+        self.assertGreater(curves.shift_accuracy[0], curves.shift_accuracy[-1])
+        self.assertGreater(curves.f1_nonempty[0], 0.6)
 
     # --------------------------- bad input -----------------------------------
     def _errors(self, **kwargs):

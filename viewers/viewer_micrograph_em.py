@@ -1,5 +1,7 @@
 """Plots of a micrograph EM run: convergence, shift prior, the map per stage, an FSC against
 a chosen reference and the picks drawn over a micrograph."""
+import os
+
 import numpy as np
 from pwem.viewers import EmPlotter
 import pyworkflow.protocol.params as params
@@ -8,8 +10,9 @@ from pyworkflow.viewer import DESKTOP_TKINTER, WEB_DJANGO, ProtocolViewer
 from cryohess_plugin import convert
 from cryohess_plugin.constants import PICK_SCORE
 from cryohess_plugin.core import fourier
-from cryohess_plugin.core.micrograph_em import (MicrographEMResult, SphericalBesselBasis,
-                                                align_coefficients, resample_volume)
+from cryohess_plugin.core.micrograph_em import (MicrographEMResult, PickingCurves,
+                                                SphericalBesselBasis, align_coefficients,
+                                                resample_volume)
 from cryohess_plugin.core.micrograph_em.em import max_degree_of
 from cryohess_plugin.protocols import CryoHessProtMicrographEM
 
@@ -55,11 +58,22 @@ class CryoHessMicrographEMViewer(ProtocolViewer):
                            "pick, coloured by its score 1 - P(empty), and the histogram of "
                            "the scores of all picks.")
 
+        form.addParam('displayPickingCurves', params.LabelParam, label='Picking over SNR',
+                      help="Only for a run given reference coordinates: the F1 of 'holds a "
+                           "particle' and of 'empty' of the posterior picks and the share of "
+                           "at least half-visible reference particles whose shift is found "
+                           "within 1 px, at the data's SNR (Eq. 4 of the paper, under the "
+                           "estimated map and noise) and at lower SNRs made by adding noise; "
+                           "the dashed line is the F1 of calling every patch empty.")
+
     def _getVisualizeDict(self):
-        return {'displayConvergence': self._showConvergence,
-                'displayShiftPrior': self._showShiftPrior,
-                'displayVolume': self._showVolume, 'displayFsc': self._showFsc,
-                'displayPicks': self._showPicks}
+        shows = {'displayConvergence': self._showConvergence,
+                 'displayShiftPrior': self._showShiftPrior,
+                 'displayVolume': self._showVolume, 'displayFsc': self._showFsc,
+                 'displayPicks': self._showPicks}
+        if os.path.exists(self.protocol._getFileName('pickingCurves')):
+            shows['displayPickingCurves'] = self._showPickingCurves
+        return shows
 
     # --------------------------- SHOW functions ------------------------------
     def _showConvergence(self, paramName=None):
@@ -174,6 +188,24 @@ class CryoHessMicrographEMViewer(ProtocolViewer):
         histogram = plotter.createSubPlot('Scores of all picks', 'Score', 'Picks')
         if scores:
             histogram.hist(scores, bins=20, range=(0.5, 1.0))
+        return [plotter]
+
+    def _showPickingCurves(self, paramName=None):
+        curves = PickingCurves.load(self.protocol._getFileName('pickingCurves'))
+        plotter = EmPlotter(mainTitle='Posterior picking over SNR (%d patches)'
+                            % curves.patches)
+        axes = plotter.createSubPlot('Posterior picking against the reference coordinates',
+                                     'SNR', 'Score')
+        for values, label in ((curves.f1_nonempty, "F1 of 'holds a particle'"),
+                              (curves.f1_empty, "F1 of 'empty'"),
+                              (curves.shift_accuracy, 'shift within 1 px')):
+            axes.plot(curves.snr, values, marker='o', label=label)
+        axes.axhline(curves.always_empty_f1, color='gray', linestyle='--',
+                     label="F1 of 'empty', every patch called empty")
+        axes.axvline(curves.snr[0], color='gray', linestyle=':', label="the data's SNR")
+        axes.set_xscale('log')
+        axes.set_ylim(0, 1.05)
+        axes.legend(fontsize=8)
         return [plotter]
 
     # --------------------------- UTILS functions -----------------------------

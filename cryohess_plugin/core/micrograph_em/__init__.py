@@ -12,7 +12,8 @@ from .estep import Expectation, Model, expectation
 from .evaluate import Alignment, align_coefficients, pairwise_fsc, resample_volume
 from .mstep import solve_volume, update_noise, update_shift_prior, volume_system
 from .patches import (PatchSet, cut_patches, fourier_bin, nonempty_shifts, true_states)
-from .picking import (Picks, empty_f1, pick_centres, pick_patches, shift_accuracy)
+from .picking import (PickingCurves, Picks, empty_f1, model_snr, pick_centres, pick_patches,
+                      picking_curves, reference_states, shift_accuracy)
 from .projection import (ProjectionOperator, ctf_image, grid_resolution_for_count,
                          quaternion_grid)
 
@@ -23,6 +24,6 @@ __all__ = ["basis", "em", "estep", "evaluate", "mstep", "patches", "picking", "p
            "Expectation", "Model", "expectation", "Alignment", "align_coefficients",
            "pairwise_fsc", "resample_volume", "solve_volume", "update_noise", "update_shift_prior",
            "volume_system", "PatchSet", "cut_patches", "fourier_bin", "nonempty_shifts",
-           "true_states", "Picks", "empty_f1", "pick_centres", "pick_patches",
-           "shift_accuracy", "ProjectionOperator", "ctf_image", "grid_resolution_for_count",
+           "true_states", "PickingCurves", "Picks", "empty_f1", "model_snr", "pick_centres",
+           "pick_patches", "picking_curves", "reference_states", "shift_accuracy", "ProjectionOperator", "ctf_image", "grid_resolution_for_count",
            "quaternion_grid"]

@@ -230,16 +230,13 @@ class SphericalBesselBasis:
         ``Q_l a_l`` for the rotated volume ``v(Rᵀ x)`` (whose transform is ``F(Rᵀ κ)``),
         found by least squares on sample directions."""
         if samples is None:
-            samples = _sample_directions(2 * self.max_degree + 2)
+            samples, inverses = _harmonic_fit(self.max_degree)
+        else:
+            inverses = _harmonic_inverses(self.max_degree, samples)
         rotated = samples @ np.asarray(rotation)  # rows Rᵀ u
-        at_samples = real_harmonics(self.max_degree, samples)
         at_rotated = real_harmonics(self.max_degree, rotated)
-        blocks = []
-        for l in range(self.max_degree + 1):
-            part = slice(l * l, (l + 1) * (l + 1))
-            solution = np.linalg.lstsq(at_samples[:, part], at_rotated[:, part], rcond=None)[0]
-            blocks.append(solution)
-        return blocks
+        return [inverse @ at_rotated[:, l * l:(l + 1) * (l + 1)]
+                for l, inverse in enumerate(inverses)]
 
     def rotate(self, coefficients, rotation):
         """Coefficients of ``v(Rᵀ x)`` for the volume ``v`` of ``coefficients``."""
@@ -253,6 +250,22 @@ class SphericalBesselBasis:
                 out[column:column + width] = blocks[l] @ coefficients[column:column + width]
                 column += width
         return out
+
+
+def _harmonic_inverses(max_degree, samples):
+    """Per degree the pseudo-inverse of the real harmonics at ``samples`` (the least-squares
+    fit of :meth:`SphericalBesselBasis.rotation_blocks`)."""
+    at_samples = real_harmonics(max_degree, samples)
+    return [np.linalg.pinv(at_samples[:, l * l:(l + 1) * (l + 1)])
+            for l in range(max_degree + 1)]
+
+
+@functools.lru_cache(maxsize=16)
+def _harmonic_fit(max_degree):
+    """The default sample directions of a degree and their :func:`_harmonic_inverses`
+    (the same for every rotation: an alignment rotates thousands of times)."""
+    samples = _sample_directions(2 * max_degree + 2)
+    return samples, _harmonic_inverses(max_degree, samples)
 
 
 def _sample_directions(count):

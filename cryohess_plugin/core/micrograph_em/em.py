@@ -37,7 +37,9 @@ class EMSettings:
 
     :param schedule: ``l_max`` of each stage.
     :param iterations: the iteration limit of each stage.
-    :param batch_fraction: ``S``, the share of training patches per iteration.
+    :param batch_fraction: ``S``, the share of training patches per iteration: one value
+        for every stage, or one per stage (e.g. the whole training set, 1, in the last
+        stage: the volume M-step then reads every patch instead of one minibatch's).
     :param rotation_resolution: the quaternion grid's resolution (25: 552 rotations).
     :param held_out: patches kept out of every minibatch to score iterations.
     :param tolerance: held-out gain (nats per patch) that counts as progress.
@@ -71,9 +73,19 @@ class EMSettings:
             raise InvalidDataError(
                 f"degree {self.schedule[-1]} has no radial term at patch size {box} (the "
                 f"highest is {usable}); lower the last stage's degree or enlarge the patch")
-        if not 0 < self.batch_fraction <= 1:
+        fractions = self.stage_fractions()
+        if len(fractions) != len(self.schedule):
+            raise InvalidDataError("give one minibatch fraction, or one per stage of the "
+                                   "schedule")
+        if not all(0 < fraction <= 1 for fraction in fractions):
             raise InvalidDataError(f"the minibatch fraction must lie in (0, 1], got "
                                    f"{self.batch_fraction}")
+
+    def stage_fractions(self):
+        """The minibatch fraction of every stage."""
+        if np.ndim(self.batch_fraction) == 0:
+            return (float(self.batch_fraction),) * len(self.schedule)
+        return tuple(float(fraction) for fraction in self.batch_fraction)
 
 
 @dataclass
@@ -182,7 +194,8 @@ def run_start(patch_set, settings, start=0, seed=0, ctfs=None, state=None, rotat
     training, held_out = split_patches(patch_set.count, settings.held_out, seed)
     if training.size == 0:
         raise InvalidDataError("no patches to train on; add micrographs")
-    batch = max(1, int(np.floor(settings.batch_fraction * training.size)))
+    batches = [max(1, int(np.floor(fraction * training.size)))
+               for fraction in settings.stage_fractions()]
     options = dict(dtype=np.dtype(settings.dtype), backend=settings.backend)
     basis = SphericalBesselBasis.create(patch_set.box, settings.schedule[0])
     operator = ProjectionOperator(basis, rotations)
@@ -202,7 +215,7 @@ def run_start(patch_set, settings, start=0, seed=0, ctfs=None, state=None, rotat
             grown[:state.coefficients.size] = state.coefficients
             state.coefficients = grown
         tick = time.perf_counter()
-        chosen = np.sort(rng.choice(training, batch, replace=False))
+        chosen = np.sort(rng.choice(training, batches[state.stage], replace=False))
         expected = expectation(patch_set, chosen, operator, state.model(), ctfs, **options)
         middle = time.perf_counter()
         matrix, vector = volume_system(operator, expected.statistics, ctfs)

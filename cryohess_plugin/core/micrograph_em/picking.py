@@ -6,14 +6,18 @@ pick when "empty" has posterior below one half, and its particle centre follows 
 most probable shift.  A particle that spans several patches is picked once per patch; picks closer
 than half a box are merged, keeping the most probable.  Scores: the F1 of "empty" (the
 paper's Eq. (39), empty patches positive) and the share of at least half-visible
-particles whose shift is found within one pixel on each axis.
+particles whose shift is found within one pixel on each axis.  :func:`picking_curves`
+scores the picks against reference positions (e.g. a simulator's) at the data's SNR and
+at lower SNRs made by adding white noise to the patches.
 """
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
-from .estep import expectation
-from .patches import nonempty_shifts
+from ..storage import StoredFields
+from .estep import Model, expectation
+from .patches import nonempty_shifts, true_states
 
 
 @dataclass
@@ -78,7 +82,8 @@ def merge_picks(rows, radius):
 
 
 def empty_f1(predicted_empty, true_empty):
-    """F1 of "empty" (positive) against the truth (the paper's Eq. (39))."""
+    """F1 of "empty" (positive) against the truth (the paper's Eq. (39)); with both
+    arguments negated, the F1 of "holds a particle"."""
     predicted_empty, true_empty = np.asarray(predicted_empty), np.asarray(true_empty)
     hits = np.sum(predicted_empty & true_empty)
     if hits == 0:
@@ -103,3 +108,89 @@ def shift_accuracy(predicted, truth, box):
         return float("nan")
     close = np.all(np.abs(predicted[scored] - truth[scored]) <= 1, axis=1)
     return float(np.mean(close))
+
+
+def reference_states(patch_set, centres):
+    """The shift state of every patch under reference particles: ``centres`` per
+    micrograph (in :class:`.patches.PatchSet` micrograph order) ``(k, 2)`` ``(x, y)`` in
+    *original* micrograph pixels; ``(N, 2)`` as :func:`.patches.true_states`."""
+    box = patch_set.box
+    out = np.empty((patch_set.count, 2), dtype=np.int64)
+    for micrograph, mine in enumerate(centres):
+        where = np.flatnonzero(patch_set.micrograph == micrograph)
+        binned = np.rint(np.asarray(mine, dtype=np.float64).reshape(-1, 2)
+                         / patch_set.binning).astype(np.int64)
+        out[where] = true_states(binned[:, ::-1] - box // 2, patch_set.origins(where), box)
+    return out
+
+
+def model_snr(operator, model, ctfs=None):
+    """The SNR of Eq. (4) under ``model``: the mean projection energy over the rotation
+    grid (with each micrograph's CTF) over ``L²`` times the micrograph's noise variance,
+    averaged over the micrographs."""
+    pixels = operator.box ** 2
+    values = []
+    for micrograph, variance in enumerate(np.asarray(model.noise_variance)):
+        ctf = None if ctfs is None else ctfs[micrograph]
+        energy = np.mean(np.sum(operator.project(model.coefficients, ctf) ** 2, axis=(1, 2)))
+        values.append(energy / (pixels * variance))
+    return float(np.mean(values))
+
+
+@dataclass
+class PickingCurves(StoredFields):
+    """Algorithm 2 scored against reference positions, per SNR (Eq. (4), under the model).
+
+    :param snr: ``(n,)`` the data's SNR, then the lower ones made by adding noise.
+    :param f1_nonempty: F1 of "holds a particle" (positive) per SNR.
+    :param f1_empty: F1 of "empty" (the paper's Eq. (39)) per SNR.
+    :param always_empty_f1: the F1 of "empty" of calling every patch empty.
+    :param shift_accuracy: share of half-visible reference particles found within 1 px.
+    :param patches: how many patches were scored.
+    """
+    snr: np.ndarray
+    f1_nonempty: np.ndarray
+    f1_empty: np.ndarray
+    always_empty_f1: float
+    shift_accuracy: np.ndarray
+    patches: int
+
+
+#: Factors by which :func:`picking_curves` lowers the data's SNR (half a decade apart).
+SNR_FACTORS = (1.0, 10 ** 0.5, 10.0, 10 ** 1.5, 100.0, 10 ** 2.5, 1000.0)
+
+
+def picking_curves(patch_set, operator, model, states, ctfs=None, factors=SNR_FACTORS,
+                   limit=5000, seed=0, backend="cpu"):
+    """:class:`PickingCurves` of Algorithm 2 under ``model`` against the reference
+    ``states`` ``(N, 2)`` (:func:`reference_states`), on at most ``limit`` random patches.
+    At factor ``f`` white noise of variance ``(f - 1) σ²_m`` is added to the patches of
+    micrograph ``m`` and the model's noise variance becomes ``f σ²_m``: the SNR is the
+    data's over ``f``."""
+    rng = np.random.default_rng(seed)
+    chosen = np.arange(patch_set.count)
+    if chosen.size > limit:
+        chosen = np.sort(rng.choice(chosen, int(limit), replace=False))
+    subset = dataclasses.replace(patch_set, patches=patch_set.patches[chosen],
+                                 micrograph=patch_set.micrograph[chosen],
+                                 row=patch_set.row[chosen], col=patch_set.col[chosen])
+    truth = np.asarray(states)[chosen]
+    box = patch_set.box
+    empty = np.all(truth == box, axis=1)
+    variance = np.asarray(model.noise_variance, dtype=np.float64)
+    base = model_snr(operator, model, ctfs)
+    f1_nonempty, f1_empty, accuracy = [], [], []
+    for factor in factors:
+        spread = np.sqrt((factor - 1) * variance[subset.micrograph])[:, None, None]
+        noisy = subset.patches + (spread * rng.standard_normal(subset.patches.shape)
+                                  ).astype(subset.patches.dtype)
+        scaled = Model(model.coefficients, model.shift_prior, model.empty_mass,
+                       variance * factor)
+        picks = pick_patches(dataclasses.replace(subset, patches=noisy), operator, scaled,
+                             ctfs, backend=backend)
+        f1_nonempty.append(empty_f1(picks.picked, ~empty))
+        f1_empty.append(empty_f1(~picks.picked, empty))
+        accuracy.append(shift_accuracy(picks.states(box), truth, box))
+    return PickingCurves(base / np.asarray(factors, dtype=np.float64), np.array(f1_nonempty),
+                         np.array(f1_empty), 2 * empty.mean() / (1 + empty.mean()),
+                         np.array(accuracy), int(chosen.size))
