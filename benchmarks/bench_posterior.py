@@ -10,7 +10,11 @@ phantom.  In the same process and on the same data:
 * the closed form with EM estimation of the noise per shell (the default) and the
   per-shell prior, and the same with white noise (one variance: the data term,
   sampling density and gridding weights are computed once instead of every round);
-* the minibatch variational fit (:func:`fit_variational`, ``--epochs``).
+* the minibatch variational fit (:func:`fit_variational`, ``--epochs``);
+* the baseline pass again with the CTF kept as parameters (:class:`CTFTable`, as the
+  particle files hold it: every batch's CTF is evaluated by the CTF kernel when read),
+  and the CTF evaluation alone in nanoseconds per value.  ``--passes-only`` stops after
+  these rows.
 
 The baseline pass reads a random grid: a grid of zeros from ``np.zeros`` is
 backed by the kernel's shared zero page, always in cache, and makes a pass
@@ -33,7 +37,8 @@ repeated on the memory-mapped problem, which streams batches from the file:
 rates and traced peaks beside the in-memory ones (the file is in the page
 cache after writing, so this measures the streaming overhead, not the disk).
 
-    python benchmarks/bench_posterior.py [--n 2000] [--box 128] [--epochs 5] [--memmap] [--quick]
+    python benchmarks/bench_posterior.py [--n 2000] [--box 128] [--epochs 5] [--memmap]
+                                         [--passes-only] [--quick]
 """
 import argparse
 import os
@@ -46,7 +51,7 @@ import numpy as np
 
 from cryohess_plugin.core.synthetic import atoms, phantoms, simulate
 from cryohess_plugin.core import ctf, fourier
-from cryohess_plugin.core.posterior.problem import PosteriorProblem, write_spectra
+from cryohess_plugin.core.posterior.problem import CTFTable, PosteriorProblem, write_spectra
 from cryohess_plugin.core.posterior.fit import fit_closed_form, fit_variational
 
 
@@ -81,6 +86,8 @@ def main():
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--memmap", action="store_true",
                         help="also fit from spectra memory-mapped from an .npy")
+    parser.add_argument("--passes-only", action="store_true",
+                        help="stop after the baseline passes (CTF values against parameters)")
     parser.add_argument("--quick", action="store_true", help="64 px, 300 particles, 2 epochs")
     args = parser.parse_args()
     if args.quick:
@@ -111,6 +118,9 @@ def main():
     print(f"{'method':<32}{'time s':>10}{'particles/s':>14}{'passes':>8}{'x pass':>8}")
     print(f"{'baseline: one forward+adjoint':<32}{one_pass:>10.2f}{rate:>14.0f}{1:>8}{1:>8.1f}")
     print(f"{'  (same, grid of zeros)':<32}{zero_pass:>10.2f}{args.n / zero_pass:>14.0f}")
+    ctf_table_pass(problem, sim, grid, one_pass, args.dtype)
+    if args.passes_only:
+        return
     estimated, seconds = timed(lambda: fit_closed_form(problem))
     white, seconds_white = timed(lambda: fit_closed_form(problem, noise_model="white"))
     fixed_prior = fourier.shell_average(estimated.prior_variance)
@@ -138,6 +148,22 @@ def main():
     print(f"peak memory of one closed-form fit (tracemalloc): {peak / 2 ** 20:.0f} MiB")
     if args.memmap:
         memmap_comparison(args, sim, values, problem, fixed, fixed_prior)
+
+
+def ctf_table_pass(problem, sim, grid, one_pass, dtype):
+    """The baseline pass with the CTF as parameters (evaluated per batch), beside the pass
+    with the values in memory, and the CTF evaluation of all particles alone."""
+    table = CTFTable(ctf.params_to_rows(sim.ctf_params), problem.box, sim.pixel_size)
+    from_parameters = PosteriorProblem(problem.spectra, sim.rotations, sim.shifts, table,
+                                       dtype=np.dtype(dtype))
+    from_parameters.subset(np.arange(4)).normal(grid)
+    np.asarray(table[:4])
+    _, seconds = timed(lambda: from_parameters.normal(grid))
+    values, evaluation = timed(lambda: np.asarray(table, np.dtype(dtype)))
+    print(f"{'  (same, CTF from parameters)':<32}{seconds:>10.2f}{len(table) / seconds:>14.0f}"
+          f"{1:>8}{seconds / one_pass:>8.2f}")
+    print(f"  CTF kernel: {values.size} values in {evaluation:.3f} s, "
+          f"{1e9 * evaluation / values.size:.1f} ns per value")
 
 
 def memmap_comparison(args, sim, values, problem, fixed, fixed_prior):

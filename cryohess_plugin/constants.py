@@ -79,7 +79,7 @@ LOG_LIKELIHOOD = "_cryohess_logLikelihood"
 REFINED_ANGLE_CHANGE = "_cryohess_refinedAngleChange"
 REFINED_SHIFT_CHANGE = "_cryohess_refinedShiftChange"
 
-# Micrograph placement of the simulation (protocols/simulate_settings.py)
+# Micrograph placement of the simulation (protocols/simulate_micrograph_settings.py)
 PLACEMENT_MIN_DISTANCE = 0
 PLACEMENT_SEPARATED = 1
 PLACEMENT_ARBITRARY = 2

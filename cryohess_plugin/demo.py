@@ -18,6 +18,12 @@ import sys
 
 from cryohess_plugin.headless import configure_environment
 
+#: SNR of the demo's particles (whole box, as the simulation protocol defines it).
+PARTICLE_SNR = 0.1
+#: Smallest particle box the demo runs: at SNR 0.1 smaller boxes hold too little signal per
+#: particle for the alignment stage to find the poses (a 32 px box aligns at chance).
+MIN_BOX = 64
+
 
 def parseArgs(argv):
     parser = argparse.ArgumentParser(
@@ -30,11 +36,18 @@ def parseArgs(argv):
                         help="project name (default: cryohess_demo)")
     parser.add_argument("--particles", type=int, default=500,
                         help="number of simulated particles (default: 500)")
-    parser.add_argument("--box", type=int, default=64,
-                        help="particle box in pixels (default: 64)")
+    parser.add_argument("--box", type=int, default=MIN_BOX,
+                        help="particle box in pixels, at least %d (default: %d)"
+                             % (MIN_BOX, MIN_BOX))
     parser.add_argument("--threads", type=int, default=2,
                         help="CPU threads per protocol (default: 2)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.box < MIN_BOX:
+        parser.error("--box %d is too small: the demo simulates its particles at SNR %g, and "
+                     "below %d px they hold too little signal for the alignment to find their "
+                     "poses (at 32 px it assigns them at chance); use --box %d or larger"
+                     % (args.box, PARTICLE_SNR, MIN_BOX, MIN_BOX))
+    return args
 
 
 def openProject(name):
@@ -80,7 +93,7 @@ def simulateStage(project, args, plotDir, done):
     from cryohess_plugin.viewers import CryoHessSimulateViewer
     protocol = project.newProtocol(
         CryoHessProtSimulate, boxSize=args.box, samplingRate=1.5, numberOfParticles=args.particles,
-        numberOfDefocusGroups=10, snr=0.1, doMicrographs=True, numberOfMicrographs=3,
+        numberOfDefocusGroups=10, snr=PARTICLE_SNR, doMicrographs=True, numberOfMicrographs=3,
         particlesPerMicrograph=20, micrographSize=512, numberOfThreads=args.threads)
     protocol.setObjLabel("cryohess - simulate")
     runProtocol(project, protocol)
@@ -123,7 +136,7 @@ def alignStage(project, args, plotDir, done):
         print("  " + line)
     step = protocol.angularStep.get()
     printOrientationErrors(None, simulation, step, " on the search's grid",
-                           protocol._gridPoses(protocol._loadResults())[0])
+                           protocol.getSearchPoses()[0])
     printOrientationErrors(protocol.outputParticles, simulation, step,
                            " after local refinement")
     for path in savePlots(CryoHessAlignParticlesViewer, project, protocol, plotDir, "align"):

@@ -289,6 +289,14 @@ class CryoHessProtAlignParticles(AlignParticlesSettings, CryoHessProtocolMixin, 
             AlignmentResult.load(self._getFileName('batch', index=index))
             for index in (range(len(self._batches())) if indices is None else indices))
 
+    def getSearchPoses(self):
+        """The rotations ``(n, 3, 3)`` and shifts ``(n, 2)`` (px) the global search gave the
+        particles against the volume, in particle-id order: the poses on the search's grid,
+        before any local refinement (the output holds the refined ones)."""
+        if not self._fromVolume():
+            raise ValueError("only an alignment against a volume assigns 3D poses")
+        return self._gridPoses(self._loadResults())
+
     def _gridPoses(self, result):
         """Rotations and shifts of the search's ``result`` (poses on the grid)."""
         from cryohess_plugin.core.alignment import rotations_from_alignment

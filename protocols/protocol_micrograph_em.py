@@ -99,7 +99,7 @@ class CryoHessProtMicrographEM(MicrographEMSettings, CryoHessProtocolMixin, EMPr
         shutil.copyfile(checkpoint, self._getFileName('start', start=start))
 
     def selectStartStep(self, digest):
-        from cryohess_plugin.core.micrograph_em import EMState, combine_starts
+        from cryohess_plugin.core.micrograph_em import EMState, combine_starts, surface_level
         box, binning, working = self._geometry()
         states = [EMState.load(self._getFileName('start', start=start))
                   for start in range(self.numberOfStarts.get())]
@@ -112,15 +112,14 @@ class CryoHessProtMicrographEM(MicrographEMSettings, CryoHessProtocolMixin, EMPr
                          working * box / full, overwrite=True)
         result.write_table(self._getFileName('convergence'))
         with open(self._getFileName('chimerax'), 'w') as script:
-            # A surface at the map's mean plus two standard deviations, then fit to view.
-            level = float(result.volume.mean() + 2 * result.volume.std())
-            script.write("open volume.mrc\nvolume #1 style surface level %.6g\nview\n" % level)
+            script.write("open volume.mrc\nvolume #1 style surface level %.6g\nview\n"
+                         % surface_level(result.volume))
         self.info("Best start %d (held-out log-likelihood per patch %s)"
                   % (result.best_start + 1, np.round(result.start_scores, 3)))
 
     def pickStep(self, first, count, digest):
         """Posterior picks of the micrographs ``first .. first + count - 1``."""
-        from cryohess_plugin.core.micrograph_em import pick_centres, pick_patches
+        from cryohess_plugin.core.micrograph_em import original_pixel_centres, pick_patches
         self._setDevices()
         patch_set = self._patchSet()
         mine = np.flatnonzero((patch_set.micrograph >= first)
@@ -128,8 +127,7 @@ class CryoHessProtMicrographEM(MicrographEMSettings, CryoHessProtocolMixin, EMPr
         operator, model = self._resultModel()
         picks = pick_patches(patch_set, operator, model, self._ctfImages(), mine,
                              backend=self._backend())
-        rows = pick_centres(patch_set, picks, mine)
-        rows[:, 1:3] *= patch_set.binning  # binned to original pixels
+        rows = original_pixel_centres(patch_set, picks, mine)
         self._saveNpz(self._getFileName('picks', batch=first), rows=rows)
         self.info("Micrographs %d-%d: %d picks" % (first + 1, first + count, len(rows)))
 

@@ -17,8 +17,8 @@ from cryohess_plugin.core import mrc, synthetic
 from cryohess_plugin.core.ctf import params_from_rows
 
 from .protocol_base import CryoHessProtocolMixin
-from .simulate_settings import (IMAGE_PARAMS, MICROGRAPH_PARAMS, PARTICLE_PARAMS,
-                                STRUCTURE_PARAMS, SimulationSettings)
+from .simulate_micrograph_settings import MICROGRAPH_PARAMS
+from .simulate_settings import IMAGE_PARAMS, PARTICLE_PARAMS, STRUCTURE_PARAMS, SimulationSettings
 
 
 class outputs(Enum):

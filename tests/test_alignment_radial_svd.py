@@ -19,48 +19,20 @@ from cryohess_plugin.core.errors import InvalidDataError, MissingMetadataError, 
 from cryohess_plugin.core.kernels import alignment_cpu, alignment_pruned_cpu
 from cryohess_plugin.core.polar import (PolarGrid, ctf_on_grid, polar_transform,
                                         ring_coefficients, shift_phases)
-from cryohess_plugin.core.projector import FourierSliceProjector
 from cryohess_plugin.core.alignment.radial_svd import (RadialSVDAligner, choose_rank, group_ctfs,
                                                        radial_kernel, rotations_from_alignment,
                                                        shift_grid)
 from cryohess_plugin.core.alignment.brute_force import rotated_inner_products
 
+from .alignment_data import BOX, PIXEL
 from .cudasim import run_module_under_simulator
-from .helpers import phantom_volume
 
-BOX, PIXEL = 64, 1.5
-#: The paper's band, K = 48 radians per half box: R = 49 rings, Q = 98 angles.
-MAX_FREQUENCY = 48 / np.pi
 #: Spacing of the 993-direction grid (sphere of radius 48 / 2 pi, unit spacing), degrees.
 GRID_STEP = np.rad2deg(2 * np.pi / 48)
 
 
 def relative_max(value, reference):
     return float(np.abs(value - reference).max() / np.abs(reference).max())
-
-
-@pytest.fixture(scope="module")
-def grid():
-    return PolarGrid.from_max_frequency(BOX, MAX_FREQUENCY)
-
-
-@pytest.fixture(scope="module")
-def volume():
-    return phantom_volume(BOX, PIXEL)
-
-
-@pytest.fixture(scope="module")
-def projector(volume):
-    return FourierSliceProjector(volume, dtype=np.float64, backend="cpu")
-
-
-@pytest.fixture(scope="module")
-def templates(grid, projector):
-    """Projections on the 993 viewing directions of the paper, and their rotations."""
-    directions, _ = rotations.viewing_grid_993()
-    template_rotations = rotations.rotations_for_directions(directions)
-    return template_rotations, projector.project_polar(template_rotations, grid.radii,
-                                                       grid.n_angles)
 
 
 def fourier_bessel_landscape(grid, image_polar, template_polar):

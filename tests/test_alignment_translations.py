@@ -25,9 +25,9 @@ from cryohess_plugin.core.alignment.translations import (
     resolve_max_shift, shift_weights, translation_aware_kernel, translation_spectra,
     _pruned_best)
 
-# The radial-SVD tests' data: 64 px phantom, the paper's band, the 993 projections.
-from .test_alignment_radial_svd import (BOX, MAX_FREQUENCY, PIXEL,  # noqa: F401 (fixtures)
-                                        grid, projector, templates, volume)
+# The radial-SVD tests' data: 64 px phantom, the paper's band, the 993 projections (the
+# fixtures grid, volume, projector and templates are tests/conftest.py's).
+from .alignment_data import BOX, MAX_FREQUENCY, PIXEL, blob_polar
 
 
 @pytest.fixture(scope="module")
@@ -38,19 +38,6 @@ def factorization(grid):
 def weighted_error(grid, value, reference):
     weights = np.sqrt(grid.weights)[:, None]
     return np.linalg.norm(weights * (value - reference)) / np.linalg.norm(weights * reference)
-
-
-def blob_polar(grid, offset):
-    """Closed-form polar samples of six Gaussian blobs moved by ``offset`` pixels."""
-    state = np.random.default_rng(3)
-    centres = state.uniform(-12, 12, (6, 2)) + offset
-    sigmas, heights = state.uniform(1.5, 3, 6), state.uniform(0.5, 1, 6)
-    k = np.stack([grid.kx, grid.ky], -1)
-    values = sum(h * 2 * np.pi * s ** 2 * np.exp(-2 * np.pi ** 2 * s ** 2 * (k ** 2).sum(-1)
-                                                 / grid.box ** 2)
-                 * np.exp(-2j * np.pi * (k @ c) / grid.box)
-                 for c, s, h in zip(centres, sigmas, heights))
-    return values.reshape(grid.n_rings, grid.n_angles)
 
 
 @pytest.mark.parametrize("shift", [(0.3, 0.2), (3.0, -2.5), (-3.5, 3.5), (5.0, 0.0)])

@@ -190,10 +190,7 @@ def test_bfactor_envelope():
                                * np.exp(-80.0 * (s2 + s2 / 9) / 4), rtol=1e-12)
 
 
-@pytest.mark.parametrize("block_elements", [2 ** 23, 1000])
-def test_ctf_stack_rows_match_evaluate(monkeypatch, block_elements):
-    # A small block size makes ctf_stack split the particles into several blocks.
-    monkeypatch.setattr(ctf_module, "_BLOCK_ELEMENTS", block_elements)
+def test_ctf_stack_rows_match_evaluate():
     plane = fourier.HalfPlane.disc(48)
     stack = ctf_stack(PARAM_SETS, plane.kx, plane.ky, 48, PIXEL)
     assert stack.shape == (len(PARAM_SETS), plane.size)

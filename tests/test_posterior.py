@@ -20,7 +20,8 @@ from cryohess_plugin.core.fourier import hermitian_fold, mirror
 from cryohess_plugin.core.posterior import (FourierPosterior, ParticleFiles, fit_memory_bytes,
                                             fit_posterior, half_sets, held_out_log_likelihood,
                                             particle_file_bytes, write_particle_files)
-from cryohess_plugin.core.posterior.problem import PosteriorProblem, SpectraWriter, write_spectra
+from cryohess_plugin.core.posterior.problem import (CTFTable, PosteriorProblem, SpectraWriter,
+                                                    write_spectra)
 from cryohess_plugin.core.noise import shell_noise_power
 from cryohess_plugin.core.posterior.fit import (estimation_subset, fit_closed_form,
                                                 fit_variational, log_likelihood,
@@ -700,3 +701,22 @@ def test_fit_memory_estimate_bounds_the_traced_peak():
         tracemalloc.stop()
         estimate = fit_memory_bytes(box, n)
         assert 0.5 * estimate <= peak <= estimate, (n, peak, estimate)
+
+
+def test_variational_step_evaluates_each_minibatch_ctf_once(volume, monkeypatch):
+    """The minibatch fit evaluates a minibatch's CTF (from its parameters) once for its four
+    operators, and fits what it fits from the CTF values in memory."""
+    sim, in_memory = make_problem(volume, 40, 0.05, 13)
+    table = CTFTable(ctf.params_to_rows(sim.ctf_params), BOX, PIXEL)
+    from_parameters = PosteriorProblem(in_memory.spectra, sim.rotations, sim.shifts, table)
+    evaluations = []
+    evaluate = CTFTable.__array__
+    monkeypatch.setattr(CTFTable, "__array__",
+                        lambda self, *args, **kwargs: evaluations.append(len(self))
+                        or evaluate(self, *args, **kwargs))
+    fitted = fit_variational(from_parameters, 0.05, 1.0, batch_size=10, epochs=2, rng=1)
+    assert evaluations == [10] * 8
+    monkeypatch.undo()
+    expected = fit_variational(in_memory, 0.05, 1.0, batch_size=10, epochs=2, rng=1)
+    np.testing.assert_array_equal(fitted.mean, expected.mean)
+    np.testing.assert_array_equal(fitted.variance, expected.variance)

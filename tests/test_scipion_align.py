@@ -21,7 +21,7 @@ from pyworkflow.utils import magentaStr
 
 from cryohess_plugin import convert
 from cryohess_plugin.constants import (ALIGN_SCORE, ALIGN_TEMPLATE, CTF_GROUP, RANK_FIXED,
-                                       REFERENCE_2D, REFERENCE_VOLUME)
+                                       REFERENCE_2D, REFERENCE_VOLUME, REFINED_ANGLE_CHANGE)
 from cryohess_plugin.core.synthetic import atoms
 from cryohess_plugin.core import ctf, mrc, rotations
 from cryohess_plugin.core.synthetic.phantoms import random_protein_phantom
@@ -111,6 +111,21 @@ class TestAlignParticlesToVolume(CryoHessTestCase):
 
     def testViewerPlots(self):
         self.assertViewerPlots(CryoHessAlignParticlesViewer, self.protAlign)
+
+    def testSearchPosesAreThePosesBeforeRefinement(self):
+        """The public search poses are those the refinement started from: the output's
+        refined poses differ from them by the changes the output records."""
+        searched, shifts = self.protAlign.getSearchPoses()
+        self.assertEqual(searched.shape, (60, 3, 3))
+        self.assertEqual(shifts.shape, (60, 2))
+        arrays = convert.particles_to_arrays(self.protAlign.outputParticles,
+                                             need_alignment=ALIGN_PROJ, read_images=False,
+                                             columns=(REFINED_ANGLE_CHANGE,))
+        np.testing.assert_allclose(rotations.angular_distance(arrays.rotations, searched),
+                                   arrays.columns[REFINED_ANGLE_CHANGE], atol=1e-3)
+        truth = np.load(self.protSim._getExtraPath('particles_truth.npz'))
+        error = rotations.angular_distance(searched, truth['rotations'])
+        self.assertGreaterEqual(np.mean(error <= GRID_STEP), 0.9, np.sort(error))
 
     def testPosedParticlesAreATransformOfTheInput(self):
         relations = self.proj.mapper.getRelationsByCreator(self.protAlign)

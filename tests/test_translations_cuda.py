@@ -12,7 +12,7 @@ def _simulated_errors():
     from cryohess_plugin.core.alignment.radial_svd import RadialSVDAligner, shift_grid
     from cryohess_plugin.core.alignment.translations import (PolarShifts, align_translations,
                                                              coarse_shift_step)
-    from .test_alignment_translations import blob_polar
+    from .alignment_data import blob_polar
 
     rng = np.random.default_rng(9)
     errors = {}

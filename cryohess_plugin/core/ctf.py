@@ -13,6 +13,9 @@ The formula is the standard CTFFIND4 / RELION one:
 * ``chi = pi * lambda * defocus * s^2 - pi / 2 * Cs * lambda^3 * s^4 + phase_shift``
 * ``CTF = +(sqrt(1 - A^2) * sin(chi) + A * cos(chi)) * exp(-B s^2 / 4)``
 
+Every evaluation runs the Numba kernel :mod:`.kernels.ctf_cpu` (or its CUDA twin), to which
+this module hands each particle's parameters reduced to the formula's coefficients.
+
 This is Scipion's sign, positive at low frequency for underfocus: particles in
 Scipion projects are extracted with inverted contrast (white, positive
 density), and Xmipp, RELION and cryoSPARC model them with this CTF.  Xmipp's
@@ -30,6 +33,7 @@ import scipy.special
 
 from . import fourier
 from .errors import InvalidDataError, ShapeError
+from .kernels import ctf_cpu, resolve_backend
 
 # h / sqrt(2 m e) in Å V^1/2 and e / (2 m c^2) in 1/V, the values RELION
 # (ObservationModel) and Xmipp use.  CODATA 2018 gives 12.264260 and
@@ -38,9 +42,6 @@ from .errors import InvalidDataError, ShapeError
 # constants is what keeps the phase right at high defocus.
 _WAVELENGTH_NUMERATOR = 12.2643247
 _RELATIVISTIC_FACTOR = 0.978466e-6
-# ctf_stack works on blocks of particles of about this many values, so its
-# float64 temporaries stay near 64 MiB.
-_BLOCK_ELEMENTS = 2 ** 23
 # ctf_rings takes this many particles at once: its float64 temporaries stay in the
 # cache (3x faster than one block of 1024 at the alignment's 49 x 49 half rings).
 _RING_BLOCK = 64
@@ -132,31 +133,46 @@ def _polar(kx, ky, box, pixel_size):
     return sx ** 2 + sy ** 2, np.arctan2(sy, sx)
 
 
-def _parameter_columns(params_list):
-    """Each CTF field as a float64 array ``(n, 1)``, to broadcast against frequencies."""
-    return {field.name: np.array([[getattr(p, field.name)] for p in params_list], dtype=np.float64)
-            for field in fields(CTFParams)}
+def _coefficients(rows):
+    """The per-particle coefficient rows of the CTF kernel (:data:`.kernels.ctf_cpu.COEFFICIENTS`)
+    from rows of :func:`params_to_rows`: ``(n, 9)`` float64."""
+    rows = np.asarray(rows, dtype=np.float64).reshape(-1, len(fields(CTFParams)))
+    du, dv, angle, voltage, cs, amplitude, phase, bfactor, flipped = rows.T
+    wavelength = electron_wavelength(voltage)
+    two_angle = 2 * np.deg2rad(angle)
+    return np.ascontiguousarray(np.stack([
+        0.5 * (du + dv), 0.5 * (du - dv), np.cos(two_angle), np.sin(two_angle),
+        np.pi * wavelength,
+        -0.5 * np.pi * (cs * 1e7) * wavelength ** 3,  # Cs in mm -> Å
+        np.deg2rad(phase) + np.arcsin(amplitude), bfactor / 4,
+        (flipped != 0).astype(np.float64)], axis=1))
 
 
-def _chi(p, s2, defocus):
-    """Phase ``chi`` at squared frequencies ``s2`` for a ``defocus`` (Å); ``p`` as below."""
-    wavelength = electron_wavelength(p["voltage"])
-    cs = p["spherical_aberration"] * 1e7  # mm -> Å
-    return (np.pi * wavelength * defocus * s2
-            - 0.5 * np.pi * cs * wavelength ** 3 * s2 ** 2
-            + np.deg2rad(p["phase_shift"]))
+def _coefficient_columns(rows):
+    """Each kernel coefficient of ``rows`` as a float64 ``(n, 1)`` column, by name."""
+    coefficients = _coefficients(rows)
+    return {name: coefficients[:, [k]] for k, name in enumerate(ctf_cpu.COEFFICIENTS)}
 
 
-def _ctf_values(p, s2, theta):
-    """The CTF formula of the module docstring; ``p`` maps field names to broadcastable values."""
-    defocus = 0.5 * (p["defocus_u"] + p["defocus_v"]
-                     + (p["defocus_u"] - p["defocus_v"])
-                     * np.cos(2 * (theta - np.deg2rad(p["defocus_angle"]))))
-    chi = _chi(p, s2, defocus)
-    a = p["amplitude_contrast"]
-    # exp(0) = 1 where bfactor is 0, so no envelope is applied there.
-    values = (np.sqrt(1 - a * a) * np.sin(chi) + a * np.cos(chi)) * np.exp(-p["bfactor"] * s2 / 4)
-    return np.where(p["phase_flipped"], np.abs(values), values)
+def _points(s2, theta):
+    """The point columns of the CTF kernel: ``(3, npts)`` ``s²``, ``cos 2θ``, ``sin 2θ``."""
+    s2, theta = np.ravel(s2), np.ravel(theta)
+    return np.ascontiguousarray(np.stack([s2, np.cos(2 * theta), np.sin(2 * theta)]))
+
+
+def _kernel_values(rows, s2, theta, dtype=np.float64, backend="cpu"):
+    """CTF of every particle of ``rows`` at every point ``(s2, theta)``: ``(n, npts)``.
+
+    The formula of the module docstring, evaluated by the CTF kernel (CPU or CUDA)."""
+    coefficients = _coefficients(rows)
+    points = _points(s2, theta)
+    out = np.empty((coefficients.shape[0], points.shape[1]), dtype=dtype)
+    if resolve_backend(backend) == "cuda":
+        from .kernels import ctf_cuda as kernels
+    else:
+        kernels = ctf_cpu
+    kernels.ctf_values(coefficients, points, out)
+    return out
 
 
 def evaluate_ctf(params, kx, ky, box, pixel_size):
@@ -171,11 +187,10 @@ def evaluate_ctf(params, kx, ky, box, pixel_size):
     :returns: float64 array of the broadcast shape of ``kx`` and ``ky``.
     """
     s2, theta = _polar(kx, ky, box, pixel_size)
-    return _ctf_values({field.name: getattr(params, field.name) for field in fields(params)},
-                       s2, theta)
+    return _kernel_values(params_to_rows([params]), s2, theta)[0].reshape(np.shape(s2))
 
 
-def ctf_stack(params_list, kx, ky, box, pixel_size, dtype=np.float64):
+def ctf_stack(params_list, kx, ky, box, pixel_size, dtype=np.float64, backend="cpu"):
     """CTF of many particles at the same frequencies.
 
     :param params_list: sequence of ``n`` :class:`CTFParams`.
@@ -184,19 +199,22 @@ def ctf_stack(params_list, kx, ky, box, pixel_size, dtype=np.float64):
     :param ky: 1-D frequencies along y, shape ``(npts,)``.
     :param box: image size in pixels.
     :param pixel_size: pixel size in Å.
-    :param dtype: output dtype.
+    :param dtype: output dtype (the arithmetic is float64 either way).
+    :param backend: ``"cpu" | "cuda" | "auto"`` (:func:`.kernels.resolve_backend`).
     :returns: array of shape ``(n, npts)``.
     """
+    return ctf_stack_from_rows(params_to_rows(params_list), kx, ky, box, pixel_size, dtype,
+                               backend)
+
+
+def ctf_stack_from_rows(rows, kx, ky, box, pixel_size, dtype=np.float64, backend="cpu"):
+    """:func:`ctf_stack` of the particles whose parameters are ``rows`` (:func:`params_to_rows`),
+    without building a :class:`CTFParams` per particle (the posterior's batches)."""
     kx, ky = np.asarray(kx), np.asarray(ky)
     if kx.ndim != 1 or kx.shape != ky.shape:
         raise ShapeError(f"kx and ky must be 1-D of equal length, got {kx.shape} and {ky.shape}")
     s2, theta = _polar(kx, ky, box, pixel_size)
-    out = np.empty((len(params_list), kx.size), dtype=dtype)
-    block = max(1, _BLOCK_ELEMENTS // max(kx.size, 1))
-    for start in range(0, len(params_list), block):
-        columns = _parameter_columns(params_list[start:start + block])
-        out[start:start + block] = _ctf_values(columns, s2, theta)
-    return out
+    return _kernel_values(rows, s2, theta, dtype, backend)
 
 
 def ring_mean_ctf_squared(params_list, radii, box, pixel_size):
@@ -216,13 +234,12 @@ def ring_mean_ctf_squared(params_list, radii, box, pixel_size):
     if radii.ndim != 1:
         raise ShapeError(f"radii must be 1-D, got shape {radii.shape}")
     s2, _ = _polar(radii, np.zeros_like(radii), box, pixel_size)
-    p = _parameter_columns(params_list)
-    mean_chi = _chi(p, s2, 0.5 * (p["defocus_u"] + p["defocus_v"]))
-    swing = np.pi * electron_wavelength(p["voltage"]) * s2 * 0.5 * (p["defocus_u"]
-                                                                    - p["defocus_v"])
-    alpha = np.arcsin(p["amplitude_contrast"])
-    envelope = np.exp(-p["bfactor"] * s2 / 2)
-    return envelope * 0.5 * (1 - scipy.special.j0(2 * swing) * np.cos(2 * mean_chi + 2 * alpha))
+    c = _coefficient_columns(params_to_rows(params_list))
+    # The phase coefficient holds alpha: this is chi of the mean defocus plus alpha.
+    mean_chi = c["pi_lambda"] * c["mean_defocus"] * s2 + c["cs_term"] * s2 ** 2 + c["phase"]
+    swing = c["pi_lambda"] * s2 * c["half_difference"]
+    envelope = np.exp(-2 * c["quarter_bfactor"] * s2)
+    return envelope * 0.5 * (1 - scipy.special.j0(2 * swing) * np.cos(2 * mean_chi))
 
 
 def ctf_rings(params_list, radii, angles, box, pixel_size, dtype=np.float64):
@@ -231,37 +248,34 @@ def ctf_rings(params_list, radii, angles, box, pixel_size, dtype=np.float64):
     The values of :func:`ctf_stack` at ``k = radii[r] (cos, sin)(angles[j])``
     (cycles per box), with ``|k|`` taken once per ring and the direction once
     per angle (the polar grids of the alignment).  ``dtype=np.float64`` gives
-    the arithmetic of :func:`ctf_stack`.  ``np.float32`` folds the amplitude
-    contrast into the phase (``sqrt(1 - A^2) sin chi + A cos chi = sin(chi +
-    arcsin A)``), reduces the phase modulo ``2 pi`` in float64 and takes its
-    sine in float32, numpy's vectorised single-precision sine (about 40x
-    faster than the double-precision one per value): absolute error below 1e-6.
+    the arithmetic of :func:`ctf_stack`.  ``np.float32`` takes the kernel's phase
+    ``chi + arcsin A`` (``sqrt(1 - A^2) sin chi + A cos chi = sin(chi + arcsin A)``),
+    reduces it modulo ``2 pi`` in float64 and takes its sine in float32, numpy's
+    vectorised single-precision sine (about 40x faster than the double-precision one
+    per value): absolute error below 1e-6.
     """
     s2, _ = _polar(np.asarray(radii, dtype=np.float64), 0.0, box, pixel_size)
     theta = np.asarray(angles, dtype=np.float64)
     if s2.ndim != 1 or theta.ndim != 1:
         raise ShapeError(f"radii and angles must be 1-D, got {s2.shape} and {theta.shape}")
     dtype = np.dtype(dtype)
-    out = np.empty((len(params_list), s2.size, theta.size), dtype=dtype)
-    for start in range(0, len(params_list), _RING_BLOCK):
-        p = {name: values[:, :, None] for name, values in
-             _parameter_columns(params_list[start:start + _RING_BLOCK]).items()}
-        if dtype == np.float64:
-            out[start:start + _RING_BLOCK] = _ctf_values(p, s2[:, None], theta[None, :])
-            continue
-        wavelength = electron_wavelength(p["voltage"])
-        defocus = 0.5 * (p["defocus_u"] + p["defocus_v"]
-                         + (p["defocus_u"] - p["defocus_v"])
-                         * np.cos(2 * (theta[None, None, :] - np.deg2rad(p["defocus_angle"]))))
-        chi = (np.pi * wavelength * s2[:, None]) * defocus
-        chi += (np.deg2rad(p["phase_shift"]) + np.arcsin(p["amplitude_contrast"])
-                - 0.5 * np.pi * p["spherical_aberration"] * 1e7 * wavelength ** 3
-                * s2[:, None] ** 2)
+    rows = params_to_rows(params_list)
+    if dtype == np.float64:
+        return _kernel_values(rows, np.repeat(s2, theta.size), np.tile(theta, s2.size)).reshape(
+            len(rows), s2.size, theta.size)
+    out = np.empty((len(rows), s2.size, theta.size), dtype=dtype)
+    ring_s2 = s2[:, None]
+    for start in range(0, len(rows), _RING_BLOCK):
+        c = {name: values[:, :, None] for name, values in
+             _coefficient_columns(rows[start:start + _RING_BLOCK]).items()}
+        defocus = c["mean_defocus"] + c["half_difference"] * (
+            np.cos(2 * theta) * c["cos_2_angle"] + np.sin(2 * theta) * c["sin_2_angle"])
+        chi = (c["pi_lambda"] * ring_s2) * defocus
+        chi += c["phase"] + c["cs_term"] * ring_s2 ** 2
         chi -= (2 * np.pi) * np.round(chi * (0.5 / np.pi))
-        values = np.sin(chi.astype(np.float32)) * np.exp(-p["bfactor"] * s2[:, None] / 4).astype(
-            np.float32)
-        out[start:start + _RING_BLOCK] = np.where(p["phase_flipped"].astype(bool), np.abs(values),
-                                                  values)
+        values = np.sin(chi.astype(np.float32)) * np.exp(
+            -c["quarter_bfactor"] * ring_s2).astype(np.float32)
+        out[start:start + _RING_BLOCK] = np.where(c["phase_flipped"] != 0, np.abs(values), values)
     return out
 
 

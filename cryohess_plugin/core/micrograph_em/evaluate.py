@@ -15,6 +15,9 @@ from .. import fourier
 from ..rotations import so3_exp
 from .projection import quaternion_grid
 
+#: A map's display surface lies this many standard deviations above its mean.
+SURFACE_SIGMAS = 2.0
+
 
 @dataclass
 class Alignment:
@@ -84,3 +87,11 @@ def pairwise_fsc(basis, estimates, resolution=25):
             fsc = align_coefficients(basis, estimates[i], estimates[j], resolution).fsc
             out[i, j] = out[j, i] = float(np.min(fsc[1:basis.box // 2]))
     return out
+
+
+def surface_level(volume, sigmas=SURFACE_SIGMAS):
+    """Contour level that shows the particle of ``volume`` (the level of its ChimeraX
+    surface): ``sigmas`` standard deviations above the mean of the map, so the solvent's
+    fluctuations stay below it."""
+    volume = np.asarray(volume, dtype=np.float64)
+    return float(volume.mean() + sigmas * volume.std())

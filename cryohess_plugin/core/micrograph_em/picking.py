@@ -67,6 +67,14 @@ def pick_centres(patch_set, picks, indices=None):
     return merge_picks(rows, box / 2)
 
 
+def original_pixel_centres(patch_set, picks, indices=None):
+    """:func:`pick_centres` with ``x, y`` in the pixels of the original micrographs (the
+    binned pixels times the patch set's binning factor), as coordinates are stored."""
+    rows = pick_centres(patch_set, picks, indices)
+    rows[:, 1:3] *= patch_set.binning
+    return rows
+
+
 def merge_picks(rows, radius):
     """Keep, per micrograph, the highest-scoring pick within ``radius`` of each other."""
     kept = []

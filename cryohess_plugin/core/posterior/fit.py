@@ -454,8 +454,10 @@ def fit_variational(problem, noise_variance, prior_variance, batch_size=64, epoc
             part = np.sort(order[b * batch_size:(b + 1) * batch_size])
             factor = n / part.size
             rate = 1.0 / t
-            density = problem.sampling_density(part, weights=weights)
-            difference = (problem.forward(mean.astype(problem.operator.complex_dtype), part)
+            # The minibatch's CTF, evaluated once for its four operators.
+            ctf = problem.batch_ctf(part)
+            density = problem.sampling_density(part, weights=weights, ctf=ctf)
+            difference = (problem.forward(mean.astype(problem.operator.complex_dtype), part, ctf)
                           - problem.spectra_batch(part))
             # sum W' E|X - A V|^2 under q: the weighted residual power plus
             # sum_j Var_j S'_B,j / 2 (S' counts k and -k, Var is Hermitian-symmetric).
@@ -464,8 +466,8 @@ def fit_variational(problem, noise_variance, prior_variance, batch_size=64, epoc
             expected += factor * (part.size * constant - power)
             precision = (1 - rate) * precision + rate * (1.0 / prior + factor * density)
             rows_average = (1 - rate) * rows_average + rate * factor * problem.row_sums(
-                part, weights=weights)
-            residual = problem.adjoint(difference, part, weights=weights)
+                part, weights=weights, ctf=ctf)
+            residual = problem.adjoint(difference, part, weights=weights, ctf=ctf)
             gradient = factor * residual + mean / prior
             mean = mean - step * gradient / (1.0 / prior + rows_average)
             if t > total // 2:

@@ -143,9 +143,9 @@ class CTFTable:
                         self.pixel_size, self.interpolation)
 
     def __array__(self, dtype=None, copy=None):
-        values = ctf_model.ctf_stack(ctf_model.params_from_rows(self.rows), self._kx,
-                                     self._ky, self.box, self.pixel_size)
-        return values if dtype is None else values.astype(dtype, copy=False)
+        return ctf_model.ctf_stack_from_rows(self.rows, self._kx, self._ky, self.box,
+                                             self.pixel_size, np.float64 if dtype is None
+                                             else dtype)
 
     def save(self, path):
         """Write the table to the ``.npz`` ``path`` (under a temporary name, then renamed)."""
@@ -470,6 +470,15 @@ class PosteriorProblem:
         new._rows = np.ascontiguousarray(self._rows[index])
         return new
 
+    def _batches_with_ctf(self, part, ctf):
+        """:meth:`batches` of ``part``; a single one when the caller gives its ``ctf``."""
+        if ctf is None:
+            return self.batches(part)
+        part = slice(None) if part is None else part
+        if len(ctf) != self._count(part):
+            raise ShapeError(f"ctf holds {len(ctf)} particles, the batch {self._count(part)}")
+        return [part]
+
     def batches(self, index=None):
         """Slices (or index arrays) of at most ``batch_size`` particles."""
         if index is None:
@@ -477,27 +486,32 @@ class PosteriorProblem:
                     for s in range(0, self.n_particles, self.batch_size)]
         return [index[s:s + self.batch_size] for s in range(0, len(index), self.batch_size)]
 
-    def _ctf(self, part):
+    def batch_ctf(self, part):
+        """CTF values ``(len(part), m)`` (float64) of the particles ``part``, or None without
+        CTF: evaluated once, they serve every operator of a batch as its ``ctf``."""
         if self._ctf_source is None:
             return None
         return np.asarray(self._ctf_source[self._source_rows(part)], np.float64)
 
-    def _operator_ctf(self, part):
-        """CTF of ``part`` in the operator's precision (one conversion, not two)."""
+    def _operator_ctf(self, part, ctf=None):
+        """CTF of ``part`` in the operator's precision (one conversion, not two); ``ctf``:
+        the batch's :meth:`batch_ctf`, when the caller already has it."""
+        if ctf is not None:
+            return np.asarray(ctf, self.operator.dtype)
         if self._ctf_source is None:
             return None
         return np.asarray(self._ctf_source[self._source_rows(part)], self.operator.dtype)
 
-    def _ctf_squared(self, part, count):
-        hp = self.half_plane
-        return np.ones((count, hp.size)) if self._ctf_source is None else self._ctf(part) ** 2
+    def _ctf_squared(self, part, count, ctf=None):
+        ctf = self.batch_ctf(part) if ctf is None else ctf
+        return np.ones((count, self.half_plane.size)) if ctf is None else ctf ** 2
 
     # ------------------------------------------------------------- operators
     def forward(self, grid, part, ctf=None):
         """Model spectra ``(len(part), m)`` of ``grid`` for particles ``part``; ``ctf``:
-        their :meth:`_operator_ctf`, when the caller already has it."""
+        their :meth:`batch_ctf`, when the caller already has it."""
         hp = self.half_plane
-        ctf = self._operator_ctf(part) if ctf is None else ctf
+        ctf = self._operator_ctf(part, ctf)
         return self.operator.slices(grid, self.rotations[part], hp.kx, hp.ky,
                                     self.shifts[part], ctf)
 
@@ -510,17 +524,19 @@ class PosteriorProblem:
         ``total``; ``weights`` ``(m,)`` default to ``W``; ``ctf`` as in :meth:`forward`."""
         hp = self.half_plane
         weighted = np.asarray(values, self.operator.complex_dtype) * self._point_weights(weights)
-        ctf = self._operator_ctf(part) if ctf is None else ctf
+        ctf = self._operator_ctf(part, ctf)
         total += self.operator.slices_adjoint(weighted, self.rotations[part], hp.kx, hp.ky,
                                               self.shifts[part], ctf)
         return total
 
     # Every operator takes per-point ``weights`` ``(m,)``, ``W`` by default; the fits pass
     # :meth:`noise_weights`, ``W / E|N(k)|²``, the weights of the likelihood.
-    def adjoint(self, values, part, weights=None):
-        """``herm(A^H (weights values))`` for particles ``part`` (a complex grid)."""
+    def adjoint(self, values, part, weights=None, ctf=None):
+        """``herm(A^H (weights values))`` for particles ``part`` (a complex grid); ``ctf`` as
+        in :meth:`forward`."""
         return hermitian_fold(self._scatter(values, part,
-                                            np.zeros((self.box,) * 3, np.complex128), weights))
+                                            np.zeros((self.box,) * 3, np.complex128), weights,
+                                            ctf))
 
     def data_term(self, part=None, weights=None):
         """``herm(A^H W X)`` over the particles ``part`` (all by default)."""
@@ -540,24 +556,26 @@ class PosteriorProblem:
             self._scatter(self.forward(grid, p, ctf), p, total, weights, ctf)
         return hermitian_fold(total)
 
-    def sampling_density(self, part=None, weights=None):
-        """``S_j = sum c^2 W w^2`` over ``k`` and ``-k`` (real grid)."""
+    def sampling_density(self, part=None, weights=None, ctf=None):
+        """``S_j = sum c^2 W w^2`` over ``k`` and ``-k`` (real grid); ``ctf``: the
+        :meth:`batch_ctf` of ``part`` when it is one batch and the caller has it."""
         weights = self.sample_weight if weights is None else weights
         density = np.zeros((self.box,) * 3)
-        for p in self.batches(part):
-            values = np.ascontiguousarray(self._ctf_squared(p, self._count(p)) * weights)
+        for p in self._batches_with_ctf(part, ctf):
+            values = np.ascontiguousarray(self._ctf_squared(p, self._count(p), ctf) * weights)
             hp = self.half_plane
             self._kernels.sampling_density(values, self._rows[p], hp.kx, hp.ky,
                                            self.operator.interpolation_id, density)
         return density + mirror(density)
 
-    def row_sums(self, part=None, weights=None):
-        """``herm(A^H W c^2)`` without shifts: the gridding weights, a preconditioner."""
+    def row_sums(self, part=None, weights=None, ctf=None):
+        """``herm(A^H W c^2)`` without shifts: the gridding weights, a preconditioner;
+        ``ctf`` as in :meth:`sampling_density`."""
         weights = self.sample_weight if weights is None else weights
         density = np.zeros((self.box,) * 3, np.complex128)
         hp = self.half_plane
-        for p in self.batches(part):
-            values = (self._ctf_squared(p, self._count(p)) * weights).astype(
+        for p in self._batches_with_ctf(part, ctf):
+            values = (self._ctf_squared(p, self._count(p), ctf) * weights).astype(
                 self.operator.complex_dtype)
             density += self.operator.slices_adjoint(values, self.rotations[p], hp.kx, hp.ky)
         return np.maximum(hermitian_fold(density).real, 0.0)
@@ -570,7 +588,7 @@ class PosteriorProblem:
         self._kernels.gather_squared(np.ascontiguousarray(variance, np.float64), rows, hp.kx,
                                      hp.ky, self.operator.interpolation_id, out)
         if self._ctf_source is not None:
-            out *= self._ctf(part) ** 2
+            out *= self.batch_ctf(part) ** 2
         return out
 
     def _residuals(self, mean, part):
