@@ -140,7 +140,7 @@ class CryoHessProtRefinePoses(FourierSliceParticlesMixin, ProtRefine3D):
         """The posterior mean at the poses after round ``round_ - 1``: the reference of
         round ``round_`` (the first round's map is checked for dark particles)."""
         self._setDevices()
-        self._fitPosterior(self._problem(self._poses(round_ - 1)),
+        self._fitPosterior(self._poses(round_ - 1),
                            self._getFileName('posterior', part=_referencePart(round_)),
                            "round %d reference" % round_, checkPolarity=round_ == 1)
 
