@@ -1,0 +1,157 @@
+"""Batch steps as queue jobs: with "use queue for jobs", the alignment's batch searches and
+refinements and the posterior's fits run as ``python -m cryohess_plugin.run_batch`` jobs
+through a queue of a test ``hosts.conf`` (its submit command starts the job script in the
+background on this machine and its check command watches the process), and give the
+same files, bit for bit, as a run whose steps compute in their own threads."""
+import glob
+import json
+import os
+
+import numpy as np
+from pyworkflow.constants import QUEUE_FOR_JOBS
+from pyworkflow.tests import setupTestProject
+
+from cryohess_plugin import run_batch
+from cryohess_plugin.protocols import CryoHessProtAlignParticles, CryoHessProtFourierPosterior
+from .scipion_base import CryoHessTestCase
+
+#: A queue on this machine: a job is its script run in the background, its id the process
+#: id, and it has finished when that process is gone (or a zombie).
+HOSTS_CONF = """[localhost]
+PARALLEL_COMMAND = mpirun -np %_(JOB_NODES)d %_(COMMAND)s
+NAME = background
+MANDATORY = 0
+SUBMIT_COMMAND = bash -c 'nohup bash %_(JOB_SCRIPT)s > %_(JOB_LOGS)s.out 2> %_(JOB_LOGS)s.err < /dev/null & echo $!'
+CANCEL_COMMAND = kill %_(JOB_ID)s
+CHECK_COMMAND = ps -o stat= -p %_(JOB_ID)s | grep -v Z
+SUBMIT_TEMPLATE = #!/bin/bash
+    # %_(JOB_NAME)s in queue %_(JOB_QUEUE)s, %_(JOB_THREADS)d threads
+    %_(JOB_COMMAND)s
+QUEUES = {"background": [["JOB_MEMORY", "1024", "Memory (MB)", "Memory of a job"]]}
+QUEUES_DEFAULT = {"JOB_GPUS": "0"}
+"""
+SIMULATION = dict(boxSize=32, samplingRate=2.5, numberOfParticles=40, numberOfDefocusGroups=2,
+                  phantomAtoms=300, phantomRadius=30.0, snr=10.0, randomSeed=11,
+                  numberOfThreads=1)
+
+
+class TestBatchJobsThroughQueue(CryoHessTestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        setupTestProject(cls)
+        hosts = os.path.join(cls.proj.path, 'test_hosts.conf')
+        with open(hosts, 'w') as hostsFile:
+            hostsFile.write(HOSTS_CONF)
+        cls.proj._loadHosts(hosts)  # copied to the project's config, where runs read it
+        cls.simulation = cls.launchSimulation('particles', SIMULATION)
+        cls.alignments = {queued: cls._launch(cls._alignment(), queued)
+                          for queued in (False, True)}
+        cls.posteriors = {queued: cls._launch(cls._posterior(), queued)
+                          for queued in (False, True)}
+
+    @classmethod
+    def _alignment(cls):
+        protocol = cls.newProtocol(CryoHessProtAlignParticles, angularStep=15.0, maxShift=1.0,
+                                   shiftStep=1.0, particlesPerBatch=20, refineIterations=2,
+                                   numberOfThreads=3, useGpu=False)
+        protocol.inputParticles.set(cls.simulation.outputParticles)
+        protocol.inputVolume.set(cls.simulation.outputVolume)
+        return protocol
+
+    @classmethod
+    def _posterior(cls):
+        protocol = cls.newProtocol(CryoHessProtFourierPosterior, doHalfMaps=True,
+                                   numberOfSamples=4, numberOfThreads=3, useGpu=False)
+        protocol.inputParticles.set(cls.simulation.outputParticles)
+        return protocol
+
+    @classmethod
+    def _launch(cls, protocol, queued):
+        if queued:
+            protocol._useQueue.set(True)
+            protocol.setQueueParams(['background', {QUEUE_FOR_JOBS: 'Y', 'JOB_MEMORY': '1024'}])
+        protocol.setObjLabel('queued' if queued else 'local')
+        return cls.launchProtocol(protocol)
+
+    def assertSameFiles(self, local, queued, pattern, count):
+        """The ``pattern`` files of both runs' extra folders hold equal arrays (bit for bit;
+        a fit's history but for its seconds)."""
+        localPaths = sorted(glob.glob(local._getExtraPath(pattern)))
+        self.assertEqual(len(localPaths), count, localPaths)
+        for localPath in localPaths:
+            queuedPath = queued._getExtraPath(os.path.basename(localPath))
+            with np.load(localPath) as expected, np.load(queuedPath) as actual:
+                self.assertEqual(sorted(expected.files), sorted(actual.files), localPath)
+                for name in expected.files:
+                    if name == 'history':
+                        self.assertEqual(_withoutSeconds(expected[name]),
+                                         _withoutSeconds(actual[name]))
+                    else:
+                        np.testing.assert_array_equal(actual[name], expected[name],
+                                                      err_msg="%s: %s" % (localPath, name))
+
+    def assertJobsQueued(self, protocol, task, count):
+        """``count`` ``task`` jobs were submitted to the queue, ran there and logged it."""
+        scripts = glob.glob(protocol._getLogsPath('*.job'))
+        queued = [path for path in scripts
+                  if "run_batch" in open(path).read() and task in _jobOf(path)]
+        self.assertEqual(len(queued), count, scripts)
+        for script in queued:
+            with open(script[:-len('.job')] + '.out') as jobLog:
+                self.assertIn("%s: " % task, jobLog.read())
+
+    def testAlignmentBatchesRunAsQueueJobs(self):
+        local, queued = self.alignments[False], self.alignments[True]
+        self.assertJobsQueued(queued, 'align_batch', 2)
+        self.assertJobsQueued(queued, 'refine_batch', 2)
+        self.assertEqual(glob.glob(local._getLogsPath('*.job')), [])
+        with open(queued.getStdoutLog()) as log:
+            self.assertEqual(log.read().count("job goes to the queue"), 4)
+
+    def testAlignmentGivesTheLocalRunsFiles(self):
+        local, queued = self.alignments[False], self.alignments[True]
+        self.assertSameFiles(local, queued, 'alignment_batch_*.npz', 2)
+        self.assertSameFiles(local, queued, 'refinement_batch_*.npz', 2)
+        expected = [particle.getTransform().getMatrix()
+                    for particle in local.outputParticles.iterItems(orderBy='id')]
+        actual = [particle.getTransform().getMatrix()
+                  for particle in queued.outputParticles.iterItems(orderBy='id')]
+        np.testing.assert_array_equal(np.array(actual), np.array(expected))
+
+    def testPosteriorFitsRunAsQueueJobs(self):
+        self.assertJobsQueued(self.posteriors[True], 'fit_posterior_part', 3)
+
+    def testPosteriorGivesTheLocalRunsFiles(self):
+        local, queued = self.posteriors[False], self.posteriors[True]
+        self.assertSameFiles(local, queued, 'posterior_*.npz', 3)
+        np.testing.assert_array_equal(_mapData(queued, 'mean'), _mapData(local, 'mean'))
+
+    def testJobInputsAreRemovedAndFailuresReported(self):
+        queued = self.alignments[True]
+        self.assertEqual(glob.glob(queued._getExtraPath('jobs', '*.npz')), [])
+        job = run_batch.read_job(queued._getExtraPath('jobs', 'alignment_batch_000.json'))
+        job['output'] = queued._getExtraPath('jobs', 'never_written.npz')
+        with open(run_batch.error_path(job), 'w') as errorFile:
+            errorFile.write("ShapeError: a message from the job")
+        with self.assertRaisesRegex(run_batch.BatchJobError, "a message from the job"):
+            run_batch.check_output(job)
+
+
+def _jobOf(script):
+    """The task of the job file a job script runs."""
+    with open(script) as scriptFile:
+        jobPath = scriptFile.read().split('run_batch')[1].split('"')[1]
+    with open(jobPath) as jobFile:
+        return json.load(jobFile)['task']
+
+
+def _withoutSeconds(history):
+    values = json.loads(str(history))
+    values.pop('seconds', None)
+    return values
+
+
+def _mapData(protocol, key):
+    from cryohess_plugin.core import mrc
+    return mrc.read_volume(protocol._getFileName(key))[0]
