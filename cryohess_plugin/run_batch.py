@@ -5,8 +5,9 @@ task, the files it reads, its options, its threads and device, and the file it w
 The step then runs the job in its own process (:func:`run_job`) or, when the run sends
 its steps to a queue, as this command through Scipion's ``runJob`` on a cluster node.
 Either way the task calls the same core function and writes its result to the job's
-output, which the protocol's merge step reads.  A job that fails leaves its message in
-:func:`error_path` for the protocol to report.
+output, which the protocol's merge step reads, and then a done file (:func:`done_path`)
+with the few numbers the step logs; a job that fails leaves its message in
+:func:`error_path` instead, for the protocol to report.
 
 This module imports no pyworkflow or pwem: a node needs only the numerical core.
 """
@@ -23,7 +24,7 @@ JOB_KEYS = ("task", "output", "inputs", "options", "threads", "gpu", "backend")
 
 
 class BatchJobError(RuntimeError):
-    """A batch job ended without writing its output."""
+    """A batch job ended without finishing its task."""
 
 
 def write_job(path, task, output, inputs=None, options=None, threads=1, gpu=None,
@@ -31,7 +32,8 @@ def write_job(path, task, output, inputs=None, options=None, threads=1, gpu=None
     """Write the job file ``path`` and return the job (a dict).
 
     :param task: name of a function of :data:`TASKS`.
-    :param output: the ``.npz`` the task writes (whole or not at all).
+    :param output: the ``.npz`` the task writes (whole or not at all; a task may continue
+        from it, as a chain from its checkpoint).
     :param inputs: ``{name: path}`` of the files the task reads.
     :param options: ``{name: value}`` of plain JSON values the task takes.
     :param threads: CPU threads of numba kernels, FFTs and BLAS in the job.
@@ -64,42 +66,41 @@ def error_path(job):
     return job["output"] + ".error"
 
 
-def notes_path(job):
-    """Where a job leaves the few numbers its step logs besides the result."""
-    return job["output"] + ".notes.json"
+def done_path(job):
+    """The file a job writes once its task has finished: the numbers its step logs."""
+    return job["output"] + ".done.json"
+
+
+def clear_job(job):
+    """Remove what an earlier run of ``job`` left besides its output (its done and error
+    files), so that only this run's end counts."""
+    for stale in (error_path(job), done_path(job)):
+        if os.path.exists(stale):
+            os.remove(stale)
 
 
 def run_job(job, progress=None):
-    """Run ``job``'s task in this process; its output file is written whole or not at all.
+    """Run ``job``'s task in this process and write its done file.
 
     :param progress: callback of the core's :class:`.core.progress.Progress` events.
     """
-    for stale in (error_path(job), notes_path(job)):
-        if os.path.exists(stale):
-            os.remove(stale)
+    clear_job(job)
     notes = TASKS[job["task"]](job, progress)
-    if notes:
-        with open(notes_path(job), "w") as notesFile:
-            json.dump(notes, notesFile)
+    with open(done_path(job), "w") as doneFile:
+        json.dump(notes, doneFile)
 
 
-def check_output(job):
-    """Raise :class:`BatchJobError` with the job's own message unless it wrote its output."""
-    if os.path.exists(job["output"]):
-        return
+def job_notes(job):
+    """The numbers a finished job left for its step; :class:`BatchJobError` with the job's
+    own message when it did not finish."""
+    if os.path.exists(done_path(job)) and os.path.exists(job["output"]):
+        with open(done_path(job)) as doneFile:
+            return json.load(doneFile)
     message = "no message (see the job's log)"
     if os.path.exists(error_path(job)):
         with open(error_path(job)) as errorFile:
             message = errorFile.read().strip()
-    raise BatchJobError(f"The {job['task']} job did not write {job['output']}: {message}")
-
-
-def read_notes(job):
-    """The numbers the job left for its step (:func:`notes_path`), or {}."""
-    if not os.path.exists(notes_path(job)):
-        return {}
-    with open(notes_path(job)) as notesFile:
-        return json.load(notesFile)
+    raise BatchJobError(f"The {job['task']} job for {job['output']} did not finish: {message}")
 
 
 def set_threads(threads, gpu=None):
@@ -163,6 +164,24 @@ def refine_batch(job, progress):
     return dict(amplitude=float(fit.amplitude_all), z_score=float(fit.z_score))
 
 
+def refine_particle_batch(job, progress):
+    """Refine the poses of a batch of converted particles locally against a reference."""
+    from cryohess_plugin.core.ctf import params_from_rows
+    from cryohess_plugin.core.pose_refinement import refine_particle_poses
+    from cryohess_plugin.core.posterior import ParticleFiles
+    options = dict(job["options"])
+    first, count = options.pop("first"), options.pop("count")
+    images = ParticleFiles.in_directory(job["inputs"]["particleFiles"],
+                                        images=True).image_batch(first, count)
+    with np.load(job["inputs"]["poses"]) as poses:
+        result = refine_particle_poses(
+            poses["reference"], images, poses["rotations"], poses["shifts"],
+            params_from_rows(poses["ctfs"]), float(poses["pixelSize"]),
+            backend=job["backend"], progress=progress, **options)
+    result.save(job["output"])
+    return {}
+
+
 def fit_posterior_part(job, progress):
     """Fit the posterior of the converted particles (or a subset of them) at given poses."""
     from cryohess_plugin.core.posterior import ParticleFiles, fit_posterior
@@ -186,8 +205,49 @@ def fit_posterior_part(job, progress):
     return {}
 
 
+def run_hyper_molecule_chain(job, progress):
+    """Run (or continue from the output, its checkpoint) one hyper-molecule chain."""
+    from cryohess_plugin.core import hypermolecules as hm
+    options = job["options"]
+    data = hm.ParticleData.load(job["inputs"]["data"])
+    with np.load(job["inputs"]["model"]) as model:
+        initial = model["initial"] if "initial" in model.files else None
+        components = [hm.Component(name, dimension,
+                                   model["mask_%d" % index] if "mask_%d" % index in model.files
+                                   else None)
+                      for index, (name, dimension) in enumerate(options["components"])]
+    problem = hm.HyperMoleculeProblem(data, components, options["state_order"], initial,
+                                      backend=job["backend"])
+    state = hm.run_chain(problem, hm.SamplerSettings(**options["settings"]), options["chain"],
+                         checkpoint=job["output"], progress=progress)
+    return dict(sweep=int(state.sweep), kept=int(state.kept))
+
+
+def run_micrograph_em_start(job, progress):
+    """Run (or continue from its checkpoint) one random start of the micrograph EM; the
+    output is the final state."""
+    import shutil
+    from cryohess_plugin.core.micrograph_em import EMSettings, EMState, run_start
+    from cryohess_plugin.core.micrograph_em.patches import PatchSet
+    options, inputs = job["options"], job["inputs"]
+    patch_set = PatchSet.concatenate(PatchSet.load(inputs["patches_%d" % index])
+                                     for index in range(options["patch_files"]))
+    with np.load(inputs["ctfs"]) as stored:
+        ctfs = list(stored["ctfs"]) if "ctfs" in stored.files else None
+    settings = EMSettings(**{name: tuple(value) if isinstance(value, list) else value
+                             for name, value in options["settings"].items()})
+    checkpoint = inputs["checkpoint"]
+    state = EMState.load(checkpoint) if os.path.exists(checkpoint) else None
+    run_start(patch_set, settings, options["start"], options["seed"], ctfs, state=state,
+              checkpoint=lambda current: current.save(checkpoint), progress=progress)
+    shutil.copyfile(checkpoint, job["output"])
+    return {}
+
+
 #: The tasks a job may name.
-TASKS = {task.__name__: task for task in (align_batch, refine_batch, fit_posterior_part)}
+TASKS = {task.__name__: task for task in (align_batch, refine_batch, refine_particle_batch,
+                                           fit_posterior_part, run_hyper_molecule_chain,
+                                           run_micrograph_em_start)}
 
 
 def main(argv=None):

@@ -192,7 +192,8 @@ class CryoHessProtocolMixin(InputChecks):
     # --------------------------- batch steps as jobs --------------------------
     def _runBatchJob(self, task, output, logPrefix, arrays=None, inputs=None, options=None):
         """Run a batch step's computation from files, as a :mod:`cryohess_plugin.run_batch`
-        job writing ``output`` (removed first, so only this job's result counts).
+        job writing ``output`` (a task may continue from an earlier one, as a chain from
+        its checkpoint); only this job's end counts.
 
         The job runs in this step's thread, or, when the run sends its steps to a queue
         ("use queue for jobs"), through ``runJob`` as a command on a cluster node with
@@ -220,9 +221,7 @@ class CryoHessProtocolMixin(InputChecks):
         job = run_batch.write_job(jobPath, task, output, inputs=inputs, options=options,
                                   threads=threads, gpu=0 if gpus else None,
                                   backend=self._backend())
-        for stale in (output, run_batch.error_path(job), run_batch.notes_path(job)):
-            if os.path.exists(stale):
-                os.remove(stale)
+        run_batch.clear_job(job)
         if self.useQueueForSteps():
             program = ('CUDA_VISIBLE_DEVICES=%(GPU)s ' if gpus else '') + sys.executable
             self.info("%sthe %s job goes to the queue (%d thread(s))"
@@ -231,10 +230,10 @@ class CryoHessProtocolMixin(InputChecks):
                         env=Plugin.getEnviron(threads), numberOfThreads=threads)
         else:
             run_batch.run_job(job, progress=self._progressLog(logPrefix))
-        run_batch.check_output(job)
+        notes = run_batch.job_notes(job)
         for path in written:
             os.remove(path)
-        return run_batch.read_notes(job)
+        return notes
 
     # --------------------------- steps that know what they depend on --------
     def _insertStep(self, func, *args, reads=(), after=(), needsGPU=False):

@@ -1,6 +1,6 @@
 """Micrograph EM: an ab-initio map from whole micrographs, without particle picking."""
+import dataclasses
 import os
-import shutil
 
 import numpy as np
 from pwem.objects import SetOfCoordinates, Volume
@@ -81,18 +81,23 @@ class CryoHessProtMicrographEM(MicrographEMSettings, CryoHessProtocolMixin, EMPr
                   % (first + 1, first + count, patch_set.count, box, binning))
 
     def runStartStep(self, start, digest):
-        """One random start through the whole schedule; continues from its checkpoint."""
-        from cryohess_plugin.core.micrograph_em import EMState, run_start
+        """One random start through the whole schedule, as a batch job; continues from its
+        checkpoint."""
+        from cryohess_plugin.core.micrograph_em import EMState
         self._setDevices()
         checkpoint = self._getFileName('checkpoint', start=start, digest=digest)
-        state = EMState.load(checkpoint) if os.path.exists(checkpoint) else None
-        if state is not None:
-            self.info("Start %d continues from iteration %d" % (start + 1, state.iteration))
-        state = run_start(self._patchSet(), self._settings(), start, self.randomSeed.get(),
-                          self._ctfImages(), state=state,
-                          checkpoint=lambda current: current.save(checkpoint),
-                          progress=self._progressLog())
-        shutil.copyfile(checkpoint, self._getFileName('start', start=start))
+        if os.path.exists(checkpoint):
+            self.info("Start %d continues from iteration %d"
+                      % (start + 1, EMState.load(checkpoint).iteration))
+        ctfs = self._ctfImages()
+        patches = {'patches_%d' % index: self._getFileName('patches', batch=first)
+                   for index, (first, _) in enumerate(self._micrographBatches())}
+        self._runBatchJob(
+            'run_micrograph_em_start', self._getFileName('start', start=start), "",
+            arrays={'ctfs': {} if ctfs is None else {'ctfs': np.stack(ctfs)}},
+            inputs=dict(patches, checkpoint=checkpoint),
+            options=dict(settings=dataclasses.asdict(self._settings()), start=start,
+                         seed=self.randomSeed.get(), patch_files=len(patches)))
 
     def selectStartStep(self, digest):
         from cryohess_plugin.core.micrograph_em import EMState, combine_starts

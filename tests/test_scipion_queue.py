@@ -135,7 +135,7 @@ class TestBatchJobsThroughQueue(CryoHessTestCase):
         with open(run_batch.error_path(job), 'w') as errorFile:
             errorFile.write("ShapeError: a message from the job")
         with self.assertRaisesRegex(run_batch.BatchJobError, "a message from the job"):
-            run_batch.check_output(job)
+            run_batch.job_notes(job)
 
 
 def _jobOf(script):
