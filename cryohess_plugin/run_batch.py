@@ -223,20 +223,26 @@ def run_hyper_molecule_chain(job, progress):
     return dict(sweep=int(state.sweep), kept=int(state.kept))
 
 
+def _micrograph_em_inputs(job):
+    """The patches and the CTF images (or None) of a micrograph-EM job."""
+    from cryohess_plugin.core.micrograph_em.patches import PatchSet
+    inputs = job["inputs"]
+    patch_set = PatchSet.concatenate(PatchSet.load(inputs["patches_%d" % index])
+                                     for index in range(job["options"]["patch_files"]))
+    with np.load(inputs["ctfs"]) as stored:
+        return patch_set, list(stored["ctfs"]) if "ctfs" in stored.files else None
+
+
 def run_micrograph_em_start(job, progress):
     """Run (or continue from its checkpoint) one random start of the micrograph EM; the
     output is the final state."""
     import shutil
     from cryohess_plugin.core.micrograph_em import EMSettings, EMState, run_start
-    from cryohess_plugin.core.micrograph_em.patches import PatchSet
-    options, inputs = job["options"], job["inputs"]
-    patch_set = PatchSet.concatenate(PatchSet.load(inputs["patches_%d" % index])
-                                     for index in range(options["patch_files"]))
-    with np.load(inputs["ctfs"]) as stored:
-        ctfs = list(stored["ctfs"]) if "ctfs" in stored.files else None
+    options = job["options"]
+    patch_set, ctfs = _micrograph_em_inputs(job)
     settings = EMSettings(**{name: tuple(value) if isinstance(value, list) else value
                              for name, value in options["settings"].items()})
-    checkpoint = inputs["checkpoint"]
+    checkpoint = job["inputs"]["checkpoint"]
     state = EMState.load(checkpoint) if os.path.exists(checkpoint) else None
     run_start(patch_set, settings, options["start"], options["seed"], ctfs, state=state,
               checkpoint=lambda current: current.save(checkpoint), progress=progress)
@@ -244,10 +250,35 @@ def run_micrograph_em_start(job, progress):
     return {}
 
 
+def pick_micrographs(job, progress):
+    """Posterior picks of the patches of some micrographs under the EM's result: rows
+    ``(micrograph, x, y, score)`` in the micrographs' own pixels."""
+    from cryohess_plugin.core.micrograph_em import (MicrographEMResult, Model,
+                                                    ProjectionOperator, pick_centres,
+                                                    pick_patches, quaternion_grid)
+    options = job["options"]
+    patch_set, ctfs = _micrograph_em_inputs(job)
+    result = MicrographEMResult.load(job["inputs"]["result"])
+    first, count = options["first"], options["count"]
+    mine = np.flatnonzero((patch_set.micrograph >= first)
+                          & (patch_set.micrograph < first + count))
+    operator = ProjectionOperator(result.basis(),
+                                  quaternion_grid(options["rotation_resolution"]))
+    model = Model(result.coefficients, result.shift_prior, result.empty_mass,
+                  result.noise_variance)
+    picks = pick_patches(patch_set, operator, model, ctfs, mine, backend=job["backend"])
+    rows = pick_centres(patch_set, picks, mine)
+    rows[:, 1:3] *= patch_set.binning  # binned to original pixels
+    temporary = job["output"] + ".tmp.npz"
+    np.savez(temporary, rows=rows)
+    os.replace(temporary, job["output"])
+    return dict(picks=len(rows))
+
+
 #: The tasks a job may name.
 TASKS = {task.__name__: task for task in (align_batch, refine_batch, refine_particle_batch,
                                            fit_posterior_part, run_hyper_molecule_chain,
-                                           run_micrograph_em_start)}
+                                           run_micrograph_em_start, pick_micrographs)}
 
 
 def main(argv=None):

@@ -89,15 +89,11 @@ class CryoHessProtMicrographEM(MicrographEMSettings, CryoHessProtocolMixin, EMPr
         if os.path.exists(checkpoint):
             self.info("Start %d continues from iteration %d"
                       % (start + 1, EMState.load(checkpoint).iteration))
-        ctfs = self._ctfImages()
-        patches = {'patches_%d' % index: self._getFileName('patches', batch=first)
-                   for index, (first, _) in enumerate(self._micrographBatches())}
-        self._runBatchJob(
-            'run_micrograph_em_start', self._getFileName('start', start=start), "",
-            arrays={'ctfs': {} if ctfs is None else {'ctfs': np.stack(ctfs)}},
-            inputs=dict(patches, checkpoint=checkpoint),
-            options=dict(settings=dataclasses.asdict(self._settings()), start=start,
-                         seed=self.randomSeed.get(), patch_files=len(patches)))
+        arrays, inputs, options = self._emJob()
+        self._runBatchJob('run_micrograph_em_start', self._getFileName('start', start=start),
+                          "", arrays=arrays, inputs=dict(inputs, checkpoint=checkpoint),
+                          options=dict(options, settings=dataclasses.asdict(self._settings()),
+                                       start=start, seed=self.randomSeed.get()))
 
     def selectStartStep(self, digest):
         from cryohess_plugin.core.micrograph_em import EMState, combine_starts
@@ -120,25 +116,24 @@ class CryoHessProtMicrographEM(MicrographEMSettings, CryoHessProtocolMixin, EMPr
                   % (result.best_start + 1, np.round(result.start_scores, 3)))
 
     def pickStep(self, first, count, digest):
-        """Posterior picks of the micrographs ``first .. first + count - 1``."""
-        from cryohess_plugin.core.micrograph_em import (MicrographEMResult, Model,
-                                                        ProjectionOperator, pick_centres,
-                                                        pick_patches, quaternion_grid)
+        """Posterior picks of the micrographs ``first .. first + count - 1``, as a batch job."""
         self._setDevices()
-        result = MicrographEMResult.load(self._getFileName('result'))
-        patch_set = self._patchSet()
-        mine = np.flatnonzero((patch_set.micrograph >= first)
-                              & (patch_set.micrograph < first + count))
-        operator = ProjectionOperator(result.basis(),
-                                      quaternion_grid(self.rotationResolution.get()))
-        model = Model(result.coefficients, result.shift_prior, result.empty_mass,
-                      result.noise_variance)
-        picks = pick_patches(patch_set, operator, model, self._ctfImages(), mine,
-                             backend=self._backend())
-        rows = pick_centres(patch_set, picks, mine)
-        rows[:, 1:3] *= patch_set.binning  # binned to original pixels
-        self._saveNpz(self._getFileName('picks', batch=first), rows=rows)
-        self.info("Micrographs %d-%d: %d picks" % (first + 1, first + count, len(rows)))
+        arrays, inputs, options = self._emJob()
+        picks = self._runBatchJob(
+            'pick_micrographs', self._getFileName('picks', batch=first), "", arrays=arrays,
+            inputs=dict(inputs, result=self._getFileName('result')),
+            options=dict(options, first=first, count=count,
+                         rotation_resolution=self.rotationResolution.get()))
+        self.info("Micrographs %d-%d: %d picks" % (first + 1, first + count, picks['picks']))
+
+    def _emJob(self):
+        """Input arrays, files and options every micrograph-EM job takes: the CTF images
+        and the patch files."""
+        ctfs = self._ctfImages()
+        patches = {'patches_%d' % index: self._getFileName('patches', batch=first)
+                   for index, (first, _) in enumerate(self._micrographBatches())}
+        return ({'ctfs': {} if ctfs is None else {'ctfs': np.stack(ctfs)}}, patches,
+                dict(patch_files=len(patches)))
 
     def createOutputStep(self, digest):
         box, binning, working = self._geometry()

@@ -1,5 +1,6 @@
 """Batch steps as queue jobs: with "use queue for jobs", the alignment's batch searches and
-refinements and the posterior's fits run as ``python -m cryohess_plugin.run_batch`` jobs
+refinements, the posterior's fits and the hyper-molecule chains run as
+``python -m cryohess_plugin.run_batch`` jobs
 through a queue of a test ``hosts.conf`` (its submit command starts the job script in the
 background on this machine and its check command watches the process), and give the
 same files, bit for bit, as a run whose steps compute in their own threads."""
@@ -12,7 +13,8 @@ from pyworkflow.constants import QUEUE_FOR_JOBS
 from pyworkflow.tests import setupTestProject
 
 from cryohess_plugin import run_batch
-from cryohess_plugin.protocols import CryoHessProtAlignParticles, CryoHessProtFourierPosterior
+from cryohess_plugin.protocols import (CryoHessProtAlignParticles, CryoHessProtFourierPosterior,
+                                      CryoHessProtHyperMolecule)
 from .scipion_base import CryoHessTestCase
 
 #: A queue on this machine: a job is its script run in the background, its id the process
@@ -49,6 +51,8 @@ class TestBatchJobsThroughQueue(CryoHessTestCase):
                           for queued in (False, True)}
         cls.posteriors = {queued: cls._launch(cls._posterior(), queued)
                           for queued in (False, True)}
+        cls.chains = {queued: cls._launch(cls._hyperMolecule(), queued)
+                      for queued in (False, True)}
 
     @classmethod
     def _alignment(cls):
@@ -63,6 +67,14 @@ class TestBatchJobsThroughQueue(CryoHessTestCase):
     def _posterior(cls):
         protocol = cls.newProtocol(CryoHessProtFourierPosterior, doHalfMaps=True,
                                    numberOfSamples=4, numberOfThreads=3, useGpu=False)
+        protocol.inputParticles.set(cls.simulation.outputParticles)
+        return protocol
+
+    @classmethod
+    def _hyperMolecule(cls):
+        protocol = cls.newProtocol(CryoHessProtHyperMolecule, stateDimension=1, stateOrder=2,
+                                   chains=2, sweeps=4, burnIn=2, mapCount=2, numberOfThreads=3,
+                                   useGpu=False)
         protocol.inputParticles.set(cls.simulation.outputParticles)
         return protocol
 
@@ -126,6 +138,10 @@ class TestBatchJobsThroughQueue(CryoHessTestCase):
         local, queued = self.posteriors[False], self.posteriors[True]
         self.assertSameFiles(local, queued, 'posterior_*.npz', 3)
         np.testing.assert_array_equal(_mapData(queued, 'mean'), _mapData(local, 'mean'))
+
+    def testHyperMoleculeChainsRunAsQueueJobs(self):
+        self.assertJobsQueued(self.chains[True], 'run_hyper_molecule_chain', 2)
+        self.assertSameFiles(self.chains[False], self.chains[True], 'chain_*.npz', 2)
 
     def testJobInputsAreRemovedAndFailuresReported(self):
         queued = self.alignments[True]
