@@ -7,6 +7,10 @@ same files, bit for bit, as a run whose steps compute in their own threads."""
 import glob
 import json
 import os
+import subprocess
+import sys
+import tempfile
+import unittest
 
 import numpy as np
 from pyworkflow.constants import QUEUE_FOR_JOBS
@@ -143,15 +147,29 @@ class TestBatchJobsThroughQueue(CryoHessTestCase):
         self.assertJobsQueued(self.chains[True], 'run_hyper_molecule_chain', 2)
         self.assertSameFiles(self.chains[False], self.chains[True], 'chain_*.npz', 2)
 
-    def testJobInputsAreRemovedAndFailuresReported(self):
-        queued = self.alignments[True]
-        self.assertEqual(glob.glob(queued._getExtraPath('jobs', '*.npz')), [])
-        job = run_batch.read_job(queued._getExtraPath('jobs', 'alignment_batch_000.json'))
-        job['output'] = queued._getExtraPath('jobs', 'never_written.npz')
-        with open(run_batch.error_path(job), 'w') as errorFile:
-            errorFile.write("ShapeError: a message from the job")
-        with self.assertRaisesRegex(run_batch.BatchJobError, "a message from the job"):
-            run_batch.job_notes(job)
+    def testJobInputsAreRemoved(self):
+        for protocol in (self.alignments[True], self.alignments[False]):
+            self.assertEqual(glob.glob(protocol._getExtraPath('jobs', '*.npz')), [])
+            self.assertEqual(len(glob.glob(protocol._getExtraPath('jobs', '*.json'))), 4)
+
+
+class TestBatchJobCommand(unittest.TestCase):
+    """The job command on its own: a failing task leaves its message for the step."""
+
+    def testFailedJobLeavesItsMessage(self):
+        with tempfile.TemporaryDirectory() as folder:
+            jobPath = os.path.join(folder, 'job.json')
+            job = run_batch.write_job(
+                jobPath, 'align_batch', os.path.join(folder, 'out.npz'),
+                inputs={'particles': os.path.join(folder, 'missing_particles.npz'),
+                        'references': os.path.join(folder, 'references.npz')})
+            command = subprocess.run([sys.executable, '-m', 'cryohess_plugin.run_batch',
+                                      jobPath], capture_output=True, text=True)
+            self.assertEqual(command.returncode, 1, command.stderr)
+            with self.assertRaisesRegex(run_batch.BatchJobError,
+                                        "align_batch job .* did not finish: "
+                                        "FileNotFoundError: .*missing_particles.npz"):
+                run_batch.job_notes(job)
 
 
 def _jobOf(script):
