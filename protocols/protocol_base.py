@@ -223,10 +223,9 @@ class CryoHessProtocolMixin(InputChecks):
                                   backend=self._backend())
         run_batch.clear_job(job)
         if self.useQueueForSteps():
-            program = ('CUDA_VISIBLE_DEVICES=%(GPU)s ' if gpus else '') + sys.executable
             self.info("%sthe %s job goes to the queue (%d thread(s))"
                       % (logPrefix, task, threads))
-            self.runJob(program, '-m cryohess_plugin.run_batch "%s"' % os.path.abspath(jobPath),
+            self.runJob(*self._batchJobCommand(jobPath, bool(gpus)),
                         env=Plugin.getEnviron(threads), numberOfThreads=threads)
         else:
             run_batch.run_job(job, progress=self._progressLog(logPrefix))
@@ -234,6 +233,13 @@ class CryoHessProtocolMixin(InputChecks):
         for path in written:
             os.remove(path)
         return notes
+
+    @staticmethod
+    def _batchJobCommand(jobPath, usesGpus):
+        """``(program, arguments)`` of ``runJob`` for the job file ``jobPath``; with
+        ``usesGpus`` the job sees only its step's GPUs (pyworkflow fills ``%(GPU)s``)."""
+        program = ('CUDA_VISIBLE_DEVICES=%(GPU)s ' if usesGpus else '') + sys.executable
+        return program, '-m cryohess_plugin.run_batch "%s"' % os.path.abspath(jobPath)
 
     # --------------------------- steps that know what they depend on --------
     def _insertStep(self, func, *args, reads=(), after=(), needsGPU=False):

@@ -15,10 +15,12 @@ import unittest
 import numpy as np
 from pyworkflow.constants import QUEUE_FOR_JOBS
 from pyworkflow.tests import setupTestProject
+from pyworkflow.utils.process import buildRunCommand
 
-from cryohess_plugin import run_batch
+from cryohess_plugin import Plugin, run_batch
 from cryohess_plugin.protocols import (CryoHessProtAlignParticles, CryoHessProtFourierPosterior,
                                       CryoHessProtHyperMolecule)
+from cryohess_plugin.protocols.protocol_base import CryoHessProtocolMixin
 from .scipion_base import CryoHessTestCase
 
 #: A queue on this machine: a job is its script run in the background, its id the process
@@ -154,7 +156,20 @@ class TestBatchJobsThroughQueue(CryoHessTestCase):
 
 
 class TestBatchJobCommand(unittest.TestCase):
-    """The job command on its own: a failing task leaves its message for the step."""
+    """The job command on its own: the command line pyworkflow builds from it (the
+    step's GPUs as CUDA_VISIBLE_DEVICES), and a failing task leaves its message."""
+
+    def testCommandSeesOnlyTheStepsGpus(self):
+        program, arguments = CryoHessProtocolMixin._batchJobCommand('/jobs/batch.json', True)
+        command = buildRunCommand(program, arguments, 1, env=Plugin.getEnviron(4),
+                                  gpuList=[1, 3])
+        self.assertIn('CUDA_VISIBLE_DEVICES=1,3 %s -m cryohess_plugin.run_batch '
+                      '"/jobs/batch.json"' % sys.executable, command)
+        program, arguments = CryoHessProtocolMixin._batchJobCommand('/jobs/batch.json', False)
+        self.assertNotIn('CUDA_VISIBLE_DEVICES', buildRunCommand(program, arguments, 1))
+        environ = Plugin.getEnviron(4)
+        self.assertEqual((environ['NUMBA_NUM_THREADS'], environ['OMP_NUM_THREADS'],
+                          environ['CUDA_DEVICE_ORDER']), ('4', '4', 'PCI_BUS_ID'))
 
     def testFailedJobLeavesItsMessage(self):
         with tempfile.TemporaryDirectory() as folder:
