@@ -38,7 +38,7 @@ SUBMIT_TEMPLATE = #!/bin/bash
 QUEUES = {"background": [["JOB_MEMORY", "1024", "Memory (MB)", "Memory of a job"]]}
 QUEUES_DEFAULT = {"JOB_GPUS": "0"}
 """
-SIMULATION = dict(boxSize=32, samplingRate=2.5, numberOfParticles=40, numberOfDefocusGroups=2,
+SIMULATION = dict(boxSize=32, samplingRate=2.5, numberOfParticles=100, numberOfDefocusGroups=2,
                   phantomAtoms=300, phantomRadius=30.0, snr=10.0, randomSeed=11,
                   numberOfThreads=1)
 
@@ -63,7 +63,7 @@ class TestBatchJobsThroughQueue(CryoHessTestCase):
     @classmethod
     def _alignment(cls):
         protocol = cls.newProtocol(CryoHessProtAlignParticles, angularStep=15.0, maxShift=1.0,
-                                   shiftStep=1.0, particlesPerBatch=20, refineIterations=2,
+                                   shiftStep=1.0, particlesPerBatch=50, refineIterations=2,
                                    numberOfThreads=3, useGpu=False)
         protocol.inputParticles.set(cls.simulation.outputParticles)
         protocol.inputVolume.set(cls.simulation.outputVolume)
