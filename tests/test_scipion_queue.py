@@ -18,8 +18,7 @@ from pyworkflow.tests import setupTestProject
 from pyworkflow.utils.process import buildRunCommand
 
 from cryohess_plugin import Plugin, run_batch
-from cryohess_plugin.protocols import (CryoHessProtAlignParticles, CryoHessProtFourierPosterior,
-                                      CryoHessProtHyperMolecule)
+from cryohess_plugin.protocols import CryoHessProtFourierPosterior, CryoHessProtHyperMolecule
 from cryohess_plugin.protocols.protocol_base import CryoHessProtocolMixin
 from .scipion_base import CryoHessTestCase
 
@@ -62,12 +61,8 @@ class TestBatchJobsThroughQueue(CryoHessTestCase):
 
     @classmethod
     def _alignment(cls):
-        protocol = cls.newProtocol(CryoHessProtAlignParticles, angularStep=15.0, maxShift=1.0,
-                                   shiftStep=1.0, particlesPerBatch=50, refineIterations=2,
-                                   numberOfThreads=3, useGpu=False)
-        protocol.inputParticles.set(cls.simulation.outputParticles)
-        protocol.inputVolume.set(cls.simulation.outputVolume)
-        return protocol
+        return cls.newCoarseAlignment(cls.simulation, particlesPerBatch=50, refineIterations=2,
+                                      numberOfThreads=3, useGpu=False)
 
     @classmethod
     def _posterior(cls):

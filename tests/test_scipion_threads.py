@@ -10,7 +10,7 @@ import re
 from pyworkflow.tests import setupTestProject
 
 from cryohess_plugin.core.kernels import cuda_available
-from cryohess_plugin.protocols import CryoHessProtAlignParticles, CryoHessProtFourierPosterior
+from cryohess_plugin.protocols import CryoHessProtFourierPosterior
 from .scipion_base import CryoHessTestCase
 
 SIMULATION = dict(boxSize=32, samplingRate=2.5, numberOfParticles=40, numberOfDefocusGroups=2,
@@ -38,12 +38,8 @@ class TestStepThreads(CryoHessTestCase):
 
     @classmethod
     def _alignment(cls, particlesPerBatch=20, **options):
-        protocol = cls.newProtocol(CryoHessProtAlignParticles, angularStep=15.0, maxShift=1.0,
-                                   shiftStep=1.0, particlesPerBatch=particlesPerBatch,
-                                   localRefinement=False, useGpu=True, **options)
-        protocol.inputParticles.set(cls.simulation.outputParticles)
-        protocol.inputVolume.set(cls.simulation.outputVolume)
-        return protocol
+        return cls.newCoarseAlignment(cls.simulation, particlesPerBatch=particlesPerBatch,
+                                      localRefinement=False, useGpu=True, **options)
 
     def setUp(self):
         if cuda_available():
