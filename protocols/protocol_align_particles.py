@@ -126,38 +126,53 @@ class CryoHessProtAlignParticles(AlignParticlesSettings, CryoHessProtocolMixin, 
     def alignBatchStep(self, index, first, count, digest):
         """Align particles ``first .. first + count - 1`` (in id order) against the references."""
         started = time.perf_counter()
-        particles, imagePolar, search = self._particlesAndSearch(
-            count, first, rank=self._fixedRank(), tolerance=self.rankTolerance.get(),
-            ctf_tolerance=self.ctfTolerance.get())
-        result = search.align(imagePolar, ctf_params=particles.ctfs,
-                              pixel_size=particles.pixel_size,
-                              progress=self._progressLog("Batch %d: " % (index + 1)))
-        result.ids = particles.ids
-        result.save(self._getFileName('batch', index=index))
+        self._setDevices()
+        output = self._getFileName('batch', index=index)
+        notes = self._runBatchJob(
+            'align_batch', output, "Batch %d: " % (index + 1),
+            arrays={'particles': self._particleInput(self._particles(count, first))},
+            inputs={'references': self._getFileName('references')},
+            options=dict(max_resolution=self.maxResolution.get() or None,
+                         max_shift=self._maxShift(), shift_step=self.shiftStep.get(),
+                         rank=self._fixedRank(), tolerance=self.rankTolerance.get(),
+                         ctf_tolerance=self.ctfTolerance.get()))
+        result = AlignmentResult.load(output)
         self.info("Batch %d: %d particles x %d references in %.1f s (H = %s)"
-                  % (index + 1, count, search.n_templates, time.perf_counter() - started,
+                  % (index + 1, count, notes['templates'], time.perf_counter() - started,
                      ", ".join(str(h) for h in result.ranks)))
 
     def refineBatchStep(self, index, first, count, digest):
         """Refine the grid poses of particles ``first .. first + count - 1`` locally."""
-        from cryohess_plugin.core.pose_refinement import refine_search_poses
+        from cryohess_plugin.core.pose_refinement import PoseRefinementResult
         self._setDevices()
         started = time.perf_counter()
         particles = self._particles(count, first)
         rotations, shifts = self._gridPoses(self._loadResults([index]))
         volume, _ = convert.volume_to_array(self.inputVolume.get(), particles.pixel_size)
-        result, fit = refine_search_poses(
-            volume, particles.images, rotations, shifts, particles.ctfs, particles.pixel_size,
-            max_resolution=self.refineResolution.get() or None,
-            iterations=self.refineIterations.get(), backend=self._backend(),
-            progress=self._progressLog("Batch %d refinement: " % (index + 1)))
-        result.save(self._getFileName('refined', index=index))
+        output = self._getFileName('refined', index=index)
+        fit = self._runBatchJob(
+            'refine_batch', output, "Batch %d refinement: " % (index + 1),
+            arrays={'particles': self._particleInput(particles),
+                    'poses': dict(volume=volume, rotations=rotations, shifts=shifts)},
+            options=dict(max_resolution=self.refineResolution.get() or None,
+                         iterations=self.refineIterations.get()))
+        result = PoseRefinementResult.load(output)
         angle, shift = result.changes_from(rotations, shifts)
         self.info("Batch %d refined in %.1f s: loss lowered for %d of %d particles, median "
                   "change %.3g deg and %.3g px (amplitude against the volume %.4g, z = %.1f)"
                   % (index + 1, time.perf_counter() - started,
                      np.count_nonzero(result.loss < result.loss_start), count,
-                     np.median(angle), np.median(shift), fit.amplitude_all, fit.z_score))
+                     np.median(angle), np.median(shift), fit['amplitude'], fit['z_score']))
+
+    @staticmethod
+    def _particleInput(particles):
+        """A batch's particles as the arrays of a batch job's input file."""
+        from cryohess_plugin.core.ctf import params_to_rows
+        arrays = dict(images=particles.images, pixelSize=particles.pixel_size,
+                      ids=particles.ids)
+        if particles.ctfs is not None:
+            arrays['ctfs'] = params_to_rows(particles.ctfs)
+        return arrays
 
     def _particles(self, count, first=0):
         """Particles ``first .. first + count - 1`` (in id order) with the CTFs this run uses."""
@@ -165,17 +180,17 @@ class CryoHessProtAlignParticles(AlignParticlesSettings, CryoHessProtocolMixin, 
             self._parallelStepSet(), need_ctf=self._withCtf(), need_alignment=False,
             limit=count, skip=first)
 
-    def _particlesAndSearch(self, count, first=0, **options):
-        """Particles ``first .. first + count - 1``, their polar samples, and the search
-        against the references over the form's shifts, with aligner ``options``."""
+    def _particlesAndSearch(self, count):
+        """The first ``count`` particles, their polar samples, and the search against the
+        references over the form's shifts."""
         from cryohess_plugin.core import polar
         from cryohess_plugin.core.alignment import ParticleSearch
         self._setDevices()
-        particles = self._particles(count, first)
+        particles = self._particles(count)
         grid = self._grid()
         search = ParticleSearch(grid, np.load(self._getFileName('references'))['templates'],
                                 self._maxShift(), self.shiftStep.get(),
-                                backend=self._backend(), **options)
+                                backend=self._backend())
         return (particles, polar.polar_transform(particles.images, grid, backend=self._backend()),
                 search)
 

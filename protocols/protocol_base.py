@@ -4,6 +4,7 @@ inherited from :mod:`.validation`."""
 import hashlib
 import json
 import os
+import sys
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -87,13 +88,29 @@ class CryoHessProtocolMixin(InputChecks):
         return "auto" if self._usesGpu() else "cpu"
 
     def _stepThreads(self):
-        """numba threads of one step: all the form's threads when steps run one at a
-        time; in parallel mode Scipion runs threads - 1 steps at once, so one each
-        (two threads are one step worker, which keeps both)."""
+        """CPU threads of one step (numba kernels, FFTs, BLAS): the form's threads shared
+        by the steps that really run at once (:meth:`_concurrentSteps`), as a program's
+        own threads are beside Scipion's step threads (pyworkflow's ``binThreads``)."""
         threads = max(1, self.numberOfThreads.get())
-        if self.modeParallel() and threads > 2:
+        if not self.modeParallel():
+            return threads
+        return max(1, threads // self._concurrentSteps())
+
+    def _concurrentSteps(self, most=None):
+        """How many of ``most`` independent steps (by default :meth:`_parallelSteps`) run at
+        once: in parallel mode Scipion gives steps the form's threads but one."""
+        most = self._parallelSteps() if most is None else most
+        if not self.modeParallel():
             return 1
-        return threads
+        return max(1, min(most, self.numberOfThreads.get() - 1))
+
+    def _parallelSteps(self):
+        """The most steps of this run that can run at the same time: its particle batches
+        (one when it has none, or no particles yet)."""
+        if not hasattr(self, 'particlesPerBatch') or not self.particlesPerBatch.get():
+            return 1
+        particles = self.inputParticles.get()
+        return max(1, len(self._batches())) if particles is not None else 1
 
     def _gpuDeviceUsable(self):
         """Whether this protocol's steps will really run on a GPU: the form and the
@@ -171,6 +188,58 @@ class CryoHessProtocolMixin(InputChecks):
         own = shared.getClass()(filename=shared.getFileName())
         own.loadAllProperties()
         return own
+
+    # --------------------------- batch steps as jobs --------------------------
+    def _runBatchJob(self, task, output, logPrefix, arrays=None, inputs=None, options=None):
+        """Run a batch step's computation from files, as a :mod:`cryohess_plugin.run_batch`
+        job writing ``output`` (a task may continue from an earlier one, as a chain from
+        its checkpoint); only this job's end counts.
+
+        The job runs in this step's thread, or, when the run sends its steps to a queue
+        ("use queue for jobs"), through ``runJob`` as a command on a cluster node with
+        :meth:`Plugin.getEnviron` and the step's GPUs as ``CUDA_VISIBLE_DEVICES``.
+
+        :param arrays: ``{input name: {key: array}}`` written as the job's input files
+            (removed once the job has written its output).
+        :param inputs: ``{input name: path}`` of files already on disk.
+        :param options: the task's options (plain JSON values).
+        :returns: the numbers the job left for the step's log (may be empty).
+        """
+        from cryohess_plugin import run_batch
+        name = os.path.splitext(os.path.basename(output))[0]
+        jobDir = self._getExtraPath('jobs')
+        os.makedirs(jobDir, exist_ok=True)
+        inputs = dict(inputs or {})
+        written = []
+        for key, values in (arrays or {}).items():
+            inputs[key] = os.path.join(jobDir, '%s_%s.npz' % (name, key))
+            self._saveNpz(inputs[key], **values)
+            written.append(inputs[key])
+        gpus = self._stepsExecutor.getGpuList() if self._gpuDeviceUsable() else []
+        threads = self._libraryThreads()
+        jobPath = os.path.join(jobDir, name + '.json')
+        job = run_batch.write_job(jobPath, task, output, inputs=inputs, options=options,
+                                  threads=threads, gpu=0 if gpus else None,
+                                  backend=self._backend())
+        run_batch.clear_job(job)
+        if self.useQueueForSteps():
+            self.info("%sthe %s job goes to the queue (%d thread(s))"
+                      % (logPrefix, task, threads))
+            self.runJob(*self._batchJobCommand(jobPath, bool(gpus)),
+                        env=Plugin.getEnviron(threads), numberOfThreads=threads)
+        else:
+            run_batch.run_job(job, progress=self._progressLog(logPrefix))
+        notes = run_batch.job_notes(job)
+        for path in written:
+            os.remove(path)
+        return notes
+
+    @staticmethod
+    def _batchJobCommand(jobPath, usesGpus):
+        """``(program, arguments)`` of ``runJob`` for the job file ``jobPath``; with
+        ``usesGpus`` the job sees only its step's GPUs (pyworkflow fills ``%(GPU)s``)."""
+        program = ('CUDA_VISIBLE_DEVICES=%(GPU)s ' if usesGpus else '') + sys.executable
+        return program, '-m cryohess_plugin.run_batch "%s"' % os.path.abspath(jobPath)
 
     # --------------------------- steps that know what they depend on --------
     def _insertStep(self, func, *args, reads=(), after=(), needsGPU=False):

@@ -174,15 +174,15 @@ class CryoHessProtFourierPosterior(FourierSliceParticlesMixin, ProtReconstruct3D
         """Posterior of the particles of ``part``: all of them or one half set."""
         from cryohess_plugin.core.posterior import half_sets
         self._setDevices()
-        problem = self._problem()
-        if part != FULL:
-            problem = problem.subset(dict(zip((HALF_1, HALF_2),
-                                              half_sets(problem.n_particles)))[part])
+        data = self._inputData()
+        rows = None if part == FULL else dict(zip((HALF_1, HALF_2),
+                                                  half_sets(len(data['ids']))))[part]
         noise = None if self.estimateNoise else self.noiseSigma.get() ** 2
         prior = self.priorVariance.get() if self.priorType.get() == PRIOR_FIXED else None
-        self._fitPosterior(problem, self._getFileName('posterior', part=part),
+        self._fitPosterior((data['rotations'], data['shifts']),
+                           self._getFileName('posterior', part=part),
                            "%s (%s)" % (PART_TEXT[part], FIT_TEXT[self.fitMethod.get()]),
-                           checkPolarity=part == FULL,
+                           rows=rows, checkPolarity=part == FULL,
                            noise_model=NOISE_MODEL[self.noiseModel.get()],
                            noise_variance=noise, prior_variance=prior,
                            method=FIT_METHOD[self.fitMethod.get()],
@@ -246,7 +246,7 @@ class CryoHessProtFourierPosterior(FourierSliceParticlesMixin, ProtReconstruct3D
         return errors + self._validateContinue()
 
     def _warnings(self):
-        return self._resourceWarnings(self._concurrentSteps(len(self._parts())))
+        return self._resourceWarnings(self._concurrentSteps())
 
     def _expectedOutputs(self):
         outputs = set(self._possibleOutputs)
@@ -294,6 +294,9 @@ class CryoHessProtFourierPosterior(FourierSliceParticlesMixin, ProtReconstruct3D
     # --------------------------- UTILS functions -----------------------------
     def _parts(self):
         return [FULL] + ([HALF_1, HALF_2] if self.doHalfMaps else [])
+
+    def _parallelSteps(self):
+        return len(self._parts())
 
     def _estimates(self):
         """Whether the noise or the prior is estimated (by EM)."""

@@ -4,7 +4,6 @@ and of the disk and memory a run needs."""
 import json
 import os
 import shutil
-import time
 
 import numpy as np
 import psutil
@@ -57,35 +56,40 @@ class FourierSliceParticlesMixin(CryoHessProtocolMixin):
                   % (len(particles.ids), box, particles.pixel_size,
                      os.path.getsize(self._particleFiles().spectra) / 2 ** 20))
 
-    def _fitPosterior(self, problem, path, label, checkPolarity=False, **options):
-        """Fit the posterior of ``problem`` (``options`` of :func:`fit_posterior`), log it
-        and store it with the particle count and seconds in its history.  With
+    def _fitPosterior(self, poses, path, label, rows=None, checkPolarity=False, **options):
+        """Fit the posterior of the converted particles ``rows`` (all by default) at ``poses``
+        (``(rotations, shifts)``; ``options`` of :func:`fit_posterior`) as a batch job, log
+        it and store it with the particle count and seconds in its history.  With
         ``checkPolarity`` a map darker in its middle than in its solvent stops the run
         (:class:`PolarityError`, nothing saved) and one that cannot tell is warned about;
         the contrast is kept in the history."""
-        from cryohess_plugin.core.posterior import fit_posterior
-        self.info("Fitting the %s posterior to %d particles" % (label, problem.n_particles))
-        started = time.perf_counter()
-        posterior = fit_posterior(problem, progress=self._progressLog("  "), **options)
-        seconds = time.perf_counter() - started
+        from cryohess_plugin.core.contrast import MapPolarity
+        from cryohess_plugin.core.posterior import FourierPosterior
+        self.info("Fitting the %s posterior to %d particles"
+                  % (label, len(poses[0]) if rows is None else len(rows)))
+        fitPoses = dict(rotations=poses[0], shifts=poses[1])
+        if rows is not None:
+            fitPoses['rows'] = rows
+        self._runBatchJob('fit_posterior_part', path, "  ", arrays={'poses': fitPoses},
+                          inputs={'particleFiles': self._getExtraPath()},
+                          options=dict(options, check_polarity=checkPolarity))
+        posterior = FourierPosterior.load(path)
         if 'steps' in posterior.history:
             self.info("  %d minibatch steps of %d particles"
                       % (posterior.history['steps'], posterior.history['batch_size']))
-        posterior.history.update(particles=problem.n_particles, seconds=seconds)
         if checkPolarity:
-            polarity = posterior.polarity().check()
+            polarity = MapPolarity(*posterior.history['polarity'])
             self.info("  Contrast of the mean map against its solvent: %.3g ± %.2g (z = %.1f)"
                       % (polarity.contrast, polarity.standard_error, polarity.z_score))
             if polarity.warning():
                 self.warning(polarity.warning())
-            posterior.history.update(polarity=[polarity.contrast, polarity.standard_error])
-        posterior.save(path)
-        facts = dict(particles=problem.n_particles, box=posterior.box,
+        facts = dict(particles=posterior.history['particles'], box=posterior.box,
                      noise=self._noiseText(posterior),
                      contrast=self._contrastTexts(posterior))
         with open(_factsPath(path), 'w') as factsFile:
             json.dump(facts, factsFile)
-        self.info("The %s posterior in %.1f s: %s" % (label, seconds, facts['noise']))
+        self.info("The %s posterior in %.1f s: %s"
+                  % (label, posterior.history['seconds'], facts['noise']))
 
     def _posteriorFacts(self, part):
         """What the summary and methods say of a stored posterior (particles, box, noise
@@ -173,10 +177,6 @@ class FourierSliceParticlesMixin(CryoHessProtocolMixin):
                                                        "s" if fits > 1 else "",
                                                        _sizeText(freeMemory)))
         return warnings
-
-    def _concurrentSteps(self, most):
-        """How many of ``most`` independent steps run at once with the form's threads."""
-        return max(1, min(most, self.numberOfThreads.get() - 1))
 
     def _freeDiskBytes(self):
         """Free bytes on the disk the run writes to (its project's, before it exists)."""

@@ -133,14 +133,24 @@ class CryoHessProtHyperMolecule(CryoHessProtocolMixin, ProtAnalysis3D):
                   % (len(particles.ids), box, pixel, band, data.kx.size))
 
     def chainStep(self, chain, digest):
-        from cryohess_plugin.core import hypermolecules as hm
+        """Run (or continue from its checkpoint) chain ``chain`` as a batch job."""
         self._setDevices()
         started = time.perf_counter()
-        state = hm.run_chain(self._problem(), self._settings(), chain,
-                             checkpoint=self._getFileName('chain', chain=chain),
-                             progress=self._progressLog("  "))
+        components = self._components(self.inputParticles.get().getXDim())
+        model = {'mask_%d' % index: component.mask
+                 for index, component in enumerate(components) if component.mask is not None}
+        initial = np.load(self._getFileName('input'))['initial']
+        if initial.size:
+            model['initial'] = initial
+        state = self._runBatchJob(
+            'run_hyper_molecule_chain', self._getFileName('chain', chain=chain), "  ",
+            arrays={'model': model}, inputs={'data': self._getFileName('data')},
+            options=dict(components=[[component.name, component.state_dimension]
+                                     for component in components],
+                         state_order=self.stateOrder.get(), settings=self._settingValues(),
+                         chain=chain))
         self.info("Chain %d: %d sweeps, %d samples kept, %.0f s"
-                  % (chain + 1, state.sweep, state.kept, time.perf_counter() - started))
+                  % (chain + 1, state['sweep'], state['kept'], time.perf_counter() - started))
 
     def createOutputStep(self, digest):
         from cryohess_plugin.core import hypermolecules as hm, mrc
@@ -248,28 +258,39 @@ class CryoHessProtHyperMolecule(CryoHessProtocolMixin, ProtAnalysis3D):
         resolution = self.maxResolution.get()
         return min(box / 2, box * pixel / resolution) if resolution else box / 4
 
+    def _settingValues(self):
+        """The form's :class:`SamplerSettings` as plain values."""
+        return dict(sweeps=self.sweeps.get(), burn_in=self.burnIn.get(),
+                    sample_rotations=bool(self.sampleRotations.get()),
+                    map_count=self.mapCount.get(), seed=self.seed.get())
+
     def _settings(self):
         from cryohess_plugin.core.hypermolecules import SamplerSettings
-        return SamplerSettings(sweeps=self.sweeps.get(), burn_in=self.burnIn.get(),
-                               sample_rotations=self.sampleRotations.get(),
-                               map_count=self.mapCount.get(), seed=self.seed.get())
+        return SamplerSettings(**self._settingValues())
+
+    def _components(self, box):
+        """The model's components in a ``box``-pixel box: one molecule, or the masked
+        parts and the rigid rest."""
+        from cryohess_plugin.core import hypermolecules as hm
+        d = self.stateDimension.get()
+        masks = [convert.volume_to_array(pointer.get())[0] for pointer in self.componentMasks]
+        if not masks:
+            return [hm.Component("molecule", d)]
+        rest = np.clip(hm.soft_ball(box, box / 2 - 2) - sum(masks), 0.0, 1.0)
+        return [hm.Component("rigid", 0, rest)] + [
+            hm.Component(self._inputLabel(pointer), d, mask)
+            for pointer, mask in zip(self.componentMasks, masks)]
 
     def _problem(self):
         from cryohess_plugin.core import hypermolecules as hm
         data = hm.ParticleData.load(self._getFileName('data'))
         initial = np.load(self._getFileName('input'))['initial']
-        d = self.stateDimension.get()
-        masks = [convert.volume_to_array(pointer.get())[0] for pointer in self.componentMasks]
-        if masks:
-            rest = np.clip(hm.soft_ball(data.box, data.box / 2 - 2) - sum(masks), 0.0, 1.0)
-            components = [hm.Component("rigid", 0, rest)] + [
-                hm.Component(self._inputLabel(pointer), d, mask)
-                for pointer, mask in zip(self.componentMasks, masks)]
-        else:
-            components = [hm.Component("molecule", d)]
-        return hm.HyperMoleculeProblem(data, components, self.stateOrder.get(),
+        return hm.HyperMoleculeProblem(data, self._components(data.box), self.stateOrder.get(),
                                        initial if initial.size else None,
                                        backend=self._backend())
+
+    def _parallelSteps(self):
+        return max(1, self.chains.get())
 
     def _result(self, maps=True):
         from cryohess_plugin.core.hypermolecules import HyperMoleculeResult

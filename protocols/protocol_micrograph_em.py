@@ -1,6 +1,6 @@
 """Micrograph EM: an ab-initio map from whole micrographs, without particle picking."""
+import dataclasses
 import os
-import shutil
 
 import numpy as np
 from pwem.objects import SetOfCoordinates, Volume
@@ -85,18 +85,19 @@ class CryoHessProtMicrographEM(MicrographEMSettings, CryoHessProtocolMixin, EMPr
                   % (first + 1, first + count, patch_set.count, box, binning))
 
     def runStartStep(self, start, digest):
-        """One random start through the whole schedule; continues from its checkpoint."""
-        from cryohess_plugin.core.micrograph_em import EMState, run_start
+        """One random start through the whole schedule, as a batch job; continues from its
+        checkpoint."""
+        from cryohess_plugin.core.micrograph_em import EMState
         self._setDevices()
         checkpoint = self._getFileName('checkpoint', start=start, digest=digest)
-        state = EMState.load(checkpoint) if os.path.exists(checkpoint) else None
-        if state is not None:
-            self.info("Start %d continues from iteration %d" % (start + 1, state.iteration))
-        state = run_start(self._patchSet(), self._settings(), start, self.randomSeed.get(),
-                          self._ctfImages(), state=state,
-                          checkpoint=lambda current: current.save(checkpoint),
-                          progress=self._progressLog())
-        shutil.copyfile(checkpoint, self._getFileName('start', start=start))
+        if os.path.exists(checkpoint):
+            self.info("Start %d continues from iteration %d"
+                      % (start + 1, EMState.load(checkpoint).iteration))
+        arrays, inputs, options = self._emJob()
+        self._runBatchJob('run_micrograph_em_start', self._getFileName('start', start=start),
+                          "", arrays=arrays, inputs=dict(inputs, checkpoint=checkpoint),
+                          options=dict(options, settings=dataclasses.asdict(self._settings()),
+                                       start=start, seed=self.randomSeed.get()))
 
     def selectStartStep(self, digest):
         from cryohess_plugin.core.micrograph_em import EMState, combine_starts, surface_level
@@ -118,18 +119,24 @@ class CryoHessProtMicrographEM(MicrographEMSettings, CryoHessProtocolMixin, EMPr
                   % (result.best_start + 1, np.round(result.start_scores, 3)))
 
     def pickStep(self, first, count, digest):
-        """Posterior picks of the micrographs ``first .. first + count - 1``."""
-        from cryohess_plugin.core.micrograph_em import original_pixel_centres, pick_patches
+        """Posterior picks of the micrographs ``first .. first + count - 1``, as a batch job."""
         self._setDevices()
-        patch_set = self._patchSet()
-        mine = np.flatnonzero((patch_set.micrograph >= first)
-                              & (patch_set.micrograph < first + count))
-        operator, model = self._resultModel()
-        picks = pick_patches(patch_set, operator, model, self._ctfImages(), mine,
-                             backend=self._backend())
-        rows = original_pixel_centres(patch_set, picks, mine)
-        self._saveNpz(self._getFileName('picks', batch=first), rows=rows)
-        self.info("Micrographs %d-%d: %d picks" % (first + 1, first + count, len(rows)))
+        arrays, inputs, options = self._emJob()
+        picks = self._runBatchJob(
+            'pick_micrographs', self._getFileName('picks', batch=first), "", arrays=arrays,
+            inputs=dict(inputs, result=self._getFileName('result')),
+            options=dict(options, first=first, count=count,
+                         rotation_resolution=self.rotationResolution.get()))
+        self.info("Micrographs %d-%d: %d picks" % (first + 1, first + count, picks['picks']))
+
+    def _emJob(self):
+        """Input arrays, files and options every micrograph-EM job takes: the CTF images
+        and the patch files."""
+        ctfs = self._ctfImages()
+        patches = {'patches_%d' % index: self._getFileName('patches', batch=first)
+                   for index, (first, _) in enumerate(self._micrographBatches())}
+        return ({'ctfs': {} if ctfs is None else {'ctfs': np.stack(ctfs)}}, patches,
+                dict(patch_files=len(patches)))
 
     def pickingCurvesStep(self, digest):
         """The posterior picks scored against the reference coordinates over SNR."""
@@ -226,13 +233,9 @@ class CryoHessProtMicrographEM(MicrographEMSettings, CryoHessProtocolMixin, EMPr
 
     def _resultModel(self):
         """The projection operator and the model of the selected start."""
-        from cryohess_plugin.core.micrograph_em import (MicrographEMResult, Model,
-                                                        ProjectionOperator, quaternion_grid)
+        from cryohess_plugin.core.micrograph_em import MicrographEMResult
         result = MicrographEMResult.load(self._getFileName('result'))
-        operator = ProjectionOperator(result.basis(),
-                                      quaternion_grid(self.rotationResolution.get()))
-        return operator, Model(result.coefficients, result.shift_prior, result.empty_mass,
-                               result.noise_variance)
+        return result.operator_and_model(self.rotationResolution.get())
 
     def _ctfImages(self):
         """Per micrograph the ``(L, L)`` CTF at the working pixel size, or None."""

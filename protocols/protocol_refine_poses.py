@@ -140,24 +140,29 @@ class CryoHessProtRefinePoses(FourierSliceParticlesMixin, ProtRefine3D):
         """The posterior mean at the poses after round ``round_ - 1``: the reference of
         round ``round_`` (the first round's map is checked for dark particles)."""
         self._setDevices()
-        self._fitPosterior(self._problem(self._poses(round_ - 1)),
+        self._fitPosterior(self._poses(round_ - 1),
                            self._getFileName('posterior', part=_referencePart(round_)),
                            "round %d reference" % round_, checkPolarity=round_ == 1)
 
     def refineBatchStep(self, round_, index, first, count, digest):
-        from cryohess_plugin.core.pose_refinement import refine_particle_poses
+        from cryohess_plugin.core.pose_refinement import PoseRefinementResult
         self._setDevices()
         started = time.perf_counter()
         data = self._inputData()
         part = slice(first, first + count)
         rotations, shifts = self._poses(round_ - 1)
-        result = refine_particle_poses(
-            self._reference(round_), self._particleFiles().image_batch(first, count),
-            rotations[part], shifts[part], params_from_rows(data['ctfs'][part]),
-            float(data['pixelSize']), max_resolution=self.maxResolution.get(),
-            iterations=self.refineIterations.get(), max_step_deg=self.maxAngularStep.get(),
-            max_shift_step=self.maxShiftStep.get(), backend=self._backend())
-        result.save(self._getFileName('refineBatch', round=round_, index=index))
+        output = self._getFileName('refineBatch', round=round_, index=index)
+        self._runBatchJob(
+            'refine_particle_batch', output, "Round %d, batch %d: " % (round_, index + 1),
+            arrays={'poses': dict(reference=self._reference(round_),
+                                  rotations=rotations[part], shifts=shifts[part],
+                                  ctfs=data['ctfs'][part], pixelSize=data['pixelSize'])},
+            inputs={'particleFiles': self._getExtraPath()},
+            options=dict(first=first, count=count, max_resolution=self.maxResolution.get(),
+                         iterations=self.refineIterations.get(),
+                         max_step_deg=self.maxAngularStep.get(),
+                         max_shift_step=self.maxShiftStep.get()))
+        result = PoseRefinementResult.load(output)
         self.info("Round %d, batch %d: %d particles in %.1f s, loss lowered for %d"
                   % (round_, index + 1, count, time.perf_counter() - started,
                      np.count_nonzero(result.loss < result.loss_start)))

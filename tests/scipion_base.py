@@ -10,7 +10,7 @@ from pyworkflow.protocol import getProtocolFromDb
 from pyworkflow.tests import BaseTest, setupTestProject
 
 from cryohess_plugin.demo import savePlots
-from cryohess_plugin.protocols import CryoHessProtSimulate
+from cryohess_plugin.protocols import CryoHessProtAlignParticles, CryoHessProtSimulate
 
 
 class CryoHessTestCase(BaseTest):
@@ -22,6 +22,16 @@ class CryoHessTestCase(BaseTest):
         protocol = cls.newProtocol(CryoHessProtSimulate, **dict(settings, **overrides))
         protocol.setObjLabel(label)
         return cls.launchProtocol(protocol)
+
+    @classmethod
+    def newCoarseAlignment(cls, simulation, **options):
+        """A particle alignment of ``simulation``'s particles against its volume on a
+        coarse grid (15 degrees, shifts up to 1 px), with form ``options``."""
+        protocol = cls.newProtocol(CryoHessProtAlignParticles, angularStep=15.0, maxShift=1.0,
+                                   shiftStep=1.0, **options)
+        protocol.inputParticles.set(simulation.outputParticles)
+        protocol.inputVolume.set(simulation.outputVolume)
+        return protocol
 
     def killWhenWritten(self, protocol, fileKey, timeout=120, **fileArgs):
         """Launch ``protocol`` and SIGKILL its process as soon as its file ``fileKey``

@@ -6,7 +6,6 @@ import re
 from pyworkflow.tests import setupTestProject
 
 from cryohess_plugin.core.kernels import cuda_available
-from cryohess_plugin.protocols import CryoHessProtAlignParticles
 from .scipion_base import CryoHessTestCase
 
 
@@ -24,11 +23,7 @@ class TestStepsOnCpuOnlyMachine(CryoHessTestCase):
 
     @classmethod
     def _newAlignment(cls, **options):
-        protocol = cls.newProtocol(CryoHessProtAlignParticles, angularStep=15.0, maxShift=1.0,
-                                   shiftStep=1.0, particlesPerBatch=12, **options)
-        protocol.inputParticles.set(cls.simulation.outputParticles)
-        protocol.inputVolume.set(cls.simulation.outputVolume)
-        return protocol
+        return cls.newCoarseAlignment(cls.simulation, particlesPerBatch=12, **options)
 
     def setUp(self):
         if cuda_available():

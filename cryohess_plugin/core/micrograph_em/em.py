@@ -298,6 +298,13 @@ class MicrographEMResult(StoredFields):
     def basis(self):
         return SphericalBesselBasis.create(self.box, self.max_degree)
 
+    def operator_and_model(self, rotation_resolution):
+        """The projection operator on the rotation grid of ``rotation_resolution`` degrees
+        and the fitted model, as posterior picking needs them."""
+        operator = ProjectionOperator(self.basis(), quaternion_grid(rotation_resolution))
+        return operator, Model(self.coefficients, self.shift_prior, self.empty_mass,
+                               self.noise_variance)
+
     #: The columns of :meth:`write_table`.
     TABLE_COLUMNS = ('stage', 'degree', 'batch_loglik', 'heldout_loglik', 'empty_mass',
                      'noise', 'condition', 'estep_seconds', 'mstep_seconds')
