@@ -143,6 +143,7 @@ class CryoHessProtAlignVolumes(CryoHessProtocolMixin, ProtAlignVolume):
             volume.setObjId(source.getObjId())
             volume.setObjLabel(source.getObjLabel())
             volume.setTransform(convert.volume_transform(result.rotation[0], result.shift[0]))
+            convert.keep_origin(volume, self.referenceVolume.get())
             convert.set_columns(volume, {ALIGN_SCORE: result.score}, 0)
             volumes.append(volume)
         self._defineOutputs(**{outputs.outputVolumes.name: volumes})
@@ -215,7 +216,8 @@ class CryoHessProtAlignVolumes(CryoHessProtocolMixin, ProtAlignVolume):
         volumes = self.inputVolumes.get()
         if isinstance(volumes, Volume):
             return [volumes]
-        return [volume.clone() for volume in volumes.iterItems(orderBy='id')]
+        return [volume.clone() for volume in volumes.iterItems(orderBy='id',
+                                                               where=convert.ENABLED)]
 
     def _volumeName(self, volume):
         """A volume of the input as the GUI shows it: its label, or its id and file in the
