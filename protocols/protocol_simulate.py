@@ -248,9 +248,10 @@ class CryoHessProtSimulate(SimulationSettings, CryoHessProtocolMixin, EMProtocol
                                                 pixel_size=self.samplingRate.get())
             return volume, None
         if source == SOURCE_ATOMIC_MODEL:
-            stateB = (synthetic.read_atomic_model(self.secondModel.get())
+            stateB = (synthetic.read_atomic_model(self._modelPath('secondAtomStruct',
+                                                                  'secondModel'))
                       if heterogeneity == HETEROGENEITY_LINEAR else None)
-            return synthetic.read_atomic_model(self.atomicModel.get()), stateB
+            return synthetic.read_atomic_model(self._modelPath()), stateB
         moving = heterogeneity == HETEROGENEITY_RIGID_REGION
         return synthetic.phantom_states(
             self.phantomAtoms.get(), self.phantomRadius.get(),
