@@ -1,7 +1,15 @@
 """Rank diagnostics of a radial-SVD alignment (what the viewer shows, computed by the
-protocol): against the aligner's own landscapes and a brute-force argmax count."""
+protocol): against the aligner's own landscapes and a brute-force argmax count; and the
+viewer plotting them without aligning anything."""
+from unittest import mock
+
 import numpy as np
 import pytest
+from pyworkflow.tests import setupTestProject
+from pyworkflow.utils import magentaStr
+
+from cryohess_plugin import convert
+from cryohess_plugin.constants import ALIGN_TEMPLATE
 
 from cryohess_plugin.core import rotations
 from cryohess_plugin.core.alignment import RadialSVDAligner
@@ -12,7 +20,11 @@ from cryohess_plugin.core.polar import PolarGrid, polar_transform
 from cryohess_plugin.core.projector import FourierSliceProjector
 from cryohess_plugin.core.synthetic import simulate
 
+from cryohess_plugin.protocols import CryoHessProtAlignParticles
+from cryohess_plugin.viewers import CryoHessAlignParticlesViewer
+
 from .helpers import phantom_volume
+from .scipion_base import CryoHessTestCase
 
 BOX, PIXEL = 32, 3.0
 
@@ -73,3 +85,39 @@ def test_argmax_agreement_counts_by_hand():
     assert argmax_agreement(moved, full) == pytest.approx(expected / 50)
     with pytest.raises(ShapeError):
         argmax_agreement(full[:, :2], full)
+
+
+class TestAlignmentViewerReadsTheDiagnostics(CryoHessTestCase):
+    """The protocol's last step writes the diagnostics; the viewer only reads them."""
+
+    @classmethod
+    def setUpClass(cls):
+        setupTestProject(cls)
+        print(magentaStr("\n==> Aligning particles with rank diagnostics"))
+        cls.protSim = cls.launchSimulation('particles', dict(
+            boxSize=BOX, samplingRate=PIXEL, numberOfParticles=24, numberOfDefocusGroups=2,
+            phantomAtoms=300, phantomRadius=30.0, snr=10.0, shiftSigma=1.0, randomSeed=1,
+            numberOfThreads=1))
+        cls.protAlign = cls.newProtocol(CryoHessProtAlignParticles, angularStep=15.0,
+                                        maxShift=2.0, shiftStep=1.0, particlesPerBatch=12,
+                                        diagnosticParticles=8, numberOfThreads=1)
+        cls.protAlign.inputParticles.set(cls.protSim.outputParticles)
+        cls.protAlign.inputVolume.set(cls.protSim.outputVolume)
+        cls.launchProtocol(cls.protAlign)
+
+    def testDiagnosticsOfTheFirstParticles(self):
+        diagnostics = RankDiagnostics.load(self.protAlign._getFileName('diagnostics'))
+        self.assertEqual(len(diagnostics.references), 8)
+        assigned = [convert.read_column(particle, ALIGN_TEMPLATE) - 1 for particle in
+                    self.protAlign.outputParticles.iterItems(orderBy='id', limit=8)]
+        np.testing.assert_array_equal(diagnostics.references, assigned)
+        self.assertEqual(diagnostics.agreement[-1], 1.0)
+        self.assertIn('rankDiagnosticsStep', [step.funcName.get()
+                                              for step in self.protAlign.loadSteps()])
+
+    def testViewerPlotsWithoutAligning(self):
+        with mock.patch.object(RadialSVDAligner, 'landscapes', side_effect=AssertionError(
+                "the viewer computed landscapes")), \
+                mock.patch.object(RadialSVDAligner, 'align', side_effect=AssertionError(
+                    "the viewer aligned")):
+            self.assertViewerPlots(CryoHessAlignParticlesViewer, self.protAlign)
