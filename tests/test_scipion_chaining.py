@@ -8,6 +8,7 @@ simulated outputs in a headless project, validated, and its own input-writing co
 not run.
 """
 import os
+from unittest import mock
 
 import mrcfile
 import numpy as np
@@ -21,11 +22,14 @@ from pyworkflow.utils import magentaStr
 from cryohess_plugin import convert
 from cryohess_plugin.constants import SOURCE_VOLUME
 from cryohess_plugin.core import mrc
+from cryohess_plugin.core.alignment import VolumeAligner
+from cryohess_plugin.core.alignment.diagnostics import VolumeRankSweep
 from cryohess_plugin.core.ctf import params_from_rows
 from cryohess_plugin.core.synthetic.atoms import gaussian_atom_volume
 from cryohess_plugin.core.synthetic.phantoms import random_protein_phantom
 from cryohess_plugin.protocols import (CryoHessProtAlignParticles, CryoHessProtAlignVolumes,
                                        CryoHessProtSimulate)
+from cryohess_plugin.viewers import CryoHessAlignVolumesViewer
 from .scipion_base import CryoHessTestCase
 from .test_scipion_simulate import SMALL
 
@@ -167,6 +171,10 @@ class TestOriginsAndDisabledItems(CryoHessTestCase):
         cls.protSim = cls.newProtocol(CryoHessProtSimulate, source=SOURCE_VOLUME, **SMALL)
         cls.protSim.inputVolume.set(cls.protMap.outputVolume)
         cls.launchProtocol(cls.protSim)
+        cls.protAlign = cls.newProtocol(CryoHessProtAlignVolumes, numberOfThreads=1)
+        cls.protAlign.inputVolumes.set(cls.protSim.outputVolume)
+        cls.protAlign.referenceVolume.set(cls.protMap.outputVolume)
+        cls.launchProtocol(cls.protAlign)
 
     def testImportedMapHasTheOrigin(self):
         self.assertFalse(np.allclose(self.origin, 0.0))
@@ -176,12 +184,17 @@ class TestOriginsAndDisabledItems(CryoHessTestCase):
                                    self.origin)
 
     def testAlignedVolumesKeepTheReferenceOrigin(self):
-        prot = self.newProtocol(CryoHessProtAlignVolumes, numberOfThreads=1)
-        prot.inputVolumes.set(self.protSim.outputVolume)
-        prot.referenceVolume.set(self.protMap.outputVolume)
-        self.launchProtocol(prot)
-        for volume in prot.outputVolumes:
+        for volume in self.protAlign.outputVolumes:
             np.testing.assert_allclose(volume.getOrigin().getShifts(), self.origin)
+
+    def testVolumeViewerReadsTheRankMetrics(self):
+        """The rank metrics are a step of the run; the viewer plots them without aligning."""
+        sweep = VolumeRankSweep.load(self.protAlign._getFileName('rankMetrics'))
+        self.assertEqual(sweep.volumes, 1)
+        self.assertAlmostEqual(sweep.correlation[-1], 1.0)
+        with mock.patch.object(VolumeAligner, 'landscape', side_effect=AssertionError(
+                "the viewer computed landscapes")):
+            self.assertViewerPlots(CryoHessAlignVolumesViewer, self.protAlign)
 
     def _withDisabled(self, disabled):
         """A copy of the simulated particles in which the given ids are disabled."""

@@ -10,13 +10,9 @@ from pyworkflow.viewer import DESKTOP_TKINTER, WEB_DJANGO, ProtocolViewer
 
 from cryohess_plugin import convert
 from cryohess_plugin.constants import ALIGN_SCORE
-from cryohess_plugin.core.alignment.diagnostics import RankDiagnostics
+from cryohess_plugin.core.alignment.diagnostics import RankDiagnostics, VolumeRankSweep
 from cryohess_plugin.core.rotations import direction_to_euler, projection_directions
 from cryohess_plugin.protocols import CryoHessProtAlignParticles, CryoHessProtAlignVolumes
-
-
-#: Ranks H = H_C = H_D of the volume viewer's landscape metrics (then the full rank).
-RANK_SWEEP = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 
 
 class CryoHessAlignParticlesViewer(ProtocolViewer):
@@ -183,16 +179,12 @@ class CryoHessAlignVolumesViewer(ProtocolViewer):
         form.addParam('displaySlices', params.LabelParam, label='Central slices',
                       help="Central xy, xz and yz slices of the reference and of every "
                            "aligned volume.")
-        form.addParam('metricsVolumes', params.IntParam, default=4,
-                      validators=[params.Positive], label='Volumes for the rank metrics',
-                      help="The landscape metrics against H use this many input volumes "
-                           "(the first ones).")
         form.addParam('displayRankMetrics', params.LabelParam,
                       label='Landscape accuracy versus H (paper Fig. 11)',
                       help="Relative Frobenius error, correlation and mean backward-error "
                            "percentile of the compressed landscapes (H principal shells and "
-                           "degrees) against the unreduced ones, computed now on the input "
-                           "volumes. A low error is not needed: the correlation and the "
+                           "degrees) against the unreduced ones, measured by the run on its "
+                           "first input volumes. A low error is not needed: the correlation and the "
                            "percentile near 1 say the compressed search finds the right "
                            "rotation.")
 
@@ -235,25 +227,19 @@ class CryoHessAlignVolumesViewer(ProtocolViewer):
         return [plotter]
 
     def _showRankMetrics(self, paramName=None):
-        from cryohess_plugin.core.alignment import VolumeAligner
-        from cryohess_plugin.core.alignment.metrics import volume_rank_metrics
-        reference, pixel = convert.volume_to_array(self.protocol.referenceVolume.get())
-        chosen = self.protocol._inputVolumeList()[:self.metricsVolumes.get()]
-        volumes = np.stack([convert.volume_to_array(volume, pixel)[0] for volume in chosen])
-        aligner = VolumeAligner(reference, resolution=self.protocol.maxResolution.get() or None,
-                                pixel_size=pixel)
-        full = max(aligner.shells.n_shells, aligner.shells.max_degree + 1)
-        ranks = [rank for rank in RANK_SWEEP if rank < full] + [full]
-        metrics = volume_rank_metrics(aligner, volumes, ranks)
+        path = self.protocol._getFileName('rankMetrics')
+        if not os.path.exists(path):
+            return [self.infoMessage("This run measured no rank metrics (its 'Volumes for "
+                                     "the rank metrics' is 0).", 'Rank metrics')]
+        sweep = VolumeRankSweep.load(path)
         plotter = EmPlotter(x=1, y=3, mainTitle='Compressed against unreduced landscapes, '
-                            '%d volumes' % len(volumes), figsize=(12, 4))
-        for values, label in (([m.relative_error for m in metrics], 'relative Frobenius error'),
-                              ([m.correlation for m in metrics], 'correlation'),
-                              ([m.backward_error for m in metrics],
-                               'mean backward-error percentile')):
+                            '%d volumes' % sweep.volumes, figsize=(12, 4))
+        for values, label in ((sweep.relative_error, 'relative Frobenius error'),
+                              (sweep.correlation, 'correlation'),
+                              (sweep.backward_error, 'mean backward-error percentile')):
             axes = plotter.createSubPlot(label, 'H = H_C = H_D', label)
-            axes.plot(ranks, values, 'o-')
-            axes.axvline(max(aligner.ranks), color='k', linestyle='--',
-                         label='automatic ranks %s' % (aligner.ranks,))
+            axes.plot(sweep.ranks, values, 'o-')
+            axes.axvline(max(sweep.automatic_ranks), color='k', linestyle='--',
+                         label='automatic ranks %s' % (tuple(sweep.automatic_ranks),))
             axes.legend()
         return [plotter]

@@ -1,8 +1,8 @@
 """What the rank ``H`` of the radial-SVD does to a run's alignment, measured on its first
-particles: landscapes at a few ``H``, accuracy against full rank over a sweep of ``H``,
-and the time to align at the run's ``H`` and at full rank
-(``docs/methods/radial_svd_alignment.md`` §2.6).  Computed once by the protocol, read by
-its viewer.
+particles (landscapes at a few ``H``, accuracy against full rank over a sweep of ``H``,
+the time to align at the run's ``H`` and at full rank) or its first volumes (the paper's
+landscape metrics against ``H``) (``docs/methods/radial_svd_alignment.md`` §2.6).
+Computed once by the protocols, read by their viewers.
 """
 import time
 from dataclasses import dataclass
@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..storage import StoredFields
+from .metrics import volume_rank_metrics
 
 #: Ranks of the accuracy sweep: about this many, geometrically spaced up to full rank.
 SWEEP_POINTS = 12
@@ -108,3 +109,39 @@ def rank_diagnostics(aligner, polar_images, references, shifts, run_rank, ctf_pa
         sweep_ranks=sweep, correlation=np.asarray(correlation),
         agreement=np.asarray(agreement), align_seconds=np.asarray(seconds),
         run_rank=run_rank, pairs=int(len(references) * full.shape[1]))
+
+
+#: Ranks ``H = H_C = H_D`` of the volume rank sweep (then the full rank).
+VOLUME_RANK_SWEEP = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+
+
+@dataclass
+class VolumeRankSweep(StoredFields):
+    """The paper's Fig. 11 for a run's first volumes: the metrics of the compressed
+    landscapes at ``H_C = H_D = H`` against the unreduced ones.
+
+    :param ranks: ``(k,)`` the swept ``H``, the last the full rank.
+    :param relative_error, correlation, backward_error: ``(k,)``
+        :class:`~.metrics.LandscapeMetrics` at each rank.
+    :param automatic_ranks: ``(2,)`` the ``H_C, H_D`` the aligner chose by itself.
+    :param volumes: number of volumes the metrics cover.
+    """
+    ranks: np.ndarray
+    relative_error: np.ndarray
+    correlation: np.ndarray
+    backward_error: np.ndarray
+    automatic_ranks: np.ndarray
+    volumes: int
+
+
+def volume_rank_sweep(aligner, volumes):
+    """:class:`VolumeRankSweep` of ``volumes`` ``(n, D, D, D)`` with a
+    :class:`~.volumes.VolumeAligner` of automatic ranks."""
+    full = max(aligner.shells.n_shells, aligner.shells.max_degree + 1)
+    ranks = [rank for rank in VOLUME_RANK_SWEEP if rank < full] + [full]
+    metrics = volume_rank_metrics(aligner, volumes, ranks)
+    return VolumeRankSweep(
+        ranks=np.asarray(ranks), relative_error=np.array([m.relative_error for m in metrics]),
+        correlation=np.array([m.correlation for m in metrics]),
+        backward_error=np.array([m.backward_error for m in metrics]),
+        automatic_ranks=np.asarray(aligner.ranks), volumes=len(volumes))
