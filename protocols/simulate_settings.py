@@ -35,6 +35,19 @@ MICROGRAPH_PARAMS = ('numberOfMicrographs', 'particlesPerMicrograph', 'micrograp
                      'ctfPerParticle')
 
 
+def _defineModelParams(form, pointerName, fileName, what, condition, help):
+    """An atomic model as an imported ``AtomStruct`` or, instead, a file path."""
+    form.addParam(pointerName, params.PointerParam, pointerClass='AtomStruct',
+                  condition=condition, allowsNull=True, label=what.capitalize(),
+                  help=help + " Select it as imported into the project (pwem's import "
+                              "atomic structure), or leave this empty and give its file "
+                              "below.")
+    form.addParam(fileName, params.FileParam, condition=condition,
+                  label='... or %s file (PDB/mmCIF)' % what,
+                  help="A PDB or mmCIF file of the %s, used when none is selected above."
+                       % what)
+
+
 class SimulationSettings:
     """Form, checks and core arguments of :class:`CryoHessProtSimulate` (a mixin of it,
     next to :class:`CryoHessProtocolMixin`, whose form blocks and checks it uses)."""
@@ -72,18 +85,10 @@ class SimulationSettings:
                       validators=[params.Positive], label='Phantom radius (Å)',
                       help="Every atom of the phantom lies within this distance of its centre. "
                            "It must fit in the box: at most 0.45 x box x pixel size.")
-        form.addParam('inputAtomStruct', params.PointerParam, pointerClass='AtomStruct',
-                      condition='source == %d' % SOURCE_ATOMIC_MODEL, allowsNull=True,
-                      label='Atomic model',
-                      help="Atomic model of the ground truth, as imported into the project "
-                           "(pwem's import atomic structure). Hydrogens and waters are "
-                           "skipped; the map is centred on the model's centroid. Leave it "
-                           "empty to give a file below instead.")
-        form.addParam('atomicModel', params.FileParam,
-                      label='... or atomic model file (PDB/mmCIF)',
-                      condition='source == %d' % SOURCE_ATOMIC_MODEL,
-                      help="A PDB or mmCIF file, used when no imported atomic model is "
-                           "selected above.")
+        _defineModelParams(form, 'inputAtomStruct', 'atomicModel', 'atomic model',
+                           'source == %d' % SOURCE_ATOMIC_MODEL,
+                           "Atomic model of the ground truth. Hydrogens and waters are "
+                           "skipped; the map is centred on the model's centroid.")
         form.addParam('inputVolume', params.PointerParam, pointerClass='Volume',
                       condition='source == %d' % SOURCE_VOLUME, allowsNull=True,
                       label='Volume', help="Ground-truth map; it must be cubic, with the box "
@@ -163,17 +168,10 @@ class SimulationSettings:
                            "swings a domain of the phantom rigidly about a hinge, and particles "
                            "interpolate between A and B.\n"
                            "t_i is uniform in [0, 1] and stored in the column %s." % CONFORMATION)
-        form.addParam('secondAtomStruct', params.PointerParam, pointerClass='AtomStruct',
-                      condition='heterogeneity == %d' % HETEROGENEITY_LINEAR,
-                      allowsNull=True, label='Second atomic model',
-                      help="Conformation B, as imported into the project: the same atoms as "
-                           "the first model, in the same order, at other positions. Leave it "
-                           "empty to give a file below instead.")
-        form.addParam('secondModel', params.FileParam,
-                      label='... or second atomic model file (PDB/mmCIF)',
-                      condition='heterogeneity == %d' % HETEROGENEITY_LINEAR,
-                      help="A PDB or mmCIF file of conformation B, used when no imported "
-                           "second model is selected above.")
+        _defineModelParams(form, 'secondAtomStruct', 'secondModel', 'second atomic model',
+                           'heterogeneity == %d' % HETEROGENEITY_LINEAR,
+                           "Conformation B: the same atoms as the first model, in the same "
+                           "order, at other positions.")
         form.addParam('domainFraction', params.FloatParam, default=0.3,
                       condition='heterogeneity == %d' % HETEROGENEITY_RIGID_REGION,
                       validators=[params.Range(0.01, 0.99)], label='Moving fraction',

@@ -64,17 +64,11 @@ class TestParticlesToPosteriorTemplate(CryoHessTestCase):
         mrc.write_volume(cls.map, volume.astype(np.float32), PIXEL, overwrite=True)
 
     def testLoadsAndRunsToTheEnd(self):
-        workflow = template('cryohess_particles_to_posterior')
-        workflow.replaceEnvVariables()
-        workflow.parseContent()
-        self.assertEqual({p.getAlias() for p in workflow.getParams().values()},
-                         {'particlesStar', 'referenceMap', 'samplingRate', 'voltage',
-                          'sphericalAberration', 'amplitudeContrast'})
-        for alias, value in (('particlesStar', self.star), ('referenceMap', self.map),
-                             ('samplingRate', str(PIXEL))):
-            self.assertGreaterEqual(workflow.setParamValue(alias, value), 1)
-        protocols = self.proj.loadProtocols(workflow.createTemplateFile())
-        protocols = sorted(protocols.values(), key=lambda prot: prot.getObjId())
+        protocols = loadTemplate(
+            self, 'cryohess_particles_to_posterior',
+            {'particlesStar', 'referenceMap', 'samplingRate', 'voltage',
+             'sphericalAberration', 'amplitudeContrast'},
+            {'particlesStar': self.star, 'referenceMap': self.map, 'samplingRate': str(PIXEL)})
         self.assertEqual([prot.getClassName() for prot in protocols],
                          ['ProtImportParticles', 'ProtImportVolumes',
                           'CryoHessProtAlignParticles', 'CryoHessProtSoftModes',
