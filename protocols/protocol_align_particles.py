@@ -64,10 +64,10 @@ class CryoHessProtAlignParticles(AlignParticlesSettings, CryoHessProtocolMixin, 
         polarity = self._insertStep(self.checkPolarityStep,
                                     reads=('inputParticles', 'useCtf', 'maxShift', 'shiftStep'),
                                     after=[prepare], needsGPU=gpu)
-        batches = [self._insertStep(self.alignBatchStep, index, first, count,
-                                    reads=self._searchParams(), after=[prepare, polarity],
-                                    needsGPU=gpu)
-                   for index, (first, count) in enumerate(self._batches())]
+        batches = searches = [self._insertStep(self.alignBatchStep, index, first, count,
+                                               reads=self._searchParams(),
+                                               after=[prepare, polarity], needsGPU=gpu)
+                              for index, (first, count) in enumerate(self._batches())]
         # After every batch step, so that switching the refinement keeps the searches; each
         # waits only for its own batch.
         if self._refines():
@@ -77,9 +77,10 @@ class CryoHessProtAlignParticles(AlignParticlesSettings, CryoHessProtocolMixin, 
                        for batch, (index, (first, count)) in zip(batches,
                                                                  enumerate(self._batches()))]
         if self.diagnosticParticles.get():
+            # Of the searches only, so that switching the refinement keeps it.
             batches = batches + [self._insertStep(
                 self.rankDiagnosticsStep, reads=self._searchParams() + ('diagnosticParticles',),
-                after=batches, needsGPU=gpu)]
+                after=searches, needsGPU=gpu)]
         self._insertStep(self.createOutputStep, after=batches)
 
     def _filenameTemplates(self):

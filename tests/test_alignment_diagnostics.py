@@ -5,6 +5,7 @@ from unittest import mock
 
 import numpy as np
 import pytest
+from pyworkflow.protocol.constants import MODE_RESUME
 from pyworkflow.tests import setupTestProject
 from pyworkflow.utils import magentaStr
 
@@ -121,3 +122,26 @@ class TestAlignmentViewerReadsTheDiagnostics(CryoHessTestCase):
                 mock.patch.object(RadialSVDAligner, 'align', side_effect=AssertionError(
                     "the viewer aligned")):
             self.assertViewerPlots(CryoHessAlignParticlesViewer, self.protAlign)
+
+    def testContinueKeepsTheDiagnosticsUnlessTheirSettingsChange(self):
+        prot = self.newProtocol(CryoHessProtAlignParticles, angularStep=15.0, maxShift=2.0,
+                                shiftStep=1.0, particlesPerBatch=12, diagnosticParticles=4,
+                                localRefinement=False, numberOfThreads=1)
+        prot.inputParticles.set(self.protSim.outputParticles)
+        prot.inputVolume.set(self.protSim.outputVolume)
+        self.launchProtocol(prot)
+
+        def diagnosticsEnd():
+            return [step.endTime.get() for step in prot.loadSteps()
+                    if step.funcName.get() == 'rankDiagnosticsStep']
+
+        first = diagnosticsEnd()
+        prot.localRefinement.set(True)
+        prot.runMode.set(MODE_RESUME)
+        self.launchProtocol(prot)
+        self.assertEqual(diagnosticsEnd(), first)
+        prot.diagnosticParticles.set(6)
+        self.launchProtocol(prot)
+        self.assertNotEqual(diagnosticsEnd(), first)
+        self.assertEqual(len(RankDiagnostics.load(prot._getFileName('diagnostics')).references),
+                         6)
