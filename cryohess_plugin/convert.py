@@ -325,8 +325,10 @@ def references_to_arrays(references, read_images=True):
     if not isinstance(references, SetOfClasses2D):
         return particles_to_arrays(references, need_alignment=False, read_images=read_images)
     ids, images = [], []
-    # One item object, refilled per class.
-    for cls in references.iterItems(orderBy='id', where=ENABLED):
+    # One item object, refilled per class (a set of classes takes no where clause).
+    for cls in references.iterItems(orderBy='id'):
+        if not cls.isEnabled():
+            continue
         ids.append(cls.getObjId())
         if read_images:
             images.append(read_image(cls.getRepresentative()))
@@ -344,7 +346,9 @@ def classify_particles(classes, ids, reference_ids, references):
         represented by its reference's image.
     """
     representatives = {}
-    for item in references.iterItems(orderBy='id', where=ENABLED):
+    for item in references.iterItems(orderBy='id'):
+        if not item.isEnabled():
+            continue
         image = item.getRepresentative() if isinstance(references, SetOfClasses2D) else item
         representatives[item.getObjId()] = Particle(location=image.getLocation())
         representatives[item.getObjId()].setSamplingRate(references.getSamplingRate())

@@ -68,6 +68,14 @@ class CryoHessProtAlignParticles(AlignParticlesSettings, CryoHessProtocolMixin, 
                                                reads=self._searchParams(),
                                                after=[prepare, polarity], needsGPU=gpu)
                               for index, (first, count) in enumerate(self._batches())]
+        if self.diagnosticParticles.get():
+            # Of the searches only, and before the refinement steps (Continue compares
+            # steps in order), so that switching the refinement keeps it.
+            diagnostics = [self._insertStep(
+                self.rankDiagnosticsStep, reads=self._searchParams() + ('diagnosticParticles',),
+                after=searches, needsGPU=gpu)]
+        else:
+            diagnostics = []
         # After every batch step, so that switching the refinement keeps the searches; each
         # waits only for its own batch.
         if self._refines():
@@ -76,12 +84,7 @@ class CryoHessProtAlignParticles(AlignParticlesSettings, CryoHessProtocolMixin, 
                                         after=[batch], needsGPU=gpu)
                        for batch, (index, (first, count)) in zip(batches,
                                                                  enumerate(self._batches()))]
-        if self.diagnosticParticles.get():
-            # Of the searches only, so that switching the refinement keeps it.
-            batches = batches + [self._insertStep(
-                self.rankDiagnosticsStep, reads=self._searchParams() + ('diagnosticParticles',),
-                after=searches, needsGPU=gpu)]
-        self._insertStep(self.createOutputStep, after=batches)
+        self._insertStep(self.createOutputStep, after=batches + diagnostics)
 
     def _filenameTemplates(self):
         return {'references': self._getExtraPath('references.npz'),
