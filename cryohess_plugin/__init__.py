@@ -5,8 +5,9 @@ The Scipion ``Plugin`` class is loaded on first access, so the numerical core
 """
 __version__ = "0.1.0"
 _logo = "logo.png"
-_references = ["Rangan2022radial", "Rangan2023hessian", "Kreymer2023micrograph",
-               "Ullrich2019differentiable", "Lederman2020hyper"]
+#: No package-wide references: pyworkflow lists them under every protocol's methods, and
+#: each protocol cites the papers of its own method (its ``_references``/``_citations``).
+_references = []
 
 
 def __getattr__(name):

@@ -231,6 +231,17 @@ class ParticleArrays:
     columns: Dict[str, np.ndarray] = field(default_factory=dict)
 
 
+#: The ``where`` clause of item queries that leaves out the items a user disabled
+#: (unchecked in the set viewer): no computation reads them, as pwem's copyItems copies
+#: none of them into an output.
+ENABLED = "enabled=1"
+
+
+def enabled_count(theSet):
+    """Number of enabled items of ``theSet``: those the computations read."""
+    return len(theSet.getUniqueValues(['id'], where=ENABLED))
+
+
 def image_file(filename):
     """Path of an image file without Scipion's format suffix (``x.mrc:mrcs``)."""
     base, _, suffix = filename.rpartition(":")
@@ -278,7 +289,7 @@ def particles_to_arrays(partSet, need_ctf=False, need_alignment=None, columns=()
     stacks = {}
     rows = (limit, skip) if limit is not None and skip else limit
     locations = []
-    for particle in partSet.iterItems(orderBy="id", limit=rows):
+    for particle in partSet.iterItems(orderBy="id", limit=rows, where=ENABLED):
         if read_images:
             images.append(_particle_image(particle, stacks, whole_stacks=limit is None))
             locations.append(location_text(particle))
@@ -314,7 +325,10 @@ def references_to_arrays(references, read_images=True):
     if not isinstance(references, SetOfClasses2D):
         return particles_to_arrays(references, need_alignment=False, read_images=read_images)
     ids, images = [], []
-    for cls in references.iterItems(orderBy='id'):  # one item object, refilled per class
+    # One item object, refilled per class (a set of classes takes no where clause).
+    for cls in references.iterItems(orderBy='id'):
+        if not cls.isEnabled():
+            continue
         ids.append(cls.getObjId())
         if read_images:
             images.append(read_image(cls.getRepresentative()))
@@ -333,6 +347,8 @@ def classify_particles(classes, ids, reference_ids, references):
     """
     representatives = {}
     for item in references.iterItems(orderBy='id'):
+        if not item.isEnabled():
+            continue
         image = item.getRepresentative() if isinstance(references, SetOfClasses2D) else item
         representatives[item.getObjId()] = Particle(location=image.getLocation())
         representatives[item.getObjId()].setSamplingRate(references.getSamplingRate())
@@ -399,7 +415,8 @@ def _particle_image(particle, stacks, whole_stacks):
 
 def arrays_to_particles(protocol, stack_path, pixel_size, count=None, rotations=None,
                         shifts=None, ctfs=None, alignment=ALIGN_PROJ, columns=None,
-                        acquisition=None, template=None, ids=None, micIds=None, suffix=""):
+                        acquisition=None, template=None, ids=None, micIds=None,
+                        coordinates=None, micNames=None, suffix=""):
     """Create a ``SetOfParticles`` whose images are the slices of an MRC stack.
 
     Every item gets every column (Scipion fixes the set's columns from the first
@@ -418,11 +435,15 @@ def arrays_to_particles(protocol, stack_path, pixel_size, count=None, rotations=
     :param template: set to copy sampling, acquisition and flags from.
     :param ids: item ids to keep (e.g. the input particles' ids).
     :param micIds: micrograph id of every particle.
+    :param coordinates: ``(n, 2)`` centre ``(x, y)`` of every particle on its micrograph
+        (``micIds`` required), as Scipion coordinates.
+    :param micNames: ``{micId: micrograph name}`` for the coordinates.
     :param suffix: suffix of the set's SQLite file.
     :returns: the new (unsaved) ``SetOfParticles``.
     """
     columns = columns or {}
-    lengths = {len(a) for a in (rotations, shifts, ctfs, ids, micIds) if a is not None}
+    lengths = {len(a) for a in (rotations, shifts, ctfs, ids, micIds, coordinates)
+               if a is not None}
     lengths |= {len(v) for v in columns.values()}
     if count is None:
         count = min(lengths) if lengths else mrc.read_stack(stack_path).shape[0]
@@ -450,6 +471,8 @@ def arrays_to_particles(protocol, stack_path, pixel_size, count=None, rotations=
             particle.setObjId(int(ids[i]))
         if micIds is not None:
             particle.setMicId(int(micIds[i]))
+        if coordinates is not None:
+            particle.setCoordinate(_coordinate(coordinates[i], int(micIds[i]), micNames))
         if rotations is not None:
             particle.setTransform(transform_from_pose(rotations[i], shifts[i], alignment))
         if ctfs is not None:
@@ -457,6 +480,15 @@ def arrays_to_particles(protocol, stack_path, pixel_size, count=None, rotations=
         set_columns(particle, columns, i)
         partSet.append(particle)
     return partSet
+
+
+def _coordinate(centre, micId, micNames=None):
+    coord = Coordinate()
+    coord.setPosition(int(round(centre[0])), int(round(centre[1])))
+    coord.setMicId(micId)
+    if micNames:
+        coord.setMicName(micNames[micId])
+    return coord
 
 
 # --------------------------- Volumes -------------------------------------------
@@ -534,6 +566,17 @@ def array_to_volume(path, array, voxel_size, overwrite=False):
     mrc.write_volume(path, array, voxel_size, overwrite=overwrite)
     volume = Volume(location=path)
     volume.setSamplingRate(voxel_size)
+    return volume
+
+
+def keep_origin(volume, source):
+    """Give ``volume`` (a map in ``source``'s frame: same box and voxel size) the origin
+    of ``source``, a ``Volume``, when ``source`` has one set; return ``volume``."""
+    origin = source.getOrigin() if source is not None else None
+    if origin is not None:
+        copied = Transform()
+        copied.copy(origin)
+        volume.setOrigin(copied)
     return volume
 
 
@@ -617,6 +660,12 @@ def _items(setOrPointer):
     return [item.clone() for item in theSet.iterItems(orderBy="id")]
 
 
+def micrograph_names(micSet):
+    """``{micId: micrograph name}`` of a set of micrographs (or a pointer to it), in id
+    order."""
+    return {mic.getObjId(): mic.getMicName() for mic in _items(micSet)}
+
+
 def arrays_to_ctfs(protocol, micSet, ctfs, suffix=""):
     """Create a ``SetOfCTF`` with one :class:`CTFParams` per micrograph.
 
@@ -640,7 +689,7 @@ def arrays_to_ctfs(protocol, micSet, ctfs, suffix=""):
 def micrographs_to_arrays(micSet):
     """Read a ``SetOfMicrographs``: ``(list of float32 (y, x) arrays, ids, pixel size)``."""
     arrays, ids = [], []
-    for mic in micSet.iterItems(orderBy="id"):
+    for mic in micSet.iterItems(orderBy="id", where=ENABLED):
         arrays.append(read_image(mic))
         ids.append(mic.getObjId())
     return arrays, np.asarray(ids, dtype=np.int64), float(micSet.getSamplingRate())
@@ -684,7 +733,7 @@ def micrograph_ctfs(ctfSet, micSet):
         byName[ctf.getMicrograph().getMicName()] = ctf.clone()
     acquisition = micSet.getAcquisition()
     out = []
-    for mic in micSet.iterItems(orderBy="id"):
+    for mic in micSet.iterItems(orderBy="id", where=ENABLED):
         ctf = byName.get(mic.getMicName())
         if ctf is None:
             out.append(None)
@@ -697,6 +746,6 @@ def micrograph_ctfs(ctfSet, micSet):
 def coordinates_to_arrays(coordSet):
     """Particle centres per micrograph: ``{micId: float64 (k, 2) of (x, y)}``."""
     positions = {}
-    for coord in coordSet.iterItems(orderBy="id"):
+    for coord in coordSet.iterItems(orderBy="id", where=ENABLED):
         positions.setdefault(coord.getMicId(), []).append(coord.getPosition())
     return {micId: np.asarray(xy, dtype=np.float64) for micId, xy in positions.items()}

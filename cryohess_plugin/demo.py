@@ -74,11 +74,14 @@ def runProtocol(project, protocol):
 
 
 def savePlots(viewerClass, project, protocol, plotDir, prefix):
-    """Save every plot of a viewer as PNG files; returns their paths."""
+    """Save every plot of a viewer as PNG files (its other views, such as opening ChimeraX,
+    are left out); returns their paths."""
     viewer = viewerClass(project=project, protocol=protocol)
     viewer.setProtocol(protocol)
     paths = []
     for name, show in viewer._getVisualizeDict().items():
+        if name in getattr(viewer, 'NOT_PLOTS', ()):
+            continue
         plotter = show(name)[0]
         path = os.path.join(plotDir, "%s_%s.png" % (prefix, name))
         plotter.savefig(path)

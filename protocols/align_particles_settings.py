@@ -128,6 +128,13 @@ class AlignParticlesSettings:
                       help="Finest resolution the refinement compares. 0: Nyquist (one "
                            "Fourier pixel below); the frequencies the volume lacks carry no "
                            "weight in the steps, so the default suits most maps.")
+        form.addParam('diagnosticParticles', params.IntParam, default=40,
+                      validators=[params.GE(0)], expertLevel=params.LEVEL_ADVANCED,
+                      label='Particles for the rank diagnostics',
+                      help="A last step realigns this many particles (the first ones) at a "
+                           "sweep of ranks H up to full rank and times the run's H against "
+                           "full rank; the viewer's landscape, accuracy and speed plots show "
+                           "it. 0 skips it.")
         self._defineBatchSizeParam(
             form, help="Particles are aligned in independent steps of this size, which run "
                        "in parallel with several threads (or GPUs) and let a stopped run "

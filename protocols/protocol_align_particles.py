@@ -64,10 +64,18 @@ class CryoHessProtAlignParticles(AlignParticlesSettings, CryoHessProtocolMixin, 
         polarity = self._insertStep(self.checkPolarityStep,
                                     reads=('inputParticles', 'useCtf', 'maxShift', 'shiftStep'),
                                     after=[prepare], needsGPU=gpu)
-        batches = [self._insertStep(self.alignBatchStep, index, first, count,
-                                    reads=self._searchParams(), after=[prepare, polarity],
-                                    needsGPU=gpu)
-                   for index, (first, count) in enumerate(self._batches())]
+        batches = searches = [self._insertStep(self.alignBatchStep, index, first, count,
+                                               reads=self._searchParams(),
+                                               after=[prepare, polarity], needsGPU=gpu)
+                              for index, (first, count) in enumerate(self._batches())]
+        if self.diagnosticParticles.get():
+            # Of the searches only, and before the refinement steps (Continue compares
+            # steps in order), so that switching the refinement keeps it.
+            diagnostics = [self._insertStep(
+                self.rankDiagnosticsStep, reads=self._searchParams() + ('diagnosticParticles',),
+                after=searches, needsGPU=gpu)]
+        else:
+            diagnostics = []
         # After every batch step, so that switching the refinement keeps the searches; each
         # waits only for its own batch.
         if self._refines():
@@ -76,13 +84,14 @@ class CryoHessProtAlignParticles(AlignParticlesSettings, CryoHessProtocolMixin, 
                                         after=[batch], needsGPU=gpu)
                        for batch, (index, (first, count)) in zip(batches,
                                                                  enumerate(self._batches()))]
-        self._insertStep(self.createOutputStep, after=batches)
+        self._insertStep(self.createOutputStep, after=batches + diagnostics)
 
     def _filenameTemplates(self):
         return {'references': self._getExtraPath('references.npz'),
                 'polarity': self._getExtraPath('polarity.npz'),
                 'batch': self._getExtraPath('alignment_batch_%(index)03d.npz'),
-                'refined': self._getExtraPath('refinement_batch_%(index)03d.npz')}
+                'refined': self._getExtraPath('refinement_batch_%(index)03d.npz'),
+                'diagnostics': self._getExtraPath('rank_diagnostics.npz')}
 
     # --------------------------- STEPS functions -----------------------------
     def prepareReferencesStep(self, box, pixel, digest):
@@ -193,6 +202,24 @@ class CryoHessProtAlignParticles(AlignParticlesSettings, CryoHessProtocolMixin, 
                                 backend=self._backend())
         return (particles, polar.polar_transform(particles.images, grid, backend=self._backend()),
                 search)
+
+    def rankDiagnosticsStep(self, digest):
+        """The viewer's landscapes, accuracy and speed versus H, on the first particles."""
+        from cryohess_plugin.core.alignment.diagnostics import rank_diagnostics
+        result = self._loadResults()
+        count = min(self.diagnosticParticles.get(), len(result.ids))
+        particles, imagePolar, search = self._particlesAndSearch(
+            count, tolerance=self.rankTolerance.get(), ctf_tolerance=self.ctfTolerance.get())
+        runRank = self._fixedRank() or int(result.ranks[result.group[0]])
+        diagnostics = rank_diagnostics(search.aligner, imagePolar, result.template[:count],
+                                       result.shift[:count], runRank,
+                                       ctf_params=particles.ctfs,
+                                       pixel_size=particles.pixel_size)
+        diagnostics.save(self._getFileName('diagnostics'))
+        self.info("Rank diagnostics of %d particles: H = %d aligns %.1fx faster than full "
+                  "rank; landscape correlation %s over H = %s"
+                  % (count, diagnostics.run_rank, diagnostics.speedup(),
+                     np.round(diagnostics.correlation, 3), diagnostics.sweep_ranks))
 
     def createOutputStep(self, digest):
         from cryohess_plugin.core.rotations import in_plane_rotations

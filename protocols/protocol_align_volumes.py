@@ -98,6 +98,11 @@ class CryoHessProtAlignVolumes(CryoHessProtocolMixin, ProtAlignVolume):
         form.addParam('shiftStep', params.FloatParam, default=1.0,
                       condition='maxShift > 0', validators=[params.Positive],
                       label='Shift step (px)', help="Spacing of the searched shifts.")
+        form.addParam('metricsVolumes', params.IntParam, default=4, validators=[params.GE(0)],
+                      expertLevel=params.LEVEL_ADVANCED, label='Volumes for the rank metrics',
+                      help="A step measures the landscape accuracy against the rank H (the "
+                           "radial-SVD paper's Fig. 11, shown by the viewer) on this many "
+                           "input volumes (the first ones), with automatic ranks. 0 skips it.")
         form.addParallelSection(threads=2, mpi=0)
 
     # --------------------------- INSERT steps functions ----------------------
@@ -107,12 +112,16 @@ class CryoHessProtAlignVolumes(CryoHessProtocolMixin, ProtAlignVolume):
                  'radialRank', 'degreeRank', 'refine', 'maxShift', 'shiftStep')
         steps = [self._insertStep(self.alignVolumeStep, index, reads=reads, needsGPU=gpu)
                  for index in range(len(self._inputVolumeList()))]
+        if self.metricsVolumes.get():
+            steps.append(self._insertStep(self.rankMetricsStep, reads=(
+                'inputVolumes', 'referenceVolume', 'maxResolution', 'metricsVolumes')))
         self._insertStep(self.createOutputStep, after=steps)
 
     def _filenameTemplates(self):
         return {
             'result': self._getExtraPath('volume_%(index)03d_alignment.npz'),
             'aligned': self._getExtraPath('volume_%(index)03d_aligned.mrc'),
+            'rankMetrics': self._getExtraPath('rank_metrics.npz'),
         }
 
     # --------------------------- STEPS functions -----------------------------
@@ -133,6 +142,20 @@ class CryoHessProtAlignVolumes(CryoHessProtocolMixin, ProtAlignVolume):
         self.info("Volume %d: score %.4f, ranks H_C, H_D = %s, %.1f s"
                   % (index + 1, result.score[0], tuple(result.ranks), seconds))
 
+    def rankMetricsStep(self, digest):
+        """The viewer's landscape accuracy against H, on the first input volumes."""
+        from cryohess_plugin.core.alignment import VolumeAligner
+        from cryohess_plugin.core.alignment.diagnostics import volume_rank_sweep
+        reference, pixel = convert.volume_to_array(self.referenceVolume.get())
+        chosen = self._inputVolumeList()[:self.metricsVolumes.get()]
+        volumes = np.stack([convert.volume_to_array(volume, pixel)[0] for volume in chosen])
+        aligner = VolumeAligner(reference, resolution=self.maxResolution.get() or None,
+                                pixel_size=pixel)
+        sweep = volume_rank_sweep(aligner, volumes)
+        sweep.save(self._getFileName('rankMetrics'))
+        self.info("Rank metrics of %d volumes: correlation %s over H = %s"
+                  % (len(volumes), np.round(sweep.correlation, 3), sweep.ranks))
+
     def createOutputStep(self, digest):
         pixel = self.referenceVolume.get().getSamplingRate()
         volumes = self._createSetOfVolumes()
@@ -143,6 +166,7 @@ class CryoHessProtAlignVolumes(CryoHessProtocolMixin, ProtAlignVolume):
             volume.setObjId(source.getObjId())
             volume.setObjLabel(source.getObjLabel())
             volume.setTransform(convert.volume_transform(result.rotation[0], result.shift[0]))
+            convert.keep_origin(volume, self.referenceVolume.get())
             convert.set_columns(volume, {ALIGN_SCORE: result.score}, 0)
             volumes.append(volume)
         self._defineOutputs(**{outputs.outputVolumes.name: volumes})
@@ -215,7 +239,8 @@ class CryoHessProtAlignVolumes(CryoHessProtocolMixin, ProtAlignVolume):
         volumes = self.inputVolumes.get()
         if isinstance(volumes, Volume):
             return [volumes]
-        return [volume.clone() for volume in volumes.iterItems(orderBy='id')]
+        return [volume.clone() for volume in volumes.iterItems(orderBy='id',
+                                                               where=convert.ENABLED)]
 
     def _volumeName(self, volume):
         """A volume of the input as the GUI shows it: its label, or its id and file in the

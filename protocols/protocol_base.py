@@ -316,7 +316,7 @@ class CryoHessProtocolMixin(InputChecks):
     # --------------------------- particles in batches ----------------------
     def _batches(self):
         """``(first, count)`` of the particle batches that run as independent steps."""
-        size = self.inputParticles.get().getSize()
+        size = convert.enabled_count(self.inputParticles.get())
         step = self.particlesPerBatch.get()
         return [(first, min(step, size - first)) for first in range(0, size, step)]
 

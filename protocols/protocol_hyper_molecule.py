@@ -175,6 +175,7 @@ class CryoHessProtHyperMolecule(CryoHessProtocolMixin, ProtAnalysis3D):
                     volume = Volume(location=path)
                     volume.setSamplingRate(pixel)
                     convert.set_columns(volume, {HYPER_SERIES: [s], HYPER_TAU: [float(tau)]}, 0)
+                    convert.keep_origin(volume, self.initialVolume.get())
                     outputSet.append(volume)
                 paths.append(self._getFileName('map', series=s, index=j))
             self._writeMorph(s, paths)

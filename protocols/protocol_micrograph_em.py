@@ -213,7 +213,8 @@ class CryoHessProtMicrographEM(MicrographEMSettings, CryoHessProtocolMixin, EMPr
         """The input micrographs in id order, read through their own database connection
         (batch steps run side by side)."""
         return [mic.clone() for mic in
-                self._parallelStepSet('inputMicrographs').iterItems(orderBy='id')]
+                self._parallelStepSet('inputMicrographs').iterItems(orderBy='id',
+                                                                    where=convert.ENABLED)]
 
     def _micrographBatches(self):
         count, step = len(self._micrographs()), self.micrographsPerStep.get()

@@ -30,6 +30,11 @@ class outputs(Enum):
     outputCoordinates = SetOfCoordinates
 
 
+#: The particles boxed from the simulated micrographs. Not a member of ``outputs``: an
+#: Enum member whose value equals an earlier one's is only an alias of it.
+OUTPUT_MICROGRAPH_PARTICLES = 'outputMicrographParticles'
+
+
 class CryoHessProtSimulate(SimulationSettings, CryoHessProtocolMixin, EMProtocol):
     """Simulate a particle data set (and optionally micrographs) with known ground truth.
 
@@ -44,7 +49,8 @@ class CryoHessProtSimulate(SimulationSettings, CryoHessProtocolMixin, EMProtocol
     """
     _label = 'simulate data set'
     _devStatus = BETA
-    _possibleOutputs = outputs
+    _possibleOutputs = dict({member.name: member.value for member in outputs},
+                            **{OUTPUT_MICROGRAPH_PARTICLES: SetOfParticles})
 
     # The form, its checks (_validate, _warnings) and the core arguments: SimulationSettings.
 
@@ -69,6 +75,7 @@ class CryoHessProtSimulate(SimulationSettings, CryoHessProtocolMixin, EMProtocol
             'particleTruth': self._getExtraPath('particles_truth.npz'),
             'micrograph': self._getExtraPath('micrograph_%(index)03d.mrc'),
             'micrographTruth': self._getExtraPath('micrographs_truth.npz'),
+            'micrographParticles': self._getExtraPath('micrograph_particles.mrcs'),
         }
 
     # --------------------------- STEPS functions -----------------------------
@@ -115,12 +122,16 @@ class CryoHessProtSimulate(SimulationSettings, CryoHessProtocolMixin, EMProtocol
             mrc.write_stack(self._getFileName('micrograph', index=index), micrograph[None],
                             pixel, overwrite=True)
             self.info("Micrograph %d/%d written" % (index + 1, len(sim.micrographs)))
+        mrc.write_stack(self._getFileName('micrographParticles'), sim.particle_windows(), pixel,
+                        overwrite=True)
         self._saveNpz(self._getFileName('micrographTruth'), **sim.truth_arrays())
 
     def createOutputStep(self, digest):
         pixel = self.samplingRate.get()
         volume = Volume(location=self._getFileName('volume'))
         volume.setSamplingRate(pixel)
+        if self.source.get() == SOURCE_VOLUME:
+            convert.keep_origin(volume, self.inputVolume.get())
         outputsDict = {outputs.outputVolume.name: volume}
 
         truth = np.load(self._getFileName('particleTruth'))
@@ -220,7 +231,7 @@ class CryoHessProtSimulate(SimulationSettings, CryoHessProtocolMixin, EMProtocol
             expected.add(outputs.outputVolumes.name)
         if self.doMicrographs:
             expected |= {outputs.outputMicrographs.name, outputs.outputCTF.name,
-                         outputs.outputCoordinates.name}
+                         outputs.outputCoordinates.name, OUTPUT_MICROGRAPH_PARTICLES}
         return expected
 
     def _placementText(self):
@@ -237,9 +248,10 @@ class CryoHessProtSimulate(SimulationSettings, CryoHessProtocolMixin, EMProtocol
                                                 pixel_size=self.samplingRate.get())
             return volume, None
         if source == SOURCE_ATOMIC_MODEL:
-            stateB = (synthetic.read_atomic_model(self.secondModel.get())
+            stateB = (synthetic.read_atomic_model(self._modelPath('secondAtomStruct',
+                                                                  'secondModel'))
                       if heterogeneity == HETEROGENEITY_LINEAR else None)
-            return synthetic.read_atomic_model(self.atomicModel.get()), stateB
+            return synthetic.read_atomic_model(self._modelPath()), stateB
         moving = heterogeneity == HETEROGENEITY_RIGID_REGION
         return synthetic.phantom_states(
             self.phantomAtoms.get(), self.phantomRadius.get(),
@@ -255,12 +267,31 @@ class CryoHessProtSimulate(SimulationSettings, CryoHessProtocolMixin, EMProtocol
                                                convert.acquisition_from_params(microscope))
         self._defineOutputs(**{outputs.outputMicrographs.name: micSet})
         micPointer = Pointer(self, extended=outputs.outputMicrographs.name)
-        ctfSet = convert.arrays_to_ctfs(self, micPointer, params_from_rows(truth['ctfs']))
-        placed = [centres[:count] for centres, count in zip(truth['coordinates'],
-                                                            truth['counts'])]
+        micCtfs = params_from_rows(truth['ctfs'])
+        ctfSet = convert.arrays_to_ctfs(self, micPointer, micCtfs)
+        counts = truth['counts']
+        placed = [centres[:count] for centres, count in zip(truth['coordinates'], counts)]
         coordSet = convert.arrays_to_coordinates(self, micPointer, placed, self.boxSize.get())
         self._defineOutputs(**{outputs.outputCTF.name: ctfSet,
                                outputs.outputCoordinates.name: coordSet})
         # Extraction protocols offer the CTFs of micrographs through this relation.
         self._defineCtfRelation(micPointer, ctfSet)
         self._defineSourceRelation(micPointer, coordSet)
+        self._createMicrographParticles(micPointer, micCtfs, truth, placed)
+
+    def _createMicrographParticles(self, micSet, micCtfs, truth, placed):
+        """The boxes at the true picks, as an extraction at the coordinates gives them:
+        each particle with its micrograph's id and name, its coordinate, its
+        micrograph's CTF and its true pose (centred: no shift)."""
+        counts = truth['counts']
+        mics = convert.micrograph_names(micSet)
+        micIds = list(mics)
+        particles = convert.arrays_to_particles(
+            self, self._getFileName('micrographParticles'), self.samplingRate.get(),
+            rotations=np.concatenate([poses[:count] for poses, count
+                                      in zip(truth['rotations'], counts)]),
+            ctfs=[micCtfs[j] for j, count in enumerate(counts) for _ in range(count)],
+            micIds=np.repeat(micIds, counts), coordinates=np.concatenate(placed),
+            micNames=mics, alignment=ALIGN_PROJ, suffix='Micrograph')
+        self._defineOutputs(**{OUTPUT_MICROGRAPH_PARTICLES: particles})
+        self._defineSourceRelation(micSet, particles)

@@ -181,6 +181,7 @@ class CryoHessProtSoftModes(SoftModesSettings, CryoHessProtocolMixin, ProtAnalys
             mode.setObjLabel("mode %d" % number if analysis.converged[index]
                              else "mode %d (not converged)" % number)
             convert.set_columns(mode, columns, 0)
+            convert.keep_origin(mode, self.inputVolume.get())
             modes.append(mode)
             if not np.isfinite(epsilon):
                 # Unconverged, or a non-positive eigenvalue: no ε, so no nearby volumes.
@@ -191,10 +192,12 @@ class CryoHessProtSoftModes(SoftModesSettings, CryoHessProtocolMixin, ProtAnalys
                     analysis.nearby_volume(reference, index, sign), pixel, overwrite=True)
                 nearby.setObjLabel("mode %d %sε" % (number, '+' if sign > 0 else '-'))
                 convert.set_columns(nearby, dict(columns, **{SOFT_MODE_SIGN: [sign]}), 0)
+                convert.keep_origin(nearby, self.inputVolume.get())
                 perturbed.append(nearby)
         sensitivity = convert.array_to_volume(self._getFileName('sensitivity'),
                                               analysis.sensitivity, pixel, overwrite=True)
         sensitivity.setObjLabel("sensitivity Σ ε²ΔF²")
+        convert.keep_origin(sensitivity, self.inputVolume.get())
         outputs = {OUTPUT_MODES: modes, OUTPUT_PERTURBED: perturbed,
                    OUTPUT_SENSITIVITY: sensitivity}
         if self._fromParticles():

@@ -22,8 +22,9 @@ class MicrographSimulationSettings:
                       help="Also simulate micrographs: projections pasted at non-overlapping "
                            "positions (no heterogeneity, no sub-pixel shifts), filtered by one "
                            "CTF per micrograph and with white noise at the same SNR, measured "
-                           "on the particle windows. Outputs micrographs, their CTFs and the "
-                           "true coordinates.")
+                           "on the particle windows. Outputs micrographs, their CTFs, the "
+                           "true coordinates and the particles boxed at them (with their "
+                           "micrograph, coordinate, CTF and true pose).")
         form.addParam('numberOfMicrographs', params.IntParam, default=3, condition='doMicrographs',
                       validators=[params.Positive], label='Number of micrographs',
                       help="Number of micrographs to simulate.")

@@ -24,12 +24,25 @@ MIN_BOX = 16
 EDGE_WARNING_FRACTION = 0.01
 #: The form parameters each step reads (those hidden by their condition are left out).
 STRUCTURE_PARAMS = ('source', 'phantomSymmetry', 'symmetryOrder', 'phantomAtoms',
-                    'phantomRadius', 'atomicModel', 'inputVolume', 'heterogeneity',
-                    'secondModel', 'domainFraction', 'hingeAngle', 'boxSize', 'samplingRate',
-                    'randomSeed')
+                    'phantomRadius', 'inputAtomStruct', 'atomicModel', 'inputVolume',
+                    'heterogeneity', 'secondAtomStruct', 'secondModel', 'domainFraction',
+                    'hingeAngle', 'boxSize', 'samplingRate', 'randomSeed')
 IMAGE_PARAMS = ('viewDistribution', 'viewAngle', 'topViewFraction', 'defocusMin', 'defocusMax',
                 'astigmatism', 'voltage', 'sphericalAberration', 'amplitudeContrast', 'snr')
 PARTICLE_PARAMS = ('numberOfParticles', 'shiftSigma', 'numberOfDefocusGroups')
+
+
+def _defineModelParams(form, pointerName, fileName, what, condition, help):
+    """An atomic model as an imported ``AtomStruct`` or, instead, a file path."""
+    form.addParam(pointerName, params.PointerParam, pointerClass='AtomStruct',
+                  condition=condition, allowsNull=True, label=what.capitalize(),
+                  help=help + " Select it as imported into the project (pwem's import "
+                              "atomic structure), or leave this empty and give its file "
+                              "below.")
+    form.addParam(fileName, params.FileParam, condition=condition,
+                  label='... or %s file (PDB/mmCIF)' % what,
+                  help="A PDB or mmCIF file of the %s, used when none is selected above."
+                       % what)
 
 
 class SimulationSettings(MicrographSimulationSettings):
@@ -69,9 +82,9 @@ class SimulationSettings(MicrographSimulationSettings):
                       validators=[params.Positive], label='Phantom radius (Å)',
                       help="Every atom of the phantom lies within this distance of its centre. "
                            "It must fit in the box: at most 0.45 x box x pixel size.")
-        form.addParam('atomicModel', params.FileParam, label='Atomic model (PDB/mmCIF)',
-                      condition='source == %d' % SOURCE_ATOMIC_MODEL,
-                      help="Atomic model of the ground truth. Hydrogens and waters are "
+        _defineModelParams(form, 'inputAtomStruct', 'atomicModel', 'atomic model',
+                           'source == %d' % SOURCE_ATOMIC_MODEL,
+                           "Atomic model of the ground truth. Hydrogens and waters are "
                            "skipped; the map is centred on the model's centroid.")
         form.addParam('inputVolume', params.PointerParam, pointerClass='Volume',
                       condition='source == %d' % SOURCE_VOLUME, allowsNull=True,
@@ -152,9 +165,9 @@ class SimulationSettings(MicrographSimulationSettings):
                            "swings a domain of the phantom rigidly about a hinge, and particles "
                            "interpolate between A and B.\n"
                            "t_i is uniform in [0, 1] and stored in the column %s." % CONFORMATION)
-        form.addParam('secondModel', params.FileParam, label='Second atomic model (PDB/mmCIF)',
-                      condition='heterogeneity == %d' % HETEROGENEITY_LINEAR,
-                      help="Conformation B: the same atoms as the first model, in the same "
+        _defineModelParams(form, 'secondAtomStruct', 'secondModel', 'second atomic model',
+                           'heterogeneity == %d' % HETEROGENEITY_LINEAR,
+                           "Conformation B: the same atoms as the first model, in the same "
                            "order, at other positions.")
         form.addParam('domainFraction', params.FloatParam, default=0.3,
                       condition='heterogeneity == %d' % HETEROGENEITY_RIGID_REGION,
@@ -180,14 +193,15 @@ class SimulationSettings(MicrographSimulationSettings):
         if source == SOURCE_PHANTOM:
             errors += self._validatePhantom(box, pixel)
         if source == SOURCE_ATOMIC_MODEL:
-            errors += self._validateModelFile(self.atomicModel.get(), 'atomic model')
+            errors += self._validateModel('inputAtomStruct', 'atomicModel', 'atomic model')
         if source == SOURCE_VOLUME:
             errors += self._validateVolume(box, pixel)
         if heterogeneity == HETEROGENEITY_LINEAR:
             if source != SOURCE_ATOMIC_MODEL:
                 errors.append("Linear heterogeneity needs an atomic model file as the "
                               "ground truth (conformation A).")
-            errors += self._validateModelFile(self.secondModel.get(), 'second atomic model')
+            errors += self._validateModel('secondAtomStruct', 'secondModel',
+                                          'second atomic model')
         if heterogeneity == HETEROGENEITY_RIGID_REGION and source != SOURCE_PHANTOM:
             errors.append("Rigid region motion is available for the built-in phantom; for "
                           "an atomic model give a second model and choose 'linear between "
@@ -262,7 +276,7 @@ class SimulationSettings(MicrographSimulationSettings):
             return self.phantomRadius.get() / pixel
         if source == SOURCE_ATOMIC_MODEL:
             try:
-                return synthetic.read_atomic_model(self.atomicModel.get()).radius() / pixel
+                return synthetic.read_atomic_model(self._modelPath()).radius() / pixel
             except (OSError, InvalidDataError):
                 return 0.0  # _validate reports the file
         return 0.0
@@ -282,9 +296,25 @@ class SimulationSettings(MicrographSimulationSettings):
                           "only.")
         return errors
 
+    def _modelPath(self, pointerName='inputAtomStruct', fileName='atomicModel'):
+        """The file of an atomic model: the imported ``AtomStruct`` if one is selected,
+        else the file path given instead (None if neither)."""
+        structure = getattr(self, pointerName).get()
+        if structure is not None:
+            return structure.getFileName()
+        return getattr(self, fileName).get() or None
+
+    def _validateModel(self, pointerName, fileName, what):
+        if getattr(self, pointerName).get() is not None and getattr(self, fileName).get():
+            return ["Give the %s either as an imported atomic structure or as a file, not "
+                    "both (%s: %s)." % (what, self.getParam(fileName).label.get(),
+                                         getattr(self, fileName).get())]
+        return self._validateModelFile(self._modelPath(pointerName, fileName), what)
+
     def _validateModelFile(self, path, what):
         if not path:
-            return ["Give the %s file (PDB or mmCIF)." % what]
+            return ["Give the %s: select an imported atomic structure or give its file "
+                    "(PDB or mmCIF)." % what]
         try:
             synthetic.check_atomic_model_file(path)
         except FileNotFoundError:
@@ -316,7 +346,7 @@ class SimulationSettings(MicrographSimulationSettings):
     def _sourceText(self):
         source = self.source.get()
         if source == SOURCE_ATOMIC_MODEL:
-            return "the atomic model %s" % os.path.basename(self.atomicModel.get() or '')
+            return "the atomic model %s" % os.path.basename(self._modelPath() or '')
         if source == SOURCE_VOLUME:
             return "a volume"
         order = self._symmetryOrder()

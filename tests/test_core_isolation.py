@@ -3,7 +3,8 @@ a layer above its own or takes part in an import cycle.
 
 Layers, lowest first: the core (``cryohess_plugin.core``); the shared names
 (``constants``, ``headless``, ``bibtex``); the Scipion bridge (``convert``, ``plugin`` and
-the package itself); ``protocols``; ``viewers``; the ``demo``; the ``tests``.  Inside the
+the package itself, ``chimerax``); ``protocols``; ``viewers`` and ``wizards``; the ``demo``; the
+``tests``.  Inside the
 core, the numba hot loops live in ``kernels``, which import nothing of the core but
 ``errors``, the root modules (shared conventions) import no method subpackage, and a method subpackage imports no other one (so
 ``synthetic``, the simulator, is used by nobody in the core).  Imports are read from every
@@ -36,7 +37,8 @@ KERNELS = CORE + ".kernels"
 #: Rank of each layer: a module may import modules of its own rank or below.
 LAYERS = {CORE: 0, PLUGIN + ".constants": 1, PLUGIN + ".headless": 1, PLUGIN + ".bibtex": 1,
           PLUGIN: 2, PLUGIN + ".convert": 2, PLUGIN + ".plugin": 2,
-          PLUGIN + ".protocols": 3, PLUGIN + ".viewers": 4, PLUGIN + ".demo": 5,
+          PLUGIN + ".protocols": 3, PLUGIN + ".viewers": 4, PLUGIN + ".wizards": 4,
+          PLUGIN + ".demo": 5,
           PLUGIN + ".tests": 6}
 #: Packages Scipion provides, which the core must never import.
 SCIPION = ("pwem", "pyworkflow")

@@ -19,7 +19,7 @@ import cryohess_plugin
 from cryohess_plugin import bibtex
 import cryohess_plugin.protocols as cryoProtocols
 import cryohess_plugin.viewers as cryoViewers
-from cryohess_plugin.viewers import CryoHessVolumeViewer
+from cryohess_plugin.viewers import CryoHessChimeraXViewer, CryoHessVolumeViewer
 
 PROTOCOL_NAMES = [name for name, cls in inspect.getmembers(cryoProtocols, inspect.isclass)
                   if name.startswith('CryoHessProt')]
@@ -81,7 +81,7 @@ def test_viewer_is_registered(name):
         if target.__name__ in PROTOCOL_NAMES:
             assert viewer in pwem.Domain.findViewers(target.getClassName(), DESKTOP_TKINTER)
         else:
-            assert viewer is CryoHessVolumeViewer
+            assert viewer in (CryoHessVolumeViewer, CryoHessChimeraXViewer)
             assert viewer in pwem.Domain.findViewers(target(), DESKTOP_TKINTER)
 
 

@@ -20,9 +20,10 @@ from .scipion_base import CryoHessTestCase
 SIMULATION = dict(boxSize=32, samplingRate=2.5, numberOfDefocusGroups=3, phantomAtoms=300,
                   phantomRadius=25.0, snr=10.0, shiftSigma=1.0, numberOfThreads=1)
 #: The settings every alignment starts from; a case edits some of them (the local
-#: refinement is switched on by the case that tests it).
+#: refinement is switched on by the case that tests it). The steps counted here are the
+#: search and refinement ones: no rank diagnostics (tests/test_alignment_diagnostics.py).
 SETTINGS = dict(angularStep=15.0, maxShift=2.0, shiftStep=1.0, particlesPerBatch=20,
-                localRefinement=False, numberOfThreads=1)
+                localRefinement=False, diagnosticParticles=0, numberOfThreads=1)
 #: Seconds a killed run may take to write its second batch.
 KILL_TIMEOUT = 120
 

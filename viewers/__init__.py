@@ -6,9 +6,9 @@ from .viewer_micrograph_em import CryoHessMicrographEMViewer
 from .viewer_hyper_molecule import CryoHessHyperMoleculeViewer
 from .viewer_simulate import CryoHessSimulateViewer
 from .viewer_soft_modes import CryoHessSoftModesViewer
-from .viewer_volume import CryoHessVolumeViewer
+from .viewer_volume import CryoHessChimeraXViewer, CryoHessVolumeViewer
 
-__all__ = ["CryoHessAlignParticlesViewer", "CryoHessAlignVolumesViewer",
+__all__ = ["CryoHessAlignParticlesViewer", "CryoHessAlignVolumesViewer", "CryoHessChimeraXViewer",
            "CryoHessFourierPosteriorViewer", "CryoHessHyperMoleculeViewer",
            "CryoHessMicrographEMViewer", "CryoHessRefinePosesViewer", "CryoHessSimulateViewer",
            "CryoHessSoftModesViewer", "CryoHessVolumeViewer"]

@@ -1,5 +1,6 @@
-"""Plots of the radial-SVD alignment: spectra, landscapes, accuracy and speed."""
-import time
+"""Plots of the radial-SVD alignment: spectra, landscapes, accuracy and speed (the last
+three from the rank diagnostics the protocol computed)."""
+import os
 
 import numpy as np
 from pwem.constants import ALIGN_PROJ
@@ -9,12 +10,9 @@ from pyworkflow.viewer import DESKTOP_TKINTER, WEB_DJANGO, ProtocolViewer
 
 from cryohess_plugin import convert
 from cryohess_plugin.constants import ALIGN_SCORE
+from cryohess_plugin.core.alignment.diagnostics import RankDiagnostics, VolumeRankSweep
 from cryohess_plugin.core.rotations import direction_to_euler, projection_directions
 from cryohess_plugin.protocols import CryoHessProtAlignParticles, CryoHessProtAlignVolumes
-
-
-#: Ranks H = H_C = H_D of the volume viewer's landscape metrics (then the full rank).
-RANK_SWEEP = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 
 
 class CryoHessAlignParticlesViewer(ProtocolViewer):
@@ -33,24 +31,21 @@ class CryoHessAlignParticlesViewer(ProtocolViewer):
                            "means few principal rings suffice.")
         form.addParam('particleNumber', params.IntParam, default=1,
                       validators=[params.Positive], label='Particle',
-                      help="Particle (position in the set, from 1) whose landscape is "
-                           "shown.")
+                      help="Particle (position in the set, from 1, among the run's "
+                           "diagnosed particles) whose landscape is shown.")
         form.addParam('displayLandscape', params.LabelParam,
                       label='Landscape over the in-plane angle',
-                      help="Score of the chosen particle against its best reference for "
-                           "every in-plane angle, with H = 1, 2, 4, the automatic H and "
-                           "the full rank R.")
-        form.addParam('subsetSize', params.IntParam, default=40,
-                      validators=[params.Positive], label='Particles for accuracy and speed',
-                      help="The accuracy-versus-H and speed plots realign this many "
-                           "particles (the first ones) at every H.")
+                      help="Score of the chosen particle against its assigned reference "
+                           "for every in-plane angle, with H = 1, 2, 4, the run's H and the "
+                           "full rank R.")
         form.addParam('displayAccuracy', params.LabelParam, label='Accuracy versus H',
                       help="Correlation of the compressed landscapes with the full-rank "
                            "ones, and the fraction of particles whose best reference and "
-                           "in-plane angle (within one step) agree with full rank.")
+                           "in-plane angle (within one step) agree with full rank, over the "
+                           "run's diagnosed particles.")
         form.addParam('displaySpeed', params.LabelParam, label='Measured speed-up',
-                      help="Time to align the subset at the automatic H and at full "
-                           "rank, measured now on this machine.")
+                      help="Time the run took to align its diagnosed particles at its H "
+                           "and at full rank.")
         form.addParam('displayAngularDistribution', params.LabelParam,
                       label='Assigned orientations',
                       help="Viewing directions of the aligned particles (projection "
@@ -82,59 +77,53 @@ class CryoHessAlignParticlesViewer(ProtocolViewer):
         return [plotter]
 
     def _showLandscape(self, paramName=None):
-        subset = self._subset(self.particleNumber.get())
+        diagnostics = self._diagnostics()
+        if diagnostics is None:
+            return [self._noDiagnostics()]
         index = self.particleNumber.get() - 1
-        result = self.protocol._loadResults()
-        template = int(result.template[index])
-        rings = subset.aligner.grid.n_rings
-        auto = int(result.ranks[result.group[index]])
-        gammas = np.rad2deg(subset.aligner.grid.angles)
+        if index >= len(diagnostics.references):
+            return [self.errorMessage("Particle %d was not diagnosed: the run diagnosed its "
+                                      "first %d particles." % (index + 1,
+                                                               len(diagnostics.references)),
+                                      'Landscape')]
+        full = diagnostics.landscape_ranks[-1]
         plotter = EmPlotter(mainTitle='Landscape of particle %d' % (index + 1))
-        axes = plotter.createSubPlot('best reference %d' % (template + 1),
+        axes = plotter.createSubPlot('best reference %d' % (diagnostics.references[index] + 1),
                                      'in-plane angle (deg)', 'score')
-        for rank in sorted({1, 2, 4, auto, rings}):
-            landscape = subset.landscapes(rank)[index, template]
-            axes.plot(gammas, landscape, label='H = %d%s' % (
-                rank, ' (auto)' if rank == auto else ' (full)' if rank == rings else ''))
+        for rank, landscapes in zip(diagnostics.landscape_ranks, diagnostics.landscapes):
+            axes.plot(np.rad2deg(diagnostics.angles), landscapes[index], label='H = %d%s' % (
+                rank, ' (run)' if rank == diagnostics.run_rank else
+                ' (full)' if rank == full else ''))
         axes.legend()
         return [plotter]
 
     def _showAccuracy(self, paramName=None):
-        subset = self._subset(self.subsetSize.get())
-        rings = subset.aligner.grid.n_rings
-        full = subset.landscapes(rings)
-        ranks = np.unique(np.round(np.geomspace(1, rings, 12)).astype(int))
-        correlations, agreement = [], []
-        for rank in ranks:
-            landscape = subset.landscapes(rank)
-            correlations.append(np.corrcoef(landscape.ravel(), full.ravel())[0, 1])
-            agreement.append(_argmax_agreement(landscape, full))
+        diagnostics = self._diagnostics()
+        if diagnostics is None:
+            return [self._noDiagnostics()]
         plotter = EmPlotter(x=1, y=2, mainTitle='Accuracy versus H (%d particles)'
-                            % len(full), figsize=(10, 4))
+                            % len(diagnostics.references), figsize=(10, 4))
         axes = plotter.createSubPlot('Landscape correlation with full rank', 'H',
                                      'correlation')
-        axes.plot(ranks, correlations, 'o-')
+        axes.plot(diagnostics.sweep_ranks, diagnostics.correlation, 'o-')
         axes = plotter.createSubPlot('Same best reference and angle as full rank', 'H',
                                      'fraction of particles')
-        axes.plot(ranks, agreement, 'o-')
+        axes.plot(diagnostics.sweep_ranks, diagnostics.agreement, 'o-')
         axes.set_ylim(0, 1.05)
         return [plotter]
 
     def _showSpeed(self, paramName=None):
-        subset = self._subset(self.subsetSize.get())
-        rings = subset.aligner.grid.n_rings
-        timings = {}
-        for label, rank in (('automatic H', self.protocol._fixedRank()), ('full rank', rings)):
-            started = time.perf_counter()
-            subset.align(rank)
-            timings[label] = time.perf_counter() - started
-        pairs = len(subset.polar) * subset.referenceCount
+        diagnostics = self._diagnostics()
+        if diagnostics is None:
+            return [self._noDiagnostics()]
+        count = len(diagnostics.references)
         plotter = EmPlotter(mainTitle='Measured speed (%d particles x %d references)'
-                            % (len(subset.polar), subset.referenceCount))
-        axes = plotter.createSubPlot('speed-up %.1fx' % (timings['full rank']
-                                                         / timings['automatic H']),
-                                     '', 'image-reference pairs per second')
-        axes.bar(list(timings), [pairs / t for t in timings.values()])
+                            % (count, diagnostics.pairs // count))
+        axes = plotter.createSubPlot('speed-up %.1fx' % diagnostics.speedup(), '',
+                                     'image-reference pairs per second')
+        axes.bar(['H = %d (run)' % diagnostics.run_rank,
+                  'full rank (H = %d)' % diagnostics.sweep_ranks[-1]],
+                 diagnostics.pairs / diagnostics.align_seconds)
         return [plotter]
 
     def _showAssignments(self, paramName=None):
@@ -161,53 +150,14 @@ class CryoHessAlignParticlesViewer(ProtocolViewer):
         return [plotter]
 
     # --------------------------- UTILS functions -----------------------------
-    def _subset(self, count):
-        """The first ``count`` particles, ready to realign at any H."""
-        return _Subset(self.protocol, max(count, self.particleNumber.get()))
+    def _diagnostics(self):
+        """The run's rank diagnostics, or None when it made none."""
+        path = self.protocol._getFileName('diagnostics')
+        return RankDiagnostics.load(path) if os.path.exists(path) else None
 
-
-class _Subset:
-    """Polar transforms and an aligner for the first particles of a run."""
-
-    def __init__(self, protocol, count):
-        from cryohess_plugin.core import polar
-        from cryohess_plugin.core.alignment import ParticleSearch
-        particles = convert.particles_to_arrays(protocol.inputParticles.get(),
-                                                need_ctf=protocol._withCtf(),
-                                                need_alignment=False, limit=count)
-        grid = protocol._grid()
-        self.polar = polar.polar_transform(particles.images, grid, backend="cpu")
-        self.ctfs = particles.ctfs
-        self.pixelSize = particles.pixel_size
-        templates = np.load(protocol._getFileName('references'))['templates']
-        self.referenceCount = len(templates)
-        # The run's radial-SVD stage (its coarse shift lattice), the one H drives.
-        self.aligner = ParticleSearch(grid, templates, protocol._maxShift(),
-                                      protocol.shiftStep.get(),
-                                      tolerance=protocol.rankTolerance.get(),
-                                      ctf_tolerance=protocol.ctfTolerance.get(),
-                                      backend="cpu").aligner
-        result = protocol._loadResults()
-        self.shifts = result.shift[:count]
-
-    def landscapes(self, rank):
-        """``(n, n_references, Q)`` scores at the assigned shifts with ``rank`` rings."""
-        return self.aligner.landscapes(self.polar, rank=rank, ctf_params=self.ctfs,
-                                       pixel_size=self.pixelSize, shifts=self.shifts)
-
-    def align(self, rank):
-        return self.aligner.align(self.polar, ctf_params=self.ctfs, pixel_size=self.pixelSize,
-                                  rank=rank)
-
-
-def _argmax_agreement(landscape, full):
-    """Fraction of images whose best (reference, angle) matches full rank within one angle."""
-    n, _, angles = full.shape
-    best = landscape.reshape(n, -1).argmax(axis=1)
-    bestFull = full.reshape(n, -1).argmax(axis=1)
-    sameReference = best // angles == bestFull // angles
-    step = np.abs(best % angles - bestFull % angles)
-    return float(np.mean(sameReference & (np.minimum(step, angles - step) <= 1)))
+    def _noDiagnostics(self):
+        return self.infoMessage("This run made no rank diagnostics (its 'Particles for the "
+                                "rank diagnostics' is 0).", 'Rank diagnostics')
 
 
 class CryoHessAlignVolumesViewer(ProtocolViewer):
@@ -229,16 +179,12 @@ class CryoHessAlignVolumesViewer(ProtocolViewer):
         form.addParam('displaySlices', params.LabelParam, label='Central slices',
                       help="Central xy, xz and yz slices of the reference and of every "
                            "aligned volume.")
-        form.addParam('metricsVolumes', params.IntParam, default=4,
-                      validators=[params.Positive], label='Volumes for the rank metrics',
-                      help="The landscape metrics against H use this many input volumes "
-                           "(the first ones).")
         form.addParam('displayRankMetrics', params.LabelParam,
                       label='Landscape accuracy versus H (paper Fig. 11)',
                       help="Relative Frobenius error, correlation and mean backward-error "
                            "percentile of the compressed landscapes (H principal shells and "
-                           "degrees) against the unreduced ones, computed now on the input "
-                           "volumes. A low error is not needed: the correlation and the "
+                           "degrees) against the unreduced ones, measured by the run on its "
+                           "first input volumes. A low error is not needed: the correlation and the "
                            "percentile near 1 say the compressed search finds the right "
                            "rotation.")
 
@@ -281,25 +227,19 @@ class CryoHessAlignVolumesViewer(ProtocolViewer):
         return [plotter]
 
     def _showRankMetrics(self, paramName=None):
-        from cryohess_plugin.core.alignment import VolumeAligner
-        from cryohess_plugin.core.alignment.metrics import volume_rank_metrics
-        reference, pixel = convert.volume_to_array(self.protocol.referenceVolume.get())
-        chosen = self.protocol._inputVolumeList()[:self.metricsVolumes.get()]
-        volumes = np.stack([convert.volume_to_array(volume, pixel)[0] for volume in chosen])
-        aligner = VolumeAligner(reference, resolution=self.protocol.maxResolution.get() or None,
-                                pixel_size=pixel)
-        full = max(aligner.shells.n_shells, aligner.shells.max_degree + 1)
-        ranks = [rank for rank in RANK_SWEEP if rank < full] + [full]
-        metrics = volume_rank_metrics(aligner, volumes, ranks)
+        path = self.protocol._getFileName('rankMetrics')
+        if not os.path.exists(path):
+            return [self.infoMessage("This run measured no rank metrics (its 'Volumes for "
+                                     "the rank metrics' is 0).", 'Rank metrics')]
+        sweep = VolumeRankSweep.load(path)
         plotter = EmPlotter(x=1, y=3, mainTitle='Compressed against unreduced landscapes, '
-                            '%d volumes' % len(volumes), figsize=(12, 4))
-        for values, label in (([m.relative_error for m in metrics], 'relative Frobenius error'),
-                              ([m.correlation for m in metrics], 'correlation'),
-                              ([m.backward_error for m in metrics],
-                               'mean backward-error percentile')):
+                            '%d volumes' % sweep.volumes, figsize=(12, 4))
+        for values, label in ((sweep.relative_error, 'relative Frobenius error'),
+                              (sweep.correlation, 'correlation'),
+                              (sweep.backward_error, 'mean backward-error percentile')):
             axes = plotter.createSubPlot(label, 'H = H_C = H_D', label)
-            axes.plot(ranks, values, 'o-')
-            axes.axvline(max(aligner.ranks), color='k', linestyle='--',
-                         label='automatic ranks %s' % (aligner.ranks,))
+            axes.plot(sweep.ranks, values, 'o-')
+            axes.axvline(max(sweep.automatic_ranks), color='k', linestyle='--',
+                         label='automatic ranks %s' % (tuple(sweep.automatic_ranks),))
             axes.legend()
         return [plotter]

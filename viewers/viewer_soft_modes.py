@@ -8,9 +8,11 @@ from pwem.viewers import EmPlotter
 import pyworkflow.protocol.params as params
 from pyworkflow.viewer import DESKTOP_TKINTER, WEB_DJANGO, ProtocolViewer
 
-from cryohess_plugin import convert
+from cryohess_plugin import chimerax, convert
+from cryohess_plugin.constants import SOFT_MODE_INDEX, SOFT_MODE_SIGN
 from cryohess_plugin.core.softmodes import EXPERIMENT_STATEMENT, PoseChangeStatistics
 from cryohess_plugin.protocols import CryoHessProtSoftModes
+from cryohess_plugin.protocols.protocol_soft_modes import OUTPUT_PERTURBED
 
 from .plotting import SECTION_AXES, SECTIONS, colorbar, imagePanel
 
@@ -21,6 +23,8 @@ class CryoHessSoftModesViewer(ProtocolViewer):
     _label = 'viewer Hessian soft modes'
     _targets = [CryoHessProtSoftModes]
     _environments = [DESKTOP_TKINTER, WEB_DJANGO]
+    #: Entries that open another program instead of a plot.
+    NOT_PLOTS = ('displayModeMorph',)
 
     # --------------------------- DEFINE param functions ----------------------
     def _defineParams(self, form):
@@ -43,6 +47,12 @@ class CryoHessSoftModesViewer(ProtocolViewer):
                            "near zero means the mode is invisible in that view. The "
                            "volumes themselves are the outputs outputModes and "
                            "outputPerturbed (open them with Scipion's volume viewers).")
+        form.addParam('displayModeMorph', params.LabelParam, label='Mode morph in ChimeraX',
+                      help="A ChimeraX morph F - εΔF -> F -> F + εΔF of the chosen mode "
+                           "(the maps of outputPerturbed around the input map, with their "
+                           "voxel size and origin), from a script written to the run's "
+                           "extra folder (mode_N_morph.cxc). Without ChimeraX the viewer "
+                           "says where the script is.")
         form.addParam('displaySensitivity', params.LabelParam, label='Sensitivity map',
                       help="Central slices of the per-voxel sensitivity Σ_i ε_i² ΔF_i², "
                            "the squared change of the nearby volumes summed over the "
@@ -80,6 +90,7 @@ class CryoHessSoftModesViewer(ProtocolViewer):
     def _getVisualizeDict(self):
         shows = {'displaySpectrum': self._showSpectrum,
                 'displayMode': self._showMode,
+                'displayModeMorph': self._showModeMorph,
                 'displaySensitivity': self._showSensitivity,
                 'displayShellProfile': self._showShellProfile,
                 'displayPoseChanges': self._showPoseChanges,
@@ -133,6 +144,21 @@ class CryoHessSoftModesViewer(ProtocolViewer):
                                  ha='center', va='bottom', fontsize=7)
         plotter.getFigure().subplots_adjust(bottom=0.2)
         return [plotter]
+
+    def _showModeMorph(self, paramName=None):
+        number = self.modeNumber.get()
+        nearby = {}
+        for volume in getattr(self.protocol, OUTPUT_PERTURBED):
+            if convert.read_column(volume, SOFT_MODE_INDEX) == number:
+                nearby[convert.read_column(volume, SOFT_MODE_SIGN)] = volume.clone()
+        if len(nearby) != 2:
+            return [self.infoMessage("Mode %d has no nearby volumes (it did not converge, or "
+                                     "its eigenvalue is not positive): nothing to morph."
+                                     % number, 'ChimeraX')]
+        path = chimerax.write_script(
+            self.protocol._getExtraPath('mode_%d_morph.cxc' % number),
+            [nearby[-1], self.protocol.inputVolume.get(), nearby[1]], morph=True)
+        return [self.infoMessage(chimerax.open_script(path), 'ChimeraX')]
 
     def _showMode(self, paramName=None):
         index = self.modeNumber.get() - 1

@@ -1,11 +1,14 @@
 """A map viewer that needs nothing but matplotlib, so that every output map of a pip-only
-installation can be looked at (Scipion's own volume viewers need Xmipp or ChimeraX)."""
+installation can be looked at (Scipion's own volume viewers need Xmipp or ChimeraX), and a
+ChimeraX script of the maps, opened in ChimeraX where it is installed."""
+import os
+
 from matplotlib.widgets import Slider
 from pwem.objects import SetOfVolumes, Volume
 from pwem.viewers import EmPlotter
 from pyworkflow.viewer import DESKTOP_TKINTER, Viewer
 
-from cryohess_plugin import convert
+from cryohess_plugin import chimerax, convert
 
 from .plotting import SECTION_AXES, SECTIONS, colorbar, imagePanel
 
@@ -65,3 +68,24 @@ def _sectionSlider(figure, axes, section, array):
 
     slider.on_changed(move)
     return slider
+
+
+class CryoHessChimeraXViewer(Viewer):
+    """Open a map, or the maps of a set, in ChimeraX with their voxel size and origin,
+    through a ``.cxc`` script written next to the run's results. Without ChimeraX the
+    viewer says where the script is."""
+    _label = 'cryohess maps in ChimeraX'
+    _targets = [Volume, SetOfVolumes]
+    _environments = [DESKTOP_TKINTER]
+
+    def _visualize(self, obj, **kwargs):
+        volumes = ([obj] if isinstance(obj, Volume) else
+                   [volume.clone() for volume in obj.iterItems(orderBy='id')])
+        path = chimerax.write_script(self._scriptPath(obj), volumes)
+        return [self.infoMessage(chimerax.open_script(path), 'ChimeraX')]
+
+    def _scriptPath(self, obj):
+        name = 'chimerax_%s.cxc' % (obj.getLastName() or obj.strId())
+        folder = (self.protocol._getExtraPath() if self.protocol is not None
+                  else self.getProject().getTmpPath())
+        return os.path.join(folder, name)

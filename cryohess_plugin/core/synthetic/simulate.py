@@ -364,6 +364,15 @@ class MicrographSimulation:
         centres = np.asarray(self.coordinates[micrograph])
         return centres[:, ::-1] - self.box // 2
 
+    def particle_windows(self):
+        """``(K, box, box)`` float32 boxes of the noisy micrographs at every true centre,
+        micrograph by micrograph (the order of ``coordinates``): what an extraction at
+        the true picks gives, each particle centred (zero shift) with its true pose."""
+        boxes = [self.micrographs[j, y:y + self.box, x:x + self.box]
+                 for j in range(len(self.coordinates)) for y, x in self.top_left(j)]
+        return np.stack(boxes).astype(np.float32) if boxes else np.zeros(
+            (0, self.box, self.box), dtype=np.float32)
+
     def density(self):
         """Share of the micrograph area covered by particle boxes, ``γ = T L² / N²``."""
         area = self.micrographs.shape[1] * self.micrographs.shape[2]
