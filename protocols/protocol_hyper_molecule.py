@@ -211,7 +211,7 @@ class CryoHessProtHyperMolecule(CryoHessProtocolMixin, ProtAnalysis3D):
                           "parts instead." % self.stateDimension.get())
         else:
             maps = self.stateOrder.get() ** self.stateDimension.get()
-            if maps > 1 and maps * MIN_PARTICLES_PER_MAP > particles.getSize():
+            if maps * MIN_PARTICLES_PER_MAP > particles.getSize():
                 errors.append("%d particles cannot support a state basis of order %d in %d "
                               "dimension(s): that needs %d particles. Lower the order or the "
                               "state dimension." % (particles.getSize(), self.stateOrder.get(),

@@ -60,7 +60,7 @@ class CryoHessTestCase(BaseTest):
 class ParticleValidationMixin:
     """Bad particle input and the checks every such protocol makes, for a test case.
 
-    ``setUpClass`` simulates 6 particles and their volume from ``SIMULATION``
+    ``setUpClass`` simulates ``PARTICLES`` particles and their volume from ``SIMULATION``
     (``small``), the same with a box 8 px larger (``large``) and at 3 Å/px
     (``coarse``), and imports the small images without poses or CTF
     (``unaligned``).  A test class sets ``SIMULATION`` and ``PIXEL`` and
@@ -68,11 +68,13 @@ class ParticleValidationMixin:
     """
     SIMULATION = None
     PIXEL = None
+    #: Enough for every check to pass but the one a test provokes.
+    PARTICLES = 6
 
     @classmethod
     def setUpClass(cls):
         setupTestProject(cls)
-        common = dict(cls.SIMULATION, numberOfParticles=6, numberOfDefocusGroups=2)
+        common = dict(cls.SIMULATION, numberOfParticles=cls.PARTICLES, numberOfDefocusGroups=2)
         cls.small = cls.newProtocol(CryoHessProtSimulate, **common)
         cls.launchProtocol(cls.small)
         cls.large = cls.newProtocol(CryoHessProtSimulate,

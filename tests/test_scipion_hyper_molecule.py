@@ -75,7 +75,8 @@ class TestHyperMolecule(CryoHessTestCase):
 
 class TestHyperMoleculeValidation(ParticleValidationMixin, CryoHessTestCase):
     """Bad input is refused by _validate with a message naming the fix."""
-    SIMULATION = dict(SIMULATION, numberOfParticles=6)
+    SIMULATION = SIMULATION
+    PARTICLES = 50  # the fewest one state-basis map needs
     PIXEL = PIXEL
 
     def _errors(self, particles=None, masks=(), **kwargs):
