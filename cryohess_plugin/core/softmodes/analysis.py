@@ -315,7 +315,7 @@ def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, ma
                        backend="auto", progress=None, grid_spacing_deg="auto",
                        memory_budget=1 << 30, rng=0, null_threshold=NULL_THRESHOLD,
                        log_determinant=DEFAULT_LOG_DETERMINANT, map_scale=1.0,
-                       group_scales=None):
+                       group_scales=None, product_form="auto"):
     """Softest modes of ``volume`` for ``experiment`` (module docstring).
 
     :param volume: ``(N, N, N)`` real map.
@@ -349,6 +349,8 @@ def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, ma
         the analysis runs on ``map_scale · volume``, the images' scale.
     :param group_scales: None or ``(G,)`` each defocus group's fitted amplitude over
         ``map_scale``; its CTF² is multiplied by the square.
+    :param product_form: how the Hessian products are formed
+        (:data:`.hessian.PRODUCT_FORMS`; the same operator to round-off).
     :returns: :class:`SoftModeAnalysis`.
     """
     volume = _validate(volume, pixel_size, experiment, resolution, n_modes, noise_variance,
@@ -372,7 +374,7 @@ def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, ma
     noise_power = _noise_power(shells, noise_variance, noise_spectrum)
     operator = AccumulatedHessian(shells, volume_vector, layout, binned, pixel_size, noise_power,
                                   memory_budget=memory_budget, backend=backend,
-                                  group_scales=group_scales)
+                                  group_scales=group_scales, product_form=product_form)
     say(f"Experiment: {experiment.n_images:.0f} images, {experiment.directions.shape[0]} "
         f"directions binned on {binned.directions.shape[0]} grid directions"
         + (f" ({spacing:.2f}°)" if spacing is not None else "")
