@@ -75,6 +75,8 @@ def main():
     parser.add_argument("--views", default="uniform", help="simulate.sample_rotations kind")
     parser.add_argument("--memory-gib", type=float, default=8.0,
                         help="cached harmonics (GiB) of the Hessian products")
+    parser.add_argument("--block", type=int, default=4,
+                        help="residuals the eigensolver adds per iteration")
     parser.add_argument("--product-form", default="auto",
                         help="factored, slices or auto (AccumulatedHessian's product_form)")
     parser.add_argument("--quick", action="store_true",
@@ -104,7 +106,7 @@ def main():
         volume, PIXEL, experiment, resolution, n_modes=args.modes,
         max_products=args.products, tolerance=args.tolerance, backend="cpu",
         memory_budget=int(args.memory_gib * 2 ** 30), progress=clock,
-        product_form=args.product_form)
+        product_form=args.product_form, solver_block=args.block)
     seconds, cpu = time.perf_counter() - start, cpu_seconds() - start_cpu
     peak = tracemalloc.get_traced_memory()[1] / 2 ** 30
     tracemalloc.stop()
@@ -119,8 +121,8 @@ def main():
     wall, cpu_solver, products = clock.solver
     print(f"eigensolver: {products} products in {wall:.1f} s wall, {cpu_solver:.1f} s CPU: "
           f"{wall / max(products, 1):.3f} s wall, {cpu_solver / max(products, 1):.3f} s CPU "
-          f"per product (Rayleigh–Ritz included); product form "
-          f"{args.product_form}")
+          f"per product (Rayleigh–Ritz included); product form {args.product_form}, "
+          f"block {args.block}")
     print(f"λ: {np.array2string(result.eigenvalues, precision=4)}")
     print(f"traced peak {peak:.2f} GiB, max resident set size "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20:.2f} GiB")

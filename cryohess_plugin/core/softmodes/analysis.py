@@ -64,6 +64,8 @@ _PIXEL_TOLERANCE = 1e-3
 VOLUME_FIELDS = ("mode_volumes", "sensitivity")
 #: Relative residual every reported pair must reach (§3.1).
 DEFAULT_TOLERANCE = 1e-3
+#: Residuals the eigensolver adds per iteration (§3.1).
+SOLVER_BLOCK = 4
 #: Probes and Lanczos steps of the log-determinant (§3.3).
 DEFAULT_LOG_DETERMINANT = (4, 30)
 #: What the Hessian describes, said wherever its numbers are shown.
@@ -315,7 +317,7 @@ def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, ma
                        backend="auto", progress=None, grid_spacing_deg="auto",
                        memory_budget=1 << 30, rng=0, null_threshold=NULL_THRESHOLD,
                        log_determinant=DEFAULT_LOG_DETERMINANT, map_scale=1.0,
-                       group_scales=None, product_form="auto"):
+                       group_scales=None, product_form="auto", solver_block=SOLVER_BLOCK):
     """Softest modes of ``volume`` for ``experiment`` (module docstring).
 
     :param volume: ``(N, N, N)`` real map.
@@ -351,6 +353,8 @@ def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, ma
         ``map_scale``; its CTF² is multiplied by the square.
     :param product_form: how the Hessian products are formed
         (:data:`.hessian.PRODUCT_FORMS`; the same operator to round-off).
+    :param solver_block: residuals the eigensolver adds per iteration
+        (:func:`.solver.softest_modes`' ``block``).
     :returns: :class:`SoftModeAnalysis`.
     """
     volume = _validate(volume, pixel_size, experiment, resolution, n_modes, noise_variance,
@@ -387,7 +391,7 @@ def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, ma
     counts = binned.counts
     share = counts.sum(axis=0) / counts.sum()
     spectrum = SamplingSpectrum(operator.harmonics, binned.directions, counts.sum(axis=1),
-                                null_threshold)
+                                null_threshold, grams=operator.sampling_grams)
     coordinates = SampledCoordinates(spectrum, weights, ring * (share @ operator.shell_weights))
     null_per_shell = spectrum.null_counts()
     region = spectrum.region()
@@ -402,7 +406,7 @@ def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, ma
         say(event.message, event.done, event.total, event.values)
 
     modes = softest_modes(projected, n_modes, tolerance=tolerance, max_products=max_products,
-                          rng=rng, progress=report)
+                          block=solver_block, rng=rng, progress=report)
     eigenvalues, converged = modes.eigenvalues, modes.converged
     usable = converged & (eigenvalues > 0)
     epsilon = np.where(converged, np.inf, np.nan)

@@ -230,11 +230,15 @@ class AccumulatedHessian:
             product_form == "auto" and self.backend == "cpu"
             and factored_bytes(self.harmonics, n_directions, experiment.n_groups)
             <= memory_budget)
+        #: :func:`.sampling.sampling_grams` of the experiment's groups when the products
+        #: are factored (for :class:`.sampling.SamplingSpectrum`), else None.
+        self.sampling_grams = None
         if factored:
-            grams = sampling_grams(self.harmonics, experiment.directions, experiment.counts)[0]
+            self.sampling_grams = sampling_grams(self.harmonics, experiment.directions,
+                                                 experiment.counts)
             self.products = FactoredProducts(samples, self.harmonics, block,
                                              self.shell_weights, experiment.counts,
-                                             self._ring_weights, grams,
+                                             self._ring_weights, self.sampling_grams[0],
                                              shells.weights / shells.radii)
         else:
             self.products = hessian_products(self.backend, samples, self.harmonics, block,

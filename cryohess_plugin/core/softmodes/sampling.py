@@ -132,16 +132,20 @@ class SamplingSpectrum:
     :param harmonics: :class:`.hessian.RealHarmonics` (its shells give the degree limits).
     :param directions: ``(D, 3)`` viewing directions.  :param counts: ``(D,)`` images.
     :param threshold: :data:`NULL_THRESHOLD` (relative).
+    :param grams: None, or what :func:`sampling_grams` gave for these directions and any
+        split of these counts into columns (their sum is used), to skip computing it again.
     """
 
-    def __init__(self, harmonics, directions, counts, threshold=NULL_THRESHOLD):
+    def __init__(self, harmonics, directions, counts, threshold=NULL_THRESHOLD, grams=None):
         if not 0 <= threshold < 1:
             raise InvalidDataError(f"the null-space threshold must be in [0, 1), got {threshold}")
         self.harmonics = harmonics
         self.threshold = float(threshold)
-        (even, odd), (self._points, self._weights), (self._even, self._odd) = sampling_grams(
-            harmonics, directions, np.asarray(counts, dtype=np.float64).reshape(-1, 1))
-        grams = (even[0], odd[0])
+        if grams is None:
+            grams = sampling_grams(harmonics, directions,
+                                   np.asarray(counts, dtype=np.float64).reshape(-1, 1))
+        (even, odd), (self._points, self._weights), (self._even, self._odd) = grams
+        grams = (even.sum(axis=0), odd.sum(axis=0))
         n_even = harmonics.n_even
         self._parity_degrees = (harmonics.degrees[:n_even], harmonics.degrees[n_even:])
         #: ``{limit: ((values_even, vectors_even), (values_odd, vectors_odd))}``, ascending.
