@@ -114,7 +114,7 @@ def test_factored_products_equal_the_slices_and_fall_back_beyond_the_budget(setu
                         forms["slices"].matmat(vectors, implicit)) < 1e-12
     assert relative(forms["factored"].pose_changes(vectors),
                     forms["slices"].pose_changes(vectors)) < 1e-12
-    needed = products.factored_bytes(forms["factored"].harmonics, 37, 2)
+    needed = products.factored_bytes(shells, 37, 2)
     auto = {budget: AccumulatedHessian(shells, volume_vector, layout, experiment, PIXEL_SIZE,
                                        memory_budget=budget).products
             for budget in (needed, needed - 1)}

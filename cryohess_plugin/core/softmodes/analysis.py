@@ -43,6 +43,7 @@ from ..spherical import ShellGrid, SphericalTransform, shells_to_volume
 from .experiment import ViewingExperiment, hemisphere_grid, particle_assignment, rebin
 from ..storage import StoredFields, load_fields, save_fields
 from .hessian import BLOCK_BYTES, AccumulatedHessian
+from .products import COUPLING_DIRECTIONS, factored_bytes
 from .layout import RealLayout
 from .sampling import (NULL_THRESHOLD, POINT_BLOCK, SampledCoordinates, SamplingSpectrum,
                        sphere_grid)
@@ -591,9 +592,23 @@ def analysis_memory(box, pixel_size, resolution, n_modes=8, n_groups=1, memory_b
     probes, steps = log_determinant or (0, 0)
     solver = (2 * max(6 * wanted, MIN_SEARCH_SPACE) + probes * steps) * parameters * 8
     volumes = (wanted * _MODE_VOLUME_BYTES + _VOLUME_WORK_COPIES * 16) * box ** 3
-    setup = harmonics + 2 * slices + recomputed + product
-    run = harmonics + slices + recomputed + max(product, volumes) + bases + solver
-    return int(max(setup, harmonics + slices + sampling, run))
+    if factored_bytes(shells, directions, n_groups) > memory_budget:
+        setup = harmonics + 2 * slices + recomputed + product
+        run = harmonics + slices + recomputed + max(product, volumes) + bases + solver
+        return int(max(setup, harmonics + slices + sampling, run))
+    # Factored products (.products.FactoredProducts): the sampling operators of the
+    # groups (and the harmonics on their grid, kept), then the coupling built from the
+    # pose-derivative slices with one block of harmonics evaluated at a time.
+    factors = factored_bytes(shells, directions, n_groups)
+    tables = grid * columns * 8
+    grams = 2 * tables + max(density, n_groups * columns ** 2 * 8 // 2)
+    batch = 2 * COUPLING_DIRECTIONS * columns * 3 * radii * 8
+    mode_slices = 4 * rows * 3 * radii * 8
+    setup = factors + tables + 2 * slices + rows * columns * 8 + batch + mode_slices
+    blocks = 2 * directions * n_groups * 9 * 8
+    product = 4 * wanted * (3 * directions * radii + 3 * directions * n_groups) * 8
+    run = factors + tables + blocks + max(product, volumes) + bases + solver
+    return int(max(grams, setup, run))
 
 
 #: Bands below this 2πK say nothing about a map's modes (the authors start at 8).

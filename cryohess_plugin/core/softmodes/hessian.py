@@ -228,7 +228,7 @@ class AccumulatedHessian:
         #: The backend's :class:`.products.HessianProducts`, which every product runs in.
         factored = product_form == "factored" or (
             product_form == "auto" and self.backend == "cpu"
-            and factored_bytes(self.harmonics, n_directions, experiment.n_groups)
+            and factored_bytes(shells, n_directions, experiment.n_groups)
             <= memory_budget)
         #: :func:`.sampling.sampling_grams` of the experiment's groups when the products
         #: are factored (for :class:`.sampling.SamplingSpectrum`), else None.
@@ -257,6 +257,7 @@ class AccumulatedHessian:
             derivative_im.append(np.einsum("dab,dqbr->adqr", matrices, v_im))
         derivatives = (np.concatenate(derivative_re, axis=1),
                        np.concatenate(derivative_im, axis=1))  # (3, D, Q/2, R)
+        del derivative_re, derivative_im  # the blocks' copies, before the products' set-up
         u_re, u_im = derivatives
         gram = (np.einsum("adqr,bdqr->drab", u_re, u_re, optimize=True)
                 + np.einsum("adqr,bdqr->drab", u_im, u_im, optimize=True))

@@ -181,18 +181,19 @@ class HostProducts(HessianProducts):
 COUPLING_DIRECTIONS = 16
 
 
-def factored_bytes(harmonics, n_directions, n_groups):
-    """Bytes :class:`FactoredProducts` keeps: the coupling ``3 D n`` doubles and the
-    per-shell fixed-pose matrices, with the groups' sampling operators while they are
-    combined."""
-    limits = harmonics.shells.degree_limits
-    widths = [(int(np.searchsorted(part, limit, side="right")))
-              for part in (harmonics.degrees[:harmonics.n_even],
-                           harmonics.degrees[harmonics.n_even:]) for limit in limits]
-    shell_matrices = sum(w * w for w in widths)
-    n_odd = harmonics.degrees.size - harmonics.n_even
-    grams = n_groups * (harmonics.n_even ** 2 + n_odd ** 2)
-    return 8 * (3 * n_directions * harmonics.size + shell_matrices + grams)
+def parity_widths(limit):
+    """``(even, odd)`` real harmonics of degrees ``<= limit`` (columns of each parity)."""
+    degrees = np.arange(int(limit) + 1)
+    return (int(np.sum(2 * degrees[0::2] + 1)), int(np.sum(2 * degrees[1::2] + 1)))
+
+
+def factored_bytes(shells, n_directions, n_groups):
+    """Bytes :class:`FactoredProducts` keeps: the coupling (``3 D n`` doubles), the
+    per-shell fixed-pose matrices and the groups' sampling operators."""
+    shell_matrices = sum(w * w for limit in shells.degree_limits for w in parity_widths(limit))
+    n_parameters = int(np.sum((shells.degree_limits + 1) ** 2))
+    grams = n_groups * sum(w * w for w in parity_widths(shells.max_degree))
+    return 8 * (3 * n_directions * n_parameters + shell_matrices + grams)
 
 
 class FactoredProducts(HostProducts):
@@ -220,12 +221,8 @@ class FactoredProducts(HostProducts):
     def __init__(self, samples, harmonics, block, shell_weights, counts, ring_weights, grams,
                  radial):
         super().__init__(samples, harmonics, block, False, shell_weights, counts, ring_weights)
-        limits = harmonics.shells.degree_limits
-        n_even = harmonics.n_even
-        #: Per shell: (its even columns, its odd columns) as two widths.
-        self._widths = [(int(np.searchsorted(harmonics.degrees[:n_even], limit, side="right")),
-                         int(np.searchsorted(harmonics.degrees[n_even:], limit, side="right")))
-                        for limit in limits]
+        #: Per shell: its even and its odd columns.
+        self._widths = [parity_widths(limit) for limit in harmonics.shells.degree_limits]
         # ρ_r Σ_g w_{g,r} S_g on each shell's leading block, per parity.
         self._fixed = []
         for r, (even, odd) in enumerate(self._widths):
