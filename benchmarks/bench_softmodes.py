@@ -75,7 +75,7 @@ def main():
     parser.add_argument("--views", default="uniform", help="simulate.sample_rotations kind")
     parser.add_argument("--memory-gib", type=float, default=8.0,
                         help="cached harmonics (GiB) of the Hessian products")
-    parser.add_argument("--block", type=int, default=4,
+    parser.add_argument("--block", type=int, default=8,
                         help="residuals the eigensolver adds per iteration")
     parser.add_argument("--product-form", default="auto",
                         help="factored, slices or auto (AccumulatedHessian's product_form)")

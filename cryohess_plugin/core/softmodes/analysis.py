@@ -66,7 +66,7 @@ VOLUME_FIELDS = ("mode_volumes", "sensitivity")
 #: Relative residual every reported pair must reach (§3.1).
 DEFAULT_TOLERANCE = 1e-3
 #: Residuals the eigensolver adds per iteration (§3.1).
-SOLVER_BLOCK = 4
+SOLVER_BLOCK = 8
 #: Probes and Lanczos steps of the log-determinant (§3.3).
 DEFAULT_LOG_DETERMINANT = (4, 30)
 #: What the Hessian describes, said wherever its numbers are shown.

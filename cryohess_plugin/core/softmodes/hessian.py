@@ -38,7 +38,10 @@ direction's ring are shared by every shell, so a slice is one dense
 small next to it.  :class:`AccumulatedHessian` sets up the geometry and the
 pose blocks once and runs every product in the :class:`.products.HessianProducts`
 of its backend, chosen once: NumPy BLAS on the CPU, ``numba.cuda`` kernels on
-a device (:mod:`.products_cuda`).
+a device (:mod:`.products_cuda`).  On the CPU the slices serve only to set up the
+factored products (:class:`.products.FactoredProducts`) when their factors fit the
+memory budget: the fixed-pose part per shell from the groups' sampling operators, the
+pose part from three adjoint slices per direction.
 
 Real harmonics.  :class:`.layout.RealLayout` is the real parametrisation
 (``A_l0 = i^l x``, ``A_lm = (a + i b) / √2`` for ``m > 0``).

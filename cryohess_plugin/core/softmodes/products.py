@@ -4,9 +4,12 @@
 squared CTFs over the noise, ring weights) and the pose blocks; every product with volume
 changes runs in a :class:`HessianProducts` that :func:`.hessian.hessian_products` picks
 once from the backend (as the projector picks its kernels): :class:`HostProducts` here
-(NumPy BLAS) or :class:`.products_cuda.DeviceProducts` (``numba.cuda``).  Both take stacks
-of shell columns ``(k, R, P)`` (:meth:`.hessian.RealHarmonics.to_columns`) in and give host
-arrays out.  Formulas: ``docs/methods/hessian_soft_modes.md`` §2.5 and §2.7.
+(NumPy BLAS) or :class:`.products_cuda.DeviceProducts` (``numba.cuda``), both of which
+slice every direction per product, or, on the CPU when its factors fit the memory budget,
+:class:`FactoredProducts` (the same operator from factors set up once, ``(L + 1) / 3``
+times fewer flops).  All take stacks of shell columns ``(k, R, P)``
+(:meth:`.hessian.RealHarmonics.to_columns`) in and give host arrays out.  Formulas:
+``docs/methods/hessian_soft_modes.md`` §2.5 and §2.7.
 """
 from abc import ABC, abstractmethod
 
