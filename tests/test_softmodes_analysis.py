@@ -91,12 +91,18 @@ def test_accumulated_operator_equals_the_per_image_hessian_on_grid_poses(setup, 
         assert relative(binned[index, groups], per_image) < 1e-10
 
 
-def test_factored_products_equal_the_slices_and_fall_back_beyond_the_budget(setup,
-                                                                          monkeypatch):
+@pytest.mark.parametrize("box, max_frequency", [(BOX, MAX_FREQUENCY), (32, 7.5)])
+def test_factored_products_equal_the_slices_and_fall_back_beyond_the_budget(
+        box, max_frequency, monkeypatch):
     """Off-grid directions with uneven counts, an empty (direction, group), two groups, and
-    the coupling built in batches of five directions (the last one short)."""
-    shells, layout, _, volume_vector = setup
+    the coupling built in batches of five directions (the last one short); at L = 10 one
+    band of harmonic columns, at L = 24 two per parity."""
+    shells = spherical.ShellGrid.from_max_frequency(box, max_frequency)
+    layout = RealLayout(shells)
     rng = np.random.default_rng(5)
+    decay = np.exp(-np.arange(shells.max_degree + 1) / 4.0)
+    volume_vector = layout.to_real_vector(layout.from_real_vector(
+        rng.standard_normal(layout.n_parameters)) * decay[None, :, None])
     directions = rng.standard_normal((37, 3))
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
     counts = rng.uniform(0.5, 3.0, (37, 2))
@@ -107,6 +113,7 @@ def test_factored_products_equal_the_slices_and_fall_back_beyond_the_budget(setu
                                       noise_sigma2=0.7, product_form=form)
              for form in ("factored", "slices")}
     assert isinstance(forms["factored"].products, products.FactoredProducts)
+    assert len(forms["factored"].products._bands[0]) == (1 if box == BOX else 2)
     assert type(forms["slices"].products) is products.HostProducts
     vectors = rng.standard_normal((3, layout.n_parameters))
     for implicit in (True, False):

@@ -250,17 +250,25 @@ class FactoredProducts(HostProducts):
             for start in range(where.start, min(where.stop, n_directions), COUPLING_DIRECTIONS):
                 stop = min(start + COUPLING_DIRECTIONS, where.stop, n_directions)
                 rows = slice((start - where.start) * self.half, (stop - where.start) * self.half)
-                for harmonic, u, offset in zip(block, (u_re, u_im), (0, 1)):
+                for harmonic, u, parity, bands in zip(block, (u_re, u_im), (0, 1), self._bands):
                     table = harmonic[rows].reshape(stop - start, self.half, -1)
-                    # (d, P, Q/2) @ (d, Q/2, 3 R): each direction's adjoint slices.
-                    values = table.transpose(0, 2, 1) @ u[:, start:stop].transpose(
-                        1, 2, 0, 3).reshape(stop - start, self.half, 3 * n_shells)
-                    values = values.reshape(stop - start, -1, 3, n_shells) * self._ring_weights
-                    for r, widths in enumerate(self._widths):
-                        first = 0 if offset == 0 else widths[0]
-                        width = widths[offset]
-                        target = coupling[r][first:first + width].reshape(width, 3, n_directions)
-                        target[:, :, start:stop] = values[:, :width, :, r].transpose(1, 2, 0)
+                    for column, end, first in bands:
+                        # (d, b, Q/2) @ (d, Q/2, 3 R'): each direction's adjoint slices of
+                        # the band's columns, for the shells that read them.
+                        values = table[:, :, column:end].transpose(0, 2, 1) @ u[
+                            :, start:stop, :, first:].transpose(1, 2, 0, 3).reshape(
+                            stop - start, self.half, -1)
+                        values = (values.reshape(stop - start, end - column, 3, -1)
+                                  * self._ring_weights[first:])
+                        for r in range(first, n_shells):
+                            width = min(end, self._widths[r][parity]) - column
+                            if width <= 0:
+                                continue
+                            offset = column + (self._widths[r][0] if parity else 0)
+                            target = coupling[r][offset:offset + width].reshape(
+                                width, 3, n_directions)
+                            target[:, :, start:stop] = values[:, :width, :, r - first].transpose(
+                                1, 2, 0)
         self._coupling = coupling
 
     def _overlaps(self, columns):
