@@ -342,8 +342,8 @@ def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, ma
     :param progress: None or a callable taking :class:`.progress.Progress` events.
     :param grid_spacing_deg: ``"auto"`` (:func:`auto_grid_spacing`), a spacing in degrees
         to bin the experiment's directions on, or None to use them as given.
-    :param memory_budget: bytes for cached harmonics
-        (:class:`.hessian.AccumulatedHessian`).
+    :param memory_budget: bytes for the factored products' factors, or else the cached
+        harmonics (:class:`.hessian.AccumulatedHessian`).
     :param rng: seed of the eigensolver's start vectors and the log-determinant's probes.
     :param null_threshold: relative sampling below which a component is unsampled
         (:mod:`.sampling`).
@@ -566,7 +566,10 @@ def analysis_memory(box, pixel_size, resolution, n_modes=8, n_groups=1, memory_b
     search space and products (``2 max(6 (n_modes + guard), 160) n`` doubles), the
     log-determinant's Lanczos vectors, and, after the products, the mode volumes and the
     volume transforms' work arrays (``box³`` each).  The largest of the phases that hold
-    them at once.
+    them at once.  When the factored products' factors fit ``memory_budget``
+    (:func:`.products.factored_bytes`, ``3 D n`` doubles and the per-shell matrices) they
+    replace the harmonics, which are then evaluated one block at a time while the factors
+    are set up, and the sampling operators' grid harmonics stay.
     """
     shells = ShellGrid.for_resolution(box, pixel_size, resolution)
     degree, radii = shells.max_degree, shells.n_shells
