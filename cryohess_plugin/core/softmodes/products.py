@@ -200,7 +200,7 @@ def factored_bytes(shells, n_directions, n_groups):
 
 
 class FactoredProducts(HostProducts):
-    """The products from two factors set up once, without slices (the CPU default).
+    """The products from two factors set up once, no slices per product (the CPU default).
 
     ``docs/methods/hessian_soft_modes.md`` §2.7.  The fixed-pose part does not couple
     shells: on shell ``r`` it is ``ρ_r Σ_g (C²_{g,r}/σ²_r) S_g``, with ``S_g`` the sampling
