@@ -19,7 +19,9 @@ Speed, on ``--n`` noise-free particles, shifts searched to ``--max-shift`` px
   groups, kernels, eigenvectors, compressed templates, image compression, the
   pruned search, the full-rank re-scoring of the best candidates with each
   particle's CTF);
-* the same without re-scoring, and the full-rank path (``H = R``, exact);
+* the same without re-scoring, and the full-rank path (``H = R``, exact), with
+  the same exact pruning as the compressed search (``pruning="always"``) and
+  dense (``pruning="never"``);
 * the per-particle 2-D CTF on the templates' side: each rotated template
   multiplied by the particle's CTF, ``C_i (R_gamma B)``, then the inner
   product, all rings; the same landscape as multiplying the image by its CTF
@@ -28,6 +30,13 @@ Speed, on ``--n`` noise-free particles, shifts searched to ``--max-shift`` px
   linear in particles and shifts);
 * brute-force real-space search (spline rotation of every template at every
   angle and shift, no CTF), on ``--brute-templates`` templates, extrapolated.
+
+Compression alone, on ``--n`` particles at in-band SNR 0.1 (white noise),
+searched at the zero shift only: the automatic rank against full rank with the
+same exact pruning and dense, threads equal on both sides (all numba threads and
+FFT workers, then one), best of ``--repeats``; the assignments (template and
+angle) must be identical.  Then where the automatic rank's time goes (cProfile,
+own time per function).
 
 Accuracy, on ``--accuracy-n`` particles per in-band SNR and noise colour,
 shifts searched on a 1 px lattice to ``--accuracy-shift`` px (the issue's
@@ -40,17 +49,22 @@ everywhere (``NUMBA_NUM_THREADS=1 OMP_NUM_THREADS=1``) it is stable on a
 machine shared with other jobs.
 
     python benchmarks/bench_alignment.py [--n 1024] [--snr inf 0.1 0.03] [--quick]
-                                         [--clock wall|cpu] [--volumes]
+                                         [--clock wall|cpu] [--no-accuracy] [--volumes]
 """
 import argparse
+import cProfile
 import os
+import pstats
 import time
 import tracemalloc
 
 import numba
 import numpy as np
 
+from threadpoolctl import threadpool_limits
+
 from cryohess_plugin.core import noise, rotations
+from cryohess_plugin.core.fourier import fft_workers, set_fft_workers
 from cryohess_plugin.core.alignment.brute_force import rotated_inner_products
 from cryohess_plugin.core.alignment.radial_svd import (RadialSVDAligner, alignment_grid,
                                                        rotations_from_alignment, shift_grid)
@@ -128,6 +142,8 @@ def main():
     parser.add_argument("--quick", action="store_true",
                         help="256 particles, 4 groups, SNR inf and 0.1, 64 for accuracy, "
                              "one repeat")
+    parser.add_argument("--no-accuracy", action="store_true",
+                        help="speed and compression tables only")
     parser.add_argument("--volumes", action="store_true",
                         help="also run the volume benchmark (bench_volume_alignment.py) "
                              "with its defaults")
@@ -173,7 +189,8 @@ def main():
     timings = {}
     for name, options in (("radial-SVD, automatic H", {}),
                           ("radial-SVD, no re-scoring", dict(refine_candidates=0)),
-                          ("full rank (H = R)", dict(rank=grid.n_rings))):
+                          ("full rank (H = R), pruned", dict(rank=grid.n_rings, pruning="always")),
+                          ("full rank (H = R)", dict(rank=grid.n_rings, pruning="never"))):
         construct, built = best_time(lambda: aligner(**options), args.repeats, clock)
         search, result = best_time(
             lambda: built.align(image_polar, timed.ctf_params, PIXEL), args.repeats, clock)
@@ -196,22 +213,23 @@ def main():
 
     full_construct, full_search, full = timings["full rank (H = R)"]
     full_time = full_construct + full_search
+    pruned_time = sum(timings["full rank (H = R), pruned"][:2])
     print("\n| method | construction (s) | search (s) | total (s) | (particle, shift, template) "
-          "triples/s, all angles | speed-up vs full rank | same template, angle and shift as "
-          "full rank |")
-    print("|---|---|---|---|---|---|---|")
+          "triples/s, all angles | speed-up vs full rank | vs full rank, pruned | same template, "
+          "angle and shift as full rank |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, (construct, search, result) in timings.items():
         total = construct + search
         same = np.mean((result.template == full.template) & (result.angle == full.angle)
                        & np.all(result.shift == full.shift, axis=1))
         print(f"| {name} | {construct:.3f} | {search:.3f} | {total:.3f} | {n_pairs / search:.3g} | "
-              f"{full_time / total:.2f}x | {same:.4f} |")
+              f"{full_time / total:.2f}x | {pruned_time / total:.2f}x | {same:.4f} |")
     print(f"| per-particle 2-D CTF on the rotated templates, all rings (extrapolated from "
           f"{args.template_side} particles x 1 shift) | - | - | {side_total:.0f} | "
-          f"{n_pairs / side_total:.3g} | {full_time / side_total:.4f}x | - |")
+          f"{n_pairs / side_total:.3g} | {full_time / side_total:.4f}x | - | - |")
     print(f"| brute force, real space, no CTF (extrapolated from {args.brute_templates} of "
           f"{len(template_rotations)} templates) | - | - | {brute_total:.0f} | "
-          f"{n_pairs / brute_total:.3g} | {full_time / brute_total:.4f}x | - |")
+          f"{n_pairs / brute_total:.3g} | {full_time / brute_total:.4f}x | - | - |")
     print(f"\ntemplate-side and image-side CTF landscapes differ by {side_difference:.1e} "
           "(relative, max)")
     ranks = timings["radial-SVD, automatic H"][2].ranks
@@ -225,6 +243,18 @@ def main():
           f"triples; peak memory of one run (tracemalloc) {peak / 2 ** 20:.0f} MiB, input polar "
           f"samples {image_polar.nbytes / 2 ** 20:.0f} MiB")
 
+    noisy = particles(args.n, 0.1)
+    compression_rows(grid, template_polar, polar_transform(noisy.images, grid),
+                     noisy.ctf_params, args.repeats, clock, args.block_size)
+
+    if not args.no_accuracy:
+        accuracy_table(args, aligner, particles, grid, template_rotations)
+    if args.volumes:
+        run_volume_benchmark()
+
+
+def accuracy_table(args, aligner, particles, grid, template_rotations):
+    """Rotation and shift accuracy per in-band SNR and noise colour."""
     searched = shift_grid(args.accuracy_shift, 1.0)
     accurate = aligner(searched)
     print(f"\naccuracy: {args.accuracy_n} particles per row, {len(searched)} shifts searched "
@@ -248,8 +278,51 @@ def main():
                     built.align(data_polar, data.ctf_params, PIXEL), template_rotations, data)
                 print(f"| {snr:g} | {whole:.3g} | {colour} | {name} | {within_one:.3f} | "
                       f"{within_two:.3f} | {shifted:.3f} |")
-    if args.volumes:
-        run_volume_benchmark()
+
+
+def compression_rows(grid, template_polar, image_polar, ctf, repeats, clock, block_size):
+    """Compression alone: automatic H against full rank, pruned and dense, threads equal."""
+    print(f"\ncompression alone: {len(image_polar)} particles at in-band SNR 0.1 x "
+          f"{len(template_polar)} templates, zero shift")
+    print("\n| threads | method | search (s) | pairs/s | compression factor (vs full rank, "
+          "pruned) | vs full rank, dense | angle DFTs evaluated | identical assignments |")
+    print("|---|---|---|---|---|---|---|---|")
+    threads, workers = numba.get_num_threads(), fft_workers()
+    pairs = len(image_polar) * len(template_polar)
+    for count in sorted({threads, 1}, reverse=True):
+        numba.set_num_threads(count)
+        set_fft_workers(count)
+        with threadpool_limits(count):
+            aligners = {name: RadialSVDAligner(grid, template_polar, block_size=block_size,
+                                               **options)
+                        for name, options in (
+                            ("automatic H", {}),
+                            ("full rank, pruned", dict(rank=grid.n_rings, pruning="always")),
+                            ("full rank, dense", dict(rank=grid.n_rings, pruning="never")))}
+            for built in aligners.values():  # compile outside the timings
+                built.align(image_polar[:8], ctf[:8], PIXEL)
+            times = {name: best_time(lambda: built.align(image_polar, ctf, PIXEL), repeats, clock)
+                     for name, built in aligners.items()}
+            if count == 1:
+                profile = cProfile.Profile()
+                profile.runcall(aligners["automatic H"].align, image_polar, ctf, PIXEL)
+        pruned, dense = times["full rank, pruned"], times["full rank, dense"]
+        for name, (seconds, result) in times.items():
+            same = np.mean((result.template == dense[1].template)
+                           & (result.angle == dense[1].angle))
+            share = result.statistics.evaluated / result.statistics.pairs
+            print(f"| {count} | {name} | {seconds:.3f} | {pairs / seconds:.3g} | "
+                  f"{pruned[0] / seconds:.2f}x | {dense[0] / seconds:.2f}x | {share:.1%} | "
+                  f"{same:.4f} |")
+    numba.set_num_threads(threads)
+    set_fft_workers(workers)
+    stats = pstats.Stats(profile).stats
+    total = sum(entry[2] for entry in stats.values())
+    print(f"\nautomatic H on one thread, where the time goes ({total:.2f} s of own time, "
+          "cProfile):")
+    for seconds, name in sorted(((entry[2], f"{name[2]} ({os.path.basename(name[0])})")
+                                 for name, entry in stats.items()), reverse=True)[:8]:
+        print(f"  {seconds / total:6.1%}  {name}")
 
 
 def run_volume_benchmark():

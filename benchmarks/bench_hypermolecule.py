@@ -82,7 +82,11 @@ def run_chains(problem, settings, chains, log=True):
                          if log else None)
         chain.report.interval = 60
         states.append(chain.run())
-        print(f"chain {c + 1}: {time.time() - start:.0f} s", flush=True)
+        recorded = {name: np.mean(values[settings.burn_in:])
+                    for name, values in states[-1].traces.items()
+                    if name.startswith("acceptance_")}
+        print(f"chain {c + 1}: {time.time() - start:.0f} s; acceptance after burn-in "
+              + ", ".join(f"{k[11:]} {v:.2f}" for k, v in recorded.items()), flush=True)
     template = problem.validate()
     return hm.summarize_chains(states, hm.map_series(template, settings.map_count),
                                problem.data.box, [c.name for c in problem.components],
@@ -98,7 +102,10 @@ def recovery(args):
                                 sim.shifts)
     print(f"simulated {args.n} particles in {time.time() - start:.0f} s; {data.kx.size} "
           f"frequencies inside the band {args.band}", flush=True)
-    settings = hm.SamplerSettings(sweeps=args.sweeps, burn_in=args.burn_in, seed=0)
+    settings = hm.SamplerSettings(sweeps=args.sweeps, burn_in=args.burn_in, seed=0,
+                                  reparametrise=args.warps,
+                                  coefficient_draw=args.draw,
+                                  solver_iterations=args.solver_iterations)
     problem = hm.HyperMoleculeProblem(data, [hm.Component("molecule", 1)], order=args.order)
     tracemalloc.start()
     start, cpu = time.time(), time.process_time()
@@ -128,6 +135,8 @@ def recovery(args):
           "worst (tracked tau included)", round(result.worst_rhat(), 3))
     print("ESS:", {k: f"{v:.0f}" for k, v in result.ess.items() if not k.startswith("tau")},
           flush=True)
+    if args.skip_single:
+        return
     # The same particle count, noise and band in a single state (the middle one).
     middle = state_model(a, b, 0.5)
     single = simulate.simulate_particles(middle, args.n, BOX, PIXEL, rng=2, snr=SNR,
@@ -165,7 +174,9 @@ def aligned(args):
     data = hm.prepare_particles(sim.images, sim.ctf_params, PIXEL, args.band, rotations,
                                 found.shift)
     settings = hm.SamplerSettings(sweeps=args.sweeps, burn_in=args.burn_in, seed=0,
-                                  sample_rotations=True)
+                                  sample_rotations=True, reparametrise=args.warps,
+                                  coefficient_draw=args.draw,
+                                  solver_iterations=args.solver_iterations)
     problem = hm.HyperMoleculeProblem(data, [hm.Component("molecule", 1)], order=args.order)
     start = time.time()
     result = run_chains(problem, settings, args.chains)
@@ -189,7 +200,10 @@ def pretzel(args):
     components = [hm.Component("ring", 0, ring), hm.Component("arm", 1, arm),
                   hm.Component("arm copy", 1, shares=1, symmetry=C2_Z)]
     problem = hm.HyperMoleculeProblem(data, components, order=args.order)
-    settings = hm.SamplerSettings(sweeps=args.sweeps, burn_in=args.burn_in, seed=0)
+    settings = hm.SamplerSettings(sweeps=args.sweeps, burn_in=args.burn_in, seed=0,
+                                  reparametrise=args.warps,
+                                  coefficient_draw=args.draw,
+                                  solver_iterations=args.solver_iterations)
     start = time.time()
     result = run_chains(problem, settings, args.chains)
     print(f"\npretzel, particles {args.n}, box {box}, band {band}, chains {args.chains}, "
@@ -240,7 +254,10 @@ def calibration(args):
     data = hm.prepare_particles(images, sim.ctf_params, pixel, band, sim.rotations, sim.shifts)
     problem = hm.HyperMoleculeProblem(data, [hm.Component("molecule", 1)], order=2,
                                       backend="cpu")
-    settings = hm.SamplerSettings(sweeps=args.sweeps, burn_in=args.burn_in, seed=0)
+    settings = hm.SamplerSettings(sweeps=args.sweeps, burn_in=args.burn_in, seed=0,
+                                  reparametrise=args.warps,
+                                  coefficient_draw=args.draw,
+                                  solver_iterations=args.solver_iterations)
     start, cpu = time.time(), time.process_time()
     result = run_chains(problem, settings, args.chains, log=False)
     mean, interval = result.tau_mean[:, 0], result.tau_interval[:, 0]
@@ -306,6 +323,14 @@ def main():
     parser.add_argument("--band", type=float, default=16.0)
     parser.add_argument("--order", type=int, default=3)
     parser.add_argument("--snr", type=float, default=1.0, help="calibration mode only")
+    parser.add_argument("--skip-single", action="store_true",
+                        help="recovery mode: skip the single-state reference run")
+    parser.add_argument("--warps", action="store_true",
+                        help="make the joint warp moves of states and coefficients")
+    parser.add_argument("--draw", choices=("langevin", "exact"), default="langevin",
+                        help="coefficient update: a Langevin step or an exact conditional draw")
+    parser.add_argument("--solver-iterations", type=int, default=40,
+                        help="conjugate-gradient steps of an exact conditional draw")
     parser.add_argument("--short", action="store_true",
                         default=bool(os.environ.get("CRYOHESS_BENCH_SHORT")),
                         help="a quick smoke run: few particles and sweeps")

@@ -37,7 +37,6 @@ import numba
 import numpy as np
 
 from cryohess_plugin.core import rotations
-from cryohess_plugin.core.kernels import alignment_pruned_cpu
 from cryohess_plugin.core.polar import PolarGrid, polar_transform
 from cryohess_plugin.core.projector import FourierSliceProjector
 from cryohess_plugin.core.synthetic import atoms, phantoms, simulate
@@ -59,12 +58,6 @@ def agreement(first, second, n_angles, tolerance):
                          & (np.minimum(steps, n_angles - steps) <= 1)
                          & (np.linalg.norm(first.shift[:count] - second.shift, axis=1)
                             <= tolerance)))
-
-
-def pruned_everywhere(aligner):
-    """The aligner with the exact pruned search at every rank (full rank included)."""
-    aligner._search_kernels = lambda pruned: alignment_pruned_cpu
-    return aligner
 
 
 def main():
@@ -174,8 +167,8 @@ def compression_rows(grid, template_polar, image_polar, ctf, repeats):
     for count in sorted({threads, 1}, reverse=True):
         numba.set_num_threads(count)
         automatic = RadialSVDAligner(grid, template_polar)
-        full_pruned = pruned_everywhere(RadialSVDAligner(grid, template_polar, rank=grid.n_rings))
-        full_dense = RadialSVDAligner(grid, template_polar, rank=grid.n_rings)
+        full_pruned = RadialSVDAligner(grid, template_polar, rank=grid.n_rings, pruning="always")
+        full_dense = RadialSVDAligner(grid, template_polar, rank=grid.n_rings, pruning="never")
         for aligner in (automatic, full_pruned, full_dense):
             aligner.align(image_polar[:8], ctf[:8], PIXEL)
         times = {}

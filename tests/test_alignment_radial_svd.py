@@ -423,6 +423,106 @@ def test_pruned_search_equals_dense_search(grid, volume, templates, snr, rank):
     assert evaluated < 0.15 * seen
 
 
+@pytest.mark.parametrize("refine", [0, 4])
+def test_pruning_always_gives_the_full_rank_assignments_of_the_dense_search(grid, volume,
+                                                                            templates, refine):
+    """``pruning="always"`` at full rank (the exact baseline of the compression) keeps every
+    pose of evaluating every pair (``"never"``) on noisy, astigmatic, shifted particles in two
+    CTF groups, while it evaluates the angle DFT of a few pairs only; the default prunes
+    only below ``H = R / 2``."""
+    _, template_polar = templates
+    particles = simulate.simulate_particles(volume, 24, BOX, PIXEL, rng=13, n_groups=2,
+                                            shift_sigma=1.0, snr=0.1, astigmatism=800.0,
+                                            keep_clean=False, backend="cpu")
+    images = polar_transform(particles.images, grid, backend="cpu")
+    results = {}
+    for pruning in ("always", "never", "auto"):
+        aligner = RadialSVDAligner(grid, template_polar, rank=grid.n_rings, pruning=pruning,
+                                   shifts=shift_grid(1.0, 1.0), refine_candidates=refine,
+                                   backend="cpu", dtype=np.float64)
+        results[pruning] = aligner.align(images, particles.ctf_params, PIXEL, top_k=3)
+    pruned, dense = results["always"], results["never"]
+    for name in ("top_template", "top_angle", "top_shift"):
+        np.testing.assert_array_equal(getattr(pruned, name), getattr(dense, name))
+    np.testing.assert_allclose(pruned.top_score, dense.top_score, rtol=1e-12)
+    assert dense.statistics.evaluated == dense.statistics.pairs
+    assert pruned.statistics.evaluated < 0.2 * pruned.statistics.pairs
+    assert results["auto"].statistics.evaluated == results["auto"].statistics.pairs
+    with pytest.raises(ValueError, match="pruning"):
+        RadialSVDAligner(grid, template_polar[:4], pruning="sometimes")
+
+
+def test_automatic_pruning_turns_dense_without_changing_the_poses(grid, volume, templates,
+                                                                monkeypatch):
+    """``pruning="auto"`` runs a call's later CTF groups dense once a pruned group evaluated
+    more than its share of pairs; the poses stay those of either search."""
+    from cryohess_plugin.core.alignment import radial_svd
+    _, template_polar = templates
+    particles = simulate.simulate_particles(volume, 30, BOX, PIXEL, rng=15, n_groups=3,
+                                            snr=0.05, keep_clean=False, backend="cpu")
+    images = polar_transform(particles.images, grid, backend="cpu")
+    monkeypatch.setattr(radial_svd, "_PRUNED_SHARE", 0.0)
+    results = {pruning: RadialSVDAligner(grid, template_polar, pruning=pruning,
+                                         refine_candidates=0, ctf_tolerance=0, backend="cpu",
+                                         dtype=np.float64).align(images, particles.ctf_params,
+                                                                 PIXEL, top_k=3)
+               for pruning in ("auto", "always", "never")}
+    assert len(results["auto"].ranks) > 1
+    for name in ("top_template", "top_angle", "top_shift"):
+        np.testing.assert_array_equal(getattr(results["auto"], name),
+                                      getattr(results["never"], name))
+        np.testing.assert_array_equal(getattr(results["always"], name),
+                                      getattr(results["never"], name))
+    evaluated = {pruning: result.statistics.evaluated for pruning, result in results.items()}
+    assert evaluated["always"] < evaluated["auto"] < evaluated["never"]
+
+
+def test_search_band_keeps_the_energy_of_the_compressed_templates(grid, volume, templates):
+    """The compressed search's angular band leaves out at most ``band_tolerance`` of the
+    compressed templates' energy, full rank keeps every frequency; the kernels (dense and
+    pruned) then compute exactly the band-limited landscape on all ``Q`` angles."""
+    _, template_polar = templates
+    aligner = RadialSVDAligner(grid, template_polar, backend="cpu", dtype=np.float64)
+    rings = aligner.principal_rings()
+    compressed, zero = aligner._compressed_templates([rings])[0]
+    half = grid.n_angles // 2
+    band = aligner._search_band(compressed, rings.rank)
+    assert 2 <= band < half
+    energy = np.sum(np.abs(compressed[:, :, 1:]) ** 2, axis=(0, 1))
+    assert energy[band - 1:].sum() <= aligner.band_tolerance * energy.sum()
+    assert energy[band - 2:].sum() > aligner.band_tolerance * energy.sum()
+    assert aligner._search_band(compressed, grid.n_rings) == half
+    unbanded = RadialSVDAligner(grid, template_polar[:4], band_tolerance=0, backend="cpu")
+    assert unbanded._search_band(compressed, rings.rank) == half
+
+    particles = simulate.simulate_particles(volume, 9, BOX, PIXEL, rng=14, n_groups=1,
+                                            snr=0.1, keep_clean=False, backend="cpu")
+    images = polar_transform(particles.images, grid, backend="cpu")
+    projections = aligner._projections(rings)
+    coefficients, image_zero = aligner._compress(images, projections, band)
+    assert coefficients.shape[-1] == band - 1
+    scale = np.ones(aligner.n_templates)
+    prepared = aligner._prepare_templates(rings, alignment_cpu, len(images), scale,
+                                          (compressed, zero), band)
+    landscapes = alignment_cpu.landscapes(prepared, coefficients, image_zero)
+    # The band-limited sum written out: q = 0 and 2 Re over 1 <= q < band.
+    xhat = np.einsum("ihq,hbq->ibq", coefficients.conj(), compressed[:, :, 1:band])
+    gamma = grid.angles
+    q = np.arange(1, band)
+    expected = (image_zero @ zero.T)[..., None] + 2 * np.einsum(
+        "ibq,qj->ibj", xhat, np.exp(-1j * q[:, None] * gamma[None])).real
+    assert relative_max(landscapes, aligner._factor * expected) <= 1e-10
+    tops = []
+    for kernels in (alignment_cpu, alignment_pruned_cpu):
+        prepared = aligner._prepare_templates(rings, kernels, len(images), scale,
+                                              (compressed, zero), band)
+        top = [np.full((len(images), 3), -np.inf), *np.zeros((3, len(images), 3), np.int64)]
+        kernels.search(prepared, coefficients, image_zero, 1, *top)
+        tops.append(top)
+    for dense, pruned in zip(*tops):
+        np.testing.assert_allclose(pruned, dense, rtol=1e-12)
+
+
 @pytest.mark.parametrize("tail", [0.0, 1.0])
 def test_pruned_search_is_exact_for_any_split_of_the_bound(grid, volume, templates, tail,
                                                            monkeypatch):

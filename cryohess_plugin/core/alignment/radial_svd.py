@@ -102,6 +102,9 @@ from ..storage import load_fields, save_fields
 
 #: How the templates are centred before their kernel (:func:`radial_kernel`).
 KERNEL_CENTRINGS = ("template", "population")
+#: When the CPU search prunes (:class:`RadialSVDAligner`, ``pruning``): below ``H = R / 2``
+#: (``"auto"``), at every rank, full rank included (``"always"``), or never.
+PRUNING_MODES = ("auto", "always", "never")
 #: The paper's band, ``K = 48`` radians per half box, in cycles per box
 #: (``docs/methods/radial_svd_alignment.md`` §1.1).
 PAPER_MAX_FREQUENCY = 48 / np.pi
@@ -112,6 +115,12 @@ MIN_RANK = 4
 _TEMPLATE_CHUNK = 512
 # Images per chunk of the full-rank refinement.
 _REFINE_CHUNK = 128
+# With ``pruning="auto"``, once a pruned group of an ``align`` call evaluated the
+# angle DFT of more than this share of its pairs, the call's later groups use the
+# dense GEMMs: on the 128 px benchmark a pair's DFT alone costs about 3.5 times a
+# dense pair, so pruning stops paying near a quarter (noisy, mismatched
+# references at in-band SNR 0.1 pass half of the pairs; noise-free, under 1 %).
+_PRUNED_SHARE = 0.2
 # Images or templates per batch of ring FFTs: input and output stay in the
 # L2 cache (10-15 % faster than batches of 128).
 _FFT_CHUNK = 32
@@ -496,21 +505,38 @@ class RadialSVDAligner:
         template) pairs, so small CTF groups still make large GEMMs.  The CPU
         keeps about ``150 * block_size^2 * 4`` bytes of work arrays (float32,
         ``Q`` about 100).
-    Below ``H = R / 2`` the CPU search prunes (:mod:`.kernels.alignment_pruned_cpu`):
-    it computes every pair's compressed ``Xhat`` at the low angular
-    frequencies (cheap at small ``H``; Cauchy-Schwarz for the weak high
-    ones) and from it an exact upper bound of the pair's landscape, and evaluates the
-    angle DFT, the larger part of a pair's cost, only for the pairs whose
-    bound reaches the image's top-k, visited in decreasing order of bound
-    (well under 1 % of them, with or without noise); same poses as
-    evaluating every pair.  At higher rank, full rank included, the dense
-    GEMMs are used.  The CUDA kernels evaluate every pair (the pruning is a
-    data-dependent walk per image that would idle most threads of a warp).
+    :param band_tolerance: the compressed search (``H < R``) whose candidates
+        the full-rank refinement re-scores keeps the angular frequencies
+        ``q < M'`` that hold all but this share of its compressed templates'
+        energy (:meth:`_search_band`; 0 keeps all ``Q / 2``), on the same ``Q``
+        angles.  Without refinement every frequency is kept.
+    :param pruning: when the CPU search prunes (below): ``"auto"`` below
+        ``H = R / 2`` while the bounds leave out most pairs (a call's groups
+        turn dense after one that evaluated more than :data:`_PRUNED_SHARE`),
+        ``"always"`` at every rank (full rank included: the exact
+        baseline that compression is measured against), ``"never"`` evaluates
+        every pair.  The poses are the same in every mode; only the time
+        differs.  The CUDA kernels never prune.
+    By default (``pruning="auto"``), below ``H = R / 2`` the CPU search
+    prunes (:mod:`.kernels.alignment_pruned_cpu`): it computes every pair's
+    compressed ``Xhat`` at the low angular frequencies (cheap at small ``H``;
+    Cauchy-Schwarz for the weak high ones) and from it an exact upper bound of
+    the pair's landscape, and evaluates the angle DFT, the larger part of a
+    pair's cost, only for the pairs whose bound reaches the image's top-k,
+    visited in decreasing order of bound; same poses as evaluating every
+    pair.  Without noise well under 1 % of the pairs pass; with noise and a
+    reference that is not the particles' map about half do, and the dense
+    GEMMs are faster, so ``"auto"`` turns to them for the rest of the call.
+    At higher rank, full rank included, the dense GEMMs are used unless
+    ``pruning="always"``.  The CUDA kernels evaluate every pair (the pruning
+    is a data-dependent walk per image that would idle most threads of a
+    warp).
     """
 
     def __init__(self, grid, template_polar, rank=None, tolerance=1e-2, min_rank=MIN_RANK,
                  shifts=None, ctf_tolerance=5e-2, kernel_centring="template", dtype=np.float32,
-                 backend="auto", block_size=256, exact_zero_frequency=True, refine_candidates=4):
+                 backend="auto", block_size=256, exact_zero_frequency=True, refine_candidates=4,
+                 pruning="auto", band_tolerance=1e-4):
         if not isinstance(grid, PolarGrid):
             raise TypeError(f"grid must be a PolarGrid, got {type(grid).__name__}")
         self.grid = grid
@@ -526,6 +552,12 @@ class RadialSVDAligner:
             raise InvalidDataError(f"block_size must be at least 1, got {block_size}")
         if ctf_tolerance < 0:
             raise InvalidDataError(f"the CTF grouping tolerance must be >= 0, got {ctf_tolerance}")
+        if pruning not in PRUNING_MODES:
+            raise ValueError(f"pruning must be one of {PRUNING_MODES}, got {pruning!r}")
+        self.pruning = pruning
+        if not 0 <= band_tolerance < 1:
+            raise InvalidDataError(f"the band tolerance must lie in [0, 1), got {band_tolerance}")
+        self.band_tolerance = float(band_tolerance)
         self.dtype, self.complex_dtype = working_dtypes(dtype)
         self.rank = None if rank is None else self._checked_rank(rank)
         self.tolerance = float(tolerance)
@@ -712,17 +744,18 @@ class RadialSVDAligner:
             return _Projections(image, np.diag(self._eta), template, np.diag(self._eta))
         return _Projections(image, image, template, template)
 
-    def _compress(self, polar, projections):
-        """Coefficients ``(n, H, Q/2 - 1)`` of ``q = 1 .. Q/2 - 1`` and ``(n, K)`` of ``q = 0``.
+    def _compress(self, polar, projections, band=None):
+        """Coefficients ``(n, H, M' - 1)`` of ``q = 1 .. M' - 1`` and ``(n, K)`` of ``q = 0``.
 
-        ``polar`` are CTF-multiplied image samples.  The rings are projected
-        first and then transformed over the angles (the two commute), so only
-        ``H`` rings go through the FFT.
+        ``polar`` are CTF-multiplied image samples; ``band`` ``M'`` (None:
+        ``Q/2``).  The rings are projected first and then transformed over the
+        angles (the two commute), so only ``H`` rings go through the FFT.
         """
         n_angles = self.grid.n_angles
         polar = np.ascontiguousarray(polar, dtype=self.complex_dtype)
         rings = _project_rings(projections.image, polar)
-        coefficients = scipy.fft.fft(rings, axis=-1, workers=fft_workers())[..., 1:n_angles // 2]
+        coefficients = scipy.fft.fft(rings, axis=-1, workers=fft_workers())[
+            ..., 1:n_angles // 2 if band is None else band]
         coefficients /= n_angles
         zero = polar.mean(axis=-1).real @ projections.image_zero.T
         return coefficients.astype(self.complex_dtype), zero
@@ -747,24 +780,50 @@ class RadialSVDAligner:
             start += p.template.shape[0]
         return out
 
-    def _prepare_templates(self, rings, kernels, rows, scale, compressed=None):
+    def _prepare_templates(self, rings, kernels, rows, scale, compressed=None, band=None):
         """Templates of one group, compressed, for a kernel module.
 
         Blocks hold ``block_size^2 / rows`` templates for image blocks of
         ``rows`` rows; ``scale`` ``(n_B,)`` multiplies each template's
         landscape; ``compressed`` the group's entry of
-        :meth:`_compressed_templates` when computed already.
+        :meth:`_compressed_templates` when computed already; ``band`` the
+        frequencies ``q < band`` kept (None: all).
         """
         width = max(1, min(self.n_templates, self.block_size ** 2 // rows))
         if compressed is None:
             compressed = self._compressed_templates([rings])[0]
         compressed, zero = compressed
-        return kernels.prepare_templates(compressed[:, :, 1:].transpose(1, 0, 2), zero, scale,
+        return kernels.prepare_templates(compressed[:, :, 1:band].transpose(1, 0, 2), zero, scale,
                                          self.grid.n_angles, self._factor, width, self.dtype)
 
-    def _search_kernels(self, pruned):
-        """Kernel module of one group's search: the pruned one on the CPU when ``pruned``."""
-        return alignment_pruned_cpu if pruned and self.backend == "cpu" else self._kernels
+    def _search_band(self, compressed, rank):
+        """Frequencies ``M'`` the compressed search keeps (``q < M'``; ``Q / 2``: all).
+
+        The fewest leading frequencies whose compressed template coefficients
+        ``compressed`` ``(H, n_B, Q/2)`` leave at most :attr:`band_tolerance` of
+        their energy over ``q >= 1`` out.  The principal rings favour the
+        strong inner rings, whose angular band is narrow: on the 128 px
+        benchmark, ``H = 7`` leaves 1e-4 of the energy above ``q = 22`` of 48,
+        so the angle DFT and the products cost half.  Full rank keeps all.
+        """
+        half = self.grid.n_angles // 2
+        if rank >= self.grid.n_rings or self.band_tolerance == 0:
+            return half
+        energy = np.einsum("hbq,hbq->q", compressed[:, :, 1:].real, compressed[:, :, 1:].real,
+                           dtype=np.float64)
+        energy += np.einsum("hbq,hbq->q", compressed[:, :, 1:].imag, compressed[:, :, 1:].imag,
+                            dtype=np.float64)
+        if not energy.sum() > 0:
+            return half
+        # tails[n]: the share of the energy at q >= n + 1.
+        tails = np.cumsum(energy[::-1])[::-1] / energy.sum()
+        return int(np.argmax(np.append(tails, 0.0) <= self.band_tolerance)) + 1
+
+    def _prunes(self, rank):
+        """Whether the search of a group of rank ``rank`` prunes (:attr:`pruning`)."""
+        if self.backend != "cpu" or self.pruning == "never":
+            return False
+        return self.pruning == "always" or 2 * rank <= self.grid.n_rings
 
     # ----------------------------------------------------------------- alignment
     def align(self, image_polar, ctf_params=None, pixel_size=None, top_k=1, progress=None,
@@ -802,25 +861,31 @@ class RadialSVDAligner:
         ranks = np.empty(n_groups, dtype=np.int64)
         done = 0
         all_rings = [self.principal_rings(profile, rank) for profile in groups.profiles]
-        pruned = [2 * rings.rank <= self.grid.n_rings for rings in all_rings]
-        # The pruned groups' templates (small H) are compressed together in one GEMM.
-        compressed = dict(zip(np.flatnonzero(pruned), self._compressed_templates(
-            [rings for rings, p in zip(all_rings, pruned) if p]) if any(pruned) else []))
+        pruned = [self._prunes(rings.rank) for rings in all_rings]
+        # The templates of the pruned groups of small H are compressed together in
+        # one GEMM (at large H, all groups' at once would take hundreds of MB).
+        batched = [p and 2 * rings.rank <= self.grid.n_rings for rings, p in zip(all_rings, pruned)]
+        compressed = dict(zip(np.flatnonzero(batched), self._compressed_templates(
+            [rings for rings, b in zip(all_rings, batched) if b]) if any(batched) else []))
         statistics = SearchStatistics()
+        prune_pays = True
         for g, rings in enumerate(all_rings):
             eigenvalues[g], ranks[g] = rings.eigenvalues, rings.rank
             members = np.flatnonzero(groups.labels == g)
             template_scale = self._template_scale(rings.ctf)
-            kernels = self._search_kernels(pruned[g])
-            templates = self._prepare_templates(rings, kernels,
-                                                min(per_block, members.size) * n_shifts,
-                                                template_scale,
-                                                compressed=compressed.pop(g, None))
-            projections = self._projections(rings)
+            prunes = pruned[g] and (prune_pays or self.pruning == "always")
+            kernels = alignment_pruned_cpu if prunes else self._kernels
             # The search's norms are the group's; the refinement scores with each
             # image's own CTF, so it also runs at full rank when there is one.
             refine = self.refine_candidates > 0 and (rings.rank < self.grid.n_rings
                                                      or power is not None)
+            group_templates = compressed.pop(g, None) or self._compressed_templates([rings])[0]
+            # Only a search whose candidates are re-scored leaves out frequencies.
+            band = self._search_band(group_templates[0], rings.rank) if refine else None
+            templates = self._prepare_templates(rings, kernels,
+                                                min(per_block, members.size) * n_shifts,
+                                                template_scale, group_templates, band)
+            projections = self._projections(rings)
             for start in range(0, members.size, per_block):
                 index = members[start:start + per_block]
                 polar = image_polar[index]
@@ -831,18 +896,21 @@ class RadialSVDAligner:
                     # The refinement needs every ring's coefficients: transform all
                     # rings once and compress those (projection and FFT commute).
                     full = self._full_coefficients(polar, ctf, None if identity else phases)
-                    coefficients, zero = self._compress_coefficients(full, projections)
+                    coefficients, zero = self._compress_coefficients(full, projections, band)
                 else:
                     if ctf is not None:
                         polar = polar * ctf
-                    rows = [self._compress(polar if identity else polar * phase, projections)
-                            for phase in phases]
+                    rows = [self._compress(polar if identity else polar * phase, projections,
+                                           band) for phase in phases]
                     coefficients = np.stack([c for c, _ in rows], axis=1).reshape(
                         (-1,) + rows[0][0].shape[1:])
                     zero = np.stack([z for _, z in rows], axis=1).reshape(-1,
                                                                           rows[0][1].shape[1])
                 block = top.select(index)
-                statistics += kernels.search(templates, coefficients, zero, n_shifts, *block)
+                searched = kernels.search(templates, coefficients, zero, n_shifts, *block)
+                statistics += searched
+                if prunes and searched.evaluated > _PRUNED_SHARE * searched.pairs:
+                    prune_pays = False
                 if refine:
                     block = self._refine(full, None if power is None
                                          else power[groups.index[index]], template_scale,
@@ -893,24 +961,31 @@ class RadialSVDAligner:
         half = self.grid.n_angles // 2
         n_shifts = 1 if phases is None else phases.shape[0]
         out = np.empty((polar.shape[0], n_shifts, polar.shape[1], half), self.complex_dtype)
+        # One work array for every chunk: the shifted copies (tens of MB a chunk)
+        # would otherwise be fresh memory, page faults and all, every time.
+        work = np.empty((min(_FFT_CHUNK, polar.shape[0]), n_shifts) + polar.shape[1:],
+                        self.complex_dtype)
         for start in range(0, polar.shape[0], _FFT_CHUNK):
             chunk = slice(start, start + _FFT_CHUNK)
             part = polar[chunk, None].astype(self.complex_dtype, copy=False)
             if ctf is not None:
                 part = part * ctf[chunk, None]
-            shifted = part if phases is None else part * phases[None]
-            out[chunk] = scipy.fft.fft(shifted, axis=-1,
-                                       overwrite_x=ctf is not None or phases is not None,
-                                       norm="forward", workers=fft_workers())[..., :half]
+            shifted = work[:part.shape[0]]
+            if phases is None:
+                shifted[...] = part
+            else:
+                np.multiply(part, phases[None], out=shifted)
+            out[chunk] = scipy.fft.fft(shifted, axis=-1, overwrite_x=True, norm="forward",
+                                       workers=fft_workers())[..., :half]
         return out
 
-    def _compress_coefficients(self, full, projections):
-        """:meth:`_compress` of :meth:`_full_coefficients`: ``(n S, H, Q/2 - 1)``, ``(n S, K)``.
+    def _compress_coefficients(self, full, projections, band=None):
+        """:meth:`_compress` of :meth:`_full_coefficients`: ``(n S, H, M' - 1)``, ``(n S, K)``.
 
         Projecting the coefficients equals transforming the projected rings.
         """
         rows = full.shape[0] * full.shape[1]
-        compressed = _project_rings(projections.image, full)[..., 1:]
+        compressed = _project_rings(projections.image, full[..., :band])[..., 1:]
         zero = full[..., 0].real.reshape(rows, -1) @ projections.image_zero.T
         return compressed.reshape((rows,) + compressed.shape[2:]), zero
 

@@ -56,9 +56,12 @@ class BandLikelihood:
         self._kernels.weighted_residuals(*arguments, out)
         return out
 
-    def residuals(self, slices, weights, shifts):
-        """``(n, m)`` plain residuals ``Y - model`` (for the per-shell noise power)."""
+    def model_spectra(self, slices, weights, shifts):
+        """``(n, m)`` the model's spectra ``CTF · phase · Σ_q w_q S_q``."""
         phase = np.exp((-2j * np.pi / self.box)
                        * (np.outer(shifts[:, 0], self.kx) + np.outer(shifts[:, 1], self.ky)))
-        combined = np.einsum("nq,nqm->nm", weights, slices)
-        return (self.spectra - self.ctf * phase * combined).astype(np.complex64)
+        return self.ctf * phase * np.einsum("nq,nqm->nm", weights, slices)
+
+    def residuals(self, slices, weights, shifts):
+        """``(n, m)`` plain residuals ``Y - model`` (for the per-shell noise power)."""
+        return (self.spectra - self.model_spectra(slices, weights, shifts)).astype(np.complex64)

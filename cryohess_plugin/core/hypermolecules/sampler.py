@@ -8,8 +8,12 @@ One sweep is a composition of Metropolis–Hastings updates, each leaving the po
   (random walk; the slices are reused, only the phase changes), the log-contrast
   (random walk under a normal prior) and, when asked, the rotation (a left so(3) random
   walk, or with a small probability a fresh uniform rotation);
+* the states of all particles jointly with the coefficients: monotone warps of ``τ`` with
+  the matching re-expansion of the coefficients (:mod:`.reparametrisation`);
 * the coefficients: one preconditioned MALA step with the gradient from the projector's
-  adjoint; the preconditioner is a per-shell filter ``1 / (β H(|k|) + λ_q)`` with the data
+  adjoint, or (``coefficient_draw="exact"``) a draw from their Gaussian conditional by
+  perturbation–optimisation with a Metropolis–Hastings correction of the solver's error
+  (:mod:`.conditional`); the preconditioner is a per-shell filter ``1 / (β H(|k|) + λ_q)`` with the data
   precision ``H`` measured by a Hessian probe, so all frequencies move at one pace.
 
 Burn-in marches the band up (coarse to fine), raises the likelihood's temperature from
@@ -32,6 +36,8 @@ from ..noise import shell_noise_power
 from .data import shell_precision
 from .likelihood import BandLikelihood
 from .model import HyperMolecule
+from .conditional import conjugate_gradient, reflection_step
+from .reparametrisation import FAMILIES, propose_warp
 
 #: Target acceptance of the random-walk proposals and of MALA during burn-in.
 RANDOM_WALK_ACCEPTANCE, MALA_ACCEPTANCE = 0.3, 0.57
@@ -53,7 +59,7 @@ NOISE_EVERY = 10
 MAX_MALA_STEP = 1.0
 #: Largest proposal scales the adaptation may reach (a τ step beyond the unit interval
 #: only re-draws it uniformly).
-MAX_STEPS = {"mala": MAX_MALA_STEP, "tau": 0.5}
+MAX_STEPS = {"mala": MAX_MALA_STEP, "tau": 0.5, "warp": 2.0}
 
 
 @dataclass
@@ -75,6 +81,13 @@ class SamplerSettings:
         proposal scales (adapted during burn-in).
     :param global_rotation_probability, global_tau_probability: share of fresh uniform
         proposals (escapes from local modes).
+    :param reparametrise: make the joint warp moves of the states and the coefficients
+        (one per warp family and sweep, after the warm-up; off by default, see
+        docs/methods/hyper_molecules.md §5.5 on what they do with Langevin steps).
+    :param warp_step: starting scale of the warp parameter ``θ`` (adapted during burn-in).
+    :param coefficient_draw: ``"langevin"`` (one preconditioned Langevin step per sweep)
+        or ``"exact"`` (a conditional draw, :mod:`.conditional`).
+    :param solver_iterations: conjugate-gradient steps of an exact draw.
     :param warmup: share of burn-in whose coefficient updates are preconditioned gradient
         steps without noise (a search for the posterior's bulk, not sampling).
     :param spectral_start: start the states from the leading heterogeneity directions of
@@ -104,6 +117,10 @@ class SamplerSettings:
     mala_step: float = 0.5
     global_rotation_probability: float = 0.05
     global_tau_probability: float = 0.1
+    reparametrise: bool = False
+    warp_step: float = 0.05
+    coefficient_draw: str = "langevin"
+    solver_iterations: int = 40
     warmup: float = 0.4
     spectral_start: bool = True
     grid_points: int = 16
@@ -121,6 +138,9 @@ class SamplerSettings:
             raise InvalidDataError("the initial temperature must lie in (0, 1]")
         if not self.band_fractions or any(not 0 < f <= 1 for f in self.band_fractions):
             raise InvalidDataError("band fractions must lie in (0, 1]")
+        if self.coefficient_draw not in ("langevin", "exact") or self.solver_iterations < 1:
+            raise InvalidDataError("the coefficient draw must be 'langevin' or 'exact', with at "
+                                   "least one solver iteration")
         return self
 
     @property
@@ -309,6 +329,7 @@ class Chain:
             self.state = ChainState.load(checkpoint)
         else:
             self.state = self._initial_state()
+        self.state.steps.setdefault("warp", settings.warp_step)
         self.model = None
         self.hessian = None
 
@@ -336,7 +357,8 @@ class Chain:
             states=states, shifts=data.shifts.copy(), log_contrast=np.zeros(n),
             rotations=data.rotations.copy(),
             steps={"tau": s.tau_step, "shift": s.shift_step, "contrast": s.contrast_step,
-                   "rotation": np.deg2rad(s.rotation_step_deg), "mala": s.mala_step},
+                   "rotation": np.deg2rad(s.rotation_step_deg), "mala": s.mala_step,
+                   "warp": s.warp_step},
             noise_power=np.zeros(0) if noise is None else noise, prior_scale=0.0,
             rng_state=rng.bit_generator.state, traces={},
             tau_samples=np.zeros((0, n, self.state_size), np.float32),
@@ -679,6 +701,48 @@ class Chain:
         self.log_likelihood[accept] = new[accept]
         return float(accept[~fresh].mean()) if (~fresh).any() else 0.0
 
+    def _move_warps(self, rng, beta):
+        """Joint warps of every particle's state and the coefficients (docs/methods/
+        hyper_molecules.md §5.5): one proposal per warp family and owner, a random axis,
+        ``θ ~ N(0, step²)``; the slices follow the coefficients linearly, so nothing is
+        re-projected."""
+        model, st = self.model, self.state
+        rates = []
+        maps = sum(model.coefficients[m].shape[0] for m in model.owners)
+        voxels = model.coefficient_count // maps
+        for m in model.owners:
+            users = [c for c in self.columns if model.owner(c) == m]
+            if not users:
+                continue
+            for family in FAMILIES:
+                axis = int(rng.integers(0, model.components[m].state_dimension))
+                theta = st.steps["warp"] * rng.standard_normal()
+                moved, coefficients, matrix, log_jacobian = propose_warp(
+                    [st.states[:, self.columns[c]] for c in users], model.coefficients[m],
+                    model.bases[m], family, axis, theta, voxels)
+                states = st.states.copy()
+                slices = self.slices.copy()
+                combine = matrix.astype(np.complex64)
+                for c, values in zip(users, moved):
+                    states[:, self.columns[c]] = values
+                    terms = [t for t, (tc, _, _) in enumerate(model.terms) if tc == c]
+                    slices[:, terms] = np.einsum("qp,npm->nqm", combine, self.slices[:, terms])
+                proposal = dict(model.coefficients)
+                proposal[m] = coefficients
+                weights = self._weights(states, st.log_contrast)
+                new = self.likelihood.log_likelihoods(slices, weights, st.shifts)
+                log_ratio = (beta * (new.sum() - self.log_likelihood.sum())
+                             + self.log_prior(proposal) - self.log_prior(model.coefficients)
+                             + log_jacobian)
+                accepted = bool(np.log(rng.random()) < log_ratio)
+                if accepted:
+                    model.coefficients = proposal
+                    st.states, self.slices, self.weights = states, slices, weights
+                    self.log_likelihood = new
+                    self.grids = model.grids()
+                rates.append(float(np.exp(min(log_ratio, 0.0))))
+        return float(np.mean(rates)) if rates else np.nan
+
     def log_prior(self, coefficients):
         return -0.5 * sum(float(np.sum(self.prior_precision[m][:, None, None, None]
                                         * coefficients[m] ** 2)) for m in self.model.owners)
@@ -735,6 +799,92 @@ class Chain:
             self.grids, self.slices = evaluated["grids"], evaluated["slices"]
             self.log_likelihood = evaluated["values"]
             self._current_gradient = evaluated["gradient"]
+        return rate
+
+    def _maps(self, flat):
+        """``{owner: coefficient maps}`` of a flat vector (the inverse of :meth:`_flat`)."""
+        out, start = {}, 0
+        for m in self.model.owners:
+            shape = self.model.coefficients[m].shape
+            count = int(np.prod(shape))
+            out[m] = flat[start:start + count].reshape(shape)
+            start += count
+        return out
+
+    def _vector(self, maps):
+        return np.concatenate([maps[m].ravel() for m in self.model.owners])
+
+    def _adjoint_of(self, spectra):
+        """``2 Aᵀ W s`` for spectra ``s`` at the current latents, in the band."""
+        model, st = self.model, self.state
+        saved, self.likelihood.spectra = self.likelihood.spectra, spectra
+        try:
+            residual = self.likelihood.weighted_residuals(self.slices, np.zeros_like(self.weights),
+                                                          st.shifts)
+        finally:
+            self.likelihood.spectra = saved
+        gradient = model.gradient(2.0 * residual, self.weights, st.rotations,
+                                  self.likelihood.kx, self.likelihood.ky)
+        return {m: model.limit(gradient[m]) for m in model.owners}
+
+    def _precision_product(self, flat, beta):
+        """``(2β AᵀWA + Λ) v`` restricted to the band (the conditional precision)."""
+        model, st = self.model, self.state
+        maps = self._maps(flat)
+        slices = model.slices(model.grids(maps), st.rotations, self.likelihood.kx,
+                              self.likelihood.ky)
+        data = self._adjoint_of(self.likelihood.model_spectra(slices, self.weights, st.shifts)
+                                .astype(np.complex64))
+        return self._vector({m: model.limit(beta * data[m] + self.prior_precision[m][
+            :, None, None, None] * maps[m]) for m in model.owners})
+
+    def _conditional_noise(self, rng, beta):
+        """``w ~ N(0, 2β AᵀWA + Λ)`` in the band: the adjoint of complex noise of variance
+        ``1 / (2βW)`` per real part, plus prior noise."""
+        model = self.model
+        shape = self.likelihood.spectra.shape
+        deviation = 1.0 / np.sqrt(2.0 * beta * self.likelihood.precision.astype(np.float64))
+        data = deviation * (rng.standard_normal(shape) + 1j * rng.standard_normal(shape))
+        maps = self._adjoint_of(data.astype(np.complex64))
+        return self._vector({m: model.limit(beta * maps[m] + np.sqrt(self.prior_precision[m])[
+            :, None, None, None] * rng.standard_normal(maps[m].shape)) for m in model.owners})
+
+    def _move_coefficients_exact(self, rng, beta):
+        """A draw of the coefficients from their Gaussian conditional (:func:`.conditional.
+        reflection_step`): ``Q = 2β AᵀWA + Λ``, ``b = 2β AᵀWY``, the noise ``w ~ N(0, Q)`` as
+        the adjoint of data-like noise plus prior noise, the solve preconditioned by the
+        per-shell filter of the Langevin step."""
+        model, st = self.model, self.state
+        linear = self._vector({m: beta * v for m, v in
+                               self._adjoint_of(self.likelihood.spectra).items()})
+
+        def apply(flat):
+            return self._precision_product(flat, beta)
+
+        def precondition(flat):
+            maps = self._maps(flat)
+            return self._vector({m: self._filtered(maps[m], m, 1.0) for m in model.owners})
+
+        evaluated = {}
+
+        def log_target(flat):
+            coefficients = self._maps(flat)
+            grids = model.grids(coefficients)
+            slices = model.slices(grids, st.rotations, self.likelihood.kx, self.likelihood.ky)
+            values = self.likelihood.log_likelihoods(slices, self.weights, st.shifts)
+            evaluated.update(grids=grids, slices=slices, values=values)
+            return beta * values.sum() + self.log_prior(coefficients)
+
+        log_current = beta * self.log_likelihood.sum() + self.log_prior(model.coefficients)
+        proposal, _, accepted, rate = reflection_step(
+            self._flat(model), log_current, log_target, apply, linear,
+            lambda generator: self._conditional_noise(generator, beta),
+            lambda c: conjugate_gradient(apply, c, precondition, self.settings.solver_iterations),
+            rng)
+        if accepted:
+            model.coefficients = {m: v.copy() for m, v in self._maps(proposal).items()}
+            self.grids, self.slices = evaluated["grids"], evaluated["slices"]
+            self.log_likelihood = evaluated["values"]
         return rate
 
     # ------------------------------------------------------------------ the run
@@ -802,11 +952,17 @@ class Chain:
                 rates["contrast"] = self._move_contrast(rng, beta)
             if s.sample_rotations:
                 rates["rotation"] = self._move_rotations(rng, beta)
+            if s.reparametrise and not warming and self.columns:
+                rates["warp"] = self._move_warps(rng, beta)
             self._current_gradient = None
-            if not warming:
+            if not warming and s.coefficient_draw == "exact":
+                rates["exact"] = self._move_coefficients_exact(rng, beta)
+            elif not warming:
                 rates["mala"] = self._move_coefficients(rng, beta)
             if st.sweep < s.burn_in:
                 for name, rate in rates.items():
+                    if name not in st.steps:
+                        continue
                     self._adapt(name, rate, MALA_ACCEPTANCE if name == "mala"
                                 else RANDOM_WALK_ACCEPTANCE)
             st.sweep += 1

@@ -96,17 +96,18 @@ def frequency_order(half_angles):
     return np.concatenate([np.flatnonzero(q % 2 == 0), np.flatnonzero(q % 2 == 1)])
 
 
-def angle_tables(n_angles, factor, dtype):
+def angle_tables(n_angles, factor, dtype, band=None):
     """Real DFT tables over ``j = 0 .. M // 2``: ``(cos_even, cos_odd, sin_even, sin_odd)``.
 
     Column ``i`` of a table multiplies the ``i``-th frequency of its parity in
     :func:`frequency_order` by ``2 factor cos(q gamma_j)`` (or ``sin``): ``q``
     and ``-q`` together.  ``cos_even`` starts with the column of ``q = 0``,
-    ``factor``.
+    ``factor``.  ``band``: the frequencies ``q < band`` the landscapes keep
+    (None: all, ``M``), still on the ``Q`` angles.
     """
     half = n_angles // 2
     gamma = 2 * np.pi * np.arange(half // 2 + 1) / n_angles
-    q = np.arange(1, half)
+    q = np.arange(1, half if band is None else band)
     even, odd = q[q % 2 == 0], q[q % 2 == 1]
 
     def table(function, frequencies):
@@ -121,16 +122,18 @@ def angle_tables(n_angles, factor, dtype):
 def prepare_templates(coefficients, zero, scale, n_angles, factor, block_width, dtype):
     """Lay out templates for :func:`search`.
 
-    :param coefficients: ``(n_B, H, M - 1)`` complex, frequencies ``q = 1 .. M - 1``.
+    :param coefficients: ``(n_B, H, M' - 1)`` complex, frequencies ``q = 1 .. M' - 1``
+        (``M' <= M``: the landscapes leave out the frequencies above).
     :param zero: ``(n_B, K)`` real coefficients of ``q = 0``.
     :param scale: ``(n_B,)`` factor applied to each template's landscape (``>= 0``).
     :param factor: constant folded into the angle tables.
     :param block_width: templates per GEMM block.
     :returns: :class:`PreparedTemplates`.
     """
-    tables = angle_tables(n_angles, factor, dtype)
+    band = coefficients.shape[2] + 1
+    tables = angle_tables(n_angles, factor, dtype, band)
     scale = np.ascontiguousarray(scale, dtype=dtype)
-    coefficients = coefficients[:, :, frequency_order(n_angles // 2)]
+    coefficients = coefficients[:, :, frequency_order(band)]
     blocks, zero_blocks, starts = [], [], []
     for start in range(0, coefficients.shape[0], block_width):
         part = coefficients[start:start + block_width].transpose(2, 1, 0)  # (M - 1, H, n_b)

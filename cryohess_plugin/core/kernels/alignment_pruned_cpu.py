@@ -77,9 +77,9 @@ def prepare_templates(coefficients, zero, scale, n_angles, factor, block_width, 
     ``block_width`` is not used: the bounds take the templates in tiles of
     :data:`_BOUND_TILE` whatever the image block.
     """
-    tables = angle_tables(n_angles, factor, dtype)
-    scale = np.ascontiguousarray(scale, dtype=dtype)
     n_templates, rank, n_freq = coefficients.shape
+    tables = angle_tables(n_angles, factor, dtype, n_freq + 1)
+    scale = np.ascontiguousarray(scale, dtype=dtype)
     n_tiles = -(-n_templates // _BOUND_TILE)
     real, imag = (np.empty((n_templates, rank, n_freq), dtype) for _ in range(2))
     # The tiles of the bounds take the frequencies in natural order (q = 1 first).
@@ -87,7 +87,7 @@ def prepare_templates(coefficients, zero, scale, n_angles, factor, block_width, 
                             for _ in range(2))
     tile_zero = np.zeros((n_tiles, zero.shape[1], _BOUND_TILE), dtype)
     tile_norms = np.zeros((n_tiles, n_freq, _BOUND_TILE), dtype)
-    _pruned_layout(coefficients.transpose(1, 0, 2), zero, frequency_order(n_angles // 2),
+    _pruned_layout(coefficients.transpose(1, 0, 2), zero, frequency_order(n_freq + 1),
                    real, imag, tile_real, tile_imag, tile_zero, tile_norms)
     mean_norms = tile_norms.sum(axis=(0, 2), dtype=np.float64) / n_templates
     return PrunedTemplates(real, imag, tile_real, tile_imag, tile_zero, tile_norms, scale,
