@@ -15,6 +15,7 @@ from cryohess_plugin.core.softmodes.experiment import (ViewingExperiment,
 from cryohess_plugin.core.softmodes.hessian import AccumulatedHessian, RealHarmonics
 from cryohess_plugin.core.softmodes.sampling import (NULL_THRESHOLD, SampledCoordinates,
                                                      SamplingSpectrum)
+from cryohess_plugin.core.softmodes import products
 from cryohess_plugin.core.softmodes.products import degree_bands
 from cryohess_plugin.core.softmodes.noise import estimate_noise_variance, marginal_noise
 
@@ -64,8 +65,10 @@ def on_grid_poses(rng, spacing=25.0):
     return np.array(poses), np.array(groups)
 
 
+@pytest.mark.parametrize("product_form", ["factored", "slices"])
 @pytest.mark.parametrize("implicit", [True, False])
-def test_accumulated_operator_equals_the_per_image_hessian_on_grid_poses(setup, implicit):
+def test_accumulated_operator_equals_the_per_image_hessian_on_grid_poses(setup, implicit,
+                                                                         product_form):
     shells, layout, coefficients, volume_vector = setup
     rng = np.random.default_rng(1)
     poses, groups = on_grid_poses(rng)
@@ -75,7 +78,7 @@ def test_accumulated_operator_equals_the_per_image_hessian_on_grid_poses(setup, 
     assert experiment.counts.shape == (len(poses) // 3, 2)
     assert np.array_equal(experiment.counts.sum(axis=0), np.bincount(groups).astype(float))
     operator = AccumulatedHessian(shells, volume_vector, layout, experiment, PIXEL_SIZE,
-                                  noise_sigma2=0.7)
+                                  noise_sigma2=0.7, product_form=product_form)
     problem = per_image_problem(shells, coefficients, poses, groups)
     for vector in rng.standard_normal((2, layout.n_parameters)):
         expected = problem.hessian_vector(coefficients, vector, implicit_poses=implicit)
@@ -86,6 +89,47 @@ def test_accumulated_operator_equals_the_per_image_hessian_on_grid_poses(setup, 
         binned = np.linalg.norm(operator.pose_change(vector), axis=-1)  # (D, G)
         index = np.argmax(np.abs(poses[:, 2, :] @ experiment.directions.T), axis=1)
         assert relative(binned[index, groups], per_image) < 1e-10
+
+
+@pytest.mark.parametrize("box, max_frequency", [(BOX, MAX_FREQUENCY), (32, 7.5)])
+def test_factored_products_equal_the_slices_and_fall_back_beyond_the_budget(
+        box, max_frequency, monkeypatch):
+    """Off-grid directions with uneven counts, an empty (direction, group), two groups, and
+    the coupling built in batches of five directions (the last one short); at L = 10 one
+    band of harmonic columns, at L = 24 two per parity."""
+    shells = spherical.ShellGrid.from_max_frequency(box, max_frequency)
+    layout = RealLayout(shells)
+    rng = np.random.default_rng(5)
+    decay = np.exp(-np.arange(shells.max_degree + 1) / 4.0)
+    volume_vector = layout.to_real_vector(layout.from_real_vector(
+        rng.standard_normal(layout.n_parameters)) * decay[None, :, None])
+    directions = rng.standard_normal((37, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    counts = rng.uniform(0.5, 3.0, (37, 2))
+    counts[1, 0] = 0.0
+    experiment = ViewingExperiment(directions, GROUPS, counts, PIXEL_SIZE)
+    monkeypatch.setattr(products, "COUPLING_DIRECTIONS", 5)
+    forms = {form: AccumulatedHessian(shells, volume_vector, layout, experiment, PIXEL_SIZE,
+                                      noise_sigma2=0.7, product_form=form)
+             for form in ("factored", "slices")}
+    assert isinstance(forms["factored"].products, products.FactoredProducts)
+    assert len(forms["factored"].products._bands[0]) == (1 if box == BOX else 2)
+    assert type(forms["slices"].products) is products.HostProducts
+    vectors = rng.standard_normal((3, layout.n_parameters))
+    for implicit in (True, False):
+        assert relative(forms["factored"].matmat(vectors, implicit),
+                        forms["slices"].matmat(vectors, implicit)) < 1e-12
+    assert relative(forms["factored"].pose_changes(vectors),
+                    forms["slices"].pose_changes(vectors)) < 1e-12
+    needed = products.factored_bytes(shells, 37, 2)
+    auto = {budget: AccumulatedHessian(shells, volume_vector, layout, experiment, PIXEL_SIZE,
+                                       memory_budget=budget).products
+            for budget in (needed, needed - 1)}
+    assert isinstance(auto[needed], products.FactoredProducts)
+    assert type(auto[needed - 1]) is products.HostProducts
+    with pytest.raises(InvalidDataError, match="product_form must be one of"):
+        AccumulatedHessian(shells, volume_vector, layout, experiment, PIXEL_SIZE,
+                           product_form="dense")
 
 
 def test_real_harmonics_expand_the_real_layout_like_the_complex_harmonics(setup):

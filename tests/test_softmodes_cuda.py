@@ -43,7 +43,8 @@ def _simulated_errors():
     experiment = ViewingExperiment(directions, groups, counts, PIXEL_SIZE)
 
     errors = {"max_degree": shells.max_degree}
-    cpu = AccumulatedHessian(shells, volume_vector, layout, experiment, PIXEL_SIZE, 0.7)
+    cpu = AccumulatedHessian(shells, volume_vector, layout, experiment, PIXEL_SIZE, 0.7,
+                             product_form="slices")
     on_device = {"cached": AccumulatedHessian(shells, volume_vector, layout, experiment,
                                               PIXEL_SIZE, 0.7, backend="cuda")}
     # No cache and blocks of four directions (two blocks, the last one short): the

@@ -43,6 +43,7 @@ from ..spherical import ShellGrid, SphericalTransform, shells_to_volume
 from .experiment import ViewingExperiment, hemisphere_grid, particle_assignment, rebin
 from ..storage import StoredFields, load_fields, save_fields
 from .hessian import BLOCK_BYTES, AccumulatedHessian
+from .products import COUPLING_DIRECTIONS, factored_bytes
 from .layout import RealLayout
 from .sampling import (NULL_THRESHOLD, POINT_BLOCK, SampledCoordinates, SamplingSpectrum,
                        sphere_grid)
@@ -64,6 +65,8 @@ _PIXEL_TOLERANCE = 1e-3
 VOLUME_FIELDS = ("mode_volumes", "sensitivity")
 #: Relative residual every reported pair must reach (§3.1).
 DEFAULT_TOLERANCE = 1e-3
+#: Residuals the eigensolver adds per iteration (§3.1).
+SOLVER_BLOCK = 8
 #: Probes and Lanczos steps of the log-determinant (§3.3).
 DEFAULT_LOG_DETERMINANT = (4, 30)
 #: What the Hessian describes, said wherever its numbers are shown.
@@ -315,7 +318,7 @@ def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, ma
                        backend="auto", progress=None, grid_spacing_deg="auto",
                        memory_budget=1 << 30, rng=0, null_threshold=NULL_THRESHOLD,
                        log_determinant=DEFAULT_LOG_DETERMINANT, map_scale=1.0,
-                       group_scales=None):
+                       group_scales=None, product_form="auto", solver_block=SOLVER_BLOCK):
     """Softest modes of ``volume`` for ``experiment`` (module docstring).
 
     :param volume: ``(N, N, N)`` real map.
@@ -339,8 +342,8 @@ def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, ma
     :param progress: None or a callable taking :class:`.progress.Progress` events.
     :param grid_spacing_deg: ``"auto"`` (:func:`auto_grid_spacing`), a spacing in degrees
         to bin the experiment's directions on, or None to use them as given.
-    :param memory_budget: bytes for cached harmonics
-        (:class:`.hessian.AccumulatedHessian`).
+    :param memory_budget: bytes for the factored products' factors, or else the cached
+        harmonics (:class:`.hessian.AccumulatedHessian`).
     :param rng: seed of the eigensolver's start vectors and the log-determinant's probes.
     :param null_threshold: relative sampling below which a component is unsampled
         (:mod:`.sampling`).
@@ -349,6 +352,10 @@ def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, ma
         the analysis runs on ``map_scale · volume``, the images' scale.
     :param group_scales: None or ``(G,)`` each defocus group's fitted amplitude over
         ``map_scale``; its CTF² is multiplied by the square.
+    :param product_form: how the Hessian products are formed
+        (:data:`.hessian.PRODUCT_FORMS`; the same operator to round-off).
+    :param solver_block: residuals the eigensolver adds per iteration
+        (:func:`.solver.softest_modes`' ``block``).
     :returns: :class:`SoftModeAnalysis`.
     """
     volume = _validate(volume, pixel_size, experiment, resolution, n_modes, noise_variance,
@@ -372,7 +379,7 @@ def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, ma
     noise_power = _noise_power(shells, noise_variance, noise_spectrum)
     operator = AccumulatedHessian(shells, volume_vector, layout, binned, pixel_size, noise_power,
                                   memory_budget=memory_budget, backend=backend,
-                                  group_scales=group_scales)
+                                  group_scales=group_scales, product_form=product_form)
     say(f"Experiment: {experiment.n_images:.0f} images, {experiment.directions.shape[0]} "
         f"directions binned on {binned.directions.shape[0]} grid directions"
         + (f" ({spacing:.2f}°)" if spacing is not None else "")
@@ -385,7 +392,7 @@ def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, ma
     counts = binned.counts
     share = counts.sum(axis=0) / counts.sum()
     spectrum = SamplingSpectrum(operator.harmonics, binned.directions, counts.sum(axis=1),
-                                null_threshold)
+                                null_threshold, grams=operator.sampling_grams)
     coordinates = SampledCoordinates(spectrum, weights, ring * (share @ operator.shell_weights))
     null_per_shell = spectrum.null_counts()
     region = spectrum.region()
@@ -400,7 +407,7 @@ def analyse_soft_modes(volume, pixel_size, experiment, resolution, n_modes=8, ma
         say(event.message, event.done, event.total, event.values)
 
     modes = softest_modes(projected, n_modes, tolerance=tolerance, max_products=max_products,
-                          rng=rng, progress=report)
+                          block=solver_block, rng=rng, progress=report)
     eigenvalues, converged = modes.eigenvalues, modes.converged
     usable = converged & (eigenvalues > 0)
     epsilon = np.where(converged, np.inf, np.nan)
@@ -559,7 +566,10 @@ def analysis_memory(box, pixel_size, resolution, n_modes=8, n_groups=1, memory_b
     search space and products (``2 max(6 (n_modes + guard), 160) n`` doubles), the
     log-determinant's Lanczos vectors, and, after the products, the mode volumes and the
     volume transforms' work arrays (``box³`` each).  The largest of the phases that hold
-    them at once.
+    them at once.  When the factored products' factors fit ``memory_budget``
+    (:func:`.products.factored_bytes`, ``3 D n`` doubles and the per-shell matrices) they
+    replace the harmonics, which are then evaluated one block at a time while the factors
+    are set up, and the sampling operators' grid harmonics stay.
     """
     shells = ShellGrid.for_resolution(box, pixel_size, resolution)
     degree, radii = shells.max_degree, shells.n_shells
@@ -585,9 +595,23 @@ def analysis_memory(box, pixel_size, resolution, n_modes=8, n_groups=1, memory_b
     probes, steps = log_determinant or (0, 0)
     solver = (2 * max(6 * wanted, MIN_SEARCH_SPACE) + probes * steps) * parameters * 8
     volumes = (wanted * _MODE_VOLUME_BYTES + _VOLUME_WORK_COPIES * 16) * box ** 3
-    setup = harmonics + 2 * slices + recomputed + product
-    run = harmonics + slices + recomputed + max(product, volumes) + bases + solver
-    return int(max(setup, harmonics + slices + sampling, run))
+    if factored_bytes(shells, directions, n_groups) > memory_budget:
+        setup = harmonics + 2 * slices + recomputed + product
+        run = harmonics + slices + recomputed + max(product, volumes) + bases + solver
+        return int(max(setup, harmonics + slices + sampling, run))
+    # Factored products (.products.FactoredProducts): the sampling operators of the
+    # groups (and the harmonics on their grid, kept), then the coupling built from the
+    # pose-derivative slices with one block of harmonics evaluated at a time.
+    factors = factored_bytes(shells, directions, n_groups)
+    tables = grid * columns * 8
+    grams = 2 * tables + max(density, n_groups * columns ** 2 * 8 // 2)
+    batch = 2 * COUPLING_DIRECTIONS * columns * 3 * radii * 8
+    mode_slices = 4 * rows * 3 * radii * 8
+    setup = factors + tables + 2 * slices + rows * columns * 8 + batch + mode_slices
+    blocks = 2 * directions * n_groups * 9 * 8
+    product = 4 * wanted * (3 * directions * radii + 3 * directions * n_groups) * 8
+    run = factors + tables + blocks + max(product, volumes) + bases + solver
+    return int(max(grams, setup, run))
 
 
 #: Bands below this 2πK say nothing about a map's modes (the authors start at 8).

@@ -38,7 +38,10 @@ direction's ring are shared by every shell, so a slice is one dense
 small next to it.  :class:`AccumulatedHessian` sets up the geometry and the
 pose blocks once and runs every product in the :class:`.products.HessianProducts`
 of its backend, chosen once: NumPy BLAS on the CPU, ``numba.cuda`` kernels on
-a device (:mod:`.products_cuda`).
+a device (:mod:`.products_cuda`).  On the CPU the slices serve only to set up the
+factored products (:class:`.products.FactoredProducts`) when their factors fit the
+memory budget: the fixed-pose part per shell from the groups' sampling operators, the
+pose part from three adjoint slices per direction.
 
 Real harmonics.  :class:`.layout.RealLayout` is the real parametrisation
 (``A_l0 = i^l x``, ``A_lm = (a + i b) / √2`` for ``m > 0``).
@@ -54,7 +57,8 @@ from .. import rotations as rot
 from ..errors import InvalidDataError
 from ..kernels import resolve_backend
 from ..kernels.soft_modes_cpu import real_harmonics
-from .products import HostProducts
+from .products import FactoredProducts, HostProducts, factored_bytes
+from .sampling import sampling_grams
 
 #: Relative cut-off of the per-image 3x3 pose-block pseudo-inverse (as the authors' code).
 POSE_PINV_RCOND = 1e-6
@@ -63,9 +67,14 @@ POSE_PINV_RCOND = 1e-6
 BLOCK_BYTES = 64 << 20
 
 
+#: How :class:`AccumulatedHessian` forms its products: ``"auto"`` (factored on the CPU when
+#: its factors fit the memory budget, else slices), ``"factored"`` or ``"slices"``.
+PRODUCT_FORMS = ("auto", "factored", "slices")
+
+
 def hessian_products(backend, *args):
-    """The :class:`.products.HessianProducts` of ``backend`` (``"cpu"``, ``"cuda"`` or
-    ``"auto"``, :func:`.kernels.resolve_backend`) built with ``args``."""
+    """The slice-form :class:`.products.HessianProducts` of ``backend`` (``"cpu"``,
+    ``"cuda"`` or ``"auto"``, :func:`.kernels.resolve_backend`) built with ``args``."""
     if resolve_backend(backend) == "cuda":
         from .products_cuda import DeviceProducts
         return DeviceProducts(*args)
@@ -162,17 +171,28 @@ class AccumulatedHessian:
         cycles per box, ``docs/methods/hessian_soft_modes.md`` §1.3): one number (white
         noise) or ``(R,)``, the noise power at each shell (coloured noise).
     :param n_angles: ring samples ``Q`` (even, ``>= 2L + 1``; default ``2L + 2``).
-    :param memory_budget: bytes for caching the harmonics (host or device memory); beyond
-        it they are recomputed at every product (on the device with ``"cuda"``).
+    :param memory_budget: bytes for the factored products' factors, or for caching the
+        harmonics of the slice form (host or device memory); beyond it the harmonics are
+        recomputed at every product (on the device with ``"cuda"``).
     :param backend: ``"cpu"`` (BLAS), ``"cuda"`` or ``"auto"``
         (:func:`.kernels.resolve_backend`) for the products (:attr:`products`).
+    :param product_form: one of :data:`PRODUCT_FORMS`: the factored products
+        (:class:`.products.FactoredProducts`, CPU only, ``(L + 1) / 3`` times fewer flops)
+        or slices of every direction per product.
     :param group_scales: None or ``(G,)`` each defocus group's amplitude relative to the
         map (its images are ``a_g C P F``): its CTF² is multiplied by ``a_g²``.
     """
 
     def __init__(self, shells, volume_vector, layout, experiment, pixel_size, noise_sigma2=1.0,
-                 n_angles=None, memory_budget=1 << 30, backend="cpu", group_scales=None):
+                 n_angles=None, memory_budget=1 << 30, backend="cpu", group_scales=None,
+                 product_form="auto"):
+        if product_form not in PRODUCT_FORMS:
+            raise InvalidDataError(f"product_form must be one of {PRODUCT_FORMS}, got "
+                                   f"{product_form!r}")
         self.backend = resolve_backend(backend)
+        if product_form == "factored" and self.backend != "cpu":
+            raise InvalidDataError("the factored products run on the CPU; use "
+                                   "product_form='slices' (or 'auto') with the CUDA backend")
         self.shells = shells
         self.experiment = experiment
         self.noise_sigma2 = np.broadcast_to(np.asarray(noise_sigma2, dtype=np.float64),
@@ -209,9 +229,24 @@ class AccumulatedHessian:
         #: ``(G, R)`` what an image of group ``g`` weighs on shell ``r``: ``C²_{g,r} / σ²_r``.
         self.shell_weights = self.ctf_squared / self.noise_sigma2
         #: The backend's :class:`.products.HessianProducts`, which every product runs in.
-        self.products = hessian_products(self.backend, samples, self.harmonics, block, cache,
-                                         self.shell_weights, experiment.counts,
-                                         self._ring_weights)
+        factored = product_form == "factored" or (
+            product_form == "auto" and self.backend == "cpu"
+            and factored_bytes(shells, n_directions, experiment.n_groups)
+            <= memory_budget)
+        #: :func:`.sampling.sampling_grams` of the experiment's groups when the products
+        #: are factored (for :class:`.sampling.SamplingSpectrum`), else None.
+        self.sampling_grams = None
+        if factored:
+            self.sampling_grams = sampling_grams(self.harmonics, experiment.directions,
+                                                 experiment.counts)
+            self.products = FactoredProducts(samples, self.harmonics, block,
+                                             self.shell_weights, experiment.counts,
+                                             self._ring_weights, self.sampling_grams[0],
+                                             shells.weights / shells.radii)
+        else:
+            self.products = hessian_products(self.backend, samples, self.harmonics, block,
+                                             cache, self.shell_weights, experiment.counts,
+                                             self._ring_weights)
         self._setup_poses(layout.rigid_rotation_modes(layout.from_real_vector(volume_vector)))
 
 
@@ -225,6 +260,7 @@ class AccumulatedHessian:
             derivative_im.append(np.einsum("dab,dqbr->adqr", matrices, v_im))
         derivatives = (np.concatenate(derivative_re, axis=1),
                        np.concatenate(derivative_im, axis=1))  # (3, D, Q/2, R)
+        del derivative_re, derivative_im  # the blocks' copies, before the products' set-up
         u_re, u_im = derivatives
         gram = (np.einsum("adqr,bdqr->drab", u_re, u_re, optimize=True)
                 + np.einsum("adqr,bdqr->drab", u_im, u_im, optimize=True))

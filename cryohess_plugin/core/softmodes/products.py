@@ -4,9 +4,12 @@
 squared CTFs over the noise, ring weights) and the pose blocks; every product with volume
 changes runs in a :class:`HessianProducts` that :func:`.hessian.hessian_products` picks
 once from the backend (as the projector picks its kernels): :class:`HostProducts` here
-(NumPy BLAS) or :class:`.products_cuda.DeviceProducts` (``numba.cuda``).  Both take stacks
-of shell columns ``(k, R, P)`` (:meth:`.hessian.RealHarmonics.to_columns`) in and give host
-arrays out.  Formulas: ``docs/methods/hessian_soft_modes.md`` §2.5 and §2.7.
+(NumPy BLAS) or :class:`.products_cuda.DeviceProducts` (``numba.cuda``), both of which
+slice every direction per product, or, on the CPU when its factors fit the memory budget,
+:class:`FactoredProducts` (the same operator from factors set up once, ``(L + 1) / 3``
+times fewer flops).  All take stacks of shell columns ``(k, R, P)``
+(:meth:`.hessian.RealHarmonics.to_columns`) in and give host arrays out.  Formulas:
+``docs/methods/hessian_soft_modes.md`` §2.5 and §2.7.
 """
 from abc import ABC, abstractmethod
 
@@ -175,3 +178,128 @@ class HostProducts(HessianProducts):
         parts = [self._pose_response(*self._slice(block, columns), where)
                  for where, block in self._blocks()]
         return np.concatenate(parts, axis=1)
+
+
+#: Directions per batched GEMM while the factored coupling is built (memory of its output).
+COUPLING_DIRECTIONS = 16
+
+
+def parity_widths(limit):
+    """``(even, odd)`` real harmonics of degrees ``<= limit`` (columns of each parity)."""
+    degrees = np.arange(int(limit) + 1)
+    return (int(np.sum(2 * degrees[0::2] + 1)), int(np.sum(2 * degrees[1::2] + 1)))
+
+
+def factored_bytes(shells, n_directions, n_groups):
+    """Bytes :class:`FactoredProducts` keeps: the coupling (``3 D n`` doubles), the
+    per-shell fixed-pose matrices and the groups' sampling operators."""
+    shell_matrices = sum(w * w for limit in shells.degree_limits for w in parity_widths(limit))
+    n_parameters = int(np.sum((shells.degree_limits + 1) ** 2))
+    grams = n_groups * sum(w * w for w in parity_widths(shells.max_degree))
+    return 8 * (3 * n_directions * n_parameters + shell_matrices + grams)
+
+
+class FactoredProducts(HostProducts):
+    """The products from two factors set up once, no slices per product (the CPU default).
+
+    ``docs/methods/hessian_soft_modes.md`` §2.7.  The fixed-pose part does not couple
+    shells: on shell ``r`` it is ``ρ_r Σ_g (C²_{g,r}/σ²_r) S_g``, with ``S_g`` the sampling
+    operator of group ``g`` (:func:`.sampling.sampling_grams`, exact by Funk–Hecke), kept
+    as one matrix per shell and parity.  The pose part is ``−Σ_{d,g} c_{dg} B_{dg}
+    H_{ττ,dg}⁺ B_{dg}ᵀ``, whose columns ``b_{a,d}`` (shell ``r`` part:
+    ``ρ̃_r T_dᵀ U_a(d, ·, r)``, ``ρ̃_r`` the ring weight) are the adjoint slices of the
+    pose derivatives, one per direction and axis, weighted per group by ``C²_{g,r}/σ²_r``:
+    ``3 D`` vectors of ``n`` reals, stored per shell.  A product then costs ``≈ 12 D n``
+    flops for the pose part instead of ``≈ 4 D (L + 1) n`` for a slice and its adjoint
+    (``(L + 1) / 3`` times fewer), and equals the slice form to round-off.  The slices
+    are still used once, for the pose derivatives (:meth:`mode_slices`, harmonics
+    evaluated per block and not kept).
+
+    :param grams: ``(even, odd)`` ``(G, P, P)`` sampling operators of the groups at degree
+        ``L`` (:func:`.sampling.sampling_grams` of the experiment's directions and counts).
+    :param radial: ``(R,)`` ``ρ_r`` (shell weight over radius).
+    The other parameters are :class:`HostProducts`' (never cached here).
+    """
+
+    def __init__(self, samples, harmonics, block, shell_weights, counts, ring_weights, grams,
+                 radial):
+        super().__init__(samples, harmonics, block, False, shell_weights, counts, ring_weights)
+        #: Per shell: its even and its odd columns.
+        self._widths = [parity_widths(limit) for limit in harmonics.shells.degree_limits]
+        # ρ_r Σ_g w_{g,r} S_g on each shell's leading block, per parity.
+        self._fixed = []
+        for r, (even, odd) in enumerate(self._widths):
+            weights = radial[r] * shell_weights[:, r]
+            self._fixed.append(tuple(np.tensordot(weights, gram[:, :w, :w], axes=1)
+                                     for gram, w in zip(grams, (even, odd))))
+        self._coupling = None
+
+    def _parts(self, columns, r):
+        even, odd = self._widths[r]
+        n_even = self.harmonics.n_even
+        return columns[:, r, :even], columns[:, r, n_even:n_even + odd]
+
+    def set_poses(self, derivatives, pinv):
+        """Keep the pseudo-inverses and build the coupling ``B_r`` ``(P_r, 3 D)`` per shell
+        from the pose-derivative slices (one pass over the harmonics)."""
+        self._pose_pinv = pinv
+        u_re, u_im = derivatives
+        n_shells, n_directions = len(self._widths), self.n_directions
+        coupling = [np.empty((even + odd, 3 * n_directions)) for even, odd in self._widths]
+        for where, block in self._blocks():
+            for start in range(where.start, min(where.stop, n_directions), COUPLING_DIRECTIONS):
+                stop = min(start + COUPLING_DIRECTIONS, where.stop, n_directions)
+                rows = slice((start - where.start) * self.half, (stop - where.start) * self.half)
+                for harmonic, u, parity, bands in zip(block, (u_re, u_im), (0, 1), self._bands):
+                    table = harmonic[rows].reshape(stop - start, self.half, -1)
+                    for column, end, first in bands:
+                        # (d, b, Q/2) @ (d, Q/2, 3 R'): each direction's adjoint slices of
+                        # the band's columns, for the shells that read them.
+                        values = table[:, :, column:end].transpose(0, 2, 1) @ u[
+                            :, start:stop, :, first:].transpose(1, 2, 0, 3).reshape(
+                            stop - start, self.half, -1)
+                        values = (values.reshape(stop - start, end - column, 3, -1)
+                                  * self._ring_weights[first:])
+                        for r in range(first, n_shells):
+                            width = min(end, self._widths[r][parity]) - column
+                            if width <= 0:
+                                continue
+                            offset = column + (self._widths[r][0] if parity else 0)
+                            target = coupling[r][offset:offset + width].reshape(
+                                width, 3, n_directions)
+                            target[:, :, start:stop] = values[:, :width, :, r - first].transpose(
+                                1, 2, 0)
+        self._coupling = coupling
+
+    def _overlaps(self, columns):
+        """``(k, R, 3, D)`` ``⟨b_{a,d}, x_r⟩`` per shell."""
+        out = np.empty((columns.shape[0], len(self._widths), 3, self.n_directions))
+        for r in range(len(self._widths)):
+            x = np.concatenate(self._parts(columns, r), axis=1)
+            out[:, r] = (x @ self._coupling[r]).reshape(columns.shape[0], 3, -1)
+        return out
+
+    def _changes(self, overlaps):
+        """``Δτ`` ``(k, D, G, 3)`` from the overlaps."""
+        coupling = np.einsum("gr,krad->kdga", self.shell_weights, overlaps, optimize=True)
+        return -np.einsum("dgab,kdgb->kdga", self._pose_pinv, coupling, optimize=True)
+
+    def matvec(self, columns, implicit_poses):
+        out = np.zeros(columns.shape)
+        n_even = self.harmonics.n_even
+        mixing = None
+        if implicit_poses:
+            change = self._changes(self._overlaps(columns))
+            mixing = np.einsum("dg,gr,kdga->krad", self.counts, self.shell_weights, change,
+                               optimize=True).reshape(columns.shape[0], len(self._widths), -1)
+        for r, (even, odd) in enumerate(self._widths):
+            x_even, x_odd = self._parts(columns, r)
+            fixed_even, fixed_odd = self._fixed[r]
+            result = np.concatenate([x_even @ fixed_even, x_odd @ fixed_odd], axis=1)
+            if mixing is not None:
+                result += mixing[:, r] @ self._coupling[r].T
+            out[:, r, :even], out[:, r, n_even:n_even + odd] = result[:, :even], result[:, even:]
+        return out
+
+    def pose_change(self, columns):
+        return self._changes(self._overlaps(columns))

@@ -63,24 +63,44 @@ def great_circle_density(directions, counts, degree, points):
     """The band-limited density of the great circles of ``directions`` ``(D, 3)`` with
     weights ``counts`` ``(D,)``, degrees ``<= degree``, at ``points`` ``(n, 3)``:
     ``∫ f m dΩ = Σ_d c_d ∫₀^{2π} f(R_dᵀ e(ψ)) dψ`` for every ``f`` of degree ``<= degree``.
+    ``counts`` ``(D, G)`` gives the ``(n, G)`` densities of ``G`` sets of weights at once.
 
     Funk–Hecke: the great circle of ``d`` has coefficients ``2π P_l(0) conj Y_lm(d)``.
     """
+    counts = np.asarray(counts, dtype=np.float64)
+    columns = counts.reshape(counts.shape[0], -1)
     n_orders = 2 * degree + 1
-    coefficients = np.zeros((degree + 1, n_orders), dtype=np.complex128)
+    coefficients = np.zeros((columns.shape[1], degree + 1, n_orders), dtype=np.complex128)
     for start in range(0, len(directions), _DIRECTION_BLOCK):
         where = slice(start, start + _DIRECTION_BLOCK)
         harmonics = harmonics_at(directions[where], degree, n_orders)
-        coefficients += np.einsum("d,dlm->lm", counts[where], harmonics.conj())
+        coefficients += np.einsum("dg,dlm->glm", columns[where], harmonics.conj())
     legendre_at_zero = np.array([np.polynomial.legendre.legval(0.0, np.eye(degree + 1)[l])
                                  for l in range(degree + 1)])
     coefficients *= 2 * np.pi * legendre_at_zero[:, None]
-    density = np.empty(len(points))
+    density = np.empty((len(points), columns.shape[1]))
     for start in range(0, len(points), POINT_BLOCK):
         where = slice(start, start + POINT_BLOCK)
-        density[where] = np.einsum("lm,plm->p", coefficients,
+        density[where] = np.einsum("glm,plm->pg", coefficients,
                                    harmonics_at(points[where], degree, n_orders)).real
-    return density
+    return density.reshape((len(points),) + counts.shape[1:])
+
+
+def sampling_grams(harmonics, directions, counts):
+    """The sampling operators ``S_g`` of §3.2 at degree ``L``, per parity: ``(even, odd)``
+    ``(G, P_even, P_even)``, ``(G, P_odd, P_odd)`` for counts ``(D, G)``, with
+    ``∫_{S²} m_g h_p h_p' dΩ`` on :func:`sphere_grid` ``(4L)`` (exact: ``m_g`` has degree
+    ``<= 2L``, the products of harmonics too).  Also the grid's ``(points, weights)`` and
+    the harmonics there ``(even, odd)``."""
+    degree = harmonics.shells.max_degree
+    points, weights = sphere_grid(4 * degree)
+    counts = np.asarray(counts, dtype=np.float64).reshape(len(directions), -1)
+    density = great_circle_density(np.asarray(directions, dtype=np.float64), counts,
+                                   2 * degree, points)
+    tables = harmonics.evaluate(points)
+    grams = tuple(np.stack([(table * (weights * density[:, g])[:, None]).T @ table
+                            for g in range(counts.shape[1])]) for table in tables)
+    return grams, (points, weights), tables
 
 
 @dataclass(frozen=True)
@@ -112,22 +132,20 @@ class SamplingSpectrum:
     :param harmonics: :class:`.hessian.RealHarmonics` (its shells give the degree limits).
     :param directions: ``(D, 3)`` viewing directions.  :param counts: ``(D,)`` images.
     :param threshold: :data:`NULL_THRESHOLD` (relative).
+    :param grams: None, or what :func:`sampling_grams` gave for these directions and any
+        split of these counts into columns (their sum is used), to skip computing it again.
     """
 
-    def __init__(self, harmonics, directions, counts, threshold=NULL_THRESHOLD):
+    def __init__(self, harmonics, directions, counts, threshold=NULL_THRESHOLD, grams=None):
         if not 0 <= threshold < 1:
             raise InvalidDataError(f"the null-space threshold must be in [0, 1), got {threshold}")
         self.harmonics = harmonics
         self.threshold = float(threshold)
-        degree = harmonics.shells.max_degree
-        points, weights = sphere_grid(4 * degree)
-        density = great_circle_density(np.asarray(directions, dtype=np.float64),
-                                       np.asarray(counts, dtype=np.float64), 2 * degree, points)
-        self._points, self._weights = points, weights
-        self._even, self._odd = harmonics.evaluate(points)
-        weighted = weights * density
-        grams = ((self._even * weighted[:, None]).T @ self._even,
-                 (self._odd * weighted[:, None]).T @ self._odd)
+        if grams is None:
+            grams = sampling_grams(harmonics, directions,
+                                   np.asarray(counts, dtype=np.float64).reshape(-1, 1))
+        (even, odd), (self._points, self._weights), (self._even, self._odd) = grams
+        grams = (even.sum(axis=0), odd.sum(axis=0))
         n_even = harmonics.n_even
         self._parity_degrees = (harmonics.degrees[:n_even], harmonics.degrees[n_even:])
         #: ``{limit: ((values_even, vectors_even), (values_odd, vectors_odd))}``, ascending.

@@ -318,10 +318,13 @@ def softest_modes(operator, n_modes, tolerance=1e-3, max_products=None, block=4,
         initial = np.concatenate([given, initial])[:wanted]
     basis = _orthonormal_rows(initial, np.zeros((0, dimension)))
     products = operator(basis)
+    # The Rayleigh quotient matrix grows by the new rows and columns only: recomputing it
+    # would cost space² · dimension per iteration, about as much as a Hessian product.
+    small = basis @ products.T
     history = []
     while True:
-        small = basis @ products.T
-        values, weights = scipy.linalg.eigh((small + small.T) / 2)
+        small = (small + small.T) / 2
+        values, weights = scipy.linalg.eigh(small)
         count = min(wanted, values.size)
         ritz = weights[:, :count].T @ basis
         residual = weights[:, :count].T @ products - values[:count, None] * ritz
@@ -350,11 +353,15 @@ def softest_modes(operator, n_modes, tolerance=1e-3, max_products=None, block=4,
         corrections = operator.precondition(residual[pending])
         if basis.shape[0] + pending.size > limit:
             basis, products = weights[:, :keep].T @ basis, weights[:, :keep].T @ products
+            small = np.diag(values[:keep])
         corrections = _orthonormal_rows(corrections, basis)
         if corrections.shape[0] == 0:
             corrections = _orthonormal_rows(generator.standard_normal((1, dimension)), basis)
+        applied = operator(corrections)
+        cross = basis @ applied.T
+        small = np.block([[small, cross], [cross.T, corrections @ applied.T]])
         basis = np.concatenate([basis, corrections])
-        products = np.concatenate([products, operator(corrections)])
+        products = np.concatenate([products, applied])
     return SoftestModes(eigenvalues=values[:reported],
                         vectors=operator.to_volume(ritz[:reported]),
                         residuals=relative[:reported], converged=done[:reported],
