@@ -189,9 +189,9 @@ class CryoHessProtAlignParticles(AlignParticlesSettings, CryoHessProtocolMixin, 
             self._parallelStepSet(), need_ctf=self._withCtf(), need_alignment=False,
             limit=count, skip=first)
 
-    def _particlesAndSearch(self, count):
+    def _particlesAndSearch(self, count, **options):
         """The first ``count`` particles, their polar samples, and the search against the
-        references over the form's shifts."""
+        references over the form's shifts, with aligner ``options``."""
         from cryohess_plugin.core import polar
         from cryohess_plugin.core.alignment import ParticleSearch
         self._setDevices()
@@ -199,7 +199,7 @@ class CryoHessProtAlignParticles(AlignParticlesSettings, CryoHessProtocolMixin, 
         grid = self._grid()
         search = ParticleSearch(grid, np.load(self._getFileName('references'))['templates'],
                                 self._maxShift(), self.shiftStep.get(),
-                                backend=self._backend())
+                                backend=self._backend(), **options)
         return (particles, polar.polar_transform(particles.images, grid, backend=self._backend()),
                 search)
 
