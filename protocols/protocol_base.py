@@ -315,8 +315,9 @@ class CryoHessProtocolMixin(InputChecks):
 
     # --------------------------- particles in batches ----------------------
     def _batches(self):
-        """``(first, count)`` of the particle batches that run as independent steps."""
-        size = convert.enabled_count(self.inputParticles.get())
+        """``(first, count)`` of the particle batches that run as independent steps (counted
+        on a set of its own: steps starting at once ask for their thread share here)."""
+        size = convert.enabled_count(self._parallelStepSet())
         step = self.particlesPerBatch.get()
         return [(first, min(step, size - first)) for first in range(0, size, step)]
 

@@ -268,8 +268,8 @@ class GuiDriver:
 
     @staticmethod
     def _reportDialogs():
-        """Error and warning dialogs print their message instead (a modal dialog would
-        wait for a click)."""
+        """Error, warning and information dialogs print their message instead (a modal
+        dialog would wait for a click); only the first two fail the test."""
         from pyworkflow.gui import dialog
 
         def report(kind):
@@ -277,6 +277,7 @@ class GuiDriver:
                 '%s: dialog "%s": %s' % (kind, title, msg), file=sys.stderr)
         dialog.showError = report('Error')
         dialog.showWarning = report('Warning')
+        dialog.showInfo = report('Info')
 
     def start(self):
         self.actions = self._actions()
@@ -336,7 +337,7 @@ class GuiDriver:
         from pyworkflow.viewer import DESKTOP_TKINTER, ProtocolViewer
 
         import cryohess_plugin.protocols as cryoProtocols
-        from cryohess_plugin.viewers import CryoHessVolumeViewer
+        from cryohess_plugin.viewers import CryoHessChimeraXViewer, CryoHessVolumeViewer
 
         view = self.window.getViewWidget()
         project = self.window.project
@@ -386,6 +387,12 @@ class GuiDriver:
             plt.close('all')
             shown.append(name)
         self.manifest['viewers'][CryoHessVolumeViewer.__name__] = shown
+
+        run, name, output = volumes[0]                       # "open in ChimeraX"
+        viewer = CryoHessChimeraXViewer(project=project, protocol=run, parent=self.window)
+        yield OPEN, lambda: viewer.visualize(output, windows=self.window)
+        yield 'run%d_%s_chimerax' % (run.getObjId(), name)
+        self.manifest['viewers'][CryoHessChimeraXViewer.__name__] = [name]
 
         simulation, softModes = runs[0], runs[2]
         yield from self._setViewer(project, domain, simulation, 'outputParticles')

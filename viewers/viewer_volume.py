@@ -75,6 +75,7 @@ class CryoHessChimeraXViewer(Viewer):
     through a ``.cxc`` script written next to the run's results. Without ChimeraX the
     viewer says where the script is."""
     _label = 'cryohess maps in ChimeraX'
+    _name = _label  # what an output's right-click menu offers
     _targets = [Volume, SetOfVolumes]
     _environments = [DESKTOP_TKINTER]
 
