@@ -241,4 +241,5 @@ def test_the_test_module_check_catches_an_import():
     found = imports_between_test_modules(sources)
     assert len(found) == 2
     assert all(line.startswith(TESTS + ".test_polar_cuda:") for line in found)
-    assert {line.rsplit(" ", 1)[1] for line in found} == {TESTS + ".test_polar", TESTS + ".test_ctf"}
+    assert {line.rsplit(" ", 1)[1] for line in found} == {TESTS + ".test_polar",
+                                                          TESTS + ".test_ctf"}
