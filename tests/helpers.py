@@ -50,3 +50,21 @@ def phase_flip(images, ctf_params, pixel_size):
         # Frequencies in cycles per pixel are cycles per box for a box of one pixel.
         out[i] = fourier.filter_real(image, np.sign(evaluate_ctf(params, kx, ky, 1, pixel_size)))
     return out.astype(images.dtype, copy=False)
+
+
+def random_blob_images(box, count, rng, radius=10.0, blobs=5):
+    """Asymmetric blob images whose spectra are below 1e-6 beyond ``box / 4`` cycles.
+
+    A Gaussian of width ``sigma`` pixels falls as ``exp(-2 pi^2 sigma^2 f^2 / D^2)``;
+    ``sigma >= 3.5`` and ``f = D / 4`` make that below ``3e-7``.  Centres
+    within ``radius`` keep every rotation inside the box.
+    """
+    rng = np.random.default_rng(rng)
+    images = []
+    for _ in range(count):
+        angle = rng.uniform(0, 2 * np.pi, blobs)
+        distance = radius * np.sqrt(rng.uniform(0, 1, blobs))
+        centres = np.stack([distance * np.cos(angle), distance * np.sin(angle)], axis=1)
+        images.append(gaussian_blobs(box, centres, rng.uniform(3.5, 5.0, blobs),
+                                     rng.uniform(0.5, 1.5, blobs)))
+    return np.array(images)

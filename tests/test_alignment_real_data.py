@@ -19,33 +19,15 @@ from cryohess_plugin.core.alignment import (RadialSVDAligner, alignment_grid,
 from cryohess_plugin.core.alignment.brute_force import rotated_inner_products
 from cryohess_plugin.core.contrast import SIGNIFICANCE, PolarityError
 from cryohess_plugin.core.polar import polar_transform
-from cryohess_plugin.core.projector import FourierSliceProjector
-from cryohess_plugin.core.synthetic import atoms, simulate
+from cryohess_plugin.core.synthetic import simulate
 
-from .helpers import phantom_model, phase_flip
-from .test_polar import random_blob_images
-
-BOX, PIXEL = 64, 1.5
-#: Spacing of the 993-direction grid, degrees.
-GRID_STEP = 7.5
-#: B-factor of the particles' atoms (Å²).
-PARTICLE_BFACTOR = 50.0
+from .alignment_data import BOX, GRID_STEP, PARTICLE_BFACTOR, PIXEL, reference_templates
+from .helpers import phantom_model, phase_flip, random_blob_images
 
 
 @pytest.fixture(scope="module")
 def model():
     return phantom_model(BOX, PIXEL, bfactor=PARTICLE_BFACTOR)
-
-
-def reference_templates(grid, bfactor):
-    """Projections on the 993 viewing directions of the map of the particles' atoms at
-    another B-factor (a map that is not the particles' own), and their rotations."""
-    volume = atoms.gaussian_atom_volume(phantom_model(BOX, PIXEL, bfactor=bfactor), BOX, PIXEL)
-    directions, _ = rotations.viewing_grid_993()
-    template_rotations = rotations.rotations_for_directions(directions)
-    projector = FourierSliceProjector(volume, dtype=np.float32, backend="cpu")
-    return template_rotations, projector.project_polar(template_rotations, grid.radii,
-                                                       grid.n_angles)
 
 
 def within(result, template_rotations, truth, steps):

@@ -9,7 +9,9 @@ core, the numba hot loops live in ``kernels``, which import nothing of the core 
 ``errors``, the root modules (shared conventions) import no method subpackage, and a method subpackage imports no other one (so
 ``synthetic``, the simulator, is used by nobody in the core).  Imports are read from every
 module's source (also the ones inside functions); a package's implicit import of its
-parent's ``__init__`` is not an edge.
+parent's ``__init__`` is not an edge.  No test module imports another: what tests share
+lives in helper modules (``helpers``, ``alignment_data``, ``method_data``,
+``scipion_data``, ...).
 """
 import ast
 import importlib.util
@@ -40,6 +42,7 @@ LAYERS = {CORE: 0, PLUGIN + ".constants": 1, PLUGIN + ".headless": 1, PLUGIN + "
           PLUGIN + ".protocols": 3, PLUGIN + ".viewers": 4, PLUGIN + ".wizards": 4,
           PLUGIN + ".demo": 5,
           PLUGIN + ".tests": 6}
+TESTS = PLUGIN + ".tests"
 #: Packages Scipion provides, which the core must never import.
 SCIPION = ("pwem", "pyworkflow")
 
@@ -133,6 +136,17 @@ def layering_violations(sources):
     return found
 
 
+def is_test_module(module):
+    return module.startswith(TESTS + ".") and module.rsplit(".", 1)[1].startswith("test_")
+
+
+def imports_between_test_modules(sources):
+    """Every import of a ``test_*`` module by another one, as ``module:line imports target``."""
+    return sorted({"%s:%d imports %s" % (module, line, target)
+                   for module, edges in import_graph(sources).items() if is_test_module(module)
+                   for target, line in edges if is_test_module(target)})
+
+
 def import_cycles(sources):
     """The strongly connected groups of more than one module (Tarjan)."""
     graph = {module: sorted({target for target, _ in edges if target in sources} - {module})
@@ -212,3 +226,20 @@ def test_the_checks_catch_forbidden_imports():
         assert expected in found, expected
     assert any({CORE + ".fourier", KERNELS + ".fourier_cpu"} <= set(group)
                for group in import_cycles(sources))
+
+
+def test_no_test_module_imports_another():
+    assert imports_between_test_modules(module_sources()) == []
+
+
+def test_the_test_module_check_catches_an_import():
+    sources = module_sources()
+    source, is_package = sources[TESTS + ".test_polar_cuda"]
+    sources[TESTS + ".test_polar_cuda"] = (
+        source + "\nfrom .test_polar import landscape\nfrom . import test_ctf\n"
+                 "from .helpers import relative_l2\n", is_package)
+    found = imports_between_test_modules(sources)
+    assert len(found) == 2
+    assert all(line.startswith(TESTS + ".test_polar_cuda:") for line in found)
+    assert {line.rsplit(" ", 1)[1] for line in found} == {TESTS + ".test_polar",
+                                                          TESTS + ".test_ctf"}

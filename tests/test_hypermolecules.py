@@ -5,28 +5,22 @@ import pytest
 
 from cryohess_plugin.core import fourier, rotations
 from cryohess_plugin.core import hypermolecules as hm
-from cryohess_plugin.core.ctf import CTFParams, apply_ctf, ctf_stack
+from cryohess_plugin.core.ctf import apply_ctf, ctf_stack
 from cryohess_plugin.core.errors import InvalidDataError, MissingMetadataError, ShapeError
 from cryohess_plugin.core.projector import SliceOperator
 from cryohess_plugin.core.synthetic import AtomModel, gaussian_atom_projection
 
 from .helpers import gaussian_blobs, relative_l2
-
-BOX, PIXEL = 32, 2.0
-CTF = CTFParams(15000.0, 15000.0, 0.0, 300.0, 2.7, 0.1)
+from .method_data import HYPERMOLECULE_BOX as BOX
+from .method_data import HYPERMOLECULE_CTF as CTF
+from .method_data import HYPERMOLECULE_PIXEL as PIXEL
+from .method_data import model_with_volume, simulated_from_model
 
 
 def blob_atoms(rng, count=6, spread=2.5):
     """Carbon atoms with a 2-px B-factor blur: Gaussians of sigma ~2.3 px at 2 Å/px."""
     positions = rng.normal(scale=spread * PIXEL, size=(count, 3))
     return AtomModel(positions, ["C"] * count, np.full(count, 1600.0))
-
-
-def model_with_volume(volume, band, dimension=0, order=1, interpolation="cubic"):
-    model = hm.HyperMolecule([hm.Component("all", dimension)], order, volume.shape[0], band,
-                             interpolation, "cpu")
-    model.coefficients[0][0] = model.limit(hm.fourier_resample(volume, model.size))
-    return model
 
 
 # ---------------------------------------------------------------- forward model (§3)
@@ -88,26 +82,6 @@ def test_shared_component_slices_are_the_rotated_map():
 
 
 # ---------------------------------------------------------------- likelihood (§3)
-def simulated_from_model(rng, n=300, box=BOX, band=10.0, sigma=0.05, dimension=1, order=2):
-    """Particles drawn from the model itself: real-space white noise of known sigma."""
-    volume = gaussian_blobs(box, rng.normal(scale=3.0, size=(6, 3)), np.full(6, 2.0), np.ones(6))
-    model = model_with_volume(volume, band, dimension, order, "linear")
-    model.coefficients[0][1] = 0.3 * model.coefficients[0][0]
-    poses = rotations.random_rotations(n, rng)
-    shifts = rng.normal(scale=1.0, size=(n, 2))
-    tau = rng.random((n, dimension))
-    contrast = np.exp(0.1 * rng.normal(size=n))
-    plane = fourier.HalfPlane.disc(box, band)
-    slices = model.slices(model.grids(), poses, plane.kx, plane.ky)
-    weights = model.term_weights({0: tau}, contrast)
-    ctf = ctf_stack([CTF] * n, plane.kx, plane.ky, box, PIXEL)
-    spectra = ctf * fourier.shift_phase(np.stack([plane.kx, plane.ky], -1), shifts, box) \
-        * np.einsum("nq,nqm->nm", weights, slices)
-    images = plane.synthesize(spectra) + sigma * rng.standard_normal((n, box, box))
-    data = hm.prepare_particles(images, [CTF] * n, PIXEL, band, poses, shifts)
-    return model, data, tau, contrast, shifts, sigma
-
-
 def test_likelihood_at_the_truth_is_chi_square_calibrated():
     """At the true parameters Σ_{k∈H} |r|²/σ² averages one per half-plane point: the
     factor-2 / Hermitian bookkeeping is right."""

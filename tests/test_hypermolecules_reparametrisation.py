@@ -8,7 +8,7 @@ from cryohess_plugin.core import hypermolecules as hm
 from cryohess_plugin.core.hypermolecules import reparametrisation as rp
 from cryohess_plugin.core.hypermolecules.basis import reflect_unit
 
-from .test_hypermolecules import simulated_from_model
+from .method_data import simulated_from_model
 
 
 @pytest.mark.parametrize("family", rp.FAMILIES)

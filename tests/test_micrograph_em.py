@@ -27,9 +27,10 @@ from cryohess_plugin.core.micrograph_em.mstep import update_noise
 from cryohess_plugin.core.micrograph_em.projection import ctf_image
 from cryohess_plugin.core.projector import FourierSliceProjector
 from cryohess_plugin.core.rotations import euler_to_matrix, random_rotations
-from cryohess_plugin.core.synthetic.simulate import place_separated, simulate_micrographs
+from cryohess_plugin.core.synthetic.simulate import place_separated
 
 from .helpers import gaussian_blobs, relative_l2
+from .method_data import micrograph_model_data
 
 
 # ----------------------------------------------------------------- counts (§2, §11)
@@ -314,32 +315,14 @@ def test_float32_correlations_agree_with_float64():
 
 
 # ----------------------------------------------------------------- EM driver (§7)
-def _model_data(box=7, degree=5, snr=3.5, size=210, seed=1, ctf=False, pixel=2.5, count=1):
-    rng = np.random.default_rng(3)
-    centres = rng.uniform(-1.6, 1.6, (4, 3)) * box / 7
-    volume = gaussian_blobs(box, centres, [box / 7] * 4, [1.0, 0.8, 0.6, 0.9])
-    basis = SphericalBesselBasis.create(box, degree)
-    truth = basis.from_volume(volume)
-    operator = ProjectionOperator(basis, np.eye(3)[None])
-
-    def project(rotations, params):
-        table = None if params is None else ctf_image(params, box, pixel)
-        return operator.project_at(truth, rotations, table)
-
-    sim = simulate_micrographs(None, count, box, pixel, shape=(size, size), rng=seed,
-                               area_fraction=0.4, separation=2 * box - 1, projector=project,
-                               ctf=ctf, ctf_per_particle=True, snr=snr, snr_definition="energy")
-    return basis, truth, sim
-
-
 def test_noise_starts_from_the_empty_patches():
-    _, _, sim = _model_data(snr=3.5, size=350)
+    _, _, sim = micrograph_model_data(snr=3.5, size=350)
     patch_set = cut_patches(sim.micrographs, 7, 2.5)
     assert abs(initial_noise_variance(patch_set)[0] / sim.noise_sigma ** 2 - 1) < 0.1
 
 
 def test_a_stopped_start_continues_from_its_last_iteration(tmp_path):
-    _, _, sim = _model_data(size=140)
+    _, _, sim = micrograph_model_data(size=140)
     patch_set = cut_patches(sim.micrographs, 7, 2.5)
     settings = EMSettings(schedule=(2, 3), iterations=(2, 2), batch_fraction=0.5,
                           rotation_resolution=15, held_out=40)
@@ -362,7 +345,7 @@ def test_a_stopped_start_continues_from_its_last_iteration(tmp_path):
 
 
 def test_stage_stops_when_the_held_out_score_stalls():
-    _, _, sim = _model_data(size=140)
+    _, _, sim = micrograph_model_data(size=140)
     patch_set = cut_patches(sim.micrographs, 7, 2.5)
     settings = EMSettings(schedule=(2,), iterations=(50,), batch_fraction=0.5,
                           rotation_resolution=15, held_out=40, tolerance=1e6, patience=2)
@@ -388,7 +371,7 @@ def test_settings_are_checked():
 def test_a_full_batch_stage_is_one_em_step_on_every_training_patch():
     """With fraction 1 the iteration's M-step reads every training patch: the volume is
     the solution of the system of the E-step on all of them at the previous model."""
-    _, _, sim = _model_data(size=140)
+    _, _, sim = micrograph_model_data(size=140)
     patch_set = cut_patches(sim.micrographs, 7, 2.5)
     settings = EMSettings(schedule=(2, 3), iterations=(1, 1), batch_fraction=(0.3, 1.0),
                           rotation_resolution=15, held_out=40, estimate_noise=False,
@@ -414,7 +397,7 @@ def test_a_full_batch_stage_is_one_em_step_on_every_training_patch():
 # ----------------------------------------------------------------- picking (§8)
 def test_picking_finds_the_particles_at_high_snr():
     box = 7
-    basis, truth, sim = _model_data(snr=100.0, size=280, seed=5)
+    basis, truth, sim = micrograph_model_data(snr=100.0, size=280, seed=5)
     patch_set = cut_patches(sim.micrographs, box, 2.5)
     # On this 36° grid (299 rotations) a partial view of the continuous rotations is best
     # matched 2 px off in about 1 patch of 15; 2483 rotations bring that to 1 of 40
@@ -446,7 +429,7 @@ def test_picking_curves_fall_with_the_snr():
     (original pixels of a micrograph binned by 2): high at the data's SNR, near chance
     after noise lowers it ten-thousandfold."""
     box = 7
-    basis, truth, sim = _model_data(snr=100.0, size=280, seed=5)
+    basis, truth, sim = micrograph_model_data(snr=100.0, size=280, seed=5)
     # As if cut from a micrograph of twice the sampling binned by 2.
     patch_set = dataclasses.replace(cut_patches(sim.micrographs, box, 2.5), binning=2.0)
     states = reference_states(patch_set, [2 * np.asarray(sim.coordinates[0])])
@@ -513,7 +496,7 @@ def test_arbitrary_spacing_shares_patches():
 
 
 def test_simulated_snr_is_eq4_and_the_ctf_is_per_micrograph():
-    basis, truth, sim = _model_data(snr=2.0, size=140, ctf=True, count=2, pixel=10.0)
+    basis, truth, sim = micrograph_model_data(snr=2.0, size=140, ctf=True, count=2, pixel=10.0)
     windows = [sim.clean_micrographs[j, y - 3:y + 4, x - 3:x + 4]
                for j, centres in enumerate(sim.coordinates) for x, y in centres]
     energy = np.mean([np.sum(w ** 2) for w in windows])

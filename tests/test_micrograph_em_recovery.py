@@ -13,7 +13,7 @@ import pytest
 from cryohess_plugin.core.micrograph_em import (EMSettings, align_coefficients, ctf_image,
                                                 cut_patches, pairwise_fsc, run_start)
 
-from .test_micrograph_em import _model_data
+from .method_data import micrograph_model_data
 
 BOX = 7
 SETTINGS = EMSettings(schedule=(3, 4, 5), iterations=(10, 8, 8), batch_fraction=0.2,
@@ -28,7 +28,7 @@ def _true_empty_mass(sim):
 
 @pytest.fixture(scope="module")
 def without_ctf():
-    basis, truth, sim = _model_data(box=BOX, degree=5, snr=3.5, size=420, seed=1)
+    basis, truth, sim = micrograph_model_data(box=BOX, degree=5, snr=3.5, size=420, seed=1)
     patch_set = cut_patches(sim.micrographs, BOX, 2.5)
     states = [run_start(patch_set, SETTINGS, start, seed=0) for start in range(3)]
     return basis, truth, sim, states
@@ -36,7 +36,7 @@ def without_ctf():
 
 @pytest.fixture(scope="module")
 def with_ctf():
-    basis, truth, sim = _model_data(box=BOX, degree=5, snr=3.5, size=210, seed=2, ctf=True,
+    basis, truth, sim = micrograph_model_data(box=BOX, degree=5, snr=3.5, size=210, seed=2, ctf=True,
                                     pixel=10.0, count=4)
     patch_set = cut_patches(sim.micrographs, BOX, 10.0)
     ctfs = [ctf_image(params, BOX, 10.0) for params in sim.ctf_params]

@@ -17,7 +17,7 @@ from cryohess_plugin.core.polar import (PolarGrid, ctf_on_grid, polar_transform,
 from cryohess_plugin.core.projector import FourierSliceProjector
 from cryohess_plugin.core.alignment.brute_force import (brute_force_align, rotate_and_shift,
                                                         rotated_inner_products)
-from .helpers import gaussian_blobs, phantom_model, relative_l2
+from .helpers import gaussian_blobs, phantom_model, random_blob_images, relative_l2
 
 PIXEL = 1.5
 
@@ -38,24 +38,6 @@ def particle_images(box, count, rng=1):
     model = phantom_model(box, PIXEL, n_atoms=600, rng=rng)
     poses = rotations.random_rotations(count, np.random.default_rng(rng))
     return model, poses, atoms.gaussian_atom_projection(model, poses, box, PIXEL)
-
-
-def random_blob_images(box, count, rng, radius=10.0, blobs=5):
-    """Asymmetric blob images whose spectra are below 1e-6 beyond ``box / 4`` cycles.
-
-    A Gaussian of width ``sigma`` pixels falls as ``exp(-2 pi^2 sigma^2 f^2 / D^2)``;
-    ``sigma >= 3.5`` and ``f = D / 4`` make that below ``3e-7``.  Centres
-    within ``radius`` keep every rotation inside the box.
-    """
-    rng = np.random.default_rng(rng)
-    images = []
-    for _ in range(count):
-        angle = rng.uniform(0, 2 * np.pi, blobs)
-        distance = radius * np.sqrt(rng.uniform(0, 1, blobs))
-        centres = np.stack([distance * np.cos(angle), distance * np.sin(angle)], axis=1)
-        images.append(gaussian_blobs(box, centres, rng.uniform(3.5, 5.0, blobs),
-                                     rng.uniform(0.5, 1.5, blobs)))
-    return np.array(images)
 
 
 def landscape(a_polar, b_polar, grid):

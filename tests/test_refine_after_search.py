@@ -18,8 +18,7 @@ from cryohess_plugin.core.pose_refinement import refine_search_poses
 from cryohess_plugin.core.synthetic import atoms, simulate
 
 from .helpers import phantom_model
-from .test_alignment_real_data import (BOX, GRID_STEP, PARTICLE_BFACTOR, PIXEL,
-                                       reference_templates)
+from .alignment_data import BOX, GRID_STEP, PARTICLE_BFACTOR, PIXEL, reference_templates
 
 #: B-factor of the reference map (Å²): not the particles' own.
 REFERENCE_BFACTOR = 300.0

@@ -12,7 +12,7 @@ from cryohess_plugin.core import mrc
 from cryohess_plugin.core.synthetic.phantoms import random_protein_phantom
 from cryohess_plugin.protocols import CryoHessProtSimulate
 from .scipion_base import CryoHessTestCase
-from .test_scipion_simulate import SMALL, writePdb
+from .scipion_data import SMALL, writePdb
 
 SETTINGS = dict(SMALL, numberOfParticles=8, numberOfDefocusGroups=2,
                 source=SOURCE_ATOMIC_MODEL, heterogeneity=HETEROGENEITY_LINEAR)

@@ -31,7 +31,7 @@ from cryohess_plugin.protocols import (CryoHessProtAlignParticles, CryoHessProtA
                                        CryoHessProtSimulate)
 from cryohess_plugin.viewers import CryoHessAlignVolumesViewer
 from .scipion_base import CryoHessTestCase
-from .test_scipion_simulate import SMALL
+from .scipion_data import SMALL
 
 BOX, PIXEL = SMALL['boxSize'], SMALL['samplingRate']
 ORIGIN = (-30.0, -28.5, -33.0)  # Å, as ProtImportVolumes stores x, y, z

@@ -14,7 +14,7 @@ from cryohess_plugin.constants import (EXPERIMENT_DESIGN, HETEROGENEITY_RIGID_RE
 from cryohess_plugin.protocols import CryoHessProtSoftModes
 from cryohess_plugin.viewers import CryoHessChimeraXViewer, CryoHessSoftModesViewer
 from .scipion_base import CryoHessTestCase
-from .test_scipion_soft_modes import ANALYSIS, SIMULATION
+from .scipion_data import ANALYSIS, SIMULATION
 
 
 def scriptLines(path):

@@ -27,23 +27,10 @@ from cryohess_plugin.protocols import CryoHessProtSimulate
 from cryohess_plugin.viewers import CryoHessSimulateViewer
 from .helpers import relative_l2
 from .scipion_base import CryoHessTestCase
-
-BOX = 32
-PIXEL = 2.0
-PARTICLES = 20
-SMALL = dict(boxSize=BOX, samplingRate=PIXEL, numberOfParticles=PARTICLES,
-             numberOfDefocusGroups=4, phantomAtoms=300, phantomRadius=18.0, snr=1.0,
-             shiftSigma=1.5, numberOfThreads=1)
-
-
-def writePdb(path, model):
-    """Write an AtomModel as a minimal PDB file (one residue per atom)."""
-    with open(path, 'w') as pdb:
-        for i, ((x, y, z), element) in enumerate(zip(model.positions, model.elements)):
-            name = element.upper()
-            pdb.write("ATOM  %5d %-4s ALA A%4d    %8.3f%8.3f%8.3f  1.00 30.00          %2s\n"
-                      % (i + 1, name, i % 9999 + 1, x, y, z, name))
-        pdb.write("END\n")
+from .scipion_data import SMALL, writePdb
+from .scipion_data import SMALL_BOX as BOX
+from .scipion_data import SMALL_PARTICLES as PARTICLES
+from .scipion_data import SMALL_PIXEL as PIXEL
 
 
 class TestCryoHessSimulate(CryoHessTestCase):

@@ -18,30 +18,17 @@ from pyworkflow.utils import magentaStr
 
 from cryohess_plugin import convert
 from cryohess_plugin.constants import (
-    EXPERIMENT_DESIGN, NOISE_SIGMA, SOFT_MODE_EIGENVALUE, SOFT_MODE_EPSILON, SOFT_MODE_INDEX,
+    EXPERIMENT_DESIGN, NOISE_SIGMA, SOFT_MODE_EPSILON, SOFT_MODE_INDEX,
     SOFT_MODE_POSE_CHANGE, SOFT_MODE_SIGN, VIEWS_POLAR_CAP)
 from cryohess_plugin.core import mrc
 from cryohess_plugin.protocols import CryoHessProtSoftModes, protocol_soft_modes
 from cryohess_plugin.viewers import CryoHessSoftModesViewer
 from .scipion_base import CryoHessTestCase, ParticleValidationMixin
-
-
-BOX = 32
-PIXEL = 2.5
-PARTICLES = 300
-RESOLUTION = 25.0  # Å: 2πK about π x 80 Å / 25 Å = 10
-MODES = 4
-MAX_PRODUCTS = 400
-SIMULATION = dict(boxSize=BOX, samplingRate=PIXEL, numberOfParticles=PARTICLES,
-                  numberOfDefocusGroups=3, phantomAtoms=400, phantomRadius=30.0, snr=1.0,
-                  shiftSigma=1.0, randomSeed=5, numberOfThreads=1)
-ANALYSIS = dict(maxResolution=RESOLUTION, numberOfModes=MODES, maxProducts=MAX_PRODUCTS,
-                numberOfThreads=1)
-
-
-def eigenvalues(protocol):
-    return np.array([convert.read_column(mode, SOFT_MODE_EIGENVALUE)
-                     for mode in protocol.outputModes.iterItems(orderBy='id')])
+from .scipion_data import ANALYSIS, SIMULATION, eigenvalues
+from .scipion_data import ANALYSIS_MODES as MODES
+from .scipion_data import SIMULATION_BOX as BOX
+from .scipion_data import SIMULATION_PARTICLES as PARTICLES
+from .scipion_data import SIMULATION_PIXEL as PIXEL
 
 
 def poseChanges(protocol):

@@ -21,7 +21,8 @@ from cryohess_plugin.protocols import CryoHessProtSoftModes
 
 from .relion_star import import_relion, write_relion_star
 from .scipion_base import CryoHessTestCase
-from .test_scipion_soft_modes import ANALYSIS, PIXEL, SIMULATION, eigenvalues
+from .scipion_data import ANALYSIS, SIMULATION, eigenvalues
+from .scipion_data import SIMULATION_PIXEL as PIXEL
 
 
 def simulationOf(particles):

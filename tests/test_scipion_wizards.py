@@ -12,7 +12,7 @@ from pyworkflow.viewer import DESKTOP_TKINTER
 from cryohess_plugin.protocols import CryoHessProtAlignParticles, CryoHessProtSoftModes
 from cryohess_plugin.wizards import RESOLUTION_PARAMS, CryoHessResolutionWizard
 from .scipion_base import CryoHessTestCase
-from .test_scipion_simulate import SMALL
+from .scipion_data import SMALL
 
 
 def resolutionParams(protocolClass):

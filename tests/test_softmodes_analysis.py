@@ -19,13 +19,10 @@ from cryohess_plugin.core.softmodes import products
 from cryohess_plugin.core.softmodes.products import degree_bands
 from cryohess_plugin.core.softmodes.noise import estimate_noise_variance, marginal_noise
 
+from .method_data import GROUPS, on_grid_poses, relative
+
 #: 2πK = L = 10: 11 shells, 22 ring angles.
 BOX, MAX_FREQUENCY, PIXEL_SIZE = 16, 3.1, 4.0
-GROUPS = (CTFParams(12000, 12000, 0, 300, 2.7, 0.1), CTFParams(22000, 22000, 0, 300, 2.7, 0.1))
-
-
-def relative(a, b):
-    return np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(b)
 
 
 @pytest.fixture(scope="module")
@@ -49,20 +46,6 @@ def per_image_problem(shells, coefficients, poses, groups, scale=1.0, sigma2=0.7
     empty = np.zeros(ctf.shape, dtype=np.complex128)
     templates = per_image.SoftModeProblem(shells, empty, poses, ctf).templates(coefficients)
     return per_image.SoftModeProblem(shells, templates, poses, ctf, noise_sigma=np.sqrt(sigma2))
-
-
-def on_grid_poses(rng, spacing=25.0):
-    """Three poses per grid direction: two in-plane angles and one flipped (−d), two groups."""
-    directions, _ = hemisphere_grid(spacing)
-    base = rotations.rotations_for_directions(directions)
-    flip = np.diag([1.0, -1.0, -1.0])  # rotation by π about x: views along −d
-    poses, groups = [], []
-    for d, pose in enumerate(base):
-        for k, angle in enumerate(rng.uniform(0, 2 * np.pi, 3)):
-            moved = rotations.in_plane_rotations(angle) @ pose
-            poses.append(flip @ moved if k == 2 else moved)
-            groups.append((d + k) % 2)
-    return np.array(poses), np.array(groups)
 
 
 @pytest.mark.parametrize("product_form", ["factored", "slices"])

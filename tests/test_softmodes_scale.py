@@ -14,7 +14,7 @@ from cryohess_plugin.core.softmodes import (MapScale, NoiseLevel, RealLayout, an
 from cryohess_plugin.core.softmodes.hessian import AccumulatedHessian
 from cryohess_plugin.core.synthetic import simulate
 from .helpers import phantom_volume
-from .test_softmodes_analysis import GROUPS, on_grid_poses, relative
+from .method_data import GROUPS, on_grid_poses, relative
 
 BOX, PIXEL = 32, 2.5
 
