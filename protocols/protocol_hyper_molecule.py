@@ -9,7 +9,7 @@ from pyworkflow.constants import BETA
 from pyworkflow.protocol import STEPS_PARALLEL
 import pyworkflow.protocol.params as params
 
-from cryohess_plugin import convert
+from cryohess_plugin import chimerax, convert
 from cryohess_plugin.constants import HYPER_SERIES, HYPER_TAU, HYPER_TAU_MEAN, HYPER_TAU_STD
 
 from .protocol_base import CryoHessProtocolMixin
@@ -166,7 +166,7 @@ class CryoHessProtHyperMolecule(CryoHessProtocolMixin, ProtAnalysis3D):
         for outputSet in (volumes, spread):
             outputSet.setSamplingRate(pixel)
         for s in range(result.mean_maps.shape[0]):
-            paths = []
+            seriesMaps = []
             for j, tau in enumerate(result.tau_grid):
                 for key, maps, outputSet in (('map', result.mean_maps, volumes),
                                              ('spread', result.std_maps, spread)):
@@ -177,8 +177,9 @@ class CryoHessProtHyperMolecule(CryoHessProtocolMixin, ProtAnalysis3D):
                     convert.set_columns(volume, {HYPER_SERIES: [s], HYPER_TAU: [float(tau)]}, 0)
                     convert.keep_origin(volume, self.initialVolume.get())
                     outputSet.append(volume)
-                paths.append(self._getFileName('map', series=s, index=j))
-            self._writeMorph(s, paths)
+                    if key == 'map':
+                        seriesMaps.append(volume)
+            chimerax.write_script(self._getFileName('morph', series=s), seriesMaps, morph=True)
         ids = np.load(self._getFileName('input'))['ids']
         columns = {HYPER_TAU_MEAN: [list(map(float, row)) for row in result.tau_mean],
                    HYPER_TAU_STD: [list(map(float, row)) for row in result.tau_std]}
@@ -188,13 +189,6 @@ class CryoHessProtHyperMolecule(CryoHessProtocolMixin, ProtAnalysis3D):
         for output in results.values():
             self._defineSourceRelation(self.inputParticles, output)
         self.info("Worst split R-hat %.3f over the traced scalars" % result.worst_rhat())
-
-    def _writeMorph(self, series, paths):
-        """A ChimeraX script opening the maps of one series and morphing through them."""
-        with open(self._getFileName('morph', series=series), 'w') as handle:
-            for path in paths:
-                handle.write("open %s\n" % path)
-            handle.write("volume morph #1-%d frames 20 playStep 0.02\n" % len(paths))
 
     # --------------------------- INFO functions ------------------------------
     def _validate(self):
